@@ -1,0 +1,24 @@
+"""A small, generic, dbt-style model layer over DuckDB.
+
+Models are SQL files (Jinja templates with ``ref``/``source``/``config``), materialized
+incrementally, one transaction per step, with declared schema tests.
+"""
+
+from dbt_like.project import Model, ProjectError, SchemaTest, discover_models
+from dbt_like.runner import Batch, Project, StepResult, ensure_state, open_batch, table_exists
+from dbt_like.schema_tests import TestResult, run_schema_tests
+
+__all__ = [
+    "Batch",
+    "Model",
+    "Project",
+    "ProjectError",
+    "SchemaTest",
+    "StepResult",
+    "TestResult",
+    "discover_models",
+    "ensure_state",
+    "open_batch",
+    "run_schema_tests",
+    "table_exists",
+]

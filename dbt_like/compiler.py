@@ -1,0 +1,114 @@
+"""Render a model's Jinja SQL into the DuckDB SQL of one incremental step.
+
+``ref()`` follows KSQL's reading of streams and tables: a reference to a *stream* model
+yields only the rows that model gained since this model last consumed it (its delta), a
+reference to a *table* model yields the table as it stands now. ``ref(name, full=True)``
+yields every row of a stream, for models that must look back (an as-of join).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jinja2
+
+from dbt_like.project import MATERIALIZATIONS, Model, ProjectError
+
+STATE_SCHEMA = "dbt_like"
+PENDING_TABLE = f"{STATE_SCHEMA}.pending"
+
+_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+@dataclass
+class StepContext:
+    """What one incremental step of one model knows when its SQL is rendered."""
+
+    batch_id: int
+    batch_time: str
+    offsets: dict[str, int] = field(default_factory=dict)
+    upper_bounds: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    is_incremental: bool = True
+
+
+def _var_lookup(variables: Mapping[str, Any], path: Any):
+    def var(name: str, default: Any = None) -> Any:
+        if name in variables:
+            return variables[name]
+        if default is not None:
+            return default
+        raise ProjectError(f"{path}: var('{name}') is not set and has no default")
+
+    return var
+
+
+def model_config(model: Model, variables: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``config(...)`` a model declares under ``variables``, with defaults filled in."""
+    captured: dict[str, Any] = {}
+
+    def config(**kwargs: Any) -> str:
+        captured.update(kwargs)
+        return ""
+
+    _ENV.from_string(model.template).render(
+        config=config,
+        ref=lambda name, full=False: name,
+        source=lambda name: name,
+        var=_var_lookup(variables, model.path),
+        this=model.name,
+        is_incremental=lambda: False,
+        batch_id=0,
+        batch_time="1970-01-01 00:00:00",
+    )
+    captured.setdefault("materialized", "stream")
+    captured.setdefault("order_by", "_seq")
+    if captured["materialized"] not in MATERIALIZATIONS:
+        raise ProjectError(f"{model.path}: materialized={captured['materialized']!r}; expected one of {MATERIALIZATIONS}")
+    if captured["materialized"] == "table" and not captured.get("unique_key"):
+        raise ProjectError(f"{model.path}: a 'table' model needs unique_key")
+    return captured
+
+
+def delta_relation(name: str, lower: int, upper: int, retried_by: str | None = None) -> str:
+    """SQL for the rows of stream ``name`` committed in batches ``(lower, upper]``.
+
+    With ``retried_by``, the rows that model is still waiting to match are added back.
+    """
+    delta = f"SELECT * FROM {name} WHERE _batch_id > {lower} AND _batch_id <= {upper}"
+    if retried_by:
+        delta += (
+            f" UNION ALL SELECT * FROM {name} WHERE _seq IN "
+            f"(SELECT seq FROM {PENDING_TABLE} WHERE model = '{retried_by}')"
+        )
+    return f"({delta})"
+
+
+def render_step(model: Model, configs: Mapping[str, dict[str, Any]], variables: Mapping[str, Any],
+                step: StepContext) -> str:
+    """The DuckDB SELECT that produces this step's new rows for ``model``."""
+    own = configs[model.name]
+
+    def ref(name: str, full: bool = False) -> str:
+        if full or configs[name]["materialized"] == "table":
+            return name
+        retried_by = model.name if own.get("retry_unmatched") == name else None
+        return delta_relation(name, step.offsets.get(name, 0), step.upper_bounds[name], retried_by)
+
+    def source(name: str) -> str:
+        if name not in step.sources:
+            raise ProjectError(f"{model.path}: source('{name}') was not supplied to this step")
+        return step.sources[name]
+
+    return _ENV.from_string(model.template).render(
+        config=lambda **_: "",
+        ref=ref,
+        source=source,
+        var=_var_lookup(variables, model.path),
+        this=model.name,
+        is_incremental=lambda: step.is_incremental,
+        batch_id=step.batch_id,
+        batch_time=step.batch_time,
+    )

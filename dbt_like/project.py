@@ -1,0 +1,132 @@
+"""Discover SQL models, their configuration, references and declared schema tests.
+
+A project is a folder of ``<model>.sql`` files plus an optional ``schema.yml`` (dbt's layout).
+Each SQL file is a Jinja template: ``{{ config(...) }}`` sets the materialization,
+``{{ ref('other') }}`` names an upstream model, ``{{ source('name') }}`` names an input that
+the caller supplies. The comment lines at the top of a file are the model's description.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.nodes
+import yaml
+from graphlib import TopologicalSorter
+
+MATERIALIZATIONS = ("stream", "table")
+
+
+class ProjectError(ValueError):
+    """A model file or ``schema.yml`` is invalid; the message names the file."""
+
+
+@dataclass(frozen=True)
+class SchemaTest:
+    """One declared test on one column: ``not_null``, ``unique`` or ``accepted_values``."""
+
+    kind: str
+    column: str
+    values: tuple[Any, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """A stable, readable identifier, e.g. ``unique_process_guid``."""
+        return f"{self.kind}_{self.column}"
+
+
+@dataclass(frozen=True)
+class Model:
+    """One SQL model: its template, where it reads from and how it is materialized."""
+
+    name: str
+    path: Path
+    template: str
+    description: str
+    refs: tuple[str, ...]
+    sources: tuple[str, ...]
+    columns: dict[str, str] = field(default_factory=dict)
+    tests: tuple[SchemaTest, ...] = ()
+
+
+def header_comment(sql: str) -> str:
+    """The leading ``--`` comment lines of a SQL file, joined as prose."""
+    lines = []
+    for line in sql.splitlines():
+        stripped = line.strip()
+        if not stripped.startswith("--"):
+            break
+        lines.append(stripped.removeprefix("--").strip())
+    return "\n".join(lines).strip()
+
+
+def _static_calls(template: str, function: str, path: Path) -> tuple[str, ...]:
+    """Names passed to ``function('name')`` anywhere in the template, in every branch."""
+    try:
+        tree = jinja2.Environment().parse(template)
+    except jinja2.TemplateSyntaxError as error:
+        raise ProjectError(f"{path}:{error.lineno}: {error.message}") from error
+    names: list[str] = []
+    for call in tree.find_all(jinja2.nodes.Call):
+        if isinstance(call.node, jinja2.nodes.Name) and call.node.name == function:
+            if not call.args or not isinstance(call.args[0], jinja2.nodes.Const):
+                raise ProjectError(f"{path}:{call.lineno}: {function}() needs a literal name")
+            if call.args[0].value not in names:
+                names.append(call.args[0].value)
+    return tuple(names)
+
+
+def _parse_tests(model: str, spec: dict, path: Path) -> tuple[dict[str, str], tuple[SchemaTest, ...]]:
+    columns: dict[str, str] = {}
+    tests: list[SchemaTest] = []
+    for column in spec.get("columns", []):
+        name = column["name"]
+        columns[name] = column.get("description", "")
+        for test in column.get("tests", []):
+            if test in ("not_null", "unique"):
+                tests.append(SchemaTest(test, name))
+            elif isinstance(test, dict) and "accepted_values" in test:
+                tests.append(SchemaTest("accepted_values", name, tuple(test["accepted_values"]["values"])))
+            else:
+                raise ProjectError(f"{path}: model {model}, column {name}: unknown test {test!r}")
+    return columns, tuple(tests)
+
+
+def load_schema(models_dir: Path) -> dict[str, dict]:
+    """The ``models:`` entries of ``schema.yml`` keyed by model name (empty if there is none)."""
+    path = models_dir / "schema.yml"
+    if not path.exists():
+        return {}
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ProjectError(f"{path}: {error}") from error
+    return {entry["name"]: entry for entry in document.get("models", [])}
+
+
+def discover_models(models_dir: Path) -> dict[str, Model]:
+    """Every ``*.sql`` model directly under ``models_dir``, in dependency order."""
+    schema = load_schema(models_dir)
+    models: dict[str, Model] = {}
+    for path in sorted(models_dir.glob("*.sql")):
+        template = path.read_text(encoding="utf-8")
+        columns, tests = _parse_tests(path.stem, schema.get(path.stem, {}), models_dir / "schema.yml")
+        models[path.stem] = Model(
+            name=path.stem,
+            path=path,
+            template=template,
+            description=schema.get(path.stem, {}).get("description") or header_comment(template),
+            refs=_static_calls(template, "ref", path),
+            sources=_static_calls(template, "source", path),
+            columns=columns,
+            tests=tests,
+        )
+    for model in models.values():
+        unknown = [ref for ref in model.refs if ref not in models]
+        if unknown:
+            raise ProjectError(f"{model.path}: ref() to unknown model(s) {', '.join(unknown)}")
+    order = TopologicalSorter({name: set(model.refs) for name, model in models.items()}).static_order()
+    return {name: models[name] for name in order}

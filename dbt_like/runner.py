@@ -1,0 +1,226 @@
+"""Run models incrementally into DuckDB: one model step = one transaction.
+
+Every model table carries ``_batch_id``, the batch that committed the row. A downstream
+model remembers, per input, the last batch it consumed (its offset, in ``dbt_like.offsets``)
+and commits its new rows together with its new offsets, so a crash at any point followed by
+a rerun gives the tables one clean run would have given.
+
+Materializations:
+- ``stream``: append-only. Optional ``retry_unmatched=<input>`` with
+  ``retry_grace_minutes=N``: input rows that produced no output row (matched on ``_seq``)
+  are offered again in later steps until N minutes of batch time have passed.
+- ``table``: keyed upsert on ``unique_key``; the row with the highest ``order_by`` wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from dbt_like.sql import first_row, scalar
+from dbt_like.compiler import PENDING_TABLE, STATE_SCHEMA, StepContext, model_config, render_step
+from dbt_like.project import Model, ProjectError, discover_models
+from dbt_like.schema_tests import TestResult, run_schema_tests
+
+Connection = duckdb.DuckDBPyConnection
+
+_STATE_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA};
+CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.batches (
+    batch_id BIGINT PRIMARY KEY, run_key VARCHAR UNIQUE, started_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.offsets (
+    model VARCHAR, input VARCHAR, batch_id BIGINT, PRIMARY KEY (model, input));
+CREATE TABLE IF NOT EXISTS {PENDING_TABLE} (model VARCHAR, seq BIGINT, first_seen TIMESTAMP);
+"""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One micro-batch: every model step of one run shares its id and clock."""
+
+    batch_id: int
+    started_at: datetime
+
+
+@dataclass
+class StepResult:
+    """What one model step read and wrote, for run metadata."""
+
+    model: str
+    rows_in: int = 0
+    rows_written: int = 0
+    offsets_before: dict[str, int] = field(default_factory=dict)
+    offsets_after: dict[str, int] = field(default_factory=dict)
+    pending: int | None = None
+    expired: int | None = None
+    tests: list[TestResult] = field(default_factory=list)
+
+
+def ensure_state(con: Connection) -> None:
+    """Create the framework's bookkeeping tables if they do not exist."""
+    con.execute(_STATE_DDL)
+
+
+def open_batch(con: Connection, run_key: str, started_at: datetime) -> Batch:
+    """The batch of ``run_key``, created on first use (all steps of one run share it)."""
+    ensure_state(con)
+    row = first_row(con, f"SELECT batch_id, started_at FROM {STATE_SCHEMA}.batches WHERE run_key = ?", [run_key])
+    if row:
+        return Batch(row[0], row[1])
+    batch_id = scalar(con, f"SELECT coalesce(max(batch_id), 0) + 1 FROM {STATE_SCHEMA}.batches")
+    con.execute(f"INSERT INTO {STATE_SCHEMA}.batches VALUES (?, ?, ?)", [batch_id, run_key, started_at])
+    return Batch(batch_id, started_at)
+
+
+def table_exists(con: Connection, name: str) -> bool:
+    """Whether ``name`` exists in the connection's default schema."""
+    return bool(scalar(con, 
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = current_schema()", [name]
+    ))
+
+
+class Project:
+    """A discovered set of models with the variables they are rendered under."""
+
+    def __init__(self, models_dir: Path, variables: Mapping[str, Any] | None = None) -> None:
+        self.models_dir = models_dir
+        self.variables = dict(variables or {})
+        self.models: dict[str, Model] = discover_models(models_dir)
+        self.configs = {name: model_config(model, self.variables) for name, model in self.models.items()}
+
+    def stream_inputs(self, name: str) -> list[str]:
+        """Upstream stream models whose delta ``name`` consumes."""
+        return [ref for ref in self.models[name].refs if self.configs[ref]["materialized"] == "stream"]
+
+    def side_models(self, name: str) -> list[str]:
+        """Models declared ``part_of=name``: written in the same transaction as ``name``."""
+        return [other for other, config in self.configs.items() if config.get("part_of") == name]
+
+    def primary_models(self) -> list[str]:
+        """Models that stand on their own (not ``part_of`` another), in dependency order."""
+        return [name for name, config in self.configs.items() if not config.get("part_of")]
+
+    def run_step(self, con: Connection, name: str, batch: Batch,
+                 source_chunks: Iterable[Mapping[str, Any]] | None = None,
+                 before_commit: Callable[[Connection], None] | None = None) -> list[StepResult]:
+        """Run one incremental step of ``name`` (and its side models) in one transaction.
+
+        ``source_chunks`` feeds models that read ``source()``: each chunk maps source names
+        to objects DuckDB can scan (DataFrames); the models run once per chunk.
+        ``before_commit`` runs last inside the transaction (a source commits its offsets there).
+        """
+        ensure_state(con)
+        names = [name, *self.side_models(name)]
+        con.begin()
+        try:
+            results = [self._prepare(con, model, batch) for model in names]
+            if source_chunks is None:
+                for model, result in zip(names, results):
+                    self._write(con, model, batch, {}, result)
+            else:
+                for chunk in source_chunks:
+                    relations = self._register(con, chunk)
+                    for model, result in zip(names, results):
+                        self._write(con, model, batch, relations, result)
+            for model, result in zip(names, results):
+                self._finish(con, model, batch, result)
+            if before_commit:
+                before_commit(con)
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+        for model, result in zip(names, results):
+            result.tests = run_schema_tests(con, self.models[model], batch.batch_id)
+        return results
+
+    @staticmethod
+    def _register(con: Connection, chunk: Mapping[str, Any]) -> dict[str, str]:
+        relations = {}
+        for source, frame in chunk.items():
+            relation = f"__source_{source}"
+            con.register(relation, frame)
+            relations[source] = relation
+        return relations
+
+    def _prepare(self, con: Connection, name: str, batch: Batch) -> StepResult:
+        result = StepResult(model=name)
+        for upstream in self.models[name].refs:
+            if not table_exists(con, upstream):
+                raise ProjectError(f"model {name} reads {upstream}, which has not been materialized yet")
+        for upstream in self.stream_inputs(name):
+            row = first_row(con, f"SELECT batch_id FROM {STATE_SCHEMA}.offsets WHERE model = ? AND input = ?",
+                              [name, upstream])
+            result.offsets_before[upstream] = row[0] if row else 0
+            result.offsets_after[upstream] = scalar(con, 
+                f"SELECT coalesce(max(_batch_id), 0) FROM {upstream}")
+        config = self.configs[name]
+        if config.get("retry_unmatched"):
+            grace = int(config.get("retry_grace_minutes", 0))
+            result.expired = scalar(con, 
+                f"DELETE FROM {PENDING_TABLE} WHERE model = ? AND first_seen < ?::TIMESTAMP - INTERVAL (?) MINUTE",
+                [name, batch.started_at, grace])
+        return result
+
+    def _compile(self, name: str, batch: Batch, relations: dict[str, str], result: StepResult,
+                 is_incremental: bool = True) -> str:
+        step = StepContext(
+            is_incremental=is_incremental,
+            batch_id=batch.batch_id,
+            batch_time=batch.started_at.isoformat(sep=" "),
+            offsets=dict(result.offsets_before),
+            upper_bounds=dict(result.offsets_after),
+            sources=relations,
+        )
+        sql = render_step(self.models[name], self.configs, self.variables, step).strip().rstrip(";")
+        return f"(\n{sql}\n)"
+
+    def _write(self, con: Connection, name: str, batch: Batch, relations: dict[str, str], result: StepResult) -> None:
+        if not table_exists(con, name):
+            first = self._compile(name, batch, relations, result, is_incremental=False)
+            con.execute(f"CREATE TABLE {name} AS SELECT *, CAST(NULL AS BIGINT) AS _batch_id FROM {first} WHERE false")
+        query = self._compile(name, batch, relations, result)
+        config = self.configs[name]
+        if config["materialized"] == "table":
+            result.rows_written += self._upsert(con, name, query, config, batch)
+        else:
+            result.rows_written += scalar(con, 
+                f"INSERT INTO {name} BY NAME SELECT *, {batch.batch_id} AS _batch_id FROM {query}")
+        for upstream in self.stream_inputs(name):
+            lower, upper = result.offsets_before[upstream], result.offsets_after[upstream]
+            result.rows_in += scalar(con, 
+                f"SELECT count(*) FROM {upstream} WHERE _batch_id > ? AND _batch_id <= ?", [lower, upper])
+        for relation in relations.values():
+            result.rows_in += scalar(con, f"SELECT count(*) FROM {relation}")
+
+    @staticmethod
+    def _upsert(con: Connection, name: str, query: str, config: dict[str, Any], batch: Batch) -> int:
+        key, order_by = config["unique_key"], config["order_by"]
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE __upsert AS SELECT * FROM {query} "
+            f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {order_by} DESC) = 1")
+        con.execute(f"DELETE FROM {name} WHERE {key} IN (SELECT {key} FROM __upsert)")
+        written = scalar(con, 
+            f"INSERT INTO {name} BY NAME SELECT *, {batch.batch_id} AS _batch_id FROM __upsert")
+        con.execute("DROP TABLE __upsert")
+        return written
+
+    def _finish(self, con: Connection, name: str, batch: Batch, result: StepResult) -> None:
+        for upstream, upper in result.offsets_after.items():
+            con.execute(f"INSERT OR REPLACE INTO {STATE_SCHEMA}.offsets VALUES (?, ?, ?)", [name, upstream, upper])
+        retried = self.configs[name].get("retry_unmatched")
+        if not retried:
+            return
+        matched = f"SELECT _seq FROM {name} WHERE _batch_id = {batch.batch_id}"
+        con.execute(f"DELETE FROM {PENDING_TABLE} WHERE model = ? AND seq IN ({matched})", [name])
+        lower, upper = result.offsets_before[retried], result.offsets_after[retried]
+        con.execute(
+            f"INSERT INTO {PENDING_TABLE} SELECT ?, _seq, ? FROM {retried} "
+            f"WHERE _batch_id > ? AND _batch_id <= ? AND _seq NOT IN ({matched})",
+            [name, batch.started_at, lower, upper])
+        result.pending = scalar(con, f"SELECT count(*) FROM {PENDING_TABLE} WHERE model = ?", [name])

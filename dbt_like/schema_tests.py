@@ -1,0 +1,62 @@
+"""Declared schema tests (dbt's not_null, unique, accepted_values) run on one batch's rows.
+
+Tests look at the rows a batch committed, so their cost follows the batch, not the history;
+``unique`` still compares those rows' keys against the whole table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+
+from dbt_like.project import Model, SchemaTest
+from dbt_like.sql import scalar
+
+
+@dataclass(frozen=True)
+class TestResult:
+    """Outcome of one schema test: how many offending rows (or keys) it found."""
+
+    __test__ = False  # not a pytest test class
+
+    model: str
+    test: SchemaTest
+    failures: int
+
+    @property
+    def passed(self) -> bool:
+        """True when no row offends the test."""
+        return self.failures == 0
+
+
+def sql_literal(value: object) -> str:
+    """``value`` as a DuckDB literal (numbers as they are, everything else as a quoted string)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "'" + str(value).replace("'", "''") + "'"
+    return repr(value)
+
+
+def failing_rows_sql(model: str, test: SchemaTest, batch_id: int) -> str:
+    """A query that counts the rows (or keys) of ``batch_id`` that break ``test``."""
+    batch_rows = f"SELECT * FROM {model} WHERE _batch_id = {batch_id}"
+    column = test.column
+    if test.kind == "not_null":
+        return f"SELECT count(*) FROM ({batch_rows}) WHERE {column} IS NULL"
+    if test.kind == "unique":
+        return (
+            f"SELECT count(*) FROM (SELECT {column} FROM {model} "
+            f"WHERE {column} IN (SELECT {column} FROM ({batch_rows})) GROUP BY {column} HAVING count(*) > 1)"
+        )
+    if test.kind == "accepted_values":
+        values = ", ".join(sql_literal(value) for value in test.values)
+        return f"SELECT count(*) FROM ({batch_rows}) WHERE {column} IS NOT NULL AND {column} NOT IN ({values})"
+    raise ValueError(f"unknown schema test {test.kind!r} on {model}.{column}")
+
+
+def run_schema_tests(con: duckdb.DuckDBPyConnection, model: Model, batch_id: int) -> list[TestResult]:
+    """Run every test ``model`` declares against the rows ``batch_id`` committed."""
+    return [
+        TestResult(model.name, test, scalar(con, failing_rows_sql(model.name, test, batch_id)))
+        for test in model.tests
+    ]

@@ -1,0 +1,22 @@
+-- Not a recipe step: the dead-letter side table of WINLOGBEAT_STREAM (KSQL would log and skip these).
+-- Every non-blank landed line that is not a JSON object, with its file, line, byte offset and the reason.
+{{ config(materialized='stream', part_of='winlogbeat_stream') }}
+WITH landed AS (
+    SELECT l.* REPLACE (CAST(l.line AS BLOB) AS line), try(decode(CAST(l.line AS BLOB))) AS text
+    FROM {{ source('landed_lines') }} AS l
+    WHERE l._seq NOT IN (SELECT _seq FROM winlogbeat_stream WHERE _batch_id = {{ batch_id }})
+)
+SELECT
+    source_file,
+    source_line,
+    source_offset,
+    CASE
+        WHEN text IS NULL THEN 'not valid UTF-8'
+        WHEN NOT json_valid(text) THEN 'malformed JSON'
+        ELSE 'valid JSON but not an object: ' || json_type(text)
+    END AS error,
+    octet_length(line) AS raw_bytes,
+    left(coalesce(text, CAST(line AS VARCHAR)), 2048) AS raw_text,
+    TIMESTAMP '{{ batch_time }}' AS ingested_at
+FROM landed
+WHERE text IS NULL OR trim(text, E' \t\r') <> ''

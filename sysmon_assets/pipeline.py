@@ -1,0 +1,97 @@
+"""One micro-batch of the recipe: ingest landed lines, then run each SQL model's step.
+
+Plain Python with no Dagster in it, so tests, the benchmark and the Dagster assets all run
+the same code. Every step is one DuckDB transaction (see :mod:`dbt_like.runner`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+
+from dbt_like import Batch, Project, StepResult, open_batch, table_exists
+from dbt_like.sql import scalar
+from sysmon_assets.landing import LandingReader, empty_chunk
+from sysmon_assets.settings import Settings
+
+SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
+INGEST_MODEL = "winlogbeat_stream"
+RECIPE_MODELS = (
+    "winlogbeat_stream",
+    "winlogbeat_stream_rekey",
+    "sysmon_process_create",
+    "sysmon_process_create_table",
+    "sysmon_network_connect",
+    "sysmon_join",
+)
+
+Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
+
+
+class PipelineError(RuntimeError):
+    """The batch cannot run (DuckDB file unusable, ...); the message names the path."""
+
+
+def utc_now() -> datetime:
+    """The current UTC time as a naive timestamp (how DuckDB TIMESTAMP columns hold UTC here)."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def connect_file(path: Path) -> Connect:
+    """A connection factory for the DuckDB file at ``path`` with errors that name the file."""
+
+    @contextmanager
+    def connect() -> Iterator[duckdb.DuckDBPyConnection]:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            con = duckdb.connect(str(path))
+        except (OSError, duckdb.Error) as error:
+            raise PipelineError(f"cannot open DuckDB file {path}: {error}") from error
+        try:
+            yield con
+        finally:
+            con.close()
+
+    return connect
+
+
+class SysmonPipeline:
+    """The recipe's models over one DuckDB file and one landing folder."""
+
+    def __init__(self, settings: Settings, connect: Connect | None = None,
+                 chunk_bytes: int = 64 * 1024 * 1024) -> None:
+        self.settings = settings
+        self.project = Project(SQL_DIR, settings.variables())
+        self.connect = connect or connect_file(settings.duckdb_path)
+        self.chunk_bytes = chunk_bytes
+
+    def run_model(self, name: str, run_key: str, batch_time: datetime | None = None) -> list[StepResult]:
+        """Run one model's step for the batch of ``run_key`` (created by the first step that asks)."""
+        with self.connect() as con:
+            batch = open_batch(con, run_key, batch_time or utc_now())
+            if name == INGEST_MODEL:
+                return self._ingest(con, batch)
+            return self.project.run_step(con, name, batch)
+
+    def _ingest(self, con: duckdb.DuckDBPyConnection, batch: Batch) -> list[StepResult]:
+        first_batch_ever = not table_exists(con, INGEST_MODEL)
+        reader = LandingReader(con, self.settings.landing_dir, self.settings.offset_reset, self.chunk_bytes)
+        reader.plan(first_batch_ever)
+        next_seq = 1 if first_batch_ever else scalar(con, 
+            f"SELECT coalesce(max(_seq), 0) + 1 FROM {INGEST_MODEL}")
+        chunks = reader.chunks(next_seq)
+        if first_batch_ever:
+            chunks = itertools.chain([empty_chunk()], chunks)
+        return self.project.run_step(con, INGEST_MODEL, batch, source_chunks=chunks,
+                                     before_commit=reader.commit_offsets)
+
+    def run_batch(self, run_key: str | None = None, batch_time: datetime | None = None) -> dict[str, list[StepResult]]:
+        """One whole micro-batch: every recipe model in dependency order."""
+        run_key = run_key or f"batch-{uuid.uuid4()}"
+        return {name: self.run_model(name, run_key, batch_time) for name in self.project.primary_models()}

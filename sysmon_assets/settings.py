@@ -1,0 +1,54 @@
+"""Pipeline settings, read from the environment with defaults under ``./data/``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+OFFSET_RESETS = ("earliest", "latest")
+JOIN_MODES = ("default", "ksql")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the pipeline cannot use; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one micro-batch needs to know about where data is and how to join it."""
+
+    landing_dir: Path = Path("data/landing")
+    duckdb_path: Path = Path("data/sysmon.duckdb")
+    offset_reset: str = "earliest"
+    join_mode: str = "default"
+    join_grace_minutes: int = 15
+
+    def __post_init__(self) -> None:
+        if self.offset_reset not in OFFSET_RESETS:
+            raise SettingsError(f"SYSMON_OFFSET_RESET={self.offset_reset!r}: expected one of {OFFSET_RESETS}")
+        if self.join_mode not in JOIN_MODES:
+            raise SettingsError(f"SYSMON_JOIN_MODE={self.join_mode!r}: expected one of {JOIN_MODES}")
+        if self.join_grace_minutes < 0:
+            raise SettingsError(f"SYSMON_JOIN_GRACE_MINUTES={self.join_grace_minutes}: must be 0 or more")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """Settings from ``SYSMON_*`` variables; unset ones keep their defaults."""
+        env = os.environ if environ is None else environ
+        grace = env.get("SYSMON_JOIN_GRACE_MINUTES", "15")
+        try:
+            grace_minutes = int(grace)
+        except ValueError:
+            raise SettingsError(f"SYSMON_JOIN_GRACE_MINUTES={grace!r}: expected a whole number of minutes") from None
+        return cls(
+            landing_dir=Path(env.get("SYSMON_LANDING_DIR") or cls.landing_dir),
+            duckdb_path=Path(env.get("SYSMON_DUCKDB_PATH") or cls.duckdb_path),
+            offset_reset=env.get("SYSMON_OFFSET_RESET", "earliest").lower(),
+            join_mode=env.get("SYSMON_JOIN_MODE", "default").lower(),
+            join_grace_minutes=grace_minutes,
+        )
+
+    def variables(self) -> dict[str, object]:
+        """The Jinja ``var()`` values the SQL models are rendered with."""
+        return {"join_mode": self.join_mode, "join_grace_minutes": self.join_grace_minutes}
