@@ -66,7 +66,9 @@ def model_config(model: Model, variables: Mapping[str, Any]) -> dict[str, Any]:
     captured.setdefault("materialized", "stream")
     captured.setdefault("order_by", "_seq")
     if captured["materialized"] not in MATERIALIZATIONS:
-        raise ProjectError(f"{model.path}: materialized={captured['materialized']!r}; expected one of {MATERIALIZATIONS}")
+        raise ProjectError(
+            f"{model.path}: materialized={captured['materialized']!r}; expected one of {MATERIALIZATIONS}"
+        )
     if captured["materialized"] == "table" and not captured.get("unique_key"):
         raise ProjectError(f"{model.path}: a 'table' model needs unique_key")
     return captured
@@ -86,8 +88,9 @@ def delta_relation(name: str, lower: int, upper: int, retried_by: str | None = N
     return f"({delta})"
 
 
-def render_step(model: Model, configs: Mapping[str, dict[str, Any]], variables: Mapping[str, Any],
-                step: StepContext) -> str:
+def render_step(
+    model: Model, configs: Mapping[str, dict[str, Any]], variables: Mapping[str, Any], step: StepContext
+) -> str:
     """The DuckDB SELECT that produces this step's new rows for ``model``."""
     own = configs[model.name]
 

@@ -9,13 +9,13 @@ the caller supplies. The comment lines at the top of a file are the model's desc
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from graphlib import TopologicalSorter
 from pathlib import Path
 from typing import Any
 
 import jinja2
 import jinja2.nodes
 import yaml
-from graphlib import TopologicalSorter
 
 MATERIALIZATIONS = ("stream", "table")
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import duckdb
 
-from dbt_like.sql import first_row, scalar
 from dbt_like.compiler import PENDING_TABLE, STATE_SCHEMA, StepContext, model_config, render_step
 from dbt_like.project import Model, ProjectError, discover_models
 from dbt_like.schema_tests import TestResult, run_schema_tests
+from dbt_like.sql import first_row, scalar
 
 Connection = duckdb.DuckDBPyConnection
 
@@ -58,6 +58,7 @@ class StepResult:
     offsets_after: dict[str, int] = field(default_factory=dict)
     pending: int | None = None
     expired: int | None = None
+    table_rows: int = 0
     tests: list[TestResult] = field(default_factory=list)
 
 
@@ -79,9 +80,11 @@ def open_batch(con: Connection, run_key: str, started_at: datetime) -> Batch:
 
 def table_exists(con: Connection, name: str) -> bool:
     """Whether ``name`` exists in the connection's default schema."""
-    return bool(scalar(con, 
-        "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = current_schema()", [name]
-    ))
+    return bool(
+        scalar(
+            con, "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = current_schema()", [name]
+        )
+    )
 
 
 class Project:
@@ -105,9 +108,14 @@ class Project:
         """Models that stand on their own (not ``part_of`` another), in dependency order."""
         return [name for name, config in self.configs.items() if not config.get("part_of")]
 
-    def run_step(self, con: Connection, name: str, batch: Batch,
-                 source_chunks: Iterable[Mapping[str, Any]] | None = None,
-                 before_commit: Callable[[Connection], None] | None = None) -> list[StepResult]:
+    def run_step(
+        self,
+        con: Connection,
+        name: str,
+        batch: Batch,
+        source_chunks: Iterable[Mapping[str, Any]] | None = None,
+        before_commit: Callable[[Connection], None] | None = None,
+    ) -> list[StepResult]:
         """Run one incremental step of ``name`` (and its side models) in one transaction.
 
         ``source_chunks`` feeds models that read ``source()``: each chunk maps source names
@@ -120,14 +128,14 @@ class Project:
         try:
             results = [self._prepare(con, model, batch) for model in names]
             if source_chunks is None:
-                for model, result in zip(names, results):
+                for model, result in zip(names, results, strict=False):
                     self._write(con, model, batch, {}, result)
             else:
                 for chunk in source_chunks:
                     relations = self._register(con, chunk)
-                    for model, result in zip(names, results):
+                    for model, result in zip(names, results, strict=False):
                         self._write(con, model, batch, relations, result)
-            for model, result in zip(names, results):
+            for model, result in zip(names, results, strict=False):
                 self._finish(con, model, batch, result)
             if before_commit:
                 before_commit(con)
@@ -135,8 +143,9 @@ class Project:
         except BaseException:
             con.rollback()
             raise
-        for model, result in zip(names, results):
+        for model, result in zip(names, results, strict=False):
             result.tests = run_schema_tests(con, self.models[model], batch.batch_id)
+            result.table_rows = scalar(con, f"SELECT count(*) FROM {model}")
         return results
 
     @staticmethod
@@ -154,21 +163,24 @@ class Project:
             if not table_exists(con, upstream):
                 raise ProjectError(f"model {name} reads {upstream}, which has not been materialized yet")
         for upstream in self.stream_inputs(name):
-            row = first_row(con, f"SELECT batch_id FROM {STATE_SCHEMA}.offsets WHERE model = ? AND input = ?",
-                              [name, upstream])
+            row = first_row(
+                con, f"SELECT batch_id FROM {STATE_SCHEMA}.offsets WHERE model = ? AND input = ?", [name, upstream]
+            )
             result.offsets_before[upstream] = row[0] if row else 0
-            result.offsets_after[upstream] = scalar(con, 
-                f"SELECT coalesce(max(_batch_id), 0) FROM {upstream}")
+            result.offsets_after[upstream] = scalar(con, f"SELECT coalesce(max(_batch_id), 0) FROM {upstream}")
         config = self.configs[name]
         if config.get("retry_unmatched"):
             grace = int(config.get("retry_grace_minutes", 0))
-            result.expired = scalar(con, 
+            result.expired = scalar(
+                con,
                 f"DELETE FROM {PENDING_TABLE} WHERE model = ? AND first_seen < ?::TIMESTAMP - INTERVAL (?) MINUTE",
-                [name, batch.started_at, grace])
+                [name, batch.started_at, grace],
+            )
         return result
 
-    def _compile(self, name: str, batch: Batch, relations: dict[str, str], result: StepResult,
-                 is_incremental: bool = True) -> str:
+    def _compile(
+        self, name: str, batch: Batch, relations: dict[str, str], result: StepResult, is_incremental: bool = True
+    ) -> str:
         step = StepContext(
             is_incremental=is_incremental,
             batch_id=batch.batch_id,
@@ -189,12 +201,14 @@ class Project:
         if config["materialized"] == "table":
             result.rows_written += self._upsert(con, name, query, config, batch)
         else:
-            result.rows_written += scalar(con, 
-                f"INSERT INTO {name} BY NAME SELECT *, {batch.batch_id} AS _batch_id FROM {query}")
+            result.rows_written += scalar(
+                con, f"INSERT INTO {name} BY NAME SELECT *, {batch.batch_id} AS _batch_id FROM {query}"
+            )
         for upstream in self.stream_inputs(name):
             lower, upper = result.offsets_before[upstream], result.offsets_after[upstream]
-            result.rows_in += scalar(con, 
-                f"SELECT count(*) FROM {upstream} WHERE _batch_id > ? AND _batch_id <= ?", [lower, upper])
+            result.rows_in += scalar(
+                con, f"SELECT count(*) FROM {upstream} WHERE _batch_id > ? AND _batch_id <= ?", [lower, upper]
+            )
         for relation in relations.values():
             result.rows_in += scalar(con, f"SELECT count(*) FROM {relation}")
 
@@ -203,10 +217,10 @@ class Project:
         key, order_by = config["unique_key"], config["order_by"]
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE __upsert AS SELECT * FROM {query} "
-            f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {order_by} DESC) = 1")
+            f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {order_by} DESC) = 1"
+        )
         con.execute(f"DELETE FROM {name} WHERE {key} IN (SELECT {key} FROM __upsert)")
-        written = scalar(con, 
-            f"INSERT INTO {name} BY NAME SELECT *, {batch.batch_id} AS _batch_id FROM __upsert")
+        written = scalar(con, f"INSERT INTO {name} BY NAME SELECT *, {batch.batch_id} AS _batch_id FROM __upsert")
         con.execute("DROP TABLE __upsert")
         return written
 
@@ -222,5 +236,6 @@ class Project:
         con.execute(
             f"INSERT INTO {PENDING_TABLE} SELECT ?, _seq, ? FROM {retried} "
             f"WHERE _batch_id > ? AND _batch_id <= ? AND _seq NOT IN ({matched})",
-            [name, batch.started_at, lower, upper])
+            [name, batch.started_at, lower, upper],
+        )
         result.pending = scalar(con, f"SELECT count(*) FROM {PENDING_TABLE} WHERE model = ?", [name])

@@ -57,6 +57,5 @@ def failing_rows_sql(model: str, test: SchemaTest, batch_id: int) -> str:
 def run_schema_tests(con: duckdb.DuckDBPyConnection, model: Model, batch_id: int) -> list[TestResult]:
     """Run every test ``model`` declares against the rows ``batch_id`` committed."""
     return [
-        TestResult(model.name, test, scalar(con, failing_rows_sql(model.name, test, batch_id)))
-        for test in model.tests
+        TestResult(model.name, test, scalar(con, failing_rows_sql(model.name, test, batch_id))) for test in model.tests
     ]

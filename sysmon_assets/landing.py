@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -73,13 +74,15 @@ def landing_snapshot(landing_dir: Path) -> dict[str, int]:
     return {file_key(path): path.stat().st_size for path in list_landed_files(landing_dir)}
 
 
-def _open(progress: FileProgress) -> BinaryIO:
+@contextmanager
+def _open(progress: FileProgress) -> Iterator[BinaryIO]:
     try:
-        handle: BinaryIO = gzip.open(progress.path, "rb") if progress.compressed else progress.path.open("rb")
-        handle.seek(progress.offset)
+        opener = gzip.open if progress.compressed else open
+        with opener(progress.path, "rb") as handle:
+            handle.seek(progress.offset)
+            yield handle
     except OSError as error:
         raise LandingError(f"cannot read landed file {progress.path}: {error}") from error
-    return handle
 
 
 def _read_blocks(progress: FileProgress, chunk_bytes: int) -> Iterator[bytes]:
@@ -111,13 +114,15 @@ def _frame(block: bytes, progress: FileProgress, first_seq: int) -> pd.DataFrame
     lines.pop()  # the block ends with a newline, so the last element is empty
     lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
     offsets = progress.offset + np.concatenate(([0], np.cumsum(lengths + 1)[:-1])) if lines else lengths
-    frame = pd.DataFrame({
-        "_seq": np.arange(first_seq, first_seq + len(lines), dtype=np.int64),
-        "source_file": pd.Series([str(progress.path)] * len(lines), dtype="string"),
-        "source_line": np.arange(progress.line + 1, progress.line + 1 + len(lines), dtype=np.int64),
-        "source_offset": offsets.astype(np.int64),
-        "line": pd.Series(lines, dtype=object),
-    })
+    frame = pd.DataFrame(
+        {
+            "_seq": np.arange(first_seq, first_seq + len(lines), dtype=np.int64),
+            "source_file": pd.Series([str(progress.path)] * len(lines), dtype="string"),
+            "source_line": np.arange(progress.line + 1, progress.line + 1 + len(lines), dtype=np.int64),
+            "source_offset": offsets.astype(np.int64),
+            "line": pd.Series(lines, dtype=object),
+        }
+    )
     progress.offset += len(block)
     progress.line += len(lines)
     return frame
@@ -126,8 +131,13 @@ def _frame(block: bytes, progress: FileProgress, first_seq: int) -> pd.DataFrame
 class LandingReader:
     """Plans and reads one batch of landed lines, and commits how far it got."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, landing_dir: Path, offset_reset: str = "earliest",
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> None:
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        landing_dir: Path,
+        offset_reset: str = "earliest",
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> None:
         self.con = con
         self.landing_dir = landing_dir
         self.offset_reset = offset_reset
@@ -140,8 +150,12 @@ class LandingReader:
         On the very first batch, ``offset_reset='latest'`` starts every file at its end.
         """
         self.con.execute(_STATE_DDL)
-        known = {key: (offset, line) for key, offset, line in
-                 self.con.execute(f"SELECT file_key, byte_offset, line_number FROM {STATE_TABLE}").fetchall()}
+        known = {
+            key: (offset, line)
+            for key, offset, line in self.con.execute(
+                f"SELECT file_key, byte_offset, line_number FROM {STATE_TABLE}"
+            ).fetchall()
+        }
         self.files = []
         for path in list_landed_files(self.landing_dir):
             try:
@@ -149,9 +163,10 @@ class LandingReader:
             except OSError as error:
                 raise LandingError(f"cannot stat landed file {path}: {error}") from error
             offset, line = known.get(key, (0, 0))
-            if not path.suffix == ".gz" and size < offset:
-                LOG.warning("%s shrank from %d to %d bytes: it was truncated or replaced; reading it anew",
-                            path, offset, size)
+            if path.suffix != ".gz" and size < offset:
+                LOG.warning(
+                    "%s shrank from %d to %d bytes: it was truncated or replaced; reading it anew", path, offset, size
+                )
                 offset, line = 0, 0
             progress = FileProgress(key, path, offset, line, size)
             if first_batch_ever and self.offset_reset == "latest":
@@ -189,10 +204,14 @@ class LandingReader:
 
 def empty_chunk() -> dict[str, pd.DataFrame]:
     """A chunk with no lines but the right column types: creates the tables on a first, empty batch."""
-    return {SOURCE_NAME: pd.DataFrame({
-        "_seq": np.array([], dtype=np.int64),
-        "source_file": pd.Series([], dtype="string"),
-        "source_line": np.array([], dtype=np.int64),
-        "source_offset": np.array([], dtype=np.int64),
-        "line": pd.Series([], dtype=object),
-    })}
+    return {
+        SOURCE_NAME: pd.DataFrame(
+            {
+                "_seq": np.array([], dtype=np.int64),
+                "source_file": pd.Series([], dtype="string"),
+                "source_line": np.array([], dtype=np.int64),
+                "source_offset": np.array([], dtype=np.int64),
+                "line": pd.Series([], dtype=object),
+            }
+        )
+    }

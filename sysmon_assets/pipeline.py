@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,20 +43,28 @@ def utc_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def connect_file(path: Path) -> Connect:
-    """A connection factory for the DuckDB file at ``path`` with errors that name the file."""
+def connect_file(path: Path, opener: Connect | None = None) -> Connect:
+    """A connection factory for the DuckDB file at ``path``; failing to open it names the file.
+
+    ``opener`` (e.g. dagster-duckdb's ``DuckDBResource.get_connection``) opens the connection;
+    by default a plain ``duckdb.connect``.
+    """
+
+    def plain() -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+        return closing(duckdb.connect(str(path)))
 
     @contextmanager
     def connect() -> Iterator[duckdb.DuckDBPyConnection]:
+        opened = False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            con = duckdb.connect(str(path))
+            with (opener or plain)() as con:
+                opened = True
+                yield con
         except (OSError, duckdb.Error) as error:
+            if opened:
+                raise
             raise PipelineError(f"cannot open DuckDB file {path}: {error}") from error
-        try:
-            yield con
-        finally:
-            con.close()
 
     return connect
 
@@ -64,17 +72,18 @@ def connect_file(path: Path) -> Connect:
 class SysmonPipeline:
     """The recipe's models over one DuckDB file and one landing folder."""
 
-    def __init__(self, settings: Settings, connect: Connect | None = None,
-                 chunk_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, settings: Settings, connect: Connect | None = None, chunk_bytes: int = 64 * 1024 * 1024) -> None:
         self.settings = settings
         self.project = Project(SQL_DIR, settings.variables())
         self.connect = connect or connect_file(settings.duckdb_path)
         self.chunk_bytes = chunk_bytes
+        self.last_batch_id: int | None = None
 
     def run_model(self, name: str, run_key: str, batch_time: datetime | None = None) -> list[StepResult]:
         """Run one model's step for the batch of ``run_key`` (created by the first step that asks)."""
         with self.connect() as con:
             batch = open_batch(con, run_key, batch_time or utc_now())
+            self.last_batch_id = batch.batch_id
             if name == INGEST_MODEL:
                 return self._ingest(con, batch)
             return self.project.run_step(con, name, batch)
@@ -83,13 +92,13 @@ class SysmonPipeline:
         first_batch_ever = not table_exists(con, INGEST_MODEL)
         reader = LandingReader(con, self.settings.landing_dir, self.settings.offset_reset, self.chunk_bytes)
         reader.plan(first_batch_ever)
-        next_seq = 1 if first_batch_ever else scalar(con, 
-            f"SELECT coalesce(max(_seq), 0) + 1 FROM {INGEST_MODEL}")
+        next_seq = 1 if first_batch_ever else scalar(con, f"SELECT coalesce(max(_seq), 0) + 1 FROM {INGEST_MODEL}")
         chunks = reader.chunks(next_seq)
         if first_batch_ever:
             chunks = itertools.chain([empty_chunk()], chunks)
-        return self.project.run_step(con, INGEST_MODEL, batch, source_chunks=chunks,
-                                     before_commit=reader.commit_offsets)
+        return self.project.run_step(
+            con, INGEST_MODEL, batch, source_chunks=chunks, before_commit=reader.commit_offsets
+        )
 
     def run_batch(self, run_key: str | None = None, batch_time: datetime | None = None) -> dict[str, list[StepResult]]:
         """One whole micro-batch: every recipe model in dependency order."""

@@ -117,7 +117,8 @@ class FleetSimulator:
 
     def _new_process(self, host: Host, shipped: bool) -> dict:
         image, description, parent = self.rng.choice(IMAGES)
-        raw_guid = f"{host.machine_part[:8]}-{self.rng.getrandbits(16):04x}-{self.rng.getrandbits(16):04x}-0000-0010{self.rng.getrandbits(32):08x}"
+        bits = self.rng.getrandbits
+        raw_guid = f"{host.machine_part[:8]}-{bits(16):04x}-{bits(16):04x}-0000-0010{bits(32):08x}"
         proc = {
             "raw_guid": raw_guid,
             "pid": self.rng.randint(200, 65000),
@@ -137,16 +138,25 @@ class FleetSimulator:
         ts = self._tick()
         guid = _render_guid(proc["raw_guid"], host, 1)
         data = {
-            "UtcTime": _utc(ts), "ProcessGuid": guid, "ProcessId": str(proc["pid"]), "Image": proc["image"],
-            "FileVersion": "10.0.17763.1 (WinBuild.160101.0800)", "Description": proc["description"],
-            "Product": "Microsoft® Windows® Operating System", "Company": "Microsoft Corporation",
+            "UtcTime": _utc(ts),
+            "ProcessGuid": guid,
+            "ProcessId": str(proc["pid"]),
+            "Image": proc["image"],
+            "FileVersion": "10.0.17763.1 (WinBuild.160101.0800)",
+            "Description": proc["description"],
+            "Product": "Microsoft® Windows® Operating System",
+            "Company": "Microsoft Corporation",
             "CommandLine": f'"{proc["image"]}" -k netsvcs -p -s Task{self.rng.randint(1, 999)}',
-            "CurrentDirectory": "C:\\Windows\\system32\\", "User": proc["user"],
-            "LogonGuid": "{" + f"{host.machine_part}-0000-0000-0000-0000e7030000" + "}", "LogonId": "0x3e7",
-            "TerminalSessionId": str(self.rng.choice([0, 1])), "IntegrityLevel": "System",
+            "CurrentDirectory": "C:\\Windows\\system32\\",
+            "User": proc["user"],
+            "LogonGuid": "{" + f"{host.machine_part}-0000-0000-0000-0000e7030000" + "}",
+            "LogonId": "0x3e7",
+            "TerminalSessionId": str(self.rng.choice([0, 1])),
+            "IntegrityLevel": "System",
             "Hashes": f"SHA1={self.rng.getrandbits(160):040X},MD5={self.rng.getrandbits(128):032X}",
             "ParentProcessGuid": "{" + f"{host.machine_part}-0000-0000-0000-000000000001" + "}",
-            "ParentProcessId": str(self.rng.randint(4, 1000)), "ParentImage": proc["parent"],
+            "ParentProcessId": str(self.rng.randint(4, 1000)),
+            "ParentImage": proc["parent"],
             "ParentCommandLine": proc["parent"],
         }
         event = _envelope(host, ts, SYSMON, SYSMON_CHANNEL, 1, "Process Create (rule: ProcessCreate)")
@@ -159,14 +169,23 @@ class FleetSimulator:
         ts = self._tick()
         dst_port = self.rng.choice([443, 80, 53, 445, 8080])
         data = {
-            "UtcTime": _utc(ts), "ProcessGuid": _render_guid(proc["raw_guid"], host, 3),
-            "ProcessId": str(proc["pid"]), "Image": proc["image"], "User": proc["user"],
-            "Protocol": "tcp", "Initiated": "true", "SourceIsIpv6": "false", "SourceIp": host.ip,
-            "SourceHostname": f"{host.name}.corp.example", "SourcePort": str(self.rng.randint(49152, 65535)),
-            "SourcePortName": "", "DestinationIsIpv6": "false",
-            "DestinationIp": f"{self.rng.randint(1, 223)}.{self.rng.randint(0, 255)}.{self.rng.randint(0, 255)}.{self.rng.randint(1, 254)}",
+            "UtcTime": _utc(ts),
+            "ProcessGuid": _render_guid(proc["raw_guid"], host, 3),
+            "ProcessId": str(proc["pid"]),
+            "Image": proc["image"],
+            "User": proc["user"],
+            "Protocol": "tcp",
+            "Initiated": "true",
+            "SourceIsIpv6": "false",
+            "SourceIp": host.ip,
+            "SourceHostname": f"{host.name}.corp.example",
+            "SourcePort": str(self.rng.randint(49152, 65535)),
+            "SourcePortName": "",
+            "DestinationIsIpv6": "false",
+            "DestinationIp": ".".join(str(self.rng.randint(1, 223 if octet == 0 else 254)) for octet in range(4)),
             "DestinationHostname": self.rng.choice(["", "update.example.com", "cdn.example.net"]),
-            "DestinationPort": str(dst_port), "DestinationPortName": {443: "https", 80: "http", 53: "domain"}.get(dst_port, ""),
+            "DestinationPort": str(dst_port),
+            "DestinationPortName": {443: "https", 80: "http", 53: "domain"}.get(dst_port, ""),
         }
         event = _envelope(host, ts, SYSMON, SYSMON_CHANNEL, 3, "Network connection detected (rule: NetworkConnect)")
         event["event_data"] = data
@@ -177,8 +196,12 @@ class FleetSimulator:
         """A Sysmon event that is neither 1 nor 3."""
         ts = self._tick()
         event_id, title = self.rng.choice(sorted(OTHER_SYSMON_IDS.items()))
-        data = {"UtcTime": _utc(ts), "ProcessGuid": _render_guid(proc["raw_guid"], host, event_id),
-                "ProcessId": str(proc["pid"]), "Image": proc["image"]}
+        data = {
+            "UtcTime": _utc(ts),
+            "ProcessGuid": _render_guid(proc["raw_guid"], host, event_id),
+            "ProcessId": str(proc["pid"]),
+            "Image": proc["image"],
+        }
         event = _envelope(host, ts, SYSMON, SYSMON_CHANNEL, event_id, title)
         event["event_data"] = data
         event["message"] = _message(title, data)
@@ -193,7 +216,9 @@ class FleetSimulator:
         event["message"] = f"{provider} event {event_id}"
         return event
 
-    def events(self, count: int, missing_create_share: float = 0.3, early_connect_share: float = 0.02) -> Iterator[dict]:
+    def events(
+        self, count: int, missing_create_share: float = 0.3, early_connect_share: float = 0.02
+    ) -> Iterator[dict]:
         """Yield exactly ``count`` events in landing order."""
         return itertools.islice(self._stream(missing_create_share, early_connect_share), count)
 
@@ -224,8 +249,14 @@ class FleetSimulator:
                 yield self.non_sysmon(host)
 
 
-def write_sample(out_dir: Path, events: int, files: int = 1, hosts: int = 25, seed: int = 42,
-                 start: datetime = datetime(2026, 11, 1, 8, 0, 0)) -> list[Path]:
+def write_sample(
+    out_dir: Path,
+    events: int,
+    files: int = 1,
+    hosts: int = 25,
+    seed: int = 42,
+    start: datetime = datetime(2026, 11, 1, 8, 0, 0),
+) -> list[Path]:
     """Write ``events`` generated events round-robin into ``files`` NDJSON files; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"winlogbeat-{i:03d}.ndjson" for i in range(files)]
@@ -233,7 +264,7 @@ def write_sample(out_dir: Path, events: int, files: int = 1, hosts: int = 25, se
     generator = FleetSimulator(seed, hosts, start).events(events)
     for path in paths:
         with path.open("w", encoding="utf-8", newline="\n") as handle:
-            for _, event in zip(range(per_file), generator):
+            for _, event in zip(range(per_file), generator, strict=False):
                 handle.write(json.dumps(event, ensure_ascii=False) + "\n")
     return paths
 

@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make run` (one micro-batch over the sample) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export SYSMON_LANDING_DIR ?= data/landing
+export SYSMON_DUCKDB_PATH ?= data/sysmon.duckdb
+
+.PHONY: run test lint ui sample clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+## run: install, land the committed sample, run one micro-batch, print a few sysmon_join rows
+run: $(BIN)/.installed
+	mkdir -p $(SYSMON_LANDING_DIR)
+	cp -p sample_data/*.ndjson $(SYSMON_LANDING_DIR)/
+	$(BIN)/dagster asset materialize -m sysmon_assets.definitions --select '*'
+	$(BIN)/python -m sysmon_assets.query sql/queries/sysmon_join_sample.sql
+
+## test: lint and the whole test suite
+test: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## ui: the Dagster UI with the daemon (schedule and sensor), runs queued one at a time
+ui: $(BIN)/.installed
+	mkdir -p .dagster && cp dagster.yaml .dagster/dagster.yaml
+	DAGSTER_HOME=$(CURDIR)/.dagster $(BIN)/dagster dev -w workspace.yaml
+
+## sample: regenerate the committed sample (seeded, so the same bytes every time)
+sample: $(BIN)/.installed
+	rm -f sample_data/*.ndjson
+	$(BIN)/python -m sysmon_assets.sample --out sample_data --events 500 --hosts 8 --seed 7
+	mv sample_data/winlogbeat-000.ndjson sample_data/winlogbeat-sample.ndjson
+
+clean:
+	rm -rf data .dagster

@@ -1,0 +1,5 @@
+-- Recipe step 6, "optionally query a sample": SELECT PROCESS_PATH, SRC_HOST_NAME, DST_IP_ADDR
+-- FROM SYSMON_NETWORK_CONNECT LIMIT 2;
+SELECT process_path, src_host_name, dst_ip_addr
+FROM sysmon_network_connect
+LIMIT 2;

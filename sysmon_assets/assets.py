@@ -1,0 +1,103 @@
+"""One Dagster asset per SQL model: the asset runs the model's incremental step.
+
+The assets know nothing of Sysmon: names, lineage, descriptions and checks all come from
+the SQL files and ``sql/schema.yml`` through :mod:`dbt_like`.
+"""
+
+import json
+
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from dbt_like import Project, StepResult
+from sysmon_assets.resources import SysmonPipelineResource
+
+GROUP = "sysmon_recipe"
+
+
+def _check_specs(project: Project, name: str) -> list[AssetCheckSpec]:
+    return [
+        AssetCheckSpec(
+            f"{model}__{test.name}",
+            asset=name,
+            description=f"{test.kind} on {model}.{test.column} for the rows each batch writes",
+        )
+        for model in [name, *project.side_models(name)]
+        for test in project.models[model].tests
+    ]
+
+
+def step_metadata(results: list[StepResult], batch_id: int | None) -> dict[str, object]:
+    """Run metadata of one step: rows in and written, offsets, pending joins, side tables."""
+    main, *sides = results
+    metadata: dict[str, object] = {
+        "batch_id": batch_id,
+        "rows_in": main.rows_in,
+        "rows_written": main.rows_written,
+        "dagster/row_count": main.table_rows,
+        "offsets_before": MetadataValue.json(main.offsets_before),
+        "offsets_after": MetadataValue.json(main.offsets_after),
+    }
+    if main.pending is not None:
+        metadata["pending_joins"] = main.pending
+        metadata["expired_joins"] = main.expired
+    for side in sides:
+        metadata[f"{side.model}_rows_written"] = side.rows_written
+    return metadata
+
+
+def _check_results(name: str, results: list[StepResult]) -> list[AssetCheckResult]:
+    return [
+        AssetCheckResult(
+            asset_key=AssetKey(name),
+            check_name=f"{result.model}__{test.test.name}",
+            passed=test.passed,
+            severity=AssetCheckSeverity.ERROR,
+            metadata={"failing_rows": test.failures},
+        )
+        for result in results
+        for test in result.tests
+    ]
+
+
+def model_asset(project: Project, name: str) -> AssetsDefinition:
+    """The asset that runs ``name``'s step (and its side models') for the current run's batch."""
+    model = project.models[name]
+
+    @asset(
+        name=name,
+        deps=[AssetKey(ref) for ref in model.refs],
+        description=model.description,
+        group_name=GROUP,
+        kinds={"duckdb", "sql"},
+        check_specs=_check_specs(project, name),
+        metadata={
+            "sql_file": str(model.path.relative_to(project.models_dir.parent)),
+            "materialized": project.configs[name]["materialized"],
+            "config": MetadataValue.json({k: v for k, v in project.configs[name].items() if v is not None}),
+        },
+    )
+    def run_model_step(context: AssetExecutionContext, sysmon: SysmonPipelineResource) -> MaterializeResult:
+        pipeline = sysmon.pipeline()
+        results = pipeline.run_model(name, run_key=context.run_id, batch_time=sysmon.clock())
+        context.log.info(json.dumps({r.model: [r.rows_in, r.rows_written] for r in results}))
+        return MaterializeResult(
+            metadata=step_metadata(results, pipeline.last_batch_id),
+            check_results=_check_results(name, results),
+        )
+
+    return run_model_step
+
+
+def build_assets(project: Project) -> list[AssetsDefinition]:
+    """One asset per model that is not a side table of another, in dependency order."""
+    return [model_asset(project, name) for name in project.primary_models()]

@@ -1,0 +1,35 @@
+"""Dagster definitions: the recipe's assets, the micro-batch job, its schedule and sensor.
+
+``dagster asset materialize -m sysmon_assets.definitions --select '*'`` runs one micro-batch
+with ``SYSMON_LANDING_DIR`` and ``SYSMON_DUCKDB_PATH`` from the environment.
+"""
+
+from __future__ import annotations
+
+from dagster import Definitions, in_process_executor
+
+from dbt_like import Project
+from sysmon_assets.assets import build_assets
+from sysmon_assets.jobs import sysmon_batch_job
+from sysmon_assets.pipeline import SQL_DIR
+from sysmon_assets.resources import resources_from_settings
+from sysmon_assets.schedules import every_minute
+from sysmon_assets.sensors import landing_sensor
+from sysmon_assets.settings import Settings
+
+
+def build_definitions(settings: Settings) -> Definitions:
+    """Definitions for ``settings`` (tests build their own; the module builds from the environment)."""
+    project = Project(SQL_DIR, settings.variables())
+    return Definitions(
+        assets=build_assets(project),
+        jobs=[sysmon_batch_job],
+        schedules=[every_minute],
+        sensors=[landing_sensor],
+        resources=resources_from_settings(settings),
+        # One DuckDB file has one writer: steps run one after another in one process.
+        executor=in_process_executor,
+    )
+
+
+defs = build_definitions(Settings.from_env())

@@ -1,0 +1,46 @@
+"""Request a micro-batch when new bytes land in the landing folder.
+
+The sensor compares file sizes with its cursor and never opens DuckDB, so it cannot
+contend for the database file's lock with a running batch.
+"""
+
+import json
+from pathlib import Path
+
+from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SkipReason, sensor
+
+from sysmon_assets.jobs import sysmon_batch_job
+from sysmon_assets.landing import LandingError, landing_snapshot
+from sysmon_assets.settings import Settings
+
+
+def grown_files(previous: dict[str, int], current: dict[str, int]) -> list[str]:
+    """Keys of files that are new or larger than in ``previous``."""
+    return [key for key, size in current.items() if size > previous.get(key, 0)]
+
+
+def evaluate_landing(landing_dir: Path, cursor: str | None) -> tuple[RunRequest | SkipReason, str]:
+    """The sensor's decision and its next cursor, for a folder and the last cursor."""
+    try:
+        current = landing_snapshot(landing_dir)
+    except LandingError as error:
+        return SkipReason(str(error)), cursor or "{}"
+    previous = json.loads(cursor) if cursor else {}
+    grown = grown_files(previous, current)
+    next_cursor = json.dumps(current, sort_keys=True)
+    if not grown:
+        return SkipReason("no new bytes landed"), next_cursor
+    return RunRequest(tags={"sysmon/trigger": "landing_sensor", "sysmon/files_grown": str(len(grown))}), next_cursor
+
+
+@sensor(
+    job=sysmon_batch_job,
+    minimum_interval_seconds=30,
+    default_status=DefaultSensorStatus.STOPPED,
+    description="Requests a micro-batch when files in SYSMON_LANDING_DIR grow or appear.",
+)
+def landing_sensor(context: SensorEvaluationContext) -> RunRequest | SkipReason:
+    """Dagster entry point: see :func:`evaluate_landing`."""
+    decision, cursor = evaluate_landing(Settings.from_env().landing_dir, context.cursor)
+    context.update_cursor(cursor)
+    return decision
