@@ -1,0 +1,155 @@
+"""Shared helpers: hand-written Winlogbeat 6.x events, landing files, and table snapshots."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from sysmon_assets.pipeline import RECIPE_MODELS, SysmonPipeline
+from sysmon_assets.settings import Settings
+
+SYSMON = "Microsoft-Windows-Sysmon"
+SYSMON_CHANNEL = "Microsoft-Windows-Sysmon/Operational"
+T0 = datetime(2026, 11, 1, 12, 0, 0)
+
+_record_numbers = iter(range(1, 10**9))
+
+
+def sysmon_event(
+    event_id: int,
+    guid: str | None,
+    utc_time: str = "2026-11-01 10:00:00.123",
+    *,
+    computer: str = "HOST1.corp",
+    record: int | None = None,
+    provider: str = SYSMON,
+    **event_data: Any,
+) -> dict[str, Any]:
+    """A Winlogbeat 6.x event as the recipe's topic carries it (integers shipped as strings)."""
+    data: dict[str, Any] = {"UtcTime": utc_time, "ProcessId": "4242", "Image": r"C:\Windows\System32\cmd.exe"}
+    if guid is not None:
+        data["ProcessGuid"] = guid
+    data.update(event_data)
+    return {
+        "@timestamp": "2026-11-01T10:00:01.000Z",
+        "source_name": provider,
+        "type": "wineventlog",
+        "task": "Process Create (rule: ProcessCreate)" if event_id == 1 else "Network connection detected",
+        "log_name": SYSMON_CHANNEL if provider == SYSMON else "System",
+        "computer_name": computer,
+        "event_id": event_id,
+        "record_number": str(record if record is not None else next(_record_numbers)),
+        "event_data": data,
+    }
+
+
+def process_create(guid: str | None, command_line: str = "cmd.exe /c whoami", **kwargs: Any) -> dict[str, Any]:
+    """A Sysmon ProcessCreate (event 1) with the fields the join reads."""
+    fields = {
+        "CommandLine": command_line,
+        "Hashes": "SHA1=00",
+        "ParentImage": r"C:\Windows\explorer.exe",
+        "ParentCommandLine": "explorer.exe",
+        "LogonGuid": "{L}",
+        "LogonId": "0x3e7",
+        "TerminalSessionId": "1",
+        "CurrentDirectory": "C:\\",
+        "IntegrityLevel": "High",
+        "ParentProcessGuid": "{P}",
+        "ParentProcessId": "100",
+        "User": r"CORP\alice",
+        "Description": "Windows Command Processor",
+        "Product": "Windows",
+        "Company": "MS",
+        "FileVersion": "10.0",
+    }
+    fields.update(kwargs.pop("event_data", {}))
+    return sysmon_event(1, guid, **kwargs, **fields)
+
+
+def network_connect(guid: str | None, dst_ip: str = "10.0.0.1", **kwargs: Any) -> dict[str, Any]:
+    """A Sysmon NetworkConnect (event 3) with the fields the join reads."""
+    fields = {
+        "User": r"CORP\alice",
+        "Protocol": "tcp",
+        "Initiated": "true",
+        "SourceIsIpv6": "false",
+        "SourceIp": "10.0.0.9",
+        "SourceHostname": "HOST1.corp",
+        "SourcePort": "50000",
+        "SourcePortName": "",
+        "DestinationIsIpv6": "false",
+        "DestinationIp": dst_ip,
+        "DestinationHostname": "",
+        "DestinationPort": "443",
+        "DestinationPortName": "https",
+    }
+    fields.update(kwargs.pop("event_data", {}))
+    return sysmon_event(3, guid, **kwargs, **fields)
+
+
+def land(path: Path, events: Iterable[dict[str, Any] | str], mode: str = "a") -> None:
+    """Append events (dicts as JSON, strings as raw lines) to a landing file, one per line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open(mode, encoding="utf-8", newline="\n") as handle:
+        for event in events:
+            handle.write((event if isinstance(event, str) else json.dumps(event)) + "\n")
+
+
+class Lake:
+    """A landing folder plus DuckDB file under ``tmp_path`` with a pipeline over them."""
+
+    def __init__(self, root: Path, **settings: Any) -> None:
+        self.landing = root / "landing"
+        self.landing.mkdir(parents=True, exist_ok=True)
+        self.db = root / "sysmon.duckdb"
+        self.settings = Settings(landing_dir=self.landing, duckdb_path=self.db, **settings)
+        self.pipeline = SysmonPipeline(self.settings)
+
+    def land(self, events: Iterable[dict[str, Any] | str], name: str = "winlogbeat.ndjson") -> Path:
+        """Append events to a file of the landing folder."""
+        path = self.landing / name
+        land(path, events)
+        return path
+
+    def batch(self, at: datetime = T0) -> dict:
+        """Run one micro-batch with its clock at ``at``."""
+        return self.pipeline.run_batch(batch_time=at)
+
+    def rows(self, sql: str, params: list | None = None) -> list[tuple]:
+        """Rows of a query on the DuckDB file (read-only connection)."""
+        with duckdb.connect(str(self.db), read_only=True) as con:
+            return con.execute(sql, params or []).fetchall()
+
+    def count(self, table: str) -> int:
+        """Row count of a table."""
+        return self.rows(f"SELECT count(*) FROM {table}")[0][0]
+
+
+def snapshot(db: Path, tables: Iterable[str] = RECIPE_MODELS) -> dict[str, list[tuple]]:
+    """Every table's recipe columns (not the ``_`` metadata), as sorted rows: equal means same content."""
+    with duckdb.connect(str(db), read_only=True) as con:
+        result = {}
+        for table in tables:
+            columns = [
+                c
+                for (c,) in con.execute(
+                    "SELECT column_name FROM duckdb_columns() WHERE table_name = ? ORDER BY column_index", [table]
+                ).fetchall()
+                if not c.startswith("_")
+            ]
+            rows = con.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall()
+            result[table] = sorted(rows, key=repr)
+        return result
+
+
+@pytest.fixture
+def lake(tmp_path: Path) -> Lake:
+    """A fresh landing folder and DuckDB file."""
+    return Lake(tmp_path)

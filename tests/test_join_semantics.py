@@ -1,0 +1,121 @@
+"""sysmon_join semantics: the default mode and strict KSQL parity (README, "Join semantics")."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from tests.conftest import T0, Lake, network_connect, process_create, sysmon_event
+
+
+def joined(lake: Lake) -> list[tuple]:
+    return lake.rows("SELECT process_guid, dst_ip_addr, process_command_line FROM sysmon_join ORDER BY dst_ip_addr")
+
+
+def test_guids_that_differ_in_case_join(lake: Lake) -> None:
+    lake.land([process_create("{0A1B-CC}", "upper.exe"), network_connect("{0a1b-cc}", "10.0.0.1")])
+    lake.batch()
+    assert joined(lake) == [("{0A1B-CC}", "10.0.0.1", "upper.exe")]
+
+
+def test_connection_before_its_create_in_one_batch_joins_in_default_mode(lake: Lake) -> None:
+    lake.land([network_connect("{G}", "10.0.0.1"), process_create("{G}", "late.exe")])
+    lake.batch()
+    assert joined(lake) == [("{G}", "10.0.0.1", "late.exe")]
+
+
+def test_late_create_within_grace_joins_in_a_later_batch(lake: Lake) -> None:
+    lake.land([network_connect("{G}", "10.0.0.1")])
+    first = lake.batch(T0)
+    assert first["sysmon_join"][0].pending == 1
+    assert joined(lake) == []
+    lake.land([process_create("{G}", "late.exe")])
+    second = lake.batch(T0 + timedelta(minutes=14))
+    assert joined(lake) == [("{G}", "10.0.0.1", "late.exe")]
+    assert second["sysmon_join"][0].pending == 0
+
+
+def test_late_create_beyond_grace_does_not_join(lake: Lake) -> None:
+    lake.land([network_connect("{G}", "10.0.0.1")])
+    lake.batch(T0)
+    lake.land([process_create("{G}", "late.exe")])
+    result = lake.batch(T0 + timedelta(minutes=16))
+    assert joined(lake) == []
+    assert result["sysmon_join"][0].expired == 1
+    assert lake.count("sysmon_network_connect") == 1
+
+
+def test_grace_is_a_setting(tmp_path: Path) -> None:
+    lake = Lake(tmp_path, join_grace_minutes=60)
+    lake.land([network_connect("{G}", "10.0.0.1")])
+    lake.batch(T0)
+    lake.land([process_create("{G}", "late.exe")])
+    lake.batch(T0 + timedelta(minutes=45))
+    assert joined(lake) == [("{G}", "10.0.0.1", "late.exe")]
+
+
+def test_an_updated_process_row_affects_only_later_joins(lake: Lake) -> None:
+    lake.land([process_create("{G}", "v1.exe"), network_connect("{G}", "10.0.0.1")])
+    lake.batch(T0)
+    lake.land([process_create("{G}", "v2.exe"), network_connect("{G}", "10.0.0.2")])
+    lake.batch(T0 + timedelta(minutes=1))
+    assert joined(lake) == [("{G}", "10.0.0.1", "v1.exe"), ("{G}", "10.0.0.2", "v2.exe")]
+    assert lake.rows("SELECT process_command_line FROM sysmon_process_create_table") == [("v2.exe",)]
+
+
+def test_default_mode_joins_the_table_as_of_the_end_of_the_batch(lake: Lake) -> None:
+    lake.land([process_create("{G}", "v1.exe"), network_connect("{G}", "10.0.0.1"), process_create("{G}", "v2.exe")])
+    lake.batch()
+    assert joined(lake) == [("{G}", "10.0.0.1", "v2.exe")]
+
+
+def test_null_guid_never_joins(lake: Lake) -> None:
+    lake.land([process_create(None, "nullguid.exe"), network_connect(None, "10.0.0.1")])
+    lake.batch()
+    assert joined(lake) == []
+    assert lake.count("sysmon_process_create") == 1
+    assert lake.count("sysmon_process_create_table") == 0
+    assert lake.count("sysmon_network_connect") == 1
+
+
+def test_non_sysmon_event_id_3_never_reaches_the_join(lake: Lake) -> None:
+    foreign = sysmon_event(3, "{G}", provider="Microsoft-Windows-Kernel-General", DestinationIp="10.0.0.9")
+    lake.land([process_create("{G}", "real.exe"), foreign])
+    lake.batch()
+    assert lake.count("sysmon_network_connect") == 0
+    assert joined(lake) == []
+
+
+def test_ksql_mode_drops_a_connection_that_precedes_its_create(tmp_path: Path) -> None:
+    lake = Lake(tmp_path, join_mode="ksql")
+    lake.land(
+        [network_connect("{G}", "10.0.0.1"), process_create("{G}", "late.exe"), network_connect("{G}", "10.0.0.2")]
+    )
+    result = lake.batch()
+    assert joined(lake) == [("{G}", "10.0.0.2", "late.exe")]
+    assert result["sysmon_join"][0].pending is None
+    lake.batch(T0 + timedelta(minutes=1))
+    assert joined(lake) == [("{G}", "10.0.0.2", "late.exe")]
+
+
+def test_ksql_mode_joins_the_create_that_arrived_before_each_connection(tmp_path: Path) -> None:
+    lake = Lake(tmp_path, join_mode="ksql")
+    lake.land(
+        [
+            process_create("{G}", "v1.exe"),
+            network_connect("{G}", "10.0.0.1"),
+            process_create("{G}", "v2.exe"),
+            network_connect("{G}", "10.0.0.2"),
+        ]
+    )
+    lake.batch()
+    assert joined(lake) == [("{G}", "10.0.0.1", "v1.exe"), ("{G}", "10.0.0.2", "v2.exe")]
+
+
+def test_ksql_mode_across_batches_and_case(tmp_path: Path) -> None:
+    lake = Lake(tmp_path, join_mode="ksql")
+    lake.land([process_create("{ABC}", "p.exe")])
+    lake.batch(T0)
+    lake.land([network_connect("{abc}", "10.0.0.1"), network_connect(None, "10.0.0.2")])
+    lake.batch(T0 + timedelta(minutes=1))
+    assert joined(lake) == [("{ABC}", "10.0.0.1", "p.exe")]

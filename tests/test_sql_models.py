@@ -1,0 +1,162 @@
+"""Each recipe SQL model on tiny hand-written inputs: columns, types and row-level behaviour."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import pytest
+
+from sysmon_assets.pipeline import RECIPE_MODELS
+from tests.conftest import Lake, network_connect, process_create, sysmon_event
+from tests.recipe import recipe_columns, recipe_event_data_fields
+
+DUCKDB_TYPE = {"VARCHAR": "VARCHAR", "INTEGER": "INTEGER"}
+RECIPE_TYPES = {
+    "event_date_creation": "TIMESTAMP",
+    "process_id": "INTEGER",
+    "user_session_id": "INTEGER",
+    "parent_process_id": "INTEGER",
+    "src_port": "INTEGER",
+    "dst_port": "INTEGER",
+    "event_id": "INTEGER",
+}
+
+
+def columns(lake: Lake, table: str) -> list[tuple[str, str]]:
+    return lake.rows(
+        "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ? AND schema_name = 'main' "
+        "ORDER BY column_index",
+        [table],
+    )
+
+
+@pytest.fixture
+def loaded(lake: Lake) -> Lake:
+    lake.land([process_create("{AAAA-1}"), network_connect("{aaaa-1}")])
+    lake.batch()
+    return lake
+
+
+@pytest.mark.parametrize("table", RECIPE_MODELS)
+def test_tables_have_the_recipe_columns_in_order_then_metadata(loaded: Lake, table: str) -> None:
+    names = [name for name, _ in columns(loaded, table)]
+    recipe = recipe_columns(table)
+    assert names[: len(recipe)] == recipe
+    assert all(name.startswith("_") for name in names[len(recipe) :]), names
+
+
+@pytest.mark.parametrize("table", RECIPE_MODELS[1:])
+def test_flattened_tables_use_the_recipe_types(loaded: Lake, table: str) -> None:
+    for name, data_type in columns(loaded, table):
+        if not name.startswith("_"):
+            assert data_type == RECIPE_TYPES.get(name, "VARCHAR"), name
+
+
+def test_winlogbeat_stream_event_data_is_the_recipe_struct(loaded: Lake) -> None:
+    types = dict(columns(loaded, "winlogbeat_stream"))
+    expected = ", ".join(
+        f'"{field}" {DUCKDB_TYPE[kind]}' if field == "User" else f"{field} {DUCKDB_TYPE[kind]}"
+        for field, kind in recipe_event_data_fields()
+    )
+    assert types["event_data"] == f"STRUCT({expected})"
+    assert types["event_id"] == "INTEGER"
+    assert loaded.rows("SELECT event_data.ParentImage FROM winlogbeat_stream WHERE event_id = 1") == [
+        (r"C:\Windows\explorer.exe",)
+    ]
+
+
+def test_integer_fields_coerce_from_strings_and_numbers(lake: Lake) -> None:
+    as_number = network_connect("{G}")
+    as_number["event_id"], as_number["event_data"]["DestinationPort"] = 3, 8443
+    as_string = network_connect("{G}")
+    as_string["event_id"] = "3"
+    lake.land([as_number, as_string])
+    lake.batch()
+    assert lake.rows("SELECT event_id, event_data.DestinationPort FROM winlogbeat_stream ORDER BY _seq") == [
+        (3, 8443),
+        (3, 443),
+    ]
+
+
+def test_a_field_that_does_not_coerce_becomes_null_keeps_the_row_and_records_the_value(lake: Lake) -> None:
+    lake.land([process_create("{G}"), network_connect("{G}", event_data={"DestinationPort": "http-alt"})])
+    lake.batch()
+    assert lake.rows(
+        "SELECT event_data.DestinationPort, _coercion_errors FROM winlogbeat_stream WHERE event_id = 3"
+    ) == [(None, [{"field": "DestinationPort", "value": "http-alt"}])]
+    assert lake.rows("SELECT dst_port FROM sysmon_join") == [(None,)]
+
+
+def test_rekey_parses_utctime_as_utc_and_canonicalizes_the_guid(loaded: Lake) -> None:
+    assert loaded.rows("SELECT event_date_creation, process_guid FROM winlogbeat_stream_rekey ORDER BY _seq") == [
+        (datetime(2026, 11, 1, 10, 0, 0, 123000), "{AAAA-1}"),
+        (datetime(2026, 11, 1, 10, 0, 0, 123000), "{AAAA-1}"),
+    ]
+
+
+def test_unparseable_utctime_is_null_and_the_connection_still_joins(lake: Lake) -> None:
+    lake.land([process_create("{G}"), network_connect("{G}", utc_time="yesterday-ish")])
+    lake.batch()
+    assert lake.rows("SELECT event_date_creation, process_guid FROM sysmon_network_connect") == [(None, "{G}")]
+    assert lake.rows("SELECT event_date_creation, process_guid FROM sysmon_join") == [(None, "{G}")]
+
+
+def test_rekey_keeps_only_sysmon(lake: Lake) -> None:
+    lake.land([process_create("{G}"), sysmon_event(7036, None, provider="Service Control Manager")])
+    lake.batch()
+    assert lake.count("winlogbeat_stream") == 2
+    assert lake.rows("SELECT source_name FROM winlogbeat_stream_rekey") == [("Microsoft-Windows-Sysmon",)]
+
+
+def test_event_streams_split_by_event_id(lake: Lake) -> None:
+    lake.land([process_create("{A}"), network_connect("{A}"), sysmon_event(11, "{A}"), network_connect("{B}")])
+    lake.batch()
+    assert lake.rows("SELECT process_guid FROM sysmon_process_create") == [("{A}",)]
+    assert lake.rows("SELECT process_guid FROM sysmon_network_connect ORDER BY _seq") == [("{A}",), ("{B}",)]
+
+
+def test_process_create_table_keeps_the_latest_row_by_arrival(lake: Lake) -> None:
+    lake.land([process_create("{A}", "first"), process_create("{a}", "second"), process_create("{B}", "other")])
+    lake.batch()
+    assert lake.rows("SELECT process_guid, process_command_line FROM sysmon_process_create_table ORDER BY 1") == [
+        ("{A}", "second"),
+        ("{B}", "other"),
+    ]
+
+
+def test_redelivered_events_are_kept_once_after_the_raw_stream(lake: Lake) -> None:
+    create, connect = process_create("{A}", record=7), network_connect("{A}", record=8)
+    lake.land([create, connect, connect])
+    lake.batch()
+    lake.land([create, connect], name="replayed.ndjson")
+    lake.batch()
+    assert lake.count("winlogbeat_stream") == 5
+    assert lake.count("winlogbeat_stream_rekey") == 2
+    assert lake.count("sysmon_join") == 1
+
+
+def test_same_record_number_on_another_host_is_not_a_duplicate(lake: Lake) -> None:
+    lake.land([network_connect("{A}", record=1, computer="H1"), network_connect("{B}", record=1, computer="H2")])
+    lake.batch()
+    assert lake.count("sysmon_network_connect") == 2
+
+
+def test_rejects_record_lines_that_are_not_json_objects_and_skip_blank_lines(lake: Lake) -> None:
+    good = json.dumps(network_connect("{A}"))
+    path = lake.landing / "mixed.ndjson"
+    path.write_bytes(
+        b"\n".join([good.encode(), b"{not json", b"", b"   ", b"[1, 2]", b'{"event_id": "\xff\xfe"}', good.encode()])
+        + b"\n"
+    )
+    lake.batch()
+    assert lake.count("winlogbeat_stream") == 2
+    rejects = lake.rows("SELECT source_line, source_offset, error, raw_text FROM winlogbeat_rejects ORDER BY 1")
+    offset_of_line_2 = len(good) + 1
+    assert rejects[0] == (2, offset_of_line_2, "malformed JSON", "{not json")
+    assert [(line, error) for line, _, error, _ in rejects] == [
+        (2, "malformed JSON"),
+        (5, "valid JSON but not an object: ARRAY"),
+        (6, "not valid UTF-8"),
+    ]
+    assert lake.rows("SELECT _source_line FROM winlogbeat_stream ORDER BY 1") == [(1,), (7,)]
