@@ -55,7 +55,8 @@ def step_metadata(results: list[StepResult], batch_id: int | None) -> dict[str, 
     return metadata
 
 
-def _check_results(name: str, results: list[StepResult]) -> list[AssetCheckResult]:
+def check_results(name: str, results: list[StepResult]) -> list[AssetCheckResult]:
+    """One asset check result per schema test the step (and its side models) ran."""
     return [
         AssetCheckResult(
             asset_key=AssetKey(name),
@@ -88,11 +89,11 @@ def model_asset(project: Project, name: str) -> AssetsDefinition:
     )
     def run_model_step(context: AssetExecutionContext, sysmon: SysmonPipelineResource) -> MaterializeResult:
         pipeline = sysmon.pipeline()
-        results = pipeline.run_model(name, run_key=context.run_id, batch_time=sysmon.clock())
+        results = pipeline.run_model(name, run_key=context.run.run_id, batch_time=sysmon.clock())
         context.log.info(json.dumps({r.model: [r.rows_in, r.rows_written] for r in results}))
         return MaterializeResult(
             metadata=step_metadata(results, pipeline.last_batch_id),
-            check_results=_check_results(name, results),
+            check_results=check_results(name, results),
         )
 
     return run_model_step

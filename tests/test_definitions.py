@@ -1,0 +1,96 @@
+"""The Dagster definitions: lineage of the six recipe assets, job, schedule, sensor, and the CLI batch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+from dagster import AssetKey
+
+from sysmon_assets.definitions import build_definitions, defs
+from sysmon_assets.pipeline import RECIPE_MODELS
+from sysmon_assets.settings import Settings
+from tests.conftest import Lake, network_connect, process_create
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE_EDGES = {
+    "winlogbeat_stream": set(),
+    "winlogbeat_stream_rekey": {"winlogbeat_stream"},
+    "sysmon_process_create": {"winlogbeat_stream_rekey"},
+    "sysmon_process_create_table": {"sysmon_process_create"},
+    "sysmon_network_connect": {"winlogbeat_stream_rekey"},
+    # the ksql mode's as-of join reads the ProcessCreate stream itself
+    "sysmon_join": {"sysmon_network_connect", "sysmon_process_create_table", "sysmon_process_create"},
+}
+
+
+def test_the_six_recipe_assets_with_their_lineage_and_descriptions() -> None:
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert keys == set(RECIPE_MODELS)
+    for name, upstream in RECIPE_EDGES.items():
+        node = graph.get(AssetKey(name))
+        assert {key.to_user_string() for key in node.parent_keys} == upstream
+        assert node.description and "Recipe step" in node.description
+        assert node.kinds == {"duckdb", "sql"}
+        assert node.group_name == "sysmon_recipe"
+
+
+def test_schema_tests_are_asset_checks() -> None:
+    checks = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
+    assert "sysmon_process_create_table__unique_process_guid" in checks
+    assert "winlogbeat_rejects__not_null_error" in checks
+
+
+def test_job_schedule_and_sensor() -> None:
+    job = defs.resolve_job_def("sysmon_micro_batch")
+    assert job.executor_def.name == "in_process"
+    assert {node.name for node in job.nodes} == set(RECIPE_MODELS)
+    assert defs.resolve_schedule_def("sysmon_every_minute").cron_schedule == "* * * * *"
+    assert defs.resolve_sensor_def("landing_sensor").job_name == "sysmon_micro_batch"
+
+
+def test_materializing_the_job_in_process_reports_rows_offsets_and_checks(lake: Lake) -> None:
+    lake.land([process_create("{G}"), network_connect("{g}"), network_connect("{none}")])
+    definitions = build_definitions(lake.settings)
+    result = definitions.resolve_job_def("sysmon_micro_batch").execute_in_process()
+    assert result.success
+    join = result.asset_materializations_for_node("sysmon_join")[0].metadata
+    assert join["rows_written"].value == 1
+    assert join["pending_joins"].value == 1
+    assert join["dagster/row_count"].value == 1
+    assert join["offsets_after"].value == {"sysmon_network_connect": 1, "sysmon_process_create": 1}
+    ingest = result.asset_materializations_for_node("winlogbeat_stream")[0].metadata
+    assert ingest["winlogbeat_rejects_rows_written"].value == 0
+    checks = result.get_asset_check_evaluations()
+    assert checks and all(check.passed for check in checks)
+
+
+def test_the_cli_runs_exactly_one_micro_batch(tmp_path: Path) -> None:
+    settings = Settings(landing_dir=tmp_path / "landing", duckdb_path=tmp_path / "cli.duckdb")
+    lake = Lake(tmp_path)
+    lake.land([process_create("{G}"), network_connect("{G}")])
+    env = {
+        **os.environ,
+        "SYSMON_LANDING_DIR": str(settings.landing_dir),
+        "SYSMON_DUCKDB_PATH": str(settings.duckdb_path),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "dagster",
+        "asset",
+        "materialize",
+        "-m",
+        "sysmon_assets.definitions",
+        "--select",
+        "*",
+    ]
+    for _ in range(2):
+        subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
+    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM dbt_like.batches").fetchone() == (2,)
+        assert con.execute("SELECT count(*), max(_batch_id) FROM main.sysmon_join").fetchone() == (1, 1)

@@ -1,0 +1,118 @@
+"""Reading the landing folder: growth, partial lines, rotation, gzip, offset reset, errors."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pytest
+
+from sysmon_assets.landing import LandingError, list_landed_files
+from sysmon_assets.pipeline import PipelineError
+from tests.conftest import Lake, network_connect, process_create
+
+
+def test_a_growing_file_is_read_from_where_the_last_batch_stopped(lake: Lake) -> None:
+    lake.land([network_connect("{A}", "10.0.0.1")])
+    lake.batch()
+    lake.land([network_connect("{A}", "10.0.0.2")])
+    lake.batch()
+    assert lake.rows("SELECT _source_line, _source_offset > 0, _batch_id FROM winlogbeat_stream ORDER BY 1") == [
+        (1, False, 1),
+        (2, True, 2),
+    ]
+
+
+def test_an_incomplete_last_line_waits_for_its_newline(lake: Lake) -> None:
+    whole, partial = json.dumps(network_connect("{A}", "10.0.0.1")), json.dumps(network_connect("{A}", "10.0.0.2"))
+    path = lake.landing / "w.ndjson"
+    path.write_text(whole + "\n" + partial[:40])
+    lake.batch()
+    assert lake.count("winlogbeat_stream") == 1
+    assert lake.count("winlogbeat_rejects") == 0
+    with path.open("a") as handle:
+        handle.write(partial[40:] + "\n")
+    lake.batch()
+    assert lake.rows("SELECT event_data.DestinationIp FROM winlogbeat_stream ORDER BY _seq") == [
+        ("10.0.0.1",),
+        ("10.0.0.2",),
+    ]
+
+
+def test_a_rotated_file_is_not_read_twice(lake: Lake) -> None:
+    path = lake.land([network_connect("{A}", "10.0.0.1")], name="winlogbeat.ndjson")
+    lake.batch()
+    path.rename(lake.landing / "winlogbeat.1.ndjson")
+    lake.land([network_connect("{A}", "10.0.0.2")], name="winlogbeat.ndjson")
+    lake.batch()
+    assert lake.count("winlogbeat_stream") == 2
+
+
+def test_gzip_files_are_read(lake: Lake) -> None:
+    lines = "".join(json.dumps(e) + "\n" for e in [process_create("{A}"), network_connect("{A}")])
+    with gzip.open(lake.landing / "archive.ndjson.gz", "wt") as handle:
+        handle.write(lines)
+    lake.batch()
+    lake.batch()
+    assert lake.count("sysmon_join") == 1
+    assert lake.count("winlogbeat_stream") == 2
+
+
+def test_only_ndjson_and_json_files_are_landed(lake: Lake) -> None:
+    for name in ["a.json", "b.ndjson", "c.json.gz", "notes.txt", "d.ndjson.tmp"]:
+        (lake.landing / name).write_text("")
+    assert [p.name for p in list_landed_files(lake.landing)] == ["a.json", "b.ndjson", "c.json.gz"]
+
+
+def test_offset_reset_latest_starts_after_what_had_landed(tmp_path: Path) -> None:
+    lake = Lake(tmp_path, offset_reset="latest")
+    lake.land([network_connect("{A}", "10.0.0.1")])
+    lake.batch()
+    assert lake.count("winlogbeat_stream") == 0
+    lake.land([network_connect("{A}", "10.0.0.2")])
+    lake.land([network_connect("{A}", "10.0.0.3")], name="new.ndjson")
+    lake.batch()
+    assert lake.rows("SELECT event_data.DestinationIp FROM winlogbeat_stream ORDER BY 1") == [
+        ("10.0.0.2",),
+        ("10.0.0.3",),
+    ]
+
+
+def test_offset_reset_earliest_reads_everything_landed(lake: Lake) -> None:
+    lake.land([network_connect("{A}", "10.0.0.1")])
+    lake.batch()
+    assert lake.count("winlogbeat_stream") == 1
+
+
+def test_a_truncated_file_is_read_anew_not_mixed(lake: Lake, caplog: pytest.LogCaptureFixture) -> None:
+    path = lake.land([network_connect("{A}", "10.0.0.1"), network_connect("{A}", "10.0.0.2")])
+    lake.batch()
+    path.write_text(json.dumps(network_connect("{A}", "10.0.0.3")) + "\n")
+    lake.batch()
+    assert "shrank" in caplog.text
+    assert lake.rows("SELECT event_data.DestinationIp, _source_line FROM winlogbeat_stream ORDER BY _seq")[-1] == (
+        "10.0.0.3",
+        1,
+    )
+
+
+def test_a_missing_landing_folder_is_one_clear_error(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    lake.landing.rmdir()
+    with pytest.raises(LandingError, match=f"landing folder {lake.landing} does not exist"):
+        lake.batch()
+
+
+def test_an_unusable_duckdb_path_names_the_path(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    lake.db.mkdir()
+    with pytest.raises(PipelineError, match=f"cannot open DuckDB file {lake.db}"):
+        lake.batch()
+
+
+def test_a_corrupt_duckdb_file_names_the_path(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    lake.db.write_bytes(b"this is not a duckdb file" * 1000)
+    with pytest.raises(PipelineError, match=f"cannot open DuckDB file {lake.db}"):
+        lake.batch()

@@ -1,0 +1,154 @@
+"""dbt_like's incremental runner on a small generic project that knows nothing of Sysmon."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+
+from dbt_like import Project, ProjectError, open_batch
+
+T0 = datetime(2026, 1, 1)
+TABLES = ["events", "orders", "catalog", "priced"]
+
+MODELS = {
+    "events.sql": """-- Raw events from a supplied source.
+{{ config(materialized='stream') }}
+SELECT id AS _seq, kind, item FROM {{ source('feed') }}
+""",
+    "orders.sql": """-- Only orders.
+{{ config(materialized='stream') }}
+SELECT _seq, item FROM {{ ref('events') }} WHERE kind = 'order'
+""",
+    "catalog.sql": """-- Latest price per item.
+{{ config(materialized='table', unique_key='item') }}
+SELECT _seq, item FROM {{ ref('events') }} WHERE kind = 'price'
+""",
+    "priced.sql": """-- Orders with a catalogued item, retried while the item is missing.
+{{ config(materialized='stream', retry_unmatched='orders', retry_grace_minutes=10) }}
+SELECT o._seq, o.item FROM {{ ref('orders') }} AS o JOIN {{ ref('catalog') }} AS c ON o.item = c.item
+""",
+}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    models = tmp_path / "models"
+    models.mkdir()
+    for name, sql in MODELS.items():
+        (models / name).write_text(sql)
+    return Project(models)
+
+
+def feed(*rows: tuple[int, str, str]) -> dict[str, pd.DataFrame]:
+    return {"feed": pd.DataFrame(rows, columns=["id", "kind", "item"])}
+
+
+def run_all(project: Project, con: duckdb.DuckDBPyConnection, rows: list, run_key: str, at: datetime = T0) -> dict:
+    batch = open_batch(con, run_key, at)
+    results = {"events": project.run_step(con, "events", batch, source_chunks=[feed(*rows)])[0]}
+    for name in ["orders", "catalog", "priced"]:
+        results[name] = project.run_step(con, name, batch)[0]
+    return results
+
+
+def test_discovers_models_in_dependency_order_with_descriptions(project: Project) -> None:
+    assert list(project.models) == ["events", "catalog", "orders", "priced"]
+    assert project.models["priced"].refs == ("orders", "catalog")
+    assert project.models["events"].description == "Raw events from a supplied source."
+    assert project.configs["catalog"]["materialized"] == "table"
+
+
+def test_a_stream_step_reads_only_what_its_input_gained(project: Project) -> None:
+    con = duckdb.connect()
+    first = run_all(project, con, [(1, "order", "a"), (2, "price", "a")], "r1")
+    second = run_all(project, con, [(3, "order", "a")], "r2")
+    assert (first["orders"].rows_in, second["orders"].rows_in) == (2, 1)
+    assert second["orders"].offsets_before == {"events": 1}
+    assert second["orders"].offsets_after == {"events": 2}
+    assert con.execute("SELECT _seq, _batch_id FROM priced ORDER BY 1").fetchall() == [(1, 1), (3, 2)]
+
+
+def test_a_step_with_nothing_new_changes_nothing(project: Project) -> None:
+    con = duckdb.connect()
+    run_all(project, con, [(1, "order", "a"), (2, "price", "a")], "r1")
+    before = {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in TABLES}
+    results = run_all(project, con, [], "r2")
+    assert all(result.rows_written == 0 for result in results.values())
+    assert before == {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in TABLES}
+
+
+def test_table_upsert_keeps_the_latest_row_per_key(project: Project) -> None:
+    con = duckdb.connect()
+    run_all(project, con, [(1, "price", "a"), (2, "price", "b")], "r1")
+    run_all(project, con, [(4, "price", "a"), (3, "price", "a")], "r2")
+    assert con.execute("SELECT item, _seq, _batch_id FROM catalog ORDER BY item").fetchall() == [
+        ("a", 4, 2),
+        ("b", 2, 1),
+    ]
+
+
+def test_unmatched_rows_are_retried_until_the_grace_period_ends(project: Project) -> None:
+    con = duckdb.connect()
+    first = run_all(project, con, [(1, "order", "x"), (2, "order", "y")], "r1", T0)
+    assert first["priced"].pending == 2
+    second = run_all(project, con, [(3, "price", "x")], "r2", T0 + timedelta(minutes=5))
+    assert (second["priced"].rows_written, second["priced"].pending) == (1, 1)
+    third = run_all(project, con, [(4, "price", "y")], "r3", T0 + timedelta(minutes=11))
+    assert (third["priced"].rows_written, third["priced"].expired, third["priced"].pending) == (0, 1, 0)
+
+
+def test_a_failure_inside_the_step_rolls_back_rows_and_offsets(project: Project) -> None:
+    con = duckdb.connect()
+    run_all(project, con, [(1, "order", "a")], "r1")
+    batch = open_batch(con, "r2", T0)
+    project.run_step(con, "events", batch, source_chunks=[feed((2, "order", "b"))])
+
+    def crash(_: duckdb.DuckDBPyConnection) -> None:
+        raise RuntimeError("killed before commit")
+
+    with pytest.raises(RuntimeError):
+        project.run_step(con, "orders", batch, before_commit=crash)
+    assert con.execute("SELECT count(*) FROM orders").fetchone() == (1,)
+    assert project.run_step(con, "orders", batch)[0].rows_written == 1
+    assert con.execute("SELECT _seq FROM orders ORDER BY 1").fetchall() == [(1,), (2,)]
+
+
+def test_source_chunks_all_land_in_one_transaction(project: Project) -> None:
+    con = duckdb.connect()
+    batch = open_batch(con, "r1", T0)
+
+    def chunks():
+        yield feed((1, "order", "a"))
+        raise OSError("disk went away mid-batch")
+
+    with pytest.raises(OSError):
+        project.run_step(con, "events", batch, source_chunks=chunks())
+    assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'events'").fetchone() == (0,)
+
+
+def test_steps_of_one_run_share_a_batch(project: Project) -> None:
+    con = duckdb.connect()
+    assert open_batch(con, "run-a", T0) == open_batch(con, "run-a", T0 + timedelta(hours=1))
+    assert open_batch(con, "run-b", T0).batch_id == 2
+
+
+def test_a_model_whose_input_was_never_materialized_says_so(project: Project) -> None:
+    con = duckdb.connect()
+    with pytest.raises(ProjectError, match="orders reads events, which has not been materialized"):
+        project.run_step(con, "orders", open_batch(con, "r1", T0))
+
+
+def test_unknown_ref_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "a.sql").write_text("SELECT * FROM {{ ref('missing') }}")
+    with pytest.raises(ProjectError, match=r"a\.sql: ref\(\) to unknown model\(s\) missing"):
+        Project(tmp_path)
+
+
+def test_bad_materialization_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "a.sql").write_text("{{ config(materialized='view') }} SELECT 1")
+    with pytest.raises(ProjectError, match="materialized='view'"):
+        Project(tmp_path)

@@ -1,0 +1,37 @@
+"""The landing sensor requests a batch exactly when bytes land."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dagster import RunRequest, SkipReason, build_sensor_context
+
+from sysmon_assets.sensors import evaluate_landing, landing_sensor
+
+
+def test_requests_a_batch_only_when_files_appear_or_grow(tmp_path: Path) -> None:
+    decision, cursor = evaluate_landing(tmp_path, None)
+    assert isinstance(decision, SkipReason)
+    (tmp_path / "w.ndjson").write_text('{"a": 1}\n')
+    decision, cursor = evaluate_landing(tmp_path, cursor)
+    assert isinstance(decision, RunRequest)
+    decision, cursor = evaluate_landing(tmp_path, cursor)
+    assert isinstance(decision, SkipReason)
+    with (tmp_path / "w.ndjson").open("a") as handle:
+        handle.write('{"a": 2}\n')
+    decision, _ = evaluate_landing(tmp_path, cursor)
+    assert isinstance(decision, RunRequest)
+
+
+def test_a_missing_folder_is_a_skip_that_names_it(tmp_path: Path) -> None:
+    decision, _ = evaluate_landing(tmp_path / "nope", None)
+    assert isinstance(decision, SkipReason)
+    assert str(tmp_path / "nope") in decision.skip_message
+
+
+def test_the_sensor_reads_the_environment_and_keeps_a_cursor(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SYSMON_LANDING_DIR", str(tmp_path))
+    (tmp_path / "w.ndjson").write_text('{"a": 1}\n')
+    context = build_sensor_context()
+    assert isinstance(landing_sensor(context), RunRequest)
+    assert isinstance(landing_sensor(context), SkipReason)

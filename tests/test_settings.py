@@ -1,0 +1,42 @@
+"""Settings from the environment: defaults under ./data/ and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sysmon_assets.settings import Settings, SettingsError
+
+
+def test_defaults_live_under_data() -> None:
+    settings = Settings.from_env({})
+    assert (settings.landing_dir, settings.duckdb_path) == (Path("data/landing"), Path("data/sysmon.duckdb"))
+    assert (settings.offset_reset, settings.join_mode, settings.join_grace_minutes) == ("earliest", "default", 15)
+
+
+def test_every_setting_comes_from_its_variable() -> None:
+    settings = Settings.from_env(
+        {
+            "SYSMON_LANDING_DIR": "/in",
+            "SYSMON_DUCKDB_PATH": "/db.duckdb",
+            "SYSMON_OFFSET_RESET": "latest",
+            "SYSMON_JOIN_MODE": "KSQL",
+            "SYSMON_JOIN_GRACE_MINUTES": "5",
+        }
+    )
+    assert settings == Settings(Path("/in"), Path("/db.duckdb"), "latest", "ksql", 5)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SYSMON_JOIN_MODE", "fuzzy"),
+        ("SYSMON_OFFSET_RESET", "middle"),
+        ("SYSMON_JOIN_GRACE_MINUTES", "soon"),
+        ("SYSMON_JOIN_GRACE_MINUTES", "-1"),
+    ],
+)
+def test_bad_values_name_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env({variable: value})
