@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -44,7 +45,7 @@ def run_in_batches(root: Path, data: bytes, batches: int) -> Path:
     settings.landing_dir.mkdir(parents=True)
     target = settings.landing_dir / "winlogbeat.ndjson"
     cuts = [len(data) * i // batches + 17 * i for i in range(batches)] + [len(data)]
-    for start, end in zip(cuts, cuts[1:], strict=False):
+    for start, end in itertools.pairwise(cuts):
         with target.open("ab") as handle:
             handle.write(data[start:end])
         materialize_batch(settings)

@@ -28,7 +28,8 @@ def test_schema_yml_declares_tests_and_column_descriptions(tmp_path: Path) -> No
 def test_each_kind_counts_failures_in_the_batch_only() -> None:
     con = duckdb.connect()
     con.execute(
-        "CREATE TABLE t AS SELECT * FROM (VALUES (1, 'a', 1), (NULL, 'a', 2), (3, 'zz', 2), (1, 'b', 2)) v(k, s, _batch_id)"
+        "CREATE TABLE t AS SELECT * FROM "
+        "(VALUES (1, 'a', 1), (NULL, 'a', 2), (3, 'zz', 2), (1, 'b', 2)) v(k, s, _batch_id)"
     )
     model = Model(
         "t",
