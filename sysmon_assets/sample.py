@@ -222,6 +222,14 @@ class FleetSimulator:
         """Yield exactly ``count`` events in landing order."""
         return itertools.islice(self._stream(missing_create_share, early_connect_share), count)
 
+    def _connecting_process(self, host: Host, missing_create_share: float) -> dict:
+        """The process behind a connection: one whose create was never shipped ``missing_create_share`` of the time."""
+        unshipped = self.rng.random() < missing_create_share
+        pool = [proc for proc in host.processes if proc["shipped"] != unshipped]
+        if unshipped and (not pool or self.rng.random() < 0.2):
+            return self._new_process(host, shipped=False)
+        return self.rng.choice(pool or host.processes)
+
     def _stream(self, missing_create_share: float, early_connect_share: float) -> Iterator[dict]:
         held_back: list[dict] = []
         while True:
@@ -229,20 +237,17 @@ class FleetSimulator:
             roll = self.rng.random()
             if held_back and roll < 0.05:
                 yield held_back.pop(0)
-            elif roll < 0.30 or not host.processes:
-                proc = self._new_process(host, shipped=self.rng.random() >= missing_create_share)
-                if proc["shipped"]:
-                    create = self.process_create(host, proc)
-                    if self.rng.random() < early_connect_share:
-                        # This process's first connection lands before its create does.
-                        held_back.append(create)
-                        yield self.network_connect(host, proc)
-                    else:
-                        yield create
-                else:
+            elif roll < 0.25 or not host.processes:
+                proc = self._new_process(host, shipped=True)
+                create = self.process_create(host, proc)
+                if self.rng.random() < early_connect_share:
+                    # This process's first connection lands before its create does.
+                    held_back.append(create)
                     yield self.network_connect(host, proc)
+                else:
+                    yield create
             elif roll < 0.75:
-                yield self.network_connect(host, self.rng.choice(host.processes))
+                yield self.network_connect(host, self._connecting_process(host, missing_create_share))
             elif roll < 0.90:
                 yield self.other_sysmon(host, self.rng.choice(host.processes))
             else:
@@ -257,7 +262,7 @@ def write_sample(
     seed: int = 42,
     start: datetime = datetime(2026, 11, 1, 8, 0, 0),
 ) -> list[Path]:
-    """Write ``events`` generated events round-robin into ``files`` NDJSON files; return their paths."""
+    """Write ``events`` generated events, in landing order, split over ``files`` NDJSON files; return their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"winlogbeat-{i:03d}.ndjson" for i in range(files)]
     per_file = -(-events // files)

@@ -1,0 +1,82 @@
+"""Real Sysmon data nobody here wrote: OTRF Security-Datasets, legacy Winlogbeat 6.7 layout.
+
+The expected joins are computed independently, in plain Python over the file, and compared
+with what the pipeline writes to sysmon_join.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Lake
+from tests.recipe import shared_path
+
+OTRF_TARBALLS = {
+    # file: e3 rows joined, as SOURCES.md counts them (exact ProcessGuid match, same file)
+    "empire_invoke_runas.tar.gz": 15,
+    "empire_enable_rdp.tar.gz": 6,
+    "empire_scm_dll_hijack_ikeext.tar.gz": 6,
+    "empire_wdigest_downgrade.tar.gz": 0,
+}
+
+
+def extract_ndjson(tarball: Path, into: Path) -> Path:
+    """The one JSON member of an OTRF tarball, written as a landing file."""
+    with tarfile.open(tarball) as archive:
+        (member,) = [m for m in archive.getmembers() if m.isfile()]
+        data = archive.extractfile(member).read()
+    target = into / (tarball.name.removesuffix(".tar.gz") + ".ndjson")
+    target.write_bytes(data)
+    return target
+
+
+def expected_joins(path: Path) -> list[tuple]:
+    """sysmon_join rows (guid, time, destination, command line) computed without the pipeline."""
+    seen, creates, connects = set(), {}, []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        event = json.loads(line)
+        if event.get("source_name") != "Microsoft-Windows-Sysmon":
+            continue
+        delivery = (event.get("computer_name"), event.get("log_name"), event.get("record_number"))
+        if delivery in seen:
+            continue
+        seen.add(delivery)
+        data = event.get("event_data", {})
+        guid = (data.get("ProcessGuid") or "").strip().upper() or None
+        if int(event["event_id"]) == 1 and guid:
+            creates[guid] = data  # latest by arrival wins
+        elif int(event["event_id"]) == 3:
+            connects.append((guid, data))
+    return sorted(
+        (
+            guid,
+            datetime.strptime(data["UtcTime"], "%Y-%m-%d %H:%M:%S.%f"),
+            data.get("DestinationIp"),
+            int(data["DestinationPort"]),
+            creates[guid].get("CommandLine"),
+        )
+        for guid, data in connects
+        if guid in creates
+    )
+
+
+@pytest.mark.parametrize("tarball", sorted(OTRF_TARBALLS))
+def test_otrf_joins_match_an_independent_computation(tarball: str, tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    landed = extract_ndjson(shared_path("data", "real", "otrf-security-datasets", tarball), lake.landing)
+    lake.batch()
+    actual = lake.rows(
+        "SELECT process_guid, event_date_creation, dst_ip_addr, dst_port, process_command_line FROM sysmon_join"
+    )
+    expected = expected_joins(landed)
+    assert sorted(actual) == expected
+    assert len(expected) == OTRF_TARBALLS[tarball]
+    assert lake.count("winlogbeat_rejects") == 0
+    assert lake.count("winlogbeat_stream") == sum(1 for line in landed.read_bytes().splitlines() if line.strip())

@@ -1,0 +1,56 @@
+"""The seeded sample generator: deterministic and shaped like a real fleet."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from sysmon_assets.sample import FleetSimulator, write_sample
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_same_seed_same_bytes(tmp_path: Path) -> None:
+    first = write_sample(tmp_path / "a", 300, seed=5)[0].read_bytes()
+    second = write_sample(tmp_path / "b", 300, seed=5)[0].read_bytes()
+    assert first == second
+    assert write_sample(tmp_path / "c", 300, seed=6)[0].read_bytes() != first
+
+
+def test_files_split_the_events(tmp_path: Path) -> None:
+    paths = write_sample(tmp_path, 1000, files=3)
+    assert [p.name for p in paths] == ["winlogbeat-000.ndjson", "winlogbeat-001.ndjson", "winlogbeat-002.ndjson"]
+    assert sum(len(p.read_text().splitlines()) for p in paths) == 1000
+
+
+def test_the_mix_looks_like_a_fleet() -> None:
+    events = list(FleetSimulator(seed=1, hosts=20, start=__import__("datetime").datetime(2026, 1, 1)).events(20000))
+    assert len(events) == 20000
+    kinds = Counter((e["source_name"] == "Microsoft-Windows-Sysmon", e["event_id"]) for e in events)
+    assert kinds[(True, 1)] and kinds[(True, 3)] and kinds[(False, 3)] and kinds[(True, 11)]
+    assert len({e["computer_name"] for e in events}) == 20
+    created, position = {}, {}
+    for index, event in enumerate(events):
+        guid = event["event_data"].get("ProcessGuid", "")
+        if event["event_id"] == 1 and event["source_name"] == "Microsoft-Windows-Sysmon":
+            created[guid.upper()] = index
+    connects = [
+        (i, e["event_data"]["ProcessGuid"])
+        for i, e in enumerate(events)
+        if e["event_id"] == 3 and e["source_name"] == "Microsoft-Windows-Sysmon"
+    ]
+    for index, guid in connects:
+        position.setdefault(guid.upper(), index)
+    unmatched = sum(1 for _, guid in connects if guid.upper() not in created)
+    early = sum(1 for guid, index in position.items() if guid in created and index < created[guid])
+    assert 0.2 < unmatched / len(connects) < 0.4
+    assert early > 10
+    assert any(guid != guid.upper() for _, guid in connects) and any(guid == guid.upper() for _, guid in connects)
+
+
+def test_the_committed_sample_is_winlogbeat_6_layout() -> None:
+    (sample,) = (ROOT / "sample_data").glob("*.ndjson")
+    first = json.loads(sample.read_text().splitlines()[0])
+    assert first["@metadata"]["version"].startswith("6.")
+    assert {"source_name", "computer_name", "event_id", "record_number", "event_data"} <= first.keys()
