@@ -1,10 +1,12 @@
 -- Not a recipe step: the dead-letter side table of WINLOGBEAT_STREAM (KSQL would log and skip these).
 -- Every non-blank landed line that is not a JSON object, with its file, line, byte offset and the reason.
 {{ config(materialized='stream', part_of='winlogbeat_stream') }}
-WITH landed AS (
-    SELECT l.* REPLACE (CAST(l.line AS BLOB) AS line), try(decode(CAST(l.line AS BLOB))) AS text
-    FROM {{ source('landed_lines') }} AS l
-    WHERE l._seq NOT IN (SELECT _seq FROM winlogbeat_stream WHERE _batch_id = {{ batch_id }})
+WITH unparsed AS (
+    SELECT l.* FROM {{ source('landed_lines') }} AS l
+    ANTI JOIN (SELECT _seq FROM winlogbeat_stream WHERE _batch_id = {{ batch_id }}) AS parsed USING (_seq)
+), landed AS (
+    SELECT u.* REPLACE (CAST(u.line AS BLOB) AS line), try(decode(CAST(u.line AS BLOB))) AS text
+    FROM unparsed AS u
 )
 SELECT
     source_file,
