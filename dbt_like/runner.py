@@ -60,6 +60,7 @@ class StepResult:
     expired: int | None = None
     table_rows: int = 0
     tests: list[TestResult] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
 
 
 def ensure_state(con: Connection) -> None:

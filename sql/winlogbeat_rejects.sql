@@ -13,6 +13,8 @@ SELECT
     source_line,
     source_offset,
     CASE
+        WHEN octet_length(line) > {{ var('max_line_bytes') }}
+            THEN 'line of ' || octet_length(line) || ' bytes is longer than max_line_bytes={{ var('max_line_bytes') }}'
         WHEN text IS NULL THEN 'not valid UTF-8'
         WHEN NOT json_valid(text) THEN 'malformed JSON'
         ELSE 'valid JSON but not an object: ' || json_type(text)

@@ -1,92 +1,195 @@
 -- Recipe step 2: CREATE STREAM WINLOGBEAT_STREAM (... event_data STRUCT<...>, event_id INTEGER)
 -- WITH (KAFKA_TOPIC='winlogbeat', VALUE_FORMAT='JSON'): the landing folder plays the topic.
--- One row per landed JSON object line, typed as the CREATE STREAM declares. A field that does not
--- coerce becomes NULL and is listed in _coercion_errors; the row is kept. Lines that are not JSON
--- objects go to winlogbeat_rejects. Columns starting with _ are ingest metadata.
+-- One row per landed JSON object line, typed as the CREATE STREAM declares, whichever layout carried it:
+-- Winlogbeat 6.x (the recipe's), 7.x/8.x (winlog.*), 7.x/8.x with the Sysmon module (Elastic ECS), or an
+-- EVTX record (landed as {"evtx": <the record's Event object>}). A field that does not coerce becomes NULL
+-- and is listed in _coercion_errors; the row is kept. Lines that are not JSON objects (or longer than
+-- max_line_bytes) go to winlogbeat_rejects. Columns starting with _ are metadata.
 {{ config(materialized='stream') }}
 WITH landed AS (
     SELECT l.* REPLACE (CAST(l.line AS BLOB) AS line), try(decode(CAST(l.line AS BLOB))) AS text  -- NULL if not UTF-8
     FROM {{ source('landed_lines') }} AS l
+    WHERE octet_length(CAST(l.line AS BLOB)) <= {{ var('max_line_bytes') }}
 ), parsed AS (
     SELECT landed.*, try(from_json(text, '
         {"source_name": "VARCHAR", "type": "VARCHAR", "task": "VARCHAR", "log_name": "VARCHAR",
-         "computer_name": "VARCHAR", "event_id": "VARCHAR", "record_number": "VARCHAR",
-         "event_data": {
-             "UtcTime": "VARCHAR", "ProcessGuid": "VARCHAR", "ProcessId": "VARCHAR",
-             "Image": "VARCHAR", "FileVersion": "VARCHAR", "Description": "VARCHAR",
-             "Product": "VARCHAR", "Company": "VARCHAR", "CommandLine": "VARCHAR",
-             "CurrentDirectory": "VARCHAR", "User": "VARCHAR", "LogonGuid": "VARCHAR",
-             "LogonId": "VARCHAR", "TerminalSessionId": "VARCHAR", "IntegrityLevel": "VARCHAR",
-             "Hashes": "VARCHAR", "ParentProcessGuid": "VARCHAR", "ParentProcessId": "VARCHAR",
-             "ParentImage": "VARCHAR", "ParentCommandLine": "VARCHAR", "Protocol": "VARCHAR",
-             "Initiated": "VARCHAR", "SourceIsIpv6": "VARCHAR", "SourceIp": "VARCHAR",
-             "SourceHostname": "VARCHAR", "SourcePort": "VARCHAR", "SourcePortName": "VARCHAR",
-             "DestinationIsIpv6": "VARCHAR", "DestinationIp": "VARCHAR", "DestinationHostname": "VARCHAR",
-             "DestinationPort": "VARCHAR", "DestinationPortName": "VARCHAR"}}
+            "computer_name": "VARCHAR", "event_id": "VARCHAR", "record_number": "VARCHAR",
+            "@timestamp": "VARCHAR",
+            "event_data": {"UtcTime": "VARCHAR", "ProcessGuid": "VARCHAR", "ProcessId": "VARCHAR", "Image": "VARCHAR",
+                "FileVersion": "VARCHAR", "Description": "VARCHAR", "Product": "VARCHAR",
+                "Company": "VARCHAR", "CommandLine": "VARCHAR", "CurrentDirectory": "VARCHAR",
+                "User": "VARCHAR", "LogonGuid": "VARCHAR", "LogonId": "VARCHAR",
+                "TerminalSessionId": "VARCHAR", "IntegrityLevel": "VARCHAR", "Hashes": "VARCHAR",
+                "ParentProcessGuid": "VARCHAR", "ParentProcessId": "VARCHAR", "ParentImage": "VARCHAR",
+                "ParentCommandLine": "VARCHAR", "Protocol": "VARCHAR", "Initiated": "VARCHAR",
+                "SourceIsIpv6": "VARCHAR", "SourceIp": "VARCHAR", "SourceHostname": "VARCHAR",
+                "SourcePort": "VARCHAR", "SourcePortName": "VARCHAR", "DestinationIsIpv6": "VARCHAR",
+                "DestinationIp": "VARCHAR", "DestinationHostname": "VARCHAR", "DestinationPort": "VARCHAR",
+                "DestinationPortName": "VARCHAR"},
+            "winlog": {"provider_name": "VARCHAR", "channel": "VARCHAR", "computer_name": "VARCHAR",
+                "event_id": "VARCHAR", "task": "VARCHAR", "api": "VARCHAR", "record_id": "VARCHAR",
+                "event_data": {"UtcTime": "VARCHAR", "ProcessGuid": "VARCHAR", "ProcessId": "VARCHAR", "Image": "VARCHAR",
+                    "FileVersion": "VARCHAR", "Description": "VARCHAR", "Product": "VARCHAR",
+                    "Company": "VARCHAR", "CommandLine": "VARCHAR", "CurrentDirectory": "VARCHAR",
+                    "User": "VARCHAR", "LogonGuid": "VARCHAR", "LogonId": "VARCHAR",
+                    "TerminalSessionId": "VARCHAR", "IntegrityLevel": "VARCHAR", "Hashes": "VARCHAR",
+                    "ParentProcessGuid": "VARCHAR", "ParentProcessId": "VARCHAR", "ParentImage": "VARCHAR",
+                    "ParentCommandLine": "VARCHAR", "Protocol": "VARCHAR", "Initiated": "VARCHAR",
+                    "SourceIsIpv6": "VARCHAR", "SourceIp": "VARCHAR", "SourceHostname": "VARCHAR",
+                    "SourcePort": "VARCHAR", "SourcePortName": "VARCHAR", "DestinationIsIpv6": "VARCHAR",
+                    "DestinationIp": "VARCHAR", "DestinationHostname": "VARCHAR", "DestinationPort": "VARCHAR",
+                    "DestinationPortName": "VARCHAR"}},
+            "event": {"module": "VARCHAR", "code": "VARCHAR"},
+            "process": {"entity_id": "VARCHAR", "pid": "VARCHAR", "executable": "VARCHAR",
+                "command_line": "VARCHAR", "working_directory": "VARCHAR",
+                "pe": {"file_version": "VARCHAR", "description": "VARCHAR", "product": "VARCHAR",
+                    "company": "VARCHAR", "imphash": "VARCHAR"},
+                "hash": {"sha1": "VARCHAR", "md5": "VARCHAR", "sha256": "VARCHAR"},
+                "parent": {"entity_id": "VARCHAR", "pid": "VARCHAR", "executable": "VARCHAR",
+                    "command_line": "VARCHAR"}},
+            "user": {"domain": "VARCHAR", "name": "VARCHAR"},
+            "network": {"transport": "VARCHAR", "direction": "VARCHAR", "type": "VARCHAR", "protocol": "VARCHAR"},
+            "source": {"ip": "VARCHAR", "port": "VARCHAR", "domain": "VARCHAR"},
+            "destination": {"ip": "VARCHAR", "port": "VARCHAR", "domain": "VARCHAR"},
+            "evtx": {"System": {"EventID": "VARCHAR", "Task": "VARCHAR", "EventRecordID": "VARCHAR", "Channel": "VARCHAR",
+                    "Computer": "VARCHAR",
+                    "Provider": {"#attributes": {"Name": "VARCHAR"}}},
+                "EventData": {"UtcTime": "VARCHAR", "ProcessGuid": "VARCHAR", "ProcessId": "VARCHAR", "Image": "VARCHAR",
+                    "FileVersion": "VARCHAR", "Description": "VARCHAR", "Product": "VARCHAR",
+                    "Company": "VARCHAR", "CommandLine": "VARCHAR", "CurrentDirectory": "VARCHAR",
+                    "User": "VARCHAR", "LogonGuid": "VARCHAR", "LogonId": "VARCHAR",
+                    "TerminalSessionId": "VARCHAR", "IntegrityLevel": "VARCHAR", "Hashes": "VARCHAR",
+                    "ParentProcessGuid": "VARCHAR", "ParentProcessId": "VARCHAR", "ParentImage": "VARCHAR",
+                    "ParentCommandLine": "VARCHAR", "Protocol": "VARCHAR", "Initiated": "VARCHAR",
+                    "SourceIsIpv6": "VARCHAR", "SourceIp": "VARCHAR", "SourceHostname": "VARCHAR",
+                    "SourcePort": "VARCHAR", "SourcePortName": "VARCHAR", "DestinationIsIpv6": "VARCHAR",
+                    "DestinationIp": "VARCHAR", "DestinationHostname": "VARCHAR", "DestinationPort": "VARCHAR",
+                    "DestinationPortName": "VARCHAR"}}}
     ')) AS j
     FROM landed
     WHERE starts_with(ltrim(text, E' \t\r'), '{')
+), layouts AS (
+    SELECT
+        parsed.*,
+        CASE
+            WHEN j.evtx.System.EventID IS NOT NULL THEN 'evtx'
+            WHEN j.source_name IS NOT NULL OR j.computer_name IS NOT NULL THEN 'winlogbeat6'
+            WHEN j."event".module = 'sysmon' THEN 'ecs'
+            WHEN j.winlog.provider_name IS NOT NULL OR j.winlog.channel IS NOT NULL THEN 'winlogbeat7'
+            ELSE 'unknown'
+        END AS layout
+    FROM parsed
+    WHERE j IS NOT NULL
+), mapped AS (
+    -- Each recipe field as text, from the first layout that carries it (the README's mapping tables).
+    SELECT
+        layouts.*,
+        coalesce(j.source_name, j.winlog.provider_name, j.evtx.System.Provider."#attributes".Name) AS source_name,
+        coalesce(j."type", j.winlog.api, CASE WHEN layout = 'evtx' THEN 'evtx' END) AS "type",
+        coalesce(j.task, j.winlog.task, j.evtx.System.Task) AS task,
+        coalesce(j.log_name, j.winlog.channel, j.evtx.System.Channel) AS log_name,
+        -- the source host, never a forwarder's host.name
+        coalesce(j.computer_name, j.winlog.computer_name, j.evtx.System.Computer) AS computer_name,
+        coalesce(j.event_id, j.winlog.event_id, CASE WHEN layout = 'ecs' THEN j."event".code END,
+                 -- an EVTX EventID with Qualifiers renders as {"#text": 7036, "#attributes": {...}}
+                 CASE WHEN starts_with(j.evtx.System.EventID, '{')
+                      THEN json_extract_string(j.evtx.System.EventID, '$."#text"')
+                      ELSE j.evtx.System.EventID END) AS event_id_text,
+        coalesce(j.record_number, j.winlog.record_id, j.evtx.System.EventRecordID) AS record_number_text,
+        coalesce(j.event_data.UtcTime, j.winlog.event_data.UtcTime, j.evtx.EventData.UtcTime, CASE WHEN layout = 'ecs' THEN strftime(coalesce(try_strptime(j."@timestamp", '%Y-%m-%dT%H:%M:%S.%fZ'), try_strptime(j."@timestamp", '%Y-%m-%dT%H:%M:%SZ')), '%Y-%m-%d %H:%M:%S.%g') END) AS "UtcTime",
+        coalesce(j.event_data.ProcessGuid, j.winlog.event_data.ProcessGuid, j.evtx.EventData.ProcessGuid, CASE WHEN layout = 'ecs' THEN j."process".entity_id END) AS "ProcessGuid",
+        coalesce(j.event_data.ProcessId, j.winlog.event_data.ProcessId, j.evtx.EventData.ProcessId, CASE WHEN layout = 'ecs' THEN j."process".pid END) AS "ProcessId",
+        coalesce(j.event_data.Image, j.winlog.event_data.Image, j.evtx.EventData.Image, CASE WHEN layout = 'ecs' THEN j."process".executable END) AS "Image",
+        coalesce(j.event_data.FileVersion, j.winlog.event_data.FileVersion, j.evtx.EventData.FileVersion, CASE WHEN layout = 'ecs' THEN j."process".pe.file_version END) AS "FileVersion",
+        coalesce(j.event_data.Description, j.winlog.event_data.Description, j.evtx.EventData.Description, CASE WHEN layout = 'ecs' THEN j."process".pe.description END) AS "Description",
+        coalesce(j.event_data.Product, j.winlog.event_data.Product, j.evtx.EventData.Product, CASE WHEN layout = 'ecs' THEN j."process".pe.product END) AS "Product",
+        coalesce(j.event_data.Company, j.winlog.event_data.Company, j.evtx.EventData.Company, CASE WHEN layout = 'ecs' THEN j."process".pe.company END) AS "Company",
+        coalesce(j.event_data.CommandLine, j.winlog.event_data.CommandLine, j.evtx.EventData.CommandLine, CASE WHEN layout = 'ecs' THEN j."process".command_line END) AS "CommandLine",
+        coalesce(j.event_data.CurrentDirectory, j.winlog.event_data.CurrentDirectory, j.evtx.EventData.CurrentDirectory, CASE WHEN layout = 'ecs' THEN j."process".working_directory END) AS "CurrentDirectory",
+        coalesce(j.event_data.User, j.winlog.event_data.User, j.evtx.EventData.User, CASE WHEN layout = 'ecs' THEN concat_ws('\', j."user".domain, j."user".name) END) AS "User",
+        coalesce(j.event_data.LogonGuid, j.winlog.event_data.LogonGuid, j.evtx.EventData.LogonGuid) AS "LogonGuid",
+        coalesce(j.event_data.LogonId, j.winlog.event_data.LogonId, j.evtx.EventData.LogonId) AS "LogonId",
+        coalesce(j.event_data.TerminalSessionId, j.winlog.event_data.TerminalSessionId, j.evtx.EventData.TerminalSessionId) AS "TerminalSessionId",
+        coalesce(j.event_data.IntegrityLevel, j.winlog.event_data.IntegrityLevel, j.evtx.EventData.IntegrityLevel) AS "IntegrityLevel",
+        coalesce(j.event_data.Hashes, j.winlog.event_data.Hashes, j.evtx.EventData.Hashes, CASE WHEN layout = 'ecs' THEN nullif(concat_ws(',', 'SHA1=' || upper(j."process".hash.sha1), 'MD5=' || upper(j."process".hash.md5), 'SHA256=' || upper(j."process".hash.sha256), 'IMPHASH=' || upper(j."process".pe.imphash)), '') END) AS "Hashes",
+        coalesce(j.event_data.ParentProcessGuid, j.winlog.event_data.ParentProcessGuid, j.evtx.EventData.ParentProcessGuid, CASE WHEN layout = 'ecs' THEN j."process".parent.entity_id END) AS "ParentProcessGuid",
+        coalesce(j.event_data.ParentProcessId, j.winlog.event_data.ParentProcessId, j.evtx.EventData.ParentProcessId, CASE WHEN layout = 'ecs' THEN j."process".parent.pid END) AS "ParentProcessId",
+        coalesce(j.event_data.ParentImage, j.winlog.event_data.ParentImage, j.evtx.EventData.ParentImage, CASE WHEN layout = 'ecs' THEN j."process".parent.executable END) AS "ParentImage",
+        coalesce(j.event_data.ParentCommandLine, j.winlog.event_data.ParentCommandLine, j.evtx.EventData.ParentCommandLine, CASE WHEN layout = 'ecs' THEN j."process".parent.command_line END) AS "ParentCommandLine",
+        coalesce(j.event_data.Protocol, j.winlog.event_data.Protocol, j.evtx.EventData.Protocol, CASE WHEN layout = 'ecs' THEN j."network".transport END) AS "Protocol",
+        coalesce(j.event_data.Initiated, j.winlog.event_data.Initiated, j.evtx.EventData.Initiated, CASE WHEN layout = 'ecs' THEN CASE j."network".direction WHEN 'egress' THEN 'true' WHEN 'outbound' THEN 'true' WHEN 'ingress' THEN 'false' WHEN 'inbound' THEN 'false' END END) AS "Initiated",
+        coalesce(j.event_data.SourceIsIpv6, j.winlog.event_data.SourceIsIpv6, j.evtx.EventData.SourceIsIpv6, CASE WHEN layout = 'ecs' THEN CASE j."network"."type" WHEN 'ipv6' THEN 'true' WHEN 'ipv4' THEN 'false' END END) AS "SourceIsIpv6",
+        coalesce(j.event_data.SourceIp, j.winlog.event_data.SourceIp, j.evtx.EventData.SourceIp, CASE WHEN layout = 'ecs' THEN j."source".ip END) AS "SourceIp",
+        coalesce(j.event_data.SourceHostname, j.winlog.event_data.SourceHostname, j.evtx.EventData.SourceHostname, CASE WHEN layout = 'ecs' THEN j."source".domain END) AS "SourceHostname",
+        coalesce(j.event_data.SourcePort, j.winlog.event_data.SourcePort, j.evtx.EventData.SourcePort, CASE WHEN layout = 'ecs' THEN j."source".port END) AS "SourcePort",
+        coalesce(j.event_data.SourcePortName, j.winlog.event_data.SourcePortName, j.evtx.EventData.SourcePortName) AS "SourcePortName",
+        coalesce(j.event_data.DestinationIsIpv6, j.winlog.event_data.DestinationIsIpv6, j.evtx.EventData.DestinationIsIpv6, CASE WHEN layout = 'ecs' THEN CASE j."network"."type" WHEN 'ipv6' THEN 'true' WHEN 'ipv4' THEN 'false' END END) AS "DestinationIsIpv6",
+        coalesce(j.event_data.DestinationIp, j.winlog.event_data.DestinationIp, j.evtx.EventData.DestinationIp, CASE WHEN layout = 'ecs' THEN j."destination".ip END) AS "DestinationIp",
+        coalesce(j.event_data.DestinationHostname, j.winlog.event_data.DestinationHostname, j.evtx.EventData.DestinationHostname, CASE WHEN layout = 'ecs' THEN j."destination".domain END) AS "DestinationHostname",
+        coalesce(j.event_data.DestinationPort, j.winlog.event_data.DestinationPort, j.evtx.EventData.DestinationPort, CASE WHEN layout = 'ecs' THEN j."destination".port END) AS "DestinationPort",
+        coalesce(j.event_data.DestinationPortName, j.winlog.event_data.DestinationPortName, j.evtx.EventData.DestinationPortName, CASE WHEN layout = 'ecs' THEN j."network".protocol END) AS "DestinationPortName"
+    FROM layouts
 )
 SELECT
-    j.source_name,
-    j.type,
-    j.task,
-    j.log_name,
-    j.computer_name,
+    source_name,
+    "type",
+    task,
+    log_name,
+    computer_name,
     {
-        'UtcTime': j.event_data.UtcTime,
-        'ProcessGuid': j.event_data.ProcessGuid,
-        'ProcessId': TRY_CAST(j.event_data.ProcessId AS INTEGER),
-        'Image': j.event_data.Image,
-        'FileVersion': j.event_data.FileVersion,
-        'Description': j.event_data.Description,
-        'Product': j.event_data.Product,
-        'Company': j.event_data.Company,
-        'CommandLine': j.event_data.CommandLine,
-        'CurrentDirectory': j.event_data.CurrentDirectory,
-        'User': j.event_data.User,
-        'LogonGuid': j.event_data.LogonGuid,
-        'LogonId': j.event_data.LogonId,
-        'TerminalSessionId': TRY_CAST(j.event_data.TerminalSessionId AS INTEGER),
-        'IntegrityLevel': j.event_data.IntegrityLevel,
-        'Hashes': j.event_data.Hashes,
-        'ParentProcessGuid': j.event_data.ParentProcessGuid,
-        'ParentProcessId': TRY_CAST(j.event_data.ParentProcessId AS INTEGER),
-        'ParentImage': j.event_data.ParentImage,
-        'ParentCommandLine': j.event_data.ParentCommandLine,
-        'Protocol': j.event_data.Protocol,
-        'Initiated': j.event_data.Initiated,
-        'SourceIsIpv6': j.event_data.SourceIsIpv6,
-        'SourceIp': j.event_data.SourceIp,
-        'SourceHostname': j.event_data.SourceHostname,
-        'SourcePort': TRY_CAST(j.event_data.SourcePort AS INTEGER),
-        'SourcePortName': j.event_data.SourcePortName,
-        'DestinationIsIpv6': j.event_data.DestinationIsIpv6,
-        'DestinationIp': j.event_data.DestinationIp,
-        'DestinationHostname': j.event_data.DestinationHostname,
-        'DestinationPort': TRY_CAST(j.event_data.DestinationPort AS INTEGER),
-        'DestinationPortName': j.event_data.DestinationPortName
+        'UtcTime': "UtcTime",
+        'ProcessGuid': "ProcessGuid",
+        'ProcessId': TRY_CAST("ProcessId" AS INTEGER),
+        'Image': "Image",
+        'FileVersion': "FileVersion",
+        'Description': "Description",
+        'Product': "Product",
+        'Company': "Company",
+        'CommandLine': "CommandLine",
+        'CurrentDirectory': "CurrentDirectory",
+        'User': "User",
+        'LogonGuid': "LogonGuid",
+        'LogonId': "LogonId",
+        'TerminalSessionId': TRY_CAST("TerminalSessionId" AS INTEGER),
+        'IntegrityLevel': "IntegrityLevel",
+        'Hashes': "Hashes",
+        'ParentProcessGuid': "ParentProcessGuid",
+        'ParentProcessId': TRY_CAST("ParentProcessId" AS INTEGER),
+        'ParentImage': "ParentImage",
+        'ParentCommandLine': "ParentCommandLine",
+        'Protocol': "Protocol",
+        'Initiated': "Initiated",
+        'SourceIsIpv6': "SourceIsIpv6",
+        'SourceIp': "SourceIp",
+        'SourceHostname': "SourceHostname",
+        'SourcePort': TRY_CAST("SourcePort" AS INTEGER),
+        'SourcePortName': "SourcePortName",
+        'DestinationIsIpv6': "DestinationIsIpv6",
+        'DestinationIp': "DestinationIp",
+        'DestinationHostname': "DestinationHostname",
+        'DestinationPort': TRY_CAST("DestinationPort" AS INTEGER),
+        'DestinationPortName': "DestinationPortName"
     } AS event_data,
-    TRY_CAST(j.event_id AS INTEGER) AS event_id,
-    TRY_CAST(j.record_number AS BIGINT) AS _record_number,
+    TRY_CAST(event_id_text AS INTEGER) AS event_id,
+    TRY_CAST(record_number_text AS BIGINT) AS _record_number,
+    layout AS _layout,
     list_filter([
-        CASE WHEN TRY_CAST(j.event_id AS INTEGER) IS NULL AND nullif(trim(j.event_id), '') IS NOT NULL
-             THEN {'field': 'event_id', 'value': j.event_id} END,
-        CASE WHEN TRY_CAST(j.event_data.ProcessId AS INTEGER) IS NULL AND nullif(trim(j.event_data.ProcessId), '') IS NOT NULL
-             THEN {'field': 'ProcessId', 'value': j.event_data.ProcessId} END,
-        CASE WHEN TRY_CAST(j.event_data.TerminalSessionId AS INTEGER) IS NULL AND nullif(trim(j.event_data.TerminalSessionId), '') IS NOT NULL
-             THEN {'field': 'TerminalSessionId', 'value': j.event_data.TerminalSessionId} END,
-        CASE WHEN TRY_CAST(j.event_data.ParentProcessId AS INTEGER) IS NULL AND nullif(trim(j.event_data.ParentProcessId), '') IS NOT NULL
-             THEN {'field': 'ParentProcessId', 'value': j.event_data.ParentProcessId} END,
-        CASE WHEN TRY_CAST(j.event_data.SourcePort AS INTEGER) IS NULL AND nullif(trim(j.event_data.SourcePort), '') IS NOT NULL
-             THEN {'field': 'SourcePort', 'value': j.event_data.SourcePort} END,
-        CASE WHEN TRY_CAST(j.event_data.DestinationPort AS INTEGER) IS NULL AND nullif(trim(j.event_data.DestinationPort), '') IS NOT NULL
-             THEN {'field': 'DestinationPort', 'value': j.event_data.DestinationPort} END
+        CASE WHEN TRY_CAST(event_id_text AS INTEGER) IS NULL AND nullif(trim(event_id_text), '') IS NOT NULL
+             THEN {'field': 'event_id', 'value': event_id_text} END,
+        CASE WHEN TRY_CAST("ProcessId" AS INTEGER) IS NULL AND nullif(trim("ProcessId"), '') IS NOT NULL
+             THEN {'field': 'ProcessId', 'value': "ProcessId"} END,
+        CASE WHEN TRY_CAST("TerminalSessionId" AS INTEGER) IS NULL AND nullif(trim("TerminalSessionId"), '') IS NOT NULL
+             THEN {'field': 'TerminalSessionId', 'value': "TerminalSessionId"} END,
+        CASE WHEN TRY_CAST("ParentProcessId" AS INTEGER) IS NULL AND nullif(trim("ParentProcessId"), '') IS NOT NULL
+             THEN {'field': 'ParentProcessId', 'value': "ParentProcessId"} END,
+        CASE WHEN TRY_CAST("SourcePort" AS INTEGER) IS NULL AND nullif(trim("SourcePort"), '') IS NOT NULL
+             THEN {'field': 'SourcePort', 'value': "SourcePort"} END,
+        CASE WHEN TRY_CAST("DestinationPort" AS INTEGER) IS NULL AND nullif(trim("DestinationPort"), '') IS NOT NULL
+             THEN {'field': 'DestinationPort', 'value': "DestinationPort"} END
     ], lambda e: e IS NOT NULL) AS _coercion_errors,
     source_file AS _source_file,
     source_line AS _source_line,
     source_offset AS _source_offset,
     TIMESTAMP '{{ batch_time }}' AS _ingested_at,
     _seq
-FROM parsed
-WHERE j IS NOT NULL
+FROM mapped

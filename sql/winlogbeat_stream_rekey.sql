@@ -1,12 +1,12 @@
 -- Recipe step 3: CREATE STREAM WINLOGBEAT_STREAM_REKEY AS SELECT STRINGTOTIMESTAMP(event_data->UtcTime, ...)
 -- AS event_date_creation, event_data->... FROM WINLOGBEAT_STREAM WHERE source_name='Microsoft-Windows-Sysmon' PARTITION BY process_guid.
 -- Flattens event_data and parses UtcTime ('yyyy-MM-dd HH:mm:ss.SSS', UTC) into a TIMESTAMP; NULL if it does not parse.
--- process_guid, the key, is stored in one canonical form (upper case, trimmed) because hosts differ in GUID case.
+-- process_guid, the key, is stored in one canonical form ('{' upper case '}') because hosts and layouts differ.
 -- Winlogbeat delivers at least once: a redelivered event (same computer, channel, record number) is kept once.
 {{ config(materialized='stream') }}
 SELECT
     try_strptime(s.event_data.UtcTime, '%Y-%m-%d %H:%M:%S.%g') AS event_date_creation,
-    upper(trim(s.event_data.ProcessGuid)) AS process_guid,
+    '{' || nullif(upper(trim(s.event_data.ProcessGuid, '{} ')), '') || '}' AS process_guid,
     s.event_data.ProcessId AS process_id,
     s.event_data.Image AS process_path,
     s.event_data.FileVersion AS file_version,

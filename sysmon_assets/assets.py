@@ -52,6 +52,8 @@ def step_metadata(results: list[StepResult], batch_id: int | None) -> dict[str, 
         metadata["expired_joins"] = main.expired
     for side in sides:
         metadata[f"{side.model}_rows_written"] = side.rows_written
+    for name, value in main.notes.items():
+        metadata[name] = MetadataValue.json(value)
     return metadata
 
 

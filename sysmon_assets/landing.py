@@ -1,37 +1,51 @@
-"""Read what Winlogbeat's file output landed since the last committed batch.
+"""Read what landed in the landing folder since the last committed batch.
 
-Files are tracked by device and inode (as Filebeat's registry does), so a file that is
-renamed by rotation is not read again; a file that grows is read from the byte where the
-last batch stopped; an incomplete last line (no newline yet) waits for the next batch.
-The offsets are written by :meth:`LandingReader.commit_offsets`, inside the same DuckDB
+Files are tracked by device and inode (as Filebeat's registry does), so a file renamed by
+rotation is not read again; a file that grows is read from where the last batch stopped;
+an incomplete last line (no newline yet) waits for the next batch. A fingerprint of each
+file's first bytes detects a file replaced in place, and a file that shrank was truncated:
+both are recorded in ``ingest.file_events`` and read anew, never mixed with the old offset.
+Positions are written by :meth:`LandingReader.commit_offsets`, inside the same DuckDB
 transaction as the rows, so a crash never loses or repeats a line.
+
+``*.evtx`` files are parsed with the ``evtx`` package (a Rust EVTX parser); each record
+lands as one JSON line ``{"evtx": <the record's Event object>}`` and its position counts
+records, not bytes.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 import duckdb
+import evtx
 import numpy as np
 import pandas as pd
 
 LOG = logging.getLogger(__name__)
 
 STATE_TABLE = "ingest.files"
+EVENTS_TABLE = "ingest.file_events"
 SOURCE_NAME = "landed_lines"
-PATTERNS = ("*.json", "*.ndjson", "*.json.gz", "*.ndjson.gz")
+PATTERNS = ("*.json", "*.ndjson", "*.json.gz", "*.ndjson.gz", "*.evtx")
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
+EVTX_RECORDS_PER_CHUNK = 20_000
+FINGERPRINT_BYTES = 1024
 
 _STATE_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS ingest;
 CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
-    file_key VARCHAR PRIMARY KEY, path VARCHAR, byte_offset BIGINT, line_number BIGINT, updated_at TIMESTAMP);
+    file_key VARCHAR PRIMARY KEY, path VARCHAR, position BIGINT, line_number BIGINT,
+    head_bytes BIGINT, head_sha256 VARCHAR, updated_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS {EVENTS_TABLE} (
+    detected_at TIMESTAMP, path VARCHAR, file_key VARCHAR, event VARCHAR, detail VARCHAR);
 """
 
 
@@ -45,18 +59,19 @@ class FileProgress:
 
     key: str
     path: Path
-    offset: int
+    position: int
     line: int
     size: int
+    notes: list[tuple[str, str]] = field(default_factory=list)
 
     @property
-    def compressed(self) -> bool:
-        """Whether the file is gzip-compressed (offsets then count decompressed bytes)."""
-        return self.path.suffix == ".gz"
+    def kind(self) -> str:
+        """``evtx``, ``gzip`` or ``text``: how the file is read and what its position counts."""
+        return {".evtx": "evtx", ".gz": "gzip"}.get(self.path.suffix, "text")
 
 
 def list_landed_files(landing_dir: Path) -> list[Path]:
-    """Landed NDJSON files in name order; a missing folder is an error that names it."""
+    """Landed files in name order; a missing folder is an error that names it."""
     if not landing_dir.is_dir():
         raise LandingError(f"landing folder {landing_dir} does not exist or is not a folder (set SYSMON_LANDING_DIR)")
     files = {path for pattern in PATTERNS for path in landing_dir.glob(pattern) if path.is_file()}
@@ -74,22 +89,31 @@ def landing_snapshot(landing_dir: Path) -> dict[str, int]:
     return {file_key(path): path.stat().st_size for path in list_landed_files(landing_dir)}
 
 
+def fingerprint(path: Path, length: int) -> str:
+    """SHA-256 of the first ``length`` bytes of the file as stored on disk."""
+    try:
+        with path.open("rb") as handle:
+            return hashlib.sha256(handle.read(length)).hexdigest()
+    except OSError as error:
+        raise LandingError(f"cannot read landed file {path}: {error}") from error
+
+
 @contextmanager
 def _open(progress: FileProgress) -> Iterator[BinaryIO]:
     try:
-        opener = gzip.open if progress.compressed else open
+        opener = gzip.open if progress.kind == "gzip" else open
         with opener(progress.path, "rb") as handle:
-            handle.seek(progress.offset)
+            handle.seek(progress.position)
             yield handle
     except OSError as error:
         raise LandingError(f"cannot read landed file {progress.path}: {error}") from error
 
 
 def _read_blocks(progress: FileProgress, chunk_bytes: int) -> Iterator[bytes]:
-    """Blocks of complete lines from the file's current offset; a partial last line is held back."""
+    """Blocks of complete lines from the file's current position; a partial last line is held back."""
     with _open(progress) as handle:
         pending = b""
-        remaining = None if progress.compressed else progress.size - progress.offset
+        remaining = None if progress.kind == "gzip" else progress.size - progress.position
         while remaining is None or remaining > 0:
             want = chunk_bytes if remaining is None else min(chunk_bytes, remaining)
             try:
@@ -101,20 +125,46 @@ def _read_blocks(progress: FileProgress, chunk_bytes: int) -> Iterator[bytes]:
                 break
             if remaining is not None:
                 remaining -= len(block)
-            data = pending + block
-            cut = data.rfind(b"\n") + 1
-            pending = data[cut:]
+            cut = block.rfind(b"\n") + 1
             if cut:
-                yield data[:cut]
+                yield pending + block[:cut]
+                pending = block[cut:]
+            else:
+                pending += block
 
 
-def _frame(block: bytes, progress: FileProgress, first_seq: int) -> pd.DataFrame:
-    """One row per line of ``block``: sequence number, file, line number, byte offset, raw bytes."""
-    lines = block.split(b"\n")
-    lines.pop()  # the block ends with a newline, so the last element is empty
-    lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
-    offsets = progress.offset + np.concatenate(([0], np.cumsum(lengths + 1)[:-1])) if lines else lengths
-    frame = pd.DataFrame(
+def _evtx_lines(progress: FileProgress, chunk_records: int) -> Iterator[list[bytes]]:
+    """Lists of JSON lines, one per EVTX record after the first ``position`` records."""
+    try:
+        records = evtx.PyEvtxParser(str(progress.path)).records_json()
+    except (OSError, RuntimeError) as error:
+        raise LandingError(f"cannot read EVTX file {progress.path}: {error}") from error
+    lines: list[bytes] = []
+    index = 0
+    while True:
+        try:
+            record = next(records)
+        except StopIteration:
+            break
+        except RuntimeError as error:
+            # A record the parser cannot read becomes a non-JSON line: it lands in winlogbeat_rejects.
+            record = {"data": f"EVTX record unreadable: {error}"}
+        index += 1
+        if index <= progress.position:
+            continue
+        data = record["data"]
+        if data.startswith('{"Event":'):
+            data = '{"evtx":' + data[len('{"Event":') :]
+        lines.append(data.encode("utf-8"))
+        if len(lines) >= chunk_records:
+            yield lines
+            lines = []
+    if lines:
+        yield lines
+
+
+def _frame(lines: list[bytes], progress: FileProgress, first_seq: int, offsets: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame(
         {
             "_seq": np.arange(first_seq, first_seq + len(lines), dtype=np.int64),
             "source_file": pd.Series([str(progress.path)] * len(lines), dtype="string"),
@@ -123,7 +173,25 @@ def _frame(block: bytes, progress: FileProgress, first_seq: int) -> pd.DataFrame
             "line": pd.Series(lines, dtype=object),
         }
     )
-    progress.offset += len(block)
+
+
+def _text_frame(block: bytes, progress: FileProgress, first_seq: int) -> pd.DataFrame:
+    """One row per line of ``block``: sequence number, file, line number, byte offset, raw bytes."""
+    lines = block.split(b"\n")
+    lines.pop()  # the block ends with a newline, so the last element is empty
+    lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
+    offsets = progress.position + np.concatenate(([0], np.cumsum(lengths + 1)[:-1])) if lines else lengths
+    frame = _frame(lines, progress, first_seq, offsets)
+    progress.position += len(block)
+    progress.line += len(lines)
+    return frame
+
+
+def _evtx_frame(lines: list[bytes], progress: FileProgress, first_seq: int) -> pd.DataFrame:
+    """One row per EVTX record; the offset column holds the record's index in the file."""
+    indexes = np.arange(progress.position + 1, progress.position + 1 + len(lines), dtype=np.int64)
+    frame = _frame(lines, progress, first_seq, indexes)
+    progress.position += len(lines)
     progress.line += len(lines)
     return frame
 
@@ -151,9 +219,9 @@ class LandingReader:
         """
         self.con.execute(_STATE_DDL)
         known = {
-            key: (offset, line)
-            for key, offset, line in self.con.execute(
-                f"SELECT file_key, byte_offset, line_number FROM {STATE_TABLE}"
+            row[0]: row[1:]
+            for row in self.con.execute(
+                f"SELECT file_key, position, line_number, head_bytes, head_sha256 FROM {STATE_TABLE}"
             ).fetchall()
         }
         self.files = []
@@ -162,56 +230,76 @@ class LandingReader:
                 key, size = file_key(path), path.stat().st_size
             except OSError as error:
                 raise LandingError(f"cannot stat landed file {path}: {error}") from error
-            offset, line = known.get(key, (0, 0))
-            if path.suffix != ".gz" and size < offset:
-                LOG.warning(
-                    "%s shrank from %d to %d bytes: it was truncated or replaced; reading it anew", path, offset, size
-                )
-                offset, line = 0, 0
-            progress = FileProgress(key, path, offset, line, size)
+            progress = FileProgress(key, path, 0, 0, size)
+            if key in known:
+                self._resume(progress, *known[key])
             if first_batch_ever and self.offset_reset == "latest":
                 self._skip_to_end(progress)
             self.files.append(progress)
         return self.files
 
+    @staticmethod
+    def _resume(progress: FileProgress, position: int, line: int, head_bytes: int, head_sha256: str) -> None:
+        if progress.size < head_bytes or (progress.kind == "text" and progress.size < position):
+            event = ("truncated", f"shrank from {max(position, head_bytes)} to {progress.size} bytes")
+        elif head_bytes and fingerprint(progress.path, head_bytes) != head_sha256:
+            event = ("replaced", f"its first {head_bytes} bytes changed")
+        else:
+            progress.position, progress.line = position, line
+            return
+        LOG.warning("%s was %s (%s): reading it anew from the start", progress.path, event[0], event[1])
+        progress.notes.append(event)
+
     def _skip_to_end(self, progress: FileProgress) -> None:
+        if progress.kind == "evtx":
+            for lines in _evtx_lines(progress, EVTX_RECORDS_PER_CHUNK):
+                progress.position += len(lines)
+                progress.line += len(lines)
+            return
         for block in _read_blocks(progress, self.chunk_bytes):
-            progress.offset += len(block)
+            progress.position += len(block)
             progress.line += block.count(b"\n")
 
     def chunks(self, first_seq: int) -> Iterator[dict[str, pd.DataFrame]]:
-        """Source chunks for the ingest models: ``{'landed_lines': frame}``, at most about chunk_bytes each."""
+        """Source chunks for the ingest models: ``{'landed_lines': frame}``, bounded in size."""
         seq = first_seq
         for progress in self.files:
-            for block in _read_blocks(progress, self.chunk_bytes):
-                frame = _frame(block, progress, seq)
+            if progress.kind == "evtx":
+                frames = (_evtx_frame(lines, progress, 0) for lines in _evtx_lines(progress, EVTX_RECORDS_PER_CHUNK))
+            else:
+                frames = (_text_frame(block, progress, 0) for block in _read_blocks(progress, self.chunk_bytes))
+            for frame in frames:
+                frame["_seq"] += seq
                 seq += len(frame)
                 yield {SOURCE_NAME: frame}
 
     def commit_offsets(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Record how far each file was read (call inside the batch's transaction)."""
+        """Record how far each file was read and what was noticed (call inside the batch's transaction)."""
         for progress in self.files:
+            head = min(progress.size, FINGERPRINT_BYTES)
             con.execute(
-                f"INSERT OR REPLACE INTO {STATE_TABLE} VALUES (?, ?, ?, ?, now())",
-                [progress.key, str(progress.path), progress.offset, progress.line],
+                f"INSERT OR REPLACE INTO {STATE_TABLE} VALUES (?, ?, ?, ?, ?, ?, now())",
+                [
+                    progress.key,
+                    str(progress.path),
+                    progress.position,
+                    progress.line,
+                    head,
+                    fingerprint(progress.path, head),
+                ],
             )
+            for event, detail in progress.notes:
+                con.execute(
+                    f"INSERT INTO {EVENTS_TABLE} VALUES (now(), ?, ?, ?, ?)",
+                    [str(progress.path), progress.key, event, detail],
+                )
 
     @property
-    def bytes_pending(self) -> int:
-        """Bytes landed but not read yet (plain files only; gzip sizes are compressed)."""
-        return sum(max(0, p.size - p.offset) for p in self.files if not p.compressed)
+    def file_events(self) -> list[dict[str, str]]:
+        """What this batch noticed about files (truncated, replaced), for run metadata."""
+        return [{"path": str(p.path), "event": e, "detail": d} for p in self.files for e, d in p.notes]
 
 
 def empty_chunk() -> dict[str, pd.DataFrame]:
     """A chunk with no lines but the right column types: creates the tables on a first, empty batch."""
-    return {
-        SOURCE_NAME: pd.DataFrame(
-            {
-                "_seq": np.array([], dtype=np.int64),
-                "source_file": pd.Series([], dtype="string"),
-                "source_line": np.array([], dtype=np.int64),
-                "source_offset": np.array([], dtype=np.int64),
-                "line": pd.Series([], dtype=object),
-            }
-        )
-    }
+    return {SOURCE_NAME: _frame([], FileProgress("", Path(), 0, 0, 0), 0, np.array([], dtype=np.int64))}

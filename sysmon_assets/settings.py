@@ -23,6 +23,7 @@ class Settings:
     offset_reset: str = "earliest"
     join_mode: str = "default"
     join_grace_minutes: int = 15
+    max_line_bytes: int = 1024 * 1024
 
     def __post_init__(self) -> None:
         if self.offset_reset not in OFFSET_RESETS:
@@ -31,24 +32,34 @@ class Settings:
             raise SettingsError(f"SYSMON_JOIN_MODE={self.join_mode!r}: expected one of {JOIN_MODES}")
         if self.join_grace_minutes < 0:
             raise SettingsError(f"SYSMON_JOIN_GRACE_MINUTES={self.join_grace_minutes}: must be 0 or more")
+        if self.max_line_bytes < 1:
+            raise SettingsError(f"SYSMON_MAX_LINE_BYTES={self.max_line_bytes}: must be 1 or more")
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Settings from ``SYSMON_*`` variables; unset ones keep their defaults."""
         env = os.environ if environ is None else environ
-        grace = env.get("SYSMON_JOIN_GRACE_MINUTES", "15")
-        try:
-            grace_minutes = int(grace)
-        except ValueError:
-            raise SettingsError(f"SYSMON_JOIN_GRACE_MINUTES={grace!r}: expected a whole number of minutes") from None
         return cls(
             landing_dir=Path(env.get("SYSMON_LANDING_DIR") or cls.landing_dir),
             duckdb_path=Path(env.get("SYSMON_DUCKDB_PATH") or cls.duckdb_path),
             offset_reset=env.get("SYSMON_OFFSET_RESET", "earliest").lower(),
             join_mode=env.get("SYSMON_JOIN_MODE", "default").lower(),
-            join_grace_minutes=grace_minutes,
+            join_grace_minutes=_whole_number(env, "SYSMON_JOIN_GRACE_MINUTES", 15),
+            max_line_bytes=_whole_number(env, "SYSMON_MAX_LINE_BYTES", 1024 * 1024),
         )
 
     def variables(self) -> dict[str, object]:
         """The Jinja ``var()`` values the SQL models are rendered with."""
-        return {"join_mode": self.join_mode, "join_grace_minutes": self.join_grace_minutes}
+        return {
+            "join_mode": self.join_mode,
+            "join_grace_minutes": self.join_grace_minutes,
+            "max_line_bytes": self.max_line_bytes,
+        }
+
+
+def _whole_number(env: dict[str, str] | os._Environ, name: str, default: int) -> int:
+    text = env.get(name, str(default))
+    try:
+        return int(text)
+    except ValueError:
+        raise SettingsError(f"{name}={text!r}: expected a whole number") from None
