@@ -24,13 +24,21 @@ class ProjectError(ValueError):
     """A model file or ``schema.yml`` is invalid; the message names the file."""
 
 
+TEST_KINDS = ("not_null", "unique", "accepted_values", "expression_is_true")
+
+
 @dataclass(frozen=True)
 class SchemaTest:
-    """One declared test on one column: ``not_null``, ``unique`` or ``accepted_values``."""
+    """One declared test on one column: ``not_null``, ``unique``, ``accepted_values`` or ``expression_is_true``.
+
+    ``severity`` is ``error`` (the default) or ``warn``, as in dbt.
+    """
 
     kind: str
     column: str
     values: tuple[Any, ...] = ()
+    expression: str = ""
+    severity: str = "error"
 
     @property
     def name(self) -> str:
@@ -86,12 +94,18 @@ def _parse_tests(model: str, spec: dict, path: Path) -> tuple[dict[str, str], tu
         name = column["name"]
         columns[name] = column.get("description", "")
         for test in column.get("tests", []):
-            if test in ("not_null", "unique"):
-                tests.append(SchemaTest(test, name))
-            elif isinstance(test, dict) and "accepted_values" in test:
-                tests.append(SchemaTest("accepted_values", name, tuple(test["accepted_values"]["values"])))
-            else:
-                raise ProjectError(f"{path}: model {model}, column {name}: unknown test {test!r}")
+            kind, options = (test, {}) if isinstance(test, str) else next(iter(test.items()))
+            if kind not in TEST_KINDS or (kind == "expression_is_true" and "expression" not in options):
+                raise ProjectError(f"{path}: model {model}, column {name}: unknown or incomplete test {test!r}")
+            tests.append(
+                SchemaTest(
+                    kind,
+                    name,
+                    tuple(options.get("values", ())),
+                    options.get("expression", ""),
+                    options.get("severity", "error"),
+                )
+            )
     return columns, tuple(tests)
 
 

@@ -1,4 +1,4 @@
-"""Declared schema tests (dbt's not_null, unique, accepted_values) run on one batch's rows.
+"""Declared schema tests (dbt's not_null, unique, accepted_values, expression_is_true) on one batch's rows.
 
 Tests look at the rows a batch committed, so their cost follows the batch, not the history;
 ``unique`` still compares those rows' keys against the whole table.
@@ -48,6 +48,8 @@ def failing_rows_sql(model: str, test: SchemaTest, batch_id: int) -> str:
             f"SELECT count(*) FROM (SELECT {column} FROM {model} "
             f"WHERE {column} IN (SELECT {column} FROM ({batch_rows})) GROUP BY {column} HAVING count(*) > 1)"
         )
+    if test.kind == "expression_is_true":
+        return f"SELECT count(*) FROM ({batch_rows}) WHERE NOT coalesce(({test.expression}), false)"
     if test.kind == "accepted_values":
         values = ", ".join(sql_literal(value) for value in test.values)
         return f"SELECT count(*) FROM ({batch_rows}) WHERE {column} IS NOT NULL AND {column} NOT IN ({values})"

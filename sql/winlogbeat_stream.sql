@@ -75,7 +75,7 @@ WITH landed AS (
             WHEN j.evtx.System.EventID IS NOT NULL THEN 'evtx'
             WHEN j.source_name IS NOT NULL OR j.computer_name IS NOT NULL THEN 'winlogbeat6'
             WHEN j."event".module = 'sysmon' THEN 'ecs'
-            WHEN j.winlog.provider_name IS NOT NULL OR j.winlog.channel IS NOT NULL THEN 'winlogbeat7'
+            WHEN j.winlog.provider_name IS NOT NULL OR j.winlog.channel IS NOT NULL THEN 'winlogbeat7+'
             ELSE 'unknown'
         END AS layout
     FROM parsed

@@ -1,7 +1,8 @@
 -- Recipe step 3: CREATE STREAM WINLOGBEAT_STREAM_REKEY AS SELECT STRINGTOTIMESTAMP(event_data->UtcTime, ...)
 -- AS event_date_creation, event_data->... FROM WINLOGBEAT_STREAM WHERE source_name='Microsoft-Windows-Sysmon' PARTITION BY process_guid.
 -- Flattens event_data and parses UtcTime ('yyyy-MM-dd HH:mm:ss.SSS', UTC) into a TIMESTAMP; NULL if it does not parse.
--- process_guid, the key, is stored in one canonical form ('{' upper case '}') because hosts and layouts differ.
+-- GUIDs (process_guid, the key, and the parent and logon GUIDs) are stored in one canonical form, '{UPPER}',
+-- because hosts and layouts render them differently (case, braces).
 -- Winlogbeat delivers at least once: a redelivered event (same computer, channel, record number) is kept once.
 {{ config(materialized='stream') }}
 SELECT
@@ -15,12 +16,12 @@ SELECT
     s.event_data.CommandLine AS process_command_line,
     s.event_data.CurrentDirectory AS process_current_directory,
     s.event_data.User AS user_account,
-    s.event_data.LogonGuid AS user_logon_guid,
+    '{' || nullif(upper(trim(s.event_data.LogonGuid, '{} ')), '') || '}' AS user_logon_guid,
     s.event_data.LogonId AS user_logon_id,
     s.event_data.TerminalSessionId AS user_session_id,
     s.event_data.IntegrityLevel AS process_integrity_level,
     s.event_data.Hashes AS hashes,
-    s.event_data.ParentProcessGuid AS parent_process_guid,
+    '{' || nullif(upper(trim(s.event_data.ParentProcessGuid, '{} ')), '') || '}' AS parent_process_guid,
     s.event_data.ParentProcessId AS parent_process_id,
     s.event_data.ParentImage AS parent_process_path,
     s.event_data.ParentCommandLine AS parent_process_command_line,

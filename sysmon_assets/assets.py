@@ -64,7 +64,7 @@ def check_results(name: str, results: list[StepResult]) -> list[AssetCheckResult
             asset_key=AssetKey(name),
             check_name=f"{result.model}__{test.test.name}",
             passed=test.passed,
-            severity=AssetCheckSeverity.ERROR,
+            severity=AssetCheckSeverity.WARN if test.test.severity == "warn" else AssetCheckSeverity.ERROR,
             metadata={"failing_rows": test.failures},
         )
         for result in results

@@ -11,6 +11,7 @@ import tarfile
 from datetime import datetime
 from pathlib import Path
 
+import evtx
 import pytest
 
 from tests.conftest import Lake
@@ -80,3 +81,58 @@ def test_otrf_joins_match_an_independent_computation(tarball: str, tmp_path: Pat
     assert len(expected) == OTRF_TARBALLS[tarball]
     assert lake.count("winlogbeat_rejects") == 0
     assert lake.count("winlogbeat_stream") == sum(1 for line in landed.read_bytes().splitlines() if line.strip())
+
+
+EVTX_FILES = {
+    # file: e3 rows joined, as SOURCES.md counts them
+    "evtx-attack-samples/panache_sysmon_vs_EDRTestingScript.evtx": 8,
+    "evtx-attack-samples/privesc_rotten_potato_from_webshell_metasploit_sysmon_1_8_3.evtx": 7,
+    "evtx-attack-samples/DE_sysmon-3-rdp-tun.evtx": 3,
+    "evtx-attack-samples/exec_persist_rundll32_mshta_scheduledtask_sysmon_1_3_11.evtx": 3,
+    "elastic-beats/sysmon-9.01.evtx": 0,
+}
+
+
+def expected_evtx(path: Path) -> tuple[int, list[tuple]]:
+    """(record count, sysmon_join rows) straight from the EVTX records, without the pipeline."""
+    records = [json.loads(r["data"])["Event"] for r in evtx.PyEvtxParser(str(path)).records_json()]
+    creates, connects = {}, []
+    for record in records:
+        system, data = record["System"], record.get("EventData") or {}
+        if system["Provider"]["#attributes"]["Name"] != "Microsoft-Windows-Sysmon":
+            continue
+        guid = "{" + str(data.get("ProcessGuid", "")).strip("{} ").upper() + "}"
+        if system["EventID"] == 1:
+            creates[guid] = data
+        elif system["EventID"] == 3:
+            connects.append((guid, data))
+    joins = sorted(
+        (
+            guid,
+            datetime.strptime(data["UtcTime"], "%Y-%m-%d %H:%M:%S.%f"),
+            data["DestinationIp"],
+            int(data["DestinationPort"]),
+            creates[guid]["CommandLine"],
+        )
+        for guid, data in connects
+        if guid in creates
+    )
+    return len(records), joins
+
+
+@pytest.mark.parametrize("name", sorted(EVTX_FILES))
+def test_evtx_files_match_an_independent_computation(name: str, tmp_path: Path) -> None:
+    source = shared_path("data", "real", *name.split("/"))
+    lake = Lake(tmp_path)
+    (lake.landing / source.name).write_bytes(source.read_bytes())
+    lake.batch()
+    records, joins = expected_evtx(source)
+    assert lake.count("winlogbeat_stream") == records
+    assert lake.count("winlogbeat_rejects") == 0
+    actual = lake.rows(
+        "SELECT process_guid, event_date_creation, dst_ip_addr, dst_port, process_command_line FROM sysmon_join"
+    )
+    assert sorted(actual) == joins
+    assert len(joins) == EVTX_FILES[name]
+    lake.batch()
+    assert lake.count("winlogbeat_stream") == records  # an EVTX file is read once

@@ -1,0 +1,148 @@
+"""Bad input gets a clear record and loses nothing else."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sysmon_assets.definitions import build_definitions
+from sysmon_assets.landing import LandingError
+from sysmon_assets.pipeline import PipelineError
+from sysmon_assets.settings import Settings
+from tests.conftest import Lake, network_connect, process_create
+
+
+def test_an_over_long_line_is_rejected_and_the_rest_lands(tmp_path: Path) -> None:
+    lake = Lake(tmp_path, max_line_bytes=4096)
+    huge = json.dumps(network_connect("{A}", event_data={"CommandLine": "x" * 10_000}))
+    lake.land([process_create("{A}"), huge, network_connect("{A}")])
+    lake.batch()
+    assert lake.count("winlogbeat_stream") == 2
+    assert lake.rows("SELECT source_line, error, raw_bytes, length(raw_text) FROM winlogbeat_rejects") == [
+        (2, f"line of {len(huge)} bytes is longer than max_line_bytes=4096", len(huge), 2048)
+    ]
+    assert lake.count("sysmon_join") == 1
+
+
+def test_binary_garbage_is_rejected_with_its_bytes_shown(lake: Lake) -> None:
+    (lake.landing / "w.ndjson").write_bytes(
+        b"\x00\x01\xff\xfe garbage \x80\n" + json.dumps(process_create("{A}")).encode() + b"\n"
+    )
+    lake.batch()
+    assert lake.count("winlogbeat_stream") == 1
+    ((error, raw),) = lake.rows("SELECT error, raw_text FROM winlogbeat_rejects")
+    assert error == "not valid UTF-8"
+    assert "garbage" in raw and "\\xFF" in raw
+
+
+def test_a_file_replaced_in_place_is_reported_and_read_anew(lake: Lake) -> None:
+    path = lake.land([network_connect("{A}", "10.0.0.1"), network_connect("{A}", "10.0.0.2")])
+    lake.batch()
+    with path.open("r+") as handle:  # same inode, new content at least as long as before
+        handle.write(json.dumps(network_connect("{B}", "10.9.9.9")) + "\n" + " " * 4000 + "\n")
+    lake.batch()
+    assert lake.rows("SELECT event, path FROM ingest.file_events") == [("replaced", str(path))]
+    assert lake.rows("SELECT _source_line, event_data.DestinationIp FROM winlogbeat_stream WHERE _batch_id = 2") == [
+        (1, "10.9.9.9")
+    ]
+
+
+def test_an_unreadable_file_stops_the_run_naming_it(lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = lake.land([network_connect("{A}")])
+
+    def denied(file: object, mode: str = "r", *args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(file))
+
+    monkeypatch.setattr("sysmon_assets.landing.open", denied, raising=False)
+    with pytest.raises(LandingError, match=f"cannot read landed file {path}"):
+        lake.batch()
+
+
+def test_a_duckdb_path_under_a_file_names_the_path(tmp_path: Path) -> None:
+    (tmp_path / "not_a_folder").write_text("")
+    lake = Lake(tmp_path)
+    lake.pipeline = type(lake.pipeline)(
+        Settings(landing_dir=lake.landing, duckdb_path=tmp_path / "not_a_folder" / "x.duckdb")
+    )
+    with pytest.raises(PipelineError, match=r"cannot open DuckDB file .*not_a_folder/x\.duckdb"):
+        lake.batch()
+
+
+def test_fields_that_do_not_coerce_are_counted_by_a_warning_check(lake: Lake) -> None:
+    lake.land([process_create("{A}", event_data={"ProcessId": "12abc"}), network_connect("{A}", utc_time="soon")])
+    result = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch").execute_in_process()
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    coercion = checks["winlogbeat_stream__expression_is_true__coercion_errors"]
+    assert (coercion.passed, coercion.metadata["failing_rows"].value, coercion.severity.value) == (False, 1, "WARN")
+    parse = checks["winlogbeat_stream_rekey__expression_is_true_event_date_creation"]
+    assert (parse.passed, parse.metadata["failing_rows"].value) == (False, 1)
+    assert lake.count("sysmon_join") == 1
+
+
+# --- property: every landed line is in the stream, in the rejects, or blank; good lines are recoverable
+
+GOOD_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n"), max_size=40)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | GOOD_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(GOOD_TEXT, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@st.composite
+def winlogbeat_lines(draw: st.DrawFn) -> bytes:
+    kind = draw(st.sampled_from(["event", "mutated", "object", "json", "binary", "blank"]))
+    if kind in ("event", "mutated"):
+        make = draw(st.sampled_from([process_create, network_connect]))
+        event = make(draw(st.sampled_from(["{A}", "{a}", None])), record=draw(st.integers(1, 5)))
+        event["event_data"]["DestinationPort"] = draw(GOOD_TEXT | st.integers(-5, 70000).map(str))
+        line = json.dumps(event, ensure_ascii=draw(st.booleans())).encode()
+        if kind == "mutated":
+            cut = draw(st.integers(0, len(line)))
+            line = line[:cut] + draw(st.binary(max_size=8)) + line[cut + draw(st.integers(0, 20)) :]
+    elif kind == "object":
+        line = json.dumps(draw(st.dictionaries(GOOD_TEXT, json_values, max_size=4))).encode()
+    elif kind == "json":
+        line = json.dumps(draw(json_values)).encode()
+    elif kind == "binary":
+        line = draw(st.binary(max_size=200))
+    else:
+        line = draw(st.sampled_from([b"", b" ", b"\t", b"\r", b"  \r"]))
+    return line.replace(b"\n", b"")
+
+
+def is_blank(line: bytes) -> bool:
+    return line.strip(b" \t\r") == b""
+
+
+def is_json_object(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line.decode("utf-8")), dict)
+    except (UnicodeDecodeError, ValueError):
+        return False
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(winlogbeat_lines(), min_size=1, max_size=25))
+def test_every_line_is_in_the_stream_in_the_rejects_or_blank(lines: list[bytes]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        lake = Lake(Path(folder))
+        path = lake.landing / "fuzz.ndjson"
+        path.write_bytes(b"".join(line + b"\n" for line in lines))
+        lake.batch()
+        streamed = dict(lake.rows("SELECT _source_line, _source_offset FROM winlogbeat_stream"))
+        rejected = {line for (line,) in lake.rows("SELECT source_line FROM winlogbeat_rejects")}
+        data = path.read_bytes()
+        for number, line in enumerate(lines, start=1):
+            places = [number in streamed, number in rejected, is_blank(line)]
+            assert places.count(True) == 1, (number, line, places)
+            if is_json_object(line):
+                assert number in streamed, line
+            if number in streamed:
+                offset = streamed[number]
+                assert data[offset : data.index(b"\n", offset)] == line

@@ -1,0 +1,184 @@
+"""Every input layout lands in the same winlogbeat_stream schema: the same events give the same joins."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Lake, network_connect, process_create, snapshot, sysmon_event
+
+RECIPE_JOIN = ["sysmon_join"]
+
+
+def events() -> list[dict[str, Any]]:
+    """Legacy (6.x) events: two processes, three connections, one foreign event id 3."""
+    created = process_create("{AB12-CD34}", "powershell -enc AAAA", record=10)
+    del created["event_data"]["Product"]  # the ECS module keeps only pe.* it knows; keep the test fair
+    items = [
+        created,
+        network_connect("{ab12-cd34}", "10.1.1.1", record=11),
+        network_connect("{AB12-CD34}", "10.1.1.2", record=12, utc_time="2026-11-01 10:00:05.900"),
+        process_create("{EE00-FF11}", "cmd /c dir", record=13),
+        network_connect("{EE00-FF11}", "10.1.1.3", record=14),
+        network_connect("{9999-0000}", "10.1.1.4", record=15),
+        sysmon_event(3, "{AB12-CD34}", provider="Microsoft-Windows-Kernel-General", record=16),
+    ]
+    for event in items:
+        event["event_data"].pop("SourcePortName", None)  # ECS has no field for it
+    return items
+
+
+def to_winlogbeat8(event: dict[str, Any]) -> dict[str, Any]:
+    """Winlogbeat 7.x/8.x without the Sysmon module: winlog.*, event_id a string, a forwarder's host.name."""
+    return {
+        "@timestamp": event["@timestamp"],
+        "host": {"name": "wef-forwarder-01"},
+        "event": {"code": str(event["event_id"]), "provider": event["source_name"], "kind": "event"},
+        "winlog": {
+            "provider_name": event["source_name"],
+            "channel": event["log_name"],
+            "computer_name": event["computer_name"],
+            "event_id": str(event["event_id"]),
+            "task": event["task"],
+            "record_id": int(event["record_number"]),
+            "api": "wineventlog",
+            "event_data": copy.deepcopy(event["event_data"]),
+        },
+    }
+
+
+ECS_PROCESS = {
+    "ProcessGuid": ("process", "entity_id"),
+    "ProcessId": ("process", "pid"),
+    "Image": ("process", "executable"),
+    "CommandLine": ("process", "command_line"),
+    "CurrentDirectory": ("process", "working_directory"),
+    "FileVersion": ("process", "pe", "file_version"),
+    "Description": ("process", "pe", "description"),
+    "Company": ("process", "pe", "company"),
+    "ParentProcessGuid": ("process", "parent", "entity_id"),
+    "ParentProcessId": ("process", "parent", "pid"),
+    "ParentImage": ("process", "parent", "executable"),
+    "ParentCommandLine": ("process", "parent", "command_line"),
+    "SourceIp": ("source", "ip"),
+    "SourcePort": ("source", "port"),
+    "SourceHostname": ("source", "domain"),
+    "DestinationIp": ("destination", "ip"),
+    "DestinationPort": ("destination", "port"),
+    "DestinationHostname": ("destination", "domain"),
+    "Protocol": ("network", "transport"),
+    "DestinationPortName": ("network", "protocol"),
+}
+INTEGER_FIELDS = {"ProcessId", "ParentProcessId", "SourcePort", "DestinationPort", "TerminalSessionId"}
+
+
+def to_ecs(event: dict[str, Any]) -> dict[str, Any]:
+    """Winlogbeat 7.x/8.x with the Sysmon module: fields moved to Elastic Common Schema as its pipeline does."""
+    base = to_winlogbeat8(event)
+    if event["source_name"] != "Microsoft-Windows-Sysmon":
+        return base
+    data = base["winlog"]["event_data"]
+    base["event"]["module"] = "sysmon"
+    base["@timestamp"] = data.pop("UtcTime").replace(" ", "T") + "Z"
+    for name, path in ECS_PROCESS.items():
+        if name in data:
+            value = data.pop(name)
+            target = base
+            for part in path[:-1]:
+                target = target.setdefault(part, {})
+            target[path[-1]] = int(value) if name in INTEGER_FIELDS else value
+    if "Hashes" in data:
+        base.setdefault("process", {})["hash"] = {
+            kind.lower(): digest.lower() for kind, digest in (h.split("=") for h in data.pop("Hashes").split(","))
+        }
+    if "User" in data:
+        domain, name = data.pop("User").split("\\")
+        base["user"] = {"domain": domain, "name": name}
+    direction = {"true": "egress", "false": "ingress"}
+    if "Initiated" in data:
+        base.setdefault("network", {})["direction"] = direction[data.pop("Initiated")]
+    for ipv6 in ("SourceIsIpv6", "DestinationIsIpv6"):
+        if ipv6 in data:
+            base.setdefault("network", {})["type"] = "ipv6" if data.pop(ipv6) == "true" else "ipv4"
+    return base
+
+
+def to_evtx(event: dict[str, Any]) -> dict[str, Any]:
+    """An EVTX record as the reader lands it: System and EventData, GUIDs without braces, integers as numbers."""
+    data = {
+        name: (int(value) if name in INTEGER_FIELDS else value.strip("{}") if name.endswith("Guid") else value)
+        for name, value in event["event_data"].items()
+    }
+    return {
+        "evtx": {
+            "System": {
+                "Provider": {"#attributes": {"Name": event["source_name"]}},
+                "EventID": event["event_id"],
+                "Task": 3,
+                "EventRecordID": int(event["record_number"]),
+                "Channel": event["log_name"],
+                "Computer": event["computer_name"],
+            },
+            "EventData": data,
+        }
+    }
+
+
+CONVERTERS = {"winlogbeat7+": to_winlogbeat8, "ecs": to_ecs, "evtx": to_evtx}
+
+
+@pytest.fixture(scope="module")
+def legacy_join(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    lake = Lake(tmp_path_factory.mktemp("legacy"))
+    lake.land(events())
+    lake.batch()
+    assert lake.count("sysmon_join") == 3
+    return snapshot(lake.db, RECIPE_JOIN)
+
+
+@pytest.mark.parametrize("layout", sorted(CONVERTERS))
+def test_the_same_events_in_another_layout_give_identical_joins(layout: str, legacy_join: dict, tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    lake.land(CONVERTERS[layout](event) for event in events())
+    lake.batch()
+    assert lake.rows("SELECT DISTINCT _layout FROM winlogbeat_stream WHERE source_name LIKE '%Sysmon'") == [(layout,)]
+    assert snapshot(lake.db, RECIPE_JOIN) == legacy_join
+
+
+def test_layouts_mix_freely_in_one_file(legacy_join: dict, tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    converters = [lambda e: e, *CONVERTERS.values()]
+    lake.land(converters[i % len(converters)](event) for i, event in enumerate(events()))
+    lake.batch()
+    assert snapshot(lake.db, RECIPE_JOIN) == legacy_join
+
+
+def test_computer_name_is_the_source_host_never_the_forwarder(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    lake.land([to_winlogbeat8(events()[0]), to_ecs(events()[1])])
+    lake.batch()
+    assert lake.rows("SELECT DISTINCT computer_name FROM winlogbeat_stream") == [("HOST1.corp",)]
+
+
+def test_winlogbeat8_string_event_id_and_record_id_are_typed(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    lake.land([to_winlogbeat8(events()[1])])
+    lake.batch()
+    assert lake.rows("SELECT event_id, _record_number, event_data.DestinationPort FROM winlogbeat_stream") == [
+        (3, 11, 443)
+    ]
+
+
+def test_evtx_event_id_with_qualifiers(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    record = to_evtx(sysmon_event(7036, None, provider="Service Control Manager"))
+    record["evtx"]["System"]["EventID"] = {"#attributes": {"Qualifiers": 16384}, "#text": 7036}
+    lake.land([json.dumps(record)])
+    lake.batch()
+    assert lake.rows("SELECT event_id, source_name, _coercion_errors FROM winlogbeat_stream") == [
+        (7036, "Service Control Manager", [])
+    ]
