@@ -22,6 +22,7 @@ from dbt_like import Project, StepResult
 from sysmon_assets.resources import SysmonPipelineResource
 
 GROUP = "sysmon_recipe"
+SERVING_GROUP = "serving"
 
 
 def _check_specs(project: Project, name: str) -> list[AssetCheckSpec]:
@@ -101,6 +102,32 @@ def model_asset(project: Project, name: str) -> AssetsDefinition:
     return run_model_step
 
 
+def query_database_asset(project: Project) -> AssetsDefinition:
+    """The analysts' read-only query database, refreshed after the recipe's assets committed."""
+
+    @asset(
+        name="query_database",
+        deps=[AssetKey(name) for name in project.primary_models()],
+        description=(
+            "Read-only query database for ad-hoc SQL (SYSMON_QUERY_DB): the recipe's tables as views over "
+            "immutable Parquet files, swapped in atomically after each committed batch."
+        ),
+        group_name=SERVING_GROUP,
+        kinds={"duckdb", "parquet"},
+    )
+    def publish_query_database(context: AssetExecutionContext, sysmon: SysmonPipelineResource) -> MaterializeResult:
+        published = sysmon.pipeline().publish(run_key=context.run.run_id, batch_time=sysmon.clock())
+        return MaterializeResult(
+            metadata={
+                "batch_boundary": published.batch_id,
+                "new_parquet_files": published.new_files,
+                "path": MetadataValue.path(str(published.query_db)),
+            }
+        )
+
+    return publish_query_database
+
+
 def build_assets(project: Project) -> list[AssetsDefinition]:
-    """One asset per model that is not a side table of another, in dependency order."""
-    return [model_asset(project, name) for name in project.primary_models()]
+    """One asset per model that is not a side table of another, in dependency order, then the query database."""
+    return [*(model_asset(project, name) for name in project.primary_models()), query_database_asset(project)]

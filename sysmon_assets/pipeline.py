@@ -17,6 +17,7 @@ import duckdb
 
 from dbt_like import Batch, Project, StepResult, open_batch, table_exists
 from dbt_like.sql import scalar
+from sysmon_assets import serving
 from sysmon_assets.landing import LandingReader, empty_chunk
 from sysmon_assets.settings import Settings
 
@@ -100,7 +101,16 @@ class SysmonPipeline:
             con, INGEST_MODEL, batch, source_chunks=chunks, before_commit=reader.commit_offsets
         )
 
+    def publish(self, run_key: str, batch_time: datetime | None = None) -> serving.Published:
+        """Refresh the analysts' query database with everything committed up to this batch."""
+        with self.connect() as con:
+            batch = open_batch(con, run_key, batch_time or utc_now())
+            tables = list(self.project.models)
+            return serving.publish(con, self.project, tables, self.settings.query_db_path, batch.batch_id)
+
     def run_batch(self, run_key: str | None = None, batch_time: datetime | None = None) -> dict[str, list[StepResult]]:
-        """One whole micro-batch: every recipe model in dependency order."""
+        """One whole micro-batch: every recipe model in dependency order, then the query database."""
         run_key = run_key or f"batch-{uuid.uuid4()}"
-        return {name: self.run_model(name, run_key, batch_time) for name in self.project.primary_models()}
+        results = {name: self.run_model(name, run_key, batch_time) for name in self.project.primary_models()}
+        self.publish(run_key, batch_time)
+        return results

@@ -24,6 +24,12 @@ class Settings:
     join_mode: str = "default"
     join_grace_minutes: int = 15
     max_line_bytes: int = 1024 * 1024
+    query_db: Path | None = None
+
+    @property
+    def query_db_path(self) -> Path:
+        """The analysts' read-only query database: ``SYSMON_QUERY_DB``, by default beside the DuckDB file."""
+        return self.query_db or self.duckdb_path.with_name(self.duckdb_path.stem + "_query.duckdb")
 
     def __post_init__(self) -> None:
         if self.offset_reset not in OFFSET_RESETS:
@@ -46,6 +52,7 @@ class Settings:
             join_mode=env.get("SYSMON_JOIN_MODE", "default").lower(),
             join_grace_minutes=_whole_number(env, "SYSMON_JOIN_GRACE_MINUTES", 15),
             max_line_bytes=_whole_number(env, "SYSMON_MAX_LINE_BYTES", 1024 * 1024),
+            query_db=Path(env["SYSMON_QUERY_DB"]) if env.get("SYSMON_QUERY_DB") else None,
         )
 
     def variables(self) -> dict[str, object]:

@@ -30,7 +30,12 @@ RECIPE_EDGES = {
 def test_the_six_recipe_assets_with_their_lineage_and_descriptions() -> None:
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == set(RECIPE_MODELS)
+    assert keys == {*RECIPE_MODELS, "query_database"}
+    recipe = {
+        key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).group_name == "sysmon_recipe"
+    }
+    assert recipe == set(RECIPE_MODELS)
+    assert {key.to_user_string() for key in graph.get(AssetKey("query_database")).parent_keys} == set(RECIPE_MODELS)
     for name, upstream in RECIPE_EDGES.items():
         node = graph.get(AssetKey(name))
         assert {key.to_user_string() for key in node.parent_keys} == upstream
@@ -48,7 +53,7 @@ def test_schema_tests_are_asset_checks() -> None:
 def test_job_schedule_and_sensor() -> None:
     job = defs.resolve_job_def("sysmon_micro_batch")
     assert job.executor_def.name == "in_process"
-    assert {node.name for node in job.nodes} == set(RECIPE_MODELS)
+    assert {node.name for node in job.nodes} == {*RECIPE_MODELS, "query_database"}
     assert defs.resolve_schedule_def("sysmon_every_minute").cron_schedule == "* * * * *"
     assert defs.resolve_sensor_def("landing_sensor").job_name == "sysmon_micro_batch"
 

@@ -1,0 +1,99 @@
+"""The analysts' query database: same tables, read-only at any moment, always a whole batch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import duckdb
+
+from sysmon_assets.pipeline import RECIPE_MODELS
+from sysmon_assets.sample import FleetSimulator
+from sysmon_assets.serving import SNAPSHOTS_KEPT, parquet_folder
+from tests.conftest import T0, Lake, network_connect, process_create, snapshot
+
+TABLES = [*RECIPE_MODELS, "winlogbeat_rejects"]
+
+READER = textwrap.dedent(
+    """
+    import json, sys, time, duckdb
+    path, out, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    deadline, results = time.time() + seconds, []
+    while time.time() < deadline:
+        try:
+            with duckdb.connect(path, read_only=True) as con:
+                results.append({"row": con.execute(
+                    "SELECT (SELECT batch_id FROM batch_boundary), (SELECT count(*) FROM winlogbeat_stream),"
+                    " (SELECT count(*) FROM sysmon_network_connect), (SELECT count(*) FROM sysmon_join),"
+                    " (SELECT count(*) FROM sysmon_process_create_table)").fetchone()})
+        except duckdb.IOException as error:
+            if "No such file" not in str(error) and "does not exist" not in str(error):
+                results.append({"error": str(error)})
+        except Exception as error:
+            results.append({"error": repr(error)})
+    json.dump(results, open(out, "w"))
+    """
+)
+
+
+def test_the_query_database_has_the_same_tables_and_rows(lake: Lake) -> None:
+    lake.land([process_create("{A}"), network_connect("{a}"), "not json"])
+    lake.batch()
+    query_db = lake.settings.query_db_path
+    assert query_db == lake.db.with_name("sysmon_query.duckdb")
+    # the pipeline's own file held open for writing does not stop a reader of the query database
+    with duckdb.connect(str(lake.db)), duckdb.connect(str(query_db), read_only=True) as con:
+        assert con.execute("SELECT batch_id FROM batch_boundary").fetchone() == (1,)
+        assert con.execute("SELECT count(*) FROM sysmon_join").fetchone() == (1,)
+    assert snapshot(query_db, TABLES) == snapshot(lake.db, TABLES)
+
+
+def test_a_batch_with_nothing_new_writes_no_files(lake: Lake) -> None:
+    lake.land([process_create("{A}"), network_connect("{a}")])
+    lake.batch()
+    files = sorted(parquet_folder(lake.settings.query_db_path).rglob("*.parquet"))
+    lake.batch()
+    assert sorted(parquet_folder(lake.settings.query_db_path).rglob("*.parquet")) == files
+
+
+def test_old_snapshots_of_keyed_tables_are_dropped(lake: Lake) -> None:
+    for index in range(SNAPSHOTS_KEPT + 3):
+        lake.land([process_create(f"{{P{index}}}")])
+        lake.batch()
+    snapshots = list((parquet_folder(lake.settings.query_db_path) / "sysmon_process_create_table").glob("snapshot-*"))
+    assert len(snapshots) == SNAPSHOTS_KEPT
+    with duckdb.connect(str(lake.settings.query_db_path), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM sysmon_process_create_table").fetchone() == (SNAPSHOTS_KEPT + 3,)
+
+
+def test_readers_never_block_batches_and_always_see_a_whole_batch(lake: Lake, tmp_path: Path) -> None:
+    events = [json.dumps(e) for e in FleetSimulator(seed=9, hosts=6, start=T0).events(6000)]
+    out = tmp_path / "reader.json"
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(lake.settings.query_db_path), str(out), "12"], stderr=subprocess.PIPE
+    )
+    expected = {}
+    started = time.time()
+    for part in range(6):
+        lake.land(events[part * 1000 : (part + 1) * 1000])
+        lake.batch()
+        with duckdb.connect(str(lake.db), read_only=True) as con:
+            expected[part + 1] = con.execute(
+                "SELECT (SELECT count(*) FROM winlogbeat_stream), (SELECT count(*) FROM sysmon_network_connect),"
+                " (SELECT count(*) FROM sysmon_join), (SELECT count(*) FROM sysmon_process_create_table)"
+            ).fetchone()
+        time.sleep(0.3)
+    assert time.time() - started < 12, "the batches must finish while the reader is still reading"
+    assert reader.wait(timeout=60) == 0, reader.stderr.read().decode()
+    results = json.loads(out.read_text())
+    errors = [r["error"] for r in results if "error" in r]
+    assert errors == []
+    seen = {tuple(r["row"]) for r in results}
+    assert len(results) > 20
+    for boundary, *counts in seen:
+        assert tuple(counts) == expected[boundary], (boundary, counts)
+    assert len({boundary for boundary, *_ in seen}) >= 3
