@@ -45,15 +45,16 @@ def _var_lookup(variables: Mapping[str, Any], path: Any):
     return var
 
 
-def model_config(model: Model, variables: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``config(...)`` a model declares under ``variables``, with defaults filled in."""
+def render_plain(model: Model, variables: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The model's SQL with every ``ref()`` as the plain table name (a full, non-incremental
+    read), and the ``config(...)`` it declares: for static analysis such as column lineage."""
     captured: dict[str, Any] = {}
 
     def config(**kwargs: Any) -> str:
         captured.update(kwargs)
         return ""
 
-    _ENV.from_string(model.template).render(
+    sql = _ENV.from_string(model.template).render(
         config=config,
         ref=lambda name, full=False: name,
         source=lambda name: name,
@@ -63,6 +64,12 @@ def model_config(model: Model, variables: Mapping[str, Any]) -> dict[str, Any]:
         batch_id=0,
         batch_time="1970-01-01 00:00:00",
     )
+    return sql, captured
+
+
+def model_config(model: Model, variables: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``config(...)`` a model declares under ``variables``, with defaults filled in."""
+    _, captured = render_plain(model, variables)
     captured.setdefault("materialized", "stream")
     captured.setdefault("order_by", "_seq")
     if captured["materialized"] not in MATERIALIZATIONS:

@@ -5,6 +5,7 @@ the SQL files and ``sql/schema.yml`` through :mod:`dbt_like`.
 """
 
 import json
+import time
 
 from dagster import (
     AssetCheckResult,
@@ -15,10 +16,16 @@ from dagster import (
     AssetsDefinition,
     MaterializeResult,
     MetadataValue,
+    TableColumn,
+    TableColumnDep,
+    TableColumnLineage,
+    TableSchema,
     asset,
 )
 
 from dbt_like import Project, StepResult
+from dbt_like.lineage import model_lineage
+from sysmon_assets.checks import BATCH_CHECKS
 from sysmon_assets.resources import SysmonPipelineResource
 
 GROUP = "sysmon_recipe"
@@ -26,15 +33,37 @@ SERVING_GROUP = "serving"
 
 
 def _check_specs(project: Project, name: str) -> list[AssetCheckSpec]:
-    return [
+    schema_tests = [
         AssetCheckSpec(
             f"{model}__{test.name}",
             asset=name,
-            description=f"{test.kind} on {model}.{test.column} for the rows each batch writes",
+            description=f"{test.kind} {test.expression} on {model}.{test.column} for the rows each batch writes",
+            # a broken invariant must stop the downstream steps of this batch
+            blocking=test.severity == "error",
         )
         for model in [name, *project.side_models(name)]
         for test in project.models[model].tests
     ]
+    batch_checks = [
+        AssetCheckSpec(c.name, asset=name, description=c.description) for c in BATCH_CHECKS if c.asset == name
+    ]
+    return schema_tests + batch_checks
+
+
+def column_lineage(project: Project, name: str) -> TableColumnLineage:
+    """Dagster column lineage for ``name``, derived from its SQL."""
+    return TableColumnLineage(
+        {
+            column: [TableColumnDep(asset_key=AssetKey(table), column_name=source) for table, source in deps]
+            for column, deps in model_lineage(project, name).items()
+        }
+    )
+
+
+def column_schema(project: Project, name: str, columns: list[tuple[str, str]]) -> TableSchema:
+    """The table's columns and types with their schema.yml descriptions."""
+    described = project.models[name].columns
+    return TableSchema([TableColumn(column, kind, description=described.get(column)) for column, kind in columns])
 
 
 def step_metadata(results: list[StepResult], batch_id: int | None) -> dict[str, object]:
@@ -76,6 +105,7 @@ def check_results(name: str, results: list[StepResult]) -> list[AssetCheckResult
 def model_asset(project: Project, name: str) -> AssetsDefinition:
     """The asset that runs ``name``'s step (and its side models') for the current run's batch."""
     model = project.models[name]
+    lineage = column_lineage(project, name)
 
     @asset(
         name=name,
@@ -92,12 +122,30 @@ def model_asset(project: Project, name: str) -> AssetsDefinition:
     )
     def run_model_step(context: AssetExecutionContext, sysmon: SysmonPipelineResource) -> MaterializeResult:
         pipeline = sysmon.pipeline()
+        started = time.perf_counter()
         results = pipeline.run_model(name, run_key=context.run.run_id, batch_time=sysmon.clock())
+        seconds = time.perf_counter() - started
         context.log.info(json.dumps({r.model: [r.rows_in, r.rows_written] for r in results}))
-        return MaterializeResult(
-            metadata=step_metadata(results, pipeline.last_batch_id),
-            check_results=check_results(name, results),
-        )
+        batch_id = pipeline.last_batch_id
+        columns, preview = pipeline.describe(name, batch_id)
+        metadata = step_metadata(results, batch_id)
+        metadata["duration_seconds"] = round(seconds, 3)
+        metadata["dagster/column_schema"] = column_schema(project, name, columns)
+        metadata["dagster/column_lineage"] = lineage
+        metadata["new_rows_preview"] = MetadataValue.md(preview)
+        checks = check_results(name, results) + [
+            AssetCheckResult(
+                asset_key=AssetKey(name),
+                check_name=check.name,
+                passed=passed,
+                severity=AssetCheckSeverity.WARN,
+                metadata=details,
+            )
+            for check in BATCH_CHECKS
+            if check.asset == name
+            for passed, details in [check.evaluate(pipeline, batch_id)]
+        ]
+        return MaterializeResult(metadata=metadata, check_results=checks)
 
     return run_model_step
 

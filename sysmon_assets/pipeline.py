@@ -101,6 +101,22 @@ class SysmonPipeline:
             con, INGEST_MODEL, batch, source_chunks=chunks, before_commit=reader.commit_offsets
         )
 
+    def describe(self, name: str, batch_id: int, preview_rows: int = 5) -> tuple[list[tuple[str, str]], str]:
+        """The table's (column, type) pairs and a markdown preview of the rows ``batch_id`` wrote."""
+        with self.connect() as con:
+            columns = con.execute(
+                "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ? AND schema_name = 'main' "
+                "ORDER BY column_index",
+                [name],
+            ).fetchall()
+            shown = [c for c, _ in columns if not c.startswith("_")][:8]
+            rows = con.execute(
+                f"SELECT {', '.join(shown)} FROM {name} WHERE _batch_id = ? LIMIT ?", [batch_id, preview_rows]
+            ).fetchall()
+        lines = ["| " + " | ".join(shown) + " |", "|" + " --- |" * len(shown)]
+        lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in rows]
+        return columns, "\n".join(lines)
+
     def publish(self, run_key: str, batch_time: datetime | None = None) -> serving.Published:
         """Refresh the analysts' query database with everything committed up to this batch."""
         with self.connect() as con:

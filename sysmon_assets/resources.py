@@ -21,6 +21,10 @@ class SysmonPipelineResource(ConfigurableResource):
     offset_reset: str = Field(default="earliest", description="'earliest' or 'latest', as KSQL's auto.offset.reset")
     join_mode: str = Field(default="default", description="'default' or 'ksql' (strict recipe parity)")
     join_grace_minutes: int = Field(default=15, description="how long a connection waits for its process create")
+    max_line_bytes: int = Field(default=1024 * 1024, description="longer lines are rejected without parsing")
+    query_db: str | None = Field(default=None, description="analysts' read-only query database (default beside)")
+    join_coverage_warn: float = Field(default=0.25, description="join coverage below this warns")
+    freshness_minutes: int = Field(default=60, description="warn when nothing landed for this long")
     batch_time: str | None = Field(default=None, description="fixed batch clock (ISO UTC) for replays and tests")
 
     def settings(self) -> Settings:
@@ -31,6 +35,10 @@ class SysmonPipelineResource(ConfigurableResource):
             offset_reset=self.offset_reset,
             join_mode=self.join_mode,
             join_grace_minutes=self.join_grace_minutes,
+            max_line_bytes=self.max_line_bytes,
+            query_db=Path(self.query_db) if self.query_db else None,
+            join_coverage_warn=self.join_coverage_warn,
+            freshness_minutes=self.freshness_minutes,
         )
 
     def pipeline(self) -> SysmonPipeline:
@@ -52,5 +60,9 @@ def resources_from_settings(settings: Settings) -> dict[str, object]:
             offset_reset=settings.offset_reset,
             join_mode=settings.join_mode,
             join_grace_minutes=settings.join_grace_minutes,
+            max_line_bytes=settings.max_line_bytes,
+            query_db=str(settings.query_db) if settings.query_db else None,
+            join_coverage_warn=settings.join_coverage_warn,
+            freshness_minutes=settings.freshness_minutes,
         )
     }

@@ -25,6 +25,8 @@ class Settings:
     join_grace_minutes: int = 15
     max_line_bytes: int = 1024 * 1024
     query_db: Path | None = None
+    join_coverage_warn: float = 0.25
+    freshness_minutes: int = 60
 
     @property
     def query_db_path(self) -> Path:
@@ -53,6 +55,8 @@ class Settings:
             join_grace_minutes=_whole_number(env, "SYSMON_JOIN_GRACE_MINUTES", 15),
             max_line_bytes=_whole_number(env, "SYSMON_MAX_LINE_BYTES", 1024 * 1024),
             query_db=Path(env["SYSMON_QUERY_DB"]) if env.get("SYSMON_QUERY_DB") else None,
+            join_coverage_warn=_number(env, "SYSMON_JOIN_COVERAGE_WARN", 0.25),
+            freshness_minutes=_whole_number(env, "SYSMON_FRESHNESS_MINUTES", 60),
         )
 
     def variables(self) -> dict[str, object]:
@@ -62,6 +66,14 @@ class Settings:
             "join_grace_minutes": self.join_grace_minutes,
             "max_line_bytes": self.max_line_bytes,
         }
+
+
+def _number(env: dict[str, str] | os._Environ, name: str, default: float) -> float:
+    text = env.get(name, str(default))
+    try:
+        return float(text)
+    except ValueError:
+        raise SettingsError(f"{name}={text!r}: expected a number") from None
 
 
 def _whole_number(env: dict[str, str] | os._Environ, name: str, default: int) -> int:

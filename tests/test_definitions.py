@@ -99,3 +99,32 @@ def test_the_cli_runs_exactly_one_micro_batch(tmp_path: Path) -> None:
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM dbt_like.batches").fetchone() == (2,)
         assert con.execute("SELECT count(*), max(_batch_id) FROM main.sysmon_join").fetchone() == (1, 1)
+
+
+def test_materializations_carry_column_schema_lineage_and_a_preview(lake: Lake) -> None:
+    lake.land([process_create("{G}", "whoami.exe"), network_connect("{g}")])
+    result = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch").execute_in_process()
+    join = result.asset_materializations_for_node("sysmon_join")[0].metadata
+    schema = {column.name: column for column in join["dagster/column_schema"].schema.columns}
+    assert schema["event_date_creation"].type == "TIMESTAMP"
+    assert schema["user_account"].description == "the network event's user (N.USER_ACCOUNT in the recipe)"
+    deps = join["dagster/column_lineage"].column_lineage.deps_by_column["process_command_line"]
+    assert [(d.asset_key.to_user_string(), d.column_name) for d in deps] == [
+        ("sysmon_process_create_table", "process_command_line")
+    ]
+    assert "whoami.exe" not in join["new_rows_preview"].value  # the preview shows the first columns only
+    assert "{G}" in join["new_rows_preview"].value
+    assert join["duration_seconds"].value >= 0
+
+
+def test_join_coverage_and_landing_freshness_warn(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    lake.land([process_create("{G}"), network_connect("{g}"), *[network_connect(f"{{X{i}}}") for i in range(5)]])
+    stale = lake.landing / "winlogbeat.ndjson"
+    os.utime(stale, (0, 0))
+    result = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch").execute_in_process()
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert not checks["join_coverage"].passed
+    assert checks["join_coverage"].metadata["coverage"].value == round(1 / 6, 4)
+    assert not checks["landing_freshness"].passed
+    assert checks["landing_freshness"].severity.value == "WARN"

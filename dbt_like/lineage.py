@@ -1,0 +1,52 @@
+"""Column-level lineage derived from each model's SQL with sqlglot, never from a hand-kept list.
+
+For every output column of a model's outermost SELECT, the upstream model columns its
+expression reads (``s.event_data.CommandLine`` reads ``event_data.CommandLine`` of the model
+aliased ``s``). Columns read from a source or a CTE have no upstream model and are left out.
+"""
+
+from __future__ import annotations
+
+import sqlglot
+from sqlglot import exp
+
+from dbt_like.compiler import render_plain
+from dbt_like.runner import Project
+
+Lineage = dict[str, list[tuple[str, str]]]
+
+
+def _sources(select: exp.Select) -> dict[str, str]:
+    """Alias -> table name for the FROM and JOIN items of ``select``."""
+    items = [(select.args.get("from_") or select.args.get("from")).this]
+    items += [join.this for join in select.args.get("joins") or []]
+    sources = {}
+    for item in items:
+        table = item if isinstance(item, exp.Table) else item.find(exp.Table)
+        if table is not None:
+            sources[item.alias_or_name] = table.name
+    return sources
+
+
+def model_lineage(project: Project, name: str) -> Lineage:
+    """``{output column: [(upstream model, upstream column), ...]}`` for model ``name``."""
+    sql, _ = render_plain(project.models[name], project.variables)
+    tree = sqlglot.parse_one(sql, read="duckdb")
+    select = tree if isinstance(tree, exp.Select) else tree.find(exp.Select)
+    sources = _sources(select)
+    lineage: Lineage = {}
+    for projection in select.expressions:
+        deps: list[tuple[str, str]] = []
+        for column in projection.find_all(exp.Column):
+            parts = [part.name for part in column.parts]
+            if len(parts) > 1 and parts[0] in sources:
+                table, path = sources[parts[0]], parts[1:]
+            elif len(sources) == 1:
+                table, path = next(iter(sources.values())), parts
+            else:
+                continue
+            if table in project.models and (table, ".".join(path)) not in deps:
+                deps.append((table, ".".join(path)))
+        if deps:
+            lineage[projection.alias_or_name] = deps
+    return lineage
