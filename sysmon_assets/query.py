@@ -1,4 +1,4 @@
-"""Run an ad-hoc SQL file (or text) against the pipeline's DuckDB file, read-only, and print the result.
+"""Run an ad-hoc SQL file (or text) against the query database, read-only, and print the result.
 
 ``python -m sysmon_assets.query sql/queries/sysmon_join_sample.sql``
 """
@@ -25,12 +25,12 @@ def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("query", help="a .sql file, or SQL text")
-    parser.add_argument("--db", type=Path, default=None, help="DuckDB file (default: SYSMON_DUCKDB_PATH)")
+    parser.add_argument("--db", type=Path, default=None, help="DuckDB file (default: the query database)")
     parser.add_argument("--max-width", type=int, default=160)
     args = parser.parse_args(argv)
     path = Path(args.query)
     sql = path.read_text(encoding="utf-8") if path.suffix == ".sql" else args.query
-    relation = run_query(args.db or Settings.from_env().duckdb_path, sql)
+    relation = run_query(args.db or Settings.from_env().query_db_path, sql)
     if relation is not None:
         relation.show(max_width=args.max_width)
 

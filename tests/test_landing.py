@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,25 @@ def test_a_corrupt_duckdb_file_names_the_path(tmp_path: Path) -> None:
     lake.db.write_bytes(b"this is not a duckdb file" * 1000)
     with pytest.raises(PipelineError, match=f"cannot open DuckDB file {lake.db}"):
         lake.batch()
+
+
+def test_a_duckdb_file_held_by_another_writer_stops_the_batch_naming_it(lake: Lake) -> None:
+    lake.land([network_connect("{A}")])
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb, time; c = duckdb.connect({str(lake.db)!r}); print('ok', flush=True); time.sleep(30)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ok"
+        with pytest.raises(PipelineError, match=f"cannot open DuckDB file {lake.db}.*lock"):
+            lake.batch()
+    finally:
+        holder.kill()
+        holder.wait()
+    lake.batch()
+    assert lake.count("winlogbeat_stream") == 1
