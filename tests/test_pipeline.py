@@ -97,10 +97,12 @@ def test_sigkill_at_several_points_then_rerun_gives_identical_tables(tmp_path: P
     data = sample_bytes(tmp_path, 40000)
     clean = run_in_batches(tmp_path / "clean", data, 1)
     expected = snapshot(clean)
+    (tmp_path / "home").mkdir()
     env = {
         **os.environ,
         "SYSMON_LANDING_DIR": str(tmp_path / "landing"),
         "SYSMON_DUCKDB_PATH": str(tmp_path / "k.duckdb"),
+        "DAGSTER_HOME": str(tmp_path / "home"),  # a killed CLI would leave its temporary home behind
     }
     (tmp_path / "landing").mkdir()
     (tmp_path / "landing" / "w.ndjson").write_bytes(data)
