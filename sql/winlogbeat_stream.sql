@@ -6,6 +6,17 @@
 -- and is listed in _coercion_errors; the row is kept. Lines that are not JSON objects (or longer than
 -- max_line_bytes) go to winlogbeat_rejects. Columns starting with _ are metadata.
 {{ config(materialized='stream') }}
+-- The Sysmon EventData fields the recipe declares; three layouts carry them under different parents.
+{% set event_data_fields -%}
+{"UtcTime": "VARCHAR", "ProcessGuid": "VARCHAR", "ProcessId": "VARCHAR", "Image": "VARCHAR",
+ "FileVersion": "VARCHAR", "Description": "VARCHAR", "Product": "VARCHAR", "Company": "VARCHAR",
+ "CommandLine": "VARCHAR", "CurrentDirectory": "VARCHAR", "User": "VARCHAR", "LogonGuid": "VARCHAR",
+ "LogonId": "VARCHAR", "TerminalSessionId": "VARCHAR", "IntegrityLevel": "VARCHAR", "Hashes": "VARCHAR",
+ "ParentProcessGuid": "VARCHAR", "ParentProcessId": "VARCHAR", "ParentImage": "VARCHAR", "ParentCommandLine": "VARCHAR",
+ "Protocol": "VARCHAR", "Initiated": "VARCHAR", "SourceIsIpv6": "VARCHAR", "SourceIp": "VARCHAR",
+ "SourceHostname": "VARCHAR", "SourcePort": "VARCHAR", "SourcePortName": "VARCHAR", "DestinationIsIpv6": "VARCHAR",
+ "DestinationIp": "VARCHAR", "DestinationHostname": "VARCHAR", "DestinationPort": "VARCHAR", "DestinationPortName": "VARCHAR"}
+{%- endset %}
 WITH landed AS (
     SELECT l.* REPLACE (CAST(l.line AS BLOB) AS line), try(decode(CAST(l.line AS BLOB))) AS text  -- NULL if not UTF-8
     FROM {{ source('landed_lines') }} AS l
@@ -15,30 +26,10 @@ WITH landed AS (
         {"source_name": "VARCHAR", "type": "VARCHAR", "task": "VARCHAR", "log_name": "VARCHAR",
             "computer_name": "VARCHAR", "event_id": "VARCHAR", "record_number": "VARCHAR",
             "@timestamp": "VARCHAR",
-            "event_data": {"UtcTime": "VARCHAR", "ProcessGuid": "VARCHAR", "ProcessId": "VARCHAR", "Image": "VARCHAR",
-                "FileVersion": "VARCHAR", "Description": "VARCHAR", "Product": "VARCHAR",
-                "Company": "VARCHAR", "CommandLine": "VARCHAR", "CurrentDirectory": "VARCHAR",
-                "User": "VARCHAR", "LogonGuid": "VARCHAR", "LogonId": "VARCHAR",
-                "TerminalSessionId": "VARCHAR", "IntegrityLevel": "VARCHAR", "Hashes": "VARCHAR",
-                "ParentProcessGuid": "VARCHAR", "ParentProcessId": "VARCHAR", "ParentImage": "VARCHAR",
-                "ParentCommandLine": "VARCHAR", "Protocol": "VARCHAR", "Initiated": "VARCHAR",
-                "SourceIsIpv6": "VARCHAR", "SourceIp": "VARCHAR", "SourceHostname": "VARCHAR",
-                "SourcePort": "VARCHAR", "SourcePortName": "VARCHAR", "DestinationIsIpv6": "VARCHAR",
-                "DestinationIp": "VARCHAR", "DestinationHostname": "VARCHAR", "DestinationPort": "VARCHAR",
-                "DestinationPortName": "VARCHAR"},
+            "event_data": {{ event_data_fields }},
             "winlog": {"provider_name": "VARCHAR", "channel": "VARCHAR", "computer_name": "VARCHAR",
                 "event_id": "VARCHAR", "task": "VARCHAR", "api": "VARCHAR", "record_id": "VARCHAR",
-                "event_data": {"UtcTime": "VARCHAR", "ProcessGuid": "VARCHAR", "ProcessId": "VARCHAR", "Image": "VARCHAR",
-                    "FileVersion": "VARCHAR", "Description": "VARCHAR", "Product": "VARCHAR",
-                    "Company": "VARCHAR", "CommandLine": "VARCHAR", "CurrentDirectory": "VARCHAR",
-                    "User": "VARCHAR", "LogonGuid": "VARCHAR", "LogonId": "VARCHAR",
-                    "TerminalSessionId": "VARCHAR", "IntegrityLevel": "VARCHAR", "Hashes": "VARCHAR",
-                    "ParentProcessGuid": "VARCHAR", "ParentProcessId": "VARCHAR", "ParentImage": "VARCHAR",
-                    "ParentCommandLine": "VARCHAR", "Protocol": "VARCHAR", "Initiated": "VARCHAR",
-                    "SourceIsIpv6": "VARCHAR", "SourceIp": "VARCHAR", "SourceHostname": "VARCHAR",
-                    "SourcePort": "VARCHAR", "SourcePortName": "VARCHAR", "DestinationIsIpv6": "VARCHAR",
-                    "DestinationIp": "VARCHAR", "DestinationHostname": "VARCHAR", "DestinationPort": "VARCHAR",
-                    "DestinationPortName": "VARCHAR"}},
+                "event_data": {{ event_data_fields }}},
             "event": {"module": "VARCHAR", "code": "VARCHAR"},
             "process": {"entity_id": "VARCHAR", "pid": "VARCHAR", "executable": "VARCHAR",
                 "command_line": "VARCHAR", "working_directory": "VARCHAR",
@@ -54,17 +45,7 @@ WITH landed AS (
             "evtx": {"System": {"EventID": "VARCHAR", "Task": "VARCHAR", "EventRecordID": "VARCHAR", "Channel": "VARCHAR",
                     "Computer": "VARCHAR",
                     "Provider": {"#attributes": {"Name": "VARCHAR"}}},
-                "EventData": {"UtcTime": "VARCHAR", "ProcessGuid": "VARCHAR", "ProcessId": "VARCHAR", "Image": "VARCHAR",
-                    "FileVersion": "VARCHAR", "Description": "VARCHAR", "Product": "VARCHAR",
-                    "Company": "VARCHAR", "CommandLine": "VARCHAR", "CurrentDirectory": "VARCHAR",
-                    "User": "VARCHAR", "LogonGuid": "VARCHAR", "LogonId": "VARCHAR",
-                    "TerminalSessionId": "VARCHAR", "IntegrityLevel": "VARCHAR", "Hashes": "VARCHAR",
-                    "ParentProcessGuid": "VARCHAR", "ParentProcessId": "VARCHAR", "ParentImage": "VARCHAR",
-                    "ParentCommandLine": "VARCHAR", "Protocol": "VARCHAR", "Initiated": "VARCHAR",
-                    "SourceIsIpv6": "VARCHAR", "SourceIp": "VARCHAR", "SourceHostname": "VARCHAR",
-                    "SourcePort": "VARCHAR", "SourcePortName": "VARCHAR", "DestinationIsIpv6": "VARCHAR",
-                    "DestinationIp": "VARCHAR", "DestinationHostname": "VARCHAR", "DestinationPort": "VARCHAR",
-                    "DestinationPortName": "VARCHAR"}}}
+                "EventData": {{ event_data_fields }}}}
     ')) AS j
     FROM landed
     WHERE starts_with(ltrim(text, E' \t\r'), '{')

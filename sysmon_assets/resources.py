@@ -12,6 +12,16 @@ from pydantic import Field
 from sysmon_assets.pipeline import SysmonPipeline, connect_file
 from sysmon_assets.settings import Settings
 
+# Settings fields the resource carries as they are (paths need converting, so they are listed apart).
+PLAIN_SETTINGS = (
+    "offset_reset",
+    "join_mode",
+    "join_grace_minutes",
+    "max_line_bytes",
+    "join_coverage_warn",
+    "freshness_minutes",
+)
+
 
 class SysmonPipelineResource(ConfigurableResource):
     """Where the landing folder and the DuckDB file are, and how batches join."""
@@ -32,13 +42,8 @@ class SysmonPipelineResource(ConfigurableResource):
         return Settings(
             landing_dir=Path(self.landing_dir),
             duckdb_path=Path(self.duckdb.database),
-            offset_reset=self.offset_reset,
-            join_mode=self.join_mode,
-            join_grace_minutes=self.join_grace_minutes,
-            max_line_bytes=self.max_line_bytes,
             query_db=Path(self.query_db) if self.query_db else None,
-            join_coverage_warn=self.join_coverage_warn,
-            freshness_minutes=self.freshness_minutes,
+            **{name: getattr(self, name) for name in PLAIN_SETTINGS},
         )
 
     def pipeline(self) -> SysmonPipeline:
@@ -57,12 +62,7 @@ def resources_from_settings(settings: Settings) -> dict[str, object]:
         "sysmon": SysmonPipelineResource(
             duckdb=DuckDBResource(database=str(settings.duckdb_path)),
             landing_dir=str(settings.landing_dir),
-            offset_reset=settings.offset_reset,
-            join_mode=settings.join_mode,
-            join_grace_minutes=settings.join_grace_minutes,
-            max_line_bytes=settings.max_line_bytes,
             query_db=str(settings.query_db) if settings.query_db else None,
-            join_coverage_warn=settings.join_coverage_warn,
-            freshness_minutes=settings.freshness_minutes,
+            **{name: getattr(settings, name) for name in PLAIN_SETTINGS},
         )
     }

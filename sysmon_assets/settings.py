@@ -69,16 +69,16 @@ class Settings:
 
 
 def _number(env: dict[str, str] | os._Environ, name: str, default: float) -> float:
-    text = env.get(name, str(default))
-    try:
-        return float(text)
-    except ValueError:
-        raise SettingsError(f"{name}={text!r}: expected a number") from None
+    return _parsed(env, name, default, float, "a number")
 
 
 def _whole_number(env: dict[str, str] | os._Environ, name: str, default: int) -> int:
+    return _parsed(env, name, default, int, "a whole number")
+
+
+def _parsed(env: dict[str, str] | os._Environ, name: str, default: float, kind: type, expected: str) -> float | int:
     text = env.get(name, str(default))
     try:
-        return int(text)
+        return kind(text)
     except ValueError:
-        raise SettingsError(f"{name}={text!r}: expected a whole number") from None
+        raise SettingsError(f"{name}={text!r}: expected {expected}") from None

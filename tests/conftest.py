@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +18,18 @@ from sysmon_assets.settings import Settings
 SYSMON = "Microsoft-Windows-Sysmon"
 SYSMON_CHANNEL = "Microsoft-Windows-Sysmon/Operational"
 T0 = datetime(2026, 11, 1, 12, 0, 0)
+# One micro-batch the way users run it.
+CLI_BATCH = [
+    sys.executable,
+    "-m",
+    "dagster",
+    "asset",
+    "materialize",
+    "-m",
+    "sysmon_assets.definitions",
+    "--select",
+    "*",
+]
 
 _record_numbers = iter(range(1, 10**9))
 

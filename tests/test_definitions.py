@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
@@ -13,7 +12,7 @@ from dagster import AssetKey
 from sysmon_assets.definitions import build_definitions, defs
 from sysmon_assets.pipeline import RECIPE_MODELS
 from sysmon_assets.settings import Settings
-from tests.conftest import Lake, network_connect, process_create
+from tests.conftest import CLI_BATCH, Lake, network_connect, process_create
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_EDGES = {
@@ -83,19 +82,8 @@ def test_the_cli_runs_exactly_one_micro_batch(tmp_path: Path) -> None:
         "SYSMON_LANDING_DIR": str(settings.landing_dir),
         "SYSMON_DUCKDB_PATH": str(settings.duckdb_path),
     }
-    command = [
-        sys.executable,
-        "-m",
-        "dagster",
-        "asset",
-        "materialize",
-        "-m",
-        "sysmon_assets.definitions",
-        "--select",
-        "*",
-    ]
     for _ in range(2):
-        subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
+        subprocess.run(CLI_BATCH, cwd=ROOT, env=env, check=True, capture_output=True)
     with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
         assert con.execute("SELECT count(*) FROM dbt_like.batches").fetchone() == (2,)
         assert con.execute("SELECT count(*), max(_batch_id) FROM main.sysmon_join").fetchone() == (1, 1)

@@ -6,7 +6,6 @@ import itertools
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from sysmon_assets.pipeline import SQL_DIR, SysmonPipeline
 from sysmon_assets.resources import resources_from_settings
 from sysmon_assets.sample import write_sample
 from sysmon_assets.settings import Settings
-from tests.conftest import snapshot
+from tests.conftest import CLI_BATCH, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,20 +105,9 @@ def test_sigkill_at_several_points_then_rerun_gives_identical_tables(tmp_path: P
     }
     (tmp_path / "landing").mkdir()
     (tmp_path / "landing" / "w.ndjson").write_bytes(data)
-    command = [
-        sys.executable,
-        "-m",
-        "dagster",
-        "asset",
-        "materialize",
-        "-m",
-        "sysmon_assets.definitions",
-        "--select",
-        "*",
-    ]
     killed = 0
     for delay in (3.0, 4.5, 6.0, 7.5):
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(CLI_BATCH, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
