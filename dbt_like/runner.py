@@ -129,14 +129,14 @@ class Project:
         try:
             results = [self._prepare(con, model, batch) for model in names]
             if source_chunks is None:
-                for model, result in zip(names, results, strict=False):
+                for model, result in zip(names, results, strict=True):
                     self._write(con, model, batch, {}, result)
             else:
                 for chunk in source_chunks:
                     relations = self._register(con, chunk)
-                    for model, result in zip(names, results, strict=False):
+                    for model, result in zip(names, results, strict=True):
                         self._write(con, model, batch, relations, result)
-            for model, result in zip(names, results, strict=False):
+            for model, result in zip(names, results, strict=True):
                 self._finish(con, model, batch, result)
             if before_commit:
                 before_commit(con)
@@ -144,7 +144,7 @@ class Project:
         except BaseException:
             con.rollback()
             raise
-        for model, result in zip(names, results, strict=False):
+        for model, result in zip(names, results, strict=True):
             result.tests = run_schema_tests(con, self.models[model], batch.batch_id)
             result.table_rows = scalar(con, f"SELECT count(*) FROM {model}")
         return results

@@ -276,7 +276,8 @@ class LandingReader:
     def commit_offsets(self, con: duckdb.DuckDBPyConnection) -> None:
         """Record how far each file was read and what was noticed (call inside the batch's transaction)."""
         for progress in self.files:
-            head = min(progress.size, FINGERPRINT_BYTES)
+            # An EVTX header changes whenever records are appended: such files are known by inode alone.
+            head = 0 if progress.kind == "evtx" else min(progress.size, FINGERPRINT_BYTES)
             con.execute(
                 f"INSERT OR REPLACE INTO {STATE_TABLE} VALUES (?, ?, ?, ?, ?, ?, now())",
                 [

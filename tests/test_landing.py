@@ -13,6 +13,7 @@ import pytest
 from sysmon_assets.landing import LandingError, list_landed_files
 from sysmon_assets.pipeline import PipelineError
 from tests.conftest import Lake, network_connect, process_create
+from tests.recipe import shared_path
 
 
 def test_a_growing_file_is_read_from_where_the_last_batch_stopped(lake: Lake) -> None:
@@ -140,3 +141,17 @@ def test_a_duckdb_file_held_by_another_writer_stops_the_batch_naming_it(lake: La
         holder.wait()
     lake.batch()
     assert lake.count("winlogbeat_stream") == 1
+
+
+def test_an_evtx_file_whose_header_changes_is_not_read_again(lake: Lake) -> None:
+    source = shared_path("data", "real", "evtx-attack-samples", "DE_sysmon-3-rdp-tun.evtx")
+    copy = lake.landing / source.name
+    copy.write_bytes(source.read_bytes())
+    lake.batch()
+    records = lake.count("winlogbeat_stream")
+    with copy.open("r+b") as handle:  # Windows rewrites the header's counters as records are appended
+        handle.seek(24)
+        handle.write(b"\x07")
+    lake.batch()
+    assert lake.count("winlogbeat_stream") == records
+    assert lake.count("ingest.file_events") == 0
