@@ -34,7 +34,9 @@ LOG = logging.getLogger(__name__)
 STATE_TABLE = "ingest.files"
 EVENTS_TABLE = "ingest.file_events"
 SOURCE_NAME = "landed_lines"
-PATTERNS = ("*.json", "*.ndjson", "*.json.gz", "*.ndjson.gz", "*.evtx")
+# NDJSON files (optionally gzipped), EVTX files, and the names Winlogbeat's file output itself
+# writes and rotates to (``winlogbeat``, ``winlogbeat.1``, ...).
+PATTERNS = ("*.json", "*.ndjson", "*.json.gz", "*.ndjson.gz", "*.evtx", "winlogbeat", "winlogbeat.[0-9]*")
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
 EVTX_RECORDS_PER_CHUNK = 20_000
 FINGERPRINT_BYTES = 1024
@@ -71,11 +73,12 @@ class FileProgress:
 
 
 def list_landed_files(landing_dir: Path) -> list[Path]:
-    """Landed files in name order; a missing folder is an error that names it."""
+    """Landed files, oldest first (rotated files before the one being written); a missing folder is an
+    error that names it."""
     if not landing_dir.is_dir():
         raise LandingError(f"landing folder {landing_dir} does not exist or is not a folder (set SYSMON_LANDING_DIR)")
     files = {path for pattern in PATTERNS for path in landing_dir.glob(pattern) if path.is_file()}
-    return sorted(files)
+    return sorted(files, key=lambda path: (path.stat().st_mtime_ns, path.name))
 
 
 def file_key(path: Path) -> str:

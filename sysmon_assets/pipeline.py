@@ -70,6 +70,12 @@ def connect_file(path: Path, opener: Connect | None = None) -> Connect:
     return connect
 
 
+def _cell(value: object, width: int = 60) -> str:
+    """A markdown table cell: pipes escaped, long values cut."""
+    text = str(value).replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 class SysmonPipeline:
     """The recipe's models over one DuckDB file and one landing folder."""
 
@@ -114,7 +120,7 @@ class SysmonPipeline:
                 f"SELECT {', '.join(shown)} FROM {name} WHERE _batch_id = ? LIMIT ?", [batch_id, preview_rows]
             ).fetchall()
         lines = ["| " + " | ".join(shown) + " |", "|" + " --- |" * len(shown)]
-        lines += ["| " + " | ".join(str(v).replace("|", "\\|") for v in row) + " |" for row in rows]
+        lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
         return columns, "\n".join(lines)
 
     def publish(self, run_key: str, batch_time: datetime | None = None) -> serving.Published:

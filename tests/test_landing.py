@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,10 +63,41 @@ def test_gzip_files_are_read(lake: Lake) -> None:
     assert lake.count("winlogbeat_stream") == 2
 
 
-def test_only_ndjson_and_json_files_are_landed(lake: Lake) -> None:
-    for name in ["a.json", "b.ndjson", "c.json.gz", "notes.txt", "d.ndjson.tmp"]:
+def test_only_landed_file_names_are_read_oldest_first(lake: Lake) -> None:
+    names = [
+        "winlogbeat.2",
+        "winlogbeat.1",
+        "a.json",
+        "b.ndjson",
+        "c.json.gz",
+        "d.evtx",
+        "winlogbeat",
+        "notes.txt",
+        "d.ndjson.tmp",
+        "winlogbeat.lock",
+    ]
+    for age, name in enumerate(names):
         (lake.landing / name).write_text("")
-    assert [p.name for p in list_landed_files(lake.landing)] == ["a.json", "b.ndjson", "c.json.gz"]
+        os.utime(lake.landing / name, (1_000_000 + age, 1_000_000 + age))
+    assert [p.name for p in list_landed_files(lake.landing)] == [
+        "winlogbeat.2",
+        "winlogbeat.1",
+        "a.json",
+        "b.ndjson",
+        "c.json.gz",
+        "d.evtx",
+        "winlogbeat",
+    ]
+
+
+def test_winlogbeat_file_output_rotation_is_read_once_in_order(lake: Lake) -> None:
+    live = lake.land([process_create("{A}", "v1.exe")], name="winlogbeat")
+    lake.batch()
+    live.rename(lake.landing / "winlogbeat.1")  # Winlogbeat rotates, then writes a new file
+    lake.land([network_connect("{A}")], name="winlogbeat")
+    lake.batch()
+    assert lake.count("winlogbeat_stream") == 2
+    assert lake.rows("SELECT process_command_line FROM sysmon_join") == [("v1.exe",)]
 
 
 def test_offset_reset_latest_starts_after_what_had_landed(tmp_path: Path) -> None:
