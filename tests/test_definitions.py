@@ -7,7 +7,8 @@ import subprocess
 from pathlib import Path
 
 import duckdb
-from dagster import AssetKey
+import yaml
+from dagster import AssetKey, DefaultScheduleStatus, DefaultSensorStatus
 
 from sysmon_assets.definitions import build_definitions, defs
 from sysmon_assets.pipeline import RECIPE_MODELS
@@ -53,8 +54,16 @@ def test_job_schedule_and_sensor() -> None:
     job = defs.resolve_job_def("sysmon_micro_batch")
     assert job.executor_def.name == "in_process"
     assert {node.name for node in job.nodes} == {*RECIPE_MODELS, "query_database"}
-    assert defs.resolve_schedule_def("sysmon_every_minute").cron_schedule == "* * * * *"
-    assert defs.resolve_sensor_def("landing_sensor").job_name == "sysmon_micro_batch"
+    schedule, sensor = defs.resolve_schedule_def("sysmon_every_minute"), defs.resolve_sensor_def("landing_sensor")
+    assert schedule.cron_schedule == "* * * * *"
+    assert sensor.job_name == "sysmon_micro_batch"
+    assert schedule.default_status == DefaultScheduleStatus.STOPPED
+    assert sensor.default_status == DefaultSensorStatus.STOPPED
+
+
+def test_make_ui_instance_runs_one_batch_at_a_time() -> None:
+    instance = yaml.safe_load((ROOT / "dagster.yaml").read_text())
+    assert instance["run_queue"]["max_concurrent_runs"] == 1
 
 
 def test_materializing_the_job_in_process_reports_rows_offsets_and_checks(lake: Lake) -> None:
