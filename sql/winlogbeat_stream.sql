@@ -22,11 +22,18 @@ WITH landed AS (
     FROM {{ source('landed_lines') }} AS l
     WHERE octet_length(CAST(l.line AS BLOB)) <= {{ var('max_line_bytes') }}
 ), parsed AS (
+    -- The recipe's own layout (Winlogbeat 6.x) first: most lines are parsed once, against exactly the
+    -- fields CREATE STREAM WINLOGBEAT_STREAM declares; only lines it does not describe are parsed again.
     SELECT landed.*, try(from_json(text, '
         {"source_name": "VARCHAR", "type": "VARCHAR", "task": "VARCHAR", "log_name": "VARCHAR",
-            "computer_name": "VARCHAR", "event_id": "VARCHAR", "record_number": "VARCHAR",
-            "@timestamp": "VARCHAR",
-            "event_data": {{ event_data_fields }},
+         "computer_name": "VARCHAR", "event_id": "VARCHAR", "record_number": "VARCHAR",
+         "event_data": {{ event_data_fields }}}
+    ')) AS j6
+    FROM landed
+    WHERE starts_with(ltrim(text, E' \t\r'), '{')
+), reparsed AS (
+    SELECT parsed.*, CASE WHEN j6.source_name IS NULL AND j6.computer_name IS NULL THEN try(from_json(text, '
+        {"@timestamp": "VARCHAR",
             "winlog": {"provider_name": "VARCHAR", "channel": "VARCHAR", "computer_name": "VARCHAR",
                 "event_id": "VARCHAR", "task": "VARCHAR", "api": "VARCHAR", "record_id": "VARCHAR",
                 "event_data": {{ event_data_fields }}},
@@ -46,69 +53,68 @@ WITH landed AS (
                     "Computer": "VARCHAR",
                     "Provider": {"#attributes": {"Name": "VARCHAR"}}},
                 "EventData": {{ event_data_fields }}}}
-    ')) AS j
-    FROM landed
-    WHERE starts_with(ltrim(text, E' \t\r'), '{')
+    ')) END AS j
+    FROM parsed
+    WHERE j6 IS NOT NULL
 ), layouts AS (
     SELECT
-        parsed.*,
+        reparsed.*,
         CASE
+            WHEN j6.source_name IS NOT NULL OR j6.computer_name IS NOT NULL THEN 'winlogbeat6'
             WHEN j.evtx.System.EventID IS NOT NULL THEN 'evtx'
-            WHEN j.source_name IS NOT NULL OR j.computer_name IS NOT NULL THEN 'winlogbeat6'
             WHEN j."event".module = 'sysmon' THEN 'ecs'
             WHEN j.winlog.provider_name IS NOT NULL OR j.winlog.channel IS NOT NULL THEN 'winlogbeat7+'
             ELSE 'unknown'
         END AS layout
-    FROM parsed
-    WHERE j IS NOT NULL
+    FROM reparsed
 ), mapped AS (
     -- Each recipe field as text, from the first layout that carries it (the README's mapping tables).
     SELECT
         layouts.*,
-        coalesce(j.source_name, j.winlog.provider_name, j.evtx.System.Provider."#attributes".Name) AS source_name,
-        coalesce(j."type", j.winlog.api, CASE WHEN layout = 'evtx' THEN 'evtx' END) AS "type",
-        coalesce(j.task, j.winlog.task, j.evtx.System.Task) AS task,
-        coalesce(j.log_name, j.winlog.channel, j.evtx.System.Channel) AS log_name,
+        coalesce(j6.source_name, j.winlog.provider_name, j.evtx.System.Provider."#attributes".Name) AS source_name,
+        coalesce(j6."type", j.winlog.api, CASE WHEN layout = 'evtx' THEN 'evtx' END) AS "type",
+        coalesce(j6.task, j.winlog.task, j.evtx.System.Task) AS task,
+        coalesce(j6.log_name, j.winlog.channel, j.evtx.System.Channel) AS log_name,
         -- the source host, never a forwarder's host.name
-        coalesce(j.computer_name, j.winlog.computer_name, j.evtx.System.Computer) AS computer_name,
-        coalesce(j.event_id, j.winlog.event_id, CASE WHEN layout = 'ecs' THEN j."event".code END,
+        coalesce(j6.computer_name, j.winlog.computer_name, j.evtx.System.Computer) AS computer_name,
+        coalesce(j6.event_id, j.winlog.event_id, CASE WHEN layout = 'ecs' THEN j."event".code END,
                  -- an EVTX EventID with Qualifiers renders as {"#text": 7036, "#attributes": {...}}
                  CASE WHEN starts_with(j.evtx.System.EventID, '{')
                       THEN json_extract_string(j.evtx.System.EventID, '$."#text"')
                       ELSE j.evtx.System.EventID END) AS event_id_text,
-        coalesce(j.record_number, j.winlog.record_id, j.evtx.System.EventRecordID) AS record_number_text,
-        coalesce(j.event_data.UtcTime, j.winlog.event_data.UtcTime, j.evtx.EventData.UtcTime, CASE WHEN layout = 'ecs' THEN strftime(coalesce(try_strptime(j."@timestamp", '%Y-%m-%dT%H:%M:%S.%fZ'), try_strptime(j."@timestamp", '%Y-%m-%dT%H:%M:%SZ')), '%Y-%m-%d %H:%M:%S.%g') END) AS "UtcTime",
-        coalesce(j.event_data.ProcessGuid, j.winlog.event_data.ProcessGuid, j.evtx.EventData.ProcessGuid, CASE WHEN layout = 'ecs' THEN j."process".entity_id END) AS "ProcessGuid",
-        coalesce(j.event_data.ProcessId, j.winlog.event_data.ProcessId, j.evtx.EventData.ProcessId, CASE WHEN layout = 'ecs' THEN j."process".pid END) AS "ProcessId",
-        coalesce(j.event_data.Image, j.winlog.event_data.Image, j.evtx.EventData.Image, CASE WHEN layout = 'ecs' THEN j."process".executable END) AS "Image",
-        coalesce(j.event_data.FileVersion, j.winlog.event_data.FileVersion, j.evtx.EventData.FileVersion, CASE WHEN layout = 'ecs' THEN j."process".pe.file_version END) AS "FileVersion",
-        coalesce(j.event_data.Description, j.winlog.event_data.Description, j.evtx.EventData.Description, CASE WHEN layout = 'ecs' THEN j."process".pe.description END) AS "Description",
-        coalesce(j.event_data.Product, j.winlog.event_data.Product, j.evtx.EventData.Product, CASE WHEN layout = 'ecs' THEN j."process".pe.product END) AS "Product",
-        coalesce(j.event_data.Company, j.winlog.event_data.Company, j.evtx.EventData.Company, CASE WHEN layout = 'ecs' THEN j."process".pe.company END) AS "Company",
-        coalesce(j.event_data.CommandLine, j.winlog.event_data.CommandLine, j.evtx.EventData.CommandLine, CASE WHEN layout = 'ecs' THEN j."process".command_line END) AS "CommandLine",
-        coalesce(j.event_data.CurrentDirectory, j.winlog.event_data.CurrentDirectory, j.evtx.EventData.CurrentDirectory, CASE WHEN layout = 'ecs' THEN j."process".working_directory END) AS "CurrentDirectory",
-        coalesce(j.event_data.User, j.winlog.event_data.User, j.evtx.EventData.User, CASE WHEN layout = 'ecs' THEN concat_ws('\', j."user".domain, j."user".name) END) AS "User",
-        coalesce(j.event_data.LogonGuid, j.winlog.event_data.LogonGuid, j.evtx.EventData.LogonGuid) AS "LogonGuid",
-        coalesce(j.event_data.LogonId, j.winlog.event_data.LogonId, j.evtx.EventData.LogonId) AS "LogonId",
-        coalesce(j.event_data.TerminalSessionId, j.winlog.event_data.TerminalSessionId, j.evtx.EventData.TerminalSessionId) AS "TerminalSessionId",
-        coalesce(j.event_data.IntegrityLevel, j.winlog.event_data.IntegrityLevel, j.evtx.EventData.IntegrityLevel) AS "IntegrityLevel",
-        coalesce(j.event_data.Hashes, j.winlog.event_data.Hashes, j.evtx.EventData.Hashes, CASE WHEN layout = 'ecs' THEN nullif(concat_ws(',', 'SHA1=' || upper(j."process".hash.sha1), 'MD5=' || upper(j."process".hash.md5), 'SHA256=' || upper(j."process".hash.sha256), 'IMPHASH=' || upper(j."process".pe.imphash)), '') END) AS "Hashes",
-        coalesce(j.event_data.ParentProcessGuid, j.winlog.event_data.ParentProcessGuid, j.evtx.EventData.ParentProcessGuid, CASE WHEN layout = 'ecs' THEN j."process".parent.entity_id END) AS "ParentProcessGuid",
-        coalesce(j.event_data.ParentProcessId, j.winlog.event_data.ParentProcessId, j.evtx.EventData.ParentProcessId, CASE WHEN layout = 'ecs' THEN j."process".parent.pid END) AS "ParentProcessId",
-        coalesce(j.event_data.ParentImage, j.winlog.event_data.ParentImage, j.evtx.EventData.ParentImage, CASE WHEN layout = 'ecs' THEN j."process".parent.executable END) AS "ParentImage",
-        coalesce(j.event_data.ParentCommandLine, j.winlog.event_data.ParentCommandLine, j.evtx.EventData.ParentCommandLine, CASE WHEN layout = 'ecs' THEN j."process".parent.command_line END) AS "ParentCommandLine",
-        coalesce(j.event_data.Protocol, j.winlog.event_data.Protocol, j.evtx.EventData.Protocol, CASE WHEN layout = 'ecs' THEN j."network".transport END) AS "Protocol",
-        coalesce(j.event_data.Initiated, j.winlog.event_data.Initiated, j.evtx.EventData.Initiated, CASE WHEN layout = 'ecs' THEN CASE j."network".direction WHEN 'egress' THEN 'true' WHEN 'outbound' THEN 'true' WHEN 'ingress' THEN 'false' WHEN 'inbound' THEN 'false' END END) AS "Initiated",
-        coalesce(j.event_data.SourceIsIpv6, j.winlog.event_data.SourceIsIpv6, j.evtx.EventData.SourceIsIpv6, CASE WHEN layout = 'ecs' THEN CASE j."network"."type" WHEN 'ipv6' THEN 'true' WHEN 'ipv4' THEN 'false' END END) AS "SourceIsIpv6",
-        coalesce(j.event_data.SourceIp, j.winlog.event_data.SourceIp, j.evtx.EventData.SourceIp, CASE WHEN layout = 'ecs' THEN j."source".ip END) AS "SourceIp",
-        coalesce(j.event_data.SourceHostname, j.winlog.event_data.SourceHostname, j.evtx.EventData.SourceHostname, CASE WHEN layout = 'ecs' THEN j."source".domain END) AS "SourceHostname",
-        coalesce(j.event_data.SourcePort, j.winlog.event_data.SourcePort, j.evtx.EventData.SourcePort, CASE WHEN layout = 'ecs' THEN j."source".port END) AS "SourcePort",
-        coalesce(j.event_data.SourcePortName, j.winlog.event_data.SourcePortName, j.evtx.EventData.SourcePortName) AS "SourcePortName",
-        coalesce(j.event_data.DestinationIsIpv6, j.winlog.event_data.DestinationIsIpv6, j.evtx.EventData.DestinationIsIpv6, CASE WHEN layout = 'ecs' THEN CASE j."network"."type" WHEN 'ipv6' THEN 'true' WHEN 'ipv4' THEN 'false' END END) AS "DestinationIsIpv6",
-        coalesce(j.event_data.DestinationIp, j.winlog.event_data.DestinationIp, j.evtx.EventData.DestinationIp, CASE WHEN layout = 'ecs' THEN j."destination".ip END) AS "DestinationIp",
-        coalesce(j.event_data.DestinationHostname, j.winlog.event_data.DestinationHostname, j.evtx.EventData.DestinationHostname, CASE WHEN layout = 'ecs' THEN j."destination".domain END) AS "DestinationHostname",
-        coalesce(j.event_data.DestinationPort, j.winlog.event_data.DestinationPort, j.evtx.EventData.DestinationPort, CASE WHEN layout = 'ecs' THEN j."destination".port END) AS "DestinationPort",
-        coalesce(j.event_data.DestinationPortName, j.winlog.event_data.DestinationPortName, j.evtx.EventData.DestinationPortName, CASE WHEN layout = 'ecs' THEN j."network".protocol END) AS "DestinationPortName"
+        coalesce(j6.record_number, j.winlog.record_id, j.evtx.System.EventRecordID) AS record_number_text,
+        coalesce(j6.event_data.UtcTime, j.winlog.event_data.UtcTime, j.evtx.EventData.UtcTime, CASE WHEN layout = 'ecs' THEN strftime(coalesce(try_strptime(j."@timestamp", '%Y-%m-%dT%H:%M:%S.%fZ'), try_strptime(j."@timestamp", '%Y-%m-%dT%H:%M:%SZ')), '%Y-%m-%d %H:%M:%S.%g') END) AS "UtcTime",
+        coalesce(j6.event_data.ProcessGuid, j.winlog.event_data.ProcessGuid, j.evtx.EventData.ProcessGuid, CASE WHEN layout = 'ecs' THEN j."process".entity_id END) AS "ProcessGuid",
+        coalesce(j6.event_data.ProcessId, j.winlog.event_data.ProcessId, j.evtx.EventData.ProcessId, CASE WHEN layout = 'ecs' THEN j."process".pid END) AS "ProcessId",
+        coalesce(j6.event_data.Image, j.winlog.event_data.Image, j.evtx.EventData.Image, CASE WHEN layout = 'ecs' THEN j."process".executable END) AS "Image",
+        coalesce(j6.event_data.FileVersion, j.winlog.event_data.FileVersion, j.evtx.EventData.FileVersion, CASE WHEN layout = 'ecs' THEN j."process".pe.file_version END) AS "FileVersion",
+        coalesce(j6.event_data.Description, j.winlog.event_data.Description, j.evtx.EventData.Description, CASE WHEN layout = 'ecs' THEN j."process".pe.description END) AS "Description",
+        coalesce(j6.event_data.Product, j.winlog.event_data.Product, j.evtx.EventData.Product, CASE WHEN layout = 'ecs' THEN j."process".pe.product END) AS "Product",
+        coalesce(j6.event_data.Company, j.winlog.event_data.Company, j.evtx.EventData.Company, CASE WHEN layout = 'ecs' THEN j."process".pe.company END) AS "Company",
+        coalesce(j6.event_data.CommandLine, j.winlog.event_data.CommandLine, j.evtx.EventData.CommandLine, CASE WHEN layout = 'ecs' THEN j."process".command_line END) AS "CommandLine",
+        coalesce(j6.event_data.CurrentDirectory, j.winlog.event_data.CurrentDirectory, j.evtx.EventData.CurrentDirectory, CASE WHEN layout = 'ecs' THEN j."process".working_directory END) AS "CurrentDirectory",
+        coalesce(j6.event_data.User, j.winlog.event_data.User, j.evtx.EventData.User, CASE WHEN layout = 'ecs' THEN concat_ws('\', j."user".domain, j."user".name) END) AS "User",
+        coalesce(j6.event_data.LogonGuid, j.winlog.event_data.LogonGuid, j.evtx.EventData.LogonGuid) AS "LogonGuid",
+        coalesce(j6.event_data.LogonId, j.winlog.event_data.LogonId, j.evtx.EventData.LogonId) AS "LogonId",
+        coalesce(j6.event_data.TerminalSessionId, j.winlog.event_data.TerminalSessionId, j.evtx.EventData.TerminalSessionId) AS "TerminalSessionId",
+        coalesce(j6.event_data.IntegrityLevel, j.winlog.event_data.IntegrityLevel, j.evtx.EventData.IntegrityLevel) AS "IntegrityLevel",
+        coalesce(j6.event_data.Hashes, j.winlog.event_data.Hashes, j.evtx.EventData.Hashes, CASE WHEN layout = 'ecs' THEN nullif(concat_ws(',', 'SHA1=' || upper(j."process".hash.sha1), 'MD5=' || upper(j."process".hash.md5), 'SHA256=' || upper(j."process".hash.sha256), 'IMPHASH=' || upper(j."process".pe.imphash)), '') END) AS "Hashes",
+        coalesce(j6.event_data.ParentProcessGuid, j.winlog.event_data.ParentProcessGuid, j.evtx.EventData.ParentProcessGuid, CASE WHEN layout = 'ecs' THEN j."process".parent.entity_id END) AS "ParentProcessGuid",
+        coalesce(j6.event_data.ParentProcessId, j.winlog.event_data.ParentProcessId, j.evtx.EventData.ParentProcessId, CASE WHEN layout = 'ecs' THEN j."process".parent.pid END) AS "ParentProcessId",
+        coalesce(j6.event_data.ParentImage, j.winlog.event_data.ParentImage, j.evtx.EventData.ParentImage, CASE WHEN layout = 'ecs' THEN j."process".parent.executable END) AS "ParentImage",
+        coalesce(j6.event_data.ParentCommandLine, j.winlog.event_data.ParentCommandLine, j.evtx.EventData.ParentCommandLine, CASE WHEN layout = 'ecs' THEN j."process".parent.command_line END) AS "ParentCommandLine",
+        coalesce(j6.event_data.Protocol, j.winlog.event_data.Protocol, j.evtx.EventData.Protocol, CASE WHEN layout = 'ecs' THEN j."network".transport END) AS "Protocol",
+        coalesce(j6.event_data.Initiated, j.winlog.event_data.Initiated, j.evtx.EventData.Initiated, CASE WHEN layout = 'ecs' THEN CASE j."network".direction WHEN 'egress' THEN 'true' WHEN 'outbound' THEN 'true' WHEN 'ingress' THEN 'false' WHEN 'inbound' THEN 'false' END END) AS "Initiated",
+        coalesce(j6.event_data.SourceIsIpv6, j.winlog.event_data.SourceIsIpv6, j.evtx.EventData.SourceIsIpv6, CASE WHEN layout = 'ecs' THEN CASE j."network"."type" WHEN 'ipv6' THEN 'true' WHEN 'ipv4' THEN 'false' END END) AS "SourceIsIpv6",
+        coalesce(j6.event_data.SourceIp, j.winlog.event_data.SourceIp, j.evtx.EventData.SourceIp, CASE WHEN layout = 'ecs' THEN j."source".ip END) AS "SourceIp",
+        coalesce(j6.event_data.SourceHostname, j.winlog.event_data.SourceHostname, j.evtx.EventData.SourceHostname, CASE WHEN layout = 'ecs' THEN j."source".domain END) AS "SourceHostname",
+        coalesce(j6.event_data.SourcePort, j.winlog.event_data.SourcePort, j.evtx.EventData.SourcePort, CASE WHEN layout = 'ecs' THEN j."source".port END) AS "SourcePort",
+        coalesce(j6.event_data.SourcePortName, j.winlog.event_data.SourcePortName, j.evtx.EventData.SourcePortName) AS "SourcePortName",
+        coalesce(j6.event_data.DestinationIsIpv6, j.winlog.event_data.DestinationIsIpv6, j.evtx.EventData.DestinationIsIpv6, CASE WHEN layout = 'ecs' THEN CASE j."network"."type" WHEN 'ipv6' THEN 'true' WHEN 'ipv4' THEN 'false' END END) AS "DestinationIsIpv6",
+        coalesce(j6.event_data.DestinationIp, j.winlog.event_data.DestinationIp, j.evtx.EventData.DestinationIp, CASE WHEN layout = 'ecs' THEN j."destination".ip END) AS "DestinationIp",
+        coalesce(j6.event_data.DestinationHostname, j.winlog.event_data.DestinationHostname, j.evtx.EventData.DestinationHostname, CASE WHEN layout = 'ecs' THEN j."destination".domain END) AS "DestinationHostname",
+        coalesce(j6.event_data.DestinationPort, j.winlog.event_data.DestinationPort, j.evtx.EventData.DestinationPort, CASE WHEN layout = 'ecs' THEN j."destination".port END) AS "DestinationPort",
+        coalesce(j6.event_data.DestinationPortName, j.winlog.event_data.DestinationPortName, j.evtx.EventData.DestinationPortName, CASE WHEN layout = 'ecs' THEN j."network".protocol END) AS "DestinationPortName"
     FROM layouts
 )
 SELECT
