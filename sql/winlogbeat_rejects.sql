@@ -5,7 +5,7 @@ WITH unparsed AS (
     SELECT l.* FROM {{ source('landed_lines') }} AS l
     ANTI JOIN (SELECT _seq FROM winlogbeat_stream WHERE _batch_id = {{ batch_id }}) AS parsed USING (_seq)
 ), landed AS (
-    SELECT u.* REPLACE (CAST(u.line AS BLOB) AS line), try(decode(CAST(u.line AS BLOB))) AS text
+    SELECT u.* REPLACE (CAST(u.line AS BLOB) AS line, CAST(u.source_file AS VARCHAR) AS source_file), try(decode(CAST(u.line AS BLOB))) AS text
     FROM unparsed AS u
 )
 SELECT

@@ -18,7 +18,7 @@
  "DestinationIp": "VARCHAR", "DestinationHostname": "VARCHAR", "DestinationPort": "VARCHAR", "DestinationPortName": "VARCHAR"}
 {%- endset %}
 WITH landed AS (
-    SELECT l.* REPLACE (CAST(l.line AS BLOB) AS line), try(decode(CAST(l.line AS BLOB))) AS text  -- NULL if not UTF-8
+    SELECT l.* REPLACE (CAST(l.line AS BLOB) AS line, CAST(l.source_file AS VARCHAR) AS source_file), try(decode(CAST(l.line AS BLOB))) AS text  -- NULL if not UTF-8
     FROM {{ source('landed_lines') }} AS l
     WHERE octet_length(CAST(l.line AS BLOB)) <= {{ var('max_line_bytes') }}
 ), parsed AS (

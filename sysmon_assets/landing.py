@@ -112,8 +112,9 @@ def _open(progress: FileProgress) -> Iterator[BinaryIO]:
         raise LandingError(f"cannot read landed file {progress.path}: {error}") from error
 
 
-def _read_blocks(progress: FileProgress, chunk_bytes: int) -> Iterator[bytes]:
-    """Blocks of complete lines from the file's current position; a partial last line is held back."""
+def _read_lines(progress: FileProgress, chunk_bytes: int) -> Iterator[tuple[list[bytes], int]]:
+    """Lists of complete lines (newlines dropped) from the file's current position, each with the
+    number of bytes it spans; a partial last line is held back."""
     with _open(progress) as handle:
         pending = b""
         remaining = None if progress.kind == "gzip" else progress.size - progress.position
@@ -128,12 +129,16 @@ def _read_blocks(progress: FileProgress, chunk_bytes: int) -> Iterator[bytes]:
                 break
             if remaining is not None:
                 remaining -= len(block)
-            cut = block.rfind(b"\n") + 1
-            if cut:
-                yield pending + block[:cut]
-                pending = block[cut:]
-            else:
-                pending += block
+            lines = block.split(b"\n")  # split the block as read: no copy of it is made
+            tail = lines.pop()
+            if not lines:
+                pending += tail
+                continue
+            span = len(pending) + len(block) - len(tail)
+            if pending:
+                lines[0] = pending + lines[0]
+            pending = tail
+            yield lines, span
 
 
 def _evtx_lines(progress: FileProgress, chunk_records: int) -> Iterator[list[bytes]]:
@@ -170,7 +175,7 @@ def _frame(lines: list[bytes], progress: FileProgress, first_seq: int, offsets: 
     return pd.DataFrame(
         {
             "_seq": np.arange(first_seq, first_seq + len(lines), dtype=np.int64),
-            "source_file": pd.Series([str(progress.path)] * len(lines), dtype="string"),
+            "source_file": np.full(len(lines), str(progress.path), dtype=object),
             "source_line": np.arange(progress.line + 1, progress.line + 1 + len(lines), dtype=np.int64),
             "source_offset": offsets.astype(np.int64),
             "line": pd.Series(lines, dtype=object),
@@ -178,14 +183,12 @@ def _frame(lines: list[bytes], progress: FileProgress, first_seq: int, offsets: 
     )
 
 
-def _text_frame(block: bytes, progress: FileProgress, first_seq: int) -> pd.DataFrame:
-    """One row per line of ``block``: sequence number, file, line number, byte offset, raw bytes."""
-    lines = block.split(b"\n")
-    lines.pop()  # the block ends with a newline, so the last element is empty
+def _text_frame(lines: list[bytes], span: int, progress: FileProgress, first_seq: int) -> pd.DataFrame:
+    """One row per line: sequence number, file, line number, byte offset, raw bytes."""
     lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
-    offsets = progress.position + np.concatenate(([0], np.cumsum(lengths + 1)[:-1])) if lines else lengths
+    offsets = progress.position + np.concatenate(([0], np.cumsum(lengths + 1)[:-1]))
     frame = _frame(lines, progress, first_seq, offsets)
-    progress.position += len(block)
+    progress.position += span
     progress.line += len(lines)
     return frame
 
@@ -259,9 +262,9 @@ class LandingReader:
                 progress.position += len(lines)
                 progress.line += len(lines)
             return
-        for block in _read_blocks(progress, self.chunk_bytes):
-            progress.position += len(block)
-            progress.line += block.count(b"\n")
+        for lines, span in _read_lines(progress, self.chunk_bytes):
+            progress.position += span
+            progress.line += len(lines)
 
     def chunks(self, first_seq: int) -> Iterator[dict[str, pd.DataFrame]]:
         """Source chunks for the ingest models: ``{'landed_lines': frame}``, bounded in size."""
@@ -270,7 +273,9 @@ class LandingReader:
             if progress.kind == "evtx":
                 frames = (_evtx_frame(lines, progress, 0) for lines in _evtx_lines(progress, EVTX_RECORDS_PER_CHUNK))
             else:
-                frames = (_text_frame(block, progress, 0) for block in _read_blocks(progress, self.chunk_bytes))
+                frames = (
+                    _text_frame(lines, span, progress, 0) for lines, span in _read_lines(progress, self.chunk_bytes)
+                )
             for frame in frames:
                 frame["_seq"] += seq
                 seq += len(frame)
