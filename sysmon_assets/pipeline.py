@@ -128,7 +128,9 @@ class SysmonPipeline:
         with self.connect() as con:
             batch = open_batch(con, run_key, batch_time or utc_now())
             tables = list(self.project.models)
-            return serving.publish(con, self.project, tables, self.settings.query_db_path, batch.batch_id)
+            return serving.publish(
+                con, self.project, tables, self.settings.query_db_path, batch.batch_id, now=batch.started_at
+            )
 
     def run_batch(self, run_key: str | None = None, batch_time: datetime | None = None) -> dict[str, list[StepResult]]:
         """One whole micro-batch: every recipe model in dependency order, then the query database."""

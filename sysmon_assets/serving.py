@@ -6,12 +6,18 @@ every stream table are written once as an immutable Parquet file (keyed tables a
 snapshot), and a new small DuckDB file of views over exactly those files replaces the query
 database atomically (``os.replace``). A reader therefore always sees one whole batch
 boundary, never blocks a batch, and is never blocked by one.
+
+Files never change once written. When a stream table has more than ``COMPACT_AFTER`` batch
+files they are merged into one; merged files and superseded snapshots are *retired* and
+deleted ``RETIRED_KEPT`` later, so a session opened on an older query database keeps
+working that long (reconnecting shows the newest batch).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -20,11 +26,15 @@ from dbt_like import Project
 from dbt_like.sql import scalar
 
 STATE_TABLE = "serving.files"
-SNAPSHOTS_KEPT = 3
+COMPACT_AFTER = 24
+RETIRED_KEPT = timedelta(hours=1)
 _STATE_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS serving;
-CREATE TABLE IF NOT EXISTS {STATE_TABLE} (table_name VARCHAR, batch_id BIGINT, kind VARCHAR, path VARCHAR);
+CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
+    table_name VARCHAR, batch_id BIGINT, kind VARCHAR, path VARCHAR, retired_at TIMESTAMP);
 """
+
+File = tuple[str, int, str, str]  # table, batch id, kind (schema, batch, snapshot), path
 
 
 @dataclass
@@ -51,41 +61,71 @@ def _copy(con: duckdb.DuckDBPyConnection, query: str, target: Path) -> None:
 
 def _export(
     con: duckdb.DuckDBPyConnection, project: Project, tables: list[str], folder: Path, published: int, batch_id: int
-) -> list[tuple[str, int, str, str]]:
-    rows = []
+) -> list[File]:
+    """New files for what each table gained in ``(published, batch_id]``."""
+    files = []
     for table in tables:
         changed = scalar(con, f"SELECT count(*) FROM {table} WHERE _batch_id > {published}")
         if project.configs[table]["materialized"] == "table":
             if changed or published == 0:
                 target = folder / table / f"snapshot-{batch_id:012d}.parquet"
                 _copy(con, f"SELECT * FROM {table}", target)
-                rows.append((table, batch_id, "snapshot", str(target)))
+                files.append((table, batch_id, "snapshot", str(target)))
             continue
         if published == 0:
             target = folder / table / "schema.parquet"
             _copy(con, f"SELECT * FROM {table} WHERE false", target)
-            rows.append((table, 0, "schema", str(target)))
-        new_rows = f"SELECT * FROM {table} WHERE _batch_id > {published} AND _batch_id <= {batch_id}"
+            files.append((table, 0, "schema", str(target)))
         if changed:
             target = folder / table / f"batch-{batch_id:012d}.parquet"
-            _copy(con, new_rows, target)
-            rows.append((table, batch_id, "batch", str(target)))
-    return rows
+            _copy(con, f"SELECT * FROM {table} WHERE _batch_id > {published} AND _batch_id <= {batch_id}", target)
+            files.append((table, batch_id, "batch", str(target)))
+    return files
 
 
-def _build_query_db(query_db: Path, files: dict[str, list[str]], batch_id: int) -> None:
+def _live_files(tables: list[str], files: list[File]) -> dict[str, list[File]]:
+    """Per table, the files its view reads: schema and batch files in order, or the latest snapshot."""
+    live: dict[str, list[File]] = {}
+    for table in tables:
+        own = sorted((f for f in files if f[0] == table), key=lambda f: (f[1], f[2], f[3]))
+        snapshots = [f for f in own if f[2] == "snapshot"]
+        live[table] = snapshots[-1:] if snapshots else own
+    return live
+
+
+def _compact(con: duckdb.DuckDBPyConnection, live: dict[str, list[File]], folder: Path, batch_id: int) -> list[File]:
+    """Merge the batch files of tables that have too many into one file; return the new files."""
+    merged = []
+    for table, files in live.items():
+        batches = [f for f in files if f[2] == "batch"]
+        if len(batches) <= COMPACT_AFTER:
+            continue
+        listed = ", ".join(f"'{path}'" for _, _, _, path in batches)
+        target = folder / table / f"compact-{batch_id:012d}.parquet"
+        _copy(con, f"SELECT * FROM read_parquet([{listed}])", target)
+        live[table] = [f for f in files if f[2] != "batch"] + [(table, batch_id, "batch", str(target))]
+        merged.append((table, batch_id, "batch", str(target)))
+    return merged
+
+
+def _build_query_db(query_db: Path, live: dict[str, list[File]], batch_id: int) -> None:
     staging = query_db.with_name(f".{query_db.name}.building-{os.getpid()}")
     staging.unlink(missing_ok=True)
     with duckdb.connect(str(staging)) as con:
-        for table, paths in files.items():
-            listed = ", ".join(f"'{Path(p).resolve()}'" for p in paths)
+        for table, files in live.items():
+            listed = ", ".join(f"'{Path(path).resolve()}'" for _, _, _, path in files)
             con.execute(f"CREATE VIEW {table} AS SELECT * FROM read_parquet([{listed}])")
         con.execute("CREATE TABLE batch_boundary AS SELECT ?::BIGINT AS batch_id, now() AS published_at", [batch_id])
     os.replace(staging, query_db)
 
 
 def publish(
-    con: duckdb.DuckDBPyConnection, project: Project, tables: list[str], query_db: Path, batch_id: int
+    con: duckdb.DuckDBPyConnection,
+    project: Project,
+    tables: list[str],
+    query_db: Path,
+    batch_id: int,
+    now: datetime,
 ) -> Published:
     """Export what ``tables`` gained up to ``batch_id`` and swap in a query database over it.
 
@@ -94,33 +134,35 @@ def publish(
     """
     con.execute(_STATE_DDL)
     published = scalar(con, f"SELECT coalesce(max(batch_id), 0) FROM {STATE_TABLE}")
-    new = _export(con, project, tables, parquet_folder(query_db), published, batch_id) if batch_id > published else []
-    known = con.execute(f"SELECT table_name, batch_id, kind, path FROM {STATE_TABLE}").fetchall()
+    folder = parquet_folder(query_db)
+    new = _export(con, project, tables, folder, published, batch_id) if batch_id > published else []
+    known = con.execute(
+        f"SELECT table_name, batch_id, kind, path FROM {STATE_TABLE} WHERE retired_at IS NULL"
+    ).fetchall()
+    live = _live_files(tables, known + new)
+    new += _compact(con, live, folder, batch_id)
     if new or not query_db.exists():
-        _build_query_db(query_db, _files_by_table(tables, known + new), max(batch_id, published))
+        _build_query_db(query_db, live, max(batch_id, published))
     if new:
-        con.executemany(f"INSERT INTO {STATE_TABLE} VALUES (?, ?, ?, ?)", new)
-        _drop_old_snapshots(con)
+        con.executemany(f"INSERT INTO {STATE_TABLE} VALUES (?, ?, ?, ?, NULL)", new)
+        kept = [path for files in live.values() for _, _, _, path in files]
+        con.execute(
+            f"UPDATE {STATE_TABLE} SET retired_at = ? WHERE retired_at IS NULL AND path NOT IN "
+            "(SELECT unnest(?::VARCHAR[]))",
+            [now, kept],
+        )
+    _delete_retired(con, now)
     return Published(max(batch_id, published), query_db, len(new))
 
 
-def _files_by_table(tables: list[str], rows: list[tuple]) -> dict[str, list[str]]:
-    """Per table: its schema and batch files in order, or its latest snapshot."""
-    files: dict[str, list[str]] = {}
-    for table in tables:
-        own = sorted((batch, kind, path) for name, batch, kind, path in rows if name == table)
-        snapshots = [path for _, kind, path in own if kind == "snapshot"]
-        files[table] = snapshots[-1:] if snapshots else [path for _, _, path in own]
-    return files
-
-
-def _drop_old_snapshots(con: duckdb.DuckDBPyConnection) -> None:
-    """Keep the last few snapshots: a reader that opened an older query database may still read one."""
-    old = con.execute(
-        f"SELECT path FROM {STATE_TABLE} WHERE kind = 'snapshot' QUALIFY "
-        "row_number() OVER (PARTITION BY table_name ORDER BY batch_id DESC) > ?",
-        [SNAPSHOTS_KEPT],
-    ).fetchall()
-    for (path,) in old:
+def _delete_retired(con: duckdb.DuckDBPyConnection, now: datetime) -> None:
+    """Delete files retired longer than ``RETIRED_KEPT`` ago: no query database has listed them since."""
+    old = [
+        path
+        for (path,) in con.execute(
+            f"SELECT path FROM {STATE_TABLE} WHERE retired_at < ?", [now - RETIRED_KEPT]
+        ).fetchall()
+    ]
+    for path in old:
         Path(path).unlink(missing_ok=True)
-    con.execute(f"DELETE FROM {STATE_TABLE} WHERE path IN (SELECT unnest(?::VARCHAR[]))", [[p for (p,) in old]])
+    con.execute(f"DELETE FROM {STATE_TABLE} WHERE path IN (SELECT unnest(?::VARCHAR[]))", [old])

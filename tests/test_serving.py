@@ -7,13 +7,14 @@ import subprocess
 import sys
 import textwrap
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import duckdb
 
 from sysmon_assets.pipeline import RECIPE_MODELS
 from sysmon_assets.sample import FleetSimulator
-from sysmon_assets.serving import SNAPSHOTS_KEPT, parquet_folder
+from sysmon_assets.serving import COMPACT_AFTER, RETIRED_KEPT, parquet_folder
 from tests.conftest import T0, Lake, network_connect, process_create, snapshot
 
 TABLES = [*RECIPE_MODELS, "winlogbeat_rejects"]
@@ -60,14 +61,39 @@ def test_a_batch_with_nothing_new_writes_no_files(lake: Lake) -> None:
     assert sorted(parquet_folder(lake.settings.query_db_path).rglob("*.parquet")) == files
 
 
-def test_old_snapshots_of_keyed_tables_are_dropped(lake: Lake) -> None:
-    for index in range(SNAPSHOTS_KEPT + 3):
-        lake.land([process_create(f"{{P{index}}}")])
-        lake.batch()
-    snapshots = list((parquet_folder(lake.settings.query_db_path) / "sysmon_process_create_table").glob("snapshot-*"))
-    assert len(snapshots) == SNAPSHOTS_KEPT
+def live_and_all_files(lake: Lake, table: str) -> tuple[int, int]:
+    with duckdb.connect(str(lake.db), read_only=True) as con:
+        live = con.execute(
+            "SELECT count(*) FROM serving.files WHERE table_name = ? AND retired_at IS NULL", [table]
+        ).fetchone()[0]
+    return live, len(list((parquet_folder(lake.settings.query_db_path) / table).glob("*.parquet")))
+
+
+def test_superseded_snapshots_are_deleted_an_hour_after_retirement(lake: Lake) -> None:
+    for minute in range(4):
+        lake.land([process_create(f"{{P{minute}}}")])
+        lake.batch(T0 + timedelta(minutes=minute))
+    assert live_and_all_files(lake, "sysmon_process_create_table") == (1, 4)
+    lake.land([process_create("{LATE}")])
+    lake.batch(T0 + RETIRED_KEPT + timedelta(minutes=5))
+    assert live_and_all_files(lake, "sysmon_process_create_table") == (1, 2)
     with duckdb.connect(str(lake.settings.query_db_path), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM sysmon_process_create_table").fetchone() == (SNAPSHOTS_KEPT + 3,)
+        assert con.execute("SELECT count(*) FROM sysmon_process_create_table").fetchone() == (5,)
+
+
+def test_many_batch_files_are_compacted_and_the_views_stay_whole(lake: Lake) -> None:
+    lake.land([network_connect("{A}", "10.0.0.0")])
+    lake.batch(T0)
+    with duckdb.connect(str(lake.settings.query_db_path), read_only=True) as early_session:
+        for minute in range(1, COMPACT_AFTER + 2):
+            lake.land([network_connect("{A}", f"10.0.0.{minute}")])
+            lake.batch(T0 + timedelta(minutes=minute))
+        # a session opened before the compaction still reads its own batch boundary
+        assert early_session.execute("SELECT count(*) FROM sysmon_network_connect").fetchone() == (1,)
+    live, on_disk = live_and_all_files(lake, "sysmon_network_connect")
+    assert live <= 3  # the schema file, one compacted file, and what came after it
+    assert on_disk > live  # merged files stay for sessions still open on an older query database
+    assert snapshot(lake.settings.query_db_path, TABLES) == snapshot(lake.db, TABLES)
 
 
 def test_readers_never_block_batches_and_always_see_a_whole_batch(lake: Lake, tmp_path: Path) -> None:
