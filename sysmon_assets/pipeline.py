@@ -44,15 +44,15 @@ def utc_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def connect_file(path: Path, opener: Connect | None = None) -> Connect:
+def connect_file(path: Path, opener: Connect | None = None, config: dict[str, str] | None = None) -> Connect:
     """A connection factory for the DuckDB file at ``path``; failing to open it names the file.
 
     ``opener`` (e.g. dagster-duckdb's ``DuckDBResource.get_connection``) opens the connection;
-    by default a plain ``duckdb.connect``.
+    by default a plain ``duckdb.connect`` with ``config`` (such as ``memory_limit``).
     """
 
     def plain() -> AbstractContextManager[duckdb.DuckDBPyConnection]:
-        return closing(duckdb.connect(str(path)))
+        return closing(duckdb.connect(str(path), config=config or {}))
 
     @contextmanager
     def connect() -> Iterator[duckdb.DuckDBPyConnection]:
@@ -82,7 +82,7 @@ class SysmonPipeline:
     def __init__(self, settings: Settings, connect: Connect | None = None, chunk_bytes: int = 64 * 1024 * 1024) -> None:
         self.settings = settings
         self.project = Project(SQL_DIR, settings.variables())
-        self.connect = connect or connect_file(settings.duckdb_path)
+        self.connect = connect or connect_file(settings.duckdb_path, config=settings.duckdb_config())
         self.chunk_bytes = chunk_bytes
         self.last_batch_id: int | None = None
 

@@ -42,6 +42,7 @@ class SysmonPipelineResource(ConfigurableResource):
         return Settings(
             landing_dir=Path(self.landing_dir),
             duckdb_path=Path(self.duckdb.database),
+            memory_limit=self.duckdb.connection_config.get("memory_limit"),
             query_db=Path(self.query_db) if self.query_db else None,
             **{name: getattr(self, name) for name in PLAIN_SETTINGS},
         )
@@ -60,7 +61,7 @@ def resources_from_settings(settings: Settings) -> dict[str, object]:
     """The resources dict for :class:`dagster.Definitions` (or ``materialize``)."""
     return {
         "sysmon": SysmonPipelineResource(
-            duckdb=DuckDBResource(database=str(settings.duckdb_path)),
+            duckdb=DuckDBResource(database=str(settings.duckdb_path), connection_config=settings.duckdb_config()),
             landing_dir=str(settings.landing_dir),
             query_db=str(settings.query_db) if settings.query_db else None,
             **{name: getattr(settings, name) for name in PLAIN_SETTINGS},

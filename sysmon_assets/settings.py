@@ -27,6 +27,11 @@ class Settings:
     query_db: Path | None = None
     join_coverage_warn: float = 0.25
     freshness_minutes: int = 60
+    memory_limit: str | None = None
+
+    def duckdb_config(self) -> dict[str, str]:
+        """DuckDB connection settings: ``memory_limit`` (e.g. ``2GB``; DuckDB spills beyond it) when set."""
+        return {"memory_limit": self.memory_limit} if self.memory_limit else {}
 
     @property
     def query_db_path(self) -> Path:
@@ -57,6 +62,7 @@ class Settings:
             query_db=Path(env["SYSMON_QUERY_DB"]) if env.get("SYSMON_QUERY_DB") else None,
             join_coverage_warn=_number(env, "SYSMON_JOIN_COVERAGE_WARN", 0.25),
             freshness_minutes=_whole_number(env, "SYSMON_FRESHNESS_MINUTES", 60),
+            memory_limit=env.get("SYSMON_DUCKDB_MEMORY_LIMIT") or None,
         )
 
     def variables(self) -> dict[str, object]:

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from sysmon_assets.pipeline import SysmonPipeline
+from sysmon_assets.resources import resources_from_settings
 from sysmon_assets.settings import Settings, SettingsError
 
 
@@ -40,3 +42,19 @@ def test_every_setting_comes_from_its_variable() -> None:
 def test_bad_values_name_the_variable(variable: str, value: str) -> None:
     with pytest.raises(SettingsError, match=variable):
         Settings.from_env({variable: value})
+
+
+def test_the_duckdb_memory_limit_reaches_every_connection(tmp_path: Path) -> None:
+    settings = Settings.from_env(
+        {
+            "SYSMON_DUCKDB_MEMORY_LIMIT": "300MB",
+            "SYSMON_DUCKDB_PATH": str(tmp_path / "m.duckdb"),
+            "SYSMON_LANDING_DIR": str(tmp_path),
+        }
+    )
+    with SysmonPipeline(settings).connect() as con:
+        assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "286.1 MiB"  # 300 MB
+    resource = resources_from_settings(settings)["sysmon"]
+    assert resource.settings().memory_limit == "300MB"
+    with resource.pipeline().connect() as con:
+        assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "286.1 MiB"  # 300 MB
