@@ -117,26 +117,44 @@ class Project:
         source_chunks: Iterable[Mapping[str, Any]] | None = None,
         before_commit: Callable[[Connection], None] | None = None,
     ) -> list[StepResult]:
-        """Run one incremental step of ``name`` (and its side models) in one transaction.
+        """Run one incremental step of ``name`` (and its side models) transactionally.
 
-        ``source_chunks`` feeds models that read ``source()``: each chunk maps source names
-        to objects DuckDB can scan (DataFrames); the models run once per chunk.
-        ``before_commit`` runs last inside the transaction (a source commits its offsets there).
+        A step that reads its inputs' deltas is one transaction: its rows and its new offsets.
+        A step fed by ``source_chunks`` (each chunk maps source names to objects DuckDB can scan,
+        such as DataFrames) commits once per chunk: the chunk's rows together with the source's
+        positions, written by ``before_commit``, so memory stays bounded by a chunk and a crash
+        still neither loses nor repeats a row (the next run goes on from the last commit).
         """
         ensure_state(con)
         names = [name, *self.side_models(name)]
+        results = [StepResult(model=model) for model in names]
+        if source_chunks is None:
+            self._transaction(con, names, batch, {}, results, before_commit)
+        else:
+            for chunk in source_chunks:
+                relations = self._register(con, chunk)
+                self._transaction(con, names, batch, relations, results, before_commit)
+                for relation in relations.values():
+                    con.unregister(relation)
+        for model, result in zip(names, results, strict=True):
+            result.tests = run_schema_tests(con, self.models[model], batch.batch_id)
+            result.table_rows = scalar(con, f"SELECT count(*) FROM {model}")
+        return results
+
+    def _transaction(
+        self,
+        con: Connection,
+        names: list[str],
+        batch: Batch,
+        relations: dict[str, str],
+        results: list[StepResult],
+        before_commit: Callable[[Connection], None] | None,
+    ) -> None:
         con.begin()
         try:
-            results = [self._prepare(con, model, batch) for model in names]
-            if source_chunks is None:
-                for model, result in zip(names, results, strict=True):
-                    self._write(con, model, batch, {}, result)
-            else:
-                for chunk in source_chunks:
-                    relations = self._register(con, chunk)
-                    for model, result in zip(names, results, strict=True):
-                        self._write(con, model, batch, relations, result)
             for model, result in zip(names, results, strict=True):
+                self._prepare(con, model, batch, result)
+                self._write(con, model, batch, relations, result)
                 self._finish(con, model, batch, result)
             if before_commit:
                 before_commit(con)
@@ -144,10 +162,6 @@ class Project:
         except BaseException:
             con.rollback()
             raise
-        for model, result in zip(names, results, strict=True):
-            result.tests = run_schema_tests(con, self.models[model], batch.batch_id)
-            result.table_rows = scalar(con, f"SELECT count(*) FROM {model}")
-        return results
 
     @staticmethod
     def _register(con: Connection, chunk: Mapping[str, Any]) -> dict[str, str]:
@@ -158,8 +172,7 @@ class Project:
             relations[source] = relation
         return relations
 
-    def _prepare(self, con: Connection, name: str, batch: Batch) -> StepResult:
-        result = StepResult(model=name)
+    def _prepare(self, con: Connection, name: str, batch: Batch, result: StepResult) -> None:
         for upstream in self.models[name].refs:
             if not table_exists(con, upstream):
                 raise ProjectError(f"model {name} reads {upstream}, which has not been materialized yet")
@@ -177,7 +190,6 @@ class Project:
                 f"DELETE FROM {PENDING_TABLE} WHERE model = ? AND first_seen < ?::TIMESTAMP - INTERVAL (?) MINUTE",
                 [name, batch.started_at, grace],
             )
-        return result
 
     def _compile(
         self, name: str, batch: Batch, relations: dict[str, str], result: StepResult, is_incremental: bool = True

@@ -18,7 +18,7 @@ import duckdb
 from dbt_like import Batch, Project, StepResult, open_batch, table_exists
 from dbt_like.sql import scalar
 from sysmon_assets import serving
-from sysmon_assets.landing import LandingReader, empty_chunk
+from sysmon_assets.landing import DEFAULT_CHUNK_BYTES, LandingReader, empty_chunk
 from sysmon_assets.settings import Settings
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
@@ -79,7 +79,9 @@ def _cell(value: object, width: int = 60) -> str:
 class SysmonPipeline:
     """The recipe's models over one DuckDB file and one landing folder."""
 
-    def __init__(self, settings: Settings, connect: Connect | None = None, chunk_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self, settings: Settings, connect: Connect | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    ) -> None:
         self.settings = settings
         self.project = Project(SQL_DIR, settings.variables())
         self.connect = connect or connect_file(settings.duckdb_path, config=settings.duckdb_config())

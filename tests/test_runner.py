@@ -117,17 +117,37 @@ def test_a_failure_inside_the_step_rolls_back_rows_and_offsets(project: Project)
     assert con.execute("SELECT _seq FROM orders ORDER BY 1").fetchall() == [(1,), (2,)]
 
 
-def test_source_chunks_all_land_in_one_transaction(project: Project) -> None:
+def test_source_chunks_commit_one_by_one_with_the_source_positions(project: Project) -> None:
     con = duckdb.connect()
+    con.execute("CREATE TABLE positions (chunks INTEGER)")
     batch = open_batch(con, "r1", T0)
+    read = []
 
     def chunks():
-        yield feed((1, "order", "a"))
+        read.append(1)
+        yield feed((1, "order", "a"), (2, "order", "b"))
+        read.append(2)
+        yield feed((3, "order", "c"))
         raise OSError("disk went away mid-batch")
 
+    def record_position(con: duckdb.DuckDBPyConnection) -> None:
+        con.execute("INSERT INTO positions VALUES (?)", [len(read)])
+
     with pytest.raises(OSError):
-        project.run_step(con, "events", batch, source_chunks=chunks())
-    assert con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'events'").fetchone() == (0,)
+        project.run_step(con, "events", batch, source_chunks=chunks(), before_commit=record_position)
+    # every committed row is covered by a committed position, and nothing else was kept
+    assert con.execute("SELECT max(chunks) FROM positions").fetchone() == (2,)
+    assert con.execute("SELECT _seq FROM events ORDER BY 1").fetchall() == [(1,), (2,), (3,)]
+
+    def failing_chunk():
+        yield feed((4, "order", "d"))
+
+    def crash(_: duckdb.DuckDBPyConnection) -> None:
+        raise RuntimeError("killed before commit")
+
+    with pytest.raises(RuntimeError):
+        project.run_step(con, "events", batch, source_chunks=failing_chunk(), before_commit=crash)
+    assert con.execute("SELECT count(*) FROM events").fetchone() == (3,)
 
 
 def test_steps_of_one_run_share_a_batch(project: Project) -> None:
