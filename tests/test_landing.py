@@ -64,30 +64,12 @@ def test_gzip_files_are_read(lake: Lake) -> None:
 
 
 def test_only_landed_file_names_are_read_oldest_first(lake: Lake) -> None:
-    names = [
-        "winlogbeat.2",
-        "winlogbeat.1",
-        "a.json",
-        "b.ndjson",
-        "c.json.gz",
-        "d.evtx",
-        "winlogbeat",
-        "notes.txt",
-        "d.ndjson.tmp",
-        "winlogbeat.lock",
-    ]
-    for age, name in enumerate(names):
+    landed = ["winlogbeat.2", "winlogbeat.1", "a.json", "b.ndjson", "c.json.gz", "d.evtx", "winlogbeat"]
+    ignored = ["notes.txt", "d.ndjson.tmp", "winlogbeat.lock"]
+    for age, name in enumerate(landed + ignored):
         (lake.landing / name).write_text("")
         os.utime(lake.landing / name, (1_000_000 + age, 1_000_000 + age))
-    assert [p.name for p in list_landed_files(lake.landing)] == [
-        "winlogbeat.2",
-        "winlogbeat.1",
-        "a.json",
-        "b.ndjson",
-        "c.json.gz",
-        "d.evtx",
-        "winlogbeat",
-    ]
+    assert [p.name for p in list_landed_files(lake.landing)] == landed
 
 
 def test_winlogbeat_file_output_rotation_is_read_once_in_order(lake: Lake) -> None:
