@@ -1,7 +1,7 @@
 """A small, generic, dbt-style model layer over DuckDB.
 
 Models are SQL files (Jinja templates with ``ref``/``source``/``config``), materialized
-incrementally, one transaction per step, with declared schema tests.
+incrementally (one transaction per step, or per chunk for source-fed steps), with declared schema tests.
 """
 
 from dbt_like.project import Model, ProjectError, SchemaTest, discover_models
