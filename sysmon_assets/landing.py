@@ -65,6 +65,9 @@ class FileProgress:
     line: int
     size: int
     notes: list[tuple[str, str]] = field(default_factory=list)
+    notes_recorded: bool = False
+    head_bytes: int = 0
+    head_sha256: str = ""
 
     @property
     def kind(self) -> str:
@@ -241,6 +244,9 @@ class LandingReader:
                 self._resume(progress, *known[key])
             if first_batch_ever and self.offset_reset == "latest":
                 self._skip_to_end(progress)
+            # An EVTX header changes whenever records are appended: such files are known by inode alone.
+            progress.head_bytes = 0 if progress.kind == "evtx" else min(size, FINGERPRINT_BYTES)
+            progress.head_sha256 = fingerprint(path, progress.head_bytes)
             self.files.append(progress)
         return self.files
 
@@ -282,10 +288,9 @@ class LandingReader:
                 yield {SOURCE_NAME: frame}
 
     def commit_offsets(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Record how far each file was read and what was noticed (call inside the batch's transaction)."""
+        """Record how far each file was read, and (once) what was noticed; call inside the transaction
+        that commits the rows read so far."""
         for progress in self.files:
-            # An EVTX header changes whenever records are appended: such files are known by inode alone.
-            head = 0 if progress.kind == "evtx" else min(progress.size, FINGERPRINT_BYTES)
             con.execute(
                 f"INSERT OR REPLACE INTO {STATE_TABLE} VALUES (?, ?, ?, ?, ?, ?, now())",
                 [
@@ -293,15 +298,18 @@ class LandingReader:
                     str(progress.path),
                     progress.position,
                     progress.line,
-                    head,
-                    fingerprint(progress.path, head),
+                    progress.head_bytes,
+                    progress.head_sha256,
                 ],
             )
-            for event, detail in progress.notes:
-                con.execute(
-                    f"INSERT INTO {EVENTS_TABLE} VALUES (now(), ?, ?, ?, ?)",
-                    [str(progress.path), progress.key, event, detail],
-                )
+            if not progress.notes_recorded:
+                for event, detail in progress.notes:
+                    con.execute(
+                        f"INSERT INTO {EVENTS_TABLE} VALUES (now(), ?, ?, ?, ?)",
+                        [str(progress.path), progress.key, event, detail],
+                    )
+        for progress in self.files:
+            progress.notes_recorded = True
 
     @property
     def file_events(self) -> list[dict[str, str]]:

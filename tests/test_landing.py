@@ -169,3 +169,15 @@ def test_an_evtx_file_whose_header_changes_is_not_read_again(lake: Lake) -> None
     lake.batch()
     assert lake.count("winlogbeat_stream") == records
     assert lake.count("ingest.file_events") == 0
+
+
+def test_a_file_event_is_recorded_once_however_many_chunks_the_batch_commits(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    lake.pipeline.chunk_bytes = 4096  # several chunk commits in one batch
+    first = lake.land([network_connect("{A}", "10.0.0.1")], name="a.ndjson")
+    lake.batch()
+    first.write_text("")  # truncated
+    lake.land([network_connect("{A}", f"10.0.1.{i}") for i in range(20)], name="b.ndjson")
+    lake.batch()
+    assert lake.count("winlogbeat_stream") == 21
+    assert lake.rows("SELECT event, path FROM ingest.file_events") == [("truncated", str(first))]
