@@ -20,11 +20,19 @@ PLAIN_SETTINGS = (
     "max_line_bytes",
     "join_coverage_warn",
     "freshness_minutes",
+    "source",
+    "kafka_bootstrap",
+    "kafka_topic",
+    "kafka_group",
+    "kafka_max_messages",
+    "kafka_max_bytes",
+    "kafka_sink",
+    "kafka_sink_topic",
 )
 
 
 class SysmonPipelineResource(ConfigurableResource):
-    """Where the landing folder and the DuckDB file are, and how batches join."""
+    """Where the events come from (landing folder or Kafka), the DuckDB file, and how batches join."""
 
     duckdb: DuckDBResource
     landing_dir: str = Field(description="folder Winlogbeat's file output writes NDJSON into")
@@ -36,6 +44,16 @@ class SysmonPipelineResource(ConfigurableResource):
     join_coverage_warn: float = Field(default=0.25, description="join coverage below this warns")
     freshness_minutes: int = Field(default=60, description="warn when nothing landed for this long")
     batch_time: str | None = Field(default=None, description="fixed batch clock (ISO UTC) for replays and tests")
+    source: str = Field(default="files", description="'files' (the landing folder) or 'kafka'")
+    kafka_bootstrap: str | None = Field(default=None, description="Kafka bootstrap servers, host:port[,host:port]")
+    kafka_topic: str = Field(default="winlogbeat", description="topic Winlogbeat's output.kafka writes")
+    kafka_group: str = Field(default="sysmon-assets", description="consumer group (offsets for monitoring)")
+    kafka_partitions: list[int] | None = Field(default=None, description="partitions to read (default: all)")
+    kafka_max_messages: int = Field(default=200_000, description="per partition per batch")
+    kafka_max_bytes: int = Field(default=256 * 1024 * 1024, description="per partition per batch")
+    kafka_sink: bool = Field(default=False, description="publish sysmon_join rows to kafka_sink_topic")
+    kafka_sink_topic: str = Field(default="SYSMON_JOIN", description="topic the joined rows go to")
+    kafka_config: dict[str, str] = Field(default={}, description="extra librdkafka settings (security, ...)")
 
     def settings(self) -> Settings:
         """These fields as pipeline :class:`Settings`."""
@@ -44,6 +62,8 @@ class SysmonPipelineResource(ConfigurableResource):
             duckdb_path=Path(self.duckdb.database),
             memory_limit=self.duckdb.connection_config.get("memory_limit"),
             query_db=Path(self.query_db) if self.query_db else None,
+            kafka_partitions=tuple(self.kafka_partitions) if self.kafka_partitions else None,
+            kafka_config=tuple(self.kafka_config.items()),
             **{name: getattr(self, name) for name in PLAIN_SETTINGS},
         )
 
@@ -64,6 +84,8 @@ def resources_from_settings(settings: Settings) -> dict[str, object]:
             duckdb=DuckDBResource(database=str(settings.duckdb_path), connection_config=settings.duckdb_config()),
             landing_dir=str(settings.landing_dir),
             query_db=str(settings.query_db) if settings.query_db else None,
+            kafka_partitions=list(settings.kafka_partitions) if settings.kafka_partitions else None,
+            kafka_config=dict(settings.kafka_config),
             **{name: getattr(settings, name) for name in PLAIN_SETTINGS},
         )
     }

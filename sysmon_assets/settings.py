@@ -8,6 +8,7 @@ from pathlib import Path
 
 OFFSET_RESETS = ("earliest", "latest")
 JOIN_MODES = ("default", "ksql")
+SOURCES = ("files", "kafka")
 
 
 class SettingsError(ValueError):
@@ -28,6 +29,16 @@ class Settings:
     join_coverage_warn: float = 0.25
     freshness_minutes: int = 60
     memory_limit: str | None = None
+    source: str = "files"
+    kafka_bootstrap: str | None = None
+    kafka_topic: str = "winlogbeat"
+    kafka_group: str = "sysmon-assets"
+    kafka_partitions: tuple[int, ...] | None = None
+    kafka_max_messages: int = 200_000
+    kafka_max_bytes: int = 256 * 1024 * 1024
+    kafka_sink: bool = False
+    kafka_sink_topic: str = "SYSMON_JOIN"
+    kafka_config: tuple[tuple[str, str], ...] = ()
 
     def duckdb_config(self) -> dict[str, str]:
         """DuckDB connection settings: ``memory_limit`` (e.g. ``2GB``; DuckDB spills beyond it) when set."""
@@ -47,6 +58,16 @@ class Settings:
             raise SettingsError(f"SYSMON_JOIN_GRACE_MINUTES={self.join_grace_minutes}: must be 0 or more")
         if self.max_line_bytes < 1:
             raise SettingsError(f"SYSMON_MAX_LINE_BYTES={self.max_line_bytes}: must be 1 or more")
+        if self.source not in SOURCES:
+            raise SettingsError(f"SYSMON_SOURCE={self.source!r}: expected one of {SOURCES}")
+        if (self.source == "kafka" or self.kafka_sink) and not self.kafka_bootstrap:
+            raise SettingsError("SYSMON_KAFKA_BOOTSTRAP is not set: the Kafka source and sink need host:port")
+        if self.kafka_max_messages < 1 or self.kafka_max_bytes < 1:
+            raise SettingsError("SYSMON_KAFKA_MAX_MESSAGES and SYSMON_KAFKA_MAX_BYTES must be 1 or more")
+
+    def kafka_client_config(self) -> dict[str, str]:
+        """librdkafka settings shared by consumer and producer: bootstrap plus ``SYSMON_KAFKA_CONFIG``."""
+        return {"bootstrap.servers": self.kafka_bootstrap or "", **dict(self.kafka_config)}
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -63,6 +84,16 @@ class Settings:
             join_coverage_warn=_number(env, "SYSMON_JOIN_COVERAGE_WARN", 0.25),
             freshness_minutes=_whole_number(env, "SYSMON_FRESHNESS_MINUTES", 60),
             memory_limit=env.get("SYSMON_DUCKDB_MEMORY_LIMIT") or None,
+            source=env.get("SYSMON_SOURCE", "files").lower(),
+            kafka_bootstrap=env.get("SYSMON_KAFKA_BOOTSTRAP") or None,
+            kafka_topic=env.get("SYSMON_KAFKA_TOPIC") or cls.kafka_topic,
+            kafka_group=env.get("SYSMON_KAFKA_GROUP") or cls.kafka_group,
+            kafka_partitions=_partitions(env.get("SYSMON_KAFKA_PARTITIONS")),
+            kafka_max_messages=_whole_number(env, "SYSMON_KAFKA_MAX_MESSAGES", cls.kafka_max_messages),
+            kafka_max_bytes=_whole_number(env, "SYSMON_KAFKA_MAX_BYTES", cls.kafka_max_bytes),
+            kafka_sink=_flag(env, "SYSMON_KAFKA_SINK"),
+            kafka_sink_topic=env.get("SYSMON_KAFKA_SINK_TOPIC") or cls.kafka_sink_topic,
+            kafka_config=_client_config(env.get("SYSMON_KAFKA_CONFIG")),
         )
 
     def variables(self) -> dict[str, object]:
@@ -71,6 +102,7 @@ class Settings:
             "join_mode": self.join_mode,
             "join_grace_minutes": self.join_grace_minutes,
             "max_line_bytes": self.max_line_bytes,
+            "source": self.source,
         }
 
 
@@ -88,3 +120,35 @@ def _parsed(env: dict[str, str] | os._Environ, name: str, default: float, kind: 
         return kind(text)
     except ValueError:
         raise SettingsError(f"{name}={text!r}: expected {expected}") from None
+
+
+def _flag(env: dict[str, str] | os._Environ, name: str) -> bool:
+    text = env.get(name, "").strip().lower()
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    if text in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{name}={text!r}: expected 1/0, true/false, yes/no or on/off")
+
+
+def _partitions(text: str | None) -> tuple[int, ...] | None:
+    """``"0,2"`` -> ``(0, 2)``; unset means every partition of the topic."""
+    if not text or not text.strip():
+        return None
+    try:
+        return tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise SettingsError(f"SYSMON_KAFKA_PARTITIONS={text!r}: expected partition numbers such as 0,2") from None
+
+
+def _client_config(text: str | None) -> tuple[tuple[str, str], ...]:
+    """Extra librdkafka settings, ``key=value`` pairs separated by commas (``security.protocol=SSL,...``)."""
+    pairs = []
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SettingsError(f"SYSMON_KAFKA_CONFIG item {item!r}: expected key=value")
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)

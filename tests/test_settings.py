@@ -37,6 +37,11 @@ def test_every_setting_comes_from_its_variable() -> None:
         ("SYSMON_OFFSET_RESET", "middle"),
         ("SYSMON_JOIN_GRACE_MINUTES", "soon"),
         ("SYSMON_JOIN_GRACE_MINUTES", "-1"),
+        ("SYSMON_SOURCE", "carrier-pigeon"),
+        ("SYSMON_KAFKA_PARTITIONS", "0,one"),
+        ("SYSMON_KAFKA_SINK", "maybe"),
+        ("SYSMON_KAFKA_CONFIG", "security.protocol"),
+        ("SYSMON_KAFKA_MAX_MESSAGES", "lots"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str) -> None:
@@ -58,3 +63,45 @@ def test_the_duckdb_memory_limit_reaches_every_connection(tmp_path: Path) -> Non
     assert resource.settings().memory_limit == "300MB"
     with resource.pipeline().connect() as con:
         assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] == "286.1 MiB"  # 300 MB
+
+
+def test_kafka_settings_come_from_their_variables_and_reach_the_resource() -> None:
+    settings = Settings.from_env(
+        {
+            "SYSMON_SOURCE": "Kafka",
+            "SYSMON_KAFKA_BOOTSTRAP": "k1:9092,k2:9092",
+            "SYSMON_KAFKA_TOPIC": "wlb",
+            "SYSMON_KAFKA_GROUP": "g",
+            "SYSMON_KAFKA_PARTITIONS": "2, 0",
+            "SYSMON_KAFKA_MAX_MESSAGES": "10",
+            "SYSMON_KAFKA_MAX_BYTES": "1000",
+            "SYSMON_KAFKA_SINK": "yes",
+            "SYSMON_KAFKA_SINK_TOPIC": "JOINED",
+            "SYSMON_KAFKA_CONFIG": "security.protocol=SASL_SSL, sasl.mechanism=PLAIN",
+        }
+    )
+    assert (settings.source, settings.kafka_topic, settings.kafka_group, settings.kafka_partitions) == (
+        "kafka",
+        "wlb",
+        "g",
+        (0, 2),
+    )
+    assert (settings.kafka_max_messages, settings.kafka_max_bytes, settings.kafka_sink) == (10, 1000, True)
+    assert settings.kafka_client_config() == {
+        "bootstrap.servers": "k1:9092,k2:9092",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "PLAIN",
+    }
+    assert resources_from_settings(settings)["sysmon"].settings() == settings
+
+
+def test_kafka_defaults_follow_the_recipe() -> None:
+    settings = Settings.from_env({})
+    assert (settings.source, settings.kafka_topic, settings.offset_reset, settings.kafka_sink_topic) == (
+        "files",
+        "winlogbeat",
+        "earliest",
+        "SYSMON_JOIN",
+    )
+    with pytest.raises(SettingsError, match="SYSMON_KAFKA_BOOTSTRAP"):
+        Settings.from_env({"SYSMON_SOURCE": "kafka"})
