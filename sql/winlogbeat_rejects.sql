@@ -1,6 +1,7 @@
 -- Not a recipe step: the dead-letter side table of WINLOGBEAT_STREAM (KSQL would log and skip these).
--- Every non-blank landed line that is not a JSON object, with its file, line, byte offset and the reason.
+-- Every non-blank landed line (every Kafka message) that is not a JSON object, with where it came from and why.
 {{ config(materialized='stream', part_of='winlogbeat_stream') }}
+{% set kafka = var('source', 'files') == 'kafka' %}
 WITH unparsed AS (
     SELECT l.* FROM {{ source('landed_lines') }} AS l
     ANTI JOIN (SELECT _seq FROM winlogbeat_stream WHERE _batch_id = {{ batch_id }}) AS parsed USING (_seq)
@@ -16,11 +17,18 @@ SELECT
         WHEN octet_length(line) > {{ var('max_line_bytes') }}
             THEN 'line of ' || octet_length(line) || ' bytes is longer than max_line_bytes={{ var('max_line_bytes') }}'
         WHEN text IS NULL THEN 'not valid UTF-8'
+        WHEN trim(text, E' \t\r') = '' THEN 'empty message value'
         WHEN NOT json_valid(text) THEN 'malformed JSON'
         ELSE 'valid JSON but not an object: ' || json_type(text)
     END AS error,
+    {% if kafka -%}
+    CAST({'topic': kafka_topic, 'partition': kafka_partition, 'offset': kafka_offset}
+         AS STRUCT(topic VARCHAR, "partition" INTEGER, "offset" BIGINT)) AS kafka,
+    {%- else -%}
+    CAST(NULL AS STRUCT(topic VARCHAR, "partition" INTEGER, "offset" BIGINT)) AS kafka,
+    {%- endif %}
     octet_length(line) AS raw_bytes,
     left(coalesce(text, CAST(line AS VARCHAR)), 2048) AS raw_text,
     TIMESTAMP '{{ batch_time }}' AS ingested_at
 FROM landed
-WHERE text IS NULL OR trim(text, E' \t\r') <> ''
+WHERE text IS NULL OR trim(text, E' \t\r') <> ''{% if kafka %} OR kafka_topic IS NOT NULL{% endif %}

@@ -4,8 +4,10 @@
 -- Winlogbeat 6.x (the recipe's), 7.x/8.x (winlog.*), 7.x/8.x with the Sysmon module (Elastic ECS), or an
 -- EVTX record (landed as {"evtx": <the record's Event object>}). A field that does not coerce becomes NULL
 -- and is listed in _coercion_errors; the row is kept. Lines that are not JSON objects (or longer than
--- max_line_bytes) go to winlogbeat_rejects. Columns starting with _ are metadata.
+-- max_line_bytes) go to winlogbeat_rejects. Columns starting with _ are metadata; _kafka holds the message's
+-- topic, partition, offset, timestamp, key and headers when the source is Kafka (var('source') = 'kafka').
 {{ config(materialized='stream') }}
+{% set kafka_type %}STRUCT(topic VARCHAR, "partition" INTEGER, "offset" BIGINT, "timestamp" TIMESTAMP, "key" BLOB, headers JSON){% endset %}
 -- The Sysmon EventData fields the recipe declares; three layouts carry them under different parents.
 {% set event_data_fields -%}
 {"UtcTime": "VARCHAR", "ProcessGuid": "VARCHAR", "ProcessId": "VARCHAR", "Image": "VARCHAR",
@@ -177,6 +179,12 @@ SELECT
     source_file AS _source_file,
     source_line AS _source_line,
     source_offset AS _source_offset,
+    {% if var('source', 'files') == 'kafka' -%}
+    CAST({'topic': kafka_topic, 'partition': kafka_partition, 'offset': kafka_offset,
+          'timestamp': epoch_ms(kafka_timestamp_ms), 'key': kafka_key, 'headers': kafka_headers} AS {{ kafka_type }})
+    {%- else -%}
+    CAST(NULL AS {{ kafka_type }})
+    {%- endif %} AS _kafka,
     TIMESTAMP '{{ batch_time }}' AS _ingested_at,
     _seq
 FROM mapped

@@ -176,6 +176,32 @@ def query_database_asset(project: Project) -> AssetsDefinition:
     return publish_query_database
 
 
-def build_assets(project: Project) -> list[AssetsDefinition]:
-    """One asset per model that is not a side table of another, in dependency order, then the query database."""
-    return [*(model_asset(project, name) for name in project.primary_models()), query_database_asset(project)]
+def sink_topic_asset(topic: str) -> AssetsDefinition:
+    """The recipe's SYSMON_JOIN Kafka topic, fed with the joined rows each batch committed."""
+
+    @asset(
+        name="sysmon_join_topic",
+        deps=[AssetKey("sysmon_join")],
+        description=f"Kafka topic {topic}: each new sysmon_join row as KSQL's JSON, keyed by PROCESS_GUID, sent once.",
+        group_name=SERVING_GROUP,
+        kinds={"kafka"},
+        metadata={"topic": topic},
+    )
+    def publish_join_topic(sysmon: SysmonPipelineResource) -> MaterializeResult:
+        published = sysmon.pipeline().publish_join()
+        return MaterializeResult(
+            metadata={
+                "through_batch": published.through_batch,
+                "messages_sent": published.messages,
+                "messages_resent_after_crash": published.recovered,
+            }
+        )
+
+    return publish_join_topic
+
+
+def build_assets(project: Project, sink_topic: str | None = None) -> list[AssetsDefinition]:
+    """One asset per model that is not a side table of another, in dependency order, then the query database
+    and, with ``sink_topic``, the Kafka topic the joined rows are published to."""
+    assets = [*(model_asset(project, name) for name in project.primary_models()), query_database_asset(project)]
+    return [*assets, sink_topic_asset(sink_topic)] if sink_topic else assets

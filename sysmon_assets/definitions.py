@@ -22,7 +22,7 @@ def build_definitions(settings: Settings) -> Definitions:
     """Definitions for ``settings`` (tests build their own; the module builds from the environment)."""
     project = Project(SQL_DIR, settings.variables())
     return Definitions(
-        assets=build_assets(project),
+        assets=build_assets(project, settings.kafka_sink_topic if settings.kafka_sink else None),
         jobs=[sysmon_batch_job],
         schedules=[every_minute],
         sensors=[landing_sensor],

@@ -317,6 +317,16 @@ class LandingReader:
         return [{"path": str(p.path), "event": e, "detail": d} for p in self.files for e, d in p.notes]
 
 
-def empty_chunk() -> dict[str, pd.DataFrame]:
+def empty_chunk(source: str = "files") -> dict[str, pd.DataFrame]:
     """A chunk with no lines but the right column types: creates the tables on a first, empty batch."""
-    return {SOURCE_NAME: _frame([], FileProgress("", Path(), 0, 0, 0), 0, np.array([], dtype=np.int64))}
+    frame = _frame([], FileProgress("", Path(), 0, 0, 0), 0, np.array([], dtype=np.int64))
+    if source == "kafka":
+        frame = frame.assign(
+            kafka_topic=pd.Series([], dtype=object),
+            kafka_partition=np.array([], dtype=np.int32),
+            kafka_offset=np.array([], dtype=np.int64),
+            kafka_timestamp_ms=pd.array([], dtype="Int64"),
+            kafka_key=pd.Series([], dtype=object),
+            kafka_headers=pd.Series([], dtype=object),
+        )
+    return {SOURCE_NAME: frame}

@@ -18,6 +18,8 @@ import duckdb
 from dbt_like import Batch, Project, StepResult, open_batch, table_exists
 from dbt_like.sql import scalar
 from sysmon_assets import serving
+from sysmon_assets.kafka_sink import JoinSink, Published
+from sysmon_assets.kafka_source import KafkaReader
 from sysmon_assets.landing import DEFAULT_CHUNK_BYTES, LandingReader, empty_chunk
 from sysmon_assets.settings import Settings
 
@@ -99,15 +101,26 @@ class SysmonPipeline:
 
     def _ingest(self, con: duckdb.DuckDBPyConnection, batch: Batch) -> list[StepResult]:
         first_batch_ever = not table_exists(con, INGEST_MODEL)
-        reader = LandingReader(con, self.settings.landing_dir, self.settings.offset_reset, self.chunk_bytes)
-        reader.plan(first_batch_ever)
-        next_seq = 1 if first_batch_ever else scalar(con, f"SELECT coalesce(max(_seq), 0) + 1 FROM {INGEST_MODEL}")
-        chunks = reader.chunks(next_seq)
-        if first_batch_ever:
-            chunks = itertools.chain([empty_chunk()], chunks)
-        return self.project.run_step(
-            con, INGEST_MODEL, batch, source_chunks=chunks, before_commit=reader.commit_offsets
-        )
+        reader: LandingReader | KafkaReader
+        if self.settings.source == "kafka":
+            reader = KafkaReader(con, self.settings, self.chunk_bytes)
+        else:
+            reader = LandingReader(con, self.settings.landing_dir, self.settings.offset_reset, self.chunk_bytes)
+        try:
+            reader.plan(first_batch_ever)
+            next_seq = 1 if first_batch_ever else scalar(con, f"SELECT coalesce(max(_seq), 0) + 1 FROM {INGEST_MODEL}")
+            chunks = reader.chunks(next_seq)
+            if first_batch_ever:
+                chunks = itertools.chain([empty_chunk(self.settings.source)], chunks)
+            results = self.project.run_step(
+                con, INGEST_MODEL, batch, source_chunks=chunks, before_commit=reader.commit_offsets
+            )
+        finally:
+            if isinstance(reader, KafkaReader):
+                reader.close()
+        if reader.file_events:
+            results[0].notes["source_events"] = reader.file_events
+        return results
 
     def describe(self, name: str, batch_id: int, preview_rows: int = 5) -> tuple[list[tuple[str, str]], str]:
         """The table's (column, type) pairs and a markdown preview of the rows ``batch_id`` wrote."""
@@ -134,9 +147,17 @@ class SysmonPipeline:
                 con, self.project, tables, self.settings.query_db_path, batch.batch_id, now=batch.started_at
             )
 
+    def publish_join(self) -> Published:
+        """Send the ``sysmon_join`` rows committed since the last publish to the Kafka sink topic."""
+        with self.connect() as con:
+            return JoinSink(self.settings).publish(con)
+
     def run_batch(self, run_key: str | None = None, batch_time: datetime | None = None) -> dict[str, list[StepResult]]:
-        """One whole micro-batch: every recipe model in dependency order, then the query database."""
+        """One whole micro-batch: every recipe model in dependency order, the query database, the Kafka sink
+        (when configured)."""
         run_key = run_key or f"batch-{uuid.uuid4()}"
         results = {name: self.run_model(name, run_key, batch_time) for name in self.project.primary_models()}
         self.publish(run_key, batch_time)
+        if self.settings.kafka_sink:
+            self.publish_join()
         return results

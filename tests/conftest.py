@@ -166,3 +166,11 @@ def snapshot(db: Path, tables: Iterable[str] = RECIPE_MODELS) -> dict[str, list[
 def lake(tmp_path: Path) -> Lake:
     """A fresh landing folder and DuckDB file."""
     return Lake(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory):
+    """A real tansu broker on loopback for the whole test session."""
+    from tests.kafka_broker import broker_fixture
+
+    yield from broker_fixture(tmp_path_factory)

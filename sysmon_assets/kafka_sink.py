@@ -1,0 +1,212 @@
+"""Publish new ``sysmon_join`` rows to a Kafka topic (default ``SYSMON_JOIN``), as the recipe's stream is.
+
+Each message is one joined row as JSON with the recipe's upper-case column names (KSQL's own
+JSON output), keyed by PROCESS_GUID, with headers ``sysmon_batch_id`` and ``sysmon_seq``;
+timestamps are epoch milliseconds, as KSQL's STRINGTOTIMESTAMP gives them. The producer is
+idempotent (no duplicates from its own retries).
+
+What was published is tracked in DuckDB (``ingest.kafka_sink``): a range of batches is marked
+``publishing`` (committed) before the first message is sent and ``done`` once the broker
+acknowledged every message, with the highest offset written per partition. A restart never
+sends a ``done`` range again; a range left ``publishing`` by a crash is first checked against
+the topic (every message after the last ``done`` offsets is read back) and only the rows not
+found there are sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from dbt_like import table_exists
+from dbt_like.sql import first_row, scalar
+from sysmon_assets.settings import Settings
+
+LOG = logging.getLogger(__name__)
+
+SINK_TABLE = "ingest.kafka_sink"
+JOIN_TABLE = "sysmon_join"
+_STATE_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS ingest;
+CREATE TABLE IF NOT EXISTS {SINK_TABLE} (
+    topic VARCHAR, after_batch BIGINT, through_batch BIGINT, state VARCHAR, messages BIGINT,
+    last_offsets JSON, updated_at TIMESTAMP, PRIMARY KEY (topic, through_batch));
+"""
+
+
+class KafkaSinkError(RuntimeError):
+    """Publishing failed; the range stays ``publishing`` and the next run completes it."""
+
+
+@dataclass
+class Published:
+    """What one call published."""
+
+    topic: str
+    through_batch: int
+    messages: int
+    recovered: int = 0
+
+
+def _message_sql(con: duckdb.DuckDBPyConnection) -> str:
+    """SELECT batch id, seq, key and JSON value of each joined row, recipe columns upper-cased."""
+    columns = con.execute(
+        "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ? AND schema_name = 'main' "
+        "ORDER BY column_index",
+        [JOIN_TABLE],
+    ).fetchall()
+    fields = [
+        f"'{name.upper()}': " + (f"epoch_ms({name})" if kind.startswith("TIMESTAMP") else name)
+        for name, kind in columns
+        if not name.startswith("_")
+    ]
+    return (
+        f"SELECT _batch_id, _seq, process_guid, to_json({{{', '.join(fields)}}}) FROM {JOIN_TABLE} "
+        "WHERE _batch_id > ? AND _batch_id <= ? ORDER BY _seq"
+    )
+
+
+class JoinSink:
+    """Publishes ``sysmon_join`` rows committed since the last publish."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
+        consumer_factory: Callable[[dict[str, Any]], Consumer] = Consumer,
+    ) -> None:
+        self.settings = settings
+        self.topic = settings.kafka_sink_topic
+        self.producer_factory = producer_factory
+        self.consumer_factory = consumer_factory
+
+    def publish(self, con: duckdb.DuckDBPyConnection) -> Published:
+        """Finish a range a crash left ``publishing``, then publish every batch committed since."""
+        con.execute(_STATE_DDL)
+        recovered = 0
+        unfinished = first_row(
+            con,
+            f"SELECT after_batch, through_batch FROM {SINK_TABLE} WHERE topic = ? AND state = 'publishing'",
+            [self.topic],
+        )
+        if unfinished:
+            recovered = self._send(con, *unfinished, already_sent=self._read_back(con, *unfinished))
+        done = scalar(con, f"SELECT coalesce(max(through_batch), 0) FROM {SINK_TABLE} WHERE topic = ?", [self.topic])
+        latest = (
+            scalar(con, f"SELECT coalesce(max(_batch_id), 0) FROM {JOIN_TABLE}") if table_exists(con, JOIN_TABLE) else 0
+        )
+        if latest <= done:
+            return Published(self.topic, done, 0, recovered)
+        con.execute(
+            f"INSERT INTO {SINK_TABLE} VALUES (?, ?, ?, 'publishing', NULL, NULL, now())", [self.topic, done, latest]
+        )
+        return Published(self.topic, latest, self._send(con, done, latest, already_sent=set()), recovered)
+
+    def _send(
+        self, con: duckdb.DuckDBPyConnection, after: int, through: int, already_sent: set[tuple[int, int]]
+    ) -> int:
+        rows = con.execute(_message_sql(con), [after, through]).fetchall()
+        producer = self.producer_factory(
+            {**self.settings.kafka_client_config(), "enable.idempotence": True, "acks": "all", "linger.ms": 20}
+        )
+        failures: list[str] = []
+        last_offsets: dict[int, int] = {}
+
+        def delivered(error: KafkaError | None, message: Any) -> None:
+            if error is not None:
+                failures.append(error.str())
+            else:
+                last_offsets[message.partition()] = max(message.offset(), last_offsets.get(message.partition(), -1))
+
+        sent = 0
+        for batch_id, seq, guid, value in rows:
+            if (batch_id, seq) in already_sent:
+                continue
+            headers = [("sysmon_batch_id", str(batch_id).encode()), ("sysmon_seq", str(seq).encode())]
+            self._produce(producer, guid, value, headers, delivered)
+            sent += 1
+        unsent = producer.flush(60)
+        if unsent or failures:
+            raise KafkaSinkError(
+                f"publishing batches {after + 1}..{through} to {self.topic} at {self.settings.kafka_bootstrap}: "
+                f"{unsent} unacknowledged, failures: {failures[:3]}"
+            )
+        con.execute(
+            f"UPDATE {SINK_TABLE} SET state = 'done', messages = ?, last_offsets = ?, updated_at = now() "
+            "WHERE topic = ? AND through_batch = ?",
+            [len(rows), json.dumps(self._merged_offsets(con, last_offsets)), self.topic, through],
+        )
+        return sent
+
+    def _produce(self, producer: Producer, key: str | None, value: str, headers: list, callback: Callable) -> None:
+        while True:
+            try:
+                producer.produce(
+                    self.topic,
+                    value=value.encode(),
+                    key=key.encode() if key else None,
+                    headers=headers,
+                    on_delivery=callback,
+                )
+                return
+            except BufferError:  # the local queue is full: let deliveries drain it
+                producer.poll(0.5)
+
+    def _merged_offsets(self, con: duckdb.DuckDBPyConnection, new: dict[int, int]) -> dict[str, int]:
+        merged = self._done_offsets(con)
+        for partition, offset in new.items():
+            merged[partition] = max(offset, merged.get(partition, -1))
+        return {str(partition): offset for partition, offset in sorted(merged.items())}
+
+    def _done_offsets(self, con: duckdb.DuckDBPyConnection) -> dict[int, int]:
+        text = first_row(
+            con,
+            f"SELECT last_offsets FROM {SINK_TABLE} WHERE topic = ? AND state = 'done' "
+            "ORDER BY through_batch DESC LIMIT 1",
+            [self.topic],
+        )
+        return {int(p): o for p, o in json.loads(text[0]).items()} if text and text[0] else {}
+
+    def _read_back(self, con: duckdb.DuckDBPyConnection, after: int, through: int) -> set[tuple[int, int]]:
+        """(batch id, seq) of this range's messages already in the topic, read from after the last done offsets."""
+        done = self._done_offsets(con)
+        consumer = self.consumer_factory(
+            {
+                **self.settings.kafka_client_config(),
+                "group.id": f"{self.settings.kafka_group}-sink-check",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+            }
+        )
+        found: set[tuple[int, int]] = set()
+        try:
+            partitions = consumer.list_topics(self.topic, timeout=15).topics[self.topic].partitions
+            consumer.assign([TopicPartition(self.topic, p, done.get(p, -1) + 1) for p in partitions])
+            ended: set[int] = set()
+            deadline = time.monotonic() + 60
+            while len(ended) < len(partitions):
+                if time.monotonic() > deadline:
+                    raise KafkaSinkError(
+                        f"reading back {self.topic} to resume batches {after + 1}..{through}: timed out"
+                    )
+                for message in consumer.consume(1000, timeout=0.2):
+                    if message.error() is not None:
+                        if message.error().code() == KafkaError._PARTITION_EOF:
+                            ended.add(message.partition())
+                        continue
+                    headers = dict(message.headers() or [])
+                    if "sysmon_batch_id" in headers and "sysmon_seq" in headers:
+                        found.add((int(headers["sysmon_batch_id"]), int(headers["sysmon_seq"])))
+        except KafkaException as error:
+            raise KafkaSinkError(f"reading back {self.topic} at {self.settings.kafka_bootstrap}: {error}") from error
+        finally:
+            consumer.close()
+        LOG.info("%s: %d messages of batches %d..%d were already published", self.topic, len(found), after + 1, through)
+        return found

@@ -1,0 +1,300 @@
+"""Read the ``winlogbeat`` Kafka topic since the last committed batch: the recipe's own source.
+
+The offsets that count are stored in DuckDB (``ingest.kafka_offsets``) and written by
+:meth:`KafkaReader.commit_offsets` inside the same transaction as the rows they cover, so a
+crash before that commit re-reads the messages and a crash after it never reads them again.
+Every batch seeks to the stored offsets; the consumer group's own Kafka-side offsets are
+committed afterwards for monitoring (lag dashboards, the sensor) and never read back.
+
+A batch reads each partition up to its end as of the batch (partition EOF) or up to
+``kafka_max_messages`` / ``kafka_max_bytes``, whichever comes first, and hands the messages
+to the ingest model in chunks shaped like landed file lines, plus the message's topic,
+partition, offset, timestamp, key and headers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from sysmon_assets.landing import SOURCE_NAME
+from sysmon_assets.settings import Settings
+
+LOG = logging.getLogger(__name__)
+
+OFFSETS_TABLE = "ingest.kafka_offsets"
+EVENTS_TABLE = "ingest.file_events"
+CHUNK_BYTES = 64 * 1024 * 1024
+CHUNK_MESSAGES = 100_000
+IDLE_TIMEOUT_SECONDS = 30.0
+_STATE_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS ingest;
+CREATE TABLE IF NOT EXISTS {OFFSETS_TABLE} (
+    topic VARCHAR, "partition" INTEGER, next_offset BIGINT, updated_at TIMESTAMP, PRIMARY KEY (topic, "partition"));
+CREATE TABLE IF NOT EXISTS {EVENTS_TABLE} (
+    detected_at TIMESTAMP, path VARCHAR, file_key VARCHAR, event VARCHAR, detail VARCHAR);
+"""
+
+ConsumerFactory = Callable[[dict[str, Any]], Consumer]
+
+
+class KafkaSourceError(RuntimeError):
+    """The topic cannot be read; the message names the bootstrap servers, topic and partition."""
+
+
+@dataclass
+class PartitionProgress:
+    """Where reading one partition starts and (after each chunk) the next offset to read."""
+
+    partition: int
+    position: int | None  # None: not known yet (earliest of a partition never read)
+    consumed: int = 0
+    consumed_bytes: int = 0
+    done: bool = False
+    notes: list[tuple[str, str]] = field(default_factory=list)
+    notes_recorded: int = 0
+
+
+def consumer_config(settings: Settings) -> dict[str, Any]:
+    """librdkafka consumer settings: manual offsets, end-of-partition events, no auto commit."""
+    return {
+        **settings.kafka_client_config(),
+        "group.id": settings.kafka_group,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "enable.partition.eof": True,
+        # Only used when a stored offset no longer exists (retention); the gap is recorded, see _note_gap.
+        "auto.offset.reset": "earliest",
+    }
+
+
+def topic_partitions(consumer: Consumer, settings: Settings, topic: str) -> list[int]:
+    """The partitions of ``topic`` this pipeline reads: ``kafka_partitions`` or all of them."""
+    where = f"topic {topic!r} at {settings.kafka_bootstrap}"
+    try:
+        metadata = consumer.list_topics(topic, timeout=15).topics.get(topic)
+    except KafkaException as error:
+        raise KafkaSourceError(f"cannot read the metadata of {where}: {error}") from error
+    if metadata is None or metadata.error is not None or not metadata.partitions:
+        reason = metadata.error if metadata is not None else "not listed"
+        raise KafkaSourceError(f"{where} is not available: {reason}")
+    existing = sorted(metadata.partitions)
+    wanted = list(settings.kafka_partitions or existing)
+    missing = sorted(set(wanted) - set(existing))
+    if missing:
+        raise KafkaSourceError(f"SYSMON_KAFKA_PARTITIONS names {missing}, but {where} has partitions {existing}")
+    return wanted
+
+
+def _headers_json(message: Message) -> str | None:
+    headers = message.headers()
+    if not headers:
+        return None
+    decoded = [[key, None if value is None else value.decode("utf-8", "backslashreplace")] for key, value in headers]
+    return json.dumps(decoded)
+
+
+class KafkaReader:
+    """Plans and reads one batch of Kafka messages, and commits how far it got (in DuckDB)."""
+
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        settings: Settings,
+        chunk_bytes: int = CHUNK_BYTES,
+        consumer_factory: ConsumerFactory = Consumer,
+        idle_timeout: float = IDLE_TIMEOUT_SECONDS,
+    ) -> None:
+        self.con = con
+        self.settings = settings
+        self.topic = settings.kafka_topic
+        self.chunk_bytes = chunk_bytes
+        self.idle_timeout = idle_timeout
+        self.consumer = consumer_factory(consumer_config(settings))
+        self.partitions: list[PartitionProgress] = []
+
+    def plan(self, first_batch_ever: bool) -> list[PartitionProgress]:
+        """Decide, per partition, where this batch starts: the offset stored in DuckDB or, for a partition
+        never read, the earliest offset (``latest`` on the very first batch: the end of the partition)."""
+        self.con.execute(_STATE_DDL)
+        stored = dict(
+            self.con.execute(
+                f'SELECT "partition", next_offset FROM {OFFSETS_TABLE} WHERE topic = ?', [self.topic]
+            ).fetchall()
+        )
+        self.partitions = []
+        for partition in topic_partitions(self.consumer, self.settings, self.topic):
+            position = stored.get(partition)
+            if position is None and first_batch_ever and self.settings.offset_reset == "latest":
+                position = self._end_offset(partition)
+            self.partitions.append(PartitionProgress(partition, position))
+        return self.partitions
+
+    def _end_offset(self, partition: int) -> int:
+        try:
+            _, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=15)
+        except KafkaException as error:
+            raise KafkaSourceError(f"cannot read the end offset of {self.topic}/{partition}: {error}") from error
+        return high
+
+    def chunks(self, first_seq: int) -> Iterator[dict[str, pd.DataFrame]]:
+        """Source chunks for the ingest models: ``{'landed_lines': frame}``, bounded in size."""
+        by_partition = {progress.partition: progress for progress in self.partitions}
+        self.consumer.assign(
+            [
+                TopicPartition(self.topic, p.partition, p.position if p.position is not None else -2)  # -2: beginning
+                for p in self.partitions
+            ]
+        )
+        seq = first_seq
+        batch: list[Message] = []
+        batch_bytes = 0
+        for message in self._messages(by_partition):
+            batch.append(message)
+            batch_bytes += len(message.value() or b"")
+            if batch_bytes >= self.chunk_bytes or len(batch) >= CHUNK_MESSAGES:
+                yield {SOURCE_NAME: self._frame(batch, seq, by_partition)}
+                seq += len(batch)
+                batch, batch_bytes = [], 0
+        if batch:
+            yield {SOURCE_NAME: self._frame(batch, seq, by_partition)}
+
+    def _messages(self, by_partition: dict[int, PartitionProgress]) -> Iterator[Message]:
+        """Messages in offset order per partition until every partition reached its end or its limit."""
+        last_message = time.monotonic()
+        while not all(p.done for p in by_partition.values()):
+            messages = self.consumer.consume(num_messages=10_000, timeout=0.2)
+            if messages:
+                last_message = time.monotonic()
+            elif time.monotonic() - last_message > self.idle_timeout:
+                waiting = sorted(p.partition for p in by_partition.values() if not p.done)
+                raise KafkaSourceError(
+                    f"no message or end-of-partition from {self.topic} partitions {waiting} at "
+                    f"{self.settings.kafka_bootstrap} for {self.idle_timeout:.0f} s"
+                )
+            for message in messages:
+                progress = by_partition[message.partition()]
+                if progress.done:
+                    continue  # fetched past this partition's limit: read again next batch
+                error = message.error()
+                if error is not None:
+                    self._on_error(error, progress)
+                    continue
+                yield message
+                progress.consumed += 1
+                progress.consumed_bytes += len(message.value() or b"")
+                if (
+                    progress.consumed >= self.settings.kafka_max_messages
+                    or progress.consumed_bytes >= self.settings.kafka_max_bytes
+                ):
+                    progress.done = True
+                    self.consumer.pause([TopicPartition(self.topic, progress.partition)])
+
+    def _on_error(self, error: KafkaError, progress: PartitionProgress) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            progress.done = True
+            return
+        if error.fatal() or not error.retriable():
+            raise KafkaSourceError(f"reading {self.topic}/{progress.partition}: {error.str()}")
+        LOG.warning("reading %s/%s: %s (retrying)", self.topic, progress.partition, error.str())
+
+    def _frame(self, batch: list[Message], first_seq: int, by_partition: dict[int, PartitionProgress]) -> pd.DataFrame:
+        """One row per message, with the columns of a landed line plus the Kafka metadata."""
+        partitions = np.fromiter((m.partition() for m in batch), dtype=np.int32, count=len(batch))
+        offsets = np.fromiter((m.offset() for m in batch), dtype=np.int64, count=len(batch))
+        for message in batch:
+            progress = by_partition[message.partition()]
+            self._note_gap(progress, message.offset())
+            progress.position = message.offset() + 1
+        timestamps = [m.timestamp() for m in batch]
+        return pd.DataFrame(
+            {
+                "_seq": np.arange(first_seq, first_seq + len(batch), dtype=np.int64),
+                "source_file": [f"kafka:{self.topic}/{p}" for p in partitions],
+                "source_line": pd.array([None] * len(batch), dtype="Int64"),
+                "source_offset": offsets,
+                "line": pd.Series([m.value() or b"" for m in batch], dtype=object),
+                "kafka_topic": np.full(len(batch), self.topic, dtype=object),
+                "kafka_partition": partitions,
+                "kafka_offset": offsets,
+                "kafka_timestamp_ms": pd.array([ms if kind else None for kind, ms in timestamps], dtype="Int64"),
+                "kafka_key": pd.Series([m.key() for m in batch], dtype=object),
+                "kafka_headers": pd.Series([_headers_json(m) for m in batch], dtype=object),
+            }
+        )
+
+    def _note_gap(self, progress: PartitionProgress, offset: int) -> None:
+        # Offsets are contiguous except after retention deleted what a long-stopped pipeline had not read
+        # (or on a compacted topic): say so instead of skipping silently.
+        if progress.position is not None and offset > progress.position:
+            detail = f"offsets {progress.position}..{offset - 1} were no longer in the topic"
+            LOG.warning("%s/%s: %s", self.topic, progress.partition, detail)
+            progress.notes.append(("offsets_skipped", detail))
+
+    def commit_offsets(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Record the next offset of every partition read so far; call inside the transaction that
+        commits the rows read so far."""
+        for progress in self.partitions:
+            if progress.position is None:
+                continue
+            con.execute(
+                f"INSERT OR REPLACE INTO {OFFSETS_TABLE} VALUES (?, ?, ?, now())",
+                [self.topic, progress.partition, progress.position],
+            )
+            for event, detail in progress.notes[progress.notes_recorded :]:
+                con.execute(
+                    f"INSERT INTO {EVENTS_TABLE} VALUES (now(), ?, ?, ?, ?)",
+                    [f"kafka:{self.topic}/{progress.partition}", "", event, detail],
+                )
+            progress.notes_recorded = len(progress.notes)
+
+    @property
+    def file_events(self) -> list[dict[str, str]]:
+        """What this batch noticed (offsets no longer in the topic), for run metadata."""
+        return [
+            {"path": f"kafka:{self.topic}/{p.partition}", "event": e, "detail": d}
+            for p in self.partitions
+            for e, d in p.notes
+        ]
+
+    def close(self) -> None:
+        """Commit the positions to the consumer group (monitoring only) and leave it."""
+        offsets = [TopicPartition(self.topic, p.partition, p.position) for p in self.partitions if p.position]
+        try:
+            if offsets:
+                self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as error:
+            LOG.warning(
+                "committing %s offsets to group %s (monitoring only): %s", self.topic, self.settings.kafka_group, error
+            )
+        finally:
+            self.consumer.close()
+
+
+def consumer_lag(settings: Settings, consumer_factory: ConsumerFactory = Consumer) -> dict[int, int]:
+    """Messages per partition beyond the consumer group's committed offsets (a partition never
+    committed counts from its earliest offset). Reads Kafka only, never the DuckDB file."""
+    consumer = consumer_factory(consumer_config(settings))
+    try:
+        partitions = topic_partitions(consumer, settings, settings.kafka_topic)
+        committed = consumer.committed([TopicPartition(settings.kafka_topic, p) for p in partitions], timeout=15)
+        lag = {}
+        for tp in committed:
+            low, high = consumer.get_watermark_offsets(tp, timeout=15)
+            lag[tp.partition] = max(0, high - (tp.offset if tp.offset >= 0 else low))
+        return lag
+    except KafkaException as error:
+        raise KafkaSourceError(
+            f"reading the lag of group {settings.kafka_group} on {settings.kafka_topic}: {error}"
+        ) from error
+    finally:
+        consumer.close()

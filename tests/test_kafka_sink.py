@@ -1,0 +1,160 @@
+"""The SYSMON_JOIN sink against a real broker: read back by a consumer, never published twice."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import duckdb
+import pytest
+from confluent_kafka import Producer
+from dagster import AssetKey
+
+from sysmon_assets.kafka_sink import JoinSink, KafkaSinkError
+from sysmon_assets.pipeline import SysmonPipeline
+from sysmon_assets.settings import Settings
+from tests.conftest import T0, Lake, network_connect, process_create
+from tests.kafka_broker import Broker
+
+
+def sink_lake(root: Path, broker: Broker, **overrides) -> Lake:
+    """A file-fed pipeline whose joins go to a fresh sink topic."""
+    topic = broker.create_topic(partitions=2, prefix="SYSMON_JOIN")
+    return Lake(root, kafka_sink=True, kafka_bootstrap=broker.bootstrap, kafka_sink_topic=topic, **overrides)
+
+
+def published(broker: Broker, lake: Lake) -> list[dict]:
+    """The sink topic's messages as (key, headers, value) dicts."""
+    return [
+        {"key": m.key(), "headers": dict(m.headers()), "value": json.loads(m.value())}
+        for m in broker.read_all(lake.settings.kafka_sink_topic)
+    ]
+
+
+def test_each_joined_row_is_published_once_as_ksql_json_keyed_by_process_guid(
+    tmp_path: Path, kafka_broker: Broker
+) -> None:
+    lake = sink_lake(tmp_path, kafka_broker)
+    lake.land(
+        [
+            process_create("{A}", command_line="a.exe"),
+            network_connect("{A}", dst_ip="10.0.0.7"),
+            process_create("{B}"),
+            network_connect("{B}"),
+        ]
+    )
+    lake.batch()
+    lake.land([network_connect("{A}", dst_ip="10.0.0.8")])
+    lake.batch()
+    lake.batch()  # nothing new: nothing sent
+    messages = published(kafka_broker, lake)
+    assert len(messages) == lake.count("sysmon_join") == 3
+    by_dst = {m["value"]["DST_IP_ADDR"]: m for m in messages if m["key"] == b"{A}"}
+    assert set(by_dst) == {"10.0.0.7", "10.0.0.8"}
+    first = by_dst["10.0.0.7"]
+    assert first["value"]["PROCESS_COMMAND_LINE"] == "a.exe"
+    assert first["value"]["PROCESS_GUID"] == "{A}"
+    with duckdb.connect(str(lake.db), read_only=True) as con:
+        epoch_ms, batch_id = con.execute(
+            "SELECT epoch_ms(event_date_creation), _batch_id FROM sysmon_join WHERE dst_ip_addr = '10.0.0.7'"
+        ).fetchone()
+    assert first["value"]["EVENT_DATE_CREATION"] == epoch_ms
+    assert first["headers"]["sysmon_batch_id"] == str(batch_id).encode()
+    assert lake.rows("SELECT through_batch, state, messages FROM ingest.kafka_sink ORDER BY 1") == [
+        (1, "done", 2),
+        (2, "done", 1),
+    ]
+
+
+def test_a_range_left_publishing_by_a_crash_sends_only_what_the_topic_lacks(
+    tmp_path: Path, kafka_broker: Broker
+) -> None:
+    lake = sink_lake(tmp_path, kafka_broker)
+    lake.land([process_create(f"{{P{i}}}") for i in range(6)] + [network_connect(f"{{P{i}}}") for i in range(6)])
+    lake.batch()
+    assert len(published(kafka_broker, lake)) == 6
+    lake.land([network_connect(f"{{P{i}}}", dst_ip="10.9.9.9") for i in range(6)])
+
+    class DiesAfterTwo:
+        """A producer that delivers two messages, then the process 'dies' (an exception before DuckDB hears)."""
+
+        def __init__(self, config: dict) -> None:
+            self.producer, self.sent = Producer(config), 0
+
+        def produce(self, *args, **kwargs) -> None:
+            if self.sent == 2:
+                self.producer.flush(15)
+                raise KeyboardInterrupt("killed mid-publish")
+            self.sent += 1
+            self.producer.produce(*args, **kwargs)
+
+    crashing = SysmonPipeline(lake.settings)
+    for name in crashing.project.primary_models():
+        crashing.run_model(name, "second", T0)
+    with pytest.raises(KeyboardInterrupt), crashing.connect() as con:
+        JoinSink(lake.settings, producer_factory=DiesAfterTwo).publish(con)
+    assert lake.rows("SELECT state FROM ingest.kafka_sink ORDER BY through_batch") == [("done",), ("publishing",)]
+    assert len(published(kafka_broker, lake)) == 8
+
+    lake.batch()  # a restart: completes the unfinished range first
+    messages = published(kafka_broker, lake)
+    keys = [(m["headers"]["sysmon_batch_id"], m["headers"]["sysmon_seq"]) for m in messages]
+    assert len(messages) == len(set(keys)) == lake.count("sysmon_join") == 12
+    assert lake.rows("SELECT state FROM ingest.kafka_sink") == [("done",), ("done",)]
+
+
+def test_an_unreachable_sink_fails_the_publish_and_keeps_the_range(tmp_path: Path) -> None:
+    lake = Lake(
+        tmp_path, kafka_sink=True, kafka_bootstrap="127.0.0.1:1", kafka_config=(("message.timeout.ms", "2000"),)
+    )
+    lake.land([process_create("{A}"), network_connect("{A}")])
+    with pytest.raises(KafkaSinkError, match=re.escape("127.0.0.1:1")):
+        lake.batch()
+    assert lake.rows("SELECT state FROM ingest.kafka_sink") == [("publishing",)]
+    assert lake.count("sysmon_join") == 1
+
+
+def test_the_sink_needs_a_bootstrap_server() -> None:
+    from sysmon_assets.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="SYSMON_KAFKA_BOOTSTRAP"):
+        Settings(kafka_sink=True)
+
+
+def test_the_cli_batch_reads_kafka_and_publishes_the_join_topic(tmp_path: Path, kafka_broker: Broker) -> None:
+    import os
+    import subprocess
+
+    from sysmon_assets.definitions import build_definitions
+    from sysmon_assets.sample import write_sample
+    from tests.conftest import CLI_BATCH
+
+    sample, *_ = write_sample(tmp_path / "generated", 400, files=1, hosts=3, seed=2)
+    source = kafka_broker.create_topic(partitions=2)
+    lines = sample.read_bytes().splitlines()
+    kafka_broker.produce(source, lines, partition=0)
+    sink = kafka_broker.create_topic(partitions=1, prefix="SYSMON_JOIN")
+    env = {
+        **os.environ,
+        "SYSMON_SOURCE": "kafka",
+        "SYSMON_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
+        "SYSMON_KAFKA_TOPIC": source,
+        "SYSMON_KAFKA_SINK": "1",
+        "SYSMON_KAFKA_SINK_TOPIC": sink,
+        "SYSMON_LANDING_DIR": str(tmp_path / "unused"),
+        "SYSMON_DUCKDB_PATH": str(tmp_path / "k.duckdb"),
+    }
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(CLI_BATCH, cwd=root, env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "sysmon_join_topic" in done.stderr
+    with duckdb.connect(str(tmp_path / "k.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM winlogbeat_stream").fetchone()[0] == len(lines)
+        joins = con.execute("SELECT count(*) FROM sysmon_join").fetchone()[0]
+    assert joins > 0
+    assert len(kafka_broker.read_all(sink)) == joins
+    graph = build_definitions(Settings.from_env(env)).resolve_asset_graph()
+    sink_asset = graph.get(AssetKey("sysmon_join_topic"))
+    assert {key.to_user_string() for key in sink_asset.parent_keys} == {"sysmon_join"}
+    assert sink_asset.group_name == "serving"

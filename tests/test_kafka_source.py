@@ -1,0 +1,216 @@
+"""The Kafka source against a real broker: offsets stored with the rows, layouts and rejects as for files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+from sysmon_assets.pipeline import SysmonPipeline
+from sysmon_assets.sample import write_sample
+from sysmon_assets.settings import Settings
+from tests.conftest import T0, network_connect, process_create, snapshot
+from tests.kafka_broker import Broker
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def kafka_settings(root: Path, broker: Broker, topic: str, **overrides) -> Settings:
+    """Settings of a pipeline reading ``topic`` into its own DuckDB file under ``root``."""
+    return Settings(
+        landing_dir=root / "landing",
+        duckdb_path=root / "sysmon.duckdb",
+        source="kafka",
+        kafka_bootstrap=broker.bootstrap,
+        kafka_topic=topic,
+        **overrides,
+    )
+
+
+def rows(db: Path, sql: str) -> list[tuple]:
+    import duckdb
+
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def test_recipe_from_kafka_equals_the_file_run_of_the_same_events(tmp_path: Path, kafka_broker: Broker) -> None:
+    sample, *_ = write_sample(tmp_path / "generated", 3000, files=1, hosts=6, seed=11)
+    lines = sample.read_bytes().splitlines()
+    topic = kafka_broker.create_topic(partitions=3)
+    by_host: dict[int, list[bytes]] = {0: [], 1: [], 2: []}
+    for line in lines:  # one host's events stay in one partition, as a key of the host name keeps them
+        by_host[zlib.crc32(json.loads(line)["computer_name"].encode()) % 3].append(line)
+    for partition, values in by_host.items():
+        kafka_broker.produce(topic, values, partition=partition)
+    files = Settings(landing_dir=sample.parent, duckdb_path=tmp_path / "files.duckdb")
+    SysmonPipeline(files).run_batch(batch_time=T0)
+    settings = kafka_settings(tmp_path, kafka_broker, topic)
+    SysmonPipeline(settings).run_batch(batch_time=T0)
+    assert snapshot(settings.duckdb_path) == snapshot(files.duckdb_path)
+
+
+def ingested(db: Path) -> list[tuple]:
+    """(partition, offset) of every ingested message, in arrival order."""
+    return rows(db, 'SELECT _kafka."partition", _kafka."offset" FROM winlogbeat_stream ORDER BY _seq')
+
+
+def test_earliest_reads_what_is_already_there_and_latest_only_what_comes_after(
+    tmp_path: Path, kafka_broker: Broker
+) -> None:
+    topic = kafka_broker.create_topic(partitions=2)
+    for partition in (0, 1):
+        kafka_broker.produce(
+            topic,
+            [process_create(f"{{G{partition}-{i}}}") for i in range(3)],
+            partition=partition,
+            one_per_request=True,
+        )
+    earliest = kafka_settings(tmp_path / "earliest", kafka_broker, topic)
+    latest = kafka_settings(tmp_path / "latest", kafka_broker, topic, offset_reset="latest")
+    SysmonPipeline(earliest).run_batch(batch_time=T0)
+    SysmonPipeline(latest).run_batch(batch_time=T0)
+    assert sorted(ingested(earliest.duckdb_path)) == [(p, o) for p in (0, 1) for o in range(3)]
+    assert ingested(latest.duckdb_path) == []
+
+    kafka_broker.produce(topic, [network_connect("{G0-0}")], partition=0, one_per_request=True)
+    kafka_broker.produce(topic, [network_connect("{G1-2}")], partition=1, one_per_request=True)
+    SysmonPipeline(earliest).run_batch(batch_time=T0)
+    SysmonPipeline(latest).run_batch(batch_time=T0)
+    assert sorted(ingested(earliest.duckdb_path)) == [(p, o) for p in (0, 1) for o in range(4)]
+    assert sorted(ingested(latest.duckdb_path)) == [(0, 3), (1, 3)]
+    assert rows(latest.duckdb_path, "SELECT process_guid FROM sysmon_join ORDER BY 1") == []  # creates never read
+    assert rows(earliest.duckdb_path, "SELECT process_guid FROM sysmon_join ORDER BY 1") == [("{G0-0}",), ("{G1-2}",)]
+
+
+def test_offsets_live_in_duckdb_and_an_idle_batch_reads_nothing(tmp_path: Path, kafka_broker: Broker) -> None:
+    topic = kafka_broker.create_topic(partitions=3)
+    for partition in range(3):
+        kafka_broker.produce(topic, [process_create(None)] * (partition + 1), partition=partition)
+    settings = kafka_settings(tmp_path, kafka_broker, topic)
+    pipeline = SysmonPipeline(settings)
+    pipeline.run_batch(batch_time=T0)
+    pipeline.run_batch(batch_time=T0)
+    assert rows(settings.duckdb_path, 'SELECT "partition", next_offset FROM ingest.kafka_offsets ORDER BY 1') == [
+        (0, 1),
+        (1, 2),
+        (2, 3),
+    ]
+    assert rows(settings.duckdb_path, "SELECT _batch_id, count(*) FROM winlogbeat_stream GROUP BY 1") == [(1, 6)]
+    # The group's Kafka-side offsets follow, for monitoring.
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": settings.kafka_group})
+    committed = consumer.committed([TopicPartition(topic, p) for p in range(3)], timeout=15)
+    consumer.close()
+    assert [tp.offset for tp in committed] == [1, 2, 3]
+
+
+def test_a_batch_reads_at_most_the_configured_messages_per_partition(tmp_path: Path, kafka_broker: Broker) -> None:
+    topic = kafka_broker.create_topic(partitions=2)
+    for partition in (0, 1):
+        kafka_broker.produce(topic, [process_create(None)] * 5, partition=partition)
+    settings = kafka_settings(tmp_path, kafka_broker, topic, kafka_max_messages=2)
+    pipeline = SysmonPipeline(settings)
+    for _ in range(4):
+        pipeline.run_batch(batch_time=T0)
+    per_batch = rows(settings.duckdb_path, "SELECT _batch_id, count(*) FROM winlogbeat_stream GROUP BY 1 ORDER BY 1")
+    assert per_batch == [(1, 4), (2, 4), (3, 2)]
+    assert sorted(ingested(settings.duckdb_path)) == [(p, o) for p in (0, 1) for o in range(5)]
+
+
+def test_a_message_that_is_not_json_is_a_reject_naming_topic_partition_and_offset(
+    tmp_path: Path, kafka_broker: Broker
+) -> None:
+    topic = kafka_broker.create_topic(partitions=1)
+    kafka_broker.produce(
+        topic,
+        [process_create("{A}"), b"not json", None, b"[1, 2]", network_connect("{A}")],
+        key=b"HOST1.corp",
+        headers=[("origin", b"winlogbeat-7"), ("raw", b"\xff")],
+    )
+    settings = kafka_settings(tmp_path, kafka_broker, topic)
+    SysmonPipeline(settings).run_batch(batch_time=T0)
+    rejects = rows(
+        settings.duckdb_path,
+        "SELECT kafka, source_file, source_offset, error FROM winlogbeat_rejects ORDER BY source_offset",
+    )
+    assert rejects == [
+        ({"topic": topic, "partition": 0, "offset": 1}, f"kafka:{topic}/0", 1, "malformed JSON"),
+        ({"topic": topic, "partition": 0, "offset": 2}, f"kafka:{topic}/0", 2, "empty message value"),
+        ({"topic": topic, "partition": 0, "offset": 3}, f"kafka:{topic}/0", 3, "valid JSON but not an object: ARRAY"),
+    ]
+    kept = rows(
+        settings.duckdb_path, "SELECT _kafka.key, _kafka.headers, _kafka.timestamp IS NOT NULL FROM winlogbeat_stream"
+    )
+    assert kept == [(b"HOST1.corp", '[["origin", "winlogbeat-7"], ["raw", "\\\\xff"]]', True)] * 2
+    assert rows(settings.duckdb_path, "SELECT count(*) FROM sysmon_join") == [(1,)]
+
+
+def test_sigkill_mid_batch_and_between_batches_neither_loses_nor_repeats_a_message(
+    tmp_path: Path, kafka_broker: Broker
+) -> None:
+    sample, *_ = write_sample(tmp_path / "generated", 2000, files=1, hosts=6, seed=5)
+    topic = kafka_broker.create_topic(partitions=2)
+    lines = sample.read_bytes().splitlines()
+    kafka_broker.produce(topic, lines[0::2], partition=0)
+    kafka_broker.produce(topic, lines[1::2], partition=1)
+    clean = kafka_settings(tmp_path / "clean", kafka_broker, topic)
+    SysmonPipeline(clean).run_batch(batch_time=T0)
+
+    crashed = kafka_settings(tmp_path / "crashed", kafka_broker, topic)
+    env = {
+        **os.environ,
+        "SYSMON_SOURCE": "kafka",
+        "SYSMON_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
+        "SYSMON_KAFKA_TOPIC": topic,
+        "SYSMON_DUCKDB_PATH": str(crashed.duckdb_path),
+        "SYSMON_LANDING_DIR": str(crashed.landing_dir),
+    }
+    for point, n in [("inside-chunk", 3), ("between-chunks", 5), ("after-ingest", 0), ("between-steps", 0)]:
+        if point in ("after-ingest", "between-steps"):  # more to read, so this run's ingest has work to commit
+            kafka_broker.produce(
+                topic, [process_create(f"{{LATE-{point}}}"), network_connect(f"{{LATE-{point}}}")], partition=0
+            )
+        died = subprocess.run(
+            [sys.executable, "-m", "tests.crash_points", point, str(n)],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            check=False,
+        )
+        assert died.returncode == -signal.SIGKILL, (point, died.stderr.decode()[-2000:])
+    SysmonPipeline(crashed).run_batch(batch_time=T0)
+    SysmonPipeline(clean).run_batch(batch_time=T0)
+
+    offsets = ingested(crashed.duckdb_path)
+    assert len(offsets) == len(set(offsets)) == len(lines) + 4
+    assert sorted(offsets) == sorted(ingested(clean.duckdb_path))
+    assert snapshot(crashed.duckdb_path) == snapshot(clean.duckdb_path)
+
+
+def test_dagster_assets_read_kafka_and_the_freshness_check_follows_the_topic(
+    tmp_path: Path, kafka_broker: Broker
+) -> None:
+    from dagster import materialize
+
+    from dbt_like import Project
+    from sysmon_assets.assets import build_assets
+    from sysmon_assets.pipeline import SQL_DIR
+    from sysmon_assets.resources import resources_from_settings
+
+    topic = kafka_broker.create_topic(partitions=1)
+    kafka_broker.produce(topic, [process_create("{D}"), network_connect("{D}")])
+    settings = kafka_settings(tmp_path, kafka_broker, topic)
+    result = materialize(
+        build_assets(Project(SQL_DIR, settings.variables())), resources=resources_from_settings(settings)
+    )
+    assert result.success
+    freshness = next(e for e in result.get_asset_check_evaluations() if e.check_name == "landing_freshness")
+    assert freshness.passed
+    assert freshness.metadata["topic"].value == topic
+    assert rows(settings.duckdb_path, "SELECT process_guid FROM sysmon_join") == [("{D}",)]
