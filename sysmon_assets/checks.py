@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from dbt_like.sql import scalar
+from sysmon_assets import kafka_source
 from sysmon_assets.landing import list_landed_files
 from sysmon_assets.pipeline import SysmonPipeline
 
@@ -43,8 +44,25 @@ def join_coverage(pipeline: SysmonPipeline, batch_id: int) -> Outcome:
     }
 
 
+def _kafka_freshness(pipeline: SysmonPipeline) -> Outcome:
+    with pipeline.connect() as con:
+        seconds = scalar(
+            con, f"SELECT date_diff('second', max(updated_at), now()::TIMESTAMP) FROM {kafka_source.OFFSETS_TABLE}"
+        )
+    age_minutes = seconds / 60 if seconds is not None else float("inf")
+    limit = pipeline.settings.freshness_minutes
+    return age_minutes <= limit, {
+        "minutes_since_last_message": round(min(age_minutes, 10**9), 1),
+        "limit_minutes": limit,
+        "topic": pipeline.settings.kafka_topic,
+    }
+
+
 def landing_freshness(pipeline: SysmonPipeline, batch_id: int) -> Outcome:
-    """Whether anything landed within ``freshness_minutes``: a silent Winlogbeat is an incident."""
+    """Whether anything landed (or, from Kafka, was read) within ``freshness_minutes``: a silent Winlogbeat
+    is an incident."""
+    if pipeline.settings.source == "kafka":
+        return _kafka_freshness(pipeline)
     files = list_landed_files(pipeline.settings.landing_dir)
     newest = max((path.stat().st_mtime for path in files), default=0.0)
     age_minutes = (time.time() - newest) / 60 if newest else float("inf")

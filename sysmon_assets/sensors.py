@@ -1,7 +1,7 @@
-"""Request a micro-batch when new bytes land in the landing folder.
+"""Request a micro-batch when new bytes land in the landing folder, or when the Kafka consumer lags.
 
-The sensor compares file sizes with its cursor and never opens DuckDB, so it cannot
-contend for the database file's lock with a running batch.
+The sensor compares file sizes with its cursor (or asks Kafka for the consumer group's lag) and
+never opens DuckDB, so it cannot contend for the database file's lock with a running batch.
 """
 
 import json
@@ -10,6 +10,7 @@ from pathlib import Path
 from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SkipReason, sensor
 
 from sysmon_assets.jobs import sysmon_batch_job
+from sysmon_assets.kafka_source import KafkaSourceError, consumer_lag
 from sysmon_assets.landing import LandingError, landing_snapshot
 from sysmon_assets.settings import Settings
 
@@ -33,14 +34,29 @@ def evaluate_landing(landing_dir: Path, cursor: str | None) -> tuple[RunRequest 
     return RunRequest(tags={"sysmon/trigger": "landing_sensor", "sysmon/files_grown": str(len(grown))}), next_cursor
 
 
+def evaluate_kafka(settings: Settings) -> RunRequest | SkipReason:
+    """A run request when the consumer group lags behind the topic's end on any partition."""
+    try:
+        lag = consumer_lag(settings)
+    except KafkaSourceError as error:
+        return SkipReason(str(error))
+    if not any(lag.values()):
+        return SkipReason(f"no consumer lag on {settings.kafka_topic}")
+    return RunRequest(tags={"sysmon/trigger": "kafka_lag", "sysmon/lag": str(sum(lag.values()))})
+
+
 @sensor(
     job=sysmon_batch_job,
     minimum_interval_seconds=30,
     default_status=DefaultSensorStatus.STOPPED,
-    description="Requests a micro-batch when files in SYSMON_LANDING_DIR grow or appear.",
+    description="Requests a micro-batch when files in SYSMON_LANDING_DIR grow or appear (SYSMON_SOURCE=kafka: "
+    "when the consumer group lags).",
 )
 def landing_sensor(context: SensorEvaluationContext) -> RunRequest | SkipReason:
-    """Dagster entry point: see :func:`evaluate_landing`."""
-    decision, cursor = evaluate_landing(Settings.from_env().landing_dir, context.cursor)
+    """Dagster entry point: see :func:`evaluate_landing` and :func:`evaluate_kafka`."""
+    settings = Settings.from_env()
+    if settings.source == "kafka":
+        return evaluate_kafka(settings)
+    decision, cursor = evaluate_landing(settings.landing_dir, context.cursor)
     context.update_cursor(cursor)
     return decision

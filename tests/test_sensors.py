@@ -35,3 +35,38 @@ def test_the_sensor_reads_the_environment_and_keeps_a_cursor(tmp_path: Path, mon
     context = build_sensor_context()
     assert isinstance(landing_sensor(context), RunRequest)
     assert isinstance(landing_sensor(context), SkipReason)
+
+
+def test_with_kafka_the_sensor_requests_a_batch_while_the_consumer_group_lags(
+    tmp_path: Path, monkeypatch, kafka_broker
+) -> None:
+    from sysmon_assets.pipeline import SysmonPipeline
+    from sysmon_assets.settings import Settings
+    from tests.conftest import process_create
+
+    topic = kafka_broker.create_topic(partitions=2)
+    for name, value in {
+        "SYSMON_SOURCE": "kafka",
+        "SYSMON_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
+        "SYSMON_KAFKA_TOPIC": topic,
+        "SYSMON_DUCKDB_PATH": str(tmp_path / "k.duckdb"),
+        "SYSMON_LANDING_DIR": str(tmp_path),
+    }.items():
+        monkeypatch.setenv(name, value)
+    context = build_sensor_context()
+    assert isinstance(landing_sensor(context), SkipReason)
+    kafka_broker.produce(topic, [process_create(None)] * 3, partition=1, one_per_request=True)
+    decision = landing_sensor(context)
+    assert isinstance(decision, RunRequest)
+    assert decision.tags["sysmon/lag"] == "3"
+    SysmonPipeline(Settings.from_env()).run_batch()
+    assert isinstance(landing_sensor(context), SkipReason)
+
+
+def test_with_kafka_an_unreachable_broker_is_a_skip_that_names_it(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("SYSMON_SOURCE", "kafka")
+    monkeypatch.setenv("SYSMON_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    monkeypatch.setenv("SYSMON_KAFKA_CONFIG", "socket.connection.setup.timeout.ms=1000")
+    decision = landing_sensor(build_sensor_context())
+    assert isinstance(decision, SkipReason)
+    assert "127.0.0.1:1" in decision.skip_message
