@@ -32,6 +32,7 @@ class StepContext:
     upper_bounds: dict[str, int] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)
     is_incremental: bool = True
+    pending_floor: int | None = None  # lowest _seq this model still waits to match (None: nothing pending)
 
 
 def _var_lookup(variables: Mapping[str, Any], path: Any):
@@ -81,15 +82,16 @@ def model_config(model: Model, variables: Mapping[str, Any]) -> dict[str, Any]:
     return captured
 
 
-def delta_relation(name: str, lower: int, upper: int, retried_by: str | None = None) -> str:
+def delta_relation(name: str, lower: int, upper: int, retried_by: str | None = None, floor: int | None = None) -> str:
     """SQL for the rows of stream ``name`` committed in batches ``(lower, upper]``.
 
-    With ``retried_by``, the rows that model is still waiting to match are added back.
+    With ``retried_by``, the rows that model is still waiting to match (``_seq >= floor``) are
+    added back; the constant floor lets DuckDB skip the row groups below it.
     """
     delta = f"SELECT * FROM {name} WHERE _batch_id > {lower} AND _batch_id <= {upper}"
-    if retried_by:
+    if retried_by and floor is not None:
         delta += (
-            f" UNION ALL SELECT * FROM {name} WHERE _seq IN "
+            f" UNION ALL SELECT * FROM {name} WHERE _seq >= {floor} AND _seq IN "
             f"(SELECT seq FROM {PENDING_TABLE} WHERE model = '{retried_by}')"
         )
     return f"({delta})"
@@ -105,7 +107,7 @@ def render_step(
         if full or configs[name]["materialized"] == "table":
             return name
         retried_by = model.name if own.get("retry_unmatched") == name else None
-        return delta_relation(name, step.offsets.get(name, 0), step.upper_bounds[name], retried_by)
+        return delta_relation(name, step.offsets.get(name, 0), step.upper_bounds[name], retried_by, step.pending_floor)
 
     def source(name: str) -> str:
         if name not in step.sources:

@@ -6,10 +6,13 @@ and commits its new rows together with its new offsets, so a crash at any point 
 a rerun gives the tables one clean run would have given.
 
 Materializations:
-- ``stream``: append-only. Optional ``retry_unmatched=<input>`` with
+- ``stream``: append-only. Optional ``dedupe_key='<columns>'``: a row whose key is already in the
+  table is not appended (the first delivery wins; a NULL in the key never matches), checked
+  through a unique index, so the cost does not grow with the table. Optional ``retry_unmatched=<input>`` with
   ``retry_grace_minutes=N``: input rows that produced no output row (matched on ``_seq``)
   are offered again in later steps until N minutes of batch time have passed.
-- ``table``: keyed upsert on ``unique_key``; the row with the highest ``order_by`` wins.
+- ``table``: keyed upsert on ``unique_key`` (through a unique index); the row with the highest
+  ``order_by`` wins.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ class StepResult:
     offsets_before: dict[str, int] = field(default_factory=dict)
     offsets_after: dict[str, int] = field(default_factory=dict)
     pending: int | None = None
+    pending_floor: int | None = None
     expired: int | None = None
     table_rows: int = 0
     tests: list[TestResult] = field(default_factory=list)
@@ -190,6 +194,7 @@ class Project:
                 f"DELETE FROM {PENDING_TABLE} WHERE model = ? AND first_seen < ?::TIMESTAMP - INTERVAL (?) MINUTE",
                 [name, batch.started_at, grace],
             )
+            result.pending_floor = scalar(con, f"SELECT min(seq) FROM {PENDING_TABLE} WHERE model = ?", [name])
 
     def _compile(
         self, name: str, batch: Batch, relations: dict[str, str], result: StepResult, is_incremental: bool = True
@@ -201,22 +206,30 @@ class Project:
             offsets=dict(result.offsets_before),
             upper_bounds=dict(result.offsets_after),
             sources=relations,
+            pending_floor=result.pending_floor,
         )
         sql = render_step(self.models[name], self.configs, self.variables, step).strip().rstrip(";")
         return f"(\n{sql}\n)"
 
     def _write(self, con: Connection, name: str, batch: Batch, relations: dict[str, str], result: StepResult) -> None:
+        config = self.configs[name]
         if not table_exists(con, name):
             first = self._compile(name, batch, relations, result, is_incremental=False)
             con.execute(f"CREATE TABLE {name} AS SELECT *, CAST(NULL AS BIGINT) AS _batch_id FROM {first} WHERE false")
+        key = config.get("unique_key") or config.get("dedupe_key")
+        if key:
+            # Conflicts are found through the index: no scan of the table's history per step.
+            con.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {name}__key ON {name} ({key})")
         query = self._compile(name, batch, relations, result)
-        config = self.configs[name]
         if config["materialized"] == "table":
-            result.rows_written += self._upsert(con, name, query, config, batch)
+            newest = f"row_number() OVER (PARTITION BY {key} ORDER BY {config['order_by']} DESC)"
+            query = f"(SELECT * FROM {query} QUALIFY {newest} = 1)"
+            insert = "INSERT OR REPLACE"
         else:
-            result.rows_written += scalar(
-                con, f"INSERT INTO {name} BY NAME SELECT *, {batch.batch_id} AS _batch_id FROM {query}"
-            )
+            insert = "INSERT OR IGNORE" if key else "INSERT"
+        result.rows_written += scalar(
+            con, f"{insert} INTO {name} BY NAME SELECT *, {batch.batch_id} AS _batch_id FROM {query}"
+        )
         for upstream in self.stream_inputs(name):
             lower, upper = result.offsets_before[upstream], result.offsets_after[upstream]
             result.rows_in += scalar(
@@ -224,18 +237,6 @@ class Project:
             )
         for relation in relations.values():
             result.rows_in += scalar(con, f"SELECT count(*) FROM {relation}")
-
-    @staticmethod
-    def _upsert(con: Connection, name: str, query: str, config: dict[str, Any], batch: Batch) -> int:
-        key, order_by = config["unique_key"], config["order_by"]
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE __upsert AS SELECT * FROM {query} "
-            f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {order_by} DESC) = 1"
-        )
-        con.execute(f"DELETE FROM {name} WHERE {key} IN (SELECT {key} FROM __upsert)")
-        written = scalar(con, f"INSERT INTO {name} BY NAME SELECT *, {batch.batch_id} AS _batch_id FROM __upsert")
-        con.execute("DROP TABLE __upsert")
-        return written
 
     def _finish(self, con: Connection, name: str, batch: Batch, result: StepResult) -> None:
         for upstream, upper in result.offsets_after.items():

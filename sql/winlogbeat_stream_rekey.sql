@@ -3,8 +3,9 @@
 -- Flattens event_data and parses UtcTime ('yyyy-MM-dd HH:mm:ss.SSS', UTC) into a TIMESTAMP; NULL if it does not parse.
 -- GUIDs (process_guid, the key, and the parent and logon GUIDs) are stored in one canonical form, '{UPPER}',
 -- because hosts and layouts render them differently (case, braces).
--- Winlogbeat delivers at least once: a redelivered event (same computer, channel, record number) is kept once.
-{{ config(materialized='stream') }}
+-- Winlogbeat delivers at least once: a redelivered event (same computer, channel, record number) is kept once:
+-- the first delivery within a batch (QUALIFY below), and none already in the table (dedupe_key, an index lookup).
+{{ config(materialized='stream', dedupe_key='_computer_name, log_name, _record_number') }}
 SELECT
     try_strptime(s.event_data.UtcTime, '%Y-%m-%d %H:%M:%S.%g') AS event_date_creation,
     '{' || nullif(upper(trim(s.event_data.ProcessGuid, '{} ')), '') || '}' AS process_guid,
@@ -45,12 +46,5 @@ SELECT
     s._seq
 FROM {{ ref('winlogbeat_stream') }} AS s
 WHERE s.source_name = 'Microsoft-Windows-Sysmon'
-{% if is_incremental() %}
-    AND NOT EXISTS (
-        SELECT 1 FROM {{ this }} AS seen
-        WHERE seen._record_number = s._record_number
-          AND seen._computer_name = s.computer_name
-          AND seen.log_name = s.log_name)
-{% endif %}
 QUALIFY s._record_number IS NULL
      OR row_number() OVER (PARTITION BY s.computer_name, s.log_name, s._record_number ORDER BY s._seq) = 1
