@@ -69,16 +69,24 @@ def live_and_all_files(lake: Lake, table: str) -> tuple[int, int]:
     return live, len(list((parquet_folder(lake.settings.query_db_path) / table).glob("*.parquet")))
 
 
-def test_superseded_snapshots_are_deleted_an_hour_after_retirement(lake: Lake) -> None:
-    for minute in range(4):
-        lake.land([process_create(f"{{P{minute}}}")])
-        lake.batch(T0 + timedelta(minutes=minute))
-    assert live_and_all_files(lake, "sysmon_process_create_table") == (1, 4)
-    lake.land([process_create("{LATE}")])
-    lake.batch(T0 + RETIRED_KEPT + timedelta(minutes=5))
-    assert live_and_all_files(lake, "sysmon_process_create_table") == (1, 2)
+def test_a_keyed_table_is_published_as_changes_and_merged_files_go_an_hour_after_retirement(lake: Lake) -> None:
+    table = "sysmon_process_create_table"
+    start = T0
+    for minute in range(COMPACT_AFTER + 1):
+        # one process recreated in every batch (its row changes), one new process per batch
+        lake.land([process_create("{SAME}", command_line=f"v{minute}"), process_create(f"{{P{minute}}}")])
+        lake.batch(start + timedelta(minutes=minute))
+    # schema file + one file of changed rows per batch, until they were merged into one level-1 file
+    assert live_and_all_files(lake, table) == (2, COMPACT_AFTER + 3)
     with duckdb.connect(str(lake.settings.query_db_path), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM sysmon_process_create_table").fetchone() == (5,)
+        assert con.execute(f"SELECT count(*) FROM {table}").fetchone() == (COMPACT_AFTER + 2,)
+        assert con.execute(f"SELECT process_command_line FROM {table} WHERE process_guid = '{{SAME}}'").fetchall() == [
+            (f"v{COMPACT_AFTER}",)
+        ]
+    lake.land([process_create("{LATE}")])
+    lake.batch(start + RETIRED_KEPT + timedelta(minutes=COMPACT_AFTER + 5))
+    assert live_and_all_files(lake, table) == (3, 3)
+    assert snapshot(lake.settings.query_db_path, TABLES) == snapshot(lake.db, TABLES)
 
 
 def test_many_batch_files_are_compacted_and_the_views_stay_whole(lake: Lake) -> None:
