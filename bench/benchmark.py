@@ -1,201 +1,231 @@
-"""Benchmark: one micro-batch of the project against a plain DuckDB script on the same files.
-
-Generates N seeded events into M files (cached under --workdir), then alternates, for each
-repetition, the plain DuckDB reference (read_ndjson with explicit columns -> flatten -> split ->
-latest per key -> join, into a fresh DuckDB file) and the project's batch into a fresh file,
-and prints medians and their ratio. Also times an empty batch (nothing new landed).
+"""Benchmark: the project's micro-batch against a plain DuckDB script of the recipe on the same files.
 
     python bench/benchmark.py --events 1000000 --files 4 --repeat 3
+    python bench/benchmark.py --history 5000000 --increment 10000 --memory-limit 2GB --repeat 3
+
+Every measured run is its own process (``bench/runs.py`` or the Dagster CLI), so each peak RSS
+is that run's own. Runs alternate within one invocation, and medians are printed:
+
+- throughput: the plain script, the project in-process, and ``dagster asset materialize
+  --select '*'``; the target ratio is (CLI batch - CLI empty batch) / plain script;
+- fixed cost: an empty batch through the CLI and in-process, with Python/Dagster start-up apart;
+- incremental cost (``--history``): a batch of ``--increment`` new events over a history of
+  ``--history`` events vs the same batch over an empty file, with the rows DuckDB scanned per
+  statement (its profiler) as the proof that no statement reads the whole history;
+- storage: bytes per event of the DuckDB file and of the query database's Parquet files.
+
+Generated data is cached under ``--workdir`` (default ``bench/out``, git-ignored).
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
-
-import duckdb
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sysmon_assets.pipeline import SysmonPipeline  # noqa: E402
-from sysmon_assets.sample import write_sample  # noqa: E402
+from sysmon_assets.sample import FleetSimulator  # noqa: E402
 from sysmon_assets.serving import parquet_folder  # noqa: E402
 from sysmon_assets.settings import Settings  # noqa: E402
 
-EVENT_DATA = [
-    "UtcTime",
-    "ProcessGuid",
-    "ProcessId",
-    "Image",
-    "FileVersion",
-    "Description",
-    "Product",
-    "Company",
-    "CommandLine",
-    "CurrentDirectory",
-    "User",
-    "LogonGuid",
-    "LogonId",
-    "TerminalSessionId",
-    "IntegrityLevel",
-    "Hashes",
-    "ParentProcessGuid",
-    "ParentProcessId",
-    "ParentImage",
-    "ParentCommandLine",
-    "Protocol",
-    "Initiated",
-    "SourceIsIpv6",
-    "SourceIp",
-    "SourceHostname",
-    "SourcePort",
-    "SourcePortName",
-    "DestinationIsIpv6",
-    "DestinationIp",
-    "DestinationHostname",
-    "DestinationPort",
-    "DestinationPortName",
-]
-INTEGERS = {"ProcessId", "TerminalSessionId", "ParentProcessId", "SourcePort", "DestinationPort"}
+CLI = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "sysmon_assets.definitions", "--select", "*"]
+START = datetime(2026, 11, 1, 8, 0, 0)
 
 
-def reference_sql(files: list[Path]) -> str:
-    """The recipe as one plain DuckDB script (no offsets, no metadata, no rejects)."""
-    struct = ", ".join(f'"{f}" {"INTEGER" if f in INTEGERS else "VARCHAR"}' for f in EVENT_DATA)
-    columns = (
-        "{'source_name': 'VARCHAR', 'log_name': 'VARCHAR', 'computer_name': 'VARCHAR', "
-        f"'event_id': 'INTEGER', 'event_data': 'STRUCT({struct})'}}"
-    )
-    paths = ", ".join(f"'{p}'" for p in files)
-    return f"""
-    CREATE TABLE rekey AS
-      SELECT try_strptime(event_data.UtcTime, '%Y-%m-%d %H:%M:%S.%g') AS event_date_creation,
-             upper(trim(event_data.ProcessGuid)) AS process_guid, event_data.*, event_id, source_name, log_name
-      FROM read_ndjson([{paths}], columns={columns})
-      WHERE source_name = 'Microsoft-Windows-Sysmon';
-    CREATE TABLE process_create AS SELECT * FROM rekey WHERE event_id = 1;
-    CREATE TABLE process_create_table AS SELECT * FROM process_create WHERE process_guid IS NOT NULL
-      QUALIFY row_number() OVER (PARTITION BY process_guid) = 1;
-    CREATE TABLE network_connect AS SELECT * FROM rekey WHERE event_id = 3;
-    CREATE TABLE joined AS SELECT n.*, p.CommandLine AS process_command_line, p.Hashes AS hashes,
-      p.ParentImage AS parent_process_path, p.ParentCommandLine AS parent_process_command_line
-      FROM network_connect n JOIN process_create_table p ON n.process_guid = p.process_guid;
-    """
+def generate(folder: Path, counts: list[int], seed: int = 1, hosts: int = 25) -> list[Path]:
+    """One seeded fleet's events, the first ``counts[0]`` into file 0, the next ``counts[1]`` into file 1, ..."""
+    if folder.exists():
+        return sorted(folder.glob("*.ndjson"))
+    partial = folder.with_suffix(".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    events = FleetSimulator(seed, hosts, START).events(sum(counts))
+    for index, count in enumerate(counts):
+        with (partial / f"winlogbeat-{index:03d}.ndjson").open("w", encoding="utf-8", newline="\n") as handle:
+            for _, event in zip(range(count), events, strict=False):
+                handle.write(json.dumps(event, ensure_ascii=False) + "\n")
+    partial.rename(folder)
+    return sorted(folder.glob("*.ndjson"))
 
 
-def run_reference(files: list[Path], db: Path) -> float:
-    db.unlink(missing_ok=True)
+def measured(command: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``command``; its wall seconds, peak RSS (GB) and, if it printed JSON last, that result."""
     start = time.perf_counter()
-    with duckdb.connect(str(db)) as con:
-        con.execute(reference_sql(files))
-    return time.perf_counter() - start
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    out, err = process.stdout.read(), process.stderr.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{' '.join(command[:4])} failed:\n{err[-3000:]}")
+    lines = out.strip().splitlines()
+    result = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+    return {**result, "wall": wall, "rss_gb": usage.ru_maxrss / 1e6}
 
 
-def fresh(db: Path) -> Settings:
-    """Settings for a brand-new DuckDB file (and query database) at ``db``."""
+def fresh(db: Path) -> Path:
+    """Remove a DuckDB file and its query database; return ``db``."""
     settings = Settings(landing_dir=Path(), duckdb_path=db)
-    db.unlink(missing_ok=True)
-    settings.query_db_path.unlink(missing_ok=True)
+    for path in (db, db.with_name(db.name + ".wal"), settings.query_db_path):
+        path.unlink(missing_ok=True)
     shutil.rmtree(parquet_folder(settings.query_db_path), ignore_errors=True)
-    return settings
+    return db
 
 
-def run_project(landing: Path, db: Path) -> tuple[float, float, int]:
-    """(seconds for the six recipe steps, seconds to publish the query database, rows joined)."""
-    fresh(db)
-    pipeline = SysmonPipeline(Settings(landing_dir=landing, duckdb_path=db))
-    start = time.perf_counter()
-    results = {name: pipeline.run_model(name, "bench") for name in pipeline.project.primary_models()}
-    steps = time.perf_counter() - start
-    pipeline.publish("bench")
-    return steps, time.perf_counter() - start - steps, results["sysmon_join"][0].rows_written
+def run(kind: str, landing: Path, db: Path, memory_limit: str | None) -> dict[str, Any]:
+    """One child run of ``bench/runs.py``."""
+    return measured([sys.executable, str(ROOT / "bench" / "runs.py"), kind, str(landing), str(db), memory_limit or ""])
 
 
-def run_cli(landing: Path, db: Path) -> float:
-    fresh(db)
-    env = {"SYSMON_LANDING_DIR": str(landing), "SYSMON_DUCKDB_PATH": str(db), "PATH": str(Path(sys.executable).parent)}
-    start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "sysmon_assets.definitions", "--select", "*"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
+def run_cli(landing: Path, db: Path, memory_limit: str | None) -> dict[str, Any]:
+    """One micro-batch the way users run it: the Dagster CLI, all assets."""
+    env = {**os.environ, "SYSMON_LANDING_DIR": str(landing), "SYSMON_DUCKDB_PATH": str(db)}
+    if memory_limit:
+        env["SYSMON_DUCKDB_MEMORY_LIMIT"] = memory_limit
+    return measured(CLI, env)
+
+
+def median(runs: list[dict[str, Any]], key: str) -> float:
+    """Median of ``key`` over runs."""
+    return statistics.median(r[key] for r in runs)
+
+
+def throughput(args: argparse.Namespace) -> None:
+    """The plain script, the project in-process and through the CLI, alternating; then empty batches."""
+    landing = args.workdir / f"landing-{args.events}-{args.files}"
+    files = generate(landing, [args.events // args.files + (i < args.events % args.files) for i in range(args.files)])
+    size = sum(p.stat().st_size for p in files)
+    print(f"## throughput: {args.events:,} events, {len(files)} files, {size / 1e9:.2f} GB of NDJSON")
+    reference, project, cli = [], [], []
+    for rep in range(args.repeat):
+        reference.append(run("reference", landing, fresh(args.workdir / "reference.duckdb"), args.memory_limit))
+        project.append(run("project", landing, fresh(args.workdir / "project.duckdb"), args.memory_limit))
+        cli.append(run_cli(landing, fresh(args.workdir / "cli.duckdb"), args.memory_limit))
+        print(
+            f"rep {rep + 1}: reference {reference[-1]['seconds']:.2f} s, project {project[-1]['seconds']:.2f} s "
+            f"(+ publish {project[-1]['publish']:.2f} s), cli {cli[-1]['wall']:.2f} s"
+        )
+    empty_cli = [run_cli(landing, args.workdir / "cli.duckdb", args.memory_limit) for _ in range(args.repeat)]
+    empty = [run("project", landing, args.workdir / "project.duckdb", args.memory_limit) for _ in range(args.repeat)]
+    imports = [measured([sys.executable, "-c", "import sysmon_assets.definitions"]) for _ in range(args.repeat)]
+    bare = [measured([sys.executable, "-c", "pass"]) for _ in range(args.repeat)]
+    ref = median(reference, "seconds")
+    ref_rss, proj_rss = median(reference, "rss_gb"), median(project, "rss_gb")
+    print(f"plain DuckDB script      {ref:7.2f} s  {args.events / ref:10,.0f} events/s  peak RSS {ref_rss:.2f} GB")
+    steps_total, publish = median(project, "seconds"), median(project, "publish")
+    proj = steps_total + publish
+    print(
+        f"project in-process       {proj:7.2f} s  {args.events / proj:10,.0f} events/s  peak RSS {proj_rss:.2f} GB  "
+        f"ratio {proj / ref:.2f}x  (recipe steps {steps_total:.2f} s + query database {publish:.2f} s)"
     )
-    return time.perf_counter() - start
+    steps = {name: statistics.median(r["steps"][name] for r in project) for name in project[0]["steps"]}
+    print("  per step: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in steps.items()))
+    peaks = {name: statistics.median(r["peak_gb_after"][name] for r in project) for name in steps}
+    print("  peak RSS so far after each step: " + ", ".join(f"{name} {gb:.2f} GB" for name, gb in peaks.items()))
+    full, fixed = median(cli, "wall"), median(empty_cli, "wall")
+    print(f"dagster CLI batch        {full:7.2f} s  peak RSS {median(cli, 'rss_gb'):.2f} GB")
+    print(
+        f"dagster CLI empty batch  {fixed:7.2f} s  (python start {median(bare, 'wall'):.2f} s, "
+        f"import dagster + definitions {median(imports, 'wall'):.2f} s)"
+    )
+    empty_steps, empty_publish = median(empty, "seconds"), median(empty, "publish")
+    print(
+        f"in-process empty batch   {empty_steps + empty_publish:7.3f} s  (recipe steps {empty_steps:.3f} s + query "
+        f"database {empty_publish:.3f} s); the rest of the CLI's empty batch is Dagster's run machinery: "
+        f"{fixed - median(imports, 'wall') - empty_steps - empty_publish:.2f} s"
+    )
+    print(f"THROUGHPUT RATIO (CLI batch - CLI empty batch) / plain script = {(full - fixed) / ref:.2f}x")
+    storage(args.workdir / "project.duckdb", args.events, size)
+
+
+def storage(db: Path, events: int, ndjson_bytes: int) -> None:
+    """Bytes per event on disk."""
+    parquet = sum(
+        p.stat().st_size
+        for p in parquet_folder(Settings(landing_dir=Path(), duckdb_path=db).query_db_path).rglob("*.parquet")
+    )
+    print(
+        f"storage: NDJSON {ndjson_bytes / events:.0f} B/event, DuckDB file {db.stat().st_size / events:.0f} B/event, "
+        f"query database Parquet {parquet / events:.0f} B/event"
+    )
+
+
+def incremental(args: argparse.Namespace) -> None:
+    """A batch of ``increment`` new events over a ``history``-event file vs over an empty file."""
+    data = args.workdir / f"fleet-{args.history}-{args.increment}"
+    history_file, increment_file = generate(data, [args.history, args.increment], seed=3)
+    history_landing, increment_landing = data / "history", data / "increment"
+    for folder, path in ((history_landing, history_file), (increment_landing, increment_file)):
+        folder.mkdir(exist_ok=True)
+        if not (folder / path.name).exists():
+            os.link(path, folder / path.name)
+    history_db = args.workdir / f"history-{args.history}.duckdb"
+    print(f"## incremental: {args.increment:,} new events over {args.history:,} events of history")
+    if not history_db.exists():
+        built = run("project", history_landing, fresh(args.workdir / "building.duckdb"), args.memory_limit)
+        print(
+            f"history built in one batch: {built['seconds']:.1f} s, peak RSS {built['rss_gb']:.2f} GB "
+            f"(memory limit {args.memory_limit or 'DuckDB default'})"
+        )
+        shutil.move(args.workdir / "building.duckdb", history_db)
+        storage(history_db, args.history, history_file.stat().st_size)
+    over_history, over_empty = [], []
+    for rep in range(args.repeat):
+        target = fresh(args.workdir / "increment.duckdb")
+        shutil.copy(history_db, target)
+        over_history.append(run("project", increment_landing, target, args.memory_limit))
+        over_empty.append(
+            run("project", increment_landing, fresh(args.workdir / "increment.duckdb"), args.memory_limit)
+        )
+        loaded, empty = (r[-1]["seconds"] + r[-1]["publish"] for r in (over_history, over_empty))
+        print(f"rep {rep + 1}: over history {loaded:.3f} s, over empty {empty:.3f} s")
+    loaded, empty = (
+        median(over_history, "seconds") + median(over_history, "publish"),
+        median(over_empty, "seconds") + median(over_empty, "publish"),
+    )
+    print(
+        f"INCREMENTAL RATIO over history / over empty = {loaded / empty:.2f}x ({loaded:.3f} s vs {empty:.3f} s, "
+        f"peak RSS {median(over_history, 'rss_gb'):.2f} GB vs {median(over_empty, 'rss_gb'):.2f} GB)"
+    )
+    target = fresh(args.workdir / "increment.duckdb")
+    shutil.copy(history_db, target)
+    scans = run("scans", increment_landing, target, args.memory_limit)["statements"]
+    print("statements of the batch over history that scanned the most rows (DuckDB profiler):")
+    for statement in sorted(scans, key=lambda s: -s["rows_scanned"])[: args.top]:
+        print(f"  {statement['rows_scanned']:>10,} rows  {statement['seconds']:.4f} s  {statement['sql'][:110]}")
+    print(
+        f"  most rows any statement scanned: {max(s['rows_scanned'] for s in scans):,} "
+        f"(history: {args.history:,} events)"
+    )
 
 
 def main() -> None:
-    """Generate data (once), run both sides alternately, print medians and ratios."""
+    """Parse arguments and run the throughput or the incremental benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--memory-limit", default=None, help="DuckDB memory_limit for every run, e.g. 2GB")
+    parser.add_argument("--history", type=int, default=0, help="run the incremental benchmark over this history")
+    parser.add_argument("--increment", type=int, default=10_000)
+    parser.add_argument("--top", type=int, default=8, help="statements listed by rows scanned")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out")
-    parser.add_argument("--cli", action="store_true", help="also run full batches through the dagster CLI")
     args = parser.parse_args()
-
-    landing = args.workdir / f"landing-{args.events}-{args.files}"
-    if not landing.exists():
-        tmp = landing.with_suffix(".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        write_sample(tmp, args.events, files=args.files, seed=1)
-        tmp.rename(landing)
-    files = sorted(landing.glob("*.ndjson"))
-    size = sum(p.stat().st_size for p in files)
-    print(f"{args.events} events, {len(files)} files, {size / 1e9:.2f} GB of NDJSON")
-
-    reference, project, publish, cli, joined = [], [], [], [], 0
-    for rep in range(args.repeat):
-        reference.append(run_reference(files, args.workdir / "reference.duckdb"))
-        steps, published, joined = run_project(landing, args.workdir / "project.duckdb")
-        project.append(steps)
-        publish.append(published)
-        if args.cli:
-            cli.append(run_cli(landing, args.workdir / "cli.duckdb"))
-        print(
-            f"rep {rep + 1}: reference {reference[-1]:.2f} s, project steps {project[-1]:.2f} s, "
-            f"publish {publish[-1]:.2f} s" + (f", cli {cli[-1]:.2f} s" if cli else "")
-        )
-    empty = [run_project_again(landing, args.workdir / "project.duckdb") for _ in range(args.repeat)]
-    db_bytes = (args.workdir / "project.duckdb").stat().st_size
-    parquet_bytes = sum(p.stat().st_size for p in parquet_folder(fresh_settings(args.workdir)).rglob("*.parquet"))
-    ref_median, proj_median = statistics.median(reference), statistics.median(project)
-    print(f"sysmon_join rows: {joined}")
-    print(f"reference median {ref_median:.2f} s ({args.events / ref_median:,.0f} events/s)")
-    print(
-        f"project   median {proj_median:.2f} s ({args.events / proj_median:,.0f} events/s), "
-        f"ratio {proj_median / ref_median:.2f}x (the six recipe steps, in-process)"
-    )
-    print(f"publish   median {statistics.median(publish):.2f} s (query database: Parquet export and swap)")
-    if cli:
-        print(f"cli       median {statistics.median(cli):.2f} s (dagster asset materialize, all assets)")
-    print(f"empty batch (in-process) median {statistics.median(empty):.3f} s")
-    print(
-        f"DuckDB file {db_bytes / 1e6:.0f} MB, {db_bytes / args.events:.0f} bytes per event; "
-        f"query database Parquet {parquet_bytes / 1e6:.0f} MB, {parquet_bytes / args.events:.0f} bytes per event"
-    )
-    print(f"peak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
-
-
-def fresh_settings(workdir: Path) -> Path:
-    """The query database path of the project's benchmark file."""
-    return Settings(landing_dir=Path(), duckdb_path=workdir / "project.duckdb").query_db_path
-
-
-def run_project_again(landing: Path, db: Path) -> float:
-    """A batch with nothing new landed, on an existing file."""
-    pipeline = SysmonPipeline(Settings(landing_dir=landing, duckdb_path=db))
-    start = time.perf_counter()
-    pipeline.run_batch()
-    return time.perf_counter() - start
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    print(f"{os.cpu_count()} cores; python {sys.version.split()[0]}; {datetime.now():%Y-%m-%d %H:%M}")
+    if args.history:
+        incremental(args)
+    else:
+        throughput(args)
 
 
 if __name__ == "__main__":
