@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -172,3 +173,77 @@ def test_bad_materialization_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "a.sql").write_text("{{ config(materialized='view') }} SELECT 1")
     with pytest.raises(ProjectError, match="materialized='view'"):
         Project(tmp_path)
+
+
+class ScanCounter:
+    """A connection wrapper that records the rows DuckDB's profiler says each statement scanned."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con, self.scanned = con, []
+        con.execute("SET enable_profiling = 'no_output'")
+
+    def execute(self, sql: str, params: list | None = None) -> duckdb.DuckDBPyConnection:
+        result = self.con.execute(sql, params or [])
+        query = json.loads(self.con.get_profiling_information(format="json")).get("query", {})
+        self.scanned.append((query.get("total_rows_scanned", 0), " ".join(sql.split())[:100]))
+        return result
+
+    def __getattr__(self, name: str):
+        return getattr(self.con, name)
+
+
+def test_dedupe_and_upsert_keys_do_not_scan_the_history(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "deliveries.sql").write_text(
+        "{{ config(materialized='stream', dedupe_key='host, record') }}\n"
+        "SELECT id AS _seq, host, record, payload FROM {{ source('feed') }}\n"
+        "QUALIFY record IS NULL OR row_number() OVER (PARTITION BY host, record ORDER BY id) = 1\n"
+    )
+    (models / "latest.sql").write_text(
+        "{{ config(materialized='table', unique_key='host') }}\n"
+        "SELECT _seq, host, payload FROM {{ ref('deliveries') }}\n"
+    )
+    project = Project(models)
+    history = 600_000  # about five DuckDB row groups
+    frame = pd.DataFrame(
+        {
+            "id": range(1, history + 1),
+            "host": [f"h{i % 1000}" for i in range(history)],
+            "record": range(history),
+            "payload": "x",
+        }
+    )
+    con = duckdb.connect(str(tmp_path / "db.duckdb"))
+    batch = open_batch(con, "history", T0)
+    project.run_step(con, "deliveries", batch, source_chunks=[{"feed": frame}])
+    project.run_step(con, "latest", batch)
+
+    def increment(run_key: str, first_id: int, hosts: list[str], records: list, minutes: int) -> tuple[int, list]:
+        counter = ScanCounter(con)
+        rows = pd.DataFrame(
+            {
+                "id": range(first_id, first_id + len(hosts)),
+                "host": hosts,
+                "record": pd.array(records, dtype="Int64"),
+                "payload": [f"{run_key}{i}" for i in range(len(hosts))],
+            }
+        )
+        batch = open_batch(counter, run_key, T0 + timedelta(minutes=minutes))
+        written = project.run_step(counter, "deliveries", batch, source_chunks=[{"feed": rows}])[0].rows_written
+        project.run_step(counter, "latest", batch)
+        return written, counter.scanned
+
+    # New events (NULL records never match): the index answers, no statement reads the history.
+    written, scanned = increment("new", history + 1, ["h1", "new", "new"], [10**9, None, None], 1)
+    assert written == 3
+    assert max(scanned)[0] < history / 10, max(scanned)
+    # A redelivery is not appended again; the table keeps the newest row per key.
+    written, _ = increment("again", history + 10, ["h1", "h2"], [1, 10**9 + 1], 2)
+    assert written == 1
+    assert con.execute("SELECT count(*) FROM deliveries").fetchone() == (history + 4,)
+    assert con.execute("SELECT host, payload FROM latest WHERE host IN ('h1', 'h2', 'new') ORDER BY 1").fetchall() == [
+        ("h1", "new0"),
+        ("h2", "again1"),
+        ("new", "new2"),
+    ]
