@@ -100,6 +100,7 @@ class Project:
         self.variables = dict(variables or {})
         self.models: dict[str, Model] = discover_models(models_dir)
         self.configs = {name: model_config(model, self.variables) for name, model in self.models.items()}
+        self._columns_checked: set[str] = set()
 
     def stream_inputs(self, name: str) -> list[str]:
         """Upstream stream models whose delta ``name`` consumes."""
@@ -154,6 +155,11 @@ class Project:
         results: list[StepResult],
         before_commit: Callable[[Connection], None] | None,
     ) -> None:
+        for model in names:
+            if model not in self._columns_checked and table_exists(con, model):
+                # DDL outside the step's transaction: DuckDB cannot re-create an index on an altered table in one.
+                self._add_new_columns(con, model, self._schema_probe(model, batch, relations))
+            self._columns_checked.add(model)
         con.begin()
         try:
             for model, result in zip(names, results, strict=True):
@@ -166,6 +172,39 @@ class Project:
         except BaseException:
             con.rollback()
             raise
+
+    def _schema_probe(self, name: str, batch: Batch, relations: dict[str, str]) -> str:
+        """The model's query over empty deltas: only its columns and types matter."""
+        step = StepContext(
+            batch_id=batch.batch_id,
+            batch_time=batch.started_at.isoformat(sep=" "),
+            upper_bounds=dict.fromkeys(self.models[name].refs, 0),
+            sources=relations,
+        )
+        return f"({render_step(self.models[name], self.configs, self.variables, step).strip().rstrip(';')})"
+
+    @staticmethod
+    def _add_new_columns(con: Connection, name: str, query: str) -> None:
+        """dbt's ``on_schema_change='append_new_columns'``: columns the model gained (a newer version of
+        its SQL) are added to the table, NULL in the rows written before."""
+        existing = {
+            column
+            for (column,) in con.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND schema_name = current_schema()",
+                [name],
+            ).fetchall()
+        }
+        relation = con.sql(f"SELECT * FROM {query} WHERE false")
+        added = [
+            (column, kind)
+            for column, kind in zip(relation.columns, relation.types, strict=True)
+            if column not in existing
+        ]
+        if added:
+            # DuckDB cannot alter a table that has an index; the key index is created again right after.
+            con.execute(f"DROP INDEX IF EXISTS {name}__key")
+        for column, kind in added:
+            con.execute(f'ALTER TABLE {name} ADD COLUMN "{column}" {kind}')
 
     @staticmethod
     def _register(con: Connection, chunk: Mapping[str, Any]) -> dict[str, str]:

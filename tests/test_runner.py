@@ -247,3 +247,20 @@ def test_dedupe_and_upsert_keys_do_not_scan_the_history(tmp_path: Path) -> None:
         ("h2", "again1"),
         ("new", "new2"),
     ]
+
+
+def test_a_column_added_to_a_model_is_added_to_its_existing_table(project: Project, tmp_path: Path) -> None:
+    con = duckdb.connect(str(tmp_path / "db.duckdb"))
+    run_all(project, con, [(1, "order", "a"), (2, "price", "a")], "r1")
+    for model in ("events", "catalog"):
+        path = project.models_dir / f"{model}.sql"
+        path.write_text(path.read_text().replace("SELECT ", "SELECT 'v2' AS version, ", 1))
+    upgraded = Project(project.models_dir)
+    run_all(upgraded, con, [(3, "order", "b"), (4, "price", "a")], "r2")
+    assert con.execute("SELECT _seq, version FROM events ORDER BY 1").fetchall() == [
+        (1, None),
+        (2, None),
+        (3, "v2"),
+        (4, "v2"),
+    ]
+    assert con.execute("SELECT item, version, _seq FROM catalog").fetchall() == [("a", "v2", 4)]
