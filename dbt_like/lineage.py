@@ -2,7 +2,8 @@
 
 For every output column of a model's outermost SELECT, the upstream model columns its
 expression reads (``s.event_data.CommandLine`` reads ``event_data.CommandLine`` of the model
-aliased ``s``). Columns read from a source or a CTE have no upstream model and are left out.
+aliased ``s``). A CTE that only filters one table (``SELECT * FROM x WHERE ...``) stands for
+that table; columns read from a source or any other CTE have no upstream model and are left out.
 """
 
 from __future__ import annotations
@@ -28,12 +29,25 @@ def _sources(select: exp.Select) -> dict[str, str]:
     return sources
 
 
+def _filtering_ctes(tree: exp.Expression) -> dict[str, str]:
+    """CTE name -> table, for CTEs of the form ``SELECT * FROM table [WHERE ...]``."""
+    filtering = {}
+    for cte in tree.find_all(exp.CTE):
+        body = cte.this
+        if isinstance(body, exp.Select) and not body.args.get("joins") and [str(e) for e in body.expressions] == ["*"]:
+            table = (body.args.get("from_") or body.args.get("from")).this
+            if isinstance(table, exp.Table):
+                filtering[cte.alias_or_name] = table.name
+    return filtering
+
+
 def model_lineage(project: Project, name: str) -> Lineage:
     """``{output column: [(upstream model, upstream column), ...]}`` for model ``name``."""
     sql, _ = render_plain(project.models[name], project.variables)
     tree = sqlglot.parse_one(sql, read="duckdb")
     select = tree if isinstance(tree, exp.Select) else tree.find(exp.Select)
-    sources = _sources(select)
+    filtering = _filtering_ctes(tree)
+    sources = {alias: filtering.get(table, table) for alias, table in _sources(select).items()}
     lineage: Lineage = {}
     for projection in select.expressions:
         deps: list[tuple[str, str]] = []

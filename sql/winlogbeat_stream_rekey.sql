@@ -4,8 +4,19 @@
 -- GUIDs (process_guid, the key, and the parent and logon GUIDs) are stored in one canonical form, '{UPPER}',
 -- because hosts and layouts render them differently (case, braces).
 -- Winlogbeat delivers at least once: a redelivered event (same computer, channel, record number) is kept once:
--- the first delivery within a batch (QUALIFY below), and none already in the table (dedupe_key, an index lookup).
+-- the first delivery within a batch (later_deliveries), and none already in the table (dedupe_key, an index lookup).
 {{ config(materialized='stream', dedupe_key='_computer_name, log_name, _record_number') }}
+WITH sysmon AS NOT MATERIALIZED (
+    SELECT * FROM {{ ref('winlogbeat_stream') }} WHERE source_name = 'Microsoft-Windows-Sysmon'
+), later_deliveries AS (
+    -- Keys delivered more than once in this batch, with their first delivery: only a few narrow columns are
+    -- grouped, where a window over the whole rows would hold every column of the batch in memory.
+    SELECT computer_name, log_name, _record_number, min(_seq) AS first_seq
+    FROM sysmon
+    WHERE _record_number IS NOT NULL
+    GROUP BY ALL
+    HAVING count(*) > 1
+)
 SELECT
     try_strptime(s.event_data.UtcTime, '%Y-%m-%d %H:%M:%S.%g') AS event_date_creation,
     '{' || nullif(upper(trim(s.event_data.ProcessGuid, '{} ')), '') || '}' AS process_guid,
@@ -44,7 +55,8 @@ SELECT
     s.computer_name AS _computer_name,
     s._record_number,
     s._seq
-FROM {{ ref('winlogbeat_stream') }} AS s
-WHERE s.source_name = 'Microsoft-Windows-Sysmon'
-QUALIFY s._record_number IS NULL
-     OR row_number() OVER (PARTITION BY s.computer_name, s.log_name, s._record_number ORDER BY s._seq) = 1
+FROM sysmon AS s
+WHERE NOT EXISTS (
+    SELECT 1 FROM later_deliveries AS d
+    WHERE d.computer_name = s.computer_name AND d.log_name = s.log_name AND d._record_number = s._record_number
+      AND d.first_seq <> s._seq)

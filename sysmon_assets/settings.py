@@ -41,8 +41,11 @@ class Settings:
     kafka_config: tuple[tuple[str, str], ...] = ()
 
     def duckdb_config(self) -> dict[str, str]:
-        """DuckDB connection settings: ``memory_limit`` (e.g. ``2GB``; DuckDB spills beyond it) when set."""
-        return {"memory_limit": self.memory_limit} if self.memory_limit else {}
+        """DuckDB connection settings: ``memory_limit`` (e.g. ``2GB``; DuckDB spills beyond it) when set, and a
+        write-ahead log of up to 1 GB before an automatic checkpoint, so ingest's per-chunk commits do not each
+        rewrite the table (each step's connection checkpoints when it closes)."""
+        memory = {"memory_limit": self.memory_limit} if self.memory_limit else {}
+        return {"checkpoint_threshold": "1GB", **memory}
 
     @property
     def query_db_path(self) -> Path:
