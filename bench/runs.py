@@ -13,6 +13,7 @@ import json
 import resource
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -130,14 +131,15 @@ def run_project(landing: Path, db: Path, memory_limit: str | None, profile: bool
 
     pipeline = SysmonPipeline(settings, connect=profiled if profile else None)
     steps, peaks = {}, {}
+    run_key = f"bench-{uuid.uuid4()}"
     start = time.perf_counter()
     for name in pipeline.project.primary_models():
         step_start = time.perf_counter()
-        pipeline.run_model(name, "bench")
+        pipeline.run_model(name, run_key)
         steps[name] = time.perf_counter() - step_start
         peaks[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     publish_start = time.perf_counter()
-    pipeline.publish("bench")
+    pipeline.publish(run_key)
     end = time.perf_counter()
     result = {"seconds": publish_start - start, "steps": steps, "publish": end - publish_start, "peak_gb_after": peaks}
     if profile:
