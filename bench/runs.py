@@ -1,6 +1,6 @@
 """One measured run of the benchmark, executed in its own process so its peak memory is its own.
 
-    python bench/runs.py <kind> <landing folder> <duckdb file> [memory limit]
+    python bench/runs.py <kind> <landing folder> <duckdb file> [memory limit] [batch time, ISO]
 
 Kinds: ``reference`` (the plain DuckDB script), ``project`` (one micro-batch in-process, step by
 step, then the query database), ``scans`` (the same, recording every statement's rows scanned
@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +119,9 @@ class _Profiled:
         return getattr(self._con, name)
 
 
-def run_project(landing: Path, db: Path, memory_limit: str | None, profile: bool = False) -> dict[str, Any]:
+def run_project(
+    landing: Path, db: Path, memory_limit: str | None, profile: bool = False, batch_time: datetime | None = None
+) -> dict[str, Any]:
     """Seconds per recipe step and for the query database, for one micro-batch."""
     settings = Settings(landing_dir=landing, duckdb_path=db, memory_limit=memory_limit)
     log: list[dict[str, Any]] = []
@@ -135,11 +138,11 @@ def run_project(landing: Path, db: Path, memory_limit: str | None, profile: bool
     start = time.perf_counter()
     for name in pipeline.project.primary_models():
         step_start = time.perf_counter()
-        pipeline.run_model(name, run_key)
+        pipeline.run_model(name, run_key, batch_time)
         steps[name] = time.perf_counter() - step_start
         peaks[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     publish_start = time.perf_counter()
-    pipeline.publish(run_key)
+    pipeline.publish(run_key, batch_time)
     end = time.perf_counter()
     result = {"seconds": publish_start - start, "steps": steps, "publish": end - publish_start, "peak_gb_after": peaks}
     if profile:
@@ -151,10 +154,11 @@ def main() -> None:
     """Run one kind and print its JSON result."""
     kind, landing, db = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     memory_limit = sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] else None
+    batch_time = datetime.fromisoformat(sys.argv[5]) if len(sys.argv) > 5 else None
     if kind == "reference":
         result = run_reference(landing, db, memory_limit)
     else:
-        result = run_project(landing, db, memory_limit, profile=kind == "scans")
+        result = run_project(landing, db, memory_limit, profile=kind == "scans", batch_time=batch_time)
     print(json.dumps(result))
 
 
