@@ -12,8 +12,7 @@ Materializations:
   row per key within a batch (the index then enforces it across batches). Optional ``retry_unmatched=<input>`` with
   ``retry_grace_minutes=N``: input rows that produced no output row (matched on ``_seq``)
   are offered again in later steps until N minutes of batch time have passed.
-- ``table``: keyed upsert on ``unique_key`` (through a unique index); the row with the highest
-  ``order_by`` wins.
+- ``table``: keyed upsert on ``unique_key``; the row with the highest ``order_by`` wins.
 """
 
 from __future__ import annotations
@@ -207,6 +206,42 @@ class Project:
         for column, kind in added:
             con.execute(f'ALTER TABLE {name} ADD COLUMN "{column}" {kind}')
 
+    def _append(self, con: Connection, name: str, query: str, key: str | None, batch: Batch) -> int:
+        """Append the step's rows; with ``key``, skip rows whose key is in the table already.
+
+        Duplicates are found through a unique index, not by reading the table's history. Into an empty
+        table the rows go in plainly and the index is built afterwards in bulk, far cheaper than
+        maintaining it row by row (a first batch of a million rows: 1.7 s instead of 3.1 s, 0.76 GB
+        instead of 1.76 GB).
+        """
+        if not key:
+            return scalar(con, f"INSERT INTO {name} BY NAME SELECT *, {batch.batch_id} AS _batch_id FROM {query}")
+        bulk = not self._has_index(con, name) and scalar(con, f"SELECT count(*) = 0 FROM {name}")
+        if not bulk:
+            con.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {name}__key ON {name} ({key})")
+        insert = "INSERT" if bulk else "INSERT OR IGNORE"
+        written = scalar(con, f"{insert} INTO {name} BY NAME SELECT *, {batch.batch_id} AS _batch_id FROM {query}")
+        if bulk and written:
+            con.execute(f"CREATE UNIQUE INDEX {name}__key ON {name} ({key})")
+        return written
+
+    @staticmethod
+    def _upsert(con: Connection, name: str, query: str, config: dict[str, Any], batch: Batch) -> int:
+        """Replace the rows of the keys the step brings with its newest row per key.
+
+        No index here: DuckDB's ``INSERT OR REPLACE`` read the whole table anyway and checkpointing the
+        index cost more than this delete (a 1.2M-row table: 0.46 s per batch instead of 0.08 s).
+        """
+        key, order_by = config["unique_key"], config["order_by"]
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE __upsert AS SELECT * FROM {query} "
+            f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {order_by} DESC) = 1"
+        )
+        con.execute(f"DELETE FROM {name} WHERE {key} IN (SELECT {key} FROM __upsert)")
+        written = scalar(con, f"INSERT INTO {name} BY NAME SELECT *, {batch.batch_id} AS _batch_id FROM __upsert")
+        con.execute("DROP TABLE __upsert")
+        return written
+
     @staticmethod
     def _has_index(con: Connection, name: str) -> bool:
         return bool(scalar(con, "SELECT count(*) FROM duckdb_indexes() WHERE index_name = ?", [f"{name}__key"]))
@@ -260,28 +295,11 @@ class Project:
         if not table_exists(con, name):
             first = self._compile(name, batch, relations, result, is_incremental=False)
             con.execute(f"CREATE TABLE {name} AS SELECT *, CAST(NULL AS BIGINT) AS _batch_id FROM {first} WHERE false")
-        key = config.get("unique_key") or config.get("dedupe_key")
-        # Conflicts are found through a unique index: no scan of the table's history per step. Into an empty
-        # table the rows go in plainly and the index is built afterwards in bulk, far cheaper than maintaining it
-        # row by row (a first batch of a million rows: 1.5 s instead of 3.1 s, 0.75 GB instead of 1.76 GB).
-        bulk = bool(key) and not self._has_index(con, name) and scalar(con, f"SELECT count(*) = 0 FROM {name}")
-        if key and not bulk:
-            con.execute(f"CREATE UNIQUE INDEX IF NOT EXISTS {name}__key ON {name} ({key})")
         query = self._compile(name, batch, relations, result)
         if config["materialized"] == "table":
-            newest = f"row_number() OVER (PARTITION BY {key} ORDER BY {config['order_by']} DESC)"
-            query = f"(SELECT * FROM {query} QUALIFY {newest} = 1)"
-        insert = (
-            "INSERT"
-            if bulk or not key
-            else "INSERT OR REPLACE"
-            if config["materialized"] == "table"
-            else "INSERT OR IGNORE"
-        )
-        written = scalar(con, f"{insert} INTO {name} BY NAME SELECT *, {batch.batch_id} AS _batch_id FROM {query}")
-        result.rows_written += written
-        if bulk and written:
-            con.execute(f"CREATE UNIQUE INDEX {name}__key ON {name} ({key})")
+            result.rows_written += self._upsert(con, name, query, config, batch)
+        else:
+            result.rows_written += self._append(con, name, query, config.get("dedupe_key"), batch)
         for upstream in self.stream_inputs(name):
             lower, upper = result.offsets_before[upstream], result.offsets_after[upstream]
             result.rows_in += scalar(
