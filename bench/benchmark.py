@@ -202,6 +202,13 @@ def incremental(args: argparse.Namespace) -> None:
         f"INCREMENTAL RATIO over history / over empty = {loaded / empty:.2f}x ({loaded:.3f} s vs {empty:.3f} s, "
         f"peak RSS {median(over_history, 'rss_gb'):.2f} GB vs {median(over_empty, 'rss_gb'):.2f} GB)"
     )
+    for label, runs in (("over history", over_history), ("over empty", over_empty)):
+        steps = {name: statistics.median(r["steps"][name] for r in runs) for name in runs[0]["steps"]}
+        print(
+            f"  {label}: "
+            + ", ".join(f"{name} {seconds:.3f} s" for name, seconds in steps.items())
+            + f", query database {median(runs, 'publish'):.3f} s"
+        )
     target = fresh(args.workdir / "increment.duckdb")
     shutil.copy(history_db, target)
     scans = run("scans", increment_landing, target, args.memory_limit)["statements"]
