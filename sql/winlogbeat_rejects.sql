@@ -6,8 +6,12 @@ WITH unparsed AS (
     SELECT l.* FROM {{ source('landed_lines') }} AS l
     ANTI JOIN (SELECT _seq FROM winlogbeat_stream WHERE _batch_id = {{ batch_id }}) AS parsed USING (_seq)
 ), landed AS (
-    SELECT u.* REPLACE (CAST(u.line AS BLOB) AS line, CAST(u.source_file AS VARCHAR) AS source_file), try(decode(CAST(u.line AS BLOB))) AS text
+    -- the line without the newline a landed file's line still carries
+    SELECT u.* REPLACE (CAST(u.line AS BLOB)[1:u.line_bytes] AS line, CAST(u.source_file AS VARCHAR) AS source_file)
     FROM unparsed AS u
+), decoded AS (
+    SELECT landed.*, try(decode(line)) AS text
+    FROM landed
 )
 SELECT
     source_file,
@@ -30,5 +34,5 @@ SELECT
     octet_length(line) AS raw_bytes,
     left(coalesce(text, CAST(line AS VARCHAR)), 2048) AS raw_text,
     TIMESTAMP '{{ batch_time }}' AS ingested_at
-FROM landed
+FROM decoded
 WHERE text IS NULL OR trim(text, E' \t\r') <> ''{% if kafka %} OR kafka_topic IS NOT NULL{% endif %}

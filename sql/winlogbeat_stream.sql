@@ -20,9 +20,10 @@
  "DestinationIp": "VARCHAR", "DestinationHostname": "VARCHAR", "DestinationPort": "VARCHAR", "DestinationPortName": "VARCHAR"}
 {%- endset %}
 WITH landed AS (
-    SELECT l.* REPLACE (CAST(l.line AS BLOB) AS line, CAST(l.source_file AS VARCHAR) AS source_file), try(decode(CAST(l.line AS BLOB))) AS text  -- NULL if not UTF-8
+    -- a landed file's line keeps its newline here: JSON allows the trailing whitespace, and no copy is made
+    SELECT l.* REPLACE (CAST(l.source_file AS VARCHAR) AS source_file), try(decode(CAST(l.line AS BLOB))) AS text  -- NULL if not UTF-8
     FROM {{ source('landed_lines') }} AS l
-    WHERE octet_length(CAST(l.line AS BLOB)) <= {{ var('max_line_bytes') }}
+    WHERE l.line_bytes <= {{ var('max_line_bytes') }}
 ), parsed AS (
     -- The recipe's own layout (Winlogbeat 6.x) first: most lines are parsed once, against exactly the
     -- fields CREATE STREAM WINLOGBEAT_STREAM declares; only lines it does not describe are parsed again.

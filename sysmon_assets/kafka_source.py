@@ -23,10 +23,10 @@ from typing import Any
 
 import duckdb
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from sysmon_assets.landing import SOURCE_NAME
+from sysmon_assets.landing import KAFKA_LINES_SCHEMA, SOURCE_NAME
 from sysmon_assets.settings import Settings
 
 LOG = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ class KafkaReader:
             raise KafkaSourceError(f"cannot read the end offset of {self.topic}/{partition}: {error}") from error
         return high
 
-    def chunks(self, first_seq: int) -> Iterator[dict[str, pd.DataFrame]]:
+    def chunks(self, first_seq: int) -> Iterator[dict[str, pa.Table]]:
         """Source chunks for the ingest models: ``{'landed_lines': frame}``, bounded in size."""
         by_partition = {progress.partition: progress for progress in self.partitions}
         self.consumer.assign(
@@ -207,7 +207,7 @@ class KafkaReader:
             raise KafkaSourceError(f"reading {self.topic}/{progress.partition}: {error.str()}")
         LOG.warning("reading %s/%s: %s (retrying)", self.topic, progress.partition, error.str())
 
-    def _frame(self, batch: list[Message], first_seq: int, by_partition: dict[int, PartitionProgress]) -> pd.DataFrame:
+    def _frame(self, batch: list[Message], first_seq: int, by_partition: dict[int, PartitionProgress]) -> pa.Table:
         """One row per message, with the columns of a landed line plus the Kafka metadata."""
         partitions = np.fromiter((m.partition() for m in batch), dtype=np.int32, count=len(batch))
         offsets = np.fromiter((m.offset() for m in batch), dtype=np.int64, count=len(batch))
@@ -215,22 +215,23 @@ class KafkaReader:
             progress = by_partition[message.partition()]
             self._note_gap(progress, message.offset())
             progress.position = message.offset() + 1
-        timestamps = [m.timestamp() for m in batch]
-        return pd.DataFrame(
-            {
-                "_seq": np.arange(first_seq, first_seq + len(batch), dtype=np.int64),
-                "source_file": [f"kafka:{self.topic}/{p}" for p in partitions],
-                "source_line": pd.array([None] * len(batch), dtype="Int64"),
-                "source_offset": offsets,
-                "line": pd.Series([m.value() or b"" for m in batch], dtype=object),
-                "kafka_topic": np.full(len(batch), self.topic, dtype=object),
-                "kafka_partition": partitions,
-                "kafka_offset": offsets,
-                "kafka_timestamp_ms": pd.array([ms if kind else None for kind, ms in timestamps], dtype="Int64"),
-                "kafka_key": pd.Series([m.key() for m in batch], dtype=object),
-                "kafka_headers": pd.Series([_headers_json(m) for m in batch], dtype=object),
-            }
-        )
+        values = [m.value() or b"" for m in batch]
+        timestamps = [ms if kind else None for kind, ms in (m.timestamp() for m in batch)]
+        columns = {
+            "_seq": np.arange(first_seq, first_seq + len(batch), dtype=np.int64),
+            "source_file": pa.array([f"kafka:{self.topic}/{p}" for p in partitions]).dictionary_encode(),
+            "source_line": pa.nulls(len(batch), pa.int64()),
+            "source_offset": offsets,
+            "line": pa.array(values, pa.large_binary()),
+            "line_bytes": np.fromiter(map(len, values), dtype=np.int64, count=len(values)),
+            "kafka_topic": pa.array([self.topic] * len(batch), pa.string()),
+            "kafka_partition": partitions,
+            "kafka_offset": offsets,
+            "kafka_timestamp_ms": pa.array(timestamps, pa.int64()),
+            "kafka_key": pa.array([m.key() for m in batch], pa.large_binary()),
+            "kafka_headers": pa.array([_headers_json(m) for m in batch], pa.string()),
+        }
+        return pa.table(columns, schema=KAFKA_LINES_SCHEMA)
 
     def _note_gap(self, progress: PartitionProgress, offset: int) -> None:
         # Offsets are contiguous except after retention deleted what a long-stopped pipeline had not read

@@ -19,17 +19,19 @@ import gzip
 import hashlib
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import duckdb
 import evtx
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 
 LOG = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STATE_TABLE = "ingest.files"
 EVENTS_TABLE = "ingest.file_events"
@@ -40,6 +42,32 @@ PATTERNS = ("*.json", "*.ndjson", "*.json.gz", "*.ndjson.gz", "*.evtx", "winlogb
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
 EVTX_RECORDS_PER_CHUNK = 20_000
 FINGERPRINT_BYTES = 1024
+NEWLINE = ord("\n")
+# Small enough that DuckDB's threads share a chunk's scan, large enough to keep per-batch overhead low.
+ROWS_PER_RECORD_BATCH = 8192
+# What ingest models read as source('landed_lines'); a landed file's lines keep their newline in `line`.
+LANDED_LINES_SCHEMA = pa.schema(
+    [
+        ("_seq", pa.int64()),
+        ("source_file", pa.dictionary(pa.int32(), pa.string())),
+        ("source_line", pa.int64()),
+        ("source_offset", pa.int64()),
+        ("line", pa.large_binary()),
+        ("line_bytes", pa.int64()),
+    ]
+)
+# A Kafka message's row: a landed line's columns and the message's metadata.
+KAFKA_LINES_SCHEMA = pa.schema(
+    [
+        *LANDED_LINES_SCHEMA,
+        ("kafka_topic", pa.string()),
+        ("kafka_partition", pa.int32()),
+        ("kafka_offset", pa.int64()),
+        ("kafka_timestamp_ms", pa.int64()),
+        ("kafka_key", pa.large_binary()),
+        ("kafka_headers", pa.string()),
+    ]
+)
 
 _STATE_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS ingest;
@@ -115,9 +143,9 @@ def _open(progress: FileProgress) -> Iterator[BinaryIO]:
         raise LandingError(f"cannot read landed file {progress.path}: {error}") from error
 
 
-def _read_lines(progress: FileProgress, chunk_bytes: int) -> Iterator[tuple[list[bytes], int]]:
-    """Lists of complete lines (newlines dropped) from the file's current position, each with the
-    number of bytes it spans; a partial last line is held back."""
+def _read_blocks(progress: FileProgress, chunk_bytes: int) -> Iterator[tuple[bytes, np.ndarray]]:
+    """Blocks of complete lines (newlines kept) from the file's current position, each with the
+    positions of its newlines; a partial last line is held back."""
     with _open(progress) as handle:
         pending = b""
         remaining = None if progress.kind == "gzip" else progress.size - progress.position
@@ -132,16 +160,28 @@ def _read_lines(progress: FileProgress, chunk_bytes: int) -> Iterator[tuple[list
                 break
             if remaining is not None:
                 remaining -= len(block)
-            lines = block.split(b"\n")  # split the block as read: no copy of it is made
-            tail = lines.pop()
-            if not lines:
-                pending += tail
-                continue
-            span = len(pending) + len(block) - len(tail)
             if pending:
-                lines[0] = pending + lines[0]
-            pending = tail
-            yield lines, span
+                block = pending + block
+            newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == NEWLINE)
+            if len(newlines) == 0:
+                pending = block
+                continue
+            end = int(newlines[-1]) + 1
+            pending = block[end:]
+            yield (block if end == len(block) else block[:end]), newlines
+
+
+def _read_ahead(items: Iterator[T]) -> Iterator[T]:
+    """``items``, with the next one read in a thread while the caller works on the current one.
+
+    DuckDB releases the GIL while it ingests a chunk, so reading the next block overlaps with it;
+    the positions still advance only when the caller takes a block.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="landing-read") as pool:
+        upcoming = pool.submit(next, items, None)
+        while (item := upcoming.result()) is not None:
+            upcoming = pool.submit(next, items, None)
+            yield item
 
 
 def _evtx_lines(progress: FileProgress, chunk_records: int) -> Iterator[list[bytes]]:
@@ -174,32 +214,45 @@ def _evtx_lines(progress: FileProgress, chunk_records: int) -> Iterator[list[byt
         yield lines
 
 
-def _frame(lines: list[bytes], progress: FileProgress, first_seq: int, offsets: np.ndarray) -> pd.DataFrame:
-    return pd.DataFrame(
+def _frame(
+    lines: pa.Array, line_bytes: np.ndarray, progress: FileProgress, first_seq: int, offsets: np.ndarray
+) -> pa.Table:
+    """The ``landed_lines`` columns, in record batches DuckDB scans in parallel."""
+    count = len(lines)
+    table = pa.table(
         {
-            "_seq": np.arange(first_seq, first_seq + len(lines), dtype=np.int64),
-            "source_file": np.full(len(lines), str(progress.path), dtype=object),
-            "source_line": np.arange(progress.line + 1, progress.line + 1 + len(lines), dtype=np.int64),
+            "_seq": np.arange(first_seq, first_seq + count, dtype=np.int64),
+            "source_file": pa.DictionaryArray.from_arrays(np.zeros(count, dtype=np.int32), [str(progress.path)]),
+            "source_line": np.arange(progress.line + 1, progress.line + 1 + count, dtype=np.int64),
             "source_offset": offsets.astype(np.int64),
-            "line": pd.Series(lines, dtype=object),
-        }
+            "line": lines,
+            "line_bytes": line_bytes.astype(np.int64),
+        },
+        schema=LANDED_LINES_SCHEMA,
     )
+    return pa.Table.from_batches(table.to_batches(max_chunksize=ROWS_PER_RECORD_BATCH), LANDED_LINES_SCHEMA)
 
 
-def _text_frame(lines: list[bytes], span: int, progress: FileProgress, first_seq: int) -> pd.DataFrame:
-    """One row per line: sequence number, file, line number, byte offset, raw bytes."""
-    lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
-    offsets = progress.position + np.concatenate(([0], np.cumsum(lengths + 1)[:-1]))
-    frame = _frame(lines, progress, first_seq, offsets)
-    progress.position += span
-    progress.line += len(lines)
+def _text_frame(block: bytes, newlines: np.ndarray, progress: FileProgress, first_seq: int) -> pa.Table:
+    """One row per line: sequence number, file, line number, byte offset, raw bytes and their length.
+
+    The lines stay in the block as read (no copy per line): each value is a line with its newline,
+    and ``line_bytes`` is its length without it.
+    """
+    starts = np.zeros(len(newlines) + 1, dtype=np.int64)
+    starts[1:] = newlines + 1
+    lines = pa.Array.from_buffers(pa.large_binary(), len(newlines), [None, pa.py_buffer(starts), pa.py_buffer(block)])
+    frame = _frame(lines, np.diff(starts) - 1, progress, first_seq, progress.position + starts[:-1])
+    progress.position += len(block)
+    progress.line += len(newlines)
     return frame
 
 
-def _evtx_frame(lines: list[bytes], progress: FileProgress, first_seq: int) -> pd.DataFrame:
+def _evtx_frame(lines: list[bytes], progress: FileProgress, first_seq: int) -> pa.Table:
     """One row per EVTX record; the offset column holds the record's index in the file."""
     indexes = np.arange(progress.position + 1, progress.position + 1 + len(lines), dtype=np.int64)
-    frame = _frame(lines, progress, first_seq, indexes)
+    lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
+    frame = _frame(pa.array(lines, pa.large_binary()), lengths, progress, first_seq, indexes)
     progress.position += len(lines)
     progress.line += len(lines)
     return frame
@@ -268,23 +321,23 @@ class LandingReader:
                 progress.position += len(lines)
                 progress.line += len(lines)
             return
-        for lines, span in _read_lines(progress, self.chunk_bytes):
-            progress.position += span
-            progress.line += len(lines)
+        for block, newlines in _read_blocks(progress, self.chunk_bytes):
+            progress.position += len(block)
+            progress.line += len(newlines)
 
-    def chunks(self, first_seq: int) -> Iterator[dict[str, pd.DataFrame]]:
+    def chunks(self, first_seq: int) -> Iterator[dict[str, pa.Table]]:
         """Source chunks for the ingest models: ``{'landed_lines': frame}``, bounded in size."""
         seq = first_seq
         for progress in self.files:
+            frames: Iterator[pa.Table]
             if progress.kind == "evtx":
-                frames = (_evtx_frame(lines, progress, 0) for lines in _evtx_lines(progress, EVTX_RECORDS_PER_CHUNK))
+                records = _evtx_lines(progress, EVTX_RECORDS_PER_CHUNK)
+                frames = (_evtx_frame(lines, progress, seq) for lines in records)
             else:
-                frames = (
-                    _text_frame(lines, span, progress, 0) for lines, span in _read_lines(progress, self.chunk_bytes)
-                )
+                blocks = _read_ahead(_read_blocks(progress, self.chunk_bytes))
+                frames = (_text_frame(block, newlines, progress, seq) for block, newlines in blocks)
             for frame in frames:
-                frame["_seq"] += seq
-                seq += len(frame)
+                seq += frame.num_rows
                 yield {SOURCE_NAME: frame}
 
     def commit_offsets(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -317,16 +370,7 @@ class LandingReader:
         return [{"path": str(p.path), "event": e, "detail": d} for p in self.files for e, d in p.notes]
 
 
-def empty_chunk(source: str = "files") -> dict[str, pd.DataFrame]:
+def empty_chunk(source: str = "files") -> dict[str, pa.Table]:
     """A chunk with no lines but the right column types: creates the tables on a first, empty batch."""
-    frame = _frame([], FileProgress("", Path(), 0, 0, 0), 0, np.array([], dtype=np.int64))
-    if source == "kafka":
-        frame = frame.assign(
-            kafka_topic=pd.Series([], dtype=object),
-            kafka_partition=np.array([], dtype=np.int32),
-            kafka_offset=np.array([], dtype=np.int64),
-            kafka_timestamp_ms=pd.array([], dtype="Int64"),
-            kafka_key=pd.Series([], dtype=object),
-            kafka_headers=pd.Series([], dtype=object),
-        )
-    return {SOURCE_NAME: frame}
+    schema = KAFKA_LINES_SCHEMA if source == "kafka" else LANDED_LINES_SCHEMA
+    return {SOURCE_NAME: schema.empty_table()}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sysmon_assets import landing
 from sysmon_assets.landing import LandingError, list_landed_files
 from sysmon_assets.pipeline import PipelineError
 from tests.conftest import Lake, network_connect, process_create
@@ -181,3 +182,53 @@ def test_a_file_event_is_recorded_once_however_many_chunks_the_batch_commits(tmp
     lake.batch()
     assert lake.count("winlogbeat_stream") == 21
     assert lake.rows("SELECT event, path FROM ingest.file_events") == [("truncated", str(first))]
+
+
+def test_lines_split_across_chunks_keep_their_numbers_offsets_and_bytes(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    lake.pipeline.chunk_bytes = 100  # many blocks, and lines longer than one block
+    lines = [
+        json.dumps(process_create("{A}")).encode(),
+        b"not json\r",
+        b"",
+        json.dumps(network_connect("{A}")).encode() + b"\r",
+        b"   ",
+        b"[1, 2]",
+        json.dumps(network_connect("{A}", "10.0.0.9")).encode(),
+    ]
+    path = lake.landing / "w.ndjson"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    starts = [sum(len(line) + 1 for line in lines[:i]) for i in range(len(lines))]
+    lake.batch()
+    assert lake.rows("SELECT _source_line, _source_offset FROM winlogbeat_stream ORDER BY _seq") == [
+        (1, starts[0]),
+        (4, starts[3]),
+        (7, starts[6]),
+    ]
+    assert lake.rows("SELECT source_line, source_offset, raw_bytes, raw_text FROM winlogbeat_rejects ORDER BY 1") == [
+        (2, starts[1], 9, "not json\r"),
+        (6, starts[5], 6, "[1, 2]"),
+    ]
+    assert lake.rows("SELECT position, line_number FROM ingest.files") == [(path.stat().st_size, len(lines))]
+    assert lake.count("sysmon_join") == 2
+
+
+def test_a_read_error_after_some_blocks_keeps_what_was_committed(lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    lake.pipeline.chunk_bytes = 64
+    path = lake.land([network_connect("{A}", f"10.0.0.{i}") for i in range(5)])
+    read_blocks = landing._read_blocks
+
+    def failing_after_two(progress: landing.FileProgress, chunk_bytes: int):  # type: ignore[no-untyped-def]
+        blocks = read_blocks(progress, chunk_bytes)
+        yield next(blocks)
+        yield next(blocks)
+        raise LandingError(f"cannot read landed file {progress.path}: disk gone")
+
+    monkeypatch.setattr(landing, "_read_blocks", failing_after_two)
+    with pytest.raises(LandingError, match="disk gone"):
+        lake.batch()
+    assert lake.count("winlogbeat_stream") == 2
+    monkeypatch.setattr(landing, "_read_blocks", read_blocks)
+    lake.batch()
+    assert lake.rows("SELECT _source_line FROM winlogbeat_stream ORDER BY _seq") == [(i,) for i in range(1, 6)]
+    assert lake.rows("SELECT position FROM ingest.files") == [(path.stat().st_size,)]
