@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import numpy as np
@@ -57,11 +57,18 @@ class PartitionProgress:
 
     partition: int
     position: int | None  # None: not known yet (earliest of a partition never read)
+    committed: int | None = None  # the position DuckDB holds
     consumed: int = 0
     consumed_bytes: int = 0
     done: bool = False
     notes: list[tuple[str, str]] = field(default_factory=list)
     notes_recorded: int = 0
+    gap_checked: bool = False
+
+    @property
+    def uncommitted(self) -> bool:
+        """Whether DuckDB does not hold this partition's position or notes yet."""
+        return self.position != self.committed or self.notes_recorded < len(self.notes)
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
@@ -72,7 +79,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "enable.partition.eof": True,
-        # Only used when a stored offset no longer exists (retention); the gap is recorded, see _note_gap.
+        # Only used when a stored offset no longer exists (retention, truncation): recorded, see _check_jump.
         "auto.offset.reset": "earliest",
     }
 
@@ -136,15 +143,17 @@ class KafkaReader:
             position = stored.get(partition)
             if position is None and first_batch_ever and self.settings.offset_reset == "latest":
                 position = self._end_offset(partition)
-            self.partitions.append(PartitionProgress(partition, position))
+            self.partitions.append(PartitionProgress(partition, position, committed=stored.get(partition)))
         return self.partitions
 
-    def _end_offset(self, partition: int) -> int:
+    def _watermarks(self, partition: int) -> tuple[int, int]:
         try:
-            _, high = self.consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=15)
+            return self.consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=15)
         except KafkaException as error:
-            raise KafkaSourceError(f"cannot read the end offset of {self.topic}/{partition}: {error}") from error
-        return high
+            raise KafkaSourceError(f"cannot read the offsets of {self.topic}/{partition}: {error}") from error
+
+    def _end_offset(self, partition: int) -> int:
+        return self._watermarks(partition)[1]
 
     def chunks(self, first_seq: int) -> Iterator[dict[str, pa.Table]]:
         """Source chunks for the ingest models: ``{'landed_lines': frame}``, bounded in size."""
@@ -162,11 +171,12 @@ class KafkaReader:
             batch.append(message)
             batch_bytes += len(message.value() or b"")
             if batch_bytes >= self.chunk_bytes or len(batch) >= CHUNK_MESSAGES:
-                yield {SOURCE_NAME: self._frame(batch, seq, by_partition)}
+                yield {SOURCE_NAME: self._frame(batch, seq)}
                 seq += len(batch)
                 batch, batch_bytes = [], 0
-        if batch:
-            yield {SOURCE_NAME: self._frame(batch, seq, by_partition)}
+        if batch or any(p.uncommitted for p in self.partitions):
+            # also when no message came: positions moved past transaction markers, or a gap to record
+            yield {SOURCE_NAME: self._frame(batch, seq)}
 
     def _messages(self, by_partition: dict[int, PartitionProgress]) -> Iterator[Message]:
         """Messages in offset order per partition until every partition reached its end or its limit."""
@@ -187,8 +197,10 @@ class KafkaReader:
                     continue  # fetched past this partition's limit: read again next batch
                 error = message.error()
                 if error is not None:
-                    self._on_error(error, progress)
+                    self._on_error(error, progress, message.offset())
                     continue
+                self._check_jump(progress, message.offset())
+                progress.position = message.offset() + 1
                 yield message
                 progress.consumed += 1
                 progress.consumed_bytes += len(message.value() or b"")
@@ -199,22 +211,23 @@ class KafkaReader:
                     progress.done = True
                     self.consumer.pause([TopicPartition(self.topic, progress.partition)])
 
-    def _on_error(self, error: KafkaError, progress: PartitionProgress) -> None:
+    def _on_error(self, error: KafkaError, progress: PartitionProgress, offset: int | None) -> None:
         if error.code() == KafkaError._PARTITION_EOF:
             progress.done = True
+            # The end can lie past the last message (a transaction's commit marker): the position moves there,
+            # or the consumer group would lag forever.
+            if offset is not None and offset >= 0 and (progress.position is None or offset > progress.position):
+                self._check_jump(progress, offset)
+                progress.position = offset
             return
         if error.fatal() or not error.retriable():
             raise KafkaSourceError(f"reading {self.topic}/{progress.partition}: {error.str()}")
         LOG.warning("reading %s/%s: %s (retrying)", self.topic, progress.partition, error.str())
 
-    def _frame(self, batch: list[Message], first_seq: int, by_partition: dict[int, PartitionProgress]) -> pa.Table:
+    def _frame(self, batch: list[Message], first_seq: int) -> pa.Table:
         """One row per message, with the columns of a landed line plus the Kafka metadata."""
         partitions = np.fromiter((m.partition() for m in batch), dtype=np.int32, count=len(batch))
         offsets = np.fromiter((m.offset() for m in batch), dtype=np.int64, count=len(batch))
-        for message in batch:
-            progress = by_partition[message.partition()]
-            self._note_gap(progress, message.offset())
-            progress.position = message.offset() + 1
         values = [m.value() or b"" for m in batch]
         timestamps = [ms if kind else None for kind, ms in (m.timestamp() for m in batch)]
         columns = {
@@ -233,13 +246,36 @@ class KafkaReader:
         }
         return pa.table(columns, schema=KAFKA_LINES_SCHEMA)
 
-    def _note_gap(self, progress: PartitionProgress, offset: int) -> None:
-        # Offsets are contiguous except after retention deleted what a long-stopped pipeline had not read
-        # (or on a compacted topic): say so instead of skipping silently.
-        if progress.position is not None and offset > progress.position:
-            detail = f"offsets {progress.position}..{offset - 1} were no longer in the topic"
-            LOG.warning("%s/%s: %s", self.topic, progress.partition, detail)
-            progress.notes.append(("offsets_skipped", detail))
+    def _check_jump(self, progress: PartitionProgress, offset: int) -> None:
+        """Record what a jump from the stored position to ``offset`` means, instead of skipping silently.
+
+        Forward jumps are normal past transaction markers and on compacted topics; only retention
+        (the earliest offset now lies past the position) is a gap. A backward jump means the stored
+        position is beyond what the partition holds (truncated, or the topic recreated) and the
+        consumer started again from the earliest offset.
+        """
+        if progress.position is None or offset == progress.position:
+            return
+        where = f"{self.topic}/{progress.partition}"
+        if offset < progress.position:
+            event = "offsets_reset"
+            detail = (
+                f"the stored next offset {progress.position} is past what the partition holds (truncated or "
+                f"recreated): read again from offset {offset}"
+            )
+        elif not progress.gap_checked:
+            progress.gap_checked = True
+            earliest, _ = self._watermarks(progress.partition)
+            if earliest <= progress.position:
+                return
+            event, detail = (
+                "offsets_skipped",
+                f"offsets {progress.position}..{earliest - 1} were no longer in the topic",
+            )
+        else:
+            return
+        LOG.warning("%s: %s", where, detail)
+        progress.notes.append((event, detail))
 
     def commit_offsets(self, con: duckdb.DuckDBPyConnection) -> None:
         """Record the next offset of every partition read so far; call inside the transaction that
@@ -251,6 +287,7 @@ class KafkaReader:
                 f"INSERT OR REPLACE INTO {OFFSETS_TABLE} VALUES (?, ?, ?, now())",
                 [self.topic, progress.partition, progress.position],
             )
+            progress.committed = progress.position
             for event, detail in progress.notes[progress.notes_recorded :]:
                 con.execute(
                     f"INSERT INTO {EVENTS_TABLE} VALUES (now(), ?, ?, ?, ?)",
@@ -268,12 +305,18 @@ class KafkaReader:
         ]
 
     def close(self) -> None:
-        """Commit the positions to the consumer group (monitoring only) and leave it."""
-        offsets = [TopicPartition(self.topic, p.partition, p.position) for p in self.partitions if p.position]
+        """Commit the offsets DuckDB holds to the consumer group (monitoring only) and leave it.
+
+        The offsets are read back from DuckDB, so a batch that failed half-way shows its real lag.
+        """
         try:
-            if offsets:
+            stored = self.con.execute(
+                f'SELECT "partition", next_offset FROM {OFFSETS_TABLE} WHERE topic = ?', [self.topic]
+            ).fetchall()
+            if stored:
+                offsets = [TopicPartition(self.topic, partition, offset) for partition, offset in stored]
                 self.consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as error:
+        except (KafkaException, duckdb.Error) as error:
             LOG.warning(
                 "committing %s offsets to group %s (monitoring only): %s", self.topic, self.settings.kafka_group, error
             )
@@ -281,9 +324,17 @@ class KafkaReader:
             self.consumer.close()
 
 
-def consumer_lag(settings: Settings, consumer_factory: ConsumerFactory = Consumer) -> dict[int, int]:
-    """Messages per partition beyond the consumer group's committed offsets (a partition never
-    committed counts from its earliest offset). Reads Kafka only, never the DuckDB file."""
+class PartitionLag(NamedTuple):
+    """How far the consumer group is behind one partition's end."""
+
+    lag: int
+    end: int
+
+
+def consumer_lag(settings: Settings, consumer_factory: ConsumerFactory = Consumer) -> dict[int, PartitionLag]:
+    """Per partition: messages beyond the consumer group's committed offset (a partition never
+    committed counts from its earliest offset), and the end offset. Reads Kafka only, never the
+    DuckDB file."""
     consumer = consumer_factory(consumer_config(settings))
     try:
         partitions = topic_partitions(consumer, settings, settings.kafka_topic)
@@ -291,7 +342,7 @@ def consumer_lag(settings: Settings, consumer_factory: ConsumerFactory = Consume
         lag = {}
         for tp in committed:
             low, high = consumer.get_watermark_offsets(tp, timeout=15)
-            lag[tp.partition] = max(0, high - (tp.offset if tp.offset >= 0 else low))
+            lag[tp.partition] = PartitionLag(max(0, high - (tp.offset if tp.offset >= 0 else low)), high)
         return lag
     except KafkaException as error:
         raise KafkaSourceError(

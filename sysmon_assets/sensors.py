@@ -35,14 +35,23 @@ def evaluate_landing(landing_dir: Path, cursor: str | None) -> tuple[RunRequest 
 
 
 def evaluate_kafka(settings: Settings) -> RunRequest | SkipReason:
-    """A run request when the consumer group lags behind the topic's end on any partition."""
+    """A run request when the consumer group lags behind the topic's end on any partition.
+
+    The run key names the partitions' end offsets, so a lag that persists while a requested batch
+    is queued or running does not request another one.
+    """
     try:
         lag = consumer_lag(settings)
     except KafkaSourceError as error:
         return SkipReason(str(error))
-    if not any(lag.values()):
+    behind = sum(partition.lag for partition in lag.values())
+    if not behind:
         return SkipReason(f"no consumer lag on {settings.kafka_topic}")
-    return RunRequest(tags={"sysmon/trigger": "kafka_lag", "sysmon/lag": str(sum(lag.values()))})
+    ends = ",".join(f"{partition}:{lag[partition].end}" for partition in sorted(lag))
+    return RunRequest(
+        run_key=f"kafka:{settings.kafka_topic}:{ends}",
+        tags={"sysmon/trigger": "kafka_lag", "sysmon/lag": str(behind)},
+    )
 
 
 @sensor(

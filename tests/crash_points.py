@@ -44,7 +44,7 @@ def arm(point: str, n: int) -> None:
         return frame(self, *args)
 
     def die_before_close(self):
-        if point == "after-ingest":
+        if point == "after-ingest" and sys.exc_info()[1] is None:  # only after an ingest that succeeded
             die()
         close(self)
 

@@ -10,6 +10,11 @@ import sys
 import zlib
 from pathlib import Path
 
+import duckdb
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from sysmon_assets.kafka_source import KafkaReader, PartitionLag, consumer_lag
 from sysmon_assets.pipeline import SysmonPipeline
 from sysmon_assets.sample import write_sample
 from sysmon_assets.settings import Settings
@@ -32,8 +37,6 @@ def kafka_settings(root: Path, broker: Broker, topic: str, **overrides) -> Setti
 
 
 def rows(db: Path, sql: str) -> list[tuple]:
-    import duckdb
-
     with duckdb.connect(str(db), read_only=True) as con:
         return con.execute(sql).fetchall()
 
@@ -102,8 +105,6 @@ def test_offsets_live_in_duckdb_and_an_idle_batch_reads_nothing(tmp_path: Path, 
     ]
     assert rows(settings.duckdb_path, "SELECT _batch_id, count(*) FROM winlogbeat_stream GROUP BY 1") == [(1, 6)]
     # The group's Kafka-side offsets follow, for monitoring.
-    from confluent_kafka import Consumer, TopicPartition
-
     consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": settings.kafka_group})
     committed = consumer.committed([TopicPartition(topic, p) for p in range(3)], timeout=15)
     consumer.close()
@@ -214,3 +215,120 @@ def test_dagster_assets_read_kafka_and_the_freshness_check_follows_the_topic(
     assert freshness.passed
     assert freshness.metadata["topic"].value == topic
     assert rows(settings.duckdb_path, "SELECT process_guid FROM sysmon_join") == [("{D}",)]
+
+
+def stored_offsets(db: Path) -> list[tuple]:
+    return rows(db, 'SELECT "partition", next_offset FROM ingest.kafka_offsets ORDER BY 1')
+
+
+def source_events(db: Path) -> list[tuple]:
+    return rows(db, "SELECT event, detail FROM ingest.file_events ORDER BY detected_at")
+
+
+def test_transaction_markers_are_passed_without_a_gap_and_the_lag_reaches_zero(
+    tmp_path: Path, kafka_broker: Broker
+) -> None:
+    topic = kafka_broker.create_topic(partitions=1)
+    kafka_broker.produce(topic, [process_create(f"{{T{i}}}") for i in range(3)], partition=0, transactional_id="tx-a")
+    settings = kafka_settings(tmp_path, kafka_broker, topic)
+    pipeline = SysmonPipeline(settings)
+    pipeline.run_batch(batch_time=T0)
+    assert stored_offsets(settings.duckdb_path) == [(0, 4)]  # 3 records and the commit marker
+    assert consumer_lag(settings) == {0: PartitionLag(lag=0, end=4)}
+    kafka_broker.produce(
+        topic, [network_connect("{T0}"), network_connect("{T1}")], partition=0, transactional_id="tx-a"
+    )
+    pipeline.run_batch(batch_time=T0)
+    assert ingested(settings.duckdb_path) == [(0, 0), (0, 1), (0, 2), (0, 4), (0, 5)]
+    assert stored_offsets(settings.duckdb_path) == [(0, 7)]
+    assert consumer_lag(settings)[0].lag == 0
+    assert source_events(settings.duckdb_path) == []
+    assert rows(settings.duckdb_path, "SELECT count(*) FROM sysmon_join") == [(2,)]
+
+
+def test_a_failed_batch_commits_to_the_group_only_what_duckdb_holds(
+    tmp_path: Path, kafka_broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic = kafka_broker.create_topic(partitions=1)
+    kafka_broker.produce(topic, [process_create(f"{{F{i}}}") for i in range(6)], partition=0, one_per_request=True)
+    settings = kafka_settings(tmp_path, kafka_broker, topic)
+    commit_offsets, calls = KafkaReader.commit_offsets, []
+
+    def fails_on_the_third_message(self: KafkaReader, con: object) -> None:
+        calls.append(1)
+        if len(calls) == 4:  # the first batch's empty chunk, then one chunk per message
+            raise RuntimeError("disk full")
+        commit_offsets(self, con)
+
+    monkeypatch.setattr(KafkaReader, "commit_offsets", fails_on_the_third_message)
+    with pytest.raises(RuntimeError, match="disk full"):
+        SysmonPipeline(settings, chunk_bytes=1).run_batch(batch_time=T0)
+    assert stored_offsets(settings.duckdb_path) == [(0, 2)]
+    assert consumer_lag(settings)[0].lag == 4  # the group follows DuckDB, not what was fetched
+    monkeypatch.setattr(KafkaReader, "commit_offsets", commit_offsets)
+    SysmonPipeline(settings).run_batch(batch_time=T0)
+    assert ingested(settings.duckdb_path) == [(0, offset) for offset in range(6)]
+    assert consumer_lag(settings)[0].lag == 0
+
+
+def test_a_stored_offset_past_the_partitions_end_is_recorded_and_the_partition_read_again(
+    tmp_path: Path, kafka_broker: Broker
+) -> None:
+    """Kafka answers a fetch past the end with OFFSET_OUT_OF_RANGE and librdkafka starts again from the
+    earliest offset (auto.offset.reset); tansu answers with nothing, so the consumer here does that reset."""
+    topic = kafka_broker.create_topic(partitions=1)
+    kafka_broker.produce(topic, [process_create(f"{{R{i}}}") for i in range(3)], partition=0, one_per_request=True)
+    settings = kafka_settings(tmp_path, kafka_broker, topic)
+    pipeline = SysmonPipeline(settings)
+    pipeline.run_batch(batch_time=T0)
+    with duckdb.connect(str(settings.duckdb_path)) as con:  # as if the topic had been truncated or recreated
+        con.execute("UPDATE ingest.kafka_offsets SET next_offset = 100")
+
+    class ResetsOutOfRange(Consumer):
+        def assign(self, partitions: list[TopicPartition]) -> None:
+            for tp in partitions:
+                if tp.offset > self.get_watermark_offsets(tp, timeout=15)[1]:
+                    tp.offset = -2
+            super().assign(partitions)
+
+    with pipeline.connect() as con:
+        reader = KafkaReader(con, settings, consumer_factory=ResetsOutOfRange)
+        reader.plan(first_batch_ever=False)
+        frames = list(reader.chunks(first_seq=100))
+        reader.close()
+    assert [chunk["landed_lines"].column("kafka_offset").to_pylist() for chunk in frames] == [[0, 1, 2]]
+    assert [(p.partition, p.position) for p in reader.partitions] == [(0, 3)]
+    ((event, detail),) = [(e["event"], e["detail"]) for e in reader.file_events]
+    assert event == "offsets_reset"
+    assert "stored next offset 100" in detail and "from offset 0" in detail
+
+
+def test_a_gap_is_recorded_only_when_the_earliest_offset_moved_past_the_position(
+    tmp_path: Path, kafka_broker: Broker
+) -> None:
+    """Tansu cannot delete records, so the consumer reports an earliest offset as retention would leave it;
+    the jump itself (past a transaction marker) comes from the real broker."""
+    topic = kafka_broker.create_topic(partitions=1)
+    for name in ("tx-1", "tx-2"):
+        kafka_broker.produce(topic, [process_create(None)] * 3, partition=0, transactional_id=name)
+    # offsets: records 0-2, marker 3, records 4-6, marker 7
+    settings = kafka_settings(tmp_path, kafka_broker, topic, kafka_max_messages=3)
+    SysmonPipeline(settings).run_batch(batch_time=T0)
+    assert stored_offsets(settings.duckdb_path) == [(0, 3)]
+
+    class RetainedFrom4(Consumer):
+        def get_watermark_offsets(self, partition: TopicPartition, *args, **kwargs) -> tuple[int, int]:
+            low, high = super().get_watermark_offsets(partition, *args, **kwargs)
+            return max(low, 4), high
+
+    reader = SysmonPipeline(settings)
+    with reader.connect() as con:
+        kafka = KafkaReader(con, settings, consumer_factory=RetainedFrom4)
+        kafka.plan(first_batch_ever=False)
+        frames = list(kafka.chunks(first_seq=100))
+        kafka.close()
+    assert [chunk["landed_lines"].column("kafka_offset").to_pylist() for chunk in frames] == [[4, 5, 6]]
+    assert [(p.partition, p.position) for p in kafka.partitions] == [(0, 7)]  # the limit of 3 came first
+    assert kafka.file_events == [
+        {"path": f"kafka:{topic}/0", "event": "offsets_skipped", "detail": "offsets 3..3 were no longer in the topic"}
+    ]

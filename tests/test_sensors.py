@@ -59,6 +59,8 @@ def test_with_kafka_the_sensor_requests_a_batch_while_the_consumer_group_lags(
     decision = landing_sensor(context)
     assert isinstance(decision, RunRequest)
     assert decision.tags["sysmon/lag"] == "3"
+    # the same ends, the same key: Dagster requests no second run while the first is queued or running
+    assert decision.run_key == f"kafka:{topic}:0:0,1:3" == landing_sensor(context).run_key
     SysmonPipeline(Settings.from_env()).run_batch()
     assert isinstance(landing_sensor(context), SkipReason)
 
