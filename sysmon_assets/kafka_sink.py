@@ -1,16 +1,17 @@
 """Publish new ``sysmon_join`` rows to a Kafka topic (default ``SYSMON_JOIN``), as the recipe's stream is.
 
 Each message is one joined row as JSON with the recipe's upper-case column names (KSQL's own
-JSON output), keyed by PROCESS_GUID, with headers ``sysmon_batch_id`` and ``sysmon_seq``;
+JSON output), keyed by PROCESS_GUID, with headers ``sysmon_pipeline`` (an id this DuckDB file
+draws once, so pipelines sharing the topic are told apart), ``sysmon_batch_id`` and ``sysmon_seq``;
 timestamps are epoch milliseconds, as KSQL's STRINGTOTIMESTAMP gives them. The producer is
 idempotent (no duplicates from its own retries).
 
 What was published is tracked in DuckDB (``ingest.kafka_sink``): a range of batches is marked
-``publishing`` (committed) before the first message is sent and ``done`` once the broker
-acknowledged every message, with the highest offset written per partition. A restart never
-sends a ``done`` range again; a range left ``publishing`` by a crash is first checked against
-the topic (every message after the last ``done`` offsets is read back) and only the rows not
-found there are sent.
+``publishing`` (committed, with the topic's end offsets at that moment) before the first message
+is sent and ``done`` once the broker acknowledged every message, with the highest offset written
+per partition. A restart never sends a ``done`` range again; a range left ``publishing`` by a
+crash is first checked against the topic (this pipeline's messages from those end offsets on are
+read back) and only the rows not found there are sent.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,13 +34,17 @@ from sysmon_assets.settings import Settings
 LOG = logging.getLogger(__name__)
 
 SINK_TABLE = "ingest.kafka_sink"
+IDENTITY_TABLE = "ingest.pipeline_identity"
 JOIN_TABLE = "sysmon_join"
 _STATE_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS ingest;
 CREATE TABLE IF NOT EXISTS {SINK_TABLE} (
     topic VARCHAR, after_batch BIGINT, through_batch BIGINT, state VARCHAR, messages BIGINT,
     last_offsets JSON, updated_at TIMESTAMP, PRIMARY KEY (topic, through_batch));
+ALTER TABLE {SINK_TABLE} ADD COLUMN IF NOT EXISTS start_offsets JSON;
+CREATE TABLE IF NOT EXISTS {IDENTITY_TABLE} (pipeline_id VARCHAR);
 """
+READ_BACK_SECONDS = 60
 
 
 class KafkaSinkError(RuntimeError):
@@ -105,7 +111,9 @@ class JoinSink:
         if latest <= done:
             return Published(self.topic, done, 0, recovered)
         con.execute(
-            f"INSERT INTO {SINK_TABLE} VALUES (?, ?, ?, 'publishing', NULL, NULL, now())", [self.topic, done, latest]
+            f"INSERT INTO {SINK_TABLE} (topic, after_batch, through_batch, state, start_offsets, updated_at) "
+            "VALUES (?, ?, ?, 'publishing', ?, now())",
+            [self.topic, done, latest, json.dumps(self._end_offsets())],
         )
         return Published(self.topic, latest, self._send(con, done, latest, already_sent=set()), recovered)
 
@@ -113,6 +121,7 @@ class JoinSink:
         self, con: duckdb.DuckDBPyConnection, after: int, through: int, already_sent: set[tuple[int, int]]
     ) -> int:
         rows = con.execute(_message_sql(con), [after, through]).fetchall()
+        pipeline_id = self._pipeline_id(con).encode()
         producer = self.producer_factory(
             {**self.settings.kafka_client_config(), "enable.idempotence": True, "acks": "all", "linger.ms": 20}
         )
@@ -129,11 +138,22 @@ class JoinSink:
         for batch_id, seq, guid, value in rows:
             if (batch_id, seq) in already_sent:
                 continue
-            headers = [("sysmon_batch_id", str(batch_id).encode()), ("sysmon_seq", str(seq).encode())]
-            self._produce(producer, guid, value, headers, delivered)
+            headers = [
+                ("sysmon_pipeline", pipeline_id),
+                ("sysmon_batch_id", str(batch_id).encode()),
+                ("sysmon_seq", str(seq).encode()),
+            ]
+            try:
+                self._produce(producer, guid, value, headers, delivered)
+            except KafkaException as error:
+                _abandon(producer)
+                raise KafkaSinkError(
+                    f"publishing batch {batch_id} row {seq} (process_guid {guid}) to {self.topic}: {error}"
+                ) from error
             sent += 1
         unsent = producer.flush(60)
         if unsent or failures:
+            _abandon(producer)
             raise KafkaSinkError(
                 f"publishing batches {after + 1}..{through} to {self.topic} at {self.settings.kafka_bootstrap}: "
                 f"{unsent} unacknowledged, failures: {failures[:3]}"
@@ -159,6 +179,44 @@ class JoinSink:
             except BufferError:  # the local queue is full: let deliveries drain it
                 producer.poll(0.5)
 
+    def _pipeline_id(self, con: duckdb.DuckDBPyConnection) -> str:
+        """This DuckDB file's pipeline id, drawn on first use."""
+        row = first_row(con, f"SELECT pipeline_id FROM {IDENTITY_TABLE}")
+        if row:
+            return row[0]
+        pipeline_id = str(uuid.uuid4())
+        con.execute(f"INSERT INTO {IDENTITY_TABLE} VALUES (?)", [pipeline_id])
+        return pipeline_id
+
+    def _consumer(self) -> Consumer:
+        return self.consumer_factory(
+            {
+                **self.settings.kafka_client_config(),
+                "group.id": f"{self.settings.kafka_group}-sink-check",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",
+            }
+        )
+
+    def _end_offsets(self) -> dict[str, int]:
+        """The sink topic's end offset per partition ({} while the topic does not exist yet)."""
+        consumer = self._consumer()
+        try:
+            metadata = consumer.list_topics(self.topic, timeout=15).topics.get(self.topic)
+            if metadata is None or metadata.error is not None:
+                return {}
+            return {
+                str(p): consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=15)[1]
+                for p in metadata.partitions
+            }
+        except KafkaException as error:
+            raise KafkaSinkError(
+                f"reading the end offsets of {self.topic} at {self.settings.kafka_bootstrap}: {error}"
+            ) from error
+        finally:
+            consumer.close()
+
     def _merged_offsets(self, con: duckdb.DuckDBPyConnection, new: dict[int, int]) -> dict[str, int]:
         merged = self._done_offsets(con)
         for partition, offset in new.items():
@@ -175,26 +233,26 @@ class JoinSink:
         return {int(p): o for p, o in json.loads(text[0]).items()} if text and text[0] else {}
 
     def _read_back(self, con: duckdb.DuckDBPyConnection, after: int, through: int) -> set[tuple[int, int]]:
-        """(batch id, seq) of this range's messages already in the topic, read from after the last done offsets."""
-        done = self._done_offsets(con)
-        consumer = self.consumer_factory(
-            {
-                **self.settings.kafka_client_config(),
-                "group.id": f"{self.settings.kafka_group}-sink-check",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-            }
+        """(batch id, seq) of this range's messages already in the topic: this pipeline's messages from the
+        end offsets recorded when the range started."""
+        start = first_row(
+            con, f"SELECT start_offsets FROM {SINK_TABLE} WHERE topic = ? AND through_batch = ?", [self.topic, through]
         )
+        start_offsets = {int(p): o for p, o in json.loads(start[0]).items()} if start and start[0] else {}
+        pipeline_id = self._pipeline_id(con).encode()
+        consumer = self._consumer()
         found: set[tuple[int, int]] = set()
         try:
             partitions = consumer.list_topics(self.topic, timeout=15).topics[self.topic].partitions
-            consumer.assign([TopicPartition(self.topic, p, done.get(p, -1) + 1) for p in partitions])
+            # -2: the beginning of a partition with no recorded start (created since)
+            consumer.assign([TopicPartition(self.topic, p, start_offsets.get(p, -2)) for p in partitions])
             ended: set[int] = set()
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + READ_BACK_SECONDS
             while len(ended) < len(partitions):
                 if time.monotonic() > deadline:
                     raise KafkaSinkError(
-                        f"reading back {self.topic} to resume batches {after + 1}..{through}: timed out"
+                        f"reading back {self.topic} to resume batches {after + 1}..{through}: "
+                        f"no end of every partition within {READ_BACK_SECONDS} s"
                     )
                 for message in consumer.consume(1000, timeout=0.2):
                     if message.error() is not None:
@@ -202,7 +260,7 @@ class JoinSink:
                             ended.add(message.partition())
                         continue
                     headers = dict(message.headers() or [])
-                    if "sysmon_batch_id" in headers and "sysmon_seq" in headers:
+                    if headers.get("sysmon_pipeline") == pipeline_id:
                         found.add((int(headers["sysmon_batch_id"]), int(headers["sysmon_seq"])))
         except KafkaException as error:
             raise KafkaSinkError(f"reading back {self.topic} at {self.settings.kafka_bootstrap}: {error}") from error
@@ -210,3 +268,9 @@ class JoinSink:
             consumer.close()
         LOG.info("%s: %d messages of batches %d..%d were already published", self.topic, len(found), after + 1, through)
         return found
+
+
+def _abandon(producer: Producer) -> None:
+    """Drop what is still queued so nothing of a failed publish arrives after the next run's read-back."""
+    producer.purge(in_queue=True, in_flight=True)
+    producer.flush(5)

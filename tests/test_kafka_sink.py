@@ -111,8 +111,43 @@ def test_an_unreachable_sink_fails_the_publish_and_keeps_the_range(tmp_path: Pat
     lake.land([process_create("{A}"), network_connect("{A}")])
     with pytest.raises(KafkaSinkError, match=re.escape("127.0.0.1:1")):
         lake.batch()
-    assert lake.rows("SELECT state FROM ingest.kafka_sink") == [("publishing",)]
+    assert lake.rows("SELECT count(*) FROM ingest.kafka_sink WHERE state = 'done'") == [(0,)]
     assert lake.count("sysmon_join") == 1
+
+
+def test_pipelines_sharing_the_sink_topic_each_resume_their_own_range(tmp_path: Path, kafka_broker: Broker) -> None:
+    """Batch ids and seqs count from 1 in every DuckDB file: the read-back must not take another pipeline's
+    messages for its own."""
+    first = sink_lake(tmp_path / "a", kafka_broker)
+    second = Lake(
+        tmp_path / "b",
+        kafka_sink=True,
+        kafka_bootstrap=kafka_broker.bootstrap,
+        kafka_sink_topic=first.settings.kafka_sink_topic,
+    )
+    for lake, guid in ((first, "{HA}"), (second, "{HB}")):
+        lake.land([process_create(guid), network_connect(guid)])
+        lake.batch()
+        lake.land([network_connect(guid, dst_ip="10.2.2.2")])
+
+    class DiesBeforeSending:
+        def __init__(self, config: dict) -> None:
+            self.producer = Producer(config)
+
+        def produce(self, *args, **kwargs) -> None:
+            raise KeyboardInterrupt("killed before the first message")
+
+    crashing = SysmonPipeline(first.settings)
+    for name in crashing.project.primary_models():
+        crashing.run_model(name, "second", T0)
+    with pytest.raises(KeyboardInterrupt), crashing.connect() as con:
+        JoinSink(first.settings, producer_factory=DiesBeforeSending).publish(con)
+    second.batch()  # the other pipeline's batch 2: the same batch id and seq numbers
+    first.batch()  # the restart resumes batch 2 of the first pipeline
+    messages = published(kafka_broker, first)
+    sent = sorted((m["key"], m["value"]["DST_IP_ADDR"]) for m in messages)
+    assert sent == sorted((guid, ip) for guid in (b"{HA}", b"{HB}") for ip in ("10.0.0.1", "10.2.2.2"))
+    assert len({m["headers"]["sysmon_pipeline"] for m in messages}) == 2
 
 
 def test_the_sink_needs_a_bootstrap_server() -> None:
