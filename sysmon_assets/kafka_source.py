@@ -24,8 +24,9 @@ from typing import Any, NamedTuple
 import duckdb
 import numpy as np
 import pyarrow as pa
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from sysmon_assets.arrow_columns import bytes_array, dictionary_strings, int_array, strings_array
 from sysmon_assets.landing import KAFKA_LINES_SCHEMA, SOURCE_NAME
 from sysmon_assets.settings import Settings
 
@@ -229,22 +230,25 @@ class KafkaReader:
         partitions = np.fromiter((m.partition() for m in batch), dtype=np.int32, count=len(batch))
         offsets = np.fromiter((m.offset() for m in batch), dtype=np.int64, count=len(batch))
         values = [m.value() or b"" for m in batch]
-        timestamps = [ms if kind else None for kind, ms in (m.timestamp() for m in batch)]
-        columns = {
-            "_seq": np.arange(first_seq, first_seq + len(batch), dtype=np.int64),
-            "source_file": pa.array([f"kafka:{self.topic}/{p}" for p in partitions]).dictionary_encode(),
-            "source_line": pa.nulls(len(batch), pa.int64()),
-            "source_offset": offsets,
-            "line": pa.array(values, pa.large_binary()),
-            "line_bytes": np.fromiter(map(len, values), dtype=np.int64, count=len(values)),
-            "kafka_topic": pa.array([self.topic] * len(batch), pa.string()),
-            "kafka_partition": partitions,
-            "kafka_offset": offsets,
-            "kafka_timestamp_ms": pa.array(timestamps, pa.int64()),
-            "kafka_key": pa.array([m.key() for m in batch], pa.large_binary()),
-            "kafka_headers": pa.array([_headers_json(m) for m in batch], pa.string()),
-        }
-        return pa.table(columns, schema=KAFKA_LINES_SCHEMA)
+        kinds, stamps = zip(*(m.timestamp() for m in batch), strict=True) if batch else ((), ())
+        timestamps = int_array(np.array(stamps, dtype=np.int64), valid=np.array(kinds) != TIMESTAMP_NOT_AVAILABLE)
+        names = [f"kafka:{self.topic}/{p.partition}" for p in self.partitions]
+        index = {p.partition: i for i, p in enumerate(self.partitions)}
+        columns = [
+            int_array(np.arange(first_seq, first_seq + len(batch))),
+            dictionary_strings(np.fromiter((index[p] for p in partitions), dtype=np.int32, count=len(batch)), names),
+            pa.nulls(len(batch), pa.int64()),
+            int_array(offsets),
+            bytes_array(values),
+            int_array(np.fromiter(map(len, values), dtype=np.int64, count=len(values))),
+            strings_array([self.topic] * len(batch)),
+            int_array(partitions, pa.int32()),
+            int_array(offsets),
+            timestamps,
+            bytes_array([m.key() for m in batch]),
+            strings_array([_headers_json(m) for m in batch]),
+        ]
+        return pa.Table.from_arrays(columns, schema=KAFKA_LINES_SCHEMA)
 
     def _check_jump(self, progress: PartitionProgress, offset: int) -> None:
         """Record what a jump from the stored position to ``offset`` means, instead of skipping silently.

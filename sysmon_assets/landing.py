@@ -30,6 +30,8 @@ import evtx
 import numpy as np
 import pyarrow as pa
 
+from sysmon_assets.arrow_columns import bytes_array, int_array, repeated_string
+
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -49,7 +51,7 @@ ROWS_PER_RECORD_BATCH = 8192
 LANDED_LINES_SCHEMA = pa.schema(
     [
         ("_seq", pa.int64()),
-        ("source_file", pa.dictionary(pa.int32(), pa.string())),
+        ("source_file", pa.dictionary(pa.int32(), pa.large_string())),
         ("source_line", pa.int64()),
         ("source_offset", pa.int64()),
         ("line", pa.large_binary()),
@@ -60,12 +62,12 @@ LANDED_LINES_SCHEMA = pa.schema(
 KAFKA_LINES_SCHEMA = pa.schema(
     [
         *LANDED_LINES_SCHEMA,
-        ("kafka_topic", pa.string()),
+        ("kafka_topic", pa.large_string()),
         ("kafka_partition", pa.int32()),
         ("kafka_offset", pa.int64()),
         ("kafka_timestamp_ms", pa.int64()),
         ("kafka_key", pa.large_binary()),
-        ("kafka_headers", pa.string()),
+        ("kafka_headers", pa.large_string()),
     ]
 )
 
@@ -219,17 +221,15 @@ def _frame(
 ) -> pa.Table:
     """The ``landed_lines`` columns, in record batches DuckDB scans in parallel."""
     count = len(lines)
-    table = pa.table(
-        {
-            "_seq": np.arange(first_seq, first_seq + count, dtype=np.int64),
-            "source_file": pa.DictionaryArray.from_arrays(np.zeros(count, dtype=np.int32), [str(progress.path)]),
-            "source_line": np.arange(progress.line + 1, progress.line + 1 + count, dtype=np.int64),
-            "source_offset": offsets.astype(np.int64),
-            "line": lines,
-            "line_bytes": line_bytes.astype(np.int64),
-        },
-        schema=LANDED_LINES_SCHEMA,
-    )
+    columns = [
+        int_array(np.arange(first_seq, first_seq + count)),
+        repeated_string(str(progress.path), count),
+        int_array(np.arange(progress.line + 1, progress.line + 1 + count)),
+        int_array(offsets),
+        lines,
+        int_array(line_bytes),
+    ]
+    table = pa.Table.from_arrays(columns, schema=LANDED_LINES_SCHEMA)
     return pa.Table.from_batches(table.to_batches(max_chunksize=ROWS_PER_RECORD_BATCH), LANDED_LINES_SCHEMA)
 
 
@@ -252,7 +252,7 @@ def _evtx_frame(lines: list[bytes], progress: FileProgress, first_seq: int) -> p
     """One row per EVTX record; the offset column holds the record's index in the file."""
     indexes = np.arange(progress.position + 1, progress.position + 1 + len(lines), dtype=np.int64)
     lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
-    frame = _frame(pa.array(lines, pa.large_binary()), lengths, progress, first_seq, indexes)
+    frame = _frame(bytes_array(lines), lengths, progress, first_seq, indexes)
     progress.position += len(lines)
     progress.line += len(lines)
     return frame
@@ -373,4 +373,4 @@ class LandingReader:
 def empty_chunk(source: str = "files") -> dict[str, pa.Table]:
     """A chunk with no lines but the right column types: creates the tables on a first, empty batch."""
     schema = KAFKA_LINES_SCHEMA if source == "kafka" else LANDED_LINES_SCHEMA
-    return {SOURCE_NAME: schema.empty_table()}
+    return {SOURCE_NAME: pa.Table.from_batches([], schema=schema)}
