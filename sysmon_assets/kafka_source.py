@@ -27,7 +27,7 @@ import pyarrow as pa
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from sysmon_assets.arrow_columns import bytes_array, dictionary_strings, int_array, strings_array
-from sysmon_assets.landing import KAFKA_LINES_SCHEMA, SOURCE_NAME
+from sysmon_assets.landed_lines import KAFKA_LINES_SCHEMA, SOURCE_NAME
 from sysmon_assets.settings import Settings
 
 LOG = logging.getLogger(__name__)

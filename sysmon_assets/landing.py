@@ -30,14 +30,14 @@ import evtx
 import numpy as np
 import pyarrow as pa
 
-from sysmon_assets.arrow_columns import bytes_array, int_array, repeated_string
+from sysmon_assets.arrow_columns import bytes_array
+from sysmon_assets.landed_lines import SOURCE_NAME, lines_table
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
 
 STATE_TABLE = "ingest.files"
 EVENTS_TABLE = "ingest.file_events"
-SOURCE_NAME = "landed_lines"
 # NDJSON files (optionally gzipped), EVTX files, and the names Winlogbeat's file output itself
 # writes and rotates to (``winlogbeat``, ``winlogbeat.1``, ...).
 PATTERNS = ("*.json", "*.ndjson", "*.json.gz", "*.ndjson.gz", "*.evtx", "winlogbeat", "winlogbeat.[0-9]*")
@@ -45,32 +45,6 @@ DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
 EVTX_RECORDS_PER_CHUNK = 20_000
 FINGERPRINT_BYTES = 1024
 NEWLINE = ord("\n")
-# Small enough that DuckDB's threads share a chunk's scan, large enough to keep per-batch overhead low.
-ROWS_PER_RECORD_BATCH = 8192
-# What ingest models read as source('landed_lines'); a landed file's lines keep their newline in `line`.
-LANDED_LINES_SCHEMA = pa.schema(
-    [
-        ("_seq", pa.int64()),
-        ("source_file", pa.dictionary(pa.int32(), pa.large_string())),
-        ("source_line", pa.int64()),
-        ("source_offset", pa.int64()),
-        ("line", pa.large_binary()),
-        ("line_bytes", pa.int64()),
-    ]
-)
-# A Kafka message's row: a landed line's columns and the message's metadata.
-KAFKA_LINES_SCHEMA = pa.schema(
-    [
-        *LANDED_LINES_SCHEMA,
-        ("kafka_topic", pa.large_string()),
-        ("kafka_partition", pa.int32()),
-        ("kafka_offset", pa.int64()),
-        ("kafka_timestamp_ms", pa.int64()),
-        ("kafka_key", pa.large_binary()),
-        ("kafka_headers", pa.large_string()),
-    ]
-)
-
 _STATE_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS ingest;
 CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
@@ -216,23 +190,6 @@ def _evtx_lines(progress: FileProgress, chunk_records: int) -> Iterator[list[byt
         yield lines
 
 
-def _frame(
-    lines: pa.Array, line_bytes: np.ndarray, progress: FileProgress, first_seq: int, offsets: np.ndarray
-) -> pa.Table:
-    """The ``landed_lines`` columns, in record batches DuckDB scans in parallel."""
-    count = len(lines)
-    columns = [
-        int_array(np.arange(first_seq, first_seq + count)),
-        repeated_string(str(progress.path), count),
-        int_array(np.arange(progress.line + 1, progress.line + 1 + count)),
-        int_array(offsets),
-        lines,
-        int_array(line_bytes),
-    ]
-    table = pa.Table.from_arrays(columns, schema=LANDED_LINES_SCHEMA)
-    return pa.Table.from_batches(table.to_batches(max_chunksize=ROWS_PER_RECORD_BATCH), LANDED_LINES_SCHEMA)
-
-
 def _text_frame(block: bytes, newlines: np.ndarray, progress: FileProgress, first_seq: int) -> pa.Table:
     """One row per line: sequence number, file, line number, byte offset, raw bytes and their length.
 
@@ -242,7 +199,8 @@ def _text_frame(block: bytes, newlines: np.ndarray, progress: FileProgress, firs
     starts = np.zeros(len(newlines) + 1, dtype=np.int64)
     starts[1:] = newlines + 1
     lines = pa.Array.from_buffers(pa.large_binary(), len(newlines), [None, pa.py_buffer(starts), pa.py_buffer(block)])
-    frame = _frame(lines, np.diff(starts) - 1, progress, first_seq, progress.position + starts[:-1])
+    offsets = progress.position + starts[:-1]
+    frame = lines_table(lines, np.diff(starts) - 1, str(progress.path), first_seq, progress.line + 1, offsets)
     progress.position += len(block)
     progress.line += len(newlines)
     return frame
@@ -252,7 +210,7 @@ def _evtx_frame(lines: list[bytes], progress: FileProgress, first_seq: int) -> p
     """One row per EVTX record; the offset column holds the record's index in the file."""
     indexes = np.arange(progress.position + 1, progress.position + 1 + len(lines), dtype=np.int64)
     lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
-    frame = _frame(bytes_array(lines), lengths, progress, first_seq, indexes)
+    frame = lines_table(bytes_array(lines), lengths, str(progress.path), first_seq, progress.line + 1, indexes)
     progress.position += len(lines)
     progress.line += len(lines)
     return frame
@@ -368,9 +326,3 @@ class LandingReader:
     def file_events(self) -> list[dict[str, str]]:
         """What this batch noticed about files (truncated, replaced), for run metadata."""
         return [{"path": str(p.path), "event": e, "detail": d} for p in self.files for e, d in p.notes]
-
-
-def empty_chunk(source: str = "files") -> dict[str, pa.Table]:
-    """A chunk with no lines but the right column types: creates the tables on a first, empty batch."""
-    schema = KAFKA_LINES_SCHEMA if source == "kafka" else LANDED_LINES_SCHEMA
-    return {SOURCE_NAME: pa.Table.from_batches([], schema=schema)}

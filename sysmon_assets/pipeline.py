@@ -20,7 +20,8 @@ from dbt_like.sql import scalar
 from sysmon_assets import serving
 from sysmon_assets.kafka_sink import JoinSink, Published
 from sysmon_assets.kafka_source import KafkaReader
-from sysmon_assets.landing import DEFAULT_CHUNK_BYTES, LandingReader, empty_chunk
+from sysmon_assets.landed_lines import empty_chunk
+from sysmon_assets.landing import DEFAULT_CHUNK_BYTES, LandingReader
 from sysmon_assets.settings import Settings
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
