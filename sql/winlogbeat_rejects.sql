@@ -4,7 +4,11 @@
 {% set kafka = var('source', 'files') == 'kafka' %}
 WITH unparsed AS (
     SELECT l.* FROM {{ source('landed_lines') }} AS l
-    ANTI JOIN (SELECT _seq FROM winlogbeat_stream WHERE _batch_id = {{ batch_id }}) AS parsed USING (_seq)
+    -- only this chunk's rows of the stream: _seq is ascending, so zone maps skip the earlier chunks'
+    ANTI JOIN (
+        SELECT _seq FROM winlogbeat_stream
+        WHERE _batch_id = {{ batch_id }} AND _seq >= (SELECT min(_seq) FROM {{ source('landed_lines') }})
+    ) AS parsed USING (_seq)
 ), landed AS (
     -- the line without the newline a landed file's line still carries
     SELECT u.* REPLACE (CAST(u.line AS BLOB)[1:u.line_bytes] AS line, CAST(u.source_file AS VARCHAR) AS source_file)
