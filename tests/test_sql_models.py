@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from sysmon_assets.pipeline import RECIPE_MODELS
 from tests.conftest import Lake, network_connect, process_create, sysmon_event
 from tests.recipe import recipe_columns, recipe_event_data_fields
+from tests.test_runner import ScanCounter
 
 DUCKDB_TYPE = {"VARCHAR": "VARCHAR", "INTEGER": "INTEGER"}
 RECIPE_TYPES = {
@@ -160,3 +163,30 @@ def test_rejects_record_lines_that_are_not_json_objects_and_skip_blank_lines(lak
         (6, "not valid UTF-8"),
     ]
     assert lake.rows("SELECT _source_line FROM winlogbeat_stream ORDER BY 1") == [(1,), (7,)]
+
+
+def test_the_rejects_check_reads_only_its_chunks_rows_of_the_stream(tmp_path) -> None:
+    lake = Lake(tmp_path)
+    lake.pipeline.chunk_bytes = 30_000  # 10,000 lines per chunk, 30 chunks over three row groups
+    (lake.landing / "w.ndjson").write_bytes(b"{}\n" * 300_000)
+    counters: list[ScanCounter] = []
+    connect = lake.pipeline.connect
+
+    @contextmanager
+    def counted() -> Iterator[ScanCounter]:
+        with connect() as con:
+            counters.append(ScanCounter(con))
+            yield counters[-1]
+
+    lake.pipeline.connect = counted
+    lake.pipeline.run_model("winlogbeat_stream", "one-batch")
+    scans = [
+        rows
+        for counter in counters
+        for rows, sql in counter.scanned
+        if sql.startswith("INSERT INTO winlogbeat_rejects")
+    ]
+    assert len(scans) == 31  # the first batch's empty chunk, then 30
+    assert lake.count("winlogbeat_stream") == 300_000
+    # each stream row read once; re-reading the batch so far for every chunk was 4,650,000
+    assert sum(scans) <= 400_000
