@@ -150,6 +150,31 @@ def test_pipelines_sharing_the_sink_topic_each_resume_their_own_range(tmp_path: 
     assert len({m["headers"]["sysmon_pipeline"] for m in messages}) == 2
 
 
+def test_a_refused_row_names_itself_and_the_range_completes_once_the_limit_allows_it(
+    tmp_path: Path, kafka_broker: Broker
+) -> None:
+    lake = sink_lake(tmp_path, kafka_broker, kafka_config=(("message.max.bytes", "4000"),))
+    lake.land(
+        [process_create(f"{{S{i}}}") for i in range(4)]
+        + [process_create("{BIG}", command_line="x" * 6000)]
+        + [network_connect(guid) for guid in ("{S0}", "{S1}", "{BIG}", "{S2}", "{S3}")]
+    )
+    with pytest.raises(KafkaSinkError, match=re.escape("(process_guid {BIG})")):
+        lake.batch()
+    assert lake.rows("SELECT state FROM ingest.kafka_sink") == [("publishing",)]
+    bigger = Lake(
+        tmp_path,
+        kafka_sink=True,
+        kafka_bootstrap=kafka_broker.bootstrap,
+        kafka_sink_topic=lake.settings.kafka_sink_topic,
+        kafka_config=(("message.max.bytes", "100000"),),
+    )
+    bigger.batch()
+    keys = sorted(m["key"] for m in published(kafka_broker, lake))
+    assert keys == sorted(f"{{{name}}}".encode() for name in ("S0", "S1", "BIG", "S2", "S3"))
+    assert bigger.rows("SELECT state FROM ingest.kafka_sink") == [("done",)]
+
+
 def test_the_sink_needs_a_bootstrap_server() -> None:
     from sysmon_assets.settings import SettingsError
 
