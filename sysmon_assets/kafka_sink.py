@@ -230,7 +230,7 @@ class JoinSink:
             "ORDER BY through_batch DESC LIMIT 1",
             [self.topic],
         )
-        return {int(p): o for p, o in json.loads(text[0]).items()} if text and text[0] else {}
+        return _partition_offsets(text)
 
     def _read_back(self, con: duckdb.DuckDBPyConnection, after: int, through: int) -> set[tuple[int, int]]:
         """(batch id, seq) of this range's messages already in the topic: this pipeline's messages from the
@@ -238,7 +238,7 @@ class JoinSink:
         start = first_row(
             con, f"SELECT start_offsets FROM {SINK_TABLE} WHERE topic = ? AND through_batch = ?", [self.topic, through]
         )
-        start_offsets = {int(p): o for p, o in json.loads(start[0]).items()} if start and start[0] else {}
+        start_offsets = _partition_offsets(start)
         pipeline_id = self._pipeline_id(con).encode()
         consumer = self._consumer()
         found: set[tuple[int, int]] = set()
@@ -268,6 +268,11 @@ class JoinSink:
             consumer.close()
         LOG.info("%s: %d messages of batches %d..%d were already published", self.topic, len(found), after + 1, through)
         return found
+
+
+def _partition_offsets(row: tuple | None) -> dict[int, int]:
+    """``{partition: offset}`` from a row holding a JSON object of offsets (or nothing)."""
+    return {int(p): o for p, o in json.loads(row[0]).items()} if row and row[0] else {}
 
 
 def _abandon(producer: Producer) -> None:
