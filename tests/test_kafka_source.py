@@ -62,6 +62,25 @@ def ingested(db: Path) -> list[tuple]:
     return rows(db, 'SELECT _kafka."partition", _kafka."offset" FROM winlogbeat_stream ORDER BY _seq')
 
 
+def stored_offsets(db: Path) -> list[tuple]:
+    return rows(db, 'SELECT "partition", next_offset FROM ingest.kafka_offsets ORDER BY 1')
+
+
+def source_events(db: Path) -> list[tuple]:
+    return rows(db, "SELECT event, detail FROM ingest.file_events ORDER BY detected_at")
+
+
+def read_one_batch(settings: Settings, consumer_factory: type[Consumer]) -> tuple[KafkaReader, list[list[int]]]:
+    """Plan and read one batch through ``consumer_factory`` (nothing written to the tables); the reader
+    and the Kafka offsets of each chunk."""
+    with SysmonPipeline(settings).connect() as con:
+        reader = KafkaReader(con, settings, consumer_factory=consumer_factory)
+        reader.plan(first_batch_ever=False)
+        chunks = [chunk["landed_lines"].column("kafka_offset").to_pylist() for chunk in reader.chunks(first_seq=100)]
+        reader.close()
+    return reader, chunks
+
+
 def test_earliest_reads_what_is_already_there_and_latest_only_what_comes_after(
     tmp_path: Path, kafka_broker: Broker
 ) -> None:
@@ -98,7 +117,7 @@ def test_offsets_live_in_duckdb_and_an_idle_batch_reads_nothing(tmp_path: Path, 
     pipeline = SysmonPipeline(settings)
     pipeline.run_batch(batch_time=T0)
     pipeline.run_batch(batch_time=T0)
-    assert rows(settings.duckdb_path, 'SELECT "partition", next_offset FROM ingest.kafka_offsets ORDER BY 1') == [
+    assert stored_offsets(settings.duckdb_path) == [
         (0, 1),
         (1, 2),
         (2, 3),
@@ -217,14 +236,6 @@ def test_dagster_assets_read_kafka_and_the_freshness_check_follows_the_topic(
     assert rows(settings.duckdb_path, "SELECT process_guid FROM sysmon_join") == [("{D}",)]
 
 
-def stored_offsets(db: Path) -> list[tuple]:
-    return rows(db, 'SELECT "partition", next_offset FROM ingest.kafka_offsets ORDER BY 1')
-
-
-def source_events(db: Path) -> list[tuple]:
-    return rows(db, "SELECT event, detail FROM ingest.file_events ORDER BY detected_at")
-
-
 def test_transaction_markers_are_passed_without_a_gap_and_the_lag_reaches_zero(
     tmp_path: Path, kafka_broker: Broker
 ) -> None:
@@ -291,12 +302,8 @@ def test_a_stored_offset_past_the_partitions_end_is_recorded_and_the_partition_r
                     tp.offset = -2
             super().assign(partitions)
 
-    with pipeline.connect() as con:
-        reader = KafkaReader(con, settings, consumer_factory=ResetsOutOfRange)
-        reader.plan(first_batch_ever=False)
-        frames = list(reader.chunks(first_seq=100))
-        reader.close()
-    assert [chunk["landed_lines"].column("kafka_offset").to_pylist() for chunk in frames] == [[0, 1, 2]]
+    reader, chunks = read_one_batch(settings, ResetsOutOfRange)
+    assert chunks == [[0, 1, 2]]
     assert [(p.partition, p.position) for p in reader.partitions] == [(0, 3)]
     ((event, detail),) = [(e["event"], e["detail"]) for e in reader.file_events]
     assert event == "offsets_reset"
@@ -321,14 +328,9 @@ def test_a_gap_is_recorded_only_when_the_earliest_offset_moved_past_the_position
             low, high = super().get_watermark_offsets(partition, *args, **kwargs)
             return max(low, 4), high
 
-    reader = SysmonPipeline(settings)
-    with reader.connect() as con:
-        kafka = KafkaReader(con, settings, consumer_factory=RetainedFrom4)
-        kafka.plan(first_batch_ever=False)
-        frames = list(kafka.chunks(first_seq=100))
-        kafka.close()
-    assert [chunk["landed_lines"].column("kafka_offset").to_pylist() for chunk in frames] == [[4, 5, 6]]
-    assert [(p.partition, p.position) for p in kafka.partitions] == [(0, 7)]  # the limit of 3 came first
-    assert kafka.file_events == [
+    reader, chunks = read_one_batch(settings, RetainedFrom4)
+    assert chunks == [[4, 5, 6]]
+    assert [(p.partition, p.position) for p in reader.partitions] == [(0, 7)]  # the limit of 3 came first
+    assert reader.file_events == [
         {"path": f"kafka:{topic}/0", "event": "offsets_skipped", "detail": "offsets 3..3 were no longer in the topic"}
     ]
