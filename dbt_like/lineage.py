@@ -43,6 +43,8 @@ def _filtering_ctes(tree: exp.Expression) -> dict[str, str]:
 
 def model_lineage(project: Project, name: str) -> Lineage:
     """``{output column: [(upstream model, upstream column), ...]}`` for model ``name``."""
+    if not project.models[name].refs:
+        return {}  # reads only sources: nothing upstream to name, and its SQL need not be parsed
     sql, _ = render_plain(project.models[name], project.variables)
     tree = sqlglot.parse_one(sql, read="duckdb")
     select = tree if isinstance(tree, exp.Select) else tree.find(exp.Select)

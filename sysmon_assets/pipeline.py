@@ -96,9 +96,11 @@ class SysmonPipeline:
         with self.connect() as con:
             batch = open_batch(con, run_key, batch_time or utc_now())
             self.last_batch_id = batch.batch_id
-            if name == INGEST_MODEL:
-                return self._ingest(con, batch)
-            return self.project.run_step(con, name, batch)
+            results = self._ingest(con, batch) if name == INGEST_MODEL else self.project.run_step(con, name, batch)
+            # Write the step's rows into the file now, as closing its last connection would: with the run's
+            # connection held open (the Dagster resource), they would otherwise stay in the WAL until it reaches 1 GB.
+            con.execute("CHECKPOINT")
+            return results
 
     def _ingest(self, con: duckdb.DuckDBPyConnection, batch: Batch) -> list[StepResult]:
         first_batch_ever = not table_exists(con, INGEST_MODEL)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from datetime import datetime
 from pathlib import Path
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, InitResourceContext
 from dagster_duckdb import DuckDBResource
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from sysmon_assets.pipeline import SysmonPipeline, connect_file
 from sysmon_assets.settings import Settings
@@ -55,6 +56,23 @@ class SysmonPipelineResource(ConfigurableResource):
     kafka_sink_topic: str = Field(default="SYSMON_JOIN", description="topic the joined rows go to")
     kafka_config: dict[str, str] = Field(default={}, description="extra librdkafka settings (security, ...)")
 
+    _run_pipeline: SysmonPipeline | None = PrivateAttr(default=None)
+    _held_open: ExitStack = PrivateAttr(default_factory=ExitStack)
+
+    def setup_for_execution(self, context: InitResourceContext) -> None:
+        """Build the pipeline once per run and keep its DuckDB file open until the run ends.
+
+        Every step still opens its own connection, but while one stays open they share its database
+        instance: opening the file (20-35 ms, several times per step) becomes about 1 ms.
+        """
+        self._run_pipeline = self._new_pipeline()
+        self._held_open.enter_context(self._run_pipeline.connect())
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        """Close the run's DuckDB connection (the file is checkpointed when its last connection closes)."""
+        self._held_open.close()
+        self._run_pipeline = None
+
     def settings(self) -> Settings:
         """These fields as pipeline :class:`Settings`."""
         return Settings(
@@ -68,7 +86,10 @@ class SysmonPipelineResource(ConfigurableResource):
         )
 
     def pipeline(self) -> SysmonPipeline:
-        """A pipeline whose connections come from the DuckDB resource."""
+        """The run's pipeline, whose connections come from the DuckDB resource."""
+        return self._run_pipeline or self._new_pipeline()
+
+    def _new_pipeline(self) -> SysmonPipeline:
         settings = self.settings()
         return SysmonPipeline(settings, connect=connect_file(settings.duckdb_path, self.duckdb.get_connection))
 
