@@ -56,7 +56,7 @@ def _copy(con: duckdb.DuckDBPyConnection, query: str, target: Path) -> None:
     """Write ``query`` to ``target`` as Parquet, atomically (readers never see a partial file)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
-    con.execute(f"COPY ({query}) TO '{partial}' (FORMAT parquet, COMPRESSION zstd)")
+    con.execute(f"COPY ({query}) TO '{partial}' (FORMAT parquet, COMPRESSION zstd, COMPRESSION_LEVEL 1)")
     os.replace(partial, target)
 
 

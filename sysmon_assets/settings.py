@@ -43,7 +43,7 @@ class Settings:
     def duckdb_config(self) -> dict[str, str]:
         """DuckDB connection settings: ``memory_limit`` (e.g. ``2GB``; DuckDB spills beyond it) when set, and a
         write-ahead log of up to 1 GB before an automatic checkpoint, so ingest's per-chunk commits do not each
-        rewrite the table (each step's connection checkpoints when it closes)."""
+        rewrite the table (each step checkpoints when it ends)."""
         memory = {"memory_limit": self.memory_limit} if self.memory_limit else {}
         return {"checkpoint_threshold": "1GB", **memory}
 
