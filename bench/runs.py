@@ -136,14 +136,15 @@ def run_project(
     steps, peaks = {}, {}
     run_key = f"bench-{uuid.uuid4()}"
     start = time.perf_counter()
-    for name in pipeline.project.primary_models():
-        step_start = time.perf_counter()
-        pipeline.run_model(name, run_key, batch_time)
-        steps[name] = time.perf_counter() - step_start
-        peaks[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    publish_start = time.perf_counter()
-    pipeline.publish(run_key, batch_time)
-    end = time.perf_counter()
+    with pipeline.connect():  # held open for the batch, as the Dagster resource holds it for a run
+        for name in pipeline.project.primary_models():
+            step_start = time.perf_counter()
+            pipeline.run_model(name, run_key, batch_time)
+            steps[name] = time.perf_counter() - step_start
+            peaks[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+        publish_start = time.perf_counter()
+        pipeline.publish(run_key, batch_time)
+    end = time.perf_counter()  # with closing the file, as the run's end closes it
     result = {"seconds": publish_start - start, "steps": steps, "publish": end - publish_start, "peak_gb_after": peaks}
     if profile:
         result["statements"] = log
