@@ -72,6 +72,12 @@ class FileProgress:
     notes_recorded: bool = False
     head_bytes: int = 0
     head_sha256: str = ""
+    recorded: tuple[int, int, int, str] | None = None  # the position this batch last wrote to ingest.files
+
+    @property
+    def state(self) -> tuple[int, int, int, str]:
+        """What ``ingest.files`` keeps of this file: position, line, and the head it was fingerprinted by."""
+        return (self.position, self.line, self.head_bytes, self.head_sha256)
 
     @property
     def kind(self) -> str:
@@ -302,17 +308,12 @@ class LandingReader:
         """Record how far each file was read, and (once) what was noticed; call inside the transaction
         that commits the rows read so far."""
         for progress in self.files:
-            con.execute(
-                f"INSERT OR REPLACE INTO {STATE_TABLE} VALUES (?, ?, ?, ?, ?, ?, now())",
-                [
-                    progress.key,
-                    str(progress.path),
-                    progress.position,
-                    progress.line,
-                    progress.head_bytes,
-                    progress.head_sha256,
-                ],
-            )
+            # A chunk moves one file on: the others' rows would be rewritten unchanged on every chunk's commit.
+            if progress.recorded != progress.state:
+                con.execute(
+                    f"INSERT OR REPLACE INTO {STATE_TABLE} VALUES (?, ?, ?, ?, ?, ?, now())",
+                    [progress.key, str(progress.path), *progress.state],
+                )
             if not progress.notes_recorded:
                 for event, detail in progress.notes:
                     con.execute(
@@ -321,6 +322,7 @@ class LandingReader:
                     )
         for progress in self.files:
             progress.notes_recorded = True
+            progress.recorded = progress.state
 
     @property
     def file_events(self) -> list[dict[str, str]]:

@@ -7,8 +7,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import pytest
 
 from sysmon_assets import landing
@@ -182,6 +186,47 @@ def test_a_file_event_is_recorded_once_however_many_chunks_the_batch_commits(tmp
     lake.batch()
     assert lake.count("winlogbeat_stream") == 21
     assert lake.rows("SELECT event, path FROM ingest.file_events") == [("truncated", str(first))]
+
+
+class RecordingConnection:
+    """A DuckDB connection that records each statement with its parameters."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, log: list[tuple[str, list]]) -> None:
+        self._con, self._log = con, log
+
+    def execute(self, sql: str, params: list | None = None) -> duckdb.DuckDBPyConnection:
+        self._log.append((sql, params or []))
+        return self._con.execute(sql, params or [])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._con, name)
+
+
+def test_a_chunk_commit_writes_only_the_file_positions_it_moved(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    lake.pipeline.chunk_bytes = 2048  # several chunks per file
+    for name in ("a", "b", "c"):
+        lake.land([network_connect("{A}", f"10.0.0.{i}") for i in range(6)], name=f"{name}.ndjson")
+    log: list[tuple[str, list]] = []
+    connect = lake.pipeline.connect
+
+    @contextmanager
+    def recording() -> Iterator[RecordingConnection]:
+        with connect() as con:
+            yield RecordingConnection(con, log)
+
+    lake.pipeline.connect = recording
+    lake.batch()
+    written: dict[str, list[int]] = {}
+    for sql, params in log:
+        if sql.startswith(f"INSERT OR REPLACE INTO {landing.STATE_TABLE}"):
+            written.setdefault(Path(params[1]).name, []).append(params[2])
+    assert set(written) == {"a.ndjson", "b.ndjson", "c.ndjson"}
+    for name, positions in written.items():
+        assert positions == sorted(set(positions)), name  # each write moved the file on
+        assert positions[-1] == (lake.landing / name).stat().st_size
+        assert len(positions) > 2  # the file took several chunks
+    assert lake.count("winlogbeat_stream") == 18
 
 
 def test_lines_split_across_chunks_keep_their_numbers_offsets_and_bytes(tmp_path: Path) -> None:
