@@ -41,11 +41,12 @@ class Settings:
     kafka_config: tuple[tuple[str, str], ...] = ()
 
     def duckdb_config(self) -> dict[str, str]:
-        """DuckDB connection settings: ``memory_limit`` (e.g. ``2GB``; DuckDB spills beyond it) when set, and a
+        """DuckDB connection settings: ``memory_limit`` (e.g. ``2GB``; DuckDB spills beyond it) when set; a
         write-ahead log of up to 1 GB before an automatic checkpoint, so ingest's per-chunk commits do not each
-        rewrite the table (each step checkpoints when it ends)."""
+        rewrite the table (each step checkpoints when it ends); and no row-group merging at those checkpoints
+        (the pipeline compacts every ``COMPACT_EVERY_BATCHES`` batches instead)."""
         memory = {"memory_limit": self.memory_limit} if self.memory_limit else {}
-        return {"checkpoint_threshold": "1GB", **memory}
+        return {"checkpoint_threshold": "1GB", "max_vacuum_tasks": "0", **memory}
 
     @property
     def query_db_path(self) -> Path:

@@ -13,12 +13,13 @@ import pytest
 from dagster import AssetSelection, materialize
 
 from dbt_like import Project
+from sysmon_assets import pipeline as pipeline_module
 from sysmon_assets.assets import build_assets
 from sysmon_assets.pipeline import SQL_DIR, SysmonPipeline
 from sysmon_assets.resources import resources_from_settings
 from sysmon_assets.sample import write_sample
 from sysmon_assets.settings import Settings
-from tests.conftest import CLI_BATCH, snapshot
+from tests.conftest import CLI_BATCH, Lake, process_create, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,3 +117,21 @@ def test_sigkill_at_several_points_then_rerun_gives_identical_tables(tmp_path: P
     assert killed >= 1, "every run finished before its kill: use more data"
     SysmonPipeline(Settings(landing_dir=tmp_path / "landing", duckdb_path=tmp_path / "k.duckdb")).run_batch()
     assert snapshot(tmp_path / "k.duckdb") == expected
+
+
+def row_groups(lake: Lake, table: str) -> int:
+    """How many row groups ``table`` is stored in."""
+    return lake.rows(f"SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('{table}')")[0][0]
+
+
+def test_batches_keep_their_own_row_groups_until_every_nth_batch_merges_them(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pipeline_module, "COMPACT_EVERY_BATCHES", 3)
+    groups = []
+    for batch in range(3):
+        lake.land([process_create(f"{{P{batch}-{i}}}") for i in range(50)])
+        lake.batch()
+        groups.append(row_groups(lake, "sysmon_process_create"))
+    assert groups == [1, 2, 1]  # batches 1 and 2 each add a row group; batch 3 merges them
+    assert lake.count("sysmon_process_create") == 150
