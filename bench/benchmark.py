@@ -34,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sysmon_assets.pipeline import COMPACT_EVERY_BATCHES  # noqa: E402
 from sysmon_assets.sample import FleetSimulator  # noqa: E402
 from sysmon_assets.serving import parquet_folder  # noqa: E402
 from sysmon_assets.settings import Settings  # noqa: E402
@@ -43,8 +44,9 @@ START = datetime(2026, 11, 1, 8, 0, 0)
 WARM_UP = 1000
 
 
-def generate(folder: Path, counts: list[int], seed: int = 1, hosts: int = 25) -> list[Path]:
-    """One seeded fleet's events, the first ``counts[0]`` into file 0, the next ``counts[1]`` into file 1, ..."""
+def generate(folder: Path, counts: list[int], seed: int = 1, hosts: int = 25, skip: int = 0) -> list[Path]:
+    """One seeded fleet's events, the first ``counts[0]`` into file 0, the next ``counts[1]`` into file 1, ...
+    (the first ``skip`` files' events are generated but not written)."""
     if folder.exists():
         return sorted(folder.glob("*.ndjson"))
     partial = folder.with_suffix(".partial")
@@ -52,6 +54,10 @@ def generate(folder: Path, counts: list[int], seed: int = 1, hosts: int = 25) ->
     partial.mkdir(parents=True)
     events = FleetSimulator(seed, hosts, START).events(sum(counts))
     for index, count in enumerate(counts):
+        if index < skip:
+            for _ in zip(range(count), events, strict=False):
+                pass
+            continue
         with (partial / f"winlogbeat-{index:03d}.ndjson").open("w", encoding="utf-8", newline="\n") as handle:
             for _, event in zip(range(count), events, strict=False):
                 handle.write(json.dumps(event, ensure_ascii=False) + "\n")
@@ -232,6 +238,8 @@ def incremental(args: argparse.Namespace) -> None:
             + ", ".join(f"{name} {seconds:.3f} s" for name, seconds in steps.items())
             + f", query database {median(runs, 'publish'):.3f} s"
         )
+    if args.steady:
+        steady(args, history_db, empty)
     target = copy_of(history_db, args.workdir / "increment.duckdb")
     scans = run("scans", increment_landing, target, args.memory_limit)["statements"]
     print("statements of the batch over history that scanned the most rows (DuckDB profiler):")
@@ -241,6 +249,32 @@ def incremental(args: argparse.Namespace) -> None:
         f"  most rows any statement scanned: {max(s['rows_scanned'] for s in scans):,} "
         f"(history: {args.history:,} events)"
     )
+
+
+def steady(args: argparse.Namespace, history_db: Path, empty_seconds: float) -> None:
+    """``args.steady`` consecutive batches of the fleet's next ``increment`` events each over the history: the
+    running pipeline's cost per batch, including the row-group merge every ``COMPACT_EVERY_BATCHES`` batches."""
+    counts = [args.history, WARM_UP] + [args.increment] * args.steady
+    data = args.workdir / f"fleet-{args.history}-{WARM_UP}-{args.increment}-steady{args.steady}"
+    files = generate(data, counts, seed=3, skip=2)  # the history's two files, as incremental() generated them
+    landing = data / "landing"
+    landing.mkdir(exist_ok=True)
+    for landed in landing.iterdir():
+        landed.unlink()
+    target = copy_of(history_db, args.workdir / "increment.duckdb")
+    seconds = []
+    for path in files:
+        os.link(path, landing / path.name)  # the next batch's file lands
+        result = run("project", landing, target, args.memory_limit)
+        seconds.append(result["seconds"] + result["publish"])
+    compacting = [s for i, s in enumerate(seconds, start=3) if i % COMPACT_EVERY_BATCHES == 0]
+    mean = statistics.mean(seconds)
+    print(
+        f"STEADY: {args.steady} consecutive batches of {args.increment:,} events over the history: mean {mean:.3f} s "
+        f"({mean / empty_seconds:.2f}x the batch over an empty file), median {statistics.median(seconds):.3f} s, "
+        f"max {max(seconds):.3f} s; the batch(es) that merged row groups: {', '.join(f'{s:.3f} s' for s in compacting)}"
+    )
+    print("  per batch: " + ", ".join(f"{s:.2f}" for s in seconds))
 
 
 def main() -> None:
@@ -253,6 +287,7 @@ def main() -> None:
     parser.add_argument("--history", type=int, default=0, help="run the incremental benchmark over this history")
     parser.add_argument("--increment", type=int, default=10_000)
     parser.add_argument("--top", type=int, default=8, help="statements listed by rows scanned")
+    parser.add_argument("--steady", type=int, default=0, help="then this many consecutive batches over the history")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
