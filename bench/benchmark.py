@@ -34,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.runs import COMPACT_EVERY_VARIABLE  # noqa: E402
 from sysmon_assets.pipeline import COMPACT_EVERY_BATCHES  # noqa: E402
 from sysmon_assets.sample import FleetSimulator  # noqa: E402
 from sysmon_assets.serving import parquet_folder  # noqa: E402
@@ -99,10 +100,19 @@ def copy_of(db: Path, target: Path) -> Path:
     return target
 
 
-def run(kind: str, landing: Path, db: Path, memory_limit: str | None, at: datetime | None = None) -> dict[str, Any]:
-    """One child run of ``bench/runs.py`` (``at``: the batch clock, default now)."""
+def run(
+    kind: str,
+    landing: Path,
+    db: Path,
+    memory_limit: str | None,
+    at: datetime | None = None,
+    compact_every: int | None = None,
+) -> dict[str, Any]:
+    """One child run of ``bench/runs.py`` (``at``: the batch clock, default now; ``compact_every``: merge row
+    groups every this many batches instead of the pipeline's ``COMPACT_EVERY_BATCHES``)."""
     command = [sys.executable, str(ROOT / "bench" / "runs.py"), kind, str(landing), str(db), memory_limit or ""]
-    return measured(command + ([at.isoformat()] if at else []))
+    env = {**os.environ, COMPACT_EVERY_VARIABLE: str(compact_every)} if compact_every else None
+    return measured(command + ([at.isoformat()] if at else []), env)
 
 
 def run_cli(landing: Path, db: Path, memory_limit: str | None, dagster_home: Path | None = None) -> dict[str, Any]:
@@ -253,28 +263,38 @@ def incremental(args: argparse.Namespace) -> None:
 
 def steady(args: argparse.Namespace, history_db: Path, empty_seconds: float) -> None:
     """``args.steady`` consecutive batches of the fleet's next ``increment`` events each over the history: the
-    running pipeline's cost per batch, including the row-group merge every ``COMPACT_EVERY_BATCHES`` batches."""
+    running pipeline's cost per batch, row-group merges included; merging every ``COMPACT_EVERY_BATCHES``
+    batches (the pipeline's policy) against merging at every checkpoint (DuckDB's default), batch by batch
+    alternating over two copies of the history."""
     counts = [args.history, WARM_UP] + [args.increment] * args.steady
     data = args.workdir / f"fleet-{args.history}-{WARM_UP}-{args.increment}-steady{args.steady}"
     files = generate(data, counts, seed=3, skip=2)  # the history's two files, as incremental() generated them
-    landing = data / "landing"
-    landing.mkdir(exist_ok=True)
-    for landed in landing.iterdir():
-        landed.unlink()
-    target = copy_of(history_db, args.workdir / "increment.duckdb")
-    seconds = []
+    policies = {f"merge every {COMPACT_EVERY_BATCHES} batches": COMPACT_EVERY_BATCHES, "merge at every checkpoint": 1}
+    landings, targets, runs = {}, {}, {}
+    for index, policy in enumerate(policies):
+        landings[policy] = data / f"landing-{index}"
+        shutil.rmtree(landings[policy], ignore_errors=True)
+        landings[policy].mkdir()
+        targets[policy] = copy_of(history_db, args.workdir / f"steady-{index}.duckdb")
+        runs[policy] = []
     for path in files:
-        os.link(path, landing / path.name)  # the next batch's file lands
-        result = run("project", landing, target, args.memory_limit)
-        seconds.append(result["seconds"] + result["publish"])
-    compacting = [s for i, s in enumerate(seconds, start=3) if i % COMPACT_EVERY_BATCHES == 0]
-    mean = statistics.mean(seconds)
-    print(
-        f"STEADY: {args.steady} consecutive batches of {args.increment:,} events over the history: mean {mean:.3f} s "
-        f"({mean / empty_seconds:.2f}x the batch over an empty file), median {statistics.median(seconds):.3f} s, "
-        f"max {max(seconds):.3f} s; the batch(es) that merged row groups: {', '.join(f'{s:.3f} s' for s in compacting)}"
-    )
-    print("  per batch: " + ", ".join(f"{s:.2f}" for s in seconds))
+        for policy, every in policies.items():
+            os.link(path, landings[policy] / path.name)  # the next batch's file lands
+            runs[policy].append(
+                run("project", landings[policy], targets[policy], args.memory_limit, compact_every=every)
+            )
+    print(f"## steady: {args.steady} consecutive batches of {args.increment:,} events each over the history")
+    for policy, results in runs.items():
+        seconds = [r["seconds"] + r["publish"] for r in results]
+        mean = statistics.mean(seconds)
+        print(
+            f"STEADY, {policy}: mean {mean:.3f} s ({mean / empty_seconds:.2f}x the batch over an empty file), "
+            f"median {statistics.median(seconds):.3f} s, max {max(seconds):.3f} s"
+        )
+        print("  per batch: " + ", ".join(f"{s:.2f}" for s in seconds))
+        for batch_id, result in sorted(enumerate(results, start=3), key=lambda br: -br[1]["seconds"])[:2]:
+            steps = ", ".join(f"{name} {sec:.2f}" for name, sec in result["steps"].items())
+            print(f"  batch {batch_id}: {steps}, query database {result['publish']:.2f} s")
 
 
 def main() -> None:

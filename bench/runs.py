@@ -10,6 +10,7 @@ from DuckDB's profiler). Prints one JSON object.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -25,6 +26,7 @@ import duckdb
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sysmon_assets import pipeline as pipeline_module  # noqa: E402
 from sysmon_assets.pipeline import SysmonPipeline  # noqa: E402
 from sysmon_assets.settings import Settings  # noqa: E402
 
@@ -62,6 +64,7 @@ EVENT_DATA = [
     "DestinationPort",
     "DestinationPortName",
 ]
+COMPACT_EVERY_VARIABLE = "BENCH_COMPACT_EVERY_BATCHES"
 INTEGERS = {"ProcessId", "TerminalSessionId", "ParentProcessId", "SourcePort", "DestinationPort"}
 
 
@@ -156,6 +159,8 @@ def main() -> None:
     kind, landing, db = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     memory_limit = sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] else None
     batch_time = datetime.fromisoformat(sys.argv[5]) if len(sys.argv) > 5 else None
+    if os.environ.get(COMPACT_EVERY_VARIABLE):  # the benchmark's comparison of merge policies
+        pipeline_module.COMPACT_EVERY_BATCHES = int(os.environ[COMPACT_EVERY_VARIABLE])
     if kind == "reference":
         result = run_reference(landing, db, memory_limit)
     else:

@@ -11,7 +11,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import duckdb
+import pytest
 
+from sysmon_assets import serving
 from sysmon_assets.pipeline import RECIPE_MODELS
 from sysmon_assets.sample import FleetSimulator
 from sysmon_assets.serving import COMPACT_AFTER, RETIRED_KEPT, parquet_folder
@@ -101,6 +103,26 @@ def test_many_batch_files_are_compacted_and_the_views_stay_whole(lake: Lake) -> 
     live, on_disk = live_and_all_files(lake, "sysmon_network_connect")
     assert live <= 3  # the schema file, one compacted file, and what came after it
     assert on_disk > live  # merged files stay for sessions still open on an older query database
+    assert snapshot(lake.settings.query_db_path, TABLES) == snapshot(lake.db, TABLES)
+
+
+def test_a_large_file_is_left_out_of_merges(lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(serving, "COMPACT_AFTER", 3)
+    lake.land([network_connect("{A}", f"10.0.{i // 250}.{i % 250}") for i in range(2000)])  # a backlog
+    lake.batch(T0)
+    folder = parquet_folder(lake.settings.query_db_path) / "sysmon_network_connect"
+    (backlog,) = folder.glob("batch-*.parquet")
+    monkeypatch.setattr(serving, "LARGE_FILE_BYTES", backlog.stat().st_size // 2)
+    for minute in range(1, 5):  # four small files of level 0: the fourth makes them more than three
+        lake.land([network_connect("{A}", f"10.9.0.{minute}")])
+        lake.batch(T0 + timedelta(minutes=minute))
+    with duckdb.connect(str(lake.db), read_only=True) as con:
+        live = con.execute(
+            "SELECT kind, path FROM serving.files WHERE table_name = 'sysmon_network_connect' AND retired_at IS NULL "
+            "AND kind <> 'schema' ORDER BY batch_id"
+        ).fetchall()
+    assert [kind for kind, _ in live] == ["batch", "level1"]
+    assert live[0][1] == str(backlog)  # not rewritten
     assert snapshot(lake.settings.query_db_path, TABLES) == snapshot(lake.db, TABLES)
 
 
