@@ -9,9 +9,9 @@ batch, and is never blocked by one. A keyed table's view keeps the newest row pe
 
 Files never change once written. Compaction is tiered, so a batch's cost does not grow with
 history: when a table has more than ``COMPACT_AFTER`` files of one level they are merged into
-one file of the next level (keyed tables keep the newest row per key). A file of at least
-``LARGE_FILE_BYTES`` (a backlog's batch, a merge of many) is left as it is: merging small files
-into it would rewrite it whole for little gain. Merged files are
+one file of the next level (keyed tables keep the newest row per key). A file larger than all
+the others of its level together (a backlog's batch) is left out: merging small files into it
+would mostly rewrite it. Merged files are
 *retired* and deleted ``RETIRED_KEPT`` later, so a session opened on an older query database
 keeps working that long (reconnecting shows the newest batch).
 """
@@ -30,7 +30,6 @@ from dbt_like.sql import scalar
 
 STATE_TABLE = "serving.files"
 COMPACT_AFTER = 24
-LARGE_FILE_BYTES = 64 * 1024 * 1024
 RETIRED_KEPT = timedelta(hours=1)
 _STATE_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS serving;
@@ -91,9 +90,11 @@ def _live_files(tables: list[str], files: list[File]) -> dict[str, list[File]]:
     return {table: sorted((f for f in files if f[0] == table), key=lambda f: (f[1], f[2], f[3])) for table in tables}
 
 
-def _large(file: File) -> bool:
-    """Whether ``file`` is big enough to be left out of merges."""
-    return Path(file[3]).stat().st_size >= LARGE_FILE_BYTES
+def _mergeable(files: list[File]) -> list[File]:
+    """``files`` (one level's) without one larger than all the others together."""
+    sizes = {f: Path(f[3]).stat().st_size for f in files}
+    total = sum(sizes.values())
+    return [f for f in files if 2 * sizes[f] <= total]
 
 
 def _newest_per_key(source: str, key: str | None) -> str:
@@ -115,9 +116,10 @@ def _compact(
     for table, files in live.items():
         level = 0
         while True:
-            same = [f for f in files if f[2] != "schema" and _level(f[2]) == level and not _large(f)]
+            same = [f for f in files if f[2] != "schema" and _level(f[2]) == level]
             if not same:
                 break
+            same = _mergeable(same)
             if len(same) > COMPACT_AFTER:
                 listed = ", ".join(f"'{path}'" for _, _, _, path in same)
                 target = folder / table / f"level{level + 1}-{batch_id:012d}.parquet"

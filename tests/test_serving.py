@@ -106,14 +106,15 @@ def test_many_batch_files_are_compacted_and_the_views_stay_whole(lake: Lake) -> 
     assert snapshot(lake.settings.query_db_path, TABLES) == snapshot(lake.db, TABLES)
 
 
-def test_a_large_file_is_left_out_of_merges(lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(serving, "COMPACT_AFTER", 3)
-    lake.land([network_connect("{A}", f"10.0.{i // 250}.{i % 250}") for i in range(2000)])  # a backlog
-    lake.batch(T0)
+def test_a_backlog_file_larger_than_the_rest_of_its_level_is_left_out_of_merges(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(serving, "COMPACT_AFTER", 2)
+    lake.land([network_connect("{A}", f"10.{i // 62500}.{i // 250 % 250}.{i % 250}") for i in range(10_000)])
+    lake.batch(T0)  # a backlog
     folder = parquet_folder(lake.settings.query_db_path) / "sysmon_network_connect"
     (backlog,) = folder.glob("batch-*.parquet")
-    monkeypatch.setattr(serving, "LARGE_FILE_BYTES", backlog.stat().st_size // 2)
-    for minute in range(1, 5):  # four small files of level 0: the fourth makes them more than three
+    for minute in range(1, 4):  # three small files of level 0: more than two
         lake.land([network_connect("{A}", f"10.9.0.{minute}")])
         lake.batch(T0 + timedelta(minutes=minute))
     with duckdb.connect(str(lake.db), read_only=True) as con:
