@@ -292,9 +292,11 @@ def steady(args: argparse.Namespace, history_db: Path, empty_seconds: float) -> 
             f"median {statistics.median(seconds):.3f} s, max {max(seconds):.3f} s"
         )
         print("  per batch: " + ", ".join(f"{s:.2f}" for s in seconds))
-        for batch_id, result in sorted(enumerate(results, start=3), key=lambda br: -br[1]["seconds"])[:2]:
+        slowest = sorted(range(len(results)), key=lambda i: -seconds[i])[:2]
+        for index in slowest:  # the history holds batches 1 and 2
+            result = results[index]
             steps = ", ".join(f"{name} {sec:.2f}" for name, sec in result["steps"].items())
-            print(f"  batch {batch_id}: {steps}, query database {result['publish']:.2f} s")
+            print(f"  batch {index + 3} ({seconds[index]:.2f} s): {steps}, query database {result['publish']:.2f} s")
 
 
 def main() -> None:
