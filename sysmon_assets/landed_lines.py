@@ -12,6 +12,12 @@ import pyarrow as pa
 from sysmon_assets.arrow_columns import int_array, repeated_string
 
 SOURCE_NAME = "landed_lines"
+
+
+class LandingError(RuntimeError):
+    """The landing folder or a file in it cannot be read; the message names the path."""
+
+
 # Small enough that DuckDB's threads share a chunk's scan, large enough to keep per-batch overhead low.
 ROWS_PER_RECORD_BATCH = 8192
 # A landed file's lines keep their newline in `line`; `line_bytes` is the length without it.

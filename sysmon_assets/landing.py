@@ -8,9 +8,8 @@ both are recorded in ``ingest.file_events`` and read anew, never mixed with the 
 Positions are written by :meth:`LandingReader.commit_offsets`, inside the same DuckDB
 transaction as the rows, so a crash never loses or repeats a line.
 
-``*.evtx`` files are parsed with the ``evtx`` package (a Rust EVTX parser); each record
-lands as one JSON line ``{"evtx": <the record's Event object>}`` and its position counts
-records, not bytes.
+``*.evtx`` files are read record by record (``evtx_records.py``): each record lands as one
+JSON line, and its position counts records, not bytes.
 """
 
 from __future__ import annotations
@@ -26,12 +25,12 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 import duckdb
-import evtx
 import numpy as np
 import pyarrow as pa
 
 from sysmon_assets.arrow_columns import bytes_array
-from sysmon_assets.landed_lines import SOURCE_NAME, lines_table
+from sysmon_assets.evtx_records import record_lines
+from sysmon_assets.landed_lines import SOURCE_NAME, LandingError, lines_table
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,7 +41,6 @@ EVENTS_TABLE = "ingest.file_events"
 # writes and rotates to (``winlogbeat``, ``winlogbeat.1``, ...).
 PATTERNS = ("*.json", "*.ndjson", "*.json.gz", "*.ndjson.gz", "*.evtx", "winlogbeat", "winlogbeat.[0-9]*")
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
-EVTX_RECORDS_PER_CHUNK = 20_000
 FINGERPRINT_BYTES = 1024
 NEWLINE = ord("\n")
 _STATE_DDL = f"""
@@ -53,10 +51,6 @@ CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
 CREATE TABLE IF NOT EXISTS {EVENTS_TABLE} (
     detected_at TIMESTAMP, path VARCHAR, file_key VARCHAR, event VARCHAR, detail VARCHAR);
 """
-
-
-class LandingError(RuntimeError):
-    """The landing folder or a file in it cannot be read; the message names the path."""
 
 
 @dataclass
@@ -166,36 +160,6 @@ def _read_ahead(items: Iterator[T]) -> Iterator[T]:
             yield item
 
 
-def _evtx_lines(progress: FileProgress, chunk_records: int) -> Iterator[list[bytes]]:
-    """Lists of JSON lines, one per EVTX record after the first ``position`` records."""
-    try:
-        records = evtx.PyEvtxParser(str(progress.path)).records_json()
-    except (OSError, RuntimeError) as error:
-        raise LandingError(f"cannot read EVTX file {progress.path}: {error}") from error
-    lines: list[bytes] = []
-    index = 0
-    while True:
-        try:
-            record = next(records)
-        except StopIteration:
-            break
-        except RuntimeError as error:
-            # A record the parser cannot read becomes a non-JSON line: it lands in winlogbeat_rejects.
-            record = {"data": f"EVTX record unreadable: {error}"}
-        index += 1
-        if index <= progress.position:
-            continue
-        data = record["data"]
-        if data.startswith('{"Event":'):
-            data = '{"evtx":' + data[len('{"Event":') :]
-        lines.append(data.encode("utf-8"))
-        if len(lines) >= chunk_records:
-            yield lines
-            lines = []
-    if lines:
-        yield lines
-
-
 def _text_frame(block: bytes, newlines: np.ndarray, progress: FileProgress, first_seq: int) -> pa.Table:
     """One row per line: sequence number, file, line number, byte offset, raw bytes and their length.
 
@@ -281,7 +245,7 @@ class LandingReader:
 
     def _skip_to_end(self, progress: FileProgress) -> None:
         if progress.kind == "evtx":
-            for lines in _evtx_lines(progress, EVTX_RECORDS_PER_CHUNK):
+            for lines in record_lines(progress.path, progress.position):
                 progress.position += len(lines)
                 progress.line += len(lines)
             return
@@ -295,7 +259,7 @@ class LandingReader:
         for progress in self.files:
             frames: Iterator[pa.Table]
             if progress.kind == "evtx":
-                records = _evtx_lines(progress, EVTX_RECORDS_PER_CHUNK)
+                records = record_lines(progress.path, progress.position)
                 frames = (_evtx_frame(lines, progress, seq) for lines in records)
             else:
                 blocks = _read_ahead(_read_blocks(progress, self.chunk_bytes))
