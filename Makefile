@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export SYSMON_LANDING_DIR ?= data/landing
 export SYSMON_DUCKDB_PATH ?= data/sysmon.duckdb
 
-.PHONY: run test lint ui sample clean
+.PHONY: run test lint ui sample screenshot clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ sample: $(BIN)/.installed
 	rm -f sample_data/*.ndjson
 	$(BIN)/python -m sysmon_assets.sample --out sample_data --events 500 --hosts 8 --seed 7
 	mv sample_data/winlogbeat-000.ndjson sample_data/winlogbeat-sample.ndjson
+
+## screenshot: refresh docs/asset-graph.png (the browser test, writing the README's copy instead of a temporary one)
+screenshot: $(BIN)/.installed
+	SYSMON_UPDATE_SCREENSHOT=1 $(BIN)/pytest -q tests/test_webserver.py -k browser
 
 clean:
 	rm -rf data .dagster
