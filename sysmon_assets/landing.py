@@ -73,6 +73,11 @@ class FileProgress:
         """What ``ingest.files`` keeps of this file: position, line, and the head it was fingerprinted by."""
         return (self.position, self.line, self.head_bytes, self.head_sha256)
 
+    def advance(self, positions: int, lines: int) -> None:
+        """Move past ``lines`` lines taking ``positions`` (bytes, or EVTX records)."""
+        self.position += positions
+        self.line += lines
+
     @property
     def kind(self) -> str:
         """``evtx``, ``gzip`` or ``text``: how the file is read and what its position counts."""
@@ -171,8 +176,7 @@ def _text_frame(block: bytes, newlines: np.ndarray, progress: FileProgress, firs
     lines = pa.Array.from_buffers(pa.large_binary(), len(newlines), [None, pa.py_buffer(starts), pa.py_buffer(block)])
     offsets = progress.position + starts[:-1]
     frame = lines_table(lines, np.diff(starts) - 1, str(progress.path), first_seq, progress.line + 1, offsets)
-    progress.position += len(block)
-    progress.line += len(newlines)
+    progress.advance(len(block), len(newlines))
     return frame
 
 
@@ -181,8 +185,7 @@ def _evtx_frame(lines: list[bytes], progress: FileProgress, first_seq: int) -> p
     indexes = np.arange(progress.position + 1, progress.position + 1 + len(lines), dtype=np.int64)
     lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
     frame = lines_table(bytes_array(lines), lengths, str(progress.path), first_seq, progress.line + 1, indexes)
-    progress.position += len(lines)
-    progress.line += len(lines)
+    progress.advance(len(lines), len(lines))
     return frame
 
 
@@ -246,12 +249,10 @@ class LandingReader:
     def _skip_to_end(self, progress: FileProgress) -> None:
         if progress.kind == "evtx":
             for lines in record_lines(progress.path, progress.position):
-                progress.position += len(lines)
-                progress.line += len(lines)
+                progress.advance(len(lines), len(lines))
             return
         for block, newlines in _read_blocks(progress, self.chunk_bytes):
-            progress.position += len(block)
-            progress.line += len(newlines)
+            progress.advance(len(block), len(newlines))
 
     def chunks(self, first_seq: int) -> Iterator[dict[str, pa.Table]]:
         """Source chunks for the ingest models: ``{'landed_lines': frame}``, bounded in size."""
