@@ -6,9 +6,6 @@
 {{ config(materialized='stream',
           retry_unmatched=(none if var('join_mode') == 'ksql' else 'sysmon_network_connect'),
           retry_grace_minutes=var('join_grace_minutes')) }}
-WITH n AS (
-    SELECT * FROM {{ ref('sysmon_network_connect') }}
-)
 SELECT
     n.event_date_creation,
     n.process_guid,
@@ -41,17 +38,12 @@ SELECT
     p.parent_process_guid,
     p.parent_process_id,
     n._seq
-FROM n
+FROM {{ ref('sysmon_network_connect') }} AS n
 {% if var('join_mode') == 'ksql' %}
 -- The KSQL table as it stood when n arrived is the latest create that arrived before n.
 ASOF INNER JOIN {{ ref('sysmon_process_create', full=True) }} AS p
     ON n.process_guid = p.process_guid AND n._seq > p._seq
 {% else %}
-INNER JOIN (
-    -- The table's rows these connections match, found by key first: joined whole, the table would have every
-    -- column of every row read (DuckDB's scan materializes them before its join filter applies).
-    SELECT * FROM {{ ref('sysmon_process_create_table') }}
-    WHERE rowid IN (SELECT t.rowid FROM {{ ref('sysmon_process_create_table') }} AS t SEMI JOIN n USING (process_guid))
-) AS p
+INNER JOIN {{ ref('sysmon_process_create_table') }} AS p
     ON n.process_guid = p.process_guid
 {% endif %}
