@@ -1,0 +1,33 @@
+"""The benchmark's Dagster floor: the project's asset graph with nothing done, as the benchmark runs it."""
+
+from __future__ import annotations
+
+from dagster import materialize
+
+from bench.benchmark import asset_graph
+from bench.dagster_floor import floor_definitions
+from sysmon_assets.definitions import build_definitions
+from tests.conftest import Lake
+
+
+def test_the_floor_graph_has_the_projects_assets_dependencies_and_checks(lake: Lake) -> None:
+    project = build_definitions(lake.settings).resolve_asset_graph()
+    floor = floor_definitions(asset_graph()).resolve_asset_graph()
+    assert floor.get_all_asset_keys() == project.get_all_asset_keys()
+    for key in project.get_all_asset_keys():
+        assert floor.get(key).parent_keys == project.get(key).parent_keys
+        assert {c.name for c in floor.get(key).check_keys} == {c.name for c in project.get(key).check_keys}
+
+
+def test_the_floor_graph_materializes_every_asset_and_passes_every_check() -> None:
+    definitions = floor_definitions({"a": {"deps": [], "checks": ["c1", "c2"]}, "b": {"deps": ["a"], "checks": []}})
+    result = materialize(list(definitions.assets or []))
+    assert result.success
+    assert {event.asset_key.to_user_string() for event in result.get_asset_materialization_events()} == {"a", "b"}
+    checks = sorted((evaluation.check_name, evaluation.passed) for evaluation in result.get_asset_check_evaluations())
+    assert checks == [("c1", True), ("c2", True)]
+
+
+def test_an_empty_graph_is_one_asset_doing_nothing() -> None:
+    result = materialize(list(floor_definitions({}).assets or []))
+    assert [event.asset_key.to_user_string() for event in result.get_asset_materialization_events()] == ["no_op"]
