@@ -294,7 +294,7 @@ def incremental(args: argparse.Namespace) -> None:
             + f", query database {median(runs, 'publish'):.3f} s"
         )
     if args.steady:
-        steady(args, history_db, empty)
+        steady(args, history_db, files[1], empty)
     target = copy_of(history_db, args.workdir / "increment.duckdb")
     scans = run("scans", increment_landing, target, args.memory_limit)["statements"]
     print("statements of the batch over history that scanned the most rows (DuckDB profiler):")
@@ -306,42 +306,60 @@ def incremental(args: argparse.Namespace) -> None:
     )
 
 
-def steady(args: argparse.Namespace, history_db: Path, empty_seconds: float) -> None:
-    """``args.steady`` consecutive batches of the fleet's next ``increment`` events each over the history: the
-    running pipeline's cost per batch, row-group merges included; merging every ``COMPACT_EVERY_BATCHES``
-    batches (the pipeline's policy) against merging at every checkpoint (DuckDB's default), batch by batch
-    alternating over two copies of the history."""
+def steady(args: argparse.Namespace, history_db: Path, warm_up: Path, empty_seconds: float) -> None:
+    """``args.steady`` consecutive batches of the fleet's next ``increment`` events each: the running pipeline's
+    cost per batch, row-group merges included, batch by batch alternating between three series. Over two copies
+    of the history: merging every ``COMPACT_EVERY_BATCHES`` batches (the pipeline's policy) against merging at
+    every checkpoint (DuckDB's default). Over an empty file given the same first two batches' ids (an empty
+    batch, then the warm-up file), so its merges fall on the same batches: the pipeline's policy again, which
+    makes the flatness of a running pipeline's cost one ratio."""
     counts = [args.history, WARM_UP] + [args.increment] * args.steady
     data = args.workdir / f"fleet-{args.history}-{WARM_UP}-{args.increment}-steady{args.steady}"
     files = generate(data, counts, seed=3, skip=2)  # the history's two files, as incremental() generated them
-    policies = {f"merge every {COMPACT_EVERY_BATCHES} batches": COMPACT_EVERY_BATCHES, "merge at every checkpoint": 1}
+    every = COMPACT_EVERY_BATCHES
+    history, empty = (
+        f"merge every {every} batches, over the history",
+        f"merge every {every} batches, over an empty file",
+    )
+    policies = {history: (every, True), "merge at every checkpoint, over the history": (1, True), empty: (every, False)}
     landings, targets, runs = {}, {}, {}
-    for index, policy in enumerate(policies):
+    for index, (policy, (_, over_history)) in enumerate(policies.items()):
         landings[policy] = data / f"landing-{index}"
         shutil.rmtree(landings[policy], ignore_errors=True)
         landings[policy].mkdir()
-        targets[policy] = copy_of(history_db, args.workdir / f"steady-{index}.duckdb")
+        target = args.workdir / f"steady-{index}.duckdb"
+        targets[policy] = copy_of(history_db, target) if over_history else fresh(target)
         runs[policy] = []
+        if not over_history:  # batches 1 and 2, as in the history
+            run("project", landings[policy], targets[policy], args.memory_limit)
+            os.link(warm_up, landings[policy] / warm_up.name)
+            run("project", landings[policy], targets[policy], args.memory_limit)
     for path in files:
-        for policy, every in policies.items():
+        for policy, (compact_every, _) in policies.items():
             os.link(path, landings[policy] / path.name)  # the next batch's file lands
             runs[policy].append(
-                run("project", landings[policy], targets[policy], args.memory_limit, compact_every=every)
+                run("project", landings[policy], targets[policy], args.memory_limit, compact_every=compact_every)
             )
-    print(f"## steady: {args.steady} consecutive batches of {args.increment:,} events each over the history")
+    print(f"## steady: {args.steady} consecutive batches of {args.increment:,} events each (batches 3 onwards)")
+    means = {}
     for policy, results in runs.items():
         seconds = [r["seconds"] + r["publish"] for r in results]
-        mean = statistics.mean(seconds)
+        means[policy] = (statistics.mean(seconds), statistics.median(seconds))
         print(
-            f"STEADY, {policy}: mean {mean:.3f} s ({mean / empty_seconds:.2f}x the batch over an empty file), "
-            f"median {statistics.median(seconds):.3f} s, max {max(seconds):.3f} s"
+            f"STEADY, {policy}: mean {means[policy][0]:.3f} s ({means[policy][0] / empty_seconds:.2f}x the single "
+            f"batch over an empty file), median {means[policy][1]:.3f} s, max {max(seconds):.3f} s"
         )
         print("  per batch: " + ", ".join(f"{s:.2f}" for s in seconds))
         slowest = sorted(range(len(results)), key=lambda i: -seconds[i])[:2]
-        for index in slowest:  # the history holds batches 1 and 2
+        for index in slowest:  # batches 1 and 2 came before the series
             result = results[index]
             steps = ", ".join(f"{name} {sec:.2f}" for name, sec in result["steps"].items())
             print(f"  batch {index + 3} ({seconds[index]:.2f} s): {steps}, query database {result['publish']:.2f} s")
+    (mean, median), (empty_mean, empty_median) = means[history], means[empty]
+    print(
+        f"STEADY RATIO, merging every {every} batches: over the history / over an empty file = "
+        f"{mean / empty_mean:.2f}x by the mean, {median / empty_median:.2f}x by the median"
+    )
 
 
 def main() -> None:
