@@ -81,7 +81,8 @@ def connect_file(path: Path, opener: Connect | None = None, config: dict[str, st
 def checkpoint(con: duckdb.DuckDBPyConnection, compact: bool = False) -> None:
     """Write what the step committed into the file now, as closing its last connection would: with the run's
     connection held open (the Dagster resource), it would otherwise stay in the WAL until that reaches 1 GB.
-    ``compact`` also merges the small row groups of the tables the step changed."""
+    ``compact`` also merges small row groups: DuckDB then merges them in every table that has some, not only in
+    the tables the step changed."""
     if not compact:
         con.execute("CHECKPOINT")
         return
