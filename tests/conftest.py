@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from sysmon_assets.pipeline import RECIPE_MODELS, SysmonPipeline
 from sysmon_assets.settings import Settings
 
+Wrapper = TypeVar("Wrapper")
 SYSMON = "Microsoft-Windows-Sysmon"
 SYSMON_CHANNEL = "Microsoft-Windows-Sysmon/Operational"
 T0 = datetime(2026, 11, 1, 12, 0, 0)
@@ -130,6 +132,21 @@ class Lake:
         path = self.landing / name
         land(path, events)
         return path
+
+    def wrap_connections(self, wrap: Callable[[duckdb.DuckDBPyConnection], Wrapper]) -> list[Wrapper]:
+        """Hand every connection the pipeline opens from now on through ``wrap`` (a recording or profiling
+        wrapper); the returned list fills with the wrappers as the connections open."""
+        wrappers: list[Wrapper] = []
+        connect = self.pipeline.connect
+
+        @contextmanager
+        def wrapped() -> Iterator[Wrapper]:
+            with connect() as con:
+                wrappers.append(wrap(con))
+                yield wrappers[-1]
+
+        self.pipeline.connect = wrapped
+        return wrappers
 
     def batch(self, at: datetime = T0) -> dict:
         """Run one micro-batch with its clock at ``at``."""

@@ -7,8 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -208,14 +206,7 @@ def test_a_chunk_commit_writes_only_the_file_positions_it_moved(tmp_path: Path) 
     for name in ("a", "b", "c"):
         lake.land([network_connect("{A}", f"10.0.0.{i}") for i in range(6)], name=f"{name}.ndjson")
     log: list[tuple[str, list]] = []
-    connect = lake.pipeline.connect
-
-    @contextmanager
-    def recording() -> Iterator[RecordingConnection]:
-        with connect() as con:
-            yield RecordingConnection(con, log)
-
-    lake.pipeline.connect = recording
+    lake.wrap_connections(lambda con: RecordingConnection(con, log))
     lake.batch()
     written: dict[str, list[int]] = {}
     for sql, params in log:

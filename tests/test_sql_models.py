@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -171,16 +170,7 @@ def test_the_rejects_check_reads_only_its_chunks_rows_of_the_stream(tmp_path) ->
     lake = Lake(tmp_path)
     lake.pipeline.chunk_bytes = 30_000  # 10,000 lines per chunk, 30 chunks over three row groups
     (lake.landing / "w.ndjson").write_bytes(b"{}\n" * 300_000)
-    counters: list[ScanCounter] = []
-    connect = lake.pipeline.connect
-
-    @contextmanager
-    def counted() -> Iterator[ScanCounter]:
-        with connect() as con:
-            counters.append(ScanCounter(con))
-            yield counters[-1]
-
-    lake.pipeline.connect = counted
+    counters = lake.wrap_connections(ScanCounter)
     lake.pipeline.run_model("winlogbeat_stream", "one-batch")
     scans = [
         rows
@@ -228,14 +218,7 @@ def test_the_join_reads_the_columns_of_the_process_rows_it_matches_not_of_the_wh
     recent = guids[-100:]  # connections mostly come from processes created shortly before
     lake.land([network_connect(guid, record=processes + i) for i, guid in enumerate(recent)], name="n.ndjson")
     profiles: list[dict] = []
-    connect = lake.pipeline.connect
-
-    @contextmanager
-    def profiled() -> Iterator[ProfiledConnection]:
-        with connect() as con:
-            yield ProfiledConnection(con, profiles)
-
-    lake.pipeline.connect = profiled
+    lake.wrap_connections(lambda con: ProfiledConnection(con, profiles))
     lake.batch()
     (join,) = [p for p in profiles if p["sql"].lstrip().startswith("INSERT INTO sysmon_join")]
     rows_read_with_columns = [
