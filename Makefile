@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export SYSMON_LANDING_DIR ?= data/landing
-export SYSMON_DUCKDB_PATH ?= data/sysmon.duckdb
+export SYSMON_DATA_DIR ?= data
 
 .PHONY: run test lint ui sample screenshot clean
 

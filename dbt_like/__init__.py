@@ -1,15 +1,25 @@
-"""A small, generic, dbt-style model layer over DuckDB.
+"""A small, generic, dbt-style model layer over DuckDB (a DuckLake attached as the default catalog included).
 
 Models are SQL files (Jinja templates with ``ref``/``source``/``config``), materialized
 incrementally (one transaction per step, or per chunk for source-fed steps), with declared schema tests.
 """
 
 from dbt_like.project import Model, ProjectError, SchemaTest, discover_models
-from dbt_like.runner import Batch, Project, StepResult, ensure_state, open_batch, table_exists
+from dbt_like.runner import (
+    Batch,
+    ConcurrentWriterError,
+    Project,
+    StepResult,
+    ensure_state,
+    open_batch,
+    table_columns,
+    table_exists,
+)
 from dbt_like.schema_tests import TestResult, run_schema_tests
 
 __all__ = [
     "Batch",
+    "ConcurrentWriterError",
     "Model",
     "Project",
     "ProjectError",
@@ -20,5 +30,6 @@ __all__ = [
     "ensure_state",
     "open_batch",
     "run_schema_tests",
+    "table_columns",
     "table_exists",
 ]

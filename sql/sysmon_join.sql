@@ -8,15 +8,7 @@
           retry_grace_minutes=var('join_grace_minutes')) }}
 WITH n AS (
     SELECT * FROM {{ ref('sysmon_network_connect') }}
-){% if var('join_mode') != 'ksql' %},
--- The table's rows these connections match, found by key first. Joined whole, the table had every column of
--- every row read: Sysmon GUIDs share a per-host prefix, so DuckDB's join filter let all rows through its scan.
--- MATERIALIZED keeps DuckDB from folding the two steps back into that join.
-matched_keys AS MATERIALIZED (
-    SELECT t.rowid AS row_id FROM {{ ref('sysmon_process_create_table') }} AS t SEMI JOIN n USING (process_guid)
-), p AS MATERIALIZED (
-    SELECT * FROM {{ ref('sysmon_process_create_table') }} WHERE rowid IN (SELECT row_id FROM matched_keys)
-){% endif %}
+)
 SELECT
     n.event_date_creation,
     n.process_guid,
@@ -55,6 +47,6 @@ FROM n
 ASOF INNER JOIN {{ ref('sysmon_process_create', full=True) }} AS p
     ON n.process_guid = p.process_guid AND n._seq > p._seq
 {% else %}
-INNER JOIN p
+INNER JOIN {{ ref('sysmon_process_create_table') }} AS p
     ON n.process_guid = p.process_guid
 {% endif %}

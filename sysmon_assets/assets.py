@@ -25,6 +25,7 @@ from dagster import (
 
 from dbt_like import Project, StepResult
 from dbt_like.lineage import model_lineage
+from sysmon_assets import lake
 from sysmon_assets.checks import BATCH_CHECKS
 from sysmon_assets.resources import SysmonPipelineResource
 
@@ -112,7 +113,7 @@ def model_asset(project: Project, name: str) -> AssetsDefinition:
         deps=[AssetKey(ref) for ref in model.refs],
         description=model.description,
         group_name=GROUP,
-        kinds={"duckdb", "sql"},
+        kinds={"ducklake", "sql"},
         check_specs=_check_specs(project, name),
         metadata={
             "sql_file": str(model.path.relative_to(project.models_dir.parent)),
@@ -127,8 +128,10 @@ def model_asset(project: Project, name: str) -> AssetsDefinition:
         seconds = time.perf_counter() - started
         context.log.info(json.dumps({r.model: [r.rows_in, r.rows_written] for r in results}))
         batch_id = pipeline.last_batch_id
-        columns, preview = pipeline.describe(name, batch_id)
+        columns, preview, snapshot = pipeline.describe(name, batch_id)
         metadata = step_metadata(results, batch_id)
+        metadata["lake_table"] = f"{lake.LAKE}.main.{name}"
+        metadata["lake_snapshot"] = snapshot
         metadata["duration_seconds"] = round(seconds, 3)
         metadata["dagster/column_schema"] = column_schema(project, name, columns)
         metadata["dagster/column_lineage"] = lineage
@@ -148,32 +151,6 @@ def model_asset(project: Project, name: str) -> AssetsDefinition:
         return MaterializeResult(metadata=metadata, check_results=checks)
 
     return run_model_step
-
-
-def query_database_asset(project: Project) -> AssetsDefinition:
-    """The analysts' read-only query database, refreshed after the recipe's assets committed."""
-
-    @asset(
-        name="query_database",
-        deps=[AssetKey(name) for name in project.primary_models()],
-        description=(
-            "Read-only query database for ad-hoc SQL (SYSMON_QUERY_DB): the recipe's tables as views over "
-            "immutable Parquet files, swapped in atomically after each committed batch."
-        ),
-        group_name=SERVING_GROUP,
-        kinds={"duckdb", "parquet"},
-    )
-    def publish_query_database(context: AssetExecutionContext, sysmon: SysmonPipelineResource) -> MaterializeResult:
-        published = sysmon.pipeline().publish(run_key=context.run.run_id, batch_time=sysmon.clock())
-        return MaterializeResult(
-            metadata={
-                "batch_boundary": published.batch_id,
-                "new_parquet_files": published.new_files,
-                "path": MetadataValue.path(str(published.query_db)),
-            }
-        )
-
-    return publish_query_database
 
 
 def sink_topic_asset(topic: str) -> AssetsDefinition:
@@ -201,7 +178,7 @@ def sink_topic_asset(topic: str) -> AssetsDefinition:
 
 
 def build_assets(project: Project, sink_topic: str | None = None) -> list[AssetsDefinition]:
-    """One asset per model that is not a side table of another, in dependency order, then the query database
-    and, with ``sink_topic``, the Kafka topic the joined rows are published to."""
-    assets = [*(model_asset(project, name) for name in project.primary_models()), query_database_asset(project)]
+    """One asset per model that is not a side table of another, in dependency order, and, with ``sink_topic``,
+    the Kafka topic the joined rows are published to."""
+    assets = [model_asset(project, name) for name in project.primary_models()]
     return [*assets, sink_topic_asset(sink_topic)] if sink_topic else assets

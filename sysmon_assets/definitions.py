@@ -1,7 +1,8 @@
 """Dagster definitions: the recipe's assets, the micro-batch job, its schedule and sensor.
 
 ``dagster asset materialize -m sysmon_assets.definitions --select '*'`` runs one micro-batch
-with ``SYSMON_LANDING_DIR`` and ``SYSMON_DUCKDB_PATH`` from the environment.
+with ``SYSMON_LANDING_DIR`` and the lake settings (``SYSMON_DATA_DIR``, ``SYSMON_LAKE_CATALOG``,
+``SYSMON_LAKE_DATA_PATH``) from the environment.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from dagster import Definitions, in_process_executor
 
 from dbt_like import Project
 from sysmon_assets.assets import build_assets
-from sysmon_assets.jobs import sysmon_batch_job
+from sysmon_assets.jobs import lake_maintenance, sysmon_batch_job
 from sysmon_assets.pipeline import SQL_DIR
 from sysmon_assets.resources import resources_from_settings
-from sysmon_assets.schedules import every_minute
+from sysmon_assets.schedules import every_minute, hourly_maintenance
 from sysmon_assets.sensors import landing_sensor
 from sysmon_assets.settings import Settings
 
@@ -23,11 +24,11 @@ def build_definitions(settings: Settings) -> Definitions:
     project = Project(SQL_DIR, settings.variables())
     return Definitions(
         assets=build_assets(project, settings.kafka_sink_topic if settings.kafka_sink else None),
-        jobs=[sysmon_batch_job],
-        schedules=[every_minute],
+        jobs=[sysmon_batch_job, lake_maintenance],
+        schedules=[every_minute, hourly_maintenance],
         sensors=[landing_sensor],
         resources=resources_from_settings(settings),
-        # One DuckDB file has one writer: steps run one after another in one process.
+        # Steps run one after another in one process, on cursors of the run's one lake connection.
         executor=in_process_executor,
     )
 

@@ -40,8 +40,7 @@ _STATE_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS ingest;
 CREATE TABLE IF NOT EXISTS {SINK_TABLE} (
     topic VARCHAR, after_batch BIGINT, through_batch BIGINT, state VARCHAR, messages BIGINT,
-    last_offsets JSON, updated_at TIMESTAMP, PRIMARY KEY (topic, through_batch));
-ALTER TABLE {SINK_TABLE} ADD COLUMN IF NOT EXISTS start_offsets JSON;
+    last_offsets JSON, updated_at TIMESTAMP, start_offsets JSON);
 CREATE TABLE IF NOT EXISTS {IDENTITY_TABLE} (pipeline_id VARCHAR);
 """
 READ_BACK_SECONDS = 60
@@ -180,7 +179,7 @@ class JoinSink:
                 producer.poll(0.5)
 
     def _pipeline_id(self, con: duckdb.DuckDBPyConnection) -> str:
-        """This DuckDB file's pipeline id, drawn on first use."""
+        """This lake's pipeline id, drawn on first use."""
         row = first_row(con, f"SELECT pipeline_id FROM {IDENTITY_TABLE}")
         if row:
             return row[0]

@@ -40,7 +40,7 @@ IDLE_TIMEOUT_SECONDS = 30.0
 _STATE_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS ingest;
 CREATE TABLE IF NOT EXISTS {OFFSETS_TABLE} (
-    topic VARCHAR, "partition" INTEGER, next_offset BIGINT, updated_at TIMESTAMP, PRIMARY KEY (topic, "partition"));
+    topic VARCHAR, "partition" INTEGER, next_offset BIGINT, updated_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS {EVENTS_TABLE} (
     detected_at TIMESTAMP, path VARCHAR, file_key VARCHAR, event VARCHAR, detail VARCHAR);
 """
@@ -288,7 +288,10 @@ class KafkaReader:
             if progress.position is None:
                 continue
             con.execute(
-                f"INSERT OR REPLACE INTO {OFFSETS_TABLE} VALUES (?, ?, ?, now())",
+                f'DELETE FROM {OFFSETS_TABLE} WHERE topic = ? AND "partition" = ?', [self.topic, progress.partition]
+            )
+            con.execute(
+                f"INSERT INTO {OFFSETS_TABLE} VALUES (?, ?, ?, now())",
                 [self.topic, progress.partition, progress.position],
             )
             progress.committed = progress.position

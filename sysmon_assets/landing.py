@@ -5,7 +5,7 @@ rotation is not read again; a file that grows is read from where the last batch 
 an incomplete last line (no newline yet) waits for the next batch. A fingerprint of each
 file's first bytes detects a file replaced in place, and a file that shrank was truncated:
 both are recorded in ``ingest.file_events`` and read anew, never mixed with the old offset.
-Positions are written by :meth:`LandingReader.commit_offsets`, inside the same DuckDB
+Positions are written by :meth:`LandingReader.commit_offsets`, inside the same lake
 transaction as the rows, so a crash never loses or repeats a line.
 
 ``*.evtx`` files are read record by record (``evtx_records.py``): each record lands as one
@@ -46,7 +46,7 @@ NEWLINE = ord("\n")
 _STATE_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS ingest;
 CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
-    file_key VARCHAR PRIMARY KEY, path VARCHAR, position BIGINT, line_number BIGINT,
+    file_key VARCHAR, path VARCHAR, position BIGINT, line_number BIGINT,
     head_bytes BIGINT, head_sha256 VARCHAR, updated_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS {EVENTS_TABLE} (
     detected_at TIMESTAMP, path VARCHAR, file_key VARCHAR, event VARCHAR, detail VARCHAR);
@@ -275,8 +275,9 @@ class LandingReader:
         for progress in self.files:
             # A chunk moves one file on: the others' rows would be rewritten unchanged on every chunk's commit.
             if progress.recorded != progress.state:
+                con.execute(f"DELETE FROM {STATE_TABLE} WHERE file_key = ?", [progress.key])
                 con.execute(
-                    f"INSERT OR REPLACE INTO {STATE_TABLE} VALUES (?, ?, ?, ?, ?, ?, now())",
+                    f"INSERT INTO {STATE_TABLE} VALUES (?, ?, ?, ?, ?, ?, now())",
                     [progress.key, str(progress.path), *progress.state],
                 )
             if not progress.notes_recorded:

@@ -1,7 +1,8 @@
 """One micro-batch of the recipe: ingest landed lines, then run each SQL model's step.
 
 Plain Python with no Dagster in it, so tests, the benchmark and the Dagster assets all run
-the same code. Every step is one DuckDB transaction (see :mod:`dbt_like.runner`).
+the same code. Every step is one lake transaction (see :mod:`dbt_like.runner`), whose snapshot is
+labelled with its batch and step; the last step's marks the batch complete, the boundary readers see.
 """
 
 from __future__ import annotations
@@ -9,15 +10,15 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, closing, contextmanager
+from contextlib import AbstractContextManager, ExitStack, closing, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 
-from dbt_like import Batch, Project, StepResult, open_batch, table_exists
+from dbt_like import Batch, Project, StepResult, table_columns, table_exists
 from dbt_like.sql import scalar
-from sysmon_assets import serving
+from sysmon_assets import lake
 from sysmon_assets.kafka_sink import JoinSink, Published
 from sysmon_assets.kafka_source import KafkaReader
 from sysmon_assets.landed_lines import empty_chunk
@@ -26,11 +27,6 @@ from sysmon_assets.settings import Settings
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 INGEST_MODEL = "winlogbeat_stream"
-# Each batch's checkpoint leaves its rows in a row group of their own; every this many batches, the
-# checkpoint merges them (DuckDB's vacuum). Merging at every checkpoint rewrote an almost full row group
-# again and again to take in a few thousand rows: in a 10k-event batch, up to 0.6 s per table.
-COMPACT_EVERY_BATCHES = 24
-VACUUM_TASKS_WHEN_COMPACTING = 100  # DuckDB's default max_vacuum_tasks
 RECIPE_MODELS = (
     "winlogbeat_stream",
     "winlogbeat_stream_rekey",
@@ -43,54 +39,39 @@ RECIPE_MODELS = (
 Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 
 
-class PipelineError(RuntimeError):
-    """The batch cannot run (DuckDB file unusable, ...); the message names the path."""
-
-
 def utc_now() -> datetime:
     """The current UTC time as a naive timestamp (how DuckDB TIMESTAMP columns hold UTC here)."""
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def connect_file(path: Path, opener: Connect | None = None, config: dict[str, str] | None = None) -> Connect:
-    """A connection factory for the DuckDB file at ``path``; failing to open it names the file.
+class LakeConnections:
+    """The pipeline's connections: one DuckDB instance with the lake attached, opened on first use and held
+    until :meth:`close`; each ``connect()`` is a cursor of it. Loading and verifying the extensions costs about
+    0.25 s per instance, so a batch pays it once, not once per step.
 
-    ``opener`` (e.g. dagster-duckdb's ``DuckDBResource.get_connection``) opens the connection;
-    by default a plain ``duckdb.connect`` with ``config`` (such as ``memory_limit``).
+    ``opener`` (e.g. dagster-duckdb's ``DuckDBResource.get_connection``) opens the in-memory DuckDB the lake is
+    attached to; by default a plain ``duckdb.connect``.
     """
 
-    def plain() -> AbstractContextManager[duckdb.DuckDBPyConnection]:
-        return closing(duckdb.connect(str(path), config=config or {}))
+    def __init__(self, settings: Settings, opener: Connect | None = None) -> None:
+        self.settings = settings
+        self.opener = opener or (lambda: closing(duckdb.connect(config=lake.connection_config(settings))))
+        self._held = ExitStack()
+        self._instance: duckdb.DuckDBPyConnection | None = None
 
     @contextmanager
-    def connect() -> Iterator[duckdb.DuckDBPyConnection]:
-        opened = False
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with (opener or plain)() as con:
-                opened = True
-                yield con
-        except (OSError, duckdb.Error) as error:
-            if opened:
-                raise
-            raise PipelineError(f"cannot open DuckDB file {path}: {error}") from error
+    def __call__(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if self._instance is None:
+            instance = self._held.enter_context(self.opener())
+            lake.attach(instance, self.settings)
+            self._instance = instance
+        with self._instance.cursor() as con:
+            yield lake.use_lake(con)
 
-    return connect
-
-
-def checkpoint(con: duckdb.DuckDBPyConnection, compact: bool = False) -> None:
-    """Write what the step committed into the file now, as closing its last connection would: with the run's
-    connection held open (the Dagster resource), it would otherwise stay in the WAL until that reaches 1 GB.
-    ``compact`` also merges small row groups: DuckDB then merges them in every table that has some, not only in
-    the tables the step changed."""
-    if not compact:
-        con.execute("CHECKPOINT")
-        return
-    con.execute(f"SET max_vacuum_tasks = {VACUUM_TASKS_WHEN_COMPACTING}")
-    try:
-        con.execute("CHECKPOINT")
-    finally:
-        con.execute("SET max_vacuum_tasks = 0")
+    def close(self) -> None:
+        """Close the held instance (the next ``connect()`` opens a new one)."""
+        self._instance = None
+        self._held.close()
 
 
 def _cell(value: object, width: int = 60) -> str:
@@ -100,25 +81,27 @@ def _cell(value: object, width: int = 60) -> str:
 
 
 class SysmonPipeline:
-    """The recipe's models over one DuckDB file and one landing folder."""
+    """The recipe's models over one lake and one landing folder (or Kafka topic)."""
 
     def __init__(
         self, settings: Settings, connect: Connect | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES
     ) -> None:
         self.settings = settings
-        self.project = Project(SQL_DIR, settings.variables())
-        self.connect = connect or connect_file(settings.duckdb_path, config=settings.duckdb_config())
+        self.project = Project(SQL_DIR, settings.variables(), commit_note=self._commit_note)
+        self.connect = connect or LakeConnections(settings)
         self.chunk_bytes = chunk_bytes
         self.last_batch_id: int | None = None
 
     def run_model(self, name: str, run_key: str, batch_time: datetime | None = None) -> list[StepResult]:
         """Run one model's step for the batch of ``run_key`` (created by the first step that asks)."""
         with self.connect() as con:
-            batch = open_batch(con, run_key, batch_time or utc_now())
+            batch = self.project.open_batch(con, run_key, batch_time or utc_now())
             self.last_batch_id = batch.batch_id
-            results = self._ingest(con, batch) if name == INGEST_MODEL else self.project.run_step(con, name, batch)
-            checkpoint(con, compact=batch.batch_id % COMPACT_EVERY_BATCHES == 0)
-            return results
+            return self._ingest(con, batch) if name == INGEST_MODEL else self.project.run_step(con, name, batch)
+
+    def _commit_note(self, con: duckdb.DuckDBPyConnection, model: str, batch: Batch) -> None:
+        last_step = self.project.primary_models()[-1]
+        lake.commit_note(con, {"batch_id": batch.batch_id, "step": model, "batch_complete": model == last_step})
 
     def _ingest(self, con: duckdb.DuckDBPyConnection, batch: Batch) -> list[StepResult]:
         first_batch_ever = not table_exists(con, INGEST_MODEL)
@@ -143,30 +126,19 @@ class SysmonPipeline:
             results[0].notes["source_events"] = reader.file_events
         return results
 
-    def describe(self, name: str, batch_id: int, preview_rows: int = 5) -> tuple[list[tuple[str, str]], str]:
-        """The table's (column, type) pairs and a markdown preview of the rows ``batch_id`` wrote."""
+    def describe(self, name: str, batch_id: int, preview_rows: int = 5) -> tuple[list[tuple[str, str]], str, int]:
+        """The table's (column, type) pairs, a markdown preview of the rows ``batch_id`` wrote, and the lake's
+        snapshot id after the step."""
         with self.connect() as con:
-            columns = con.execute(
-                "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ? AND schema_name = 'main' "
-                "ORDER BY column_index",
-                [name],
-            ).fetchall()
+            columns = table_columns(con, name)
+            snapshot = lake.current_snapshot(con)
             shown = [c for c, _ in columns if not c.startswith("_")][:8]
             rows = con.execute(
                 f"SELECT {', '.join(shown)} FROM {name} WHERE _batch_id = ? LIMIT ?", [batch_id, preview_rows]
             ).fetchall()
         lines = ["| " + " | ".join(shown) + " |", "|" + " --- |" * len(shown)]
         lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
-        return columns, "\n".join(lines)
-
-    def publish(self, run_key: str, batch_time: datetime | None = None) -> serving.Published:
-        """Refresh the analysts' query database with everything committed up to this batch."""
-        with self.connect() as con:
-            batch = open_batch(con, run_key, batch_time or utc_now())
-            tables = list(self.project.models)
-            return serving.publish(
-                con, self.project, tables, self.settings.query_db_path, batch.batch_id, now=batch.started_at
-            )
+        return columns, "\n".join(lines), snapshot
 
     def publish_join(self) -> Published:
         """Send the ``sysmon_join`` rows committed since the last publish to the Kafka sink topic."""
@@ -174,11 +146,9 @@ class SysmonPipeline:
             return JoinSink(self.settings).publish(con)
 
     def run_batch(self, run_key: str | None = None, batch_time: datetime | None = None) -> dict[str, list[StepResult]]:
-        """One whole micro-batch: every recipe model in dependency order, the query database, the Kafka sink
-        (when configured)."""
+        """One whole micro-batch: every recipe model in dependency order, then the Kafka sink (when configured)."""
         run_key = run_key or f"batch-{uuid.uuid4()}"
         results = {name: self.run_model(name, run_key, batch_time) for name in self.project.primary_models()}
-        self.publish(run_key, batch_time)
         if self.settings.kafka_sink:
             self.publish_join()
         return results

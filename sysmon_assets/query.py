@@ -1,37 +1,47 @@
-"""Run an ad-hoc SQL file (or text) against the query database, read-only, and print the result.
+"""Query the lake from the command line, read-only, at the last complete batch (``sysmon_assets.connect``).
 
-``python -m sysmon_assets.query sql/queries/sysmon_join_sample.sql``
+``python -m sysmon_assets.query sql/queries/sysmon_join_sample.sql`` prints a table;
+``python -m sysmon_assets.query --json "select count(*) from sysmon_join"`` prints the rows as a JSON array of arrays.
+Both read the same ``SYSMON_*`` settings as the pipeline.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 import duckdb
 
-from sysmon_assets.settings import Settings
+from sysmon_assets import lake
 
 
-def run_query(duckdb_path: Path, sql: str) -> duckdb.DuckDBPyRelation | None:
-    """Open ``duckdb_path`` read-only and run ``sql``; the caller shows or fetches the result."""
-    if not duckdb_path.exists():
-        raise SystemExit(f"DuckDB file {duckdb_path} does not exist yet: run a micro-batch first")
-    con = duckdb.connect(str(duckdb_path), read_only=True)
-    return con.sql(sql)
+def rows_as_json(relation: duckdb.DuckDBPyRelation) -> str:
+    """The relation's rows as a JSON array of arrays (timestamps and other non-JSON values as text)."""
+    return json.dumps([list(row) for row in relation.fetchall()], default=str)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("query", help="a .sql file, or SQL text")
-    parser.add_argument("--db", type=Path, default=None, help="DuckDB file (default: the query database)")
+    parser.add_argument("--json", action="store_true", help="print the rows as a JSON array of arrays")
+    parser.add_argument("--batch", type=int, default=None, help="read the lake as this batch left it")
     parser.add_argument("--max-width", type=int, default=160)
     args = parser.parse_args(argv)
     path = Path(args.query)
-    sql = path.read_text(encoding="utf-8") if path.suffix == ".sql" else args.query
-    relation = run_query(args.db or Settings.from_env().query_db_path, sql)
-    if relation is not None:
+    sql = path.read_text(encoding="utf-8") if path.suffix == ".sql" and path.is_file() else args.query
+    try:
+        con = lake.connect(batch_id=args.batch)
+        relation = con.sql(sql)
+    except (lake.LakeError, duckdb.Error) as error:
+        sys.exit(f"query failed: {error}")
+    if relation is None:
+        return
+    if args.json:
+        print(rows_as_json(relation))
+    else:
         relation.show(max_width=args.max_width)
 
 

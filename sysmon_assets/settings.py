@@ -9,6 +9,7 @@ from pathlib import Path
 OFFSET_RESETS = ("earliest", "latest")
 JOIN_MODES = ("default", "ksql")
 SOURCES = ("files", "kafka")
+CATALOG_KINDS = ("sqlite:", "postgres:")
 
 
 class SettingsError(ValueError):
@@ -20,15 +21,18 @@ class Settings:
     """Everything one micro-batch needs to know about where data is and how to join it."""
 
     landing_dir: Path = Path("data/landing")
-    duckdb_path: Path = Path("data/sysmon.duckdb")
+    data_dir: Path = Path("data")
+    lake_catalog: str | None = None
+    lake_data_path: str | None = None
     offset_reset: str = "earliest"
     join_mode: str = "default"
     join_grace_minutes: int = 15
     max_line_bytes: int = 1024 * 1024
-    query_db: Path | None = None
     join_coverage_warn: float = 0.25
     freshness_minutes: int = 60
     memory_limit: str | None = None
+    snapshot_retention_days: float = 7.0
+    event_retention_days: float = 0.0
     source: str = "files"
     kafka_bootstrap: str | None = None
     kafka_topic: str = "winlogbeat"
@@ -40,18 +44,16 @@ class Settings:
     kafka_sink_topic: str = "SYSMON_JOIN"
     kafka_config: tuple[tuple[str, str], ...] = ()
 
-    def duckdb_config(self) -> dict[str, str]:
-        """DuckDB connection settings: ``memory_limit`` (e.g. ``2GB``; DuckDB spills beyond it) when set; a
-        write-ahead log of up to 1 GB before an automatic checkpoint, so ingest's per-chunk commits do not each
-        rewrite the table (each step checkpoints when it ends); and no row-group merging at those checkpoints
-        (the pipeline compacts every ``COMPACT_EVERY_BATCHES`` batches instead)."""
-        memory = {"memory_limit": self.memory_limit} if self.memory_limit else {}
-        return {"checkpoint_threshold": "1GB", "max_vacuum_tasks": "0", **memory}
+    @property
+    def catalog(self) -> str:
+        """DuckLake's catalog: ``SYSMON_LAKE_CATALOG``, by default a SQLite file in the data folder (no server;
+        docs/storage.md has the measurement behind that choice)."""
+        return self.lake_catalog or f"sqlite:{self.data_dir / 'lake.sqlite'}"
 
     @property
-    def query_db_path(self) -> Path:
-        """The analysts' read-only query database: ``SYSMON_QUERY_DB``, by default beside the DuckDB file."""
-        return self.query_db or self.duckdb_path.with_name(self.duckdb_path.stem + "_query.duckdb")
+    def data_path(self) -> str:
+        """Where DuckLake writes its Parquet files: ``SYSMON_LAKE_DATA_PATH``, by default in the data folder."""
+        return self.lake_data_path or f"{self.data_dir / 'lake_files'}/"
 
     def __post_init__(self) -> None:
         if self.offset_reset not in OFFSET_RESETS:
@@ -62,6 +64,12 @@ class Settings:
             raise SettingsError(f"SYSMON_JOIN_GRACE_MINUTES={self.join_grace_minutes}: must be 0 or more")
         if self.max_line_bytes < 1:
             raise SettingsError(f"SYSMON_MAX_LINE_BYTES={self.max_line_bytes}: must be 1 or more")
+        if not self.catalog.startswith(CATALOG_KINDS):
+            raise SettingsError(f"SYSMON_LAKE_CATALOG={self.catalog!r}: expected sqlite:PATH or postgres:CONNECTION")
+        if not 0 < self.snapshot_retention_days < 36500:
+            raise SettingsError(f"SYSMON_SNAPSHOT_RETENTION_DAYS={self.snapshot_retention_days}: expected 0 < days")
+        if not 0 <= self.event_retention_days < 36500:
+            raise SettingsError(f"SYSMON_EVENT_RETENTION_DAYS={self.event_retention_days}: expected 0 (keep) or more")
         if self.source not in SOURCES:
             raise SettingsError(f"SYSMON_SOURCE={self.source!r}: expected one of {SOURCES}")
         if (self.source == "kafka" or self.kafka_sink) and not self.kafka_bootstrap:
@@ -79,15 +87,18 @@ class Settings:
         env = os.environ if environ is None else environ
         return cls(
             landing_dir=Path(env.get("SYSMON_LANDING_DIR") or cls.landing_dir),
-            duckdb_path=Path(env.get("SYSMON_DUCKDB_PATH") or cls.duckdb_path),
+            data_dir=Path(env.get("SYSMON_DATA_DIR") or cls.data_dir),
+            lake_catalog=env.get("SYSMON_LAKE_CATALOG") or None,
+            lake_data_path=env.get("SYSMON_LAKE_DATA_PATH") or None,
             offset_reset=env.get("SYSMON_OFFSET_RESET", "earliest").lower(),
             join_mode=env.get("SYSMON_JOIN_MODE", "default").lower(),
             join_grace_minutes=_whole_number(env, "SYSMON_JOIN_GRACE_MINUTES", 15),
             max_line_bytes=_whole_number(env, "SYSMON_MAX_LINE_BYTES", 1024 * 1024),
-            query_db=Path(env["SYSMON_QUERY_DB"]) if env.get("SYSMON_QUERY_DB") else None,
             join_coverage_warn=_number(env, "SYSMON_JOIN_COVERAGE_WARN", 0.25),
             freshness_minutes=_whole_number(env, "SYSMON_FRESHNESS_MINUTES", 60),
             memory_limit=env.get("SYSMON_DUCKDB_MEMORY_LIMIT") or None,
+            snapshot_retention_days=_number(env, "SYSMON_SNAPSHOT_RETENTION_DAYS", cls.snapshot_retention_days),
+            event_retention_days=_number(env, "SYSMON_EVENT_RETENTION_DAYS", cls.event_retention_days),
             source=env.get("SYSMON_SOURCE", "files").lower(),
             kafka_bootstrap=env.get("SYSMON_KAFKA_BOOTSTRAP") or None,
             kafka_topic=env.get("SYSMON_KAFKA_TOPIC") or cls.kafka_topic,

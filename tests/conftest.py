@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -13,6 +14,8 @@ from typing import Any, TypeVar
 import duckdb
 import pytest
 
+from dbt_like import table_columns
+from sysmon_assets.lake import open_lake
 from sysmon_assets.pipeline import RECIPE_MODELS, SysmonPipeline
 from sysmon_assets.settings import Settings
 
@@ -117,14 +120,52 @@ def land(path: Path, events: Iterable[dict[str, Any] | str], mode: str = "a") ->
             handle.write((event if isinstance(event, str) else json.dumps(event)) + "\n")
 
 
+def lake_rows(settings: Settings, sql: str, params: list | None = None) -> list[tuple]:
+    """Rows of a query on the lake's newest snapshot (a read-only connection of its own)."""
+    with open_lake(settings, read_only=True) as con:
+        return con.execute(sql, params or []).fetchall()
+
+
+# Reads the lake in a process of its own (argv: data dir, catalog, data path, SQL) and prints the rows as JSON.
+READ_IN_ANOTHER_PROCESS = """
+import json, sys
+from pathlib import Path
+from sysmon_assets.lake import open_lake
+from sysmon_assets.settings import Settings
+settings = Settings(data_dir=Path(sys.argv[1]), lake_catalog=sys.argv[2], lake_data_path=sys.argv[3])
+with open_lake(settings, read_only=True) as con:
+    print(json.dumps(con.execute(sys.argv[4]).fetchall(), default=str))
+"""
+
+
+def lake_rows_in_another_process(settings: Settings, sql: str) -> list[list]:
+    """Rows of a query on the lake, read by another Python process (lists: they came through JSON)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            READ_IN_ANOTHER_PROCESS,
+            str(settings.data_dir),
+            settings.catalog,
+            settings.data_path,
+            sql,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
 class Lake:
-    """A landing folder plus DuckDB file under ``tmp_path`` with a pipeline over them."""
+    """A landing folder plus a lake (SQLite catalog, local files) under ``tmp_path`` with a pipeline over them."""
 
     def __init__(self, root: Path, **settings: Any) -> None:
         self.landing = root / "landing"
         self.landing.mkdir(parents=True, exist_ok=True)
-        self.db = root / "sysmon.duckdb"
-        self.settings = Settings(landing_dir=self.landing, duckdb_path=self.db, **settings)
+        self.data = root / "data"
+        self.settings = Settings(landing_dir=self.landing, data_dir=self.data, **settings)
         self.pipeline = SysmonPipeline(self.settings)
 
     def land(self, events: Iterable[dict[str, Any] | str], name: str = "winlogbeat.ndjson") -> Path:
@@ -153,27 +194,20 @@ class Lake:
         return self.pipeline.run_batch(batch_time=at)
 
     def rows(self, sql: str, params: list | None = None) -> list[tuple]:
-        """Rows of a query on the DuckDB file (read-only connection)."""
-        with duckdb.connect(str(self.db), read_only=True) as con:
-            return con.execute(sql, params or []).fetchall()
+        """Rows of a query on the lake's newest snapshot (read-only connection)."""
+        return lake_rows(self.settings, sql, params)
 
     def count(self, table: str) -> int:
         """Row count of a table."""
         return self.rows(f"SELECT count(*) FROM {table}")[0][0]
 
 
-def snapshot(db: Path, tables: Iterable[str] = RECIPE_MODELS) -> dict[str, list[tuple]]:
+def snapshot(settings: Settings, tables: Iterable[str] = RECIPE_MODELS) -> dict[str, list[tuple]]:
     """Every table's recipe columns (not the ``_`` metadata), as sorted rows: equal means same content."""
-    with duckdb.connect(str(db), read_only=True) as con:
+    with open_lake(settings, read_only=True) as con:
         result = {}
         for table in tables:
-            columns = [
-                c
-                for (c,) in con.execute(
-                    "SELECT column_name FROM duckdb_columns() WHERE table_name = ? ORDER BY column_index", [table]
-                ).fetchall()
-                if not c.startswith("_")
-            ]
+            columns = [c for c, _ in table_columns(con, table) if not c.startswith("_")]
             rows = con.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall()
             result[table] = sorted(rows, key=repr)
         return result
@@ -181,7 +215,7 @@ def snapshot(db: Path, tables: Iterable[str] = RECIPE_MODELS) -> dict[str, list[
 
 @pytest.fixture
 def lake(tmp_path: Path) -> Lake:
-    """A fresh landing folder and DuckDB file."""
+    """A fresh landing folder and lake."""
     return Lake(tmp_path)
 
 
@@ -191,3 +225,19 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory):
     from tests.kafka_broker import broker_fixture
 
     yield from broker_fixture(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server (pgserver) for the whole test session: DuckLake catalogs."""
+    from tests.lake_servers import postgres_fixture
+
+    yield from postgres_fixture()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3-compatible server (moto) on loopback for the whole test session: lake data files."""
+    from tests.lake_servers import s3_fixture
+
+    yield from s3_fixture()

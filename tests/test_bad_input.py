@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sysmon_assets.definitions import build_definitions
+from sysmon_assets.lake import LakeError
 from sysmon_assets.landing import LandingError
-from sysmon_assets.pipeline import PipelineError
 from sysmon_assets.settings import Settings
 from tests.conftest import Lake, network_connect, process_create
 
@@ -63,13 +63,11 @@ def test_an_unreadable_file_stops_the_run_naming_it(lake: Lake, monkeypatch: pyt
         lake.batch()
 
 
-def test_a_duckdb_path_under_a_file_names_the_path(tmp_path: Path) -> None:
+def test_a_data_dir_under_a_file_names_the_path(tmp_path: Path) -> None:
     (tmp_path / "not_a_folder").write_text("")
     lake = Lake(tmp_path)
-    lake.pipeline = type(lake.pipeline)(
-        Settings(landing_dir=lake.landing, duckdb_path=tmp_path / "not_a_folder" / "x.duckdb")
-    )
-    with pytest.raises(PipelineError, match=r"cannot open DuckDB file .*not_a_folder/x\.duckdb"):
+    lake.pipeline = type(lake.pipeline)(Settings(landing_dir=lake.landing, data_dir=tmp_path / "not_a_folder" / "x"))
+    with pytest.raises(LakeError, match=r"cannot open the lake \(catalog sqlite:.*not_a_folder/x/lake\.sqlite"):
         lake.batch()
 
 

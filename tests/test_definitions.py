@@ -6,14 +6,13 @@ import os
 import subprocess
 from pathlib import Path
 
-import duckdb
 import yaml
 from dagster import AssetKey, DefaultScheduleStatus, DefaultSensorStatus
 
 from sysmon_assets.definitions import build_definitions, defs
 from sysmon_assets.pipeline import RECIPE_MODELS
 from sysmon_assets.settings import Settings
-from tests.conftest import CLI_BATCH, Lake, network_connect, process_create
+from tests.conftest import CLI_BATCH, Lake, lake_rows, network_connect, process_create
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_EDGES = {
@@ -30,17 +29,16 @@ RECIPE_EDGES = {
 def test_the_six_recipe_assets_with_their_lineage_and_descriptions() -> None:
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == {*RECIPE_MODELS, "query_database"}
+    assert keys == set(RECIPE_MODELS)
     recipe = {
         key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).group_name == "sysmon_recipe"
     }
     assert recipe == set(RECIPE_MODELS)
-    assert {key.to_user_string() for key in graph.get(AssetKey("query_database")).parent_keys} == set(RECIPE_MODELS)
     for name, upstream in RECIPE_EDGES.items():
         node = graph.get(AssetKey(name))
         assert {key.to_user_string() for key in node.parent_keys} == upstream
         assert node.description and "Recipe step" in node.description
-        assert node.kinds == {"duckdb", "sql"}
+        assert node.kinds == {"ducklake", "sql"}
         assert node.group_name == "sysmon_recipe"
 
 
@@ -53,12 +51,21 @@ def test_schema_tests_are_asset_checks() -> None:
 def test_job_schedule_and_sensor() -> None:
     job = defs.resolve_job_def("sysmon_micro_batch")
     assert job.executor_def.name == "in_process"
-    assert {node.name for node in job.nodes} == {*RECIPE_MODELS, "query_database"}
+    assert {node.name for node in job.nodes} == set(RECIPE_MODELS)
     schedule, sensor = defs.resolve_schedule_def("sysmon_every_minute"), defs.resolve_sensor_def("landing_sensor")
     assert schedule.cron_schedule == "* * * * *"
     assert sensor.job_name == "sysmon_micro_batch"
     assert schedule.default_status == DefaultScheduleStatus.STOPPED
     assert sensor.default_status == DefaultSensorStatus.STOPPED
+
+
+def test_lake_maintenance_job_and_hourly_schedule() -> None:
+    job = defs.resolve_job_def("lake_maintenance")
+    assert {node.name for node in job.nodes} == {"maintain_lake"}
+    schedule = defs.resolve_schedule_def("lake_maintenance_hourly")
+    assert schedule.job_name == "lake_maintenance"
+    assert schedule.cron_schedule == "17 * * * *"
+    assert schedule.default_status == DefaultScheduleStatus.STOPPED
 
 
 def test_make_ui_instance_runs_one_batch_at_a_time() -> None:
@@ -83,19 +90,18 @@ def test_materializing_the_job_in_process_reports_rows_offsets_and_checks(lake: 
 
 
 def test_the_cli_runs_exactly_one_micro_batch(tmp_path: Path) -> None:
-    settings = Settings(landing_dir=tmp_path / "landing", duckdb_path=tmp_path / "cli.duckdb")
+    settings = Settings(landing_dir=tmp_path / "landing", data_dir=tmp_path / "cli")
     lake = Lake(tmp_path)
     lake.land([process_create("{G}"), network_connect("{G}")])
     env = {
         **os.environ,
         "SYSMON_LANDING_DIR": str(settings.landing_dir),
-        "SYSMON_DUCKDB_PATH": str(settings.duckdb_path),
+        "SYSMON_DATA_DIR": str(settings.data_dir),
     }
     for _ in range(2):
         subprocess.run(CLI_BATCH, cwd=ROOT, env=env, check=True, capture_output=True)
-    with duckdb.connect(str(settings.duckdb_path), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM dbt_like.batches").fetchone() == (2,)
-        assert con.execute("SELECT count(*), max(_batch_id) FROM main.sysmon_join").fetchone() == (1, 1)
+    assert lake_rows(settings, "SELECT count(*) FROM dbt_like.batches") == [(2,)]
+    assert lake_rows(settings, "SELECT count(*), max(_batch_id) FROM main.sysmon_join") == [(1, 1)]
 
 
 def test_materializations_carry_column_schema_lineage_and_a_preview(lake: Lake) -> None:
@@ -112,6 +118,12 @@ def test_materializations_carry_column_schema_lineage_and_a_preview(lake: Lake) 
     assert "whoami.exe" not in join["new_rows_preview"].value  # the preview shows the first columns only
     assert "{G}" in join["new_rows_preview"].value
     assert join["duration_seconds"].value >= 0
+    assert join["lake_table"].value == "lake.main.sysmon_join"
+    snapshots = [
+        result.asset_materializations_for_node(name)[0].metadata["lake_snapshot"].value for name in RECIPE_MODELS
+    ]
+    assert len(set(snapshots)) == len(RECIPE_MODELS)  # each step committed a snapshot of its own
+    assert max(snapshots) == lake.rows("FROM ducklake_current_snapshot('lake')")[0][0]
 
 
 def test_join_coverage_and_landing_freshness_warn(tmp_path: Path) -> None:

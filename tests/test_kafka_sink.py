@@ -6,15 +6,14 @@ import json
 import re
 from pathlib import Path
 
-import duckdb
 import pytest
 from confluent_kafka import Producer
 from dagster import AssetKey
 
 from sysmon_assets.kafka_sink import JoinSink, KafkaSinkError
-from sysmon_assets.pipeline import SysmonPipeline
+from sysmon_assets.pipeline import RECIPE_MODELS, SysmonPipeline
 from sysmon_assets.settings import Settings
-from tests.conftest import T0, Lake, network_connect, process_create
+from tests.conftest import T0, Lake, lake_rows, network_connect, process_create
 from tests.kafka_broker import Broker
 
 
@@ -55,10 +54,9 @@ def test_each_joined_row_is_published_once_as_ksql_json_keyed_by_process_guid(
     first = by_dst["10.0.0.7"]
     assert first["value"]["PROCESS_COMMAND_LINE"] == "a.exe"
     assert first["value"]["PROCESS_GUID"] == "{A}"
-    with duckdb.connect(str(lake.db), read_only=True) as con:
-        epoch_ms, batch_id = con.execute(
-            "SELECT epoch_ms(event_date_creation), _batch_id FROM sysmon_join WHERE dst_ip_addr = '10.0.0.7'"
-        ).fetchone()
+    ((epoch_ms, batch_id),) = lake.rows(
+        "SELECT epoch_ms(event_date_creation), _batch_id FROM sysmon_join WHERE dst_ip_addr = '10.0.0.7'"
+    )
     assert first["value"]["EVENT_DATE_CREATION"] == epoch_ms
     assert first["headers"]["sysmon_batch_id"] == str(batch_id).encode()
     assert lake.rows("SELECT through_batch, state, messages FROM ingest.kafka_sink ORDER BY 1") == [
@@ -203,18 +201,22 @@ def test_the_cli_batch_reads_kafka_and_publishes_the_join_topic(tmp_path: Path, 
         "SYSMON_KAFKA_SINK": "1",
         "SYSMON_KAFKA_SINK_TOPIC": sink,
         "SYSMON_LANDING_DIR": str(tmp_path / "unused"),
-        "SYSMON_DUCKDB_PATH": str(tmp_path / "k.duckdb"),
+        "SYSMON_DATA_DIR": str(tmp_path / "k"),
     }
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run(CLI_BATCH, cwd=root, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "sysmon_join_topic" in done.stderr
-    with duckdb.connect(str(tmp_path / "k.duckdb"), read_only=True) as con:
-        assert con.execute("SELECT count(*) FROM winlogbeat_stream").fetchone()[0] == len(lines)
-        joins = con.execute("SELECT count(*) FROM sysmon_join").fetchone()[0]
+    settings = Settings.from_env(env)
+    assert lake_rows(settings, "SELECT count(*) FROM winlogbeat_stream") == [(len(lines),)]
+    ((joins,),) = lake_rows(settings, "SELECT count(*) FROM sysmon_join")
     assert joins > 0
     assert len(kafka_broker.read_all(sink)) == joins
-    graph = build_definitions(Settings.from_env(env)).resolve_asset_graph()
+    definitions = build_definitions(settings)
+    graph = definitions.resolve_asset_graph()
+    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {*RECIPE_MODELS, "sysmon_join_topic"}
     sink_asset = graph.get(AssetKey("sysmon_join_topic"))
     assert {key.to_user_string() for key in sink_asset.parent_keys} == {"sysmon_join"}
     assert sink_asset.group_name == "serving"
+    job = definitions.resolve_job_def("sysmon_micro_batch")
+    assert {node.name for node in job.nodes} == {*RECIPE_MODELS, "sysmon_join_topic"}

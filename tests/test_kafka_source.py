@@ -10,35 +10,30 @@ import sys
 import zlib
 from pathlib import Path
 
-import duckdb
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from sysmon_assets.kafka_source import KafkaReader, PartitionLag, consumer_lag
+from sysmon_assets.lake import open_lake
 from sysmon_assets.pipeline import SysmonPipeline
 from sysmon_assets.sample import write_sample
 from sysmon_assets.settings import Settings
-from tests.conftest import T0, network_connect, process_create, snapshot
+from tests.conftest import T0, lake_rows, network_connect, process_create, snapshot
 from tests.kafka_broker import Broker
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def kafka_settings(root: Path, broker: Broker, topic: str, **overrides) -> Settings:
-    """Settings of a pipeline reading ``topic`` into its own DuckDB file under ``root``."""
+    """Settings of a pipeline reading ``topic`` into its own lake under ``root``."""
     return Settings(
         landing_dir=root / "landing",
-        duckdb_path=root / "sysmon.duckdb",
+        data_dir=root / "data",
         source="kafka",
         kafka_bootstrap=broker.bootstrap,
         kafka_topic=topic,
         **overrides,
     )
-
-
-def rows(db: Path, sql: str) -> list[tuple]:
-    with duckdb.connect(str(db), read_only=True) as con:
-        return con.execute(sql).fetchall()
 
 
 def test_recipe_from_kafka_equals_the_file_run_of_the_same_events(tmp_path: Path, kafka_broker: Broker) -> None:
@@ -50,24 +45,24 @@ def test_recipe_from_kafka_equals_the_file_run_of_the_same_events(tmp_path: Path
         by_host[zlib.crc32(json.loads(line)["computer_name"].encode()) % 3].append(line)
     for partition, values in by_host.items():
         kafka_broker.produce(topic, values, partition=partition)
-    files = Settings(landing_dir=sample.parent, duckdb_path=tmp_path / "files.duckdb")
+    files = Settings(landing_dir=sample.parent, data_dir=tmp_path / "files")
     SysmonPipeline(files).run_batch(batch_time=T0)
     settings = kafka_settings(tmp_path, kafka_broker, topic)
     SysmonPipeline(settings).run_batch(batch_time=T0)
-    assert snapshot(settings.duckdb_path) == snapshot(files.duckdb_path)
+    assert snapshot(settings) == snapshot(files)
 
 
-def ingested(db: Path) -> list[tuple]:
+def ingested(settings: Settings) -> list[tuple]:
     """(partition, offset) of every ingested message, in arrival order."""
-    return rows(db, 'SELECT _kafka."partition", _kafka."offset" FROM winlogbeat_stream ORDER BY _seq')
+    return lake_rows(settings, 'SELECT _kafka."partition", _kafka."offset" FROM winlogbeat_stream ORDER BY _seq')
 
 
-def stored_offsets(db: Path) -> list[tuple]:
-    return rows(db, 'SELECT "partition", next_offset FROM ingest.kafka_offsets ORDER BY 1')
+def stored_offsets(settings: Settings) -> list[tuple]:
+    return lake_rows(settings, 'SELECT "partition", next_offset FROM ingest.kafka_offsets ORDER BY 1')
 
 
-def source_events(db: Path) -> list[tuple]:
-    return rows(db, "SELECT event, detail FROM ingest.file_events ORDER BY detected_at")
+def source_events(settings: Settings) -> list[tuple]:
+    return lake_rows(settings, "SELECT event, detail FROM ingest.file_events ORDER BY detected_at")
 
 
 def read_one_batch(settings: Settings, consumer_factory: type[Consumer]) -> tuple[KafkaReader, list[list[int]]]:
@@ -96,20 +91,20 @@ def test_earliest_reads_what_is_already_there_and_latest_only_what_comes_after(
     latest = kafka_settings(tmp_path / "latest", kafka_broker, topic, offset_reset="latest")
     SysmonPipeline(earliest).run_batch(batch_time=T0)
     SysmonPipeline(latest).run_batch(batch_time=T0)
-    assert sorted(ingested(earliest.duckdb_path)) == [(p, o) for p in (0, 1) for o in range(3)]
-    assert ingested(latest.duckdb_path) == []
+    assert sorted(ingested(earliest)) == [(p, o) for p in (0, 1) for o in range(3)]
+    assert ingested(latest) == []
 
     kafka_broker.produce(topic, [network_connect("{G0-0}")], partition=0, one_per_request=True)
     kafka_broker.produce(topic, [network_connect("{G1-2}")], partition=1, one_per_request=True)
     SysmonPipeline(earliest).run_batch(batch_time=T0)
     SysmonPipeline(latest).run_batch(batch_time=T0)
-    assert sorted(ingested(earliest.duckdb_path)) == [(p, o) for p in (0, 1) for o in range(4)]
-    assert sorted(ingested(latest.duckdb_path)) == [(0, 3), (1, 3)]
-    assert rows(latest.duckdb_path, "SELECT process_guid FROM sysmon_join ORDER BY 1") == []  # creates never read
-    assert rows(earliest.duckdb_path, "SELECT process_guid FROM sysmon_join ORDER BY 1") == [("{G0-0}",), ("{G1-2}",)]
+    assert sorted(ingested(earliest)) == [(p, o) for p in (0, 1) for o in range(4)]
+    assert sorted(ingested(latest)) == [(0, 3), (1, 3)]
+    assert lake_rows(latest, "SELECT process_guid FROM sysmon_join ORDER BY 1") == []  # creates never read
+    assert lake_rows(earliest, "SELECT process_guid FROM sysmon_join ORDER BY 1") == [("{G0-0}",), ("{G1-2}",)]
 
 
-def test_offsets_live_in_duckdb_and_an_idle_batch_reads_nothing(tmp_path: Path, kafka_broker: Broker) -> None:
+def test_offsets_live_in_the_lake_and_an_idle_batch_reads_nothing(tmp_path: Path, kafka_broker: Broker) -> None:
     topic = kafka_broker.create_topic(partitions=3)
     for partition in range(3):
         kafka_broker.produce(topic, [process_create(None)] * (partition + 1), partition=partition)
@@ -117,12 +112,12 @@ def test_offsets_live_in_duckdb_and_an_idle_batch_reads_nothing(tmp_path: Path, 
     pipeline = SysmonPipeline(settings)
     pipeline.run_batch(batch_time=T0)
     pipeline.run_batch(batch_time=T0)
-    assert stored_offsets(settings.duckdb_path) == [
+    assert stored_offsets(settings) == [
         (0, 1),
         (1, 2),
         (2, 3),
     ]
-    assert rows(settings.duckdb_path, "SELECT _batch_id, count(*) FROM winlogbeat_stream GROUP BY 1") == [(1, 6)]
+    assert lake_rows(settings, "SELECT _batch_id, count(*) FROM winlogbeat_stream GROUP BY 1") == [(1, 6)]
     # The group's Kafka-side offsets follow, for monitoring.
     consumer = Consumer({"bootstrap.servers": kafka_broker.bootstrap, "group.id": settings.kafka_group})
     committed = consumer.committed([TopicPartition(topic, p) for p in range(3)], timeout=15)
@@ -138,9 +133,9 @@ def test_a_batch_reads_at_most_the_configured_messages_per_partition(tmp_path: P
     pipeline = SysmonPipeline(settings)
     for _ in range(4):
         pipeline.run_batch(batch_time=T0)
-    per_batch = rows(settings.duckdb_path, "SELECT _batch_id, count(*) FROM winlogbeat_stream GROUP BY 1 ORDER BY 1")
+    per_batch = lake_rows(settings, "SELECT _batch_id, count(*) FROM winlogbeat_stream GROUP BY 1 ORDER BY 1")
     assert per_batch == [(1, 4), (2, 4), (3, 2)]
-    assert sorted(ingested(settings.duckdb_path)) == [(p, o) for p in (0, 1) for o in range(5)]
+    assert sorted(ingested(settings)) == [(p, o) for p in (0, 1) for o in range(5)]
 
 
 def test_a_message_that_is_not_json_is_a_reject_naming_topic_partition_and_offset(
@@ -155,8 +150,8 @@ def test_a_message_that_is_not_json_is_a_reject_naming_topic_partition_and_offse
     )
     settings = kafka_settings(tmp_path, kafka_broker, topic)
     SysmonPipeline(settings).run_batch(batch_time=T0)
-    rejects = rows(
-        settings.duckdb_path,
+    rejects = lake_rows(
+        settings,
         "SELECT kafka, source_file, source_offset, error FROM winlogbeat_rejects ORDER BY source_offset",
     )
     assert rejects == [
@@ -164,11 +159,9 @@ def test_a_message_that_is_not_json_is_a_reject_naming_topic_partition_and_offse
         ({"topic": topic, "partition": 0, "offset": 2}, f"kafka:{topic}/0", 2, "empty message value"),
         ({"topic": topic, "partition": 0, "offset": 3}, f"kafka:{topic}/0", 3, "valid JSON but not an object: ARRAY"),
     ]
-    kept = rows(
-        settings.duckdb_path, "SELECT _kafka.key, _kafka.headers, _kafka.timestamp IS NOT NULL FROM winlogbeat_stream"
-    )
+    kept = lake_rows(settings, "SELECT _kafka.key, _kafka.headers, _kafka.timestamp IS NOT NULL FROM winlogbeat_stream")
     assert kept == [(b"HOST1.corp", '[["origin", "winlogbeat-7"], ["raw", "\\\\xff"]]', True)] * 2
-    assert rows(settings.duckdb_path, "SELECT count(*) FROM sysmon_join") == [(1,)]
+    assert lake_rows(settings, "SELECT count(*) FROM sysmon_join") == [(1,)]
 
 
 def test_sigkill_mid_batch_and_between_batches_neither_loses_nor_repeats_a_message(
@@ -188,7 +181,7 @@ def test_sigkill_mid_batch_and_between_batches_neither_loses_nor_repeats_a_messa
         "SYSMON_SOURCE": "kafka",
         "SYSMON_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
         "SYSMON_KAFKA_TOPIC": topic,
-        "SYSMON_DUCKDB_PATH": str(crashed.duckdb_path),
+        "SYSMON_DATA_DIR": str(crashed.data_dir),
         "SYSMON_LANDING_DIR": str(crashed.landing_dir),
     }
     for point, n in [("inside-chunk", 3), ("between-chunks", 5), ("after-ingest", 0), ("between-steps", 0)]:
@@ -207,10 +200,10 @@ def test_sigkill_mid_batch_and_between_batches_neither_loses_nor_repeats_a_messa
     SysmonPipeline(crashed).run_batch(batch_time=T0)
     SysmonPipeline(clean).run_batch(batch_time=T0)
 
-    offsets = ingested(crashed.duckdb_path)
+    offsets = ingested(crashed)
     assert len(offsets) == len(set(offsets)) == len(lines) + 4
-    assert sorted(offsets) == sorted(ingested(clean.duckdb_path))
-    assert snapshot(crashed.duckdb_path) == snapshot(clean.duckdb_path)
+    assert sorted(offsets) == sorted(ingested(clean))
+    assert snapshot(crashed) == snapshot(clean)
 
 
 def test_dagster_assets_read_kafka_and_the_freshness_check_follows_the_topic(
@@ -233,7 +226,7 @@ def test_dagster_assets_read_kafka_and_the_freshness_check_follows_the_topic(
     freshness = next(e for e in result.get_asset_check_evaluations() if e.check_name == "landing_freshness")
     assert freshness.passed
     assert freshness.metadata["topic"].value == topic
-    assert rows(settings.duckdb_path, "SELECT process_guid FROM sysmon_join") == [("{D}",)]
+    assert lake_rows(settings, "SELECT process_guid FROM sysmon_join") == [("{D}",)]
 
 
 def test_transaction_markers_are_passed_without_a_gap_and_the_lag_reaches_zero(
@@ -244,20 +237,20 @@ def test_transaction_markers_are_passed_without_a_gap_and_the_lag_reaches_zero(
     settings = kafka_settings(tmp_path, kafka_broker, topic)
     pipeline = SysmonPipeline(settings)
     pipeline.run_batch(batch_time=T0)
-    assert stored_offsets(settings.duckdb_path) == [(0, 4)]  # 3 records and the commit marker
+    assert stored_offsets(settings) == [(0, 4)]  # 3 records and the commit marker
     assert consumer_lag(settings) == {0: PartitionLag(lag=0, end=4)}
     kafka_broker.produce(
         topic, [network_connect("{T0}"), network_connect("{T1}")], partition=0, transactional_id="tx-a"
     )
     pipeline.run_batch(batch_time=T0)
-    assert ingested(settings.duckdb_path) == [(0, 0), (0, 1), (0, 2), (0, 4), (0, 5)]
-    assert stored_offsets(settings.duckdb_path) == [(0, 7)]
+    assert ingested(settings) == [(0, 0), (0, 1), (0, 2), (0, 4), (0, 5)]
+    assert stored_offsets(settings) == [(0, 7)]
     assert consumer_lag(settings)[0].lag == 0
-    assert source_events(settings.duckdb_path) == []
-    assert rows(settings.duckdb_path, "SELECT count(*) FROM sysmon_join") == [(2,)]
+    assert source_events(settings) == []
+    assert lake_rows(settings, "SELECT count(*) FROM sysmon_join") == [(2,)]
 
 
-def test_a_failed_batch_commits_to_the_group_only_what_duckdb_holds(
+def test_a_failed_batch_commits_to_the_group_only_what_the_lake_holds(
     tmp_path: Path, kafka_broker: Broker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     topic = kafka_broker.create_topic(partitions=1)
@@ -274,11 +267,11 @@ def test_a_failed_batch_commits_to_the_group_only_what_duckdb_holds(
     monkeypatch.setattr(KafkaReader, "commit_offsets", fails_on_the_third_message)
     with pytest.raises(RuntimeError, match="disk full"):
         SysmonPipeline(settings, chunk_bytes=1).run_batch(batch_time=T0)
-    assert stored_offsets(settings.duckdb_path) == [(0, 2)]
-    assert consumer_lag(settings)[0].lag == 4  # the group follows DuckDB, not what was fetched
+    assert stored_offsets(settings) == [(0, 2)]
+    assert consumer_lag(settings)[0].lag == 4  # the group follows the lake, not what was fetched
     monkeypatch.setattr(KafkaReader, "commit_offsets", commit_offsets)
     SysmonPipeline(settings).run_batch(batch_time=T0)
-    assert ingested(settings.duckdb_path) == [(0, offset) for offset in range(6)]
+    assert ingested(settings) == [(0, offset) for offset in range(6)]
     assert consumer_lag(settings)[0].lag == 0
 
 
@@ -292,7 +285,7 @@ def test_a_stored_offset_past_the_partitions_end_is_recorded_and_the_partition_r
     settings = kafka_settings(tmp_path, kafka_broker, topic)
     pipeline = SysmonPipeline(settings)
     pipeline.run_batch(batch_time=T0)
-    with duckdb.connect(str(settings.duckdb_path)) as con:  # as if the topic had been truncated or recreated
+    with open_lake(settings) as con:  # as if the topic had been truncated or recreated
         con.execute("UPDATE ingest.kafka_offsets SET next_offset = 100")
 
     class ResetsOutOfRange(Consumer):
@@ -321,7 +314,7 @@ def test_a_gap_is_recorded_only_when_the_earliest_offset_moved_past_the_position
     # offsets: records 0-2, marker 3, records 4-6, marker 7
     settings = kafka_settings(tmp_path, kafka_broker, topic, kafka_max_messages=3)
     SysmonPipeline(settings).run_batch(batch_time=T0)
-    assert stored_offsets(settings.duckdb_path) == [(0, 3)]
+    assert stored_offsets(settings) == [(0, 3)]
 
     class RetainedFrom4(Consumer):
         def get_watermark_offsets(self, partition: TopicPartition, *args, **kwargs) -> tuple[int, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +15,9 @@ import duckdb
 import pytest
 
 from sysmon_assets import landing
+from sysmon_assets.lake import LakeError
 from sysmon_assets.landing import LandingError, list_landed_files
-from sysmon_assets.pipeline import PipelineError
-from tests.conftest import Lake, network_connect, process_create
+from tests.conftest import Lake, lake_rows_in_another_process, network_connect, process_create
 from tests.recipe import shared_path
 
 
@@ -124,40 +125,50 @@ def test_a_missing_landing_folder_is_one_clear_error(tmp_path: Path) -> None:
         lake.batch()
 
 
-def test_an_unusable_duckdb_path_names_the_path(tmp_path: Path) -> None:
+def test_an_unusable_lake_catalog_names_the_path(tmp_path: Path) -> None:
     lake = Lake(tmp_path)
-    lake.db.mkdir()
-    with pytest.raises(PipelineError, match=f"cannot open DuckDB file {lake.db}"):
+    (lake.data / "lake.sqlite").mkdir(parents=True)
+    catalog = f"cannot open the lake (catalog sqlite:{lake.data / 'lake.sqlite'},"
+    with pytest.raises(LakeError, match=re.escape(catalog)):
         lake.batch()
 
 
-def test_a_corrupt_duckdb_file_names_the_path(tmp_path: Path) -> None:
+def test_a_corrupt_lake_catalog_names_the_path(tmp_path: Path) -> None:
     lake = Lake(tmp_path)
-    lake.db.write_bytes(b"this is not a duckdb file" * 1000)
-    with pytest.raises(PipelineError, match=f"cannot open DuckDB file {lake.db}"):
+    lake.data.mkdir()
+    (lake.data / "lake.sqlite").write_bytes(b"this is not a sqlite file" * 1000)
+    catalog = f"cannot open the lake (catalog sqlite:{lake.data / 'lake.sqlite'},"
+    with pytest.raises(LakeError, match=re.escape(catalog)):
         lake.batch()
 
 
-def test_a_duckdb_file_held_by_another_writer_stops_the_batch_naming_it(lake: Lake) -> None:
+def test_another_process_opens_the_lake_while_a_pipeline_holds_it(lake: Lake) -> None:
+    """No single-writer file lock: a process holding the lake open does not stop a batch, and the pipeline's
+    open connection does not stop another process from reading."""
     lake.land([network_connect("{A}")])
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            f"import duckdb, time; c = duckdb.connect({str(lake.db)!r}); print('ok', flush=True); time.sleep(30)",
+            "import sys, time; from pathlib import Path; from sysmon_assets.lake import open_lake; "
+            "from sysmon_assets.settings import Settings\n"
+            f"with open_lake(Settings(data_dir=Path({str(lake.data)!r}))) as con:\n"
+            "    print('ok', flush=True); time.sleep(30)",
         ],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "ok"
-        with pytest.raises(PipelineError, match=f"cannot open DuckDB file {lake.db}.*lock"):
-            lake.batch()
+        lake.batch()
     finally:
         holder.kill()
         holder.wait()
-    lake.batch()
-    assert lake.count("winlogbeat_stream") == 1
+    with lake.pipeline.connect() as con:  # the pipeline's connection, open and in a transaction
+        con.begin()
+        assert con.execute("SELECT count(*) FROM winlogbeat_stream").fetchall() == [(1,)]
+        assert lake_rows_in_another_process(lake.settings, "SELECT count(*) FROM winlogbeat_stream") == [[1]]
+        con.rollback()
 
 
 def test_an_evtx_file_whose_header_changes_is_not_read_again(lake: Lake) -> None:
@@ -210,7 +221,7 @@ def test_a_chunk_commit_writes_only_the_file_positions_it_moved(tmp_path: Path) 
     lake.batch()
     written: dict[str, list[int]] = {}
     for sql, params in log:
-        if sql.startswith(f"INSERT OR REPLACE INTO {landing.STATE_TABLE}"):
+        if sql.startswith(f"INSERT INTO {landing.STATE_TABLE} VALUES"):
             written.setdefault(Path(params[1]).name, []).append(params[2])
     assert set(written) == {"a.ndjson", "b.ndjson", "c.ndjson"}
     for name, positions in written.items():

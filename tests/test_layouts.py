@@ -137,7 +137,7 @@ def legacy_join(tmp_path_factory: pytest.TempPathFactory) -> dict:
     lake.land(events())
     lake.batch()
     assert lake.count("sysmon_join") == 3
-    return snapshot(lake.db, RECIPE_JOIN)
+    return snapshot(lake.settings, RECIPE_JOIN)
 
 
 @pytest.mark.parametrize("layout", sorted(CONVERTERS))
@@ -146,7 +146,7 @@ def test_the_same_events_in_another_layout_give_identical_joins(layout: str, leg
     lake.land(CONVERTERS[layout](event) for event in events())
     lake.batch()
     assert lake.rows("SELECT DISTINCT _layout FROM winlogbeat_stream WHERE source_name LIKE '%Sysmon'") == [(layout,)]
-    assert snapshot(lake.db, RECIPE_JOIN) == legacy_join
+    assert snapshot(lake.settings, RECIPE_JOIN) == legacy_join
 
 
 def test_layouts_mix_freely_in_one_file(legacy_join: dict, tmp_path: Path) -> None:
@@ -154,7 +154,7 @@ def test_layouts_mix_freely_in_one_file(legacy_join: dict, tmp_path: Path) -> No
     converters = [lambda e: e, *CONVERTERS.values()]
     lake.land(converters[i % len(converters)](event) for i, event in enumerate(events()))
     lake.batch()
-    assert snapshot(lake.db, RECIPE_JOIN) == legacy_join
+    assert snapshot(lake.settings, RECIPE_JOIN) == legacy_join
 
 
 def test_computer_name_is_the_source_host_never_the_forwarder(tmp_path: Path) -> None:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import duckdb
-
 from dbt_like import Project
 from dbt_like.lineage import model_lineage
+from sysmon_assets.lake import open_lake
 from sysmon_assets.pipeline import RECIPE_MODELS, SQL_DIR
 from sysmon_assets.settings import Settings
 from tests.conftest import Lake, network_connect, process_create
@@ -40,7 +39,7 @@ def test_command_line_traces_back_to_the_raw_event_data() -> None:
 def test_every_recipe_column_downstream_of_the_stream_has_lineage_to_a_real_column(lake: Lake) -> None:
     lake.land([process_create("{A}"), network_connect("{A}")])
     lake.batch()
-    with duckdb.connect(str(lake.db), read_only=True) as con:
+    with open_lake(lake.settings, read_only=True) as con:
         for model in RECIPE_MODELS[1:]:
             lineage = model_lineage(PROJECT, model)
             output = [

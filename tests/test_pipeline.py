@@ -13,13 +13,12 @@ import pytest
 from dagster import AssetSelection, materialize
 
 from dbt_like import Project
-from sysmon_assets import pipeline as pipeline_module
 from sysmon_assets.assets import build_assets
 from sysmon_assets.pipeline import SQL_DIR, SysmonPipeline
 from sysmon_assets.resources import resources_from_settings
 from sysmon_assets.sample import write_sample
 from sysmon_assets.settings import Settings
-from tests.conftest import CLI_BATCH, Lake, process_create, snapshot
+from tests.conftest import CLI_BATCH, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,9 +38,9 @@ def materialize_batch(settings: Settings, selection: list[str] | None = None) ->
     assert result.success
 
 
-def run_in_batches(root: Path, data: bytes, batches: int) -> Path:
+def run_in_batches(root: Path, data: bytes, batches: int) -> Settings:
     """Land ``data`` in ``batches`` pieces cut at arbitrary bytes (mid-line), one micro-batch per piece."""
-    settings = Settings(landing_dir=root / "landing", duckdb_path=root / "sysmon.duckdb")
+    settings = Settings(landing_dir=root / "landing", data_dir=root / "data")
     settings.landing_dir.mkdir(parents=True)
     target = settings.landing_dir / "winlogbeat.ndjson"
     cuts = [len(data) * i // batches + 17 * i for i in range(batches)] + [len(data)]
@@ -49,7 +48,7 @@ def run_in_batches(root: Path, data: bytes, batches: int) -> Path:
         with target.open("ab") as handle:
             handle.write(data[start:end])
         materialize_batch(settings)
-    return settings.duckdb_path
+    return settings
 
 
 @pytest.fixture(scope="module")
@@ -77,20 +76,20 @@ def test_splitting_the_same_events_over_batches_gives_identical_tables(
 
 
 def test_a_rerun_adds_nothing(events: bytes, one_batch: dict, tmp_path: Path) -> None:
-    db = run_in_batches(tmp_path, events, 1)
-    materialize_batch(Settings(landing_dir=tmp_path / "landing", duckdb_path=db))
-    assert snapshot(db) == one_batch
+    settings = run_in_batches(tmp_path, events, 1)
+    materialize_batch(Settings(landing_dir=tmp_path / "landing", data_dir=settings.data_dir))
+    assert snapshot(settings) == one_batch
 
 
 def test_a_batch_that_stopped_after_some_assets_then_reruns_gives_identical_tables(
     events: bytes, one_batch: dict, tmp_path: Path
 ) -> None:
-    settings = Settings(landing_dir=tmp_path / "landing", duckdb_path=tmp_path / "sysmon.duckdb")
+    settings = Settings(landing_dir=tmp_path / "landing", data_dir=tmp_path / "data")
     settings.landing_dir.mkdir()
     (settings.landing_dir / "w.ndjson").write_bytes(events)
     materialize_batch(settings, ["winlogbeat_stream", "winlogbeat_stream_rekey", "sysmon_process_create"])
     materialize_batch(settings)
-    assert snapshot(settings.duckdb_path) == one_batch
+    assert snapshot(settings) == one_batch
 
 
 def test_sigkill_at_several_points_then_rerun_gives_identical_tables(tmp_path: Path) -> None:
@@ -101,7 +100,7 @@ def test_sigkill_at_several_points_then_rerun_gives_identical_tables(tmp_path: P
     env = {
         **os.environ,
         "SYSMON_LANDING_DIR": str(tmp_path / "landing"),
-        "SYSMON_DUCKDB_PATH": str(tmp_path / "k.duckdb"),
+        "SYSMON_DATA_DIR": str(tmp_path / "k"),
         "DAGSTER_HOME": str(tmp_path / "home"),  # a killed CLI would leave its temporary home behind
     }
     (tmp_path / "landing").mkdir()
@@ -115,23 +114,6 @@ def test_sigkill_at_several_points_then_rerun_gives_identical_tables(tmp_path: P
             killed += 1
         process.wait()
     assert killed >= 1, "every run finished before its kill: use more data"
-    SysmonPipeline(Settings(landing_dir=tmp_path / "landing", duckdb_path=tmp_path / "k.duckdb")).run_batch()
-    assert snapshot(tmp_path / "k.duckdb") == expected
-
-
-def row_groups(lake: Lake, table: str) -> int:
-    """How many row groups ``table`` is stored in."""
-    return lake.rows(f"SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('{table}')")[0][0]
-
-
-def test_batches_keep_their_own_row_groups_until_every_nth_batch_merges_them(
-    lake: Lake, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(pipeline_module, "COMPACT_EVERY_BATCHES", 3)
-    groups = []
-    for batch in range(3):
-        lake.land([process_create(f"{{P{batch}-{i}}}") for i in range(50)])
-        lake.batch()
-        groups.append(row_groups(lake, "sysmon_process_create"))
-    assert groups == [1, 2, 1]  # batches 1 and 2 each add a row group; batch 3 merges them
-    assert lake.count("sysmon_process_create") == 150
+    killed_settings = Settings(landing_dir=tmp_path / "landing", data_dir=tmp_path / "k")
+    SysmonPipeline(killed_settings).run_batch()
+    assert snapshot(killed_settings) == expected

@@ -49,7 +49,7 @@ def test_with_kafka_the_sensor_requests_a_batch_while_the_consumer_group_lags(
         "SYSMON_SOURCE": "kafka",
         "SYSMON_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
         "SYSMON_KAFKA_TOPIC": topic,
-        "SYSMON_DUCKDB_PATH": str(tmp_path / "k.duckdb"),
+        "SYSMON_DATA_DIR": str(tmp_path / "data"),
         "SYSMON_LANDING_DIR": str(tmp_path),
     }.items():
         monkeypatch.setenv(name, value)

@@ -13,7 +13,8 @@ from sysmon_assets.settings import Settings, SettingsError
 
 def test_defaults_live_under_data() -> None:
     settings = Settings.from_env({})
-    assert (settings.landing_dir, settings.duckdb_path) == (Path("data/landing"), Path("data/sysmon.duckdb"))
+    assert (settings.landing_dir, settings.data_dir) == (Path("data/landing"), Path("data"))
+    assert (settings.catalog, settings.data_path) == ("sqlite:data/lake.sqlite", "data/lake_files/")
     assert (settings.offset_reset, settings.join_mode, settings.join_grace_minutes) == ("earliest", "default", 15)
 
 
@@ -21,13 +22,18 @@ def test_every_setting_comes_from_its_variable() -> None:
     settings = Settings.from_env(
         {
             "SYSMON_LANDING_DIR": "/in",
-            "SYSMON_DUCKDB_PATH": "/db.duckdb",
+            "SYSMON_DATA_DIR": "/lake",
             "SYSMON_OFFSET_RESET": "latest",
             "SYSMON_JOIN_MODE": "KSQL",
             "SYSMON_JOIN_GRACE_MINUTES": "5",
         }
     )
-    assert settings == Settings(Path("/in"), Path("/db.duckdb"), "latest", "ksql", 5)
+    assert settings == Settings(
+        landing_dir=Path("/in"), data_dir=Path("/lake"), offset_reset="latest", join_mode="ksql", join_grace_minutes=5
+    )
+    assert (settings.catalog, settings.data_path) == ("sqlite:/lake/lake.sqlite", "/lake/lake_files/")
+    elsewhere = Settings.from_env({"SYSMON_LAKE_CATALOG": "postgres:dbname=lake", "SYSMON_LAKE_DATA_PATH": "s3://b/l/"})
+    assert (elsewhere.catalog, elsewhere.data_path) == ("postgres:dbname=lake", "s3://b/l/")
 
 
 @pytest.mark.parametrize(
@@ -53,7 +59,7 @@ def test_the_duckdb_memory_limit_reaches_every_connection(tmp_path: Path) -> Non
     settings = Settings.from_env(
         {
             "SYSMON_DUCKDB_MEMORY_LIMIT": "300MB",
-            "SYSMON_DUCKDB_PATH": str(tmp_path / "m.duckdb"),
+            "SYSMON_DATA_DIR": str(tmp_path / "data"),
             "SYSMON_LANDING_DIR": str(tmp_path),
         }
     )

@@ -69,7 +69,7 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         **os.environ,
         "DAGSTER_HOME": str(root / "home"),
         "SYSMON_LANDING_DIR": str(root / "landing"),
-        "SYSMON_DUCKDB_PATH": str(root / "sysmon.duckdb"),
+        "SYSMON_DATA_DIR": str(root / "data"),
     }
     bin_dir = Path(sys.executable).parent
     subprocess.run(
@@ -106,7 +106,7 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_graphql_shows_the_assets_their_edges_and_checks(webserver: str) -> None:
     nodes = {"/".join(n["assetKey"]["path"]): n for n in graphql(webserver, ASSETS_QUERY)["assetNodes"]}
-    assert set(nodes) == {*RECIPE_MODELS, "query_database"}
+    assert set(nodes) == set(RECIPE_MODELS)
     for name, upstream in RECIPE_EDGES.items():
         assert {"/".join(k["path"]) for k in nodes[name]["dependencyKeys"]} == upstream
         assert nodes[name]["groupName"] == "sysmon_recipe"
@@ -132,7 +132,10 @@ def test_graphql_shows_column_lineage_of_sysmon_join(webserver: str) -> None:
 
 def test_graphql_shows_the_schedule_and_the_sensor(webserver: str) -> None:
     (repository,) = graphql(webserver, REPOSITORY_QUERY)["repositoriesOrError"]["nodes"]
-    assert repository["schedules"] == [{"name": "sysmon_every_minute", "cronSchedule": "* * * * *"}]
+    assert sorted(repository["schedules"], key=lambda s: s["name"]) == [
+        {"name": "lake_maintenance_hourly", "cronSchedule": "17 * * * *"},
+        {"name": "sysmon_every_minute", "cronSchedule": "* * * * *"},
+    ]
     assert repository["sensors"] == [{"name": "landing_sensor"}]
 
 

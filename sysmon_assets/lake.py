@@ -1,0 +1,204 @@
+"""The lake: every table the pipeline keeps, in one DuckLake (a SQL catalog plus Parquet files).
+
+A connection is an in-memory DuckDB with the lake attached as ``lake`` and made the default
+catalog, so ``select * from sysmon_join`` works as is. The catalog is a SQLite file by default
+(no server) or PostgreSQL (``postgres:...``); the data files go to a local folder or to ``s3://``
+with the standard AWS variables. Extensions load from the ``duckdb-ext-*`` wheels, never from
+the network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import closing, contextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+
+import duckdb
+
+from sysmon_assets.settings import Settings
+
+LAKE = "lake"
+EXTENSIONS_PACKAGE = "duckdb_ext"
+CATALOG_EXTENSIONS = {"sqlite:": "sqlite", "postgres:": "postgres"}
+
+
+class LakeError(RuntimeError):
+    """The lake cannot be opened or is not what it should be; the message names the catalog or path."""
+
+
+def sql_string(text: str) -> str:
+    """``text`` as a SQL string literal (for the statements DuckDB cannot bind parameters into)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def extension_directory() -> str:
+    """The folder the ``duckdb-ext-*`` wheels install their extensions into."""
+    spec = importlib.util.find_spec(EXTENSIONS_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise LakeError("the duckdb-ext-* packages are not installed (pip install -e .)")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "extensions")
+
+
+def connection_config(settings: Settings) -> dict[str, str]:
+    """DuckDB settings of every lake connection: extensions from the wheels only, and the memory limit."""
+    config = {
+        "extension_directory": extension_directory(),
+        "autoinstall_known_extensions": "false",
+    }
+    if settings.memory_limit:
+        config["memory_limit"] = settings.memory_limit
+    return config
+
+
+def s3_secret(data_path: str, environ: Mapping[str, str]) -> str | None:
+    """A ``CREATE SECRET`` for ``s3://`` data from the standard AWS variables; a plain ``http://``
+    ``AWS_ENDPOINT_URL`` means no TLS and path-style URLs (a local S3-compatible server)."""
+    if not data_path.startswith("s3://"):
+        return None
+    options = {"TYPE": "s3", "PROVIDER": "config"}
+    for option, variable in (("KEY_ID", "AWS_ACCESS_KEY_ID"), ("SECRET", "AWS_SECRET_ACCESS_KEY")):
+        if environ.get(variable):
+            options[option] = environ[variable]
+    options["REGION"] = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    endpoint = environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        url = urlparse(endpoint)
+        options["ENDPOINT"] = url.netloc or url.path
+        if url.scheme == "http":
+            options["USE_SSL"] = "false"
+            options["URL_STYLE"] = "path"
+    listed = ", ".join(
+        f"{key} {value if value == 'false' and key == 'USE_SSL' else sql_string(value)}"
+        for key, value in options.items()
+    )
+    return f"CREATE OR REPLACE SECRET sysmon_lake_s3 ({listed})"
+
+
+def attach_statement(settings: Settings, read_only: bool = False, snapshot: int | None = None) -> str:
+    """The ``ATTACH`` of the lake as ``lake``, read-only and at a snapshot when asked."""
+    options = [f"DATA_PATH {sql_string(settings.data_path)}"]
+    if read_only:
+        options.append("READ_ONLY")
+    if snapshot is not None:
+        options.append(f"SNAPSHOT_VERSION {int(snapshot)}")
+    return f"ATTACH {sql_string('ducklake:' + settings.catalog)} AS {LAKE} ({', '.join(options)})"
+
+
+def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool = False, snapshot: int | None = None):
+    """Attach the lake to ``con`` and make it the default catalog; errors name the catalog."""
+    if not read_only:
+        _make_local_folders(settings)
+    extensions = [
+        "ducklake",
+        *(ext for prefix, ext in CATALOG_EXTENSIONS.items() if settings.catalog.startswith(prefix)),
+    ]
+    secret = s3_secret(settings.data_path, os.environ)
+    if secret:
+        extensions.append("httpfs")
+    try:
+        con.execute("SET enable_progress_bar = false")  # see use_lake
+        for extension in extensions:
+            con.execute(f"LOAD {extension}")
+        if secret:
+            con.execute(secret)
+        con.execute(attach_statement(settings, read_only, snapshot))
+        con.execute(f"USE {LAKE}")
+    except duckdb.Error as error:
+        raise LakeError(
+            f"cannot open the lake (catalog {settings.catalog}, data {settings.data_path}): {error}"
+        ) from error
+    return con
+
+
+def use_lake(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """Make the attached lake ``con``'s default catalog; no progress bar (it writes to stdout, which the
+    query command's JSON owns)."""
+    con.execute("SET enable_progress_bar = false")
+    try:
+        return con.execute(f"USE {LAKE}")
+    except duckdb.Error as error:
+        raise LakeError(f"cannot read the lake's catalog: {error}") from error
+
+
+def _make_local_folders(settings: Settings) -> None:
+    folders = []
+    if settings.catalog.startswith("sqlite:"):
+        folders.append(Path(settings.catalog.removeprefix("sqlite:")).parent)
+    if "://" not in settings.data_path:
+        folders.append(Path(settings.data_path))
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise LakeError(
+                f"cannot open the lake (catalog {settings.catalog}, data {settings.data_path}): "
+                f"cannot create folder {folder}: {error}"
+            ) from error
+
+
+@contextmanager
+def open_lake(
+    settings: Settings, read_only: bool = False, snapshot: int | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A plain DuckDB connection with the lake attached (dagster-duckdb's resource is the other way in)."""
+    with closing(duckdb.connect(config=connection_config(settings))) as con:
+        yield attach(con, settings, read_only, snapshot)
+
+
+def commit_note(con: duckdb.DuckDBPyConnection, note: Mapping[str, object]) -> None:
+    """Label the transaction's snapshot (``commit_extra_info``), e.g. with the batch and step that made it."""
+    con.execute(
+        "CALL ducklake_set_commit_message(?, 'sysmon_assets', ?, extra_info => ?)",
+        [LAKE, str(note.get("step", "")), json.dumps(dict(note))],
+    )
+
+
+def last_complete_batch(con: duckdb.DuckDBPyConnection) -> tuple[int, int] | None:
+    """``(batch_id, snapshot_id)`` of the newest batch whose every step has committed, as far as ``con`` sees
+    (a lake attached at a snapshot sees none after it), or None."""
+    row = con.execute(
+        f"SELECT CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT), snapshot_id FROM ducklake_snapshots('{LAKE}') "
+        "WHERE commit_extra_info::JSON->>'batch_complete' = 'true' "
+        f"AND snapshot_id <= (SELECT * FROM ducklake_current_snapshot('{LAKE}')) ORDER BY snapshot_id DESC LIMIT 1"
+    ).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def current_snapshot(con: duckdb.DuckDBPyConnection) -> int:
+    """The id of the lake's newest snapshot."""
+    return con.execute(f"SELECT * FROM ducklake_current_snapshot('{LAKE}')").fetchone()[0]
+
+
+def batch_snapshot(con: duckdb.DuckDBPyConnection, batch_id: int) -> tuple[int, int] | None:
+    """``(batch_id, snapshot_id)`` of the snapshot that completed batch ``batch_id``, or None."""
+    row = con.execute(
+        f"SELECT snapshot_id FROM ducklake_snapshots('{LAKE}') "
+        "WHERE commit_extra_info::JSON->>'batch_complete' = 'true' "
+        "AND CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT) = ? ORDER BY snapshot_id DESC LIMIT 1",
+        [batch_id],
+    ).fetchone()
+    return (batch_id, row[0]) if row else None
+
+
+def connect(settings: Settings | None = None, batch_id: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A read-only DuckDB connection whose default catalog is the lake, as the last complete batch left it
+    (or batch ``batch_id``), so ``select * from sysmon_join`` works as is. Batches that commit later are not
+    seen: connect again for them."""
+    settings = settings or Settings.from_env()
+    if settings.catalog.startswith("sqlite:") and not Path(settings.catalog.removeprefix("sqlite:")).is_file():
+        raise LakeError(f"no lake at {settings.catalog} yet: run a micro-batch first (or set SYSMON_DATA_DIR)")
+    con = duckdb.connect(config=connection_config(settings))
+    attach(con, settings, read_only=True)
+    boundary = last_complete_batch(con) if batch_id is None else batch_snapshot(con, batch_id)
+    if batch_id is not None and boundary is None:
+        con.close()
+        raise LakeError(f"batch {batch_id} is not a complete batch of the lake {settings.catalog}")
+    if boundary is not None:
+        con.execute("USE memory")
+        con.execute(f"DETACH {LAKE}")
+        attach(con, settings, read_only=True, snapshot=boundary[1])
+    return con

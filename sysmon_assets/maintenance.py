@@ -1,0 +1,81 @@
+"""Lake upkeep: merge the small files batches leave, expire old snapshots, delete unreferenced files, and
+optionally drop old events. Run by the ``lake_maintenance`` job (``jobs.py``) on its schedule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import duckdb
+
+from dbt_like import table_exists
+from dbt_like.sql import scalar
+from sysmon_assets.lake import LAKE
+
+# Stream tables whose old rows a retention drops, by the time their batch started. The keyed process table
+# is left whole: a long-lived process still opens connections long after its create arrived.
+EVENT_TABLES = (
+    "winlogbeat_stream",
+    "winlogbeat_rejects",
+    "winlogbeat_stream_rekey",
+    "sysmon_process_create",
+    "sysmon_network_connect",
+    "sysmon_join",
+)
+
+
+@dataclass
+class Upkeep:
+    """What one maintenance run did, for run metadata."""
+
+    files_before: dict[str, int] = field(default_factory=dict)
+    files_after: dict[str, int] = field(default_factory=dict)
+    rows_dropped: dict[str, int] = field(default_factory=dict)
+    files_deleted: int = 0
+
+
+def data_files(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """Data files per table (``schema.table``) in the lake's current snapshot."""
+    tables = con.execute(
+        "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY ALL", [LAKE]
+    ).fetchall()
+    return {
+        f"{schema}.{table}": scalar(
+            con, f"SELECT count(*) FROM ducklake_list_files('{LAKE}', ?, schema => ?)", [table, schema]
+        )
+        for schema, table in tables
+    }
+
+
+def drop_old_events(con: duckdb.DuckDBPyConnection, older_than: datetime) -> dict[str, int]:
+    """Delete stream rows whose batch started before ``older_than``, in one transaction."""
+    dropped = {}
+    con.begin()
+    for table in EVENT_TABLES:
+        if table_exists(con, table):
+            dropped[table] = scalar(
+                con,
+                f"DELETE FROM {table} WHERE _batch_id IN (SELECT batch_id FROM dbt_like.batches WHERE started_at < ?)",
+                [older_than],
+            )
+    con.commit()
+    return dropped
+
+
+def maintain(
+    con: duckdb.DuckDBPyConnection, now: datetime, snapshot_retention_days: float, event_retention_days: float | None
+) -> Upkeep:
+    """One maintenance pass over the lake attached to ``con``."""
+    upkeep = Upkeep(files_before=data_files(con))
+    if event_retention_days:
+        upkeep.rows_dropped = drop_old_events(con, now - timedelta(days=event_retention_days))
+    con.execute(f"CALL ducklake_rewrite_data_files('{LAKE}')")
+    con.execute(f"CALL ducklake_merge_adjacent_files('{LAKE}')")
+    con.execute(
+        f"CALL ducklake_expire_snapshots('{LAKE}', older_than => ?)", [now - timedelta(days=snapshot_retention_days)]
+    )
+    upkeep.files_deleted = len(
+        con.execute(f"CALL ducklake_cleanup_old_files('{LAKE}', cleanup_all => true)").fetchall()
+    )
+    upkeep.files_after = data_files(con)
+    return upkeep

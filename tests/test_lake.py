@@ -1,0 +1,205 @@
+"""The lake as analysts and operators meet it: readers beside a running pipeline see whole batches only,
+every batch maps to a snapshot to travel back to, and maintenance keeps the file count bounded."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dbt_like import ConcurrentWriterError
+from sysmon_assets import connect
+from sysmon_assets.lake import LakeError, last_complete_batch, open_lake
+from sysmon_assets.maintenance import maintain
+from sysmon_assets.pipeline import RECIPE_MODELS, SysmonPipeline, utc_now
+from sysmon_assets.sample import write_sample
+from tests.conftest import T0, Lake, network_connect, process_create, snapshot
+from tests.lake_servers import Postgres
+
+COUNTS = " UNION ALL ".join(f"SELECT '{table}', count(*) FROM {table}" for table in RECIPE_MODELS)
+# A reader process: connect, read the batch it sees and every table's row count, again and again.
+READER = """
+import json, sys, time
+from dbt_like import ConcurrentWriterError
+from sysmon_assets import connect
+from sysmon_assets.lake import last_complete_batch
+from sysmon_assets.settings import Settings
+settings = Settings(data_dir=__import__("pathlib").Path(sys.argv[1]), lake_catalog=sys.argv[2] or None)
+stop, counts = sys.argv[3], sys.argv[4]
+deadline = time.time() + 300
+while time.time() < deadline and not __import__("os").path.exists(stop):
+    try:
+        con = connect(settings)
+        seen = last_complete_batch(con)
+        rows = dict(con.execute(counts).fetchall())
+        con.close()
+        print(json.dumps({"batch": seen[0] if seen else None, "counts": rows}), flush=True)
+        time.sleep(0.1)
+    except Exception as error:
+        print(json.dumps({"error": f"{type(error).__name__}: {error}"}), flush=True)
+"""
+
+
+def sample_lines(tmp_path: Path, events: int) -> list[bytes]:
+    path, *_ = write_sample(tmp_path / "generated", events, files=1, hosts=6, seed=5)
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def in_batches(lake: Lake, lines: list[bytes], batches: int) -> Iterator[int]:
+    """Land ``lines`` in ``batches`` parts, one batch per part; yields each batch's id."""
+    size = -(-len(lines) // batches)
+    for start in range(0, len(lines), size):
+        with (lake.landing / "winlogbeat.ndjson").open("ab") as handle:
+            handle.write(b"".join(lines[start : start + size]))
+        lake.batch()
+        yield lake.pipeline.last_batch_id
+
+
+def table_counts(lake: Lake) -> dict[str, int]:
+    with connect(lake.settings) as con:
+        return dict(con.execute(COUNTS).fetchall())
+
+
+@pytest.mark.parametrize("catalog", ["embedded", "postgres"])
+def test_a_reader_beside_six_batches_sees_only_batch_boundaries(
+    tmp_path: Path, catalog: str, request: pytest.FixtureRequest
+) -> None:
+    catalogs = {"lake_catalog": request.getfixturevalue("postgres").new_catalog()} if catalog == "postgres" else {}
+    lake = Lake(tmp_path, **catalogs)
+    lines = sample_lines(tmp_path, 1800)
+    expected = {}
+    batches = in_batches(lake, lines, 6)
+    first = next(batches)  # the reader starts on a lake that has one batch
+    expected[first] = table_counts(lake)
+    stop = tmp_path / "stop"
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(lake.data), lake.settings.lake_catalog or "", str(stop), COUNTS],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for batch_id in batches:
+            expected[batch_id] = table_counts(lake)
+    finally:
+        stop.touch()
+        output, _ = reader.communicate(timeout=120)
+    seen = [json.loads(line) for line in output.splitlines()]
+    assert [s for s in seen if "error" in s] == []
+    assert len(seen) >= 3, "the reader ran only a few queries"
+    assert all(s["counts"] == expected[s["batch"]] for s in seen), "a reader saw a state between two batches"
+    assert len(expected) == 6 and expected[6]["sysmon_join"] > expected[1]["sysmon_join"] > 0
+
+
+def test_every_batch_maps_to_a_snapshot_to_travel_back_to(lake: Lake, tmp_path: Path) -> None:
+    lines = sample_lines(tmp_path, 600)
+    counts = {batch_id: table_counts(lake) for batch_id in in_batches(lake, lines, 3)}
+    for batch_id, expected in counts.items():
+        with connect(lake.settings, batch_id=batch_id) as con:
+            assert dict(con.execute(COUNTS).fetchall()) == expected
+    with open_lake(lake.settings, read_only=True) as con:
+        snapshot_of_first = con.execute(
+            "SELECT max(snapshot_id) FROM ducklake_snapshots('lake') WHERE commit_extra_info::JSON->>'batch_id' = '1'"
+        ).fetchone()[0]
+        at_first = con.execute(f"SELECT count(*) FROM sysmon_join AT (VERSION => {snapshot_of_first})").fetchone()[0]
+        assert at_first == counts[1]["sysmon_join"]
+        assert last_complete_batch(con)[0] == 3
+    with pytest.raises(LakeError, match="batch 9 is not a complete batch"):
+        connect(lake.settings, batch_id=9)
+
+
+def test_a_session_held_open_across_maintenance_keeps_working(lake: Lake, tmp_path: Path) -> None:
+    lines = sample_lines(tmp_path, 1200)
+    batches = in_batches(lake, lines, 6)
+    for _ in range(3):
+        next(batches)
+    held = connect(lake.settings)
+    before = dict(held.execute(COUNTS).fetchall())
+    rows_before = held.execute("SELECT * FROM sysmon_join ORDER BY _seq").fetchall()
+    list(batches)
+    with open_lake(lake.settings) as con:
+        upkeep = maintain(con, utc_now(), snapshot_retention_days=7, event_retention_days=None)
+    assert sum(upkeep.files_after.values()) < sum(upkeep.files_before.values())
+    assert dict(held.execute(COUNTS).fetchall()) == before
+    assert held.execute("SELECT * FROM sysmon_join ORDER BY _seq").fetchall() == rows_before
+    held.close()
+
+
+def test_maintenance_bounds_the_files_and_changes_no_row(lake: Lake, tmp_path: Path) -> None:
+    lines = sample_lines(tmp_path, 1200)
+    upkeeps = []
+    for batch_id in in_batches(lake, lines, 12):
+        if batch_id % 4 == 0:
+            before = snapshot(lake.settings)
+            with open_lake(lake.settings) as con:
+                upkeeps.append(maintain(con, utc_now(), snapshot_retention_days=7, event_retention_days=None))
+            assert snapshot(lake.settings) == before
+    recipe = [f"main.{table}" for table in RECIPE_MODELS]
+    assert all(upkeep.files_after[t] <= 2 for upkeep in upkeeps for t in recipe), upkeeps
+    assert all(upkeep.files_before["main.winlogbeat_stream"] >= 4 for upkeep in upkeeps), upkeeps
+
+
+def test_snapshot_retention_expires_old_snapshots_and_deletes_their_files(lake: Lake, tmp_path: Path) -> None:
+    lines = sample_lines(tmp_path, 600)
+    list(in_batches(lake, lines, 3))
+    before = snapshot(lake.settings)
+    files_on_disk = len(list(lake.data.rglob("*.parquet")))
+    with open_lake(lake.settings) as con:
+        upkeep = maintain(con, utc_now(), snapshot_retention_days=1e-9, event_retention_days=None)
+        snapshots = con.execute("SELECT count(*) FROM ducklake_snapshots('lake')").fetchone()[0]
+    assert upkeep.files_deleted > 0
+    assert len(list(lake.data.rglob("*.parquet"))) < files_on_disk
+    assert snapshots <= 2
+    assert snapshot(lake.settings) == before
+
+
+def test_event_retention_drops_old_batches_rows_but_not_the_process_table(lake: Lake, tmp_path: Path) -> None:
+    lines = sample_lines(tmp_path, 600)
+    list(in_batches(lake, lines, 2))
+    processes = lake.count("sysmon_process_create_table")
+    with open_lake(lake.settings) as con:
+        upkeep = maintain(con, T0.replace(year=T0.year + 1), snapshot_retention_days=7, event_retention_days=30)
+    assert upkeep.rows_dropped["sysmon_join"] > 0
+    assert [lake.count(t) for t in ("winlogbeat_stream", "sysmon_join")] == [0, 0]
+    assert lake.count("sysmon_process_create_table") == processes
+
+
+def test_a_second_writers_concurrent_step_is_rolled_back_and_named(tmp_path: Path, postgres: Postgres) -> None:
+    first = Lake(tmp_path / "first", lake_catalog=postgres.new_catalog())
+    first.land([process_create("{A}"), network_connect("{A}")])
+    first.batch()
+    first.land([process_create("{B}"), network_connect("{B}"), network_connect("{A}", dst_ip="10.0.0.2")])
+    second = SysmonPipeline(first.settings)
+    own_note = first.pipeline.project.commit_note
+
+    def another_writer_meanwhile(con: object, model: str, batch: object) -> None:
+        if model == "winlogbeat_stream_rekey":
+            second.run_model(model, run_key="the-other-writer")
+        own_note(con, model, batch)
+
+    first.pipeline.project.commit_note = another_writer_meanwhile
+    with pytest.raises(ConcurrentWriterError, match="step winlogbeat_stream_rekey of batch 2 was rolled back"):
+        first.batch()
+    first.pipeline.project.commit_note = own_note
+    first.batch()
+    clean = Lake(tmp_path / "clean")
+    clean.land([process_create("{A}"), network_connect("{A}")])
+    clean.batch()
+    clean.land([process_create("{B}"), network_connect("{B}"), network_connect("{A}", dst_ip="10.0.0.2")])
+    clean.batch()
+    assert snapshot(first.settings) == snapshot(clean.settings)
+    assert first.count("sysmon_join") == 3
+
+
+def test_paths_with_an_apostrophe_a_space_and_a_semicolon_are_quoted(tmp_path: Path) -> None:
+    odd = tmp_path / "it's a lake; DROP TABLE x"
+    lake = Lake(odd, lake_data_path=f"{odd}/files; it's here/")
+    lake.land([process_create("{A}"), network_connect("{A}")])
+    lake.batch()
+    with connect(lake.settings) as con:
+        assert con.execute("SELECT process_guid FROM sysmon_join").fetchall() == [("{A}",)]
+    assert list((odd / "files; it's here").rglob("*.parquet"))
+    assert (odd / "data" / "lake.sqlite").is_file()

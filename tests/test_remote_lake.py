@@ -1,0 +1,71 @@
+"""Past one machine: the whole pipeline with a PostgreSQL catalog and its data files on an S3-compatible
+server, read back from another process, and equal to the embedded default's tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sysmon_assets.sample import write_sample
+from tests.conftest import CLI_BATCH, Lake, snapshot
+from tests.lake_servers import S3, Postgres
+
+QUERY = [sys.executable, "-m", "sysmon_assets.query", "--json"]
+
+
+@pytest.fixture(scope="module")
+def halves(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, bytes]:
+    path, *_ = write_sample(tmp_path_factory.mktemp("sample"), 1200, files=1, hosts=6, seed=11)
+    lines = path.read_bytes().splitlines(keepends=True)
+    return b"".join(lines[:600]), b"".join(lines[600:])
+
+
+def land_bytes(lake: Lake, data: bytes) -> None:
+    with (lake.landing / "winlogbeat.ndjson").open("ab") as handle:
+        handle.write(data)
+
+
+def lake_environ(lake: Lake, s3: S3) -> dict[str, str]:
+    return {
+        **os.environ,
+        **s3.environ(),
+        "SYSMON_LANDING_DIR": str(lake.landing),
+        "SYSMON_DATA_DIR": str(lake.data),
+        "SYSMON_LAKE_CATALOG": lake.settings.catalog,
+        "SYSMON_LAKE_DATA_PATH": lake.settings.data_path,
+    }
+
+
+def test_postgres_catalog_and_s3_files_give_the_embedded_lakes_tables(
+    tmp_path: Path, postgres: Postgres, s3: S3, halves: tuple[bytes, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in s3.environ().items():
+        monkeypatch.setenv(name, value)
+    bucket = s3.new_bucket()
+    remote = Lake(tmp_path / "remote", lake_catalog=postgres.new_catalog(), lake_data_path=f"s3://{bucket}/lake/")
+    embedded = Lake(tmp_path / "embedded")
+    for lake in (remote, embedded):
+        land_bytes(lake, halves[0])
+        lake.batch()
+        land_bytes(lake, halves[1])
+    embedded.batch()
+    # the second batch as users run it: the Dagster CLI, configured by environment variables only
+    subprocess.run(CLI_BATCH, env=lake_environ(remote, s3), check=True, capture_output=True, cwd=tmp_path)
+
+    assert snapshot(remote.settings) == snapshot(embedded.settings)
+    assert embedded.count("sysmon_join") > 100
+    keys = s3.keys(bucket)
+    assert keys and all(key.startswith("lake/") for key in keys)
+    assert any(key.endswith(".parquet") for key in keys)
+    assert not any(remote.data.rglob("*.parquet")), "a remote lake keeps no data files locally"
+    assert not (remote.data / "lake.sqlite").exists()
+
+    # another process reads the tables back through the analysts' entry point
+    sql = "SELECT count(*), count(DISTINCT process_guid), max(_batch_id) FROM sysmon_join"
+    printed = subprocess.run([*QUERY, sql], env=lake_environ(remote, s3), check=True, capture_output=True, text=True)
+    assert json.loads(printed.stdout) == [list(row) for row in embedded.rows(sql)]
