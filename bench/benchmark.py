@@ -1,22 +1,32 @@
-"""Benchmark: the project's micro-batch against a plain DuckDB script of the recipe on the same files.
+"""Benchmark: the project's micro-batch into its DuckLake against a plain DuckDB script of the recipe on the same files.
 
     python bench/benchmark.py --events 1000000 --files 4 --repeat 3
-    python bench/benchmark.py --history 5000000 --increment 10000 --memory-limit 2GB --repeat 3
+    python bench/benchmark.py --history 5000000 --increment 10000 --steady 100 --memory-limit 2GB --repeat 3
+    python bench/benchmark.py --readers 10 --increment 10000 --repeat 3
 
-Every measured run is its own process (``bench/runs.py`` or the Dagster CLI), so each peak RSS
-is that run's own. Runs alternate within one invocation, and medians are printed:
+Every measured run is its own process (``bench/runs.py`` or the Dagster CLI), so each peak RSS is that
+run's own; every lake is the project's (a SQLite catalog plus Parquet files in a data folder) unless said
+otherwise. Runs alternate within one invocation, and medians are printed, each beside the floor measured
+in the same invocation:
 
-- throughput: the plain script, the project in-process, and ``dagster asset materialize
-  --select '*'``; the target ratio is (CLI batch - CLI empty batch) / plain script; the plain script
-  that also keeps the raw stream table is the least a batch keeping it (target 5) can cost;
+- throughput: the floor is a plain script that reads the NDJSON with ``read_ndjson(columns=...)`` and keeps
+  all six recipe tables, the raw stream included, in a fresh lake opened as the project opens it; against it
+  the project's batch in-process (per step) and ``dagster asset materialize --select '*'``; the target
+  ratio is (CLI batch - CLI empty batch) / floor (at most 1.5, aim 1.25);
 - fixed cost: an empty batch through the CLI and in-process, with Python/Dagster start-up apart, and
   Dagster's own floor: the project's asset graph doing nothing (``bench/dagster_floor.py``);
-- incremental cost (``--history``): a batch of ``--increment`` new events over a history of
-  ``--history`` events vs the same batch over an empty file, with the rows DuckDB scanned per
-  statement (its profiler) as the proof that no statement reads the whole history;
-- storage: bytes per event of the DuckDB file and of the query database's Parquet files.
+- storage: bytes per event on disk of the whole lake (catalog and Parquet files; aim at most 150), the
+  project's and the floor's;
+- incremental cost (``--history``): a batch of ``--increment`` new events over a copy of a lake holding
+  ``--history`` events vs the same batch over an empty lake (target at most 1.2x), with the rows DuckDB
+  scanned per statement (its profiler) as the proof that no statement reads the whole history; with
+  ``--steady K``, K consecutive such batches over a copy of the history, one maintenance run, then the next
+  batch over that lake vs over an empty lake;
+- readers (``--readers N``): N batches in a row while a reader process loops ``sysmon_assets.connect()`` +
+  ``SELECT count(*) FROM sysmon_join``; median and p99 latency of connect + query and of the query alone on a
+  held connection, and the errors, with the default SQLite catalog and with PostgreSQL (``pgserver``).
 
-Generated data is cached under ``--workdir`` (default ``bench/out``, git-ignored).
+Generated data and the history lake are cached under ``--workdir`` (default ``bench/out``, git-ignored).
 """
 
 from __future__ import annotations
@@ -25,10 +35,15 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,13 +52,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.dagster_floor import GRAPH_VARIABLE  # noqa: E402
-from bench.runs import COMPACT_EVERY_VARIABLE  # noqa: E402
+from bench.runs import READER_QUERY  # noqa: E402
 from sysmon_assets.definitions import build_definitions  # noqa: E402
-from sysmon_assets.pipeline import COMPACT_EVERY_BATCHES  # noqa: E402
 from sysmon_assets.sample import FleetSimulator  # noqa: E402
-from sysmon_assets.serving import parquet_folder  # noqa: E402
 from sysmon_assets.settings import Settings  # noqa: E402
 
+RUNS = [sys.executable, str(ROOT / "bench" / "runs.py")]
 CLI = [sys.executable, "-m", "dagster", "asset", "materialize", "-m", "sysmon_assets.definitions", "--select", "*"]
 FLOOR_CLI = [*CLI[:6], "bench.dagster_floor", *CLI[7:]]
 START = datetime(2026, 11, 1, 8, 0, 0)
@@ -71,6 +85,15 @@ def generate(folder: Path, counts: list[int], seed: int = 1, hosts: int = 25, sk
     return sorted(folder.glob("*.ndjson"))
 
 
+def landing_with(folder: Path, files: list[Path]) -> Path:
+    """A landing folder holding (hard links to) exactly ``files``."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for path in files:
+        os.link(path, folder / path.name)
+    return folder
+
+
 def measured(command: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``command``; its wall seconds, peak RSS (GB) and, if it printed JSON last, that result."""
     start = time.perf_counter()
@@ -85,45 +108,42 @@ def measured(command: list[str], env: dict[str, str] | None = None) -> dict[str,
     return {**result, "wall": wall, "rss_gb": usage.ru_maxrss / 1e6}
 
 
-def fresh(db: Path) -> Path:
-    """Remove a DuckDB file and its query database; return ``db``."""
-    settings = Settings(landing_dir=Path(), duckdb_path=db)
-    for path in (db, db.with_name(db.name + ".wal"), settings.query_db_path):
-        path.unlink(missing_ok=True)
-    shutil.rmtree(parquet_folder(settings.query_db_path), ignore_errors=True)
-    return db
+def fresh(data_dir: Path) -> Path:
+    """``data_dir`` emptied: the next run creates a new lake in it."""
+    shutil.rmtree(data_dir, ignore_errors=True)
+    return data_dir
 
 
-def copy_of(db: Path, target: Path) -> Path:
-    """A copy of the DuckDB file ``db`` at ``target``, written through to disk.
+def copy_of(source: Path, data_dir: Path) -> Path:
+    """A copy of the data folder ``source`` (catalog and Parquet files) at ``data_dir``, written through to disk
+    (so the batch's first SQLite commit does not wait for the kernel to write back the whole copy).
 
-    Without the sync the batch's first checkpoint (DuckDB fsyncs the file) waits for the kernel to
-    write back the whole fresh copy: 0.3-0.5 s for 1.1 GB, which is the benchmark's, not the batch's.
-    """
-    shutil.copy(db, fresh(target))
+    DuckLake's catalog records its data path: a copy opens only at the path its original was built at, so
+    each lake is built at the path its copies are used at and kept (cached) under another name."""
+    shutil.copytree(source, fresh(data_dir))
     os.sync()
-    return target
+    return data_dir
 
 
 def run(
     kind: str,
     landing: Path,
-    db: Path,
+    data_dir: Path,
     memory_limit: str | None,
     at: datetime | None = None,
-    compact_every: int | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """One child run of ``bench/runs.py`` (``at``: the batch clock, default now; ``compact_every``: merge row
-    groups every this many batches instead of the pipeline's ``COMPACT_EVERY_BATCHES``)."""
-    command = [sys.executable, str(ROOT / "bench" / "runs.py"), kind, str(landing), str(db), memory_limit or ""]
-    env = {**os.environ, COMPACT_EVERY_VARIABLE: str(compact_every)} if compact_every else None
-    return measured(command + ([at.isoformat()] if at else []), env)
+    """One child run of ``bench/runs.py`` (``at``: the batch clock, default now; ``env``: extra variables)."""
+    command = [*RUNS, kind, str(landing), str(data_dir), memory_limit or ""]
+    return measured(command + ([at.isoformat()] if at else []), {**os.environ, **env} if env else None)
 
 
-def run_cli(landing: Path, db: Path, memory_limit: str | None, dagster_home: Path | None = None) -> dict[str, Any]:
+def run_cli(
+    landing: Path, data_dir: Path, memory_limit: str | None, dagster_home: Path | None = None
+) -> dict[str, Any]:
     """One micro-batch the way users run it: the Dagster CLI, all assets (``dagster_home``: a persistent
     Dagster instance instead of the temporary one the CLI creates without DAGSTER_HOME)."""
-    env = {**os.environ, "SYSMON_LANDING_DIR": str(landing), "SYSMON_DUCKDB_PATH": str(db)}
+    env = {**os.environ, "SYSMON_LANDING_DIR": str(landing), "SYSMON_DATA_DIR": str(data_dir)}
     if dagster_home:
         dagster_home.mkdir(parents=True, exist_ok=True)
         env["DAGSTER_HOME"] = str(dagster_home)
@@ -134,7 +154,7 @@ def run_cli(landing: Path, db: Path, memory_limit: str | None, dagster_home: Pat
 
 def asset_graph() -> dict[str, dict[str, list[str]]]:
     """The project's asset graph as ``bench/dagster_floor.py`` takes it: each asset's dependencies and checks."""
-    graph = build_definitions(Settings(landing_dir=Path(), duckdb_path=Path("unused.duckdb"))).resolve_asset_graph()
+    graph = build_definitions(Settings(landing_dir=Path(), data_dir=Path("unused"))).resolve_asset_graph()
     return {
         key.to_user_string(): {
             "deps": sorted(parent.to_user_string() for parent in graph.get(key).parent_keys),
@@ -155,29 +175,47 @@ def median(runs: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
+def step_medians(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Median seconds of each recipe step over runs of the ``project`` kind."""
+    return {name: statistics.median(r["steps"][name] for r in runs) for name in runs[0]["steps"]}
+
+
 def throughput(args: argparse.Namespace) -> None:
-    """The plain script, the project in-process and through the CLI, alternating; then empty batches."""
+    """The floor, the project in-process and through the CLI, alternating; then empty batches."""
     landing = args.workdir / f"landing-{args.events}-{args.files}"
     files = generate(landing, [args.events // args.files + (i < args.events % args.files) for i in range(args.files)])
     size = sum(p.stat().st_size for p in files)
     print(f"## throughput: {args.events:,} events, {len(files)} files, {size / 1e9:.2f} GB of NDJSON")
-    reference, reference_stream, project, cli = [], [], [], []
+    reference_lake, project_lake, cli_lake = (args.workdir / name for name in ("reference", "project", "cli"))
+    reference, project, cli = [], [], []
     for rep in range(args.repeat):
-        reference.append(run("reference", landing, fresh(args.workdir / "reference.duckdb"), args.memory_limit))
-        reference_stream.append(
-            run("reference_stream", landing, fresh(args.workdir / "reference.duckdb"), args.memory_limit)
-        )
-        project.append(run("project", landing, fresh(args.workdir / "project.duckdb"), args.memory_limit))
-        cli.append(run_cli(landing, fresh(args.workdir / "cli.duckdb"), args.memory_limit))
+        reference.append(run("reference", landing, fresh(reference_lake), args.memory_limit))
+        project.append(run("project", landing, fresh(project_lake), args.memory_limit))
+        cli.append(run_cli(landing, fresh(cli_lake), args.memory_limit))
         print(
-            f"rep {rep + 1}: reference {reference[-1]['seconds']:.2f} s "
-            f"(keeping the raw stream {reference_stream[-1]['seconds']:.2f} s), project {project[-1]['seconds']:.2f} s "
-            f"(+ publish {project[-1]['publish']:.2f} s), cli {cli[-1]['wall']:.2f} s"
+            f"rep {rep + 1}: floor {reference[-1]['seconds']:.2f} s, project {project[-1]['seconds']:.2f} s, "
+            f"cli {cli[-1]['wall']:.2f} s"
         )
-    empty_cli = [run_cli(landing, args.workdir / "cli.duckdb", args.memory_limit) for _ in range(args.repeat)]
+    ref, proj = median(reference, "seconds"), median(project, "seconds")
+    print(
+        f"FLOOR: plain script keeping the six tables in a DuckLake  {ref:7.2f} s  {args.events / ref:10,.0f} "
+        f"events/s  peak RSS {median(reference, 'rss_gb'):.2f} GB"
+    )
+    print(
+        f"project in-process       {proj:7.2f} s  {args.events / proj:10,.0f} events/s  "
+        f"peak RSS {median(project, 'rss_gb'):.2f} GB  {proj / ref:.2f}x the floor"
+    )
+    steps = step_medians(project)
+    print("  per step: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in steps.items()))
+    peaks = {name: statistics.median(r["peak_gb_after"][name] for r in project) for name in steps}
+    print("  peak RSS so far after each step: " + ", ".join(f"{name} {gb:.2f} GB" for name, gb in peaks.items()))
+    storage("project's lake", project_lake, args.events, size)
+    storage("floor's lake", reference_lake, args.events, size)
+
+    empty_cli = [run_cli(landing, cli_lake, args.memory_limit) for _ in range(args.repeat)]
     home = args.workdir / "dagster-home"
     shutil.rmtree(home, ignore_errors=True)
-    run_cli(landing, args.workdir / "cli.duckdb", args.memory_limit, home)  # creates the instance's storage
+    run_cli(landing, cli_lake, args.memory_limit, home)  # creates the instance's storage
     floor_home = args.workdir / "dagster-home-floor"
     shutil.rmtree(floor_home, ignore_errors=True)
     graph = asset_graph()
@@ -186,28 +224,10 @@ def throughput(args: argparse.Namespace) -> None:
     for _ in range(args.repeat):  # alternating with the project's empty batch in its own persistent instance
         floors.append(run_dagster_floor(graph, floor_home))
         single.append(run_dagster_floor({}, floor_home))
-        empty_home.append(run_cli(landing, args.workdir / "cli.duckdb", args.memory_limit, home))
-    empty = [run("project", landing, args.workdir / "project.duckdb", args.memory_limit) for _ in range(args.repeat)]
+        empty_home.append(run_cli(landing, cli_lake, args.memory_limit, home))
+    empty = [run("project", landing, project_lake, args.memory_limit) for _ in range(args.repeat)]
     imports = [measured([sys.executable, "-c", "import sysmon_assets.definitions"]) for _ in range(args.repeat)]
     bare = [measured([sys.executable, "-c", "pass"]) for _ in range(args.repeat)]
-    ref = median(reference, "seconds")
-    ref_rss, proj_rss = median(reference, "rss_gb"), median(project, "rss_gb")
-    print(f"plain DuckDB script      {ref:7.2f} s  {args.events / ref:10,.0f} events/s  peak RSS {ref_rss:.2f} GB")
-    kept = median(reference_stream, "seconds")
-    print(
-        f"plain script that also keeps the raw stream table {kept:.2f} s = {kept / ref:.2f}x the plain script "
-        f"(the least any batch that keeps it can cost)"
-    )
-    steps_total, publish = median(project, "seconds"), median(project, "publish")
-    proj = steps_total + publish
-    print(
-        f"project in-process       {proj:7.2f} s  {args.events / proj:10,.0f} events/s  peak RSS {proj_rss:.2f} GB  "
-        f"ratio {proj / ref:.2f}x  (recipe steps {steps_total:.2f} s + query database {publish:.2f} s)"
-    )
-    steps = {name: statistics.median(r["steps"][name] for r in project) for name in project[0]["steps"]}
-    print("  per step: " + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in steps.items()))
-    peaks = {name: statistics.median(r["peak_gb_after"][name] for r in project) for name in steps}
-    print("  peak RSS so far after each step: " + ", ".join(f"{name} {gb:.2f} GB" for name, gb in peaks.items()))
     full, fixed = median(cli, "wall"), median(empty_cli, "wall")
     print(f"dagster CLI batch        {full:7.2f} s  peak RSS {median(cli, 'rss_gb'):.2f} GB")
     print(
@@ -220,83 +240,64 @@ def throughput(args: argparse.Namespace) -> None:
         f"DAGSTER FLOOR, the same CLI and instance: the project's graph ({len(graph)} assets, {checks} checks) doing "
         f"nothing {median(floors, 'wall'):.2f} s; one asset doing nothing {median(single, 'wall'):.2f} s"
     )
-    empty_steps, empty_publish = median(empty, "seconds"), median(empty, "publish")
+    empty_batch = median(empty, "seconds")
     print(
-        f"in-process empty batch   {empty_steps + empty_publish:7.3f} s  (recipe steps {empty_steps:.3f} s + query "
-        f"database {empty_publish:.3f} s); the rest of the CLI's empty batch is Dagster's run machinery: "
-        f"{fixed - median(imports, 'wall') - empty_steps - empty_publish:.2f} s"
-    )
-    print(f"THROUGHPUT RATIO (CLI batch - CLI empty batch) / plain script = {(full - fixed) / ref:.2f}x")
-    storage(args.workdir / "project.duckdb", args.events, size)
-
-
-def storage(db: Path, events: int, ndjson_bytes: int) -> None:
-    """Bytes per event on disk."""
-    parquet = sum(
-        p.stat().st_size
-        for p in parquet_folder(Settings(landing_dir=Path(), duckdb_path=db).query_db_path).rglob("*.parquet")
+        f"in-process empty batch   {empty_batch:7.3f} s; the rest of the CLI's empty batch is Dagster's run "
+        f"machinery: {fixed - median(imports, 'wall') - empty_batch:.2f} s"
     )
     print(
-        f"storage: NDJSON {ndjson_bytes / events:.0f} B/event, DuckDB file {db.stat().st_size / events:.0f} B/event, "
-        f"query database Parquet {parquet / events:.0f} B/event"
+        f"THROUGHPUT RATIO (CLI batch - CLI empty batch) / floor = {(full - fixed) / ref:.2f}x "
+        f"({full - fixed:.2f} s vs {ref:.2f} s; target at most 1.5x, aim 1.25x)"
     )
+
+
+def storage(label: str, data_dir: Path, events: int, ndjson_bytes: int | None = None) -> None:
+    """Bytes per event on disk of the whole lake in ``data_dir`` (catalog and Parquet files), and per table."""
+    sizes: dict[str, int] = {}
+    for path in data_dir.rglob("*"):
+        if path.is_file():
+            parts = path.relative_to(data_dir).parts
+            key = "/".join(parts[1:-1]) if len(parts) > 2 else parts[0]  # lake_files/<schema>/<table>/x.parquet
+            sizes[key] = sizes.get(key, 0) + path.stat().st_size
+    total = sum(sizes.values())
+    ndjson = f" (the NDJSON: {ndjson_bytes / events:.0f})" if ndjson_bytes else ""
+    print(f"STORAGE, {label}: {total / events:.0f} bytes per event{ndjson}, {total / 1e6:.1f} MB for {events:,} events")
+    largest = sorted(sizes.items(), key=lambda item: -item[1])
+    print("  " + ", ".join(f"{name} {size / events:.1f}" for name, size in largest if size / events >= 0.05))
 
 
 def incremental(args: argparse.Namespace) -> None:
-    """A batch of ``increment`` new events over a ``history``-event file vs over an empty file."""
+    """A batch of ``increment`` new events over a copy of a ``history``-event lake vs over an empty lake."""
     data = args.workdir / f"fleet-{args.history}-{WARM_UP}-{args.increment}"
     files = generate(data, [args.history, WARM_UP, args.increment], seed=3)
-    landings = [data / "history", data / "warm-up", data / "increment"]
-    for folder, path in zip(landings, files, strict=True):
-        folder.mkdir(exist_ok=True)
-        if not (folder / path.name).exists():
-            os.link(path, folder / path.name)
-    history_landing, warm_up_landing, increment_landing = landings
-    history_db = args.workdir / f"history-{args.history}.duckdb"
+    history_landing, warm_up_landing, increment_landing = (
+        landing_with(data / name, [path]) for name, path in zip(("history", "warm-up", "increment"), files, strict=True)
+    )
+    work = args.workdir / "lake-over-history"
+    history = args.workdir / f"history-{args.history}"  # built at ``work``, see copy_of
     print(f"## incremental: {args.increment:,} new events over {args.history:,} events of history")
-    if not history_db.exists():
-        # The history is a day old, and a small batch an hour later (the next events of the same fleet) brings it
-        # to a running pipeline's state: unmatched connections past the grace period have left the join's retry,
-        # and the file has been written to since it was built (the first write to a freshly built file of
-        # several GB pays a one-time checkpoint of about 0.3 s).
+    if not history.exists():
+        # The history is a day old, and a small batch an hour later (the next events of the same fleet) brings
+        # it to a running pipeline's state: unmatched connections past the grace period have left the join's retry.
         day_ago = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=1)
-        building = fresh(args.workdir / "building.duckdb")
-        built = run("project", history_landing, building, args.memory_limit, day_ago)
+        built = run("project", history_landing, fresh(work), args.memory_limit, day_ago)
         print(
             f"history built in one batch: {built['seconds']:.1f} s, peak RSS {built['rss_gb']:.2f} GB "
             f"(memory limit {args.memory_limit or 'DuckDB default'})"
         )
-        storage(building, args.history, files[0].stat().st_size)
-        run("project", warm_up_landing, building, args.memory_limit, day_ago + timedelta(hours=1))
-        shutil.move(building, history_db)
-    over_history, over_empty = [], []
-    for rep in range(args.repeat):
-        target = copy_of(history_db, args.workdir / "increment.duckdb")
-        over_history.append(run("project", increment_landing, target, args.memory_limit))
-        over_empty.append(
-            run("project", increment_landing, fresh(args.workdir / "increment.duckdb"), args.memory_limit)
-        )
-        loaded, empty = (r[-1]["seconds"] + r[-1]["publish"] for r in (over_history, over_empty))
-        print(f"rep {rep + 1}: over history {loaded:.3f} s, over empty {empty:.3f} s")
-    loaded, empty = (
-        median(over_history, "seconds") + median(over_history, "publish"),
-        median(over_empty, "seconds") + median(over_empty, "publish"),
-    )
+        storage("history lake after that batch", work, args.history, files[0].stat().st_size)
+        run("project", warm_up_landing, work, args.memory_limit, day_ago + timedelta(hours=1))
+        work.rename(history)
+    over_history, over_empty = increment_series(args, history, increment_landing)
+    loaded, empty = (median(r, "seconds") for r in (over_history, over_empty))
     print(
         f"INCREMENTAL RATIO over history / over empty = {loaded / empty:.2f}x ({loaded:.3f} s vs {empty:.3f} s, "
-        f"peak RSS {median(over_history, 'rss_gb'):.2f} GB vs {median(over_empty, 'rss_gb'):.2f} GB)"
+        f"peak RSS {median(over_history, 'rss_gb'):.2f} GB vs {median(over_empty, 'rss_gb'):.2f} GB; "
+        f"target at most 1.2x)"
     )
     for label, runs in (("over history", over_history), ("over empty", over_empty)):
-        steps = {name: statistics.median(r["steps"][name] for r in runs) for name in runs[0]["steps"]}
-        print(
-            f"  {label}: "
-            + ", ".join(f"{name} {seconds:.3f} s" for name, seconds in steps.items())
-            + f", query database {median(runs, 'publish'):.3f} s"
-        )
-    if args.steady:
-        steady(args, history_db, files[1], empty)
-    target = copy_of(history_db, args.workdir / "increment.duckdb")
-    scans = run("scans", increment_landing, target, args.memory_limit)["statements"]
+        print(f"  {label}: " + ", ".join(f"{name} {seconds:.3f} s" for name, seconds in step_medians(runs).items()))
+    scans = run("scans", increment_landing, copy_of(history, work), args.memory_limit)["statements"]
     print("statements of the batch over history that scanned the most rows (DuckDB profiler):")
     for statement in sorted(scans, key=lambda s: -s["rows_scanned"])[: args.top]:
         print(f"  {statement['rows_scanned']:>10,} rows  {statement['seconds']:.4f} s  {statement['sql'][:110]}")
@@ -304,66 +305,151 @@ def incremental(args: argparse.Namespace) -> None:
         f"  most rows any statement scanned: {max(s['rows_scanned'] for s in scans):,} "
         f"(history: {args.history:,} events)"
     )
+    if args.steady:
+        steady(args, history, empty)
 
 
-def steady(args: argparse.Namespace, history_db: Path, warm_up: Path, empty_seconds: float) -> None:
-    """``args.steady`` consecutive batches of the fleet's next ``increment`` events each: the running pipeline's
-    cost per batch, row-group merges included, batch by batch alternating between three series. Over two copies
-    of the history: merging every ``COMPACT_EVERY_BATCHES`` batches (the pipeline's policy) against merging at
-    every checkpoint (DuckDB's default). Over an empty file given the same first two batches' ids (an empty
-    batch, then the warm-up file), so its merges fall on the same batches: the pipeline's policy again, which
-    makes the flatness of a running pipeline's cost one ratio."""
-    counts = [args.history, WARM_UP] + [args.increment] * args.steady
+def increment_series(
+    args: argparse.Namespace, lake: Path, landing: Path
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``args.repeat`` times, alternating: the batch of ``landing``'s files over a copy of ``lake`` (built at
+    ``lake-over-history``), and over an empty lake."""
+    work, empty_lake = args.workdir / "lake-over-history", args.workdir / "lake-over-empty"
+    over_lake, over_empty = [], []
+    for rep in range(args.repeat):
+        over_lake.append(run("project", landing, copy_of(lake, work), args.memory_limit))
+        over_empty.append(run("project", landing, fresh(empty_lake), args.memory_limit))
+        loaded, empty = over_lake[-1]["seconds"], over_empty[-1]["seconds"]
+        print(f"rep {rep + 1}: over history {loaded:.3f} s, over empty {empty:.3f} s")
+    return over_lake, over_empty
+
+
+def steady(args: argparse.Namespace, history: Path, empty_seconds: float) -> None:
+    """``args.steady`` consecutive batches of the fleet's next ``increment`` events each over a copy of the
+    history, one maintenance run, then the fleet's next batch over that lake vs over an empty lake."""
+    counts = [args.history, WARM_UP] + [args.increment] * (args.steady + 1)
     data = args.workdir / f"fleet-{args.history}-{WARM_UP}-{args.increment}-steady{args.steady}"
     files = generate(data, counts, seed=3, skip=2)  # the history's two files, as incremental() generated them
-    every = COMPACT_EVERY_BATCHES
-    history, empty = (
-        f"merge every {every} batches, over the history",
-        f"merge every {every} batches, over an empty file",
-    )
-    policies = {history: (every, True), "merge at every checkpoint, over the history": (1, True), empty: (every, False)}
-    landings, targets, runs = {}, {}, {}
-    for index, (policy, (_, over_history)) in enumerate(policies.items()):
-        landings[policy] = data / f"landing-{index}"
-        shutil.rmtree(landings[policy], ignore_errors=True)
-        landings[policy].mkdir()
-        target = args.workdir / f"steady-{index}.duckdb"
-        targets[policy] = copy_of(history_db, target) if over_history else fresh(target)
-        runs[policy] = []
-        if not over_history:  # batches 1 and 2, as in the history
-            run("project", landings[policy], targets[policy], args.memory_limit)
-            os.link(warm_up, landings[policy] / warm_up.name)
-            run("project", landings[policy], targets[policy], args.memory_limit)
-    for path in files:
-        for policy, (compact_every, _) in policies.items():
-            os.link(path, landings[policy] / path.name)  # the next batch's file lands
-            runs[policy].append(
-                run("project", landings[policy], targets[policy], args.memory_limit, compact_every=compact_every)
-            )
-    print(f"## steady: {args.steady} consecutive batches of {args.increment:,} events each (batches 3 onwards)")
-    means = {}
-    for policy, results in runs.items():
-        seconds = [r["seconds"] + r["publish"] for r in results]
-        means[policy] = (statistics.mean(seconds), statistics.median(seconds))
-        print(
-            f"STEADY, {policy}: mean {means[policy][0]:.3f} s ({means[policy][0] / empty_seconds:.2f}x the single "
-            f"batch over an empty file), median {means[policy][1]:.3f} s, max {max(seconds):.3f} s"
-        )
-        print("  per batch: " + ", ".join(f"{s:.2f}" for s in seconds))
-        slowest = sorted(range(len(results)), key=lambda i: -seconds[i])[:2]
-        for index in slowest:  # batches 1 and 2 came before the series
-            result = results[index]
-            steps = ", ".join(f"{name} {sec:.2f}" for name, sec in result["steps"].items())
-            print(f"  batch {index + 3} ({seconds[index]:.2f} s): {steps}, query database {result['publish']:.2f} s")
-    (mean, median), (empty_mean, empty_median) = means[history], means[empty]
+    work = copy_of(history, args.workdir / "lake-over-history")
+    landing = landing_with(data / "landing", [])
+    batches = []
+    for path in files[:-1]:
+        os.link(path, landing / path.name)  # the next batch's file lands
+        batches.append(run("project", landing, work, args.memory_limit)["seconds"])
+    print(f"## steady: {args.steady} consecutive batches of {args.increment:,} events each over the history")
     print(
-        f"STEADY RATIO, merging every {every} batches: over the history / over an empty file = "
-        f"{mean / empty_mean:.2f}x by the mean, {median / empty_median:.2f}x by the median"
+        f"per batch: mean {statistics.mean(batches):.3f} s, median {statistics.median(batches):.3f} s, max "
+        f"{max(batches):.3f} s ({statistics.median(batches) / empty_seconds:.2f}x the batch over an empty lake "
+        f"by the median); first {min(10, len(batches))} {statistics.mean(batches[:10]):.3f} s, "
+        f"last {min(10, len(batches))} {statistics.mean(batches[-10:]):.3f} s by the mean"
     )
+    print("  " + ", ".join(f"{s:.2f}" for s in batches))
+    storage("lake before maintenance", work, args.history + WARM_UP + args.steady * args.increment)
+    upkeep = run("maintain", landing, work, args.memory_limit)
+    print(
+        f"maintenance (maintain(con, utc_now(), 7, None)): {upkeep['seconds']:.2f} s, "
+        f"{upkeep['files_deleted']} files deleted; data files per table before -> after:"
+    )
+    before, after = upkeep["files_before"], upkeep["files_after"]
+    print("  " + ", ".join(f"{table} {before[table]} -> {after.get(table, 0)}" for table in before))
+    storage("lake after maintenance", work, args.history + WARM_UP + args.steady * args.increment)
+    maintained = fresh(args.workdir / f"maintained-{args.history}-{args.steady}")
+    work.rename(maintained)
+    over_lake, over_empty = increment_series(args, maintained, landing_with(data / "next", files[-1:]))
+    loaded, empty = (median(r, "seconds") for r in (over_lake, over_empty))
+    print(
+        f"STEADY RATIO after {args.steady} batches and one maintenance run: the next batch over that lake / over "
+        f"an empty lake = {loaded / empty:.2f}x ({loaded:.3f} s vs {empty:.3f} s; target at most 1.2x)"
+    )
+    for label, runs in (("over the maintained lake", over_lake), ("over empty", over_empty)):
+        print(f"  {label}: " + ", ".join(f"{name} {seconds:.3f} s" for name, seconds in step_medians(runs).items()))
+    shutil.rmtree(maintained)
+
+
+@contextmanager
+def postgres_catalogs() -> Iterator[Any]:
+    """A PostgreSQL server (the ``pgserver`` wheel) for the run; yields a function returning a fresh database as
+    a ``SYSMON_LAKE_CATALOG`` value. Run as root, pgserver runs PostgreSQL as an unprivileged user, which must
+    reach the folder: it is made under /tmp, open to all."""
+    import pgserver
+
+    root = Path(tempfile.mkdtemp(prefix="bench-pg-", dir="/tmp"))
+    root.chmod(0o755)
+    server = pgserver.get_server(root / "data", cleanup_mode="stop")
+
+    def new_catalog() -> str:
+        name = f"lake_{uuid.uuid4().hex[:12]}"
+        server.psql(f"CREATE DATABASE {name};")
+        return f"postgres:dbname={name} host={root / 'data'} user=postgres"
+
+    try:
+        yield new_catalog
+    finally:
+        server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def read_during_batches(
+    args: argparse.Namespace, files: list[Path], data_dir: Path, env: dict[str, str]
+) -> tuple[dict[str, Any], list[float]]:
+    """A fresh lake given ``files[0]``; then a reader process loops while each next file lands and is batched."""
+    landing = landing_with(args.workdir / "readers-landing", files[:1])
+    run("project", landing, fresh(data_dir), args.memory_limit, env=env)
+    command = [*RUNS, "reader", str(landing), str(data_dir), args.memory_limit or ""]
+    reader = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, text=True)
+    if reader.stdout.readline().strip() != "ready":
+        raise SystemExit(f"the reader did not start (exit code {reader.wait()})")
+    batches = []
+    try:
+        for path in files[1:]:
+            os.link(path, landing / path.name)
+            batches.append(run("project", landing, data_dir, args.memory_limit, env=env)["seconds"])
+    finally:
+        reader.send_signal(signal.SIGTERM)
+    out, _ = reader.communicate()
+    if reader.returncode != 0:
+        raise SystemExit(f"the reader failed (exit code {reader.returncode})")
+    return json.loads(out.strip().splitlines()[-1]), batches
+
+
+def latency(samples: list[float]) -> str:
+    """Median and p99 of ``samples`` in ms."""
+    if len(samples) < 2:
+        return f"{len(samples)} samples"
+    p99 = statistics.quantiles(samples, n=100, method="inclusive")[98]
+    return f"median {statistics.median(samples) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms ({len(samples)} samples)"
+
+
+def readers(args: argparse.Namespace) -> None:
+    """Reader latency while ``args.readers`` batches of ``increment`` events run, per catalog, alternating."""
+    data = args.workdir / f"fleet-readers-{args.increment}-{args.readers}"
+    files = generate(data, [args.increment] * (args.readers + 1), seed=5)
+    print(
+        f"## readers: {args.readers} batches of {args.increment:,} events in a row after a first one, while a "
+        f"reader loops connect + `{READER_QUERY}`"
+    )
+    results: dict[str, list[tuple[dict[str, Any], list[float]]]] = {"SQLite catalog (default)": [], "PostgreSQL": []}
+    with postgres_catalogs() as new_catalog:
+        for rep in range(args.repeat):
+            for label in results:
+                env = {"SYSMON_LAKE_CATALOG": new_catalog()} if label == "PostgreSQL" else {}
+                results[label].append(read_during_batches(args, files, args.workdir / "readers-lake", env))
+                print(f"rep {rep + 1}, {label}: batches median {statistics.median(results[label][-1][1]):.3f} s")
+    for label, series in results.items():
+        batches = [seconds for _, times in series for seconds in times]
+        pooled = {kind: [s for read, _ in series for s in read[kind]] for kind in ("connect_and_query", "query")}
+        errors = [error for read, _ in series for error in read["errors"]]
+        print(f"READERS, {label}: batches median {statistics.median(batches):.3f} s, max {max(batches):.3f} s")
+        print(f"  connect + count: {latency(pooled['connect_and_query'])}")
+        print(f"  count on a held connection: {latency(pooled['query'])}")
+        seen = [read["distinct_counts"] for read, _ in series]
+        print(f"  errors: {len(errors)}; distinct counts a reader saw per series: {seen}")
+        for error in sorted(set(errors))[:5]:
+            print(f"    {error}")
 
 
 def main() -> None:
-    """Parse arguments and run the throughput or the incremental benchmark."""
+    """Parse arguments and run the throughput, incremental or readers benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--files", type=int, default=4)
@@ -373,11 +459,15 @@ def main() -> None:
     parser.add_argument("--increment", type=int, default=10_000)
     parser.add_argument("--top", type=int, default=8, help="statements listed by rows scanned")
     parser.add_argument("--steady", type=int, default=0, help="then this many consecutive batches over the history")
+    parser.add_argument("--readers", type=int, default=0, help="reader latency during this many batches")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out")
     args = parser.parse_args()
+    args.workdir = args.workdir.resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(f"{os.cpu_count()} cores; python {sys.version.split()[0]}; {datetime.now():%Y-%m-%d %H:%M}")
-    if args.history:
+    if args.readers:
+        readers(args)
+    elif args.history:
         incremental(args)
     else:
         throughput(args)

@@ -1,11 +1,24 @@
 """One measured run of the benchmark, executed in its own process so its peak memory is its own.
 
-    python bench/runs.py <kind> <landing folder> <duckdb file> [memory limit] [batch time, ISO]
+    python bench/runs.py <kind> <landing folder> <data folder> [memory limit] [batch time, ISO]
 
-Kinds: ``reference`` (the plain DuckDB script), ``reference_stream`` (the same, keeping the raw stream
-table too), ``project`` (one micro-batch in-process, step by
-step, then the query database), ``scans`` (the same, recording every statement's rows scanned
-from DuckDB's profiler). Prints one JSON object.
+The lake is the project's: ``Settings(landing_dir=<landing folder>, data_dir=<data folder>)``, so a SQLite
+catalog ``<data folder>/lake.sqlite`` and Parquet files under ``<data folder>/lake_files/``, unless
+``SYSMON_LAKE_CATALOG`` names another catalog (the benchmark's PostgreSQL runs). Kinds:
+
+- ``reference``: the floor, a plain DuckDB script of the recipe that reads every NDJSON file of the landing
+  folder with ``read_ndjson(columns=...)`` and keeps all six recipe tables (the raw stream included) in the
+  lake, opened as the project opens it (``open_lake``: same extensions, same catalog and files);
+- ``project``: one micro-batch in-process, step by step (``SysmonPipeline.run_model``), on one held lake
+  connection as a Dagster run holds it;
+- ``scans``: the same, recording every statement's rows scanned and time (DuckDB's profiler);
+- ``maintain``: one maintenance run (``sysmon_assets.maintenance.maintain``, snapshots kept 7 days, no
+  event retention), with data files per table before and after;
+- ``reader``: until SIGTERM, a loop of ``sysmon_assets.connect()`` + ``SELECT count(*) FROM sysmon_join``
+  (timed together) and the same query on a connection held from the start (timed alone); prints ``ready``
+  after its first round.
+
+Prints one JSON object (last line).
 """
 
 from __future__ import annotations
@@ -13,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import sys
 import time
 import uuid
@@ -27,8 +41,10 @@ import duckdb
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sysmon_assets import pipeline as pipeline_module  # noqa: E402
-from sysmon_assets.pipeline import SysmonPipeline  # noqa: E402
+from sysmon_assets import connect  # noqa: E402
+from sysmon_assets.lake import LakeError, open_lake  # noqa: E402
+from sysmon_assets.maintenance import maintain  # noqa: E402
+from sysmon_assets.pipeline import LakeConnections, SysmonPipeline, utc_now  # noqa: E402
 from sysmon_assets.settings import Settings  # noqa: E402
 
 EVENT_DATA = [
@@ -65,36 +81,28 @@ EVENT_DATA = [
     "DestinationPort",
     "DestinationPortName",
 ]
-COMPACT_EVERY_VARIABLE = "BENCH_COMPACT_EVERY_BATCHES"
 INTEGERS = {"ProcessId", "TerminalSessionId", "ParentProcessId", "SourcePort", "DestinationPort"}
+READER_QUERY = "SELECT count(*) FROM sysmon_join"
 
 
-def reference_sql(files: list[Path], keep_stream: bool = False) -> str:
-    """The recipe as one plain DuckDB script (no offsets, no metadata, no rejects); ``keep_stream``: it also
-    keeps the raw stream as a table (as target 5 asks) and flattens from that table, not from the files."""
+def reference_sql(files: list[Path]) -> str:
+    """The recipe as one plain DuckDB script keeping its six tables: the raw stream as ``read_ndjson`` types it
+    (the recipe's CREATE STREAM fields), then flatten, split, latest per key and join from that table. No
+    offsets, no metadata columns, no rejects, one input layout."""
     struct = ", ".join(f'"{f}" {"INTEGER" if f in INTEGERS else "VARCHAR"}' for f in EVENT_DATA)
-    fields = (
-        ["source_name", "type", "task", "log_name", "computer_name"]
-        if keep_stream
-        else ["source_name", "log_name", "computer_name"]
-    )
+    fields = ["source_name", "type", "task", "log_name", "computer_name"]
     columns = (
         "{"
         + "".join(f"'{field}': 'VARCHAR', " for field in fields)
-        + ("'record_number': 'BIGINT', " if keep_stream else "")
-        + f"'event_id': 'INTEGER', 'event_data': 'STRUCT({struct})'}}"
+        + f"'record_number': 'BIGINT', 'event_id': 'INTEGER', 'event_data': 'STRUCT({struct})'}}"
     )
     paths = ", ".join(f"'{p}'" for p in files)
-    events = f"read_ndjson([{paths}], columns={columns})"
-    stream = ""
-    if keep_stream:
-        stream, events = f"CREATE TABLE winlogbeat_stream AS SELECT * FROM {events};", "winlogbeat_stream"
     return f"""
-    {stream}
+    CREATE TABLE winlogbeat_stream AS SELECT * FROM read_ndjson([{paths}], columns={columns});
     CREATE TABLE rekey AS
       SELECT try_strptime(event_data.UtcTime, '%Y-%m-%d %H:%M:%S.%g') AS event_date_creation,
              upper(trim(event_data.ProcessGuid)) AS process_guid, event_data.*, event_id, source_name, log_name
-      FROM {events}
+      FROM winlogbeat_stream
       WHERE source_name = 'Microsoft-Windows-Sysmon';
     CREATE TABLE process_create AS SELECT * FROM rekey WHERE event_id = 1;
     CREATE TABLE process_create_table AS SELECT * FROM process_create WHERE process_guid IS NOT NULL
@@ -106,27 +114,31 @@ def reference_sql(files: list[Path], keep_stream: bool = False) -> str:
     """
 
 
-def run_reference(landing: Path, db: Path, memory_limit: str | None, keep_stream: bool = False) -> dict[str, Any]:
-    """Seconds of the plain script over every NDJSON file in ``landing``."""
+def run_reference(settings: Settings) -> dict[str, Any]:
+    """Seconds of the plain script over every NDJSON file of the landing folder, opening and closing the lake
+    included (as the project's batch includes them)."""
     start = time.perf_counter()
-    with duckdb.connect(str(db), config={"memory_limit": memory_limit} if memory_limit else {}) as con:
-        con.execute(reference_sql(sorted(landing.glob("*.ndjson")), keep_stream))
+    with open_lake(settings) as con:
+        con.execute(reference_sql(sorted(settings.landing_dir.glob("*.ndjson"))))
     return {"seconds": time.perf_counter() - start}
 
 
 class _Profiled:
     """A connection that records each statement's rows scanned and time (DuckDB's profiler)."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, log: list[dict[str, Any]]) -> None:
-        self._con, self._log = con, log
+    def __init__(self, con: duckdb.DuckDBPyConnection, log: list[dict[str, Any]], output: Path) -> None:
+        self._con, self._log, self._output = con, log, output
+        con.execute(f"SET profiling_output = '{output}'")
+        con.execute("SET enable_profiling = 'json'")
 
     def execute(self, sql: str, params: list | None = None) -> duckdb.DuckDBPyConnection:
+        self._output.unlink(missing_ok=True)
         result = self._con.execute(sql, params or [])
-        query = json.loads(self._con.get_profiling_information(format="json")).get("query", {})
+        query = json.loads(self._output.read_text()) if self._output.exists() else {}
         self._log.append(
             {
-                "rows_scanned": query.get("total_rows_scanned", 0),
-                "seconds": query.get("total_time", 0.0),
+                "rows_scanned": query.get("cumulative_rows_scanned", 0),
+                "seconds": query.get("latency", 0.0),
                 "sql": " ".join(sql.split())[:140],
             }
         )
@@ -136,49 +148,93 @@ class _Profiled:
         return getattr(self._con, name)
 
 
-def run_project(
-    landing: Path, db: Path, memory_limit: str | None, profile: bool = False, batch_time: datetime | None = None
-) -> dict[str, Any]:
-    """Seconds per recipe step and for the query database, for one micro-batch."""
-    settings = Settings(landing_dir=landing, duckdb_path=db, memory_limit=memory_limit)
+def run_project(settings: Settings, profile: bool = False, batch_time: datetime | None = None) -> dict[str, Any]:
+    """Seconds per recipe step of one micro-batch, and in all (opening and closing the lake included)."""
     log: list[dict[str, Any]] = []
+    connections = LakeConnections(settings)
 
     @contextmanager
     def profiled() -> Iterator[Any]:
-        with closing(duckdb.connect(str(db), config=settings.duckdb_config())) as con:
-            con.execute("SET enable_profiling = 'no_output'")
-            yield _Profiled(con, log)
+        with connections() as con:
+            yield _Profiled(con, log, settings.data_dir.with_name(settings.data_dir.name + ".profile.json"))
 
-    pipeline = SysmonPipeline(settings, connect=profiled if profile else None)
+    pipeline = SysmonPipeline(settings, connect=profiled if profile else connections)
     steps, peaks = {}, {}
     run_key = f"bench-{uuid.uuid4()}"
     start = time.perf_counter()
-    with pipeline.connect():  # held open for the batch, as the Dagster resource holds it for a run
+    try:  # the connection is held for the batch, as the Dagster resource holds it for a run
         for name in pipeline.project.primary_models():
             step_start = time.perf_counter()
             pipeline.run_model(name, run_key, batch_time)
             steps[name] = time.perf_counter() - step_start
             peaks[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-        publish_start = time.perf_counter()
-        pipeline.publish(run_key, batch_time)
-    end = time.perf_counter()  # with closing the file, as the run's end closes it
-    result = {"seconds": publish_start - start, "steps": steps, "publish": end - publish_start, "peak_gb_after": peaks}
+    finally:
+        connections.close()
+    result = {"seconds": time.perf_counter() - start, "steps": steps, "peak_gb_after": peaks}
     if profile:
         result["statements"] = log
     return result
 
 
+def run_maintain(settings: Settings) -> dict[str, Any]:
+    """One maintenance run over the lake: seconds, data files per table before and after, files deleted."""
+    start = time.perf_counter()
+    with open_lake(settings) as con:
+        upkeep = maintain(con, utc_now(), 7, None)
+    return {
+        "seconds": time.perf_counter() - start,
+        "files_before": upkeep.files_before,
+        "files_after": upkeep.files_after,
+        "files_deleted": upkeep.files_deleted,
+    }
+
+
+def run_reader(settings: Settings) -> dict[str, Any]:
+    """Read the lake as analysts do until SIGTERM: latencies of connect + count, and of the count alone on a
+    connection held from the start, the errors, and the distinct counts seen (the batches that became
+    visible)."""
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    timed = {"connect_and_query": [], "query": []}
+    errors: list[str] = []
+    counts = set()
+    held = connect(settings)
+    while not stopping:
+        for kind in timed:
+            start = time.perf_counter()
+            try:
+                if kind == "query":
+                    held.execute(READER_QUERY).fetchone()
+                else:
+                    with closing(connect(settings)) as con:
+                        counts.add(con.execute(READER_QUERY).fetchone()[0])
+            except (duckdb.Error, LakeError) as error:
+                errors.append(f"{kind}: {error}"[:300])
+                continue
+            timed[kind].append(time.perf_counter() - start)
+        if len(timed["query"]) == 1:
+            print("ready", flush=True)
+    held.close()
+    return {**timed, "errors": errors, "distinct_counts": len(counts)}
+
+
 def main() -> None:
     """Run one kind and print its JSON result."""
-    kind, landing, db = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    kind, landing, data_dir = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     memory_limit = sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] else None
     batch_time = datetime.fromisoformat(sys.argv[5]) if len(sys.argv) > 5 else None
-    if os.environ.get(COMPACT_EVERY_VARIABLE):  # the benchmark's comparison of merge policies
-        pipeline_module.COMPACT_EVERY_BATCHES = int(os.environ[COMPACT_EVERY_VARIABLE])
-    if kind in ("reference", "reference_stream"):
-        result = run_reference(landing, db, memory_limit, keep_stream=kind == "reference_stream")
+    catalog = os.environ.get("SYSMON_LAKE_CATALOG") or None
+    settings = Settings(landing_dir=landing, data_dir=data_dir, lake_catalog=catalog, memory_limit=memory_limit)
+    if kind == "reference":
+        result = run_reference(settings)
+    elif kind in ("project", "scans"):
+        result = run_project(settings, profile=kind == "scans", batch_time=batch_time)
+    elif kind == "maintain":
+        result = run_maintain(settings)
+    elif kind == "reader":
+        result = run_reader(settings)
     else:
-        result = run_project(landing, db, memory_limit, profile=kind == "scans", batch_time=batch_time)
+        raise SystemExit(f"unknown kind {kind!r}")
     print(json.dumps(result))
 
 
