@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -118,6 +119,13 @@ def land(path: Path, events: Iterable[dict[str, Any] | str], mode: str = "a") ->
     with path.open(mode, encoding="utf-8", newline="\n") as handle:
         for event in events:
             handle.write((event if isinstance(event, str) else json.dumps(event)) + "\n")
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now (for a server a test starts)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def lake_rows(settings: Settings, sql: str, params: list | None = None) -> list[tuple]:

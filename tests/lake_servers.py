@@ -5,7 +5,6 @@ Unix socket, and stop with the test session."""
 from __future__ import annotations
 
 import shutil
-import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -16,15 +15,11 @@ import boto3
 import pgserver
 from moto.server import ThreadedMotoServer
 
+from tests.conftest import free_port
+
 ACCESS_KEY = "sysmon-test-key"
 SECRET_KEY = "sysmon-test-secret"
 REGION = "us-east-1"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -95,7 +90,7 @@ def postgres_fixture() -> Iterator[Postgres]:
 
 def s3_fixture() -> Iterator[S3]:
     """Start moto's S3 server on a free loopback port for the session; stop it afterwards."""
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
