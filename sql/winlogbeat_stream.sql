@@ -7,6 +7,11 @@
 -- max_line_bytes) go to winlogbeat_rejects. Columns starting with _ are metadata; _kafka holds the message's
 -- topic, partition, offset, timestamp, key and headers when the source is Kafka (var('source') = 'kafka').
 {{ config(materialized='stream') }}
+{#- KSQL 5.1.1 reads an INTEGER field with Java's Integer.parseInt: an optional sign and decimal digits, in range.
+    DuckDB's TRY_CAST would also take '2.5' (as 3), '0x1F', '1_000' and ' 5000'. -#}
+{% macro ksql_integer(text) -%}
+CASE WHEN regexp_full_match({{ text }}, '[+-]?[0-9]+') THEN TRY_CAST({{ text }} AS INTEGER) END
+{%- endmacro %}
 {% set kafka_type %}STRUCT(topic VARCHAR, "partition" INTEGER, "offset" BIGINT, "timestamp" TIMESTAMP, "key" BLOB, headers JSON){% endset %}
 -- The Sysmon EventData fields the recipe declares; three layouts carry them under different parents.
 {% set event_data_fields -%}
@@ -21,7 +26,8 @@
 {%- endset %}
 WITH landed AS (
     -- a landed file's line keeps its newline here: JSON allows the trailing whitespace, and no copy is made
-    SELECT l.* REPLACE (CAST(l.source_file AS VARCHAR) AS source_file), try(decode(CAST(l.line AS BLOB))) AS text  -- NULL if not UTF-8
+    -- text is NULL if not UTF-8; a byte order mark (an exported file's first line) is not part of the event
+    SELECT l.* REPLACE (CAST(l.source_file AS VARCHAR) AS source_file), ltrim(try(decode(CAST(l.line AS BLOB))), chr(65279)) AS text
     FROM {{ source('landed_lines') }} AS l
     WHERE l.line_bytes <= {{ var('max_line_bytes') }}
 ), parsed AS MATERIALIZED (
@@ -130,7 +136,7 @@ SELECT
     {
         'UtcTime': "UtcTime",
         'ProcessGuid': "ProcessGuid",
-        'ProcessId': TRY_CAST("ProcessId" AS INTEGER),
+        'ProcessId': {{ ksql_integer('"ProcessId"') }},
         'Image': "Image",
         'FileVersion': "FileVersion",
         'Description': "Description",
@@ -141,11 +147,11 @@ SELECT
         'User': "User",
         'LogonGuid': "LogonGuid",
         'LogonId': "LogonId",
-        'TerminalSessionId': TRY_CAST("TerminalSessionId" AS INTEGER),
+        'TerminalSessionId': {{ ksql_integer('"TerminalSessionId"') }},
         'IntegrityLevel': "IntegrityLevel",
         'Hashes': "Hashes",
         'ParentProcessGuid': "ParentProcessGuid",
-        'ParentProcessId': TRY_CAST("ParentProcessId" AS INTEGER),
+        'ParentProcessId': {{ ksql_integer('"ParentProcessId"') }},
         'ParentImage': "ParentImage",
         'ParentCommandLine': "ParentCommandLine",
         'Protocol': "Protocol",
@@ -153,29 +159,29 @@ SELECT
         'SourceIsIpv6': "SourceIsIpv6",
         'SourceIp': "SourceIp",
         'SourceHostname': "SourceHostname",
-        'SourcePort': TRY_CAST("SourcePort" AS INTEGER),
+        'SourcePort': {{ ksql_integer('"SourcePort"') }},
         'SourcePortName': "SourcePortName",
         'DestinationIsIpv6': "DestinationIsIpv6",
         'DestinationIp': "DestinationIp",
         'DestinationHostname': "DestinationHostname",
-        'DestinationPort': TRY_CAST("DestinationPort" AS INTEGER),
+        'DestinationPort': {{ ksql_integer('"DestinationPort"') }},
         'DestinationPortName': "DestinationPortName"
     } AS event_data,
-    TRY_CAST(event_id_text AS INTEGER) AS event_id,
+    {{ ksql_integer('event_id_text') }} AS event_id,
     TRY_CAST(record_number_text AS BIGINT) AS _record_number,
     layout AS _layout,
     list_filter([
-        CASE WHEN TRY_CAST(event_id_text AS INTEGER) IS NULL AND nullif(trim(event_id_text), '') IS NOT NULL
+        CASE WHEN {{ ksql_integer('event_id_text') }} IS NULL AND nullif(trim(event_id_text), '') IS NOT NULL
              THEN {'field': 'event_id', 'value': event_id_text} END,
-        CASE WHEN TRY_CAST("ProcessId" AS INTEGER) IS NULL AND nullif(trim("ProcessId"), '') IS NOT NULL
+        CASE WHEN {{ ksql_integer('"ProcessId"') }} IS NULL AND nullif(trim("ProcessId"), '') IS NOT NULL
              THEN {'field': 'ProcessId', 'value': "ProcessId"} END,
-        CASE WHEN TRY_CAST("TerminalSessionId" AS INTEGER) IS NULL AND nullif(trim("TerminalSessionId"), '') IS NOT NULL
+        CASE WHEN {{ ksql_integer('"TerminalSessionId"') }} IS NULL AND nullif(trim("TerminalSessionId"), '') IS NOT NULL
              THEN {'field': 'TerminalSessionId', 'value': "TerminalSessionId"} END,
-        CASE WHEN TRY_CAST("ParentProcessId" AS INTEGER) IS NULL AND nullif(trim("ParentProcessId"), '') IS NOT NULL
+        CASE WHEN {{ ksql_integer('"ParentProcessId"') }} IS NULL AND nullif(trim("ParentProcessId"), '') IS NOT NULL
              THEN {'field': 'ParentProcessId', 'value': "ParentProcessId"} END,
-        CASE WHEN TRY_CAST("SourcePort" AS INTEGER) IS NULL AND nullif(trim("SourcePort"), '') IS NOT NULL
+        CASE WHEN {{ ksql_integer('"SourcePort"') }} IS NULL AND nullif(trim("SourcePort"), '') IS NOT NULL
              THEN {'field': 'SourcePort', 'value': "SourcePort"} END,
-        CASE WHEN TRY_CAST("DestinationPort" AS INTEGER) IS NULL AND nullif(trim("DestinationPort"), '') IS NOT NULL
+        CASE WHEN {{ ksql_integer('"DestinationPort"') }} IS NULL AND nullif(trim("DestinationPort"), '') IS NOT NULL
              THEN {'field': 'DestinationPort', 'value': "DestinationPort"} END
     ], lambda e: e IS NOT NULL) AS _coercion_errors,
     source_file AS _source_file,

@@ -71,6 +71,13 @@ def test_a_data_dir_under_a_file_names_the_path(tmp_path: Path) -> None:
         lake.batch()
 
 
+def test_a_byte_order_mark_before_the_first_event_does_not_reject_it(lake: Lake) -> None:
+    events = [json.dumps(process_create("{A}")), json.dumps(network_connect("{A}"))]
+    (lake.landing / "exported.ndjson").write_bytes(b"\xef\xbb\xbf" + "\n".join(events).encode() + b"\n")
+    lake.batch()
+    assert (lake.count("winlogbeat_stream"), lake.count("winlogbeat_rejects"), lake.count("sysmon_join")) == (2, 0, 1)
+
+
 def test_fields_that_do_not_coerce_are_counted_by_a_warning_check(lake: Lake) -> None:
     lake.land([process_create("{A}", event_data={"ProcessId": "12abc"}), network_connect("{A}", utc_time="soon")])
     result = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch").execute_in_process()

@@ -89,6 +89,35 @@ def test_a_field_that_does_not_coerce_becomes_null_keeps_the_row_and_records_the
     assert lake.rows("SELECT dst_port FROM sysmon_join") == [(None,)]
 
 
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [("+443", 443), ("-1", -1), ("0443", 443), ("2147483647", 2147483647)]
+    + [(text, None) for text in ("443.6", "0x1F", "1_000", " 443", "443 ", "4e2", "2147483648", "1,000")],
+)
+def test_integer_fields_parse_as_ksqls_integer_parseint_does(lake: Lake, text: str, parsed: int | None) -> None:
+    """KSQL 5.1.1 converts INTEGER fields with Java's Integer.parseInt: an optional sign and decimal digits in
+    the INTEGER range; anything else is NULL, recorded in _coercion_errors, and the row flows on."""
+    lake.land([process_create("{G}"), network_connect("{G}", event_data={"DestinationPort": text})])
+    lake.batch()
+    errors = [] if parsed is not None else [{"field": "DestinationPort", "value": text}]
+    assert lake.rows(
+        "SELECT event_data.DestinationPort, _coercion_errors FROM winlogbeat_stream WHERE event_id = 3"
+    ) == [(parsed, errors)]
+    assert lake.rows("SELECT dst_port FROM sysmon_join") == [(parsed,)]
+
+
+def test_an_event_id_that_is_not_an_integer_is_not_a_network_connect(lake: Lake) -> None:
+    as_decimal = network_connect("{G}")
+    as_decimal["event_id"] = "2.5"  # TRY_CAST would round it to 3
+    lake.land([process_create("{G}"), as_decimal])
+    lake.batch()
+    assert lake.rows("SELECT event_id, _coercion_errors FROM winlogbeat_stream ORDER BY _seq")[1] == (
+        None,
+        [{"field": "event_id", "value": "2.5"}],
+    )
+    assert lake.count("sysmon_network_connect") == lake.count("sysmon_join") == 0
+
+
 def test_rekey_parses_utctime_as_utc_and_canonicalizes_the_guid(loaded: Lake) -> None:
     assert loaded.rows("SELECT event_date_creation, process_guid FROM winlogbeat_stream_rekey ORDER BY _seq") == [
         (datetime(2026, 11, 1, 10, 0, 0, 123000), "{AAAA-1}"),
