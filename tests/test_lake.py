@@ -203,3 +203,15 @@ def test_paths_with_an_apostrophe_a_space_and_a_semicolon_are_quoted(tmp_path: P
         assert con.execute("SELECT process_guid FROM sysmon_join").fetchall() == [("{A}",)]
     assert list((odd / "files; it's here").rglob("*.parquet"))
     assert (odd / "data" / "lake.sqlite").is_file()
+
+
+def test_the_lakes_parquet_files_are_zstd_compressed(lake: Lake) -> None:
+    lake.land([process_create("{A}"), network_connect("{A}")])
+    lake.batch()
+    files = [str(path) for path in lake.data.rglob("*.parquet")]
+    with open_lake(lake.settings, read_only=True) as con:
+        codecs = {
+            codec
+            for (codec,) in con.execute("SELECT DISTINCT compression FROM parquet_metadata(?)", [files]).fetchall()
+        }
+    assert codecs == {"ZSTD"}
