@@ -18,8 +18,8 @@ in the same invocation:
 - storage: bytes per event on disk of the whole lake (catalog and Parquet files; aim at most 150), the
   project's and the floor's;
 - incremental cost (``--history``): a batch of ``--increment`` new events over a copy of a lake holding
-  ``--history`` events vs the same batch over an empty lake (target at most 1.2x), with the rows DuckDB
-  scanned per statement (its profiler) as the proof that no statement reads the whole history; with
+  ``--history`` events vs the same batch over an empty lake (target at most 1.2x), with the slowest
+  statements of the batch over the history (DuckDB's profiler); with
   ``--steady K``, K consecutive such batches over a copy of the history, one maintenance run, then the next
   batch over that lake vs over an empty lake;
 - readers (``--readers N``): N batches in a row while a reader process loops ``sysmon_assets.connect()`` +
@@ -298,13 +298,11 @@ def incremental(args: argparse.Namespace) -> None:
     for label, runs in (("over history", over_history), ("over empty", over_empty)):
         print(f"  {label}: " + ", ".join(f"{name} {seconds:.3f} s" for name, seconds in step_medians(runs).items()))
     scans = run("scans", increment_landing, copy_of(history, work), args.memory_limit)["statements"]
-    print("statements of the batch over history that scanned the most rows (DuckDB profiler):")
-    for statement in sorted(scans, key=lambda s: -s["rows_scanned"])[: args.top]:
-        print(f"  {statement['rows_scanned']:>10,} rows  {statement['seconds']:.4f} s  {statement['sql'][:110]}")
-    print(
-        f"  most rows any statement scanned: {max(s['rows_scanned'] for s in scans):,} "
-        f"(history: {args.history:,} events)"
-    )
+    # DuckDB 1.4.4's profiler counts a lake table's rows as scanned whether or not its files are skipped, so
+    # the statements are ranked by time; their row counts are no measure of what was read.
+    print("statements of the batch over history that took the longest (DuckDB profiler):")
+    for statement in sorted(scans, key=lambda s: -s["seconds"])[: args.top]:
+        print(f"  {statement['seconds']:.4f} s  {statement['sql'][:120]}")
     if args.steady:
         steady(args, history, empty)
 
@@ -457,7 +455,7 @@ def main() -> None:
     parser.add_argument("--memory-limit", default=None, help="DuckDB memory_limit for every run, e.g. 2GB")
     parser.add_argument("--history", type=int, default=0, help="run the incremental benchmark over this history")
     parser.add_argument("--increment", type=int, default=10_000)
-    parser.add_argument("--top", type=int, default=8, help="statements listed by rows scanned")
+    parser.add_argument("--top", type=int, default=8, help="slowest statements listed")
     parser.add_argument("--steady", type=int, default=0, help="then this many consecutive batches over the history")
     parser.add_argument("--readers", type=int, default=0, help="reader latency during this many batches")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out")
