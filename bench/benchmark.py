@@ -323,17 +323,21 @@ def increment_series(
 
 
 def steady(args: argparse.Namespace, history: Path, empty_seconds: float) -> None:
-    """``args.steady`` consecutive batches of the fleet's next ``increment`` events each over a copy of the
-    history, one maintenance run, then the fleet's next batch over that lake vs over an empty lake."""
+    """``args.steady`` consecutive one-minute batches of the fleet's next ``increment`` events each over a copy of
+    the history, one maintenance run, then the fleet's next batch over that lake vs over an empty lake."""
     counts = [args.history, WARM_UP] + [args.increment] * (args.steady + 1)
     data = args.workdir / f"fleet-{args.history}-{WARM_UP}-{args.increment}-steady{args.steady}"
     files = generate(data, counts, seed=3, skip=2)  # the history's two files, as incremental() generated them
     work = copy_of(history, args.workdir / "lake-over-history")
     landing = landing_with(data / "landing", [])
     batches = []
-    for path in files[:-1]:
+    # One-minute batches, as a schedule runs them: their clocks end a minute before the next batch's (now), so
+    # connections still waiting for their process leave the join's retry after the grace period, as they would.
+    first_clock = datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=len(files))
+    for index, path in enumerate(files[:-1]):
         os.link(path, landing / path.name)  # the next batch's file lands
-        batches.append(run("project", landing, work, args.memory_limit)["seconds"])
+        clock = first_clock + timedelta(minutes=index)
+        batches.append(run("project", landing, work, args.memory_limit, clock)["seconds"])
     print(f"## steady: {args.steady} consecutive batches of {args.increment:,} events each over the history")
     print(
         f"per batch: mean {statistics.mean(batches):.3f} s, median {statistics.median(batches):.3f} s, max "
