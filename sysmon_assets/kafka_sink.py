@@ -1,12 +1,12 @@
 """Publish new ``sysmon_join`` rows to a Kafka topic (default ``SYSMON_JOIN``), as the recipe's stream is.
 
 Each message is one joined row as JSON with the recipe's upper-case column names (KSQL's own
-JSON output), keyed by PROCESS_GUID, with headers ``sysmon_pipeline`` (an id this DuckDB file
+JSON output), keyed by PROCESS_GUID, with headers ``sysmon_pipeline`` (an id this lake
 draws once, so pipelines sharing the topic are told apart), ``sysmon_batch_id`` and ``sysmon_seq``;
 timestamps are epoch milliseconds, as KSQL's STRINGTOTIMESTAMP gives them. The producer is
 idempotent (no duplicates from its own retries).
 
-What was published is tracked in DuckDB (``ingest.kafka_sink``): a range of batches is marked
+What was published is tracked in the lake (``ingest.kafka_sink``): a range of batches is marked
 ``publishing`` (committed, with the topic's end offsets at that moment) before the first message
 is sent and ``done`` once the broker acknowledged every message, with the highest offset written
 per partition. A restart never sends a ``done`` range again; a range left ``publishing`` by a

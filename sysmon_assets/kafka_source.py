@@ -1,6 +1,6 @@
 """Read the ``winlogbeat`` Kafka topic since the last committed batch: the recipe's own source.
 
-The offsets that count are stored in DuckDB (``ingest.kafka_offsets``) and written by
+The offsets that count are stored in the lake (``ingest.kafka_offsets``) and written by
 :meth:`KafkaReader.commit_offsets` inside the same transaction as the rows they cover, so a
 crash before that commit re-reads the messages and a crash after it never reads them again.
 Every batch seeks to the stored offsets; the consumer group's own Kafka-side offsets are
@@ -58,7 +58,7 @@ class PartitionProgress:
 
     partition: int
     position: int | None  # None: not known yet (earliest of a partition never read)
-    committed: int | None = None  # the position DuckDB holds
+    committed: int | None = None  # the position the lake holds
     consumed: int = 0
     consumed_bytes: int = 0
     done: bool = False
@@ -68,7 +68,7 @@ class PartitionProgress:
 
     @property
     def uncommitted(self) -> bool:
-        """Whether DuckDB does not hold this partition's position or notes yet."""
+        """Whether the lake does not hold this partition's position or notes yet."""
         return self.position != self.committed or self.notes_recorded < len(self.notes)
 
 
@@ -112,7 +112,7 @@ def _headers_json(message: Message) -> str | None:
 
 
 class KafkaReader:
-    """Plans and reads one batch of Kafka messages, and commits how far it got (in DuckDB)."""
+    """Plans and reads one batch of Kafka messages, and commits how far it got (in the lake)."""
 
     def __init__(
         self,
@@ -131,7 +131,7 @@ class KafkaReader:
         self.partitions: list[PartitionProgress] = []
 
     def plan(self, first_batch_ever: bool) -> list[PartitionProgress]:
-        """Decide, per partition, where this batch starts: the offset stored in DuckDB or, for a partition
+        """Decide, per partition, where this batch starts: the offset stored in the lake or, for a partition
         never read, the earliest offset (``latest`` on the very first batch: the end of the partition)."""
         self.con.execute(_STATE_DDL)
         stored = dict(
@@ -312,9 +312,9 @@ class KafkaReader:
         ]
 
     def close(self) -> None:
-        """Commit the offsets DuckDB holds to the consumer group (monitoring only) and leave it.
+        """Commit the offsets the lake holds to the consumer group (monitoring only) and leave it.
 
-        The offsets are read back from DuckDB, so a batch that failed half-way shows its real lag.
+        The offsets are read back from the lake, so a batch that failed half-way shows its real lag.
         """
         try:
             stored = self.con.execute(
@@ -341,7 +341,7 @@ class PartitionLag(NamedTuple):
 def consumer_lag(settings: Settings, consumer_factory: ConsumerFactory = Consumer) -> dict[int, PartitionLag]:
     """Per partition: messages beyond the consumer group's committed offset (a partition never
     committed counts from its earliest offset), and the end offset. Reads Kafka only, never the
-    DuckDB file."""
+    lake."""
     consumer = consumer_factory(consumer_config(settings))
     try:
         partitions = topic_partitions(consumer, settings, settings.kafka_topic)

@@ -114,7 +114,7 @@ def test_an_unreachable_sink_fails_the_publish_and_keeps_the_range(tmp_path: Pat
 
 
 def test_pipelines_sharing_the_sink_topic_each_resume_their_own_range(tmp_path: Path, kafka_broker: Broker) -> None:
-    """Batch ids and seqs count from 1 in every DuckDB file: the read-back must not take another pipeline's
+    """Batch ids and seqs count from 1 in every lake: the read-back must not take another pipeline's
     messages for its own."""
     first = sink_lake(tmp_path / "a", kafka_broker)
     second = Lake(
