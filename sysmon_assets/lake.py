@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 
 import duckdb
 
+from dbt_like.schema_tests import sql_literal
 from sysmon_assets.settings import Settings
 
 LAKE = "lake"
@@ -29,11 +30,6 @@ CATALOG_EXTENSIONS = {"sqlite:": "sqlite", "postgres:": "postgres"}
 
 class LakeError(RuntimeError):
     """The lake cannot be opened or is not what it should be; the message names the catalog or path."""
-
-
-def sql_string(text: str) -> str:
-    """``text`` as a SQL string literal (for the statements DuckDB cannot bind parameters into)."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 def extension_directory() -> str:
@@ -73,7 +69,7 @@ def s3_secret(data_path: str, environ: Mapping[str, str]) -> str | None:
             options["USE_SSL"] = "false"
             options["URL_STYLE"] = "path"
     listed = ", ".join(
-        f"{key} {value if value == 'false' and key == 'USE_SSL' else sql_string(value)}"
+        f"{key} {value if value == 'false' and key == 'USE_SSL' else sql_literal(value)}"
         for key, value in options.items()
     )
     return f"CREATE OR REPLACE SECRET sysmon_lake_s3 ({listed})"
@@ -81,12 +77,12 @@ def s3_secret(data_path: str, environ: Mapping[str, str]) -> str | None:
 
 def attach_statement(settings: Settings, read_only: bool = False, snapshot: int | None = None) -> str:
     """The ``ATTACH`` of the lake as ``lake``, read-only and at a snapshot when asked."""
-    options = [f"DATA_PATH {sql_string(settings.data_path)}"]
+    options = [f"DATA_PATH {sql_literal(settings.data_path)}"]
     if read_only:
         options.append("READ_ONLY")
     if snapshot is not None:
         options.append(f"SNAPSHOT_VERSION {int(snapshot)}")
-    return f"ATTACH {sql_string('ducklake:' + settings.catalog)} AS {LAKE} ({', '.join(options)})"
+    return f"ATTACH {sql_literal('ducklake:' + settings.catalog)} AS {LAKE} ({', '.join(options)})"
 
 
 def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool = False, snapshot: int | None = None):
@@ -136,10 +132,15 @@ def use_lake(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
         raise LakeError(f"cannot read the lake's catalog: {error}") from error
 
 
+def sqlite_file(settings: Settings) -> Path | None:
+    """The catalog's file when it is SQLite (the embedded default), else None."""
+    return Path(settings.catalog.removeprefix("sqlite:")) if settings.catalog.startswith("sqlite:") else None
+
+
 def _make_local_folders(settings: Settings) -> None:
     folders = []
-    if settings.catalog.startswith("sqlite:"):
-        folders.append(Path(settings.catalog.removeprefix("sqlite:")).parent)
+    if sqlite_file(settings):
+        folders.append(sqlite_file(settings).parent)
     if "://" not in settings.data_path:
         folders.append(Path(settings.data_path))
     for folder in folders:
@@ -201,7 +202,7 @@ def connect(settings: Settings | None = None, batch_id: int | None = None) -> du
     (or batch ``batch_id``), so ``select * from sysmon_join`` works as is. Batches that commit later are not
     seen: connect again for them."""
     settings = settings or Settings.from_env()
-    if settings.catalog.startswith("sqlite:") and not Path(settings.catalog.removeprefix("sqlite:")).is_file():
+    if sqlite_file(settings) and not sqlite_file(settings).is_file():
         raise LakeError(f"no lake at {settings.catalog} yet: run a micro-batch first (or set SYSMON_DATA_DIR)")
     con = duckdb.connect(config=connection_config(settings))
     attach(con, settings, read_only=True)
