@@ -4,6 +4,7 @@ Models are SQL files (Jinja templates with ``ref``/``source``/``config``), mater
 incrementally (one transaction per step, or per chunk for source-fed steps), with declared schema tests.
 """
 
+from dbt_like.compiler import Shard
 from dbt_like.project import Model, ProjectError, SchemaTest, discover_models
 from dbt_like.runner import (
     Batch,
@@ -24,6 +25,7 @@ __all__ = [
     "Project",
     "ProjectError",
     "SchemaTest",
+    "Shard",
     "StepResult",
     "TestResult",
     "discover_models",

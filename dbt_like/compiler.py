@@ -22,6 +22,23 @@ PENDING_TABLE = f"{STATE_SCHEMA}.pending"
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Which of ``count`` writers of one lake a project is: shard ``index`` owns the batch ids (and arrival
+    numbers) ``index + 1``, ``index + 1 + count``, ..."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ProjectError(f"shard {self.index} of {self.count}: expected 0 <= index < count")
+
+    def owns(self, column: str = "_batch_id") -> str:
+        """A SQL condition: ``column`` (a batch id or arrival number) is this shard's."""
+        return "true" if self.count == 1 else f"({column} - 1) % {self.count} = {self.index}"
+
+
 @dataclass
 class StepContext:
     """What one incremental step of one model knows when its SQL is rendered."""
@@ -33,6 +50,7 @@ class StepContext:
     sources: dict[str, str] = field(default_factory=dict)
     is_incremental: bool = True
     pending_floor: int | None = None  # lowest _seq this model still waits to match (None: nothing pending)
+    shard: Shard = field(default_factory=Shard)
 
 
 def _var_lookup(variables: Mapping[str, Any], path: Any):
@@ -82,17 +100,19 @@ def model_config(model: Model, variables: Mapping[str, Any]) -> dict[str, Any]:
     return captured
 
 
-def delta_relation(name: str, lower: int, upper: int, retried_by: str | None = None, floor: int | None = None) -> str:
-    """SQL for the rows of stream ``name`` committed in batches ``(lower, upper]``.
+def delta_relation(
+    name: str, lower: int, upper: int, shard: Shard, retried_by: str | None = None, floor: int | None = None
+) -> str:
+    """SQL for the rows of stream ``name`` committed in the shard's batches ``(lower, upper]``.
 
     With ``retried_by``, the rows that model is still waiting to match (``_seq >= floor``) are
     added back; the constant floor lets DuckDB skip the row groups below it.
     """
-    delta = f"SELECT * FROM {name} WHERE _batch_id > {lower} AND _batch_id <= {upper}"
+    delta = f"SELECT * FROM {name} WHERE _batch_id > {lower} AND _batch_id <= {upper} AND {shard.owns()}"
     if retried_by and floor is not None:
         delta += (
             f" UNION ALL SELECT * FROM {name} WHERE _seq >= {floor} AND _seq IN "
-            f"(SELECT seq FROM {PENDING_TABLE} WHERE model = '{retried_by}')"
+            f"(SELECT seq FROM {PENDING_TABLE} WHERE model = '{retried_by}' AND shard = {shard.index})"
         )
     return f"({delta})"
 
@@ -107,7 +127,8 @@ def render_step(
         if full or configs[name]["materialized"] == "table":
             return name
         retried_by = model.name if own.get("retry_unmatched") == name else None
-        return delta_relation(name, step.offsets.get(name, 0), step.upper_bounds[name], retried_by, step.pending_floor)
+        lower, upper = step.offsets.get(name, 0), step.upper_bounds[name]
+        return delta_relation(name, lower, upper, step.shard, retried_by, step.pending_floor)
 
     def source(name: str) -> str:
         if name not in step.sources:

@@ -12,36 +12,54 @@ Materializations:
   Optional ``retry_unmatched=<input>`` with ``retry_grace_minutes=N``: input rows that produced no
   output row (matched on ``_seq``) are offered again in later steps until N minutes of batch time have passed.
 - ``table``: keyed upsert on ``unique_key``; the row with the highest ``order_by`` wins.
+
+Shards: K projects (``Shard(i, K)``) may write one lake at once. Shard i owns the batch ids i+1, i+1+K, ...;
+its steps consume only its own batches' rows and keep their own offsets and pending rows, so each shard is
+a pipeline of its own over its part of the input. Steps that read what is already in their table to decide
+what to write (a ``dedupe_key`` stream, a ``table``) take turns: they replace a guard row of their model,
+and of two shards' concurrent steps on it, the second to commit conflicts and runs again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import logging
+import random
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 
-from dbt_like.compiler import PENDING_TABLE, STATE_SCHEMA, StepContext, model_config, render_step
+from dbt_like.compiler import PENDING_TABLE, STATE_SCHEMA, Shard, StepContext, model_config, render_step
 from dbt_like.project import Model, ProjectError, discover_models
 from dbt_like.schema_tests import TestResult, run_schema_tests
 from dbt_like.sql import first_row, scalar
 
 Connection = duckdb.DuckDBPyConnection
 
-# Every step's transaction replaces this table's one row, so two writers' concurrent steps conflict: in a lake,
-# two transactions deleting from the same file cannot both commit (a DuckDB file takes a lock instead).
-WRITER_TABLE = f"{STATE_SCHEMA}.writer"
+T = TypeVar("T")
+LOG = logging.getLogger(__name__)
+
+# Every step's transaction replaces its shard's row here (and a serialized model's row), so two writers'
+# concurrent steps conflict: in a lake, two transactions deleting from the same file cannot both commit.
+GUARDS_TABLE = f"{STATE_SCHEMA}.guards"
+SHARDS_TABLE = f"{STATE_SCHEMA}.shards"
 _STATE_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA};
 CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.batches (batch_id BIGINT, run_key VARCHAR, started_at TIMESTAMP);
-CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.offsets (model VARCHAR, input VARCHAR, batch_id BIGINT);
-CREATE TABLE IF NOT EXISTS {PENDING_TABLE} (model VARCHAR, seq BIGINT, first_seen TIMESTAMP);
-CREATE TABLE IF NOT EXISTS {WRITER_TABLE} (batch_id BIGINT, model VARCHAR, committed_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.offsets (model VARCHAR, input VARCHAR, batch_id BIGINT, shard INTEGER);
+CREATE TABLE IF NOT EXISTS {PENDING_TABLE} (model VARCHAR, seq BIGINT, first_seen TIMESTAMP, shard INTEGER);
+CREATE TABLE IF NOT EXISTS {GUARDS_TABLE} (guard VARCHAR, batch_id BIGINT, model VARCHAR, committed_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS {SHARDS_TABLE} (shard_count INTEGER);
 """
+# A conflict with another shard (or with maintenance) is retried this many times, with a growing random pause.
+MAX_ATTEMPTS = 10
+SINGLE = Shard()
 
 
 class ConcurrentWriterError(RuntimeError):
@@ -73,24 +91,50 @@ class StepResult:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
+def _is_conflict(error: duckdb.Error) -> bool:
+    """Whether ``error`` is a commit that lost a race: a transaction conflict, or a SQLite catalog that
+    another writer holds locked; running the transaction again may succeed."""
+    return isinstance(error, duckdb.TransactionException) or "database is locked" in str(error)
+
+
 def _rollback(con: Connection) -> None:
     """Roll back the open transaction; a commit that failed has already rolled it back."""
     with contextlib.suppress(duckdb.TransactionException):
         con.rollback()
 
 
-def ensure_state(con: Connection) -> None:
-    """Create the framework's bookkeeping tables if they do not exist."""
+def ensure_state(con: Connection, shard: Shard = SINGLE, guards: Iterable[str] = ()) -> None:
+    """Create the framework's bookkeeping tables if they do not exist, record the shard count the first time
+    (it cannot change: batch ids and offsets are divided by it), and seed the guard rows (a guard works by
+    being deleted, so its row must exist before two writers race for it)."""
     con.execute(_STATE_DDL)
+    counts = {row[0] for row in con.execute(f"SELECT shard_count FROM {SHARDS_TABLE}").fetchall()}
+    if not counts:
+        con.execute(f"INSERT INTO {SHARDS_TABLE} VALUES (?)", [shard.count])
+    elif counts != {shard.count}:
+        raise ProjectError(
+            f"this lake was written by {sorted(counts)} shard(s); a project of {shard.count} cannot continue it "
+            "(batch ids and offsets are divided among the shards)"
+        )
+    wanted = [f"shard-{index}" for index in range(shard.count)] + list(guards)
+    con.execute(
+        f"INSERT INTO {GUARDS_TABLE} SELECT guard, 0, NULL, NULL FROM unnest(?::VARCHAR[]) AS t(guard) "
+        f"WHERE guard NOT IN (SELECT guard FROM {GUARDS_TABLE})",
+        [wanted],
+    )
 
 
-def open_batch(con: Connection, run_key: str, started_at: datetime) -> Batch:
-    """The batch of ``run_key``, created on first use (all steps of one run share it)."""
-    ensure_state(con)
+def open_batch(con: Connection, run_key: str, started_at: datetime, shard: Shard = SINGLE) -> Batch:
+    """The batch of ``run_key``, created on first use (all steps of one run share it): the shard's next id."""
+    ensure_state(con, shard)
     row = first_row(con, f"SELECT batch_id, started_at FROM {STATE_SCHEMA}.batches WHERE run_key = ?", [run_key])
     if row:
         return Batch(row[0], row[1])
-    batch_id = scalar(con, f"SELECT coalesce(max(batch_id), 0) + 1 FROM {STATE_SCHEMA}.batches")
+    batch_id = scalar(
+        con,
+        f"SELECT coalesce(max(batch_id), ?) + ? FROM {STATE_SCHEMA}.batches WHERE {shard.owns('batch_id')}",
+        [shard.index + 1 - shard.count, shard.count],
+    )
     con.execute(f"INSERT INTO {STATE_SCHEMA}.batches VALUES (?, ?, ?)", [batch_id, run_key, started_at])
     return Batch(batch_id, started_at)
 
@@ -119,16 +163,30 @@ def table_columns(con: Connection, name: str) -> list[tuple[str, str]]:
 CommitNote = Callable[[Connection, str, Batch], None]
 
 
+def _columns(listing: str) -> list[str]:
+    """``'a, b'`` -> ``['a', 'b']``: a config's column list."""
+    return [column.strip() for column in listing.split(",")]
+
+
 class Project:
     """A discovered set of models with the variables they are rendered under."""
 
     def __init__(
-        self, models_dir: Path, variables: Mapping[str, Any] | None = None, commit_note: CommitNote | None = None
+        self,
+        models_dir: Path,
+        variables: Mapping[str, Any] | None = None,
+        commit_note: CommitNote | None = None,
+        shard: Shard = SINGLE,
+        state_ddl: str = "",
     ) -> None:
         """``commit_note(con, model, batch)`` runs inside every step's transaction just before it commits (a
-        DuckLake labels the snapshot with it)."""
+        DuckLake labels the snapshot with it). ``shard``: which of the lake's writers this project is.
+        ``state_ddl``: the caller's own bookkeeping tables (``CREATE ... IF NOT EXISTS``), created with the
+        project's, where shards that start together retry the race to create them."""
         self.models_dir = models_dir
+        self.state_ddl = state_ddl
         self.commit_note = commit_note
+        self.shard = shard
         self.variables = dict(variables or {})
         self.models: dict[str, Model] = discover_models(models_dir)
         self.configs = {name: model_config(model, self.variables) for name, model in self.models.items()}
@@ -145,6 +203,14 @@ class Project:
         """Models declared ``part_of=name``: written in the same transaction as ``name``."""
         return [other for other, config in self.configs.items() if config.get("part_of") == name]
 
+    def serialized_models(self) -> list[str]:
+        """Models whose steps read their own table to decide what to write: shards take turns on them."""
+        return [
+            name
+            for name, config in self.configs.items()
+            if config["materialized"] == "table" or config.get("dedupe_key")
+        ]
+
     def primary_models(self) -> list[str]:
         """Models that stand on their own (not ``part_of`` another), in dependency order."""
         return [name for name, config in self.configs.items() if not config.get("part_of")]
@@ -156,6 +222,7 @@ class Project:
         batch: Batch,
         source_chunks: Iterable[Mapping[str, Any]] | None = None,
         before_commit: Callable[[Connection], None] | None = None,
+        after_commit: Callable[[], None] | None = None,
     ) -> list[StepResult]:
         """Run one incremental step of ``name`` (and its side models) transactionally.
 
@@ -163,17 +230,22 @@ class Project:
         A step fed by ``source_chunks`` (each chunk maps source names to objects DuckDB can scan,
         such as DataFrames) commits once per chunk: the chunk's rows together with the source's
         positions, written by ``before_commit``, so memory stays bounded by a chunk and a crash
-        still neither loses nor repeats a row (the next run goes on from the last commit).
+        still neither loses nor repeats a row (the next run goes on from the last commit); ``after_commit``
+        runs once each commit has succeeded (a transaction that conflicts runs again, ``before_commit`` too).
         """
         self._ensure_state(con)
         names = [name, *self.side_models(name)]
         results = [StepResult(model=model) for model in names]
         if source_chunks is None:
             self._transaction(con, names, batch, {}, results, before_commit)
+            if after_commit:
+                after_commit()
         else:
             for chunk in source_chunks:
                 relations = self._register(con, chunk)
                 self._transaction(con, names, batch, relations, results, before_commit)
+                if after_commit:
+                    after_commit()
                 for relation in relations.values():
                     con.unregister(relation)
         con.begin()  # one read transaction: a lake reads its catalog once for all of them, not once per query
@@ -186,16 +258,97 @@ class Project:
         return results
 
     def open_batch(self, con: Connection, run_key: str, started_at: datetime) -> Batch:
-        """:func:`open_batch`, remembered: every step of a run asks for its batch."""
+        """:func:`open_batch`, remembered (every step of a run asks for its batch), in a guarded transaction:
+        two runs of one shard that open batches at once cannot both get the same id."""
         if run_key not in self._batches:
             self._ensure_state(con)
-            self._batches[run_key] = open_batch(con, run_key, started_at)
+
+            def claim_next_batch() -> tuple[Batch, int]:
+                batch = open_batch(con, run_key, started_at, self.shard)
+                return batch, batch.batch_id
+
+            self._batches[run_key] = self._guarded(
+                con, f"opening the batch of run {run_key}", None, [], claim_next_batch
+            )
         return self._batches[run_key]
 
     def _ensure_state(self, con: Connection) -> None:
-        if not self._state_ready:
-            ensure_state(con)
-            self._state_ready = True
+        if self._state_ready:
+            return
+        guards = [f"model:{name}" for name in self.serialized_models()] if self.shard.count > 1 else []
+
+        def create_state() -> tuple[None, None]:
+            ensure_state(con, self.shard, guards)
+            if self.state_ddl:
+                con.execute(self.state_ddl)
+            return None, None
+
+        # Shards that start together race to create the same tables: the losers' transactions conflict and retry.
+        self._guarded(con, "creating the bookkeeping tables", None, [], create_state, claim=False)
+        self._state_ready = True
+
+    def _guard_rows(self, con: Connection) -> list[tuple]:
+        return con.execute(
+            f"SELECT batch_id, model, committed_at FROM {GUARDS_TABLE} WHERE guard = ? ORDER BY ALL",
+            [f"shard-{self.shard.index}"],
+        ).fetchall()
+
+    def _guarded(
+        self,
+        con: Connection,
+        what: str,
+        batch_id: int | None,
+        models: list[str],
+        work: Callable[[], tuple[T, int | None]],
+        claim: bool = True,
+    ) -> T:
+        """Run ``work`` in a transaction that replaces the shard's guard row (and ``models``' guard rows when
+        shards take turns on them), retrying on conflict.
+
+        ``work`` returns its value and the batch id it wrote for. A conflict is retried unless the shard's own
+        guard row changed meanwhile: then another run of the same shard is writing, which would break the
+        order of batch ids the offsets rely on. A batch older than the shard's last writer fails the same way.
+        Without ``claim`` (creating the guards table itself) every conflict is retried.
+        """
+        serialized = set(self.serialized_models()) if self.shard.count > 1 else set()
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            seen: list[tuple] | None = None
+            con.begin()
+            try:
+                seen = self._guard_rows(con) if claim else []
+                latest = max((row[0] for row in seen), default=0)
+                if batch_id is not None and latest > batch_id:
+                    raise ConcurrentWriterError(
+                        f"{what} was refused: batch {latest} of shard {self.shard.index} has already written "
+                        "(another run of the same shard is writing to this lake; one run per shard at a time)"
+                    )
+                value, written_for = work()
+                if claim:
+                    self._claim(con, written_for, [f"model:{m}" for m in models if m in serialized], models)
+                con.commit()
+                return value
+            except duckdb.Error as error:
+                if not _is_conflict(error):
+                    _rollback(con)
+                    raise
+                _rollback(con)
+                if seen is None or attempt == MAX_ATTEMPTS or (claim and self._guard_rows(con) != seen):
+                    raise ConcurrentWriterError(
+                        f"{what} was rolled back: another writer committed to the same tables meanwhile "
+                        f"(one run per shard at a time): {error}"
+                    ) from error
+                LOG.info("%s lost a race with another writer (attempt %d), running it again: %s", what, attempt, error)
+                time.sleep(random.uniform(0, 0.05 * 2**attempt))
+            except BaseException:
+                _rollback(con)
+                raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _claim(self, con: Connection, batch_id: int | None, guards: list[str], models: list[str]) -> None:
+        label = models[0] if models else "open_batch"
+        for guard in [f"shard-{self.shard.index}", *guards]:
+            con.execute(f"DELETE FROM {GUARDS_TABLE} WHERE guard = ?", [guard])
+            con.execute(f"INSERT INTO {GUARDS_TABLE} VALUES (?, ?, ?, now())", [guard, batch_id, label])
 
     def _exists(self, con: Connection, name: str) -> bool:
         """:func:`table_exists`, remembered once true (models' tables are never dropped while a project runs)."""
@@ -218,8 +371,10 @@ class Project:
             if model not in self._columns_checked and self._exists(con, model):
                 self._add_new_columns(con, model, self._schema_probe(model, batch, relations))
             self._columns_checked.add(model)
-        con.begin()
-        try:
+        started = copy.deepcopy(results)
+
+        def write_models() -> tuple[None, int]:
+            results[:] = copy.deepcopy(started)  # a retried transaction counts from where this one started
             for model, result in zip(names, results, strict=True):
                 self._prepare(con, model, batch, result)
                 self._write(con, model, batch, relations, result)
@@ -228,18 +383,9 @@ class Project:
                 before_commit(con)
             if self.commit_note:
                 self.commit_note(con, names[0], batch)
-            con.execute(f"DELETE FROM {WRITER_TABLE}")
-            con.execute(f"INSERT INTO {WRITER_TABLE} VALUES (?, ?, now())", [batch.batch_id, names[0]])
-            con.commit()
-        except duckdb.TransactionException as error:
-            _rollback(con)
-            raise ConcurrentWriterError(
-                f"step {names[0]} of batch {batch.batch_id} was rolled back: another writer committed to the same "
-                f"tables meanwhile (one pipeline per lake): {error}"
-            ) from error
-        except BaseException:
-            _rollback(con)
-            raise
+            return None, batch.batch_id
+
+        self._guarded(con, f"step {names[0]} of batch {batch.batch_id}", batch.batch_id, names, write_models)
 
     def _schema_probe(self, name: str, batch: Batch, relations: dict[str, str]) -> str:
         """The model's query over empty deltas: only its columns and types matter."""
@@ -276,7 +422,7 @@ class Project:
         rows = f"SELECT *, {batch.batch_id} AS _batch_id FROM {query}"
         if not key or not scalar(con, f"SELECT count(*) > 0 FROM {name}"):
             return scalar(con, f"INSERT INTO {name} BY NAME {rows}")
-        columns = [column.strip() for column in key.split(",")]
+        columns = _columns(key)
         con.execute(f"CREATE OR REPLACE TEMP TABLE __append AS {rows}")
         bounds = first_row(con, "SELECT " + ", ".join(f"min({c}), max({c})" for c in columns) + " FROM __append")
         if None in bounds:
@@ -293,14 +439,20 @@ class Project:
         con.execute("DROP TABLE __append")
         return written
 
-    @staticmethod
-    def _upsert(con: Connection, name: str, query: str, config: dict[str, Any], batch: Batch) -> int:
+    def _upsert(self, con: Connection, name: str, query: str, config: dict[str, Any], batch: Batch) -> int:
         """Replace the rows of the keys the step brings with its newest row per key."""
         key, order_by = config["unique_key"], config["order_by"]
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE __upsert AS SELECT * FROM {query} "
             f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {order_by} DESC) = 1"
         )
+        if self.shard.count > 1:
+            # Another shard may have committed a newer row for a key (one writer's rows only ever get newer).
+            keys = " AND ".join(f"t.{c} = u.{c}" for c in _columns(key))
+            newer = f"row({', '.join(f't.{c}' for c in _columns(order_by))}) >= " + (
+                f"row({', '.join(f'u.{c}' for c in _columns(order_by))})"
+            )
+            con.execute(f"DELETE FROM __upsert AS u USING {name} AS t WHERE {keys} AND {newer}")
         con.execute(f"DELETE FROM {name} WHERE {key} IN (SELECT {key} FROM __upsert)")
         written = scalar(con, f"INSERT INTO {name} BY NAME SELECT *, {batch.batch_id} AS _batch_id FROM __upsert")
         con.execute("DROP TABLE __upsert")
@@ -321,19 +473,26 @@ class Project:
                 raise ProjectError(f"model {name} reads {upstream}, which has not been materialized yet")
         for upstream in self.stream_inputs(name):
             row = first_row(
-                con, f"SELECT batch_id FROM {STATE_SCHEMA}.offsets WHERE model = ? AND input = ?", [name, upstream]
+                con,
+                f"SELECT batch_id FROM {STATE_SCHEMA}.offsets WHERE model = ? AND input = ? AND shard = ?",
+                [name, upstream, self.shard.index],
             )
             result.offsets_before[upstream] = row[0] if row else 0
-            result.offsets_after[upstream] = scalar(con, f"SELECT coalesce(max(_batch_id), 0) FROM {upstream}")
+            result.offsets_after[upstream] = scalar(
+                con, f"SELECT coalesce(max(_batch_id), 0) FROM {upstream} WHERE {self.shard.owns()}"
+            )
         config = self.configs[name]
         if config.get("retry_unmatched"):
             grace = int(config.get("retry_grace_minutes", 0))
             result.expired = scalar(
                 con,
-                f"DELETE FROM {PENDING_TABLE} WHERE model = ? AND first_seen < ?::TIMESTAMP - INTERVAL (?) MINUTE",
-                [name, batch.started_at, grace],
+                f"DELETE FROM {PENDING_TABLE} WHERE model = ? AND shard = ? "
+                "AND first_seen < ?::TIMESTAMP - INTERVAL (?) MINUTE",
+                [name, self.shard.index, batch.started_at, grace],
             )
-            result.pending_floor = scalar(con, f"SELECT min(seq) FROM {PENDING_TABLE} WHERE model = ?", [name])
+            result.pending_floor = scalar(
+                con, f"SELECT min(seq) FROM {PENDING_TABLE} WHERE model = ? AND shard = ?", [name, self.shard.index]
+            )
 
     def _compile(
         self, name: str, batch: Batch, relations: dict[str, str], result: StepResult, is_incremental: bool = True
@@ -346,6 +505,7 @@ class Project:
             upper_bounds=dict(result.offsets_after),
             sources=relations,
             pending_floor=result.pending_floor,
+            shard=self.shard,
         )
         sql = render_step(self.models[name], self.configs, self.variables, step).strip().rstrip(";")
         return f"(\n{sql}\n)"
@@ -363,24 +523,32 @@ class Project:
         for upstream in self.stream_inputs(name):
             lower, upper = result.offsets_before[upstream], result.offsets_after[upstream]
             result.rows_in += scalar(
-                con, f"SELECT count(*) FROM {upstream} WHERE _batch_id > ? AND _batch_id <= ?", [lower, upper]
+                con,
+                f"SELECT count(*) FROM {upstream} WHERE _batch_id > ? AND _batch_id <= ? AND {self.shard.owns()}",
+                [lower, upper],
             )
         for relation in relations.values():
             result.rows_in += scalar(con, f"SELECT count(*) FROM {relation}")
 
     def _finish(self, con: Connection, name: str, batch: Batch, result: StepResult) -> None:
+        shard = self.shard.index
         for upstream, upper in result.offsets_after.items():
-            con.execute(f"DELETE FROM {STATE_SCHEMA}.offsets WHERE model = ? AND input = ?", [name, upstream])
-            con.execute(f"INSERT INTO {STATE_SCHEMA}.offsets VALUES (?, ?, ?)", [name, upstream, upper])
+            con.execute(
+                f"DELETE FROM {STATE_SCHEMA}.offsets WHERE model = ? AND input = ? AND shard = ?",
+                [name, upstream, shard],
+            )
+            con.execute(f"INSERT INTO {STATE_SCHEMA}.offsets VALUES (?, ?, ?, ?)", [name, upstream, upper, shard])
         retried = self.configs[name].get("retry_unmatched")
         if not retried:
             return
         matched = f"SELECT _seq FROM {name} WHERE _batch_id = {batch.batch_id}"
-        con.execute(f"DELETE FROM {PENDING_TABLE} WHERE model = ? AND seq IN ({matched})", [name])
+        con.execute(f"DELETE FROM {PENDING_TABLE} WHERE model = ? AND shard = ? AND seq IN ({matched})", [name, shard])
         lower, upper = result.offsets_before[retried], result.offsets_after[retried]
         con.execute(
-            f"INSERT INTO {PENDING_TABLE} SELECT ?, _seq, ? FROM {retried} "
-            f"WHERE _batch_id > ? AND _batch_id <= ? AND _seq NOT IN ({matched})",
-            [name, batch.started_at, lower, upper],
+            f"INSERT INTO {PENDING_TABLE} SELECT ?, _seq, ?, ? FROM {retried} "
+            f"WHERE _batch_id > ? AND _batch_id <= ? AND {self.shard.owns()} AND _seq NOT IN ({matched})",
+            [name, batch.started_at, shard, lower, upper],
         )
-        result.pending = scalar(con, f"SELECT count(*) FROM {PENDING_TABLE} WHERE model = ?", [name])
+        result.pending = scalar(
+            con, f"SELECT count(*) FROM {PENDING_TABLE} WHERE model = ? AND shard = ?", [name, shard]
+        )

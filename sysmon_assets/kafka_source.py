@@ -37,7 +37,7 @@ EVENTS_TABLE = "ingest.file_events"
 CHUNK_BYTES = 64 * 1024 * 1024
 CHUNK_MESSAGES = 100_000
 IDLE_TIMEOUT_SECONDS = 30.0
-_STATE_DDL = f"""
+STATE_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS ingest;
 CREATE TABLE IF NOT EXISTS {OFFSETS_TABLE} (
     topic VARCHAR, "partition" INTEGER, next_offset BIGINT, updated_at TIMESTAMP);
@@ -121,8 +121,11 @@ class KafkaReader:
         chunk_bytes: int = CHUNK_BYTES,
         consumer_factory: ConsumerFactory = Consumer,
         idle_timeout: float = IDLE_TIMEOUT_SECONDS,
+        owns: Callable[[int], bool] = lambda partition: True,
     ) -> None:
+        """``owns(partition)``: whether this reader's shard reads the partition (by default every one)."""
         self.con = con
+        self.owns = owns
         self.settings = settings
         self.topic = settings.kafka_topic
         self.chunk_bytes = chunk_bytes
@@ -133,14 +136,14 @@ class KafkaReader:
     def plan(self, first_batch_ever: bool) -> list[PartitionProgress]:
         """Decide, per partition, where this batch starts: the offset stored in the lake or, for a partition
         never read, the earliest offset (``latest`` on the very first batch: the end of the partition)."""
-        self.con.execute(_STATE_DDL)
+        self.con.execute(STATE_DDL)
         stored = dict(
             self.con.execute(
                 f'SELECT "partition", next_offset FROM {OFFSETS_TABLE} WHERE topic = ?', [self.topic]
             ).fetchall()
         )
         self.partitions = []
-        for partition in topic_partitions(self.consumer, self.settings, self.topic):
+        for partition in filter(self.owns, topic_partitions(self.consumer, self.settings, self.topic)):
             position = stored.get(partition)
             if position is None and first_batch_ever and self.settings.offset_reset == "latest":
                 position = self._end_offset(partition)
@@ -294,13 +297,18 @@ class KafkaReader:
                 f"INSERT INTO {OFFSETS_TABLE} VALUES (?, ?, ?, now())",
                 [self.topic, progress.partition, progress.position],
             )
-            progress.committed = progress.position
             for event, detail in progress.notes[progress.notes_recorded :]:
                 con.execute(
                     f"INSERT INTO {EVENTS_TABLE} VALUES (now(), ?, ?, ?, ?)",
                     [f"kafka:{self.topic}/{progress.partition}", "", event, detail],
                 )
-            progress.notes_recorded = len(progress.notes)
+
+    def offsets_committed(self) -> None:
+        """The transaction :meth:`commit_offsets` wrote into has committed."""
+        for progress in self.partitions:
+            if progress.position is not None:
+                progress.committed = progress.position
+                progress.notes_recorded = len(progress.notes)
 
     @property
     def file_events(self) -> list[dict[str, str]]:

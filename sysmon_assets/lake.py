@@ -12,7 +12,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from collections.abc import Iterator, Mapping
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
@@ -25,6 +28,9 @@ from sysmon_assets.settings import Settings
 LAKE = "lake"
 EXTENSIONS_PACKAGE = "duckdb_ext"
 LAKE_OPTIONS = {"parquet_compression": "zstd"}
+RACE_ATTEMPTS = 10
+# SQLite: another writer holds the catalog; PostgreSQL: two sessions created the catalog's tables at once.
+RACE_SIGNS = ("database is locked", "duplicate key value violates unique constraint")
 CATALOG_EXTENSIONS = {"sqlite:": "sqlite", "postgres:": "postgres"}
 
 
@@ -89,6 +95,7 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool =
     """Attach the lake to ``con`` and make it the default catalog; errors name the catalog."""
     if not read_only:
         _make_local_folders(settings)
+        _write_ahead_log(settings)
     extensions = [
         "ducklake",
         *(ext for prefix, ext in CATALOG_EXTENSIONS.items() if settings.catalog.startswith(prefix)),
@@ -102,15 +109,29 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool =
             con.execute(f"LOAD {extension}")
         if secret:
             con.execute(secret)
-        con.execute(attach_statement(settings, read_only, snapshot))
+        _retry_races(lambda: con.execute(attach_statement(settings, read_only, snapshot)))
         con.execute(f"USE {LAKE}")
         if not read_only:
-            _set_options(con)
+            _retry_races(lambda: _set_options(con))
     except duckdb.Error as error:
         raise LakeError(
             f"cannot open the lake (catalog {settings.catalog}, data {settings.data_path}): {error}"
         ) from error
     return con
+
+
+def _retry_races(action: Callable[[], object]) -> None:
+    """Run ``action``; when shards that open one new lake at once race (a SQLite catalog another writer holds
+    locked, two sessions creating the catalog's tables or setting the same option), wait and run it again."""
+    for attempt in range(1, RACE_ATTEMPTS + 1):
+        try:
+            action()
+            return
+        except duckdb.Error as error:
+            lost_race = isinstance(error, duckdb.TransactionException) or any(sign in str(error) for sign in RACE_SIGNS)
+            if not lost_race or attempt == RACE_ATTEMPTS:
+                raise
+            time.sleep(random.uniform(0, 0.05 * 2**attempt))
 
 
 def _set_options(con: duckdb.DuckDBPyConnection) -> None:
@@ -135,6 +156,21 @@ def use_lake(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
 def sqlite_file(settings: Settings) -> Path | None:
     """The catalog's file when it is SQLite (the embedded default), else None."""
     return Path(settings.catalog.removeprefix("sqlite:")) if settings.catalog.startswith("sqlite:") else None
+
+
+def _write_ahead_log(settings: Settings) -> None:
+    """Put a SQLite catalog in WAL mode (once; the file keeps it). In SQLite's default mode a writer waits for
+    every open read transaction, and a commit that gave up left the catalog locked for everyone; in WAL mode
+    readers and writers do not block each other, and of two writers the later commit fails cleanly and is
+    retried (measured: docs/storage.md)."""
+    path = sqlite_file(settings)
+    if path is None:
+        return
+    try:
+        with closing(sqlite3.connect(path, timeout=30)) as catalog:
+            catalog.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as error:
+        raise LakeError(f"cannot open the lake's catalog {path}: {error}") from error
 
 
 def _make_local_folders(settings: Settings) -> None:

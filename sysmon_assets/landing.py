@@ -17,7 +17,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,7 +43,7 @@ PATTERNS = ("*.json", "*.ndjson", "*.json.gz", "*.ndjson.gz", "*.evtx", "winlogb
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
 FINGERPRINT_BYTES = 1024
 NEWLINE = ord("\n")
-_STATE_DDL = f"""
+STATE_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS ingest;
 CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
     file_key VARCHAR, path VARCHAR, position BIGINT, line_number BIGINT,
@@ -198,8 +198,11 @@ class LandingReader:
         landing_dir: Path,
         offset_reset: str = "earliest",
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        owns: Callable[[str], bool] = lambda key: True,
     ) -> None:
+        """``owns(file_key)``: whether this reader's shard reads the file (by default every file)."""
         self.con = con
+        self.owns = owns
         self.landing_dir = landing_dir
         self.offset_reset = offset_reset
         self.chunk_bytes = chunk_bytes
@@ -210,7 +213,7 @@ class LandingReader:
 
         On the very first batch, ``offset_reset='latest'`` starts every file at its end.
         """
-        self.con.execute(_STATE_DDL)
+        self.con.execute(STATE_DDL)
         known = {
             row[0]: row[1:]
             for row in self.con.execute(
@@ -223,6 +226,8 @@ class LandingReader:
                 key, size = file_key(path), path.stat().st_size
             except OSError as error:
                 raise LandingError(f"cannot stat landed file {path}: {error}") from error
+            if not self.owns(key):
+                continue
             progress = FileProgress(key, path, 0, 0, size)
             if key in known:
                 self._resume(progress, *known[key])
@@ -286,6 +291,9 @@ class LandingReader:
                         f"INSERT INTO {EVENTS_TABLE} VALUES (now(), ?, ?, ?, ?)",
                         [str(progress.path), progress.key, event, detail],
                     )
+
+    def offsets_committed(self) -> None:
+        """The transaction :meth:`commit_offsets` wrote into has committed: later chunks need not repeat it."""
         for progress in self.files:
             progress.notes_recorded = True
             progress.recorded = progress.state

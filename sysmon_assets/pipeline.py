@@ -15,15 +15,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from dbt_like import Batch, Project, StepResult, table_columns, table_exists
+from dbt_like import Batch, Project, Shard, StepResult, table_columns, table_exists
 from dbt_like.sql import scalar
-from sysmon_assets import lake
+from sysmon_assets import kafka_source, lake, landing
 from sysmon_assets.kafka_sink import JoinSink, Published
 from sysmon_assets.kafka_source import KafkaReader
-from sysmon_assets.landed_lines import empty_chunk
+from sysmon_assets.landed_lines import SOURCE_NAME, empty_chunk
 from sysmon_assets.landing import DEFAULT_CHUNK_BYTES, LandingReader
 from sysmon_assets.settings import Settings
+from sysmon_assets.shards import file_shard, partition_shard
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 INGEST_MODEL = "winlogbeat_stream"
@@ -80,14 +83,36 @@ def _cell(value: object, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _strided(chunks: Iterator[dict[str, pa.Table]], first_seq: int, step: int) -> Iterator[dict[str, pa.Table]]:
+    """The chunks with arrival numbers ``first_seq, first_seq + step, ...`` (readers number 1 apart): a shard's
+    numbers never meet another shard's."""
+    for chunk in chunks:
+        frame = chunk[SOURCE_NAME]
+        column = frame.schema.get_field_index("_seq")
+        seq = pc.add(pc.multiply(pc.subtract(frame.column(column), first_seq), step), first_seq)
+        yield {SOURCE_NAME: frame.set_column(column, "_seq", seq)}
+
+
 class SysmonPipeline:
-    """The recipe's models over one lake and one landing folder (or Kafka topic)."""
+    """The recipe's models over one lake and one landing folder (or Kafka topic); with ``SYSMON_SHARDS`` > 1,
+    shard ``shard``'s part of them."""
 
     def __init__(
-        self, settings: Settings, connect: Connect | None = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+        self,
+        settings: Settings,
+        connect: Connect | None = None,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        shard: int = 0,
     ) -> None:
         self.settings = settings
-        self.project = Project(SQL_DIR, settings.variables(), commit_note=self._commit_note)
+        self.shard = Shard(shard, settings.shards)
+        self.project = Project(
+            SQL_DIR,
+            settings.variables(),
+            commit_note=self._commit_note,
+            shard=self.shard,
+            state_ddl=landing.STATE_DDL + kafka_source.STATE_DDL,
+        )
         self.connect = connect or LakeConnections(settings)
         self.chunk_bytes = chunk_bytes
         self.last_batch_id: int | None = None
@@ -101,23 +126,29 @@ class SysmonPipeline:
 
     def _commit_note(self, con: duckdb.DuckDBPyConnection, model: str, batch: Batch) -> None:
         last_step = self.project.primary_models()[-1]
-        lake.commit_note(con, {"batch_id": batch.batch_id, "step": model, "batch_complete": model == last_step})
+        note = {"batch_id": batch.batch_id, "step": model, "batch_complete": model == last_step}
+        if self.shard.count > 1:
+            note["shard"] = self.shard.index
+        lake.commit_note(con, note)
 
     def _ingest(self, con: duckdb.DuckDBPyConnection, batch: Batch) -> list[StepResult]:
         first_batch_ever = not table_exists(con, INGEST_MODEL)
-        reader: LandingReader | KafkaReader
-        if self.settings.source == "kafka":
-            reader = KafkaReader(con, self.settings, self.chunk_bytes)
-        else:
-            reader = LandingReader(con, self.settings.landing_dir, self.settings.offset_reset, self.chunk_bytes)
+        reader = self._reader(con)
         try:
             reader.plan(first_batch_ever)
-            next_seq = 1 if first_batch_ever else scalar(con, f"SELECT coalesce(max(_seq), 0) + 1 FROM {INGEST_MODEL}")
+            next_seq = self._next_seq(con, first_batch_ever)
             chunks = reader.chunks(next_seq)
+            if self.shard.count > 1:
+                chunks = _strided(chunks, next_seq, self.shard.count)
             if first_batch_ever:
                 chunks = itertools.chain([empty_chunk(self.settings.source)], chunks)
             results = self.project.run_step(
-                con, INGEST_MODEL, batch, source_chunks=chunks, before_commit=reader.commit_offsets
+                con,
+                INGEST_MODEL,
+                batch,
+                source_chunks=chunks,
+                before_commit=reader.commit_offsets,
+                after_commit=reader.offsets_committed,
             )
         finally:
             if isinstance(reader, KafkaReader):
@@ -125,6 +156,30 @@ class SysmonPipeline:
         if reader.file_events:
             results[0].notes["source_events"] = reader.file_events
         return results
+
+    def _reader(self, con: duckdb.DuckDBPyConnection) -> LandingReader | KafkaReader:
+        shards, index = self.shard.count, self.shard.index
+        if self.settings.source == "kafka":
+            return KafkaReader(
+                con, self.settings, self.chunk_bytes, owns=lambda partition: partition_shard(partition, shards) == index
+            )
+        return LandingReader(
+            con,
+            self.settings.landing_dir,
+            self.settings.offset_reset,
+            self.chunk_bytes,
+            owns=lambda key: file_shard(key, shards) == index,
+        )
+
+    def _next_seq(self, con: duckdb.DuckDBPyConnection, first_batch_ever: bool) -> int:
+        """The shard's next arrival number: shard i numbers its lines i + 1, i + 1 + K, ..."""
+        if first_batch_ever:
+            return self.shard.index + 1
+        return scalar(
+            con,
+            f"SELECT coalesce(max(_seq), ?) + ? FROM {INGEST_MODEL} WHERE {self.shard.owns('_seq')}",
+            [self.shard.index + 1 - self.shard.count, self.shard.count],
+        )
 
     def describe(self, name: str, batch_id: int, preview_rows: int = 5) -> tuple[list[tuple[str, str]], str, int]:
         """The table's (column, type) pairs, a markdown preview of the rows ``batch_id`` wrote, and the lake's

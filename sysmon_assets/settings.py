@@ -10,6 +10,7 @@ OFFSET_RESETS = ("earliest", "latest")
 JOIN_MODES = ("default", "ksql")
 SOURCES = ("files", "kafka")
 CATALOG_KINDS = ("sqlite:", "postgres:")
+MAX_SHARDS = 1024
 
 
 class SettingsError(ValueError):
@@ -43,6 +44,7 @@ class Settings:
     kafka_sink: bool = False
     kafka_sink_topic: str = "SYSMON_JOIN"
     kafka_config: tuple[tuple[str, str], ...] = ()
+    shards: int = 1
 
     @property
     def catalog(self) -> str:
@@ -76,6 +78,15 @@ class Settings:
             raise SettingsError("SYSMON_KAFKA_BOOTSTRAP is not set: the Kafka source and sink need host:port")
         if self.kafka_max_messages < 1 or self.kafka_max_bytes < 1:
             raise SettingsError("SYSMON_KAFKA_MAX_MESSAGES and SYSMON_KAFKA_MAX_BYTES must be 1 or more")
+        self._check_shards()
+
+    def _check_shards(self) -> None:
+        if not 1 <= self.shards <= MAX_SHARDS:
+            raise SettingsError(f"SYSMON_SHARDS={self.shards}: expected 1 to {MAX_SHARDS}")
+        if self.shards > 1 and self.join_mode == "ksql":
+            raise SettingsError("SYSMON_JOIN_MODE=ksql needs one arrival order: it cannot run with SYSMON_SHARDS > 1")
+        if self.shards > 1 and self.kafka_sink:
+            raise SettingsError("SYSMON_KAFKA_SINK publishes from one pipeline: it cannot run with SYSMON_SHARDS > 1")
 
     def kafka_client_config(self) -> dict[str, str]:
         """librdkafka settings shared by consumer and producer: bootstrap plus ``SYSMON_KAFKA_CONFIG``."""
@@ -109,6 +120,7 @@ class Settings:
             kafka_sink=_flag(env, "SYSMON_KAFKA_SINK"),
             kafka_sink_topic=env.get("SYSMON_KAFKA_SINK_TOPIC") or cls.kafka_sink_topic,
             kafka_config=_client_config(env.get("SYSMON_KAFKA_CONFIG")),
+            shards=_whole_number(env, "SYSMON_SHARDS", cls.shards),
         )
 
     def variables(self) -> dict[str, object]:

@@ -1,0 +1,216 @@
+"""K shards writing one lake at once give the tables one pipeline gives over the same input."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from dbt_like import ConcurrentWriterError, ProjectError
+from sysmon_assets.landing import file_key
+from sysmon_assets.pipeline import SysmonPipeline
+from sysmon_assets.settings import Settings
+from sysmon_assets.shards import file_shard
+from tests.conftest import T0, Lake, land, network_connect, process_create, snapshot
+from tests.lake_servers import Postgres
+from tests.recipe import shared_path
+from tests.test_real_data import OTRF_TARBALLS, extract_ndjson
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARDS = 3
+
+
+def shard_pipelines(lake: Lake, shards: int = SHARDS) -> list[SysmonPipeline]:
+    settings = Settings(**{**lake.settings.__dict__, "shards": shards})
+    return [SysmonPipeline(settings, shard=index) for index in range(shards)]
+
+
+def run_at_once(pipelines: list[SysmonPipeline], minutes: int) -> None:
+    """One batch of every shard, all started together (each on its own DuckDB instance, as K machines)."""
+    start = threading.Barrier(len(pipelines))
+    errors: list[BaseException] = []
+
+    def run(pipeline: SysmonPipeline) -> None:
+        start.wait()
+        try:
+            pipeline.run_batch(batch_time=T0 + timedelta(minutes=minutes))
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(pipeline,)) for pipeline in pipelines]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+
+
+def split_lines(source: Path, into: Path, files: int) -> list[Path]:
+    """The source's lines dealt round-robin into ``files`` landing files (so the shards divide them)."""
+    lines = source.read_bytes().splitlines(keepends=True)
+    paths = [into / f"part-{index}.ndjson" for index in range(files)]
+    for index, path in enumerate(paths):
+        path.write_bytes(b"".join(lines[index::files]))
+    return paths
+
+
+def assert_shards_match_one_pipeline(tmp_path: Path, fill: Callable[[Path], object], **settings: object) -> Lake:
+    one = Lake(tmp_path / "one", **settings)
+    fill(one.landing)
+    one.batch()
+    sharded = Lake(tmp_path / "sharded", **settings)
+    fill(sharded.landing)
+    owners = {file_shard(file_key(path), SHARDS) for path in sharded.landing.iterdir()}
+    assert owners == set(range(SHARDS)), "every shard should own part of the input"
+    pipelines = shard_pipelines(sharded)
+    run_at_once(pipelines, minutes=0)
+    # A connection whose process create another shard committed later is joined by its shard's next batch.
+    run_at_once(pipelines, minutes=1)
+    assert snapshot(sharded.settings) == snapshot(one.settings)
+    assert sharded.count("sysmon_join") > 0
+    return sharded
+
+
+def test_three_shards_at_once_give_one_pipelines_tables_on_the_sample(tmp_path: Path) -> None:
+    (sample,) = (ROOT / "sample_data").glob("*.ndjson")
+    sharded = assert_shards_match_one_pipeline(tmp_path, lambda landing: split_lines(sample, landing, 9))
+    batches = sharded.rows("SELECT DISTINCT (batch_id - 1) % 3 FROM dbt_like.batches ORDER BY 1")
+    assert batches == [(0,), (1,), (2,)]
+    seqs = sharded.rows("SELECT count(*), count(DISTINCT _seq) FROM winlogbeat_stream")
+    assert seqs[0][0] == seqs[0][1], "arrival numbers of different shards never meet"
+
+
+def test_three_shards_at_once_give_one_pipelines_tables_on_otrf_data(tmp_path: Path) -> None:
+    tarballs = [shared_path("data", "real", "otrf-security-datasets", name) for name in sorted(OTRF_TARBALLS)]
+
+    def fill(landing: Path) -> None:
+        """Each data set in three parts, so that the shards share every data set's events."""
+        scratch = landing.parent / "scratch"
+        scratch.mkdir(exist_ok=True)
+        for tarball in tarballs:
+            extracted = extract_ndjson(tarball, scratch)
+            lines = extracted.read_bytes().splitlines(keepends=True)
+            for index in range(3):
+                (landing / f"{extracted.stem}-{index}.ndjson").write_bytes(b"".join(lines[index::3]))
+
+    assert_shards_match_one_pipeline(tmp_path, fill)
+
+
+def test_three_shards_on_a_postgres_catalog(tmp_path: Path, postgres: Postgres) -> None:
+    (sample,) = (ROOT / "sample_data").glob("*.ndjson")
+    catalogs = iter([postgres.new_catalog(), postgres.new_catalog()])
+    one = Lake(tmp_path / "one", lake_catalog=next(catalogs))
+    split_lines(sample, one.landing, 9)
+    one.batch()
+    sharded = Lake(tmp_path / "sharded", lake_catalog=next(catalogs))
+    split_lines(sample, sharded.landing, 9)
+    pipelines = shard_pipelines(sharded)
+    run_at_once(pipelines, minutes=0)
+    run_at_once(pipelines, minutes=1)
+    assert snapshot(sharded.settings) == snapshot(one.settings)
+
+
+def _two_shards_with_the_same_event(lake: Lake) -> list[SysmonPipeline]:
+    """Landing files of shard 0 and shard 1 that both carry one process create (and a connection)."""
+    create = process_create("{SAME}", command_line="powershell.exe -enc AAAA", record=7001)
+    owners: dict[int, Path] = {}
+    for index in range(100):  # empty files until each shard owns one (a file's shard hashes its inode)
+        path = lake.landing / f"file-{index}.ndjson"
+        path.touch()
+        owners.setdefault(file_shard(file_key(path), 2), path)
+        if len(owners) == 2:
+            break
+    for path in owners.values():
+        land(path, [create])
+    land(owners[1], [network_connect("{SAME}", record=7002)])
+    return shard_pipelines(lake, shards=2)
+
+
+def _commit_the_other_shard_during(first: SysmonPipeline, second: SysmonPipeline, step: str) -> list[str]:
+    """Run ``second``'s whole batch inside ``first``'s ``step`` transaction, just before it commits."""
+    own_note = first.project.commit_note
+    attempts: list[str] = []
+
+    def meanwhile(con: object, model: str, batch: object) -> None:
+        if model == step:
+            attempts.append(model)
+            if len(attempts) == 1:
+                second.run_batch(batch_time=T0)
+        own_note(con, model, batch)
+
+    first.project.commit_note = meanwhile
+    first.run_batch(batch_time=T0)
+    return attempts
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def catalog(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Lake settings for either catalog: with SQLite a commit after another's fails as locked (WAL) and runs
+    again whatever it wrote, so the guard matters on PostgreSQL, where only DuckLake's own checks stand."""
+    return {"lake_catalog": request.getfixturevalue("postgres").new_catalog()} if request.param == "postgres" else {}
+
+
+@pytest.mark.parametrize("step", ["winlogbeat_stream_rekey", "sysmon_process_create_table"])
+def test_two_shards_committing_the_same_event_at_once_keep_one_row(
+    tmp_path: Path, step: str, catalog: dict[str, str]
+) -> None:
+    lake = Lake(tmp_path, **catalog)
+    first, second = _two_shards_with_the_same_event(lake)
+    if step == "sysmon_process_create_table":
+        # different deliveries of one process create (record numbers differ): both pass the dedupe
+        land(next(lake.landing.glob("file-*")), [process_create("{SAME}", command_line="powershell.exe -enc AAAA")])
+    attempts = _commit_the_other_shard_during(first, second, step)
+    assert len(attempts) == 2, "the step that lost the race ran again"
+    assert lake.rows("SELECT count(*) FROM sysmon_process_create_table WHERE process_guid = '{SAME}'") == [(1,)]
+    if step == "winlogbeat_stream_rekey":
+        assert lake.count("winlogbeat_stream_rekey") == 2  # the create once, the connection once
+    for pipeline in (first, second):
+        pipeline.run_batch(batch_time=T0 + timedelta(minutes=1))
+    assert lake.rows("SELECT process_command_line FROM sysmon_join") == [("powershell.exe -enc AAAA",)]
+
+
+def test_without_taking_turns_the_same_race_doubles_the_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, postgres: Postgres
+) -> None:
+    """The control for the test above: on PostgreSQL the guard is what keeps the row single."""
+    lake = Lake(tmp_path, lake_catalog=postgres.new_catalog())
+    first, second = _two_shards_with_the_same_event(lake)
+    for pipeline in (first, second):
+        monkeypatch.setattr(pipeline.project, "serialized_models", list)
+    _commit_the_other_shard_during(first, second, "winlogbeat_stream_rekey")
+    assert lake.rows("SELECT count(*) FROM sysmon_process_create WHERE process_guid = '{SAME}'") == [(2,)]
+
+
+def test_one_shard_never_runs_twice_at_once(lake: Lake) -> None:
+    lake.land([process_create("{A}"), network_connect("{A}")])
+    first, again = shard_pipelines(lake, shards=2)[0], shard_pipelines(lake, shards=2)[0]
+    first.run_batch(batch_time=T0)
+    own_note = first.project.commit_note
+
+    def meanwhile(con: object, model: str, batch: object) -> None:
+        if model == "sysmon_process_create":
+            again.run_model("winlogbeat_stream", run_key="the-same-shard-again")
+        own_note(con, model, batch)
+
+    first.project.commit_note = meanwhile
+    with pytest.raises(ConcurrentWriterError, match="step sysmon_process_create of batch 3"):
+        first.run_batch(batch_time=T0)
+    first.project.commit_note = own_note
+    with pytest.raises(ConcurrentWriterError, match="batch 5 of shard 0 has already written"):
+        first.run_model("sysmon_network_connect", run_key=first_run_key(lake, batch_id=3))
+
+
+def first_run_key(lake: Lake, batch_id: int) -> str:
+    return lake.rows("SELECT run_key FROM dbt_like.batches WHERE batch_id = ?", [batch_id])[0][0]
+
+
+def test_the_shard_count_of_a_lake_cannot_change(lake: Lake) -> None:
+    lake.land([process_create("{A}")])
+    shard_pipelines(lake, shards=2)[0].run_batch(batch_time=T0)
+    with pytest.raises(ProjectError, match=r"written by \[2\] shard\(s\); a project of 3 cannot continue it"):
+        shard_pipelines(lake, shards=3)[1].run_batch(batch_time=T0)
+    with pytest.raises(ProjectError, match="a project of 1 cannot continue it"):
+        lake.batch()
