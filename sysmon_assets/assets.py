@@ -16,6 +16,7 @@ from dagster import (
     AssetsDefinition,
     MaterializeResult,
     MetadataValue,
+    StaticPartitionsDefinition,
     TableColumn,
     TableColumnDep,
     TableColumnLineage,
@@ -28,6 +29,7 @@ from dbt_like.lineage import model_lineage
 from sysmon_assets import lake
 from sysmon_assets.checks import BATCH_CHECKS
 from sysmon_assets.resources import SysmonPipelineResource
+from sysmon_assets.shards import partition_keys, shard_index
 
 GROUP = "sysmon_recipe"
 SERVING_GROUP = "serving"
@@ -103,8 +105,9 @@ def check_results(name: str, results: list[StepResult]) -> list[AssetCheckResult
     ]
 
 
-def model_asset(project: Project, name: str) -> AssetsDefinition:
-    """The asset that runs ``name``'s step (and its side models') for the current run's batch."""
+def model_asset(project: Project, name: str, partitions: StaticPartitionsDefinition | None = None) -> AssetsDefinition:
+    """The asset that runs ``name``'s step (and its side models') for the current run's batch (of the shard
+    the run's partition names, with ``partitions``)."""
     model = project.models[name]
     lineage = column_lineage(project, name)
 
@@ -115,6 +118,7 @@ def model_asset(project: Project, name: str) -> AssetsDefinition:
         group_name=GROUP,
         kinds={"ducklake", "sql"},
         check_specs=_check_specs(project, name),
+        partitions_def=partitions,
         metadata={
             "sql_file": str(model.path.relative_to(project.models_dir.parent)),
             "materialized": project.configs[name]["materialized"],
@@ -122,7 +126,7 @@ def model_asset(project: Project, name: str) -> AssetsDefinition:
         },
     )
     def run_model_step(context: AssetExecutionContext, sysmon: SysmonPipelineResource) -> MaterializeResult:
-        pipeline = sysmon.pipeline()
+        pipeline = sysmon.pipeline(shard_index(context.partition_key if context.has_partition_key else None))
         started = time.perf_counter()
         results = pipeline.run_model(name, run_key=context.run.run_id, batch_time=sysmon.clock())
         seconds = time.perf_counter() - started
@@ -177,8 +181,9 @@ def sink_topic_asset(topic: str) -> AssetsDefinition:
     return publish_join_topic
 
 
-def build_assets(project: Project, sink_topic: str | None = None) -> list[AssetsDefinition]:
+def build_assets(project: Project, sink_topic: str | None = None, shards: int = 1) -> list[AssetsDefinition]:
     """One asset per model that is not a side table of another, in dependency order, and, with ``sink_topic``,
-    the Kafka topic the joined rows are published to."""
-    assets = [model_asset(project, name) for name in project.primary_models()]
+    the Kafka topic the joined rows are published to. With shards, the assets' partitions are the shards."""
+    partitions = StaticPartitionsDefinition(partition_keys(shards)) if shards > 1 else None
+    assets = [model_asset(project, name, partitions) for name in project.primary_models()]
     return [*assets, sink_topic_asset(sink_topic)] if sink_topic else assets

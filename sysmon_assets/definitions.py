@@ -11,7 +11,7 @@ from dagster import Definitions, in_process_executor
 
 from dbt_like import Project
 from sysmon_assets.assets import build_assets
-from sysmon_assets.jobs import lake_maintenance, sysmon_batch_job
+from sysmon_assets.jobs import batch_job, lake_maintenance
 from sysmon_assets.pipeline import SQL_DIR
 from sysmon_assets.resources import resources_from_settings
 from sysmon_assets.schedules import every_minute, hourly_maintenance
@@ -22,11 +22,12 @@ from sysmon_assets.settings import Settings
 def build_definitions(settings: Settings) -> Definitions:
     """Definitions for ``settings`` (tests build their own; the module builds from the environment)."""
     project = Project(SQL_DIR, settings.variables())
+    job = batch_job(settings.shards)
     return Definitions(
-        assets=build_assets(project, settings.kafka_sink_topic if settings.kafka_sink else None),
-        jobs=[sysmon_batch_job, lake_maintenance],
-        schedules=[every_minute, hourly_maintenance],
-        sensors=[landing_sensor],
+        assets=build_assets(project, settings.kafka_sink_topic if settings.kafka_sink else None, settings.shards),
+        jobs=[job, lake_maintenance],
+        schedules=[every_minute(job, settings.shards), hourly_maintenance],
+        sensors=[landing_sensor(job)],
         resources=resources_from_settings(settings),
         # Steps run one after another in one process, on cursors of the run's one lake connection.
         executor=in_process_executor,

@@ -1,18 +1,39 @@
 """The jobs: one micro-batch (every recipe asset, one process), and the lake's upkeep."""
 
-from dagster import AssetSelection, OpExecutionContext, define_asset_job, in_process_executor, job, op
+from typing import TYPE_CHECKING
+
+from dagster import (
+    AssetSelection,
+    OpExecutionContext,
+    define_asset_job,
+    in_process_executor,
+    job,
+    op,
+)
+
+if TYPE_CHECKING:
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from sysmon_assets import maintenance
 from sysmon_assets.assets import GROUP, SERVING_GROUP
 from sysmon_assets.pipeline import utc_now
 from sysmon_assets.resources import SysmonPipelineResource
 
-sysmon_batch_job = define_asset_job(
-    name="sysmon_micro_batch",
-    selection=AssetSelection.groups(GROUP, SERVING_GROUP),
-    executor_def=in_process_executor,
-    description="One micro-batch: ingest what landed, then every recipe step in order.",
-)
+# dagster.yaml's run queue allows one run at a time per value of these tags: a shard's batches must commit in
+# order, while different shards run side by side (a sharded run carries its partition's tag).
+ONE_WRITER_TAG = "sysmon/one_writer"
+
+
+def batch_job(shards: int = 1) -> "UnresolvedAssetJobDefinition":
+    """One micro-batch: every recipe asset in one process; with shards, of one shard (its partition)."""
+    return define_asset_job(
+        name="sysmon_micro_batch",
+        selection=AssetSelection.groups(GROUP, SERVING_GROUP),
+        executor_def=in_process_executor,
+        tags={} if shards > 1 else {ONE_WRITER_TAG: "lake"},
+        description="One micro-batch: ingest what landed, then every recipe step in order"
+        + (" (of the shard its partition names)." if shards > 1 else "."),
+    )
 
 
 @op(description="Merge small files, expire snapshots past the retention, delete unreferenced files, drop old events.")

@@ -31,6 +31,7 @@ PLAIN_SETTINGS = (
     "kafka_max_bytes",
     "kafka_sink",
     "kafka_sink_topic",
+    "shards",
 )
 
 
@@ -61,20 +62,21 @@ class SysmonPipelineResource(ConfigurableResource):
     kafka_sink: bool = Field(default=False, description="publish sysmon_join rows to kafka_sink_topic")
     kafka_sink_topic: str = Field(default="SYSMON_JOIN", description="topic the joined rows go to")
     kafka_config: dict[str, str] = Field(default={}, description="extra librdkafka settings (security, ...)")
+    shards: int = Field(default=1, description="pipelines writing the lake at once, each a partition shard-i")
 
-    _run_pipeline: SysmonPipeline | None = PrivateAttr(default=None)
+    _run_pipelines: dict[int, SysmonPipeline] = PrivateAttr(default_factory=dict)
     _run_connections: LakeConnections | None = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
-        """Build the pipeline once per run: its steps share one DuckDB instance with the lake attached."""
+        """One DuckDB instance with the lake attached per run: the run's steps share it."""
         self._run_connections = LakeConnections(self.settings(), self.duckdb.get_connection)
-        self._run_pipeline = SysmonPipeline(self.settings(), connect=self._run_connections)
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
         """Close the run's connection."""
         if self._run_connections is not None:
             self._run_connections.close()
-        self._run_pipeline = self._run_connections = None
+        self._run_connections = None
+        self._run_pipelines.clear()
 
     def settings(self) -> Settings:
         """These fields as pipeline :class:`Settings`."""
@@ -89,13 +91,14 @@ class SysmonPipelineResource(ConfigurableResource):
             **{name: getattr(self, name) for name in PLAIN_SETTINGS},
         )
 
-    def pipeline(self) -> SysmonPipeline:
-        """The run's pipeline, whose connections come from the DuckDB resource."""
-        return self._run_pipeline or self._new_pipeline()
-
-    def _new_pipeline(self) -> SysmonPipeline:
-        settings = self.settings()
-        return SysmonPipeline(settings, connect=LakeConnections(settings, self.duckdb.get_connection))
+    def pipeline(self, shard: int = 0) -> SysmonPipeline:
+        """The run's pipeline (of ``shard``), whose connections come from the DuckDB resource."""
+        if self._run_connections is None:
+            settings = self.settings()
+            return SysmonPipeline(settings, LakeConnections(settings, self.duckdb.get_connection), shard=shard)
+        if shard not in self._run_pipelines:
+            self._run_pipelines[shard] = SysmonPipeline(self.settings(), connect=self._run_connections, shard=shard)
+        return self._run_pipelines[shard]
 
     def clock(self) -> datetime | None:
         """The configured batch time, if any."""

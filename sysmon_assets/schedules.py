@@ -1,19 +1,43 @@
-"""A micro-batch every minute and lake upkeep every hour (switch them on in the UI or with
+"""A micro-batch every minute (of every shard) and lake upkeep every hour (switch them on in the UI or with
 ``dagster schedule start``)."""
 
 from __future__ import annotations
 
-from dagster import DefaultScheduleStatus, ScheduleDefinition
+from typing import TYPE_CHECKING
 
-from sysmon_assets.jobs import lake_maintenance, sysmon_batch_job
-
-every_minute = ScheduleDefinition(
-    name="sysmon_every_minute",
-    job=sysmon_batch_job,
-    cron_schedule="* * * * *",
-    default_status=DefaultScheduleStatus.STOPPED,
-    description="Runs one micro-batch every minute.",
+from dagster import (
+    DefaultScheduleStatus,
+    RunRequest,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    schedule,
 )
+
+if TYPE_CHECKING:
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+from sysmon_assets.jobs import lake_maintenance
+from sysmon_assets.shards import partition_keys
+
+
+def every_minute(job: UnresolvedAssetJobDefinition, shards: int = 1) -> ScheduleDefinition:
+    """A batch every minute; with shards, one run per shard."""
+
+    @schedule(
+        name="sysmon_every_minute",
+        job=job,
+        cron_schedule="* * * * *",
+        default_status=DefaultScheduleStatus.STOPPED,
+        description="Runs one micro-batch every minute" + (" of every shard." if shards > 1 else "."),
+    )
+    def sysmon_every_minute(context: ScheduleEvaluationContext) -> list[RunRequest]:
+        if shards == 1:
+            return [RunRequest()]
+        tick = context.scheduled_execution_time
+        return [RunRequest(run_key=f"{tick}/{key}", partition_key=key) for key in partition_keys(shards)]
+
+    return sysmon_every_minute
+
 
 hourly_maintenance = ScheduleDefinition(
     name="lake_maintenance_hourly",

@@ -5,14 +5,27 @@ never opens DuckDB, so it cannot contend for the database file's lock with a run
 """
 
 import json
+from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from dagster import DefaultSensorStatus, RunRequest, SensorEvaluationContext, SkipReason, sensor
+from dagster import (
+    DefaultSensorStatus,
+    RunRequest,
+    SensorDefinition,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
 
-from sysmon_assets.jobs import sysmon_batch_job
+if TYPE_CHECKING:
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
 from sysmon_assets.kafka_source import KafkaSourceError, consumer_lag
 from sysmon_assets.landing import LandingError, landing_snapshot
 from sysmon_assets.settings import Settings
+from sysmon_assets.shards import file_shard, partition_keys, partition_shard
 
 
 def grown_files(previous: dict[str, int], current: dict[str, int]) -> list[str]:
@@ -20,8 +33,11 @@ def grown_files(previous: dict[str, int], current: dict[str, int]) -> list[str]:
     return [key for key, size in current.items() if size > previous.get(key, 0)]
 
 
-def evaluate_landing(landing_dir: Path, cursor: str | None) -> tuple[RunRequest | SkipReason, str]:
-    """The sensor's decision and its next cursor, for a folder and the last cursor."""
+def evaluate_landing(
+    landing_dir: Path, cursor: str | None, shards: int = 1
+) -> tuple[list[RunRequest] | SkipReason, str]:
+    """The sensor's decision and its next cursor, for a folder and the last cursor: a run request for each
+    shard whose files grew (one, unpartitioned, without shards)."""
     try:
         current = landing_snapshot(landing_dir)
     except LandingError as error:
@@ -31,11 +47,18 @@ def evaluate_landing(landing_dir: Path, cursor: str | None) -> tuple[RunRequest 
     next_cursor = json.dumps(current, sort_keys=True)
     if not grown:
         return SkipReason("no new bytes landed"), next_cursor
-    return RunRequest(tags={"sysmon/trigger": "landing_sensor", "sysmon/files_grown": str(len(grown))}), next_cursor
+    by_shard = Counter(file_shard(key, shards) for key in grown)
+    return [
+        RunRequest(
+            partition_key=partition_keys(shards)[shard] if shards > 1 else None,
+            tags={"sysmon/trigger": "landing_sensor", "sysmon/files_grown": str(count)},
+        )
+        for shard, count in sorted(by_shard.items())
+    ], next_cursor
 
 
-def evaluate_kafka(settings: Settings) -> RunRequest | SkipReason:
-    """A run request when the consumer group lags behind the topic's end on any partition.
+def evaluate_kafka(settings: Settings) -> list[RunRequest] | SkipReason:
+    """A run request (per shard) when the consumer group lags behind the topic's end on a partition.
 
     The run key names the partitions' end offsets, so a lag that persists while a requested batch
     is queued or running does not request another one.
@@ -44,28 +67,44 @@ def evaluate_kafka(settings: Settings) -> RunRequest | SkipReason:
         lag = consumer_lag(settings)
     except KafkaSourceError as error:
         return SkipReason(str(error))
-    behind = sum(partition.lag for partition in lag.values())
-    if not behind:
+    if not sum(partition.lag for partition in lag.values()):
         return SkipReason(f"no consumer lag on {settings.kafka_topic}")
-    ends = ",".join(f"{partition}:{lag[partition].end}" for partition in sorted(lag))
-    return RunRequest(
-        run_key=f"kafka:{settings.kafka_topic}:{ends}",
-        tags={"sysmon/trigger": "kafka_lag", "sysmon/lag": str(behind)},
+    requests = []
+    for shard in range(settings.shards):
+        owned = {p: lag[p] for p in sorted(lag) if partition_shard(p, settings.shards) == shard}
+        behind = sum(partition.lag for partition in owned.values())
+        if not behind:
+            continue
+        ends = ",".join(f"{partition}:{owned[partition].end}" for partition in owned)
+        requests.append(
+            RunRequest(
+                run_key=f"kafka:{settings.kafka_topic}:{ends}",
+                partition_key=partition_keys(settings.shards)[shard] if settings.shards > 1 else None,
+                tags={"sysmon/trigger": "kafka_lag", "sysmon/lag": str(behind)},
+            )
+        )
+    return requests
+
+
+def landing_sensor(job: "UnresolvedAssetJobDefinition") -> SensorDefinition:
+    """The sensor that requests ``job`` runs when files land (or the Kafka consumer group lags)."""
+
+    @sensor(
+        name="landing_sensor",
+        job=job,
+        minimum_interval_seconds=30,
+        default_status=DefaultSensorStatus.STOPPED,
+        description="Requests a micro-batch when files in SYSMON_LANDING_DIR grow or appear (SYSMON_SOURCE=kafka: "
+        "when the consumer group lags); with shards, one for each shard whose input grew.",
     )
+    def landing(context: SensorEvaluationContext) -> SensorResult | SkipReason:
+        """See :func:`evaluate_landing` and :func:`evaluate_kafka`."""
+        settings = Settings.from_env()
+        if settings.source == "kafka":
+            decision = evaluate_kafka(settings)
+        else:
+            decision, cursor = evaluate_landing(settings.landing_dir, context.cursor, settings.shards)
+            context.update_cursor(cursor)
+        return decision if isinstance(decision, SkipReason) else SensorResult(run_requests=decision)
 
-
-@sensor(
-    job=sysmon_batch_job,
-    minimum_interval_seconds=30,
-    default_status=DefaultSensorStatus.STOPPED,
-    description="Requests a micro-batch when files in SYSMON_LANDING_DIR grow or appear (SYSMON_SOURCE=kafka: "
-    "when the consumer group lags).",
-)
-def landing_sensor(context: SensorEvaluationContext) -> RunRequest | SkipReason:
-    """Dagster entry point: see :func:`evaluate_landing` and :func:`evaluate_kafka`."""
-    settings = Settings.from_env()
-    if settings.source == "kafka":
-        return evaluate_kafka(settings)
-    decision, cursor = evaluate_landing(settings.landing_dir, context.cursor)
-    context.update_cursor(cursor)
-    return decision
+    return landing

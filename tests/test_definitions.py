@@ -10,6 +10,7 @@ import yaml
 from dagster import AssetKey, DefaultScheduleStatus, DefaultSensorStatus
 
 from sysmon_assets.definitions import build_definitions, defs
+from sysmon_assets.jobs import ONE_WRITER_TAG
 from sysmon_assets.pipeline import RECIPE_MODELS
 from sysmon_assets.settings import Settings
 from tests.conftest import CLI_BATCH, Lake, lake_rows, network_connect, process_create
@@ -68,9 +69,11 @@ def test_lake_maintenance_job_and_hourly_schedule() -> None:
     assert schedule.default_status == DefaultScheduleStatus.STOPPED
 
 
-def test_make_ui_instance_runs_one_batch_at_a_time() -> None:
-    instance = yaml.safe_load((ROOT / "dagster.yaml").read_text())
-    assert instance["run_queue"]["max_concurrent_runs"] == 1
+def test_make_ui_instance_runs_one_batch_at_a_time_per_writer() -> None:
+    limits = yaml.safe_load((ROOT / "dagster.yaml").read_text())["run_queue"]["tag_concurrency_limits"]
+    assert {"key": ONE_WRITER_TAG, "limit": 1} in limits
+    assert {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
+    assert defs.resolve_job_def("sysmon_micro_batch").tags[ONE_WRITER_TAG] == "lake"
 
 
 def test_materializing_the_job_in_process_reports_rows_offsets_and_checks(lake: Lake) -> None:

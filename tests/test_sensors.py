@@ -6,7 +6,10 @@ from pathlib import Path
 
 from dagster import RunRequest, SkipReason, build_sensor_context
 
+from sysmon_assets.jobs import batch_job
 from sysmon_assets.sensors import evaluate_landing, landing_sensor
+
+sensor = landing_sensor(batch_job())
 
 
 def test_requests_a_batch_only_when_files_appear_or_grow(tmp_path: Path) -> None:
@@ -14,13 +17,13 @@ def test_requests_a_batch_only_when_files_appear_or_grow(tmp_path: Path) -> None
     assert isinstance(decision, SkipReason)
     (tmp_path / "w.ndjson").write_text('{"a": 1}\n')
     decision, cursor = evaluate_landing(tmp_path, cursor)
-    assert isinstance(decision, RunRequest)
+    assert [request.partition_key for request in decision] == [None]
     decision, cursor = evaluate_landing(tmp_path, cursor)
     assert isinstance(decision, SkipReason)
     with (tmp_path / "w.ndjson").open("a") as handle:
         handle.write('{"a": 2}\n')
     decision, _ = evaluate_landing(tmp_path, cursor)
-    assert isinstance(decision, RunRequest)
+    assert isinstance(decision[0], RunRequest)
 
 
 def test_a_missing_folder_is_a_skip_that_names_it(tmp_path: Path) -> None:
@@ -33,8 +36,8 @@ def test_the_sensor_reads_the_environment_and_keeps_a_cursor(tmp_path: Path, mon
     monkeypatch.setenv("SYSMON_LANDING_DIR", str(tmp_path))
     (tmp_path / "w.ndjson").write_text('{"a": 1}\n')
     context = build_sensor_context()
-    assert isinstance(landing_sensor(context), RunRequest)
-    assert isinstance(landing_sensor(context), SkipReason)
+    assert len(sensor(context).run_requests) == 1
+    assert isinstance(sensor(context), SkipReason)
 
 
 def test_with_kafka_the_sensor_requests_a_batch_while_the_consumer_group_lags(
@@ -54,21 +57,20 @@ def test_with_kafka_the_sensor_requests_a_batch_while_the_consumer_group_lags(
     }.items():
         monkeypatch.setenv(name, value)
     context = build_sensor_context()
-    assert isinstance(landing_sensor(context), SkipReason)
+    assert isinstance(sensor(context), SkipReason)
     kafka_broker.produce(topic, [process_create(None)] * 3, partition=1, one_per_request=True)
-    decision = landing_sensor(context)
-    assert isinstance(decision, RunRequest)
+    (decision,) = sensor(context).run_requests
     assert decision.tags["sysmon/lag"] == "3"
     # the same ends, the same key: Dagster requests no second run while the first is queued or running
-    assert decision.run_key == f"kafka:{topic}:0:0,1:3" == landing_sensor(context).run_key
+    assert decision.run_key == f"kafka:{topic}:0:0,1:3" == sensor(context).run_requests[0].run_key
     SysmonPipeline(Settings.from_env()).run_batch()
-    assert isinstance(landing_sensor(context), SkipReason)
+    assert isinstance(sensor(context), SkipReason)
 
 
 def test_with_kafka_an_unreachable_broker_is_a_skip_that_names_it(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("SYSMON_SOURCE", "kafka")
     monkeypatch.setenv("SYSMON_KAFKA_BOOTSTRAP", "127.0.0.1:1")
     monkeypatch.setenv("SYSMON_KAFKA_CONFIG", "socket.connection.setup.timeout.ms=1000")
-    decision = landing_sensor(build_sensor_context())
+    decision = sensor(build_sensor_context())
     assert isinstance(decision, SkipReason)
     assert "127.0.0.1:1" in decision.skip_message

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from dagster import build_schedule_context
 
 from dbt_like import ConcurrentWriterError, ProjectError
+from sysmon_assets.definitions import build_definitions
+from sysmon_assets.jobs import ONE_WRITER_TAG
 from sysmon_assets.landing import file_key
 from sysmon_assets.pipeline import SysmonPipeline
+from sysmon_assets.sensors import evaluate_landing
 from sysmon_assets.settings import Settings
 from sysmon_assets.shards import file_shard
-from tests.conftest import T0, Lake, land, network_connect, process_create, snapshot
+from tests.conftest import CLI_BATCH, T0, Lake, land, network_connect, process_create, snapshot
 from tests.lake_servers import Postgres
 from tests.recipe import shared_path
 from tests.test_real_data import OTRF_TARBALLS, extract_ndjson
@@ -76,7 +82,7 @@ def assert_shards_match_one_pipeline(tmp_path: Path, fill: Callable[[Path], obje
 
 def test_three_shards_at_once_give_one_pipelines_tables_on_the_sample(tmp_path: Path) -> None:
     (sample,) = (ROOT / "sample_data").glob("*.ndjson")
-    sharded = assert_shards_match_one_pipeline(tmp_path, lambda landing: split_lines(sample, landing, 9))
+    sharded = assert_shards_match_one_pipeline(tmp_path, lambda landing: split_lines(sample, landing, 36))
     batches = sharded.rows("SELECT DISTINCT (batch_id - 1) % 3 FROM dbt_like.batches ORDER BY 1")
     assert batches == [(0,), (1,), (2,)]
     seqs = sharded.rows("SELECT count(*), count(DISTINCT _seq) FROM winlogbeat_stream")
@@ -87,14 +93,14 @@ def test_three_shards_at_once_give_one_pipelines_tables_on_otrf_data(tmp_path: P
     tarballs = [shared_path("data", "real", "otrf-security-datasets", name) for name in sorted(OTRF_TARBALLS)]
 
     def fill(landing: Path) -> None:
-        """Each data set in three parts, so that the shards share every data set's events."""
+        """Each data set in nine parts, so that the shards share every data set's events."""
         scratch = landing.parent / "scratch"
         scratch.mkdir(exist_ok=True)
         for tarball in tarballs:
             extracted = extract_ndjson(tarball, scratch)
             lines = extracted.read_bytes().splitlines(keepends=True)
-            for index in range(3):
-                (landing / f"{extracted.stem}-{index}.ndjson").write_bytes(b"".join(lines[index::3]))
+            for index in range(9):
+                (landing / f"{extracted.stem}-{index}.ndjson").write_bytes(b"".join(lines[index::9]))
 
     assert_shards_match_one_pipeline(tmp_path, fill)
 
@@ -103,10 +109,10 @@ def test_three_shards_on_a_postgres_catalog(tmp_path: Path, postgres: Postgres) 
     (sample,) = (ROOT / "sample_data").glob("*.ndjson")
     catalogs = iter([postgres.new_catalog(), postgres.new_catalog()])
     one = Lake(tmp_path / "one", lake_catalog=next(catalogs))
-    split_lines(sample, one.landing, 9)
+    split_lines(sample, one.landing, 36)
     one.batch()
     sharded = Lake(tmp_path / "sharded", lake_catalog=next(catalogs))
-    split_lines(sample, sharded.landing, 9)
+    split_lines(sample, sharded.landing, 36)
     pipelines = shard_pipelines(sharded)
     run_at_once(pipelines, minutes=0)
     run_at_once(pipelines, minutes=1)
@@ -214,3 +220,48 @@ def test_the_shard_count_of_a_lake_cannot_change(lake: Lake) -> None:
         shard_pipelines(lake, shards=3)[1].run_batch(batch_time=T0)
     with pytest.raises(ProjectError, match="a project of 1 cannot continue it"):
         lake.batch()
+
+
+def test_with_shards_each_dagster_partition_runs_its_shards_batch(tmp_path: Path) -> None:
+    lake = Lake(tmp_path, shards=SHARDS)
+    (sample,) = (ROOT / "sample_data").glob("*.ndjson")
+    landed = split_lines(sample, lake.landing, 36)
+    definitions = build_definitions(lake.settings)
+    job = definitions.resolve_job_def("sysmon_micro_batch")
+    assert job.partitions_def.get_partition_keys() == ["shard-0", "shard-1", "shard-2"]
+    assert ONE_WRITER_TAG not in job.tags
+    result = job.execute_in_process(partition_key="shard-1")
+    assert result.success
+    owned = {file_key(path) for path in landed if file_shard(file_key(path), SHARDS) == 1}
+    assert {key for (key,) in lake.rows("SELECT file_key FROM ingest.files")} == owned
+    assert lake.rows("SELECT batch_id FROM dbt_like.batches") == [(2,)]
+    schedule = definitions.resolve_schedule_def("sysmon_every_minute")
+    tick = build_schedule_context(
+        scheduled_execution_time=datetime(2026, 12, 1, 0, 1, tzinfo=UTC),
+        repository_def=definitions.get_repository_def(),
+    )
+    requests = schedule.evaluate_tick(tick).run_requests
+    assert [request.partition_key for request in requests] == ["shard-0", "shard-1", "shard-2"]
+
+
+def test_the_sensor_requests_a_run_for_each_shard_whose_files_grew(tmp_path: Path) -> None:
+    landed = split_lines(ROOT / "sample_data" / "winlogbeat-sample.ndjson", tmp_path, 36)
+    requests, _ = evaluate_landing(tmp_path, None, SHARDS)
+    expected = sorted({file_shard(file_key(path), SHARDS) for path in landed})
+    assert [request.partition_key for request in requests] == [f"shard-{shard}" for shard in expected]
+
+
+def test_the_cli_runs_one_shards_batch(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    (sample,) = (ROOT / "sample_data").glob("*.ndjson")
+    landed = split_lines(sample, lake.landing, 36)
+    env = {
+        **os.environ,
+        "SYSMON_LANDING_DIR": str(lake.landing),
+        "SYSMON_DATA_DIR": str(lake.data),
+        "SYSMON_SHARDS": str(SHARDS),
+    }
+    subprocess.run([*CLI_BATCH, "--partition", "shard-2"], cwd=ROOT, env=env, check=True, capture_output=True)
+    owned = {file_key(path) for path in landed if file_shard(file_key(path), SHARDS) == 2}
+    assert {key for (key,) in lake.rows("SELECT file_key FROM ingest.files")} == owned
+    assert lake.rows("SELECT batch_id FROM dbt_like.batches") == [(3,)]
