@@ -3,6 +3,7 @@
     python bench/benchmark.py --events 1000000 --files 4 --repeat 3
     python bench/benchmark.py --history 5000000 --increment 10000 --steady 100 --memory-limit 2GB --repeat 3
     python bench/benchmark.py --readers 10 --increment 10000 --repeat 3
+    python bench/benchmark.py --shards 3 --events 1000000 --files 12 --repeat 3
 
 Every measured run is its own process (``bench/runs.py`` or the Dagster CLI), so each peak RSS is that
 run's own; every lake is the project's (a SQLite catalog plus Parquet files in a data folder) unless said
@@ -24,7 +25,10 @@ in the same invocation:
   batch over that lake vs over an empty lake;
 - readers (``--readers N``): N batches in a row while a reader process loops ``sysmon_assets.connect()`` +
   ``SELECT count(*) FROM sysmon_join``; median and p99 latency of connect + query and of the query alone on a
-  held connection, and the errors, with the default SQLite catalog and with PostgreSQL (``pgserver``).
+  held connection, and the errors, with the default SQLite catalog and with PostgreSQL (``pgserver``);
+- shards (``--shards K``): K = 1 .. K shard processes over one landing folder started at once on one lake
+  (events/s in all on this machine), and each shard alone on a fresh lake (its part of the input only): the
+  slowest of those is what one machine per shard would take, catalog contention aside.
 
 Generated data and the history lake are cached under ``--workdir`` (default ``bench/out``, git-ignored).
 """
@@ -251,6 +255,58 @@ def throughput(args: argparse.Namespace) -> None:
     )
 
 
+def shard_runs(landing: Path, data_dir: Path, shards: int, which: list[int], memory_limit: str | None) -> dict:
+    """Shards ``which`` of ``shards`` started at once on one fresh lake: wall seconds until the last finished, and
+    each shard's own seconds and rows."""
+    fresh(data_dir)
+    commands = [
+        [*RUNS, f"shard-{index}-of-{shards}", str(landing), str(data_dir), memory_limit or ""] for index in which
+    ]
+    start = time.perf_counter()
+    processes = [
+        subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for command in commands
+    ]
+    outputs = [process.communicate() for process in processes]
+    wall = time.perf_counter() - start
+    for process, (_, err) in zip(processes, outputs, strict=True):
+        if process.returncode:
+            raise SystemExit(f"a shard failed:\n{err[-3000:]}")
+    seconds = [json.loads(out.strip().splitlines()[-1])["seconds"] for out, _ in outputs]
+    return {"wall": wall, "seconds": seconds}
+
+
+def sharded(args: argparse.Namespace) -> None:
+    """K = 1..``args.shards`` shards over one landing folder, started at once on this machine; and each shard
+    alone (its part of the input only), the figure one machine per shard would see."""
+    landing = args.workdir / f"landing-{args.events}-{args.files}"
+    files = generate(landing, [args.events // args.files + (i < args.events % args.files) for i in range(args.files)])
+    print(f"## shards: {args.events:,} events in {len(files)} files, K pipelines on one lake, {os.cpu_count()} cores")
+    together: dict[int, list[dict]] = {k: [] for k in range(1, args.shards + 1)}
+    alone: dict[int, list[float]] = {k: [] for k in range(1, args.shards + 1)}
+    for rep in range(args.repeat):
+        for k in together:
+            together[k].append(shard_runs(landing, args.workdir / "shards-lake", k, list(range(k)), args.memory_limit))
+            alone[k].append(
+                max(
+                    shard_runs(landing, args.workdir / "shards-lake", k, [i], args.memory_limit)["wall"]
+                    for i in range(k)
+                )
+            )
+            print(
+                f"rep {rep + 1}, K={k}: together {together[k][-1]['wall']:.2f} s, "
+                f"slowest shard alone {alone[k][-1]:.2f} s"
+            )
+    for k in together:
+        wall = statistics.median(run["wall"] for run in together[k])
+        slowest_alone = statistics.median(alone[k])
+        print(
+            f"SHARDS K={k}: on this machine {wall:7.2f} s  {args.events / wall:10,.0f} events/s in all; "
+            f"slowest shard alone {slowest_alone:.2f} s -> on {k} machine(s) about {args.events / slowest_alone:,.0f} "
+            "events/s (one shard per machine, the lake's catalog and storage shared)"
+        )
+
+
 def storage(label: str, data_dir: Path, events: int, ndjson_bytes: int | None = None) -> None:
     """Bytes per event on disk of the whole lake in ``data_dir`` (catalog and Parquet files), and per table."""
     sizes: dict[str, int] = {}
@@ -462,6 +518,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=8, help="slowest statements listed")
     parser.add_argument("--steady", type=int, default=0, help="then this many consecutive batches over the history")
     parser.add_argument("--readers", type=int, default=0, help="reader latency during this many batches")
+    parser.add_argument("--shards", type=int, default=0, help="K = 1 .. this many shards at once, and each alone")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out")
     args = parser.parse_args()
     args.workdir = args.workdir.resolve()
@@ -469,6 +526,8 @@ def main() -> None:
     print(f"{os.cpu_count()} cores; python {sys.version.split()[0]}; {datetime.now():%Y-%m-%d %H:%M}")
     if args.readers:
         readers(args)
+    elif args.shards:
+        sharded(args)
     elif args.history:
         incremental(args)
     else:

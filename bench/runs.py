@@ -23,6 +23,7 @@ Prints one JSON object (last line).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
@@ -148,8 +149,11 @@ class _Profiled:
         return getattr(self._con, name)
 
 
-def run_project(settings: Settings, profile: bool = False, batch_time: datetime | None = None) -> dict[str, Any]:
-    """Seconds per recipe step of one micro-batch, and in all (opening and closing the lake included)."""
+def run_project(
+    settings: Settings, profile: bool = False, batch_time: datetime | None = None, shard: int = 0
+) -> dict[str, Any]:
+    """Seconds per recipe step of one micro-batch (of ``shard``), and in all (opening and closing the lake
+    included)."""
     log: list[dict[str, Any]] = []
     connections = LakeConnections(settings)
 
@@ -158,7 +162,7 @@ def run_project(settings: Settings, profile: bool = False, batch_time: datetime 
         with connections() as con:
             yield _Profiled(con, log, settings.data_dir.with_name(settings.data_dir.name + ".profile.json"))
 
-    pipeline = SysmonPipeline(settings, connect=profiled if profile else connections)
+    pipeline = SysmonPipeline(settings, connect=profiled if profile else connections, shard=shard)
     steps, peaks = {}, {}
     run_key = f"bench-{uuid.uuid4()}"
     start = time.perf_counter()
@@ -229,6 +233,10 @@ def main() -> None:
         result = run_reference(settings)
     elif kind in ("project", "scans"):
         result = run_project(settings, profile=kind == "scans", batch_time=batch_time)
+    elif kind.startswith("shard-"):  # shard-I-of-K: shard I's batch of K shards
+        index, _, count = kind.removeprefix("shard-").partition("-of-")
+        settings = dataclasses.replace(settings, shards=int(count))
+        result = run_project(settings, batch_time=batch_time, shard=int(index))
     elif kind == "maintain":
         result = run_maintain(settings)
     elif kind == "reader":
