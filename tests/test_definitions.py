@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import yaml
-from dagster import AssetKey, DefaultScheduleStatus, DefaultSensorStatus
+from dagster import AssetKey, DagsterRunStatus, DefaultScheduleStatus, DefaultSensorStatus
+from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+from dagster._core.storage.dagster_run import DagsterRun
+from dagster._core.test_utils import instance_for_test
+from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
 
 from sysmon_assets.definitions import build_definitions, defs
-from sysmon_assets.jobs import ONE_WRITER_TAG
 from sysmon_assets.pipeline import RECIPE_MODELS
 from sysmon_assets.settings import Settings
 from tests.conftest import CLI_BATCH, Lake, lake_rows, network_connect, process_create
@@ -70,10 +74,34 @@ def test_lake_maintenance_job_and_hourly_schedule() -> None:
 
 
 def test_make_ui_instance_runs_one_batch_at_a_time_per_writer() -> None:
-    limits = yaml.safe_load((ROOT / "dagster.yaml").read_text())["run_queue"]["tag_concurrency_limits"]
-    assert {"key": ONE_WRITER_TAG, "limit": 1} in limits
-    assert {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
-    assert defs.resolve_job_def("sysmon_micro_batch").tags[ONE_WRITER_TAG] == "lake"
+    """What the run queue of `make ui`'s instance (dagster.yaml) takes from a queue of batch runs, asked of
+    Dagster's own queued-run daemon (its selection step, without launching anything)."""
+    run_queue = yaml.safe_load((ROOT / "dagster.yaml").read_text())["run_queue"]
+    origin = RemoteJobOrigin(
+        RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("sysmon"), "__repository__"), "sysmon_micro_batch"
+    )
+    queue = {
+        "shard-0 first": {"dagster/partition": "shard-0"},
+        "shard-0 again": {"dagster/partition": "shard-0"},
+        "shard-1": {"dagster/partition": "shard-1"},
+        "unsharded first": dict(defs.resolve_job_def("sysmon_micro_batch").tags),
+        "unsharded again": dict(defs.resolve_job_def("sysmon_micro_batch").tags),
+    }
+    with instance_for_test(overrides={"run_queue": run_queue}) as instance:
+        names = {}
+        for name, tags in queue.items():
+            run = DagsterRun(
+                "sysmon_micro_batch",
+                str(uuid.uuid4()),
+                status=DagsterRunStatus.QUEUED,
+                tags=tags,
+                remote_job_origin=origin,
+            )
+            instance.add_run(run)
+            names[run.run_id] = name
+        daemon = QueuedRunCoordinatorDaemon(interval_seconds=1)
+        started = daemon._get_runs_to_dequeue(instance, instance.get_concurrency_config(), fixed_iteration_time=None)
+    assert sorted(names[run.run_id] for run in started) == ["shard-0 first", "shard-1", "unsharded first"]
 
 
 def test_materializing_the_job_in_process_reports_rows_offsets_and_checks(lake: Lake) -> None:
