@@ -170,7 +170,9 @@ def _write_ahead_log(settings: Settings) -> None:
         with closing(sqlite3.connect(path, timeout=30)) as catalog:
             catalog.execute("PRAGMA journal_mode=WAL")
     except sqlite3.Error as error:
-        raise LakeError(f"cannot open the lake's catalog {path}: {error}") from error
+        raise LakeError(
+            f"cannot open the lake (catalog {settings.catalog}, data {settings.data_path}): {error}"
+        ) from error
 
 
 def _make_local_folders(settings: Settings) -> None:

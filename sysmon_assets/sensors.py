@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 from sysmon_assets.kafka_source import KafkaSourceError, consumer_lag
 from sysmon_assets.landing import LandingError, landing_snapshot
+from sysmon_assets.resources import SysmonPipelineResource
 from sysmon_assets.settings import Settings
 from sysmon_assets.shards import file_shard, partition_keys, partition_shard
 
@@ -97,9 +98,9 @@ def landing_sensor(job: "UnresolvedAssetJobDefinition") -> SensorDefinition:
         description="Requests a micro-batch when files in SYSMON_LANDING_DIR grow or appear (SYSMON_SOURCE=kafka: "
         "when the consumer group lags); with shards, one for each shard whose input grew.",
     )
-    def landing(context: SensorEvaluationContext) -> SensorResult | SkipReason:
-        """See :func:`evaluate_landing` and :func:`evaluate_kafka`."""
-        settings = Settings.from_env()
+    def landing(context: SensorEvaluationContext, sysmon: SysmonPipelineResource) -> SensorResult | SkipReason:
+        """See :func:`evaluate_landing` and :func:`evaluate_kafka`; the settings are the pipeline resource's."""
+        settings = sysmon.settings()
         if settings.source == "kafka":
             decision = evaluate_kafka(settings)
         else:

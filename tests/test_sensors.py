@@ -7,7 +7,9 @@ from pathlib import Path
 from dagster import RunRequest, SkipReason, build_sensor_context
 
 from sysmon_assets.jobs import batch_job
+from sysmon_assets.resources import resources_from_settings
 from sysmon_assets.sensors import evaluate_landing, landing_sensor
+from sysmon_assets.settings import Settings
 
 sensor = landing_sensor(batch_job())
 
@@ -32,45 +34,49 @@ def test_a_missing_folder_is_a_skip_that_names_it(tmp_path: Path) -> None:
     assert str(tmp_path / "nope") in decision.skip_message
 
 
-def test_the_sensor_reads_the_environment_and_keeps_a_cursor(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("SYSMON_LANDING_DIR", str(tmp_path))
+def with_resources(settings: Settings):
+    """A sensor context holding the pipeline resource built from ``settings``, as Definitions builds it."""
+    return build_sensor_context(resources=resources_from_settings(settings))
+
+
+def test_the_sensor_reads_the_resource_and_keeps_a_cursor(tmp_path: Path) -> None:
     (tmp_path / "w.ndjson").write_text('{"a": 1}\n')
-    context = build_sensor_context()
+    context = with_resources(Settings(landing_dir=tmp_path, data_dir=tmp_path / "data"))
     assert len(sensor(context).run_requests) == 1
     assert isinstance(sensor(context), SkipReason)
 
 
-def test_with_kafka_the_sensor_requests_a_batch_while_the_consumer_group_lags(
-    tmp_path: Path, monkeypatch, kafka_broker
-) -> None:
+def test_with_kafka_the_sensor_requests_a_batch_while_the_consumer_group_lags(tmp_path: Path, kafka_broker) -> None:
     from sysmon_assets.pipeline import SysmonPipeline
-    from sysmon_assets.settings import Settings
     from tests.conftest import process_create
 
     topic = kafka_broker.create_topic(partitions=2)
-    for name, value in {
-        "SYSMON_SOURCE": "kafka",
-        "SYSMON_KAFKA_BOOTSTRAP": kafka_broker.bootstrap,
-        "SYSMON_KAFKA_TOPIC": topic,
-        "SYSMON_DATA_DIR": str(tmp_path / "data"),
-        "SYSMON_LANDING_DIR": str(tmp_path),
-    }.items():
-        monkeypatch.setenv(name, value)
-    context = build_sensor_context()
+    settings = Settings(
+        source="kafka",
+        kafka_bootstrap=kafka_broker.bootstrap,
+        kafka_topic=topic,
+        data_dir=tmp_path / "data",
+        landing_dir=tmp_path,
+    )
+    context = with_resources(settings)
     assert isinstance(sensor(context), SkipReason)
     kafka_broker.produce(topic, [process_create(None)] * 3, partition=1, one_per_request=True)
     (decision,) = sensor(context).run_requests
     assert decision.tags["sysmon/lag"] == "3"
     # the same ends, the same key: Dagster requests no second run while the first is queued or running
     assert decision.run_key == f"kafka:{topic}:0:0,1:3" == sensor(context).run_requests[0].run_key
-    SysmonPipeline(Settings.from_env()).run_batch()
+    SysmonPipeline(settings).run_batch()
     assert isinstance(sensor(context), SkipReason)
 
 
-def test_with_kafka_an_unreachable_broker_is_a_skip_that_names_it(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv("SYSMON_SOURCE", "kafka")
-    monkeypatch.setenv("SYSMON_KAFKA_BOOTSTRAP", "127.0.0.1:1")
-    monkeypatch.setenv("SYSMON_KAFKA_CONFIG", "socket.connection.setup.timeout.ms=1000")
-    decision = sensor(build_sensor_context())
+def test_with_kafka_an_unreachable_broker_is_a_skip_that_names_it(tmp_path: Path) -> None:
+    settings = Settings(
+        source="kafka",
+        kafka_bootstrap="127.0.0.1:1",
+        kafka_config=(("socket.connection.setup.timeout.ms", "1000"),),
+        landing_dir=tmp_path,
+        data_dir=tmp_path / "data",
+    )
+    decision = sensor(with_resources(settings))
     assert isinstance(decision, SkipReason)
     assert "127.0.0.1:1" in decision.skip_message
