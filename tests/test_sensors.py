@@ -41,9 +41,9 @@ def with_resources(settings: Settings):
 
 def test_the_sensor_reads_the_resource_and_keeps_a_cursor(tmp_path: Path) -> None:
     (tmp_path / "w.ndjson").write_text('{"a": 1}\n')
-    context = with_resources(Settings(landing_dir=tmp_path, data_dir=tmp_path / "data"))
-    assert len(sensor(context).run_requests) == 1
-    assert isinstance(sensor(context), SkipReason)
+    with with_resources(Settings(landing_dir=tmp_path, data_dir=tmp_path / "data")) as context:
+        assert len(sensor(context).run_requests) == 1
+        assert isinstance(sensor(context), SkipReason)
 
 
 def test_with_kafka_the_sensor_requests_a_batch_while_the_consumer_group_lags(tmp_path: Path, kafka_broker) -> None:
@@ -58,15 +58,15 @@ def test_with_kafka_the_sensor_requests_a_batch_while_the_consumer_group_lags(tm
         data_dir=tmp_path / "data",
         landing_dir=tmp_path,
     )
-    context = with_resources(settings)
-    assert isinstance(sensor(context), SkipReason)
-    kafka_broker.produce(topic, [process_create(None)] * 3, partition=1, one_per_request=True)
-    (decision,) = sensor(context).run_requests
-    assert decision.tags["sysmon/lag"] == "3"
-    # the same ends, the same key: Dagster requests no second run while the first is queued or running
-    assert decision.run_key == f"kafka:{topic}:0:0,1:3" == sensor(context).run_requests[0].run_key
-    SysmonPipeline(settings).run_batch()
-    assert isinstance(sensor(context), SkipReason)
+    with with_resources(settings) as context:
+        assert isinstance(sensor(context), SkipReason)
+        kafka_broker.produce(topic, [process_create(None)] * 3, partition=1, one_per_request=True)
+        (decision,) = sensor(context).run_requests
+        assert decision.tags["sysmon/lag"] == "3"
+        # the same ends, the same key: Dagster requests no second run while the first is queued or running
+        assert decision.run_key == f"kafka:{topic}:0:0,1:3" == sensor(context).run_requests[0].run_key
+        SysmonPipeline(settings).run_batch()
+        assert isinstance(sensor(context), SkipReason)
 
 
 def test_with_kafka_an_unreachable_broker_is_a_skip_that_names_it(tmp_path: Path) -> None:
@@ -77,6 +77,7 @@ def test_with_kafka_an_unreachable_broker_is_a_skip_that_names_it(tmp_path: Path
         landing_dir=tmp_path,
         data_dir=tmp_path / "data",
     )
-    decision = sensor(with_resources(settings))
+    with with_resources(settings) as context:
+        decision = sensor(context)
     assert isinstance(decision, SkipReason)
     assert "127.0.0.1:1" in decision.skip_message
