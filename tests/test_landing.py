@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import itertools
 import json
 import os
@@ -18,6 +19,7 @@ import duckdb
 import pytest
 
 from sysmon_assets import landing
+from sysmon_assets.gzip_stream import inflate
 from sysmon_assets.lake import LakeError
 from sysmon_assets.landing import LandingError, list_landed_files
 from tests.conftest import Lake, lake_rows_in_another_process, network_connect, process_create
@@ -353,17 +355,21 @@ def test_a_symlink_in_the_landing_folder_is_skipped_and_recorded_never_followed(
     secret.chmod(0o600)
     (lake.landing / "winlogbeat.ndjson").symlink_to(secret)
     (lake.landing / "winlogbeat.1").symlink_to(tmp_path / "nowhere")  # dangling
+    os.mkfifo(lake.landing / "fifo.json")
+    (lake.landing / "folder.ndjson").mkdir()
     lake.land([network_connect("{A}", "10.0.0.1")], name="real.ndjson")
-    lake.batch()
+    reported = lake.batch()["winlogbeat_stream"][0].notes["source_events"]
     lake.batch()
     assert lake.rows("SELECT event_data.DestinationIp FROM winlogbeat_stream") == [("10.0.0.1",)]
     assert lake.count("winlogbeat_rejects") == 0
-    events = lake.rows("SELECT path, event, detail FROM ingest.file_events ORDER BY path")
-    assert [(Path(path).name, event) for path, event, _ in events] == [
-        ("winlogbeat.1", "skipped"),
-        ("winlogbeat.ndjson", "skipped"),
+    events = lake.rows("SELECT path, event, split_part(detail, ':', 1) FROM ingest.file_events ORDER BY path")
+    assert [(Path(path).name, event, what) for path, event, what in events] == [
+        ("fifo.json", "skipped", "a FIFO"),
+        ("folder.ndjson", "skipped", "a folder"),
+        ("winlogbeat.1", "skipped", f"a symbolic link to {tmp_path / 'nowhere'}"),
+        ("winlogbeat.ndjson", "skipped", f"a symbolic link to {secret}"),
     ]  # once each, however many batches
-    assert f"a symbolic link to {secret}: not read" in events[1][2]
+    assert sorted(Path(event["path"]).name for event in reported) == [Path(path).name for path, *_ in events]
     assert "winlogbeat.ndjson is a symbolic link" in caplog.text
     assert lake.rows("SELECT path FROM ingest.files") == [(str(lake.landing / "real.ndjson"),)]
 
@@ -384,6 +390,14 @@ def _reads_mode_000_files() -> bool:
 IGNORES_FILE_MODES = pytest.mark.skipif(
     _reads_mode_000_files(), reason="running as root, which reads mode-000 folders and files: run as a non-root user"
 )
+
+
+def test_a_symlink_swapped_in_after_the_listing_is_an_error_not_followed(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("the secret\n")
+    link = tmp_path / "winlogbeat.ndjson"
+    link.symlink_to(tmp_path / "secret")
+    with pytest.raises(LandingError, match=re.escape(f"cannot read landed file {link}")):
+        landing.fingerprint(link, 100)
 
 
 @IGNORES_FILE_MODES
@@ -448,6 +462,12 @@ def test_a_file_rewritten_in_place_with_the_same_first_kilobyte_is_read_anew(lak
         (2, "10.0.0.7"),
         (3, "10.0.0.8"),
     ]
+
+
+def test_gzip_members_and_zero_padding_between_them_are_read_as_pythons_gzip_reads_them() -> None:
+    text = b"".join(b"line %d\n" % i for i in range(50_000))
+    stream = gzip.compress(text, mtime=0) + b"\0" * 100 + gzip.compress(text, mtime=0)
+    assert b"".join(inflate(io.BytesIO(stream))) == gzip.decompress(stream) == text * 2
 
 
 def test_a_gzip_caught_mid_copy_is_read_on_when_the_copy_completes(lake: Lake) -> None:
