@@ -1,5 +1,6 @@
 -- Not a recipe step: the dead-letter side table of WINLOGBEAT_STREAM (KSQL would log and skip these).
--- Every non-blank landed line (every Kafka message) that is not a JSON object, with where it came from and why.
+-- Every non-blank landed line (every Kafka message) that is not a JSON object, with where it came from and why;
+-- and every part of a landed file that could not be read (read_error: a damaged gzip stream or EVTX file).
 {{ config(materialized='stream', part_of='winlogbeat_stream') }}
 {% set kafka = var('source', 'files') == 'kafka' %}
 WITH unparsed AS (
@@ -22,6 +23,7 @@ SELECT
     source_line,
     source_offset,
     CASE
+        WHEN read_error IS NOT NULL THEN read_error
         WHEN octet_length(line) > {{ var('max_line_bytes') }}
             THEN 'line of ' || octet_length(line) || ' bytes is longer than max_line_bytes={{ var('max_line_bytes') }}'
         WHEN text IS NULL THEN 'not valid UTF-8'
@@ -39,4 +41,4 @@ SELECT
     left(coalesce(text, CAST(line AS VARCHAR)), 2048) AS raw_text,
     TIMESTAMP '{{ batch_time }}' AS ingested_at
 FROM decoded
-WHERE text IS NULL OR trim(text, E' \t\r') <> ''{% if kafka %} OR kafka_topic IS NOT NULL{% endif %}
+WHERE text IS NULL OR trim(text, E' \t\r') <> '' OR read_error IS NOT NULL{% if kafka %} OR kafka_topic IS NOT NULL{% endif %}

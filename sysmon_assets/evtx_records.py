@@ -6,44 +6,77 @@ records, not bytes, so a file that grows is read on from the first record not ye
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import evtx
 
-from sysmon_assets.landed_lines import LandingError
+from sysmon_assets.landed_lines import LandingError, no_follow
 
 RECORDS_PER_CHUNK = 20_000
+# The layout every EVTX file has: a 4 KiB file header, then chunks of 64 KiB.
+HEADER_BYTES = 4096
+CHUNK_BYTES = 64 * 1024
 
 
-def record_lines(path: Path, skip: int, chunk_records: int = RECORDS_PER_CHUNK) -> Iterator[list[bytes]]:
-    """Lists of at most ``chunk_records`` JSON lines, one per record of ``path`` after the first ``skip``.
+class EvtxDamage(LandingError):
+    """The parser cannot read on in an EVTX file; ``reason`` says why (the message also names the file)."""
 
-    A record the parser cannot read becomes a line that is not JSON, naming the parser's error, so it
-    lands in winlogbeat_rejects instead of being lost.
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"cannot read EVTX file {path}: {reason}")
+        self.reason = reason
+
+
+def record_lines(path: Path, skip: int, chunk_records: int = RECORDS_PER_CHUNK) -> Iterator[list[bytes | str]]:
+    """Lists of at most ``chunk_records`` items, one per record of ``path`` after the first ``skip``: the
+    record as a JSON line, or (a ``str``) why the parser could not read it (a damaged chunk is one such item).
+
+    Raises :class:`EvtxDamage` when the file header cannot be read, or after the last record when the file
+    ends inside a chunk (the parser skips such a chunk without a word); an unreadable file is a
+    :class:`LandingError`.
     """
     try:
-        records = evtx.PyEvtxParser(str(path)).records_json()
-    except (OSError, RuntimeError) as error:
+        handle = open(path, "rb", opener=no_follow)  # noqa: SIM115 -- closed below, after the records
+    except OSError as error:
         raise LandingError(f"cannot read EVTX file {path}: {error}") from error
-    lines: list[bytes] = []
+    with handle:
+        yield from _records(handle, path, skip, chunk_records)
+        size = os.fstat(handle.fileno()).st_size
+    cut = (size - HEADER_BYTES) % CHUNK_BYTES
+    if size > HEADER_BYTES and cut:
+        raise EvtxDamage(
+            path, f"EVTX file ends inside a chunk: its last {cut} bytes (from byte {size - cut}) are not read"
+        )
+
+
+def _records(handle: object, path: Path, skip: int, chunk_records: int) -> Iterator[list[bytes | str]]:
+    try:
+        records = evtx.PyEvtxParser(handle).records_json()
+    except (OSError, RuntimeError) as error:
+        raise EvtxDamage(path, f"EVTX file header unreadable: {error}") from error
+    lines: list[bytes | str] = []
     index = 0
     while True:
         try:
-            record = next(records)
+            record: dict | str = next(records)
         except StopIteration:
             break
         except RuntimeError as error:
-            record = {"data": f"EVTX record unreadable: {error}"}
+            record = f"EVTX record unreadable: {error}"
         index += 1
         if index <= skip:
             continue
-        data = record["data"]
-        if data.startswith('{"Event":'):
-            data = '{"evtx":' + data[len('{"Event":') :]
-        lines.append(data.encode("utf-8"))
+        lines.append(record if isinstance(record, str) else _json_line(record["data"]))
         if len(lines) >= chunk_records:
             yield lines
             lines = []
     if lines:
         yield lines
+
+
+def _json_line(data: str) -> bytes:
+    # DuckDB struct fields are case-insensitive and ECS already uses `event`: the record's key is renamed
+    if data.startswith('{"Event":'):
+        data = '{"evtx":' + data[len('{"Event":') :]
+    return data.encode("utf-8")

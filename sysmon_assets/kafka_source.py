@@ -244,6 +244,7 @@ class KafkaReader:
             int_array(offsets),
             bytes_array(values),
             int_array(np.fromiter(map(len, values), dtype=np.int64, count=len(values))),
+            pa.nulls(len(batch), pa.large_string()),  # read_error: a message is always read whole
             strings_array([self.topic] * len(batch)),
             int_array(partitions, pa.int32()),
             int_array(offsets),

@@ -1,12 +1,17 @@
 """Read what landed in the landing folder since the last committed batch.
 
 Files are tracked by device and inode (as Filebeat's registry does), so a file renamed by
-rotation is not read again; a file that grows is read from where the last batch stopped;
-an incomplete last line (no newline yet) waits for the next batch. A fingerprint of each
-file's first bytes detects a file replaced in place, and a file that shrank was truncated:
-both are recorded in ``ingest.file_events`` and read anew, never mixed with the old offset.
-Positions are written by :meth:`LandingReader.commit_offsets`, inside the same lake
-transaction as the rows, so a crash never loses or repeats a line.
+rotation is not read again; a file that grows is read from where the last batch stopped.
+An incomplete last line (no newline yet) waits for the next batch; if the file has not changed
+size by then, it is finished and the line is delivered. A fingerprint of each file's first bytes
+and of the bytes before its stored position detects a file replaced in place (or a reused inode),
+and a file that shrank was truncated: both are recorded in ``ingest.file_events`` and read anew,
+never mixed with the old offset. Positions are written by :meth:`LandingReader.commit_offsets`,
+inside the same lake transaction as the rows, so a crash never loses or repeats a line.
+
+Only regular files are read: a symbolic link (or a FIFO, a folder) with a landed name is recorded
+as ``skipped`` and never followed. What cannot be read of a damaged ``.gz`` or ``.evtx`` file is
+a row of ``winlogbeat_rejects`` (see :class:`~sysmon_assets.landed_lines.Unreadable`).
 
 ``*.evtx`` files are read record by record (``evtx_records.py``): each record lands as one
 JSON line, and its position counts records, not bytes.
@@ -14,23 +19,34 @@ JSON line, and its position counts records, not bytes.
 
 from __future__ import annotations
 
-import gzip
+import fnmatch
 import hashlib
 import logging
+import os
+import stat
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO, NamedTuple, TypeVar
 
 import duckdb
 import numpy as np
 import pyarrow as pa
 
-from sysmon_assets.arrow_columns import bytes_array
-from sysmon_assets.evtx_records import record_lines
-from sysmon_assets.landed_lines import SOURCE_NAME, LandingError, lines_table
+from sysmon_assets.arrow_columns import bytes_array, strings_array
+from sysmon_assets.evtx_records import EvtxDamage, record_lines
+from sysmon_assets.gzip_stream import GzipDamage, inflate
+from sysmon_assets.landed_lines import (
+    SOURCE_NAME,
+    LandingError,
+    Unreadable,
+    empty_chunk,
+    lines_table,
+    no_follow,
+    unreadable_table,
+)
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -47,10 +63,34 @@ STATE_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS ingest;
 CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
     file_key VARCHAR, path VARCHAR, position BIGINT, line_number BIGINT,
-    head_bytes BIGINT, head_sha256 VARCHAR, updated_at TIMESTAMP);
+    head_bytes BIGINT, head_sha256 VARCHAR, updated_at TIMESTAMP,
+    file_size BIGINT, tail_sha256 VARCHAR, read_error VARCHAR);
 CREATE TABLE IF NOT EXISTS {EVENTS_TABLE} (
     detected_at TIMESTAMP, path VARCHAR, file_key VARCHAR, event VARCHAR, detail VARCHAR);
 """
+# Columns added to ingest.files after its first release: a lake made before gets them by ALTER TABLE
+# (NULL in the old rows, which then mean "not known": no finished-file or tail check until the next write).
+_ADDED_STATE_COLUMNS = {"file_size": "BIGINT", "tail_sha256": "VARCHAR", "read_error": "VARCHAR"}
+_FILE_TYPES = {
+    stat.S_IFLNK: "a symbolic link",
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+}
+
+Block = tuple[bytes, np.ndarray]
+
+
+class Stored(NamedTuple):
+    """A file's row of ``ingest.files``."""
+
+    position: int
+    line: int
+    head_bytes: int
+    head_sha256: str
+    file_size: int | None
+    tail_sha256: str | None
+    read_error: str | None
 
 
 @dataclass
@@ -66,90 +106,195 @@ class FileProgress:
     notes_recorded: bool = False
     head_bytes: int = 0
     head_sha256: str = ""
-    recorded: tuple[int, int, int, str] | None = None  # the position this batch last wrote to ingest.files
+    # unchanged in size since the last batch: a last line without newline is delivered
+    finished: bool = False
+    read_error: str | None = None  # why reading stopped short of the end, as last recorded
+    stored_read_error: str | None = None  # the same, as the previous batch left it
+    recorded: tuple | None = None  # the state last written to ingest.files
 
     @property
-    def state(self) -> tuple[int, int, int, str]:
-        """What ``ingest.files`` keeps of this file: position, line, and the head it was fingerprinted by."""
-        return (self.position, self.line, self.head_bytes, self.head_sha256)
+    def state(self) -> tuple:
+        """What ``ingest.files`` keeps of this file (but the tail fingerprint, which follows the position)."""
+        return (self.position, self.line, self.head_bytes, self.head_sha256, self.size, self.read_error)
 
     def advance(self, positions: int, lines: int) -> None:
         """Move past ``lines`` lines taking ``positions`` (bytes, or EVTX records)."""
         self.position += positions
         self.line += lines
+        self.read_error = None
 
     @property
     def kind(self) -> str:
         """``evtx``, ``gzip`` or ``text``: how the file is read and what its position counts."""
         return {".evtx": "evtx", ".gz": "gzip"}.get(self.path.suffix, "text")
 
+    @property
+    def tail_end(self) -> int | None:
+        """Where the bytes fingerprinted as the tail end: the position (a gzip file: its size on disk, as
+        positions count uncompressed bytes); EVTX files are rewritten as records are added: no tail."""
+        return {"evtx": None, "gzip": self.size}.get(self.kind, self.position)
 
-def list_landed_files(landing_dir: Path) -> list[Path]:
-    """Landed files, oldest first (rotated files before the one being written); a missing folder is an
-    error that names it."""
+
+@dataclass(frozen=True)
+class Skipped:
+    """An entry of the landing folder with a landed name that is not a regular file, and is not read."""
+
+    path: Path
+    key: str
+    detail: str
+
+
+def _landed_name(name: str) -> bool:
+    # as glob did: hidden names are not landed files
+    return not name.startswith(".") and any(fnmatch.fnmatchcase(name, pattern) for pattern in PATTERNS)
+
+
+def scan_landing(landing_dir: Path) -> tuple[list[Path], list[Skipped]]:
+    """Landed regular files, oldest first (rotated files before the one being written), and the entries
+    with landed names that are not regular files; a missing or unreadable folder is an error naming it."""
     if not landing_dir.is_dir():
         raise LandingError(f"landing folder {landing_dir} does not exist or is not a folder (set SYSMON_LANDING_DIR)")
-    files = {path for pattern in PATTERNS for path in landing_dir.glob(pattern) if path.is_file()}
-    return sorted(files, key=lambda path: (path.stat().st_mtime_ns, path.name))
+    try:
+        with os.scandir(landing_dir) as entries:
+            named = [entry for entry in entries if _landed_name(entry.name)]
+    except OSError as error:
+        raise LandingError(f"cannot list the landing folder {landing_dir}: {error}") from error
+    files: list[tuple[int, str, Path]] = []
+    skipped: list[Skipped] = []
+    for entry in named:
+        path = Path(entry.path)
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # gone since the listing (rotated away: it is read under its new name)
+        except OSError as error:
+            raise LandingError(f"cannot stat landed file {path}: {error}") from error
+        if stat.S_ISREG(info.st_mode):
+            files.append((info.st_mtime_ns, entry.name, path))
+        else:
+            skipped.append(Skipped(path, f"{info.st_dev}:{info.st_ino}", _skip_detail(path, info.st_mode)))
+    return [path for *_, path in sorted(files)], skipped
+
+
+def _skip_detail(path: Path, mode: int) -> str:
+    what = _FILE_TYPES.get(stat.S_IFMT(mode), "not a regular file")
+    if stat.S_ISLNK(mode):
+        with suppress(OSError):  # the link's target is only a hint for the operator
+            what += f" to {os.readlink(path)}"
+    return f"{what}: not read (only regular files in the landing folder are read; links are not followed)"
+
+
+def list_landed_files(landing_dir: Path) -> list[Path]:
+    """Landed regular files, oldest first; see :func:`scan_landing`."""
+    return scan_landing(landing_dir)[0]
 
 
 def file_key(path: Path) -> str:
-    """A name-independent identity for a file: ``device:inode``."""
-    stat = path.stat()
-    return f"{stat.st_dev}:{stat.st_ino}"
+    """A name-independent identity for a file: ``device:inode`` (of the entry itself, never a link's target)."""
+    info = path.lstat()
+    return f"{info.st_dev}:{info.st_ino}"
 
 
 def landing_snapshot(landing_dir: Path) -> dict[str, int]:
     """``{file_key: size}`` of every landed file: cheap to compare between sensor ticks."""
-    return {file_key(path): path.stat().st_size for path in list_landed_files(landing_dir)}
+    return {file_key(path): path.lstat().st_size for path in list_landed_files(landing_dir)}
 
 
-def fingerprint(path: Path, length: int) -> str:
-    """SHA-256 of the first ``length`` bytes of the file as stored on disk."""
+def fingerprint(path: Path, length: int, start: int = 0) -> str:
+    """SHA-256 of ``length`` bytes of the file from ``start``, as stored on disk."""
     try:
-        with path.open("rb") as handle:
+        with open(path, "rb", opener=no_follow) as handle:
+            handle.seek(start)
             return hashlib.sha256(handle.read(length)).hexdigest()
     except OSError as error:
         raise LandingError(f"cannot read landed file {path}: {error}") from error
 
 
+def tail_fingerprint(path: Path, end: int) -> str:
+    """SHA-256 of the (up to) :data:`FINGERPRINT_BYTES` bytes before ``end``."""
+    start = max(0, end - FINGERPRINT_BYTES)
+    return fingerprint(path, end - start, start)
+
+
 @contextmanager
-def _open(progress: FileProgress) -> Iterator[BinaryIO]:
+def _open(path: Path) -> Iterator[BinaryIO]:
     try:
-        opener = gzip.open if progress.kind == "gzip" else open
-        with opener(progress.path, "rb") as handle:
-            handle.seek(progress.position)
+        with open(path, "rb", opener=no_follow) as handle:
             yield handle
     except OSError as error:
-        raise LandingError(f"cannot read landed file {progress.path}: {error}") from error
+        raise LandingError(f"cannot read landed file {path}: {error}") from error
 
 
-def _read_blocks(progress: FileProgress, chunk_bytes: int) -> Iterator[tuple[bytes, np.ndarray]]:
-    """Blocks of complete lines (newlines kept) from the file's current position, each with the
-    positions of its newlines; a partial last line is held back."""
-    with _open(progress) as handle:
+def _text_pieces(handle: BinaryIO, start: int, size: int, chunk_bytes: int) -> Iterator[bytes]:
+    """The bytes of a plain file from ``start`` up to the ``size`` it had when the batch was planned."""
+    handle.seek(start)
+    remaining = size - start
+    while remaining > 0 and (piece := handle.read(min(chunk_bytes, remaining))):
+        remaining -= len(piece)
+        yield piece
+
+
+def _gzip_pieces(handle: BinaryIO, skip: int, chunk_bytes: int) -> Iterator[bytes]:
+    """The decompressed bytes after the first ``skip``, in pieces of about ``chunk_bytes``; on damage, the
+    bytes decompressed before it come first, then :class:`GzipDamage`."""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        for piece in inflate(handle):
+            if skip:
+                cut = min(skip, len(piece))
+                piece, skip = piece[cut:], skip - cut
+            parts.append(piece)
+            size += len(piece)
+            if size >= chunk_bytes:
+                yield b"".join(parts)
+                parts, size = [], 0
+    except GzipDamage:
+        if parts:
+            yield b"".join(parts)
+        raise
+    if parts:
+        yield b"".join(parts)
+
+
+def _unterminated(line: bytes) -> Block:
+    """A last line without newline, as a block: its "newline" lies just past its end."""
+    return line, np.array([len(line)], dtype=np.int64)
+
+
+def _read_blocks(progress: FileProgress, chunk_bytes: int) -> Iterator[Block | Unreadable]:
+    """Blocks of complete lines (newlines kept) from the file's current position, each with the positions
+    of its newlines. A partial last line is held back, unless the file is finished (a gzip stream always
+    is); a damaged gzip stream ends with what could be read, then an :class:`Unreadable`."""
+    start = progress.position
+    with _open(progress.path) as handle:
+        if progress.kind == "gzip":
+            pieces = _gzip_pieces(handle, start, chunk_bytes)
+        else:
+            pieces = _text_pieces(handle, start, progress.size, chunk_bytes)
         pending = b""
-        remaining = None if progress.kind == "gzip" else progress.size - progress.position
-        while remaining is None or remaining > 0:
-            want = chunk_bytes if remaining is None else min(chunk_bytes, remaining)
-            try:
-                block = handle.read(want)
-            except (EOFError, gzip.BadGzipFile):
-                LOG.info("%s: compressed stream ends early; its tail waits for the next batch", progress.path)
-                break
-            if not block:
-                break
-            if remaining is not None:
-                remaining -= len(block)
+        done = start  # where pending starts
+        try:
+            for piece in pieces:
+                block = pending + piece if pending else piece
+                newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == NEWLINE)
+                if len(newlines) == 0:
+                    pending = block
+                    continue
+                end = int(newlines[-1]) + 1
+                pending = block[end:]
+                done += end
+                yield (block if end == len(block) else block[:end]), newlines
+        except GzipDamage as damage:
             if pending:
-                block = pending + block
-            newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == NEWLINE)
-            if len(newlines) == 0:
-                pending = block
-                continue
-            end = int(newlines[-1]) + 1
-            pending = block[end:]
-            yield (block if end == len(block) else block[:end]), newlines
+                yield _unterminated(pending)
+                done += len(pending)
+            if done > start or damage.reason != progress.stored_read_error:
+                LOG.warning("%s: %s; read up to uncompressed byte %d", progress.path, damage.reason, done)
+                yield Unreadable(done, damage.reason)
+            return
+    if pending and (progress.finished or progress.kind == "gzip"):
+        yield _unterminated(pending)
 
 
 def _read_ahead(items: Iterator[T]) -> Iterator[T]:
@@ -168,25 +313,50 @@ def _read_ahead(items: Iterator[T]) -> Iterator[T]:
 def _text_frame(block: bytes, newlines: np.ndarray, progress: FileProgress, first_seq: int) -> pa.Table:
     """One row per line: sequence number, file, line number, byte offset, raw bytes and their length.
 
-    The lines stay in the block as read (no copy per line): each value is a line with its newline,
-    and ``line_bytes`` is its length without it.
+    The lines stay in the block as read (no copy per line): each value is a line with its newline
+    (a finished file's last line may have none), and ``line_bytes`` is its length without it.
     """
     starts = np.zeros(len(newlines) + 1, dtype=np.int64)
-    starts[1:] = newlines + 1
+    starts[1:] = np.minimum(newlines + 1, len(block))
     lines = pa.Array.from_buffers(pa.large_binary(), len(newlines), [None, pa.py_buffer(starts), pa.py_buffer(block)])
     offsets = progress.position + starts[:-1]
-    frame = lines_table(lines, np.diff(starts) - 1, str(progress.path), first_seq, progress.line + 1, offsets)
+    frame = lines_table(lines, newlines - starts[:-1], str(progress.path), first_seq, progress.line + 1, offsets)
     progress.advance(len(block), len(newlines))
     return frame
 
 
-def _evtx_frame(lines: list[bytes], progress: FileProgress, first_seq: int) -> pa.Table:
-    """One row per EVTX record; the offset column holds the record's index in the file."""
-    indexes = np.arange(progress.position + 1, progress.position + 1 + len(lines), dtype=np.int64)
+def _evtx_frame(items: list[bytes | str], progress: FileProgress, first_seq: int) -> pa.Table:
+    """One row per EVTX record (a record the parser could not read: a reject with its reason); the offset
+    column holds the record's index in the file."""
+    indexes = np.arange(progress.position + 1, progress.position + 1 + len(items), dtype=np.int64)
+    lines = [b"" if isinstance(item, str) else item for item in items]
+    errors = [item if isinstance(item, str) else None for item in items]
     lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
-    frame = lines_table(bytes_array(lines), lengths, str(progress.path), first_seq, progress.line + 1, indexes)
-    progress.advance(len(lines), len(lines))
+    first_line, source = progress.line + 1, str(progress.path)
+    frame = lines_table(bytes_array(lines), lengths, source, first_seq, first_line, indexes, strings_array(errors))
+    progress.advance(len(items), len(items))
     return frame
+
+
+def _unreadable_frame(unreadable: Unreadable, progress: FileProgress, first_seq: int) -> pa.Table:
+    """The reject row for the part of a file that could not be read; the file's position stays where reading
+    stopped, and the reason is kept so that the same damage is not recorded again by the next batch."""
+    progress.read_error = unreadable.reason
+    return unreadable_table(unreadable.reason, str(progress.path), first_seq, progress.line + 1, unreadable.offset)
+
+
+def _evtx_items(progress: FileProgress) -> Iterator[list[bytes | str] | Unreadable]:
+    """An EVTX file's records after its position, in lists, and an :class:`Unreadable` where the parser cannot
+    go on (unless the previous batch recorded the same, with nothing read since)."""
+    start, read = progress.position, 0
+    try:
+        for items in record_lines(progress.path, start):
+            read += len(items)
+            yield items
+    except EvtxDamage as damage:
+        if read or damage.reason != progress.stored_read_error:
+            LOG.warning("%s: %s", progress.path, damage.reason)
+            yield Unreadable(start + read + 1, damage.reason)
 
 
 class LandingReader:
@@ -207,72 +377,131 @@ class LandingReader:
         self.offset_reset = offset_reset
         self.chunk_bytes = chunk_bytes
         self.files: list[FileProgress] = []
+        self.skipped: list[Skipped] = []  # not yet recorded in ingest.file_events
+        self.recorded_skips: list[Skipped] = []  # recorded by this batch
 
     def plan(self, first_batch_ever: bool) -> list[FileProgress]:
         """Decide, per landed file, where this batch starts reading.
 
         On the very first batch, ``offset_reset='latest'`` starts every file at its end.
         """
-        self.con.execute(STATE_DDL)
+        self._ensure_state_tables()
         known = {
-            row[0]: row[1:]
+            row[0]: Stored(*row[1:])
             for row in self.con.execute(
-                f"SELECT file_key, position, line_number, head_bytes, head_sha256 FROM {STATE_TABLE}"
+                f"SELECT file_key, position, line_number, head_bytes, head_sha256, file_size, tail_sha256, read_error "
+                f"FROM {STATE_TABLE}"
             ).fetchall()
         }
-        self.files = []
-        for path in list_landed_files(self.landing_dir):
-            try:
-                key, size = file_key(path), path.stat().st_size
-            except OSError as error:
-                raise LandingError(f"cannot stat landed file {path}: {error}") from error
-            if not self.owns(key):
-                continue
-            progress = FileProgress(key, path, 0, 0, size)
-            if key in known:
-                self._resume(progress, *known[key])
-            if first_batch_ever and self.offset_reset == "latest":
-                self._skip_to_end(progress)
-            # An EVTX header changes whenever records are appended: such files are known by inode alone.
-            progress.head_bytes = 0 if progress.kind == "evtx" else min(size, FINGERPRINT_BYTES)
-            progress.head_sha256 = fingerprint(path, progress.head_bytes)
-            self.files.append(progress)
+        files, skipped = scan_landing(self.landing_dir)
+        owned = [entry for entry in skipped if self.owns(entry.key)]
+        self.skipped, self.recorded_skips = self._not_yet_recorded(owned), []
+        self.files = [self._plan_file(path, known, first_batch_ever) for path in files if self._owned(path)]
         return self.files
 
+    def _owned(self, path: Path) -> bool:
+        try:
+            return self.owns(file_key(path))
+        except OSError as error:
+            raise LandingError(f"cannot stat landed file {path}: {error}") from error
+
+    def _ensure_state_tables(self) -> None:
+        self.con.execute(STATE_DDL)
+        schema, table = STATE_TABLE.split(".")
+        present = {
+            name
+            for (name,) in self.con.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE schema_name = ? AND table_name = ? "
+                "AND database_name = current_database()",
+                [schema, table],
+            ).fetchall()
+        }
+        for name, kind in _ADDED_STATE_COLUMNS.items():
+            if name not in present:
+                self.con.execute(f"ALTER TABLE {STATE_TABLE} ADD COLUMN {name} {kind}")
+
+    def _not_yet_recorded(self, skipped: list[Skipped]) -> list[Skipped]:
+        """The skipped entries no earlier batch recorded, each logged once."""
+        if not skipped:
+            return []
+        recorded = set(
+            self.con.execute(f"SELECT file_key, path FROM {EVENTS_TABLE} WHERE event = 'skipped'").fetchall()
+        )
+        new = [entry for entry in skipped if (entry.key, str(entry.path)) not in recorded]
+        for entry in new:
+            LOG.warning("%s is %s", entry.path, entry.detail)
+        return new
+
+    def _plan_file(self, path: Path, known: dict[str, Stored], first_batch_ever: bool) -> FileProgress:
+        try:
+            key, size = file_key(path), path.lstat().st_size
+        except OSError as error:
+            raise LandingError(f"cannot stat landed file {path}: {error}") from error
+        progress = FileProgress(key, path, 0, 0, size)
+        if key in known:
+            self._resume(progress, known[key])
+        if first_batch_ever and self.offset_reset == "latest":
+            self._skip_to_end(progress)
+        # An EVTX header changes whenever records are appended: such files are known by inode alone.
+        progress.head_bytes = 0 if progress.kind == "evtx" else min(size, FINGERPRINT_BYTES)
+        progress.head_sha256 = fingerprint(path, progress.head_bytes)
+        return progress
+
     @staticmethod
-    def _resume(progress: FileProgress, position: int, line: int, head_bytes: int, head_sha256: str) -> None:
-        if progress.size < head_bytes or (progress.kind == "text" and progress.size < position):
-            event = ("truncated", f"shrank from {max(position, head_bytes)} to {progress.size} bytes")
-        elif head_bytes and fingerprint(progress.path, head_bytes) != head_sha256:
-            event = ("replaced", f"its first {head_bytes} bytes changed")
-        else:
-            progress.position, progress.line = position, line
+    def _resume(progress: FileProgress, stored: Stored) -> None:
+        event = _identity_change(progress, stored)
+        if event:
+            LOG.warning("%s was %s (%s): reading it anew from the start", progress.path, event[0], event[1])
+            progress.notes.append(event)
             return
-        LOG.warning("%s was %s (%s): reading it anew from the start", progress.path, event[0], event[1])
-        progress.notes.append(event)
+        progress.position, progress.line = stored.position, stored.line
+        progress.read_error = progress.stored_read_error = stored.read_error
+        progress.finished = stored.file_size == progress.size
+        progress.recorded = (*stored[:5], stored.read_error)
+        if progress.kind == "text":
+            _step_over_newline_of_delivered_line(progress)
 
     def _skip_to_end(self, progress: FileProgress) -> None:
         if progress.kind == "evtx":
-            for lines in record_lines(progress.path, progress.position):
-                progress.advance(len(lines), len(lines))
+            try:
+                for items in record_lines(progress.path, progress.position):
+                    progress.advance(len(items), len(items))
+            except EvtxDamage:
+                pass  # what lies before the start is not read: neither is its damage
             return
-        for block, newlines in _read_blocks(progress, self.chunk_bytes):
-            progress.advance(len(block), len(newlines))
+        for item in _read_blocks(progress, self.chunk_bytes):
+            if not isinstance(item, Unreadable):
+                progress.advance(len(item[0]), len(item[1]))
 
     def chunks(self, first_seq: int) -> Iterator[dict[str, pa.Table]]:
-        """Source chunks for the ingest models: ``{'landed_lines': frame}``, bounded in size."""
+        """Source chunks for the ingest models: ``{'landed_lines': frame}``, bounded in size; a last empty
+        chunk when no line was read but something must be recorded (a file's size, a file event)."""
         seq = first_seq
         for progress in self.files:
-            frames: Iterator[pa.Table]
+            items: Iterator[Block | Unreadable | list[bytes | str]]
             if progress.kind == "evtx":
-                records = record_lines(progress.path, progress.position)
-                frames = (_evtx_frame(lines, progress, seq) for lines in records)
+                items = _evtx_items(progress)
             else:
-                blocks = _read_ahead(_read_blocks(progress, self.chunk_bytes))
-                frames = (_text_frame(block, newlines, progress, seq) for block, newlines in blocks)
-            for frame in frames:
+                items = _read_ahead(_read_blocks(progress, self.chunk_bytes))
+            for item in items:
+                frame = self._frame(item, progress, seq)
                 seq += frame.num_rows
                 yield {SOURCE_NAME: frame}
+        if self._unrecorded():
+            yield empty_chunk()
+
+    @staticmethod
+    def _frame(item: Block | Unreadable | list[bytes | str], progress: FileProgress, seq: int) -> pa.Table:
+        if isinstance(item, Unreadable):
+            return _unreadable_frame(item, progress, seq)
+        if isinstance(item, list):
+            return _evtx_frame(item, progress, seq)
+        return _text_frame(*item, progress, seq)
+
+    def _unrecorded(self) -> bool:
+        """Whether a state or an event is not in the lake yet."""
+        files = any(p.recorded != p.state or (p.notes and not p.notes_recorded) for p in self.files)
+        return files or bool(self.skipped)
 
     def commit_offsets(self, con: duckdb.DuckDBPyConnection) -> None:
         """Record how far each file was read, and (once) what was noticed; call inside the transaction
@@ -280,25 +509,60 @@ class LandingReader:
         for progress in self.files:
             # A chunk moves one file on: the others' rows would be rewritten unchanged on every chunk's commit.
             if progress.recorded != progress.state:
+                end = progress.tail_end
+                tail = None if end is None else tail_fingerprint(progress.path, end)
                 con.execute(f"DELETE FROM {STATE_TABLE} WHERE file_key = ?", [progress.key])
                 con.execute(
-                    f"INSERT INTO {STATE_TABLE} VALUES (?, ?, ?, ?, ?, ?, now())",
-                    [progress.key, str(progress.path), *progress.state],
+                    f"INSERT INTO {STATE_TABLE} VALUES (?, ?, ?, ?, ?, ?, now(), ?, ?, ?)",
+                    [progress.key, str(progress.path), *progress.state[:4], progress.size, tail, progress.read_error],
                 )
             if not progress.notes_recorded:
                 for event, detail in progress.notes:
-                    con.execute(
-                        f"INSERT INTO {EVENTS_TABLE} VALUES (now(), ?, ?, ?, ?)",
-                        [str(progress.path), progress.key, event, detail],
-                    )
+                    self._record_event(con, progress.path, progress.key, event, detail)
+        for entry in self.skipped:
+            self._record_event(con, entry.path, entry.key, "skipped", entry.detail)
 
     def offsets_committed(self) -> None:
         """The transaction :meth:`commit_offsets` wrote into has committed: later chunks need not repeat it."""
         for progress in self.files:
             progress.notes_recorded = True
             progress.recorded = progress.state
+        self.recorded_skips += self.skipped
+        self.skipped = []
+
+    @staticmethod
+    def _record_event(con: duckdb.DuckDBPyConnection, path: Path, key: str, event: str, detail: str) -> None:
+        con.execute(f"INSERT INTO {EVENTS_TABLE} VALUES (now(), ?, ?, ?, ?)", [str(path), key, event, detail])
 
     @property
     def file_events(self) -> list[dict[str, str]]:
-        """What this batch noticed about files (truncated, replaced), for run metadata."""
-        return [{"path": str(p.path), "event": e, "detail": d} for p in self.files for e, d in p.notes]
+        """What this batch noticed about files (truncated, replaced, skipped), for run metadata."""
+        events = [{"path": str(p.path), "event": e, "detail": d} for p in self.files for e, d in p.notes]
+        skips = self.recorded_skips + self.skipped
+        return events + [{"path": str(s.path), "event": "skipped", "detail": s.detail} for s in skips]
+
+
+def _identity_change(progress: FileProgress, stored: Stored) -> tuple[str, str] | None:
+    """``(event, detail)`` when the file under this key is no longer the one the stored position belongs to."""
+    size = progress.size
+    ends = {"text": stored.position, "gzip": stored.file_size or 0}.get(progress.kind, 0)
+    if size < stored.head_bytes or size < ends:
+        return ("truncated", f"shrank from {max(ends, stored.head_bytes)} to {size} bytes")
+    if stored.head_bytes and fingerprint(progress.path, stored.head_bytes) != stored.head_sha256:
+        return ("replaced", f"its first {stored.head_bytes} bytes changed")
+    if progress.kind != "evtx" and stored.tail_sha256 and tail_fingerprint(progress.path, ends) != stored.tail_sha256:
+        before = min(ends, FINGERPRINT_BYTES)
+        return ("replaced", f"the {before} bytes before byte {ends} changed (an inode reused, or rewritten in place)")
+    return None
+
+
+def _step_over_newline_of_delivered_line(progress: FileProgress) -> None:
+    """A finished file's last line was delivered without its newline: if the writer has since ended it, the
+    newline belongs to that line, and the next line starts after it (not a blank line of its own)."""
+    if progress.position == 0 or progress.position >= progress.size:
+        return
+    with _open(progress.path) as handle:
+        handle.seek(progress.position - 1)
+        around = handle.read(2)
+    if len(around) == 2 and around[0] != NEWLINE and around[1] == NEWLINE:
+        progress.position += 1

@@ -1,14 +1,16 @@
-"""EVTX files read record by record: skipping what was read, chunking, and files that cannot be read."""
+"""EVTX files read record by record: skipping what was read, chunking, and damaged files as rejects."""
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pytest
 
-from sysmon_assets.evtx_records import record_lines
+from sysmon_assets.evtx_records import EvtxDamage, record_lines
 from sysmon_assets.landed_lines import LandingError
+from tests.conftest import Lake, network_connect
 from tests.recipe import shared_path
 
 SAMPLE = ("data", "real", "evtx-attack-samples", "DE_sysmon-3-rdp-tun.evtx")
@@ -34,3 +36,52 @@ def test_a_file_that_is_not_evtx_is_an_error_naming_it(tmp_path: Path) -> None:
     path.write_bytes(b"not an evtx file at all" * 100)
     with pytest.raises(LandingError, match=f"cannot read EVTX file {path}"):
         next(record_lines(path, skip=0))
+
+
+def test_a_file_that_ends_inside_a_chunk_is_damage_after_its_records(tmp_path: Path) -> None:
+    path = tmp_path / "cut.evtx"
+    path.write_bytes(shared_path(*SAMPLE).read_bytes()[: 4096 + 30_000])
+    with pytest.raises(EvtxDamage, match="ends inside a chunk: its last 30000 bytes"):
+        list(record_lines(path, skip=0))
+
+
+def test_damaged_evtx_files_are_rejects_and_do_not_block_later_batches(lake: Lake) -> None:
+    many = shared_path("data", "real", "evtx-attack-samples", "panache_sysmon_vs_EDRTestingScript.evtx").read_bytes()
+    chunk = bytearray(many)
+    chunk[4096 + 65536 : 4096 + 65536 + 8] = b"XXXXXXXX"  # the second of its four chunks (records 39 to 80)
+    (lake.landing / "empty.evtx").write_bytes(b"")
+    (lake.landing / "random.evtx").write_bytes(random.Random(14).randbytes(70_000))
+    (lake.landing / "chunk.evtx").write_bytes(bytes(chunk))
+    (lake.landing / "cut.evtx").write_bytes(shared_path(*SAMPLE).read_bytes()[: 4096 + 30_000])
+    lake.batch()
+    lake.land([network_connect("{A}")], name="later.ndjson")
+    lake.batch()
+    lake.batch()
+    per_file = "SELECT _source_file, count(*) FROM winlogbeat_stream GROUP BY ALL ORDER BY 1"
+    assert [(Path(name).name, rows) for name, rows in lake.rows(per_file)] == [
+        ("chunk.evtx", 122 - 42),
+        ("later.ndjson", 1),
+    ]
+    rejects = lake.rows("SELECT source_file, source_offset, error FROM winlogbeat_rejects ORDER BY source_file")
+    assert [(Path(name).name, offset) for name, offset, _ in rejects] == [
+        ("chunk.evtx", 39),  # the damaged chunk's place among the items the parser gives
+        ("cut.evtx", 1),
+        ("empty.evtx", 1),
+        ("random.evtx", 1),
+    ]  # once each, however many batches
+    errors = [error for *_, error in rejects]
+    assert errors[0].startswith("EVTX record unreadable: Failed to parse chunk number 1")
+    assert errors[1] == "EVTX file ends inside a chunk: its last 30000 bytes (from byte 4096) are not read"
+    assert errors[2].startswith("EVTX file header unreadable:") and errors[3].startswith("EVTX file header unreadable:")
+
+
+def test_an_empty_evtx_file_is_read_once_it_is_filled(lake: Lake) -> None:
+    path = lake.landing / "copying.evtx"
+    path.write_bytes(b"")
+    lake.batch()
+    with path.open("r+b") as handle:  # the copy goes on: same file
+        handle.write(shared_path(*SAMPLE).read_bytes())
+    lake.batch()
+    records = [line for chunk in record_lines(path, skip=0) for line in chunk]
+    assert lake.count("winlogbeat_stream") == len(records)
+    assert lake.count("winlogbeat_rejects") == 1  # the empty file's header, seen by the first batch

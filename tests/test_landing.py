@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import gzip
+import io
+import itertools
 import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,7 @@ import duckdb
 import pytest
 
 from sysmon_assets import landing
+from sysmon_assets.gzip_stream import inflate
 from sysmon_assets.lake import LakeError
 from sysmon_assets.landing import LandingError, list_landed_files
 from tests.conftest import Lake, lake_rows_in_another_process, network_connect, process_create
@@ -279,3 +284,213 @@ def test_a_read_error_after_some_blocks_keeps_what_was_committed(lake: Lake, mon
     lake.batch()
     assert lake.rows("SELECT _source_line FROM winlogbeat_stream ORDER BY _seq") == [(i,) for i in range(1, 6)]
     assert lake.rows("SELECT position FROM ingest.files") == [(path.stat().st_size,)]
+
+
+# --- every landed byte is ingested, rejected with a reason, or stops the batch naming the file
+
+
+def _lines(count: int, net: str = "10.0") -> list[str]:
+    return [json.dumps(network_connect("{A}", f"{net}.{i // 250}.{i % 250}")) for i in range(count)]
+
+
+def _full_flush_gzip(first: bytes, second: bytes) -> tuple[bytes, int]:
+    """A gzip stream whose deflate data starts a new block, on a byte boundary, where ``second`` begins;
+    with that byte's offset."""
+    packer = zlib.compressobj(wbits=31)
+    head = packer.compress(first) + packer.flush(zlib.Z_FULL_FLUSH)
+    return head + packer.compress(second) + packer.flush(), len(head)
+
+
+def _damaged_gzips(text: bytes) -> dict[str, tuple[bytes, int]]:
+    """Damaged gzip files of ``text``, each with how many of its uncompressed bytes can be read."""
+    whole = gzip.compress(text, mtime=0)
+    cut = whole[: len(whole) * 2 // 3]
+    flushed, block = _full_flush_gzip(text[: len(text) // 2], text[len(text) // 2 :])
+    return {
+        "truncated": (cut, len(zlib.decompressobj(wbits=31).decompress(cut))),
+        "bad CRC": (whole[:-8] + bytes([whole[-8] ^ 0xFF]) + whole[-7:], len(text)),
+        "trailing garbage": (whole + b"this is not gzip\n", len(text)),
+        # a deflate block header of type 3 (reserved): zlib.error "invalid block type"
+        "zlib error": (flushed[:block] + bytes([flushed[block] | 0b110]) + flushed[block + 1 :], len(text) // 2),
+    }
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ("truncated", "the file is truncated"),
+        ("bad CRC", "incorrect data check"),
+        ("trailing garbage", "are not a gzip stream"),
+        ("zlib error", "invalid block type"),
+    ],
+)
+def test_a_damaged_gzip_lands_what_decompresses_and_rejects_the_rest_once(lake: Lake, damage: str, reason: str) -> None:
+    lines = _lines(400)
+    text = "".join(line + "\n" for line in lines).encode()
+    starts = [0, *itertools.accumulate(len(line) + 1 for line in lines)]
+    data, readable = _damaged_gzips(text)[damage]
+    (lake.landing / "archive.ndjson.gz").write_bytes(data)
+    lake.batch()
+    lake.land(_lines(3, "10.9"), name="later.ndjson")
+    lake.batch()
+    lake.batch()
+    complete = text[:readable].count(b"\n")
+    stream = lake.rows("SELECT _source_line, _source_offset FROM winlogbeat_stream WHERE _source_file LIKE '%.gz'")
+    assert sorted(stream) == [(i + 1, starts[i]) for i in range(complete)]
+    rejects = lake.rows("SELECT source_offset, error, raw_bytes FROM winlogbeat_rejects ORDER BY source_offset")
+    if readable > starts[complete]:  # the bytes of a line the damage cut short: a reject of their own
+        assert rejects.pop(0) == (starts[complete], "malformed JSON", readable - starts[complete])
+    ((offset, error, raw_bytes),) = rejects
+    assert (offset, raw_bytes) == (readable, 0)
+    assert error.startswith("gzip") and reason in error, error
+    assert lake.count("winlogbeat_stream") == complete + 3  # the later file is read
+
+
+def test_a_symlink_in_the_landing_folder_is_skipped_and_recorded_never_followed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lake = Lake(tmp_path / "lake")
+    secret = tmp_path / "secret"
+    secret.write_text("root:x:0:0:the secret:/root:/bin/bash\n" + json.dumps(network_connect("{S}", "10.6.6.6")) + "\n")
+    secret.chmod(0o600)
+    (lake.landing / "winlogbeat.ndjson").symlink_to(secret)
+    (lake.landing / "winlogbeat.1").symlink_to(tmp_path / "nowhere")  # dangling
+    os.mkfifo(lake.landing / "fifo.json")
+    (lake.landing / "folder.ndjson").mkdir()
+    lake.land([network_connect("{A}", "10.0.0.1")], name="real.ndjson")
+    reported = lake.batch()["winlogbeat_stream"][0].notes["source_events"]
+    lake.batch()
+    assert lake.rows("SELECT event_data.DestinationIp FROM winlogbeat_stream") == [("10.0.0.1",)]
+    assert lake.count("winlogbeat_rejects") == 0
+    events = lake.rows("SELECT path, event, split_part(detail, ':', 1) FROM ingest.file_events ORDER BY path")
+    assert [(Path(path).name, event, what) for path, event, what in events] == [
+        ("fifo.json", "skipped", "a FIFO"),
+        ("folder.ndjson", "skipped", "a folder"),
+        ("winlogbeat.1", "skipped", f"a symbolic link to {tmp_path / 'nowhere'}"),
+        ("winlogbeat.ndjson", "skipped", f"a symbolic link to {secret}"),
+    ]  # once each, however many batches
+    assert sorted(Path(event["path"]).name for event in reported) == [Path(path).name for path, *_ in events]
+    assert "winlogbeat.ndjson is a symbolic link" in caplog.text
+    assert lake.rows("SELECT path FROM ingest.files") == [(str(lake.landing / "real.ndjson"),)]
+
+
+def _reads_mode_000_files() -> bool:
+    """Whether this process reads a file whose mode forbids it (root, with its capability to override modes)."""
+    with tempfile.TemporaryDirectory() as folder:
+        probe = Path(folder) / "probe"
+        probe.write_text("x")
+        probe.chmod(0)
+        try:
+            probe.read_text()
+        except PermissionError:
+            return False
+        return True
+
+
+IGNORES_FILE_MODES = pytest.mark.skipif(
+    _reads_mode_000_files(), reason="running as root, which reads mode-000 folders and files: run as a non-root user"
+)
+
+
+def test_a_symlink_swapped_in_after_the_listing_is_an_error_not_followed(tmp_path: Path) -> None:
+    (tmp_path / "secret").write_text("the secret\n")
+    link = tmp_path / "winlogbeat.ndjson"
+    link.symlink_to(tmp_path / "secret")
+    with pytest.raises(LandingError, match=re.escape(f"cannot read landed file {link}")):
+        landing.fingerprint(link, 100)
+
+
+@IGNORES_FILE_MODES
+def test_an_unreadable_landing_folder_stops_the_batch_naming_it(lake: Lake) -> None:
+    lake.land([network_connect("{A}")])
+    lake.landing.chmod(0)
+    try:
+        with pytest.raises(LandingError, match=re.escape(f"cannot list the landing folder {lake.landing}")):
+            lake.batch()
+    finally:
+        lake.landing.chmod(0o755)
+
+
+@IGNORES_FILE_MODES
+def test_an_unreadable_landed_file_stops_the_batch_naming_it(lake: Lake) -> None:
+    lake.land([network_connect("{A}")], name="a.ndjson")
+    path = lake.land([network_connect("{A}")], name="b.ndjson")
+    path.chmod(0)
+    with pytest.raises(LandingError, match=re.escape(f"cannot read landed file {path}")):
+        lake.batch()
+    path.chmod(0o644)
+    lake.batch()
+    assert lake.count("winlogbeat_stream") == 2
+
+
+def test_a_finished_file_without_a_final_newline_delivers_its_last_line_once(lake: Lake) -> None:
+    lines = _lines(400)
+    path = lake.landing / "export.ndjson"
+    path.write_text("\n".join(lines))  # a copied export: no newline after the last line
+    lake.batch()
+    assert lake.count("winlogbeat_stream") == 399  # the last line may still be being written
+    lake.batch()
+    lake.batch()
+    assert lake.count("winlogbeat_stream") == 400  # unchanged in size for a batch: finished
+    later = _lines(2, "10.9")
+    with path.open("a") as handle:  # the writer ends the line after all, and goes on
+        handle.write("\n" + "\n".join(later) + "\n")
+    lake.batch()
+    starts = list(itertools.accumulate(len(line) + 1 for line in [*lines, *later]))
+    assert lake.rows("SELECT _source_line, _source_offset FROM winlogbeat_stream ORDER BY _seq")[-3:] == [
+        (400, starts[398]),
+        (401, starts[399]),
+        (402, starts[400]),
+    ]
+    assert lake.rows("SELECT count(*), count(DISTINCT event_data.DestinationIp) FROM winlogbeat_stream") == [(402, 402)]
+    assert lake.count("winlogbeat_rejects") == 0
+
+
+def test_a_file_rewritten_in_place_with_the_same_first_kilobyte_is_read_anew(lake: Lake) -> None:
+    head = json.dumps(process_create("{A}", "cmd.exe /c " + "x" * 1100))  # longer than the fingerprinted head
+    path = lake.land([head, network_connect("{A}", "10.0.0.1")])
+    lake.batch()
+    inode = path.stat().st_ino
+    with path.open("r+") as handle:  # same inode, same first kilobyte, other lines after it
+        handle.truncate(0)
+        handle.write("\n".join([head, *(json.dumps(network_connect("{A}", f"10.0.0.{i}")) for i in (7, 8))]) + "\n")
+    assert path.stat().st_ino == inode
+    lake.batch()
+    assert lake.rows("SELECT event, path FROM ingest.file_events") == [("replaced", str(path))]
+    assert lake.rows("SELECT _source_line, event_data.DestinationIp FROM winlogbeat_stream WHERE _batch_id = 2") == [
+        (1, None),
+        (2, "10.0.0.7"),
+        (3, "10.0.0.8"),
+    ]
+
+
+def test_gzip_members_and_zero_padding_between_them_are_read_as_pythons_gzip_reads_them() -> None:
+    text = b"".join(b"line %d\n" % i for i in range(50_000))
+    stream = gzip.compress(text, mtime=0) + b"\0" * 100 + gzip.compress(text, mtime=0)
+    assert b"".join(inflate(io.BytesIO(stream))) == gzip.decompress(stream) == text * 2
+
+
+def test_a_gzip_caught_mid_copy_is_read_on_when_the_copy_completes(lake: Lake) -> None:
+    lines = _lines(400)
+    text = "".join(line + "\n" for line in lines).encode()
+    data = gzip.compress(text, mtime=0)
+    path = lake.landing / "copied.ndjson.gz"
+    path.write_bytes(data[: len(data) // 2])
+    lake.batch()
+    with path.open("ab") as handle:
+        handle.write(data[len(data) // 2 :])
+    lake.batch()
+    lake.batch()
+    rejects = lake.rows(
+        "SELECT source_offset, error, raw_bytes FROM winlogbeat_rejects ORDER BY source_offset, raw_bytes"
+    )
+    # the line the copy cut: its two parts are rejects, with the truncation between them; every other line lands
+    assert [error.split(",")[0] for _, error, _ in rejects] == [
+        "malformed JSON",
+        "gzip stream ends early",
+        "malformed JSON",
+    ]
+    (start, _, first), (cut, _, _), (rest, _, second) = rejects
+    assert start + first == cut == rest
+    assert text[start : start + first + second + 1] == lines[text.count(b"\n", 0, start)].encode() + b"\n"
+    assert lake.count("winlogbeat_stream") == 399
