@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 export SYSMON_LANDING_DIR ?= data/landing
 export SYSMON_DATA_DIR ?= data
 
+# Dagster's console logger at WARNING: the batch's step-by-step DEBUG lines are in the UI (`make ui`) instead.
+QUIET := {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
 .PHONY: run test lint ui sample screenshot clean
 
 $(BIN)/.installed: pyproject.toml
@@ -18,7 +21,8 @@ $(BIN)/.installed: pyproject.toml
 run: $(BIN)/.installed
 	mkdir -p $(SYSMON_LANDING_DIR) .dagster && cp dagster.yaml .dagster/dagster.yaml
 	cp -p sample_data/*.ndjson $(SYSMON_LANDING_DIR)/
-	DAGSTER_HOME=$(CURDIR)/.dagster $(BIN)/dagster asset materialize -m sysmon_assets.definitions --select '*'
+	DAGSTER_HOME=$(CURDIR)/.dagster PYTHONWARNINGS=ignore $(BIN)/dagster asset materialize \
+		-m sysmon_assets.definitions --select '*' --config-json '$(QUIET)'
 	$(BIN)/python -m sysmon_assets.query sql/queries/sysmon_join_sample.sql
 
 ## test: lint and the whole test suite
