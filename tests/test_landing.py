@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import itertools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,8 @@ from sysmon_assets.lake import LakeError
 from sysmon_assets.landing import LandingError, list_landed_files
 from tests.conftest import Lake, lake_rows_in_another_process, network_connect, process_create
 from tests.recipe import shared_path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_a_growing_file_is_read_from_where_the_last_batch_stopped(lake: Lake) -> None:
@@ -387,9 +392,39 @@ def _reads_mode_000_files() -> bool:
         return True
 
 
-IGNORES_FILE_MODES = pytest.mark.skipif(
-    _reads_mode_000_files(), reason="running as root, which reads mode-000 folders and files: run as a non-root user"
-)
+def without_mode_override(test: Callable[..., None]) -> Callable[..., None]:
+    """Run ``test`` where file modes hold. As root (which reads mode-000 files), the test runs again in a
+    child pytest whose bounding set lacks the capabilities that override file modes (``setpriv``)."""
+
+    @functools.wraps(test)
+    def run(*args: object, **kwargs: object) -> None:
+        if not _reads_mode_000_files():
+            test(*args, **kwargs)
+            return
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("running as root without setpriv to drop the capability to read mode-000 files")
+        node = f"{Path(__file__).relative_to(ROOT)}::{test.__name__}"
+        done = subprocess.run(
+            [
+                setpriv,
+                "--bounding-set=-dac_override,-dac_read_search",
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                node,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0 and " passed" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+
+    return run
 
 
 def test_a_symlink_swapped_in_after_the_listing_is_an_error_not_followed(tmp_path: Path) -> None:
@@ -400,7 +435,7 @@ def test_a_symlink_swapped_in_after_the_listing_is_an_error_not_followed(tmp_pat
         landing.fingerprint(link, 100)
 
 
-@IGNORES_FILE_MODES
+@without_mode_override
 def test_an_unreadable_landing_folder_stops_the_batch_naming_it(lake: Lake) -> None:
     lake.land([network_connect("{A}")])
     lake.landing.chmod(0)
@@ -411,7 +446,7 @@ def test_an_unreadable_landing_folder_stops_the_batch_naming_it(lake: Lake) -> N
         lake.landing.chmod(0o755)
 
 
-@IGNORES_FILE_MODES
+@without_mode_override
 def test_an_unreadable_landed_file_stops_the_batch_naming_it(lake: Lake) -> None:
     lake.land([network_connect("{A}")], name="a.ndjson")
     path = lake.land([network_connect("{A}")], name="b.ndjson")
