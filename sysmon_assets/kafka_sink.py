@@ -194,7 +194,7 @@ class JoinSink:
                 producer.produce(
                     self.topic,
                     value=value.encode(),
-                    key=key.encode() if key else None,
+                    key=None if key is None else key.encode(),  # '' is a key, as in KSQL
                     headers=headers,
                     on_delivery=callback,
                 )
