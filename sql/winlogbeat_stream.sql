@@ -25,6 +25,10 @@ CASE WHEN regexp_full_match({{ text }}, '[+-]?[0-9]+') THEN TRY_CAST({{ text }} 
 {% macro keys_of(node) -%}
 {%- for key, value in node.items() -%}{{ key }},{{ keys_of(value) if value is mapping }}{%- endfor -%}
 {%- endmacro %}
+{#- A regex for `word` in any letter case, with ASCII classes: (?i) would fold Unicode too, a larger, slower DFA. -#}
+{% macro any_case(word) -%}
+{%- for c in word %}{{ '[' ~ c.upper() ~ c.lower() ~ ']' if c.upper() != c.lower() else c }}{% endfor -%}
+{%- endmacro %}
 {#- A regex for the spellings of one word (spellings: the ways the layouts write it, all equal ignoring case)
     that differ from every one of them in letter case: at the first letter that differs, anything may follow. -#}
 {% macro other_cases(spellings) -%}
@@ -34,7 +38,7 @@ CASE WHEN regexp_full_match({{ text }}, '[+-]?[0-9]+') THEN TRY_CAST({{ text }} 
 {%- set rests = [] -%}
 {%- for spelling in spellings if spelling[0] == letter %}{% set _ = rests.append(spelling[1:]) %}{% endfor -%}
 {%- if not rests -%}
-{%- set _ = alternatives.append(letter ~ ('(?i:' ~ spellings[0][1:] ~ ')' if spellings[0][1:])) -%}
+{%- set _ = alternatives.append(letter ~ any_case(spellings[0][1:])) -%}
 {%- elif rests[0] -%}
 {%- set inner = other_cases(rests) -%}
 {%- set _ = alternatives.append(letter ~ inner) if inner -%}
