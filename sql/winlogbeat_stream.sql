@@ -2,7 +2,8 @@
 -- WITH (KAFKA_TOPIC='winlogbeat', VALUE_FORMAT='JSON'): the landing folder plays the topic.
 -- One row per landed JSON object line, typed as the CREATE STREAM declares, whichever layout carried it:
 -- Winlogbeat 6.x (the recipe's), 7.x/8.x (winlog.*), 7.x/8.x with the Sysmon module (Elastic ECS), or an
--- EVTX record (landed as {"evtx": <the record's Event object>}). A field that does not coerce becomes NULL
+-- EVTX record (landed as {"evtx": <the record's Event object>}). Field names match whatever their letter case,
+-- as KSQL's JSON deserializer matches them. A field that does not coerce becomes NULL
 -- and is listed in _coercion_errors; the row is kept. Lines that are not JSON objects (or longer than
 -- max_line_bytes) go to winlogbeat_rejects. Columns starting with _ are metadata; _kafka holds the message's
 -- topic, partition, offset, timestamp, key and headers when the source is Kafka (var('source') = 'kafka').
@@ -12,58 +13,124 @@
 {% macro ksql_integer(text) -%}
 CASE WHEN regexp_full_match({{ text }}, '[+-]?[0-9]+') THEN TRY_CAST({{ text }} AS INTEGER) END
 {%- endmacro %}
+{#- A layout as from_json's type text, keys in the order written (the tojson filter would sort them). -#}
+{% macro json_type(node) -%}
+{%- if node is mapping -%}
+{{ '{' }}{% for key, value in node.items() %}"{{ key }}": {{ json_type(value) }}{{ ', ' if not loop.last }}{% endfor %}{{ '}' }}
+{%- else -%}
+"{{ node }}"
+{%- endif -%}
+{%- endmacro %}
+{#- Every key of a layout, at any depth, each followed by a comma. -#}
+{% macro keys_of(node) -%}
+{%- for key, value in node.items() -%}{{ key }},{{ keys_of(value) if value is mapping }}{%- endfor -%}
+{%- endmacro %}
+{#- A regex for `word` in any letter case, with ASCII classes: (?i) would fold Unicode too, a larger, slower DFA. -#}
+{% macro any_case(word) -%}
+{%- for c in word %}{{ '[' ~ c.upper() ~ c.lower() ~ ']' if c.upper() != c.lower() else c }}{% endfor -%}
+{%- endmacro %}
+{#- A regex for the spellings of one word (spellings: the ways the layouts write it, all equal ignoring case)
+    that differ from every one of them in letter case: at the first letter that differs, anything may follow. -#}
+{% macro other_cases(spellings) -%}
+{%- set alternatives = [] -%}
+{%- if spellings[0] -%}
+{%- for letter in [spellings[0][0].upper(), spellings[0][0].lower()]|unique(case_sensitive=true) -%}
+{%- set rests = [] -%}
+{%- for spelling in spellings if spelling[0] == letter %}{% set _ = rests.append(spelling[1:]) %}{% endfor -%}
+{%- if not rests -%}
+{%- set _ = alternatives.append(letter ~ any_case(spellings[0][1:])) -%}
+{%- elif rests[0] -%}
+{%- set inner = other_cases(rests) -%}
+{%- set _ = alternatives.append(letter ~ inner) if inner -%}
+{%- endif -%}
+{%- endfor -%}
+{%- endif -%}
+{{ '(?:' ~ alternatives|join('|') ~ ')' if alternatives }}
+{%- endmacro %}
+{#- The JSON text with every object key upper-cased (keys holding an escape sequence are left alone: upper-casing
+    \n or \u00e9 would break them); values are copied as they are. It walks the string tokens in order, so a
+    quote inside a value never starts a key. -#}
+{% set json_string_token %}'"(?:[^"\\]|\\.)*"\s*:?'{% endset %}
+{% macro upper_keys(text) -%}
+regexp_split_to_array({{ text }}, {{ json_string_token }})[1] || array_to_string(list_transform(
+    list_zip(regexp_extract_all({{ text }}, {{ json_string_token }}), regexp_split_to_array({{ text }}, {{ json_string_token }})[2:]),
+    t -> CASE WHEN ends_with(t[1], ':') AND NOT contains(t[1], '\') THEN upper(t[1]) ELSE t[1] END || t[2]), '')
+{%- endmacro %}
+{#- Parse with a layout's exact field names; a line that spells a field in another letter case is parsed with
+    its keys and the layout's names upper-cased, so "processguid", "PROCESSGUID" and "ProcessGuid" all match
+    (KSQL 5.1.1 compares upper-cased names). Two keys of one object that differ only in case: the first in the
+    line wins there (from_json keeps the first of equal keys). If the upper-cased text should not parse, the
+    exact parse stands. -#}
+{% macro parse(text, layout, other_case) -%}
+CASE WHEN {{ other_case }}
+     THEN coalesce(try(from_json({{ upper_keys(text) }}, '{{ json_type(layout)|upper }}')), try(from_json({{ text }}, '{{ json_type(layout) }}')))
+     ELSE try(from_json({{ text }}, '{{ json_type(layout) }}')) END
+{%- endmacro %}
 {% set kafka_type %}STRUCT(topic VARCHAR, "partition" INTEGER, "offset" BIGINT, "timestamp" TIMESTAMP, "key" BLOB, headers JSON){% endset %}
 -- The Sysmon EventData fields the recipe declares; three layouts carry them under different parents.
-{% set event_data_fields -%}
-{"UtcTime": "VARCHAR", "ProcessGuid": "VARCHAR", "ProcessId": "VARCHAR", "Image": "VARCHAR",
- "FileVersion": "VARCHAR", "Description": "VARCHAR", "Product": "VARCHAR", "Company": "VARCHAR",
- "CommandLine": "VARCHAR", "CurrentDirectory": "VARCHAR", "User": "VARCHAR", "LogonGuid": "VARCHAR",
- "LogonId": "VARCHAR", "TerminalSessionId": "VARCHAR", "IntegrityLevel": "VARCHAR", "Hashes": "VARCHAR",
- "ParentProcessGuid": "VARCHAR", "ParentProcessId": "VARCHAR", "ParentImage": "VARCHAR", "ParentCommandLine": "VARCHAR",
- "Protocol": "VARCHAR", "Initiated": "VARCHAR", "SourceIsIpv6": "VARCHAR", "SourceIp": "VARCHAR",
- "SourceHostname": "VARCHAR", "SourcePort": "VARCHAR", "SourcePortName": "VARCHAR", "DestinationIsIpv6": "VARCHAR",
- "DestinationIp": "VARCHAR", "DestinationHostname": "VARCHAR", "DestinationPort": "VARCHAR", "DestinationPortName": "VARCHAR"}
-{%- endset %}
+{% set event_data_fields = {
+    "UtcTime": "VARCHAR", "ProcessGuid": "VARCHAR", "ProcessId": "VARCHAR", "Image": "VARCHAR",
+    "FileVersion": "VARCHAR", "Description": "VARCHAR", "Product": "VARCHAR", "Company": "VARCHAR",
+    "CommandLine": "VARCHAR", "CurrentDirectory": "VARCHAR", "User": "VARCHAR", "LogonGuid": "VARCHAR",
+    "LogonId": "VARCHAR", "TerminalSessionId": "VARCHAR", "IntegrityLevel": "VARCHAR", "Hashes": "VARCHAR",
+    "ParentProcessGuid": "VARCHAR", "ParentProcessId": "VARCHAR", "ParentImage": "VARCHAR", "ParentCommandLine": "VARCHAR",
+    "Protocol": "VARCHAR", "Initiated": "VARCHAR", "SourceIsIpv6": "VARCHAR", "SourceIp": "VARCHAR",
+    "SourceHostname": "VARCHAR", "SourcePort": "VARCHAR", "SourcePortName": "VARCHAR", "DestinationIsIpv6": "VARCHAR",
+    "DestinationIp": "VARCHAR", "DestinationHostname": "VARCHAR", "DestinationPort": "VARCHAR", "DestinationPortName": "VARCHAR"} %}
+-- The recipe's own layout (Winlogbeat 6.x): exactly the fields CREATE STREAM WINLOGBEAT_STREAM declares.
+{% set winlogbeat6 = {
+    "source_name": "VARCHAR", "type": "VARCHAR", "task": "VARCHAR", "log_name": "VARCHAR",
+    "computer_name": "VARCHAR", "event_id": "VARCHAR", "record_number": "VARCHAR",
+    "event_data": event_data_fields} %}
+-- Winlogbeat 7.x/8.x (winlog.*), its Sysmon module's ECS fields, and EVTX records.
+{% set other_layouts = {
+    "@timestamp": "VARCHAR",
+    "winlog": {"provider_name": "VARCHAR", "channel": "VARCHAR", "computer_name": "VARCHAR",
+        "event_id": "VARCHAR", "task": "VARCHAR", "api": "VARCHAR", "record_id": "VARCHAR",
+        "event_data": event_data_fields},
+    "event": {"module": "VARCHAR", "code": "VARCHAR"},
+    "process": {"entity_id": "VARCHAR", "pid": "VARCHAR", "executable": "VARCHAR",
+        "command_line": "VARCHAR", "working_directory": "VARCHAR",
+        "pe": {"file_version": "VARCHAR", "description": "VARCHAR", "product": "VARCHAR",
+            "company": "VARCHAR", "imphash": "VARCHAR"},
+        "hash": {"sha1": "VARCHAR", "md5": "VARCHAR", "sha256": "VARCHAR"},
+        "parent": {"entity_id": "VARCHAR", "pid": "VARCHAR", "executable": "VARCHAR",
+            "command_line": "VARCHAR"}},
+    "user": {"domain": "VARCHAR", "name": "VARCHAR"},
+    "network": {"transport": "VARCHAR", "direction": "VARCHAR", "type": "VARCHAR", "protocol": "VARCHAR"},
+    "source": {"ip": "VARCHAR", "port": "VARCHAR", "domain": "VARCHAR"},
+    "destination": {"ip": "VARCHAR", "port": "VARCHAR", "domain": "VARCHAR"},
+    "evtx": {"System": {"EventID": "VARCHAR", "Task": "VARCHAR", "EventRecordID": "VARCHAR", "Channel": "VARCHAR",
+            "Computer": "VARCHAR",
+            "Provider": {"#attributes": {"Name": "VARCHAR"}}},
+        "EventData": event_data_fields}} %}
+{#- Spellings that must not send a line to the slower parse although they equal a field name ignoring case:
+    every name as the layouts write it, and ProcessID, which every EVTX record carries in System.Execution. -#}
+{% set spellings = (keys_of(winlogbeat6) ~ keys_of(other_layouts) ~ 'ProcessID,').split(',')|select|unique(case_sensitive=true)|list %}
+{% set words = [] %}
+{%- for word in spellings|map('lower')|unique %}
+{%- set same_word = [] %}{% for spelling in spellings if spelling|lower == word %}{% set _ = same_word.append(spelling) %}{% endfor %}
+{%- set _ = words.append(other_cases(same_word)) %}
+{%- endfor %}
 WITH landed AS (
     -- a landed file's line keeps its newline here: JSON allows the trailing whitespace, and no copy is made
     -- text is NULL if not UTF-8; a byte order mark (an exported file's first line) is not part of the event
     SELECT l.* REPLACE (CAST(l.source_file AS VARCHAR) AS source_file), ltrim(try(decode(CAST(l.line AS BLOB))), chr(65279)) AS text
     FROM {{ source('landed_lines') }} AS l
     WHERE l.line_bytes <= {{ var('max_line_bytes') }}
+), cased AS (
+    -- Does a key spell a field name in another letter case? One regex scan, so exact-case lines parse once.
+    SELECT landed.*, regexp_matches(text, '"(?:{{ words|join('|') }})"\s*:') AS other_case
+    FROM landed
 ), parsed AS MATERIALIZED (
     -- The recipe's own layout (Winlogbeat 6.x) first: most lines are parsed once, against exactly the
     -- fields CREATE STREAM WINLOGBEAT_STREAM declares; only lines it does not describe are parsed again.
     -- MATERIALIZED keeps it once: inlined, DuckDB pushes `j6 IS NOT NULL` down and runs from_json twice.
-    SELECT landed.* EXCLUDE (line), try(from_json(text, '
-        {"source_name": "VARCHAR", "type": "VARCHAR", "task": "VARCHAR", "log_name": "VARCHAR",
-         "computer_name": "VARCHAR", "event_id": "VARCHAR", "record_number": "VARCHAR",
-         "event_data": {{ event_data_fields }}}
-    ')) AS j6
-    FROM landed
+    SELECT cased.* EXCLUDE (line), {{ parse('text', winlogbeat6, 'other_case') }} AS j6
+    FROM cased
     WHERE starts_with(ltrim(text, E' \t\r'), '{')
 ), reparsed AS (
-    SELECT parsed.*, CASE WHEN j6.source_name IS NULL AND j6.computer_name IS NULL THEN try(from_json(text, '
-        {"@timestamp": "VARCHAR",
-            "winlog": {"provider_name": "VARCHAR", "channel": "VARCHAR", "computer_name": "VARCHAR",
-                "event_id": "VARCHAR", "task": "VARCHAR", "api": "VARCHAR", "record_id": "VARCHAR",
-                "event_data": {{ event_data_fields }}},
-            "event": {"module": "VARCHAR", "code": "VARCHAR"},
-            "process": {"entity_id": "VARCHAR", "pid": "VARCHAR", "executable": "VARCHAR",
-                "command_line": "VARCHAR", "working_directory": "VARCHAR",
-                "pe": {"file_version": "VARCHAR", "description": "VARCHAR", "product": "VARCHAR",
-                    "company": "VARCHAR", "imphash": "VARCHAR"},
-                "hash": {"sha1": "VARCHAR", "md5": "VARCHAR", "sha256": "VARCHAR"},
-                "parent": {"entity_id": "VARCHAR", "pid": "VARCHAR", "executable": "VARCHAR",
-                    "command_line": "VARCHAR"}},
-            "user": {"domain": "VARCHAR", "name": "VARCHAR"},
-            "network": {"transport": "VARCHAR", "direction": "VARCHAR", "type": "VARCHAR", "protocol": "VARCHAR"},
-            "source": {"ip": "VARCHAR", "port": "VARCHAR", "domain": "VARCHAR"},
-            "destination": {"ip": "VARCHAR", "port": "VARCHAR", "domain": "VARCHAR"},
-            "evtx": {"System": {"EventID": "VARCHAR", "Task": "VARCHAR", "EventRecordID": "VARCHAR", "Channel": "VARCHAR",
-                    "Computer": "VARCHAR",
-                    "Provider": {"#attributes": {"Name": "VARCHAR"}}},
-                "EventData": {{ event_data_fields }}}}
-    ')) END AS j
+    SELECT parsed.*, CASE WHEN j6.source_name IS NULL AND j6.computer_name IS NULL THEN {{ parse('text', other_layouts, 'other_case') }} END AS j
     FROM parsed
     WHERE j6 IS NOT NULL
 ), layouts AS (

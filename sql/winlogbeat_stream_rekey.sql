@@ -2,10 +2,16 @@
 -- AS event_date_creation, event_data->... FROM WINLOGBEAT_STREAM WHERE source_name='Microsoft-Windows-Sysmon' PARTITION BY process_guid.
 -- Flattens event_data and parses UtcTime ('yyyy-MM-dd HH:mm:ss.SSS', UTC) into a TIMESTAMP; NULL if it does not parse.
 -- GUIDs (process_guid, the key, and the parent and logon GUIDs) are stored in one canonical form, '{UPPER}',
--- because hosts and layouts render them differently (case, braces).
+-- because hosts and layouts render them differently (case, braces); an empty GUID stays '' (KSQL keys on it).
 -- Winlogbeat delivers at least once: a redelivered event (same computer, channel, record number) is kept once:
 -- the first delivery within a batch (later_deliveries), and none already in the table (dedupe_key, an index lookup).
 {{ config(materialized='stream', dedupe_key='_computer_name, log_name, _record_number') }}
+{#- One canonical form per GUID: trimmed of braces and spaces, upper case, in braces. A GUID that is empty once
+    trimmed ('', '{}') stays '': KSQL keys on '' as on any other value (PARTITION BY, the table's KEY), so a
+    process create with ProcessGuid '' is a table row and a connection with '' joins it. NULL stays NULL. -#}
+{% macro canonical_guid(text) -%}
+CASE WHEN trim({{ text }}, '{} ') = '' THEN '' ELSE '{' || upper(trim({{ text }}, '{} ')) || '}' END
+{%- endmacro %}
 WITH sysmon AS NOT MATERIALIZED (
     SELECT * FROM {{ ref('winlogbeat_stream') }} WHERE source_name = 'Microsoft-Windows-Sysmon'
 ), later_deliveries AS (
@@ -19,7 +25,7 @@ WITH sysmon AS NOT MATERIALIZED (
 )
 SELECT
     try_strptime(s.event_data.UtcTime, '%Y-%m-%d %H:%M:%S.%g') AS event_date_creation,
-    '{' || nullif(upper(trim(s.event_data.ProcessGuid, '{} ')), '') || '}' AS process_guid,
+    {{ canonical_guid('s.event_data.ProcessGuid') }} AS process_guid,
     s.event_data.ProcessId AS process_id,
     s.event_data.Image AS process_path,
     s.event_data.FileVersion AS file_version,
@@ -28,12 +34,12 @@ SELECT
     s.event_data.CommandLine AS process_command_line,
     s.event_data.CurrentDirectory AS process_current_directory,
     s.event_data.User AS user_account,
-    '{' || nullif(upper(trim(s.event_data.LogonGuid, '{} ')), '') || '}' AS user_logon_guid,
+    {{ canonical_guid('s.event_data.LogonGuid') }} AS user_logon_guid,
     s.event_data.LogonId AS user_logon_id,
     s.event_data.TerminalSessionId AS user_session_id,
     s.event_data.IntegrityLevel AS process_integrity_level,
     s.event_data.Hashes AS hashes,
-    '{' || nullif(upper(trim(s.event_data.ParentProcessGuid, '{} ')), '') || '}' AS parent_process_guid,
+    {{ canonical_guid('s.event_data.ParentProcessGuid') }} AS parent_process_guid,
     s.event_data.ParentProcessId AS parent_process_id,
     s.event_data.ParentImage AS parent_process_path,
     s.event_data.ParentCommandLine AS parent_process_command_line,

@@ -163,7 +163,7 @@ def sink_topic_asset(topic: str) -> AssetsDefinition:
     @asset(
         name="sysmon_join_topic",
         deps=[AssetKey("sysmon_join")],
-        description=f"Kafka topic {topic}: each new sysmon_join row as KSQL's JSON, keyed by PROCESS_GUID, sent once.",
+        description=f"Kafka topic {topic}: each new sysmon_join row once, as KSQL's JSON, keyed by process GUID.",
         group_name=SERVING_GROUP,
         kinds={"kafka"},
         metadata={"topic": topic},

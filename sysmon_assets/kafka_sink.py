@@ -1,7 +1,9 @@
 """Publish new ``sysmon_join`` rows to a Kafka topic (default ``SYSMON_JOIN``), as the recipe's stream is.
 
-Each message is one joined row as JSON with the recipe's upper-case column names (KSQL's own
-JSON output), keyed by PROCESS_GUID, with headers ``sysmon_pipeline`` (an id this lake
+Each message is one joined row as JSON with the names KSQL 5.1.1 gives the recipe's SYSMON_JOIN
+columns: upper case, and the seven network-side columns the process table also has prefixed with the
+stream's alias (``N_PROCESS_GUID``, ...), as the recipe's own sample query reads ``N_USER_ACCOUNT``.
+It is keyed by the process GUID, with headers ``sysmon_pipeline`` (an id this lake
 draws once, so pipelines sharing the topic are told apart), ``sysmon_batch_id`` and ``sysmon_seq``;
 timestamps are epoch milliseconds, as KSQL's STRINGTOTIMESTAMP gives them. The producer is
 idempotent (no duplicates from its own retries).
@@ -28,6 +30,7 @@ import duckdb
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from dbt_like import table_exists
+from dbt_like.schema_tests import sql_literal
 from dbt_like.sql import first_row, scalar
 from sysmon_assets.settings import Settings
 
@@ -44,6 +47,17 @@ CREATE TABLE IF NOT EXISTS {SINK_TABLE} (
 CREATE TABLE IF NOT EXISTS {IDENTITY_TABLE} (pipeline_id VARCHAR);
 """
 READ_BACK_SECONDS = 60
+# The columns SYSMON_JOIN selects from N that SYSMON_PROCESS_CREATE_TABLE P also has: KSQL 5.1.1 names a
+# join's column that both sources carry after its source's alias, and the recipe selects all seven from N.
+KSQL_ALIASED = (
+    "event_date_creation",
+    "process_guid",
+    "process_id",
+    "process_path",
+    "user_account",
+    "source_name",
+    "log_name",
+)
 
 
 class KafkaSinkError(RuntimeError):
@@ -60,15 +74,25 @@ class Published:
     recovered: int = 0
 
 
+def ksql_name(column: str) -> str:
+    """The name KSQL's JSON output gives a ``sysmon_join`` column."""
+    return f"N_{column}".upper() if column in KSQL_ALIASED else column.upper()
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
 def _message_sql(con: duckdb.DuckDBPyConnection) -> str:
-    """SELECT batch id, seq, key and JSON value of each joined row, recipe columns upper-cased."""
+    """SELECT batch id, seq, key and JSON value of each joined row, under KSQL's column names."""
     columns = con.execute(
         "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ? AND schema_name = 'main' "
         "ORDER BY column_index",
         [JOIN_TABLE],
     ).fetchall()
     fields = [
-        f"'{name.upper()}': " + (f"epoch_ms({name})" if kind.startswith("TIMESTAMP") else name)
+        f"{sql_literal(ksql_name(name))}: "
+        + (f"epoch_ms({_ident(name)})" if kind.startswith("TIMESTAMP") else _ident(name))
         for name, kind in columns
         if not name.startswith("_")
     ]
@@ -170,7 +194,7 @@ class JoinSink:
                 producer.produce(
                     self.topic,
                     value=value.encode(),
-                    key=key.encode() if key else None,
+                    key=None if key is None else key.encode(),  # '' is a key, as in KSQL
                     headers=headers,
                     on_delivery=callback,
                 )

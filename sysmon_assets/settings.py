@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+
+import duckdb
 
 OFFSET_RESETS = ("earliest", "latest")
 JOIN_MODES = ("default", "ksql")
@@ -15,6 +19,47 @@ MAX_SHARDS = 1024
 
 class SettingsError(ValueError):
     """A setting has a value the pipeline cannot use; the message names the variable."""
+
+
+# Upper bounds, so that a value no step can use stops the run before it starts, never mid-batch.
+# The grace period becomes a DuckDB INTERVAL: ten years (for it and the freshness limit) is beyond any useful
+# value and far inside what an INTERVAL holds.
+MAX_MINUTES = 10 * 365 * 24 * 60
+# A line is held in memory (and in one DuckDB string) whole; a Sysmon event is a few KiB.
+MAX_LINE_BYTES = 1024**3
+
+
+def _check_whole(variable: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise SettingsError(f"{variable}={value}: expected a whole number from {low} to {high}")
+
+
+def _check_share(variable: str, value: float) -> None:
+    if not (math.isfinite(value) and 0 <= value <= 1):
+        raise SettingsError(f"{variable}={value}: expected a number from 0 to 1")
+
+
+@lru_cache(maxsize=8)
+def _memory_limit_error(text: str) -> str | None:
+    """DuckDB's own complaint about a memory limit, from a throwaway in-memory connection (None: it is usable)."""
+    try:
+        with duckdb.connect(":memory:", config={"memory_limit": text}) as con:
+            # reading the setting back allocates: a limit that overflowed to 0 bytes fails here, not mid-batch
+            con.execute("SELECT current_setting('memory_limit')").fetchall()
+    except duckdb.Error as error:
+        return str(error).splitlines()[0]
+    return None
+
+
+def _check_numeric_ranges(settings: Settings) -> None:
+    _check_whole("SYSMON_JOIN_GRACE_MINUTES", settings.join_grace_minutes, 0, MAX_MINUTES)
+    _check_whole("SYSMON_MAX_LINE_BYTES", settings.max_line_bytes, 1, MAX_LINE_BYTES)
+    _check_share("SYSMON_JOIN_COVERAGE_WARN", settings.join_coverage_warn)
+    _check_whole("SYSMON_FRESHNESS_MINUTES", settings.freshness_minutes, 1, MAX_MINUTES)
+    if settings.memory_limit is not None:
+        error = _memory_limit_error(settings.memory_limit)
+        if error:
+            raise SettingsError(f"SYSMON_DUCKDB_MEMORY_LIMIT={settings.memory_limit!r}: {error} (e.g. 4GB)")
 
 
 @dataclass(frozen=True)
@@ -62,10 +107,7 @@ class Settings:
             raise SettingsError(f"SYSMON_OFFSET_RESET={self.offset_reset!r}: expected one of {OFFSET_RESETS}")
         if self.join_mode not in JOIN_MODES:
             raise SettingsError(f"SYSMON_JOIN_MODE={self.join_mode!r}: expected one of {JOIN_MODES}")
-        if self.join_grace_minutes < 0:
-            raise SettingsError(f"SYSMON_JOIN_GRACE_MINUTES={self.join_grace_minutes}: must be 0 or more")
-        if self.max_line_bytes < 1:
-            raise SettingsError(f"SYSMON_MAX_LINE_BYTES={self.max_line_bytes}: must be 1 or more")
+        _check_numeric_ranges(self)
         if not self.catalog.startswith(CATALOG_KINDS):
             raise SettingsError(f"SYSMON_LAKE_CATALOG={self.catalog!r}: expected sqlite:PATH or postgres:CONNECTION")
         if not 0 < self.snapshot_retention_days < 36500:

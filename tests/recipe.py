@@ -80,3 +80,19 @@ def recipe_event_data_fields() -> list[tuple[str, str]]:
     statement = _statement(text, "WINLOGBEAT_STREAM")
     struct = statement[statement.index("STRUCT<") + 7 : statement.index(">")]
     return [tuple(field.split()[:2]) for field in struct.replace("\n", " ").split(",")]
+
+
+def recipe_sample_output(name: str) -> list[list[str]]:
+    """The rows the recipe prints under its "optionally query a sample" SELECT ... FROM ``name``, each split into
+    its ``|``-separated values; the recipe's terminal cut long rows off, so a row's last value may be a prefix
+    and its later values missing."""
+    text = shared_path("recipe", "sysmon-ksql-recipe.txt").read_text(encoding="utf-8")
+    query = re.search(rf"ksql> SELECT[^;]*?FROM {name.upper()}\b[^;]*;\n", text)
+    assert query, f"no sample query of {name} in the recipe"
+    rows = []
+    for line in text[query.end() :].splitlines():
+        if not line.strip():
+            break
+        rows.append([value.strip() for value in line.split(" | ")])
+        rows[-1][-1] = rows[-1][-1].removesuffix("|").strip()
+    return rows

@@ -78,6 +78,32 @@ def test_null_guid_never_joins(lake: Lake) -> None:
     assert lake.count("sysmon_network_connect") == 1
 
 
+def test_an_empty_guid_is_a_key_as_in_ksql(lake: Lake) -> None:
+    """KSQL keys on '' as on any value: the create with ProcessGuid '' is a table row and a connection with ''
+    (or '{}', the same GUID once braces are trimmed) joins it; its empty parent and logon GUIDs stay ''."""
+    lake.land(
+        [
+            process_create("", "emptyguid.exe", event_data={"ParentProcessGuid": "", "LogonGuid": "{}"}),
+            network_connect("", "10.0.0.1"),
+            network_connect("{}", "10.0.0.2"),
+            network_connect(None, "10.0.0.3"),
+        ]
+    )
+    lake.batch()
+    assert lake.rows(
+        "SELECT process_guid, parent_process_guid, user_logon_guid, process_command_line "
+        "FROM sysmon_process_create_table"
+    ) == [("", "", "", "emptyguid.exe")]
+    assert joined(lake) == [("", "10.0.0.1", "emptyguid.exe"), ("", "10.0.0.2", "emptyguid.exe")]
+
+
+def test_an_empty_guid_joins_in_ksql_mode_too(tmp_path: Path) -> None:
+    lake = Lake(tmp_path, join_mode="ksql")
+    lake.land([network_connect("", "10.0.0.1"), process_create("", "emptyguid.exe"), network_connect("", "10.0.0.2")])
+    lake.batch()
+    assert joined(lake) == [("", "10.0.0.2", "emptyguid.exe")]
+
+
 def test_non_sysmon_event_id_3_never_reaches_the_join(lake: Lake) -> None:
     foreign = sysmon_event(3, "{G}", provider="Microsoft-Windows-Kernel-General", DestinationIp="10.0.0.9")
     lake.land([process_create("{G}", "real.exe"), foreign])

@@ -10,11 +10,12 @@ import pytest
 from confluent_kafka import Producer
 from dagster import AssetKey
 
-from sysmon_assets.kafka_sink import JoinSink, KafkaSinkError
+from sysmon_assets.kafka_sink import KSQL_ALIASED, JoinSink, KafkaSinkError, ksql_name
 from sysmon_assets.pipeline import RECIPE_MODELS, SysmonPipeline
 from sysmon_assets.settings import Settings
 from tests.conftest import T0, Lake, lake_rows, network_connect, process_create
 from tests.kafka_broker import Broker
+from tests.recipe import RECIPE, recipe_columns
 
 
 def sink_lake(root: Path, broker: Broker, **overrides) -> Lake:
@@ -29,6 +30,31 @@ def published(broker: Broker, lake: Lake) -> list[dict]:
         {"key": m.key(), "headers": dict(m.headers()), "value": json.loads(m.value())}
         for m in broker.read_all(lake.settings.kafka_sink_topic)
     ]
+
+
+def ksql_join_names() -> list[str]:
+    """SYSMON_JOIN's columns as KSQL 5.1.1 names them, from the recipe text: a column N and P both have
+    is named after the source it is selected from (the recipe's sample reads N_USER_ACCOUNT)."""
+    shared = set(recipe_columns("sysmon_network_connect")) & set(recipe_columns("sysmon_process_create_table"))
+    names = []
+    for column in recipe_columns("sysmon_join"):
+        side = "N" if column in recipe_columns("sysmon_network_connect") else "P"
+        names.append(f"{side}_{column}".upper() if column in shared else column.upper())
+    return names
+
+
+def test_the_ksql_names_are_the_recipes() -> None:
+    assert ksql_join_names()[:5] == [
+        "N_EVENT_DATE_CREATION",
+        "N_PROCESS_GUID",
+        "N_PROCESS_ID",
+        "N_PROCESS_PATH",
+        "N_USER_ACCOUNT",
+    ]
+    assert [name for name in ksql_join_names() if name.startswith("N_")] == [
+        ksql_name(column) for column in KSQL_ALIASED
+    ]
+    assert "N_USER_ACCOUNT" in RECIPE.read_text(encoding="utf-8")  # the recipe's own sample query reads it
 
 
 def test_each_joined_row_is_published_once_as_ksql_json_keyed_by_process_guid(
@@ -52,12 +78,14 @@ def test_each_joined_row_is_published_once_as_ksql_json_keyed_by_process_guid(
     by_dst = {m["value"]["DST_IP_ADDR"]: m for m in messages if m["key"] == b"{A}"}
     assert set(by_dst) == {"10.0.0.7", "10.0.0.8"}
     first = by_dst["10.0.0.7"]
+    assert list(first["value"]) == ksql_join_names()
     assert first["value"]["PROCESS_COMMAND_LINE"] == "a.exe"
-    assert first["value"]["PROCESS_GUID"] == "{A}"
+    assert first["value"]["N_PROCESS_GUID"] == "{A}"
+    assert first["value"]["N_USER_ACCOUNT"] == r"CORP\alice"
     ((epoch_ms, batch_id),) = lake.rows(
         "SELECT epoch_ms(event_date_creation), _batch_id FROM sysmon_join WHERE dst_ip_addr = '10.0.0.7'"
     )
-    assert first["value"]["EVENT_DATE_CREATION"] == epoch_ms
+    assert first["value"]["N_EVENT_DATE_CREATION"] == epoch_ms
     assert first["headers"]["sysmon_batch_id"] == str(batch_id).encode()
     assert lake.rows("SELECT through_batch, state, messages FROM ingest.kafka_sink ORDER BY 1") == [
         (1, "done", 2),

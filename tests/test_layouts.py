@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,132 @@ def test_evtx_event_id_with_qualifiers(tmp_path: Path) -> None:
     assert lake.rows("SELECT event_id, source_name, _coercion_errors FROM winlogbeat_stream") == [
         (7036, "Service Control Manager", [])
     ]
+
+
+def recased(node: Any, recase: Callable[[str], str]) -> Any:
+    """``node`` with every object key, at every depth, rewritten by ``recase``; values as they are."""
+    if isinstance(node, dict):
+        return {recase(key): recased(value, recase) for key, value in node.items()}
+    if isinstance(node, list):
+        return [recased(item, recase) for item in node]
+    return node
+
+
+def alternating(key: str) -> str:
+    """pROCESSgUID-style: every other letter's case flipped."""
+    return "".join(c.swapcase() if i % 2 else c for i, c in enumerate(key))
+
+
+LAYOUTS = {"winlogbeat6": lambda event: event, **CONVERTERS}
+RECASINGS = {"lower": str.lower, "upper": str.upper, "alternating": alternating}
+
+
+@pytest.mark.parametrize("recasing", sorted(RECASINGS))
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_field_names_match_whatever_their_case_as_in_ksql(
+    layout: str, recasing: str, legacy_join: dict, tmp_path: Path
+) -> None:
+    """KSQL 5.1.1's JSON deserializer matches field names ignoring case: with every key of every event spelled
+    in another case (values untouched) the joins are those of the exact spelling."""
+    lake = Lake(tmp_path)
+    lake.land(recased(LAYOUTS[layout](event), RECASINGS[recasing]) for event in events())
+    lake.batch()
+    assert lake.rows("SELECT DISTINCT _layout FROM winlogbeat_stream WHERE source_name LIKE '%Sysmon'") == [(layout,)]
+    assert snapshot(lake.settings, RECIPE_JOIN) == legacy_join
+
+
+# Where each layout keeps the create's ProcessGuid and CommandLine, and the names written in another case there.
+GUID_AND_COMMAND_LINE = {
+    "winlogbeat6": (
+        ("event_data", "ProcessGuid"),
+        ("event_data", "CommandLine"),
+        "Event_Data",
+        "processguid",
+        "COMMANDLINE",
+    ),
+    "winlogbeat7+": (
+        ("winlog", "event_data", "ProcessGuid"),
+        ("winlog", "event_data", "CommandLine"),
+        "EVENT_DATA",
+        "PROCESSGUID",
+        "commandLine",
+    ),
+    "ecs": (("process", "entity_id"), ("process", "command_line"), "Process", "Entity_ID", "Command_Line"),
+    "evtx": (
+        ("evtx", "EventData", "ProcessGuid"),
+        ("evtx", "EventData", "CommandLine"),
+        "eventdata",
+        "processGUID",
+        "commandline",
+    ),
+}
+
+
+def renamed(event: dict[str, Any], path: tuple[str, ...], parent: str, name: str) -> dict[str, Any]:
+    """``event`` with the key at ``path`` renamed ``name`` and its parent object's key renamed ``parent``."""
+    event = copy.deepcopy(event)
+    holder = event
+    for key in path[:-2]:
+        holder = holder[key]
+    inner = holder.pop(path[-2])
+    inner[name] = inner.pop(path[-1])
+    holder[parent] = inner
+    return event
+
+
+@pytest.mark.parametrize("layout", sorted(GUID_AND_COMMAND_LINE))
+def test_a_differently_cased_event_data_field_lands_in_its_column_and_joins(layout: str, tmp_path: Path) -> None:
+    guid_path, command_path, parent, guid_name, command_name = GUID_AND_COMMAND_LINE[layout]
+    create = LAYOUTS[layout](process_create("{CA5E-0001}", "cased.exe /x", record=40))
+    create = renamed(renamed(create, command_path, command_path[-2], command_name), guid_path, parent, guid_name)
+    lake = Lake(tmp_path)
+    lake.land([create, LAYOUTS[layout](network_connect("{ca5e-0001}", "10.4.4.4", record=41))])
+    lake.batch()
+    assert (
+        lake.rows("SELECT event_data.ProcessGuid, event_data.CommandLine FROM winlogbeat_stream WHERE event_id = 1")[0][
+            1
+        ]
+        == "cased.exe /x"
+    )
+    assert lake.rows("SELECT process_guid, process_command_line FROM sysmon_process_create_table") == [
+        ("{CA5E-0001}", "cased.exe /x")
+    ]
+    assert lake.rows("SELECT process_guid, dst_ip_addr, process_command_line FROM sysmon_join") == [
+        ("{CA5E-0001}", "10.4.4.4", "cased.exe /x")
+    ]
+
+
+@pytest.mark.parametrize(("first", "second"), [("ProcessGuid", "processguid"), ("processguid", "ProcessGuid")])
+def test_of_two_keys_that_differ_only_in_case_the_first_in_the_line_wins(
+    first: str, second: str, tmp_path: Path
+) -> None:
+    create = process_create(None, "dup.exe", record=50)
+    create["event_data"] |= {first: "{FIRST}", second: "{SECOND}"}
+    lake = Lake(tmp_path)
+    lake.land([create])
+    lake.batch()
+    assert lake.rows("SELECT process_guid FROM sysmon_process_create_table") == [("{FIRST}",)]
+
+
+def test_a_value_spelled_like_a_field_name_is_left_as_it_is(tmp_path: Path) -> None:
+    """Only keys are matched ignoring case: values (a command line quoting a key, an escaped quote) stay as sent."""
+    command_line = 'x.exe "processguid": "{NOT-IT}" \\" {"COMMANDLINE": 1}'
+    create = process_create("{REAL}", command_line, record=60)
+    create["event_data"]["IMAGE"] = create["event_data"].pop("Image")
+    lake = Lake(tmp_path)
+    lake.land([create])
+    lake.batch()
+    assert lake.rows("SELECT process_guid, process_command_line, process_path FROM sysmon_process_create_table") == [
+        ("{REAL}", command_line, r"C:\Windows\System32\cmd.exe")
+    ]
+
+
+def test_a_key_spelled_as_another_places_field_is_not_matched_when_it_is_the_only_odd_key(tmp_path: Path) -> None:
+    """The documented limit of the one-scan check: an event_data key "user" is spelled as ECS's "user" object,
+    so a line whose only odd key it is keeps the exact-case parse (docs/inputs.md)."""
+    create = process_create("{U1}", record=70)
+    create["event_data"]["user"] = create["event_data"].pop("User")
+    lake = Lake(tmp_path)
+    lake.land([create])
+    lake.batch()
+    assert lake.rows("SELECT process_guid, user_account FROM sysmon_process_create_table") == [("{U1}", None)]

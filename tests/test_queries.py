@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from sysmon_assets import connect
-from tests.conftest import Lake
+from tests.conftest import Lake, network_connect, process_create
+from tests.recipe import recipe_sample_output
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERIES = sorted((ROOT / "sql" / "queries").glob("*.sql"))
@@ -24,6 +25,81 @@ def sample_lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
         (lake.landing / sample.name).write_bytes(sample.read_bytes())
     lake.batch()
     return lake
+
+
+def recipe_events() -> list[dict]:
+    """Events in arrival order that give the rows the recipe prints under each sample query first (its
+    MSEDGEWIN10 host), then a late host's joined connections: earlier event times, later arrival."""
+    host = {"computer": "MSEDGEWIN10"}
+    (first, second), (updater, patch) = (
+        recipe_sample_output("winlogbeat_stream"),
+        recipe_sample_output("sysmon_process_create"),
+    )
+    creates = [
+        process_create(
+            f"{{A{i}}}",
+            event_data={
+                "Image": image,
+                "Description": description,
+                "User": user,
+                "ParentImage": parent,
+                "Product": product,
+            },
+            **host,
+        )
+        for i, ((image, description, user), (_, _, parent, product)) in enumerate(((updater, first), (patch, second)))
+    ]
+    unjoined = [
+        network_connect(f"{{U{i}}}", dst_ip, event_data={"Image": image, "SourceHostname": source_host}, **host)
+        for i, (image, source_host, dst_ip) in enumerate(recipe_sample_output("sysmon_network_connect"))
+    ]
+    joined = []
+    for i, row in enumerate(recipe_sample_output("sysmon_join")):
+        time, source_host, dst_ip, command_line, *rest = row
+        # values the recipe's terminal cut off: any will do
+        parent_command_line, user = [*rest, *["C:\\Windows\\system32\\svchost.exe", "MSEDGEWIN10\\IEUser"][len(rest) :]]
+        guid = f"{{J{i}}}"
+        joined += [
+            process_create(guid, command_line, event_data={"ParentCommandLine": parent_command_line}, **host),
+            network_connect(
+                guid, dst_ip, utc_time=f"{time}.000", event_data={"SourceHostname": source_host, "User": user}, **host
+            ),
+        ]
+    late = [process_create("{LATE}", "late.exe", computer="LATEHOST")] + [
+        network_connect("{LATE}", f"10.9.9.{i}", utc_time="2019-02-13 09:00:00.000", computer="LATEHOST")
+        for i in range(10)
+    ]
+    return creates + unjoined + joined + late
+
+
+@pytest.fixture(scope="module")
+def recipe_lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
+    lake = Lake(tmp_path_factory.mktemp("recipe"))
+    lake.land(recipe_events())
+    lake.batch()
+    return lake
+
+
+def rendered(rows: list[tuple]) -> list[str]:
+    """Rows as the KSQL CLI prints them: values separated by ' | '."""
+    return [" | ".join("" if value is None else str(value) for value in row) for row in rows]
+
+
+@pytest.mark.parametrize(
+    "table", ["winlogbeat_stream", "sysmon_process_create", "sysmon_network_connect", "sysmon_join"]
+)
+def test_each_sample_shows_the_rows_the_recipe_prints_in_arrival_order(recipe_lake: Lake, table: str) -> None:
+    """The recipe's printed rows arrive first; the join sample must not put the late host's earlier events
+    before them (ordering by time did) nor cut them off with a LIMIT."""
+    printed = [" | ".join(row) for row in recipe_sample_output(table)]
+    with connect(recipe_lake.settings) as con:
+        rows = rendered(con.sql((ROOT / "sql" / "queries" / f"{table}_sample.sql").read_text()).fetchall())
+    if table == "sysmon_join":
+        assert len(rows) == recipe_lake.count("sysmon_join") == len(printed) + 10
+        # the recipe's terminal cut long rows off: each printed row is the start of ours
+        assert [row[: len(line)] for row, line in zip(rows, printed, strict=False)] == printed
+    else:
+        assert rows == printed
 
 
 def query_command(lake: Lake, *args: str) -> str:

@@ -8,7 +8,8 @@ import pytest
 
 from sysmon_assets.pipeline import SysmonPipeline
 from sysmon_assets.resources import resources_from_settings
-from sysmon_assets.settings import Settings, SettingsError
+from sysmon_assets.settings import MAX_MINUTES, Settings, SettingsError
+from tests.conftest import Lake, network_connect, process_create
 
 
 def test_defaults_live_under_data() -> None:
@@ -53,6 +54,58 @@ def test_every_setting_comes_from_its_variable() -> None:
 def test_bad_values_name_the_variable(variable: str, value: str) -> None:
     with pytest.raises(SettingsError, match=variable):
         Settings.from_env({variable: value})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SYSMON_JOIN_GRACE_MINUTES", "100000000000000000000"),  # more than DuckDB's INTERVAL holds
+        ("SYSMON_JOIN_GRACE_MINUTES", str(MAX_MINUTES + 1)),
+        ("SYSMON_MAX_LINE_BYTES", "100000000000000000000000"),
+        ("SYSMON_MAX_LINE_BYTES", str(1024**3 + 1)),
+        ("SYSMON_MAX_LINE_BYTES", "0"),
+        ("SYSMON_JOIN_COVERAGE_WARN", "nan"),
+        ("SYSMON_JOIN_COVERAGE_WARN", "inf"),
+        ("SYSMON_JOIN_COVERAGE_WARN", "-0.1"),
+        ("SYSMON_JOIN_COVERAGE_WARN", "1.5"),
+        ("SYSMON_FRESHNESS_MINUTES", "-1"),
+        ("SYSMON_FRESHNESS_MINUTES", "0"),
+        ("SYSMON_FRESHNESS_MINUTES", "100000000000000000000"),
+        ("SYSMON_DUCKDB_MEMORY_LIMIT", "lots"),
+        ("SYSMON_DUCKDB_MEMORY_LIMIT", "80%"),
+        ("SYSMON_DUCKDB_MEMORY_LIMIT", "1e30GB"),  # overflows to 0 bytes in DuckDB: no query could run
+    ],
+)
+def test_values_out_of_range_are_refused_up_front_naming_the_variable(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env({variable: value})
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    settings = Settings.from_env(
+        {
+            "SYSMON_JOIN_GRACE_MINUTES": str(MAX_MINUTES),
+            "SYSMON_MAX_LINE_BYTES": str(1024**3),
+            "SYSMON_JOIN_COVERAGE_WARN": "1",
+            "SYSMON_FRESHNESS_MINUTES": "1",
+            "SYSMON_DUCKDB_MEMORY_LIMIT": "1GiB",
+        }
+    )
+    assert (settings.join_grace_minutes, settings.max_line_bytes, settings.join_coverage_warn) == (
+        MAX_MINUTES,
+        1024**3,
+        1,
+    )
+
+
+def test_a_grace_period_in_range_runs_a_batch(tmp_path: Path) -> None:
+    """The largest grace period is one DuckDB's INTERVAL holds: the join's retry bookkeeping runs with it."""
+    lake = Lake(tmp_path, join_grace_minutes=MAX_MINUTES)
+    lake.land([network_connect("{LATE}")])
+    lake.batch()
+    lake.land([process_create("{LATE}")])
+    lake.batch()
+    assert lake.count("sysmon_join") == 1
 
 
 def test_the_duckdb_memory_limit_reaches_every_connection(tmp_path: Path) -> None:
