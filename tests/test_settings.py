@@ -164,3 +164,18 @@ def test_kafka_defaults_follow_the_recipe() -> None:
     )
     with pytest.raises(SettingsError, match="SYSMON_KAFKA_BOOTSTRAP"):
         Settings.from_env({"SYSMON_SOURCE": "kafka"})
+
+
+def test_shards_come_from_sysmon_shards_and_refuse_what_needs_one_pipeline() -> None:
+    assert Settings.from_env({}).shards == 1
+    assert Settings.from_env({"SYSMON_SHARDS": "3"}).shards == 3
+    for text in ("0", "1025", "-2"):
+        with pytest.raises(SettingsError, match=f"SYSMON_SHARDS={text}: expected 1 to 1024"):
+            Settings.from_env({"SYSMON_SHARDS": text})
+    with pytest.raises(SettingsError, match="SYSMON_SHARDS='two': expected a whole number"):
+        Settings.from_env({"SYSMON_SHARDS": "two"})
+    with pytest.raises(SettingsError, match="SYSMON_JOIN_MODE=ksql needs one arrival order"):
+        Settings.from_env({"SYSMON_SHARDS": "2", "SYSMON_JOIN_MODE": "ksql"})
+    sink = {"SYSMON_SHARDS": "2", "SYSMON_KAFKA_SINK": "1", "SYSMON_KAFKA_BOOTSTRAP": "localhost:9092"}
+    with pytest.raises(SettingsError, match="SYSMON_KAFKA_SINK publishes from one pipeline"):
+        Settings.from_env(sink)
