@@ -4,6 +4,7 @@
     python bench/benchmark.py --history 5000000 --increment 10000 --steady 100 --memory-limit 2GB --repeat 3
     python bench/benchmark.py --readers 10 --increment 10000 --repeat 3
     python bench/benchmark.py --shards 3 --events 1000000 --files 12 --repeat 3
+    python bench/benchmark.py --small-files 2000 --repeat 3
 
 Every measured run is its own process (``bench/runs.py`` or the Dagster CLI), so each peak RSS is that
 run's own; every lake is the project's (a SQLite catalog plus Parquet files in a data folder) unless said
@@ -28,7 +29,9 @@ in the same invocation:
   held connection, and the errors, with the default SQLite catalog and with PostgreSQL (``pgserver``);
 - shards (``--shards K``): K = 1 .. K shard processes over one landing folder started at once on one lake
   (events/s in all on this machine), and each shard alone on a fresh lake (its part of the input only): the
-  slowest of those is what one machine per shard would take, catalog contention aside.
+  slowest of those is what one machine per shard would take, catalog contention aside;
+- small files (``--small-files N``): N files of 6 events against the same events in one file, in-process
+  (target at most 2x), and an idle batch over the N files (target at most 1 s).
 
 Generated data and the history lake are cached under ``--workdir`` (default ``bench/out``, git-ignored).
 """
@@ -307,6 +310,36 @@ def sharded(args: argparse.Namespace) -> None:
         )
 
 
+def small_files(args: argparse.Namespace) -> None:
+    """``args.small_files`` files of 6 events against the same events in one file (target at most 2x), then an
+    idle batch over the many files (target at most 1 s); in-process batches on fresh lakes, alternating."""
+    count = args.small_files * 6
+    folder = args.workdir / f"small-files-{args.small_files}"
+    many = generate(folder, [6] * args.small_files, seed=9)
+    one = args.workdir / f"small-files-{args.small_files}-as-one"
+    if not one.exists():
+        one.mkdir(parents=True)
+        with (one / "winlogbeat-000.ndjson").open("wb") as handle:
+            for path in many:
+                handle.write(path.read_bytes())
+    print(f"## small files: {count:,} events in {len(many):,} files of 6 vs in one file")
+    lakes = {"many": args.workdir / "small-many-lake", "one": args.workdir / "small-one-lake"}
+    many_runs, one_runs, idle = [], [], []
+    for rep in range(args.repeat):
+        one_runs.append(run("project", one, fresh(lakes["one"]), args.memory_limit))
+        many_runs.append(run("project", folder, fresh(lakes["many"]), args.memory_limit))
+        idle.append(run("project", folder, lakes["many"], args.memory_limit))
+        print(
+            f"rep {rep + 1}: one file {one_runs[-1]['seconds']:.2f} s, {len(many)} files "
+            f"{many_runs[-1]['seconds']:.2f} s, idle batch over them {idle[-1]['seconds']:.2f} s"
+        )
+    one_s, many_s, idle_s = (median(runs, "seconds") for runs in (one_runs, many_runs, idle))
+    print(
+        f"SMALL FILES: {len(many)} files {many_s:.2f} s / one file {one_s:.2f} s = {many_s / one_s:.2f}x "
+        f"(target at most 2x); idle batch over them {idle_s:.2f} s (target at most 1 s)"
+    )
+
+
 def storage(label: str, data_dir: Path, events: int, ndjson_bytes: int | None = None) -> None:
     """Bytes per event on disk of the whole lake in ``data_dir`` (catalog and Parquet files), and per table."""
     sizes: dict[str, int] = {}
@@ -519,6 +552,7 @@ def main() -> None:
     parser.add_argument("--steady", type=int, default=0, help="then this many consecutive batches over the history")
     parser.add_argument("--readers", type=int, default=0, help="reader latency during this many batches")
     parser.add_argument("--shards", type=int, default=0, help="K = 1 .. this many shards at once, and each alone")
+    parser.add_argument("--small-files", type=int, default=0, help="this many files of 6 events vs one file")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out")
     args = parser.parse_args()
     args.workdir = args.workdir.resolve()
@@ -528,6 +562,8 @@ def main() -> None:
         readers(args)
     elif args.shards:
         sharded(args)
+    elif args.small_files:
+        small_files(args)
     elif args.history:
         incremental(args)
     else:

@@ -91,6 +91,17 @@ class StepResult:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
+class _NothingNew(Exception):
+    """A step whose inputs brought nothing since its last commit: it commits nothing (no empty snapshot)."""
+
+
+def _idle(result: StepResult) -> bool:
+    """Whether a prepared step has nothing to do: no stream input gained a batch, and nothing waits for a
+    retry. A model without stream inputs (it reads whole tables) is never idle."""
+    moved = any(result.offsets_after[name] != result.offsets_before[name] for name in result.offsets_after)
+    return bool(result.offsets_after) and not moved and result.pending_floor is None
+
+
 def _is_conflict(error: duckdb.Error) -> bool:
     """Whether ``error`` is a commit that lost a race: a transaction conflict, or a SQLite catalog that
     another writer holds locked; running the transaction again may succeed."""
@@ -372,11 +383,16 @@ class Project:
                 self._add_new_columns(con, model, self._schema_probe(model, batch, relations))
             self._columns_checked.add(model)
         started = copy.deepcopy(results)
+        # The last step always commits: its snapshot is the one that marks the batch whole for readers.
+        may_idle = not relations and names[0] != self.primary_models()[-1]
 
         def write_models() -> tuple[None, int]:
             results[:] = copy.deepcopy(started)  # a retried transaction counts from where this one started
             for model, result in zip(names, results, strict=True):
                 self._prepare(con, model, batch, result)
+            if may_idle and all(_idle(r) and self._exists(con, r.model) for r in results):
+                raise _NothingNew
+            for model, result in zip(names, results, strict=True):
                 self._write(con, model, batch, relations, result)
                 self._finish(con, model, batch, result)
             if before_commit:
@@ -385,7 +401,8 @@ class Project:
                 self.commit_note(con, names[0], batch)
             return None, batch.batch_id
 
-        self._guarded(con, f"step {names[0]} of batch {batch.batch_id}", batch.batch_id, names, write_models)
+        with contextlib.suppress(_NothingNew):
+            self._guarded(con, f"step {names[0]} of batch {batch.batch_id}", batch.batch_id, names, write_models)
 
     def _schema_probe(self, name: str, batch: Batch, relations: dict[str, str]) -> str:
         """The model's query over empty deltas: only its columns and types matter."""

@@ -474,9 +474,10 @@ class LandingReader:
                 progress.advance(len(item[0]), len(item[1]))
 
     def chunks(self, first_seq: int) -> Iterator[dict[str, pa.Table]]:
-        """Source chunks for the ingest models: ``{'landed_lines': frame}``, bounded in size; a last empty
-        chunk when no line was read but something must be recorded (a file's size, a file event)."""
-        seq = first_seq
+        """Source chunks for the ingest models: ``{'landed_lines': frame}`` of about ``chunk_bytes``, small
+        files' lines together (each chunk is a commit); a last empty chunk when no line was read but something
+        must be recorded (a file's size, a file event)."""
+        seq, frames, size = first_seq, [], 0
         for progress in self.files:
             items: Iterator[Block | Unreadable | list[bytes | str]]
             if progress.kind == "evtx":
@@ -484,9 +485,14 @@ class LandingReader:
             else:
                 items = _read_ahead(_read_blocks(progress, self.chunk_bytes))
             for item in items:
-                frame = self._frame(item, progress, seq)
-                seq += frame.num_rows
-                yield {SOURCE_NAME: frame}
+                frames.append(self._frame(item, progress, seq))
+                seq += frames[-1].num_rows
+                size += frames[-1].nbytes
+                if size >= self.chunk_bytes:
+                    yield {SOURCE_NAME: pa.concat_tables(frames)}
+                    frames, size = [], 0
+        if frames:
+            yield {SOURCE_NAME: pa.concat_tables(frames)}
         if self._unrecorded():
             yield empty_chunk()
 

@@ -215,3 +215,24 @@ def test_the_lakes_parquet_files_are_zstd_compressed(lake: Lake) -> None:
             for (codec,) in con.execute("SELECT DISTINCT compression FROM parquet_metadata(?)", [files]).fetchall()
         }
     assert codecs == {"ZSTD"}
+
+
+def _snapshot_steps(lake: Lake) -> list[tuple[int, str]]:
+    return lake.rows(
+        "SELECT CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT), commit_extra_info::JSON->>'step' "
+        "FROM ducklake_snapshots('lake') WHERE commit_extra_info IS NOT NULL ORDER BY snapshot_id"
+    )
+
+
+def test_small_files_are_read_in_one_commit_and_an_idle_batch_commits_once(lake: Lake) -> None:
+    for index in range(40):
+        lake.land([process_create(f"{{P{index}}}"), network_connect(f"{{P{index}}}")], name=f"small-{index:02}.ndjson")
+    lake.batch()
+    assert lake.count("sysmon_join") == 40
+    first = [step for batch, step in _snapshot_steps(lake) if batch == 1]
+    assert first.count("winlogbeat_stream") == 2  # the first batch's empty chunk creates the tables, then one chunk
+    lake.batch()
+    # nothing new: the steps in between have nothing to do; the last step's snapshot marks the batch whole
+    assert [step for batch, step in _snapshot_steps(lake) if batch == 2] == ["sysmon_join"]
+    with connect(lake.settings) as con:
+        assert con.execute("SELECT count(*) FROM sysmon_join").fetchall() == [(40,)]
