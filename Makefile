@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 export SYSMON_LANDING_DIR ?= data/landing
 export SYSMON_DATA_DIR ?= data
+# The Dagster UI's port: `make ui UI_PORT=3001` when 3000 is taken.
+UI_PORT ?= 3000
 
 # Dagster's console logger at WARNING: the batch's step-by-step DEBUG lines are in the UI (`make ui`) instead.
 QUIET := {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -34,10 +36,10 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-## ui: the Dagster UI with the daemon (schedule and sensor), runs queued one at a time
+## ui: the Dagster UI with the daemon (schedule and sensor), runs queued one at a time, on http://localhost:$(UI_PORT)
 ui: $(BIN)/.installed
 	mkdir -p .dagster && cp dagster.yaml .dagster/dagster.yaml
-	DAGSTER_HOME=$(CURDIR)/.dagster $(BIN)/dagster dev -w workspace.yaml
+	DAGSTER_HOME=$(CURDIR)/.dagster $(BIN)/dagster dev -w workspace.yaml --port $(UI_PORT)
 
 ## sample: regenerate the committed sample (seeded, so the same bytes every time)
 sample: $(BIN)/.installed

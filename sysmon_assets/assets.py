@@ -1,7 +1,8 @@
 """One Dagster asset per SQL model: the asset runs the model's incremental step.
 
 The assets know nothing of Sysmon: names, lineage, descriptions and checks all come from
-the SQL files and ``sql/schema.yml`` through :mod:`dbt_like`.
+the SQL files and ``sql/schema.yml`` through :mod:`dbt_like`, and the recipe's own checks and
+step notes from :mod:`sysmon_assets.checks`.
 """
 
 import json
@@ -27,7 +28,7 @@ from dagster import (
 from dbt_like import Project, StepResult
 from dbt_like.lineage import model_lineage
 from sysmon_assets import lake
-from sysmon_assets.checks import BATCH_CHECKS
+from sysmon_assets.checks import BATCH_CHECKS, STEP_NOTES
 from sysmon_assets.resources import SysmonPipelineResource
 from sysmon_assets.shards import partition_keys, shard_index
 
@@ -134,6 +135,8 @@ def model_asset(project: Project, name: str, partitions: StaticPartitionsDefinit
         batch_id = pipeline.last_batch_id
         columns, preview, snapshot = pipeline.describe(name, batch_id)
         metadata = step_metadata(results, batch_id)
+        if name in STEP_NOTES:
+            metadata.update(STEP_NOTES[name](pipeline, results[0]))
         metadata["lake_table"] = f"{lake.LAKE}.main.{name}"
         metadata["lake_snapshot"] = snapshot
         metadata["duration_seconds"] = round(seconds, 3)

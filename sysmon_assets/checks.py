@@ -1,6 +1,7 @@
-"""Batch checks that need the recipe's meaning (the schema tests in sql/schema.yml are generic).
+"""Batch checks and step notes that need the recipe's meaning (the schema tests in sql/schema.yml are generic).
 
-Each runs inside the batch, right after its asset's step, and is reported as an asset check.
+Each runs inside the batch, right after its asset's step: a check is reported as an asset check, a note as
+materialization metadata.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dbt_like import StepResult
 from dbt_like.sql import scalar
 from sysmon_assets import kafka_source
 from sysmon_assets.landing import list_landed_files
@@ -78,3 +80,24 @@ BATCH_CHECKS = (
     BatchCheck("join_coverage", "sysmon_join", "share of network events enriched with their process", join_coverage),
     BatchCheck("landing_freshness", "winlogbeat_stream", "something landed recently", landing_freshness),
 )
+
+
+def rekey_drops(pipeline: SysmonPipeline, result: StepResult) -> dict[str, int]:
+    """Why the rekey step wrote fewer rows than it read. Its SQL drops a row for two reasons only: the event is
+    not Sysmon's (counted here), or it is a redelivery of a (computer, channel, record number) already kept,
+    in this batch or an earlier one (the rest)."""
+    lower, upper = result.offsets_before["winlogbeat_stream"], result.offsets_after["winlogbeat_stream"]
+    with pipeline.connect() as con:
+        not_sysmon = scalar(
+            con,
+            "SELECT count(*) FROM winlogbeat_stream WHERE _batch_id > ? AND _batch_id <= ? "
+            f"AND {pipeline.shard.owns()} AND source_name IS DISTINCT FROM 'Microsoft-Windows-Sysmon'",
+            [lower, upper],
+        )
+    return {"not_sysmon_dropped": not_sysmon, "redeliveries_dropped": result.rows_in - result.rows_written - not_sysmon}
+
+
+# Extra metadata for an asset's materialization, from its step's result.
+STEP_NOTES: dict[str, Callable[[SysmonPipeline, StepResult], dict[str, int]]] = {
+    "winlogbeat_stream_rekey": rekey_drops,
+}

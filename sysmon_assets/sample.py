@@ -6,6 +6,10 @@ NetworkConnect (3) plus other Sysmon ids and non-Sysmon channels, many hosts, GU
 case that differs by host, connections from processes whose create was never shipped, and a
 few connections that land before their process create.
 
+Writing into a folder that already holds generated NDJSON continues it: record numbers, the clock and the file
+numbers go on after the files there, so the next batch lands new events, never redeliveries (a redelivery is a
+repeated computer, channel and record number, and the rekey step keeps only its first delivery).
+
 Run ``python -m sysmon_assets.sample --help``.
 """
 
@@ -15,10 +19,12 @@ import argparse
 import itertools
 import json
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 SYSMON = "Microsoft-Windows-Sysmon"
 SYSMON_CHANNEL = "Microsoft-Windows-Sysmon/Operational"
@@ -43,6 +49,8 @@ NON_SYSMON = [
 ]
 # How each host renders GUIDs: Windows tools and forwarders disagree on letter case.
 GUID_STYLES = ("upper", "lower", "mixed")
+FIRST_RECORD = 1001
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 @dataclass
@@ -52,7 +60,7 @@ class Host:
     name: str
     ip: str
     guid_style: str
-    record_number: int = 1000
+    record_number: int = FIRST_RECORD - 1
     machine_part: str = ""
     processes: list[dict] = field(default_factory=list)
 
@@ -70,7 +78,7 @@ def _utc(ts: datetime) -> str:
 def _envelope(host: Host, ts: datetime, provider: str, channel: str, event_id: int, task: str) -> dict:
     host.record_number += 1
     return {
-        "@timestamp": ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z",
+        "@timestamp": ts.strftime(TIMESTAMP_FORMAT[:-3]) + f"{ts.microsecond // 1000:03d}Z",
         "@metadata": {"beat": "winlogbeat", "type": "doc", "version": "6.8.0", "topic": "winlogbeat"},
         "beat": {"name": host.name, "hostname": host.name, "version": "6.8.0"},
         "host": {"name": host.name},
@@ -98,7 +106,7 @@ def _message(title: str, event_data: dict) -> str:
 class FleetSimulator:
     """Produces a deterministic, time-ordered stream of Winlogbeat events for a fleet."""
 
-    def __init__(self, seed: int, hosts: int, start: datetime) -> None:
+    def __init__(self, seed: int, hosts: int, start: datetime, first_record: int = FIRST_RECORD) -> None:
         self.rng = random.Random(seed)
         self.clock = start
         self.hosts = [
@@ -106,6 +114,7 @@ class FleetSimulator:
                 name=f"WS{i:04d}",
                 ip=f"10.{i // 250}.{i % 250}.{self.rng.randint(2, 250)}",
                 guid_style=GUID_STYLES[i % len(GUID_STYLES)],
+                record_number=first_record - 1,
                 machine_part=f"{self.rng.getrandbits(32):08x}",
             )
             for i in range(hosts)
@@ -254,6 +263,39 @@ class FleetSimulator:
                 yield self.non_sysmon(host)
 
 
+class Continuation(NamedTuple):
+    """Where generated events go on after the NDJSON already in a folder."""
+
+    first_record: int
+    start: datetime
+    first_file: int
+
+
+def continuation(out_dir: Path, start: datetime) -> Continuation:
+    """After every record number and time in ``out_dir``'s ``*.ndjson`` files (``start`` and the first file
+    number if there are none). One record counter for all hosts, so no (computer, channel, record number)
+    repeats whichever hosts the next run simulates."""
+    last_record, last_time, last_file = FIRST_RECORD - 1, start, -1
+    for path in out_dir.glob("*.ndjson"):
+        numbered = re.fullmatch(r"winlogbeat-(\d+)\.ndjson", path.name)
+        last_file = max(last_file, int(numbered.group(1))) if numbered else last_file
+        for record, time in _generated(path):
+            last_record, last_time = max(last_record, record), max(last_time, time)
+    later = last_time + timedelta(seconds=1) if last_time > start else start
+    return Continuation(last_record + 1, later, last_file + 1)
+
+
+def _generated(path: Path) -> Iterator[tuple[int, datetime]]:
+    """Record number and time of each line this generator wrote (other lines in the folder are not its own)."""
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for line in lines:
+            try:
+                event = json.loads(line)
+                yield int(event["record_number"]), datetime.strptime(event["@timestamp"], TIMESTAMP_FORMAT)
+            except (ValueError, KeyError, TypeError):
+                continue
+
+
 def write_sample(
     out_dir: Path,
     events: int,
@@ -261,12 +303,15 @@ def write_sample(
     hosts: int = 25,
     seed: int = 42,
     start: datetime = datetime(2026, 11, 1, 8, 0, 0),
+    continuing: bool = False,
 ) -> list[Path]:
-    """Write ``events`` generated events, in landing order, split over ``files`` NDJSON files; return their paths."""
+    """Write ``events`` generated events, in landing order, split over ``files`` NDJSON files; return their paths.
+    ``continuing``: after the NDJSON already in ``out_dir`` (see :func:`continuation`), in new files."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"winlogbeat-{i:03d}.ndjson" for i in range(files)]
+    after = continuation(out_dir, start) if continuing else Continuation(FIRST_RECORD, start, 0)
+    paths = [out_dir / f"winlogbeat-{i:03d}.ndjson" for i in range(after.first_file, after.first_file + files)]
     per_file = -(-events // files)
-    generator = FleetSimulator(seed, hosts, start).events(events)
+    generator = FleetSimulator(seed, hosts, after.start, after.first_record).events(events)
     for path in paths:
         with path.open("w", encoding="utf-8", newline="\n") as handle:
             for _, event in zip(range(per_file), generator, strict=False):
@@ -282,8 +327,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--files", type=int, default=1)
     parser.add_argument("--hosts", type=int, default=25)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--continue",
+        dest="continuing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="go on after the NDJSON already in --out (record numbers, clock, file numbers)",
+    )
     args = parser.parse_args(argv)
-    paths = write_sample(args.out, args.events, args.files, args.hosts, args.seed)
+    paths = write_sample(args.out, args.events, args.files, args.hosts, args.seed, continuing=args.continuing)
     print(f"wrote {args.events} events into {len(paths)} file(s) under {args.out}")
 
 

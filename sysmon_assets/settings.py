@@ -1,12 +1,18 @@
-"""Pipeline settings, read from the environment with defaults under ``./data/``."""
+"""Pipeline settings, each declared once: its field, environment variable, default, description and check.
+
+``Settings.from_env``, the Dagster resource (``sysmon_assets.resources``) and README's configuration table
+(``configuration_table()``) all read the declarations below.
+"""
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
-from functools import lru_cache
+from collections.abc import Callable, Mapping
+from dataclasses import Field, dataclass, field, fields
+from functools import cache, lru_cache
 from pathlib import Path
+from typing import Any, get_type_hints
 
 import duckdb
 
@@ -28,15 +34,20 @@ MAX_MINUTES = 10 * 365 * 24 * 60
 # A line is held in memory (and in one DuckDB string) whole; a Sysmon event is a few KiB.
 MAX_LINE_BYTES = 1024**3
 
-
-def _check_whole(variable: str, value: int, low: int, high: int) -> None:
-    if not low <= value <= high:
-        raise SettingsError(f"{variable}={value}: expected a whole number from {low} to {high}")
+# A value's problem, worded to follow "SYSMON_X=value: " ("expected ..."), or None when the value is usable.
+Check = Callable[[Any], str | None]
 
 
-def _check_share(variable: str, value: float) -> None:
-    if not (math.isfinite(value) and 0 <= value <= 1):
-        raise SettingsError(f"{variable}={value}: expected a number from 0 to 1")
+def _whole(low: int, high: int) -> Check:
+    return lambda value: None if low <= value <= high else f"expected a whole number from {low} to {high}"
+
+
+def _one_of(choices: tuple[str, ...]) -> Check:
+    return lambda value: None if value in choices else f"expected one of {choices}"
+
+
+def _share(value: float) -> str | None:
+    return None if math.isfinite(value) and 0 <= value <= 1 else "expected a number from 0 to 1"
 
 
 @lru_cache(maxsize=8)
@@ -51,45 +62,165 @@ def _memory_limit_error(text: str) -> str | None:
     return None
 
 
-def _check_numeric_ranges(settings: Settings) -> None:
-    _check_whole("SYSMON_JOIN_GRACE_MINUTES", settings.join_grace_minutes, 0, MAX_MINUTES)
-    _check_whole("SYSMON_MAX_LINE_BYTES", settings.max_line_bytes, 1, MAX_LINE_BYTES)
-    _check_share("SYSMON_JOIN_COVERAGE_WARN", settings.join_coverage_warn)
-    _check_whole("SYSMON_FRESHNESS_MINUTES", settings.freshness_minutes, 1, MAX_MINUTES)
-    if settings.memory_limit is not None:
-        error = _memory_limit_error(settings.memory_limit)
-        if error:
-            raise SettingsError(f"SYSMON_DUCKDB_MEMORY_LIMIT={settings.memory_limit!r}: {error} (e.g. 4GB)")
+def _memory_limit(value: str | None) -> str | None:
+    error = _memory_limit_error(value) if value is not None else None
+    return f"{error} (e.g. 4GB)" if error else None
+
+
+def _catalog(value: str | None) -> str | None:
+    # unset means the SQLite default, always usable
+    return None if value is None or value.startswith(CATALOG_KINDS) else "expected sqlite:PATH or postgres:CONNECTION"
+
+
+def setting(
+    default: Any,
+    env: str,
+    doc: str,
+    *,
+    shown: str | None = None,
+    check: Check | None = None,
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    """A :class:`Settings` field with its variable, its description (README and the Dagster UI), how the docs
+    show its default (``shown``, when not the default itself) and its check. A setting with ``choices`` is read
+    case-insensitively and must be one of them."""
+    if choices:
+        check = _one_of(choices)
+    return field(default=default, metadata={"env": env, "doc": doc, "shown": shown, "check": check, "choices": choices})
+
+
+def _kafka(doc: str) -> str:
+    return f"{doc} ([docs/kafka.md](docs/kafka.md))"
 
 
 @dataclass(frozen=True)
 class Settings:
     """Everything one micro-batch needs to know about where data is and how to join it."""
 
-    landing_dir: Path = Path("data/landing")
-    data_dir: Path = Path("data")
-    lake_catalog: str | None = None
-    lake_data_path: str | None = None
-    offset_reset: str = "earliest"
-    join_mode: str = "default"
-    join_grace_minutes: int = 15
-    max_line_bytes: int = 1024 * 1024
-    join_coverage_warn: float = 0.25
-    freshness_minutes: int = 60
-    memory_limit: str | None = None
-    snapshot_retention_days: float = 7.0
-    event_retention_days: float = 0.0
-    source: str = "files"
-    kafka_bootstrap: str | None = None
-    kafka_topic: str = "winlogbeat"
-    kafka_group: str = "sysmon-assets"
-    kafka_partitions: tuple[int, ...] | None = None
-    kafka_max_messages: int = 200_000
-    kafka_max_bytes: int = 256 * 1024 * 1024
-    kafka_sink: bool = False
-    kafka_sink_topic: str = "SYSMON_JOIN"
-    kafka_config: tuple[tuple[str, str], ...] = ()
-    shards: int = 1
+    landing_dir: Path = setting(
+        Path("data/landing"),
+        "SYSMON_LANDING_DIR",
+        "folder Winlogbeat's file output writes into: `*.json`, `*.ndjson` (optionally `.gz`), Winlogbeat's own "
+        "`winlogbeat`, `winlogbeat.1`, ...; `*.evtx` files too",
+    )
+    data_dir: Path = setting(
+        Path("data"), "SYSMON_DATA_DIR", "where the embedded default keeps the lake (catalog and files)"
+    )
+    lake_catalog: str | None = setting(
+        None,
+        "SYSMON_LAKE_CATALOG",
+        "DuckLake catalog: `sqlite:PATH` or `postgres:CONNECTION` ([docs/storage.md](docs/storage.md))",
+        shown="`sqlite:$SYSMON_DATA_DIR/lake.sqlite`",
+        check=_catalog,
+    )
+    lake_data_path: str | None = setting(
+        None,
+        "SYSMON_LAKE_DATA_PATH",
+        "where the lake's Parquet files go, `s3://...` included (with the standard `AWS_*` variables)",
+        shown="`$SYSMON_DATA_DIR/lake_files/`",
+    )
+    offset_reset: str = setting(
+        "earliest",
+        "SYSMON_OFFSET_RESET",
+        "as KSQL's `auto.offset.reset`: `earliest`: the first batch reads everything landed (with Kafka: in each "
+        "partition); `latest`: it starts from what lands afterwards",
+        choices=OFFSET_RESETS,
+    )
+    join_mode: str = setting(
+        "default",
+        "SYSMON_JOIN_MODE",
+        "`default` or `ksql` ([docs/join-semantics.md](docs/join-semantics.md))",
+        choices=JOIN_MODES,
+    )
+    join_grace_minutes: int = setting(
+        15,
+        "SYSMON_JOIN_GRACE_MINUTES",
+        f"how long (batch time) a connection waits for its process create; 0 to {MAX_MINUTES} (ten years)",
+        check=_whole(0, MAX_MINUTES),
+    )
+    max_line_bytes: int = setting(
+        1024 * 1024,
+        "SYSMON_MAX_LINE_BYTES",
+        f"longer lines are rejected without parsing; 1 to {MAX_LINE_BYTES} (1 GiB: a line is held in memory whole)",
+        check=_whole(1, MAX_LINE_BYTES),
+    )
+    join_coverage_warn: float = setting(
+        0.25,
+        "SYSMON_JOIN_COVERAGE_WARN",
+        "the `join_coverage` check warns below this share of enriched connections; 0 to 1",
+        check=_share,
+    )
+    freshness_minutes: int = setting(
+        60,
+        "SYSMON_FRESHNESS_MINUTES",
+        f"the `landing_freshness` check warns when nothing landed for this long; 1 to {MAX_MINUTES}",
+        check=_whole(1, MAX_MINUTES),
+    )
+    memory_limit: str | None = setting(
+        None,
+        "SYSMON_DUCKDB_MEMORY_LIMIT",
+        "DuckDB `memory_limit`, e.g. `2GB`; DuckDB spills to disk beyond it; a value DuckDB does not take is "
+        "refused before the run starts",
+        shown="DuckDB's default (80% of RAM)",
+        check=_memory_limit,
+    )
+    snapshot_retention_days: float = setting(
+        7.0,
+        "SYSMON_SNAPSHOT_RETENTION_DAYS",
+        "maintenance expires older snapshots (time travel reaches this far back)",
+        check=lambda days: None if 0 < days < 36500 else "expected 0 < days",
+    )
+    event_retention_days: float = setting(
+        0.0,
+        "SYSMON_EVENT_RETENTION_DAYS",
+        "maintenance drops stream rows whose batch started longer ago than this",
+        shown="`0` (keep)",
+        check=lambda days: None if 0 <= days < 36500 else "expected 0 (keep) or more",
+    )
+    source: str = setting("files", "SYSMON_SOURCE", _kafka("`files` (the landing folder) or `kafka`"), choices=SOURCES)
+    kafka_bootstrap: str | None = setting(
+        None, "SYSMON_KAFKA_BOOTSTRAP", "bootstrap servers, `host:port[,host:port]`", shown="(required for Kafka)"
+    )
+    kafka_topic: str = setting("winlogbeat", "SYSMON_KAFKA_TOPIC", "the topic Winlogbeat writes")
+    kafka_group: str = setting(
+        "sysmon-assets", "SYSMON_KAFKA_GROUP", "consumer group; its Kafka-side offsets are for monitoring only"
+    )
+    kafka_partitions: tuple[int, ...] | None = setting(
+        None,
+        "SYSMON_KAFKA_PARTITIONS",
+        _kafka("partitions this pipeline reads, e.g. `0,1`"),
+        shown="all",
+    )
+    kafka_max_messages: int = setting(
+        200_000,
+        "SYSMON_KAFKA_MAX_MESSAGES",
+        "at most this many messages per partition per batch",
+        check=lambda count: None if count >= 1 else "expected 1 or more",
+    )
+    kafka_max_bytes: int = setting(
+        256 * 1024 * 1024,
+        "SYSMON_KAFKA_MAX_BYTES",
+        "at most this many value bytes per partition per batch (the message that crosses it is the last)",
+        check=lambda count: None if count >= 1 else "expected 1 or more",
+    )
+    kafka_sink: bool = setting(
+        False, "SYSMON_KAFKA_SINK", "`1` publishes new `sysmon_join` rows after each batch", shown="off"
+    )
+    kafka_sink_topic: str = setting("SYSMON_JOIN", "SYSMON_KAFKA_SINK_TOPIC", "the topic the sink publishes to")
+    kafka_config: tuple[tuple[str, str], ...] = setting(
+        (),
+        "SYSMON_KAFKA_CONFIG",
+        "extra librdkafka settings for both clients, `key=value` separated by commas "
+        "(`security.protocol=SASL_SSL,sasl.mechanism=PLAIN,...`)",
+        shown="",
+    )
+    shards: int = setting(
+        1,
+        "SYSMON_SHARDS",
+        "K pipelines writing one lake at once, each the Dagster partition `shard-i` "
+        "([docs/storage.md](docs/storage.md))",
+        check=lambda count: None if 1 <= count <= MAX_SHARDS else f"expected 1 to {MAX_SHARDS}",
+    )
 
     @property
     def catalog(self) -> str:
@@ -103,28 +234,16 @@ class Settings:
         return self.lake_data_path or f"{self.data_dir / 'lake_files'}/"
 
     def __post_init__(self) -> None:
-        if self.offset_reset not in OFFSET_RESETS:
-            raise SettingsError(f"SYSMON_OFFSET_RESET={self.offset_reset!r}: expected one of {OFFSET_RESETS}")
-        if self.join_mode not in JOIN_MODES:
-            raise SettingsError(f"SYSMON_JOIN_MODE={self.join_mode!r}: expected one of {JOIN_MODES}")
-        _check_numeric_ranges(self)
-        if not self.catalog.startswith(CATALOG_KINDS):
-            raise SettingsError(f"SYSMON_LAKE_CATALOG={self.catalog!r}: expected sqlite:PATH or postgres:CONNECTION")
-        if not 0 < self.snapshot_retention_days < 36500:
-            raise SettingsError(f"SYSMON_SNAPSHOT_RETENTION_DAYS={self.snapshot_retention_days}: expected 0 < days")
-        if not 0 <= self.event_retention_days < 36500:
-            raise SettingsError(f"SYSMON_EVENT_RETENTION_DAYS={self.event_retention_days}: expected 0 (keep) or more")
-        if self.source not in SOURCES:
-            raise SettingsError(f"SYSMON_SOURCE={self.source!r}: expected one of {SOURCES}")
+        for declared in fields(self):
+            check, value = declared.metadata["check"], getattr(self, declared.name)
+            problem = check(value) if check else None
+            if problem:
+                raise SettingsError(f"{declared.metadata['env']}={value!r}: {problem}")
         if (self.source == "kafka" or self.kafka_sink) and not self.kafka_bootstrap:
             raise SettingsError("SYSMON_KAFKA_BOOTSTRAP is not set: the Kafka source and sink need host:port")
-        if self.kafka_max_messages < 1 or self.kafka_max_bytes < 1:
-            raise SettingsError("SYSMON_KAFKA_MAX_MESSAGES and SYSMON_KAFKA_MAX_BYTES must be 1 or more")
         self._check_shards()
 
     def _check_shards(self) -> None:
-        if not 1 <= self.shards <= MAX_SHARDS:
-            raise SettingsError(f"SYSMON_SHARDS={self.shards}: expected 1 to {MAX_SHARDS}")
         if self.shards > 1 and self.join_mode == "ksql":
             raise SettingsError("SYSMON_JOIN_MODE=ksql needs one arrival order: it cannot run with SYSMON_SHARDS > 1")
         if self.shards > 1 and self.kafka_sink:
@@ -135,34 +254,16 @@ class Settings:
         return {"bootstrap.servers": self.kafka_bootstrap or "", **dict(self.kafka_config)}
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Settings from ``SYSMON_*`` variables; unset ones keep their defaults."""
         env = os.environ if environ is None else environ
+        types = field_types()
         return cls(
-            landing_dir=Path(env.get("SYSMON_LANDING_DIR") or cls.landing_dir),
-            data_dir=Path(env.get("SYSMON_DATA_DIR") or cls.data_dir),
-            lake_catalog=env.get("SYSMON_LAKE_CATALOG") or None,
-            lake_data_path=env.get("SYSMON_LAKE_DATA_PATH") or None,
-            offset_reset=env.get("SYSMON_OFFSET_RESET", "earliest").lower(),
-            join_mode=env.get("SYSMON_JOIN_MODE", "default").lower(),
-            join_grace_minutes=_whole_number(env, "SYSMON_JOIN_GRACE_MINUTES", 15),
-            max_line_bytes=_whole_number(env, "SYSMON_MAX_LINE_BYTES", 1024 * 1024),
-            join_coverage_warn=_number(env, "SYSMON_JOIN_COVERAGE_WARN", 0.25),
-            freshness_minutes=_whole_number(env, "SYSMON_FRESHNESS_MINUTES", 60),
-            memory_limit=env.get("SYSMON_DUCKDB_MEMORY_LIMIT") or None,
-            snapshot_retention_days=_number(env, "SYSMON_SNAPSHOT_RETENTION_DAYS", cls.snapshot_retention_days),
-            event_retention_days=_number(env, "SYSMON_EVENT_RETENTION_DAYS", cls.event_retention_days),
-            source=env.get("SYSMON_SOURCE", "files").lower(),
-            kafka_bootstrap=env.get("SYSMON_KAFKA_BOOTSTRAP") or None,
-            kafka_topic=env.get("SYSMON_KAFKA_TOPIC") or cls.kafka_topic,
-            kafka_group=env.get("SYSMON_KAFKA_GROUP") or cls.kafka_group,
-            kafka_partitions=_partitions(env.get("SYSMON_KAFKA_PARTITIONS")),
-            kafka_max_messages=_whole_number(env, "SYSMON_KAFKA_MAX_MESSAGES", cls.kafka_max_messages),
-            kafka_max_bytes=_whole_number(env, "SYSMON_KAFKA_MAX_BYTES", cls.kafka_max_bytes),
-            kafka_sink=_flag(env, "SYSMON_KAFKA_SINK"),
-            kafka_sink_topic=env.get("SYSMON_KAFKA_SINK_TOPIC") or cls.kafka_sink_topic,
-            kafka_config=_client_config(env.get("SYSMON_KAFKA_CONFIG")),
-            shards=_whole_number(env, "SYSMON_SHARDS", cls.shards),
+            **{
+                declared.name: _read(declared, types[declared.name], env[declared.metadata["env"]])
+                for declared in fields(cls)
+                if declared.metadata["env"] in env
+            }
         )
 
     def variables(self) -> dict[str, object]:
@@ -175,24 +276,36 @@ class Settings:
         }
 
 
-def _number(env: dict[str, str] | os._Environ, name: str, default: float) -> float:
-    return _parsed(env, name, default, float, "a number")
+@cache
+def field_types() -> dict[str, Any]:
+    """Each setting's type, resolved (the annotations are strings under ``from __future__ import annotations``)."""
+    return get_type_hints(Settings)
 
 
-def _whole_number(env: dict[str, str] | os._Environ, name: str, default: int) -> int:
-    return _parsed(env, name, default, int, "a whole number")
+def _read(declared: Field, kind: Any, text: str) -> Any:
+    """One variable's text as its setting's value."""
+    if declared.metadata["choices"]:
+        return text.lower()
+    return PARSERS[kind](text, declared.metadata["env"], declared.default)
 
 
-def _parsed(env: dict[str, str] | os._Environ, name: str, default: float, kind: type, expected: str) -> float | int:
-    text = env.get(name, str(default))
+def _number(text: str, name: str, default: float) -> float:
+    return _parsed(text, name, float, "a number")
+
+
+def _whole_number(text: str, name: str, default: int) -> int:
+    return _parsed(text, name, int, "a whole number")
+
+
+def _parsed(text: str, name: str, kind: type, expected: str) -> float | int:
     try:
         return kind(text)
     except ValueError:
         raise SettingsError(f"{name}={text!r}: expected {expected}") from None
 
 
-def _flag(env: dict[str, str] | os._Environ, name: str) -> bool:
-    text = env.get(name, "").strip().lower()
+def _flag(text: str, name: str, default: bool) -> bool:
+    text = text.strip().lower()
     if text in ("", "0", "false", "no", "off"):
         return False
     if text in ("1", "true", "yes", "on"):
@@ -200,24 +313,52 @@ def _flag(env: dict[str, str] | os._Environ, name: str) -> bool:
     raise SettingsError(f"{name}={text!r}: expected 1/0, true/false, yes/no or on/off")
 
 
-def _partitions(text: str | None) -> tuple[int, ...] | None:
-    """``"0,2"`` -> ``(0, 2)``; unset means every partition of the topic."""
-    if not text or not text.strip():
+def _partitions(text: str, name: str, default: None) -> tuple[int, ...] | None:
+    """``"0,2"`` -> ``(0, 2)``; empty means every partition of the topic."""
+    if not text.strip():
         return None
     try:
         return tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
     except ValueError:
-        raise SettingsError(f"SYSMON_KAFKA_PARTITIONS={text!r}: expected partition numbers such as 0,2") from None
+        raise SettingsError(f"{name}={text!r}: expected partition numbers such as 0,2") from None
 
 
-def _client_config(text: str | None) -> tuple[tuple[str, str], ...]:
+def _client_config(text: str, name: str, default: tuple) -> tuple[tuple[str, str], ...]:
     """Extra librdkafka settings, ``key=value`` pairs separated by commas (``security.protocol=SSL,...``)."""
     pairs = []
-    for item in (text or "").split(","):
+    for item in text.split(","):
         if not item.strip():
             continue
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise SettingsError(f"SYSMON_KAFKA_CONFIG item {item!r}: expected key=value")
+            raise SettingsError(f"{name} item {item!r}: expected key=value")
         pairs.append((key.strip(), value.strip()))
     return tuple(pairs)
+
+
+# How a variable's text becomes a value, by the setting's type; an empty variable keeps a path's or a name's
+# default, as if unset.
+PARSERS: dict[Any, Callable[[str, str, Any], Any]] = {
+    Path: lambda text, name, default: Path(text) if text else default,
+    str: lambda text, name, default: text or default,
+    str | None: lambda text, name, default: text or default,
+    int: _whole_number,
+    float: _number,
+    bool: _flag,
+    tuple[int, ...] | None: _partitions,
+    tuple[tuple[str, str], ...]: _client_config,
+}
+
+
+def configuration_table() -> str:
+    """README's configuration table, one row per setting in declaration order."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for declared in fields(Settings):
+        meta = declared.metadata
+        shown = meta["shown"] if meta["shown"] is not None else f"`{_shown(declared.default)}`"
+        rows.append(f"| `{meta['env']}` | {shown} | {meta['doc']} |")
+    return "\n".join(rows) + "\n"
+
+
+def _shown(default: Any) -> str:
+    return f"{default:g}" if isinstance(default, float) else str(default)

@@ -14,8 +14,9 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.test_utils import instance_for_test
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
 
+from dbt_like import discover_models
 from sysmon_assets.definitions import build_definitions, defs
-from sysmon_assets.pipeline import RECIPE_MODELS
+from sysmon_assets.pipeline import RECIPE_MODELS, SQL_DIR
 from sysmon_assets.settings import Settings
 from tests.conftest import CLI_BATCH, Lake, lake_rows, network_connect, process_create
 
@@ -142,6 +143,12 @@ def test_materializations_carry_column_schema_lineage_and_a_preview(lake: Lake) 
     schema = {column.name: column for column in join["dagster/column_schema"].schema.columns}
     assert schema["event_date_creation"].type == "TIMESTAMP"
     assert schema["user_account"].description == "the network event's user (N.USER_ACCOUNT in the recipe)"
+    for name in RECIPE_MODELS:  # every column of every recipe table is described in the UI
+        columns = result.asset_materializations_for_node(name)[0].metadata["dagster/column_schema"].schema.columns
+        assert [column.name for column in columns if not column.description] == [], name
+    # winlogbeat_rejects, a side table with no asset of its own, has its descriptions in schema.yml
+    rejects = discover_models(SQL_DIR)["winlogbeat_rejects"].columns
+    assert [name for name, *_ in lake.rows("DESCRIBE winlogbeat_rejects") if not rejects.get(name)] == []
     deps = join["dagster/column_lineage"].column_lineage.deps_by_column["process_command_line"]
     assert [(d.asset_key.to_user_string(), d.column_name) for d in deps] == [
         ("sysmon_process_create_table", "process_command_line")

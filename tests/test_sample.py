@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from sysmon_assets.sample import FleetSimulator, write_sample
+from tests.conftest import Lake
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,3 +55,32 @@ def test_the_committed_sample_is_winlogbeat_6_layout() -> None:
     first = json.loads(sample.read_text().splitlines()[0])
     assert first["@metadata"]["version"].startswith("6.")
     assert {"source_name", "computer_name", "event_id", "record_number", "event_data"} <= first.keys()
+
+
+def test_another_run_into_the_same_folder_continues_record_numbers_time_and_files(tmp_path: Path) -> None:
+    """A redelivery is a repeated (computer, channel, record number): a second run, whatever its seed, repeats
+    none, so its events are new to the rekey step."""
+    (first,) = write_sample(tmp_path, 300, hosts=4, seed=5)
+    (second,) = write_sample(tmp_path, 300, hosts=4, seed=6, continuing=True)
+    assert (first.name, second.name) == ("winlogbeat-000.ndjson", "winlogbeat-001.ndjson")
+    earlier, later = ([json.loads(line) for line in path.read_text().splitlines()] for path in (first, second))
+    assert not {delivery(e) for e in earlier} & {delivery(e) for e in later}
+    assert min(e["@timestamp"] for e in later) > max(e["@timestamp"] for e in earlier)
+    assert [p.name for p in write_sample(tmp_path / "fresh", 10, continuing=True)] == ["winlogbeat-000.ndjson"]
+
+
+def test_each_continued_run_lands_new_events(lake: Lake) -> None:
+    write_sample(lake.landing, 200, hosts=3, seed=5)
+    lake.batch()
+    write_sample(lake.landing, 200, hosts=3, seed=6, continuing=True)
+    lake.batch()
+    landed = [
+        json.loads(line) for path in sorted(lake.landing.glob("*.ndjson")) for line in path.read_text().splitlines()
+    ]
+    sysmon = [e for e in landed if e["source_name"] == "Microsoft-Windows-Sysmon"]
+    assert lake.count("winlogbeat_stream") == 400
+    assert lake.count("winlogbeat_stream_rekey") == len(sysmon)  # no event of the second run taken for a redelivery
+
+
+def delivery(event: dict) -> tuple[str, str, str]:
+    return event["computer_name"], event["log_name"], event["record_number"]

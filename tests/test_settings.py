@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from sysmon_assets.pipeline import SysmonPipeline
-from sysmon_assets.resources import resources_from_settings
-from sysmon_assets.settings import MAX_MINUTES, Settings, SettingsError
+from sysmon_assets.resources import SysmonPipelineResource, resources_from_settings
+from sysmon_assets.settings import MAX_MINUTES, Settings, SettingsError, configuration_table
 from tests.conftest import Lake, network_connect, process_create
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_live_under_data() -> None:
@@ -74,6 +77,10 @@ def test_bad_values_name_the_variable(variable: str, value: str) -> None:
         ("SYSMON_DUCKDB_MEMORY_LIMIT", "lots"),
         ("SYSMON_DUCKDB_MEMORY_LIMIT", "80%"),
         ("SYSMON_DUCKDB_MEMORY_LIMIT", "1e30GB"),  # overflows to 0 bytes in DuckDB: no query could run
+        ("SYSMON_LAKE_CATALOG", "mysql:lake"),
+        ("SYSMON_SNAPSHOT_RETENTION_DAYS", "0"),
+        ("SYSMON_EVENT_RETENTION_DAYS", "-1"),
+        ("SYSMON_KAFKA_MAX_BYTES", "0"),
     ],
 )
 def test_values_out_of_range_are_refused_up_front_naming_the_variable(variable: str, value: str) -> None:
@@ -179,3 +186,43 @@ def test_shards_come_from_sysmon_shards_and_refuse_what_needs_one_pipeline() -> 
     sink = {"SYSMON_SHARDS": "2", "SYSMON_KAFKA_SINK": "1", "SYSMON_KAFKA_BOOTSTRAP": "localhost:9092"}
     with pytest.raises(SettingsError, match="SYSMON_KAFKA_SINK publishes from one pipeline"):
         Settings.from_env(sink)
+
+
+def test_each_setting_is_declared_once_with_its_variable_and_description() -> None:
+    declared = fields(Settings)
+    variables = [setting.metadata["env"] for setting in declared]
+    assert all(variable.startswith("SYSMON_") for variable in variables)
+    assert len(set(variables)) == len(variables)
+    assert all(setting.metadata["doc"] for setting in declared)
+    assert Settings.from_env({}) == Settings()
+
+
+def test_the_resource_has_one_described_config_field_per_setting() -> None:
+    """The Dagster resource's config is generated from the declarations: the UI shows the same descriptions."""
+    config = SysmonPipelineResource.to_config_schema().as_field().config_type.fields
+    described = {setting.name: setting.metadata["doc"] for setting in fields(Settings)}
+    described.pop("memory_limit")  # reaches DuckDB through the DuckDB resource's connection_config
+    assert {name: config[name].description for name in described} == described
+    assert set(config) - set(described) == {"batch_time"}
+
+
+def test_the_resource_gives_back_the_settings_it_was_built_from(tmp_path: Path) -> None:
+    settings = Settings(
+        landing_dir=tmp_path / "in",
+        lake_data_path="s3://b/l/",
+        kafka_partitions=(0, 2),
+        kafka_config=(("security.protocol", "SSL"),),
+        memory_limit="1GB",
+        join_coverage_warn=0.5,
+    )
+    assert resources_from_settings(settings)["sysmon"].settings() == settings
+
+
+def test_readme_configuration_table_is_generated_from_the_declarations() -> None:
+    """README's table is ``configuration_table()``; no other doc keeps a table of its own."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("| variable | default | meaning |")
+    table = readme[start : readme.index("\n\n", start) + 1]
+    assert table == configuration_table(), "paste sysmon_assets.settings.configuration_table() into README.md"
+    for doc in (ROOT / "docs").glob("*.md"):
+        assert "| `SYSMON_" not in doc.read_text(), doc
