@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import random
 import sqlite3
@@ -28,6 +29,7 @@ from sysmon_assets.settings import Settings
 LAKE = "lake"
 EXTENSIONS_PACKAGE = "duckdb_ext"
 LAKE_OPTIONS = {"parquet_compression": "zstd"}
+LOG = logging.getLogger(__name__)
 RACE_ATTEMPTS = 10
 # SQLite: another writer holds the catalog; PostgreSQL: two sessions created the catalog's tables at once.
 RACE_SIGNS = ("database is locked", "duplicate key value violates unique constraint")
@@ -96,6 +98,7 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool =
     if not read_only:
         _make_local_folders(settings)
         _write_ahead_log(settings)
+        _readable_as_landing(settings)
     extensions = [
         "ducklake",
         *(ext for prefix, ext in CATALOG_EXTENSIONS.items() if settings.catalog.startswith(prefix)),
@@ -173,6 +176,36 @@ def _write_ahead_log(settings: Settings) -> None:
         raise LakeError(
             f"cannot open the lake (catalog {settings.catalog}, data {settings.data_path}): {error}"
         ) from error
+
+
+def _readable_as_landing(settings: Settings) -> None:
+    """Give the lake's local files the landing folder's access: the lake holds landed text (rejects keep the
+    raw line; the catalog keeps column statistics), so whoever may not read the landing folder may not read
+    the lake either. The SQLite catalog (and its WAL files) and the data folder get the landing folder's
+    permission bits and group; the data folder's own files are then reached only through it. A catalog in
+    PostgreSQL or files on S3 follow their own access rules."""
+    try:
+        landing = settings.landing_dir.stat()
+    except OSError:
+        return  # no landing folder yet: the batch stops on it with an error naming it
+    mode = 0o700 | (landing.st_mode & 0o077)
+    catalog = sqlite_file(settings)
+    paths = [Path(f"{catalog}{suffix}") for suffix in ("", "-wal", "-shm")] if catalog else []
+    if "://" not in settings.data_path:
+        paths.append(Path(settings.data_path))
+    for path in paths:
+        if path.exists():
+            _set_access(path, mode if path.is_dir() else mode & 0o666, landing.st_gid)
+
+
+def _set_access(path: Path, mode: int, group: int) -> None:
+    try:
+        if path.stat().st_gid != group:
+            os.chown(path, -1, group)
+        os.chmod(path, mode)
+    except PermissionError:
+        # not the owner, or not in the landing folder's group: the operator set this path up; say so once per open
+        LOG.warning("cannot give %s the landing folder's access (mode %o, group %d)", path, mode, group)
 
 
 def _make_local_folders(settings: Settings) -> None:

@@ -4,8 +4,11 @@ every batch maps to a snapshot to travel back to, and maintenance keeps the file
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -236,3 +239,35 @@ def test_small_files_are_read_in_one_commit_and_an_idle_batch_commits_once(lake:
     assert [step for batch, step in _snapshot_steps(lake) if batch == 2] == ["sysmon_join"]
     with connect(lake.settings) as con:
         assert con.execute("SELECT count(*) FROM sysmon_join").fetchall() == [(40,)]
+
+
+def _read_as_nobody(path: Path) -> bool:
+    """Whether user ``nobody`` (not in root's groups) can read ``path``."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("reading as another user needs root and setpriv")
+    done = subprocess.run(
+        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(path)], capture_output=True
+    )
+    return done.returncode == 0
+
+
+def test_the_lake_is_readable_only_by_whoever_reads_the_landing_folder() -> None:
+    base = Path(tempfile.mkdtemp(prefix="sysmon-modes-"))
+    try:
+        base.chmod(0o755)  # others may walk to the folders below: only their own modes decide
+        lake = Lake(base)
+        lake.landing.chmod(0o700)
+        lake.land(["the secret line, not JSON", process_create("{A}")])
+        lake.batch()
+        (rejects,) = [p for p in lake.data.rglob("*.parquet") if "winlogbeat_rejects" in str(p)]
+        catalog = lake.data / "lake.sqlite"
+        assert lake.count("winlogbeat_rejects") == 1
+        assert not _read_as_nobody(rejects)
+        assert not _read_as_nobody(catalog)
+        lake.landing.chmod(0o755)  # the landing folder opened to everyone: so is the lake, from the next run
+        SysmonPipeline(lake.settings).run_batch(batch_time=T0)
+        assert _read_as_nobody(rejects)
+        assert _read_as_nobody(catalog)
+    finally:
+        shutil.rmtree(base)
