@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import tempfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,66 @@ def test_every_line_is_in_the_stream_in_the_rejects_or_blank(lines: list[bytes])
             if number in streamed:
                 offset = streamed[number]
                 assert data[offset : data.index(b"\n", offset)] == line
+
+
+def decompressible_prefix(data: bytes) -> bytes:
+    """What Python's zlib gives of a (possibly damaged) single-member gzip file before its first error."""
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        return inflater.decompress(data)
+    except zlib.error:
+        out = b""
+        for size in range(1, len(data) + 1):  # the longest prefix that still decompresses
+            try:
+                out = zlib.decompressobj(wbits=31).decompress(data[:size])
+            except zlib.error:
+                break
+        return out
+
+
+def _damaged(data: bytes, cut: float, hits: list[tuple[float, int]]) -> bytes:
+    data = bytearray(data[: max(1, int(len(data) * cut))])
+    for where, value in hits:
+        data[int(where * (len(data) - 1))] = value
+    return bytes(data)
+
+
+def _lines_landed(lake: Lake) -> tuple[dict[int, int], list[int]]:
+    streamed = lake.rows("SELECT _source_line, count(*) FROM winlogbeat_stream GROUP BY ALL")
+    rejected = [line for (line,) in lake.rows("SELECT source_line FROM winlogbeat_rejects WHERE source_line > 0")]
+    return dict(streamed), rejected
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    compressed=st.booleans(),
+    cut=st.floats(0.05, 1.0),
+    hits=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=3),
+)
+def test_a_cut_or_damaged_file_loses_no_readable_line_and_repeats_none(
+    compressed: bool, cut: float, hits: list[tuple[float, int]]
+) -> None:
+    events = [process_create(f"{{P{i}}}") if i % 2 else network_connect(f"{{P{i - 1}}}") for i in range(40)]
+    text = b"".join(json.dumps(event).encode() + b"\n" for event in events)
+    data = _damaged(gzip.compress(text) if compressed else text, cut, hits)
+    readable = decompressible_prefix(data) if compressed else data
+    with tempfile.TemporaryDirectory() as folder:
+        lake = Lake(Path(folder))
+        (lake.landing / ("cut.ndjson.gz" if compressed else "cut.ndjson")).write_bytes(data)
+        for _ in range(3):  # a finished file's unterminated last line is delivered by the second batch
+            lake.batch()
+        streamed, rejected = _lines_landed(lake)
+        lines = readable.split(b"\n")
+        complete, tail = lines[:-1], lines[-1]
+        for number, line in enumerate(complete, start=1):
+            places = [streamed.get(number, 0), rejected.count(number), int(is_blank(line))]
+            assert sum(places) == 1, (number, line, places)
+            if is_json_object(line):
+                assert streamed.get(number) == 1, line
+        assert max(streamed, default=0) <= len(complete) + 1  # nothing beyond what could be read
+        if tail and not compressed:  # a finished file's last line, without its newline: delivered once
+            last = len(complete) + 1
+            assert streamed.get(last, 0) + rejected.count(last) == 1, tail
+        lost = len(readable) < len(text) and compressed
+        if lost or (tail and not is_json_object(tail)):
+            assert lake.count("winlogbeat_rejects") > 0  # what could not be read is recorded, not dropped
