@@ -512,16 +512,16 @@ class LandingReader:
     def commit_offsets(self, con: duckdb.DuckDBPyConnection) -> None:
         """Record how far each file was read, and (once) what was noticed; call inside the transaction
         that commits the rows read so far."""
+        # A chunk moves some files on: the others' rows would be rewritten unchanged on every chunk's commit.
+        moved = [progress for progress in self.files if progress.recorded != progress.state]
+        if moved:  # one DELETE and one INSERT for all of them: each lake statement costs catalog work
+            con.execute(f"DELETE FROM {STATE_TABLE} WHERE file_key IN (SELECT unnest(?))", [[p.key for p in moved]])
+            con.register("__moved_files", _state_rows(moved))
+            try:
+                con.execute(f"INSERT INTO {STATE_TABLE} BY NAME SELECT *, now() AS updated_at FROM __moved_files")
+            finally:
+                con.unregister("__moved_files")
         for progress in self.files:
-            # A chunk moves one file on: the others' rows would be rewritten unchanged on every chunk's commit.
-            if progress.recorded != progress.state:
-                end = progress.tail_end
-                tail = None if end is None else tail_fingerprint(progress.path, end)
-                con.execute(f"DELETE FROM {STATE_TABLE} WHERE file_key = ?", [progress.key])
-                con.execute(
-                    f"INSERT INTO {STATE_TABLE} VALUES (?, ?, ?, ?, ?, ?, now(), ?, ?, ?)",
-                    [progress.key, str(progress.path), *progress.state[:4], progress.size, tail, progress.read_error],
-                )
             if not progress.notes_recorded:
                 for event, detail in progress.notes:
                     self._record_event(con, progress.path, progress.key, event, detail)
@@ -546,6 +546,24 @@ class LandingReader:
         events = [{"path": str(p.path), "event": e, "detail": d} for p in self.files for e, d in p.notes]
         skips = self.recorded_skips + self.skipped
         return events + [{"path": str(s.path), "event": "skipped", "detail": s.detail} for s in skips]
+
+
+def _state_rows(files: list[FileProgress]) -> pa.Table:
+    """``ingest.files`` rows (all but ``updated_at``) for ``files``."""
+    tails = [None if p.tail_end is None else tail_fingerprint(p.path, p.tail_end) for p in files]
+    return pa.table(
+        {
+            "file_key": [p.key for p in files],
+            "path": [str(p.path) for p in files],
+            "position": pa.array([p.position for p in files], pa.int64()),
+            "line_number": pa.array([p.line for p in files], pa.int64()),
+            "head_bytes": pa.array([p.head_bytes for p in files], pa.int64()),
+            "head_sha256": [p.head_sha256 for p in files],
+            "file_size": pa.array([p.size for p in files], pa.int64()),
+            "tail_sha256": pa.array(tails, pa.string()),
+            "read_error": pa.array([p.read_error for p in files], pa.string()),
+        }
+    )
 
 
 def _identity_change(progress: FileProgress, stored: Stored) -> tuple[str, str] | None:

@@ -226,13 +226,19 @@ def test_a_chunk_commit_writes_only_the_file_positions_it_moved(tmp_path: Path) 
     lake.pipeline.chunk_bytes = 2048  # several chunks per file
     for name in ("a", "b", "c"):
         lake.land([network_connect("{A}", f"10.0.0.{i}") for i in range(6)], name=f"{name}.ndjson")
-    log: list[tuple[str, list]] = []
-    lake.wrap_connections(lambda con: RecordingConnection(con, log))
     lake.batch()
     written: dict[str, list[int]] = {}
-    for sql, params in log:
-        if sql.startswith(f"INSERT INTO {landing.STATE_TABLE} VALUES"):
-            written.setdefault(Path(params[1]).name, []).append(params[2])
+    commits = lake.rows(
+        "SELECT snapshot_id FROM ducklake_snapshots('lake') WHERE commit_extra_info::JSON->>'step' = ? "
+        "ORDER BY snapshot_id",
+        ["winlogbeat_stream"],
+    )
+    for (snapshot,) in commits:  # the rows each chunk's commit wrote into ingest.files
+        for path, position in lake.rows(
+            "SELECT path, position FROM ducklake_table_insertions('lake', 'ingest', 'files', ?, ?)",
+            [snapshot, snapshot],
+        ):
+            written.setdefault(Path(path).name, []).append(position)
     assert set(written) == {"a.ndjson", "b.ndjson", "c.ndjson"}
     for name, positions in written.items():
         assert positions == sorted(set(positions)), name  # each write moved the file on
