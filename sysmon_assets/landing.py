@@ -482,8 +482,12 @@ class LandingReader:
             items: Iterator[Block | Unreadable | list[bytes | str]]
             if progress.kind == "evtx":
                 items = _evtx_items(progress)
-            else:
+            elif progress.kind == "text" and progress.position >= progress.size:
+                continue  # read to its end already: an idle batch over many files opens none of them
+            elif progress.size - progress.position > self.chunk_bytes:
                 items = _read_ahead(_read_blocks(progress, self.chunk_bytes))
+            else:
+                items = _read_blocks(progress, self.chunk_bytes)  # one block: nothing to read ahead
             for item in items:
                 frames.append(self._frame(item, progress, seq))
                 seq += frames[-1].num_rows
