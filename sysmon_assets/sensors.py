@@ -1,7 +1,7 @@
 """Request a micro-batch when new bytes land in the landing folder, or when the Kafka consumer lags.
 
 The sensor compares file sizes with its cursor (or asks Kafka for the consumer group's lag) and
-never opens DuckDB, so it cannot contend for the database file's lock with a running batch.
+never opens the lake, so a tick costs no catalog work beside a running batch.
 """
 
 import json
