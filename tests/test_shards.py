@@ -190,8 +190,19 @@ def test_without_taking_turns_the_same_race_doubles_the_row(
     assert lake.rows("SELECT count(*) FROM sysmon_process_create WHERE process_guid = '{SAME}'") == [(2,)]
 
 
+def file_of_shard(lake: Lake, shard: int, shards: int) -> Path:
+    """An empty landing file that ``shard`` of ``shards`` reads (a file's shard hashes its inode)."""
+    for index in range(100):
+        path = lake.landing / f"shard-file-{index}.ndjson"
+        path.touch()
+        if file_shard(file_key(path), shards) == shard:
+            return path
+    raise AssertionError("no file of the shard in 100 tries")
+
+
 def test_one_shard_never_runs_twice_at_once(lake: Lake) -> None:
-    lake.land([process_create("{A}"), network_connect("{A}")])
+    owned = file_of_shard(lake, 0, 2)
+    land(owned, [process_create("{A}"), network_connect("{A}")])
     first, again = shard_pipelines(lake, shards=2)[0], shard_pipelines(lake, shards=2)[0]
     first.run_batch(batch_time=T0)
     own_note = first.project.commit_note
@@ -202,6 +213,7 @@ def test_one_shard_never_runs_twice_at_once(lake: Lake) -> None:
         own_note(con, model, batch)
 
     first.project.commit_note = meanwhile
+    land(owned, [process_create("{B}"), network_connect("{B}")])  # a step with nothing new commits nothing
     with pytest.raises(ConcurrentWriterError, match="step sysmon_process_create of batch 3"):
         first.run_batch(batch_time=T0)
     first.project.commit_note = own_note
