@@ -38,6 +38,12 @@ class Shard:
         """A SQL condition: ``column`` (a batch id or arrival number) is this shard's."""
         return "true" if self.count == 1 else f"({column} - 1) % {self.count} = {self.index}"
 
+    def next_number(self, column: str) -> str:
+        """A SQL aggregate: the shard's next number after the highest of its own in ``column``."""
+        return (
+            f"coalesce(max({column}) FILTER (WHERE {self.owns(column)}), {self.index + 1 - self.count}) + {self.count}"
+        )
+
 
 @dataclass
 class StepContext:

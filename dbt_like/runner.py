@@ -35,7 +35,15 @@ from typing import Any, TypeVar
 
 import duckdb
 
-from dbt_like.compiler import PENDING_TABLE, STATE_SCHEMA, Shard, StepContext, model_config, render_step
+from dbt_like.compiler import (
+    PENDING_TABLE,
+    STATE_SCHEMA,
+    Shard,
+    StepContext,
+    delta_relation,
+    model_config,
+    render_step,
+)
 from dbt_like.project import Model, ProjectError, discover_models
 from dbt_like.schema_tests import TestResult, run_schema_tests
 from dbt_like.sql import first_row, scalar
@@ -59,6 +67,7 @@ CREATE TABLE IF NOT EXISTS {SHARDS_TABLE} (shard_count INTEGER);
 """
 # A conflict with another shard (or with maintenance) is retried this many times, with a growing random pause.
 MAX_ATTEMPTS = 10
+RACE_SIGNS = ("database is locked", "duplicate key value violates unique constraint")
 SINGLE = Shard()
 
 
@@ -102,10 +111,16 @@ def _idle(result: StepResult) -> bool:
     return bool(result.offsets_after) and not moved and result.pending_floor is None
 
 
-def _is_conflict(error: duckdb.Error) -> bool:
-    """Whether ``error`` is a commit that lost a race: a transaction conflict, or a SQLite catalog that
-    another writer holds locked; running the transaction again may succeed."""
-    return isinstance(error, duckdb.TransactionException) or "database is locked" in str(error)
+def lost_race(error: duckdb.Error) -> bool:
+    """Whether ``error`` lost a race with another writer, so that running the transaction again may succeed:
+    a transaction conflict, a SQLite catalog another writer holds locked, or two sessions creating a
+    PostgreSQL catalog's tables at once."""
+    return isinstance(error, duckdb.TransactionException) or any(sign in str(error) for sign in RACE_SIGNS)
+
+
+def pause_before_retry(attempt: int) -> None:
+    """A random pause that grows with the attempt, so racing writers spread out."""
+    time.sleep(random.uniform(0, 0.05 * 2**attempt))
 
 
 def _rollback(con: Connection) -> None:
@@ -138,14 +153,14 @@ def ensure_state(con: Connection, shard: Shard = SINGLE, guards: Iterable[str] =
 def open_batch(con: Connection, run_key: str, started_at: datetime, shard: Shard = SINGLE) -> Batch:
     """The batch of ``run_key``, created on first use (all steps of one run share it): the shard's next id."""
     ensure_state(con, shard)
+    return _find_or_add_batch(con, run_key, started_at, shard)
+
+
+def _find_or_add_batch(con: Connection, run_key: str, started_at: datetime, shard: Shard) -> Batch:
     row = first_row(con, f"SELECT batch_id, started_at FROM {STATE_SCHEMA}.batches WHERE run_key = ?", [run_key])
     if row:
         return Batch(row[0], row[1])
-    batch_id = scalar(
-        con,
-        f"SELECT coalesce(max(batch_id), ?) + ? FROM {STATE_SCHEMA}.batches WHERE {shard.owns('batch_id')}",
-        [shard.index + 1 - shard.count, shard.count],
-    )
+    batch_id = scalar(con, f"SELECT {shard.next_number('batch_id')} FROM {STATE_SCHEMA}.batches")
     con.execute(f"INSERT INTO {STATE_SCHEMA}.batches VALUES (?, ?, ?)", [batch_id, run_key, started_at])
     return Batch(batch_id, started_at)
 
@@ -275,7 +290,7 @@ class Project:
             self._ensure_state(con)
 
             def claim_next_batch() -> tuple[Batch, int]:
-                batch = open_batch(con, run_key, started_at, self.shard)
+                batch = _find_or_add_batch(con, run_key, started_at, self.shard)
                 return batch, batch.batch_id
 
             self._batches[run_key] = self._guarded(
@@ -339,17 +354,16 @@ class Project:
                 con.commit()
                 return value
             except duckdb.Error as error:
-                if not _is_conflict(error):
-                    _rollback(con)
-                    raise
                 _rollback(con)
+                if not lost_race(error):
+                    raise
                 if seen is None or attempt == MAX_ATTEMPTS or (claim and self._guard_rows(con) != seen):
                     raise ConcurrentWriterError(
                         f"{what} was rolled back: another writer committed to the same tables meanwhile "
                         f"(one run per shard at a time): {error}"
                     ) from error
                 LOG.info("%s lost a race with another writer (attempt %d), running it again: %s", what, attempt, error)
-                time.sleep(random.uniform(0, 0.05 * 2**attempt))
+                pause_before_retry(attempt)
             except BaseException:
                 _rollback(con)
                 raise
@@ -466,10 +480,8 @@ class Project:
         if self.shard.count > 1:
             # Another shard may have committed a newer row for a key (one writer's rows only ever get newer).
             keys = " AND ".join(f"t.{c} = u.{c}" for c in _columns(key))
-            newer = f"row({', '.join(f't.{c}' for c in _columns(order_by))}) >= " + (
-                f"row({', '.join(f'u.{c}' for c in _columns(order_by))})"
-            )
-            con.execute(f"DELETE FROM __upsert AS u USING {name} AS t WHERE {keys} AND {newer}")
+            order = {alias: "row(" + ", ".join(f"{alias}.{c}" for c in _columns(order_by)) + ")" for alias in "tu"}
+            con.execute(f"DELETE FROM __upsert AS u USING {name} AS t WHERE {keys} AND {order['t']} >= {order['u']}")
         con.execute(f"DELETE FROM {name} WHERE {key} IN (SELECT {key} FROM __upsert)")
         written = scalar(con, f"INSERT INTO {name} BY NAME SELECT *, {batch.batch_id} AS _batch_id FROM __upsert")
         con.execute("DROP TABLE __upsert")
@@ -539,11 +551,7 @@ class Project:
             result.rows_written += self._append(con, name, query, config.get("dedupe_key"), batch)
         for upstream in self.stream_inputs(name):
             lower, upper = result.offsets_before[upstream], result.offsets_after[upstream]
-            result.rows_in += scalar(
-                con,
-                f"SELECT count(*) FROM {upstream} WHERE _batch_id > ? AND _batch_id <= ? AND {self.shard.owns()}",
-                [lower, upper],
-            )
+            result.rows_in += scalar(con, f"SELECT count(*) FROM {delta_relation(upstream, lower, upper, self.shard)}")
         for relation in relations.values():
             result.rows_in += scalar(con, f"SELECT count(*) FROM {relation}")
 
@@ -561,10 +569,10 @@ class Project:
         matched = f"SELECT _seq FROM {name} WHERE _batch_id = {batch.batch_id}"
         con.execute(f"DELETE FROM {PENDING_TABLE} WHERE model = ? AND shard = ? AND seq IN ({matched})", [name, shard])
         lower, upper = result.offsets_before[retried], result.offsets_after[retried]
+        delta = delta_relation(retried, lower, upper, self.shard)
         con.execute(
-            f"INSERT INTO {PENDING_TABLE} SELECT ?, _seq, ?, ? FROM {retried} "
-            f"WHERE _batch_id > ? AND _batch_id <= ? AND {self.shard.owns()} AND _seq NOT IN ({matched})",
-            [name, batch.started_at, shard, lower, upper],
+            f"INSERT INTO {PENDING_TABLE} SELECT ?, _seq, ?, ? FROM {delta} WHERE _seq NOT IN ({matched})",
+            [name, batch.started_at, shard],
         )
         result.pending = scalar(
             con, f"SELECT count(*) FROM {PENDING_TABLE} WHERE model = ? AND shard = ?", [name, shard]

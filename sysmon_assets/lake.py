@@ -13,9 +13,7 @@ import importlib.util
 import json
 import logging
 import os
-import random
 import sqlite3
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -23,6 +21,7 @@ from urllib.parse import urlparse
 
 import duckdb
 
+from dbt_like.runner import lost_race, pause_before_retry
 from dbt_like.schema_tests import sql_literal
 from sysmon_assets.settings import Settings
 
@@ -31,8 +30,6 @@ EXTENSIONS_PACKAGE = "duckdb_ext"
 LAKE_OPTIONS = {"parquet_compression": "zstd"}
 LOG = logging.getLogger(__name__)
 RACE_ATTEMPTS = 10
-# SQLite: another writer holds the catalog; PostgreSQL: two sessions created the catalog's tables at once.
-RACE_SIGNS = ("database is locked", "duplicate key value violates unique constraint")
 CATALOG_EXTENSIONS = {"sqlite:": "sqlite", "postgres:": "postgres"}
 
 
@@ -131,10 +128,9 @@ def _retry_races(action: Callable[[], object]) -> None:
             action()
             return
         except duckdb.Error as error:
-            lost_race = isinstance(error, duckdb.TransactionException) or any(sign in str(error) for sign in RACE_SIGNS)
-            if not lost_race or attempt == RACE_ATTEMPTS:
+            if not lost_race(error) or attempt == RACE_ATTEMPTS:
                 raise
-            time.sleep(random.uniform(0, 0.05 * 2**attempt))
+            pause_before_retry(attempt)
 
 
 def _set_options(con: duckdb.DuckDBPyConnection) -> None:

@@ -175,11 +175,7 @@ class SysmonPipeline:
         """The shard's next arrival number: shard i numbers its lines i + 1, i + 1 + K, ..."""
         if first_batch_ever:
             return self.shard.index + 1
-        return scalar(
-            con,
-            f"SELECT coalesce(max(_seq), ?) + ? FROM {INGEST_MODEL} WHERE {self.shard.owns('_seq')}",
-            [self.shard.index + 1 - self.shard.count, self.shard.count],
-        )
+        return scalar(con, f"SELECT {self.shard.next_number('_seq')} FROM {INGEST_MODEL}")
 
     def describe(self, name: str, batch_id: int, preview_rows: int = 5) -> tuple[list[tuple[str, str]], str, int]:
         """The table's (column, type) pairs, a markdown preview of the rows ``batch_id`` wrote, and the lake's

@@ -26,7 +26,7 @@ from sysmon_assets.kafka_source import KafkaSourceError, consumer_lag
 from sysmon_assets.landing import LandingError, landing_snapshot
 from sysmon_assets.resources import SysmonPipelineResource
 from sysmon_assets.settings import Settings
-from sysmon_assets.shards import file_shard, partition_keys, partition_shard
+from sysmon_assets.shards import file_shard, partition_key, partition_shard
 
 
 def grown_files(previous: dict[str, int], current: dict[str, int]) -> list[str]:
@@ -51,7 +51,7 @@ def evaluate_landing(
     by_shard = Counter(file_shard(key, shards) for key in grown)
     return [
         RunRequest(
-            partition_key=partition_keys(shards)[shard] if shards > 1 else None,
+            partition_key=partition_key(shard, shards),
             tags={"sysmon/trigger": "landing_sensor", "sysmon/files_grown": str(count)},
         )
         for shard, count in sorted(by_shard.items())
@@ -80,7 +80,7 @@ def evaluate_kafka(settings: Settings) -> list[RunRequest] | SkipReason:
         requests.append(
             RunRequest(
                 run_key=f"kafka:{settings.kafka_topic}:{ends}",
-                partition_key=partition_keys(settings.shards)[shard] if settings.shards > 1 else None,
+                partition_key=partition_key(shard, settings.shards),
                 tags={"sysmon/trigger": "kafka_lag", "sysmon/lag": str(behind)},
             )
         )

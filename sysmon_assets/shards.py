@@ -27,6 +27,11 @@ def partition_keys(shards: int) -> list[str]:
     return [f"{PREFIX}{index}" for index in range(shards)]
 
 
+def partition_key(shard: int, shards: int) -> str | None:
+    """Shard ``shard``'s Dagster partition key; None for one pipeline (its assets have no partitions)."""
+    return f"{PREFIX}{shard}" if shards > 1 else None
+
+
 def shard_index(partition_key: str | None) -> int:
     """``shard-2`` -> 2; no partition (one pipeline) -> 0."""
     return int(partition_key.removeprefix(PREFIX)) if partition_key else 0
