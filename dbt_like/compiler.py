@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import jinja2
@@ -20,6 +21,12 @@ STATE_SCHEMA = "dbt_like"
 PENDING_TABLE = f"{STATE_SCHEMA}.pending"
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+@lru_cache(maxsize=256)
+def _compiled(template: str) -> jinja2.Template:
+    """The template compiled once: a batch renders each model at least twice (config, then its step)."""
+    return _ENV.from_string(template)
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,7 @@ def render_plain(model: Model, variables: Mapping[str, Any]) -> tuple[str, dict[
         captured.update(kwargs)
         return ""
 
-    sql = _ENV.from_string(model.template).render(
+    sql = _compiled(model.template).render(
         config=config,
         ref=lambda name, full=False: name,
         source=lambda name: name,
@@ -141,7 +148,7 @@ def render_step(
             raise ProjectError(f"{model.path}: source('{name}') was not supplied to this step")
         return step.sources[name]
 
-    return _ENV.from_string(model.template).render(
+    return _compiled(model.template).render(
         config=lambda **_: "",
         ref=ref,
         source=source,
