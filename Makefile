@@ -21,7 +21,7 @@ $(BIN)/.installed: pyproject.toml
 ## run: install, land the committed sample, run one micro-batch, print a few sysmon_join rows
 ## (in the Dagster instance `make ui` shows: its runs are listed there, and it starts faster than a temporary one)
 run: $(BIN)/.installed
-	mkdir -p $(SYSMON_LANDING_DIR) .dagster && cp dagster.yaml .dagster/dagster.yaml
+	mkdir -p $(SYSMON_LANDING_DIR) .dagster && cp instance/dagster.yaml .dagster/dagster.yaml
 	cp -p sample_data/*.ndjson $(SYSMON_LANDING_DIR)/
 	DAGSTER_HOME=$(CURDIR)/.dagster PYTHONWARNINGS=ignore $(BIN)/dagster asset materialize \
 		-m sysmon_assets.definitions --select '*' --config-json '$(QUIET)'
@@ -38,7 +38,7 @@ lint: $(BIN)/.installed
 
 ## ui: the Dagster UI with the daemon (schedule and sensor), runs queued one at a time, on http://localhost:$(UI_PORT)
 ui: $(BIN)/.installed
-	mkdir -p .dagster && cp dagster.yaml .dagster/dagster.yaml
+	mkdir -p .dagster && cp instance/dagster.yaml .dagster/dagster.yaml
 	DAGSTER_HOME=$(CURDIR)/.dagster $(BIN)/dagster dev -w workspace.yaml --port $(UI_PORT)
 
 ## sample: regenerate the committed sample (seeded, so the same bytes every time)

@@ -75,9 +75,9 @@ def test_lake_maintenance_job_and_hourly_schedule() -> None:
 
 
 def test_make_ui_instance_runs_one_batch_at_a_time_per_writer() -> None:
-    """What the run queue of `make ui`'s instance (dagster.yaml) takes from a queue of batch runs, asked of
+    """What the run queue of `make ui`'s instance (instance/dagster.yaml) takes from a queue of batch runs, asked of
     Dagster's own queued-run daemon (its selection step, without launching anything)."""
-    run_queue = yaml.safe_load((ROOT / "dagster.yaml").read_text())["run_queue"]
+    run_queue = yaml.safe_load((ROOT / "instance" / "dagster.yaml").read_text())["run_queue"]
     origin = RemoteJobOrigin(
         RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("sysmon"), "__repository__"), "sysmon_micro_batch"
     )
