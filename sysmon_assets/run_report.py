@@ -25,8 +25,9 @@ def _plain(value: object) -> object:
 
 
 def asset_line(name: str, metadata: Mapping[str, object], name_width: int = 0) -> str:
-    """``name  <rows in> in  <rows written> written  key=count ...``: the step's rows, then every other count its
-    metadata holds (rows dropped and why, side tables, pending joins), under the metadata's own labels."""
+    """``name  <rows in> in <rows written> written  key=count ...``: the step's rows, then every other count its
+    metadata holds (rows dropped and why, side tables, pending joins), under the metadata's own labels; with
+    ``name_width``, padded to line up in a report."""
     values = {key: _plain(value) for key, value in metadata.items()}
     # bool is an int to Python, and a flag is no count
     counts = {
@@ -34,9 +35,11 @@ def asset_line(name: str, metadata: Mapping[str, object], name_width: int = 0) -
         for key, value in values.items()
         if isinstance(value, int) and not isinstance(value, bool) and key not in NOT_BATCH_COUNTS
     }
+    # a report aligns its lines in columns (name_width), a log line stands alone
+    number = 7 if name_width else 0
     parts = [name.ljust(name_width)]
     if "rows_in" in values:
-        parts.append(f"{values['rows_in']:>7} in {values['rows_written']:>7} written")
+        parts.append(f"{values['rows_in']:>{number}} in {values['rows_written']:>{number}} written")
     parts.extend(f"{key}={value}" for key, value in counts.items())
     return "  ".join(parts).rstrip()
 

@@ -30,6 +30,7 @@ def test_an_asset_line_gives_rows_in_and_written_then_every_other_count_under_it
     assert asset_line("rekey", metadata, 8) == (
         "rekey         500 in     452 written  not_sysmon_dropped=48  redeliveries_dropped=0"
     )
+    assert asset_line("rekey", metadata) == "rekey  500 in 452 written  not_sysmon_dropped=48  redeliveries_dropped=0"
     # an asset that counts no rows in (the Kafka sink) still gets its counts
     assert asset_line("topic", {"through_batch": 3, "messages_sent": 2}) == "topic  through_batch=3  messages_sent=2"
 
