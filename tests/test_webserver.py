@@ -27,7 +27,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 ASSETS_QUERY = """
 { assetNodes {
-    assetKey { path } groupName description
+    assetKey { path } groupName description jobNames
     dependencyKeys { path }
     assetChecksOrError { ... on AssetChecks { checks { name blocking } } }
     assetMaterializations(limit: 1) {
@@ -117,6 +117,14 @@ def test_graphql_shows_the_assets_their_edges_and_checks(webserver: str) -> None
         "sysmon_process_create_table__unique_process_guid": True,
     }
     assert "join_coverage" in {c["name"] for c in nodes["sysmon_join"]["assetChecksOrError"]["checks"]}
+
+
+def test_the_ui_materializes_all_assets_through_the_first_job_they_share(webserver: str) -> None:
+    """The UI's "Materialize all" outside a job's page launches the first of the jobs the assets share (getCommonJob
+    in Dagster's LaunchAssetExecutionButton.tsx): the implicit __ASSET_JOB, which Dagster lists first
+    (docs/dagster.md)."""
+    for node in graphql(webserver, ASSETS_QUERY)["assetNodes"]:
+        assert node["jobNames"] == ["__ASSET_JOB", "sysmon_micro_batch"], node["assetKey"]
 
 
 def test_graphql_shows_column_lineage_of_sysmon_join(webserver: str) -> None:
