@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance, MetadataValue
+from dagster._core.test_utils import instance_for_test
 
 from sysmon_assets.definitions import build_definitions
-from sysmon_assets.run_report import asset_line, main
+from sysmon_assets.run_report import asset_line, main, run_report
 from tests.conftest import Lake, network_connect, process_create, sysmon_event
 
 
@@ -85,3 +86,14 @@ def test_without_dagster_home_or_a_run_the_report_says_what_is_missing(
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     with pytest.raises(SystemExit, match="no run of sysmon_micro_batch in the Dagster instance at"):
         main([])
+
+
+def test_a_shards_report_names_its_partition_and_its_batch(tmp_path: Path) -> None:
+    lake = Lake(tmp_path, shards=2)
+    lake.land([process_create("{A}", record=1)])
+    job = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch")
+    with instance_for_test() as instance:
+        run_id = job.execute_in_process(instance=instance, partition_key="shard-1").run_id
+        header, *_ = run_report(instance, instance.get_run_by_id(run_id))
+    # shard 1 of 2 numbers its batches 2, 4, ...
+    assert header == f"sysmon_micro_batch run {run_id[:8]}: SUCCESS, partition shard-1, batch 2"
