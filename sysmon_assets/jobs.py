@@ -19,8 +19,8 @@ from sysmon_assets.assets import GROUP, SERVING_GROUP
 from sysmon_assets.pipeline import utc_now
 from sysmon_assets.resources import SysmonPipelineResource
 
-# dagster.yaml's run queue allows one run at a time per value of these tags: a shard's batches must commit in
-# order, while different shards run side by side (a sharded run carries its partition's tag).
+# instance/dagster.yaml's run queue allows one run at a time per value of these tags: a shard's batches must commit
+# in order, while different shards run side by side (a sharded run carries its partition's tag).
 ONE_WRITER_TAG = "sysmon/one_writer"
 
 

@@ -16,6 +16,7 @@ from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import Queued
 
 from dbt_like import discover_models
 from sysmon_assets.definitions import build_definitions, defs
+from sysmon_assets.jobs import ONE_WRITER_TAG
 from sysmon_assets.pipeline import RECIPE_MODELS, SQL_DIR
 from sysmon_assets.settings import Settings
 from tests.conftest import CLI_BATCH, Lake, lake_rows, network_connect, process_create
@@ -60,9 +61,16 @@ def test_job_schedule_and_sensor() -> None:
     assert {node.name for node in job.nodes} == set(RECIPE_MODELS)
     schedule, sensor = defs.resolve_schedule_def("sysmon_every_minute"), defs.resolve_sensor_def("landing_sensor")
     assert schedule.cron_schedule == "* * * * *"
-    assert sensor.job_name == "sysmon_micro_batch"
+    assert schedule.job_name == sensor.job_name == "sysmon_micro_batch"
     assert schedule.default_status == DefaultScheduleStatus.STOPPED
     assert sensor.default_status == DefaultSensorStatus.STOPPED
+
+
+def test_only_the_job_carries_the_one_writer_tag() -> None:
+    """Runs of Dagster's implicit asset job (the asset graph's "Materialize all", `dagster asset materialize`) are
+    not held back by the run queue, as docs/dagster.md says."""
+    assert defs.resolve_job_def("sysmon_micro_batch").tags == {ONE_WRITER_TAG: "lake"}
+    assert ONE_WRITER_TAG not in defs.resolve_implicit_global_asset_job_def().tags
 
 
 def test_lake_maintenance_job_and_hourly_schedule() -> None:
@@ -75,9 +83,9 @@ def test_lake_maintenance_job_and_hourly_schedule() -> None:
 
 
 def test_make_ui_instance_runs_one_batch_at_a_time_per_writer() -> None:
-    """What the run queue of `make ui`'s instance (dagster.yaml) takes from a queue of batch runs, asked of
+    """What the run queue of `make ui`'s instance (instance/dagster.yaml) takes from a queue of batch runs, asked of
     Dagster's own queued-run daemon (its selection step, without launching anything)."""
-    run_queue = yaml.safe_load((ROOT / "dagster.yaml").read_text())["run_queue"]
+    run_queue = yaml.safe_load((ROOT / "instance" / "dagster.yaml").read_text())["run_queue"]
     origin = RemoteJobOrigin(
         RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("sysmon"), "__repository__"), "sysmon_micro_batch"
     )
@@ -130,8 +138,10 @@ def test_the_cli_runs_exactly_one_micro_batch(tmp_path: Path) -> None:
         "SYSMON_LANDING_DIR": str(settings.landing_dir),
         "SYSMON_DATA_DIR": str(settings.data_dir),
     }
-    for _ in range(2):
-        subprocess.run(CLI_BATCH, cwd=ROOT, env=env, check=True, capture_output=True)
+    # the README's command, then the one `make run` runs: a batch each
+    job_batch = [*CLI_BATCH[:3], "job", "execute", "-m", "sysmon_assets.definitions", "-j", "sysmon_micro_batch"]
+    for command in (CLI_BATCH, job_batch):
+        subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
     assert lake_rows(settings, "SELECT count(*) FROM dbt_like.batches") == [(2,)]
     assert lake_rows(settings, "SELECT count(*), max(_batch_id) FROM main.sysmon_join") == [(1, 1)]
 
