@@ -17,7 +17,7 @@ import jinja2
 import jinja2.nodes
 import yaml
 
-MATERIALIZATIONS = ("stream", "table")
+MATERIALIZATIONS = ("stream", "table", "view")
 
 
 class ProjectError(ValueError):
