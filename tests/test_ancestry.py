@@ -3,8 +3,9 @@ and sysmon_join_ancestry, the connections with the chain of the process that ope
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import pytest
@@ -13,6 +14,8 @@ from sysmon_assets.landing import file_key
 from sysmon_assets.pipeline import HUNTING_MODELS
 from sysmon_assets.shards import file_shard
 from tests.conftest import T0, Lake, land, network_connect, process_create, snapshot
+from tests.recipe import shared_path
+from tests.test_real_data import extract_ndjson
 from tests.test_shards import SHARDS, assert_shards_match_one_pipeline, shard_pipelines
 
 EXPLORER = r"C:\Windows\explorer.exe"
@@ -329,3 +332,46 @@ def test_shards_that_commit_a_chains_generations_in_turn_fill_it_in(lake: Lake) 
 def test_shards_at_once_give_one_pipelines_ancestry(tmp_path: Path) -> None:
     sharded = assert_shards_match_one_pipeline(tmp_path, fill_across_shards)
     assert chains(sharded)["{PS}"] == ("explorer.exe > cmd.exe > powershell.exe", 2, "root")
+
+
+def expected_connection_lines(path: Path, depth: int = 8) -> list[str]:
+    """Each joined connection's line, computed without the pipeline: first delivery of each event, latest create
+    per GUID, parents followed through ParentProcessGuid (braces and letter case aside)."""
+    seen, creates, connects = set(), {}, []
+
+    def key(guid: str | None) -> str:
+        return (guid or "").strip("{} ").upper()
+
+    for line in path.read_text(encoding="utf-8").splitlines():
+        event = json.loads(line) if line.strip() else {}
+        delivery = (event.get("computer_name"), event.get("log_name"), event.get("record_number"))
+        if event.get("source_name") != "Microsoft-Windows-Sysmon" or delivery in seen:
+            continue
+        seen.add(delivery)
+        data = event["event_data"]
+        if int(event["event_id"]) == 1 and key(data.get("ProcessGuid")):
+            creates[key(data["ProcessGuid"])] = data
+        elif int(event["event_id"]) == 3:
+            connects.append(data)
+    lines = []
+    for connect in connects:
+        guid = key(connect.get("ProcessGuid"))
+        if guid not in creates:
+            continue
+        chain = [guid]
+        while len(chain) <= depth and key(creates[chain[-1]].get("ParentProcessGuid")) in creates.keys() - chain:
+            chain.append(key(creates[chain[-1]]["ParentProcessGuid"]))
+        names = [PureWindowsPath(creates[member]["Image"]).name for member in reversed(chain)]
+        lines.append(f"{' > '.join(names)} -> {connect['DestinationIp']}:{connect['DestinationPort']}")
+    return sorted(lines)
+
+
+def test_real_data_connections_show_the_chains_an_independent_computation_finds(tmp_path: Path) -> None:
+    """OTRF's Empire 'invoke runas' data set (Winlogbeat 6.7): a launcher started by wscript.exe from cmd.exe."""
+    lake = Lake(tmp_path)
+    tarball = shared_path("data", "real", "otrf-security-datasets", "empire_invoke_runas.tar.gz")
+    landed = extract_ndjson(tarball, lake.landing)
+    lake.batch()
+    lines = sorted(line for (line,) in lake.rows("SELECT connection_lineage FROM sysmon_join_ancestry"))
+    assert lines == expected_connection_lines(landed)
+    assert "cmd.exe > wscript.exe > powershell.exe -> 10.0.10.106:443" in lines

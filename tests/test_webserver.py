@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from sysmon_assets.pipeline import RECIPE_MODELS
-from tests.test_definitions import RECIPE_EDGES
+from sysmon_assets.pipeline import HUNTING_MODELS, RECIPE_MODELS
+from tests.test_definitions import HUNTING_EDGES, RECIPE_EDGES
 
 ROOT = Path(__file__).resolve().parents[1]
 # The README's screenshot; refreshed only on request (make screenshot), so running the tests leaves the tree clean.
@@ -106,11 +106,14 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_graphql_shows_the_assets_their_edges_and_checks(webserver: str) -> None:
     nodes = {"/".join(n["assetKey"]["path"]): n for n in graphql(webserver, ASSETS_QUERY)["assetNodes"]}
-    assert set(nodes) == set(RECIPE_MODELS)
+    assert set(nodes) == set(RECIPE_MODELS + HUNTING_MODELS)
     for name, upstream in RECIPE_EDGES.items():
         assert {"/".join(k["path"]) for k in nodes[name]["dependencyKeys"]} == upstream
         assert nodes[name]["groupName"] == "sysmon_recipe"
         assert nodes[name]["description"].startswith("Recipe step")
+    for name, upstream in HUNTING_EDGES.items():
+        assert {"/".join(k["path"]) for k in nodes[name]["dependencyKeys"]} == upstream
+        assert nodes[name]["groupName"] == "hunting"
     checks = {c["name"]: c["blocking"] for c in nodes["sysmon_process_create_table"]["assetChecksOrError"]["checks"]}
     assert checks == {
         "sysmon_process_create_table__not_null_process_guid": True,
@@ -160,7 +163,8 @@ def test_a_browser_renders_the_asset_graph(webserver: str, tmp_path: Path) -> No
                 "--disable-quic",
             ],
         )
-        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        # wide enough that the group's graph, with its links to the hunting group's assets, shows whole names
+        page = browser.new_page(viewport={"width": 1920, "height": 1080})
         group = f"{webserver}/locations/sysmon_assets.definitions/asset-groups/sysmon_recipe"
         page.goto(group, wait_until="domcontentloaded", timeout=120_000)
         skip = page.get_by_role("button", name="Skip")  # the first-visit newsletter dialog
