@@ -4,12 +4,14 @@ and sysmon_join_ancestry, the connections with the chain of the process that ope
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import pytest
 
+from sysmon_assets.lake import connect, open_lake
 from sysmon_assets.landing import file_key
 from sysmon_assets.pipeline import HUNTING_MODELS
 from sysmon_assets.shards import file_shard
@@ -23,6 +25,7 @@ CMD = r"C:\Windows\System32\cmd.exe"
 POWERSHELL = r"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe"
 WHOAMI = r"C:\Windows\System32\whoami.exe"
 ZERO_GUID = "{00000000-0000-0000-0000-000000000000}"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def create(guid: str, parent: str | None, image: str, command_line: str | None = None) -> dict[str, Any]:
@@ -183,6 +186,27 @@ def test_the_depth_setting_limits_the_chain_and_what_a_late_ancestor_rewrites(tm
     assert batch_ids(lake) == {"{G0}": 2, "{G1}": 2, "{G2}": 2, "{G3}": 1}
 
 
+def test_a_new_depth_applies_to_the_rows_batches_write_from_then_on(tmp_path: Path) -> None:
+    shallow = Lake(tmp_path, ancestry_depth=1)
+    shallow.land([create("{G0}", None, r"C:\g0.exe"), create("{G1}", "{G0}", r"C:\g1.exe")])
+    shallow.land([create("{G2}", "{G1}", r"C:\g2.exe")])
+    shallow.batch(T0)
+    assert chains(shallow)["{G2}"] == ("g1.exe > g2.exe", 1, "depth_limit")
+    deep = Lake(tmp_path, ancestry_depth=8)  # the same lake
+    deep.land([create("{G3}", "{G2}", r"C:\g3.exe")])
+    deep.batch(T0 + timedelta(minutes=1))
+    assert chains(deep)["{G3}"] == ("g0.exe > g1.exe > g2.exe > g3.exe", 3, "root")
+    assert chains(deep)["{G2}"] == ("g1.exe > g2.exe", 1, "depth_limit")  # not rewritten: nothing above it changed
+    # a rebuild between runs: without the table and its offsets, the next batch writes every process's row anew
+    with open_lake(deep.settings) as con:
+        con.execute("DROP TABLE sysmon_process_ancestry")
+        con.execute("DELETE FROM dbt_like.offsets WHERE model = 'sysmon_process_ancestry'")
+    rebuilt = Lake(tmp_path, ancestry_depth=8)
+    rebuilt.batch(T0 + timedelta(minutes=2))
+    assert chains(rebuilt)["{G2}"] == ("g0.exe > g1.exe > g2.exe", 2, "root")
+    assert len(chains(rebuilt)) == 4
+
+
 def test_the_default_depth_is_eight_generations(lake: Lake) -> None:
     lake.land([create(f"{{G{n}}}", f"{{G{n - 1}}}" if n else None, rf"C:\g{n}.exe") for n in range(10)])
     lake.batch()
@@ -223,6 +247,12 @@ def test_a_connection_shows_its_ancestry_line_and_a_late_ancestor_fills_it_in(la
         ("root", "explorer.exe > cmd.exe > powershell.exe -> 203.0.113.7:443"),
         ("root", "explorer.exe > cmd.exe > powershell.exe -> [2001:db8::7]:443"),
     ]
+    # a reader at batch 1 (time travel) sees the line as that batch left it
+    with connect(lake.settings, batch_id=1) as reader:
+        assert reader.execute("SELECT connection_lineage FROM sysmon_join_ancestry ORDER BY _seq").fetchall() == [
+            ("cmd.exe > powershell.exe -> 203.0.113.7:443",),
+            ("cmd.exe > powershell.exe -> [2001:db8::7]:443",),
+        ]
     # the view reads sysmon_join, whose rows the late ancestor left as they were: the recipe's columns, unchanged
     assert lake.rows("SELECT _batch_id FROM sysmon_join") == [(1,), (1,)]
     assert lake.rows("SELECT _batch_id, depth FROM sysmon_join_ancestry") == [(1, 2), (1, 2)]
@@ -242,6 +272,7 @@ def test_the_connection_view_is_a_view_and_every_batch_is_complete_at_it(lake: L
     lake.land([create("{PS}", None, POWERSHELL), network_connect("{PS}")])
     lake.batch(T0)
     lake.batch(T0 + timedelta(minutes=1))  # nothing new
+    assert batch_ids(lake) == {"{PS}": 1}
     assert lake.rows("SELECT view_name FROM duckdb_views() WHERE database_name = 'lake'") == [("sysmon_join_ancestry",)]
     notes = lake.rows(
         "SELECT commit_extra_info FROM ducklake_snapshots('lake') "
@@ -354,15 +385,15 @@ def expected_connection_lines(path: Path, depth: int = 8) -> list[str]:
         elif int(event["event_id"]) == 3:
             connects.append(data)
     lines = []
-    for connect in connects:
-        guid = key(connect.get("ProcessGuid"))
+    for connection in connects:
+        guid = key(connection.get("ProcessGuid"))
         if guid not in creates:
             continue
         chain = [guid]
         while len(chain) <= depth and key(creates[chain[-1]].get("ParentProcessGuid")) in creates.keys() - chain:
             chain.append(key(creates[chain[-1]]["ParentProcessGuid"]))
         names = [PureWindowsPath(creates[member]["Image"]).name for member in reversed(chain)]
-        lines.append(f"{' > '.join(names)} -> {connect['DestinationIp']}:{connect['DestinationPort']}")
+        lines.append(f"{' > '.join(names)} -> {connection['DestinationIp']}:{connection['DestinationPort']}")
     return sorted(lines)
 
 
@@ -375,3 +406,46 @@ def test_real_data_connections_show_the_chains_an_independent_computation_finds(
     lines = sorted(line for (line,) in lake.rows("SELECT connection_lineage FROM sysmon_join_ancestry"))
     assert lines == expected_connection_lines(landed)
     assert "cmd.exe > wscript.exe > powershell.exe -> 10.0.10.106:443" in lines
+    # the processes started before the capture have no create: every chain ends at a missing parent
+    assert lake.rows("SELECT DISTINCT chain_end FROM sysmon_process_ancestry") == [("missing_parent",)]
+
+
+def documented_queries() -> tuple[list[str], list[str]]:
+    """The SQL blocks of docs/hunting.md's "Process ancestry" section, and the text blocks (their output)."""
+    text = (ROOT / "docs" / "hunting.md").read_text(encoding="utf-8")
+    section = text.split("\n## Process ancestry\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sql\n(.*?)```", section, re.S), re.findall(r"```text\n(.*?)```", section, re.S)
+
+
+def test_the_documented_queries_give_what_the_docs_say(lake: Lake) -> None:
+    (every, script_hosts, descendants, endings, missing), (printed,) = documented_queries()
+    explorer = "{03BA39F5-ED98-5CA4-0000-0010A4A70000}"
+    lake.land(
+        [
+            create(explorer, None, EXPLORER),
+            create("{CMD}", explorer, CMD),
+            create("{PS}", "{CMD}", POWERSHELL),
+            network_connect("{PS}", "203.0.113.7"),
+        ]
+    )
+    lake.batch(T0)
+    assert [line for (line,) in lake.rows(every)] == printed.splitlines()
+    # a macro's launcher: cmd.exe (whose parent was never shipped) > wscript.exe > powershell.exe
+    lake.land(
+        [
+            create("{CMD2}", "{NEVER-SHIPPED}", CMD),
+            create("{WSCRIPT}", "{CMD2}", r"C:\Windows\System32\WScript.exe"),
+            create("{PS2}", "{WSCRIPT}", POWERSHELL),
+            network_connect("{PS2}", "198.51.100.9"),
+        ]
+    )
+    lake.batch(T0 + timedelta(minutes=1))
+    lines = [row[-1] for row in lake.rows(script_hosts)]
+    assert lines == ["cmd.exe > WScript.exe > powershell.exe -> 198.51.100.9:443"]
+    assert lake.rows(descendants) == [
+        ("{CMD}", "explorer.exe > cmd.exe"),
+        ("{PS}", "explorer.exe > cmd.exe > powershell.exe"),
+    ]
+    assert lake.rows(endings) == [("missing_parent", 3), ("root", 3)]
+    # the create of cmd.exe names its parent's image (conftest's process_create: explorer.exe)
+    assert lake.rows(missing) == [("{NEVER-SHIPPED}", EXPLORER, 3)]
