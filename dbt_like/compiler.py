@@ -3,7 +3,8 @@
 ``ref()`` follows KSQL's reading of streams and tables: a reference to a *stream* model
 yields only the rows that model gained since this model last consumed it (its delta), a
 reference to a *table* model yields the table as it stands now. ``ref(name, full=True)``
-yields every row of a stream, for models that must look back (an as-of join).
+yields every row of a stream, for models that must look back (an as-of join). A *view* model is
+stored as a query, not as rows, so every ``ref()`` in it yields the whole relation, as does a ``ref()`` to it.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def render_step(
     own = configs[model.name]
 
     def ref(name: str, full: bool = False) -> str:
-        if full or configs[name]["materialized"] == "table":
+        if full or own["materialized"] == "view" or configs[name]["materialized"] in ("table", "view"):
             return name
         retried_by = model.name if own.get("retry_unmatched") == name else None
         lower, upper = step.offsets.get(name, 0), step.upper_bounds[name]

@@ -17,7 +17,7 @@ import jinja2
 import jinja2.nodes
 import yaml
 
-MATERIALIZATIONS = ("stream", "table")
+MATERIALIZATIONS = ("stream", "table", "view")
 # libyaml's loader when PyYAML was built with it: the pure-Python one takes ~0.2 s over a schema.yml of 250 lines
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 

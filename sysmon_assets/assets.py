@@ -116,7 +116,8 @@ def model_asset(project: Project, name: str, partitions: StaticPartitionsDefinit
         name=name,
         deps=[AssetKey(ref) for ref in model.refs],
         description=model.description,
-        group_name=GROUP,
+        # a model may name its group (dagster-dbt reads dbt's `group` config the same way)
+        group_name=project.configs[name].get("group", GROUP),
         kinds={"ducklake", "sql"},
         check_specs=_check_specs(project, name),
         partitions_def=partitions,

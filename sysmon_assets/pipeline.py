@@ -38,6 +38,8 @@ RECIPE_MODELS = (
     "sysmon_network_connect",
     "sysmon_join",
 )
+# Built on the recipe's tables for threat hunting (docs/hunting.md): Dagster group `hunting`.
+HUNTING_MODELS = ("sysmon_process_ancestry", "sysmon_join_ancestry")
 
 Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 

@@ -17,7 +17,7 @@ import pytest
 
 from dbt_like import table_columns
 from sysmon_assets.lake import open_lake
-from sysmon_assets.pipeline import RECIPE_MODELS, SysmonPipeline
+from sysmon_assets.pipeline import HUNTING_MODELS, RECIPE_MODELS, SysmonPipeline
 from sysmon_assets.settings import Settings
 
 Wrapper = TypeVar("Wrapper")
@@ -210,8 +210,8 @@ class Lake:
         return self.rows(f"SELECT count(*) FROM {table}")[0][0]
 
 
-def snapshot(settings: Settings, tables: Iterable[str] = RECIPE_MODELS) -> dict[str, list[tuple]]:
-    """Every table's recipe columns (not the ``_`` metadata), as sorted rows: equal means same content."""
+def snapshot(settings: Settings, tables: Iterable[str] = RECIPE_MODELS + HUNTING_MODELS) -> dict[str, list[tuple]]:
+    """Every table's (and view's) columns but the ``_`` metadata, as sorted rows: equal means same content."""
     with open_lake(settings, read_only=True) as con:
         result = {}
         for table in tables:

@@ -1,4 +1,5 @@
-"""The Dagster definitions: lineage of the six recipe assets, job, schedule, sensor, and the CLI batch."""
+"""The Dagster definitions: lineage of the six recipe assets and the hunting ones, job, schedule, sensor, and the
+CLI batch."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import Queued
 from dbt_like import discover_models
 from sysmon_assets.definitions import build_definitions, defs
 from sysmon_assets.jobs import ONE_WRITER_TAG
-from sysmon_assets.pipeline import RECIPE_MODELS, SQL_DIR
+from sysmon_assets.pipeline import HUNTING_MODELS, RECIPE_MODELS, SQL_DIR
 from sysmon_assets.settings import Settings
 from tests.conftest import CLI_BATCH, Lake, lake_rows, network_connect, process_create
 
@@ -31,12 +32,18 @@ RECIPE_EDGES = {
     # the ksql mode's as-of join reads the ProcessCreate stream itself
     "sysmon_join": {"sysmon_network_connect", "sysmon_process_create_table", "sysmon_process_create"},
 }
+HUNTING_EDGES = {
+    # the creates a batch brought (the stream) and the whole process table
+    "sysmon_process_ancestry": {"sysmon_process_create", "sysmon_process_create_table"},
+    "sysmon_join_ancestry": {"sysmon_join", "sysmon_process_ancestry"},
+}
+ALL_MODELS = RECIPE_MODELS + HUNTING_MODELS
 
 
 def test_the_six_recipe_assets_with_their_lineage_and_descriptions() -> None:
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == set(RECIPE_MODELS)
+    assert keys == set(ALL_MODELS)
     recipe = {
         key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).group_name == "sysmon_recipe"
     }
@@ -49,6 +56,16 @@ def test_the_six_recipe_assets_with_their_lineage_and_descriptions() -> None:
         assert node.group_name == "sysmon_recipe"
 
 
+def test_the_hunting_assets_are_a_group_of_their_own_downstream_of_the_recipe() -> None:
+    graph = defs.resolve_asset_graph()
+    for name, upstream in HUNTING_EDGES.items():
+        node = graph.get(AssetKey(name))
+        assert {key.to_user_string() for key in node.parent_keys} == upstream
+        assert node.description and node.description.startswith("Not a recipe step")
+        assert node.group_name == "hunting"
+    assert graph.get(AssetKey("sysmon_join_ancestry")).metadata["materialized"] == "view"
+
+
 def test_schema_tests_are_asset_checks() -> None:
     checks = {key.name for key in defs.resolve_asset_graph().asset_check_keys}
     assert "sysmon_process_create_table__unique_process_guid" in checks
@@ -58,7 +75,7 @@ def test_schema_tests_are_asset_checks() -> None:
 def test_job_schedule_and_sensor() -> None:
     job = defs.resolve_job_def("sysmon_micro_batch")
     assert job.executor_def.name == "in_process"
-    assert {node.name for node in job.nodes} == set(RECIPE_MODELS)
+    assert {node.name for node in job.nodes} == set(ALL_MODELS)
     schedule, sensor = defs.resolve_schedule_def("sysmon_every_minute"), defs.resolve_sensor_def("landing_sensor")
     assert schedule.cron_schedule == "* * * * *"
     assert schedule.job_name == sensor.job_name == "sysmon_micro_batch"
@@ -153,7 +170,7 @@ def test_materializations_carry_column_schema_lineage_and_a_preview(lake: Lake) 
     schema = {column.name: column for column in join["dagster/column_schema"].schema.columns}
     assert schema["event_date_creation"].type == "TIMESTAMP"
     assert schema["user_account"].description == "the network event's user (N.USER_ACCOUNT in the recipe)"
-    for name in RECIPE_MODELS:  # every column of every recipe table is described in the UI
+    for name in ALL_MODELS:  # every column of every table and view is described in the UI
         columns = result.asset_materializations_for_node(name)[0].metadata["dagster/column_schema"].schema.columns
         assert [column.name for column in columns if not column.description] == [], name
     # winlogbeat_rejects, a side table with no asset of its own, has its descriptions in schema.yml
@@ -167,10 +184,8 @@ def test_materializations_carry_column_schema_lineage_and_a_preview(lake: Lake) 
     assert "{G}" in join["new_rows_preview"].value
     assert join["duration_seconds"].value >= 0
     assert join["lake_table"].value == "lake.main.sysmon_join"
-    snapshots = [
-        result.asset_materializations_for_node(name)[0].metadata["lake_snapshot"].value for name in RECIPE_MODELS
-    ]
-    assert len(set(snapshots)) == len(RECIPE_MODELS)  # each step committed a snapshot of its own
+    snapshots = [result.asset_materializations_for_node(name)[0].metadata["lake_snapshot"].value for name in ALL_MODELS]
+    assert len(set(snapshots)) == len(ALL_MODELS)  # each step committed a snapshot of its own
     assert max(snapshots) == lake.rows("FROM ducklake_current_snapshot('lake')")[0][0]
 
 

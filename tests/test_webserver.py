@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from sysmon_assets.jobs import ONE_WRITER_TAG
-from sysmon_assets.pipeline import RECIPE_MODELS
-from tests.test_definitions import RECIPE_EDGES
+from sysmon_assets.pipeline import HUNTING_MODELS, RECIPE_MODELS
+from tests.test_definitions import HUNTING_EDGES, RECIPE_EDGES
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -113,11 +113,14 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_graphql_shows_the_assets_their_edges_and_checks(webserver: str) -> None:
     nodes = {"/".join(n["assetKey"]["path"]): n for n in graphql(webserver, ASSETS_QUERY)["assetNodes"]}
-    assert set(nodes) == set(RECIPE_MODELS)
+    assert set(nodes) == set(RECIPE_MODELS + HUNTING_MODELS)
     for name, upstream in RECIPE_EDGES.items():
         assert {"/".join(k["path"]) for k in nodes[name]["dependencyKeys"]} == upstream
         assert nodes[name]["groupName"] == "sysmon_recipe"
         assert nodes[name]["description"].startswith("Recipe step")
+    for name, upstream in HUNTING_EDGES.items():
+        assert {"/".join(k["path"]) for k in nodes[name]["dependencyKeys"]} == upstream
+        assert nodes[name]["groupName"] == "hunting"
     checks = {c["name"]: c["blocking"] for c in nodes["sysmon_process_create_table"]["assetChecksOrError"]["checks"]}
     assert checks == {
         "sysmon_process_create_table__not_null_process_guid": True,
@@ -178,7 +181,8 @@ def chromium_page() -> Iterator[Page]:
             ],
         )
         try:
-            yield browser.new_page(viewport={"width": 1600, "height": 1000})
+            # wide enough that the group's graph, with its links to the hunting group's assets, shows whole names
+            yield browser.new_page(viewport={"width": 1920, "height": 1080})
         finally:
             browser.close()
 
