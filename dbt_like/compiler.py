@@ -15,11 +15,15 @@ from typing import Any
 import jinja2
 
 from dbt_like.project import MATERIALIZATIONS, Model, ProjectError
+from dbt_like.sql import quote_identifier, quote_string
 
 STATE_SCHEMA = "dbt_like"
 PENDING_TABLE = f"{STATE_SCHEMA}.pending"
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+# Values a template writes into SQL go through these: {{ title | sql_string }}, {{ name | sql_identifier }}.
+_ENV.filters["sql_string"] = quote_string
+_ENV.filters["sql_identifier"] = quote_identifier
 
 
 @dataclass(frozen=True)
