@@ -3,7 +3,7 @@
 -- (network_connection): one row per (rule, matching event). A connection also reads the fields Sysmon's event 3
 -- lacks (CommandLine, ParentImage, ...) from its process's row in sysmon_process_create_table as the table stands
 -- at this step, and a hit carries that process context (NULL when the process create has not arrived).
-{{ config(materialized='stream') }}
+{{ config(materialized='stream', group='hunting') }}
 {% set sigma = var('sigma') %}
 {#- One text column per Sysmon field the event carries, named as Sigma names it, and its lower-cased twin:
     the rules' conditions read these (sysmon_assets/sigma.py, EVENT_FIELDS). -#}

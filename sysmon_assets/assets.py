@@ -34,6 +34,8 @@ from sysmon_assets.shards import partition_keys, shard_index
 
 GROUP = "sysmon_recipe"
 SERVING_GROUP = "serving"
+# A model's group is its config's group=..., the recipe's by default (sigma_detections: hunting).
+HUNTING_GROUP = "hunting"
 
 
 def _check_specs(project: Project, name: str) -> list[AssetCheckSpec]:
@@ -116,7 +118,7 @@ def model_asset(project: Project, name: str, partitions: StaticPartitionsDefinit
         name=name,
         deps=[AssetKey(ref) for ref in model.refs],
         description=model.description,
-        group_name=GROUP,
+        group_name=project.configs[name].get("group", GROUP),
         kinds={"ducklake", "sql"},
         check_specs=_check_specs(project, name),
         partitions_def=partitions,

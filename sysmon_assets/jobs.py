@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from sysmon_assets import maintenance
-from sysmon_assets.assets import GROUP, SERVING_GROUP
+from sysmon_assets.assets import GROUP, HUNTING_GROUP, SERVING_GROUP
 from sysmon_assets.pipeline import utc_now
 from sysmon_assets.resources import SysmonPipelineResource
 
@@ -25,13 +25,13 @@ ONE_WRITER_TAG = "sysmon/one_writer"
 
 
 def batch_job(shards: int = 1) -> "UnresolvedAssetJobDefinition":
-    """One micro-batch: every recipe asset in one process; with shards, of one shard (its partition)."""
+    """One micro-batch: every recipe and hunting asset in one process; with shards, of one shard (its partition)."""
     return define_asset_job(
         name="sysmon_micro_batch",
-        selection=AssetSelection.groups(GROUP, SERVING_GROUP),
+        selection=AssetSelection.groups(GROUP, HUNTING_GROUP, SERVING_GROUP),
         executor_def=in_process_executor,
         tags={} if shards > 1 else {ONE_WRITER_TAG: "lake"},
-        description="One micro-batch: ingest what landed, then every recipe step in order"
+        description="One micro-batch: ingest what landed, then every recipe step and the hunting steps in order"
         + (" (of the shard its partition names)." if shards > 1 else "."),
     )
 

@@ -16,7 +16,7 @@ from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import Queued
 
 from dbt_like import discover_models
 from sysmon_assets.definitions import build_definitions, defs
-from sysmon_assets.pipeline import RECIPE_MODELS, SQL_DIR
+from sysmon_assets.pipeline import HUNTING_MODELS, RECIPE_MODELS, SQL_DIR
 from sysmon_assets.settings import Settings
 from tests.conftest import CLI_BATCH, Lake, lake_rows, network_connect, process_create
 
@@ -35,7 +35,7 @@ RECIPE_EDGES = {
 def test_the_six_recipe_assets_with_their_lineage_and_descriptions() -> None:
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == set(RECIPE_MODELS)
+    assert keys == {*RECIPE_MODELS, *HUNTING_MODELS}
     recipe = {
         key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).group_name == "sysmon_recipe"
     }
@@ -46,6 +46,13 @@ def test_the_six_recipe_assets_with_their_lineage_and_descriptions() -> None:
         assert node.description and "Recipe step" in node.description
         assert node.kinds == {"ducklake", "sql"}
         assert node.group_name == "sysmon_recipe"
+    sigma = graph.get(AssetKey("sigma_detections"))
+    assert {key.to_user_string() for key in sigma.parent_keys} == {
+        "winlogbeat_stream_rekey",
+        "sysmon_process_create_table",
+    }
+    assert sigma.group_name == "hunting"
+    assert sigma.description and "Sigma detections" in sigma.description
 
 
 def test_schema_tests_are_asset_checks() -> None:
@@ -57,7 +64,7 @@ def test_schema_tests_are_asset_checks() -> None:
 def test_job_schedule_and_sensor() -> None:
     job = defs.resolve_job_def("sysmon_micro_batch")
     assert job.executor_def.name == "in_process"
-    assert {node.name for node in job.nodes} == set(RECIPE_MODELS)
+    assert {node.name for node in job.nodes} == {*RECIPE_MODELS, *HUNTING_MODELS}
     schedule, sensor = defs.resolve_schedule_def("sysmon_every_minute"), defs.resolve_sensor_def("landing_sensor")
     assert schedule.cron_schedule == "* * * * *"
     assert sensor.job_name == "sysmon_micro_batch"
@@ -143,7 +150,7 @@ def test_materializations_carry_column_schema_lineage_and_a_preview(lake: Lake) 
     schema = {column.name: column for column in join["dagster/column_schema"].schema.columns}
     assert schema["event_date_creation"].type == "TIMESTAMP"
     assert schema["user_account"].description == "the network event's user (N.USER_ACCOUNT in the recipe)"
-    for name in RECIPE_MODELS:  # every column of every recipe table is described in the UI
+    for name in (*RECIPE_MODELS, *HUNTING_MODELS):  # every column of every table is described in the UI
         columns = result.asset_materializations_for_node(name)[0].metadata["dagster/column_schema"].schema.columns
         assert [column.name for column in columns if not column.description] == [], name
     # winlogbeat_rejects, a side table with no asset of its own, has its descriptions in schema.yml
@@ -158,9 +165,10 @@ def test_materializations_carry_column_schema_lineage_and_a_preview(lake: Lake) 
     assert join["duration_seconds"].value >= 0
     assert join["lake_table"].value == "lake.main.sysmon_join"
     snapshots = [
-        result.asset_materializations_for_node(name)[0].metadata["lake_snapshot"].value for name in RECIPE_MODELS
+        result.asset_materializations_for_node(name)[0].metadata["lake_snapshot"].value
+        for name in (*RECIPE_MODELS, *HUNTING_MODELS)
     ]
-    assert len(set(snapshots)) == len(RECIPE_MODELS)  # each step committed a snapshot of its own
+    assert len(set(snapshots)) == len(RECIPE_MODELS) + len(HUNTING_MODELS)  # each step committed a snapshot of its own
     assert max(snapshots) == lake.rows("FROM ducklake_current_snapshot('lake')")[0][0]
 
 

@@ -11,7 +11,7 @@ from confluent_kafka import Producer
 from dagster import AssetKey
 
 from sysmon_assets.kafka_sink import KSQL_ALIASED, JoinSink, KafkaSinkError, ksql_name
-from sysmon_assets.pipeline import RECIPE_MODELS, SysmonPipeline
+from sysmon_assets.pipeline import HUNTING_MODELS, RECIPE_MODELS, SysmonPipeline
 from sysmon_assets.settings import Settings
 from tests.conftest import T0, Lake, lake_rows, network_connect, process_create
 from tests.kafka_broker import Broker
@@ -241,9 +241,13 @@ def test_the_cli_batch_reads_kafka_and_publishes_the_join_topic(tmp_path: Path, 
     assert len(kafka_broker.read_all(sink)) == joins
     definitions = build_definitions(settings)
     graph = definitions.resolve_asset_graph()
-    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {*RECIPE_MODELS, "sysmon_join_topic"}
+    assert {key.to_user_string() for key in graph.get_all_asset_keys()} == {
+        *RECIPE_MODELS,
+        *HUNTING_MODELS,
+        "sysmon_join_topic",
+    }
     sink_asset = graph.get(AssetKey("sysmon_join_topic"))
     assert {key.to_user_string() for key in sink_asset.parent_keys} == {"sysmon_join"}
     assert sink_asset.group_name == "serving"
     job = definitions.resolve_job_def("sysmon_micro_batch")
-    assert {node.name for node in job.nodes} == {*RECIPE_MODELS, "sysmon_join_topic"}
+    assert {node.name for node in job.nodes} == {*RECIPE_MODELS, *HUNTING_MODELS, "sysmon_join_topic"}

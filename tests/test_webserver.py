@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sysmon_assets.pipeline import RECIPE_MODELS
+from sysmon_assets.pipeline import HUNTING_MODELS, RECIPE_MODELS
 from tests.test_definitions import RECIPE_EDGES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,7 +106,7 @@ def webserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_graphql_shows_the_assets_their_edges_and_checks(webserver: str) -> None:
     nodes = {"/".join(n["assetKey"]["path"]): n for n in graphql(webserver, ASSETS_QUERY)["assetNodes"]}
-    assert set(nodes) == set(RECIPE_MODELS)
+    assert set(nodes) == {*RECIPE_MODELS, *HUNTING_MODELS}
     for name, upstream in RECIPE_EDGES.items():
         assert {"/".join(k["path"]) for k in nodes[name]["dependencyKeys"]} == upstream
         assert nodes[name]["groupName"] == "sysmon_recipe"
@@ -117,6 +117,14 @@ def test_graphql_shows_the_assets_their_edges_and_checks(webserver: str) -> None
         "sysmon_process_create_table__unique_process_guid": True,
     }
     assert "join_coverage" in {c["name"] for c in nodes["sysmon_join"]["assetChecksOrError"]["checks"]}
+    sigma = nodes["sigma_detections"]
+    assert {"/".join(k["path"]) for k in sigma["dependencyKeys"]} == {
+        "winlogbeat_stream_rekey",
+        "sysmon_process_create_table",
+    }
+    assert sigma["groupName"] == "hunting"
+    assert "Sigma" in sigma["description"]
+    assert {"severe_detections", "sigma_rules_converted"} <= {c["name"] for c in sigma["assetChecksOrError"]["checks"]}
 
 
 def test_graphql_shows_column_lineage_of_sysmon_join(webserver: str) -> None:
