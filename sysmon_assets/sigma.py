@@ -145,6 +145,8 @@ class FieldNotCarried(DetectionItemFailureTransformation):
     transformation has one fixed message)."""
 
     def apply_detection_item(self, detection_item: SigmaDetectionItem) -> None:
+        if detection_item.field is None:
+            return  # a keyword (no field): the backend says it does not support those
         raise SigmaTransformationError(
             f"needs field {detection_item.field!r}, which {self.message} does not carry", source=detection_item.source
         )
