@@ -56,6 +56,9 @@ RULE_SUFFIXES = (".yml", ".yaml")
 CATEGORY_EVENTS = {"process_creation": 1, "network_connection": 3}
 EVENT_NAMES = {1: "process creation (Sysmon event 1)", 3: "network connection (Sysmon event 3)"}
 PRODUCTS = (None, "windows")
+# The kind of failure of a rule written for another log source: expected when the folder holds every rule of a
+# product, so it does not fail the sigma_rules_converted check (the rule is still listed).
+LOGSOURCE = "logsource"
 # Each field's lower-cased twin column is named with this suffix (a character no Sysmon field name has).
 LOWER_SUFFIX = ":lower"
 # Fields whose values are long: their predicates are evaluated after the others of an AND.
@@ -140,6 +143,10 @@ EVENT_FIELDS: dict[int, dict[str, str]] = {
 }
 
 
+class FieldNotCarriedError(SigmaTransformationError):
+    """A rule needs a field its events do not carry."""
+
+
 class FieldNotCarried(DetectionItemFailureTransformation):
     """Fails a rule that needs a field its events do not carry, naming the field (pySigma's own failure
     transformation has one fixed message)."""
@@ -147,7 +154,7 @@ class FieldNotCarried(DetectionItemFailureTransformation):
     def apply_detection_item(self, detection_item: SigmaDetectionItem) -> None:
         if detection_item.field is None:
             return  # a keyword (no field): the backend says it does not support those
-        raise SigmaTransformationError(
+        raise FieldNotCarriedError(
             f"needs field {detection_item.field!r}, which {self.message} does not carry", source=detection_item.source
         )
 
@@ -352,9 +359,13 @@ class SigmaRuleSql:
 
 @dataclass(frozen=True)
 class RuleFailure:
-    """A rule (or a whole file) that is not evaluated, and why."""
+    """A rule (or a whole file) that is not evaluated, and why. ``kind``: ``unreadable`` (not a Sigma rule pySigma
+    reads, or one without an id), ``logsource`` (not over Sysmon's process creation or network connection),
+    ``field`` (needs a field the event does not carry), ``unsupported`` (a feature the conversion lacks, such as
+    keywords or correlations), ``sql`` (DuckDB rejects the converted condition)."""
 
     file: str
+    kind: str
     reason: str
     rule_id: str | None = None
     title: str | None = None
@@ -442,17 +453,23 @@ def _rules_of(folder: Path, path: Path) -> Iterator[SigmaRule | RuleFailure]:
     try:
         collection = SigmaCollection.from_yaml(path.read_text(encoding="utf-8"), collect_errors=True)
     except (SigmaError, yaml.YAMLError, UnicodeDecodeError) as error:
-        yield RuleFailure(relative, f"not a readable Sigma file: {_first_line(error)}")
+        yield RuleFailure(relative, "unreadable", f"not a readable Sigma file: {_first_line(error)}")
         return
     for item in collection.rules:
         rule_id = str(item.id) if getattr(item, "id", None) else None
         title = getattr(item, "title", None)
         if not isinstance(item, SigmaRule):
             yield RuleFailure(
-                relative, f"{type(item).__name__} is not evaluated (only detection rules are)", rule_id, title
+                relative,
+                "unsupported",
+                f"{type(item).__name__} is not evaluated (only detection rules are)",
+                rule_id,
+                title,
             )
         elif item.errors:
-            yield RuleFailure(relative, f"not a valid Sigma rule: {_first_line(item.errors[0])}", rule_id, title)
+            yield RuleFailure(
+                relative, "unreadable", f"not a valid Sigma rule: {_first_line(item.errors[0])}", rule_id, title
+            )
         else:
             yield item
 
@@ -484,22 +501,24 @@ def _convert(
         source = rule.logsource
         return RuleFailure(
             file,
+            LOGSOURCE,
             f"logsource (category={source.category}, product={source.product}, service={source.service}) is neither "
             "process_creation nor network_connection on Windows",
             rule_id,
             title,
         )
     if rule_id is None:
-        return RuleFailure(file, "has no id (a detection names its rule by id)", rule_id, title)
+        return RuleFailure(file, "unreadable", "has no id (a detection names its rule by id)", rule_id, title)
     try:
         queries = backend.convert_rule(rule)
     except Exception as error:  # a rule the converter fails on, in whatever way, is listed; the others convert
-        return RuleFailure(file, f"does not convert: {_first_line(error)}", rule_id, title)
+        kind = "field" if isinstance(error, FieldNotCarriedError) else "unsupported"
+        return RuleFailure(file, kind, f"does not convert: {_first_line(error)}", rule_id, title)
     condition = " OR ".join(f"({query})" for query in queries) if len(queries) > 1 else queries[0]
     try:
         con.execute(f"SELECT count(*) FROM sigma_events_{event_id} WHERE {condition}").fetchall()
     except duckdb.Error as error:
-        return RuleFailure(file, f"DuckDB rejects its SQL: {_first_line(error)}", rule_id, title)
+        return RuleFailure(file, "sql", f"DuckDB rejects its SQL: {_first_line(error)}", rule_id, title)
     return SigmaRuleSql(
         rule_id=rule_id,
         title=title,

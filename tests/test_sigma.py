@@ -338,6 +338,26 @@ def test_rules_that_cannot_run_are_listed_with_their_reasons(tmp_path: Path) -> 
     assert rule_set.loaded == len(FAILING_RULES)
     titles = {failure.file: failure.title for failure in rule_set.failures}
     assert titles["unknown_field.yml"] == "unknown field"
+    kinds = {failure.file: failure.kind for failure in rule_set.failures}
+    assert kinds == {
+        "keywords.yml": "unsupported",
+        "unknown_field.yml": "field",
+        "event3_lacks_field.yml": "field",
+        "file_event.yml": "logsource",
+        "lookbehind.yml": "sql",
+        "broken.yml": "unreadable",
+    }
+
+
+def test_rules_for_other_log_sources_are_listed_without_a_warning(tmp_path: Path) -> None:
+    from sysmon_assets.checks import sigma_rules_converted
+
+    names = ("file_event.yml", "nested/fine.yml")
+    lake = Lake(tmp_path, sigma_rules=write_rules(tmp_path / "rules", {name: FAILING_RULES[name] for name in names}))
+    passed, metadata = sigma_rules_converted(lake.pipeline, 1)
+    assert passed
+    assert metadata["rules_not_evaluated"] == {"logsource": 1}
+    assert [failure["file"] for failure in metadata["failures"]] == ["file_event.yml"]
 
 
 def test_a_connection_hit_carries_its_process_context(tmp_path: Path) -> None:
@@ -481,7 +501,8 @@ def test_dagster_warns_of_severe_hits_and_of_rules_that_cannot_run(tmp_path: Pat
     )
     assert (converted.passed, converted.severity.value) == (False, "WARN")
     (failure,) = converted.metadata["failures"].value
-    assert (failure["file"], failure["title"]) == ("unknown_field.yml", "unknown field")
+    assert (failure["file"], failure["title"], failure["kind"]) == ("unknown_field.yml", "unknown field", "field")
+    assert converted.metadata["rules_not_evaluated"].value == {"field": 1}
     assert "Provider_Name" in failure["reason"]
     metadata = result.asset_materializations_for_node("sigma_detections")[0].metadata
     assert (metadata["rules_loaded"].value, metadata["rules_converted"].value, metadata["rules_failed"].value) == (
