@@ -3,7 +3,9 @@
 ``ref()`` follows KSQL's reading of streams and tables: a reference to a *stream* model
 yields only the rows that model gained since this model last consumed it (its delta), a
 reference to a *table* model yields the table as it stands now. ``ref(name, full=True)``
-yields every row of a stream, for models that must look back (an as-of join).
+yields every row of a stream, for models that must look back (an as-of join). ``execute`` is False (as in dbt)
+when the SQL is rendered for its shape only (its columns, lineage and config), never to be run for rows: a model
+may leave out there what costs time to plan and does not change its columns.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ class StepContext:
     is_incremental: bool = True
     pending_floor: int | None = None  # lowest _seq this model still waits to match (None: nothing pending)
     shard: Shard = field(default_factory=Shard)
+    execute: bool = True  # False: rendered for its columns only
 
 
 def _var_lookup(variables: Mapping[str, Any], path: Any):
@@ -92,6 +95,7 @@ def render_plain(model: Model, variables: Mapping[str, Any]) -> tuple[str, dict[
         is_incremental=lambda: False,
         batch_id=0,
         batch_time="1970-01-01 00:00:00",
+        execute=False,
     )
     return sql, captured
 
@@ -154,4 +158,5 @@ def render_step(
         is_incremental=lambda: step.is_incremental,
         batch_id=step.batch_id,
         batch_time=step.batch_time,
+        execute=step.execute,
     )

@@ -5,46 +5,64 @@
 -- at this step, and a hit carries that process context (NULL when the process create has not arrived).
 {{ config(materialized='stream', group='hunting') }}
 {% set sigma = var('sigma') %}
-{#- One text column per Sysmon field the event carries, named as Sigma names it, and its lower-cased twin:
-    the rules' conditions read these (sysmon_assets/sigma.py, EVENT_FIELDS). -#}
-{% macro sigma_columns(event_id) -%}
+{#- Rendered for its columns only (execute false: lineage, the table's creation), the rules are left out: planning
+    SigmaHQ's 1,234 conditions takes DuckDB about a second, and they do not change the columns. -#}
+{% set rules = sigma.rules if execute else [] %}
+{#- One text column per Sysmon field the rules of event_id read, named as Sigma names it (sysmon_assets/sigma.py,
+    EVENT_FIELDS). -#}
+{% macro field_columns(event_id) -%}
 {%- for name, lowered, source in sigma.columns[event_id] %}
-        CAST({{ source }} AS VARCHAR) AS {{ name | sql_identifier }},
-        lower(CAST({{ source }} AS VARCHAR)) AS {{ lowered | sql_identifier }},
+                    CAST({{ source }} AS VARCHAR) AS {{ name | sql_identifier }},
+{%- endfor %}
+{%- endmacro %}
+{#- Each field's lower-cased twin, which the rules' case-insensitive matches read. -#}
+{% macro lowered_columns(event_id) -%}
+{%- for name, lowered, source in sigma.columns[event_id] %}
+                lower({{ name | sql_identifier }}) AS {{ lowered | sql_identifier }},
 {%- endfor %}
 {%- endmacro %}
 {#- The numbers of the rules of event_id that match one row: each rule is a CASE, evaluated on the rows of one scan. -#}
 {% macro matching_rules(event_id) -%}
 list_filter([
-{%- for rule in sigma.rules if rule.event_id == event_id %}
-        CASE WHEN {{ rule.condition }} THEN {{ rule.index }} END{{ ',' if not loop.last }}
+{%- for rule in rules if rule.event_id == event_id %}
+            CASE WHEN {{ rule.condition }} THEN {{ rule.index }} END{{ ',' if not loop.last }}
 {%- endfor %}], rule_index -> rule_index IS NOT NULL)
 {%- endmacro %}
-{% set event_ids = sigma.rules | map(attribute='event_id') | unique | list %}
+{% set event_ids = rules | map(attribute='event_id') | unique | list %}
 WITH events AS MATERIALIZED (
     SELECT * FROM {{ ref('winlogbeat_stream_rekey') }} WHERE event_id IN (1, 3)
 ), processes AS (
     SELECT * FROM {{ ref('sysmon_process_create_table') }}
 ), matches AS (
 {%- for event_id in event_ids %}
-    SELECT _seq, unnest({{ matching_rules(event_id) }}) AS rule_index
+    -- the rules run once per distinct combination of the fields they read, then each match goes to its events
+    SELECT unnest(seqs) AS _seq, rule_index
     FROM (
-        SELECT
-            {{- sigma_columns(event_id) }}
-            e._seq
-        FROM events AS e
-        {%- if event_id == 3 %}
-        LEFT JOIN processes AS p ON p.process_guid = e.process_guid
-        {%- endif %}
-        WHERE e.event_id = {{ event_id }}
+        SELECT seqs, unnest({{ matching_rules(event_id) }}) AS rule_index
+        FROM (
+            SELECT
+                {{- lowered_columns(event_id) }}
+                *
+            FROM (
+                SELECT
+                    {{- field_columns(event_id) }}
+                    list(e._seq) AS seqs
+                FROM events AS e
+                {%- if event_id == 3 %}
+                LEFT JOIN processes AS p ON p.process_guid = e.process_guid
+                {%- endif %}
+                WHERE e.event_id = {{ event_id }}
+                GROUP BY ALL
+            )
+        )
     )
     UNION ALL
 {%- endfor %}
     SELECT CAST(NULL AS BIGINT) AS _seq, CAST(NULL AS INTEGER) AS rule_index WHERE false
 ), rules (rule_index, rule_id, rule_title, level, tags) AS (
-{%- if sigma.rules %}
+{%- if rules %}
     VALUES
-    {%- for rule in sigma.rules %}
+    {%- for rule in rules %}
         ({{ rule.index }}, {{ rule.rule_id | sql_string }}, {{ rule.title | sql_string }},
          {{ rule.level | sql_string if rule.level else 'NULL' }},
          [{% for tag in rule.tags %}{{ tag | sql_string }}{{ ', ' if not loop.last }}{% endfor %}]::VARCHAR[]){{ ',' if not loop.last }}
@@ -77,4 +95,5 @@ SELECT
 FROM matches AS m
 JOIN rules AS r ON r.rule_index = m.rule_index
 JOIN events AS e ON e._seq = m._seq
-LEFT JOIN processes AS p ON e.event_id = 3 AND p.process_guid = e.process_guid
+-- on every event's GUID (an equi-join DuckDB hashes); a process create's context is its own (the CASEs above)
+LEFT JOIN processes AS p ON p.process_guid = e.process_guid

@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -41,8 +41,15 @@ from sigma.exceptions import SigmaError, SigmaTransformationError, SigmaValueErr
 from sigma.processing.conditions import ExcludeFieldCondition, LogsourceCondition
 from sigma.processing.pipeline import ProcessingItem, ProcessingPipeline
 from sigma.processing.transformations import DetectionItemFailureTransformation
-from sigma.rule import SigmaDetectionItem, SigmaRule
-from sigma.types import SigmaBool, SigmaCompareExpression, SigmaRegularExpression, SigmaString, SpecialChars
+from sigma.rule import SigmaDetection, SigmaDetectionItem, SigmaRule
+from sigma.types import (
+    SigmaBool,
+    SigmaCompareExpression,
+    SigmaFieldReference,
+    SigmaRegularExpression,
+    SigmaString,
+    SpecialChars,
+)
 from sigma_backend_duckdb import DuckDBBackend
 
 from dbt_like.sql import quote_string
@@ -319,6 +326,20 @@ def _or_terms(cond: ConditionItem) -> Iterator[ConditionItem]:
             yield arg
 
 
+def _rule_fields(detections: Iterable[SigmaDetection]) -> set[str]:
+    """The fields a rule's detections read (a field reference's field included)."""
+    fields: set[str] = set()
+    for detection in detections:
+        for item in detection.detection_items:
+            if isinstance(item, SigmaDetection):
+                fields |= _rule_fields([item])
+                continue
+            if item.field is not None:
+                fields.add(item.field)
+            fields |= {value.field for value in item.value if isinstance(value, SigmaFieldReference)}
+    return fields
+
+
 def _cost(term: ConditionItem | ConditionFieldEqualsValueExpression) -> float:
     """A rough cost of evaluating ``term`` on one event, to evaluate an AND's cheap, selective terms first: a
     command line is long, a regular expression slow, and a ``not`` rarely rules an event out."""
@@ -351,6 +372,7 @@ class SigmaRuleSql:
     tags: list[str]
     event_id: int
     condition: str
+    fields: list[str]
     file: str
     status: str | None = None
     author: str | None = None
@@ -386,11 +408,16 @@ class RuleSet:
         return len(self.rules) + len(self.failures)
 
     def variables(self) -> dict[str, Any]:
-        """What the ``sigma_detections`` model is rendered with (``var('sigma')``): per event id, each field's
-        column name, its lower-cased twin's and where it is read from; and the rules, numbered."""
+        """What the ``sigma_detections`` model is rendered with (``var('sigma')``): per event id, the fields its
+        rules read (each one's column name, its lower-cased twin's, and where it is read from); and the rules,
+        numbered."""
         return {
             "columns": {
-                event_id: [(name, name + LOWER_SUFFIX, source) for name, source in fields.items()]
+                event_id: [
+                    (name, name + LOWER_SUFFIX, source)
+                    for name, source in fields.items()
+                    if any(name in rule.fields for rule in self.rules if rule.event_id == event_id)
+                ]
                 for event_id, fields in EVENT_FIELDS.items()
             },
             "rules": [
@@ -526,6 +553,7 @@ def _convert(
         tags=[str(tag) for tag in rule.tags],
         event_id=event_id,
         condition=condition,
+        fields=sorted(_rule_fields(rule.detection.detections.values())),
         file=file,
         status=str(rule.status) if rule.status else None,
         author=rule.author,
