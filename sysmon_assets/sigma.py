@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -590,7 +590,19 @@ def _write_cache(path: Path, rule_set: RuleSet) -> None:
     os.replace(temporary, path)
 
 
+# Rule sets loaded by this process, by content digest; and per folder, the files' sizes and modification times
+# when their digest was last computed, so that an unchanged folder is not read again to find its digest.
 _MEMO: dict[str, RuleSet] = {}
+_DIGESTS: dict[Path, tuple[tuple, str]] = {}
+
+
+def _file_stamps(files: list[Path]) -> tuple[tuple[str, int, int, int], ...]:
+    """Each file's path, size, modification time (ns) and inode: what changes when a file is edited or replaced."""
+    stamps = []
+    for path in files:
+        stat = path.stat()
+        stamps.append((str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino))
+    return tuple(stamps)
 
 
 def load_rule_set(folder: Path, cache_dir: Path | None) -> RuleSet:
@@ -598,7 +610,10 @@ def load_rule_set(folder: Path, cache_dir: Path | None) -> RuleSet:
     converted (and cached)."""
     folder = folder.resolve()
     files = rule_files(folder)
-    digest = content_digest(folder, files)
+    stamps = _file_stamps(files)
+    known = _DIGESTS.get(folder)
+    digest = known[1] if known and known[0] == stamps else content_digest(folder, files)
+    _DIGESTS[folder] = (stamps, digest)
     if digest in _MEMO:
         return _MEMO[digest]
     cached = _read_cache(_cache_path(cache_dir, digest)) if cache_dir else None
@@ -607,13 +622,3 @@ def load_rule_set(folder: Path, cache_dir: Path | None) -> RuleSet:
         _write_cache(_cache_path(cache_dir, digest), rule_set)
     _MEMO[digest] = rule_set
     return rule_set
-
-
-def failures_by_reason(rule_set: RuleSet) -> Mapping[str, list[str]]:
-    """The failures grouped: ``{reason: [file (title), ...]}``, for metadata and checks."""
-    grouped: dict[str, list[str]] = {}
-    for failure in rule_set.failures:
-        grouped.setdefault(failure.reason, []).append(
-            f"{failure.file} ({failure.title})" if failure.title else failure.file
-        )
-    return grouped

@@ -450,6 +450,10 @@ def test_a_rule_set_is_converted_once_then_read_from_the_cache(tmp_path: Path, m
     assert len(conversions) == 2
     assert changed.digest != first.digest
     assert [rule.title for rule in changed.rules] == ["fine", "another"]
+    edited = rules / "a.yml"
+    edited.write_text(edited.read_text().replace("title: fine", "title: edit"))  # same size, new content
+    assert [rule.title for rule in sigma.load_rule_set(rules, cache).rules] == ["edit", "another"]
+    assert len(conversions) == 3
 
 
 def test_our_own_rules_all_convert(tmp_path: Path) -> None:
