@@ -14,6 +14,7 @@ under the data folder, named by a hash of the rules' content and of the converte
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -622,3 +623,47 @@ def load_rule_set(folder: Path, cache_dir: Path | None) -> RuleSet:
         _write_cache(_cache_path(cache_dir, digest), rule_set)
     _MEMO[digest] = rule_set
     return rule_set
+
+
+def _shown(source: str) -> str:
+    """Where a field is read from, as the docs' mapping table says it."""
+    if source == _UTC_TIME:
+        return "`event_date_creation` as text, as Sysmon writes `UtcTime`"
+    if source.startswith("e."):
+        return f"`{source.removeprefix('e.')}`"
+    if source.startswith("p."):
+        return f"its process create's `{source.removeprefix('p.')}`"
+    return f"`{source}`"
+
+
+def mapping_table() -> str:
+    """docs/hunting.md's field mapping table: each Sysmon field and the column each event reads it from."""
+    names = list(dict.fromkeys(name for fields in EVENT_FIELDS.values() for name in fields))
+    rows = ["| Sigma / Sysmon field | process_creation (event 1) | network_connection (event 3) |", "|---|---|---|"]
+    for name in names:
+        cells = [_shown(EVENT_FIELDS[event_id][name]) if name in EVENT_FIELDS[event_id] else "-" for event_id in (1, 3)]
+        rows.append(f"| `{name}` | {cells[0]} | {cells[1]} |")
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sysmon_assets.sigma FOLDER``: convert a folder of rules as the pipeline would and say which
+    run, which do not and why; ``--sql`` prints each rule's condition. Exits 1 when a rule for our events does not
+    run."""
+    parser = argparse.ArgumentParser(prog="python -m sysmon_assets.sigma", description=main.__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, help="a folder of Sigma rules (*.yml, read recursively)")
+    parser.add_argument("--sql", action="store_true", help="print each converted rule's DuckDB condition")
+    args = parser.parse_args(argv)
+    rule_set = load_rule_set(args.folder, None)
+    for rule in rule_set.rules:
+        print(f"runs      {rule.file}: {rule.title} ({rule.level}, event {rule.event_id})")
+        if args.sql:
+            print(f"          {rule.condition}")
+    for failure in rule_set.failures:
+        print(f"{failure.kind:<9} {failure.file}: {failure.title or ''} - {failure.reason}")
+    print(f"{len(rule_set.rules)} of {rule_set.loaded} rules run")
+    return int(any(failure.kind != LOGSOURCE for failure in rule_set.failures))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -521,3 +521,20 @@ def test_dagster_warns_of_severe_hits_and_of_rules_that_cannot_run(tmp_path: Pat
     checks = {c.check_name: c for c in job.execute_in_process().get_asset_check_evaluations()}
     assert checks["severe_detections"].passed
     assert not checks["sigma_rules_converted"].passed
+
+
+def test_the_docs_field_mapping_table_is_the_codes() -> None:
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "hunting.md").read_text(encoding="utf-8")
+    assert sigma.mapping_table() in docs, "paste sysmon_assets.sigma.mapping_table() into docs/hunting.md"
+
+
+def test_the_command_line_says_which_rules_run_and_why_not(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    names = ("nested/fine.yml", "unknown_field.yml")
+    folder = write_rules(tmp_path / "rules", {name: FAILING_RULES[name] for name in names})
+    assert sigma.main([str(folder), "--sql"]) == 1
+    out = capsys.readouterr().out
+    assert "runs      nested/fine.yml: fine (medium, event 1)" in out
+    assert "ends_with(\"Image:lower\", '\\x.exe')" in out
+    assert "field     unknown_field.yml: unknown field - does not convert: needs field 'Provider_Name'" in out
+    assert out.endswith("1 of 2 rules run\n")
+    assert sigma.main([str(DEFAULT_SIGMA_RULES)]) == 0
