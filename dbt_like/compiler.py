@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import jinja2
@@ -26,6 +27,12 @@ _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, ke
 # Values a template writes into SQL go through these: {{ title | sql_string }}, {{ name | sql_identifier }}.
 _ENV.filters["sql_string"] = quote_string
 _ENV.filters["sql_identifier"] = quote_identifier
+
+
+@lru_cache(maxsize=64)
+def _template(text: str) -> jinja2.Template:
+    """A model's template, compiled once per process (every step renders it again)."""
+    return _ENV.from_string(text)
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,7 @@ def render_plain(model: Model, variables: Mapping[str, Any]) -> tuple[str, dict[
         captured.update(kwargs)
         return ""
 
-    sql = _ENV.from_string(model.template).render(
+    sql = _template(model.template).render(
         config=config,
         ref=lambda name, full=False: name,
         source=lambda name: name,
@@ -149,7 +156,7 @@ def render_step(
             raise ProjectError(f"{model.path}: source('{name}') was not supplied to this step")
         return step.sources[name]
 
-    return _ENV.from_string(model.template).render(
+    return _template(model.template).render(
         config=lambda **_: "",
         ref=ref,
         source=source,
