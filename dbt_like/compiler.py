@@ -3,9 +3,10 @@
 ``ref()`` follows KSQL's reading of streams and tables: a reference to a *stream* model
 yields only the rows that model gained since this model last consumed it (its delta), a
 reference to a *table* model yields the table as it stands now. ``ref(name, full=True)``
-yields every row of a stream, for models that must look back (an as-of join). ``execute`` is False (as in dbt)
-when the SQL is rendered for its shape only (its columns, lineage and config), never to be run for rows: a model
-may leave out there what costs time to plan and does not change its columns.
+yields every row of a stream, for models that must look back (an as-of join). A *view* model is
+stored as a query, not as rows, so every ``ref()`` in it yields the whole relation, as does a ``ref()`` to it.
+``execute`` is False (as in dbt) when the SQL is rendered for its shape only (its columns, lineage and config),
+never to be run for rows: a model may leave out there what costs time to plan and does not change its columns.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ _ENV.filters["sql_string"] = quote_string
 _ENV.filters["sql_identifier"] = quote_identifier
 
 
-@lru_cache(maxsize=64)
-def _template(text: str) -> jinja2.Template:
-    """A model's template, compiled once per process (every step renders it again)."""
-    return _ENV.from_string(text)
+@lru_cache(maxsize=256)
+def _compiled(template: str) -> jinja2.Template:
+    """The template compiled once: a batch renders each model at least twice (config, then its step)."""
+    return _ENV.from_string(template)
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ def render_plain(model: Model, variables: Mapping[str, Any]) -> tuple[str, dict[
         captured.update(kwargs)
         return ""
 
-    sql = _template(model.template).render(
+    sql = _compiled(model.template).render(
         config=config,
         ref=lambda name, full=False: name,
         source=lambda name: name,
@@ -145,7 +146,7 @@ def render_step(
     own = configs[model.name]
 
     def ref(name: str, full: bool = False) -> str:
-        if full or configs[name]["materialized"] == "table":
+        if full or own["materialized"] == "view" or configs[name]["materialized"] in ("table", "view"):
             return name
         retried_by = model.name if own.get("retry_unmatched") == name else None
         lower, upper = step.offsets.get(name, 0), step.upper_bounds[name]
@@ -156,7 +157,7 @@ def render_step(
             raise ProjectError(f"{model.path}: source('{name}') was not supplied to this step")
         return step.sources[name]
 
-    return _template(model.template).render(
+    return _compiled(model.template).render(
         config=lambda **_: "",
         ref=ref,
         source=source,

@@ -12,6 +12,9 @@ Materializations:
   Optional ``retry_unmatched=<input>`` with ``retry_grace_minutes=N``: input rows that produced no
   output row (matched on ``_seq``) are offered again in later steps until N minutes of batch time have passed.
 - ``table``: keyed upsert on ``unique_key``; the row with the highest ``order_by`` wins.
+- ``view``: the model's query stored in the catalog as a view, so readers always see it over the current rows of
+  what it reads (every ``ref()`` in it is the whole relation). Its step replaces the view only when the query
+  changed (a newer version of its SQL, other variables), and otherwise has nothing to do.
 
 Shards: K projects (``Shard(i, K)``) may write one lake at once. Shard i owns the batch ids i+1, i+1+K, ...;
 its steps consume only its own batches' rows and keep their own offsets and pending rows, so each shard is
@@ -177,6 +180,18 @@ def table_exists(con: Connection, name: str) -> bool:
     )
 
 
+def view_sql(con: Connection, name: str) -> str | None:
+    """The definition DuckDB keeps for view ``name`` in the connection's default catalog and schema (None when
+    there is no such view)."""
+    row = first_row(
+        con,
+        "SELECT sql FROM duckdb_views() WHERE view_name = ? AND schema_name = current_schema() "
+        "AND database_name = current_database()",
+        [name],
+    )
+    return row[0] if row else None
+
+
 def table_columns(con: Connection, name: str) -> list[tuple[str, str]]:
     """``(column, type)`` of table ``name`` in the connection's default catalog and schema, in order."""
     return con.execute(
@@ -222,7 +237,9 @@ class Project:
         self._state_ready = False
 
     def stream_inputs(self, name: str) -> list[str]:
-        """Upstream stream models whose delta ``name`` consumes."""
+        """Upstream stream models whose delta ``name`` consumes (a view reads them whole: none)."""
+        if self.configs[name]["materialized"] == "view":
+            return []
         return [ref for ref in self.models[name].refs if self.configs[ref]["materialized"] == "stream"]
 
     def side_models(self, name: str) -> list[str]:
@@ -375,10 +392,14 @@ class Project:
             con.execute(f"DELETE FROM {GUARDS_TABLE} WHERE guard = ?", [guard])
             con.execute(f"INSERT INTO {GUARDS_TABLE} VALUES (?, ?, ?, now())", [guard, batch_id, label])
 
+    def _is_view(self, name: str) -> bool:
+        return self.configs[name]["materialized"] == "view"
+
     def _exists(self, con: Connection, name: str) -> bool:
-        """:func:`table_exists`, remembered once true (models' tables are never dropped while a project runs)."""
+        """Whether the model's table (or view) exists, remembered once true (models are never dropped while a
+        project runs)."""
         if name not in self._existing:
-            if not table_exists(con, name):
+            if not (view_sql(con, name) is not None if self._is_view(name) else table_exists(con, name)):
                 return False
             self._existing.add(name)
         return True
@@ -393,7 +414,7 @@ class Project:
         before_commit: Callable[[Connection], None] | None,
     ) -> None:
         for model in names:
-            if model not in self._columns_checked and self._exists(con, model):
+            if model not in self._columns_checked and not self._is_view(model) and self._exists(con, model):
                 self._add_new_columns(con, model, self._schema_probe(model, batch, relations))
             self._columns_checked.add(model)
         started = copy.deepcopy(results)
@@ -404,7 +425,7 @@ class Project:
             results[:] = copy.deepcopy(started)  # a retried transaction counts from where this one started
             for model, result in zip(names, results, strict=True):
                 self._prepare(con, model, batch, result)
-            if may_idle and all(_idle(r) and self._exists(con, r.model) for r in results):
+            if may_idle and all(self._idle(con, r, batch, relations) for r in results):
                 raise _NothingNew
             for model, result in zip(names, results, strict=True):
                 self._write(con, model, batch, relations, result)
@@ -417,6 +438,27 @@ class Project:
 
         with contextlib.suppress(_NothingNew):
             self._guarded(con, f"step {names[0]} of batch {batch.batch_id}", batch.batch_id, names, write_models)
+
+    def _idle(self, con: Connection, result: StepResult, batch: Batch, relations: dict[str, str]) -> bool:
+        """Whether the prepared step of ``result.model`` has nothing to write: a view whose stored query is the
+        one it would store now, a table or stream that exists and whose inputs brought nothing."""
+        if self._is_view(result.model):
+            query = self._compile(result.model, batch, relations, result)
+            return not self._view_outdated(con, result.model, query)
+        return _idle(result) and self._exists(con, result.model)
+
+    @staticmethod
+    def _view_outdated(con: Connection, name: str, query: str) -> bool:
+        """Whether view ``name`` is missing or stores another query than ``query``. DuckDB keeps a view's query
+        as it prints it back, not as written, so ``query`` is printed the same way through a temporary view."""
+        stored = view_sql(con, name)
+        if stored is None:
+            return True
+        con.execute(f"CREATE OR REPLACE TEMP VIEW __view_probe AS {query}")
+        probe = scalar(con, "SELECT sql FROM duckdb_views() WHERE view_name = '__view_probe' AND temporary")
+        con.execute("DROP VIEW __view_probe")
+        # 'CREATE VIEW <name> AS <query>;' and 'CREATE TEMP VIEW __view_probe AS <query>;': compare the queries
+        return stored.partition(" AS ")[2] != probe.partition(" AS ")[2]
 
     def _schema_probe(self, name: str, batch: Batch, relations: dict[str, str]) -> str:
         """The model's query over empty deltas: only its columns and types matter."""
@@ -549,6 +591,11 @@ class Project:
 
     def _write(self, con: Connection, name: str, batch: Batch, relations: dict[str, str], result: StepResult) -> None:
         config = self.configs[name]
+        if self._is_view(name):
+            query = self._compile(name, batch, relations, result)
+            if self._view_outdated(con, name, query):
+                con.execute(f"CREATE OR REPLACE VIEW {name} AS {query}")
+            return
         if not self._exists(con, name):
             first = self._compile(name, batch, relations, result, is_incremental=False, execute=False)
             con.execute(f"CREATE TABLE {name} AS SELECT *, CAST(NULL AS BIGINT) AS _batch_id FROM {first} WHERE false")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import duckdb
 
 from dbt_like.project import Model, SchemaTest
-from dbt_like.sql import scalar
+from dbt_like.sql import first_row
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,10 @@ def failing_rows_sql(model: str, test: SchemaTest, batch_id: int) -> str:
 
 
 def run_schema_tests(con: duckdb.DuckDBPyConnection, model: Model, batch_id: int) -> list[TestResult]:
-    """Run every test ``model`` declares against the rows ``batch_id`` committed."""
-    return [
-        TestResult(model.name, test, scalar(con, failing_rows_sql(model.name, test, batch_id))) for test in model.tests
-    ]
+    """Run every test ``model`` declares against the rows ``batch_id`` committed, in one query (each statement
+    on a lake pays a round of catalog lookups: one per test would add up on every batch)."""
+    if not model.tests:
+        return []
+    counts = ", ".join(f"({failing_rows_sql(model.name, test, batch_id)})" for test in model.tests)
+    failures = first_row(con, f"SELECT {counts}")
+    return [TestResult(model.name, test, count) for test, count in zip(model.tests, failures, strict=True)]

@@ -79,7 +79,6 @@ SELECT
     e.event_id,
     e._computer_name AS computer_name,
     e.event_date_creation,
-    e._record_number AS record_number,
     e.process_guid,
     e.process_path,
     CASE e.event_id WHEN 1 THEN e.process_command_line ELSE p.process_command_line END AS process_command_line,
@@ -91,6 +90,7 @@ SELECT
     e.dst_ip_addr,
     e.dst_port,
     e.dst_host_name,
+    e._record_number,
     e._seq
 FROM matches AS m
 JOIN rules AS r ON r.rule_index = m.rule_index

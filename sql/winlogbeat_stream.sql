@@ -5,8 +5,9 @@
 -- EVTX record (landed as {"evtx": <the record's Event object>}). Field names match whatever their letter case,
 -- as KSQL's JSON deserializer matches them. A field that does not coerce becomes NULL
 -- and is listed in _coercion_errors; the row is kept. Lines that are not JSON objects (or longer than
--- max_line_bytes) go to winlogbeat_rejects. Columns starting with _ are metadata; _kafka holds the message's
--- topic, partition, offset, timestamp, key and headers when the source is Kafka (var('source') = 'kafka').
+-- max_line_bytes) go to winlogbeat_rejects. Columns starting with _ are metadata; _extra_fields keeps every other
+-- event_data field (name -> text), _kafka holds the message's topic, partition, offset, timestamp, key and headers
+-- when the source is Kafka (var('source') = 'kafka').
 {{ config(materialized='stream') }}
 {#- KSQL 5.1.1 reads an INTEGER field with Java's Integer.parseInt: an optional sign and decimal digits, in range.
     DuckDB's TRY_CAST would also take '2.5' (as 3), '0x1F', '1_000' and ' 5000'. -#}
@@ -92,11 +93,15 @@ CASE WHEN {{ other_case }}
     "process": {"entity_id": "VARCHAR", "pid": "VARCHAR", "executable": "VARCHAR",
         "command_line": "VARCHAR", "working_directory": "VARCHAR",
         "pe": {"file_version": "VARCHAR", "description": "VARCHAR", "product": "VARCHAR",
-            "company": "VARCHAR", "imphash": "VARCHAR"},
+            "company": "VARCHAR", "imphash": "VARCHAR", "original_file_name": "VARCHAR"},
         "hash": {"sha1": "VARCHAR", "md5": "VARCHAR", "sha256": "VARCHAR"},
         "parent": {"entity_id": "VARCHAR", "pid": "VARCHAR", "executable": "VARCHAR",
             "command_line": "VARCHAR"}},
     "user": {"domain": "VARCHAR", "name": "VARCHAR"},
+    "rule": {"name": "VARCHAR"},
+    "file": {"path": "VARCHAR", "name": "VARCHAR", "pe": {"original_file_name": "VARCHAR"}},
+    "registry": {"path": "VARCHAR"},
+    "dns": {"question": {"name": "VARCHAR"}},
     "network": {"transport": "VARCHAR", "direction": "VARCHAR", "type": "VARCHAR", "protocol": "VARCHAR"},
     "source": {"ip": "VARCHAR", "port": "VARCHAR", "domain": "VARCHAR"},
     "destination": {"ip": "VARCHAR", "port": "VARCHAR", "domain": "VARCHAR"},
@@ -104,6 +109,37 @@ CASE WHEN {{ other_case }}
             "Computer": "VARCHAR",
             "Provider": {"#attributes": {"Name": "VARCHAR"}}},
         "EventData": event_data_fields}} %}
+{#- _extra_fields: every event_data field the STRUCT does not read. The ECS fields that Winlogbeat's Sysmon module
+    moved out of winlog.event_data and that have a Sysmon name the recipe does not declare go back under that
+    name: (Sysmon name, ECS value, the event ids it holds that field for; none: every id). -#}
+{% set ecs_extra_fields = [
+    ("RuleName", 'j."rule"."name"', none),
+    ("OriginalFileName", 'coalesce(j."process".pe.original_file_name, j."file".pe.original_file_name)', none),
+    ("TargetFilename", 'j."file"."path"', [2, 11, 15, 23]),
+    ("ImageLoaded", 'j."file"."path"', [6, 7]),
+    ("Device", 'j."file"."path"', [9]),
+    ("PipeName", 'j."file"."name"', [17, 18]),
+    ("TargetObject", 'j.registry."path"', none),
+    ("QueryName", 'j.dns.question."name"', none)] %}
+{#- A JSON merge patch that deletes the names the STRUCT reads from an object (a name set to null is deleted). -#}
+{% set declared_deleted %}{{ '{' }}{% for name in event_data_fields %}"{{ name }}": null{{ ', ' if not loop.last }}{% endfor %}{{ '}' }}{% endset %}
+{#- The event_data objects a line holds, as JSON text: [event_data, winlog.event_data, evtx.EventData], one parse.
+    A line that spells a key in another letter case finds them ignoring case, the first matching key at each
+    level, as the upper-cased parse does. Quoting a found key in the path is safe: upper-cased it is one of
+    these names, so it holds no quote or backslash. -#}
+{% macro path_ignoring_case(text, names, path="'$'") -%}
+{%- if names -%}
+{{ path_ignoring_case(text, names[1:], path ~ " || '.\"' || list_filter(json_keys(" ~ text ~ ", " ~ path ~ "), lambda k: upper(k) = '" ~ names[0]|upper ~ "')[1] || '\"'") }}
+{%- else -%}
+{{ path }}
+{%- endif -%}
+{%- endmacro %}
+{% set event_data_paths = [["event_data"], ["winlog", "event_data"], ["evtx", "EventData"]] %}
+{% macro event_data_objects(text, other_case) -%}
+CASE WHEN {{ other_case }}
+     THEN [{% for names in event_data_paths %}json_extract({{ text }}, {{ path_ignoring_case(text, names) }}){{ ', ' if not loop.last }}{% endfor %}]
+     ELSE json_extract({{ text }}, [{% for names in event_data_paths %}'$.{{ names|join('.') }}'{{ ', ' if not loop.last }}{% endfor %}]) END
+{%- endmacro %}
 {#- Spellings that must not send a line to the slower parse although they equal a field name ignoring case:
     every name as the layouts write it, and ProcessID, which every EVTX record carries in System.Execution. -#}
 {% set spellings = (keys_of(winlogbeat6) ~ keys_of(other_layouts) ~ 'ProcessID,').split(',')|select|unique(case_sensitive=true)|list %}
@@ -193,6 +229,31 @@ WITH landed AS (
         coalesce(j6.event_data.DestinationPort, j.winlog.event_data.DestinationPort, j.evtx.EventData.DestinationPort, CASE WHEN layout = 'ecs' THEN j."destination".port END) AS "DestinationPort",
         coalesce(j6.event_data.DestinationPortName, j.winlog.event_data.DestinationPortName, j.evtx.EventData.DestinationPortName, CASE WHEN layout = 'ecs' THEN j."network".protocol END) AS "DestinationPortName"
     FROM layouts
+), extra_parts AS (
+    -- What _extra_fields is built from. A line in exact case holding one event_data object (nearly every line):
+    -- that object less the STRUCT's names, as JSON (extra_json), and its keys. Any other line, or a key that
+    -- repeats (a MAP takes no duplicate): the entries one by one (extra_entries).
+    SELECT
+        with_objects.*,
+        CASE WHEN NOT other_case AND list_count(objects) = 1 AND starts_with(coalesce(objects[1], objects[2], objects[3]), '{')
+             THEN json_merge_patch(coalesce(objects[1], objects[2], objects[3]), '{{ declared_deleted }}') END AS extra_json,
+        json_keys(extra_json) AS extra_keys,
+        CASE WHEN extra_json IS NULL
+             THEN flatten(list_transform(objects, lambda o: CASE WHEN starts_with(o, '{') THEN list_zip(json_keys(o), json_extract_string(o, '$.*')) ELSE [] END))
+             WHEN list_unique(extra_keys) < len(extra_keys)
+             THEN list_zip(extra_keys, json_extract_string(extra_json, '$.*')) END AS extra_entries
+    FROM (SELECT mapped.*, {{ event_data_objects('text', 'other_case') }} AS objects FROM mapped) AS with_objects
+), extra AS (
+    SELECT
+        extra_parts.*,
+        CASE WHEN extra_entries IS NULL THEN from_json(extra_json, '"MAP(VARCHAR, VARCHAR)"')
+             -- the first entry of a name wins (as from_json and the STRUCT take the first); the names the STRUCT
+             -- read are left out, ignoring case if it did
+             ELSE map_from_entries(list_filter(extra_entries, lambda e, i:
+                 NOT CASE WHEN other_case THEN upper(e[1]) IN ({% for name in event_data_fields %}'{{ name|upper }}'{{ ', ' if not loop.last }}{% endfor %})
+                          ELSE e[1] IN ({% for name in event_data_fields %}'{{ name }}'{{ ', ' if not loop.last }}{% endfor %}) END
+                 AND list_position(list_transform(extra_entries, lambda f: f[1]), e[1]) = i)) END AS extra_map
+    FROM extra_parts
 )
 SELECT
     source_name,
@@ -235,6 +296,12 @@ SELECT
         'DestinationPortName': "DestinationPortName"
     } AS event_data,
     {{ ksql_integer('event_id_text') }} AS event_id,
+    -- with the Sysmon module, the ECS fields that have a Sysmon name the STRUCT does not declare (an event_data
+    -- entry of the same name wins)
+    CASE WHEN layout = 'ecs' THEN map_concat(map_from_entries(list_filter([
+        {%- for name, value, event_ids in ecs_extra_fields %}
+        {'key': '{{ name }}', 'value': {{ "CASE WHEN " ~ ksql_integer('event_id_text') ~ " IN (" ~ event_ids|join(', ') ~ ") THEN " ~ value ~ " END" if event_ids else value }}}{{ ',' if not loop.last }}
+        {%- endfor %}], lambda e: e.value IS NOT NULL)), extra_map) ELSE extra_map END AS _extra_fields,
     TRY_CAST(record_number_text AS BIGINT) AS _record_number,
     layout AS _layout,
     list_filter([
@@ -262,4 +329,4 @@ SELECT
     {%- endif %} AS _kafka,
     TIMESTAMP '{{ batch_time }}' AS _ingested_at,
     _seq
-FROM mapped
+FROM extra

@@ -60,7 +60,11 @@ SELECT
     s.log_name,
     s.computer_name AS _computer_name,
     s._record_number,
-    s._seq
+    s._seq,
+    -- Every event_data field the columns above do not carry: the stream's _extra_fields and the one STRUCT field
+    -- the recipe does not flatten, Product.
+    CASE WHEN s.event_data.Product IS NULL THEN s._extra_fields
+         ELSE map_concat(s._extra_fields, MAP {'Product': s.event_data.Product}) END AS _extra_fields
 FROM sysmon AS s
 WHERE NOT EXISTS (
     SELECT 1 FROM later_deliveries AS d

@@ -5,7 +5,6 @@ the SQL files and ``sql/schema.yml`` through :mod:`dbt_like`, and the recipe's o
 step notes from :mod:`sysmon_assets.checks`.
 """
 
-import json
 import time
 
 from dagster import (
@@ -30,12 +29,11 @@ from dbt_like.lineage import model_lineage
 from sysmon_assets import lake
 from sysmon_assets.checks import BATCH_CHECKS, STEP_NOTES
 from sysmon_assets.resources import SysmonPipelineResource
+from sysmon_assets.run_report import asset_line
 from sysmon_assets.shards import partition_keys, shard_index
 
 GROUP = "sysmon_recipe"
 SERVING_GROUP = "serving"
-# A model's group is its config's group=..., the recipe's by default (sigma_detections: hunting).
-HUNTING_GROUP = "hunting"
 
 
 def _check_specs(project: Project, name: str) -> list[AssetCheckSpec]:
@@ -118,6 +116,7 @@ def model_asset(project: Project, name: str, partitions: StaticPartitionsDefinit
         name=name,
         deps=[AssetKey(ref) for ref in model.refs],
         description=model.description,
+        # a model may name its group (dagster-dbt reads dbt's `group` config the same way)
         group_name=project.configs[name].get("group", GROUP),
         kinds={"ducklake", "sql"},
         check_specs=_check_specs(project, name),
@@ -133,7 +132,6 @@ def model_asset(project: Project, name: str, partitions: StaticPartitionsDefinit
         started = time.perf_counter()
         results = pipeline.run_model(name, run_key=context.run.run_id, batch_time=sysmon.clock())
         seconds = time.perf_counter() - started
-        context.log.info(json.dumps({r.model: [r.rows_in, r.rows_written] for r in results}))
         batch_id = pipeline.last_batch_id
         columns, preview, snapshot = pipeline.describe(name, batch_id)
         metadata = step_metadata(results, batch_id)
@@ -142,6 +140,8 @@ def model_asset(project: Project, name: str, partitions: StaticPartitionsDefinit
         metadata["lake_table"] = f"{lake.LAKE}.main.{name}"
         metadata["lake_snapshot"] = snapshot
         metadata["duration_seconds"] = round(seconds, 3)
+        # the line `make run` prints for this asset (sysmon_assets.run_report), in the run's log too
+        context.log.info(asset_line(name, metadata))
         metadata["dagster/column_schema"] = column_schema(project, name, columns)
         metadata["dagster/column_lineage"] = lineage
         metadata["new_rows_preview"] = MetadataValue.md(preview)

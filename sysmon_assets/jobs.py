@@ -1,4 +1,4 @@
-"""The jobs: one micro-batch (every recipe asset, one process), and the lake's upkeep."""
+"""The jobs: one micro-batch (every asset, one process), and the lake's upkeep."""
 
 from typing import TYPE_CHECKING
 
@@ -15,23 +15,23 @@ if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from sysmon_assets import maintenance
-from sysmon_assets.assets import GROUP, HUNTING_GROUP, SERVING_GROUP
 from sysmon_assets.pipeline import utc_now
 from sysmon_assets.resources import SysmonPipelineResource
 
-# dagster.yaml's run queue allows one run at a time per value of these tags: a shard's batches must commit in
-# order, while different shards run side by side (a sharded run carries its partition's tag).
+# instance/dagster.yaml's run queue allows one run at a time per value of these tags: a shard's batches must commit
+# in order, while different shards run side by side (a sharded run carries its partition's tag).
 ONE_WRITER_TAG = "sysmon/one_writer"
 
 
 def batch_job(shards: int = 1) -> "UnresolvedAssetJobDefinition":
-    """One micro-batch: every recipe and hunting asset in one process; with shards, of one shard (its partition)."""
+    """One micro-batch: every asset in one process; with shards, of one shard (its partition)."""
     return define_asset_job(
         name="sysmon_micro_batch",
-        selection=AssetSelection.groups(GROUP, HUNTING_GROUP, SERVING_GROUP),
+        # every model of every group: the batch is complete for readers only once its last model has committed
+        selection=AssetSelection.all(),
         executor_def=in_process_executor,
         tags={} if shards > 1 else {ONE_WRITER_TAG: "lake"},
-        description="One micro-batch: ingest what landed, then every recipe step and the hunting steps in order"
+        description="One micro-batch: ingest what landed, then every model's step in order"
         + (" (of the shard its partition names)." if shards > 1 else "."),
     )
 

@@ -216,6 +216,20 @@ def tail_fingerprint(path: Path, end: int) -> str:
     return fingerprint(path, end - start, start)
 
 
+def head_and_tail_fingerprints(path: Path, head_bytes: int, end: int) -> tuple[str, str]:
+    """:func:`fingerprint` of the first ``head_bytes`` and :func:`tail_fingerprint` before ``end``, from one open
+    (a batch checks every known file: over thousands of small files, opens dominate)."""
+    start = max(0, end - FINGERPRINT_BYTES)
+    try:
+        with open(path, "rb", opener=no_follow) as handle:
+            head = handle.read(head_bytes)
+            handle.seek(start)
+            tail = handle.read(end - start)
+    except OSError as error:
+        raise LandingError(f"cannot read landed file {path}: {error}") from error
+    return hashlib.sha256(head).hexdigest(), hashlib.sha256(tail).hexdigest()
+
+
 @contextmanager
 def _open(path: Path) -> Iterator[BinaryIO]:
     try:
@@ -444,7 +458,11 @@ class LandingReader:
             self._skip_to_end(progress)
         # An EVTX header changes whenever records are appended: such files are known by inode alone.
         progress.head_bytes = 0 if progress.kind == "evtx" else min(size, FINGERPRINT_BYTES)
-        progress.head_sha256 = fingerprint(path, progress.head_bytes)
+        stored = known.get(key)
+        if progress.recorded and stored.head_bytes == progress.head_bytes:
+            progress.head_sha256 = stored.head_sha256  # _resume found these bytes unchanged
+        else:
+            progress.head_sha256 = fingerprint(path, progress.head_bytes)
         return progress
 
     @staticmethod
@@ -576,9 +594,11 @@ def _identity_change(progress: FileProgress, stored: Stored) -> tuple[str, str] 
     ends = {"text": stored.position, "gzip": stored.file_size or 0}.get(progress.kind, 0)
     if size < stored.head_bytes or size < ends:
         return ("truncated", f"shrank from {max(ends, stored.head_bytes)} to {size} bytes")
-    if stored.head_bytes and fingerprint(progress.path, stored.head_bytes) != stored.head_sha256:
+    check_tail = progress.kind != "evtx" and bool(stored.tail_sha256)
+    head, tail = head_and_tail_fingerprints(progress.path, stored.head_bytes, ends if check_tail else 0)
+    if stored.head_bytes and head != stored.head_sha256:
         return ("replaced", f"its first {stored.head_bytes} bytes changed")
-    if progress.kind != "evtx" and stored.tail_sha256 and tail_fingerprint(progress.path, ends) != stored.tail_sha256:
+    if check_tail and tail != stored.tail_sha256:
         before = min(ends, FINGERPRINT_BYTES)
         return ("replaced", f"the {before} bytes before byte {ends} changed (an inode reused, or rewritten in place)")
     return None

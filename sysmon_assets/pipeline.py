@@ -39,8 +39,8 @@ RECIPE_MODELS = (
     "sysmon_network_connect",
     "sysmon_join",
 )
-# Models beyond the recipe, downstream of it, for hunting (docs/hunting.md).
-HUNTING_MODELS = ("sigma_detections",)
+# Built on the recipe's tables for threat hunting (docs/hunting.md): Dagster group `hunting`.
+HUNTING_MODELS = ("sysmon_process_ancestry", "sysmon_join_ancestry", "sigma_detections")
 
 Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 

@@ -35,6 +35,9 @@ class SettingsError(ValueError):
 MAX_MINUTES = 10 * 365 * 24 * 60
 # A line is held in memory (and in one DuckDB string) whole; a Sysmon event is a few KiB.
 MAX_LINE_BYTES = 1024**3
+# Each generation of ancestors is one more round of the ancestry's recursive queries over the process table, and
+# real process trees are a few generations deep: 64 is far beyond any useful chain.
+MAX_ANCESTRY_DEPTH = 64
 
 # A value's problem, worded to follow "SYSMON_X=value: " ("expected ..."), or None when the value is usable.
 Check = Callable[[Any], str | None]
@@ -155,6 +158,13 @@ class Settings:
         "SYSMON_JOIN_COVERAGE_WARN",
         "the `join_coverage` check warns below this share of enriched connections; 0 to 1",
         check=_share,
+    )
+    ancestry_depth: int = setting(
+        8,
+        "SYSMON_ANCESTRY_DEPTH",
+        "how many generations of ancestors `sysmon_process_ancestry` follows per process "
+        f"([docs/hunting.md](docs/hunting.md)); 1 to {MAX_ANCESTRY_DEPTH}",
+        check=_whole(1, MAX_ANCESTRY_DEPTH),
     )
     freshness_minutes: int = setting(
         60,
@@ -295,6 +305,7 @@ class Settings:
             "join_grace_minutes": self.join_grace_minutes,
             "max_line_bytes": self.max_line_bytes,
             "source": self.source,
+            "ancestry_depth": self.ancestry_depth,
             "sigma": load_rule_set(self.sigma_rules, self.sigma_cache_dir).variables(),
         }
 

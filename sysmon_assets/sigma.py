@@ -75,9 +75,8 @@ SERVICES = (None, "sysmon")
 
 
 def _kept(name: str) -> str:
-    """A Sysmon field the recipe's columns do not carry. Until winlogbeat_stream_rekey keeps them (its
-    ``_extra_fields`` map, issue 16 item 1), such a field reads NULL: rules on it convert but it never matches."""
-    return "CAST(NULL AS VARCHAR)"
+    """A Sysmon field the recipe's columns do not carry: winlogbeat_stream_rekey keeps it in ``_extra_fields``."""
+    return f"e._extra_fields[{quote_string(name)}]"
 
 
 # Where each Sysmon field of an event is read from: ``e`` is the event's winlogbeat_stream_rekey row, ``p`` (for a

@@ -1,4 +1,5 @@
-"""The Dagster definitions: lineage of the six recipe assets, job, schedule, sensor, and the CLI batch."""
+"""The Dagster definitions: lineage of the six recipe assets and the hunting ones, job, schedule, sensor, and the
+CLI batch."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import Queued
 
 from dbt_like import discover_models
 from sysmon_assets.definitions import build_definitions, defs
+from sysmon_assets.jobs import ONE_WRITER_TAG
 from sysmon_assets.pipeline import HUNTING_MODELS, RECIPE_MODELS, SQL_DIR
 from sysmon_assets.settings import Settings
 from tests.conftest import CLI_BATCH, Lake, lake_rows, network_connect, process_create
@@ -30,12 +32,20 @@ RECIPE_EDGES = {
     # the ksql mode's as-of join reads the ProcessCreate stream itself
     "sysmon_join": {"sysmon_network_connect", "sysmon_process_create_table", "sysmon_process_create"},
 }
+HUNTING_EDGES = {
+    # the creates a batch brought (the stream) and the whole process table
+    "sysmon_process_ancestry": {"sysmon_process_create", "sysmon_process_create_table"},
+    "sysmon_join_ancestry": {"sysmon_join", "sysmon_process_ancestry"},
+    # the rekeyed events a batch brought (the stream) and the whole process table, for a connection's process
+    "sigma_detections": {"winlogbeat_stream_rekey", "sysmon_process_create_table"},
+}
+ALL_MODELS = RECIPE_MODELS + HUNTING_MODELS
 
 
 def test_the_six_recipe_assets_with_their_lineage_and_descriptions() -> None:
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == {*RECIPE_MODELS, *HUNTING_MODELS}
+    assert keys == set(ALL_MODELS)
     recipe = {
         key.to_user_string() for key in graph.get_all_asset_keys() if graph.get(key).group_name == "sysmon_recipe"
     }
@@ -46,13 +56,16 @@ def test_the_six_recipe_assets_with_their_lineage_and_descriptions() -> None:
         assert node.description and "Recipe step" in node.description
         assert node.kinds == {"ducklake", "sql"}
         assert node.group_name == "sysmon_recipe"
-    sigma = graph.get(AssetKey("sigma_detections"))
-    assert {key.to_user_string() for key in sigma.parent_keys} == {
-        "winlogbeat_stream_rekey",
-        "sysmon_process_create_table",
-    }
-    assert sigma.group_name == "hunting"
-    assert sigma.description and "Sigma detections" in sigma.description
+
+
+def test_the_hunting_assets_are_a_group_of_their_own_downstream_of_the_recipe() -> None:
+    graph = defs.resolve_asset_graph()
+    for name, upstream in HUNTING_EDGES.items():
+        node = graph.get(AssetKey(name))
+        assert {key.to_user_string() for key in node.parent_keys} == upstream
+        assert node.description and node.description.startswith("Not a recipe step")
+        assert node.group_name == "hunting"
+    assert graph.get(AssetKey("sysmon_join_ancestry")).metadata["materialized"] == "view"
 
 
 def test_schema_tests_are_asset_checks() -> None:
@@ -64,12 +77,19 @@ def test_schema_tests_are_asset_checks() -> None:
 def test_job_schedule_and_sensor() -> None:
     job = defs.resolve_job_def("sysmon_micro_batch")
     assert job.executor_def.name == "in_process"
-    assert {node.name for node in job.nodes} == {*RECIPE_MODELS, *HUNTING_MODELS}
+    assert {node.name for node in job.nodes} == set(ALL_MODELS)
     schedule, sensor = defs.resolve_schedule_def("sysmon_every_minute"), defs.resolve_sensor_def("landing_sensor")
     assert schedule.cron_schedule == "* * * * *"
-    assert sensor.job_name == "sysmon_micro_batch"
+    assert schedule.job_name == sensor.job_name == "sysmon_micro_batch"
     assert schedule.default_status == DefaultScheduleStatus.STOPPED
     assert sensor.default_status == DefaultSensorStatus.STOPPED
+
+
+def test_only_the_job_carries_the_one_writer_tag() -> None:
+    """Runs of Dagster's implicit asset job (the asset graph's "Materialize all", `dagster asset materialize`) are
+    not held back by the run queue, as docs/dagster.md says."""
+    assert defs.resolve_job_def("sysmon_micro_batch").tags == {ONE_WRITER_TAG: "lake"}
+    assert ONE_WRITER_TAG not in defs.resolve_implicit_global_asset_job_def().tags
 
 
 def test_lake_maintenance_job_and_hourly_schedule() -> None:
@@ -82,9 +102,9 @@ def test_lake_maintenance_job_and_hourly_schedule() -> None:
 
 
 def test_make_ui_instance_runs_one_batch_at_a_time_per_writer() -> None:
-    """What the run queue of `make ui`'s instance (dagster.yaml) takes from a queue of batch runs, asked of
+    """What the run queue of `make ui`'s instance (instance/dagster.yaml) takes from a queue of batch runs, asked of
     Dagster's own queued-run daemon (its selection step, without launching anything)."""
-    run_queue = yaml.safe_load((ROOT / "dagster.yaml").read_text())["run_queue"]
+    run_queue = yaml.safe_load((ROOT / "instance" / "dagster.yaml").read_text())["run_queue"]
     origin = RemoteJobOrigin(
         RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("sysmon"), "__repository__"), "sysmon_micro_batch"
     )
@@ -137,8 +157,10 @@ def test_the_cli_runs_exactly_one_micro_batch(tmp_path: Path) -> None:
         "SYSMON_LANDING_DIR": str(settings.landing_dir),
         "SYSMON_DATA_DIR": str(settings.data_dir),
     }
-    for _ in range(2):
-        subprocess.run(CLI_BATCH, cwd=ROOT, env=env, check=True, capture_output=True)
+    # the README's command, then the one `make run` runs: a batch each
+    job_batch = [*CLI_BATCH[:3], "job", "execute", "-m", "sysmon_assets.definitions", "-j", "sysmon_micro_batch"]
+    for command in (CLI_BATCH, job_batch):
+        subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
     assert lake_rows(settings, "SELECT count(*) FROM dbt_like.batches") == [(2,)]
     assert lake_rows(settings, "SELECT count(*), max(_batch_id) FROM main.sysmon_join") == [(1, 1)]
 
@@ -150,7 +172,7 @@ def test_materializations_carry_column_schema_lineage_and_a_preview(lake: Lake) 
     schema = {column.name: column for column in join["dagster/column_schema"].schema.columns}
     assert schema["event_date_creation"].type == "TIMESTAMP"
     assert schema["user_account"].description == "the network event's user (N.USER_ACCOUNT in the recipe)"
-    for name in (*RECIPE_MODELS, *HUNTING_MODELS):  # every column of every table is described in the UI
+    for name in ALL_MODELS:  # every column of every table and view is described in the UI
         columns = result.asset_materializations_for_node(name)[0].metadata["dagster/column_schema"].schema.columns
         assert [column.name for column in columns if not column.description] == [], name
     # winlogbeat_rejects, a side table with no asset of its own, has its descriptions in schema.yml
@@ -164,11 +186,8 @@ def test_materializations_carry_column_schema_lineage_and_a_preview(lake: Lake) 
     assert "{G}" in join["new_rows_preview"].value
     assert join["duration_seconds"].value >= 0
     assert join["lake_table"].value == "lake.main.sysmon_join"
-    snapshots = [
-        result.asset_materializations_for_node(name)[0].metadata["lake_snapshot"].value
-        for name in (*RECIPE_MODELS, *HUNTING_MODELS)
-    ]
-    assert len(set(snapshots)) == len(RECIPE_MODELS) + len(HUNTING_MODELS)  # each step committed a snapshot of its own
+    snapshots = [result.asset_materializations_for_node(name)[0].metadata["lake_snapshot"].value for name in ALL_MODELS]
+    assert len(set(snapshots)) == len(ALL_MODELS)  # each step committed a snapshot of its own
     assert max(snapshots) == lake.rows("FROM ducklake_current_snapshot('lake')")[0][0]
 
 

@@ -236,7 +236,7 @@ def test_small_files_are_read_in_one_commit_and_an_idle_batch_commits_once(lake:
     assert first.count("winlogbeat_stream") == 2  # the first batch's empty chunk creates the tables, then one chunk
     lake.batch()
     # nothing new: the steps in between have nothing to do; the last step's snapshot marks the batch whole
-    assert [step for batch, step in _snapshot_steps(lake) if batch == 2] == ["sysmon_join"]
+    assert [step for batch, step in _snapshot_steps(lake) if batch == 2] == ["sysmon_join_ancestry"]
     with connect(lake.settings) as con:
         assert con.execute("SELECT count(*) FROM sysmon_join").fetchall() == [(40,)]
 

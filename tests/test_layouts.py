@@ -85,6 +85,11 @@ def to_ecs(event: dict[str, Any]) -> dict[str, Any]:
     data = base["winlog"]["event_data"]
     base["event"]["module"] = "sysmon"
     base["@timestamp"] = data.pop("UtcTime").replace(" ", "T") + "Z"
+    rule = data.pop("RuleName", None)
+    if rule and rule != "-":  # the module drops an empty or "-" rule name
+        base["rule"] = {"name": rule}
+    if "OriginalFileName" in data:
+        base.setdefault("process", {}).setdefault("pe", {})["original_file_name"] = data.pop("OriginalFileName")
     for name, path in ECS_PROCESS.items():
         if name in data:
             value = data.pop(name)
@@ -288,6 +293,7 @@ def test_of_two_keys_that_differ_only_in_case_the_first_in_the_line_wins(
     lake.land([create])
     lake.batch()
     assert lake.rows("SELECT process_guid FROM sysmon_process_create_table") == [("{FIRST}",)]
+    assert lake.rows("SELECT _extra_fields FROM winlogbeat_stream") == [({},)]  # both are the STRUCT's field
 
 
 def test_a_value_spelled_like_a_field_name_is_left_as_it_is(tmp_path: Path) -> None:
@@ -312,3 +318,94 @@ def test_a_key_spelled_as_another_places_field_is_not_matched_when_it_is_the_onl
     lake.land([create])
     lake.batch()
     assert lake.rows("SELECT process_guid, user_account FROM sysmon_process_create_table") == [("{U1}", None)]
+    # what the STRUCT did not read is kept beside it
+    assert lake.rows("SELECT _extra_fields FROM winlogbeat_stream_rekey") == [
+        ({"user": r"CORP\alice", "Product": "Windows"},)
+    ]
+
+
+# Event data fields the recipe's STRUCT does not declare, as Sysmon 13+ writes them: a ProcessCreate's, and a
+# ProcessAccess's (event 10) with a number, as EVTX records and other shippers carry numbers. With the Sysmon
+# module, RuleName and OriginalFileName move to ECS (rule.name, process.pe.original_file_name) and come back.
+CREATE_EXTRAS = {"RuleName": "technique_id=T1059", "OriginalFileName": "Cmd.Exe", "ParentUser": r"CORP\svc"}
+ACCESS_EXTRAS = {
+    "RuleName": "technique_id=T1003",
+    "SourceProcessGUID": "{5A00-0001}",
+    "SourceThreadId": 4711,
+    "TargetImage": r"C:\Windows\system32\lsass.exe",
+    "GrantedAccess": "0x1410",
+}
+MAPPED_FROM_ECS = {"RuleName", "OriginalFileName"}
+EXTRA_CASES = [(layout, recasing) for layout in sorted(LAYOUTS) for recasing in ("exact", *sorted(RECASINGS))]
+
+
+def extra_events(record: int) -> list[dict[str, Any]]:
+    """A ProcessCreate and a ProcessAccess with the fields above (record numbers ``record`` and ``record + 1``)."""
+    create = process_create("{EC00-0001}", "cmd /c whoami", record=record, event_data=dict(CREATE_EXTRAS))
+    return [create, sysmon_event(10, None, record=record + 1, **ACCESS_EXTRAS)]
+
+
+def expected_extras(extras: dict[str, Any], layout: str, recasing: str) -> dict[str, str]:
+    """``_extra_fields`` for ``extras``: names as written (the ECS fields mapped back under their Sysmon names),
+    values as text."""
+    recase = RECASINGS.get(recasing, str)
+    return {
+        name if layout == "ecs" and name in MAPPED_FROM_ECS else recase(name): str(value)
+        for name, value in extras.items()
+    }
+
+
+@pytest.fixture(scope="module")
+def extras_lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
+    """One batch: the two events in every layout, spelled exactly and in every other case."""
+    lake = Lake(tmp_path_factory.mktemp("extras"))
+    lines = []
+    for i, (layout, recasing) in enumerate(EXTRA_CASES):
+        recase = RECASINGS.get(recasing, str)
+        lines += [recased(LAYOUTS[layout](event), recase) for event in extra_events(1000 + 10 * i)]
+    lake.land(lines)
+    lake.batch()
+    return lake
+
+
+@pytest.mark.parametrize(("layout", "recasing"), EXTRA_CASES)
+def test_every_event_data_field_the_struct_does_not_declare_is_kept(
+    layout: str, recasing: str, extras_lake: Lake
+) -> None:
+    record = 1000 + 10 * EXTRA_CASES.index((layout, recasing))
+    create, access = expected_extras(CREATE_EXTRAS, layout, recasing), expected_extras(ACCESS_EXTRAS, layout, recasing)
+    stream = "SELECT _layout, event_id, event_data.CommandLine, _extra_fields FROM winlogbeat_stream"
+    assert extras_lake.rows(f"{stream} WHERE _record_number IN (?, ?) ORDER BY _seq", [record, record + 1]) == [
+        (layout, 1, "cmd /c whoami", create),
+        (layout, 10, None, access),
+    ]
+    # rekey carries every field but Product in its columns: its map adds Product to the stream's
+    rekey = "SELECT event_id, process_command_line, _extra_fields FROM winlogbeat_stream_rekey"
+    assert extras_lake.rows(f"{rekey} WHERE _record_number IN (?, ?) ORDER BY _seq", [record, record + 1]) == [
+        (1, "cmd /c whoami", create | {"Product": "Windows"}),
+        (10, None, access),
+    ]
+
+
+def test_extra_fields_of_odd_event_data(tmp_path: Path) -> None:
+    """A repeated key (the first wins, as in the STRUCT), nested and null values, several event_data objects in one
+    line (all are read, the first of a name wins), an event_data that is not an object, none at all."""
+    lake = Lake(tmp_path)
+    lake.land(
+        [
+            '{"source_name": "S", "event_data": {"RuleName": "first", "Image": "a.exe", "RuleName": "second"}}',
+            '{"source_name": "S", "event_data": {"Nested": {"a": [1, "b"]}, "Null": null, "Flag": true, "Real": 1.50}}',
+            '{"source_name": "S", "event_data": {"RuleName": "6.x", "Image": "a.exe"},'
+            ' "winlog": {"event_data": {"RuleName": "7.x", "ParentUser": "u"}}}',
+            '{"source_name": "S", "event_data": "not an object"}',
+            '{"source_name": "S"}',
+        ]
+    )
+    lake.batch()
+    assert lake.rows("SELECT _extra_fields FROM winlogbeat_stream ORDER BY _seq") == [
+        ({"RuleName": "first"},),
+        ({"Nested": '{"a":[1,"b"]}', "Null": None, "Flag": "true", "Real": "1.5"},),
+        ({"RuleName": "6.x", "ParentUser": "u"},),
+        ({},),
+        ({},),
+    ]

@@ -36,6 +36,18 @@ def test_command_line_traces_back_to_the_raw_event_data() -> None:
     assert trace("sysmon_join", "user_account")[1] == "sysmon_network_connect.user_account"
 
 
+def test_the_ancestry_lineage_text_traces_back_to_the_images() -> None:
+    """Through a view and a model whose chains come from a recursive CTE (only the process's own image is traced)."""
+    assert trace("sysmon_join_ancestry", "lineage") == [
+        "sysmon_join_ancestry.lineage",
+        "sysmon_process_ancestry.lineage",
+        "sysmon_process_create_table.process_path",
+        "sysmon_process_create.process_path",
+        "winlogbeat_stream_rekey.process_path",
+        "winlogbeat_stream.event_data.Image",
+    ]
+
+
 def test_every_recipe_column_downstream_of_the_stream_has_lineage_to_a_real_column(lake: Lake) -> None:
     lake.land([process_create("{A}"), network_connect("{A}")])
     lake.batch()

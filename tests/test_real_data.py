@@ -10,12 +10,13 @@ import json
 import tarfile
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import evtx
 import pytest
 
 from tests.conftest import Lake
-from tests.recipe import shared_path
+from tests.recipe import RECIPE_EVENT_DATA_FIELDS, shared_path
 
 OTRF_TARBALLS = {
     # file: e3 rows joined, as SOURCES.md counts them (exact ProcessGuid match, same file)
@@ -24,6 +25,21 @@ OTRF_TARBALLS = {
     "empire_scm_dll_hijack_ikeext.tar.gz": 6,
     "empire_wdigest_downgrade.tar.gz": 0,
 }
+
+
+DECLARED = {name.upper() for name, _ in RECIPE_EVENT_DATA_FIELDS}
+
+
+def as_text(value: Any) -> str | None:
+    """A JSON value as _extra_fields holds it: strings as they are, objects and arrays as compact JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def extra_fields(data: Any) -> dict[str, str | None]:
+    """The event_data fields the recipe's STRUCT does not declare (ignoring case, as KSQL), without the pipeline."""
+    return {k: as_text(v) for k, v in data.items() if k.upper() not in DECLARED} if isinstance(data, dict) else {}
 
 
 def extract_ndjson(tarball: Path, into: Path) -> Path:
@@ -80,7 +96,11 @@ def test_otrf_joins_match_an_independent_computation(tarball: str, tmp_path: Pat
     assert sorted(actual) == expected
     assert len(expected) == OTRF_TARBALLS[tarball]
     assert lake.count("winlogbeat_rejects") == 0
-    assert lake.count("winlogbeat_stream") == sum(1 for line in landed.read_bytes().splitlines() if line.strip())
+    events = [json.loads(line) for line in landed.read_bytes().splitlines() if line.strip()]
+    assert lake.count("winlogbeat_stream") == len(events)
+    assert lake.rows("SELECT _extra_fields FROM winlogbeat_stream ORDER BY _seq") == [
+        (extra_fields(event.get("event_data")),) for event in events
+    ]
 
 
 EVTX_FILES = {
@@ -128,6 +148,10 @@ def test_evtx_files_match_an_independent_computation(name: str, tmp_path: Path) 
     lake.batch()
     records, joins = expected_evtx(source)
     assert lake.count("winlogbeat_stream") == records
+    assert lake.rows("SELECT _extra_fields FROM winlogbeat_stream ORDER BY _seq") == [
+        (extra_fields(json.loads(r["data"])["Event"].get("EventData")),)
+        for r in evtx.PyEvtxParser(str(source)).records_json()
+    ]
     assert lake.count("winlogbeat_rejects") == 0
     actual = lake.rows(
         "SELECT process_guid, event_date_creation, dst_ip_addr, dst_port, process_command_line FROM sysmon_join"

@@ -175,8 +175,8 @@ def test_unknown_ref_is_an_error_naming_the_file(tmp_path: Path) -> None:
 
 
 def test_bad_materialization_is_an_error(tmp_path: Path) -> None:
-    (tmp_path / "a.sql").write_text("{{ config(materialized='view') }} SELECT 1")
-    with pytest.raises(ProjectError, match="materialized='view'"):
+    (tmp_path / "a.sql").write_text("{{ config(materialized='ephemeral') }} SELECT 1")
+    with pytest.raises(ProjectError, match="materialized='ephemeral'"):
         Project(tmp_path)
 
 
@@ -334,3 +334,79 @@ def test_execute_is_false_where_a_model_is_rendered_for_its_columns_only(
         assert renders == [False, True], run_key
         project = Project(models)
     assert con.execute("SELECT _seq, rendered FROM shaped ORDER BY 1").fetchall() == [(1, "run"), (2, "run")]
+
+
+VIEW_MODELS = {
+    "events.sql": MODELS["events.sql"],
+    "catalog.sql": MODELS["catalog.sql"],
+    "orders_priced.sql": """-- Every order with its item's price row as the catalog holds it now.
+{{ config(materialized='view') }}
+SELECT o._seq, o.item, c._seq AS price_seq, o._batch_id
+FROM {{ ref('events') }} AS o LEFT JOIN {{ ref('catalog') }} AS c USING (item)
+WHERE o.kind = '{{ var('kind', 'order') }}'
+""",
+    "priced_count.sql": """-- Reads the view: a model downstream of a view gets all of it.
+{{ config(materialized='table', unique_key='item') }}
+SELECT item, count(price_seq) AS priced, max(_seq) AS _seq FROM {{ ref('orders_priced') }} GROUP BY item
+""",
+}
+
+
+def view_project(models: Path, **variables: str) -> Project:
+    models.mkdir(exist_ok=True)
+    for name, sql in VIEW_MODELS.items():
+        (models / name).write_text(sql)
+    return Project(models, variables)
+
+
+def run_view_project(project: Project, con: duckdb.DuckDBPyConnection, rows: list, run_key: str) -> dict:
+    batch = open_batch(con, run_key, T0)
+    results = {"events": project.run_step(con, "events", batch, source_chunks=[feed(*rows)])[0]}
+    for name in project.primary_models()[1:]:
+        results[name] = project.run_step(con, name, batch)[0]
+    return results
+
+
+def test_a_view_shows_the_current_rows_of_whole_inputs(tmp_path: Path) -> None:
+    project = view_project(tmp_path / "models")
+    con = duckdb.connect()
+    run_view_project(project, con, [(1, "order", "a"), (2, "order", "b")], "r1")
+    assert con.execute("SELECT _seq, item, price_seq FROM orders_priced ORDER BY 1").fetchall() == [
+        (1, "a", None),
+        (2, "b", None),
+    ]
+    results = run_view_project(project, con, [(3, "price", "a"), (4, "order", "a")], "r2")
+    # the first batch's order shows the price that came later; the stream ref is the whole stream, not the delta
+    assert con.execute("SELECT _seq, item, price_seq FROM orders_priced ORDER BY 1").fetchall() == [
+        (1, "a", 3),
+        (2, "b", None),
+        (4, "a", 3),
+    ]
+    assert (results["orders_priced"].rows_written, results["orders_priced"].table_rows) == (0, 3)
+    assert results["orders_priced"].offsets_after == {}
+    assert con.execute("SELECT item, priced FROM priced_count ORDER BY 1").fetchall() == [("a", 2), ("b", 0)]
+
+
+def test_a_view_is_replaced_only_when_its_query_changes(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "lake")
+    con = attach(duckdb.connect(config=connection_config(settings)), settings)
+    project = view_project(tmp_path / "models")
+    assert project.primary_models()[-1] == "priced_count", "the view's step must not be the batch's last"
+
+    def view_changes() -> list[dict]:
+        snapshots = con.execute("SELECT changes FROM ducklake_snapshots('lake') ORDER BY snapshot_id").fetchall()
+        return [changes for (changes,) in snapshots if "views_created" in changes or "views_altered" in changes]
+
+    run_view_project(project, con, [(1, "order", "a")], "r1")
+    assert len(view_changes()) == 1
+    batch = open_batch(con, "r2", T0)
+    project.run_step(con, "events", batch, source_chunks=[feed((2, "order", "b"))])
+    before = con.execute("SELECT max(snapshot_id) FROM ducklake_snapshots('lake')").fetchone()
+    project.run_step(con, "orders_priced", batch)
+    # same query: the step has nothing to write and commits no snapshot
+    assert con.execute("SELECT max(snapshot_id) FROM ducklake_snapshots('lake')").fetchone() == before
+    assert con.execute("SELECT _seq FROM orders_priced ORDER BY 1").fetchall() == [(1,), (2,)]
+    refunds = view_project(tmp_path / "models", kind="refund")
+    run_view_project(refunds, con, [(3, "refund", "a")], "r3")
+    assert len(view_changes()) == 2
+    assert con.execute("SELECT _seq FROM orders_priced").fetchall() == [(3,)]

@@ -9,7 +9,7 @@ import pytest
 
 from sysmon_assets.pipeline import SysmonPipeline
 from sysmon_assets.resources import SysmonPipelineResource, resources_from_settings
-from sysmon_assets.settings import MAX_MINUTES, Settings, SettingsError, configuration_table
+from sysmon_assets.settings import MAX_ANCESTRY_DEPTH, MAX_MINUTES, Settings, SettingsError, configuration_table
 from tests.conftest import Lake, network_connect, process_create
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +52,7 @@ def test_every_setting_comes_from_its_variable() -> None:
         ("SYSMON_KAFKA_SINK", "maybe"),
         ("SYSMON_KAFKA_CONFIG", "security.protocol"),
         ("SYSMON_KAFKA_MAX_MESSAGES", "lots"),
+        ("SYSMON_ANCESTRY_DEPTH", "deep"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, value: str) -> None:
@@ -81,6 +82,8 @@ def test_bad_values_name_the_variable(variable: str, value: str) -> None:
         ("SYSMON_SNAPSHOT_RETENTION_DAYS", "0"),
         ("SYSMON_EVENT_RETENTION_DAYS", "-1"),
         ("SYSMON_KAFKA_MAX_BYTES", "0"),
+        ("SYSMON_ANCESTRY_DEPTH", "0"),
+        ("SYSMON_ANCESTRY_DEPTH", str(MAX_ANCESTRY_DEPTH + 1)),
     ],
 )
 def test_values_out_of_range_are_refused_up_front_naming_the_variable(variable: str, value: str) -> None:
@@ -96,11 +99,16 @@ def test_the_bounds_themselves_are_accepted() -> None:
             "SYSMON_JOIN_COVERAGE_WARN": "1",
             "SYSMON_FRESHNESS_MINUTES": "1",
             "SYSMON_DUCKDB_MEMORY_LIMIT": "1GiB",
+            "SYSMON_ANCESTRY_DEPTH": str(MAX_ANCESTRY_DEPTH),
         }
     )
     assert (settings.join_grace_minutes, settings.max_line_bytes, settings.join_coverage_warn) == (
         MAX_MINUTES,
         1024**3,
+        1,
+    )
+    assert (settings.ancestry_depth, Settings.from_env({"SYSMON_ANCESTRY_DEPTH": "1"}).ancestry_depth) == (
+        MAX_ANCESTRY_DEPTH,
         1,
     )
 

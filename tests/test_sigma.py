@@ -280,7 +280,7 @@ def modifier_lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
 def test_each_modifier_matches_exactly_its_events(modifier_lake: Lake, case: Case) -> None:
     assert modifier_lake.pipeline.sigma_rules().failures == []
     matched = modifier_lake.rows(
-        "SELECT record_number FROM sigma_detections WHERE rule_title = ? ORDER BY record_number", [case.name]
+        "SELECT _record_number FROM sigma_detections WHERE rule_title = ? ORDER BY _record_number", [case.name]
     )
     assert [record for (record,) in matched] == case.records["matches"]
 
@@ -390,7 +390,7 @@ def test_a_connection_hit_carries_its_process_context(tmp_path: Path) -> None:
 
 
 def _detections(lake: Lake) -> list[tuple]:
-    return lake.rows("SELECT rule_id, record_number, process_command_line FROM sigma_detections ORDER BY ALL")
+    return lake.rows("SELECT rule_id, _record_number, process_command_line FROM sigma_detections ORDER BY ALL")
 
 
 def test_each_batch_evaluates_only_its_new_events_and_splits_give_the_same_detections(tmp_path: Path) -> None:

@@ -1,0 +1,80 @@
+-- Not a recipe step: each process's chain of ancestors (parent, grandparent, ...), followed through
+-- parent_process_guid in sysmon_process_create_table for at most ancestry_depth generations, with how the chain
+-- ends: 'root' (the oldest process names no parent), 'missing_parent' (its parent's create has not arrived),
+-- 'depth_limit' (more generations than ancestry_depth) or 'cycle' (the chain comes back to a process already in
+-- it: bad data). A batch rewrites the rows of the processes whose create it brought and of their descendants,
+-- so an ancestor that arrives late fills in the chains below it.
+{{ config(materialized='table', unique_key='process_guid', order_by='_seq', group='hunting') }}
+{% set depth = var('ancestry_depth') | int %}
+{#- A parent GUID that names no process: none at all, or Sysmon's all-zero GUID. -#}
+{% macro names_no_process(guid) -%}
+({{ guid }} IS NULL OR {{ guid }} IN ('', '{00000000-0000-0000-0000-000000000000}'))
+{%- endmacro %}
+{#- An executable's file name, from a Windows (or any) path; '?' when the create had no Image. -#}
+{% macro file_name(path) -%}
+coalesce(nullif(regexp_extract({{ path }}, '[^\\/]*$'), ''), '?')
+{%- endmacro %}
+WITH RECURSIVE processes AS MATERIALIZED (
+    SELECT process_guid, parent_process_guid, process_path, process_command_line
+    FROM {{ ref('sysmon_process_create_table') }}
+),
+-- The processes whose chain may have changed: those this batch brought a create for, and their descendants down
+-- to `depth` generations (a process further below does not have them in its chain). The depth bounds the walk
+-- even through a cycle.
+changed(process_guid, generation) USING KEY (process_guid) AS (
+    SELECT DISTINCT process_guid, 0
+    FROM {{ ref('sysmon_process_create') }}
+    WHERE process_guid IS NOT NULL
+    UNION
+    SELECT child.process_guid, c.generation + 1
+    FROM changed AS c
+    JOIN processes AS child ON child.parent_process_guid = c.process_guid
+    -- a process whose own GUID names no process is nobody's parent, whatever its children's events say
+    WHERE c.generation < {{ depth }} AND NOT {{ names_no_process('c.process_guid') }}
+),
+-- Each changed process's chain, one generation per round: the key keeps only the longest chain so far. A chain
+-- stops at a parent that names no process, at one already in it (a cycle), at the depth, or at a parent with no
+-- row in the process table (no round extends it).
+chains(process_guid, next_guid, ancestors, members) USING KEY (process_guid) AS (
+    SELECT p.process_guid, p.parent_process_guid,
+        CAST([] AS STRUCT(process_guid VARCHAR, process_path VARCHAR, process_command_line VARCHAR)[]),
+        [p.process_guid]
+    FROM processes AS p
+    SEMI JOIN changed USING (process_guid)
+    UNION
+    SELECT c.process_guid, parent.parent_process_guid,
+        list_append(c.ancestors, {
+            'process_guid': parent.process_guid,
+            'process_path': parent.process_path,
+            'process_command_line': parent.process_command_line}),
+        list_append(c.members, parent.process_guid)
+    FROM chains AS c
+    JOIN processes AS parent ON parent.process_guid = c.next_guid
+    WHERE len(c.ancestors) < {{ depth }}
+      AND NOT list_contains(c.members, c.next_guid)
+      AND NOT {{ names_no_process('c.next_guid') }}
+)
+SELECT
+    p.process_guid,
+    p.process_path,
+    p.process_command_line,
+    c.ancestors,
+    len(c.ancestors) AS depth,
+    CASE
+        WHEN {{ names_no_process('c.next_guid') }} THEN 'root'
+        WHEN list_contains(c.members, c.next_guid) THEN 'cycle'
+        -- decided before 'missing_parent', so that a row never depends on a process beyond the depth (which no
+        -- later batch would rewrite it for)
+        WHEN len(c.ancestors) >= {{ depth }} THEN 'depth_limit'
+        ELSE 'missing_parent'
+    END AS chain_end,
+    array_to_string(
+        list_append(list_reverse([{{ file_name('a.process_path') }} FOR a IN c.ancestors]),
+                    {{ file_name('p.process_path') }}),
+        ' > ') AS lineage,
+    -- The order this version of the row was written in: higher than every row already in the table, so that a
+    -- rewritten row always replaces the one before (with shards, the table's upsert keeps the higher _seq).
+    {% if is_incremental() %}(SELECT coalesce(max(_seq), 0) FROM {{ this }}){% else %}0{% endif %}
+        + row_number() OVER (ORDER BY p.process_guid) AS _seq
+FROM chains AS c
+JOIN {{ ref('sysmon_process_create_table') }} AS p USING (process_guid)
