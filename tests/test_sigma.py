@@ -227,6 +227,14 @@ PROCESS_CASES = [
         [{"Image": "C:\\dotxexe"}, {"Image": "C:\\a1.exe.bak"}],
     ),
     Case(
+        "kept_field",
+        1,
+        {"sel": {"OriginalFileName": "Cmd.Exe", "ParentUser|endswith": "\\bob"}},
+        "sel",
+        [{"OriginalFileName": "cmd.exe", "ParentUser": "CORP\\Bob"}],
+        [{"OriginalFileName": "cmd.exe"}, {"OriginalFileName": "cmd.exe.mui", "ParentUser": "CORP\\bob"}],
+    ),
+    Case(
         "number_on_text",
         1,
         {"sel": {"IntegrityLevel|gte": 2}},
@@ -538,3 +546,43 @@ def test_the_command_line_says_which_rules_run_and_why_not(tmp_path: Path, capsy
     assert "field     unknown_field.yml: unknown field - does not convert: needs field 'Provider_Name'" in out
     assert out.endswith("1 of 2 rules run\n")
     assert sigma.main([str(DEFAULT_SIGMA_RULES)]) == 0
+
+
+OWN_RULE_EVENTS = {
+    "PowerShell Started With An Encoded Command": [
+        process_create("{E1}", "powershell.exe -NoP -enc SQBFAFgA", event_data={"Image": "C:\\W\\powershell.exe"})
+    ],
+    "Office Application Starts A Shell": [
+        process_create("{E2}", "cmd.exe /c x", event_data={"ParentImage": "C:\\Office\\WINWORD.EXE"})
+    ],
+    "Program Run From The Public Users Folder": [
+        process_create("{E3}", "updater.exe", event_data={"Image": "C:\\Users\\Public\\updater.exe"})
+    ],
+    "Windows Shell Running Under Another Name": [
+        process_create("{E4}", "svc.exe", event_data={"Image": "C:\\T\\svc.exe", "OriginalFileName": "Cmd.Exe"})
+    ],
+    "Volume Shadow Copies Deleted": [
+        process_create("{E5}", "vssadmin delete shadows /all", event_data={"Image": "C:\\W\\vssadmin.exe"})
+    ],
+    "Program In A User-Writable Folder Opens A Connection": [
+        network_connect("{E6}", "198.51.100.6", event_data={"Image": "C:\\Users\\Public\\updater.exe"})
+    ],
+    "Shell Connects To A Public Address": [
+        network_connect("{E7}", "198.51.100.7", event_data={"Image": "C:\\W\\powershell.exe"})
+    ],
+    "Connection To A Port Common Backdoors Use": [
+        network_connect("{E8}", "10.0.0.8", event_data={"DestinationPort": "4444", "Image": "C:\\A\\b.exe"})
+    ],
+}
+
+
+def test_our_own_rules_each_detect_what_they_describe(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)  # the default rules: sigma_rules/
+    lake.land(event for events in OWN_RULE_EVENTS.values() for event in events)
+    lake.land([process_create("{B1}", "notepad.exe"), network_connect("{B2}", "10.0.0.9")])  # benign
+    lake.batch()
+    hits = lake.rows("SELECT rule_title, process_guid FROM sigma_detections ORDER BY ALL")
+    expected = [
+        (title, event["event_data"]["ProcessGuid"]) for title, events in OWN_RULE_EVENTS.items() for event in events
+    ]
+    assert hits == sorted(expected)
