@@ -5,6 +5,7 @@
     python bench/benchmark.py --readers 10 --increment 10000 --repeat 3
     python bench/benchmark.py --shards 3 --events 1000000 --files 12 --repeat 3
     python bench/benchmark.py --small-files 2000 --repeat 3
+    python bench/benchmark.py --sigma ../shared/data/sigma/rules --increment 10000 --backlog 1000000 --repeat 3
 
 Every measured run is its own process (``bench/runs.py`` or the Dagster CLI), so each peak RSS is that
 run's own; every lake is the project's (a SQLite catalog plus Parquet files in a data folder) unless said
@@ -31,7 +32,12 @@ in the same invocation:
   (events/s in all on this machine), and each shard alone on a fresh lake (its part of the input only): the
   slowest of those is what one machine per shard would take, catalog contention aside;
 - small files (``--small-files N``): N files of 6 events against the same events in one file, in-process
-  (target at most 2x), and an idle batch over the N files (target at most 1 s).
+  (target at most 2x), and an idle batch over the N files (target at most 1 s);
+- Sigma (``--sigma RULES``): the seconds a folder of Sigma rules adds to a batch of ``--increment`` events and to
+  a first batch over a backlog of ``--backlog`` events (in-process, each against the same batch with an empty
+  rules folder, alternating; aims: under 1 s for 10,000 events, under a minute for 1,000,000), per rule, the
+  slowest rules alone; and what loading the rule set costs a new process from the cache vs converting it, and a
+  further batch of the same process (the conversion is cached by the rules' content).
 
 Generated data and the history lake are cached under ``--workdir`` (default ``bench/out``, git-ignored).
 """
@@ -542,6 +548,59 @@ def readers(args: argparse.Namespace) -> None:
             print(f"    {error}")
 
 
+def with_cache(data_dir: Path, cache: Path) -> Path:
+    """A fresh data folder holding the converted rule set, as a pipeline that ran before holds it."""
+    shutil.copytree(cache, fresh(data_dir) / cache.name)
+    return data_dir
+
+
+def sigma_cost(args: argparse.Namespace) -> None:
+    """Seconds a folder of Sigma rules adds to a batch and to a backlog, per rule, and its conversion's cost."""
+    rules = args.sigma.resolve()
+    no_rules = args.workdir / "no-sigma-rules"
+    no_rules.mkdir(exist_ok=True)
+    print(f"## Sigma: the rules of {rules}")
+    warm = args.workdir / "sigma-conversion"
+    cold = run("sigma-load", Path(), fresh(warm), None, env={"SYSMON_SIGMA_RULES": str(rules)})
+    loads = [run("sigma-load", Path(), warm, None, env={"SYSMON_SIGMA_RULES": str(rules)}) for _ in range(args.repeat)]
+    print(
+        f"SIGMA CONVERSION: {cold['rules']} rules converted, {cold['failures']} not evaluated (listed); converting in "
+        f"a new process {cold['seconds']:.2f} s (converted: {cold['converted']}); loading the unchanged rule set in a "
+        f"new process from the cache {median(loads, 'seconds'):.3f} s (converted: {any(r['converted'] for r in loads)}"
+        f"); again in the same process {median(loads, 'again_seconds') * 1000:.1f} ms"
+    )
+    cache = warm / Settings().sigma_cache_dir.name
+    for label, events in (("batch", args.increment), ("backlog", args.backlog)):
+        landing = generate(args.workdir / f"sigma-{label}-{events}", [events], seed=5)[0].parent
+        lakes = {kind: args.workdir / f"sigma-{label}-lake-{kind}" for kind in ("with", "without")}
+        with_rules, without = [], []
+        for rep in range(args.repeat if events <= args.increment else 1):
+            env = {"SYSMON_SIGMA_RULES": str(rules)}
+            with_rules.append(run("project", landing, with_cache(lakes["with"], cache), args.memory_limit, env=env))
+            env = {"SYSMON_SIGMA_RULES": str(no_rules)}
+            without.append(run("project", landing, fresh(lakes["without"]), args.memory_limit, env=env))
+            print(
+                f"{label} rep {rep + 1}: with the rules {with_rules[-1]['seconds']:.2f} s (sigma_detections "
+                f"{with_rules[-1]['steps']['sigma_detections']:.2f} s), without {without[-1]['seconds']:.2f} s "
+                f"(sigma_detections {without[-1]['steps']['sigma_detections']:.2f} s)"
+            )
+        batch, bare = median(with_rules, "seconds"), median(without, "seconds")
+        step = statistics.median(r["steps"]["sigma_detections"] for r in with_rules)
+        bare_step = statistics.median(r["steps"]["sigma_detections"] for r in without)
+        alone = run("sigma-rules", landing, lakes["with"], args.memory_limit, env={"SYSMON_SIGMA_RULES": str(rules)})
+        added = batch - bare
+        print(
+            f"SIGMA {label.upper()} of {events:,} events ({alone['events']['1']:,} creates, {alone['events']['3']:,} "
+            f"connects): the batch {bare:.2f} s without rules, {batch:.2f} s with {cold['rules']} rules: "
+            f"{added:+.2f} s added ({added / cold['rules'] * 1000:.2f} ms per rule); the sigma_detections step "
+            f"{step:.2f} s (with no rules {bare_step:.2f} s)"
+        )
+        print(
+            f"  each rule alone over those events: {alone['seconds_all_alone']:.2f} s in all; the slowest: "
+            + ", ".join(f"{rule['title']} {rule['seconds'] * 1000:.0f} ms" for rule in alone["slowest"][:5])
+        )
+
+
 def main() -> None:
     """Parse arguments and run the throughput, incremental or readers benchmark."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -556,12 +615,16 @@ def main() -> None:
     parser.add_argument("--readers", type=int, default=0, help="reader latency during this many batches")
     parser.add_argument("--shards", type=int, default=0, help="K = 1 .. this many shards at once, and each alone")
     parser.add_argument("--small-files", type=int, default=0, help="this many files of 6 events vs one file")
+    parser.add_argument("--sigma", type=Path, default=None, help="the seconds this folder of Sigma rules adds")
+    parser.add_argument("--backlog", type=int, default=1_000_000, help="with --sigma: the backlog's events")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out")
     args = parser.parse_args()
     args.workdir = args.workdir.resolve()
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(f"{os.cpu_count()} cores; python {sys.version.split()[0]}; {datetime.now():%Y-%m-%d %H:%M}")
-    if args.readers:
+    if args.sigma:
+        sigma_cost(args)
+    elif args.readers:
         readers(args)
     elif args.shards:
         sharded(args)

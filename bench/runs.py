@@ -16,7 +16,13 @@ catalog ``<data folder>/lake.sqlite`` and Parquet files under ``<data folder>/la
   event retention), with data files per table before and after;
 - ``reader``: until SIGTERM, a loop of ``sysmon_assets.connect()`` + ``SELECT count(*) FROM sysmon_join``
   (timed together) and the same query on a connection held from the start (timed alone); prints ``ready``
-  after its first round.
+  after its first round;
+- ``sigma-load``: load the Sigma rule set (``SYSMON_SIGMA_RULES``) as a new process does, from the cache under
+  the data folder or converting it, then again in the same process;
+- ``sigma-rules``: each converted rule alone over the process creates and connects of the lake (built by a
+  ``project`` run), timed; the slowest listed.
+
+``SYSMON_SIGMA_RULES`` (the rules the batch runs) and ``SYSMON_LAKE_CATALOG`` are read from the environment.
 
 Prints one JSON object (last line).
 """
@@ -42,7 +48,7 @@ import duckdb
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sysmon_assets import connect  # noqa: E402
+from sysmon_assets import connect, sigma  # noqa: E402
 from sysmon_assets.lake import LakeError, open_lake  # noqa: E402
 from sysmon_assets.maintenance import maintain  # noqa: E402
 from sysmon_assets.pipeline import LakeConnections, SysmonPipeline, utc_now  # noqa: E402
@@ -222,6 +228,55 @@ def run_reader(settings: Settings) -> dict[str, Any]:
     return {**timed, "errors": errors, "distinct_counts": len(counts)}
 
 
+def run_sigma_load(settings: Settings) -> dict[str, Any]:
+    """Seconds to load the rule set in a new process (from the cache, or converting it when the cache has no file
+    for its content), whether it converted, and seconds to load it again in the same process (what each further
+    batch of a long-running process pays)."""
+    cached = set(settings.sigma_cache_dir.glob("*.json"))
+    start = time.perf_counter()
+    rule_set = sigma.load_rule_set(settings.sigma_rules, settings.sigma_cache_dir)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    sigma.load_rule_set(settings.sigma_rules, settings.sigma_cache_dir)
+    return {
+        "seconds": first,
+        "converted": set(settings.sigma_cache_dir.glob("*.json")) != cached,
+        "again_seconds": time.perf_counter() - start,
+        "rules": len(rule_set.rules),
+        "failures": len(rule_set.failures),
+    }
+
+
+def run_sigma_rules(settings: Settings, top: int = 10) -> dict[str, Any]:
+    """Each rule's condition alone over the lake's process creates (event 1) and connects (event 3, with their
+    process), in the text columns the model gives the rules (sysmon_assets.sigma.EVENT_FIELDS): seconds per rule."""
+    rule_set = sigma.load_rule_set(settings.sigma_rules, settings.sigma_cache_dir)
+    timed = []
+    with open_lake(settings, read_only=True) as con:
+        for event_id in sigma.EVENT_FIELDS:
+            columns = ", ".join(
+                f'CAST({source} AS VARCHAR) AS "{name}", lower(CAST({source} AS VARCHAR)) AS "{lowered}"'
+                for name, lowered, source in rule_set.variables()["columns"][event_id]
+            )
+            join = "LEFT JOIN sysmon_process_create_table AS p USING (process_guid)" if event_id == 3 else ""
+            con.execute(
+                f"CREATE TEMP TABLE events_{event_id} AS SELECT {columns} FROM winlogbeat_stream_rekey AS e {join} "
+                f"WHERE e.event_id = {event_id}"
+            )
+        for rule in rule_set.rules:
+            start = time.perf_counter()
+            con.execute(f"SELECT count(*) FROM events_{rule.event_id} WHERE {rule.condition}").fetchall()
+            timed.append((time.perf_counter() - start, rule.title))
+        events = {event_id: con.execute(f"SELECT count(*) FROM events_{event_id}").fetchone()[0] for event_id in (1, 3)}
+    timed.sort(reverse=True)
+    return {
+        "events": events,
+        "rules": len(timed),
+        "seconds_all_alone": sum(seconds for seconds, _ in timed),
+        "slowest": [{"seconds": seconds, "title": title} for seconds, title in timed[:top]],
+    }
+
+
 def main() -> None:
     """Run one kind and print its JSON result."""
     kind, landing, data_dir = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
@@ -229,6 +284,8 @@ def main() -> None:
     batch_time = datetime.fromisoformat(sys.argv[5]) if len(sys.argv) > 5 else None
     catalog = os.environ.get("SYSMON_LAKE_CATALOG") or None
     settings = Settings(landing_dir=landing, data_dir=data_dir, lake_catalog=catalog, memory_limit=memory_limit)
+    if os.environ.get("SYSMON_SIGMA_RULES"):
+        settings = dataclasses.replace(settings, sigma_rules=Path(os.environ["SYSMON_SIGMA_RULES"]))
     if kind == "reference":
         result = run_reference(settings)
     elif kind in ("project", "scans"):
@@ -241,6 +298,10 @@ def main() -> None:
         result = run_maintain(settings)
     elif kind == "reader":
         result = run_reader(settings)
+    elif kind == "sigma-load":
+        result = run_sigma_load(settings)
+    elif kind == "sigma-rules":
+        result = run_sigma_rules(settings)
     else:
         raise SystemExit(f"unknown kind {kind!r}")
     print(json.dumps(result))

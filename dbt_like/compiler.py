@@ -5,6 +5,8 @@ yields only the rows that model gained since this model last consumed it (its de
 reference to a *table* model yields the table as it stands now. ``ref(name, full=True)``
 yields every row of a stream, for models that must look back (an as-of join). A *view* model is
 stored as a query, not as rows, so every ``ref()`` in it yields the whole relation, as does a ``ref()`` to it.
+``execute`` is False (as in dbt) when the SQL is rendered for its shape only (its columns, lineage and config),
+never to be run for rows: a model may leave out there what costs time to plan and does not change its columns.
 """
 
 from __future__ import annotations
@@ -17,11 +19,15 @@ from typing import Any
 import jinja2
 
 from dbt_like.project import MATERIALIZATIONS, Model, ProjectError
+from dbt_like.sql import quote_identifier, quote_string
 
 STATE_SCHEMA = "dbt_like"
 PENDING_TABLE = f"{STATE_SCHEMA}.pending"
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+# Values a template writes into SQL go through these: {{ title | sql_string }}, {{ name | sql_identifier }}.
+_ENV.filters["sql_string"] = quote_string
+_ENV.filters["sql_identifier"] = quote_identifier
 
 
 @lru_cache(maxsize=256)
@@ -65,6 +71,7 @@ class StepContext:
     is_incremental: bool = True
     pending_floor: int | None = None  # lowest _seq this model still waits to match (None: nothing pending)
     shard: Shard = field(default_factory=Shard)
+    execute: bool = True  # False: rendered for its columns only
 
 
 def _var_lookup(variables: Mapping[str, Any], path: Any):
@@ -96,6 +103,7 @@ def render_plain(model: Model, variables: Mapping[str, Any]) -> tuple[str, dict[
         is_incremental=lambda: False,
         batch_id=0,
         batch_time="1970-01-01 00:00:00",
+        execute=False,
     )
     return sql, captured
 
@@ -158,4 +166,5 @@ def render_step(
         is_incremental=lambda: step.is_incremental,
         batch_id=step.batch_id,
         batch_time=step.batch_time,
+        execute=step.execute,
     )

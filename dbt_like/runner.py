@@ -467,6 +467,7 @@ class Project:
             batch_time=batch.started_at.isoformat(sep=" "),
             upper_bounds=dict.fromkeys(self.models[name].refs, 0),
             sources=relations,
+            execute=False,
         )
         return f"({render_step(self.models[name], self.configs, self.variables, step).strip().rstrip(';')})"
 
@@ -566,10 +567,17 @@ class Project:
             )
 
     def _compile(
-        self, name: str, batch: Batch, relations: dict[str, str], result: StepResult, is_incremental: bool = True
+        self,
+        name: str,
+        batch: Batch,
+        relations: dict[str, str],
+        result: StepResult,
+        is_incremental: bool = True,
+        execute: bool = True,
     ) -> str:
         step = StepContext(
             is_incremental=is_incremental,
+            execute=execute,
             batch_id=batch.batch_id,
             batch_time=batch.started_at.isoformat(sep=" "),
             offsets=dict(result.offsets_before),
@@ -589,7 +597,7 @@ class Project:
                 con.execute(f"CREATE OR REPLACE VIEW {name} AS {query}")
             return
         if not self._exists(con, name):
-            first = self._compile(name, batch, relations, result, is_incremental=False)
+            first = self._compile(name, batch, relations, result, is_incremental=False, execute=False)
             con.execute(f"CREATE TABLE {name} AS SELECT *, CAST(NULL AS BIGINT) AS _batch_id FROM {first} WHERE false")
         query = self._compile(name, batch, relations, result)
         if config["materialized"] == "table":

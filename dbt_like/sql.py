@@ -21,3 +21,13 @@ def first_row(con: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] | 
     """The first row of ``sql``, or None; the whole result is fetched."""
     rows = con.execute(sql, params or []).fetchall()
     return rows[0] if rows else None
+
+
+def quote_string(text: str) -> str:
+    """``text`` as a SQL string literal."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def quote_identifier(name: str) -> str:
+    """``name`` as a quoted SQL identifier (any characters, quotes included)."""
+    return '"' + str(name).replace('"', '""') + '"'

@@ -7,16 +7,20 @@ materialization metadata.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from dbt_like import StepResult
 from dbt_like.sql import scalar
 from sysmon_assets import kafka_source
 from sysmon_assets.landing import list_landed_files
 from sysmon_assets.pipeline import SysmonPipeline
+from sysmon_assets.sigma import LOGSOURCE
 
-Outcome = tuple[bool, dict[str, float | int | str]]
+# A check's verdict and its metadata (numbers, text, or JSON: lists and dicts).
+Outcome = tuple[bool, dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -76,9 +80,55 @@ def landing_freshness(pipeline: SysmonPipeline, batch_id: int) -> Outcome:
     }
 
 
+SEVERE_LEVELS = ("high", "critical")
+# The severe hits a check lists in its metadata (the count covers all of them).
+HITS_SHOWN = 50
+
+
+def sigma_severe_hits(pipeline: SysmonPipeline, batch_id: int) -> Outcome:
+    """Warns when the batch produced detections of a high or critical rule, and lists them."""
+    with pipeline.connect() as con:
+        relation = con.execute(
+            "SELECT rule_title, level, rule_id, computer_name, strftime(event_date_creation, '%Y-%m-%d %H:%M:%S') "
+            "AS event_time, event_id, process_path, process_command_line, parent_process_path, dst_ip_addr, dst_port "
+            "FROM sigma_detections WHERE _batch_id = ? AND list_contains(?, level) ORDER BY _seq",
+            [batch_id, list(SEVERE_LEVELS)],
+        )
+        columns = [column[0] for column in relation.description]
+        hits = [dict(zip(columns, row, strict=True)) for row in relation.fetchall()]
+    return not hits, {"severe_hits": len(hits), "levels": ", ".join(SEVERE_LEVELS), "hits": hits[:HITS_SHOWN]}
+
+
+def sigma_rules_converted(pipeline: SysmonPipeline, batch_id: int) -> Outcome:
+    """Warns when a rule of the folder cannot run (unreadable, a feature the conversion lacks, a field our events do
+    not carry, or SQL DuckDB rejects), and lists every rule not evaluated with its reason. Rules written for another
+    log source are listed but do not warn: a checkout of SigmaHQ's rules holds thousands."""
+    rule_set = pipeline.sigma_rules()
+    kinds = Counter(failure.kind for failure in rule_set.failures)
+    return set(kinds) <= {LOGSOURCE}, {
+        "rules_folder": rule_set.folder,
+        "rules_loaded": rule_set.loaded,
+        "rules_converted": len(rule_set.rules),
+        "rules_not_evaluated": dict(sorted(kinds.items())),
+        "failures": [failure.__dict__ for failure in rule_set.failures],
+    }
+
+
 BATCH_CHECKS = (
     BatchCheck("join_coverage", "sysmon_join", "share of network events enriched with their process", join_coverage),
     BatchCheck("landing_freshness", "winlogbeat_stream", "something landed recently", landing_freshness),
+    BatchCheck(
+        "severe_detections",
+        "sigma_detections",
+        "the batch has no detection of a high or critical Sigma rule (the metadata lists them)",
+        sigma_severe_hits,
+    ),
+    BatchCheck(
+        "sigma_rules_converted",
+        "sigma_detections",
+        "every Sigma rule of the folder for our events runs (the metadata lists every rule that does not, and why)",
+        sigma_rules_converted,
+    ),
 )
 
 
@@ -97,7 +147,28 @@ def rekey_drops(pipeline: SysmonPipeline, result: StepResult) -> dict[str, int]:
     return {"not_sysmon_dropped": not_sysmon, "redeliveries_dropped": result.rows_in - result.rows_written - not_sysmon}
 
 
+def sigma_notes(pipeline: SysmonPipeline, result: StepResult) -> dict[str, Any]:
+    """The rule set the step ran (how many rules loaded, converted, failed and why) and its hits per level."""
+    rule_set = pipeline.sigma_rules()
+    with pipeline.connect() as con:
+        levels = con.execute(
+            "SELECT coalesce(level, 'none'), count(*) FROM sigma_detections WHERE _batch_id = ? "
+            "GROUP BY ALL ORDER BY ALL",
+            [pipeline.last_batch_id],
+        ).fetchall()
+    return {
+        "rules_folder": rule_set.folder,
+        "rules_digest": rule_set.digest,
+        "rules_loaded": rule_set.loaded,
+        "rules_converted": len(rule_set.rules),
+        "rules_failed": len(rule_set.failures),
+        "rule_failures": [failure.__dict__ for failure in rule_set.failures],
+        "hits_by_level": dict(levels),
+    }
+
+
 # Extra metadata for an asset's materialization, from its step's result.
-STEP_NOTES: dict[str, Callable[[SysmonPipeline, StepResult], dict[str, int]]] = {
+STEP_NOTES: dict[str, Callable[[SysmonPipeline, StepResult], dict[str, Any]]] = {
     "winlogbeat_stream_rekey": rekey_drops,
+    "sigma_detections": sigma_notes,
 }

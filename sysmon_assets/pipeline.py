@@ -27,6 +27,7 @@ from sysmon_assets.landed_lines import SOURCE_NAME, empty_chunk
 from sysmon_assets.landing import DEFAULT_CHUNK_BYTES, LandingReader
 from sysmon_assets.settings import Settings
 from sysmon_assets.shards import file_shard, partition_shard
+from sysmon_assets.sigma import RuleSet, load_rule_set
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 INGEST_MODEL = "winlogbeat_stream"
@@ -39,7 +40,7 @@ RECIPE_MODELS = (
     "sysmon_join",
 )
 # Built on the recipe's tables for threat hunting (docs/hunting.md): Dagster group `hunting`.
-HUNTING_MODELS = ("sysmon_process_ancestry", "sysmon_join_ancestry")
+HUNTING_MODELS = ("sysmon_process_ancestry", "sysmon_join_ancestry", "sigma_detections")
 
 Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 
@@ -118,6 +119,10 @@ class SysmonPipeline:
         self.connect = connect or LakeConnections(settings)
         self.chunk_bytes = chunk_bytes
         self.last_batch_id: int | None = None
+
+    def sigma_rules(self) -> RuleSet:
+        """The Sigma rule set the detections step runs (converted once per content; then from memory or cache)."""
+        return load_rule_set(self.settings.sigma_rules, self.settings.sigma_cache_dir)
 
     def run_model(self, name: str, run_key: str, batch_time: datetime | None = None) -> list[StepResult]:
         """Run one model's step for the batch of ``run_key`` (created by the first step that asks)."""

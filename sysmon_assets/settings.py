@@ -21,6 +21,8 @@ JOIN_MODES = ("default", "ksql")
 SOURCES = ("files", "kafka")
 CATALOG_KINDS = ("sqlite:", "postgres:")
 MAX_SHARDS = 1024
+# The rules of our own that SYSMON_SIGMA_RULES points at unless set.
+DEFAULT_SIGMA_RULES = Path(__file__).resolve().parents[1] / "sigma_rules"
 
 
 class SettingsError(ValueError):
@@ -68,6 +70,10 @@ def _memory_limit_error(text: str) -> str | None:
 def _memory_limit(value: str | None) -> str | None:
     error = _memory_limit_error(value) if value is not None else None
     return f"{error} (e.g. 4GB)" if error else None
+
+
+def _rules_folder(value: Path) -> str | None:
+    return None if value.is_dir() else "expected a folder of Sigma rules (*.yml, read recursively)"
 
 
 def _catalog(value: str | None) -> str | None:
@@ -231,6 +237,14 @@ class Settings:
         "([docs/storage.md](docs/storage.md))",
         check=lambda count: None if 1 <= count <= MAX_SHARDS else f"expected 1 to {MAX_SHARDS}",
     )
+    sigma_rules: Path = setting(
+        DEFAULT_SIGMA_RULES,
+        "SYSMON_SIGMA_RULES",
+        "folder of Sigma rules (`*.yml`, read recursively) that `sigma_detections` runs, e.g. a checkout of SigmaHQ's "
+        "`rules/windows` ([docs/hunting.md](docs/hunting.md))",
+        shown="`sigma_rules/` (ours)",
+        check=_rules_folder,
+    )
 
     @property
     def catalog(self) -> str:
@@ -276,14 +290,23 @@ class Settings:
             }
         )
 
+    @property
+    def sigma_cache_dir(self) -> Path:
+        """Where converted Sigma rule sets are kept, one file per rule set's content."""
+        return self.data_dir / "sigma"
+
     def variables(self) -> dict[str, object]:
-        """The Jinja ``var()`` values the SQL models are rendered with."""
+        """The Jinja ``var()`` values the SQL models are rendered with. The Sigma rules are converted here, once
+        per rule set's content (then read from the cache)."""
+        from sysmon_assets.sigma import load_rule_set  # pySigma loads only where rules are rendered
+
         return {
             "join_mode": self.join_mode,
             "join_grace_minutes": self.join_grace_minutes,
             "max_line_bytes": self.max_line_bytes,
             "source": self.source,
             "ancestry_depth": self.ancestry_depth,
+            "sigma": load_rule_set(self.sigma_rules, self.sigma_cache_dir).variables(),
         }
 
 

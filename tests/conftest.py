@@ -210,12 +210,26 @@ class Lake:
         return self.rows(f"SELECT count(*) FROM {table}")[0][0]
 
 
+# Columns written as the step saw other tables, so they depend on how events were cut into batches: a Sigma hit on
+# a connection carries its process create's context, NULL when the create came in a later batch (docs/hunting.md).
+AS_THE_STEP_SAW = {
+    "sigma_detections": {
+        "process_command_line",
+        "parent_process_path",
+        "parent_process_command_line",
+        "parent_process_guid",
+    }
+}
+
+
 def snapshot(settings: Settings, tables: Iterable[str] = RECIPE_MODELS + HUNTING_MODELS) -> dict[str, list[tuple]]:
-    """Every table's (and view's) columns but the ``_`` metadata, as sorted rows: equal means same content."""
+    """Every table's (and view's) columns but the ``_`` metadata (and those of ``AS_THE_STEP_SAW``), as sorted
+    rows: equal means same content."""
     with open_lake(settings, read_only=True) as con:
         result = {}
         for table in tables:
-            columns = [c for c, _ in table_columns(con, table) if not c.startswith("_")]
+            left_out = AS_THE_STEP_SAW.get(table, set())
+            columns = [c for c, _ in table_columns(con, table) if not c.startswith("_") and c not in left_out]
             rows = con.execute(f"SELECT {', '.join(columns)} FROM {table}").fetchall()
             result[table] = sorted(rows, key=repr)
         return result

@@ -36,6 +36,8 @@ HUNTING_EDGES = {
     # the creates a batch brought (the stream) and the whole process table
     "sysmon_process_ancestry": {"sysmon_process_create", "sysmon_process_create_table"},
     "sysmon_join_ancestry": {"sysmon_join", "sysmon_process_ancestry"},
+    # the rekeyed events a batch brought (the stream) and the whole process table, for a connection's process
+    "sigma_detections": {"winlogbeat_stream_rekey", "sysmon_process_create_table"},
 }
 ALL_MODELS = RECIPE_MODELS + HUNTING_MODELS
 

@@ -304,6 +304,38 @@ def test_a_column_added_to_a_model_is_added_to_its_existing_table(project: Proje
     assert con.execute("SELECT item, version, _seq FROM catalog").fetchall() == [("a", "v2", 4)]
 
 
+def test_execute_is_false_where_a_model_is_rendered_for_its_columns_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dbt_like import runner
+    from dbt_like.compiler import render_plain
+
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "events.sql").write_text(MODELS["events.sql"])
+    (models / "shaped.sql").write_text(
+        "-- Says how it was rendered.\n"
+        "{{ config(materialized='stream') }}\n"
+        "SELECT _seq, item, {{ \"'run'\" if execute else \"'shape'\" }} AS rendered FROM {{ ref('events') }}\n"
+    )
+    project = Project(models)
+    assert "'shape'" in render_plain(project.models["shaped"], {})[0]  # lineage and config
+    renders: list[bool] = []
+    render_step = runner.render_step
+    monkeypatch.setattr(runner, "render_step", lambda *args: renders.append(args[3].execute) or render_step(*args))
+    con = duckdb.connect(str(tmp_path / "db.duckdb"))
+    for run_key, rows in (("r1", [(1, "order", "a")]), ("r2", [(2, "order", "b")])):
+        batch = open_batch(con, run_key, T0)
+        project.run_step(con, "events", batch, source_chunks=[feed(*rows)])
+        renders.clear()
+        project.run_step(con, "shaped", batch)
+        # r1 creates the table from a render for its columns; a new project's first step on an existing table
+        # probes its columns the same way; only the step's own rows come from a render that executes
+        assert renders == [False, True], run_key
+        project = Project(models)
+    assert con.execute("SELECT _seq, rendered FROM shaped ORDER BY 1").fetchall() == [(1, "run"), (2, "run")]
+
+
 VIEW_MODELS = {
     "events.sql": MODELS["events.sql"],
     "catalog.sql": MODELS["catalog.sql"],

@@ -127,6 +127,8 @@ def test_graphql_shows_the_assets_their_edges_and_checks(webserver: str) -> None
         "sysmon_process_create_table__unique_process_guid": True,
     }
     assert "join_coverage" in {c["name"] for c in nodes["sysmon_join"]["assetChecksOrError"]["checks"]}
+    sigma_checks = {c["name"] for c in nodes["sigma_detections"]["assetChecksOrError"]["checks"]}
+    assert {"severe_detections", "sigma_rules_converted"} <= sigma_checks
 
 
 def test_the_ui_materializes_all_assets_through_the_first_job_they_share(webserver: str) -> None:

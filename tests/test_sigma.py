@@ -1,0 +1,588 @@
+"""Sigma detections on hand-written events: one rule per modifier we support, rules that cannot run (listed with
+the reason), a connection's process context, incremental batches, and the conversion cache."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from sysmon_assets import sigma
+from sysmon_assets.settings import DEFAULT_SIGMA_RULES, Settings
+from tests.conftest import Lake, network_connect, process_create, sysmon_event
+
+
+def rule_document(title: str, category: str, detection: dict[str, Any], level: str = "medium") -> dict[str, Any]:
+    """A Sigma rule with a stable id derived from its title."""
+    return {
+        "title": title,
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"sysmon-assets-test/{title}")),
+        "status": "test",
+        "author": "sysmon-assets tests",
+        "logsource": {"category": category, "product": "windows"},
+        "detection": detection,
+        "level": level,
+        "tags": ["attack.test"],
+    }
+
+
+def write_rules(folder: Path, rules: dict[str, dict[str, Any] | str]) -> Path:
+    """Rule files (documents or raw text) under ``folder``, by relative path."""
+    for name, rule in rules.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(rule if isinstance(rule, str) else yaml.safe_dump(rule, allow_unicode=True), encoding="utf-8")
+    return folder
+
+
+@dataclass
+class Case:
+    """One modifier: its detection (each case's rule also requires the case's marker, so it sees only the
+    events written for it), events it must match and events it must not."""
+
+    name: str
+    event_id: int
+    selections: dict[str, Any]
+    condition: str
+    matches: list[dict[str, Any]]
+    misses: list[dict[str, Any]]
+    records: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def marker(self) -> tuple[str, str]:
+        """A field and value only this case's events carry."""
+        if self.event_id == 1:
+            return "CurrentDirectory", f"C:\\cases\\{self.name}"
+        return "SourceHostname", f"{self.name}.cases.test"
+
+    def rule(self) -> dict[str, Any]:
+        marker_field, marker_value = self.marker
+        detection = {"case_marker": {marker_field: marker_value}, **self.selections}
+        detection["condition"] = f"case_marker and ({self.condition})"
+        return rule_document(self.name, "process_creation" if self.event_id == 1 else "network_connection", detection)
+
+
+PROCESS_CASES = [
+    Case(
+        "contains",
+        1,
+        {"sel": {"CommandLine|contains": "MiMiKatz"}},
+        "sel",
+        [{"CommandLine": "run mimikatz.exe now"}],
+        [{"CommandLine": "mimi katz"}],
+    ),
+    Case(
+        "startswith",
+        1,
+        {"sel": {"Image|startswith": "C:\\Tools\\"}},
+        "sel",
+        [{"Image": "c:\\tools\\x.exe"}],
+        [{"Image": "D:\\C:\\Tools\\x.exe"}],
+    ),
+    Case(
+        "endswith",
+        1,
+        {"sel": {"Image|endswith": "\\evil.exe"}},
+        "sel",
+        [{"Image": "C:\\a\\EVIL.EXE"}],
+        [{"Image": "C:\\a\\evil.exe.bak"}],
+    ),
+    Case(
+        "equals_ignoring_case",
+        1,
+        {"sel": {"User": "CORP\\Alice"}},
+        "sel",
+        [{"User": "corp\\ALICE"}],
+        [{"User": "corp\\alice2"}],
+    ),
+    Case(
+        "inner_wildcard",
+        1,
+        {"sel": {"CommandLine": "net*user"}},
+        "sel",
+        [{"CommandLine": "NET localgroup USER"}],
+        [{"CommandLine": "net user x"}],
+    ),
+    Case(
+        "single_wildcard",
+        1,
+        {"sel": {"Image|endswith": "\\ps?xec.exe"}},
+        "sel",
+        [{"Image": "C:\\t\\PsExec.exe"}],
+        [{"Image": "C:\\t\\pssexec.exe"}],
+    ),
+    Case(
+        "percent_and_underscore_are_literal",
+        1,
+        {"sel": {"CommandLine|contains": "100%_done"}},
+        "sel",
+        [{"CommandLine": "at 100%_DONE"}],
+        [{"CommandLine": "at 100abc_done"}, {"CommandLine": "at 100%Xdone"}],
+    ),
+    Case(
+        "all",
+        1,
+        {"sel": {"CommandLine|contains|all": ["-nop", "hidden"]}},
+        "sel",
+        [{"CommandLine": "powershell -NoP -w Hidden"}],
+        [{"CommandLine": "powershell -nop only"}],
+    ),
+    Case(
+        "re",
+        1,
+        {"sel": {"CommandLine|re": "\\d{4}-\\d{2}"}},
+        "sel",
+        [{"CommandLine": "on 2026-11"}],
+        [{"CommandLine": "on 26-11"}],
+    ),
+    Case(
+        "re_with_a_quote",
+        1,
+        {"sel": {"CommandLine|re": "it's \\w+"}},
+        "sel",
+        [{"CommandLine": "it's here"}],
+        [{"CommandLine": "its here"}],
+    ),
+    Case(
+        "re_ignoring_case",
+        1,
+        {"sel": {"CommandLine|re|i": "invoke-\\w+"}},
+        "sel",
+        [{"CommandLine": "INVOKE-Thing"}],
+        [{"CommandLine": "invoke -x"}],
+    ),
+    Case(
+        "cased",
+        1,
+        {"sel": {"CommandLine|contains|cased": "AbC"}},
+        "sel",
+        [{"CommandLine": "xAbCx"}],
+        [{"CommandLine": "xabcx"}],
+    ),
+    Case(
+        "windash",
+        1,
+        {"sel": {"CommandLine|windash|contains": " -enc "}},
+        "sel",
+        [{"CommandLine": "ps /enc x"}, {"CommandLine": "ps \u2013enc x"}],
+        [{"CommandLine": "ps enc x"}],
+    ),
+    Case(
+        "base64offset",
+        1,
+        {"sel": {"CommandLine|base64offset|contains": "http://evil.example/"}},
+        "sel",
+        [
+            {"CommandLine": f"powershell -e {text}"}
+            for text in (
+                "aHR0cDovL2V2aWwuZXhhbXBsZS8=",
+                "eGh0dHA6Ly9ldmlsLmV4YW1wbGUv",
+                "eHhodHRwOi8vZXZpbC5leGFtcGxlLw==",
+            )
+        ],
+        [{"CommandLine": "powershell -e aGVsbG8="}],
+    ),
+    Case("exists", 1, {"sel": {"Hashes|exists": True}}, "sel", [{"Hashes": "SHA1=1"}], [{}]),
+    Case("not_exists", 1, {"sel": {"Hashes|exists": False}}, "sel", [{}], [{"Hashes": "SHA1=1"}]),
+    Case(
+        "null",
+        1,
+        {"sel": {"ParentCommandLine": None}},
+        "sel",
+        [{}],
+        [{"ParentCommandLine": "x"}, {"ParentCommandLine": ""}],
+    ),
+    Case(
+        "fieldref",
+        1,
+        {"sel": {"ParentImage|fieldref": "Image"}},
+        "sel",
+        [{"Image": "C:\\x\\same.exe", "ParentImage": "C:\\x\\same.exe"}],
+        [{"Image": "C:\\x\\same.exe", "ParentImage": "C:\\x\\other.exe"}],
+    ),
+    Case(
+        "not_of_a_missing_field",
+        1,
+        {"sel": {"Image|endswith": "\\tool.exe"}, "filter": {"ParentCommandLine|contains": "safe"}},
+        "sel and not filter",
+        [{"Image": "C:\\tool.exe"}, {"Image": "C:\\tool.exe", "ParentCommandLine": "other"}],
+        [{"Image": "C:\\tool.exe", "ParentCommandLine": "safe mode"}],
+    ),
+    Case(
+        "long_list",
+        1,
+        {
+            "sel": {
+                "Image|endswith": [f"\\a{i}.exe" for i in range(6)]
+                + ["\\c++.exe", "\\a(1).exe", "\\dot.exe", "\\tool*.exe"]
+            }
+        },
+        "sel",
+        [{"Image": "C:\\C++.EXE"}, {"Image": "C:\\a(1).exe"}, {"Image": "C:\\tool-v2.exe"}],
+        [{"Image": "C:\\dotxexe"}, {"Image": "C:\\a1.exe.bak"}],
+    ),
+    Case(
+        "kept_field",
+        1,
+        {"sel": {"OriginalFileName": "Cmd.Exe", "ParentUser|endswith": "\\bob"}},
+        "sel",
+        [{"OriginalFileName": "cmd.exe", "ParentUser": "CORP\\Bob"}],
+        [{"OriginalFileName": "cmd.exe"}, {"OriginalFileName": "cmd.exe.mui", "ParentUser": "CORP\\bob"}],
+    ),
+    Case(
+        "number_on_text",
+        1,
+        {"sel": {"IntegrityLevel|gte": 2}},
+        "sel",
+        [{"IntegrityLevel": "3"}],
+        [{"IntegrityLevel": "High"}, {"IntegrityLevel": "1"}],
+    ),
+]
+NETWORK_CASES = [
+    Case("number", 3, {"sel": {"DestinationPort": 4444}}, "sel",
+         [{"DestinationPort": "4444"}], [{"DestinationPort": "44444"}]),
+    Case("gte", 3, {"sel": {"DestinationPort|gte": 50000}}, "sel",
+         [{"DestinationPort": "50001"}], [{"DestinationPort": "443"}]),
+    Case("cidr", 3, {"sel": {"DestinationIp|cidr": "192.168.0.0/16"}}, "sel",
+         [{"DestinationIp": "192.168.5.5"}], [{"DestinationIp": "192.169.0.1"}, {"DestinationIp": "10.192.168.1"}]),
+    Case("cidr_ipv6", 3, {"sel": {"DestinationIp|cidr": "2001:db8::/32"}}, "sel",
+         [{"DestinationIp": "2001:db8:0:1::5"}], [{"DestinationIp": "2001:db9::1"}]),
+    Case("boolean", 3, {"sel": {"Initiated": True}}, "sel",
+         [{"Initiated": "true"}], [{"Initiated": "false"}]),
+]  # fmt: skip
+CASES = PROCESS_CASES + NETWORK_CASES
+
+
+def case_events(cases: list[Case]) -> Iterator[dict[str, Any]]:
+    """Each case's events, its marker set, numbered so that the detections name them."""
+    record = 10_000
+    for case in cases:
+        marker_field, marker_value = case.marker
+        for kind in ("matches", "misses"):
+            case.records[kind] = []
+            for fields in getattr(case, kind):
+                record += 1
+                case.records[kind].append(record)
+                yield sysmon_event(
+                    case.event_id, f"{{C{record}}}", record=record, **{marker_field: marker_value}, **fields
+                )
+
+
+@pytest.fixture(scope="module")
+def modifier_lake(tmp_path_factory: pytest.TempPathFactory) -> Lake:
+    """One lake, one batch, every modifier case."""
+    root = tmp_path_factory.mktemp("modifiers")
+    rules = write_rules(root / "rules", {f"{case.name}.yml": case.rule() for case in CASES})
+    lake = Lake(root, sigma_rules=rules)
+    lake.land(case_events(CASES))
+    lake.batch()
+    return lake
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_each_modifier_matches_exactly_its_events(modifier_lake: Lake, case: Case) -> None:
+    assert modifier_lake.pipeline.sigma_rules().failures == []
+    matched = modifier_lake.rows(
+        "SELECT _record_number FROM sigma_detections WHERE rule_title = ? ORDER BY _record_number", [case.name]
+    )
+    assert [record for (record,) in matched] == case.records["matches"]
+
+
+def test_a_detection_carries_the_rule_and_the_event(modifier_lake: Lake) -> None:
+    (row,) = modifier_lake.rows(
+        "SELECT rule_id, rule_title, level, tags, event_id, computer_name, event_date_creation, process_guid, "
+        "process_path, _seq IS NOT NULL, _batch_id FROM sigma_detections WHERE rule_title = 'endswith'"
+    )
+    rule_id = str(uuid.uuid5(uuid.NAMESPACE_URL, "sysmon-assets-test/endswith"))
+    record = PROCESS_CASES[2].records["matches"][0]
+    assert row[:5] == (rule_id, "endswith", "medium", ["attack.test"], 1)
+    assert row[5:] == ("HOST1.corp", row[6], f"{{C{record}}}", "C:\\a\\EVIL.EXE", True, 1)
+    assert row[6] is not None
+
+
+FAILING_RULES: dict[str, dict[str, Any] | str] = {
+    "keywords.yml": rule_document("keywords only", "process_creation", {"keywords": ["evil"], "condition": "keywords"}),
+    "unknown_field.yml": rule_document(
+        "unknown field", "process_creation", {"sel": {"Provider_Name": "x"}, "condition": "sel"}
+    ),
+    "event3_lacks_field.yml": rule_document(
+        "connection lacks the field", "network_connection", {"sel": {"OriginalFileName": "x"}, "condition": "sel"}
+    ),
+    "file_event.yml": rule_document(
+        "other logsource", "file_event", {"sel": {"TargetFilename|endswith": ".exe"}, "condition": "sel"}
+    ),
+    "lookbehind.yml": rule_document(
+        "regex RE2 lacks", "process_creation", {"sel": {"CommandLine|re": "(?<=a)b"}, "condition": "sel"}
+    ),
+    "broken.yml": "title: [unclosed\n",
+    "nested/fine.yml": rule_document(
+        "fine", "process_creation", {"sel": {"Image|endswith": "\\x.exe"}, "condition": "sel"}
+    ),
+}
+
+
+def test_rules_that_cannot_run_are_listed_with_their_reasons(tmp_path: Path) -> None:
+    rule_set = sigma.load_rule_set(write_rules(tmp_path / "rules", FAILING_RULES), None)
+    assert [rule.title for rule in rule_set.rules] == ["fine"]  # read from a subfolder too
+    reasons = {failure.file: failure.reason for failure in rule_set.failures}
+    assert reasons["keywords.yml"].startswith("does not convert: Value-only string expressions")
+    assert reasons["unknown_field.yml"] == (
+        "does not convert: needs field 'Provider_Name', which process creation (Sysmon event 1) does not carry"
+    )
+    assert (
+        "needs field 'OriginalFileName', which network connection (Sysmon event 3)" in reasons["event3_lacks_field.yml"]
+    )
+    assert reasons["file_event.yml"] == (
+        "logsource (category=file_event, product=windows, service=None) is neither process_creation nor "
+        "network_connection on Windows"
+    )
+    assert reasons["lookbehind.yml"].startswith("DuckDB rejects its SQL:")
+    assert reasons["broken.yml"].startswith("not a readable Sigma file:")
+    assert rule_set.loaded == len(FAILING_RULES)
+    titles = {failure.file: failure.title for failure in rule_set.failures}
+    assert titles["unknown_field.yml"] == "unknown field"
+    kinds = {failure.file: failure.kind for failure in rule_set.failures}
+    assert kinds == {
+        "keywords.yml": "unsupported",
+        "unknown_field.yml": "field",
+        "event3_lacks_field.yml": "field",
+        "file_event.yml": "logsource",
+        "lookbehind.yml": "sql",
+        "broken.yml": "unreadable",
+    }
+
+
+def test_rules_for_other_log_sources_are_listed_without_a_warning(tmp_path: Path) -> None:
+    from sysmon_assets.checks import sigma_rules_converted
+
+    names = ("file_event.yml", "nested/fine.yml")
+    lake = Lake(tmp_path, sigma_rules=write_rules(tmp_path / "rules", {name: FAILING_RULES[name] for name in names}))
+    passed, metadata = sigma_rules_converted(lake.pipeline, 1)
+    assert passed
+    assert metadata["rules_not_evaluated"] == {"logsource": 1}
+    assert [failure["file"] for failure in metadata["failures"]] == ["file_event.yml"]
+
+
+def test_a_connection_hit_carries_its_process_context(tmp_path: Path) -> None:
+    rules = write_rules(
+        tmp_path / "rules",
+        {
+            "port.yml": rule_document(
+                "backdoor port", "network_connection", {"sel": {"DestinationPort": 4444}, "condition": "sel"}
+            ),
+            # Sysmon's event 3 has no command line: a connection reads it from its process create
+            "cli.yml": rule_document(
+                "curl connects", "network_connection", {"sel": {"CommandLine|contains": "curl"}, "condition": "sel"}
+            ),
+        },
+    )
+    lake = Lake(tmp_path, sigma_rules=rules)
+    create = process_create("{A}", "curl.exe http://203.0.113.7/x", event_data={"ParentImage": "C:\\w\\cmd.exe"})
+    lake.land([create, network_connect("{a}", "203.0.113.7", event_data={"DestinationPort": "4444"})])
+    lake.land([network_connect("{B}", "203.0.113.8", event_data={"DestinationPort": "4444"})])  # no create
+    lake.batch()
+    rows = lake.rows(
+        "SELECT rule_title, process_guid, process_command_line, parent_process_path, parent_process_guid, dst_ip_addr, "
+        "dst_port, event_id FROM sigma_detections ORDER BY rule_title, dst_ip_addr"
+    )
+    assert rows == [
+        ("backdoor port", "{A}", "curl.exe http://203.0.113.7/x", "C:\\w\\cmd.exe", "{P}", "203.0.113.7", 4444, 3),
+        ("backdoor port", "{B}", None, None, None, "203.0.113.8", 4444, 3),
+        ("curl connects", "{A}", "curl.exe http://203.0.113.7/x", "C:\\w\\cmd.exe", "{P}", "203.0.113.7", 4444, 3),
+    ]
+
+
+def _detections(lake: Lake) -> list[tuple]:
+    return lake.rows("SELECT rule_id, _record_number, process_command_line FROM sigma_detections ORDER BY ALL")
+
+
+def test_each_batch_evaluates_only_its_new_events_and_splits_give_the_same_detections(tmp_path: Path) -> None:
+    rules = write_rules(
+        tmp_path / "rules",
+        {
+            "cli.yml": rule_document(
+                "cli", "process_creation", {"sel": {"CommandLine|contains": "evil"}, "condition": "sel"}
+            ),
+            "port.yml": rule_document(
+                "port", "network_connection", {"sel": {"DestinationPort": 443}, "condition": "sel"}
+            ),
+        },
+    )
+    first = [process_create("{A}", "evil one", record=1), network_connect("{A}", record=2)]
+    second = [
+        process_create("{B}", "evil two", record=3),
+        network_connect("{B}", record=4),
+        network_connect("{A}", record=5),
+    ]
+    split = Lake(tmp_path / "split", sigma_rules=rules)
+    split.land(first)
+    split.batch()
+    assert split.rows("SELECT count(*), max(_batch_id) FROM sigma_detections") == [(2, 1)]
+    split.land(second)
+    split.batch()
+    # batch 2 wrote only the three new events' hits; batch 1's hits were not evaluated again
+    assert split.rows("SELECT _batch_id, count(*) FROM sigma_detections GROUP BY ALL ORDER BY ALL") == [(1, 2), (2, 3)]
+    split.batch()  # nothing new: nothing written
+    assert split.count("sigma_detections") == 5
+    whole = Lake(tmp_path / "whole", sigma_rules=rules)
+    whole.land(first + second)
+    whole.batch()
+    assert _detections(whole) == _detections(split)
+
+
+def test_a_rule_set_is_converted_once_then_read_from_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rules = write_rules(tmp_path / "rules", {"a.yml": FAILING_RULES["nested/fine.yml"]})
+    conversions: list[Path] = []
+    convert = sigma.convert_rules
+
+    def counting(folder: Path, files: list[Path], digest: str) -> sigma.RuleSet:
+        conversions.append(folder)
+        return convert(folder, files, digest)
+
+    monkeypatch.setattr(sigma, "convert_rules", counting)
+    cache = tmp_path / "cache"
+    first = sigma.load_rule_set(rules, cache)
+    assert len(conversions) == 1
+    assert list(cache.glob("rules-*.json")) == [cache / f"rules-{first.digest}.json"]
+    assert sigma.load_rule_set(rules, cache) is first  # the process's memory
+    monkeypatch.setattr(sigma, "_MEMO", {})  # another process: the cache file
+    assert sigma.load_rule_set(rules, cache) == first
+    assert len(conversions) == 1
+    write_rules(rules, {"b.yml": rule_document("another", "process_creation", {"s": {"Image": "x"}, "condition": "s"})})
+    changed = sigma.load_rule_set(rules, cache)  # new content: converted again
+    assert len(conversions) == 2
+    assert changed.digest != first.digest
+    assert [rule.title for rule in changed.rules] == ["fine", "another"]
+    edited = rules / "a.yml"
+    edited.write_text(edited.read_text().replace("title: fine", "title: edit"))  # same size, new content
+    assert [rule.title for rule in sigma.load_rule_set(rules, cache).rules] == ["edit", "another"]
+    assert len(conversions) == 3
+
+
+def test_our_own_rules_all_convert(tmp_path: Path) -> None:
+    rule_set = sigma.load_rule_set(DEFAULT_SIGMA_RULES, None)
+    assert rule_set.failures == []
+    assert {rule.event_id for rule in rule_set.rules} == {1, 3}
+    assert all(rule.author == "sysmon-assets contributors" and rule.references for rule in rule_set.rules)
+    assert Settings().sigma_rules == DEFAULT_SIGMA_RULES
+
+
+def test_a_rules_folder_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+    from sysmon_assets.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="SYSMON_SIGMA_RULES"):
+        Settings.from_env({"SYSMON_SIGMA_RULES": str(tmp_path / "missing")})
+
+
+def test_dagster_warns_of_severe_hits_and_of_rules_that_cannot_run(tmp_path: Path) -> None:
+    from sysmon_assets.definitions import build_definitions
+
+    rules = write_rules(
+        tmp_path / "rules",
+        {
+            "severe.yml": rule_document(
+                "dumps lsass",
+                "process_creation",
+                {"sel": {"CommandLine|contains": "lsass"}, "condition": "sel"},
+                "critical",
+            ),
+            "mild.yml": rule_document(
+                "whoami", "process_creation", {"sel": {"CommandLine|contains": "whoami"}, "condition": "sel"}, "low"
+            ),
+            "unknown_field.yml": FAILING_RULES["unknown_field.yml"],
+        },
+    )
+    lake = Lake(tmp_path, sigma_rules=rules)
+    lake.land([process_create("{A}", "procdump lsass.exe"), process_create("{B}", "whoami /all")])
+    job = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch")
+    result = job.execute_in_process()
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    severe, converted = checks["severe_detections"], checks["sigma_rules_converted"]
+    assert (severe.passed, severe.severity.value) == (False, "WARN")
+    assert severe.metadata["severe_hits"].value == 1
+    (hit,) = severe.metadata["hits"].value
+    assert (hit["rule_title"], hit["level"], hit["process_command_line"]) == (
+        "dumps lsass",
+        "critical",
+        "procdump lsass.exe",
+    )
+    assert (converted.passed, converted.severity.value) == (False, "WARN")
+    (failure,) = converted.metadata["failures"].value
+    assert (failure["file"], failure["title"], failure["kind"]) == ("unknown_field.yml", "unknown field", "field")
+    assert converted.metadata["rules_not_evaluated"].value == {"field": 1}
+    assert "Provider_Name" in failure["reason"]
+    metadata = result.asset_materializations_for_node("sigma_detections")[0].metadata
+    assert (metadata["rules_loaded"].value, metadata["rules_converted"].value, metadata["rules_failed"].value) == (
+        3,
+        2,
+        1,
+    )
+    assert metadata["hits_by_level"].value == {"critical": 1, "low": 1}
+    assert "Provider_Name" in metadata["rule_failures"].value[0]["reason"]
+
+    lake.land([process_create("{C}", "whoami")])  # the next batch has no severe hit
+    checks = {c.check_name: c for c in job.execute_in_process().get_asset_check_evaluations()}
+    assert checks["severe_detections"].passed
+    assert not checks["sigma_rules_converted"].passed
+
+
+def test_the_docs_field_mapping_table_is_the_codes() -> None:
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "hunting.md").read_text(encoding="utf-8")
+    assert sigma.mapping_table() in docs, "paste sysmon_assets.sigma.mapping_table() into docs/hunting.md"
+
+
+def test_the_command_line_says_which_rules_run_and_why_not(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    names = ("nested/fine.yml", "unknown_field.yml")
+    folder = write_rules(tmp_path / "rules", {name: FAILING_RULES[name] for name in names})
+    assert sigma.main([str(folder), "--sql"]) == 1
+    out = capsys.readouterr().out
+    assert "runs      nested/fine.yml: fine (medium, event 1)" in out
+    assert "ends_with(\"Image:lower\", '\\x.exe')" in out
+    assert "field     unknown_field.yml: unknown field - does not convert: needs field 'Provider_Name'" in out
+    assert out.endswith("1 of 2 rules run\n")
+    assert sigma.main([str(DEFAULT_SIGMA_RULES)]) == 0
+
+
+OWN_RULE_EVENTS = {
+    "PowerShell Started With An Encoded Command": [
+        process_create("{E1}", "powershell.exe -NoP -enc SQBFAFgA", event_data={"Image": "C:\\W\\powershell.exe"})
+    ],
+    "Office Application Starts A Shell": [
+        process_create("{E2}", "cmd.exe /c x", event_data={"ParentImage": "C:\\Office\\WINWORD.EXE"})
+    ],
+    "Program Run From The Public Users Folder": [
+        process_create("{E3}", "updater.exe", event_data={"Image": "C:\\Users\\Public\\updater.exe"})
+    ],
+    "Windows Shell Running Under Another Name": [
+        process_create("{E4}", "svc.exe", event_data={"Image": "C:\\T\\svc.exe", "OriginalFileName": "Cmd.Exe"})
+    ],
+    "Volume Shadow Copies Deleted": [
+        process_create("{E5}", "vssadmin delete shadows /all", event_data={"Image": "C:\\W\\vssadmin.exe"})
+    ],
+    "Program In A User-Writable Folder Opens A Connection": [
+        network_connect("{E6}", "198.51.100.6", event_data={"Image": "C:\\Users\\Public\\updater.exe"})
+    ],
+    "Shell Connects To A Public Address": [
+        network_connect("{E7}", "198.51.100.7", event_data={"Image": "C:\\W\\powershell.exe"})
+    ],
+    "Connection To A Port Common Backdoors Use": [
+        network_connect("{E8}", "10.0.0.8", event_data={"DestinationPort": "4444", "Image": "C:\\A\\b.exe"})
+    ],
+}
+
+
+def test_our_own_rules_each_detect_what_they_describe(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)  # the default rules: sigma_rules/
+    lake.land(event for events in OWN_RULE_EVENTS.values() for event in events)
+    lake.land([process_create("{B1}", "notepad.exe"), network_connect("{B2}", "10.0.0.9")])  # benign
+    lake.batch()
+    hits = lake.rows("SELECT rule_title, process_guid FROM sigma_detections ORDER BY ALL")
+    expected = [
+        (title, event["event_data"]["ProcessGuid"]) for title, events in OWN_RULE_EVENTS.items() for event in events
+    ]
+    assert hits == sorted(expected)
