@@ -599,6 +599,11 @@ def sigma_cost(args: argparse.Namespace) -> None:
             f"{cpu:.2f} s vs {bare_cpu:.2f} s"
         )
         print(f"  planning the rules' query (no events): {alone['planning_cpu_seconds']:.2f} s CPU")
+        shapes = alone["shapes_seconds"]
+        print(
+            f"  the rules over those events as one scan with a CASE per rule {shapes['one_scan']:.2f} s, "
+            f"as a UNION ALL of a SELECT per rule {shapes['union_all']:.2f} s"
+        )
         print(
             f"  each rule alone over those events: {alone['seconds_all_alone']:.2f} s in all; the slowest: "
             + ", ".join(f"{rule['title']} {rule['seconds'] * 1000:.0f} ms" for rule in alone["slowest"][:5])

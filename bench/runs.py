@@ -20,7 +20,8 @@ catalog ``<data folder>/lake.sqlite`` and Parquet files under ``<data folder>/la
 - ``sigma-load``: load the Sigma rule set (``SYSMON_SIGMA_RULES``) as a new process does, from the cache under
   the data folder or converting it, then again in the same process;
 - ``sigma-rules``: each converted rule alone over the process creates and connects of the lake (built by a
-  ``project`` run), timed, the slowest listed; and the CPU seconds of planning the sigma_detections query.
+  ``project`` run), timed, the slowest listed; the CPU seconds of planning the sigma_detections query; and the rules
+  as one scan with a CASE per rule vs a UNION ALL of one SELECT per rule.
 
 ``SYSMON_SIGMA_RULES`` (the rules the batch runs) and ``SYSMON_LAKE_CATALOG`` are read from the environment.
 
@@ -266,6 +267,24 @@ def _planning_seconds(con: duckdb.DuckDBPyConnection, settings: Settings) -> flo
     return sorted(seconds)[1]
 
 
+def _scan_shapes(con: duckdb.DuckDBPyConnection, rule_set: sigma.RuleSet) -> dict[str, float]:
+    """Seconds (wall) of the two shapes the rules' query could take over the events tables: one scan with a CASE per
+    rule in a list (the model's), or a UNION ALL of one SELECT per rule (which needs max_expression_depth raised)."""
+    con.execute("SET max_expression_depth TO 100000")
+    scans, unions = [], []
+    for event_id in sigma.EVENT_FIELDS:
+        rules = [(index, rule) for index, rule in enumerate(rule_set.rules) if rule.event_id == event_id]
+        cases = ", ".join(f"CASE WHEN {rule.condition} THEN {index} END" for index, rule in rules)
+        scans.append(f"SELECT unnest(list_filter([{cases}], i -> i IS NOT NULL)) AS i FROM events_{event_id}")
+        unions += [f"SELECT {index} AS i FROM events_{event_id} WHERE {rule.condition}" for index, rule in rules]
+    seconds = {}
+    for shape, query in (("one_scan", " UNION ALL ".join(scans)), ("union_all", " UNION ALL ".join(unions))):
+        start = time.perf_counter()
+        con.execute(f"SELECT count(*) FROM ({query})").fetchall()
+        seconds[shape] = time.perf_counter() - start
+    return seconds
+
+
 def run_sigma_rules(settings: Settings, top: int = 10) -> dict[str, Any]:
     """Each rule's condition alone over the lake's process creates (event 1) and connects (event 3, with their
     process), in the text columns the model gives the rules (sysmon_assets.sigma.EVENT_FIELDS): seconds per rule."""
@@ -288,9 +307,11 @@ def run_sigma_rules(settings: Settings, top: int = 10) -> dict[str, Any]:
             timed.append((time.perf_counter() - start, rule.title))
         events = {event_id: con.execute(f"SELECT count(*) FROM events_{event_id}").fetchone()[0] for event_id in (1, 3)}
         planning = _planning_seconds(con, settings)
+        shapes = _scan_shapes(con, rule_set)
     timed.sort(reverse=True)
     return {
         "planning_cpu_seconds": planning,
+        "shapes_seconds": shapes,
         "events": events,
         "rules": len(timed),
         "seconds_all_alone": sum(seconds for seconds, _ in timed),
