@@ -587,13 +587,22 @@ def sigma_cost(args: argparse.Namespace) -> None:
         batch, bare = median(with_rules, "seconds"), median(without, "seconds")
         step = statistics.median(r["steps"]["sigma_detections"] for r in with_rules)
         bare_step = statistics.median(r["steps"]["sigma_detections"] for r in without)
+        cpu = statistics.median(r["cpu_steps"]["sigma_detections"] for r in with_rules)
+        bare_cpu = statistics.median(r["cpu_steps"]["sigma_detections"] for r in without)
         alone = run("sigma-rules", landing, lakes["with"], args.memory_limit, env={"SYSMON_SIGMA_RULES": str(rules)})
         added = batch - bare
         print(
             f"SIGMA {label.upper()} of {events:,} events ({alone['events']['1']:,} creates, {alone['events']['3']:,} "
             f"connects): the batch {bare:.2f} s without rules, {batch:.2f} s with {cold['rules']} rules: "
-            f"{added:+.2f} s added ({added / cold['rules'] * 1000:.2f} ms per rule); the sigma_detections step "
-            f"{step:.2f} s (with no rules {bare_step:.2f} s)"
+            f"{added:+.2f} s added; the sigma_detections step {step:.2f} s with the rules, {bare_step:.2f} s without: "
+            f"{step - bare_step:+.2f} s ({(step - bare_step) / cold['rules'] * 1000:.2f} ms per rule), CPU "
+            f"{cpu:.2f} s vs {bare_cpu:.2f} s"
+        )
+        print(f"  planning the rules' query (no events): {alone['planning_cpu_seconds']:.2f} s CPU")
+        shapes = alone["shapes_seconds"]
+        print(
+            f"  the rules over those events as one scan with a CASE per rule {shapes['one_scan']:.2f} s, "
+            f"as a UNION ALL of a SELECT per rule {shapes['union_all']:.2f} s"
         )
         print(
             f"  each rule alone over those events: {alone['seconds_all_alone']:.2f} s in all; the slowest: "

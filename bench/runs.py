@@ -20,7 +20,8 @@ catalog ``<data folder>/lake.sqlite`` and Parquet files under ``<data folder>/la
 - ``sigma-load``: load the Sigma rule set (``SYSMON_SIGMA_RULES``) as a new process does, from the cache under
   the data folder or converting it, then again in the same process;
 - ``sigma-rules``: each converted rule alone over the process creates and connects of the lake (built by a
-  ``project`` run), timed; the slowest listed.
+  ``project`` run), timed, the slowest listed; the CPU seconds of planning the sigma_detections query; and the rules
+  as one scan with a CASE per rule vs a UNION ALL of one SELECT per rule.
 
 ``SYSMON_SIGMA_RULES`` (the rules the batch runs) and ``SYSMON_LAKE_CATALOG`` are read from the environment.
 
@@ -48,10 +49,12 @@ import duckdb
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dbt_like import Project  # noqa: E402
+from dbt_like.compiler import StepContext, render_step  # noqa: E402
 from sysmon_assets import connect, sigma  # noqa: E402
 from sysmon_assets.lake import LakeError, open_lake  # noqa: E402
 from sysmon_assets.maintenance import maintain  # noqa: E402
-from sysmon_assets.pipeline import LakeConnections, SysmonPipeline, utc_now  # noqa: E402
+from sysmon_assets.pipeline import SQL_DIR, LakeConnections, SysmonPipeline, utc_now  # noqa: E402
 from sysmon_assets.settings import Settings  # noqa: E402
 
 EVENT_DATA = [
@@ -169,18 +172,20 @@ def run_project(
             yield _Profiled(con, log, settings.data_dir.with_name(settings.data_dir.name + ".profile.json"))
 
     pipeline = SysmonPipeline(settings, connect=profiled if profile else connections, shard=shard)
-    steps, peaks = {}, {}
+    steps, cpu_steps, peaks = {}, {}, {}
     run_key = f"bench-{uuid.uuid4()}"
     start = time.perf_counter()
     try:  # the connection is held for the batch, as the Dagster resource holds it for a run
         for name in pipeline.project.primary_models():
-            step_start = time.perf_counter()
+            step_start, step_cpu = time.perf_counter(), time.process_time()
             pipeline.run_model(name, run_key, batch_time)
             steps[name] = time.perf_counter() - step_start
+            # CPU seconds of all the process's threads: on a busy machine, steadier than the wall clock
+            cpu_steps[name] = time.process_time() - step_cpu
             peaks[name] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     finally:
         connections.close()
-    result = {"seconds": time.perf_counter() - start, "steps": steps, "peak_gb_after": peaks}
+    result = {"seconds": time.perf_counter() - start, "steps": steps, "cpu_steps": cpu_steps, "peak_gb_after": peaks}
     if profile:
         result["statements"] = log
     return result
@@ -247,6 +252,39 @@ def run_sigma_load(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _planning_seconds(con: duckdb.DuckDBPyConnection, settings: Settings) -> float:
+    """CPU seconds of the sigma_detections step's query over no new events: what planning its rules costs a batch
+    whatever its size (the median of three)."""
+    project = Project(SQL_DIR, settings.variables())
+    model = project.models["sigma_detections"]
+    step = StepContext(batch_id=0, batch_time="2026-01-01 00:00:00", upper_bounds=dict.fromkeys(model.refs, 0))
+    query = render_step(model, project.configs, project.variables, step)
+    seconds = []
+    for _ in range(3):
+        start = time.process_time()
+        con.execute(f"SELECT count(*) FROM ({query})").fetchall()
+        seconds.append(time.process_time() - start)
+    return sorted(seconds)[1]
+
+
+def _scan_shapes(con: duckdb.DuckDBPyConnection, rule_set: sigma.RuleSet) -> dict[str, float]:
+    """Seconds (wall) of the two shapes the rules' query could take over the events tables: one scan with a CASE per
+    rule in a list (the model's), or a UNION ALL of one SELECT per rule (which needs max_expression_depth raised)."""
+    con.execute("SET max_expression_depth TO 100000")
+    scans, unions = [], []
+    for event_id in sigma.EVENT_FIELDS:
+        rules = [(index, rule) for index, rule in enumerate(rule_set.rules) if rule.event_id == event_id]
+        cases = ", ".join(f"CASE WHEN {rule.condition} THEN {index} END" for index, rule in rules)
+        scans.append(f"SELECT unnest(list_filter([{cases}], i -> i IS NOT NULL)) AS i FROM events_{event_id}")
+        unions += [f"SELECT {index} AS i FROM events_{event_id} WHERE {rule.condition}" for index, rule in rules]
+    seconds = {}
+    for shape, query in (("one_scan", " UNION ALL ".join(scans)), ("union_all", " UNION ALL ".join(unions))):
+        start = time.perf_counter()
+        con.execute(f"SELECT count(*) FROM ({query})").fetchall()
+        seconds[shape] = time.perf_counter() - start
+    return seconds
+
+
 def run_sigma_rules(settings: Settings, top: int = 10) -> dict[str, Any]:
     """Each rule's condition alone over the lake's process creates (event 1) and connects (event 3, with their
     process), in the text columns the model gives the rules (sysmon_assets.sigma.EVENT_FIELDS): seconds per rule."""
@@ -268,8 +306,12 @@ def run_sigma_rules(settings: Settings, top: int = 10) -> dict[str, Any]:
             con.execute(f"SELECT count(*) FROM events_{rule.event_id} WHERE {rule.condition}").fetchall()
             timed.append((time.perf_counter() - start, rule.title))
         events = {event_id: con.execute(f"SELECT count(*) FROM events_{event_id}").fetchone()[0] for event_id in (1, 3)}
+        planning = _planning_seconds(con, settings)
+        shapes = _scan_shapes(con, rule_set)
     timed.sort(reverse=True)
     return {
+        "planning_cpu_seconds": planning,
+        "shapes_seconds": shapes,
         "events": events,
         "rules": len(timed),
         "seconds_all_alone": sum(seconds for seconds, _ in timed),

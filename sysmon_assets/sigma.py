@@ -57,13 +57,13 @@ from dbt_like.sql import quote_string
 
 LOG = logging.getLogger(__name__)
 
-REPO_RULES = Path(__file__).resolve().parents[1] / "sigma_rules"
 RULE_SUFFIXES = (".yml", ".yaml")
 
 # The Sysmon event each Sigma logsource category runs over.
 CATEGORY_EVENTS = {"process_creation": 1, "network_connection": 3}
 EVENT_NAMES = {1: "process creation (Sysmon event 1)", 3: "network connection (Sysmon event 3)"}
 PRODUCTS = (None, "windows")
+SERVICES = (None, "sysmon")
 # The kind of failure of a rule written for another log source: expected when the folder holds every rule of a
 # product, so it does not fail the sigma_rules_converted check (the rule is still listed).
 LOGSOURCE = "logsource"
@@ -71,7 +71,6 @@ LOGSOURCE = "logsource"
 LOWER_SUFFIX = ":lower"
 # Fields whose values are long: their predicates are evaluated after the others of an AND.
 LONG_FIELDS = ("CommandLine", "ParentCommandLine")
-SERVICES = (None, "sysmon")
 
 
 def _kept(name: str) -> str:
@@ -200,7 +199,7 @@ class SysmonDuckDBBackend(DuckDBBackend):
     - field names are always quoted (``User`` is a keyword), and the condition is returned bare, without the
       backend's ``SELECT * FROM logs WHERE``.
 
-    Speed (SigmaHQ's 1,234 rules over 10,000 events took minutes with ``ILIKE``): each field has a lower-cased
+    Speed (SigmaHQ's 1,234 rules over 10,000 events took over a minute with ``ILIKE``): each field has a lower-cased
     twin column (``"Image:lower"``) that exact, prefix, suffix and substring matches read with ``=``,
     ``starts_with``, ``ends_with`` and ``contains`` against the lower-cased value; a value with inner wildcards,
     and a list of :attr:`alternation_min` or more values of one field, is one RE2 regular expression (SigmaHQ's
@@ -232,12 +231,14 @@ class SysmonDuckDBBackend(DuckDBBackend):
         core = value[1 if leading else 0 : len(value) - 1 if trailing else len(value)]
         return ("" if leading else "^") + str(core.to_regex().regexp) + ("" if trailing else "$")
 
-    def convert_condition_field_eq_val_str(self, cond: ConditionFieldEqualsValueExpression, state: ConversionState):
+    def convert_condition_field_eq_val_str(
+        self, cond: ConditionFieldEqualsValueExpression, state: ConversionState
+    ) -> str:
         return self._string_match(cond.field, cond.value, cased=False)
 
     def convert_condition_field_eq_val_str_case_sensitive(
         self, cond: ConditionFieldEqualsValueExpression, state: ConversionState
-    ):
+    ) -> str:
         return self._string_match(cond.field, cond.value, cased=True)
 
     def _string_match(self, field_name: str, value: SigmaString, cased: bool) -> str:
@@ -302,14 +303,20 @@ class SysmonDuckDBBackend(DuckDBBackend):
     def convert_value_re(self, r: SigmaRegularExpression, state: ConversionState) -> str:
         return super().convert_value_re(r, state).replace("'", "''")
 
-    def convert_condition_field_eq_val_num(self, cond: ConditionFieldEqualsValueExpression, state: ConversionState):
+    def convert_condition_field_eq_val_num(
+        self, cond: ConditionFieldEqualsValueExpression, state: ConversionState
+    ) -> str:
         return _number(self.escape_and_quote_field(cond.field), "=", cond.value.number)
 
-    def convert_condition_field_compare_op_val(self, cond: ConditionFieldEqualsValueExpression, state: ConversionState):
+    def convert_condition_field_compare_op_val(
+        self, cond: ConditionFieldEqualsValueExpression, state: ConversionState
+    ) -> str:
         value: SigmaCompareExpression = cond.value
         return _number(self.escape_and_quote_field(cond.field), self.compare_operators[value.op], value.number.number)
 
-    def convert_condition_field_eq_val_bool(self, cond: ConditionFieldEqualsValueExpression, state: ConversionState):
+    def convert_condition_field_eq_val_bool(
+        self, cond: ConditionFieldEqualsValueExpression, state: ConversionState
+    ) -> str:
         value: SigmaBool = cond.value
         return f"{self.lowered(cond.field)} = {quote_string(str(value.boolean).lower())}"
 
