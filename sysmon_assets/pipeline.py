@@ -31,16 +31,6 @@ from sysmon_assets.sigma import RuleSet, load_rule_set
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
 INGEST_MODEL = "winlogbeat_stream"
-RECIPE_MODELS = (
-    "winlogbeat_stream",
-    "winlogbeat_stream_rekey",
-    "sysmon_process_create",
-    "sysmon_process_create_table",
-    "sysmon_network_connect",
-    "sysmon_join",
-)
-# Built on the recipe's tables for threat hunting (docs/hunting.md): Dagster group `hunting`.
-HUNTING_MODELS = ("sysmon_process_ancestry", "sysmon_join_ancestry", "sigma_detections")
 
 Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
 

@@ -17,8 +17,9 @@ import pytest
 
 from dbt_like import table_columns
 from sysmon_assets.lake import open_lake
-from sysmon_assets.pipeline import HUNTING_MODELS, RECIPE_MODELS, SysmonPipeline
+from sysmon_assets.pipeline import SysmonPipeline
 from sysmon_assets.settings import Settings
+from tests.recipe import HUNTING_MODELS, RECIPE_MODELS
 
 Wrapper = TypeVar("Wrapper")
 SYSMON = "Microsoft-Windows-Sysmon"

@@ -18,9 +18,10 @@ from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import Queued
 from dbt_like import discover_models
 from sysmon_assets.definitions import build_definitions, defs
 from sysmon_assets.jobs import ONE_WRITER_TAG
-from sysmon_assets.pipeline import HUNTING_MODELS, RECIPE_MODELS, SQL_DIR
+from sysmon_assets.pipeline import SQL_DIR
 from sysmon_assets.settings import Settings
 from tests.conftest import CLI_BATCH, Lake, lake_rows, network_connect, process_create
+from tests.recipe import HUNTING_MODELS, RECIPE_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_EDGES = {

@@ -11,11 +11,11 @@ from confluent_kafka import Producer
 from dagster import AssetKey
 
 from sysmon_assets.kafka_sink import KSQL_ALIASED, JoinSink, KafkaSinkError, ksql_name
-from sysmon_assets.pipeline import HUNTING_MODELS, RECIPE_MODELS, SysmonPipeline
+from sysmon_assets.pipeline import SysmonPipeline
 from sysmon_assets.settings import Settings
 from tests.conftest import T0, Lake, lake_rows, network_connect, process_create
 from tests.kafka_broker import Broker
-from tests.recipe import recipe_columns
+from tests.recipe import HUNTING_MODELS, RECIPE_MODELS, recipe_columns
 
 
 def sink_lake(root: Path, broker: Broker, **overrides) -> Lake:

@@ -18,10 +18,11 @@ from dbt_like import ConcurrentWriterError
 from sysmon_assets import connect
 from sysmon_assets.lake import LakeError, last_complete_batch, open_lake
 from sysmon_assets.maintenance import maintain
-from sysmon_assets.pipeline import RECIPE_MODELS, SysmonPipeline, utc_now
+from sysmon_assets.pipeline import SysmonPipeline, utc_now
 from sysmon_assets.sample import write_sample
 from tests.conftest import T0, Lake, network_connect, process_create, snapshot
 from tests.lake_servers import Postgres
+from tests.recipe import RECIPE_MODELS
 
 COUNTS = " UNION ALL ".join(f"SELECT '{table}', count(*) FROM {table}" for table in RECIPE_MODELS)
 # A reader process: connect, read the batch it sees and every table's row count, again and again.
