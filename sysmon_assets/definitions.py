@@ -10,12 +10,12 @@ from __future__ import annotations
 from dagster import Definitions, in_process_executor
 
 from dbt_like import Project
-from sysmon_assets.assets import build_assets
-from sysmon_assets.jobs import batch_job, lake_maintenance
-from sysmon_assets.pipeline import SQL_DIR
-from sysmon_assets.resources import resources_from_settings
-from sysmon_assets.schedules import every_minute, hourly_maintenance
-from sysmon_assets.sensors import landing_sensor
+from sysmon_assets.dagster_layer.assets import build_assets
+from sysmon_assets.dagster_layer.jobs import batch_job, lake_maintenance
+from sysmon_assets.dagster_layer.resources import resources_from_settings
+from sysmon_assets.dagster_layer.schedules import every_minute, hourly_maintenance
+from sysmon_assets.dagster_layer.sensors import landing_sensor
+from sysmon_assets.micro_batch.steps import SQL_DIR
 from sysmon_assets.settings import Settings
 
 

@@ -12,9 +12,9 @@ from dagster import ConfigurableResource, InitResourceContext
 from dagster_duckdb import DuckDBResource
 from pydantic import Field, PrivateAttr, create_model
 
-from sysmon_assets import lake
-from sysmon_assets.pipeline import LakeConnections, SysmonPipeline
+from sysmon_assets.micro_batch.steps import LakeConnections, SysmonPipeline
 from sysmon_assets.settings import Settings, field_types
+from sysmon_assets.storage import lake
 
 # The memory limit reaches DuckDB through the DuckDB resource's connection_config, not a field of its own.
 VIA_DUCKDB = ("memory_limit",)
@@ -100,7 +100,7 @@ def resources_from_settings(settings: Settings) -> dict[str, object]:
     values = {name: _conversion(name)[1](getattr(settings, name)) for name in SettingsConfig.model_fields}
     return {
         "sysmon": SysmonPipelineResource(
-            # An in-memory DuckDB per connection: the lake is attached to it (sysmon_assets.lake).
+            # An in-memory DuckDB per connection: the lake is attached to it (sysmon_assets.storage.lake).
             duckdb=DuckDBResource(database=":memory:", connection_config=lake.connection_config(settings)),
             **values,
         )

@@ -20,16 +20,18 @@ import pyarrow.compute as pc
 
 from dbt_like import Batch, Project, Shard, StepResult, table_columns, table_exists
 from dbt_like.sql import scalar
-from sysmon_assets import kafka_source, lake, landing
-from sysmon_assets.kafka_sink import JoinSink, Published
-from sysmon_assets.kafka_source import KafkaReader
-from sysmon_assets.landed_lines import SOURCE_NAME, empty_chunk
-from sysmon_assets.landing import DEFAULT_CHUNK_BYTES, LandingReader
+from sysmon_assets.hunting.sigma import RuleSet, load_rule_set
+from sysmon_assets.micro_batch.shards import file_shard, partition_shard
 from sysmon_assets.settings import Settings
-from sysmon_assets.shards import file_shard, partition_shard
-from sysmon_assets.sigma import RuleSet, load_rule_set
+from sysmon_assets.sinks.kafka_sink import JoinSink, Published
+from sysmon_assets.sources import kafka_source
+from sysmon_assets.sources import landing_folder as landing
+from sysmon_assets.sources.kafka_source import KafkaReader
+from sysmon_assets.sources.landed_lines import SOURCE_NAME, empty_chunk
+from sysmon_assets.sources.landing_folder import DEFAULT_CHUNK_BYTES, LandingReader
+from sysmon_assets.storage import lake
 
-SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
+SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 INGEST_MODEL = "winlogbeat_stream"
 
 Connect = Callable[[], AbstractContextManager[duckdb.DuckDBPyConnection]]
