@@ -18,7 +18,7 @@ from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import Queued
 from dbt_like import discover_models
 from sysmon_assets.dagster_layer.jobs import ONE_WRITER_TAG
 from sysmon_assets.definitions import build_definitions, defs
-from sysmon_assets.micro_batch.steps import SQL_DIR
+from sysmon_assets.micro_batch.recipe_project import SQL_DIR
 from sysmon_assets.settings import Settings
 from tests.conftest import CLI_BATCH, Lake, lake_rows, network_connect, process_create
 from tests.recipe import HUNTING_MODELS, RECIPE_MODELS

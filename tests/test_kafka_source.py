@@ -214,7 +214,7 @@ def test_dagster_assets_read_kafka_and_the_freshness_check_follows_the_topic(
     from dbt_like import Project
     from sysmon_assets.dagster_layer.assets import build_assets
     from sysmon_assets.dagster_layer.resources import resources_from_settings
-    from sysmon_assets.micro_batch.steps import SQL_DIR
+    from sysmon_assets.micro_batch.recipe_project import SQL_DIR
 
     topic = kafka_broker.create_topic(partitions=1)
     kafka_broker.produce(topic, [process_create("{D}"), network_connect("{D}")])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dbt_like import Project
 from dbt_like.lineage import model_lineage
-from sysmon_assets.micro_batch.steps import SQL_DIR
+from sysmon_assets.micro_batch.recipe_project import SQL_DIR
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.lake import open_lake
 from tests.conftest import Lake, network_connect, process_create

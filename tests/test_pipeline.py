@@ -15,7 +15,8 @@ from dagster import AssetSelection, materialize
 from dbt_like import Project
 from sysmon_assets.dagster_layer.assets import build_assets
 from sysmon_assets.dagster_layer.resources import resources_from_settings
-from sysmon_assets.micro_batch.steps import SQL_DIR, SysmonPipeline
+from sysmon_assets.micro_batch.recipe_project import SQL_DIR
+from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.sample.generator import write_sample
 from sysmon_assets.settings import Settings
 from tests.conftest import CLI_BATCH, snapshot

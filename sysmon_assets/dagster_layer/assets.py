@@ -29,6 +29,7 @@ from dbt_like.lineage import model_lineage
 from sysmon_assets.dagster_layer.checks import BATCH_CHECKS, STEP_NOTES
 from sysmon_assets.dagster_layer.resources import SysmonPipelineResource
 from sysmon_assets.dagster_layer.run_report import asset_line
+from sysmon_assets.dagster_layer.step_preview import describe
 from sysmon_assets.micro_batch.shards import partition_keys, shard_index
 from sysmon_assets.storage import lake
 
@@ -133,7 +134,7 @@ def model_asset(project: Project, name: str, partitions: StaticPartitionsDefinit
         results = pipeline.run_model(name, run_key=context.run.run_id, batch_time=sysmon.clock())
         seconds = time.perf_counter() - started
         batch_id = pipeline.last_batch_id
-        columns, preview, snapshot = pipeline.describe(name, batch_id)
+        columns, preview, snapshot = describe(pipeline.connect, name, batch_id)
         metadata = step_metadata(results, batch_id)
         if name in STEP_NOTES:
             metadata.update(STEP_NOTES[name](pipeline, results[0]))
