@@ -32,7 +32,7 @@ run: $(BIN)/.installed
 	@cp -p sample_data/*.ndjson $(SYSMON_LANDING_DIR)/
 	@echo '{"loggers": {"console": {"config": {"log_level": "$(LOG_LEVEL)"}}}}' > .dagster/run_config.yaml
 	$(BIN)/dagster job execute -m sysmon_assets.definitions -j sysmon_micro_batch -c .dagster/run_config.yaml
-	$(BIN)/python -m sysmon_assets.run_report
+	$(BIN)/python -m sysmon_assets.dagster_layer.run_report
 	$(BIN)/python -m sysmon_assets.query sql/queries/sysmon_join_sample.sql
 
 ## test: lint and the whole test suite

@@ -67,7 +67,7 @@ sys.path.insert(0, str(ROOT))
 from bench.dagster_floor import GRAPH_VARIABLE  # noqa: E402
 from bench.runs import READER_QUERY  # noqa: E402
 from sysmon_assets.definitions import build_definitions  # noqa: E402
-from sysmon_assets.sample import FleetSimulator  # noqa: E402
+from sysmon_assets.sample.generator import FleetSimulator  # noqa: E402
 from sysmon_assets.settings import Settings  # noqa: E402
 
 RUNS = [sys.executable, str(ROOT / "bench" / "runs.py")]

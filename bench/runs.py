@@ -12,7 +12,7 @@ catalog ``<data folder>/lake.sqlite`` and Parquet files under ``<data folder>/la
 - ``project``: one micro-batch in-process, step by step (``SysmonPipeline.run_model``), on one held lake
   connection as a Dagster run holds it;
 - ``scans``: the same, recording every statement's rows scanned and time (DuckDB's profiler);
-- ``maintain``: one maintenance run (``sysmon_assets.maintenance.maintain``, snapshots kept 7 days, no
+- ``maintain``: one maintenance run (``sysmon_assets.storage.maintenance.maintain``, snapshots kept 7 days, no
   event retention), with data files per table before and after;
 - ``reader``: until SIGTERM, a loop of ``sysmon_assets.connect()`` + ``SELECT count(*) FROM sysmon_join``
   (timed together) and the same query on a connection held from the start (timed alone); prints ``ready``
@@ -52,10 +52,12 @@ sys.path.insert(0, str(ROOT))
 from dbt_like import Project  # noqa: E402
 from dbt_like.compiler import StepContext, render_step  # noqa: E402
 from sysmon_assets import connect, sigma  # noqa: E402
-from sysmon_assets.lake import LakeError, open_lake  # noqa: E402
-from sysmon_assets.maintenance import maintain  # noqa: E402
-from sysmon_assets.pipeline import SQL_DIR, LakeConnections, SysmonPipeline, utc_now  # noqa: E402
+from sysmon_assets.micro_batch.recipe_project import SQL_DIR  # noqa: E402
+from sysmon_assets.micro_batch.steps import SysmonPipeline, utc_now  # noqa: E402
 from sysmon_assets.settings import Settings  # noqa: E402
+from sysmon_assets.storage.lake import LakeError, open_lake  # noqa: E402
+from sysmon_assets.storage.lake_connections import LakeConnections  # noqa: E402
+from sysmon_assets.storage.maintenance import maintain  # noqa: E402
 
 EVENT_DATA = [
     "UtcTime",
@@ -287,7 +289,8 @@ def _scan_shapes(con: duckdb.DuckDBPyConnection, rule_set: sigma.RuleSet) -> dic
 
 def run_sigma_rules(settings: Settings, top: int = 10) -> dict[str, Any]:
     """Each rule's condition alone over the lake's process creates (event 1) and connects (event 3, with their
-    process), in the text columns the model gives the rules (sysmon_assets.sigma.EVENT_FIELDS): seconds per rule."""
+    process), in the text columns the model gives the rules (sysmon_assets.hunting.sigma.EVENT_FIELDS): seconds per
+    rule."""
     rule_set = sigma.load_rule_set(settings.sigma_rules, settings.sigma_cache_dir)
     timed = []
     with open_lake(settings, read_only=True) as con:

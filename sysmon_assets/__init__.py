@@ -3,6 +3,6 @@
 ``sysmon_assets.connect()`` is the analysts' way in: a read-only DuckDB connection over the lake.
 """
 
-from sysmon_assets.lake import connect
+from sysmon_assets.storage.lake import connect
 
 __all__ = ["connect"]

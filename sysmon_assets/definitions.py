@@ -9,19 +9,18 @@ from __future__ import annotations
 
 from dagster import Definitions, in_process_executor
 
-from dbt_like import Project
-from sysmon_assets.assets import build_assets
-from sysmon_assets.jobs import batch_job, lake_maintenance
-from sysmon_assets.pipeline import SQL_DIR
-from sysmon_assets.resources import resources_from_settings
-from sysmon_assets.schedules import every_minute, hourly_maintenance
-from sysmon_assets.sensors import landing_sensor
+from sysmon_assets.dagster_layer.assets import build_assets
+from sysmon_assets.dagster_layer.jobs import batch_job, lake_maintenance
+from sysmon_assets.dagster_layer.resources import resources_from_settings
+from sysmon_assets.dagster_layer.schedules import every_minute, hourly_maintenance
+from sysmon_assets.dagster_layer.sensors import landing_sensor
+from sysmon_assets.micro_batch.recipe_project import shared_project
 from sysmon_assets.settings import Settings
 
 
 def build_definitions(settings: Settings) -> Definitions:
     """Definitions for ``settings`` (tests build their own; the module builds from the environment)."""
-    project = Project(SQL_DIR, settings.variables())
+    project = shared_project(settings)  # the runs' pipelines in this process use the same one
     job = batch_job(settings.shards)
     return Definitions(
         assets=build_assets(project, settings.kafka_sink_topic if settings.kafka_sink else None, settings.shards),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 
-from sysmon_assets import lake
+from sysmon_assets.storage import lake
 
 
 def rows_as_json(relation: duckdb.DuckDBPyRelation) -> str:

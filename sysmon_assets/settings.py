@@ -1,6 +1,6 @@
 """Pipeline settings, each declared once: its field, environment variable, default, description and check.
 
-``Settings.from_env``, the Dagster resource (``sysmon_assets.resources``) and README's configuration table
+``Settings.from_env``, the Dagster resource (``sysmon_assets.dagster_layer.resources``) and README's configuration table
 (``configuration_table()``) all read the declarations below.
 """
 
@@ -298,7 +298,7 @@ class Settings:
     def variables(self) -> dict[str, object]:
         """The Jinja ``var()`` values the SQL models are rendered with. The Sigma rules are converted here, once
         per rule set's content (then read from the cache)."""
-        from sysmon_assets.sigma import load_rule_set  # pySigma loads only where rules are rendered
+        from sysmon_assets.hunting.sigma import load_rule_set  # pySigma loads only where rules are rendered
 
         return {
             "join_mode": self.join_mode,

@@ -16,9 +16,10 @@ import duckdb
 import pytest
 
 from dbt_like import table_columns
-from sysmon_assets.lake import open_lake
-from sysmon_assets.pipeline import HUNTING_MODELS, RECIPE_MODELS, SysmonPipeline
+from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.settings import Settings
+from sysmon_assets.storage.lake import open_lake
+from tests.recipe import HUNTING_MODELS, RECIPE_MODELS
 
 Wrapper = TypeVar("Wrapper")
 SYSMON = "Microsoft-Windows-Sysmon"
@@ -138,7 +139,7 @@ def lake_rows(settings: Settings, sql: str, params: list | None = None) -> list[
 READ_IN_ANOTHER_PROCESS = """
 import json, sys
 from pathlib import Path
-from sysmon_assets.lake import open_lake
+from sysmon_assets.storage.lake import open_lake
 from sysmon_assets.settings import Settings
 settings = Settings(data_dir=Path(sys.argv[1]), lake_catalog=sys.argv[2], lake_data_path=sys.argv[3])
 with open_lake(settings, read_only=True) as con:

@@ -13,9 +13,9 @@ import os
 import signal
 import sys
 
-from sysmon_assets import kafka_source
-from sysmon_assets.pipeline import SysmonPipeline
+from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.settings import Settings
+from sysmon_assets.sources import kafka_source
 
 CHUNK_BYTES = 100_000
 

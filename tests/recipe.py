@@ -43,6 +43,9 @@ RECIPE_COLUMNS: dict[str, tuple[str, ...]] = {
         *("process_integrity_level", "parent_process_guid", "parent_process_id"),
     ),
 }
+# The recipe's models in its order; the models built on them for threat hunting (Dagster group `hunting`).
+RECIPE_MODELS: tuple[str, ...] = tuple(RECIPE_COLUMNS)
+HUNTING_MODELS = ("sysmon_process_ancestry", "sysmon_join_ancestry", "sigma_detections")
 _INTEGER_FIELDS = {"ProcessId", "TerminalSessionId", "ParentProcessId", "SourcePort", "DestinationPort"}
 # WINLOGBEAT_STREAM's event_data STRUCT, in the recipe's order: the INTEGERs above, the rest VARCHAR.
 RECIPE_EVENT_DATA_FIELDS: tuple[tuple[str, str], ...] = tuple(

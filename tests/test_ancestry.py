@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 
-from sysmon_assets.lake import connect, open_lake
-from sysmon_assets.landing import file_key
-from sysmon_assets.pipeline import HUNTING_MODELS
-from sysmon_assets.shards import file_shard
+from sysmon_assets.micro_batch.shards import file_shard
+from sysmon_assets.sources.landing_folder import file_key
+from sysmon_assets.storage.lake import connect, open_lake
 from tests.conftest import T0, Lake, land, network_connect, process_create, snapshot
-from tests.recipe import shared_path
+from tests.recipe import HUNTING_MODELS, shared_path
 from tests.test_real_data import extract_ndjson
 from tests.test_shards import SHARDS, assert_shards_match_one_pipeline, shard_pipelines
 

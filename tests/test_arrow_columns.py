@@ -9,7 +9,13 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from sysmon_assets.arrow_columns import bytes_array, dictionary_strings, int_array, repeated_string, strings_array
+from sysmon_assets.sources.arrow_columns import (
+    bytes_array,
+    dictionary_strings,
+    int_array,
+    repeated_string,
+    strings_array,
+)
 
 
 def test_columns_hold_their_values_and_nulls() -> None:
@@ -41,7 +47,7 @@ def test_building_a_chunk_of_landed_lines_does_not_import_pandas() -> None:
     as soon as a statement binds a parameter, so a whole batch process no longer avoids it.)"""
     script = (
         "import sys, numpy as np; from pathlib import Path; "
-        "from sysmon_assets.landing import FileProgress, _text_frame; "
+        "from sysmon_assets.sources.landing_folder import FileProgress, _text_frame; "
         "block = b'{}\\n{\"a\": 1}\\n'; newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10); "
         "frame = _text_frame(block, newlines, FileProgress('k', Path('w.ndjson'), 0, 0, len(block)), 1); "
         "print(frame.num_rows, 'pandas' in sys.modules)"

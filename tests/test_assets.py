@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dbt_like import SchemaTest, StepResult, TestResult
-from sysmon_assets.assets import check_results, step_metadata
+from sysmon_assets.dagster_layer.assets import check_results, step_metadata
 
 
 def test_a_failing_schema_test_becomes_a_failed_check_with_its_count() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sysmon_assets.checks import rekey_drops
+from sysmon_assets.dagster_layer.checks import rekey_drops
 from tests.conftest import Lake, network_connect, process_create, sysmon_event
 
 

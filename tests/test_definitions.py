@@ -16,11 +16,12 @@ from dagster._core.test_utils import instance_for_test
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
 
 from dbt_like import discover_models
+from sysmon_assets.dagster_layer.jobs import ONE_WRITER_TAG
 from sysmon_assets.definitions import build_definitions, defs
-from sysmon_assets.jobs import ONE_WRITER_TAG
-from sysmon_assets.pipeline import HUNTING_MODELS, RECIPE_MODELS, SQL_DIR
+from sysmon_assets.micro_batch.recipe_project import SQL_DIR
 from sysmon_assets.settings import Settings
 from tests.conftest import CLI_BATCH, Lake, lake_rows, network_connect, process_create
+from tests.recipe import HUNTING_MODELS, RECIPE_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE_EDGES = {

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sysmon_assets.evtx_records import EvtxDamage, record_lines
-from sysmon_assets.landed_lines import LandingError
+from sysmon_assets.sources.evtx_records import EvtxDamage, record_lines
+from sysmon_assets.sources.landed_lines import LandingError
 from tests.conftest import Lake, network_connect
 from tests.recipe import shared_path
 

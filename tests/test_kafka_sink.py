@@ -10,12 +10,12 @@ import pytest
 from confluent_kafka import Producer
 from dagster import AssetKey
 
-from sysmon_assets.kafka_sink import KSQL_ALIASED, JoinSink, KafkaSinkError, ksql_name
-from sysmon_assets.pipeline import HUNTING_MODELS, RECIPE_MODELS, SysmonPipeline
+from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.settings import Settings
+from sysmon_assets.sinks.kafka_sink import KSQL_ALIASED, JoinSink, KafkaSinkError, ksql_name
 from tests.conftest import T0, Lake, lake_rows, network_connect, process_create
 from tests.kafka_broker import Broker
-from tests.recipe import recipe_columns
+from tests.recipe import HUNTING_MODELS, RECIPE_MODELS, recipe_columns
 
 
 def sink_lake(root: Path, broker: Broker, **overrides) -> Lake:
@@ -212,7 +212,7 @@ def test_the_cli_batch_reads_kafka_and_publishes_the_join_topic(tmp_path: Path, 
     import subprocess
 
     from sysmon_assets.definitions import build_definitions
-    from sysmon_assets.sample import write_sample
+    from sysmon_assets.sample.generator import write_sample
     from tests.conftest import CLI_BATCH
 
     sample, *_ = write_sample(tmp_path / "generated", 400, files=1, hosts=3, seed=2)

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from sysmon_assets.kafka_source import KafkaReader, PartitionLag, consumer_lag
-from sysmon_assets.lake import open_lake
-from sysmon_assets.pipeline import SysmonPipeline
-from sysmon_assets.sample import write_sample
+from sysmon_assets.micro_batch.steps import SysmonPipeline
+from sysmon_assets.sample.generator import write_sample
 from sysmon_assets.settings import Settings
+from sysmon_assets.sources.kafka_source import KafkaReader, PartitionLag, consumer_lag
+from sysmon_assets.storage.lake import open_lake
 from tests.conftest import T0, lake_rows, network_connect, process_create, snapshot
 from tests.kafka_broker import Broker
 
@@ -212,9 +212,9 @@ def test_dagster_assets_read_kafka_and_the_freshness_check_follows_the_topic(
     from dagster import materialize
 
     from dbt_like import Project
-    from sysmon_assets.assets import build_assets
-    from sysmon_assets.pipeline import SQL_DIR
-    from sysmon_assets.resources import resources_from_settings
+    from sysmon_assets.dagster_layer.assets import build_assets
+    from sysmon_assets.dagster_layer.resources import resources_from_settings
+    from sysmon_assets.micro_batch.recipe_project import SQL_DIR
 
     topic = kafka_broker.create_topic(partitions=1)
     kafka_broker.produce(topic, [process_create("{D}"), network_connect("{D}")])

@@ -16,12 +16,13 @@ import pytest
 
 from dbt_like import ConcurrentWriterError
 from sysmon_assets import connect
-from sysmon_assets.lake import LakeError, last_complete_batch, open_lake
-from sysmon_assets.maintenance import maintain
-from sysmon_assets.pipeline import RECIPE_MODELS, SysmonPipeline, utc_now
-from sysmon_assets.sample import write_sample
+from sysmon_assets.micro_batch.steps import SysmonPipeline, utc_now
+from sysmon_assets.sample.generator import write_sample
+from sysmon_assets.storage.lake import LakeError, last_complete_batch, open_lake
+from sysmon_assets.storage.maintenance import maintain
 from tests.conftest import T0, Lake, network_connect, process_create, snapshot
 from tests.lake_servers import Postgres
+from tests.recipe import RECIPE_MODELS
 
 COUNTS = " UNION ALL ".join(f"SELECT '{table}', count(*) FROM {table}" for table in RECIPE_MODELS)
 # A reader process: connect, read the batch it sees and every table's row count, again and again.
@@ -29,7 +30,7 @@ READER = """
 import json, sys, time
 from dbt_like import ConcurrentWriterError
 from sysmon_assets import connect
-from sysmon_assets.lake import last_complete_batch
+from sysmon_assets.storage.lake import last_complete_batch
 from sysmon_assets.settings import Settings
 settings = Settings(data_dir=__import__("pathlib").Path(sys.argv[1]), lake_catalog=sys.argv[2] or None)
 stop, counts = sys.argv[3], sys.argv[4]

@@ -21,10 +21,10 @@ from typing import Any
 import duckdb
 import pytest
 
-from sysmon_assets import landing
-from sysmon_assets.gzip_stream import inflate
-from sysmon_assets.lake import LakeError
-from sysmon_assets.landing import LandingError, list_landed_files
+from sysmon_assets.sources import landing_folder as landing
+from sysmon_assets.sources.gzip_stream import inflate
+from sysmon_assets.sources.landing_folder import LandingError, list_landed_files
+from sysmon_assets.storage.lake import LakeError
 from tests.conftest import Lake, lake_rows_in_another_process, network_connect, process_create
 from tests.recipe import shared_path
 
@@ -160,7 +160,7 @@ def test_another_process_opens_the_lake_while_a_pipeline_holds_it(lake: Lake) ->
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from sysmon_assets.lake import open_lake; "
+            "import sys, time; from pathlib import Path; from sysmon_assets.storage.lake import open_lake; "
             "from sysmon_assets.settings import Settings\n"
             f"with open_lake(Settings(data_dir=Path({str(lake.data)!r}))) as con:\n"
             "    print('ok', flush=True); time.sleep(30)",

@@ -6,10 +6,11 @@ from pathlib import Path
 
 from dbt_like import Project
 from dbt_like.lineage import model_lineage
-from sysmon_assets.lake import open_lake
-from sysmon_assets.pipeline import RECIPE_MODELS, SQL_DIR
+from sysmon_assets.micro_batch.recipe_project import SQL_DIR
 from sysmon_assets.settings import Settings
+from sysmon_assets.storage.lake import open_lake
 from tests.conftest import Lake, network_connect, process_create
+from tests.recipe import RECIPE_MODELS
 
 PROJECT = Project(SQL_DIR, Settings().variables())
 

@@ -13,10 +13,11 @@ import pytest
 from dagster import AssetSelection, materialize
 
 from dbt_like import Project
-from sysmon_assets.assets import build_assets
-from sysmon_assets.pipeline import SQL_DIR, SysmonPipeline
-from sysmon_assets.resources import resources_from_settings
-from sysmon_assets.sample import write_sample
+from sysmon_assets.dagster_layer.assets import build_assets
+from sysmon_assets.dagster_layer.resources import resources_from_settings
+from sysmon_assets.micro_batch.recipe_project import SQL_DIR
+from sysmon_assets.micro_batch.steps import SysmonPipeline
+from sysmon_assets.sample.generator import write_sample
 from sysmon_assets.settings import Settings
 from tests.conftest import CLI_BATCH, snapshot
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sysmon_assets.sample import write_sample
+from sysmon_assets.sample.generator import write_sample
 from tests.conftest import CLI_BATCH, Lake, snapshot
 from tests.lake_servers import S3, Postgres
 

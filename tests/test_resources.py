@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dagster import build_resources
 
-from sysmon_assets.resources import resources_from_settings
+from sysmon_assets.dagster_layer.resources import resources_from_settings
 from tests.conftest import Lake, lake_rows_in_another_process, network_connect, process_create
 
 

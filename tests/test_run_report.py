@@ -9,8 +9,8 @@ import pytest
 from dagster import DagsterInstance, MetadataValue
 from dagster._core.test_utils import instance_for_test
 
+from sysmon_assets.dagster_layer.run_report import asset_line, main, run_report
 from sysmon_assets.definitions import build_definitions
-from sysmon_assets.run_report import asset_line, main, run_report
 from tests.conftest import Lake, network_connect, process_create, sysmon_event
 
 

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from dbt_like import Project, ProjectError, open_batch
-from sysmon_assets.lake import attach, connection_config
 from sysmon_assets.settings import Settings
+from sysmon_assets.storage.lake import attach, connection_config
 
 T0 = datetime(2026, 1, 1)
 TABLES = ["events", "orders", "catalog", "priced"]

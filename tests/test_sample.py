@@ -6,7 +6,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from sysmon_assets.sample import FleetSimulator, write_sample
+from sysmon_assets.sample.generator import FleetSimulator, write_sample
 from tests.conftest import Lake
 
 ROOT = Path(__file__).resolve().parents[1]

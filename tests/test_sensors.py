@@ -6,9 +6,9 @@ from pathlib import Path
 
 from dagster import RunRequest, SkipReason, build_sensor_context
 
-from sysmon_assets.jobs import batch_job
-from sysmon_assets.resources import resources_from_settings
-from sysmon_assets.sensors import evaluate_landing, landing_sensor
+from sysmon_assets.dagster_layer.jobs import batch_job
+from sysmon_assets.dagster_layer.resources import resources_from_settings
+from sysmon_assets.dagster_layer.sensors import evaluate_landing, landing_sensor
 from sysmon_assets.settings import Settings
 
 sensor = landing_sensor(batch_job())
@@ -47,7 +47,7 @@ def test_the_sensor_reads_the_resource_and_keeps_a_cursor(tmp_path: Path) -> Non
 
 
 def test_with_kafka_the_sensor_requests_a_batch_while_the_consumer_group_lags(tmp_path: Path, kafka_broker) -> None:
-    from sysmon_assets.pipeline import SysmonPipeline
+    from sysmon_assets.micro_batch.steps import SysmonPipeline
     from tests.conftest import process_create
 
     topic = kafka_broker.create_topic(partitions=2)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sysmon_assets.pipeline import SysmonPipeline
-from sysmon_assets.resources import SysmonPipelineResource, resources_from_settings
+from sysmon_assets.dagster_layer.resources import SysmonPipelineResource, resources_from_settings
+from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.settings import MAX_ANCESTRY_DEPTH, MAX_MINUTES, Settings, SettingsError, configuration_table
 from tests.conftest import Lake, network_connect, process_create
 

@@ -13,13 +13,13 @@ import pytest
 from dagster import build_schedule_context
 
 from dbt_like import ConcurrentWriterError, ProjectError
+from sysmon_assets.dagster_layer.jobs import ONE_WRITER_TAG
+from sysmon_assets.dagster_layer.sensors import evaluate_landing
 from sysmon_assets.definitions import build_definitions
-from sysmon_assets.jobs import ONE_WRITER_TAG
-from sysmon_assets.landing import file_key
-from sysmon_assets.pipeline import SysmonPipeline
-from sysmon_assets.sensors import evaluate_landing
+from sysmon_assets.micro_batch.shards import file_shard
+from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.settings import Settings
-from sysmon_assets.shards import file_shard
+from sysmon_assets.sources.landing_folder import file_key
 from tests.conftest import CLI_BATCH, T0, Lake, land, network_connect, process_create, snapshot
 from tests.lake_servers import Postgres
 from tests.recipe import shared_path

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sysmon_assets import sigma
+from sysmon_assets.hunting import sigma
 from sysmon_assets.settings import DEFAULT_SIGMA_RULES, Settings
 from tests.conftest import Lake, network_connect, process_create, sysmon_event
 
@@ -358,7 +358,7 @@ def test_rules_that_cannot_run_are_listed_with_their_reasons(tmp_path: Path) -> 
 
 
 def test_rules_for_other_log_sources_are_listed_without_a_warning(tmp_path: Path) -> None:
-    from sysmon_assets.checks import sigma_rules_converted
+    from sysmon_assets.dagster_layer.checks import sigma_rules_converted
 
     names = ("file_event.yml", "nested/fine.yml")
     lake = Lake(tmp_path, sigma_rules=write_rules(tmp_path / "rules", {name: FAILING_RULES[name] for name in names}))
@@ -533,7 +533,7 @@ def test_dagster_warns_of_severe_hits_and_of_rules_that_cannot_run(tmp_path: Pat
 
 def test_the_docs_field_mapping_table_is_the_codes() -> None:
     docs = (Path(__file__).resolve().parents[1] / "docs" / "hunting.md").read_text(encoding="utf-8")
-    assert sigma.mapping_table() in docs, "paste sysmon_assets.sigma.mapping_table() into docs/hunting.md"
+    assert sigma.mapping_table() in docs, "paste sysmon_assets.hunting.sigma.mapping_table() into docs/hunting.md"
 
 
 def test_the_command_line_says_which_rules_run_and_why_not(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

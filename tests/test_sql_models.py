@@ -7,9 +7,8 @@ from datetime import datetime
 
 import pytest
 
-from sysmon_assets.pipeline import RECIPE_MODELS
 from tests.conftest import Lake, network_connect, process_create, sysmon_event
-from tests.recipe import recipe_columns, recipe_event_data_fields
+from tests.recipe import RECIPE_MODELS, recipe_columns, recipe_event_data_fields
 from tests.test_runner import ScanCounter
 
 DUCKDB_TYPE = {"VARCHAR": "VARCHAR", "INTEGER": "INTEGER"}

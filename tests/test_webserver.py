@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from sysmon_assets.jobs import ONE_WRITER_TAG
-from sysmon_assets.pipeline import HUNTING_MODELS, RECIPE_MODELS
+from sysmon_assets.dagster_layer.jobs import ONE_WRITER_TAG
+from tests.recipe import HUNTING_MODELS, RECIPE_MODELS
 from tests.test_definitions import HUNTING_EDGES, RECIPE_EDGES
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ inside the same lake transaction as the rows, so a crash never loses or repeats 
 
 Only regular files are read: a symbolic link (or a FIFO, a folder) with a landed name is recorded
 as ``skipped`` and never followed. What cannot be read of a damaged ``.gz`` or ``.evtx`` file is
-a row of ``winlogbeat_rejects`` (see :class:`~sysmon_assets.landed_lines.Unreadable`).
+a row of ``winlogbeat_rejects`` (see :class:`~sysmon_assets.sources.landed_lines.Unreadable`).
 
 ``*.evtx`` files are read record by record (``evtx_records.py``): each record lands as one
 JSON line, and its position counts records, not bytes.
@@ -35,10 +35,10 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from sysmon_assets.arrow_columns import bytes_array, strings_array
-from sysmon_assets.evtx_records import EvtxDamage, record_lines
-from sysmon_assets.gzip_stream import GzipDamage, inflate
-from sysmon_assets.landed_lines import (
+from sysmon_assets.sources.arrow_columns import bytes_array, strings_array
+from sysmon_assets.sources.evtx_records import EvtxDamage, record_lines
+from sysmon_assets.sources.gzip_stream import GzipDamage, inflate
+from sysmon_assets.sources.landed_lines import (
     SOURCE_NAME,
     LandingError,
     Unreadable,

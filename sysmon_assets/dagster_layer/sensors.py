@@ -22,11 +22,11 @@ from dagster import (
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from sysmon_assets.kafka_source import KafkaSourceError, consumer_lag
-from sysmon_assets.landing import LandingError, landing_snapshot
-from sysmon_assets.resources import SysmonPipelineResource
+from sysmon_assets.dagster_layer.resources import SysmonPipelineResource
+from sysmon_assets.micro_batch.shards import file_shard, partition_key, partition_shard
 from sysmon_assets.settings import Settings
-from sysmon_assets.shards import file_shard, partition_key, partition_shard
+from sysmon_assets.sources.kafka_source import KafkaSourceError, consumer_lag
+from sysmon_assets.sources.landing_folder import LandingError, landing_snapshot
 
 
 def grown_files(previous: dict[str, int], current: dict[str, int]) -> list[str]:

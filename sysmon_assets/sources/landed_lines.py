@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from sysmon_assets.arrow_columns import bytes_array, int_array, repeated_string, strings_array
+from sysmon_assets.sources.arrow_columns import bytes_array, int_array, repeated_string, strings_array
 
 SOURCE_NAME = "landed_lines"
 

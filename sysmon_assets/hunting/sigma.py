@@ -653,10 +653,12 @@ def mapping_table() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m sysmon_assets.sigma FOLDER``: convert a folder of rules as the pipeline would and say which
+    """``python -m sysmon_assets.hunting.sigma FOLDER``: convert a folder of rules as the pipeline would and say which
     run, which do not and why; ``--sql`` prints each rule's condition. Exits 1 when a rule for our events does not
     run."""
-    parser = argparse.ArgumentParser(prog="python -m sysmon_assets.sigma", description=main.__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m sysmon_assets.hunting.sigma", description=main.__doc__.splitlines()[0]
+    )
     parser.add_argument("folder", type=Path, help="a folder of Sigma rules (*.yml, read recursively)")
     parser.add_argument("--sql", action="store_true", help="print each converted rule's DuckDB condition")
     args = parser.parse_args(argv)

@@ -12,9 +12,11 @@ from dagster import ConfigurableResource, InitResourceContext
 from dagster_duckdb import DuckDBResource
 from pydantic import Field, PrivateAttr, create_model
 
-from sysmon_assets import lake
-from sysmon_assets.pipeline import LakeConnections, SysmonPipeline
+from sysmon_assets.micro_batch.recipe_project import shared_project
+from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.settings import Settings, field_types
+from sysmon_assets.storage import lake
+from sysmon_assets.storage.lake_connections import LakeConnections
 
 # The memory limit reaches DuckDB through the DuckDB resource's connection_config, not a field of its own.
 VIA_DUCKDB = ("memory_limit",)
@@ -82,12 +84,14 @@ class SysmonPipelineResource(SettingsConfig):
         return Settings(memory_limit=self.duckdb.connection_config.get("memory_limit"), **values)
 
     def pipeline(self, shard: int = 0) -> SysmonPipeline:
-        """The run's pipeline (of ``shard``), whose connections come from the DuckDB resource."""
+        """The run's pipeline (of ``shard``), whose connections come from the DuckDB resource, over the process's
+        one project of the recipe."""
+        settings = self.settings()
+        project = shared_project(settings, shard)
         if self._run_connections is None:
-            settings = self.settings()
-            return SysmonPipeline(settings, LakeConnections(settings, self.duckdb.get_connection), shard=shard)
+            return SysmonPipeline(settings, LakeConnections(settings, self.duckdb.get_connection), project=project)
         if shard not in self._run_pipelines:
-            self._run_pipelines[shard] = SysmonPipeline(self.settings(), connect=self._run_connections, shard=shard)
+            self._run_pipelines[shard] = SysmonPipeline(settings, connect=self._run_connections, project=project)
         return self._run_pipelines[shard]
 
     def clock(self) -> datetime | None:
@@ -100,7 +104,7 @@ def resources_from_settings(settings: Settings) -> dict[str, object]:
     values = {name: _conversion(name)[1](getattr(settings, name)) for name in SettingsConfig.model_fields}
     return {
         "sysmon": SysmonPipelineResource(
-            # An in-memory DuckDB per connection: the lake is attached to it (sysmon_assets.lake).
+            # An in-memory DuckDB per connection: the lake is attached to it (sysmon_assets.storage.lake).
             duckdb=DuckDBResource(database=":memory:", connection_config=lake.connection_config(settings)),
             **values,
         )

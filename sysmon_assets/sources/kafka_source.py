@@ -26,9 +26,9 @@ import numpy as np
 import pyarrow as pa
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from sysmon_assets.arrow_columns import bytes_array, dictionary_strings, int_array, strings_array
-from sysmon_assets.landed_lines import KAFKA_LINES_SCHEMA, SOURCE_NAME
 from sysmon_assets.settings import Settings
+from sysmon_assets.sources.arrow_columns import bytes_array, dictionary_strings, int_array, strings_array
+from sysmon_assets.sources.landed_lines import KAFKA_LINES_SCHEMA, SOURCE_NAME
 
 LOG = logging.getLogger(__name__)
 

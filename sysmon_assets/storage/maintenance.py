@@ -10,7 +10,7 @@ import duckdb
 
 from dbt_like import table_exists
 from dbt_like.sql import scalar
-from sysmon_assets.lake import LAKE
+from sysmon_assets.storage.lake import LAKE
 
 # Stream tables whose old rows a retention drops, by the time their batch started. The keyed process table
 # is left whole: a long-lived process still opens connections long after its create arrived.

@@ -14,9 +14,9 @@ from dagster import (
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from sysmon_assets import maintenance
-from sysmon_assets.pipeline import utc_now
-from sysmon_assets.resources import SysmonPipelineResource
+from sysmon_assets.dagster_layer.resources import SysmonPipelineResource
+from sysmon_assets.micro_batch.steps import utc_now
+from sysmon_assets.storage import maintenance
 
 # instance/dagster.yaml's run queue allows one run at a time per value of these tags: a shard's batches must commit
 # in order, while different shards run side by side (a sharded run carries its partition's tag).

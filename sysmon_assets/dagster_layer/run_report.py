@@ -1,8 +1,8 @@
 """What a micro-batch run did, one line per asset: rows in, rows written, and the counts that say where the rest went.
 
-``python -m sysmon_assets.run_report`` reads the latest ``sysmon_micro_batch`` run from the Dagster instance in
-``DAGSTER_HOME`` (``make run`` prints it after its batch); ``--run-id`` picks another run. The figures are the
-materializations' metadata, the ones the UI shows, so any asset's counts appear without this module naming them.
+``python -m sysmon_assets.dagster_layer.run_report`` reads the latest ``sysmon_micro_batch`` run from the Dagster
+instance in ``DAGSTER_HOME`` (``make run`` prints it after its batch); ``--run-id`` picks another run. The figures are
+the materializations' metadata, the ones the UI shows, so any asset's counts appear without this module naming them.
 """
 
 from __future__ import annotations
@@ -83,7 +83,9 @@ def run_report(instance: DagsterInstance, run: DagsterRun) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m sysmon_assets.dagster_layer.run_report", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--run-id", help=f"a run's id (default: the latest run of {JOB})")
     args = parser.parse_args(argv)
     try:

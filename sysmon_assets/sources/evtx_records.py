@@ -12,7 +12,7 @@ from pathlib import Path
 
 import evtx
 
-from sysmon_assets.landed_lines import LandingError, no_follow
+from sysmon_assets.sources.landed_lines import LandingError, no_follow
 
 RECORDS_PER_CHUNK = 20_000
 # The layout every EVTX file has: a 4 KiB file header, then chunks of 64 KiB.

@@ -16,8 +16,8 @@ from dagster import (
 if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
-from sysmon_assets.jobs import lake_maintenance
-from sysmon_assets.shards import partition_keys
+from sysmon_assets.dagster_layer.jobs import lake_maintenance
+from sysmon_assets.micro_batch.shards import partition_keys
 
 
 def every_minute(job: UnresolvedAssetJobDefinition, shards: int = 1) -> ScheduleDefinition:

@@ -2,7 +2,7 @@
 
 The assets know nothing of Sysmon: names, lineage, descriptions and checks all come from
 the SQL files and ``sql/schema.yml`` through :mod:`dbt_like`, and the recipe's own checks and
-step notes from :mod:`sysmon_assets.checks`.
+step notes from :mod:`sysmon_assets.dagster_layer.checks`.
 """
 
 import time
@@ -26,11 +26,12 @@ from dagster import (
 
 from dbt_like import Project, StepResult
 from dbt_like.lineage import model_lineage
-from sysmon_assets import lake
-from sysmon_assets.checks import BATCH_CHECKS, STEP_NOTES
-from sysmon_assets.resources import SysmonPipelineResource
-from sysmon_assets.run_report import asset_line
-from sysmon_assets.shards import partition_keys, shard_index
+from sysmon_assets.dagster_layer.checks import BATCH_CHECKS, STEP_NOTES
+from sysmon_assets.dagster_layer.resources import SysmonPipelineResource
+from sysmon_assets.dagster_layer.run_report import asset_line
+from sysmon_assets.dagster_layer.step_preview import describe
+from sysmon_assets.micro_batch.shards import partition_keys, shard_index
+from sysmon_assets.storage import lake
 
 GROUP = "sysmon_recipe"
 SERVING_GROUP = "serving"
@@ -133,14 +134,14 @@ def model_asset(project: Project, name: str, partitions: StaticPartitionsDefinit
         results = pipeline.run_model(name, run_key=context.run.run_id, batch_time=sysmon.clock())
         seconds = time.perf_counter() - started
         batch_id = pipeline.last_batch_id
-        columns, preview, snapshot = pipeline.describe(name, batch_id)
+        columns, preview, snapshot = describe(pipeline.connect, name, batch_id)
         metadata = step_metadata(results, batch_id)
         if name in STEP_NOTES:
             metadata.update(STEP_NOTES[name](pipeline, results[0]))
         metadata["lake_table"] = f"{lake.LAKE}.main.{name}"
         metadata["lake_snapshot"] = snapshot
         metadata["duration_seconds"] = round(seconds, 3)
-        # the line `make run` prints for this asset (sysmon_assets.run_report), in the run's log too
+        # the line `make run` prints for this asset (sysmon_assets.dagster_layer.run_report), in the run's log too
         context.log.info(asset_line(name, metadata))
         metadata["dagster/column_schema"] = column_schema(project, name, columns)
         metadata["dagster/column_lineage"] = lineage

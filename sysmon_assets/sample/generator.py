@@ -321,7 +321,7 @@ def write_sample(
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point: generate sample NDJSON into a folder."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m sysmon_assets.sample", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("data/landing"), help="folder to write into")
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--files", type=int, default=1)

@@ -1,0 +1,90 @@
+"""The ingest step: the lines the source (landing folder or Kafka topic) holds past its offsets, into the stream
+model fed by ``source('landed_lines')`` (``winlogbeat_stream``, with ``winlogbeat_rejects`` beside it), one
+transaction per chunk together with the source's new offsets."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from dbt_like import Batch, Project, StepResult, table_exists
+from dbt_like.sql import scalar
+from sysmon_assets.micro_batch.shards import file_shard, partition_shard
+from sysmon_assets.settings import Settings
+from sysmon_assets.sources.kafka_source import KafkaReader
+from sysmon_assets.sources.landed_lines import SOURCE_NAME, empty_chunk
+from sysmon_assets.sources.landing_folder import LandingReader
+
+
+def _strided(chunks: Iterator[dict[str, pa.Table]], first_seq: int, step: int) -> Iterator[dict[str, pa.Table]]:
+    """The chunks with arrival numbers ``first_seq, first_seq + step, ...`` (readers number 1 apart): a shard's
+    numbers never meet another shard's."""
+    for chunk in chunks:
+        frame = chunk[SOURCE_NAME]
+        column = frame.schema.get_field_index("_seq")
+        seq = pc.add(pc.multiply(pc.subtract(frame.column(column), first_seq), step), first_seq)
+        yield {SOURCE_NAME: frame.set_column(column, "_seq", seq)}
+
+
+def source_reader(
+    con: duckdb.DuckDBPyConnection, project: Project, settings: Settings, chunk_bytes: int
+) -> LandingReader | KafkaReader:
+    """The reader of ``settings.source`` over the files or partitions the project's shard owns."""
+    shards, index = project.shard.count, project.shard.index
+    if settings.source == "kafka":
+        return KafkaReader(
+            con, settings, chunk_bytes, owns=lambda partition: partition_shard(partition, shards) == index
+        )
+    return LandingReader(
+        con,
+        settings.landing_dir,
+        settings.offset_reset,
+        chunk_bytes,
+        owns=lambda key: file_shard(key, shards) == index,
+    )
+
+
+def _next_seq(con: duckdb.DuckDBPyConnection, project: Project, model: str, first_batch_ever: bool) -> int:
+    """The shard's next arrival number: shard i numbers its lines i + 1, i + 1 + K, ..."""
+    if first_batch_ever:
+        return project.shard.index + 1
+    return scalar(con, f"SELECT {project.shard.next_number('_seq')} FROM {model}")
+
+
+def ingest(
+    con: duckdb.DuckDBPyConnection,
+    project: Project,
+    model: str,
+    batch: Batch,
+    settings: Settings,
+    chunk_bytes: int,
+) -> list[StepResult]:
+    """Run ``model``'s step over the source's new lines for ``batch``."""
+    first_batch_ever = not table_exists(con, model)
+    reader = source_reader(con, project, settings, chunk_bytes)
+    try:
+        reader.plan(first_batch_ever)
+        next_seq = _next_seq(con, project, model, first_batch_ever)
+        chunks = reader.chunks(next_seq)
+        if project.shard.count > 1:
+            chunks = _strided(chunks, next_seq, project.shard.count)
+        if first_batch_ever:
+            chunks = itertools.chain([empty_chunk(settings.source)], chunks)
+        results = project.run_step(
+            con,
+            model,
+            batch,
+            source_chunks=chunks,
+            before_commit=reader.commit_offsets,
+            after_commit=reader.offsets_committed,
+        )
+    finally:
+        if isinstance(reader, KafkaReader):
+            reader.close()
+    if reader.file_events:
+        results[0].notes["source_events"] = reader.file_events
+    return results

@@ -1,0 +1,1 @@
+"""The DuckLake: attaching it, snapshots and their labels, readers' connections, and maintenance."""
