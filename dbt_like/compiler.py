@@ -36,6 +36,16 @@ def _compiled(template: str) -> jinja2.Template:
     return _ENV.from_string(template)
 
 
+def _render(model: Model, context: dict[str, Any]) -> str:
+    """The model's template rendered with ``context``: the project's macros (and the values their files set)
+    are called within the same context, so they too may use ``var()``, ``batch_time`` and the others."""
+    if model.macros:
+        module = _compiled(model.macros).make_module(vars=context)
+        exported = {name: value for name, value in vars(module).items() if not name.startswith("_")}
+        context = {**exported, **context}
+    return _compiled(model.template).render(context)
+
+
 @dataclass(frozen=True)
 class Shard:
     """Which of ``count`` writers of one lake a project is: shard ``index`` owns the batch ids (and arrival
@@ -94,16 +104,19 @@ def render_plain(model: Model, variables: Mapping[str, Any]) -> tuple[str, dict[
         captured.update(kwargs)
         return ""
 
-    sql = _compiled(model.template).render(
-        config=config,
-        ref=lambda name, full=False: name,
-        source=lambda name: name,
-        var=_var_lookup(variables, model.path),
-        this=model.name,
-        is_incremental=lambda: False,
-        batch_id=0,
-        batch_time="1970-01-01 00:00:00",
-        execute=False,
+    sql = _render(
+        model,
+        {
+            "config": config,
+            "ref": lambda name, full=False: name,
+            "source": lambda name: name,
+            "var": _var_lookup(variables, model.path),
+            "this": model.name,
+            "is_incremental": lambda: False,
+            "batch_id": 0,
+            "batch_time": "1970-01-01 00:00:00",
+            "execute": False,
+        },
     )
     return sql, captured
 
@@ -157,14 +170,17 @@ def render_step(
             raise ProjectError(f"{model.path}: source('{name}') was not supplied to this step")
         return step.sources[name]
 
-    return _compiled(model.template).render(
-        config=lambda **_: "",
-        ref=ref,
-        source=source,
-        var=_var_lookup(variables, model.path),
-        this=model.name,
-        is_incremental=lambda: step.is_incremental,
-        batch_id=step.batch_id,
-        batch_time=step.batch_time,
-        execute=step.execute,
+    return _render(
+        model,
+        {
+            "config": lambda **_: "",
+            "ref": ref,
+            "source": source,
+            "var": _var_lookup(variables, model.path),
+            "this": model.name,
+            "is_incremental": lambda: step.is_incremental,
+            "batch_id": step.batch_id,
+            "batch_time": step.batch_time,
+            "execute": step.execute,
+        },
     )
