@@ -76,12 +76,16 @@ def header_comment(sql: str) -> str:
     return "\n".join(lines).strip()
 
 
-def _static_calls(template: str, function: str, path: Path) -> tuple[str, ...]:
-    """Names passed to ``function('name')`` anywhere in the template, in every branch."""
+def _parsed(template: str, path: Path) -> jinja2.nodes.Template:
     try:
-        tree = jinja2.Environment().parse(template)
+        return jinja2.Environment().parse(template)
     except jinja2.TemplateSyntaxError as error:
         raise ProjectError(f"{path}:{error.lineno}: {error.message}") from error
+
+
+def _static_calls(template: str | jinja2.nodes.Template, function: str, path: Path) -> tuple[str, ...]:
+    """Names passed to ``function('name')`` anywhere in the template, in every branch."""
+    tree = _parsed(template, path) if isinstance(template, str) else template
     names: list[str] = []
     for call in tree.find_all(jinja2.nodes.Call):
         if isinstance(call.node, jinja2.nodes.Name) and call.node.name == function:
@@ -138,8 +142,9 @@ def load_macros(models_dir: Path) -> str:
     texts = []
     for path in sorted((models_dir / MACRO_DIR).glob("*.sql")):
         text = path.read_text(encoding="utf-8")
+        tree = _parsed(text, path)
         for function in ("ref", "source"):
-            if _static_calls(text, function, path):
+            if _static_calls(tree, function, path):
                 raise ProjectError(f"{path}: a macro cannot call {function}(); pass the relation as an argument")
         texts.append(text)
     return "\n".join(texts)
