@@ -3,7 +3,8 @@
 ``ref()`` follows KSQL's reading of streams and tables: a reference to a *stream* model
 yields only the rows that model gained since this model last consumed it (its delta), a
 reference to a *table* model yields the table as it stands now. ``ref(name, full=True)``
-yields every row of a stream, for models that must look back (an as-of join). A *view* model is
+yields every row of a stream, for models that must look back (an as-of join). A model written in the same step
+as another (``part_of``) reads that model's rows of this batch through ``ref()``. A *view* model is
 stored as a query, not as rows, so every ``ref()`` in it yields the whole relation, as does a ``ref()`` to it.
 ``execute`` is False (as in dbt) when the SQL is rendered for its shape only (its columns, lineage and config),
 never to be run for rows: a model may leave out there what costs time to plan and does not change its columns.
@@ -17,6 +18,8 @@ from functools import lru_cache
 from typing import Any
 
 import jinja2
+import sqlglot
+from sqlglot import exp
 
 from dbt_like.project import MATERIALIZATIONS, Model, ProjectError
 from dbt_like.sql import quote_identifier, quote_string
@@ -34,6 +37,16 @@ _ENV.filters["sql_identifier"] = quote_identifier
 def _compiled(template: str) -> jinja2.Template:
     """The template compiled once: a batch renders each model at least twice (config, then its step)."""
     return _ENV.from_string(template)
+
+
+def _render(model: Model, context: dict[str, Any]) -> str:
+    """The model's template rendered with ``context``: the project's macros (and the values their files set)
+    are called within the same context, so they too may use ``var()``, ``batch_time`` and the others."""
+    if model.macros:
+        module = _compiled(model.macros).make_module(vars=context)
+        exported = {name: value for name, value in vars(module).items() if not name.startswith("_")}
+        context = {**exported, **context}
+    return _compiled(model.template).render(context)
 
 
 @dataclass(frozen=True)
@@ -94,16 +107,19 @@ def render_plain(model: Model, variables: Mapping[str, Any]) -> tuple[str, dict[
         captured.update(kwargs)
         return ""
 
-    sql = _compiled(model.template).render(
-        config=config,
-        ref=lambda name, full=False: name,
-        source=lambda name: name,
-        var=_var_lookup(variables, model.path),
-        this=model.name,
-        is_incremental=lambda: False,
-        batch_id=0,
-        batch_time="1970-01-01 00:00:00",
-        execute=False,
+    sql = _render(
+        model,
+        {
+            "config": config,
+            "ref": lambda name, full=False: name,
+            "source": lambda name: name,
+            "var": _var_lookup(variables, model.path),
+            "this": model.name,
+            "is_incremental": lambda: False,
+            "batch_id": 0,
+            "batch_time": "1970-01-01 00:00:00",
+            "execute": False,
+        },
     )
     return sql, captured
 
@@ -120,6 +136,27 @@ def model_config(model: Model, variables: Mapping[str, Any]) -> dict[str, Any]:
     if captured["materialized"] == "table" and not captured.get("unique_key"):
         raise ProjectError(f"{model.path}: a 'table' model needs unique_key")
     return captured
+
+
+def as_of_joins(sql: str, changelogs: Mapping[str, str]) -> str:
+    """``sql`` with each join of a table model named in ``changelogs`` (table -> the stream it is built from, by
+    key and arrival) made KSQL's stream-table join: an as-of join to that stream, so that each row joins the
+    version of the table row that had arrived before it (``_seq`` is the arrival order)."""
+    tree = sqlglot.parse_one(sql, read="duckdb")
+    for join in list(tree.find_all(exp.Join)):
+        table = join.this
+        if not isinstance(table, exp.Table) or table.name not in changelogs:
+            continue
+        select = join.parent
+        left = (select.args.get("from_") or select.args.get("from")).this.alias_or_name
+        right = table.alias_or_name
+        if join.args.get("method") or join.args.get("on") is None:
+            raise ProjectError(f"as_of: the join of {table.name} must be a plain join with an ON condition")
+        table.set("this", exp.to_identifier(changelogs[table.name]))
+        table.set("alias", exp.TableAlias(this=exp.to_identifier(right)))
+        join.set("method", "ASOF")
+        join.set("on", exp.and_(join.args["on"], exp.column("_seq", left) > exp.column("_seq", right)))
+    return tree.sql(dialect="duckdb", pretty=True)
 
 
 def delta_relation(
@@ -146,6 +183,8 @@ def render_step(
     own = configs[model.name]
 
     def ref(name: str, full: bool = False) -> str:
+        if own.get("part_of") == name and not full:
+            return f"(SELECT * FROM {name} WHERE _batch_id = {step.batch_id})"
         if full or own["materialized"] == "view" or configs[name]["materialized"] in ("table", "view"):
             return name
         retried_by = model.name if own.get("retry_unmatched") == name else None
@@ -157,14 +196,18 @@ def render_step(
             raise ProjectError(f"{model.path}: source('{name}') was not supplied to this step")
         return step.sources[name]
 
-    return _compiled(model.template).render(
-        config=lambda **_: "",
-        ref=ref,
-        source=source,
-        var=_var_lookup(variables, model.path),
-        this=model.name,
-        is_incremental=lambda: step.is_incremental,
-        batch_id=step.batch_id,
-        batch_time=step.batch_time,
-        execute=step.execute,
+    sql = _render(
+        model,
+        {
+            "config": lambda **_: "",
+            "ref": ref,
+            "source": source,
+            "var": _var_lookup(variables, model.path),
+            "this": model.name,
+            "is_incremental": lambda: step.is_incremental,
+            "batch_id": step.batch_id,
+            "batch_time": step.batch_time,
+            "execute": step.execute,
+        },
     )
+    return as_of_joins(sql, own["as_of"]) if own.get("as_of") else sql

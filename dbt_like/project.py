@@ -4,6 +4,8 @@ A project is a folder of ``<model>.sql`` files plus an optional ``schema.yml`` (
 Each SQL file is a Jinja template: ``{{ config(...) }}`` sets the materialization,
 ``{{ ref('other') }}`` names an upstream model, ``{{ source('name') }}`` names an input that
 the caller supplies. The comment lines at the top of a file are the model's description.
+The ``{% macro %}``s of the ``macros/*.sql`` files beside the models (dbt's ``macro-paths``) can be called
+from every model, and so can the values their files ``{% set %}`` at the top level.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Model:
     sources: tuple[str, ...]
     columns: dict[str, str] = field(default_factory=dict)
     tests: tuple[SchemaTest, ...] = ()
+    macros: str = ""  # the project's macro files, one template: what every model can call
 
 
 def header_comment(sql: str) -> str:
@@ -73,12 +76,16 @@ def header_comment(sql: str) -> str:
     return "\n".join(lines).strip()
 
 
-def _static_calls(template: str, function: str, path: Path) -> tuple[str, ...]:
-    """Names passed to ``function('name')`` anywhere in the template, in every branch."""
+def _parsed(template: str, path: Path) -> jinja2.nodes.Template:
     try:
-        tree = jinja2.Environment().parse(template)
+        return jinja2.Environment().parse(template)
     except jinja2.TemplateSyntaxError as error:
         raise ProjectError(f"{path}:{error.lineno}: {error.message}") from error
+
+
+def _static_calls(template: str | jinja2.nodes.Template, function: str, path: Path) -> tuple[str, ...]:
+    """Names passed to ``function('name')`` anywhere in the template, in every branch."""
+    tree = _parsed(template, path) if isinstance(template, str) else template
     names: list[str] = []
     for call in tree.find_all(jinja2.nodes.Call):
         if isinstance(call.node, jinja2.nodes.Name) and call.node.name == function:
@@ -123,9 +130,30 @@ def load_schema(models_dir: Path) -> dict[str, dict]:
     return {entry["name"]: entry for entry in document.get("models", [])}
 
 
+MACRO_DIR = "macros"
+
+
+def load_macros(models_dir: Path) -> str:
+    """The ``macros/*.sql`` files under ``models_dir`` as one template (empty if there are none), in name order.
+
+    A macro reads what it is given: ``ref()`` and ``source()`` belong in the models (a call in a macro would be
+    hidden from the models' dependencies), so a model passes ``ref('x')`` to the macro as an argument.
+    """
+    texts = []
+    for path in sorted((models_dir / MACRO_DIR).glob("*.sql")):
+        text = path.read_text(encoding="utf-8")
+        tree = _parsed(text, path)
+        for function in ("ref", "source"):
+            if _static_calls(tree, function, path):
+                raise ProjectError(f"{path}: a macro cannot call {function}(); pass the relation as an argument")
+        texts.append(text)
+    return "\n".join(texts)
+
+
 def discover_models(models_dir: Path) -> dict[str, Model]:
     """Every ``*.sql`` model directly under ``models_dir``, in dependency order."""
     schema = load_schema(models_dir)
+    macros = load_macros(models_dir)
     models: dict[str, Model] = {}
     for path in sorted(models_dir.glob("*.sql")):
         template = path.read_text(encoding="utf-8")
@@ -139,6 +167,7 @@ def discover_models(models_dir: Path) -> dict[str, Model]:
             sources=_static_calls(template, "source", path),
             columns=columns,
             tests=tests,
+            macros=macros,
         )
     for model in models.values():
         unknown = [ref for ref in model.refs if ref not in models]

@@ -7,8 +7,8 @@ a rerun gives the tables one clean run would have given.
 
 Materializations:
 - ``stream``: append-only. Optional ``dedupe_key='<columns>'``: a row whose key is already in the
-  table is not appended (the first delivery wins; a NULL in the key never matches). The model's
-  SQL keeps one row per key within a batch (the anti-join then enforces it across batches).
+  table, or that an earlier row of the same step (lowest ``order_by``, default ``_seq``) has, is not appended:
+  the first delivery wins; a NULL in the key never matches.
   Optional ``retry_unmatched=<input>`` with ``retry_grace_minutes=N``: input rows that produced no
   output row (matched on ``_seq``) are offered again in later steps until N minutes of batch time have passed.
 - ``table``: keyed upsert on ``unique_key``; the row with the highest ``order_by`` wins.
@@ -237,10 +237,14 @@ class Project:
         self._state_ready = False
 
     def stream_inputs(self, name: str) -> list[str]:
-        """Upstream stream models whose delta ``name`` consumes (a view reads them whole: none)."""
+        """Upstream stream models whose delta ``name`` consumes (a view reads them whole: none; a side model
+        reads the rows its step wrote into the model it is part of: no offset either)."""
         if self.configs[name]["materialized"] == "view":
             return []
-        return [ref for ref in self.models[name].refs if self.configs[ref]["materialized"] == "stream"]
+        part_of = self.configs[name].get("part_of")
+        return [
+            ref for ref in self.models[name].refs if self.configs[ref]["materialized"] == "stream" and ref != part_of
+        ]
 
     def side_models(self, name: str) -> list[str]:
         """Models declared ``part_of=name``: written in the same transaction as ``name``."""
@@ -486,24 +490,33 @@ class Project:
             con.execute(f'ALTER TABLE {name} ADD COLUMN "{column}" {kind}')
 
     @staticmethod
-    def _append(con: Connection, name: str, query: str, key: str | None, batch: Batch) -> int:
-        """Append the step's rows; with ``key``, skip rows whose key is in the table already.
+    def _append(con: Connection, name: str, query: str, config: dict[str, Any], batch: Batch) -> int:
+        """Append the step's rows; with a ``dedupe_key``, only the first row of each key (by ``order_by``) the
+        step brings, and none whose key is in the table already.
 
-        A lake has no index: the step's rows are staged, and the anti-join reads only the table's rows whose key
-        columns lie within the staged rows' ranges, given as constants so that files whose min/max statistics
-        lie outside are skipped. A key column that is NULL in every staged row matches nothing.
+        The step's rows are staged. Their later deliveries are found by grouping only the key columns and the
+        order column (a window over the whole rows would hold every column of the step in memory). A lake has no
+        index: the anti-join reads only the table's rows whose key columns lie within the staged rows' ranges,
+        given as constants so that files whose min/max statistics lie outside are skipped. A key column that is
+        NULL in every staged row matches nothing.
         """
         rows = f"SELECT *, {batch.batch_id} AS _batch_id FROM {query}"
-        if not key or not scalar(con, f"SELECT count(*) > 0 FROM {name}"):
+        key = config.get("dedupe_key")
+        if not key:
             return scalar(con, f"INSERT INTO {name} BY NAME {rows}")
-        columns = _columns(key)
+        columns, order_by = _columns(key), config["order_by"]
         con.execute(f"CREATE OR REPLACE TEMP TABLE __append AS {rows}")
+        matches = " AND ".join(f"n.{c} = t.{c}" for c in columns)
+        con.execute(
+            f"DELETE FROM __append AS n USING (SELECT {key}, min({order_by}) AS __first FROM __append "
+            f"WHERE {' AND '.join(f'{c} IS NOT NULL' for c in columns)} GROUP BY ALL HAVING count(*) > 1) AS t "
+            f"WHERE {matches} AND n.{order_by} <> t.__first"
+        )
         bounds = first_row(con, "SELECT " + ", ".join(f"min({c}), max({c})" for c in columns) + " FROM __append")
-        if None in bounds:
+        if None in bounds or not scalar(con, f"SELECT count(*) > 0 FROM {name}"):
             written = scalar(con, f"INSERT INTO {name} BY NAME SELECT * FROM __append")
         else:
             ranges = " AND ".join(f"{c} BETWEEN ? AND ?" for c in columns)
-            matches = " AND ".join(f"n.{c} = t.{c}" for c in columns)
             written = scalar(
                 con,
                 f"INSERT INTO {name} BY NAME SELECT n.* FROM __append AS n "
@@ -541,7 +554,7 @@ class Project:
 
     def _prepare(self, con: Connection, name: str, batch: Batch, result: StepResult) -> None:
         for upstream in self.models[name].refs:
-            if not self._exists(con, upstream):
+            if upstream != self.configs[name].get("part_of") and not self._exists(con, upstream):
                 raise ProjectError(f"model {name} reads {upstream}, which has not been materialized yet")
         for upstream in self.stream_inputs(name):
             row = first_row(
@@ -603,7 +616,7 @@ class Project:
         if config["materialized"] == "table":
             result.rows_written += self._upsert(con, name, query, config, batch)
         else:
-            result.rows_written += self._append(con, name, query, config.get("dedupe_key"), batch)
+            result.rows_written += self._append(con, name, query, config, batch)
         for upstream in self.stream_inputs(name):
             lower, upper = result.offsets_before[upstream], result.offsets_after[upstream]
             result.rows_in += scalar(con, f"SELECT count(*) FROM {delta_relation(upstream, lower, upper, self.shard)}")

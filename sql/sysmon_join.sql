@@ -3,12 +3,11 @@
 -- Default mode: each new connection joins the table as it stands at the end of its batch; a connection whose
 -- process create has not arrived yet is retried in later batches for join_grace_minutes of batch time.
 -- join_mode='ksql': a connection joins only the create that arrived before it (as-of join); no retry.
+{#- as_of: the join of the table is an as-of join to the stream it is built from (dbt_like/compiler.py). -#}
 {{ config(materialized='stream',
+          as_of=({'sysmon_process_create_table': ref('sysmon_process_create', full=True)} if var('join_mode') == 'ksql' else none),
           retry_unmatched=(none if var('join_mode') == 'ksql' else 'sysmon_network_connect'),
           retry_grace_minutes=var('join_grace_minutes')) }}
-WITH n AS (
-    SELECT * FROM {{ ref('sysmon_network_connect') }}
-)
 SELECT
     n.event_date_creation,
     n.process_guid,
@@ -41,12 +40,6 @@ SELECT
     p.parent_process_guid,
     p.parent_process_id,
     n._seq
-FROM n
-{% if var('join_mode') == 'ksql' %}
--- The KSQL table as it stood when n arrived is the latest create that arrived before n.
-ASOF INNER JOIN {{ ref('sysmon_process_create', full=True) }} AS p
-    ON n.process_guid = p.process_guid AND n._seq > p._seq
-{% else %}
+FROM {{ ref('sysmon_network_connect') }} AS n
 INNER JOIN {{ ref('sysmon_process_create_table') }} AS p
     ON n.process_guid = p.process_guid
-{% endif %}

@@ -5,10 +5,11 @@
 {% set kafka = var('source', 'files') == 'kafka' %}
 WITH unparsed AS (
     SELECT l.* FROM {{ source('landed_lines') }} AS l
-    -- only this chunk's rows of the stream: _seq is ascending, so zone maps skip the earlier chunks'
+    -- ref(): the stream's rows of this batch (rejects is part of its step); only this chunk's: _seq is
+    -- ascending, so zone maps skip the earlier chunks'
     ANTI JOIN (
-        SELECT _seq FROM winlogbeat_stream
-        WHERE _batch_id = {{ batch_id }} AND _seq >= (SELECT min(_seq) FROM {{ source('landed_lines') }})
+        SELECT _seq FROM {{ ref('winlogbeat_stream') }}
+        WHERE _seq >= (SELECT min(_seq) FROM {{ source('landed_lines') }})
     ) AS parsed USING (_seq)
 ), landed AS (
     -- the line without the newline a landed file's line still carries

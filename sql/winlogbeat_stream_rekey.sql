@@ -3,26 +3,10 @@
 -- Flattens event_data and parses UtcTime ('yyyy-MM-dd HH:mm:ss.SSS', UTC) into a TIMESTAMP; NULL if it does not parse.
 -- GUIDs (process_guid, the key, and the parent and logon GUIDs) are stored in one canonical form, '{UPPER}',
 -- because hosts and layouts render them differently (case, braces); an empty GUID stays '' (KSQL keys on it).
--- Winlogbeat delivers at least once: a redelivered event (same computer, channel, record number) is kept once:
--- the first delivery within a batch (later_deliveries), and none already in the table (dedupe_key, an index lookup).
+-- Winlogbeat delivers at least once: a redelivered event (same computer, channel, record number) is kept once,
+-- its first delivery (dedupe_key: within the batch and across batches).
 {{ config(materialized='stream', dedupe_key='_computer_name, log_name, _record_number') }}
-{#- One canonical form per GUID: trimmed of braces and spaces, upper case, in braces. A GUID that is empty once
-    trimmed ('', '{}') stays '': KSQL keys on '' as on any other value (PARTITION BY, the table's KEY), so a
-    process create with ProcessGuid '' is a table row and a connection with '' joins it. NULL stays NULL. -#}
-{% macro canonical_guid(text) -%}
-CASE WHEN trim({{ text }}, '{} ') = '' THEN '' ELSE '{' || upper(trim({{ text }}, '{} ')) || '}' END
-{%- endmacro %}
-WITH sysmon AS NOT MATERIALIZED (
-    SELECT * FROM {{ ref('winlogbeat_stream') }} WHERE source_name = 'Microsoft-Windows-Sysmon'
-), later_deliveries AS (
-    -- Keys delivered more than once in this batch, with their first delivery: only a few narrow columns are
-    -- grouped, where a window over the whole rows would hold every column of the batch in memory.
-    SELECT computer_name, log_name, _record_number, min(_seq) AS first_seq
-    FROM sysmon
-    WHERE _record_number IS NOT NULL
-    GROUP BY ALL
-    HAVING count(*) > 1
-)
+{#- canonical_guid: macros/canonical_guid.sql. -#}
 SELECT
     try_strptime(s.event_data.UtcTime, '%Y-%m-%d %H:%M:%S.%g') AS event_date_creation,
     {{ canonical_guid('s.event_data.ProcessGuid') }} AS process_guid,
@@ -65,8 +49,5 @@ SELECT
     -- the recipe does not flatten, Product.
     CASE WHEN s.event_data.Product IS NULL THEN s._extra_fields
          ELSE map_concat(s._extra_fields, MAP {'Product': s.event_data.Product}) END AS _extra_fields
-FROM sysmon AS s
-WHERE NOT EXISTS (
-    SELECT 1 FROM later_deliveries AS d
-    WHERE d.computer_name = s.computer_name AND d.log_name = s.log_name AND d._record_number = s._record_number
-      AND d.first_seq <> s._seq)
+FROM {{ ref('winlogbeat_stream') }} AS s
+WHERE s.source_name = 'Microsoft-Windows-Sysmon'

@@ -1,0 +1,83 @@
+{#- Parsing JSON text against a layout (a dict of field name -> DuckDB type or nested dict), matching field names
+    whatever their letter case, as KSQL's JSON deserializer does. -#}
+
+{#- A layout as from_json's type text, keys in the order written (the tojson filter would sort them). -#}
+{% macro json_type(node) -%}
+{%- if node is mapping -%}
+{{ '{' }}{% for key, value in node.items() %}"{{ key }}": {{ json_type(value) }}{{ ', ' if not loop.last }}{% endfor %}{{ '}' }}
+{%- else -%}
+"{{ node }}"
+{%- endif -%}
+{%- endmacro %}
+
+{#- Every key of a layout, at any depth, each followed by a comma. -#}
+{% macro keys_of(node) -%}
+{%- for key, value in node.items() -%}{{ key }},{{ keys_of(value) if value is mapping }}{%- endfor -%}
+{%- endmacro %}
+
+{#- A regex for `word` in any letter case, with ASCII classes: (?i) would fold Unicode too, a larger, slower DFA. -#}
+{% macro any_case(word) -%}
+{%- for c in word %}{{ '[' ~ c.upper() ~ c.lower() ~ ']' if c.upper() != c.lower() else c }}{% endfor -%}
+{%- endmacro %}
+
+{#- A regex for the spellings of one word (spellings: the ways the layouts write it, all equal ignoring case)
+    that differ from every one of them in letter case: at the first letter that differs, anything may follow. -#}
+{% macro other_cases(spellings) -%}
+{%- set alternatives = [] -%}
+{%- if spellings[0] -%}
+{%- for letter in [spellings[0][0].upper(), spellings[0][0].lower()]|unique(case_sensitive=true) -%}
+{%- set rests = [] -%}
+{%- for spelling in spellings if spelling[0] == letter %}{% set _ = rests.append(spelling[1:]) %}{% endfor -%}
+{%- if not rests -%}
+{%- set _ = alternatives.append(letter ~ any_case(spellings[0][1:])) -%}
+{%- elif rests[0] -%}
+{%- set inner = other_cases(rests) -%}
+{%- set _ = alternatives.append(letter ~ inner) if inner -%}
+{%- endif -%}
+{%- endfor -%}
+{%- endif -%}
+{{ '(?:' ~ alternatives|join('|') ~ ')' if alternatives }}
+{%- endmacro %}
+
+{#- A SQL condition: does the JSON text hold a key that spells one of `spellings` (the field names of the layouts,
+    as they write them) in another letter case? One regex scan, so lines in the layouts' own case parse once. -#}
+{% macro has_other_case_key(text, spellings) -%}
+{%- set words = [] %}
+{%- for word in spellings|select|map('lower')|unique %}
+{%- set same_word = [] %}{% for spelling in spellings|select|unique(case_sensitive=true) if spelling|lower == word %}{% set _ = same_word.append(spelling) %}{% endfor %}
+{%- set _ = words.append(other_cases(same_word)) %}
+{%- endfor -%}
+regexp_matches({{ text }}, '"(?:{{ words|join('|') }})"\s*:')
+{%- endmacro %}
+
+{#- The JSON text with every object key upper-cased (keys holding an escape sequence are left alone: upper-casing
+    \n or \u00e9 would break them); values are copied as they are. It walks the string tokens in order, so a
+    quote inside a value never starts a key. -#}
+{% set json_string_token %}'"(?:[^"\\]|\\.)*"\s*:?'{% endset %}
+{% macro upper_keys(text) -%}
+regexp_split_to_array({{ text }}, {{ json_string_token }})[1] || array_to_string(list_transform(
+    list_zip(regexp_extract_all({{ text }}, {{ json_string_token }}), regexp_split_to_array({{ text }}, {{ json_string_token }})[2:]),
+    t -> CASE WHEN ends_with(t[1], ':') AND NOT contains(t[1], '\') THEN upper(t[1]) ELSE t[1] END || t[2]), '')
+{%- endmacro %}
+
+{#- Parse with a layout's exact field names; a line that spells a field in another letter case (other_case, a SQL
+    condition) is parsed with its keys and the layout's names upper-cased, so "processguid", "PROCESSGUID" and
+    "ProcessGuid" all match (KSQL 5.1.1 compares upper-cased names). Two keys of one object that differ only in
+    case: the first in the line wins there (from_json keeps the first of equal keys). If the upper-cased text
+    should not parse, the exact parse stands. -#}
+{% macro from_json_any_case(text, layout, other_case) -%}
+CASE WHEN {{ other_case }}
+     THEN coalesce(try(from_json({{ upper_keys(text) }}, '{{ json_type(layout)|upper }}')), try(from_json({{ text }}, '{{ json_type(layout) }}')))
+     ELSE try(from_json({{ text }}, '{{ json_type(layout) }}')) END
+{%- endmacro %}
+
+{#- A JSON path (SQL text) to the object under the keys `names`, found ignoring case when the line spells them
+    in another case: the first matching key at each level, as the upper-cased parse finds. Quoting a found key in
+    the path is safe: upper-cased it is one of these names, so it holds no quote or backslash. -#}
+{% macro path_ignoring_case(text, names, path="'$'") -%}
+{%- if names -%}
+{{ path_ignoring_case(text, names[1:], path ~ " || '.\"' || list_filter(json_keys(" ~ text ~ ", " ~ path ~ "), lambda k: upper(k) = '" ~ names[0]|upper ~ "')[1] || '\"'") }}
+{%- else -%}
+{{ path }}
+{%- endif -%}
+{%- endmacro %}

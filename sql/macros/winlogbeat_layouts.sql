@@ -1,0 +1,265 @@
+{#- The input layouts of WINLOGBEAT_STREAM and their mapping to flat text fields: one block per layout.
+
+    A layout block:
+    - name: the layout's name (the stream's _layout column);
+    - json: the fields it carries, as from_json's type (top-level keys distinct from every other layout's);
+    - when: the SQL condition that a parsed line is in this layout; a line is the first layout whose `when` holds;
+    - fields: recipe field (source_name, type, task, log_name, computer_name, event_id, record_number, or one of
+      sysmon_event_data's names) -> the SQL expression that carries it as text;
+    - event_data (optional): the object that holds Sysmon's EventData fields under their own names;
+    - only_when_detected (optional): its fields count only on a line of this layout;
+    - extra_fields (optional): event_data fields it holds under other names, which _extra_fields gets back:
+      (Sysmon name, value, the event ids it holds that field for; none: every id);
+    - spellings (optional): keys its lines carry that equal a field name ignoring case.
+    Each field comes from the first layout (in this list) that carries it. The first layout is parsed on its own
+    (most lines are in it): its expressions read `j6`; the others are parsed together: theirs read `j`. -#}
+
+{#- The Sysmon EventData fields the recipe declares. -#}
+{% set sysmon_event_data = {
+    "UtcTime": "VARCHAR", "ProcessGuid": "VARCHAR", "ProcessId": "VARCHAR", "Image": "VARCHAR",
+    "FileVersion": "VARCHAR", "Description": "VARCHAR", "Product": "VARCHAR", "Company": "VARCHAR",
+    "CommandLine": "VARCHAR", "CurrentDirectory": "VARCHAR", "User": "VARCHAR", "LogonGuid": "VARCHAR",
+    "LogonId": "VARCHAR", "TerminalSessionId": "VARCHAR", "IntegrityLevel": "VARCHAR", "Hashes": "VARCHAR",
+    "ParentProcessGuid": "VARCHAR", "ParentProcessId": "VARCHAR", "ParentImage": "VARCHAR", "ParentCommandLine": "VARCHAR",
+    "Protocol": "VARCHAR", "Initiated": "VARCHAR", "SourceIsIpv6": "VARCHAR", "SourceIp": "VARCHAR",
+    "SourceHostname": "VARCHAR", "SourcePort": "VARCHAR", "SourcePortName": "VARCHAR", "DestinationIsIpv6": "VARCHAR",
+    "DestinationIp": "VARCHAR", "DestinationHostname": "VARCHAR", "DestinationPort": "VARCHAR", "DestinationPortName": "VARCHAR"} %}
+
+{% set winlogbeat_layouts = [
+    {
+        "name": "winlogbeat6",
+        "comment": "the recipe's own layout (Winlogbeat 6.x): exactly the fields CREATE STREAM WINLOGBEAT_STREAM declares",
+        "json": {
+            "source_name": "VARCHAR", "type": "VARCHAR", "task": "VARCHAR", "log_name": "VARCHAR",
+            "computer_name": "VARCHAR", "event_id": "VARCHAR", "record_number": "VARCHAR",
+            "event_data": sysmon_event_data},
+        "when": "j6.source_name IS NOT NULL OR j6.computer_name IS NOT NULL",
+        "fields": {
+            "source_name": "j6.source_name", "type": 'j6."type"', "task": "j6.task", "log_name": "j6.log_name",
+            "computer_name": "j6.computer_name", "event_id": "j6.event_id", "record_number": "j6.record_number"},
+        "event_data": "j6.event_data",
+    },
+    {
+        "name": "winlogbeat7+",
+        "comment": "Winlogbeat 7.x/8.x: winlog.*; a line with the Sysmon module's ECS fields, or an EVTX record, is not this one",
+        "json": {
+            "winlog": {"provider_name": "VARCHAR", "channel": "VARCHAR", "computer_name": "VARCHAR",
+                "event_id": "VARCHAR", "task": "VARCHAR", "api": "VARCHAR", "record_id": "VARCHAR",
+                "event_data": sysmon_event_data}},
+        "when": "(j.winlog.provider_name IS NOT NULL OR j.winlog.channel IS NOT NULL) AND j.evtx.System.EventID IS NULL AND j.\"event\".module IS DISTINCT FROM 'sysmon'",
+        "fields": {
+            "source_name": "j.winlog.provider_name", "type": "j.winlog.api", "task": "j.winlog.task",
+            "log_name": "j.winlog.channel",
+            "computer_name": "j.winlog.computer_name",
+            "event_id": "j.winlog.event_id", "record_number": "j.winlog.record_id"},
+        "event_data": "j.winlog.event_data",
+    },
+    {
+        "name": "evtx",
+        "comment": "an EVTX record, landed as {\"evtx\": <the record's Event object>}",
+        "json": {
+            "evtx": {"System": {"EventID": "VARCHAR", "Task": "VARCHAR", "EventRecordID": "VARCHAR", "Channel": "VARCHAR",
+                    "Computer": "VARCHAR",
+                    "Provider": {"#attributes": {"Name": "VARCHAR"}}},
+                "EventData": sysmon_event_data}},
+        "when": "j.evtx.System.EventID IS NOT NULL",
+        "fields": {
+            "source_name": 'j.evtx.System.Provider."#attributes".Name', "type": "CASE WHEN layout = 'evtx' THEN 'evtx' END",
+            "task": "j.evtx.System.Task", "log_name": "j.evtx.System.Channel", "computer_name": "j.evtx.System.Computer",
+            "event_id": "CASE WHEN starts_with(j.evtx.System.EventID, '{') THEN json_extract_string(j.evtx.System.EventID, '$.\"#text\"') ELSE j.evtx.System.EventID END",
+            "record_number": "j.evtx.System.EventRecordID"},
+        "event_data": "j.evtx.EventData",
+        "spellings": ["ProcessID"],
+    },
+    {
+        "name": "ecs",
+        "comment": "Winlogbeat 7.x/8.x with the Sysmon module: what it moved out of winlog.event_data into ECS fields",
+        "json": {
+            "@timestamp": "VARCHAR",
+            "event": {"module": "VARCHAR", "code": "VARCHAR"},
+            "process": {"entity_id": "VARCHAR", "pid": "VARCHAR", "executable": "VARCHAR",
+                "command_line": "VARCHAR", "working_directory": "VARCHAR",
+                "pe": {"file_version": "VARCHAR", "description": "VARCHAR", "product": "VARCHAR",
+                    "company": "VARCHAR", "imphash": "VARCHAR", "original_file_name": "VARCHAR"},
+                "hash": {"sha1": "VARCHAR", "md5": "VARCHAR", "sha256": "VARCHAR"},
+                "parent": {"entity_id": "VARCHAR", "pid": "VARCHAR", "executable": "VARCHAR",
+                    "command_line": "VARCHAR"}},
+            "user": {"domain": "VARCHAR", "name": "VARCHAR"},
+            "rule": {"name": "VARCHAR"},
+            "file": {"path": "VARCHAR", "name": "VARCHAR", "pe": {"original_file_name": "VARCHAR"}},
+            "registry": {"path": "VARCHAR"},
+            "dns": {"question": {"name": "VARCHAR"}},
+            "network": {"transport": "VARCHAR", "direction": "VARCHAR", "type": "VARCHAR", "protocol": "VARCHAR"},
+            "source": {"ip": "VARCHAR", "port": "VARCHAR", "domain": "VARCHAR"},
+            "destination": {"ip": "VARCHAR", "port": "VARCHAR", "domain": "VARCHAR"}},
+        "when": "j.\"event\".module = 'sysmon'",
+        "only_when_detected": true,
+        "fields": {
+            "event_id": 'j."event".code',
+            "UtcTime": "strftime(coalesce(try_strptime(j.\"@timestamp\", '%Y-%m-%dT%H:%M:%S.%fZ'), try_strptime(j.\"@timestamp\", '%Y-%m-%dT%H:%M:%SZ')), '%Y-%m-%d %H:%M:%S.%g')",
+            "ProcessGuid": 'j."process".entity_id',
+            "ProcessId": 'j."process".pid',
+            "Image": 'j."process".executable',
+            "FileVersion": 'j."process".pe.file_version',
+            "Description": 'j."process".pe.description',
+            "Product": 'j."process".pe.product',
+            "Company": 'j."process".pe.company',
+            "CommandLine": 'j."process".command_line',
+            "CurrentDirectory": 'j."process".working_directory',
+            "User": "concat_ws('\\', j.\"user\".domain, j.\"user\".name)",
+            "Hashes": "nullif(concat_ws(',', 'SHA1=' || upper(j.\"process\".hash.sha1), 'MD5=' || upper(j.\"process\".hash.md5), 'SHA256=' || upper(j.\"process\".hash.sha256), 'IMPHASH=' || upper(j.\"process\".pe.imphash)), '')",
+            "ParentProcessGuid": 'j."process".parent.entity_id',
+            "ParentProcessId": 'j."process".parent.pid',
+            "ParentImage": 'j."process".parent.executable',
+            "ParentCommandLine": 'j."process".parent.command_line',
+            "Protocol": 'j."network".transport',
+            "Initiated": "CASE j.\"network\".direction WHEN 'egress' THEN 'true' WHEN 'outbound' THEN 'true' WHEN 'ingress' THEN 'false' WHEN 'inbound' THEN 'false' END",
+            "SourceIsIpv6": "CASE j.\"network\".\"type\" WHEN 'ipv6' THEN 'true' WHEN 'ipv4' THEN 'false' END",
+            "SourceIp": 'j."source".ip',
+            "SourceHostname": 'j."source".domain',
+            "SourcePort": 'j."source".port',
+            "DestinationIsIpv6": "CASE j.\"network\".\"type\" WHEN 'ipv6' THEN 'true' WHEN 'ipv4' THEN 'false' END",
+            "DestinationIp": 'j."destination".ip',
+            "DestinationHostname": 'j."destination".domain',
+            "DestinationPort": 'j."destination".port',
+            "DestinationPortName": 'j."network".protocol'},
+        "extra_fields": [
+            ("RuleName", 'j."rule"."name"', none),
+            ("OriginalFileName", 'coalesce(j."process".pe.original_file_name, j."file".pe.original_file_name)', none),
+            ("TargetFilename", 'j."file"."path"', [2, 11, 15, 23]),
+            ("ImageLoaded", 'j."file"."path"', [6, 7]),
+            ("Device", 'j."file"."path"', [9]),
+            ("PipeName", 'j."file"."name"', [17, 18]),
+            ("TargetObject", 'j.registry."path"', none),
+            ("QueryName", 'j.dns.question."name"', none)],
+    },
+] %}
+
+{#- One layout's expression for a recipe field (none if it does not carry it). -#}
+{% macro layout_field(layout, field) -%}
+{%- set value = layout.fields.get(field) or (layout.event_data ~ '.' ~ field if layout.get('event_data') and field in sysmon_event_data) -%}
+{%- if value -%}
+{{ "CASE WHEN layout = '" ~ layout.name ~ "' THEN " ~ value ~ " END" if layout.get('only_when_detected') else value }}
+{%- endif -%}
+{%- endmacro %}
+
+{#- A recipe field as text, from the first layout that carries it. -#}
+{% macro flat_field(field) -%}
+{%- set values = [] -%}
+{%- for layout in winlogbeat_layouts %}{% set value = layout_field(layout, field) %}{% if value %}{% set _ = values.append(value) %}{% endif %}{% endfor -%}
+coalesce({{ values|join(', ') }})
+{%- endmacro %}
+
+{#- The landed lines (source: a relation of line, line_bytes, source_file and the other landing columns) that are
+    JSON objects, as flat text fields: source_name, "type", task, log_name, computer_name, event_id_text,
+    record_number_text and the sysmon_event_data names; layout (the layout's name); _extra_fields (every other
+    event_data field, name -> text); and the landed columns (source_file, source_line, source_offset, _seq, ...).
+    Lines that are not JSON objects (or longer than max_line_bytes) are left out. -#}
+{% macro winlogbeat_fields(landed_lines) -%}
+{%- set first = winlogbeat_layouts[0] -%}
+{%- set others = {} -%}
+{%- for layout in winlogbeat_layouts[1:] %}{% set _ = others.update(layout.json) %}{% endfor -%}
+{#- Spellings that must not send a line to the slower parse although they equal a field name ignoring case:
+    every name as the layouts write it, and those a layout's lines carry besides (EVTX's System.Execution ProcessID). -#}
+{%- set spellings = (keys_of(first.json) ~ keys_of(others)).split(',') -%}
+{%- for layout in winlogbeat_layouts %}{% set _ = spellings.extend(layout.get('spellings', [])) %}{% endfor -%}
+{%- set event_data_paths = [] -%}
+{%- for layout in winlogbeat_layouts if layout.get('event_data') %}{% set _ = event_data_paths.append(layout.event_data.split('.')[1:]) %}{% endfor -%}
+{#- A JSON merge patch that deletes the names the STRUCT reads from an object (a name set to null is deleted). -#}
+{%- set declared_deleted %}{{ '{' }}{% for name in sysmon_event_data %}"{{ name }}": null{{ ', ' if not loop.last }}{% endfor %}{{ '}' }}{% endset -%}
+(
+WITH landed AS (
+    -- a landed file's line keeps its newline here: JSON allows the trailing whitespace, and no copy is made
+    -- text is NULL if not UTF-8; a byte order mark (an exported file's first line) is not part of the event
+    SELECT l.* REPLACE (CAST(l.source_file AS VARCHAR) AS source_file), ltrim(try(decode(CAST(l.line AS BLOB))), chr(65279)) AS text
+    FROM {{ landed_lines }} AS l
+    WHERE l.line_bytes <= {{ var('max_line_bytes') }}
+), cased AS (
+    -- Does a key spell a field name in another letter case? One regex scan, so exact-case lines parse once.
+    SELECT landed.*, {{ has_other_case_key('text', spellings) }} AS other_case
+    FROM landed
+), parsed AS MATERIALIZED (
+    -- The first layout ({{ first.comment }}):
+    -- most lines are parsed once, against its fields only; only lines it does not describe are parsed again.
+    -- MATERIALIZED keeps it once: inlined, DuckDB pushes `j6 IS NOT NULL` down and runs from_json twice.
+    SELECT cased.* EXCLUDE (line), {{ from_json_any_case('text', first.json, 'other_case') }} AS j6
+    FROM cased
+    WHERE starts_with(ltrim(text, E' \t\r'), '{')
+), reparsed AS (
+    SELECT parsed.*, CASE WHEN NOT ({{ first.when }}) THEN {{ from_json_any_case('text', others, 'other_case') }} END AS j
+    FROM parsed
+    WHERE j6 IS NOT NULL
+), layouts AS (
+    SELECT
+        reparsed.*,
+        CASE
+            {%- for layout in winlogbeat_layouts %}
+            -- {{ layout.comment }}
+            WHEN {{ layout.when }} THEN '{{ layout.name }}'
+            {%- endfor %}
+            ELSE 'unknown'
+        END AS layout
+    FROM reparsed
+), mapped AS (
+    -- Each recipe field as text, from the first layout that carries it (the README's mapping tables).
+    SELECT
+        layouts.*,
+        {%- for field in ["source_name", "type", "task", "log_name", "computer_name"] %}
+        {{ flat_field(field) }} AS "{{ field }}",
+        {%- endfor %}
+        {{ flat_field("event_id") }} AS event_id_text,
+        {{ flat_field("record_number") }} AS record_number_text,
+        {%- for field in sysmon_event_data %}
+        {{ flat_field(field) }} AS "{{ field }}"{{ ',' if not loop.last }}
+        {%- endfor %}
+    FROM layouts
+), extra_parts AS (
+    -- What _extra_fields is built from: the event_data objects a line holds, as JSON text, one parse. A line
+    -- that spells a key in another letter case finds them ignoring case, as the upper-cased parse does.
+    -- A line in exact case holding one event_data object (nearly every line):
+    -- that object less the STRUCT's names, as JSON (extra_json), and its keys. Any other line, or a key that
+    -- repeats (a MAP takes no duplicate): the entries one by one (extra_entries).
+    SELECT
+        with_objects.*,
+        CASE WHEN NOT other_case AND list_count(objects) = 1 AND starts_with(coalesce({% for _ in event_data_paths %}objects[{{ loop.index }}]{{ ', ' if not loop.last }}{% endfor %}), '{')
+             THEN json_merge_patch(coalesce({% for _ in event_data_paths %}objects[{{ loop.index }}]{{ ', ' if not loop.last }}{% endfor %}), '{{ declared_deleted }}') END AS extra_json,
+        json_keys(extra_json) AS extra_keys,
+        CASE WHEN extra_json IS NULL
+             THEN flatten(list_transform(objects, lambda o: CASE WHEN starts_with(o, '{') THEN list_zip(json_keys(o), json_extract_string(o, '$.*')) ELSE [] END))
+             WHEN list_unique(extra_keys) < len(extra_keys)
+             THEN list_zip(extra_keys, json_extract_string(extra_json, '$.*')) END AS extra_entries
+    FROM (
+        SELECT mapped.*,
+            CASE WHEN other_case
+                 THEN [{% for names in event_data_paths %}json_extract(text, {{ path_ignoring_case('text', names) }}){{ ', ' if not loop.last }}{% endfor %}]
+                 ELSE json_extract(text, [{% for names in event_data_paths %}'$.{{ names|join('.') }}'{{ ', ' if not loop.last }}{% endfor %}]) END AS objects
+        FROM mapped
+    ) AS with_objects
+), extra AS (
+    SELECT
+        extra_parts.*,
+        CASE WHEN extra_entries IS NULL THEN from_json(extra_json, '"MAP(VARCHAR, VARCHAR)"')
+             -- the first entry of a name wins (as from_json and the STRUCT take the first); the names the STRUCT
+             -- read are left out, ignoring case if it did
+             ELSE map_from_entries(list_filter(extra_entries, lambda e, i:
+                 NOT CASE WHEN other_case THEN upper(e[1]) IN ({% for name in sysmon_event_data %}'{{ name|upper }}'{{ ', ' if not loop.last }}{% endfor %})
+                          ELSE e[1] IN ({% for name in sysmon_event_data %}'{{ name }}'{{ ', ' if not loop.last }}{% endfor %}) END
+                 AND list_position(list_transform(extra_entries, lambda f: f[1]), e[1]) = i)) END AS extra_map
+    FROM extra_parts
+)
+SELECT
+    extra.*,
+    -- a layout's fields that have a Sysmon name the STRUCT does not declare go back under that name (an
+    -- event_data entry of the same name wins)
+    CASE
+        {%- for layout in winlogbeat_layouts if layout.get('extra_fields') %}
+        WHEN layout = '{{ layout.name }}' THEN map_concat(map_from_entries(list_filter([
+            {%- for name, value, event_ids in layout.extra_fields %}
+            {'key': '{{ name }}', 'value': {{ "CASE WHEN " ~ ksql_integer('event_id_text') ~ " IN (" ~ event_ids|join(', ') ~ ") THEN " ~ value ~ " END" if event_ids else value }}}{{ ',' if not loop.last }}
+            {%- endfor %}], lambda e: e.value IS NOT NULL)), extra_map)
+        {%- endfor %}
+        ELSE extra_map
+    END AS _extra_fields
+FROM extra
+)
+{%- endmacro %}

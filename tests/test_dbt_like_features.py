@@ -1,0 +1,123 @@
+"""dbt_like's project macros, in-step dedupe, side models' ref() and the as_of join, on a small generic project
+that knows nothing of Sysmon."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+
+from dbt_like import Project, ProjectError, open_batch
+
+T0 = datetime(2026, 1, 1)
+
+MODELS = {
+    "macros/shout.sql": """{#- An item in upper case, marked. -#}
+{% macro shout(text) -%}upper({{ text }}) || '{{ mark }}'{%- endmacro %}
+{% set mark = '!' %}
+""",
+    "events.sql": """-- Raw events; a redelivery repeats (host, number).
+{{ config(materialized='stream', dedupe_key='host, number') }}
+SELECT id AS _seq, host, number, kind, {{ shout('item') }} AS item FROM {{ source('feed') }}
+""",
+    "seen.sql": """-- Which ids the events step kept, written in its transaction.
+{{ config(materialized='stream', part_of='events') }}
+SELECT _seq FROM {{ ref('events') }}
+""",
+    "prices.sql": """-- Price changes.
+{{ config(materialized='stream') }}
+SELECT _seq, item, number AS price FROM {{ ref('events') }} WHERE kind = 'price'
+""",
+    "catalog.sql": """-- Latest price per item.
+{{ config(materialized='table', unique_key='item') }}
+SELECT _seq, item, price FROM {{ ref('prices') }}
+""",
+    "orders.sql": """-- Orders.
+{{ config(materialized='stream') }}
+SELECT _seq, item FROM {{ ref('events') }} WHERE kind = 'order'
+""",
+    "priced.sql": """-- Each order with the item's price: as it stood when the order arrived with var('as_of').
+{{ config(materialized='stream', as_of=({'catalog': ref('prices', full=True)} if var('as_of', false) else none)) }}
+SELECT o._seq, o.item, c.price FROM {{ ref('orders') }} AS o INNER JOIN {{ ref('catalog') }} AS c ON o.item = c.item
+""",
+}
+
+
+def make_project(tmp_path: Path, as_of: bool = False) -> Project:
+    models = tmp_path / "models"
+    for name, sql in MODELS.items():
+        (models / name).parent.mkdir(parents=True, exist_ok=True)
+        (models / name).write_text(sql)
+    return Project(models, {"as_of": as_of})
+
+
+def run(project: Project, con: duckdb.DuckDBPyConnection, rows: list[tuple], run_key: str) -> None:
+    batch = open_batch(con, run_key, T0)
+    frame = pd.DataFrame(rows, columns=["id", "host", "number", "kind", "item"])
+    project.run_step(con, "events", batch, source_chunks=[{"feed": frame}])
+    for name in ["prices", "catalog", "orders", "priced"]:
+        project.run_step(con, name, batch)
+
+
+def test_models_call_the_project_macros_and_see_their_values(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    assert "macros" not in project.models  # a macro file is not a model
+    con = duckdb.connect()
+    run(project, con, [(1, "a", 1, "order", "pen")], "b1")
+    assert con.sql("SELECT item FROM events").fetchall() == [("PEN!",)]
+
+
+def test_a_macro_may_not_call_ref_or_source(tmp_path: Path) -> None:
+    make_project(tmp_path)
+    (tmp_path / "models" / "macros" / "bad.sql").write_text("{% macro bad() %}{{ ref('events') }}{% endmacro %}")
+    with pytest.raises(ProjectError, match=r"bad\.sql: a macro cannot call ref"):
+        make_project(tmp_path)
+
+
+def test_dedupe_key_keeps_the_first_delivery_within_a_step_and_across_steps(tmp_path: Path) -> None:
+    project = make_project(tmp_path)
+    con = duckdb.connect()
+    # (a, 1) three times in one step: the first by _seq stays; a NULL key part never matches
+    run(
+        project,
+        con,
+        [
+            (3, "a", 1, "order", "x"),
+            (1, "a", 1, "order", "y"),
+            (2, "a", 1, "order", "z"),
+            (4, None, 2, "order", "p"),
+            (5, None, 2, "order", "q"),
+            (6, "b", 1, "order", "r"),
+        ],
+        "b1",
+    )
+    run(project, con, [(7, "a", 1, "order", "again"), (8, "b", 2, "order", "new")], "b2")
+    rows = con.sql("SELECT _seq, item FROM events ORDER BY _seq").fetchall()
+    assert rows == [(1, "Y!"), (4, "P!"), (5, "Q!"), (6, "R!"), (8, "NEW!")]
+    # the side model read, through ref(), the rows its step wrote into events
+    assert [r[0] for r in con.sql("SELECT _seq FROM seen ORDER BY _seq").fetchall()] == [1, 4, 5, 6, 8]
+
+
+@pytest.mark.parametrize(("as_of", "expected"), [(False, [(2, 20), (4, 20)]), (True, [(4, 10)])])
+def test_as_of_joins_each_row_to_the_table_as_it_stood_when_the_row_arrived(
+    tmp_path: Path, as_of: bool, expected: list[tuple]
+) -> None:
+    project = make_project(tmp_path, as_of)
+    assert set(project.models["priced"].refs) == {"orders", "catalog", "prices"}  # as_of names the stream
+    con = duckdb.connect()
+    # an order before any price, a price of 10, an order, then a price of 20 within the same step
+    run(
+        project,
+        con,
+        [
+            (2, "h", 1, "order", "pen"),
+            (3, "h", 10, "price", "pen"),
+            (4, "h", 2, "order", "pen"),
+            (5, "h", 20, "price", "pen"),
+        ],
+        "b1",
+    )
+    assert con.sql("SELECT _seq, price FROM priced ORDER BY _seq").fetchall() == expected
