@@ -1,4 +1,4 @@
--- Not a recipe step: Sigma detections. Every rule of SYSMON_SIGMA_RULES that converts (sysmon_assets/sigma.py)
+-- Not a recipe step: Sigma detections. Every rule of SYSMON_SIGMA_RULES that converts (sysmon_assets/hunting/sigma.py)
 -- runs over the batch's new process creates (logsource process_creation) and network connects
 -- (network_connection): one row per (rule, matching event). A connection also reads the fields Sysmon's event 3
 -- lacks (CommandLine, ParentImage, ...) from its process's row in sysmon_process_create_table as the table stands
@@ -8,7 +8,7 @@
 {#- Rendered for its columns only (execute false: lineage, the table's creation), the rules are left out: planning
     SigmaHQ's 1,234 conditions takes DuckDB about a second, and they do not change the columns. -#}
 {% set rules = sigma.rules if execute else [] %}
-{#- One text column per Sysmon field the rules of event_id read, named as Sigma names it (sysmon_assets/sigma.py,
+{#- One text column per Sysmon field the rules of event_id read, named as Sigma names it (sysmon_assets/hunting/sigma.py,
     EVENT_FIELDS). -#}
 {% macro field_columns(event_id) -%}
 {%- for name, lowered, source in sigma.columns[event_id] %}
