@@ -16,7 +16,7 @@ import pytest
 
 from dbt_like import ConcurrentWriterError
 from sysmon_assets import connect
-from sysmon_assets.lake import LakeError, last_complete_batch, open_lake
+from sysmon_assets.lake import INLINED_SCHEMAS, LakeError, last_complete_batch, open_lake
 from sysmon_assets.maintenance import maintain
 from sysmon_assets.pipeline import RECIPE_MODELS, SysmonPipeline, utc_now
 from sysmon_assets.sample import write_sample
@@ -218,6 +218,17 @@ def test_the_lakes_parquet_files_are_zstd_compressed(lake: Lake) -> None:
             for (codec,) in con.execute("SELECT DISTINCT compression FROM parquet_metadata(?)", [files]).fetchall()
         }
     assert codecs == {"ZSTD"}
+
+
+def test_the_bookkeeping_tables_are_inlined_in_the_catalog_not_written_as_files(lake: Lake, tmp_path: Path) -> None:
+    lines = sample_lines(tmp_path, 600)
+    list(in_batches(lake, lines, 6))
+    folders = {path.parent.relative_to(lake.data / "lake_files").parts[0] for path in lake.data.rglob("*.parquet")}
+    assert "main" in folders
+    assert not folders & set(INLINED_SCHEMAS), folders
+    with open_lake(lake.settings, read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM dbt_like.offsets").fetchone()[0] > 0
+        assert con.execute("SELECT count(*) FROM ingest.files").fetchone()[0] > 0
 
 
 def _snapshot_steps(lake: Lake) -> list[tuple[int, str]]:
