@@ -180,19 +180,6 @@ def table_exists(con: Connection, name: str) -> bool:
     )
 
 
-def relation_names(con: Connection) -> set[str]:
-    """The tables and views in the connection's default catalog and schema."""
-    return {
-        name
-        for (name,) in con.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE schema_name = current_schema() "
-            "AND database_name = current_database() UNION ALL "
-            "SELECT view_name FROM duckdb_views() WHERE schema_name = current_schema() "
-            "AND database_name = current_database()"
-        ).fetchall()
-    }
-
-
 def view_sql(con: Connection, name: str) -> str | None:
     """The definition DuckDB keeps for view ``name`` in the connection's default catalog and schema (None when
     there is no such view)."""
@@ -416,10 +403,13 @@ class Project:
 
     def _exists(self, con: Connection, name: str) -> bool:
         """Whether the model's table (or view) exists, remembered once true (models are never dropped while a
-        project runs). One query lists every table and view, not one query per model."""
+        project runs). Only the name asked for is remembered: a listing read inside a transaction would also
+        show the tables that transaction created, which a rollback takes back."""
         if name not in self._existing:
-            self._existing.update(relation_names(con))
-        return name in self._existing
+            if not (view_sql(con, name) is not None if self._is_view(name) else table_exists(con, name)):
+                return False
+            self._existing.add(name)
+        return True
 
     def _transaction(
         self,
