@@ -283,8 +283,9 @@ class Project:
         self._ensure_state(con)
         names = [name, *self.side_models(name)]
         results = [StepResult(model=model) for model in names]
+        checked = False
         if source_chunks is None:
-            self._transaction(con, names, batch, {}, results, before_commit)
+            checked = self._transaction(con, names, batch, {}, results, before_commit)
             if after_commit:
                 after_commit()
         else:
@@ -295,14 +296,19 @@ class Project:
                     after_commit()
                 for relation in relations.values():
                     con.unregister(relation)
-        con.begin()  # one read transaction: a lake reads its catalog once for all of them, not once per query
-        try:
-            for model, result in zip(names, results, strict=True):
-                result.tests = run_schema_tests(con, self.models[model], batch.batch_id)
-                result.table_rows = scalar(con, f"SELECT count(*) FROM {model}")
-        finally:
-            con.rollback()
+        if not checked:
+            con.begin()  # one read transaction: a lake reads its catalog once for all of them, not once per query
+            try:
+                self._check(con, names, batch, results)
+            finally:
+                con.rollback()
         return results
+
+    def _check(self, con: Connection, names: list[str], batch: Batch, results: list[StepResult]) -> None:
+        """The models' schema tests and row counts, as the open transaction sees them."""
+        for model, result in zip(names, results, strict=True):
+            result.tests = run_schema_tests(con, self.models[model], batch.batch_id)
+            result.table_rows = scalar(con, f"SELECT count(*) FROM {model}")
 
     def open_batch(self, con: Connection, run_key: str, started_at: datetime) -> Batch:
         """:func:`open_batch`, remembered (every step of a run asks for its batch), in a guarded transaction:
@@ -401,7 +407,8 @@ class Project:
 
     def _exists(self, con: Connection, name: str) -> bool:
         """Whether the model's table (or view) exists, remembered once true (models are never dropped while a
-        project runs)."""
+        project runs). Only the name asked for is remembered: a listing read inside a transaction would also
+        show the tables that transaction created, which a rollback takes back."""
         if name not in self._existing:
             if not (view_sql(con, name) is not None if self._is_view(name) else table_exists(con, name)):
                 return False
@@ -416,7 +423,9 @@ class Project:
         relations: dict[str, str],
         results: list[StepResult],
         before_commit: Callable[[Connection], None] | None,
-    ) -> None:
+    ) -> bool:
+        """Run the step's transaction; True when the step had nothing to do, and its tests and row counts were
+        then read in that transaction (an idle batch's steps open one transaction each, not two)."""
         for model in names:
             if model not in self._columns_checked and not self._is_view(model) and self._exists(con, model):
                 self._add_new_columns(con, model, self._schema_probe(model, batch, relations))
@@ -430,6 +439,7 @@ class Project:
             for model, result in zip(names, results, strict=True):
                 self._prepare(con, model, batch, result)
             if may_idle and all(self._idle(con, r, batch, relations) for r in results):
+                self._check(con, names, batch, results)
                 raise _NothingNew
             for model, result in zip(names, results, strict=True):
                 self._write(con, model, batch, relations, result)
@@ -440,8 +450,11 @@ class Project:
                 self.commit_note(con, names[0], batch)
             return None, batch.batch_id
 
-        with contextlib.suppress(_NothingNew):
+        try:
             self._guarded(con, f"step {names[0]} of batch {batch.batch_id}", batch.batch_id, names, write_models)
+        except _NothingNew:
+            return True
+        return False
 
     def _idle(self, con: Connection, result: StepResult, batch: Batch, relations: dict[str, str]) -> bool:
         """Whether the prepared step of ``result.model`` has nothing to write: a view whose stored query is the

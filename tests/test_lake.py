@@ -18,7 +18,7 @@ from dbt_like import ConcurrentWriterError
 from sysmon_assets import connect
 from sysmon_assets.micro_batch.steps import SysmonPipeline, utc_now
 from sysmon_assets.sample.generator import write_sample
-from sysmon_assets.storage.lake import LakeError, last_complete_batch, open_lake
+from sysmon_assets.storage.lake import INLINED_SCHEMAS, LakeError, last_complete_batch, open_lake
 from sysmon_assets.storage.maintenance import maintain
 from tests.conftest import T0, Lake, network_connect, process_create, snapshot
 from tests.lake_servers import Postgres
@@ -219,6 +219,37 @@ def test_the_lakes_parquet_files_are_zstd_compressed(lake: Lake) -> None:
             for (codec,) in con.execute("SELECT DISTINCT compression FROM parquet_metadata(?)", [files]).fetchall()
         }
     assert codecs == {"ZSTD"}
+
+
+def _data_folders(lake: Lake) -> set[str]:
+    """The schemas that have Parquet files in the lake's data folder."""
+    return {path.parent.relative_to(lake.data / "lake_files").parts[0] for path in lake.data.rglob("*.parquet")}
+
+
+def test_the_bookkeeping_tables_are_inlined_in_the_catalog_until_maintenance(lake: Lake, tmp_path: Path) -> None:
+    lines = sample_lines(tmp_path, 600)
+    list(in_batches(lake, lines, 6))
+    assert "main" in _data_folders(lake)
+    assert not _data_folders(lake) & set(INLINED_SCHEMAS)
+    before = snapshot(lake.settings)
+    with open_lake(lake.settings, read_only=True) as con:
+        bookkeeping = [
+            con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in ("dbt_like.offsets", "ingest.files")
+        ]
+    assert all(bookkeeping)
+    with open_lake(lake.settings) as con:
+        maintain(con, utc_now(), snapshot_retention_days=7, event_retention_days=None)
+    # maintenance moves the inlined rows to Parquet (the catalog's inlined tables stay small); nothing changes
+    assert _data_folders(lake) >= set(INLINED_SCHEMAS)
+    assert snapshot(lake.settings) == before
+    with open_lake(lake.settings, read_only=True) as con:
+        assert [
+            con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in ("dbt_like.offsets", "ingest.files")
+        ] == bookkeeping
+    # and the batches after it go on from the flushed offsets
+    lake.land([process_create("{LATE}"), network_connect("{LATE}")])
+    lake.batch()
+    assert lake.count("sysmon_join") == len(before["sysmon_join"]) + 1
 
 
 def _snapshot_steps(lake: Lake) -> list[tuple[int, str]]:

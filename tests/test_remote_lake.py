@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from sysmon_assets.sample.generator import write_sample
+from sysmon_assets.storage.lake import INLINED_SCHEMAS
 from tests.conftest import CLI_BATCH, Lake, snapshot
 from tests.lake_servers import S3, Postgres
 
@@ -62,6 +63,8 @@ def test_postgres_catalog_and_s3_files_give_the_embedded_lakes_tables(
     keys = s3.keys(bucket)
     assert keys and all(key.startswith("lake/") for key in keys)
     assert any(key.endswith(".parquet") for key in keys)
+    # the bookkeeping schemas' rows are inlined in the PostgreSQL catalog, as in the embedded one
+    assert not [key for key in keys if key.split("/")[1] in INLINED_SCHEMAS]
     assert not any(remote.data.rglob("*.parquet")), "a remote lake keeps no data files locally"
     assert not (remote.data / "lake.sqlite").exists()
 

@@ -87,6 +87,33 @@ def test_a_step_with_nothing_new_changes_nothing(project: Project) -> None:
     assert before == {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in TABLES}
 
 
+class CountingConnection:
+    """A connection that counts the transactions opened on it."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._con, self.begins = con, 0
+
+    def begin(self) -> duckdb.DuckDBPyConnection:
+        self.begins += 1
+        return self._con.begin()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._con, name)
+
+
+def test_an_idle_step_reads_its_row_count_in_its_one_transaction(project: Project) -> None:
+    con = duckdb.connect()
+    run_all(project, con, [(1, "order", "a"), (2, "price", "a")], "r1")
+    counting = CountingConnection(con)
+    idle = project.run_step(counting, "orders", open_batch(con, "r2", T0))[0]
+    assert (counting.begins, idle.rows_written, idle.table_rows) == (1, 0, 1)
+    # a step that writes commits, then reads its tests and row count in a second transaction
+    project.run_step(con, "events", open_batch(con, "r3", T0), source_chunks=[feed((3, "order", "b"))])
+    counting = CountingConnection(con)
+    busy = project.run_step(counting, "orders", open_batch(con, "r3", T0))[0]
+    assert (counting.begins, busy.rows_written, busy.table_rows) == (2, 1, 2)
+
+
 def test_table_upsert_keeps_the_latest_row_per_key(project: Project) -> None:
     con = duckdb.connect()
     run_all(project, con, [(1, "price", "a"), (2, "price", "b")], "r1")

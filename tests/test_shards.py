@@ -20,6 +20,7 @@ from sysmon_assets.micro_batch.shards import file_shard
 from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.settings import Settings
 from sysmon_assets.sources.landing_folder import file_key
+from sysmon_assets.storage.lake import INLINED_SCHEMAS, open_lake
 from tests.conftest import CLI_BATCH, T0, Lake, land, network_connect, process_create, snapshot
 from tests.lake_servers import Postgres
 from tests.recipe import shared_path
@@ -198,6 +199,18 @@ def file_of_shard(lake: Lake, shard: int, shards: int) -> Path:
         if file_shard(file_key(path), shards) == shard:
             return path
     raise AssertionError("no file of the shard in 100 tries")
+
+
+def test_shards_keep_the_bookkeeping_in_parquet_files_not_inlined(lake: Lake) -> None:
+    """Inlined rows would make every two shards' commits conflict (each deletes its own old bookkeeping rows)."""
+    land(file_of_shard(lake, 0, SHARDS), [process_create("{A}"), network_connect("{A}")])
+    shard_pipelines(lake)[0].run_batch(batch_time=T0)
+    with open_lake(lake.settings, read_only=True) as con:
+        limits = con.execute(
+            "SELECT scope_entry, value FROM ducklake_options('lake') WHERE option_name = 'data_inlining_row_limit'"
+        ).fetchall()
+    assert all(value == "0" for _, value in limits), limits  # DuckLake 0.3 inlines nothing unless asked
+    assert {path.parts[-3] for path in lake.data.rglob("*.parquet")} >= set(INLINED_SCHEMAS)
 
 
 def test_one_shard_never_runs_twice_at_once(lake: Lake) -> None:

@@ -1,5 +1,6 @@
-"""Lake upkeep: merge the small files batches leave, expire old snapshots, delete unreferenced files, and
-optionally drop old events. Run by the ``lake_maintenance`` job (``jobs.py``) on its schedule."""
+"""Lake upkeep: move the bookkeeping rows inlined in the catalog to Parquet, merge the small files batches leave,
+expire old snapshots, delete unreferenced files, and optionally drop old events. Run by the ``lake_maintenance``
+job (``jobs.py``) on its schedule."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import duckdb
 
 from dbt_like import table_exists
 from dbt_like.sql import scalar
-from sysmon_assets.storage.lake import LAKE
+from sysmon_assets.storage.lake import INLINED_SCHEMAS, LAKE
 
 # Stream tables whose old rows a retention drops, by the time their batch started. The keyed process table
 # is left whole: a long-lived process still opens connections long after its create arrived.
@@ -69,6 +70,9 @@ def maintain(
     upkeep = Upkeep(files_before=data_files(con))
     if event_retention_days:
         upkeep.rows_dropped = drop_old_events(con, now - timedelta(days=event_retention_days))
+    # the bookkeeping rows inlined since the last run (old versions included) go to one Parquet file per table
+    for schema in INLINED_SCHEMAS:
+        con.execute(f"CALL ducklake_flush_inlined_data('{LAKE}', schema_name => ?)", [schema])
     con.execute(f"CALL ducklake_rewrite_data_files('{LAKE}')")
     con.execute(f"CALL ducklake_merge_adjacent_files('{LAKE}')")
     con.execute(
