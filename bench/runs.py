@@ -51,7 +51,8 @@ sys.path.insert(0, str(ROOT))
 
 from dbt_like import Project  # noqa: E402
 from dbt_like.compiler import StepContext, render_step  # noqa: E402
-from sysmon_assets import connect, sigma  # noqa: E402
+from sysmon_assets import connect  # noqa: E402
+from sysmon_assets.hunting import sigma  # noqa: E402
 from sysmon_assets.micro_batch.recipe_project import SQL_DIR  # noqa: E402
 from sysmon_assets.micro_batch.steps import SysmonPipeline, utc_now  # noqa: E402
 from sysmon_assets.settings import Settings  # noqa: E402
