@@ -1,6 +1,11 @@
-"""The benchmark's Dagster floor: the project's asset graph with nothing done, as the benchmark runs it."""
+"""The benchmark: its Dagster floor (the project's asset graph with nothing done, as the benchmark runs it), and a
+small run of one of its modes end to end, so that a change to the project cannot leave the benchmark unable to run."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 from dagster import materialize
 
@@ -31,3 +36,10 @@ def test_the_floor_graph_materializes_every_asset_and_passes_every_check() -> No
 def test_an_empty_graph_is_one_asset_doing_nothing() -> None:
     result = materialize(list(floor_definitions({}).assets or []))
     assert [event.asset_key.to_user_string() for event in result.get_asset_materialization_events()] == ["no_op"]
+
+
+def test_the_benchmark_runs_a_mode_end_to_end(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "bench/benchmark.py", "--small-files", "3", "--repeat", "1", "--workdir", str(tmp_path)]
+    printed = subprocess.run(command, cwd=root, capture_output=True, text=True, check=True)
+    assert "SMALL FILES: 3 files" in printed.stdout
