@@ -57,7 +57,7 @@ sample: $(BIN)/.installed
 
 ## screenshot: refresh docs/asset-graph.png (the browser test, writing the README's copy instead of a temporary one)
 screenshot: $(BIN)/.installed
-	SYSMON_UPDATE_SCREENSHOT=1 $(BIN)/pytest -q tests/test_webserver.py -k browser
+	SYSMON_UPDATE_SCREENSHOT=1 $(BIN)/pytest -q tests/dagster_layer/test_webserver.py -k browser
 
 clean:
 	rm -rf data .dagster

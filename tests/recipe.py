@@ -1,5 +1,5 @@
 """The KSQL recipe's column lists, kept here as data (names are facts) so every user runs the tests that compare
-our tables with them; tests/test_recipe.py checks these lists against the recipe text itself when
+our tables with them; tests/sql/test_recipe.py checks these lists against the recipe text itself when
 ``../shared/`` is there. The recipe text, its sample output and the third-party data sets are not in the
 repository: tests that read them skip without ``../shared/`` (and fail in CI, which always has it)."""
 

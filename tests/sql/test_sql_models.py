@@ -8,8 +8,8 @@ from datetime import datetime
 import pytest
 
 from tests.conftest import Lake, network_connect, process_create, sysmon_event
+from tests.dbt_like.test_runner import ScanCounter
 from tests.recipe import RECIPE_MODELS, recipe_columns, recipe_event_data_fields
-from tests.test_runner import ScanCounter
 
 DUCKDB_TYPE = {"VARCHAR": "VARCHAR", "INTEGER": "INTEGER"}
 RECIPE_TYPES = {

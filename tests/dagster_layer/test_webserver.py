@@ -19,13 +19,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 from sysmon_assets.dagster_layer.jobs import ONE_WRITER_TAG
+from tests.dagster_layer.test_definitions import HUNTING_EDGES, RECIPE_EDGES
 from tests.recipe import HUNTING_MODELS, RECIPE_MODELS
-from tests.test_definitions import HUNTING_EDGES, RECIPE_EDGES
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # The README's screenshot; refreshed only on request (make screenshot), so running the tests leaves the tree clean.
 SCREENSHOT = ROOT / "docs" / "asset-graph.png"
 UPDATE_SCREENSHOT = "SYSMON_UPDATE_SCREENSHOT"

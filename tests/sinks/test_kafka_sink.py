@@ -230,7 +230,7 @@ def test_the_cli_batch_reads_kafka_and_publishes_the_join_topic(tmp_path: Path, 
         "SYSMON_LANDING_DIR": str(tmp_path / "unused"),
         "SYSMON_DATA_DIR": str(tmp_path / "k"),
     }
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     done = subprocess.run(CLI_BATCH, cwd=root, env=env, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "sysmon_join_topic" in done.stderr

@@ -23,5 +23,5 @@ def test_the_kept_event_data_fields_are_the_recipe_texts() -> None:
 
 
 def test_the_recipe_reads_the_sinks_n_prefixed_name() -> None:
-    """tests/test_kafka_sink.py derives SYSMON_JOIN's KSQL names; the recipe's own sample query reads one."""
+    """tests/sinks/test_kafka_sink.py derives SYSMON_JOIN's KSQL names; the recipe's own sample query reads one."""
     assert "N_USER_ACCOUNT" in recipe_text()

@@ -28,7 +28,7 @@ from sysmon_assets.storage.lake import LakeError
 from tests.conftest import Lake, lake_rows_in_another_process, network_connect, process_create
 from tests.recipe import shared_path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_growing_file_is_read_from_where_the_last_batch_stopped(lake: Lake) -> None:

@@ -15,16 +15,16 @@ from sysmon_assets.micro_batch.shards import file_shard
 from sysmon_assets.sources.landing_folder import file_key
 from sysmon_assets.storage.lake import connect, open_lake
 from tests.conftest import T0, Lake, land, network_connect, process_create, snapshot
+from tests.micro_batch.test_shards import SHARDS, assert_shards_match_one_pipeline, shard_pipelines
 from tests.recipe import HUNTING_MODELS, shared_path
-from tests.test_real_data import extract_ndjson
-from tests.test_shards import SHARDS, assert_shards_match_one_pipeline, shard_pipelines
+from tests.sql.test_real_data import extract_ndjson
 
 EXPLORER = r"C:\Windows\explorer.exe"
 CMD = r"C:\Windows\System32\cmd.exe"
 POWERSHELL = r"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe"
 WHOAMI = r"C:\Windows\System32\whoami.exe"
 ZERO_GUID = "{00000000-0000-0000-0000-000000000000}"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def create(guid: str, parent: str | None, image: str, command_line: str | None = None) -> dict[str, Any]:

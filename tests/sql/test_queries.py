@@ -14,7 +14,7 @@ from sysmon_assets import connect
 from tests.conftest import Lake, network_connect, process_create
 from tests.recipe import recipe_sample_output
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 QUERIES = sorted((ROOT / "sql" / "queries").glob("*.sql"))
 
 

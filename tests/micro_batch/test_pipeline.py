@@ -21,7 +21,7 @@ from sysmon_assets.sample.generator import write_sample
 from sysmon_assets.settings import Settings
 from tests.conftest import CLI_BATCH, snapshot
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sample_bytes(tmp_path: Path, events: int) -> bytes:

@@ -9,7 +9,7 @@ from pathlib import Path
 from sysmon_assets.sample.generator import FleetSimulator, write_sample
 from tests.conftest import Lake
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_same_seed_same_bytes(tmp_path: Path) -> None:

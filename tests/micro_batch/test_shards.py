@@ -24,9 +24,9 @@ from sysmon_assets.storage.lake import INLINED_SCHEMAS, open_lake
 from tests.conftest import CLI_BATCH, T0, Lake, land, network_connect, process_create, snapshot
 from tests.lake_servers import Postgres
 from tests.recipe import shared_path
-from tests.test_real_data import OTRF_TARBALLS, extract_ndjson
+from tests.sql.test_real_data import OTRF_TARBALLS, extract_ndjson
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARDS = 3
 
 

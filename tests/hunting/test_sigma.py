@@ -532,7 +532,7 @@ def test_dagster_warns_of_severe_hits_and_of_rules_that_cannot_run(tmp_path: Pat
 
 
 def test_the_docs_field_mapping_table_is_the_codes() -> None:
-    docs = (Path(__file__).resolve().parents[1] / "docs" / "hunting.md").read_text(encoding="utf-8")
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "hunting.md").read_text(encoding="utf-8")
     assert sigma.mapping_table() in docs, "paste sysmon_assets.hunting.sigma.mapping_table() into docs/hunting.md"
 
 

@@ -21,7 +21,7 @@ from sysmon_assets.storage.lake import open_lake
 from tests.conftest import T0, lake_rows, network_connect, process_create, snapshot
 from tests.kafka_broker import Broker
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def kafka_settings(root: Path, broker: Broker, topic: str, **overrides) -> Settings:

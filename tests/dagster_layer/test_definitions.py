@@ -23,7 +23,7 @@ from sysmon_assets.settings import Settings
 from tests.conftest import CLI_BATCH, Lake, lake_rows, network_connect, process_create
 from tests.recipe import HUNTING_MODELS, RECIPE_MODELS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE_EDGES = {
     "winlogbeat_stream": set(),
     "winlogbeat_stream_rekey": {"winlogbeat_stream"},
