@@ -40,6 +40,9 @@ INLINING_OPTION = "data_inlining_row_limit"
 INLINED_ROWS = 1000
 LOG = logging.getLogger(__name__)
 RACE_ATTEMPTS = 10
+# Writers opening a new PostgreSQL catalog at once: the slower finds a table another created ("relation ... already
+# exists"), or PostgreSQL refuses its update of a row another changed ("could not serialize access ...").
+CATALOG_RACES = ("already exists", "could not serialize access")
 CATALOG_EXTENSIONS = {"sqlite:": "sqlite", "postgres:": "postgres"}
 
 
@@ -138,7 +141,8 @@ def _retry_races(action: Callable[[], object]) -> None:
             action()
             return
         except duckdb.Error as error:
-            if not lost_race(error) or attempt == RACE_ATTEMPTS:
+            raced = lost_race(error) or any(sign in str(error) for sign in CATALOG_RACES)
+            if not raced or attempt == RACE_ATTEMPTS:
                 raise
             pause_before_retry(attempt)
 

@@ -7,12 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from sysmon_assets.sample.generator import write_sample
-from sysmon_assets.storage.lake import INLINED_SCHEMAS
+from sysmon_assets.settings import Settings
+from sysmon_assets.storage.lake import INLINED_SCHEMAS, LakeError, open_lake
 from tests.conftest import CLI_BATCH, Lake, snapshot
 from tests.lake_servers import S3, Postgres
 
@@ -72,3 +74,33 @@ def test_postgres_catalog_and_s3_files_give_the_embedded_lakes_tables(
     sql = "SELECT count(*), count(DISTINCT process_guid), max(_batch_id) FROM sysmon_join"
     printed = subprocess.run([*QUERY, sql], env=lake_environ(remote, s3), check=True, capture_output=True, text=True)
     assert json.loads(printed.stdout) == [list(row) for row in embedded.rows(sql)]
+
+
+def open_at_once(settings: Settings, writers: int) -> list[LakeError]:
+    """``writers`` threads (each its own DuckDB instance) opening the lake at the same moment: their errors."""
+    start = threading.Barrier(writers)
+    errors: list[LakeError] = []
+
+    def open_it() -> None:
+        start.wait()
+        try:
+            with open_lake(settings) as con:
+                con.execute("SELECT count(*) FROM ducklake_snapshots('lake')").fetchall()
+        except LakeError as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=open_it) for _ in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def test_writers_opening_a_new_postgres_catalog_at_once_all_open_it(tmp_path: Path, postgres: Postgres) -> None:
+    """Shards started together all create the new catalog's tables and set its options: the slower ones find a
+    table already there or an option row another just changed, and open the lake again."""
+    for attempt in range(8):
+        catalog = postgres.new_catalog()
+        settings = Settings(landing_dir=tmp_path, data_dir=tmp_path / f"data-{attempt}", lake_catalog=catalog)
+        assert open_at_once(settings, writers=3) == []
