@@ -70,6 +70,12 @@ CREATE TABLE IF NOT EXISTS {SHARDS_TABLE} (shard_count INTEGER);
 """
 # A conflict with another shard (or with maintenance) is retried this many times, with a growing random pause.
 MAX_ATTEMPTS = 10
+# Shards take turns on creating relations: a step that creates a table or view replaces this guard row too. A
+# DuckLake 1.4 commit that came second and is retried by DuckLake itself can commit a table another writer has
+# just created a second time, or give its own new table an id another writer's new table took; the rows written
+# to it are then lost without an error. Two transactions that both change the catalog now conflict on this row,
+# and the loser runs again from the start, when it sees the other's table.
+CATALOG_GUARD = "catalog"
 RACE_SIGNS = ("database is locked", "duplicate key value violates unique constraint")
 SINGLE = Shard()
 
@@ -235,6 +241,7 @@ class Project:
         self._existing: set[str] = set()
         self._batches: dict[str, Batch] = {}
         self._state_ready = False
+        self._created_relation = False  # or altered, by the transaction running now
 
     def stream_inputs(self, name: str) -> list[str]:
         """Upstream stream models whose delta ``name`` consumes (a view reads them whole: none; a side model
@@ -328,7 +335,8 @@ class Project:
     def _ensure_state(self, con: Connection) -> None:
         if self._state_ready:
             return
-        guards = [f"model:{name}" for name in self.serialized_models()] if self.shard.count > 1 else []
+        guards = [f"model:{name}" for name in self.serialized_models()] + [CATALOG_GUARD]
+        guards = guards if self.shard.count > 1 else []
 
         def create_state() -> tuple[None, None]:
             ensure_state(con, self.shard, guards)
@@ -366,6 +374,7 @@ class Project:
         serialized = set(self.serialized_models()) if self.shard.count > 1 else set()
         for attempt in range(1, MAX_ATTEMPTS + 1):
             seen: list[tuple] | None = None
+            self._created_relation = False
             con.begin()
             try:
                 seen = self._guard_rows(con) if claim else []
@@ -377,7 +386,10 @@ class Project:
                     )
                 value, written_for = work()
                 if claim:
-                    self._claim(con, written_for, [f"model:{m}" for m in models if m in serialized], models)
+                    guards = [f"model:{m}" for m in models if m in serialized]
+                    if self._created_relation and self.shard.count > 1:
+                        guards.append(CATALOG_GUARD)
+                    self._claim(con, written_for, guards, models)
                 con.commit()
                 return value
             except duckdb.Error as error:
@@ -428,7 +440,7 @@ class Project:
         then read in that transaction (an idle batch's steps open one transaction each, not two)."""
         for model in names:
             if model not in self._columns_checked and not self._is_view(model) and self._exists(con, model):
-                self._add_new_columns(con, model, self._schema_probe(model, batch, relations))
+                self._add_new_columns(con, model, self._schema_probe(model, batch, relations), batch.batch_id)
             self._columns_checked.add(model)
         started = copy.deepcopy(results)
         # The last step always commits: its snapshot is the one that marks the batch whole for readers.
@@ -488,10 +500,10 @@ class Project:
         )
         return f"({render_step(self.models[name], self.configs, self.variables, step).strip().rstrip(';')})"
 
-    @staticmethod
-    def _add_new_columns(con: Connection, name: str, query: str) -> None:
+    def _add_new_columns(self, con: Connection, name: str, query: str, batch_id: int) -> None:
         """dbt's ``on_schema_change='append_new_columns'``: columns the model gained (a newer version of
-        its SQL) are added to the table, NULL in the rows written before."""
+        its SQL) are added to the table, NULL in the rows written before (a change of the catalog: shards take
+        turns on it)."""
         existing = {column for column, _ in table_columns(con, name)}
         relation = con.sql(f"SELECT * FROM {query} WHERE false")
         added = [
@@ -499,8 +511,18 @@ class Project:
             for column, kind in zip(relation.columns, relation.types, strict=True)
             if column not in existing
         ]
-        for column, kind in added:
-            con.execute(f'ALTER TABLE {name} ADD COLUMN "{column}" {kind}')
+        if not added:
+            return
+
+        def alter() -> tuple[None, int]:
+            present = {column for column, _ in table_columns(con, name)}  # another shard may have added them
+            for column, kind in added:
+                if column not in present:
+                    con.execute(f'ALTER TABLE {name} ADD COLUMN "{column}" {kind}')
+                    self._created_relation = True
+            return None, batch_id
+
+        self._guarded(con, f"adding the new columns of {name}", batch_id, [], alter)
 
     @staticmethod
     def _append(con: Connection, name: str, query: str, config: dict[str, Any], batch: Batch) -> int:
@@ -621,10 +643,12 @@ class Project:
             query = self._compile(name, batch, relations, result)
             if self._view_outdated(con, name, query):
                 con.execute(f"CREATE OR REPLACE VIEW {name} AS {query}")
+                self._created_relation = True
             return
         if not self._exists(con, name):
             first = self._compile(name, batch, relations, result, is_incremental=False, execute=False)
             con.execute(f"CREATE TABLE {name} AS SELECT *, CAST(NULL AS BIGINT) AS _batch_id FROM {first} WHERE false")
+            self._created_relation = True
         query = self._compile(name, batch, relations, result)
         if config["materialized"] == "table":
             result.rows_written += self._upsert(con, name, query, config, batch)
