@@ -104,6 +104,9 @@ class StepResult:
     pending: int | None = None
     pending_floor: int | None = None
     expired: int | None = None
+    # a retried step's table inputs: the newest batch that wrote each, at its last step and now (one writer only)
+    tables_before: dict[str, int] = field(default_factory=dict)
+    tables_after: dict[str, int] = field(default_factory=dict)
     table_rows: int = 0
     tests: list[TestResult] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
@@ -114,10 +117,13 @@ class _NothingNew(Exception):
 
 
 def _idle(result: StepResult) -> bool:
-    """Whether a prepared step has nothing to do: no stream input gained a batch, and nothing waits for a
-    retry. A model without stream inputs (it reads whole tables) is never idle."""
+    """Whether a prepared step has nothing to do: no stream input gained a batch, no waiting row left the retry
+    (its deletion must commit), and nothing waits or what waits can match nothing new (no table it reads was
+    written since its last step). A model without stream inputs (it reads whole tables) is never idle."""
     moved = any(result.offsets_after[name] != result.offsets_before[name] for name in result.offsets_after)
-    return bool(result.offsets_after) and not moved and result.pending_floor is None
+    unchanged_tables = bool(result.tables_after) and result.tables_after == result.tables_before
+    retry_idle = not result.expired and (result.pending_floor is None or unchanged_tables)
+    return bool(result.offsets_after) and not moved and retry_idle
 
 
 def lost_race(error: duckdb.Error) -> bool:
@@ -252,6 +258,22 @@ class Project:
         return [
             ref for ref in self.models[name].refs if self.configs[ref]["materialized"] == "stream" and ref != part_of
         ]
+
+    def retry_marked_tables(self, name: str) -> list[str]:
+        """The tables a retried model reads whole, when they tell whether its waiting rows could match anything new:
+        with one writer a table's newest ``_batch_id`` grows with every write, so an unchanged one means an
+        unchanged table. Empty (always retry) with shards, whose batch ids interleave, or when the model reads
+        anything else whole (a view)."""
+        config = self.configs[name]
+        if not config.get("retry_unmatched") or self.shard.count > 1:
+            return []
+        whole = [
+            ref
+            for ref in self.models[name].refs
+            if ref not in self.stream_inputs(name) and ref != config.get("part_of")
+        ]
+        tables = [ref for ref in whole if self.configs[ref]["materialized"] == "table"]
+        return tables if tables == whole else []
 
     def side_models(self, name: str) -> list[str]:
         """Models declared ``part_of=name``: written in the same transaction as ``name``."""
@@ -592,12 +614,7 @@ class Project:
             if upstream != self.configs[name].get("part_of") and not self._exists(con, upstream):
                 raise ProjectError(f"model {name} reads {upstream}, which has not been materialized yet")
         for upstream in self.stream_inputs(name):
-            row = first_row(
-                con,
-                f"SELECT batch_id FROM {STATE_SCHEMA}.offsets WHERE model = ? AND input = ? AND shard = ?",
-                [name, upstream, self.shard.index],
-            )
-            result.offsets_before[upstream] = row[0] if row else 0
+            result.offsets_before[upstream] = self._stored_offset(con, name, upstream)
             result.offsets_after[upstream] = scalar(
                 con, f"SELECT coalesce(max(_batch_id), 0) FROM {upstream} WHERE {self.shard.owns()}"
             )
@@ -613,6 +630,17 @@ class Project:
             result.pending_floor = scalar(
                 con, f"SELECT min(seq) FROM {PENDING_TABLE} WHERE model = ? AND shard = ?", [name, self.shard.index]
             )
+            for table in self.retry_marked_tables(name):
+                result.tables_before[table] = self._stored_offset(con, name, table)
+                result.tables_after[table] = scalar(con, f"SELECT coalesce(max(_batch_id), 0) FROM {table}")
+
+    def _stored_offset(self, con: Connection, name: str, upstream: str) -> int:
+        row = first_row(
+            con,
+            f"SELECT batch_id FROM {STATE_SCHEMA}.offsets WHERE model = ? AND input = ? AND shard = ?",
+            [name, upstream, self.shard.index],
+        )
+        return row[0] if row else 0
 
     def _compile(
         self,
@@ -662,7 +690,7 @@ class Project:
 
     def _finish(self, con: Connection, name: str, batch: Batch, result: StepResult) -> None:
         shard = self.shard.index
-        for upstream, upper in result.offsets_after.items():
+        for upstream, upper in {**result.offsets_after, **result.tables_after}.items():
             con.execute(
                 f"DELETE FROM {STATE_SCHEMA}.offsets WHERE model = ? AND input = ? AND shard = ?",
                 [name, upstream, shard],

@@ -134,6 +134,40 @@ def test_unmatched_rows_are_retried_until_the_grace_period_ends(project: Project
     assert (third["priced"].rows_written, third["priced"].expired, third["priced"].pending) == (0, 1, 0)
 
 
+def test_waiting_rows_keep_a_step_busy_only_when_they_could_match_something_new(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    for name, sql in {
+        **MODELS,
+        "report.sql": "{{ config(materialized='view') }} SELECT * FROM {{ ref('priced') }}",
+    }.items():
+        (models / name).write_text(sql)
+    project = Project(models)  # priced is not the last step (the last always commits: it marks the batch whole)
+    con = duckdb.connect()
+
+    def batch(rows: list, run_key: str, minutes: int) -> tuple[int, object]:
+        """Every step but ``priced``, then ``priced`` on a connection counting its transactions."""
+        at = open_batch(con, run_key, T0 + timedelta(minutes=minutes))
+        project.run_step(con, "events", at, source_chunks=[feed(*rows)])
+        for name in ["orders", "catalog"]:
+            project.run_step(con, name, at)
+        counting = CountingConnection(con)
+        result = project.run_step(counting, "priced", at)[0]
+        return counting.begins, result
+
+    assert batch([(1, "order", "x")], "r1", 0)[1].pending == 1
+    begins, idle = batch([], "r2", 1)  # nothing new: the waiting order cannot match anything new
+    assert (begins, idle.rows_written, idle.expired) == (1, 0, 0)
+    begins, busy = batch([(2, "price", "y")], "r3", 2)  # the catalog changed (not for x): x is tried again
+    assert (begins, busy.rows_written, busy.pending) == (2, 0, 1)
+    begins, matched = batch([(3, "price", "x"), (4, "order", "z")], "r4", 3)
+    assert (begins, matched.rows_written, matched.pending) == (2, 1, 1)
+    assert batch([], "r5", 4)[0] == 1
+    begins, expired = batch([], "r6", 14)  # z's grace period (10 minutes) has passed: it leaves the retry
+    assert (begins, expired.expired, expired.pending) == (2, 1, 0)
+    assert con.execute("SELECT item FROM priced").fetchall() == [("x",)]
+
+
 def test_a_failure_inside_the_step_rolls_back_rows_and_offsets(project: Project) -> None:
     con = duckdb.connect()
     run_all(project, con, [(1, "order", "a")], "r1")
