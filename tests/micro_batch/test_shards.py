@@ -142,8 +142,10 @@ def test_three_shards_on_a_postgres_catalog(
     assert snapshot(sharded.settings) == snapshot(one.settings)
 
 
-def _two_shards_with_the_same_event(lake: Lake) -> list[SysmonPipeline]:
-    """Landing files of shard 0 and shard 1 that both carry one process create (and a connection)."""
+def _two_shards_with_the_same_event(lake: Lake, tables_made: bool = False) -> list[SysmonPipeline]:
+    """Landing files of shard 0 and shard 1 that both carry one process create (and a connection). With
+    ``tables_made``, each shard has first run a batch of an event of its own, so every table exists (and a race
+    is only about rows: creating a table is a turn of its own, see the test of two shards creating tables)."""
     create = process_create("{SAME}", command_line="powershell.exe -enc AAAA", record=7001)
     owners: dict[int, Path] = {}
     for index in range(100):  # empty files until each shard owns one (a file's shard hashes its inode)
@@ -152,10 +154,15 @@ def _two_shards_with_the_same_event(lake: Lake) -> list[SysmonPipeline]:
         owners.setdefault(file_shard(file_key(path), 2), path)
         if len(owners) == 2:
             break
+    pipelines = shard_pipelines(lake, shards=2)
+    if tables_made:
+        for shard, path in owners.items():
+            land(path, [process_create(f"{{OWN-{shard}}}", record=100 + shard)])
+            pipelines[shard].run_batch(batch_time=T0 - timedelta(minutes=1))
     for path in owners.values():
         land(path, [create])
     land(owners[1], [network_connect("{SAME}", record=7002)])
-    return shard_pipelines(lake, shards=2)
+    return pipelines
 
 
 def _commit_the_other_shard_during(
@@ -198,15 +205,17 @@ def test_two_shards_committing_the_same_event_at_once_keep_one_row(
     tmp_path: Path, step: str, catalog: dict[str, str]
 ) -> None:
     lake = Lake(tmp_path, **catalog)
-    first, second = _two_shards_with_the_same_event(lake)
+    first, second = _two_shards_with_the_same_event(lake, tables_made=True)
     if step == "sysmon_process_create_table":
-        # different deliveries of one process create (record numbers differ): both pass the dedupe
-        land(next(lake.landing.glob("file-*")), [process_create("{SAME}", command_line="powershell.exe -enc AAAA")])
+        # a second delivery of the process create (another record number) passes the dedupe: both shards upsert it
+        second_file = next(path for path in lake.landing.glob("file-*") if file_shard(file_key(path), 2) == 1)
+        land(second_file, [process_create("{SAME}", command_line="powershell.exe -enc AAAA")])
     attempts = _commit_the_other_shard_during(first, second, step)
     assert len(attempts) == 2, "the step that lost the race ran again"
     assert lake.rows("SELECT count(*) FROM sysmon_process_create_table WHERE process_guid = '{SAME}'") == [(1,)]
     if step == "winlogbeat_stream_rekey":
-        assert lake.count("winlogbeat_stream_rekey") == 2  # the create once, the connection once
+        rekeyed = lake.rows("SELECT count(*) FROM winlogbeat_stream_rekey WHERE process_guid = '{SAME}'")
+        assert rekeyed == [(2,)]  # the create once, the connection once
     for pipeline in (first, second):
         pipeline.run_batch(batch_time=T0 + timedelta(minutes=1))
     assert lake.rows("SELECT process_command_line FROM sysmon_join") == [("powershell.exe -enc AAAA",)]
@@ -242,7 +251,7 @@ def test_without_taking_turns_the_same_race_doubles_the_row(
 ) -> None:
     """The control for the test above: on PostgreSQL the guard is what keeps the row single."""
     lake = Lake(tmp_path, lake_catalog=postgres.new_catalog())
-    first, second = _two_shards_with_the_same_event(lake)
+    first, second = _two_shards_with_the_same_event(lake, tables_made=True)
     for pipeline in (first, second):
         monkeypatch.setattr(pipeline.project, "serialized_models", list)
     _commit_the_other_shard_during(first, second, "winlogbeat_stream_rekey")
