@@ -267,11 +267,8 @@ class Project:
         config = self.configs[name]
         if not config.get("retry_unmatched") or self.shard.count > 1:
             return []
-        whole = [
-            ref
-            for ref in self.models[name].refs
-            if ref not in self.stream_inputs(name) and ref != config.get("part_of")
-        ]
+        streams = set(self.stream_inputs(name))
+        whole = [ref for ref in self.models[name].refs if ref not in streams and ref != config.get("part_of")]
         tables = [ref for ref in whole if self.configs[ref]["materialized"] == "table"]
         return tables if tables == whole else []
 

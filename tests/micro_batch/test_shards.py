@@ -165,12 +165,10 @@ def _two_shards_with_the_same_event(lake: Lake, tables_made: bool = False) -> li
     return pipelines
 
 
-def _commit_the_other_shard_during(
-    first: SysmonPipeline, second: SysmonPipeline, step: str, run_first: Callable[[], object] | None = None
-) -> list[str]:
-    """Run ``second``'s whole batch inside ``first``'s ``step`` transaction, just before it commits; ``run_first``:
-    what of ``first`` runs (by default its whole batch)."""
-    return _run_during(first, step, lambda: second.run_batch(batch_time=T0), run_first)
+def _commit_the_other_shard_during(first: SysmonPipeline, second: SysmonPipeline, step: str) -> list[str]:
+    """Run ``second``'s whole batch inside ``first``'s ``step`` transaction (of ``first``'s whole batch), just
+    before it commits."""
+    return _run_during(first, step, lambda: second.run_batch(batch_time=T0))
 
 
 def _run_during(
