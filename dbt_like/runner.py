@@ -49,7 +49,7 @@ from dbt_like.compiler import (
 )
 from dbt_like.project import Model, ProjectError, discover_models
 from dbt_like.schema_tests import TestResult, run_schema_tests
-from dbt_like.sql import first_row, scalar
+from dbt_like.sql import first_row, literal, literals, scalar
 
 Connection = duckdb.DuckDBPyConnection
 
@@ -151,7 +151,7 @@ def ensure_state(con: Connection, shard: Shard = SINGLE, guards: Iterable[str] =
     con.execute(_STATE_DDL)
     counts = {row[0] for row in con.execute(f"SELECT shard_count FROM {SHARDS_TABLE}").fetchall()}
     if not counts:
-        con.execute(f"INSERT INTO {SHARDS_TABLE} VALUES (?)", [shard.count])
+        con.execute(f"INSERT INTO {SHARDS_TABLE} VALUES ({shard.count})")
     elif counts != {shard.count}:
         raise ProjectError(
             f"this lake was written by {sorted(counts)} shard(s); a project of {shard.count} cannot continue it "
@@ -159,9 +159,8 @@ def ensure_state(con: Connection, shard: Shard = SINGLE, guards: Iterable[str] =
         )
     wanted = [f"shard-{index}" for index in range(shard.count)] + list(guards)
     con.execute(
-        f"INSERT INTO {GUARDS_TABLE} SELECT guard, 0, NULL, NULL FROM unnest(?::VARCHAR[]) AS t(guard) "
-        f"WHERE guard NOT IN (SELECT guard FROM {GUARDS_TABLE})",
-        [wanted],
+        f"INSERT INTO {GUARDS_TABLE} SELECT guard, 0, NULL, NULL FROM unnest({literal(wanted)}::VARCHAR[]) AS t(guard) "
+        f"WHERE guard NOT IN (SELECT guard FROM {GUARDS_TABLE})"
     )
 
 
@@ -172,11 +171,11 @@ def open_batch(con: Connection, run_key: str, started_at: datetime, shard: Shard
 
 
 def _find_or_add_batch(con: Connection, run_key: str, started_at: datetime, shard: Shard) -> Batch:
-    row = first_row(con, f"SELECT batch_id, started_at FROM {STATE_SCHEMA}.batches WHERE run_key = ?", [run_key])
+    row = first_row(con, f"SELECT batch_id, started_at FROM {STATE_SCHEMA}.batches WHERE run_key = {literal(run_key)}")
     if row:
         return Batch(row[0], row[1])
     batch_id = scalar(con, f"SELECT {shard.next_number('batch_id')} FROM {STATE_SCHEMA}.batches")
-    con.execute(f"INSERT INTO {STATE_SCHEMA}.batches VALUES (?, ?, ?)", [batch_id, run_key, started_at])
+    con.execute(f"INSERT INTO {STATE_SCHEMA}.batches VALUES ({literals(batch_id, run_key, started_at)})")
     return Batch(batch_id, started_at)
 
 
@@ -185,9 +184,8 @@ def table_exists(con: Connection, name: str) -> bool:
     return bool(
         scalar(
             con,
-            "SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = current_schema() "
-            "AND database_name = current_database()",
-            [name],
+            f"SELECT count(*) FROM duckdb_tables() WHERE table_name = {literal(name)} "
+            "AND schema_name = current_schema() AND database_name = current_database()",
         )
     )
 
@@ -197,9 +195,8 @@ def view_sql(con: Connection, name: str) -> str | None:
     there is no such view)."""
     row = first_row(
         con,
-        "SELECT sql FROM duckdb_views() WHERE view_name = ? AND schema_name = current_schema() "
+        f"SELECT sql FROM duckdb_views() WHERE view_name = {literal(name)} AND schema_name = current_schema() "
         "AND database_name = current_database()",
-        [name],
     )
     return row[0] if row else None
 
@@ -207,9 +204,8 @@ def view_sql(con: Connection, name: str) -> str | None:
 def table_columns(con: Connection, name: str) -> list[tuple[str, str]]:
     """``(column, type)`` of table ``name`` in the connection's default catalog and schema, in order."""
     return con.execute(
-        "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ? AND schema_name = current_schema() "
-        "AND database_name = current_database() ORDER BY column_index",
-        [name],
+        f"SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = {literal(name)} "
+        "AND schema_name = current_schema() AND database_name = current_database() ORDER BY column_index"
     ).fetchall()
 
 
@@ -369,8 +365,8 @@ class Project:
 
     def _guard_rows(self, con: Connection) -> list[tuple]:
         return con.execute(
-            f"SELECT batch_id, model, committed_at FROM {GUARDS_TABLE} WHERE guard = ? ORDER BY ALL",
-            [f"shard-{self.shard.index}"],
+            f"SELECT batch_id, model, committed_at FROM {GUARDS_TABLE} "
+            f"WHERE guard = {literal(f'shard-{self.shard.index}')} ORDER BY ALL"
         ).fetchall()
 
     def _guarded(
@@ -430,8 +426,8 @@ class Project:
     def _claim(self, con: Connection, batch_id: int | None, guards: list[str], models: list[str]) -> None:
         label = models[0] if models else "open_batch"
         for guard in [f"shard-{self.shard.index}", *guards]:
-            con.execute(f"DELETE FROM {GUARDS_TABLE} WHERE guard = ?", [guard])
-            con.execute(f"INSERT INTO {GUARDS_TABLE} VALUES (?, ?, ?, now())", [guard, batch_id, label])
+            con.execute(f"DELETE FROM {GUARDS_TABLE} WHERE guard = {literal(guard)}")
+            con.execute(f"INSERT INTO {GUARDS_TABLE} VALUES ({literals(guard, batch_id, label)}, now())")
 
     def _is_view(self, name: str) -> bool:
         return self.configs[name]["materialized"] == "view"
@@ -570,12 +566,12 @@ class Project:
         if None in bounds or not scalar(con, f"SELECT count(*) > 0 FROM {name}"):
             written = scalar(con, f"INSERT INTO {name} BY NAME SELECT * FROM __append")
         else:
-            ranges = " AND ".join(f"{c} BETWEEN ? AND ?" for c in columns)
+            pairs = zip(columns, bounds[::2], bounds[1::2], strict=True)
+            ranges = " AND ".join(f"{c} BETWEEN {literal(low)} AND {literal(high)}" for c, low, high in pairs)
             written = scalar(
                 con,
                 f"INSERT INTO {name} BY NAME SELECT n.* FROM __append AS n "
                 f"ANTI JOIN (SELECT {key} FROM {name} WHERE {ranges}) AS t ON {matches}",
-                list(bounds),
             )
         con.execute("DROP TABLE __append")
         return written
@@ -620,23 +616,22 @@ class Project:
             grace = int(config.get("retry_grace_minutes", 0))
             result.expired = scalar(
                 con,
-                f"DELETE FROM {PENDING_TABLE} WHERE model = ? AND shard = ? "
-                "AND first_seen < ?::TIMESTAMP - INTERVAL (?) MINUTE",
-                [name, self.shard.index, batch.started_at, grace],
+                f"DELETE FROM {PENDING_TABLE} WHERE {self._rows_of(name)} "
+                f"AND first_seen < {literal(batch.started_at)} - INTERVAL ({grace}) MINUTE",
             )
-            result.pending_floor = scalar(
-                con, f"SELECT min(seq) FROM {PENDING_TABLE} WHERE model = ? AND shard = ?", [name, self.shard.index]
-            )
+            result.pending_floor = scalar(con, f"SELECT min(seq) FROM {PENDING_TABLE} WHERE {self._rows_of(name)}")
             for table in self.retry_marked_tables(name):
                 result.tables_before[table] = self._stored_offset(con, name, table)
                 result.tables_after[table] = scalar(con, f"SELECT coalesce(max(_batch_id), 0) FROM {table}")
 
+    def _rows_of(self, name: str, upstream: str | None = None) -> str:
+        """The condition on the bookkeeping rows (pending, or offsets of ``upstream``) of model ``name`` and this
+        shard."""
+        condition = f"model = {literal(name)} AND shard = {self.shard.index}"
+        return condition if upstream is None else f"{condition} AND input = {literal(upstream)}"
+
     def _stored_offset(self, con: Connection, name: str, upstream: str) -> int:
-        row = first_row(
-            con,
-            f"SELECT batch_id FROM {STATE_SCHEMA}.offsets WHERE model = ? AND input = ? AND shard = ?",
-            [name, upstream, self.shard.index],
-        )
+        row = first_row(con, f"SELECT batch_id FROM {STATE_SCHEMA}.offsets WHERE {self._rows_of(name, upstream)}")
         return row[0] if row else 0
 
     def _compile(
@@ -688,22 +683,17 @@ class Project:
     def _finish(self, con: Connection, name: str, batch: Batch, result: StepResult) -> None:
         shard = self.shard.index
         for upstream, upper in {**result.offsets_after, **result.tables_after}.items():
-            con.execute(
-                f"DELETE FROM {STATE_SCHEMA}.offsets WHERE model = ? AND input = ? AND shard = ?",
-                [name, upstream, shard],
-            )
-            con.execute(f"INSERT INTO {STATE_SCHEMA}.offsets VALUES (?, ?, ?, ?)", [name, upstream, upper, shard])
+            con.execute(f"DELETE FROM {STATE_SCHEMA}.offsets WHERE {self._rows_of(name, upstream)}")
+            con.execute(f"INSERT INTO {STATE_SCHEMA}.offsets VALUES ({literals(name, upstream, upper, shard)})")
         retried = self.configs[name].get("retry_unmatched")
         if not retried:
             return
         matched = f"SELECT _seq FROM {name} WHERE _batch_id = {batch.batch_id}"
-        con.execute(f"DELETE FROM {PENDING_TABLE} WHERE model = ? AND shard = ? AND seq IN ({matched})", [name, shard])
+        con.execute(f"DELETE FROM {PENDING_TABLE} WHERE {self._rows_of(name)} AND seq IN ({matched})")
         lower, upper = result.offsets_before[retried], result.offsets_after[retried]
         delta = delta_relation(retried, lower, upper, self.shard)
         con.execute(
-            f"INSERT INTO {PENDING_TABLE} SELECT ?, _seq, ?, ? FROM {delta} WHERE _seq NOT IN ({matched})",
-            [name, batch.started_at, shard],
+            f"INSERT INTO {PENDING_TABLE} SELECT {literal(name)}, _seq, {literal(batch.started_at)}, {shard} "
+            f"FROM {delta} WHERE _seq NOT IN ({matched})"
         )
-        result.pending = scalar(
-            con, f"SELECT count(*) FROM {PENDING_TABLE} WHERE model = ? AND shard = ?", [name, shard]
-        )
+        result.pending = scalar(con, f"SELECT count(*) FROM {PENDING_TABLE} WHERE {self._rows_of(name)}")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import duckdb
 
 from dbt_like.project import Model, SchemaTest
-from dbt_like.sql import first_row
+from dbt_like.sql import first_row, literal
 
 
 @dataclass(frozen=True)
@@ -30,13 +30,6 @@ class TestResult:
         return self.failures == 0
 
 
-def sql_literal(value: object) -> str:
-    """``value`` as a DuckDB literal (numbers as they are, everything else as a quoted string)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return "'" + str(value).replace("'", "''") + "'"
-    return repr(value)
-
-
 def failing_rows_sql(model: str, test: SchemaTest, batch_id: int) -> str:
     """A query that counts the rows (or keys) of ``batch_id`` that break ``test``."""
     batch_rows = f"SELECT * FROM {model} WHERE _batch_id = {batch_id}"
@@ -51,7 +44,7 @@ def failing_rows_sql(model: str, test: SchemaTest, batch_id: int) -> str:
     if test.kind == "expression_is_true":
         return f"SELECT count(*) FROM ({batch_rows}) WHERE NOT coalesce(({test.expression}), false)"
     if test.kind == "accepted_values":
-        values = ", ".join(sql_literal(value) for value in test.values)
+        values = ", ".join(literal(value) for value in test.values)
         return f"SELECT count(*) FROM ({batch_rows}) WHERE {column} IS NOT NULL AND {column} NOT IN ({values})"
     raise ValueError(f"unknown schema test {test.kind!r} on {model}.{column}")
 

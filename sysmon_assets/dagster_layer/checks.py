@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dbt_like import StepResult
-from dbt_like.sql import scalar
+from dbt_like.sql import literal, scalar
 from sysmon_assets.hunting.sigma import LOGSOURCE
 from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.sources import kafka_source
@@ -91,8 +91,8 @@ def sigma_severe_hits(pipeline: SysmonPipeline, batch_id: int) -> Outcome:
         relation = con.execute(
             "SELECT rule_title, level, rule_id, computer_name, strftime(event_date_creation, '%Y-%m-%d %H:%M:%S') "
             "AS event_time, event_id, process_path, process_command_line, parent_process_path, dst_ip_addr, dst_port "
-            "FROM sigma_detections WHERE _batch_id = ? AND list_contains(?, level) ORDER BY _seq",
-            [batch_id, list(SEVERE_LEVELS)],
+            f"FROM sigma_detections WHERE _batch_id = {literal(batch_id)} "
+            f"AND list_contains({literal(list(SEVERE_LEVELS))}, level) ORDER BY _seq"
         )
         columns = [column[0] for column in relation.description]
         hits = [dict(zip(columns, row, strict=True)) for row in relation.fetchall()]
@@ -140,9 +140,8 @@ def rekey_drops(pipeline: SysmonPipeline, result: StepResult) -> dict[str, int]:
     with pipeline.connect() as con:
         not_sysmon = scalar(
             con,
-            "SELECT count(*) FROM winlogbeat_stream WHERE _batch_id > ? AND _batch_id <= ? "
+            f"SELECT count(*) FROM winlogbeat_stream WHERE _batch_id BETWEEN {literal(lower + 1)} AND {literal(upper)} "
             f"AND {pipeline.shard.owns()} AND source_name IS DISTINCT FROM 'Microsoft-Windows-Sysmon'",
-            [lower, upper],
         )
     return {"not_sysmon_dropped": not_sysmon, "redeliveries_dropped": result.rows_in - result.rows_written - not_sysmon}
 
@@ -152,9 +151,8 @@ def sigma_notes(pipeline: SysmonPipeline, result: StepResult) -> dict[str, Any]:
     rule_set = pipeline.sigma_rules()
     with pipeline.connect() as con:
         levels = con.execute(
-            "SELECT coalesce(level, 'none'), count(*) FROM sigma_detections WHERE _batch_id = ? "
-            "GROUP BY ALL ORDER BY ALL",
-            [pipeline.last_batch_id],
+            "SELECT coalesce(level, 'none'), count(*) FROM sigma_detections "
+            f"WHERE _batch_id = {literal(pipeline.last_batch_id)} GROUP BY ALL ORDER BY ALL"
         ).fetchall()
     return {
         "rules_folder": rule_set.folder,

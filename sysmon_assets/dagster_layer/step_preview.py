@@ -4,6 +4,7 @@ lake snapshot after the step."""
 from __future__ import annotations
 
 from dbt_like import table_columns
+from dbt_like.sql import literal
 from sysmon_assets.storage import lake
 from sysmon_assets.storage.lake_connections import Connect
 
@@ -24,7 +25,7 @@ def describe(
         snapshot = lake.current_snapshot(con)
         shown = [c for c, _ in columns if not c.startswith("_")][:8]
         rows = con.execute(
-            f"SELECT {', '.join(shown)} FROM {name} WHERE _batch_id = ? LIMIT ?", [batch_id, preview_rows]
+            f"SELECT {', '.join(shown)} FROM {name} WHERE _batch_id = {literal(batch_id)} LIMIT {int(preview_rows)}"
         ).fetchall()
     lines = ["| " + " | ".join(shown) + " |", "|" + " --- |" * len(shown)]
     lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]

@@ -514,7 +514,7 @@ def convert_rules(folder: Path, files: list[Path], digest: str) -> RuleSet:
     failures: list[RuleFailure] = []
     with _validation_connection() as con:
         backend = SysmonDuckDBBackend(
-            sysmon_pipeline(), lambda text: con.execute("SELECT lower(?)", [text]).fetchone()[0]
+            sysmon_pipeline(), lambda text: con.execute(f"SELECT lower({quote_string(text)})").fetchone()[0]
         )
         for path in files:
             for rule in _rules_of(folder, path):

@@ -30,8 +30,7 @@ import duckdb
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from dbt_like import table_exists
-from dbt_like.schema_tests import sql_literal
-from dbt_like.sql import first_row, scalar
+from dbt_like.sql import first_row, literal, literals, scalar
 from sysmon_assets.settings import Settings
 
 LOG = logging.getLogger(__name__)
@@ -83,22 +82,22 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _message_sql(con: duckdb.DuckDBPyConnection) -> str:
-    """SELECT batch id, seq, key and JSON value of each joined row, under KSQL's column names."""
+def _message_sql(con: duckdb.DuckDBPyConnection, after: int, through: int) -> str:
+    """SELECT batch id, seq, key and JSON value of each joined row of batches ``after`` + 1 .. ``through``, under
+    KSQL's column names."""
     columns = con.execute(
-        "SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = ? AND schema_name = 'main' "
-        "ORDER BY column_index",
-        [JOIN_TABLE],
+        f"SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = {literal(JOIN_TABLE)} "
+        "AND schema_name = 'main' ORDER BY column_index"
     ).fetchall()
     fields = [
-        f"{sql_literal(ksql_name(name))}: "
+        f"{literal(ksql_name(name))}: "
         + (f"epoch_ms({_ident(name)})" if kind.startswith("TIMESTAMP") else _ident(name))
         for name, kind in columns
         if not name.startswith("_")
     ]
     return (
         f"SELECT _batch_id, _seq, process_guid, to_json({{{', '.join(fields)}}}) FROM {JOIN_TABLE} "
-        "WHERE _batch_id > ? AND _batch_id <= ? ORDER BY _seq"
+        f"WHERE _batch_id > {literal(after)} AND _batch_id <= {literal(through)} ORDER BY _seq"
     )
 
 
@@ -122,12 +121,14 @@ class JoinSink:
         recovered = 0
         unfinished = first_row(
             con,
-            f"SELECT after_batch, through_batch FROM {SINK_TABLE} WHERE topic = ? AND state = 'publishing'",
-            [self.topic],
+            f"SELECT after_batch, through_batch FROM {SINK_TABLE} WHERE topic = {literal(self.topic)} "
+            "AND state = 'publishing'",
         )
         if unfinished:
             recovered = self._send(con, *unfinished, already_sent=self._read_back(con, *unfinished))
-        done = scalar(con, f"SELECT coalesce(max(through_batch), 0) FROM {SINK_TABLE} WHERE topic = ?", [self.topic])
+        done = scalar(
+            con, f"SELECT coalesce(max(through_batch), 0) FROM {SINK_TABLE} WHERE topic = {literal(self.topic)}"
+        )
         latest = (
             scalar(con, f"SELECT coalesce(max(_batch_id), 0) FROM {JOIN_TABLE}") if table_exists(con, JOIN_TABLE) else 0
         )
@@ -135,15 +136,15 @@ class JoinSink:
             return Published(self.topic, done, 0, recovered)
         con.execute(
             f"INSERT INTO {SINK_TABLE} (topic, after_batch, through_batch, state, start_offsets, updated_at) "
-            "VALUES (?, ?, ?, 'publishing', ?, now())",
-            [self.topic, done, latest, json.dumps(self._end_offsets())],
+            f"VALUES ({literals(self.topic, done, latest)}, 'publishing', {literal(json.dumps(self._end_offsets()))}, "
+            "now())"
         )
         return Published(self.topic, latest, self._send(con, done, latest, already_sent=set()), recovered)
 
     def _send(
         self, con: duckdb.DuckDBPyConnection, after: int, through: int, already_sent: set[tuple[int, int]]
     ) -> int:
-        rows = con.execute(_message_sql(con), [after, through]).fetchall()
+        rows = con.execute(_message_sql(con, after, through)).fetchall()
         pipeline_id = self._pipeline_id(con).encode()
         producer = self.producer_factory(
             {**self.settings.kafka_client_config(), "enable.idempotence": True, "acks": "all", "linger.ms": 20}
@@ -182,9 +183,9 @@ class JoinSink:
                 f"{unsent} unacknowledged, failures: {failures[:3]}"
             )
         con.execute(
-            f"UPDATE {SINK_TABLE} SET state = 'done', messages = ?, last_offsets = ?, updated_at = now() "
-            "WHERE topic = ? AND through_batch = ?",
-            [len(rows), json.dumps(self._merged_offsets(con, last_offsets)), self.topic, through],
+            f"UPDATE {SINK_TABLE} SET state = 'done', messages = {len(rows)}, "
+            f"last_offsets = {literal(json.dumps(self._merged_offsets(con, last_offsets)))}, updated_at = now() "
+            f"WHERE topic = {literal(self.topic)} AND through_batch = {literal(through)}"
         )
         return sent
 
@@ -208,7 +209,7 @@ class JoinSink:
         if row:
             return row[0]
         pipeline_id = str(uuid.uuid4())
-        con.execute(f"INSERT INTO {IDENTITY_TABLE} VALUES (?)", [pipeline_id])
+        con.execute(f"INSERT INTO {IDENTITY_TABLE} VALUES ({literal(pipeline_id)})")
         return pipeline_id
 
     def _consumer(self) -> Consumer:
@@ -249,9 +250,8 @@ class JoinSink:
     def _done_offsets(self, con: duckdb.DuckDBPyConnection) -> dict[int, int]:
         text = first_row(
             con,
-            f"SELECT last_offsets FROM {SINK_TABLE} WHERE topic = ? AND state = 'done' "
+            f"SELECT last_offsets FROM {SINK_TABLE} WHERE topic = {literal(self.topic)} AND state = 'done' "
             "ORDER BY through_batch DESC LIMIT 1",
-            [self.topic],
         )
         return _partition_offsets(text)
 
@@ -259,7 +259,9 @@ class JoinSink:
         """(batch id, seq) of this range's messages already in the topic: this pipeline's messages from the
         end offsets recorded when the range started."""
         start = first_row(
-            con, f"SELECT start_offsets FROM {SINK_TABLE} WHERE topic = ? AND through_batch = ?", [self.topic, through]
+            con,
+            f"SELECT start_offsets FROM {SINK_TABLE} WHERE topic = {literal(self.topic)} "
+            f"AND through_batch = {literal(through)}",
         )
         start_offsets = _partition_offsets(start)
         pipeline_id = self._pipeline_id(con).encode()

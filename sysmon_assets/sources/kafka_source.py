@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from dbt_like.sql import literal, literals
 from sysmon_assets.settings import Settings
 from sysmon_assets.sources.arrow_columns import bytes_array, dictionary_strings, int_array, strings_array
 from sysmon_assets.sources.landed_lines import KAFKA_LINES_SCHEMA, SOURCE_NAME
@@ -139,7 +140,7 @@ class KafkaReader:
         self.con.execute(STATE_DDL)
         stored = dict(
             self.con.execute(
-                f'SELECT "partition", next_offset FROM {OFFSETS_TABLE} WHERE topic = ?', [self.topic]
+                f'SELECT "partition", next_offset FROM {OFFSETS_TABLE} WHERE topic = {literal(self.topic)}'
             ).fetchall()
         )
         self.partitions = []
@@ -292,17 +293,16 @@ class KafkaReader:
             if progress.position is None:
                 continue
             con.execute(
-                f'DELETE FROM {OFFSETS_TABLE} WHERE topic = ? AND "partition" = ?', [self.topic, progress.partition]
+                f"DELETE FROM {OFFSETS_TABLE} WHERE topic = {literal(self.topic)} "
+                f'AND "partition" = {literal(progress.partition)}'
             )
             con.execute(
-                f"INSERT INTO {OFFSETS_TABLE} VALUES (?, ?, ?, now())",
-                [self.topic, progress.partition, progress.position],
+                f"INSERT INTO {OFFSETS_TABLE} VALUES "
+                f"({literals(self.topic, progress.partition, progress.position)}, now())"
             )
             for event, detail in progress.notes[progress.notes_recorded :]:
-                con.execute(
-                    f"INSERT INTO {EVENTS_TABLE} VALUES (now(), ?, ?, ?, ?)",
-                    [f"kafka:{self.topic}/{progress.partition}", "", event, detail],
-                )
+                where = f"kafka:{self.topic}/{progress.partition}"
+                con.execute(f"INSERT INTO {EVENTS_TABLE} VALUES (now(), {literals(where, '', event, detail)})")
 
     def offsets_committed(self) -> None:
         """The transaction :meth:`commit_offsets` wrote into has committed."""
@@ -327,7 +327,7 @@ class KafkaReader:
         """
         try:
             stored = self.con.execute(
-                f'SELECT "partition", next_offset FROM {OFFSETS_TABLE} WHERE topic = ?', [self.topic]
+                f'SELECT "partition", next_offset FROM {OFFSETS_TABLE} WHERE topic = {literal(self.topic)}'
             ).fetchall()
             if stored:
                 offsets = [TopicPartition(self.topic, partition, offset) for partition, offset in stored]

@@ -35,6 +35,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
+from dbt_like.sql import literal, literals
 from sysmon_assets.sources.arrow_columns import bytes_array, strings_array
 from sysmon_assets.sources.evtx_records import EvtxDamage, record_lines
 from sysmon_assets.sources.gzip_stream import GzipDamage, inflate
@@ -425,9 +426,8 @@ class LandingReader:
         present = {
             name
             for (name,) in self.con.execute(
-                "SELECT column_name FROM duckdb_columns() WHERE schema_name = ? AND table_name = ? "
-                "AND database_name = current_database()",
-                [schema, table],
+                f"SELECT column_name FROM duckdb_columns() WHERE schema_name = {literal(schema)} "
+                f"AND table_name = {literal(table)} AND database_name = current_database()"
             ).fetchall()
         }
         for name, kind in _ADDED_STATE_COLUMNS.items():
@@ -537,7 +537,8 @@ class LandingReader:
         # A chunk moves some files on: the others' rows would be rewritten unchanged on every chunk's commit.
         moved = [progress for progress in self.files if progress.recorded != progress.state]
         if moved:  # one DELETE and one INSERT for all of them: each lake statement costs catalog work
-            con.execute(f"DELETE FROM {STATE_TABLE} WHERE file_key IN (SELECT unnest(?))", [[p.key for p in moved]])
+            keys = literal([progress.key for progress in moved])
+            con.execute(f"DELETE FROM {STATE_TABLE} WHERE file_key IN (SELECT unnest({keys}))")
             con.register("__moved_files", _state_rows(moved))
             try:
                 con.execute(f"INSERT INTO {STATE_TABLE} BY NAME SELECT *, now() AS updated_at FROM __moved_files")
@@ -560,7 +561,7 @@ class LandingReader:
 
     @staticmethod
     def _record_event(con: duckdb.DuckDBPyConnection, path: Path, key: str, event: str, detail: str) -> None:
-        con.execute(f"INSERT INTO {EVENTS_TABLE} VALUES (now(), ?, ?, ?, ?)", [str(path), key, event, detail])
+        con.execute(f"INSERT INTO {EVENTS_TABLE} VALUES (now(), {literals(str(path), key, event, detail)})")
 
     @property
     def file_events(self) -> list[dict[str, str]]:

@@ -23,7 +23,7 @@ import duckdb
 
 from dbt_like.compiler import STATE_SCHEMA
 from dbt_like.runner import lost_race, pause_before_retry
-from dbt_like.schema_tests import sql_literal
+from dbt_like.sql import literal, literals
 from sysmon_assets.settings import Settings
 
 LAKE = "lake"
@@ -87,20 +87,19 @@ def s3_secret(data_path: str, environ: Mapping[str, str]) -> str | None:
             options["USE_SSL"] = "false"
             options["URL_STYLE"] = "path"
     listed = ", ".join(
-        f"{key} {value if value == 'false' and key == 'USE_SSL' else sql_literal(value)}"
-        for key, value in options.items()
+        f"{key} {value if value == 'false' and key == 'USE_SSL' else literal(value)}" for key, value in options.items()
     )
     return f"CREATE OR REPLACE SECRET sysmon_lake_s3 ({listed})"
 
 
 def attach_statement(settings: Settings, read_only: bool = False, snapshot: int | None = None) -> str:
     """The ``ATTACH`` of the lake as ``lake``, read-only and at a snapshot when asked."""
-    options = [f"DATA_PATH {sql_literal(settings.data_path)}"]
+    options = [f"DATA_PATH {literal(settings.data_path)}"]
     if read_only:
         options.append("READ_ONLY")
     if snapshot is not None:
         options.append(f"SNAPSHOT_VERSION {int(snapshot)}")
-    return f"ATTACH {sql_literal('ducklake:' + settings.catalog)} AS {LAKE} ({', '.join(options)})"
+    return f"ATTACH {literal('ducklake:' + settings.catalog)} AS {LAKE} ({', '.join(options)})"
 
 
 def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool = False, snapshot: int | None = None):
@@ -164,13 +163,13 @@ def _set_options(con: duckdb.DuckDBPyConnection, bookkeeping_inlined_rows: int) 
     }
     for option, value in LAKE_OPTIONS.items():
         if options.get((option, None)) != value:
-            con.execute(f"CALL ducklake_set_option('{LAKE}', ?, ?)", [option, value])
+            con.execute(f"CALL ducklake_set_option('{LAKE}', {literals(option, value)})")
     for schema in INLINED_SCHEMAS:
         if options.get((INLINING_OPTION, schema), "0") != str(bookkeeping_inlined_rows):
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema}")
             con.execute(
-                f"CALL ducklake_set_option('{LAKE}', ?, ?, schema => ?)",
-                [INLINING_OPTION, bookkeeping_inlined_rows, schema],
+                f"CALL ducklake_set_option('{LAKE}', {literals(INLINING_OPTION, bookkeeping_inlined_rows)}, "
+                f"schema => {literal(schema)})"
             )
 
 
@@ -264,8 +263,8 @@ def open_lake(
 def commit_note(con: duckdb.DuckDBPyConnection, note: Mapping[str, object]) -> None:
     """Label the transaction's snapshot (``commit_extra_info``), e.g. with the batch and step that made it."""
     con.execute(
-        "CALL ducklake_set_commit_message(?, 'sysmon_assets', ?, extra_info => ?)",
-        [LAKE, str(note.get("step", "")), json.dumps(dict(note))],
+        f"CALL ducklake_set_commit_message({literal(LAKE)}, 'sysmon_assets', {literal(str(note.get('step', '')))}, "
+        f"extra_info => {literal(json.dumps(dict(note)))})"
     )
 
 
@@ -290,8 +289,8 @@ def batch_snapshot(con: duckdb.DuckDBPyConnection, batch_id: int) -> tuple[int, 
     row = con.execute(
         f"SELECT snapshot_id FROM ducklake_snapshots('{LAKE}') "
         "WHERE commit_extra_info::JSON->>'batch_complete' = 'true' "
-        "AND CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT) = ? ORDER BY snapshot_id DESC LIMIT 1",
-        [batch_id],
+        f"AND CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT) = {literal(batch_id)} "
+        "ORDER BY snapshot_id DESC LIMIT 1"
     ).fetchone()
     return (batch_id, row[0]) if row else None
 

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 import duckdb
 
 from dbt_like import table_exists
-from dbt_like.sql import scalar
+from dbt_like.sql import literal, scalar
 from sysmon_assets.storage.lake import INLINED_SCHEMAS, LAKE
 
 # Stream tables whose old rows a retention drops, by the time their batch started. The keyed process table
@@ -38,11 +38,11 @@ class Upkeep:
 def data_files(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """Data files per table (``schema.table``) in the lake's current snapshot."""
     tables = con.execute(
-        "SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = ? ORDER BY ALL", [LAKE]
+        f"SELECT schema_name, table_name FROM duckdb_tables() WHERE database_name = {literal(LAKE)} ORDER BY ALL"
     ).fetchall()
     return {
         f"{schema}.{table}": scalar(
-            con, f"SELECT count(*) FROM ducklake_list_files('{LAKE}', ?, schema => ?)", [table, schema]
+            con, f"SELECT count(*) FROM ducklake_list_files('{LAKE}', {literal(table)}, schema => {literal(schema)})"
         )
         for schema, table in tables
     }
@@ -56,8 +56,8 @@ def drop_old_events(con: duckdb.DuckDBPyConnection, older_than: datetime) -> dic
         if table_exists(con, table):
             dropped[table] = scalar(
                 con,
-                f"DELETE FROM {table} WHERE _batch_id IN (SELECT batch_id FROM dbt_like.batches WHERE started_at < ?)",
-                [older_than],
+                f"DELETE FROM {table} WHERE _batch_id IN "
+                f"(SELECT batch_id FROM dbt_like.batches WHERE started_at < {literal(older_than)})",
             )
     con.commit()
     return dropped
@@ -72,12 +72,11 @@ def maintain(
         upkeep.rows_dropped = drop_old_events(con, now - timedelta(days=event_retention_days))
     # the bookkeeping rows inlined since the last run (old versions included) go to one Parquet file per table
     for schema in INLINED_SCHEMAS:
-        con.execute(f"CALL ducklake_flush_inlined_data('{LAKE}', schema_name => ?)", [schema])
+        con.execute(f"CALL ducklake_flush_inlined_data('{LAKE}', schema_name => {literal(schema)})")
     con.execute(f"CALL ducklake_rewrite_data_files('{LAKE}')")
     con.execute(f"CALL ducklake_merge_adjacent_files('{LAKE}')")
-    con.execute(
-        f"CALL ducklake_expire_snapshots('{LAKE}', older_than => ?)", [now - timedelta(days=snapshot_retention_days)]
-    )
+    expired_before = literal(now - timedelta(days=snapshot_retention_days))
+    con.execute(f"CALL ducklake_expire_snapshots('{LAKE}', older_than => {expired_before})")
     upkeep.files_deleted = len(
         con.execute(f"CALL ducklake_cleanup_old_files('{LAKE}', cleanup_all => true)").fetchall()
     )

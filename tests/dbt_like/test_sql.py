@@ -1,0 +1,82 @@
+"""Values written into SQL as literals read back as the values binding them would give."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+import duckdb
+import pytest
+
+from dbt_like.sql import literal, literals, quote_identifier
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        True,
+        False,
+        0,
+        -(2**63),
+        2**63 - 1,
+        0.1,
+        -1e-300,
+        Decimal("12.50"),
+        "",
+        "it's; DROP TABLE t; --",
+        "a\x00b\x00",
+        'line\nbreak \\ back\'slash "quote" ünïcødé ☃',
+        "$$ dollar $$ ? $1",
+        uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        datetime(2026, 12, 1, 13, 20, 18, 123456),
+        datetime(2026, 12, 1, 13, 20, 18, tzinfo=UTC),
+        date(2026, 2, 28),
+        ["a", "b'c", None],
+        [1, 2, 3],
+        [],
+    ],
+)
+def test_a_literal_reads_back_as_the_bound_value(value: object) -> None:
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    from_literal = con.execute(f"SELECT {literal(value)}").fetchone()[0]
+    assert from_literal == value
+    assert type(from_literal) is type(value) or value is None
+
+
+def test_literals_fill_a_values_row() -> None:
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t (a VARCHAR, b BIGINT, c TIMESTAMP)")
+    con.execute(f"INSERT INTO t VALUES ({literals('x;y', 7, datetime(2026, 1, 2, 3, 4, 5))})")
+    assert con.execute("SELECT * FROM t").fetchall() == [("x;y", 7, datetime(2026, 1, 2, 3, 4, 5))]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), Decimal("NaN"), b"bytes", object()])
+def test_a_value_with_no_literal_is_refused(value: object) -> None:
+    with pytest.raises((TypeError, ValueError), match=r"no .*literal"):
+        literal(value)
+
+
+def test_an_identifier_may_hold_any_character() -> None:
+    con = duckdb.connect()
+    name = 'odd "name"; with space'
+    con.execute(f"CREATE TABLE {quote_identifier(name)} AS SELECT 1 AS x")
+    assert con.execute("SELECT table_name FROM duckdb_tables()").fetchall() == [(name,)]
+
+
+def test_literals_keep_pandas_unimported() -> None:
+    """Why literals, not bound parameters: DuckDB 1.4 imports pandas on a process's first bound parameter."""
+    probe = (
+        "import sys, duckdb\n"
+        "from dbt_like.sql import literal\n"
+        "con = duckdb.connect()\n"
+        "con.execute(f'SELECT {literal(\"x\")}').fetchall()\n"
+        "assert 'pandas' not in sys.modules, 'a literal imported pandas'\n"
+        "con.execute('SELECT ?', ['x']).fetchall()\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "True\n"
