@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import duckdb
 
 from dbt_like.project import Model, SchemaTest
-from dbt_like.sql import first_row, literal
+from dbt_like.sql import first_row, literal, quote_string
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,12 @@ class TestResult:
         return self.failures == 0
 
 
+def _accepted(value: object) -> str:
+    """An accepted value as dbt quotes it: numbers as they are, anything else (``yes``, a date) as its text."""
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    return literal(value) if is_number else quote_string(str(value))
+
+
 def failing_rows_sql(model: str, test: SchemaTest, batch_id: int) -> str:
     """A query that counts the rows (or keys) of ``batch_id`` that break ``test``."""
     batch_rows = f"SELECT * FROM {model} WHERE _batch_id = {batch_id}"
@@ -44,7 +50,7 @@ def failing_rows_sql(model: str, test: SchemaTest, batch_id: int) -> str:
     if test.kind == "expression_is_true":
         return f"SELECT count(*) FROM ({batch_rows}) WHERE NOT coalesce(({test.expression}), false)"
     if test.kind == "accepted_values":
-        values = ", ".join(literal(value) for value in test.values)
+        values = ", ".join(_accepted(value) for value in test.values)
         return f"SELECT count(*) FROM ({batch_rows}) WHERE {column} IS NOT NULL AND {column} NOT IN ({values})"
     raise ValueError(f"unknown schema test {test.kind!r} on {model}.{column}")
 

@@ -6,10 +6,9 @@ the first time a process binds any parameter (duckdb/duckdb#18658), which costs 
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -43,22 +42,23 @@ def quote_identifier(name: str) -> str:
 
 
 def literal(value: Any) -> str:
-    """``value`` as a DuckDB literal of the type binding it would give: NULL, BOOLEAN, an integer, DOUBLE, DECIMAL,
-    VARCHAR, UUID, TIMESTAMP (a naive datetime) or TIMESTAMPTZ, DATE, or a list of them."""
+    """``value`` as a DuckDB literal of the type binding it would give: NULL, BOOLEAN, an integer, DOUBLE (NaN and
+    infinities included), DECIMAL, VARCHAR, BLOB, UUID, TIMESTAMP (a naive datetime) or TIMESTAMPTZ, DATE, TIME,
+    INTERVAL, or a list of them."""
     if value is None:
         return "NULL"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
-        return str(value)
+        return str(int(value))
     if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"no SQL literal for the float {value!r}")
-        return f"CAST({value!r} AS DOUBLE)"
-    if isinstance(value, Decimal) and value.is_finite():
-        return str(value)
+        return f"CAST('{float(value)!r}' AS DOUBLE)"  # from text: NaN, infinities and -0.0 survive
+    if isinstance(value, Decimal):
+        return _decimal(value)
     if isinstance(value, str):
         return quote_string(value)
+    if isinstance(value, bytes | bytearray):
+        return "'" + "".join(f"\\x{byte:02X}" for byte in value) + "'::BLOB"
     if isinstance(value, uuid.UUID):
         return f"'{value}'::UUID"
     if isinstance(value, datetime):
@@ -66,9 +66,22 @@ def literal(value: Any) -> str:
         return f"{kind} '{value.isoformat(sep=' ')}'"
     if isinstance(value, date):
         return f"DATE '{value.isoformat()}'"
-    if isinstance(value, Sequence) and not isinstance(value, bytes | bytearray):
+    if isinstance(value, time) and value.tzinfo is None:
+        return f"TIME '{value.isoformat()}'"
+    if isinstance(value, timedelta):
+        return f"INTERVAL '{value // timedelta(microseconds=1)} microseconds'"
+    if isinstance(value, Sequence):
         return "[" + ", ".join(literal(item) for item in value) + "]"
     raise TypeError(f"no SQL literal for {type(value).__name__} {value!r}")
+
+
+def _decimal(value: Decimal) -> str:
+    if not value.is_finite():
+        raise ValueError(f"no SQL literal for the decimal {value!r}")
+    _, digits, exponent = value.as_tuple()
+    scale = max(-int(exponent), 0)
+    precision = max(len(digits) + max(int(exponent), 0), scale, 1)
+    return f"CAST('{value:f}' AS {f'DECIMAL({precision}, {scale})' if precision <= 38 else 'DOUBLE'})"
 
 
 def literals(*values: Any) -> str:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import enum
+import math
 import subprocess
 import sys
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 
 import duckdb
+import numpy as np
 import pytest
 
 from dbt_like.sql import literal, literals, quote_identifier
@@ -25,7 +28,16 @@ from dbt_like.sql import literal, literals, quote_identifier
         2**63 - 1,
         0.1,
         -1e-300,
+        -0.0,
+        float("inf"),
+        float("-inf"),
         Decimal("12.50"),
+        Decimal("1E+2"),
+        Decimal("0E-7"),
+        Decimal("-0.000000000000000000000000000000000001"),
+        b"\x00\xab'; --",
+        time(10, 11, 12, 123456),
+        timedelta(days=-1, microseconds=5),
         "",
         "it's; DROP TABLE t; --",
         "a\x00b\x00",
@@ -46,6 +58,18 @@ def test_a_literal_reads_back_as_the_bound_value(value: object) -> None:
     from_literal = con.execute(f"SELECT {literal(value)}").fetchone()[0]
     assert from_literal == value
     assert type(from_literal) is type(value) or value is None
+    if isinstance(value, float):
+        assert math.copysign(1, from_literal) == math.copysign(1, value)
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+def test_subclasses_of_numbers_are_their_numbers() -> None:
+    con = duckdb.connect()
+    assert con.execute(f"SELECT {literal(np.float64(1.5))}, {literal(Level.HIGH)}").fetchone() == (1.5, 3)
+    assert math.isnan(con.execute(f"SELECT {literal(float('nan'))}").fetchone()[0])
 
 
 def test_literals_fill_a_values_row() -> None:
@@ -55,7 +79,7 @@ def test_literals_fill_a_values_row() -> None:
     assert con.execute("SELECT * FROM t").fetchall() == [("x;y", 7, datetime(2026, 1, 2, 3, 4, 5))]
 
 
-@pytest.mark.parametrize("value", [float("nan"), float("inf"), Decimal("NaN"), b"bytes", object()])
+@pytest.mark.parametrize("value", [Decimal("NaN"), time(1, tzinfo=UTC), object()])
 def test_a_value_with_no_literal_is_refused(value: object) -> None:
     with pytest.raises((TypeError, ValueError), match=r"no .*literal"):
         literal(value)
