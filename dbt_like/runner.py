@@ -32,7 +32,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -47,6 +47,7 @@ from dbt_like.compiler import (
     model_config,
     render_step,
 )
+from dbt_like.lake_at_open import LakeAtOpen, read_lake_at_open
 from dbt_like.project import Model, ProjectError, discover_models
 from dbt_like.schema_tests import TestResult, run_schema_tests
 from dbt_like.sql import first_row, literal, literals, scalar
@@ -167,16 +168,17 @@ def ensure_state(con: Connection, shard: Shard = SINGLE, guards: Iterable[str] =
 def open_batch(con: Connection, run_key: str, started_at: datetime, shard: Shard = SINGLE) -> Batch:
     """The batch of ``run_key``, created on first use (all steps of one run share it): the shard's next id."""
     ensure_state(con, shard)
-    return _find_or_add_batch(con, run_key, started_at, shard)
+    return _find_or_add_batch(con, run_key, started_at, shard)[0]
 
 
-def _find_or_add_batch(con: Connection, run_key: str, started_at: datetime, shard: Shard) -> Batch:
+def _find_or_add_batch(con: Connection, run_key: str, started_at: datetime, shard: Shard) -> tuple[Batch, bool]:
+    """The batch of ``run_key``, and whether it was added now."""
     row = first_row(con, f"SELECT batch_id, started_at FROM {STATE_SCHEMA}.batches WHERE run_key = {literal(run_key)}")
     if row:
-        return Batch(row[0], row[1])
+        return Batch(row[0], row[1]), False
     batch_id = scalar(con, f"SELECT {shard.next_number('batch_id')} FROM {STATE_SCHEMA}.batches")
     con.execute(f"INSERT INTO {STATE_SCHEMA}.batches VALUES ({literals(batch_id, run_key, started_at)})")
-    return Batch(batch_id, started_at)
+    return Batch(batch_id, started_at), True
 
 
 def table_exists(con: Connection, name: str) -> bool:
@@ -242,6 +244,9 @@ class Project:
         self._columns_checked: set[str] = set()
         self._existing: set[str] = set()
         self._batches: dict[str, Batch] = {}
+        # batches this project opened as the lake's one writer: the lake when each opened, the models written since
+        self._at_open: dict[int, LakeAtOpen] = {}
+        self._wrote: dict[int, set[str]] = {}
         self._state_ready = False
         self._created_relation = False  # or altered, by the transaction running now
 
@@ -307,6 +312,11 @@ class Project:
         results = [StepResult(model=model) for model in names]
         checked = False
         if source_chunks is None:
+            quiet = self._quiet_results(con, names, batch)
+            if quiet is not None:
+                if after_commit:
+                    after_commit()
+                return quiet
             checked = self._transaction(con, names, batch, {}, results, before_commit)
             if after_commit:
                 after_commit()
@@ -318,13 +328,24 @@ class Project:
                     after_commit()
                 for relation in relations.values():
                     con.unregister(relation)
-        if not checked:
+        if not checked and not self._checked_at_open(batch, results):
             con.begin()  # one read transaction: a lake reads its catalog once for all of them, not once per query
             try:
                 self._check(con, names, batch, results)
             finally:
                 con.rollback()
         return results
+
+    def _checked_at_open(self, batch: Batch, results: list[StepResult]) -> bool:
+        """Whether a step that wrote no rows took its tests and row counts from the lake as its batch opened (the
+        batch has no rows to test; the tables hold what they held then)."""
+        at_open = self._at_open.get(batch.batch_id)
+        if at_open is None or any(r.rows_written or r.model not in at_open.rows for r in results):
+            return False
+        for result in results:
+            result.table_rows = at_open.rows[result.model]
+            result.tests = [TestResult(result.model, test, 0) for test in self.models[result.model].tests]
+        return True
 
     def _check(self, con: Connection, names: list[str], batch: Batch, results: list[StepResult]) -> None:
         """The models' schema tests and row counts, as the open transaction sees them."""
@@ -338,14 +359,63 @@ class Project:
         if run_key not in self._batches:
             self._ensure_state(con)
 
-            def claim_next_batch() -> tuple[Batch, int]:
-                batch = _find_or_add_batch(con, run_key, started_at, self.shard)
-                return batch, batch.batch_id
+            def claim_next_batch() -> tuple[tuple[Batch, LakeAtOpen | None], int]:
+                batch, added = _find_or_add_batch(con, run_key, started_at, self.shard)
+                tables = [name for name in self.models if not self._is_view(name)]
+                at_open = read_lake_at_open(con, tables, self.shard.index) if added and self.shard.count == 1 else None
+                return (batch, at_open), batch.batch_id
 
-            self._batches[run_key] = self._guarded(
-                con, f"opening the batch of run {run_key}", None, [], claim_next_batch
-            )
+            batch, at_open = self._guarded(con, f"opening the batch of run {run_key}", None, [], claim_next_batch)
+            if at_open:  # one writer has one batch open at a time: earlier batches' readings are done with
+                self._at_open, self._wrote = {batch.batch_id: at_open}, {batch.batch_id: set()}
+                self._existing.update(at_open.rows)
+            self._batches[run_key] = batch
         return self._batches[run_key]
+
+    def _quiet_results(self, con: Connection, names: list[str], batch: Batch) -> list[StepResult] | None:
+        """The results of a step that, by the lake as its batch opened, has nothing to do, or None when that
+        cannot be told without running the step: with shards, in a batch another process opened or whose clock has
+        a time zone, for an input an earlier step of the batch wrote rows to, a view, or the batch's last step. The
+        step's tests pass: the batch has no rows in its tables."""
+        at_open = self._at_open.get(batch.batch_id)
+        if at_open is None or batch.started_at.tzinfo is not None:
+            return None
+        if names[0] == self.primary_models()[-1] or any(map(self._is_view, names)):
+            return None
+        wrote = self._wrote.get(batch.batch_id, set())
+        if any(ref in wrote for model in names for ref in self.models[model].refs):
+            return None
+        results = [self._result_at_open(at_open, model, batch) for model in names]
+        if not all(result is not None and _idle(result) for result in results):
+            return None
+        self._add_columns_once(con, names, batch, {})
+        self._checked_at_open(batch, results)
+        return results
+
+    def _result_at_open(self, at_open: LakeAtOpen, model: str, batch: Batch) -> StepResult | None:
+        """What the step of ``model`` would read, by ``at_open`` (None: its table or a table it reads is missing, or
+        waiting rows expire now, which the step must delete)."""
+        part_of = self.configs[model].get("part_of")
+        reads = [ref for ref in self.models[model].refs if ref != part_of and not self._is_view(ref)]
+        if any(table not in at_open.rows for table in [model, *reads]):
+            return None
+        result = StepResult(model=model)
+        config = self.configs[model]
+        tables = self.retry_marked_tables(model) if config.get("retry_unmatched") else []
+        inputs = [(upstream, result.offsets_before, result.offsets_after) for upstream in self.stream_inputs(model)]
+        inputs += [(table, result.tables_before, result.tables_after) for table in tables]
+        for upstream, before, after in inputs:
+            if upstream not in at_open.newest:
+                return None
+            before[upstream] = at_open.offsets.get((model, upstream), 0)
+            after[upstream] = at_open.newest[upstream]
+        if config.get("retry_unmatched"):
+            waiting = at_open.waiting.get(model)
+            grace = timedelta(minutes=int(config.get("retry_grace_minutes", 0)))
+            if waiting and waiting.first_seen < batch.started_at - grace:
+                return None
+            result.expired, result.pending_floor = 0, waiting.floor if waiting else None
+        return result
 
     def _ensure_state(self, con: Connection) -> None:
         if self._state_ready:
@@ -453,10 +523,7 @@ class Project:
     ) -> bool:
         """Run the step's transaction; True when the step had nothing to do, and its tests and row counts were
         then read in that transaction (an idle batch's steps open one transaction each, not two)."""
-        for model in names:
-            if model not in self._columns_checked and not self._is_view(model) and self._exists(con, model):
-                self._add_new_columns(con, model, self._schema_probe(model, batch, relations), batch.batch_id)
-            self._columns_checked.add(model)
+        self._add_columns_once(con, names, batch, relations)
         started = copy.deepcopy(results)
         # The last step always commits: its snapshot is the one that marks the batch whole for readers.
         may_idle = not relations and names[0] != self.primary_models()[-1]
@@ -481,6 +548,8 @@ class Project:
             self._guarded(con, f"step {names[0]} of batch {batch.batch_id}", batch.batch_id, names, write_models)
         except _NothingNew:
             return True
+        if batch.batch_id in self._wrote:
+            self._wrote[batch.batch_id].update(result.model for result in results if result.rows_written)
         return False
 
     def _idle(self, con: Connection, result: StepResult, batch: Batch, relations: dict[str, str]) -> bool:
@@ -504,6 +573,13 @@ class Project:
         # 'CREATE VIEW <name> AS <query>;' and 'CREATE TEMP VIEW __view_probe AS <query>;': compare the queries
         return stored.partition(" AS ")[2] != probe.partition(" AS ")[2]
 
+    def _add_columns_once(self, con: Connection, names: list[str], batch: Batch, relations: dict[str, str]) -> None:
+        """Add the columns the models gained to their tables, on their first step in this process."""
+        for model in names:
+            if model not in self._columns_checked and not self._is_view(model) and self._exists(con, model):
+                self._add_new_columns(con, model, self._schema_probe(model, batch, relations), batch.batch_id)
+            self._columns_checked.add(model)
+
     def _schema_probe(self, name: str, batch: Batch, relations: dict[str, str]) -> str:
         """The model's query over empty deltas: only its columns and types matter."""
         step = StepContext(
@@ -519,7 +595,8 @@ class Project:
         """dbt's ``on_schema_change='append_new_columns'``: columns the model gained (a newer version of
         its SQL) are added to the table, NULL in the rows written before (a change of the catalog: shards take
         turns on it)."""
-        existing = {column for column, _ in table_columns(con, name)}
+        listed = self._at_open[batch_id].columns.get(name) if batch_id in self._at_open else None
+        existing = listed if listed is not None else {column for column, _ in table_columns(con, name)}
         relation = con.sql(f"SELECT * FROM {query} WHERE false")
         added = [
             (column, kind)

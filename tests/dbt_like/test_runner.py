@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
 import pandas as pd
 import pytest
 
-from dbt_like import Project, ProjectError, open_batch
+from dbt_like import ConcurrentWriterError, Project, ProjectError, open_batch
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.lake import attach, connection_config
 
@@ -134,7 +135,9 @@ def test_unmatched_rows_are_retried_until_the_grace_period_ends(project: Project
     assert (third["priced"].rows_written, third["priced"].expired, third["priced"].pending) == (0, 1, 0)
 
 
-def test_waiting_rows_keep_a_step_busy_only_when_they_could_match_something_new(tmp_path: Path) -> None:
+def project_with_a_report(tmp_path: Path) -> Project:
+    """The models and a view over ``priced``, so that ``priced`` is not the last step (the last always commits: it
+    marks the batch whole)."""
     models = tmp_path / "models"
     models.mkdir()
     for name, sql in {
@@ -142,12 +145,23 @@ def test_waiting_rows_keep_a_step_busy_only_when_they_could_match_something_new(
         "report.sql": "{{ config(materialized='view') }} SELECT * FROM {{ ref('priced') }}",
     }.items():
         (models / name).write_text(sql)
-    project = Project(models)  # priced is not the last step (the last always commits: it marks the batch whole)
+    return Project(models)
+
+
+@pytest.mark.parametrize("opened_by", ["function", "project"])
+def test_waiting_rows_keep_a_step_busy_only_when_they_could_match_something_new(tmp_path: Path, opened_by: str) -> None:
+    """``open_batch`` (the function) leaves every step to find out in a transaction that it has nothing to do, and
+    a step that wrote no rows to read its tests and row count in another; ``Project.open_batch`` (a writer alone on
+    its lake) tells both from the lake as the batch opened."""
+    project = project_with_a_report(tmp_path)
     con = duckdb.connect()
+    idle_begins = 1 if opened_by == "function" else 0
+    no_rows_begins = 2 if opened_by == "function" else 1
 
     def batch(rows: list, run_key: str, minutes: int) -> tuple[int, object]:
         """Every step but ``priced``, then ``priced`` on a connection counting its transactions."""
-        at = open_batch(con, run_key, T0 + timedelta(minutes=minutes))
+        opener = open_batch if opened_by == "function" else project.open_batch
+        at = opener(con, run_key, T0 + timedelta(minutes=minutes))
         project.run_step(con, "events", at, source_chunks=[feed(*rows)])
         for name in ["orders", "catalog"]:
             project.run_step(con, name, at)
@@ -157,15 +171,48 @@ def test_waiting_rows_keep_a_step_busy_only_when_they_could_match_something_new(
 
     assert batch([(1, "order", "x")], "r1", 0)[1].pending == 1
     begins, idle = batch([], "r2", 1)  # nothing new: the waiting order cannot match anything new
-    assert (begins, idle.rows_written, idle.expired) == (1, 0, 0)
+    assert (begins, idle.rows_written, idle.expired, idle.table_rows) == (idle_begins, 0, 0, 0)
     begins, busy = batch([(2, "price", "y")], "r3", 2)  # the catalog changed (not for x): x is tried again
-    assert (begins, busy.rows_written, busy.pending) == (2, 0, 1)
+    assert (begins, busy.rows_written, busy.pending) == (no_rows_begins, 0, 1)
     begins, matched = batch([(3, "price", "x"), (4, "order", "z")], "r4", 3)
     assert (begins, matched.rows_written, matched.pending) == (2, 1, 1)
-    assert batch([], "r5", 4)[0] == 1
+    assert batch([], "r5", 4)[0] == idle_begins
     begins, expired = batch([], "r6", 14)  # z's grace period (10 minutes) has passed: it leaves the retry
-    assert (begins, expired.expired, expired.pending) == (2, 1, 0)
+    assert (begins, expired.expired, expired.pending) == (no_rows_begins, 1, 0)
     assert con.execute("SELECT item FROM priced").fetchall() == [("x",)]
+
+
+def test_an_idle_batch_of_a_writer_alone_reports_what_the_transactions_would_have_found(tmp_path: Path) -> None:
+    """Steps told idle from the lake as the batch opened report the offsets, row counts and tests that running
+    them finds; a step whose input an earlier step of the batch wrote rows to runs."""
+    project = project_with_a_report(tmp_path)
+    con = duckdb.connect()
+
+    def batch(opener: object, rows: list, run_key: str) -> tuple[dict[str, int], dict[str, object]]:
+        at = opener(con, run_key, T0)
+        project.run_step(con, "events", at, source_chunks=[feed(*rows)])
+        begins, results = {}, {}
+        for name in ["catalog", "orders", "priced", "report"]:
+            counting = CountingConnection(con)
+            results[name] = project.run_step(counting, name, at)
+            begins[name] = counting.begins
+        return begins, results
+
+    batch(project.open_batch, [(1, "order", "a"), (2, "price", "a"), (3, "order", "b")], "r1")
+    run_begins, ran = batch(open_batch, [], "r2")
+    told_begins, told = batch(project.open_batch, [], "r3")
+    assert run_begins == {"catalog": 1, "orders": 1, "priced": 1, "report": 2}
+    assert told_begins == {"catalog": 0, "orders": 0, "priced": 0, "report": 2}
+    for name in ["catalog", "orders", "priced"]:
+        assert [dataclasses.replace(result, tests=[]) for result in told[name]] == [
+            dataclasses.replace(result, tests=[]) for result in ran[name]
+        ]
+        assert [(t.test, t.failures) for t in told[name][0].tests] == [(t.test, t.failures) for t in ran[name][0].tests]
+    busy_begins, busy = batch(project.open_batch, [(4, "order", "a")], "r4")
+    assert busy_begins == {"catalog": 1, "orders": 2, "priced": 2, "report": 2}  # events gained a row: all run
+    assert (busy["orders"][0].rows_written, busy["priced"][0].rows_written) == (1, 1)
+    # a step that wrote no rows reports its table as the batch opened: it is unchanged
+    assert (busy["catalog"][0].rows_written, busy["catalog"][0].table_rows) == (0, 1)
 
 
 def test_a_failure_inside_the_step_rolls_back_rows_and_offsets(project: Project) -> None:
@@ -471,3 +518,49 @@ def test_a_view_is_replaced_only_when_its_query_changes(tmp_path: Path) -> None:
     run_view_project(refunds, con, [(3, "refund", "a")], "r3")
     assert len(view_changes()) == 2
     assert con.execute("SELECT _seq FROM orders_priced").fetchall() == [(3,)]
+
+
+def run_batch(project: Project, con: duckdb.DuckDBPyConnection, rows: list, run_key: str, at: datetime) -> dict:
+    """A batch opened by the project, each step's first result by model."""
+    batch = project.open_batch(con, run_key, at)
+    results = {"events": project.run_step(con, "events", batch, source_chunks=[feed(*rows)])[0]}
+    for name in ["catalog", "orders", "priced", "report"]:
+        results[name] = project.run_step(con, name, batch)[0]
+    return results
+
+
+def test_rows_a_failing_step_committed_keep_the_steps_reading_them_busy(tmp_path: Path) -> None:
+    project = project_with_a_report(tmp_path)
+    con = duckdb.connect()
+    run_batch(project, con, [(1, "order", "a")], "r1", T0)
+    batch = project.open_batch(con, "r2", T0)
+
+    def fail() -> None:
+        raise RuntimeError("after the commit")
+
+    with pytest.raises(RuntimeError, match="after the commit"):
+        project.run_step(con, "events", batch, source_chunks=[feed((2, "order", "b"))], after_commit=fail)
+    counting = CountingConnection(con)
+    orders = project.run_step(counting, "orders", batch)[0]
+    assert (counting.begins, orders.rows_written) == (2, 1)
+
+
+def test_a_batch_clock_with_a_time_zone_runs_the_steps(tmp_path: Path) -> None:
+    project = project_with_a_report(tmp_path)
+    con = duckdb.connect()
+    run_batch(project, con, [(1, "order", "x")], "r1", T0)
+    aware = run_batch(project, con, [], "r2", (T0 + timedelta(minutes=1)).replace(tzinfo=UTC))
+    assert (aware["priced"].rows_written, aware["priced"].expired, aware["priced"].pending_floor) == (0, 0, 1)
+
+
+def test_a_second_writer_meanwhile_is_refused_at_the_last_step(tmp_path: Path) -> None:
+    project = project_with_a_report(tmp_path)
+    con = duckdb.connect()
+    run_batch(project, con, [(1, "order", "a")], "r1", T0)
+    batch = project.open_batch(con, "r2", T0)
+    project.run_step(con, "events", batch, source_chunks=[feed()])
+    run_batch(Project(project.models_dir), con, [(2, "order", "a")], "r3", T0)  # another run of the same shard
+    for name in ["catalog", "orders", "priced"]:
+        project.run_step(con, name, batch)  # told idle from the lake as batch 2 opened
+    with pytest.raises(ConcurrentWriterError, match="batch 3 of shard 0 has already written"):
+        project.run_step(con, "report", batch)

@@ -1,0 +1,62 @@
+"""What a lake held for one writer when its batch opened, read in one transaction.
+
+With one writer, nothing but the batch's own steps changes the models' tables until the batch ends. A step whose
+inputs none of the batch's earlier steps wrote can then tell from this reading alone that it has nothing to do,
+and skip the transaction it would otherwise open only to find that out (on a lake, each transaction pays a round
+of catalog lookups: 0.05-0.1 s per step of an idle batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import duckdb
+
+from dbt_like.compiler import PENDING_TABLE, STATE_SCHEMA
+from dbt_like.sql import first_row
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A retried model's waiting rows: the lowest arrival number and the earliest time one was first seen."""
+
+    floor: int
+    first_seen: datetime
+
+
+@dataclass(frozen=True)
+class LakeAtOpen:
+    """The models' tables and the shard's bookkeeping as the batch-opening transaction saw them."""
+
+    columns: dict[str, set[str]]  # every table of the default schema: its column names
+    newest: dict[str, int]  # a model table's highest _batch_id (0 when empty)
+    rows: dict[str, int]  # a model table's row count
+    offsets: dict[tuple[str, str], int]  # (model, input): the last batch of the input the model consumed
+    waiting: dict[str, Waiting]  # a retried model with waiting rows
+
+
+def read_lake_at_open(con: duckdb.DuckDBPyConnection, models: Iterable[str], shard: int) -> LakeAtOpen:
+    """Read :class:`LakeAtOpen` in the open transaction of ``con``, for the tables of ``models`` that exist."""
+    columns: dict[str, set[str]] = {}
+    for table, column in con.execute(
+        "SELECT table_name, column_name FROM duckdb_columns() WHERE schema_name = current_schema() "
+        "AND database_name = current_database()"
+    ).fetchall():
+        columns.setdefault(table, set()).add(column)
+    tables = [name for name in models if "_batch_id" in columns.get(name, ())]
+    # one statement for all of them: each statement on a lake pays its own catalog lookups
+    scans = ", ".join(f"(SELECT [coalesce(max(_batch_id), 0), count(*)] FROM {name})" for name in tables)
+    figures = first_row(con, f"SELECT {scans}") if tables else ()
+    offsets = con.execute(f"SELECT model, input, batch_id FROM {STATE_SCHEMA}.offsets WHERE shard = {shard}").fetchall()
+    waiting = con.execute(
+        f"SELECT model, min(seq), min(first_seen) FROM {PENDING_TABLE} WHERE shard = {shard} GROUP BY model"
+    ).fetchall()
+    return LakeAtOpen(
+        columns=columns,
+        newest={name: figure[0] for name, figure in zip(tables, figures, strict=True)},
+        rows={name: figure[1] for name, figure in zip(tables, figures, strict=True)},
+        offsets={(model, upstream): batch_id for model, upstream, batch_id in offsets},
+        waiting={model: Waiting(floor, first_seen) for model, floor, first_seen in waiting},
+    )
