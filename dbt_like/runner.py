@@ -108,7 +108,7 @@ class StepResult:
     # a retried step's table inputs: the newest batch that wrote each, at its last step and now (one writer only)
     tables_before: dict[str, int] = field(default_factory=dict)
     tables_after: dict[str, int] = field(default_factory=dict)
-    table_rows: int = 0
+    table_rows: int | None = 0  # None for a view: counting its rows would run its whole query every batch
     tests: list[TestResult] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -351,7 +351,7 @@ class Project:
         """The models' schema tests and row counts, as the open transaction sees them."""
         for model, result in zip(names, results, strict=True):
             result.tests = run_schema_tests(con, self.models[model], batch.batch_id)
-            result.table_rows = scalar(con, f"SELECT count(*) FROM {model}")
+            result.table_rows = None if self._is_view(model) else scalar(con, f"SELECT count(*) FROM {model}")
 
     def open_batch(self, con: Connection, run_key: str, started_at: datetime) -> Batch:
         """:func:`open_batch`, remembered (every step of a run asks for its batch), in a guarded transaction:

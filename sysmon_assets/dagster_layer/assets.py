@@ -78,10 +78,11 @@ def step_metadata(results: list[StepResult], batch_id: int | None) -> dict[str, 
         "batch_id": batch_id,
         "rows_in": main.rows_in,
         "rows_written": main.rows_written,
-        "dagster/row_count": main.table_rows,
         "offsets_before": MetadataValue.json(main.offsets_before),
         "offsets_after": MetadataValue.json(main.offsets_after),
     }
+    if main.table_rows is not None:  # a view has none
+        metadata["dagster/row_count"] = main.table_rows
     if main.pending is not None:
         metadata["pending_joins"] = main.pending
         metadata["expired_joins"] = main.expired

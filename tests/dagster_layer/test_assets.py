@@ -24,3 +24,8 @@ def test_side_tables_report_their_rows_on_the_main_asset() -> None:
     assert metadata["winlogbeat_rejects_rows_written"] == 2
     assert metadata["dagster/row_count"] == 80
     assert "pending_joins" not in metadata
+
+
+def test_a_view_reports_no_row_count() -> None:
+    metadata = step_metadata([StepResult("sysmon_join_ancestry", table_rows=None)], batch_id=4)
+    assert "dagster/row_count" not in metadata
