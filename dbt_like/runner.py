@@ -249,6 +249,8 @@ class Project:
         self._wrote: dict[int, set[str]] = {}
         self._state_ready = False
         self._created_relation = False  # or altered, by the transaction running now
+        # each model's last rendering and what it was rendered from: a step renders once, not once per chunk
+        self._rendered: dict[str, tuple[StepContext, str]] = {}
 
     def stream_inputs(self, name: str) -> list[str]:
         """Upstream stream models whose delta ``name`` consumes (a view reads them whole: none; a side model
@@ -731,8 +733,12 @@ class Project:
             pending_floor=result.pending_floor,
             shard=self.shard,
         )
+        last = self._rendered.get(name)
+        if last is not None and last[0] == step:
+            return last[1]
         sql = render_step(self.models[name], self.configs, self.variables, step).strip().rstrip(";")
-        return f"(\n{sql}\n)"
+        self._rendered[name] = (step, f"(\n{sql}\n)")
+        return self._rendered[name][1]
 
     def _write(self, con: Connection, name: str, batch: Batch, relations: dict[str, str], result: StepResult) -> None:
         config = self.configs[name]

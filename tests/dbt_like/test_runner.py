@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pandas as pd
 import pytest
 
-from dbt_like import ConcurrentWriterError, Project, ProjectError, open_batch
+from dbt_like import ConcurrentWriterError, Project, ProjectError, open_batch, runner
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.lake import attach, connection_config
 
@@ -263,6 +264,27 @@ def test_source_chunks_commit_one_by_one_with_the_source_positions(project: Proj
     with pytest.raises(RuntimeError):
         project.run_step(con, "events", batch, source_chunks=failing_chunk(), before_commit=crash)
     assert con.execute("SELECT count(*) FROM events").fetchone() == (3,)
+
+
+def test_a_step_renders_its_model_once_whatever_its_chunks(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    rendered: list[int] = []
+    render_step = runner.render_step
+
+    def counted(model: Any, configs: Any, variables: Any, step: Any) -> str:
+        rendered.append(step.batch_id)
+        return render_step(model, configs, variables, step)
+
+    monkeypatch.setattr(runner, "render_step", counted)
+    con = duckdb.connect()
+    chunks = [feed((seq, "order", "a")) for seq in range(1, 6)]
+    project.run_step(con, "events", open_batch(con, "r1", T0), source_chunks=chunks)
+    first = len(rendered)  # the shape of the new table, then the step
+    second = [feed((6, "order", "b")), feed((7, "order", "c"))]
+    project.run_step(con, "events", open_batch(con, "r2", T0), source_chunks=second)
+
+    assert first == 2
+    assert rendered[first:] == [2]  # a new batch is a new rendering, once for both its chunks
+    assert con.execute("SELECT count(*), max(_batch_id) FROM events").fetchone() == (7, 2)
 
 
 def test_steps_of_one_run_share_a_batch(project: Project) -> None:
