@@ -15,7 +15,8 @@
 coalesce(nullif(regexp_extract({{ path }}, '[^\\/]*$'), ''), '?')
 {%- endmacro %}
 WITH RECURSIVE processes AS MATERIALIZED (
-    SELECT process_guid, parent_process_guid, process_path, process_command_line
+    -- the walk reads the keys only: path and command line are read for the processes it reaches (described)
+    SELECT process_guid, parent_process_guid
     FROM {{ ref('sysmon_process_create_table') }}
 ),
 -- The processes whose chain may have changed: those this batch brought a create for, and their descendants down
@@ -32,27 +33,46 @@ changed(process_guid, generation) USING KEY (process_guid) AS (
     -- a process whose own GUID names no process is nobody's parent, whatever its children's events say
     WHERE c.generation < {{ depth }} AND NOT {{ names_no_process('c.process_guid') }}
 ),
--- Each changed process's chain, one generation per round: the key keeps only the longest chain so far. A chain
--- stops at a parent that names no process, at one already in it (a cycle), at the depth, or at a parent with no
--- row in the process table (no round extends it).
-chains(process_guid, next_guid, ancestors, members) USING KEY (process_guid) AS (
-    SELECT p.process_guid, p.parent_process_guid,
-        CAST([] AS STRUCT(process_guid VARCHAR, process_path VARCHAR, process_command_line VARCHAR)[]),
-        [p.process_guid]
+-- Each changed process's chain (members: the process, its parent, ...), one generation per round: the key keeps
+-- only the longest chain so far. A chain stops at a parent that names no process, at one already in it (a
+-- cycle), at the depth, or at a parent with no row in the process table (no round extends it).
+chains(process_guid, next_guid, members) USING KEY (process_guid) AS (
+    SELECT p.process_guid, p.parent_process_guid, [p.process_guid]
     FROM processes AS p
     SEMI JOIN changed USING (process_guid)
     UNION
-    SELECT c.process_guid, parent.parent_process_guid,
-        list_append(c.ancestors, {
-            'process_guid': parent.process_guid,
-            'process_path': parent.process_path,
-            'process_command_line': parent.process_command_line}),
-        list_append(c.members, parent.process_guid)
+    SELECT c.process_guid, parent.parent_process_guid, list_append(c.members, parent.process_guid)
     FROM chains AS c
     JOIN processes AS parent ON parent.process_guid = c.next_guid
-    WHERE len(c.ancestors) < {{ depth }}
+    WHERE len(c.members) <= {{ depth }}
       AND NOT list_contains(c.members, c.next_guid)
       AND NOT {{ names_no_process('c.next_guid') }}
+),
+-- Every process a chain names, with what the rows show of it: the keyed table's wide columns read once.
+described AS MATERIALIZED (
+    SELECT process_guid, process_path, process_command_line
+    FROM {{ ref('sysmon_process_create_table') }}
+    WHERE process_guid IN (SELECT unnest(members) FROM chains)
+),
+ancestries AS (
+    SELECT a.process_guid,
+        list({
+            'process_guid': d.process_guid,
+            'process_path': d.process_path,
+            'process_command_line': d.process_command_line} ORDER BY a.generation) AS ancestors
+    FROM (
+        SELECT process_guid, unnest(members[2:]) AS ancestor, generate_subscripts(members[2:], 1) AS generation
+        FROM chains
+    ) AS a
+    JOIN described AS d ON d.process_guid = a.ancestor
+    GROUP BY a.process_guid
+),
+chain_rows AS (
+    SELECT c.process_guid, c.next_guid, c.members,
+        coalesce(a.ancestors, CAST([] AS STRUCT(process_guid VARCHAR, process_path VARCHAR, process_command_line VARCHAR)[]))
+            AS ancestors
+    FROM chains AS c
+    LEFT JOIN ancestries AS a USING (process_guid)
 )
 SELECT
     p.process_guid,
@@ -76,5 +96,5 @@ SELECT
     -- rewritten row always replaces the one before (with shards, the table's upsert keeps the higher _seq).
     {% if is_incremental() %}(SELECT coalesce(max(_seq), 0) FROM {{ this }}){% else %}0{% endif %}
         + row_number() OVER (ORDER BY p.process_guid) AS _seq
-FROM chains AS c
-JOIN {{ ref('sysmon_process_create_table') }} AS p USING (process_guid)
+FROM chain_rows AS c
+JOIN described AS p USING (process_guid)
