@@ -31,8 +31,11 @@ list_filter([
 {% set event_ids = rules | map(attribute='event_id') | unique | list %}
 WITH events AS MATERIALIZED (
     SELECT * FROM {{ ref('winlogbeat_stream_rekey') }} WHERE event_id IN (1, 3)
-), processes AS (
+), processes AS MATERIALIZED (
+    -- the processes of the batch's connections only: a lake has no index, so the keyed table is scanned once
+    -- here, not once per join below
     SELECT * FROM {{ ref('sysmon_process_create_table') }}
+    WHERE process_guid IN (SELECT process_guid FROM events WHERE event_id = 3)
 ), matches AS (
 {%- for event_id in event_ids %}
     -- the rules run once per distinct combination of the fields they read, then each match goes to its events
