@@ -2,8 +2,9 @@
 
 For every output column of a model's outermost SELECT, the upstream model columns its
 expression reads (``s.event_data.CommandLine`` reads ``event_data.CommandLine`` of the model
-aliased ``s``). A CTE that only filters one table (``SELECT * FROM x WHERE ...``) stands for
-that table; columns read from a source or any other CTE have no upstream model and are left out.
+aliased ``s``). A CTE that only filters one table and keeps its columns' names (``SELECT * FROM x WHERE ...``,
+``SELECT a, b FROM x WHERE ...``) stands for that table; columns read from a source or any other CTE have no
+upstream model and are left out.
 """
 
 from __future__ import annotations
@@ -29,12 +30,18 @@ def _sources(select: exp.Select) -> dict[str, str]:
     return sources
 
 
+def _keeps_names(select: exp.Select) -> bool:
+    """Whether ``select`` outputs ``*`` or columns under their own names only."""
+    return [str(e) for e in select.expressions] == ["*"] or all(isinstance(e, exp.Column) for e in select.expressions)
+
+
 def _filtering_ctes(tree: exp.Expression) -> dict[str, str]:
-    """CTE name -> table, for CTEs of the form ``SELECT * FROM table [WHERE ...]``."""
+    """CTE name -> table, for CTEs of the form ``SELECT * FROM table [WHERE ...]`` or ``SELECT a, b FROM table
+    [WHERE ...]``."""
     filtering = {}
     for cte in tree.find_all(exp.CTE):
         body = cte.this
-        if isinstance(body, exp.Select) and not body.args.get("joins") and [str(e) for e in body.expressions] == ["*"]:
+        if isinstance(body, exp.Select) and not body.args.get("joins") and _keeps_names(body):
             table = (body.args.get("from_") or body.args.get("from")).this
             if isinstance(table, exp.Table):
                 filtering[cte.alias_or_name] = table.name
