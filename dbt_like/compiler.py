@@ -39,10 +39,27 @@ def _compiled(template: str) -> jinja2.Template:
     return _ENV.from_string(template)
 
 
+# Outputs of cached() macro calls, by the project's macros, the macro's name and its arguments.
+_CACHED_CALLS: dict[tuple[str, str, str], str] = {}
+
+
+def _cached_calls(macros: str) -> Any:
+    def cached(macro: Any, *args: Any) -> str:
+        """``{{ cached(a_macro, arg, ...) }}``: the macro's output, rendered once per process for the same
+        arguments. Only for a macro that is slow to render and reads nothing but its arguments."""
+        key = (macros, macro.name, repr(args))
+        if key not in _CACHED_CALLS:
+            _CACHED_CALLS[key] = str(macro(*args))
+        return _CACHED_CALLS[key]
+
+    return cached
+
+
 def _render(model: Model, context: dict[str, Any]) -> str:
     """The model's template rendered with ``context``: the project's macros (and the values their files set)
     are called within the same context, so they too may use ``var()``, ``batch_time`` and the others."""
     if model.macros:
+        context = {**context, "cached": _cached_calls(model.macros)}
         module = _compiled(model.macros).make_module(vars=context)
         exported = {name: value for name, value in vars(module).items() if not name.startswith("_")}
         context = {**exported, **context}

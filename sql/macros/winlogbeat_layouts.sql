@@ -176,8 +176,8 @@ WITH landed AS (
     WHERE l.line_bytes <= {{ var('max_line_bytes') }}
 ), cased AS (
     -- Does a key spell a field name in another letter case? One regex scan, so exact-case lines parse once.
-    -- (Rendered for its columns only, the regex, slow to render, is left out: it does not change them.)
-    SELECT landed.*, {{ has_other_case_key('text', spellings) if execute else 'false' }} AS other_case
+    -- (The regex is slow to render: it is rendered once per process, and not at all for the columns only.)
+    SELECT landed.*, {{ cached(has_other_case_key, 'text', spellings) if execute else 'false' }} AS other_case
     FROM landed
 ), parsed AS MATERIALIZED (
     -- The first layout ({{ first.comment }}):

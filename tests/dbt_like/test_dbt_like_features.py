@@ -70,6 +70,30 @@ def test_models_call_the_project_macros_and_see_their_values(tmp_path: Path) -> 
     assert con.sql("SELECT item FROM events").fetchall() == [("PEN!",)]
 
 
+def test_a_cached_macro_call_renders_once_per_process_for_the_same_arguments(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / "macros").mkdir(parents=True)
+    (models / "macros" / "slow.sql").write_text(
+        f"-- {tmp_path}\n"  # a project of its own: no call cached by another test's project
+        "{% macro plus_one(n) %}{{ var('calls').append(n) or '' }}{{ n }} + 1{% endmacro %}\n"
+    )
+    (models / "numbers.sql").write_text(
+        "SELECT {{ cached(plus_one, 1) }} AS a, {{ cached(plus_one, 1) }} AS b, {{ cached(plus_one, 2) }} AS c, "
+        "{{ plus_one(1) }} AS d FROM {{ source('feed') }}"
+    )
+    calls: list[int] = []
+    project = Project(models, {"calls": calls})
+    con = duckdb.connect()
+    for run_key in ["b1", "b2"]:
+        feed = pd.DataFrame({"_seq": [1]})
+        project.run_step(con, "numbers", open_batch(con, run_key, T0), source_chunks=[{"feed": feed}])
+
+    assert con.sql("SELECT DISTINCT a, b, c, d FROM numbers").fetchall() == [(2, 2, 3, 2)]
+    # the cached calls once each, in the first rendering; the plain call in every rendering: the config, the new
+    # table's shape, and each batch's step
+    assert calls == [1, 2, 1, 1, 1, 1]
+
+
 def test_a_macro_may_not_call_ref_or_source(tmp_path: Path) -> None:
     make_project(tmp_path)
     (tmp_path / "models" / "macros" / "bad.sql").write_text("{% macro bad() %}{{ ref('events') }}{% endmacro %}")
