@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, TypeVar
 
@@ -124,7 +125,7 @@ class FileProgress:
         self.line += lines
         self.read_error = None
 
-    @property
+    @cached_property
     def kind(self) -> str:
         """``evtx``, ``gzip`` or ``text``: how the file is read and what its position counts."""
         return {".evtx": "evtx", ".gz": "gzip"}.get(self.path.suffix, "text")
@@ -134,6 +135,14 @@ class FileProgress:
         """Where the bytes fingerprinted as the tail end: the position (a gzip file: its size on disk, as
         positions count uncompressed bytes); EVTX files are rewritten as records are added: no tail."""
         return {"evtx": None, "gzip": self.size}.get(self.kind, self.position)
+
+
+class LandedFile(NamedTuple):
+    """A landed regular file as the folder's listing saw it: its path, :func:`file_key` and size."""
+
+    path: Path
+    key: str
+    size: int
 
 
 @dataclass(frozen=True)
@@ -150,7 +159,7 @@ def _landed_name(name: str) -> bool:
     return not name.startswith(".") and any(fnmatch.fnmatchcase(name, pattern) for pattern in PATTERNS)
 
 
-def scan_landing(landing_dir: Path) -> tuple[list[Path], list[Skipped]]:
+def scan_landing(landing_dir: Path) -> tuple[list[LandedFile], list[Skipped]]:
     """Landed regular files, oldest first (rotated files before the one being written), and the entries
     with landed names that are not regular files; a missing or unreadable folder is an error naming it."""
     if not landing_dir.is_dir():
@@ -160,7 +169,7 @@ def scan_landing(landing_dir: Path) -> tuple[list[Path], list[Skipped]]:
             named = [entry for entry in entries if _landed_name(entry.name)]
     except OSError as error:
         raise LandingError(f"cannot list the landing folder {landing_dir}: {error}") from error
-    files: list[tuple[int, str, Path]] = []
+    files: list[tuple[int, str, LandedFile]] = []
     skipped: list[Skipped] = []
     for entry in named:
         path = Path(entry.path)
@@ -171,10 +180,10 @@ def scan_landing(landing_dir: Path) -> tuple[list[Path], list[Skipped]]:
         except OSError as error:
             raise LandingError(f"cannot stat landed file {path}: {error}") from error
         if stat.S_ISREG(info.st_mode):
-            files.append((info.st_mtime_ns, entry.name, path))
+            files.append((info.st_mtime_ns, entry.name, LandedFile(path, f"{info.st_dev}:{info.st_ino}", info.st_size)))
         else:
             skipped.append(Skipped(path, f"{info.st_dev}:{info.st_ino}", _skip_detail(path, info.st_mode)))
-    return [path for *_, path in sorted(files)], skipped
+    return [landed for *_, landed in sorted(files)], skipped
 
 
 def _skip_detail(path: Path, mode: int) -> str:
@@ -187,7 +196,7 @@ def _skip_detail(path: Path, mode: int) -> str:
 
 def list_landed_files(landing_dir: Path) -> list[Path]:
     """Landed regular files, oldest first; see :func:`scan_landing`."""
-    return scan_landing(landing_dir)[0]
+    return [landed.path for landed in scan_landing(landing_dir)[0]]
 
 
 def file_key(path: Path) -> str:
@@ -198,7 +207,7 @@ def file_key(path: Path) -> str:
 
 def landing_snapshot(landing_dir: Path) -> dict[str, int]:
     """``{file_key: size}`` of every landed file: cheap to compare between sensor ticks."""
-    return {file_key(path): path.lstat().st_size for path in list_landed_files(landing_dir)}
+    return {landed.key: landed.size for landed in scan_landing(landing_dir)[0]}
 
 
 def fingerprint(path: Path, length: int, start: int = 0) -> str:
@@ -411,14 +420,8 @@ class LandingReader:
         files, skipped = scan_landing(self.landing_dir)
         owned = [entry for entry in skipped if self.owns(entry.key)]
         self.skipped, self.recorded_skips = self._not_yet_recorded(owned), []
-        self.files = [self._plan_file(path, known, first_batch_ever) for path in files if self._owned(path)]
+        self.files = [self._plan_file(landed, known, first_batch_ever) for landed in files if self.owns(landed.key)]
         return self.files
-
-    def _owned(self, path: Path) -> bool:
-        try:
-            return self.owns(file_key(path))
-        except OSError as error:
-            raise LandingError(f"cannot stat landed file {path}: {error}") from error
 
     def _ensure_state_tables(self) -> None:
         self.con.execute(STATE_DDL)
@@ -446,11 +449,8 @@ class LandingReader:
             LOG.warning("%s is %s", entry.path, entry.detail)
         return new
 
-    def _plan_file(self, path: Path, known: dict[str, Stored], first_batch_ever: bool) -> FileProgress:
-        try:
-            key, size = file_key(path), path.lstat().st_size
-        except OSError as error:
-            raise LandingError(f"cannot stat landed file {path}: {error}") from error
+    def _plan_file(self, landed: LandedFile, known: dict[str, Stored], first_batch_ever: bool) -> FileProgress:
+        path, key, size = landed
         progress = FileProgress(key, path, 0, 0, size)
         if key in known:
             self._resume(progress, known[key])
