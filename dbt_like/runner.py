@@ -623,37 +623,34 @@ class Project:
         """Append the step's rows; with a ``dedupe_key``, only the first row of each key (by ``order_by``) the
         step brings, and none whose key is in the table already.
 
-        The step's rows are staged. Their later deliveries are found by grouping only the key columns and the
-        order column (a window over the whole rows would hold every column of the step in memory). A lake has no
-        index: the anti-join reads only the table's rows whose key columns lie within the staged rows' ranges,
-        given as constants so that files whose min/max statistics lie outside are skipped. A key column that is
-        NULL in every staged row matches nothing.
+        The step's later deliveries are found by grouping only its key columns and order column (a window over
+        the whole rows would hold every column of the step in memory), in the statement that appends the rest:
+        the step's query (which must be deterministic) is read again for those columns only, not staged. A lake
+        has no index: the anti-join reads only the table's rows whose key columns lie within the step's key
+        ranges, given as constants so that files whose min/max statistics lie outside are skipped. A key column
+        that is NULL in every row of the step matches nothing.
         """
         rows = f"SELECT *, {batch.batch_id} AS _batch_id FROM {query}"
         key = config.get("dedupe_key")
         if not key:
             return scalar(con, f"INSERT INTO {name} BY NAME {rows}")
         columns, order_by = _columns(key), config["order_by"]
-        con.execute(f"CREATE OR REPLACE TEMP TABLE __append AS {rows}")
         matches = " AND ".join(f"n.{c} = t.{c}" for c in columns)
-        con.execute(
-            f"DELETE FROM __append AS n USING (SELECT {key}, min({order_by}) AS __first FROM __append "
-            f"WHERE {' AND '.join(f'{c} IS NOT NULL' for c in columns)} GROUP BY ALL HAVING count(*) > 1) AS t "
-            f"WHERE {matches} AND n.{order_by} <> t.__first"
+        repeated = (
+            f"SELECT {key}, min({order_by}) AS __first FROM {query} "
+            f"WHERE {' AND '.join(f'{c} IS NOT NULL' for c in columns)} GROUP BY ALL HAVING count(*) > 1"
         )
-        bounds = first_row(con, "SELECT " + ", ".join(f"min({c}), max({c})" for c in columns) + " FROM __append")
+        firsts = f"SELECT n.* FROM ({rows}) AS n ANTI JOIN ({repeated}) AS t ON {matches} AND n.{order_by} <> t.__first"
+        bounds = first_row(con, "SELECT " + ", ".join(f"min({c}), max({c})" for c in columns) + f" FROM {query}")
         if None in bounds or not scalar(con, f"SELECT count(*) > 0 FROM {name}"):
-            written = scalar(con, f"INSERT INTO {name} BY NAME SELECT * FROM __append")
-        else:
-            pairs = zip(columns, bounds[::2], bounds[1::2], strict=True)
-            ranges = " AND ".join(f"{c} BETWEEN {literal(low)} AND {literal(high)}" for c, low, high in pairs)
-            written = scalar(
-                con,
-                f"INSERT INTO {name} BY NAME SELECT n.* FROM __append AS n "
-                f"ANTI JOIN (SELECT {key} FROM {name} WHERE {ranges}) AS t ON {matches}",
-            )
-        con.execute("DROP TABLE __append")
-        return written
+            return scalar(con, f"INSERT INTO {name} BY NAME {firsts}")
+        pairs = zip(columns, bounds[::2], bounds[1::2], strict=True)
+        ranges = " AND ".join(f"{c} BETWEEN {literal(low)} AND {literal(high)}" for c, low, high in pairs)
+        return scalar(
+            con,
+            f"INSERT INTO {name} BY NAME SELECT n.* FROM ({firsts}) AS n "
+            f"ANTI JOIN (SELECT {key} FROM {name} WHERE {ranges}) AS t ON {matches}",
+        )
 
     def _upsert(self, con: Connection, name: str, query: str, config: dict[str, Any], batch: Batch) -> int:
         """Replace the rows of the keys the step brings with its newest row per key."""
