@@ -32,8 +32,7 @@ in the same invocation:
   (events/s in all on this machine), and each shard alone on a fresh lake (its part of the input only): the
   slowest of those is what one machine per shard would take, catalog contention aside;
 - small files (``--small-files N``): N files of 6 events against the same events in one file, in-process
-  (target at most 2x), and two idle batches over the N files (target at most 1 s): the first records each
-  file's settled stat (its size and times, which later batches compare instead of reading its bytes);
+  (target at most 2x), and an idle batch over the N files (target at most 1 s);
 - Sigma (``--sigma RULES``): the seconds a folder of Sigma rules adds to a batch of ``--increment`` events and to
   a first batch over a backlog of ``--backlog`` events (in-process, each against the same batch with an empty
   rules folder, alternating; aims: under 1 s for 10,000 events, under a minute for 1,000,000), per rule, the
@@ -318,9 +317,8 @@ def sharded(args: argparse.Namespace) -> None:
 
 
 def small_files(args: argparse.Namespace) -> None:
-    """``args.small_files`` files of 6 events against the same events in one file (target at most 2x), then two
-    idle batches over the many files (target at most 1 s): the first records each file's settled stat, the next
-    is a running pipeline's idle batch; in-process batches on fresh lakes, alternating."""
+    """``args.small_files`` files of 6 events against the same events in one file (target at most 2x), then an
+    idle batch over the many files (target at most 1 s); in-process batches on fresh lakes, alternating."""
     count = args.small_files * 6
     folder = args.workdir / f"small-files-{args.small_files}"
     many = generate(folder, [6] * args.small_files, seed=9)
@@ -332,26 +330,22 @@ def small_files(args: argparse.Namespace) -> None:
                 handle.write(path.read_bytes())
     print(f"## small files: {count:,} events in {len(many):,} files of 6 vs in one file")
     lakes = {"many": args.workdir / "small-many-lake", "one": args.workdir / "small-one-lake"}
-    many_runs, one_runs, settling, idle, idle_one = [], [], [], [], []
+    many_runs, one_runs, idle, idle_one = [], [], [], []
     for rep in range(args.repeat):
         one_runs.append(run("project", one, fresh(lakes["one"]), args.memory_limit))
         many_runs.append(run("project", folder, fresh(lakes["many"]), args.memory_limit))
-        settling.append(run("project", folder, lakes["many"], args.memory_limit))
         idle.append(run("project", folder, lakes["many"], args.memory_limit))
         idle_one.append(run("project", one, lakes["one"], args.memory_limit))
         print(
             f"rep {rep + 1}: one file {one_runs[-1]['seconds']:.2f} s, {len(many)} files "
-            f"{many_runs[-1]['seconds']:.2f} s, idle batches over them {settling[-1]['seconds']:.2f} s then "
-            f"{idle[-1]['seconds']:.2f} s, over the one file {idle_one[-1]['seconds']:.2f} s"
+            f"{many_runs[-1]['seconds']:.2f} s, idle batch over them {idle[-1]['seconds']:.2f} s, "
+            f"over the one file {idle_one[-1]['seconds']:.2f} s"
         )
-    one_s, many_s, settling_s, idle_s, idle_one_s = (
-        median(r, "seconds") for r in (one_runs, many_runs, settling, idle, idle_one)
-    )
+    one_s, many_s, idle_s, idle_one_s = (median(r, "seconds") for r in (one_runs, many_runs, idle, idle_one))
     print(
         f"SMALL FILES: {len(many)} files {many_s:.2f} s / one file {one_s:.2f} s = {many_s / one_s:.2f}x "
-        f"(target at most 2x); idle batch over them {idle_s:.2f} s (target at most 1 s; the first after reading "
-        f"them, which records their settled stats: {settling_s:.2f} s), over the one file {idle_one_s:.2f} s (each "
-        f"run opens the lake: its fixed cost)"
+        f"(target at most 2x); idle batch over them {idle_s:.2f} s (target at most 1 s), over the one file "
+        f"{idle_one_s:.2f} s (each run opens the lake: its fixed cost)"
     )
 
 
