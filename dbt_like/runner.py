@@ -504,7 +504,7 @@ class Project:
     def _is_view(self, name: str) -> bool:
         return self.configs[name]["materialized"] == "view"
 
-    def exists(self, con: Connection, name: str) -> bool:
+    def _exists(self, con: Connection, name: str) -> bool:
         """Whether the model's table (or view) exists, remembered once true (models are never dropped while a
         project runs). Only the name asked for is remembered: a listing read inside a transaction would also
         show the tables that transaction created, which a rollback takes back."""
@@ -560,7 +560,7 @@ class Project:
         if self._is_view(result.model):
             query = self._compile(result.model, batch, relations, result)
             return not self._view_outdated(con, result.model, query)
-        return _idle(result) and self.exists(con, result.model)
+        return _idle(result) and self._exists(con, result.model)
 
     @staticmethod
     def _view_outdated(con: Connection, name: str, query: str) -> bool:
@@ -578,7 +578,7 @@ class Project:
     def _add_columns_once(self, con: Connection, names: list[str], batch: Batch, relations: dict[str, str]) -> None:
         """Add the columns the models gained to their tables, on their first step in this process."""
         for model in names:
-            if model not in self._columns_checked and not self._is_view(model) and self.exists(con, model):
+            if model not in self._columns_checked and not self._is_view(model) and self._exists(con, model):
                 self._add_new_columns(con, model, self._schema_probe(model, batch, relations), batch.batch_id)
             self._columns_checked.add(model)
 
@@ -680,7 +680,7 @@ class Project:
 
     def _prepare(self, con: Connection, name: str, batch: Batch, result: StepResult) -> None:
         for upstream in self.models[name].refs:
-            if upstream != self.configs[name].get("part_of") and not self.exists(con, upstream):
+            if upstream != self.configs[name].get("part_of") and not self._exists(con, upstream):
                 raise ProjectError(f"model {name} reads {upstream}, which has not been materialized yet")
         for upstream in self.stream_inputs(name):
             result.offsets_before[upstream] = self._stored_offset(con, name, upstream)
@@ -745,7 +745,7 @@ class Project:
                 con.execute(f"CREATE OR REPLACE VIEW {name} AS {query}")
                 self._created_relation = True
             return
-        if not self.exists(con, name):
+        if not self._exists(con, name):
             first = self._compile(name, batch, relations, result, is_incremental=False, execute=False)
             con.execute(f"CREATE TABLE {name} AS SELECT *, CAST(NULL AS BIGINT) AS _batch_id FROM {first} WHERE false")
             self._created_relation = True

@@ -11,7 +11,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dbt_like import Batch, Project, StepResult
+from dbt_like import Batch, Project, StepResult, table_exists
 from dbt_like.sql import scalar
 from sysmon_assets.micro_batch.shards import file_shard, partition_shard
 from sysmon_assets.settings import Settings
@@ -64,7 +64,7 @@ def ingest(
     chunk_bytes: int,
 ) -> list[StepResult]:
     """Run ``model``'s step over the source's new lines for ``batch``."""
-    first_batch_ever = not project.exists(con, model)
+    first_batch_ever = not table_exists(con, model)
     reader = source_reader(con, project, settings, chunk_bytes)
     try:
         reader.plan(first_batch_ever)

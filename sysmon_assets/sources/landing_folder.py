@@ -6,11 +6,8 @@ An incomplete last line (no newline yet) waits for the next batch; if the file h
 size by then, it is finished and the line is delivered. A fingerprint of each file's first bytes
 and of the bytes before its stored position detects a file replaced in place (or a reused inode),
 and a file that shrank was truncated: both are recorded in ``ingest.file_events`` and read anew,
-never mixed with the old offset. A file whose size, modification and change times are those recorded
-when it had been unchanged for a while (:data:`SETTLED_SECONDS`) is the same file, and is not opened: any
-write, truncation or new file on the inode changes its change time. Positions are written by
-:meth:`LandingReader.commit_offsets`, inside the same lake transaction as the rows, so a crash never loses
-or repeats a line.
+never mixed with the old offset. Positions are written by :meth:`LandingReader.commit_offsets`,
+inside the same lake transaction as the rows, so a crash never loses or repeats a line.
 
 Only regular files are read: a symbolic link (or a FIFO, a folder) with a landed name is recorded
 as ``skipped`` and never followed. What cannot be read of a damaged ``.gz`` or ``.evtx`` file is
@@ -27,7 +24,6 @@ import hashlib
 import logging
 import os
 import stat
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -64,31 +60,19 @@ EVENTS_TABLE = "ingest.file_events"
 PATTERNS = ("*.json", "*.ndjson", "*.json.gz", "*.ndjson.gz", "*.evtx", "winlogbeat", "winlogbeat.[0-9]*")
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
 FINGERPRINT_BYTES = 1024
-# A file's stat is recorded only when its change time is this old: a write within the file system's timestamp
-# granularity of the listing could otherwise leave size and times as they were (git's "racy clean" problem).
-SETTLED_SECONDS = 2.0
 NEWLINE = ord("\n")
-# Columns added to ingest.files after its first release: a lake made before gets them by ALTER TABLE (NULL in
-# the old rows, which then mean "not known": no finished-file, tail or stat check until the next write).
-_ADDED_STATE_COLUMNS = {
-    "file_size": "BIGINT",
-    "tail_sha256": "VARCHAR",
-    "read_error": "VARCHAR",
-    "file_stat": "VARCHAR",
-}
-# The reader's bookkeeping tables; whoever opens the batch runs it (the recipe project, as it opens a batch).
 STATE_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS ingest;
 CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
     file_key VARCHAR, path VARCHAR, position BIGINT, line_number BIGINT,
     head_bytes BIGINT, head_sha256 VARCHAR, updated_at TIMESTAMP,
-    file_size BIGINT, tail_sha256 VARCHAR, read_error VARCHAR, file_stat VARCHAR);
+    file_size BIGINT, tail_sha256 VARCHAR, read_error VARCHAR);
 CREATE TABLE IF NOT EXISTS {EVENTS_TABLE} (
     detected_at TIMESTAMP, path VARCHAR, file_key VARCHAR, event VARCHAR, detail VARCHAR);
-""" + "".join(
-    f"ALTER TABLE {STATE_TABLE} ADD COLUMN IF NOT EXISTS {name} {kind};\n"
-    for name, kind in _ADDED_STATE_COLUMNS.items()
-)
+"""
+# Columns added to ingest.files after its first release: a lake made before gets them by ALTER TABLE
+# (NULL in the old rows, which then mean "not known": no finished-file or tail check until the next write).
+_ADDED_STATE_COLUMNS = {"file_size": "BIGINT", "tail_sha256": "VARCHAR", "read_error": "VARCHAR"}
 _FILE_TYPES = {
     stat.S_IFLNK: "a symbolic link",
     stat.S_IFDIR: "a folder",
@@ -109,7 +93,6 @@ class Stored(NamedTuple):
     file_size: int | None
     tail_sha256: str | None
     read_error: str | None
-    file_stat: str | None  # size, modification and change times when settled (see SETTLED_SECONDS), or NULL
 
 
 @dataclass
@@ -130,12 +113,11 @@ class FileProgress:
     read_error: str | None = None  # why reading stopped short of the end, as last recorded
     stored_read_error: str | None = None  # the same, as the previous batch left it
     recorded: tuple | None = None  # the state last written to ingest.files
-    file_stat: str | None = None  # as the listing saw it, if settled
 
     @property
     def state(self) -> tuple:
         """What ``ingest.files`` keeps of this file (but the tail fingerprint, which follows the position)."""
-        return (self.position, self.line, self.head_bytes, self.head_sha256, self.size, self.read_error, self.file_stat)
+        return (self.position, self.line, self.head_bytes, self.head_sha256, self.size, self.read_error)
 
     def advance(self, positions: int, lines: int) -> None:
         """Move past ``lines`` lines taking ``positions`` (bytes, or EVTX records)."""
@@ -161,13 +143,6 @@ class LandedFile(NamedTuple):
     path: Path
     key: str
     size: int
-    stat: str | None  # size, modification and change times, if the file is settled (SETTLED_SECONDS)
-
-
-def _settled_stat(info: os.stat_result, now_ns: int) -> str | None:
-    if info.st_ctime_ns > now_ns - SETTLED_SECONDS * 1e9:
-        return None
-    return f"{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}"
 
 
 @dataclass(frozen=True)
@@ -195,7 +170,6 @@ def scan_landing(landing_dir: Path) -> tuple[list[LandedFile], list[Skipped]]:
     except OSError as error:
         raise LandingError(f"cannot list the landing folder {landing_dir}: {error}") from error
     files: list[tuple[int, str, LandedFile]] = []
-    now_ns = time.time_ns()
     skipped: list[Skipped] = []
     for entry in named:
         path = Path(entry.path)
@@ -206,8 +180,7 @@ def scan_landing(landing_dir: Path) -> tuple[list[LandedFile], list[Skipped]]:
         except OSError as error:
             raise LandingError(f"cannot stat landed file {path}: {error}") from error
         if stat.S_ISREG(info.st_mode):
-            key, settled = f"{info.st_dev}:{info.st_ino}", _settled_stat(info, now_ns)
-            files.append((info.st_mtime_ns, entry.name, LandedFile(path, key, info.st_size, settled)))
+            files.append((info.st_mtime_ns, entry.name, LandedFile(path, f"{info.st_dev}:{info.st_ino}", info.st_size)))
         else:
             skipped.append(Skipped(path, f"{info.st_dev}:{info.st_ino}", _skip_detail(path, info.st_mode)))
     return [landed for *_, landed in sorted(files)], skipped
@@ -434,14 +407,14 @@ class LandingReader:
     def plan(self, first_batch_ever: bool) -> list[FileProgress]:
         """Decide, per landed file, where this batch starts reading.
 
-        On the very first batch, ``offset_reset='latest'`` starts every file at its end. The state tables
-        are those of :data:`STATE_DDL`.
+        On the very first batch, ``offset_reset='latest'`` starts every file at its end.
         """
+        self._ensure_state_tables()
         known = {
             row[0]: Stored(*row[1:])
             for row in self.con.execute(
-                f"SELECT file_key, position, line_number, head_bytes, head_sha256, file_size, tail_sha256, read_error, "
-                f"file_stat FROM {STATE_TABLE}"
+                f"SELECT file_key, position, line_number, head_bytes, head_sha256, file_size, tail_sha256, read_error "
+                f"FROM {STATE_TABLE}"
             ).fetchall()
         }
         files, skipped = scan_landing(self.landing_dir)
@@ -449,6 +422,20 @@ class LandingReader:
         self.skipped, self.recorded_skips = self._not_yet_recorded(owned), []
         self.files = [self._plan_file(landed, known, first_batch_ever) for landed in files if self.owns(landed.key)]
         return self.files
+
+    def _ensure_state_tables(self) -> None:
+        self.con.execute(STATE_DDL)
+        schema, table = STATE_TABLE.split(".")
+        present = {
+            name
+            for (name,) in self.con.execute(
+                f"SELECT column_name FROM duckdb_columns() WHERE schema_name = {literal(schema)} "
+                f"AND table_name = {literal(table)} AND database_name = current_database()"
+            ).fetchall()
+        }
+        for name, kind in _ADDED_STATE_COLUMNS.items():
+            if name not in present:
+                self.con.execute(f"ALTER TABLE {STATE_TABLE} ADD COLUMN {name} {kind}")
 
     def _not_yet_recorded(self, skipped: list[Skipped]) -> list[Skipped]:
         """The skipped entries no earlier batch recorded, each logged once."""
@@ -463,8 +450,8 @@ class LandingReader:
         return new
 
     def _plan_file(self, landed: LandedFile, known: dict[str, Stored], first_batch_ever: bool) -> FileProgress:
-        path, key, size, settled = landed
-        progress = FileProgress(key, path, 0, 0, size, file_stat=settled)
+        path, key, size = landed
+        progress = FileProgress(key, path, 0, 0, size)
         if key in known:
             self._resume(progress, known[key])
         if first_batch_ever and self.offset_reset == "latest":
@@ -488,7 +475,7 @@ class LandingReader:
         progress.position, progress.line = stored.position, stored.line
         progress.read_error = progress.stored_read_error = stored.read_error
         progress.finished = stored.file_size == progress.size
-        progress.recorded = (*stored[:5], stored.read_error, stored.file_stat)
+        progress.recorded = (*stored[:5], stored.read_error)
         if progress.kind == "text":
             _step_over_newline_of_delivered_line(progress)
 
@@ -598,15 +585,12 @@ def _state_rows(files: list[FileProgress]) -> pa.Table:
             "file_size": pa.array([p.size for p in files], pa.int64()),
             "tail_sha256": pa.array(tails, pa.string()),
             "read_error": pa.array([p.read_error for p in files], pa.string()),
-            "file_stat": pa.array([p.file_stat for p in files], pa.string()),
         }
     )
 
 
 def _identity_change(progress: FileProgress, stored: Stored) -> tuple[str, str] | None:
     """``(event, detail)`` when the file under this key is no longer the one the stored position belongs to."""
-    if stored.file_stat is not None and stored.file_stat == progress.file_stat:
-        return None  # unchanged since it settled: not opened
     size = progress.size
     ends = {"text": stored.position, "gzip": stored.file_size or 0}.get(progress.kind, 0)
     if size < stored.head_bytes or size < ends:
