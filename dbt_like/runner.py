@@ -734,8 +734,9 @@ class Project:
         if last is not None and last[0] == step:
             return last[1]
         sql = render_step(self.models[name], self.configs, self.variables, step).strip().rstrip(";")
-        self._rendered[name] = (step, f"(\n{sql}\n)")
-        return self._rendered[name][1]
+        compiled = f"(\n{sql}\n)"
+        self._rendered[name] = (step, compiled)
+        return compiled
 
     def _write(self, con: Connection, name: str, batch: Batch, relations: dict[str, str], result: StepResult) -> None:
         config = self.configs[name]

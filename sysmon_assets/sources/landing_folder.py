@@ -180,9 +180,9 @@ def scan_landing(landing_dir: Path) -> tuple[list[LandedFile], list[Skipped]]:
         except OSError as error:
             raise LandingError(f"cannot stat landed file {path}: {error}") from error
         if stat.S_ISREG(info.st_mode):
-            files.append((info.st_mtime_ns, entry.name, LandedFile(path, f"{info.st_dev}:{info.st_ino}", info.st_size)))
+            files.append((info.st_mtime_ns, entry.name, LandedFile(path, _key_of(info), info.st_size)))
         else:
-            skipped.append(Skipped(path, f"{info.st_dev}:{info.st_ino}", _skip_detail(path, info.st_mode)))
+            skipped.append(Skipped(path, _key_of(info), _skip_detail(path, info.st_mode)))
     return [landed for *_, landed in sorted(files)], skipped
 
 
@@ -201,7 +201,10 @@ def list_landed_files(landing_dir: Path) -> list[Path]:
 
 def file_key(path: Path) -> str:
     """A name-independent identity for a file: ``device:inode`` (of the entry itself, never a link's target)."""
-    info = path.lstat()
+    return _key_of(path.lstat())
+
+
+def _key_of(info: os.stat_result) -> str:
     return f"{info.st_dev}:{info.st_ino}"
 
 
