@@ -6,8 +6,11 @@ An incomplete last line (no newline yet) waits for the next batch; if the file h
 size by then, it is finished and the line is delivered. A fingerprint of each file's first bytes
 and of the bytes before its stored position detects a file replaced in place (or a reused inode),
 and a file that shrank was truncated: both are recorded in ``ingest.file_events`` and read anew,
-never mixed with the old offset. Positions are written by :meth:`LandingReader.commit_offsets`,
-inside the same lake transaction as the rows, so a crash never loses or repeats a line.
+never mixed with the old offset. A file whose size, modification and change times are those recorded
+(``ingest.file_stats``) once it had been unchanged for a while (:data:`SETTLED_SECONDS`) is that same file and
+is not opened: a write, a truncation or a new file on the inode changes its change time. Positions are written
+by :meth:`LandingReader.commit_offsets`, inside the same lake transaction as the rows, so a crash never loses or
+repeats a line.
 
 Only regular files are read: a symbolic link (or a FIFO, a folder) with a landed name is recorded
 as ``skipped`` and never followed. What cannot be read of a damaged ``.gz`` or ``.evtx`` file is
@@ -24,6 +27,7 @@ import hashlib
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -55,11 +59,15 @@ T = TypeVar("T")
 
 STATE_TABLE = "ingest.files"
 EVENTS_TABLE = "ingest.file_events"
+STATS_TABLE = "ingest.file_stats"
 # NDJSON files (optionally gzipped), EVTX files, and the names Winlogbeat's file output itself
 # writes and rotates to (``winlogbeat``, ``winlogbeat.1``, ...).
 PATTERNS = ("*.json", "*.ndjson", "*.json.gz", "*.ndjson.gz", "*.evtx", "winlogbeat", "winlogbeat.[0-9]*")
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
 FINGERPRINT_BYTES = 1024
+# A file's stat is recorded only once its change time is this old: a write within the file system's timestamp
+# granularity of the listing could otherwise leave size and times as they were (git's "racy clean" problem).
+SETTLED_SECONDS = 2.0
 NEWLINE = ord("\n")
 STATE_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS ingest;
@@ -69,9 +77,12 @@ CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
     file_size BIGINT, tail_sha256 VARCHAR, read_error VARCHAR);
 CREATE TABLE IF NOT EXISTS {EVENTS_TABLE} (
     detected_at TIMESTAMP, path VARCHAR, file_key VARCHAR, event VARCHAR, detail VARCHAR);
+CREATE TABLE IF NOT EXISTS {STATS_TABLE} (file_key VARCHAR, file_stat VARCHAR);
 """
 # Columns added to ingest.files after its first release: a lake made before gets them by ALTER TABLE
 # (NULL in the old rows, which then mean "not known": no finished-file or tail check until the next write).
+# A later addition is a table of its own (as ingest.file_stats is): on a lake whose rows are inlined in the
+# catalog, DuckLake 0.3 breaks every insert into a table after ADD COLUMN.
 _ADDED_STATE_COLUMNS = {"file_size": "BIGINT", "tail_sha256": "VARCHAR", "read_error": "VARCHAR"}
 _FILE_TYPES = {
     stat.S_IFLNK: "a symbolic link",
@@ -93,6 +104,7 @@ class Stored(NamedTuple):
     file_size: int | None
     tail_sha256: str | None
     read_error: str | None
+    file_stat: str | None  # of ingest.file_stats: the file's stat when its identity was last checked, if settled
 
 
 @dataclass
@@ -113,6 +125,8 @@ class FileProgress:
     read_error: str | None = None  # why reading stopped short of the end, as last recorded
     stored_read_error: str | None = None  # the same, as the previous batch left it
     recorded: tuple | None = None  # the state last written to ingest.files
+    file_stat: str | None = None  # as the listing saw it, if settled (see SETTLED_SECONDS)
+    recorded_stat: str | None = None  # as ingest.file_stats holds it
 
     @property
     def state(self) -> tuple:
@@ -143,6 +157,13 @@ class LandedFile(NamedTuple):
     path: Path
     key: str
     size: int
+    stat: str | None  # size, modification and change times, if the file is settled (SETTLED_SECONDS)
+
+
+def _settled_stat(info: os.stat_result, now_ns: int) -> str | None:
+    if info.st_ctime_ns > now_ns - SETTLED_SECONDS * 1e9:
+        return None
+    return f"{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}"
 
 
 @dataclass(frozen=True)
@@ -170,6 +191,7 @@ def scan_landing(landing_dir: Path) -> tuple[list[LandedFile], list[Skipped]]:
     except OSError as error:
         raise LandingError(f"cannot list the landing folder {landing_dir}: {error}") from error
     files: list[tuple[int, str, LandedFile]] = []
+    now_ns = time.time_ns()
     skipped: list[Skipped] = []
     for entry in named:
         path = Path(entry.path)
@@ -180,7 +202,8 @@ def scan_landing(landing_dir: Path) -> tuple[list[LandedFile], list[Skipped]]:
         except OSError as error:
             raise LandingError(f"cannot stat landed file {path}: {error}") from error
         if stat.S_ISREG(info.st_mode):
-            files.append((info.st_mtime_ns, entry.name, LandedFile(path, _key_of(info), info.st_size)))
+            landed = LandedFile(path, _key_of(info), info.st_size, _settled_stat(info, now_ns))
+            files.append((info.st_mtime_ns, entry.name, landed))
         else:
             skipped.append(Skipped(path, _key_of(info), _skip_detail(path, info.st_mode)))
     return [landed for *_, landed in sorted(files)], skipped
@@ -412,12 +435,12 @@ class LandingReader:
 
         On the very first batch, ``offset_reset='latest'`` starts every file at its end.
         """
-        self._ensure_state_tables()
+        self._add_missing_columns()
         known = {
             row[0]: Stored(*row[1:])
             for row in self.con.execute(
-                f"SELECT file_key, position, line_number, head_bytes, head_sha256, file_size, tail_sha256, read_error "
-                f"FROM {STATE_TABLE}"
+                "SELECT file_key, position, line_number, head_bytes, head_sha256, file_size, tail_sha256, read_error, "
+                f"file_stat FROM {STATE_TABLE} LEFT JOIN {STATS_TABLE} USING (file_key)"
             ).fetchall()
         }
         files, skipped = scan_landing(self.landing_dir)
@@ -426,8 +449,9 @@ class LandingReader:
         self.files = [self._plan_file(landed, known, first_batch_ever) for landed in files if self.owns(landed.key)]
         return self.files
 
-    def _ensure_state_tables(self) -> None:
-        self.con.execute(STATE_DDL)
+    def _add_missing_columns(self) -> None:
+        """The columns :data:`_ADDED_STATE_COLUMNS` on a lake made before them (the tables themselves are
+        :data:`STATE_DDL`, run by whoever opens the batch)."""
         schema, table = STATE_TABLE.split(".")
         present = {
             name
@@ -453,8 +477,8 @@ class LandingReader:
         return new
 
     def _plan_file(self, landed: LandedFile, known: dict[str, Stored], first_batch_ever: bool) -> FileProgress:
-        path, key, size = landed
-        progress = FileProgress(key, path, 0, 0, size)
+        path, key, size, settled = landed
+        progress = FileProgress(key, path, 0, 0, size, file_stat=settled)
         if key in known:
             self._resume(progress, known[key])
         if first_batch_ever and self.offset_reset == "latest":
@@ -479,6 +503,7 @@ class LandingReader:
         progress.read_error = progress.stored_read_error = stored.read_error
         progress.finished = stored.file_size == progress.size
         progress.recorded = (*stored[:5], stored.read_error)
+        progress.recorded_stat = stored.file_stat
         if progress.kind == "text":
             _step_over_newline_of_delivered_line(progress)
 
@@ -547,6 +572,7 @@ class LandingReader:
                 con.execute(f"INSERT INTO {STATE_TABLE} BY NAME SELECT *, now() AS updated_at FROM __moved_files")
             finally:
                 con.unregister("__moved_files")
+        self._commit_stats(con)
         for progress in self.files:
             if not progress.notes_recorded:
                 for event, detail in progress.notes:
@@ -554,11 +580,29 @@ class LandingReader:
         for entry in self.skipped:
             self._record_event(con, entry.path, entry.key, "skipped", entry.detail)
 
+    def _commit_stats(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Record the settled stats of the files whose identity this batch checked (planning did, for every file):
+        with a commit that happens anyway, so a batch with nothing else to record still commits nothing."""
+        restated = [progress for progress in self.files if progress.recorded_stat != progress.file_stat]
+        if not restated:
+            return
+        keys = literal([progress.key for progress in restated])
+        con.execute(f"DELETE FROM {STATS_TABLE} WHERE file_key IN (SELECT unnest({keys}))")
+        settled = [progress for progress in restated if progress.file_stat is not None]
+        if settled:
+            rows = pa.table({"file_key": [p.key for p in settled], "file_stat": [p.file_stat for p in settled]})
+            con.register("__settled_files", rows)
+            try:
+                con.execute(f"INSERT INTO {STATS_TABLE} BY NAME SELECT * FROM __settled_files")
+            finally:
+                con.unregister("__settled_files")
+
     def offsets_committed(self) -> None:
         """The transaction :meth:`commit_offsets` wrote into has committed: later chunks need not repeat it."""
         for progress in self.files:
             progress.notes_recorded = True
             progress.recorded = progress.state
+            progress.recorded_stat = progress.file_stat
         self.recorded_skips += self.skipped
         self.skipped = []
 
@@ -594,6 +638,8 @@ def _state_rows(files: list[FileProgress]) -> pa.Table:
 
 def _identity_change(progress: FileProgress, stored: Stored) -> tuple[str, str] | None:
     """``(event, detail)`` when the file under this key is no longer the one the stored position belongs to."""
+    if stored.file_stat is not None and stored.file_stat == progress.file_stat:
+        return None  # unchanged since it settled: not opened
     size = progress.size
     ends = {"text": stored.position, "gzip": stored.file_size or 0}.get(progress.kind, 0)
     if size < stored.head_bytes or size < ends:

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -503,6 +504,64 @@ def test_a_file_rewritten_in_place_with_the_same_first_kilobyte_is_read_anew(lak
         (2, "10.0.0.7"),
         (3, "10.0.0.8"),
     ]
+
+
+def counted_fingerprints(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The files whose identity a batch checks by reading their bytes, as the batch reads them."""
+    opened: list[Path] = []
+    read = landing.head_and_tail_fingerprints
+
+    def counting(path: Path, head_bytes: int, end: int) -> tuple[str, str]:
+        opened.append(path)
+        return read(path, head_bytes, end)
+
+    monkeypatch.setattr(landing, "head_and_tail_fingerprints", counting)
+    monkeypatch.setattr(landing, "SETTLED_SECONDS", 0.0)  # a file is settled as soon as it is listed
+    return opened
+
+
+def test_a_settled_file_unchanged_since_the_last_batch_is_not_opened(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = counted_fingerprints(monkeypatch)
+    lake.land([network_connect("{A}", "10.0.0.1")], name="a.ndjson")
+    lake.batch()
+    lake.batch()
+    grown = lake.land([network_connect("{A}", "10.0.0.2")], name="a.ndjson")
+    lake.batch()  # its stat changed: its bytes are checked before it is read on
+    assert opened == [grown]
+    assert lake.rows("SELECT _source_line, _batch_id FROM winlogbeat_stream ORDER BY 1") == [(1, 1), (2, 3)]
+
+
+def test_a_settled_file_rewritten_with_its_size_and_times_restored_is_read_anew(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counted_fingerprints(monkeypatch)
+    path = lake.land([network_connect("{A}", "10.0.0.1")])
+    lake.batch()
+    before = path.stat()
+    time.sleep(0.05)  # the change time moves on, at whatever granularity the file system keeps it
+    path.write_text(path.read_text().replace("10.0.0.1", "10.0.0.9"))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # size and modification time as recorded
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    lake.batch()
+    assert lake.rows("SELECT event FROM ingest.file_events") == [("replaced",)]
+    assert lake.rows("SELECT event_data.DestinationIp FROM winlogbeat_stream ORDER BY _seq") == [
+        ("10.0.0.1",),
+        ("10.0.0.9",),
+    ]
+
+
+def test_a_file_changed_within_the_settling_time_is_checked_by_its_bytes_next_batch(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = counted_fingerprints(monkeypatch)
+    monkeypatch.setattr(landing, "SETTLED_SECONDS", 3600.0)  # no file is settled: no stat is recorded
+    path = lake.land([network_connect("{A}", "10.0.0.1")])
+    lake.batch()
+    lake.batch()
+    assert opened == [path]
+    assert lake.rows("SELECT count(*) FROM ingest.file_stats") == [(0,)]
 
 
 def test_gzip_members_and_zero_padding_between_them_are_read_as_pythons_gzip_reads_them() -> None:
