@@ -47,16 +47,18 @@ def read_lake_at_open(con: duckdb.DuckDBPyConnection, models: Iterable[str], sha
         columns.setdefault(table, set()).add(column)
     tables = [name for name in models if "_batch_id" in columns.get(name, ())]
     # one statement for all of them: each statement on a lake pays its own catalog lookups
-    scans = ", ".join(f"(SELECT [coalesce(max(_batch_id), 0), count(*)] FROM {name})" for name in tables)
-    figures = first_row(con, f"SELECT {scans}") if tables else ()
-    offsets = con.execute(f"SELECT model, input, batch_id FROM {STATE_SCHEMA}.offsets WHERE shard = {shard}").fetchall()
-    waiting = con.execute(
-        f"SELECT model, min(seq), min(first_seen) FROM {PENDING_TABLE} WHERE shard = {shard} GROUP BY model"
-    ).fetchall()
+    scans = [f"(SELECT [coalesce(max(_batch_id), 0), count(*)] FROM {name})" for name in tables]
+    *figures, offsets, waiting = first_row(
+        con,
+        f"SELECT {''.join(scan + ', ' for scan in scans)}"
+        f"(SELECT list((model, input, batch_id)) FROM {STATE_SCHEMA}.offsets WHERE shard = {shard}), "
+        f"(SELECT list((model, min_seq, first_seen)) FROM (SELECT model, min(seq) AS min_seq, "
+        f"min(first_seen) AS first_seen FROM {PENDING_TABLE} WHERE shard = {shard} GROUP BY model))",
+    )
     return LakeAtOpen(
         columns=columns,
         newest={name: figure[0] for name, figure in zip(tables, figures, strict=True)},
         rows={name: figure[1] for name, figure in zip(tables, figures, strict=True)},
-        offsets={(model, upstream): batch_id for model, upstream, batch_id in offsets},
-        waiting={model: Waiting(floor, first_seen) for model, floor, first_seen in waiting},
+        offsets={(model, upstream): batch_id for model, upstream, batch_id in offsets or []},
+        waiting={model: Waiting(floor, first_seen) for model, floor, first_seen in waiting or []},
     )

@@ -145,24 +145,27 @@ def _rollback(con: Connection) -> None:
         con.rollback()
 
 
-def ensure_state(con: Connection, shard: Shard = SINGLE, guards: Iterable[str] = ()) -> None:
-    """Create the framework's bookkeeping tables if they do not exist, record the shard count the first time
-    (it cannot change: batch ids and offsets are divided by it), and seed the guard rows (a guard works by
-    being deleted, so its row must exist before two writers race for it)."""
-    con.execute(_STATE_DDL)
-    counts = {row[0] for row in con.execute(f"SELECT shard_count FROM {SHARDS_TABLE}").fetchall()}
+def ensure_state(con: Connection, shard: Shard = SINGLE, guards: Iterable[str] = (), more_ddl: str = "") -> None:
+    """Create the framework's bookkeeping tables (and ``more_ddl``'s) if they do not exist, record the shard count
+    the first time (it cannot change: batch ids and offsets are divided by it), and seed the guard rows (a guard
+    works by being deleted, so its row must exist before two writers race for it). Each statement on a lake pays
+    its own catalog work: an existing lake's state is read by one query."""
+    con.execute(_STATE_DDL + more_ddl)
+    counts, present = first_row(
+        con, f"SELECT (SELECT list(DISTINCT shard_count) FROM {SHARDS_TABLE}), (SELECT list(guard) FROM {GUARDS_TABLE})"
+    )
     if not counts:
         con.execute(f"INSERT INTO {SHARDS_TABLE} VALUES ({shard.count})")
-    elif counts != {shard.count}:
+    elif counts != [shard.count]:
         raise ProjectError(
             f"this lake was written by {sorted(counts)} shard(s); a project of {shard.count} cannot continue it "
             "(batch ids and offsets are divided among the shards)"
         )
     wanted = [f"shard-{index}" for index in range(shard.count)] + list(guards)
-    con.execute(
-        f"INSERT INTO {GUARDS_TABLE} SELECT guard, 0, NULL, NULL FROM unnest({literal(wanted)}::VARCHAR[]) AS t(guard) "
-        f"WHERE guard NOT IN (SELECT guard FROM {GUARDS_TABLE})"
-    )
+    missing = [guard for guard in wanted if guard not in (present or [])]
+    if missing:
+        rows = ", ".join(f"({literal(guard)}, 0, NULL, NULL)" for guard in missing)
+        con.execute(f"INSERT INTO {GUARDS_TABLE} VALUES {rows}")
 
 
 def open_batch(con: Connection, run_key: str, started_at: datetime, shard: Shard = SINGLE) -> Batch:
@@ -173,10 +176,13 @@ def open_batch(con: Connection, run_key: str, started_at: datetime, shard: Shard
 
 def _find_or_add_batch(con: Connection, run_key: str, started_at: datetime, shard: Shard) -> tuple[Batch, bool]:
     """The batch of ``run_key``, and whether it was added now."""
-    row = first_row(con, f"SELECT batch_id, started_at FROM {STATE_SCHEMA}.batches WHERE run_key = {literal(run_key)}")
-    if row:
-        return Batch(row[0], row[1]), False
-    batch_id = scalar(con, f"SELECT {shard.next_number('batch_id')} FROM {STATE_SCHEMA}.batches")
+    found, batch_id = first_row(
+        con,
+        f"SELECT any_value({{'id': batch_id, 'at': started_at}}) FILTER (WHERE run_key = {literal(run_key)}), "
+        f"{shard.next_number('batch_id')} FROM {STATE_SCHEMA}.batches",
+    )
+    if found:
+        return Batch(found["id"], found["at"]), False
     con.execute(f"INSERT INTO {STATE_SCHEMA}.batches VALUES ({literals(batch_id, run_key, started_at)})")
     return Batch(batch_id, started_at), True
 
@@ -340,14 +346,31 @@ class Project:
 
     def _checked_at_open(self, batch: Batch, results: list[StepResult]) -> bool:
         """Whether a step that wrote no rows took its tests and row counts from the lake as its batch opened (the
-        batch has no rows to test; the tables hold what they held then)."""
+        batch has no rows to test; the tables hold what they held then). A view has rows of the batch only when
+        a table it reads got rows in the batch (its ``_batch_id`` is theirs)."""
         at_open = self._at_open.get(batch.batch_id)
-        if at_open is None or any(r.rows_written or r.model not in at_open.rows for r in results):
+        if at_open is None or any(r.rows_written for r in results):
             return False
+        wrote = self._wrote[batch.batch_id]
         for result in results:
-            result.table_rows = at_open.rows[result.model]
+            model = result.model
+            if not self._is_view(model):
+                if model not in at_open.rows:
+                    return False
+            elif (reads := self._tables_read(model)) & wrote or not reads <= self.models.keys():
+                return False  # a table it reads wrote rows in the batch, or it reads a source
+        for result in results:
+            result.table_rows = None if self._is_view(result.model) else at_open.rows[result.model]
             result.tests = [TestResult(result.model, test, 0) for test in self.models[result.model].tests]
         return True
+
+    def _tables_read(self, name: str) -> set[str]:
+        """The tables (and sources) a model reads, through the views it reads."""
+        model = self.models[name]
+        tables = set(model.sources)
+        for ref in model.refs:
+            tables |= self._tables_read(ref) if self._is_view(ref) else {ref}
+        return tables
 
     def _check(self, con: Connection, names: list[str], batch: Batch, results: list[StepResult]) -> None:
         """The models' schema tests and row counts, as the open transaction sees them."""
@@ -426,9 +449,7 @@ class Project:
         guards = guards if self.shard.count > 1 else []
 
         def create_state() -> tuple[None, None]:
-            ensure_state(con, self.shard, guards)
-            if self.state_ddl:
-                con.execute(self.state_ddl)
+            ensure_state(con, self.shard, guards, self.state_ddl)
             return None, None
 
         # Shards that start together race to create the same tables: the losers' transactions conflict and retry.
@@ -504,7 +525,7 @@ class Project:
     def _is_view(self, name: str) -> bool:
         return self.configs[name]["materialized"] == "view"
 
-    def _exists(self, con: Connection, name: str) -> bool:
+    def exists(self, con: Connection, name: str) -> bool:
         """Whether the model's table (or view) exists, remembered once true (models are never dropped while a
         project runs). Only the name asked for is remembered: a listing read inside a transaction would also
         show the tables that transaction created, which a rollback takes back."""
@@ -560,7 +581,7 @@ class Project:
         if self._is_view(result.model):
             query = self._compile(result.model, batch, relations, result)
             return not self._view_outdated(con, result.model, query)
-        return _idle(result) and self._exists(con, result.model)
+        return _idle(result) and self.exists(con, result.model)
 
     @staticmethod
     def _view_outdated(con: Connection, name: str, query: str) -> bool:
@@ -578,7 +599,7 @@ class Project:
     def _add_columns_once(self, con: Connection, names: list[str], batch: Batch, relations: dict[str, str]) -> None:
         """Add the columns the models gained to their tables, on their first step in this process."""
         for model in names:
-            if model not in self._columns_checked and not self._is_view(model) and self._exists(con, model):
+            if model not in self._columns_checked and not self._is_view(model) and self.exists(con, model):
                 self._add_new_columns(con, model, self._schema_probe(model, batch, relations), batch.batch_id)
             self._columns_checked.add(model)
 
@@ -680,7 +701,7 @@ class Project:
 
     def _prepare(self, con: Connection, name: str, batch: Batch, result: StepResult) -> None:
         for upstream in self.models[name].refs:
-            if upstream != self.configs[name].get("part_of") and not self._exists(con, upstream):
+            if upstream != self.configs[name].get("part_of") and not self.exists(con, upstream):
                 raise ProjectError(f"model {name} reads {upstream}, which has not been materialized yet")
         for upstream in self.stream_inputs(name):
             result.offsets_before[upstream] = self._stored_offset(con, name, upstream)
@@ -746,7 +767,7 @@ class Project:
                 con.execute(f"CREATE OR REPLACE VIEW {name} AS {query}")
                 self._created_relation = True
             return
-        if not self._exists(con, name):
+        if not self.exists(con, name):
             first = self._compile(name, batch, relations, result, is_incremental=False, execute=False)
             con.execute(f"CREATE TABLE {name} AS SELECT *, CAST(NULL AS BIGINT) AS _batch_id FROM {first} WHERE false")
             self._created_relation = True

@@ -5,13 +5,13 @@ transaction per chunk together with the source's new offsets."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dbt_like import Batch, Project, StepResult, table_exists
+from dbt_like import Batch, Project, StepResult
 from dbt_like.sql import scalar
 from sysmon_assets.micro_batch.shards import file_shard, partition_shard
 from sysmon_assets.settings import Settings
@@ -20,13 +20,18 @@ from sysmon_assets.sources.landed_lines import SOURCE_NAME, empty_chunk
 from sysmon_assets.sources.landing_folder import LandingReader
 
 
-def _strided(chunks: Iterator[dict[str, pa.Table]], first_seq: int, step: int) -> Iterator[dict[str, pa.Table]]:
-    """The chunks with arrival numbers ``first_seq, first_seq + step, ...`` (readers number 1 apart): a shard's
-    numbers never meet another shard's."""
+def _numbered(
+    chunks: Iterator[dict[str, pa.Table]], first_seq: Callable[[], int], step: int
+) -> Iterator[dict[str, pa.Table]]:
+    """The chunks (their lines numbered from 0, 1 apart, as the readers number them) with arrival numbers
+    ``first, first + step, ...``: a shard's numbers never meet another shard's. ``first_seq()`` is asked once there
+    is a chunk (an idle batch does not read the stream's highest number)."""
+    first: int | None = None
     for chunk in chunks:
+        first = first_seq() if first is None else first
         frame = chunk[SOURCE_NAME]
         column = frame.schema.get_field_index("_seq")
-        seq = pc.add(pc.multiply(pc.subtract(frame.column(column), first_seq), step), first_seq)
+        seq = pc.add(pc.multiply(frame.column(column), step), first)
         yield {SOURCE_NAME: frame.set_column(column, "_seq", seq)}
 
 
@@ -64,14 +69,13 @@ def ingest(
     chunk_bytes: int,
 ) -> list[StepResult]:
     """Run ``model``'s step over the source's new lines for ``batch``."""
-    first_batch_ever = not table_exists(con, model)
+    first_batch_ever = not project.exists(con, model)
     reader = source_reader(con, project, settings, chunk_bytes)
     try:
         reader.plan(first_batch_ever)
-        next_seq = _next_seq(con, project, model, first_batch_ever)
-        chunks = reader.chunks(next_seq)
-        if project.shard.count > 1:
-            chunks = _strided(chunks, next_seq, project.shard.count)
+        chunks = _numbered(
+            reader.chunks(0), lambda: _next_seq(con, project, model, first_batch_ever), project.shard.count
+        )
         if first_batch_ever:
             chunks = itertools.chain([empty_chunk(settings.source)], chunks)
         results = project.run_step(

@@ -203,8 +203,9 @@ def test_an_idle_batch_of_a_writer_alone_reports_what_the_transactions_would_hav
     run_begins, ran = batch(open_batch, [], "r2")
     told_begins, told = batch(project.open_batch, [], "r3")
     assert run_begins == {"catalog": 1, "orders": 1, "priced": 1, "report": 2}
-    assert told_begins == {"catalog": 0, "orders": 0, "priced": 0, "report": 2}
-    for name in ["catalog", "orders", "priced"]:
+    # the view (the batch's last step) commits, but its tests need no transaction: no table it reads got rows
+    assert told_begins == {"catalog": 0, "orders": 0, "priced": 0, "report": 1}
+    for name in ["catalog", "orders", "priced", "report"]:
         assert [dataclasses.replace(result, tests=[]) for result in told[name]] == [
             dataclasses.replace(result, tests=[]) for result in ran[name]
         ]
