@@ -32,7 +32,8 @@ in the same invocation:
   (events/s in all on this machine), and each shard alone on a fresh lake (its part of the input only): the
   slowest of those is what one machine per shard would take, catalog contention aside;
 - small files (``--small-files N``): N files of 6 events against the same events in one file, in-process
-  (target at most 2x), and an idle batch over the N files (target at most 1 s);
+  (target at most 2x), and an idle batch over the N files (target at most 1 s), beside what opening the lake alone
+  costs a process (and loading each extension alone);
 - Sigma (``--sigma RULES``): the seconds a folder of Sigma rules adds to a batch of ``--increment`` events and to
   a first batch over a backlog of ``--backlog`` events (in-process, each against the same batch with an empty
   rules folder, alternating; aims: under 1 s for 10,000 events, under a minute for 1,000,000), per rule, the
@@ -330,12 +331,13 @@ def small_files(args: argparse.Namespace) -> None:
                 handle.write(path.read_bytes())
     print(f"## small files: {count:,} events in {len(many):,} files of 6 vs in one file")
     lakes = {"many": args.workdir / "small-many-lake", "one": args.workdir / "small-one-lake"}
-    many_runs, one_runs, idle, idle_one = [], [], [], []
+    many_runs, one_runs, idle, idle_one, opens = [], [], [], [], []
     for rep in range(args.repeat):
         one_runs.append(run("project", one, fresh(lakes["one"]), args.memory_limit))
         many_runs.append(run("project", folder, fresh(lakes["many"]), args.memory_limit))
         idle.append(run("project", folder, lakes["many"], args.memory_limit))
         idle_one.append(run("project", one, lakes["one"], args.memory_limit))
+        opens.append(run("open", folder, lakes["many"], args.memory_limit))
         print(
             f"rep {rep + 1}: one file {one_runs[-1]['seconds']:.2f} s, {len(many)} files "
             f"{many_runs[-1]['seconds']:.2f} s, idle batch over them {idle[-1]['seconds']:.2f} s, "
@@ -346,6 +348,12 @@ def small_files(args: argparse.Namespace) -> None:
         f"SMALL FILES: {len(many)} files {many_s:.2f} s / one file {one_s:.2f} s = {many_s / one_s:.2f}x "
         f"(target at most 2x); idle batch over them {idle_s:.2f} s (target at most 1 s), over the one file "
         f"{idle_one_s:.2f} s (each run opens the lake: its fixed cost)"
+    )
+    loads = {name: statistics.median(r["load_seconds"][name] for r in opens) for name in opens[0]["load_seconds"]}
+    print(
+        f"  opening the lake and a first query, nothing else: {median(opens, 'seconds'):.2f} s; loading an extension "
+        f"alone (DuckDB checks its signature on every load): "
+        + ", ".join(f"{name} {seconds:.2f} s" for name, seconds in loads.items())
     )
 
 

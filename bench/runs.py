@@ -12,6 +12,9 @@ catalog ``<data folder>/lake.sqlite`` and Parquet files under ``<data folder>/la
 - ``project``: one micro-batch in-process, step by step (``SysmonPipeline.run_model``), on one held lake
   connection as a Dagster run holds it;
 - ``scans``: the same, recording every statement's rows scanned and time (DuckDB's profiler);
+- ``open``: opening the lake as a batch opens it (``LakeConnections``) and a first query of it, nothing else: an
+  idle batch's fixed cost; with the seconds of loading each extension alone (DuckDB checks an extension's
+  signature on every load) in another in-memory DuckDB of the same process;
 - ``maintain``: one maintenance run (``sysmon_assets.storage.maintenance.maintain``, snapshots kept 7 days, no
   event retention), with data files per table before and after;
 - ``reader``: until SIGTERM, a loop of ``sysmon_assets.connect()`` + ``SELECT count(*) FROM sysmon_join``
@@ -57,6 +60,8 @@ from sysmon_assets.micro_batch.recipe_project import SQL_DIR  # noqa: E402
 from sysmon_assets.micro_batch.steps import SysmonPipeline, utc_now  # noqa: E402
 from sysmon_assets.settings import Settings  # noqa: E402
 from sysmon_assets.storage.lake import LakeError, open_lake  # noqa: E402
+from sysmon_assets.storage.lake import connection_config as lake_config  # noqa: E402
+from sysmon_assets.storage.lake import extensions as lake_extensions  # noqa: E402
 from sysmon_assets.storage.lake_connections import LakeConnections  # noqa: E402
 from sysmon_assets.storage.maintenance import maintain  # noqa: E402
 
@@ -125,6 +130,26 @@ def reference_sql(files: list[Path]) -> str:
       p.ParentImage AS parent_process_path, p.ParentCommandLine AS parent_process_command_line
       FROM network_connect n JOIN process_create_table p ON n.process_guid = p.process_guid;
     """
+
+
+def run_open(settings: Settings) -> dict[str, Any]:
+    """Seconds to open the lake and read one row of the batch table (each run of a batch pays them once), then
+    seconds to load each extension the lake needs in a fresh in-memory DuckDB."""
+    start = time.perf_counter()
+    connections = LakeConnections(settings)
+    try:
+        with connections() as con:
+            con.execute("SELECT count(*) FROM dbt_like.batches").fetchall()
+    finally:
+        connections.close()
+    opened = time.perf_counter() - start
+    loads = {}
+    with closing(duckdb.connect(config=lake_config(settings))) as con:
+        for extension in lake_extensions(settings):
+            start = time.perf_counter()
+            con.execute(f"LOAD {extension}")
+            loads[extension] = time.perf_counter() - start
+    return {"seconds": opened, "load_seconds": loads}
 
 
 def run_reference(settings: Settings) -> dict[str, Any]:
@@ -340,6 +365,8 @@ def main() -> None:
         index, _, count = kind.removeprefix("shard-").partition("-of-")
         settings = dataclasses.replace(settings, shards=int(count))
         result = run_project(settings, batch_time=batch_time, shard=int(index))
+    elif kind == "open":
+        result = run_open(settings)
     elif kind == "maintain":
         result = run_maintain(settings)
     elif kind == "reader":

@@ -102,22 +102,22 @@ def attach_statement(settings: Settings, read_only: bool = False, snapshot: int 
     return f"ATTACH {literal('ducklake:' + settings.catalog)} AS {LAKE} ({', '.join(options)})"
 
 
+def extensions(settings: Settings) -> list[str]:
+    """The DuckDB extensions the lake needs: DuckLake, its catalog's, and httpfs for object storage."""
+    needed = ["ducklake", *(ext for prefix, ext in CATALOG_EXTENSIONS.items() if settings.catalog.startswith(prefix))]
+    return needed + (["httpfs"] if s3_secret(settings.data_path, os.environ) else [])
+
+
 def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool = False, snapshot: int | None = None):
     """Attach the lake to ``con`` and make it the default catalog; errors name the catalog."""
     if not read_only:
         _make_local_folders(settings)
         _write_ahead_log(settings)
         _readable_as_landing(settings)
-    extensions = [
-        "ducklake",
-        *(ext for prefix, ext in CATALOG_EXTENSIONS.items() if settings.catalog.startswith(prefix)),
-    ]
     secret = s3_secret(settings.data_path, os.environ)
-    if secret:
-        extensions.append("httpfs")
     try:
         con.execute("SET enable_progress_bar = false")  # see use_lake
-        for extension in extensions:
+        for extension in extensions(settings):
             con.execute(f"LOAD {extension}")
         if secret:
             con.execute(secret)
