@@ -48,13 +48,12 @@ def read_lake_at_open(con: duckdb.DuckDBPyConnection, models: Iterable[str], sha
     tables = [name for name in models if "_batch_id" in columns.get(name, ())]
     # one statement for all of them: each statement on a lake pays its own catalog lookups
     scans = [f"(SELECT [coalesce(max(_batch_id), 0), count(*)] FROM {name})" for name in tables]
-    *figures, offsets, waiting = first_row(
-        con,
-        f"SELECT {''.join(scan + ', ' for scan in scans)}"
-        f"(SELECT list((model, input, batch_id)) FROM {STATE_SCHEMA}.offsets WHERE shard = {shard}), "
+    offsets_of_shard = f"(SELECT list((model, input, batch_id)) FROM {STATE_SCHEMA}.offsets WHERE shard = {shard})"
+    waiting_of_shard = (
         f"(SELECT list((model, min_seq, first_seen)) FROM (SELECT model, min(seq) AS min_seq, "
-        f"min(first_seen) AS first_seen FROM {PENDING_TABLE} WHERE shard = {shard} GROUP BY model))",
+        f"min(first_seen) AS first_seen FROM {PENDING_TABLE} WHERE shard = {shard} GROUP BY model))"
     )
+    *figures, offsets, waiting = first_row(con, "SELECT " + ", ".join([*scans, offsets_of_shard, waiting_of_shard]))
     return LakeAtOpen(
         columns=columns,
         newest={name: figure[0] for name, figure in zip(tables, figures, strict=True)},

@@ -564,14 +564,8 @@ class LandingReader:
         that commits the rows read so far."""
         # A chunk moves some files on: the others' rows would be rewritten unchanged on every chunk's commit.
         moved = [progress for progress in self.files if progress.recorded != progress.state]
-        if moved:  # one DELETE and one INSERT for all of them: each lake statement costs catalog work
-            keys = literal([progress.key for progress in moved])
-            con.execute(f"DELETE FROM {STATE_TABLE} WHERE file_key IN (SELECT unnest({keys}))")
-            con.register("__moved_files", _state_rows(moved))
-            try:
-                con.execute(f"INSERT INTO {STATE_TABLE} BY NAME SELECT *, now() AS updated_at FROM __moved_files")
-            finally:
-                con.unregister("__moved_files")
+        if moved:
+            _replace_rows(con, STATE_TABLE, moved, _state_rows(moved), "*, now() AS updated_at")
         self._commit_stats(con)
         for progress in self.files:
             if not progress.notes_recorded:
@@ -584,18 +578,10 @@ class LandingReader:
         """Record the settled stats of the files whose identity this batch checked (planning did, for every file):
         with a commit that happens anyway, so a batch with nothing else to record still commits nothing."""
         restated = [progress for progress in self.files if progress.recorded_stat != progress.file_stat]
-        if not restated:
-            return
-        keys = literal([progress.key for progress in restated])
-        con.execute(f"DELETE FROM {STATS_TABLE} WHERE file_key IN (SELECT unnest({keys}))")
-        settled = [progress for progress in restated if progress.file_stat is not None]
-        if settled:
+        if restated:
+            settled = [progress for progress in restated if progress.file_stat is not None]
             rows = pa.table({"file_key": [p.key for p in settled], "file_stat": [p.file_stat for p in settled]})
-            con.register("__settled_files", rows)
-            try:
-                con.execute(f"INSERT INTO {STATS_TABLE} BY NAME SELECT * FROM __settled_files")
-            finally:
-                con.unregister("__settled_files")
+            _replace_rows(con, STATS_TABLE, restated, rows)
 
     def offsets_committed(self) -> None:
         """The transaction :meth:`commit_offsets` wrote into has committed: later chunks need not repeat it."""
@@ -616,6 +602,20 @@ class LandingReader:
         events = [{"path": str(p.path), "event": e, "detail": d} for p in self.files for e, d in p.notes]
         skips = self.recorded_skips + self.skipped
         return events + [{"path": str(s.path), "event": "skipped", "detail": s.detail} for s in skips]
+
+
+def _replace_rows(
+    con: duckdb.DuckDBPyConnection, table: str, files: list[FileProgress], rows: pa.Table, select: str = "*"
+) -> None:
+    """Replace ``table``'s rows of ``files`` (by file_key) with ``rows``: one DELETE and one INSERT for all of
+    them, as each lake statement costs catalog work."""
+    con.execute(f"DELETE FROM {table} WHERE file_key IN (SELECT unnest({literal([p.key for p in files])}))")
+    if rows.num_rows:
+        con.register("__file_rows", rows)
+        try:
+            con.execute(f"INSERT INTO {table} BY NAME SELECT {select} FROM __file_rows")
+        finally:
+            con.unregister("__file_rows")
 
 
 def _state_rows(files: list[FileProgress]) -> pa.Table:

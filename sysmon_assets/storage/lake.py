@@ -103,9 +103,10 @@ def attach_statement(settings: Settings, read_only: bool = False, snapshot: int 
 
 
 def extensions(settings: Settings) -> list[str]:
-    """The DuckDB extensions the lake needs: DuckLake, its catalog's, and httpfs for object storage."""
+    """The DuckDB extensions the lake needs: DuckLake, its catalog's, and httpfs for ``s3://`` data (see
+    :func:`s3_secret`)."""
     needed = ["ducklake", *(ext for prefix, ext in CATALOG_EXTENSIONS.items() if settings.catalog.startswith(prefix))]
-    return needed + (["httpfs"] if s3_secret(settings.data_path, os.environ) else [])
+    return needed + (["httpfs"] if settings.data_path.startswith("s3://") else [])
 
 
 def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool = False, snapshot: int | None = None):
