@@ -320,7 +320,7 @@ class Project:
         results = [StepResult(model=model) for model in names]
         checked = False
         if source_chunks is None:
-            quiet = self._quiet_results(con, names, batch)
+            quiet = self._quiet_results(names, batch)
             if quiet is not None:
                 if after_commit:
                     after_commit()
@@ -382,30 +382,55 @@ class Project:
         """:func:`open_batch`, remembered (every step of a run asks for its batch), in a guarded transaction:
         two runs of one shard that open batches at once cannot both get the same id."""
         if run_key not in self._batches:
-            self._ensure_state(con)
+            state_known = self._state_ready
 
-            def claim_next_batch() -> tuple[tuple[Batch, LakeAtOpen | None], int]:
+            def claim_next_batch() -> tuple[tuple[Batch, LakeAtOpen | None, list[str]], int]:
+                if not state_known:  # an existing lake's state is checked in this transaction, not one of its own
+                    ensure_state(con, self.shard, self._state_guards(), self.state_ddl)
                 batch, added = _find_or_add_batch(con, run_key, started_at, self.shard)
                 tables = [name for name in self.models if not self._is_view(name)]
                 at_open = read_lake_at_open(con, tables, self.shard.index) if added and self.shard.count == 1 else None
-                return (batch, at_open), batch.batch_id
+                unchanged = self._unchanged_columns(con, batch, at_open) if at_open else []
+                return (batch, at_open, unchanged), batch.batch_id
 
-            batch, at_open = self._guarded(con, f"opening the batch of run {run_key}", None, [], claim_next_batch)
+            what = f"opening the batch of run {run_key}"
+            try:
+                batch, at_open, unchanged = self._guarded(con, what, None, [], claim_next_batch)
+            except duckdb.CatalogException:
+                if state_known:
+                    raise
+                self._ensure_state(con)  # a new lake: its bookkeeping tables are made first, on their own
+                state_known = True
+                batch, at_open, unchanged = self._guarded(con, what, None, [], claim_next_batch)
+            self._state_ready = True
             if at_open:  # one writer has one batch open at a time: earlier batches' readings are done with
                 self._at_open, self._wrote = {batch.batch_id: at_open}, {batch.batch_id: set()}
                 self._existing.update(at_open.rows)
+                self._columns_checked.update(unchanged)
             self._batches[run_key] = batch
         return self._batches[run_key]
 
-    def _quiet_results(self, con: Connection, names: list[str], batch: Batch) -> list[StepResult] | None:
+    def quiet_step(self, name: str, run_key: str) -> list[StepResult] | None:
+        """The results of the step of ``name`` in the batch of ``run_key``, when the lake as that batch opened
+        shows it has nothing to do; None when the step must run (see :meth:`run_step`). Needs no connection: a
+        caller may skip opening one."""
+        batch = self._batches.get(run_key)
+        if batch is None or self.models[name].sources:
+            return None
+        return self._quiet_results([name, *self.side_models(name)], batch)
+
+    def _quiet_results(self, names: list[str], batch: Batch) -> list[StepResult] | None:
         """The results of a step that, by the lake as its batch opened, has nothing to do, or None when that
         cannot be told without running the step: with shards, in a batch another process opened or whose clock has
-        a time zone, for an input an earlier step of the batch wrote rows to, a view, or the batch's last step. The
-        step's tests pass: the batch has no rows in its tables."""
+        a time zone, for an input an earlier step of the batch wrote rows to, a view, the batch's last step, or a
+        model whose columns were not checked as the batch opened. The step's tests pass: the batch has no rows in
+        its tables."""
         at_open = self._at_open.get(batch.batch_id)
         if at_open is None or batch.started_at.tzinfo is not None:
             return None
         if names[0] == self.primary_models()[-1] or any(map(self._is_view, names)):
+            return None
+        if not self._columns_checked.issuperset(names):
             return None
         wrote = self._wrote.get(batch.batch_id, set())
         if any(ref in wrote for model in names for ref in self.models[model].refs):
@@ -413,7 +438,6 @@ class Project:
         results = [self._result_at_open(at_open, model, batch) for model in names]
         if not all(result is not None and _idle(result) for result in results):
             return None
-        self._add_columns_once(con, names, batch, {})
         self._checked_at_open(batch, results)
         return results
 
@@ -442,14 +466,18 @@ class Project:
             result.expired, result.pending_floor = 0, waiting.floor if waiting else None
         return result
 
+    def _state_guards(self) -> list[str]:
+        """The guard rows beyond the shards': with shards, one per serialized model and the catalog's."""
+        if self.shard.count == 1:
+            return []
+        return [f"model:{name}" for name in self.serialized_models()] + [CATALOG_GUARD]
+
     def _ensure_state(self, con: Connection) -> None:
         if self._state_ready:
             return
-        guards = [f"model:{name}" for name in self.serialized_models()] + [CATALOG_GUARD]
-        guards = guards if self.shard.count > 1 else []
 
         def create_state() -> tuple[None, None]:
-            ensure_state(con, self.shard, guards, self.state_ddl)
+            ensure_state(con, self.shard, self._state_guards(), self.state_ddl)
             return None, None
 
         # Shards that start together race to create the same tables: the losers' transactions conflict and retry.
@@ -596,6 +624,23 @@ class Project:
         # 'CREATE VIEW <name> AS <query>;' and 'CREATE TEMP VIEW __view_probe AS <query>;': compare the queries
         return stored.partition(" AS ")[2] != probe.partition(" AS ")[2]
 
+    def _unchanged_columns(self, con: Connection, batch: Batch, at_open: LakeAtOpen) -> list[str]:
+        """The models whose queries, bound in the batch-opening transaction, bring no column their tables lack (so
+        their steps need no probe, nor a connection when quiet): every table model reading tables only, unless one
+        of them gained a column, which may change what the models downstream of it select."""
+        probed = [
+            name
+            for name in self.models
+            if name not in self._columns_checked
+            and not self._is_view(name)
+            and not self.models[name].sources
+            and all(table in at_open.columns for table in [name, *self.models[name].refs])
+        ]
+        for name in probed:
+            if self._new_columns(con, self._schema_probe(name, batch, {}), at_open.columns[name]):
+                return []
+        return probed
+
     def _add_columns_once(self, con: Connection, names: list[str], batch: Batch, relations: dict[str, str]) -> None:
         """Add the columns the models gained to their tables, on their first step in this process."""
         for model in names:
@@ -620,12 +665,7 @@ class Project:
         turns on it)."""
         listed = self._at_open[batch_id].columns.get(name) if batch_id in self._at_open else None
         existing = listed if listed is not None else {column for column, _ in table_columns(con, name)}
-        relation = con.sql(f"SELECT * FROM {query} WHERE false")
-        added = [
-            (column, kind)
-            for column, kind in zip(relation.columns, relation.types, strict=True)
-            if column not in existing
-        ]
+        added = self._new_columns(con, query, existing)
         if not added:
             return
 
@@ -638,6 +678,16 @@ class Project:
             return None, batch_id
 
         self._guarded(con, f"adding the new columns of {name}", batch_id, [], alter)
+
+    @staticmethod
+    def _new_columns(con: Connection, query: str, existing: set[str]) -> list[tuple[str, str]]:
+        """The columns (name, type) ``query`` selects that are not in ``existing``; the query is bound, not run."""
+        relation = con.sql(f"SELECT * FROM {query} WHERE false")
+        return [
+            (column, str(kind))
+            for column, kind in zip(relation.columns, relation.types, strict=True)
+            if column not in existing
+        ]
 
     @staticmethod
     def _append(con: Connection, name: str, query: str, config: dict[str, Any], batch: Batch) -> int:

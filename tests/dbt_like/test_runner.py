@@ -218,6 +218,50 @@ def test_an_idle_batch_of_a_writer_alone_reports_what_the_transactions_would_hav
     assert (busy["catalog"][0].rows_written, busy["catalog"][0].table_rows) == (0, 1)
 
 
+def test_a_step_told_idle_as_its_batch_opened_needs_no_connection(tmp_path: Path) -> None:
+    """``quiet_step`` answers from the lake as ``Project.open_batch`` read it: the results running the step would
+    give, or None for a step that must run (its input got rows in the batch, a source, the last step)."""
+    project = project_with_a_report(tmp_path)
+    con = duckdb.connect()
+
+    def open_and_ingest(rows: list, run_key: str) -> object:
+        at = project.open_batch(con, run_key, T0)
+        project.run_step(con, "events", at, source_chunks=[feed(*rows)])
+        return at
+
+    open_and_ingest([(1, "order", "a"), (2, "price", "a")], "r1")
+    for name in ["catalog", "orders", "priced", "report"]:
+        project.run_step(con, name, project.open_batch(con, "r1", T0))
+    open_and_ingest([], "r2")
+    told = {name: project.quiet_step(name, "r2") for name in ["catalog", "orders", "priced", "report", "events"]}
+    assert (told["report"], told["events"]) == (None, None)
+    assert {name: (r[0].rows_written, r[0].table_rows) for name, r in told.items() if r} == {
+        "catalog": (0, 1),
+        "orders": (0, 1),
+        "priced": (0, 1),
+    }
+    assert project.quiet_step("orders", "no-such-run") is None
+    open_and_ingest([(3, "order", "b")], "r3")
+    assert project.quiet_step("orders", "r3") is None  # events got a row in this batch
+    assert project.quiet_step("catalog", "r3") is None  # it reads events too
+
+
+def test_a_model_that_gained_a_column_gets_it_in_a_batch_that_brings_no_rows(project: Project, tmp_path: Path) -> None:
+    """A column found as the batch opens keeps every step from being told idle there: a model downstream may select
+    it once its table has it, so each step looks at its own columns again when it runs."""
+    con = duckdb.connect(str(tmp_path / "db.duckdb"))
+    run_all(project, con, [(1, "order", "a"), (2, "price", "a")], "r1")
+    path = project.models_dir / "catalog.sql"
+    path.write_text(path.read_text().replace("SELECT ", "SELECT 'v2' AS version, ", 1))
+    upgraded = Project(project.models_dir)
+    at = upgraded.open_batch(con, "r2", T0)
+    assert [upgraded.quiet_step(name, "r2") for name in ["orders", "catalog", "priced"]] == [None, None, None]
+    upgraded.run_step(con, "events", at, source_chunks=[feed()])
+    for name in ["orders", "catalog", "priced"]:
+        assert upgraded.run_step(con, name, at)[0].rows_written == 0
+    assert con.execute("SELECT item, version FROM catalog").fetchall() == [("a", None)]
+
+
 def test_a_failure_inside_the_step_rolls_back_rows_and_offsets(project: Project) -> None:
     con = duckdb.connect()
     run_all(project, con, [(1, "order", "a")], "r1")
