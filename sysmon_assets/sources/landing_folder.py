@@ -26,6 +26,7 @@ import fnmatch
 import hashlib
 import logging
 import os
+import re
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -83,7 +84,6 @@ CREATE TABLE IF NOT EXISTS {STATS_TABLE} (file_key VARCHAR, file_stat VARCHAR);
 # (NULL in the old rows, which then mean "not known": no finished-file or tail check until the next write).
 # A later addition is a table of its own (as ingest.file_stats is): on a lake whose rows are inlined in the
 # catalog, DuckLake 0.3 breaks every insert into a table after ADD COLUMN.
-_ADDED_STATE_COLUMNS = {"file_size": "BIGINT", "tail_sha256": "VARCHAR", "read_error": "VARCHAR"}
 _FILE_TYPES = {
     stat.S_IFLNK: "a symbolic link",
     stat.S_IFDIR: "a folder",
@@ -175,9 +175,12 @@ class Skipped:
     detail: str
 
 
+_LANDED_NAME = re.compile("|".join(fnmatch.translate(pattern) for pattern in PATTERNS))
+
+
 def _landed_name(name: str) -> bool:
     # as glob did: hidden names are not landed files
-    return not name.startswith(".") and any(fnmatch.fnmatchcase(name, pattern) for pattern in PATTERNS)
+    return not name.startswith(".") and _LANDED_NAME.match(name) is not None
 
 
 def scan_landing(landing_dir: Path) -> tuple[list[LandedFile], list[Skipped]]:
@@ -435,7 +438,6 @@ class LandingReader:
 
         On the very first batch, ``offset_reset='latest'`` starts every file at its end.
         """
-        self._add_missing_columns()
         known = {
             row[0]: Stored(*row[1:])
             for row in self.con.execute(
@@ -448,21 +450,6 @@ class LandingReader:
         self.skipped, self.recorded_skips = self._not_yet_recorded(owned), []
         self.files = [self._plan_file(landed, known, first_batch_ever) for landed in files if self.owns(landed.key)]
         return self.files
-
-    def _add_missing_columns(self) -> None:
-        """The columns :data:`_ADDED_STATE_COLUMNS` on a lake made before them (the tables themselves are
-        :data:`STATE_DDL`, run by whoever opens the batch)."""
-        schema, table = STATE_TABLE.split(".")
-        present = {
-            name
-            for (name,) in self.con.execute(
-                f"SELECT column_name FROM duckdb_columns() WHERE schema_name = {literal(schema)} "
-                f"AND table_name = {literal(table)} AND database_name = current_database()"
-            ).fetchall()
-        }
-        for name, kind in _ADDED_STATE_COLUMNS.items():
-            if name not in present:
-                self.con.execute(f"ALTER TABLE {STATE_TABLE} ADD COLUMN {name} {kind}")
 
     def _not_yet_recorded(self, skipped: list[Skipped]) -> list[Skipped]:
         """The skipped entries no earlier batch recorded, each logged once."""
