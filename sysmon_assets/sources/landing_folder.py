@@ -91,7 +91,7 @@ _FILE_TYPES = {
     stat.S_IFSOCK: "a socket",
 }
 
-Block = tuple[bytes, np.ndarray]
+Block = tuple[bytes | memoryview, np.ndarray]
 
 
 class Stored(NamedTuple):
@@ -318,7 +318,10 @@ def _unterminated(line: bytes) -> Block:
 def _read_blocks(progress: FileProgress, chunk_bytes: int) -> Iterator[Block | Unreadable]:
     """Blocks of complete lines (newlines kept) from the file's current position, each with the positions
     of its newlines. A partial last line is held back, unless the file is finished (a gzip stream always
-    is); a damaged gzip stream ends with what could be read, then an :class:`Unreadable`."""
+    is); a damaged gzip stream ends with what could be read, then an :class:`Unreadable`.
+
+    A piece's lines are not copied: its block is a view of it. Only the line that straddles two pieces is
+    (a block of its own)."""
     start = progress.position
     with _open(progress.path) as handle:
         if progress.kind == "gzip":
@@ -327,17 +330,29 @@ def _read_blocks(progress: FileProgress, chunk_bytes: int) -> Iterator[Block | U
             pieces = _text_pieces(handle, start, progress.size, chunk_bytes)
         pending = b""
         done = start  # where pending starts
+        is_newline = np.empty(0, dtype=bool)  # reused: a new array per piece costs its page faults every time
         try:
             for piece in pieces:
-                block = pending + piece if pending else piece
-                newlines = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == NEWLINE)
+                if len(is_newline) < len(piece):
+                    is_newline = np.empty(len(piece), dtype=bool)
+                found = is_newline[: len(piece)]
+                np.equal(np.frombuffer(piece, dtype=np.uint8), NEWLINE, out=found)
+                newlines = np.flatnonzero(found)
                 if len(newlines) == 0:
-                    pending = block
+                    pending += piece
                     continue
-                end = int(newlines[-1]) + 1
-                pending = block[end:]
-                done += end
-                yield (block if end == len(block) else block[:end]), newlines
+                first, end = int(newlines[0]) + 1, int(newlines[-1]) + 1
+                if pending:
+                    straddling = pending + piece[:first]
+                    done += len(straddling)
+                    yield straddling, np.array([len(straddling) - 1], dtype=np.int64)
+                    newlines, skipped = newlines[1:], first
+                else:
+                    skipped = 0
+                if len(newlines):
+                    done += end - skipped
+                    yield memoryview(piece)[skipped:end], newlines - skipped
+                pending = piece[end:]
         except GzipDamage as damage:
             if pending:
                 yield _unterminated(pending)
@@ -363,7 +378,7 @@ def _read_ahead(items: Iterator[T]) -> Iterator[T]:
             yield item
 
 
-def _text_frame(block: bytes, newlines: np.ndarray, progress: FileProgress, first_seq: int) -> pa.Table:
+def _text_frame(block: bytes | memoryview, newlines: np.ndarray, progress: FileProgress, first_seq: int) -> pa.Table:
     """One row per line: sequence number, file, line number, byte offset, raw bytes and their length.
 
     The lines stay in the block as read (no copy per line): each value is a line with its newline

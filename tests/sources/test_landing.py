@@ -594,3 +594,23 @@ def test_a_gzip_caught_mid_copy_is_read_on_when_the_copy_completes(lake: Lake) -
     assert start + first == cut == rest
     assert text[start : start + first + second + 1] == lines[text.count(b"\n", 0, start)].encode() + b"\n"
     assert lake.count("winlogbeat_stream") == 399
+
+
+@pytest.mark.parametrize("kind", ["text", "gzip"])
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 64, 10_000])
+def test_lines_are_read_whole_wherever_the_pieces_cut_them(tmp_path: Path, kind: str, chunk_bytes: int) -> None:
+    """Lines shorter and longer than a piece, one cut by every piece boundary, a blank line and an unterminated
+    last line of a finished file: each line once, with its line number, byte offset and newline."""
+    lines = [b"{}", b"", b"x" * 150, b'{"a": 1}', b"y" * 3, b"z" * 40, b"last"]
+    data = b"\n".join(lines)
+    path = tmp_path / ("w.ndjson.gz" if kind == "gzip" else "w.ndjson")
+    path.write_bytes(gzip.compress(data) if kind == "gzip" else data)
+    progress = landing.FileProgress("k", path, 0, 0, path.stat().st_size, finished=True)
+    read = [landing._text_frame(*block, progress, 1) for block in landing._read_blocks(progress, chunk_bytes)]
+    rows = [row for frame in read for row in frame.select(["source_line", "source_offset", "line"]).to_pylist()]
+    offsets = [sum(len(line) + 1 for line in lines[:i]) for i in range(len(lines))]
+    assert rows == [
+        {"source_line": i + 1, "source_offset": offsets[i], "line": line + (b"" if i == len(lines) - 1 else b"\n")}
+        for i, line in enumerate(lines)
+    ]
+    assert (progress.position, progress.line) == (len(data), len(lines))
