@@ -410,12 +410,15 @@ class Project:
             self._batches[run_key] = batch
         return self._batches[run_key]
 
-    def quiet_step(self, name: str, run_key: str) -> list[StepResult] | None:
-        """The results of the step of ``name`` in the batch of ``run_key``, when the lake as that batch opened
-        shows it has nothing to do; None when the step must run (see :meth:`run_step`). Needs no connection: a
-        caller may skip opening one."""
-        batch = self._batches.get(run_key)
-        if batch is None or self.models[name].sources:
+    def opened_batch(self, run_key: str) -> Batch | None:
+        """The batch this project opened for ``run_key`` (see :meth:`open_batch`), if it did."""
+        return self._batches.get(run_key)
+
+    def quiet_step(self, name: str, batch: Batch) -> list[StepResult] | None:
+        """The results of the step of ``name`` in ``batch``, when the lake as the batch opened shows it has
+        nothing to do; None when the step must run (see :meth:`run_step`). Needs no connection: a caller may skip
+        opening one."""
+        if self.models[name].sources:
             return None
         return self._quiet_results([name, *self.side_models(name)], batch)
 

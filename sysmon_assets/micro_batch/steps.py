@@ -53,8 +53,10 @@ class SysmonPipeline:
         """Run one model's step for the batch of ``run_key`` (created by the first step that asks). A model fed
         by a ``source()`` reads the configured source: that step is the ingest. A step the lake, as the batch
         opened, shows to have nothing to do opens no connection."""
-        quiet = self.project.quiet_step(name, run_key)
-        if quiet is not None:
+        opened = self.project.opened_batch(run_key)
+        quiet = self.project.quiet_step(name, opened) if opened else None
+        if opened and quiet is not None:
+            self.last_batch_id = opened.batch_id
             return quiet
         with self.connect() as con:
             batch = self.project.open_batch(con, run_key, batch_time or utc_now())

@@ -232,18 +232,19 @@ def test_a_step_told_idle_as_its_batch_opened_needs_no_connection(tmp_path: Path
     open_and_ingest([(1, "order", "a"), (2, "price", "a")], "r1")
     for name in ["catalog", "orders", "priced", "report"]:
         project.run_step(con, name, project.open_batch(con, "r1", T0))
-    open_and_ingest([], "r2")
-    told = {name: project.quiet_step(name, "r2") for name in ["catalog", "orders", "priced", "report", "events"]}
+    at = open_and_ingest([], "r2")
+    assert project.opened_batch("r2") == at
+    told = {name: project.quiet_step(name, at) for name in ["catalog", "orders", "priced", "report", "events"]}
     assert (told["report"], told["events"]) == (None, None)
     assert {name: (r[0].rows_written, r[0].table_rows) for name, r in told.items() if r} == {
         "catalog": (0, 1),
         "orders": (0, 1),
         "priced": (0, 1),
     }
-    assert project.quiet_step("orders", "no-such-run") is None
-    open_and_ingest([(3, "order", "b")], "r3")
-    assert project.quiet_step("orders", "r3") is None  # events got a row in this batch
-    assert project.quiet_step("catalog", "r3") is None  # it reads events too
+    assert project.opened_batch("no-such-run") is None
+    at = open_and_ingest([(3, "order", "b")], "r3")
+    assert project.quiet_step("orders", at) is None  # events got a row in this batch
+    assert project.quiet_step("catalog", at) is None  # it reads events too
 
 
 def test_a_model_that_gained_a_column_gets_it_in_a_batch_that_brings_no_rows(project: Project, tmp_path: Path) -> None:
@@ -255,7 +256,7 @@ def test_a_model_that_gained_a_column_gets_it_in_a_batch_that_brings_no_rows(pro
     path.write_text(path.read_text().replace("SELECT ", "SELECT 'v2' AS version, ", 1))
     upgraded = Project(project.models_dir)
     at = upgraded.open_batch(con, "r2", T0)
-    assert [upgraded.quiet_step(name, "r2") for name in ["orders", "catalog", "priced"]] == [None, None, None]
+    assert [upgraded.quiet_step(name, at) for name in ["orders", "catalog", "priced"]] == [None, None, None]
     upgraded.run_step(con, "events", at, source_chunks=[feed()])
     for name in ["orders", "catalog", "priced"]:
         assert upgraded.run_step(con, name, at)[0].rows_written == 0
