@@ -80,10 +80,8 @@ CREATE TABLE IF NOT EXISTS {EVENTS_TABLE} (
     detected_at TIMESTAMP, path VARCHAR, file_key VARCHAR, event VARCHAR, detail VARCHAR);
 CREATE TABLE IF NOT EXISTS {STATS_TABLE} (file_key VARCHAR, file_stat VARCHAR);
 """
-# Columns added to ingest.files after its first release: a lake made before gets them by ALTER TABLE
-# (NULL in the old rows, which then mean "not known": no finished-file or tail check until the next write).
-# A later addition is a table of its own (as ingest.file_stats is): on a lake whose rows are inlined in the
-# catalog, DuckLake 0.3 breaks every insert into a table after ADD COLUMN.
+# New landing state goes into a table of its own (as ingest.file_stats did), not a new column: on a lake whose
+# rows are inlined in the catalog, DuckLake 0.3 breaks every insert into a table after ADD COLUMN.
 _FILE_TYPES = {
     stat.S_IFLNK: "a symbolic link",
     stat.S_IFDIR: "a folder",
