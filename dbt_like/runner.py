@@ -382,10 +382,9 @@ class Project:
         """:func:`open_batch`, remembered (every step of a run asks for its batch), in a guarded transaction:
         two runs of one shard that open batches at once cannot both get the same id."""
         if run_key not in self._batches:
-            state_known = self._state_ready
 
             def claim_next_batch() -> tuple[tuple[Batch, LakeAtOpen | None, list[str]], int]:
-                if not state_known:  # an existing lake's state is checked in this transaction, not one of its own
+                if not self._state_ready:  # an existing lake's state is checked in this transaction, not its own
                     ensure_state(con, self.shard, self._state_guards(), self.state_ddl)
                 batch, added = _find_or_add_batch(con, run_key, started_at, self.shard)
                 tables = [name for name in self.models if not self._is_view(name)]
@@ -397,10 +396,9 @@ class Project:
             try:
                 batch, at_open, unchanged = self._guarded(con, what, None, [], claim_next_batch)
             except duckdb.CatalogException:
-                if state_known:
+                if self._state_ready:
                     raise
                 self._ensure_state(con)  # a new lake: its bookkeeping tables are made first, on their own
-                state_known = True
                 batch, at_open, unchanged = self._guarded(con, what, None, [], claim_next_batch)
             self._state_ready = True
             if at_open:  # one writer has one batch open at a time: earlier batches' readings are done with

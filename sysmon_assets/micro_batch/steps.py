@@ -54,8 +54,7 @@ class SysmonPipeline:
         by a ``source()`` reads the configured source: that step is the ingest. A step the lake, as the batch
         opened, shows to have nothing to do opens no connection."""
         opened = self.project.opened_batch(run_key)
-        quiet = self.project.quiet_step(name, opened) if opened else None
-        if opened and quiet is not None:
+        if opened and (quiet := self.project.quiet_step(name, opened)) is not None:
             self.last_batch_id = opened.batch_id
             return quiet
         with self.connect() as con:

@@ -340,13 +340,12 @@ def _read_blocks(progress: FileProgress, chunk_bytes: int) -> Iterator[Block | U
                     pending += piece
                     continue
                 first, end = int(newlines[0]) + 1, int(newlines[-1]) + 1
+                skipped = 0
                 if pending:
                     straddling = pending + piece[:first]
                     done += len(straddling)
                     yield straddling, np.array([len(straddling) - 1], dtype=np.int64)
                     newlines, skipped = newlines[1:], first
-                else:
-                    skipped = 0
                 if len(newlines):
                     done += end - skipped
                     yield memoryview(piece)[skipped:end], newlines - skipped

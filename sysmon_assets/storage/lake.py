@@ -69,10 +69,15 @@ def connection_config(settings: Settings) -> dict[str, str]:
     return config
 
 
+def in_object_storage(data_path: str) -> bool:
+    """Whether the lake's data files go to S3 (or an S3-compatible server) rather than a local folder."""
+    return data_path.startswith("s3://")
+
+
 def s3_secret(data_path: str, environ: Mapping[str, str]) -> str | None:
     """A ``CREATE SECRET`` for ``s3://`` data from the standard AWS variables; a plain ``http://``
     ``AWS_ENDPOINT_URL`` means no TLS and path-style URLs (a local S3-compatible server)."""
-    if not data_path.startswith("s3://"):
+    if not in_object_storage(data_path):
         return None
     options = {"TYPE": "s3", "PROVIDER": "config"}
     for option, variable in (("KEY_ID", "AWS_ACCESS_KEY_ID"), ("SECRET", "AWS_SECRET_ACCESS_KEY")):
@@ -106,7 +111,7 @@ def extensions(settings: Settings) -> list[str]:
     """The DuckDB extensions the lake needs: DuckLake, its catalog's, and httpfs for ``s3://`` data (see
     :func:`s3_secret`)."""
     needed = ["ducklake", *(ext for prefix, ext in CATALOG_EXTENSIONS.items() if settings.catalog.startswith(prefix))]
-    return needed + (["httpfs"] if settings.data_path.startswith("s3://") else [])
+    return needed + (["httpfs"] if in_object_storage(settings.data_path) else [])
 
 
 def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool = False, snapshot: int | None = None):
