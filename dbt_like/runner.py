@@ -61,6 +61,7 @@ LOG = logging.getLogger(__name__)
 # concurrent steps conflict: in a lake, two transactions deleting from the same file cannot both commit.
 GUARDS_TABLE = f"{STATE_SCHEMA}.guards"
 SHARDS_TABLE = f"{STATE_SCHEMA}.shards"
+SHARD_COUNT_VIEW = f"{STATE_SCHEMA}.shard_count"
 _STATE_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA};
 CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.batches (batch_id BIGINT, run_key VARCHAR, started_at TIMESTAMP);
@@ -145,17 +146,27 @@ def _rollback(con: Connection) -> None:
         con.rollback()
 
 
-def ensure_state(con: Connection, shard: Shard = SINGLE, guards: Iterable[str] = (), more_ddl: str = "") -> None:
+class UnseededState(Exception):
+    """The bookkeeping tables exist but hold no shard count yet: another writer has created them and is about to
+    seed them, or stopped in between."""
+
+
+def ensure_state(
+    con: Connection, shard: Shard = SINGLE, guards: Iterable[str] = (), more_ddl: str = "", seed: bool = True
+) -> None:
     """Create the framework's bookkeeping tables (and ``more_ddl``'s) if they do not exist, record the shard count
     the first time (it cannot change: batch ids and offsets are divided by it), and seed the guard rows (a guard
-    works by being deleted, so its row must exist before two writers race for it). Each statement on a lake pays
-    its own catalog work: an existing lake's state is read by one query."""
+    works by being deleted, so its row must exist before two writers race for it). Without ``seed``, tables with
+    no shard count yet raise :class:`UnseededState`. Each statement on a lake pays its own catalog work: an
+    existing lake's state is read by one query."""
     con.execute(_STATE_DDL + more_ddl)
     counts, present = first_row(
         con, f"SELECT (SELECT list(DISTINCT shard_count) FROM {SHARDS_TABLE}), (SELECT list(guard) FROM {GUARDS_TABLE})"
     )
+    if not counts and not seed:
+        raise UnseededState("the bookkeeping tables hold no shard count yet")
     if not counts:
-        con.execute(f"INSERT INTO {SHARDS_TABLE} VALUES ({shard.count})")
+        _record_shard_count(con, shard.count)
     elif counts != [shard.count]:
         raise ProjectError(
             f"this lake was written by {sorted(counts)} shard(s); a project of {shard.count} cannot continue it "
@@ -166,6 +177,14 @@ def ensure_state(con: Connection, shard: Shard = SINGLE, guards: Iterable[str] =
     if missing:
         rows = ", ".join(f"({literal(guard)}, 0, NULL, NULL)" for guard in missing)
         con.execute(f"INSERT INTO {GUARDS_TABLE} VALUES {rows}")
+
+
+def _record_shard_count(con: Connection, count: int) -> None:
+    """Record the lake's shard count, in a table and as a view. DuckLake lets two transactions insert into one table
+    at once, but not create the same view: of two runs that seed a new lake at once, one conflicts, runs again and
+    then finds the other's count and guard rows (no second, maybe different, count; no doubled guard rows)."""
+    con.execute(f"INSERT INTO {SHARDS_TABLE} VALUES ({count})")
+    con.execute(f"CREATE VIEW {SHARD_COUNT_VIEW} AS SELECT {count} AS shard_count")
 
 
 def open_batch(con: Connection, run_key: str, started_at: datetime, shard: Shard = SINGLE) -> Batch:
@@ -385,7 +404,7 @@ class Project:
 
             def claim_next_batch() -> tuple[tuple[Batch, LakeAtOpen | None, list[str]], int]:
                 if not self._state_ready:  # an existing lake's state is checked in this transaction, not its own
-                    ensure_state(con, self.shard, self._state_guards(), self.state_ddl)
+                    ensure_state(con, self.shard, self._state_guards(), self.state_ddl, seed=False)
                 batch, added = _find_or_add_batch(con, run_key, started_at, self.shard)
                 tables = [name for name in self.models if not self._is_view(name)]
                 at_open = read_lake_at_open(con, tables, self.shard.index) if added and self.shard.count == 1 else None
@@ -395,10 +414,10 @@ class Project:
             what = f"opening the batch of run {run_key}"
             try:
                 batch, at_open, unchanged = self._guarded(con, what, None, [], claim_next_batch)
-            except duckdb.CatalogException:
+            except (duckdb.CatalogException, UnseededState):
                 if self._state_ready:
                     raise
-                self._ensure_state(con)  # a new lake: its bookkeeping tables are made first, on their own
+                self._ensure_state(con)  # a new lake: its bookkeeping tables are made and seeded first, on their own
                 batch, at_open, unchanged = self._guarded(con, what, None, [], claim_next_batch)
             self._state_ready = True
             if at_open:  # one writer has one batch open at a time: earlier batches' readings are done with
@@ -474,15 +493,25 @@ class Project:
         return [f"model:{name}" for name in self.serialized_models()] + [CATALOG_GUARD]
 
     def _ensure_state(self, con: Connection) -> None:
+        """Create a new lake's bookkeeping tables in one transaction, then seed them (:func:`ensure_state`) in the
+        next. Rows that the transaction creating a DuckLake 0.3 table inserts go to a second inlined-data table of
+        another schema version, and every later read of the table then loads the catalog as of that version too
+        (each load a round of catalog queries): seeded apart, all bookkeeping tables keep the one version."""
         if self._state_ready:
             return
 
-        def create_state() -> tuple[None, None]:
+        def create_tables() -> tuple[None, None]:
+            con.execute(_STATE_DDL + self.state_ddl)
+            return None, None
+
+        def seed() -> tuple[None, None]:
             ensure_state(con, self.shard, self._state_guards(), self.state_ddl)
             return None, None
 
-        # Shards that start together race to create the same tables: the losers' transactions conflict and retry.
-        self._guarded(con, "creating the bookkeeping tables", None, [], create_state, claim=False)
+        # Shards that start together race to create the same tables, then to seed them (see _record_shard_count):
+        # the losers' transactions conflict and retry.
+        self._guarded(con, "creating the bookkeeping tables", None, [], create_tables, claim=False)
+        self._guarded(con, "seeding the bookkeeping tables", None, [], seed, claim=False)
         self._state_ready = True
 
     def _guard_rows(self, con: Connection) -> list[tuple]:

@@ -16,8 +16,10 @@ import pandas as pd
 import pytest
 
 from dbt_like import ConcurrentWriterError, Project, ProjectError, open_batch, runner
+from dbt_like.compiler import Shard
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.lake import attach, connection_config
+from tests.lake_servers import Postgres
 
 T0 = datetime(2026, 1, 1)
 TABLES = ["events", "orders", "catalog", "priced"]
@@ -464,6 +466,43 @@ def test_a_dedupe_key_does_not_scan_the_history(tmp_path: Path) -> None:
     ]
 
 
+def test_a_new_lakes_bookkeeping_tables_keep_the_inlined_data_table_of_one_schema_version(tmp_path: Path) -> None:
+    """Seeded apart from their creation, the bookkeeping tables each keep the one inlined-data table their creation
+    made (a read of another version's table loads the catalog as of that version: a round of catalog queries)."""
+    project = project_with_a_report(tmp_path)
+    settings = Settings(data_dir=tmp_path / "lake")
+    con = attach(duckdb.connect(config=connection_config(settings)), settings)
+    run_batch(project, con, [(1, "order", "a"), (2, "price", "a")], "r1", T0)
+    run_batch(project, con, [], "r2", T0)
+    inlined = con.execute(
+        "SELECT t.table_name, list(i.schema_version) FROM __ducklake_metadata_lake.ducklake_inlined_data_tables i "
+        "JOIN __ducklake_metadata_lake.ducklake_table t USING (table_id) JOIN __ducklake_metadata_lake.ducklake_schema "
+        "s USING (schema_id) WHERE s.schema_name = 'dbt_like' GROUP BY ALL ORDER BY ALL"
+    ).fetchall()
+    assert [table for table, _ in inlined] == ["batches", "guards", "offsets", "pending", "shards"]
+    assert len({version for _, versions in inlined for version in versions}) == 1, inlined
+    assert con.execute("SELECT * FROM dbt_like.shard_count").fetchall() == [(1,)]
+
+
+def test_two_runs_seeding_a_new_lake_at_once_leave_one_shard_count(tmp_path: Path, postgres: Postgres) -> None:
+    """Two transactions that record a new lake's shard count at once conflict: the later one fails (a project runs
+    it again, then finds the count), so the lake never holds two counts. On PostgreSQL only DuckLake's own checks
+    stand between them (with SQLite the later commit fails as locked whatever it wrote)."""
+    settings = Settings(data_dir=tmp_path / "lake", lake_catalog=postgres.new_catalog())
+    first, second = (attach(duckdb.connect(config=connection_config(settings)), settings) for _ in range(2))
+    first.execute(runner._STATE_DDL)
+    for con in (first, second):
+        con.begin()
+    runner.ensure_state(first, Shard(0, 1))
+    runner.ensure_state(second, Shard(0, 2))
+    first.commit()
+    with pytest.raises(duckdb.TransactionException, match="shard_count"):
+        second.commit()
+    assert first.execute("SELECT shard_count FROM dbt_like.shards").fetchall() == [(1,)]
+    with pytest.raises(ProjectError, match=r"written by \[1\] shard"):
+        runner.ensure_state(second, Shard(0, 2))
+
+
 def test_a_column_added_to_a_model_is_added_to_its_existing_table(project: Project, tmp_path: Path) -> None:
     con = duckdb.connect(str(tmp_path / "db.duckdb"))
     run_all(project, con, [(1, "order", "a"), (2, "price", "a")], "r1")
@@ -570,9 +609,13 @@ def test_a_view_is_replaced_only_when_its_query_changes(tmp_path: Path) -> None:
     project = view_project(tmp_path / "models")
     assert project.primary_models()[-1] == "priced_count", "the view's step must not be the batch's last"
 
-    def view_changes() -> list[dict]:
-        snapshots = con.execute("SELECT changes FROM ducklake_snapshots('lake') ORDER BY snapshot_id").fetchall()
-        return [changes for (changes,) in snapshots if "views_created" in changes or "views_altered" in changes]
+    def view_changes() -> list[list[str]]:
+        """The model views each snapshot created or altered (the bookkeeping's own view left out)."""
+        snapshots = con.execute(
+            "SELECT list_filter(flatten([coalesce(changes['views_created'], []), coalesce(changes['views_altered'], "
+            "[])]), name -> name LIKE 'main.%') AS views FROM ducklake_snapshots('lake') ORDER BY snapshot_id"
+        ).fetchall()
+        return [views for (views,) in snapshots if views]
 
     run_view_project(project, con, [(1, "order", "a")], "r1")
     assert len(view_changes()) == 1

@@ -272,7 +272,8 @@ def test_the_connection_view_is_a_view_and_every_batch_is_complete_at_it(lake: L
     lake.batch(T0)
     lake.batch(T0 + timedelta(minutes=1))  # nothing new
     assert batch_ids(lake) == {"{PS}": 1}
-    assert lake.rows("SELECT view_name FROM duckdb_views() WHERE database_name = 'lake'") == [("sysmon_join_ancestry",)]
+    views = lake.rows("SELECT view_name FROM duckdb_views() WHERE database_name = 'lake' AND schema_name = 'main'")
+    assert views == [("sysmon_join_ancestry",)]
     notes = lake.rows(
         "SELECT commit_extra_info FROM ducklake_snapshots('lake') "
         "WHERE commit_extra_info LIKE '%\"batch_complete\": true%' ORDER BY snapshot_id"
@@ -282,7 +283,10 @@ def test_the_connection_view_is_a_view_and_every_batch_is_complete_at_it(lake: L
         ('{"batch_id": 2, "step": "sysmon_join_ancestry", "batch_complete": true}',),
     ]
     # the view was created once: the second batch's step had nothing to replace
-    created = lake.rows("SELECT count(*) FROM ducklake_snapshots('lake') WHERE changes::VARCHAR LIKE '%views_%'")
+    created = lake.rows(
+        "SELECT count(*) FROM ducklake_snapshots('lake') "
+        "WHERE changes::VARCHAR LIKE '%views_%main.sysmon_join_ancestry%'"
+    )
     assert created == [(1,)]
 
 
