@@ -152,6 +152,9 @@ def model_config(model: Model, variables: Mapping[str, Any]) -> dict[str, Any]:
         )
     if captured["materialized"] == "table" and not captured.get("unique_key"):
         raise ProjectError(f"{model.path}: a 'table' model needs unique_key")
+    settings = captured.get("duckdb_settings", {})
+    if not isinstance(settings, Mapping) or not all(isinstance(name, str) for name in settings):
+        raise ProjectError(f"{model.path}: duckdb_settings={settings!r}; expected a mapping of setting names to values")
     return captured
 
 

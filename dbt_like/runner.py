@@ -16,6 +16,9 @@ Materializations:
   what it reads (every ``ref()`` in it is the whole relation). Its step replaces the view only when the query
   changed (a newer version of its SQL, other variables), and otherwise has nothing to do.
 
+Any model may declare ``duckdb_settings={'<name>': <value>}``: DuckDB settings SET for its step and set back after
+(SQLMesh's ``session_properties``), for a query DuckDB plans badly with its defaults.
+
 Shards: K projects (``Shard(i, K)``) may write one lake at once. Shard i owns the batch ids i+1, i+1+K, ...;
 its steps consume only its own batches' rows and keep their own offsets and pending rows, so each shard is
 a pipeline of its own over its part of the input. Steps that read what is already in their table to decide
@@ -50,7 +53,7 @@ from dbt_like.compiler import (
 from dbt_like.lake_at_open import LakeAtOpen, read_lake_at_open
 from dbt_like.project import Model, ProjectError, discover_models
 from dbt_like.schema_tests import TestResult, run_schema_tests
-from dbt_like.sql import first_row, literal, literals, scalar
+from dbt_like.sql import first_row, literal, literals, scalar, settings_applied
 
 Connection = duckdb.DuckDBPyConnection
 
@@ -333,7 +336,20 @@ class Project:
         positions, written by ``before_commit``, so memory stays bounded by a chunk and a crash
         still neither loses nor repeats a row (the next run goes on from the last commit); ``after_commit``
         runs once each commit has succeeded (a transaction that conflicts runs again, ``before_commit`` too).
+        The model's ``duckdb_settings`` hold while the step runs.
         """
+        with settings_applied(con, self.configs[name].get("duckdb_settings", {})):
+            return self._run_step(con, name, batch, source_chunks, before_commit, after_commit)
+
+    def _run_step(
+        self,
+        con: Connection,
+        name: str,
+        batch: Batch,
+        source_chunks: Iterable[Mapping[str, Any]] | None,
+        before_commit: Callable[[Connection], None] | None,
+        after_commit: Callable[[], None] | None,
+    ) -> list[StepResult]:
         self._ensure_state(con)
         names = [name, *self.side_models(name)]
         results = [StepResult(model=model) for model in names]

@@ -6,8 +6,10 @@ the first time a process binds any parameter (duckdb/duckdb#18658), which costs 
 
 from __future__ import annotations
 
+import re
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -87,3 +89,24 @@ def _decimal(value: Decimal) -> str:
 def literals(*values: Any) -> str:
     """``values`` as a comma-separated list of literals: ``VALUES ({literals(a, b)})``."""
     return ", ".join(literal(value) for value in values)
+
+
+_SETTING_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+@contextmanager
+def settings_applied(con: duckdb.DuckDBPyConnection, settings: Mapping[str, Any]) -> Iterator[None]:
+    """DuckDB ``settings`` (name -> value) SET for what runs inside, and set back to what they were after. A
+    setting DuckDB scopes to the whole database applies to its other connections meanwhile too. Run no open
+    transaction out of it: an aborted one refuses the SET that restores."""
+    for name in settings:
+        if not _SETTING_NAME.fullmatch(name):
+            raise ValueError(f"not a DuckDB setting name: {name!r}")
+    before = {name: scalar(con, f"SELECT current_setting({quote_string(name)})") for name in settings}
+    try:
+        for name, value in settings.items():
+            con.execute(f"SET {name} = {literal(value)}")
+        yield
+    finally:
+        for name, value in before.items():
+            con.execute(f"SET {name} = {literal(value)}")

@@ -182,7 +182,8 @@ WITH landed AS (
 ), parsed AS MATERIALIZED (
     -- The first layout ({{ first.comment }}):
     -- most lines are parsed once, against its fields only; only lines it does not describe are parsed again.
-    -- MATERIALIZED keeps it once: inlined, DuckDB pushes `j6 IS NOT NULL` down and runs from_json twice.
+    -- MATERIALIZED keeps it once: inlined, DuckDB pushes `j6 IS NOT NULL` down and runs from_json twice (and
+    -- pushes it into a MATERIALIZED CTE too, unless the model disables cte_filter_pusher, as the stream does).
     SELECT cased.* EXCLUDE (line), {{ from_json_any_case('text', first.json, 'other_case') }} AS j6
     FROM cased
     WHERE starts_with(ltrim(text, E' \t\r'), '{')

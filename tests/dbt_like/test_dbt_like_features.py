@@ -145,3 +145,83 @@ def test_as_of_joins_each_row_to_the_table_as_it_stood_when_the_row_arrived(
         "b1",
     )
     assert con.sql("SELECT _seq, price FROM priced ORDER BY _seq").fetchall() == expected
+
+
+SETTINGS_MODELS = {
+    "events.sql": """-- Raw events.
+{{ config(materialized='stream') }}
+SELECT id AS _seq, kind FROM {{ source('feed') }}
+""",
+    "tuned.sql": """-- What DuckDB's settings were while its step ran.
+{{ config(materialized='stream', duckdb_settings={'disabled_optimizers': 'cte_filter_pusher', 'threads': 1}) }}
+SELECT _seq, current_setting('disabled_optimizers') AS disabled, current_setting('threads') AS threads
+FROM {{ ref('events') }}
+""",
+    "plain.sql": """-- The same, in a step with no settings.
+{{ config(materialized='stream') }}
+SELECT _seq, current_setting('disabled_optimizers') AS disabled, current_setting('threads') AS threads
+FROM {{ ref('events') }}
+""",
+}
+
+
+def settings_project(tmp_path: Path, models: dict[str, str]) -> Project:
+    for name, sql in models.items():
+        (tmp_path / name).write_text(sql)
+    return Project(tmp_path)
+
+
+def test_a_models_duckdb_settings_hold_for_its_step_and_are_set_back_after(tmp_path: Path) -> None:
+    project = settings_project(tmp_path, SETTINGS_MODELS)
+    con = duckdb.connect(config={"threads": 2})
+    batch = open_batch(con, "r1", T0)
+    project.run_step(con, "events", batch, source_chunks=[{"feed": pd.DataFrame({"id": [1], "kind": ["a"]})}])
+    for name in ["tuned", "plain"]:
+        project.run_step(con, name, batch)
+    assert con.execute("SELECT disabled, threads FROM tuned").fetchall() == [("cte_filter_pusher", 1)]
+    assert con.execute("SELECT disabled, threads FROM plain").fetchall() == [("", 2)]
+    assert con.execute("SELECT current_setting('threads'), current_setting('disabled_optimizers')").fetchone() == (
+        2,
+        "",
+    )
+
+
+def test_a_models_duckdb_settings_are_set_back_after_its_step_fails(tmp_path: Path) -> None:
+    failing = {
+        **SETTINGS_MODELS,
+        "tuned.sql": SETTINGS_MODELS["tuned.sql"].replace("AS threads", "AS threads, error('bad row') AS failure"),
+    }
+    project = settings_project(tmp_path, failing)
+    con = duckdb.connect(config={"threads": 2})
+    batch = open_batch(con, "r1", T0)
+    project.run_step(con, "events", batch, source_chunks=[{"feed": pd.DataFrame({"id": [1], "kind": ["a"]})}])
+    with pytest.raises(duckdb.Error, match="bad row"):
+        project.run_step(con, "tuned", batch)
+    assert con.execute("SELECT current_setting('threads'), current_setting('disabled_optimizers')").fetchone() == (
+        2,
+        "",
+    )
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "message"),
+    [
+        ("'threads=1'", ProjectError, r"tuned\.sql: duckdb_settings="),
+        ("{1: 'x'}", ProjectError, r"tuned\.sql: duckdb_settings="),
+        ("{'threads; DROP TABLE events': 1}", ValueError, "not a DuckDB setting name"),
+    ],
+)
+def test_duckdb_settings_that_are_not_named_settings_are_refused(
+    tmp_path: Path, settings: str, error: type, message: str
+) -> None:
+    declared = "duckdb_settings={'disabled_optimizers': 'cte_filter_pusher', 'threads': 1}"
+    models = {
+        **SETTINGS_MODELS,
+        "tuned.sql": SETTINGS_MODELS["tuned.sql"].replace(declared, f"duckdb_settings={settings}"),
+    }
+    con = duckdb.connect()
+    with pytest.raises(error, match=message):
+        project = settings_project(tmp_path, models)
+        batch = open_batch(con, "r1", T0)
+        project.run_step(con, "events", batch, source_chunks=[{"feed": pd.DataFrame({"id": [1], "kind": ["a"]})}])
+        project.run_step(con, "tuned", batch)
