@@ -780,7 +780,10 @@ class Project:
             # Another shard may have committed a newer row for a key (one writer's rows only ever get newer).
             keys = " AND ".join(f"t.{c} = u.{c}" for c in _columns(key))
             order = {alias: "row(" + ", ".join(f"{alias}.{c}" for c in _columns(order_by)) + ")" for alias in "tu"}
-            con.execute(f"DELETE FROM __upsert AS u USING {name} AS t WHERE {keys} AND {order['t']} >= {order['u']}")
+            # the table's rows of the step's keys first, the table on the left: built from __upsert whatever the
+            # model's duckdb_settings say of choosing a join's build side
+            rows = f"SELECT t.* FROM {name} AS t SEMI JOIN __upsert AS u ON {keys}"
+            con.execute(f"DELETE FROM __upsert AS u USING ({rows}) AS t WHERE {keys} AND {order['t']} >= {order['u']}")
         con.execute(f"DELETE FROM {name} WHERE {key} IN (SELECT {key} FROM __upsert)")
         written = scalar(con, f"INSERT INTO {name} BY NAME SELECT *, {batch.batch_id} AS _batch_id FROM __upsert")
         con.execute("DROP TABLE __upsert")

@@ -452,3 +452,46 @@ def test_the_documented_queries_give_what_the_docs_say(lake: Lake) -> None:
     assert lake.rows(endings) == [("missing_parent", 3), ("root", 3)]
     # the create of cmd.exe names its parent's image (conftest's process_create: explorer.exe)
     assert lake.rows(missing) == [("{NEVER-SHIPPED}", EXPLORER, 3)]
+
+
+class JoinBuilds:
+    """A connection wrapper that records, per hash join of the ancestry's staging statement, the rows its build
+    side (DuckDB builds from a join's right child) took in, from DuckDB's profiler."""
+
+    def __init__(self, con: Any, profile: Path) -> None:
+        self.con, self.profile, self.builds = con, profile, []
+
+    def execute(self, sql: str, params: list | None = None) -> Any:
+        if not (sql.startswith("CREATE OR REPLACE TEMP TABLE __upsert") and "WITH RECURSIVE" in sql):
+            return self.con.execute(sql, params or [])
+        self.con.execute("SET enable_profiling = 'json'")
+        self.con.execute(f"SET profiling_output = '{self.profile}'")
+        try:
+            return self.con.execute(sql, params or [])
+        finally:
+            self.con.execute("SET enable_profiling = 'no_output'")
+            self.builds.extend(_build_rows(json.loads(self.profile.read_text())))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.con, name)
+
+
+def _build_rows(operator: dict) -> list[int]:
+    children = operator.get("children", [])
+    own = [children[1]["operator_cardinality"]] if operator.get("operator_name", "").strip() == "HASH_JOIN" else []
+    return own + [rows for child in children for rows in _build_rows(child)]
+
+
+def test_the_ancestry_builds_its_joins_from_the_batchs_processes_not_the_whole_table(
+    lake: Lake, tmp_path: Path
+) -> None:
+    lake.land([create(f"{{OLD-{n}}}", f"{{OLD-{n - 1}}}", CMD) for n in range(3000)], name="history.ndjson")
+    lake.batch()
+    lake.land([create("{NEW-1}", "{OLD-2999}", WHOAMI), create("{NEW-2}", "{NEW-1}", WHOAMI)], name="new.ndjson")
+    recorders = lake.wrap_connections(lambda con: JoinBuilds(con, tmp_path / "profile.json"))
+    lake.batch(T0 + timedelta(minutes=1))
+    builds = [rows for recorder in recorders for rows in recorder.builds]
+    assert builds  # the statement was profiled
+    # the chains of the two new processes name at most 2 + 8 processes; the table holds 3,002
+    assert max(builds) <= 20, builds
+    assert chains(lake)["{NEW-2}"][1:] == (8, "depth_limit")
