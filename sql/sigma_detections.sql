@@ -29,12 +29,18 @@ list_filter([
 {%- endfor %}], rule_index -> rule_index IS NOT NULL)
 {%- endmacro %}
 {% set event_ids = rules | map(attribute='event_id') | unique | list %}
+{#- What a connection reads of its process: the hit's process context (the SELECT below) and its rules' fields. -#}
+{% set process_columns = ['process_guid', 'process_command_line', 'parent_process_path', 'parent_process_command_line',
+                          'parent_process_guid'] %}
+{% for name, lowered, source in sigma.columns[3] if source.startswith('p.') and source[2:] not in process_columns %}
+    {%- set _ = process_columns.append(source[2:]) %}
+{%- endfor %}
 WITH events AS MATERIALIZED (
     SELECT * FROM {{ ref('winlogbeat_stream_rekey') }} WHERE event_id IN (1, 3)
 ), processes AS MATERIALIZED (
-    -- the processes of the batch's connections only: a lake has no index, so the keyed table is scanned once
-    -- here, not once per join below
-    SELECT * FROM {{ ref('sysmon_process_create_table') }}
+    -- the processes of the batch's connections only, and only the columns read of them: a lake has no index, so
+    -- the keyed table is scanned once here (not once per join below), and each column read is read for every row
+    SELECT {{ process_columns | join(', ') }} FROM {{ ref('sysmon_process_create_table') }}
     WHERE process_guid IN (SELECT process_guid FROM events WHERE event_id = 3)
 ), matches AS (
 {%- for event_id in event_ids %}

@@ -167,6 +167,31 @@ def lake_rows_in_another_process(settings: Settings, sql: str) -> list[list]:
     return json.loads(done.stdout)
 
 
+class PlanRecorder:
+    """A connection wrapper that records DuckDB's physical plan (EXPLAIN as JSON) of each statement starting with
+    ``prefix``, then runs the statement."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, prefix: str) -> None:
+        self.con, self.prefix, self.plans = con, prefix, []
+
+    def execute(self, sql: str, params: list | None = None) -> duckdb.DuckDBPyConnection:
+        if sql.startswith(self.prefix):
+            explained = self.con.execute(f"EXPLAIN (FORMAT json) {sql}", params or []).fetchall()
+            self.plans.append(json.loads("".join(row[1] for row in explained)))
+        return self.con.execute(sql, params or [])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.con, name)
+
+
+def plan_nodes(plan: dict | list, name: str) -> Iterator[dict]:
+    """The operators called ``name`` (FILTER, DUCKLAKE_SCAN, ...) of a plan recorded by :class:`PlanRecorder`."""
+    for node in plan if isinstance(plan, list) else [plan]:
+        if node.get("name", "").strip() == name:
+            yield node
+        yield from plan_nodes(node.get("children", []), name)
+
+
 class Lake:
     """A landing folder plus a lake (SQLite catalog, local files) under ``tmp_path`` with a pipeline over them."""
 

@@ -14,7 +14,7 @@ import yaml
 
 from sysmon_assets.hunting import sigma
 from sysmon_assets.settings import DEFAULT_SIGMA_RULES, Settings
-from tests.conftest import Lake, network_connect, process_create, sysmon_event
+from tests.conftest import Lake, PlanRecorder, network_connect, plan_nodes, process_create, sysmon_event
 
 
 def rule_document(title: str, category: str, detection: dict[str, Any], level: str = "medium") -> dict[str, Any]:
@@ -394,6 +394,40 @@ def test_a_connection_hit_carries_its_process_context(tmp_path: Path) -> None:
         ("backdoor port", "{A}", "curl.exe http://203.0.113.7/x", "C:\\w\\cmd.exe", "{P}", "203.0.113.7", 4444, 3),
         ("backdoor port", "{B}", None, None, None, "203.0.113.8", 4444, 3),
         ("curl connects", "{A}", "curl.exe http://203.0.113.7/x", "C:\\w\\cmd.exe", "{P}", "203.0.113.7", 4444, 3),
+    ]
+
+
+def test_a_connection_reads_of_its_process_only_the_columns_used(tmp_path: Path) -> None:
+    # every column read of the keyed table is read for each of its rows (a lake has no index)
+    rules = write_rules(
+        tmp_path / "rules",
+        {
+            "hash.yml": rule_document(
+                "known bad hash", "network_connection", {"sel": {"Hashes|contains": "BAD"}, "condition": "sel"}
+            )
+        },
+    )
+    lake = Lake(tmp_path, sigma_rules=rules)
+    lake.land([process_create("{A}", event_data={"Hashes": "SHA1=BAD"}), network_connect("{A}", "203.0.113.7")])
+    recorders = lake.wrap_connections(lambda con: PlanRecorder(con, "INSERT INTO sigma_detections "))
+    lake.batch()
+    scans = [
+        node["extra_info"]
+        for recorder in recorders
+        for plan in recorder.plans
+        for node in plan_nodes(plan, "DUCKLAKE_SCAN")
+        if node["extra_info"]["Table"] == "sysmon_process_create_table"
+    ]
+    context = {
+        "process_guid",
+        "process_command_line",
+        "parent_process_path",
+        "parent_process_command_line",
+        "parent_process_guid",
+    }
+    assert [set(scan["Projections"]) for scan in scans] == [context | {"hashes"}]
+    assert lake.rows("SELECT rule_title, process_guid, event_id FROM sigma_detections") == [
+        ("known bad hash", "{A}", 3)
     ]
 
 

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from tests.conftest import Lake, network_connect, process_create, sysmon_event
+from tests.conftest import Lake, PlanRecorder, network_connect, plan_nodes, process_create, sysmon_event
 from tests.dbt_like.test_runner import ScanCounter
 from tests.recipe import RECIPE_MODELS, recipe_columns, recipe_event_data_fields
 
@@ -211,29 +211,6 @@ def test_the_rejects_check_reads_only_its_chunks_rows_of_the_stream(tmp_path) ->
     assert sum(scan.rows for scan in scans) <= 400_000
 
 
-class PlanRecorder:
-    """A connection wrapper that records DuckDB's physical plan of each statement starting with ``prefix``."""
-
-    def __init__(self, con, prefix: str) -> None:
-        self.con, self.prefix, self.plans = con, prefix, []
-
-    def execute(self, sql: str, params: list | None = None):
-        if sql.startswith(self.prefix):
-            explained = self.con.execute(f"EXPLAIN (FORMAT json) {sql}", params or []).fetchall()
-            self.plans.append(json.loads("".join(row[1] for row in explained)))
-        return self.con.execute(sql, params or [])
-
-    def __getattr__(self, name: str):
-        return getattr(self.con, name)
-
-
-def _filters(operator: dict | list):
-    for node in operator if isinstance(operator, list) else [operator]:
-        if node.get("name", "").strip() == "FILTER":
-            yield node["extra_info"]["Expression"]
-        yield from _filters(node.get("children", []))
-
-
 def test_the_stream_parses_each_line_against_the_recipe_layout_once(lake: Lake) -> None:
     # DuckDB 1.4 would push the step's filter on the parsed line into the CTE that parses it, as a second parse
     lake.land([process_create("{AAAA-1}"), network_connect("{aaaa-1}")])
@@ -241,6 +218,6 @@ def test_the_stream_parses_each_line_against_the_recipe_layout_once(lake: Lake) 
     lake.batch()
     plans = [plan for recorder in recorders for plan in recorder.plans]
     assert plans
-    filters = [expression for plan in plans for expression in _filters(plan)]
+    filters = [node["extra_info"]["Expression"] for plan in plans for node in plan_nodes(plan, "FILTER")]
     assert filters  # the plan's filters are found: its line filter at least
     assert not [expression for expression in filters if "from_json" in expression]
