@@ -22,7 +22,7 @@ import sqlglot
 from sqlglot import exp
 
 from dbt_like.project import MATERIALIZATIONS, Model, ProjectError
-from dbt_like.sql import quote_identifier, quote_string
+from dbt_like.sql import is_setting_name, quote_identifier, quote_string
 
 STATE_SCHEMA = "dbt_like"
 PENDING_TABLE = f"{STATE_SCHEMA}.pending"
@@ -153,7 +153,7 @@ def model_config(model: Model, variables: Mapping[str, Any]) -> dict[str, Any]:
     if captured["materialized"] == "table" and not captured.get("unique_key"):
         raise ProjectError(f"{model.path}: a 'table' model needs unique_key")
     settings = captured.get("duckdb_settings", {})
-    if not isinstance(settings, Mapping) or not all(isinstance(name, str) for name in settings):
+    if not isinstance(settings, Mapping) or not all(is_setting_name(name) for name in settings):
         raise ProjectError(f"{model.path}: duckdb_settings={settings!r}; expected a mapping of setting names to values")
     return captured
 

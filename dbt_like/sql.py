@@ -94,13 +94,18 @@ def literals(*values: Any) -> str:
 _SETTING_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
+def is_setting_name(name: object) -> bool:
+    """Whether ``name`` looks like a DuckDB setting's name: it goes into ``SET`` unquoted."""
+    return isinstance(name, str) and _SETTING_NAME.fullmatch(name) is not None
+
+
 @contextmanager
 def settings_applied(con: duckdb.DuckDBPyConnection, settings: Mapping[str, Any]) -> Iterator[None]:
     """DuckDB ``settings`` (name -> value) SET for what runs inside, and set back to what they were after. A
     setting DuckDB scopes to the whole database applies to its other connections meanwhile too. Run no open
     transaction out of it: an aborted one refuses the SET that restores."""
     for name in settings:
-        if not _SETTING_NAME.fullmatch(name):
+        if not is_setting_name(name):
             raise ValueError(f"not a DuckDB setting name: {name!r}")
     before = {name: scalar(con, f"SELECT current_setting({quote_string(name)})") for name in settings}
     try:

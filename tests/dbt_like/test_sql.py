@@ -14,7 +14,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from dbt_like.sql import literal, literals, quote_identifier
+from dbt_like.sql import literal, literals, quote_identifier, settings_applied
 
 
 @pytest.mark.parametrize(
@@ -104,3 +104,9 @@ def test_literals_keep_pandas_unimported() -> None:
         "print('pandas' in sys.modules)\n"
     )
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "True\n"
+
+
+def test_settings_applied_refuses_a_name_that_is_not_a_setting_name() -> None:
+    con = duckdb.connect()
+    with pytest.raises(ValueError, match="not a DuckDB setting name"), settings_applied(con, {"threads; SET x=1": 1}):
+        pass
