@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 from dbt_like import Project  # noqa: E402
 from dbt_like.compiler import StepContext, render_step  # noqa: E402
+from dbt_like.sql import quote_string  # noqa: E402
 from sysmon_assets import connect  # noqa: E402
 from sysmon_assets.hunting import sigma  # noqa: E402
 from sysmon_assets.micro_batch.recipe_project import SQL_DIR  # noqa: E402
@@ -166,7 +167,7 @@ class _Profiled:
 
     def __init__(self, con: duckdb.DuckDBPyConnection, log: list[dict[str, Any]], output: Path) -> None:
         self._con, self._log, self._output = con, log, output
-        con.execute(f"SET profiling_output = '{output}'")
+        con.execute(f"SET profiling_output = {quote_string(str(output))}")
         con.execute("SET enable_profiling = 'json'")
 
     def execute(self, sql: str, params: list | None = None) -> duckdb.DuckDBPyConnection:

@@ -17,6 +17,7 @@ import pytest
 
 from dbt_like import ConcurrentWriterError, Project, ProjectError, open_batch, runner
 from dbt_like.compiler import Shard
+from dbt_like.sql import quote_string
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.lake import attach, connection_config
 from tests.lake_servers import Postgres
@@ -376,7 +377,7 @@ class ScanCounter:
         self.con, self.scanned = con, []
         self.profile = Path(tempfile.mkdtemp()) / "profile.json"
         con.execute("SET enable_profiling = 'json'")
-        con.execute(f"SET profiling_output = '{self.profile}'")
+        con.execute(f"SET profiling_output = {quote_string(str(self.profile))}")
 
     def execute(self, sql: str, params: list | None = None) -> duckdb.DuckDBPyConnection:
         self.profile.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from dbt_like.sql import quote_string
 from sysmon_assets.micro_batch.shards import file_shard
 from sysmon_assets.sources.landing_folder import file_key
 from sysmon_assets.storage.lake import connect, open_lake
@@ -465,7 +466,7 @@ class JoinBuilds:
         if not (sql.startswith("CREATE OR REPLACE TEMP TABLE __upsert") and "WITH RECURSIVE" in sql):
             return self.con.execute(sql, params or [])
         self.con.execute("SET enable_profiling = 'json'")
-        self.con.execute(f"SET profiling_output = '{self.profile}'")
+        self.con.execute(f"SET profiling_output = {quote_string(str(self.profile))}")
         try:
             return self.con.execute(sql, params or [])
         finally:
