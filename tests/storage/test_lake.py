@@ -18,7 +18,7 @@ from dbt_like import ConcurrentWriterError
 from sysmon_assets import connect
 from sysmon_assets.micro_batch.steps import SysmonPipeline, utc_now
 from sysmon_assets.sample.generator import write_sample
-from sysmon_assets.storage.lake import INLINED_SCHEMAS, LakeError, last_complete_batch, open_lake
+from sysmon_assets.storage.lake import INLINED_SCHEMAS, LAKE_OPTIONS, LakeError, last_complete_batch, open_lake
 from sysmon_assets.storage.maintenance import maintain
 from tests.conftest import T0, Lake, network_connect, process_create, snapshot
 from tests.lake_servers import Postgres
@@ -209,16 +209,21 @@ def test_paths_with_an_apostrophe_a_space_and_a_semicolon_are_quoted(tmp_path: P
     assert (odd / "data" / "lake.sqlite").is_file()
 
 
-def test_the_lakes_parquet_files_are_zstd_compressed(lake: Lake) -> None:
+def test_the_lakes_parquet_files_are_zstd_compressed_parquet_v2(lake: Lake) -> None:
     lake.land([process_create("{A}"), network_connect("{A}")])
     lake.batch()
     files = [str(path) for path in lake.data.rglob("*.parquet")]
     with open_lake(lake.settings, read_only=True) as con:
-        codecs = {
-            codec
-            for (codec,) in con.execute("SELECT DISTINCT compression FROM parquet_metadata(?)", [files]).fetchall()
-        }
-    assert codecs == {"ZSTD"}
+        codecs, seq_encodings = con.execute(
+            "SELECT list(DISTINCT compression), list(DISTINCT encodings) FILTER (path_in_schema = '_seq') "
+            "FROM parquet_metadata(?)",
+            [files],
+        ).fetchone()
+    assert codecs == ["ZSTD"]
+    assert seq_encodings == ["DELTA_BINARY_PACKED"]  # Parquet 2's encoding of integers
+    # each option as the catalog lists it: what opening compares to set an option only when it differs
+    listed = dict(lake.rows("SELECT option_name, value FROM ducklake_options('lake') WHERE scope = 'GLOBAL'"))
+    assert {option: listed.get(option) for option in LAKE_OPTIONS} == {o: v for o, (_, v) in LAKE_OPTIONS.items()}
 
 
 def _data_folders(lake: Lake) -> set[str]:
