@@ -16,6 +16,7 @@ import duckdb
 import pytest
 
 from dbt_like import table_columns
+from dbt_like.sql import quote_string
 from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.lake import open_lake
@@ -190,6 +191,19 @@ def plan_nodes(plan: dict | list, name: str) -> Iterator[dict]:
         if node.get("name", "").strip() == name:
             yield node
         yield from plan_nodes(node.get("children", []), name)
+
+
+def profile_to(con: duckdb.DuckDBPyConnection, output: Path) -> None:
+    """Have DuckDB's profiler write each statement's profile of ``con`` to ``output``, as JSON."""
+    con.execute("SET enable_profiling = 'json'")
+    con.execute(f"SET profiling_output = {quote_string(str(output))}")
+
+
+def profile_operators(operator: dict) -> Iterator[dict]:
+    """Every operator of a JSON profile written by DuckDB's profiler (see :func:`profile_to`), depth first."""
+    yield operator
+    for child in operator.get("children", []):
+        yield from profile_operators(child)
 
 
 class Lake:

@@ -17,9 +17,9 @@ import pytest
 
 from dbt_like import ConcurrentWriterError, Project, ProjectError, open_batch, runner
 from dbt_like.compiler import Shard
-from dbt_like.sql import quote_string
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.lake import attach, connection_config
+from tests.conftest import profile_operators, profile_to
 from tests.lake_servers import Postgres
 
 T0 = datetime(2026, 1, 1)
@@ -376,8 +376,7 @@ class ScanCounter:
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con, self.scanned = con, []
         self.profile = Path(tempfile.mkdtemp()) / "profile.json"
-        con.execute("SET enable_profiling = 'json'")
-        con.execute(f"SET profiling_output = {quote_string(str(self.profile))}")
+        profile_to(con, self.profile)
 
     def execute(self, sql: str, params: list | None = None) -> duckdb.DuckDBPyConnection:
         self.profile.unlink(missing_ok=True)
@@ -393,12 +392,11 @@ class ScanCounter:
         return getattr(self.con, name)
 
 
-def _scans(operator: dict) -> Iterator[dict]:
+def _scans(profile: dict) -> Iterator[dict]:
     """The scans of stored tables in a JSON profile (a lake's or DuckDB's; not of registered sources)."""
-    if operator.get("operator_type") == "TABLE_SCAN" and "Table" in operator.get("extra_info", {}):
-        yield operator
-    for child in operator.get("children", []):
-        yield from _scans(child)
+    for operator in profile_operators(profile):
+        if operator.get("operator_type") == "TABLE_SCAN" and "Table" in operator.get("extra_info", {}):
+            yield operator
 
 
 def test_a_dedupe_key_does_not_scan_the_history(tmp_path: Path) -> None:

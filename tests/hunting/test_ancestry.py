@@ -11,11 +11,10 @@ from typing import Any
 
 import pytest
 
-from dbt_like.sql import quote_string
 from sysmon_assets.micro_batch.shards import file_shard
 from sysmon_assets.sources.landing_folder import file_key
 from sysmon_assets.storage.lake import connect, open_lake
-from tests.conftest import T0, Lake, land, network_connect, process_create, snapshot
+from tests.conftest import T0, Lake, land, network_connect, process_create, profile_operators, profile_to, snapshot
 from tests.micro_batch.test_shards import SHARDS, assert_shards_match_one_pipeline, shard_pipelines
 from tests.recipe import HUNTING_MODELS, shared_path
 from tests.sql.test_real_data import extract_ndjson
@@ -465,8 +464,7 @@ class JoinBuilds:
     def execute(self, sql: str, params: list | None = None) -> Any:
         if not (sql.startswith("CREATE OR REPLACE TEMP TABLE __upsert") and "WITH RECURSIVE" in sql):
             return self.con.execute(sql, params or [])
-        self.con.execute("SET enable_profiling = 'json'")
-        self.con.execute(f"SET profiling_output = {quote_string(str(self.profile))}")
+        profile_to(self.con, self.profile)
         try:
             return self.con.execute(sql, params or [])
         finally:
@@ -477,10 +475,12 @@ class JoinBuilds:
         return getattr(self.con, name)
 
 
-def _build_rows(operator: dict) -> list[int]:
-    children = operator.get("children", [])
-    own = [children[1]["operator_cardinality"]] if operator.get("operator_name", "").strip() == "HASH_JOIN" else []
-    return own + [rows for child in children for rows in _build_rows(child)]
+def _build_rows(profile: dict) -> list[int]:
+    return [
+        operator["children"][1]["operator_cardinality"]
+        for operator in profile_operators(profile)
+        if operator.get("operator_name", "").strip() == "HASH_JOIN"
+    ]
 
 
 def test_the_ancestry_builds_its_joins_from_the_batchs_processes_not_the_whole_table(
