@@ -86,17 +86,22 @@ HITS_SHOWN = 50
 
 
 def sigma_severe_hits(pipeline: SysmonPipeline, batch_id: int) -> Outcome:
-    """Warns when the batch produced detections of a high or critical rule, and lists them."""
+    """Warns when the batch produced detections of a high or critical rule: how many, and the first
+    :data:`HITS_SHOWN` (a large batch can have a hundred thousand; only those shown are fetched)."""
+    severe = (
+        f"FROM sigma_detections WHERE _batch_id = {literal(batch_id)} "
+        f"AND list_contains({literal(list(SEVERE_LEVELS))}, level)"
+    )
     with pipeline.connect() as con:
+        count = scalar(con, f"SELECT count(*) {severe}")
         relation = con.execute(
             "SELECT rule_title, level, rule_id, computer_name, strftime(event_date_creation, '%Y-%m-%d %H:%M:%S') "
             "AS event_time, event_id, process_path, process_command_line, parent_process_path, dst_ip_addr, dst_port "
-            f"FROM sigma_detections WHERE _batch_id = {literal(batch_id)} "
-            f"AND list_contains({literal(list(SEVERE_LEVELS))}, level) ORDER BY _seq"
+            f"{severe} ORDER BY _seq, rule_id LIMIT {HITS_SHOWN}"
         )
         columns = [column[0] for column in relation.description]
         hits = [dict(zip(columns, row, strict=True)) for row in relation.fetchall()]
-    return not hits, {"severe_hits": len(hits), "levels": ", ".join(SEVERE_LEVELS), "hits": hits[:HITS_SHOWN]}
+    return count == 0, {"severe_hits": count, "levels": ", ".join(SEVERE_LEVELS), "hits": hits}
 
 
 def sigma_rules_converted(pipeline: SysmonPipeline, batch_id: int) -> Outcome:

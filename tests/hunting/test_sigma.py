@@ -513,6 +513,39 @@ def test_a_rules_folder_that_does_not_exist_is_refused(tmp_path: Path) -> None:
         Settings.from_env({"SYSMON_SIGMA_RULES": str(tmp_path / "missing")})
 
 
+def test_the_severe_hits_check_counts_every_hit_and_lists_the_first_by_arrival(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sysmon_assets.dagster_layer import checks
+
+    contains = {"sel": {"CommandLine|contains": "lsass"}, "condition": "sel"}
+    rules = write_rules(
+        tmp_path / "rules",
+        {
+            "high.yml": rule_document("lsass high", "process_creation", contains, "high"),
+            "critical.yml": rule_document("lsass critical", "process_creation", contains, "critical"),
+            "medium.yml": rule_document("lsass medium", "process_creation", contains, "medium"),
+        },
+    )
+    lake = Lake(tmp_path, sigma_rules=rules)
+    lake.land([process_create(f"{{P{n}}}", f"procdump lsass.exe {n}") for n in range(3)])
+    lake.batch()
+    monkeypatch.setattr(checks, "HITS_SHOWN", 3)
+    recorders = lake.wrap_connections(lambda con: PlanRecorder(con, "SELECT rule_title"))
+    passed, metadata = checks.sigma_severe_hits(lake.pipeline, 1)
+    (plan,) = [plan for recorder in recorders for plan in recorder.plans]
+    assert list(plan_nodes(plan, "TOP_N"))  # the hits listed are fetched, not every hit of a large batch
+    assert not passed
+    assert metadata["severe_hits"] == 6  # two severe rules on three events; the medium rule's hits do not count
+    ids = sorted(rule_document(title, "", {})["id"] for title in ("lsass high", "lsass critical"))
+    shown = [(hit["process_command_line"], hit["rule_id"]) for hit in metadata["hits"]]
+    assert shown == [
+        ("procdump lsass.exe 0", ids[0]),
+        ("procdump lsass.exe 0", ids[1]),
+        ("procdump lsass.exe 1", ids[0]),
+    ]
+
+
 def test_dagster_warns_of_severe_hits_and_of_rules_that_cannot_run(tmp_path: Path) -> None:
     from sysmon_assets.definitions import build_definitions
 
