@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export SYSMON_LANDING_DIR ?= data/landing
 export SYSMON_DATA_DIR ?= data
+SHARDS := $(or $(SYSMON_SHARDS),1)
 # The Dagster UI's port: `make ui UI_PORT=3001` when 3000 is taken.
 UI_PORT ?= 3000
 
@@ -26,13 +27,17 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 ## run: install, land the committed sample, run one micro-batch (a run of job sysmon_micro_batch, in the instance
-## `make ui` shows), print one line per asset and the recipe's sysmon_join sample
+## `make ui` shows), print one line per asset and the recipe's sysmon_join sample; with SYSMON_SHARDS=K > 1, one run
+## per shard in turn (the job is partitioned then, and a run's dagster/partition tag names its shard)
 run: $(BIN)/.installed
 	@mkdir -p $(SYSMON_LANDING_DIR) .dagster && cp instance/dagster.yaml .dagster/dagster.yaml
 	@cp sample_data/*.ndjson $(SYSMON_LANDING_DIR)/  # landed now, not when checked out: landing_freshness passes
 	@echo '{"loggers": {"console": {"config": {"log_level": "$(LOG_LEVEL)"}}}}' > .dagster/run_config.yaml
-	$(BIN)/dagster job execute -m sysmon_assets.definitions -j sysmon_micro_batch -c .dagster/run_config.yaml
-	$(BIN)/python -m sysmon_assets.dagster_layer.run_report
+	@for shard in $$(seq 0 $$(($(SHARDS) - 1))); do \
+	    if [ $(SHARDS) -gt 1 ]; then set -- --tags "{\"dagster/partition\": \"shard-$$shard\"}"; else set --; fi; \
+	    $(BIN)/dagster job execute -m sysmon_assets.definitions -j sysmon_micro_batch -c .dagster/run_config.yaml "$$@" \
+	        && $(BIN)/python -m sysmon_assets.dagster_layer.run_report || exit 1; \
+	done
 	$(BIN)/python -m sysmon_assets.query sql/queries/sysmon_join_sample.sql
 
 ## test: lint and the whole test suite

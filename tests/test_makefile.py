@@ -88,3 +88,25 @@ def test_make_run_prints_a_line_per_asset_then_the_sample_rows_without_a_warning
     assert " - DEBUG - sysmon_micro_batch - " in again.stderr
     assert "Warning" not in again.stderr
     assert "sysmon_micro_batch run " in again.stdout and ": SUCCESS, batch 2" in again.stdout
+
+
+def test_make_run_with_shards_runs_each_shards_batch_in_turn(tmp_path: Path) -> None:
+    copy = tmp_path / "clone"
+    shutil.copytree(ROOT, copy, ignore=NOT_IN_A_CLONE)
+    events = sum(1 for path in copy.glob("sample_data/*.ndjson") for _ in path.open())
+
+    done = make_run(copy, "SYSMON_SHARDS=2")
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    lines = done.stdout.splitlines()
+    headers = [i for i, line in enumerate(lines) if line.startswith("sysmon_micro_batch run ")]
+    # shard i's batch ids are i + 1, i + 1 + K, ...
+    assert [lines[i].split(": ", 1)[1] for i in headers] == [
+        "SUCCESS, partition shard-0, batch 1",
+        "SUCCESS, partition shard-1, batch 2",
+    ]
+    # each landed file belongs to one shard: between them the two runs read every line once
+    streams = [lines[i + 1].split() for i in headers]
+    assert all(stream[0] == "winlogbeat_stream" for stream in streams)
+    assert sum(int(stream[3]) for stream in streams) == events
+    assert "rows (20 shown)" in done.stdout
