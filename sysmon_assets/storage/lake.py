@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
@@ -45,6 +46,8 @@ RACE_ATTEMPTS = 10
 # exists"), or PostgreSQL refuses its update of a row another changed ("could not serialize access ...").
 CATALOG_RACES = ("already exists", "could not serialize access")
 CATALOG_EXTENSIONS = {"sqlite:": "sqlite", "postgres:": "postgres"}
+# DuckLake compares DATA_PATH with the path its catalog stored, as text: "data/lake_files/" is not its absolute form.
+DATA_PATH_MISMATCH = re.compile(r'does not match existing data path in the catalog "(?P<stored>[^"]*)"')
 
 
 class LakeError(RuntimeError):
@@ -98,9 +101,18 @@ def s3_secret(data_path: str, environ: Mapping[str, str]) -> str | None:
     return f"CREATE OR REPLACE SECRET sysmon_lake_s3 ({listed})"
 
 
-def attach_statement(settings: Settings, read_only: bool = False, snapshot: int | None = None) -> str:
-    """The ``ATTACH`` of the lake as ``lake``, read-only and at a snapshot when asked."""
-    options = [f"DATA_PATH {literal(settings.data_path)}"]
+def absolute_data_path(data_path: str) -> str:
+    """A local data folder as an absolute path, which a new lake's catalog then stores: the lake opens from any
+    working directory, by either form of the folder. Object storage as it is."""
+    return data_path if "://" in data_path else os.path.join(os.path.abspath(data_path), "")
+
+
+def attach_statement(
+    settings: Settings, read_only: bool = False, snapshot: int | None = None, data_path: str | None = None
+) -> str:
+    """The ``ATTACH`` of the lake as ``lake``, read-only and at a snapshot when asked; ``data_path`` in place of
+    the settings' (made absolute)."""
+    options = [f"DATA_PATH {literal(data_path or absolute_data_path(settings.data_path))}"]
     if read_only:
         options.append("READ_ONLY")
     if snapshot is not None:
@@ -128,7 +140,7 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool =
             con.execute(f"LOAD {extension}")
         if secret:
             con.execute(secret)
-        _retry_races(lambda: con.execute(attach_statement(settings, read_only, snapshot)))
+        _retry_races(lambda: _attach_same_folder(con, settings, read_only, snapshot))
         con.execute(f"USE {LAKE}")
         if not read_only:
             _retry_races(lambda: _set_options(con, inlined_rows(settings)))
@@ -137,6 +149,22 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool =
             f"cannot open the lake (catalog {settings.catalog}, data {settings.data_path}): {error}"
         ) from error
     return con
+
+
+def _attach_same_folder(
+    con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool, snapshot: int | None
+) -> None:
+    """Attach the lake; a catalog that stored its local data folder in another form (relative to this working
+    directory, as lakes created before paths were made absolute did) is attached with its own form when both name
+    the same folder. Another folder is still refused, by DuckLake's error."""
+    try:
+        con.execute(attach_statement(settings, read_only, snapshot))
+    except duckdb.Error as error:
+        mismatch = DATA_PATH_MISMATCH.search(str(error))
+        local = mismatch is not None and "://" not in mismatch["stored"] + settings.data_path
+        if not local or os.path.realpath(mismatch["stored"]) != os.path.realpath(settings.data_path):
+            raise
+        con.execute(attach_statement(settings, read_only, snapshot, mismatch["stored"]))
 
 
 def _retry_races(action: Callable[[], object]) -> None:

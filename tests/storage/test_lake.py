@@ -10,15 +10,25 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from dbt_like import ConcurrentWriterError
 from sysmon_assets import connect
 from sysmon_assets.micro_batch.steps import SysmonPipeline, utc_now
 from sysmon_assets.sample.generator import write_sample
-from sysmon_assets.storage.lake import INLINED_SCHEMAS, LAKE_OPTIONS, LakeError, last_complete_batch, open_lake
+from sysmon_assets.settings import Settings
+from sysmon_assets.storage.lake import (
+    INLINED_SCHEMAS,
+    LAKE_OPTIONS,
+    LakeError,
+    connection_config,
+    last_complete_batch,
+    open_lake,
+)
 from sysmon_assets.storage.maintenance import maintain
 from tests.conftest import T0, Lake, network_connect, process_create, snapshot
 from tests.lake_servers import Postgres
@@ -207,6 +217,40 @@ def test_paths_with_an_apostrophe_a_space_and_a_semicolon_are_quoted(tmp_path: P
         assert con.execute("SELECT process_guid FROM sysmon_join").fetchall() == [("{A}",)]
     assert list((odd / "files; it's here").rglob("*.parquet"))
     assert (odd / "data" / "lake.sqlite").is_file()
+
+
+def test_a_lake_made_from_a_relative_folder_opens_from_anywhere_by_its_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "work"
+    (work / "landing").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    with open_lake(Settings(landing_dir=Path("landing"), data_dir=Path("data"))) as con:  # make run's default
+        con.execute("CREATE TABLE t AS SELECT 1 AS x")
+    monkeypatch.chdir(tmp_path)
+    with open_lake(Settings(landing_dir=work / "landing", data_dir=work / "data"), read_only=True) as con:
+        assert con.execute("SELECT x FROM t").fetchall() == [(1,)]
+
+
+def test_a_lake_whose_catalog_stored_a_relative_folder_opens_by_either_form_but_not_another_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "landing").mkdir()
+    monkeypatch.chdir(tmp_path)
+    relative = Settings(landing_dir=Path("landing"), data_dir=Path("data"))
+    (tmp_path / "data").mkdir()
+    # as lakes were created before the project made the folder absolute: DuckLake stores DATA_PATH as given
+    with closing(duckdb.connect(config=connection_config(relative))) as con:
+        con.execute("ATTACH 'ducklake:sqlite:data/lake.sqlite' AS old (DATA_PATH 'data/lake_files/')")
+        con.execute("CREATE TABLE old.t AS SELECT 1 AS x")
+    for data_dir in (Path("data"), tmp_path / "data"):
+        with open_lake(Settings(landing_dir=Path("landing"), data_dir=data_dir)) as con:
+            con.execute("INSERT INTO t VALUES (2)")
+    with open_lake(relative, read_only=True) as con:
+        assert con.execute("SELECT x FROM t ORDER BY x").fetchall() == [(1,), (2,), (2,)]
+    elsewhere = Settings(landing_dir=Path("landing"), data_dir=Path("data"), lake_data_path=str(tmp_path / "other"))
+    with pytest.raises(LakeError, match="does not match existing data path"), open_lake(elsewhere):
+        pass
 
 
 def test_the_lakes_parquet_files_are_zstd_compressed_parquet_v2(lake: Lake) -> None:
