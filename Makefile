@@ -52,6 +52,9 @@ lint: $(BIN)/.installed
 ## ui: the Dagster UI with the daemon (schedule and sensor), runs queued one at a time, on http://localhost:$(UI_PORT)
 ui: $(BIN)/.installed
 	@mkdir -p .dagster && cp instance/dagster.yaml .dagster/dagster.yaml
+	@# the writer pool's one slot, set before the daemon first sees a run in the pool (its first pass lets such runs
+	@# through while it gives the pool its default limit)
+	@$(BIN)/dagster instance concurrency set sysmon_lake_writer 1 > /dev/null
 	$(BIN)/dagster dev -w workspace.yaml --port $(UI_PORT)
 
 ## sample: regenerate the committed sample (seeded, so the same bytes every time)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sysmon_assets.dagster_layer.jobs import WRITER_POOL
 from sysmon_assets.definitions import defs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +30,12 @@ def dry_run(*arguments: str) -> str:
 def test_make_ui_serves_on_ui_port_3000_by_default() -> None:
     assert "dagster dev -w workspace.yaml --port 3000" in dry_run("ui")
     assert "dagster dev -w workspace.yaml --port 3456" in dry_run("ui", "UI_PORT=3456")
+
+
+def test_make_ui_gives_the_writer_pool_its_one_slot_before_the_daemon_starts() -> None:
+    commands = dry_run("ui")
+    assert f"dagster instance concurrency set {WRITER_POOL} 1" in commands
+    assert commands.index("concurrency set") < commands.index("dagster dev")
 
 
 def test_the_instance_settings_are_copied_from_outside_the_repository_root() -> None:

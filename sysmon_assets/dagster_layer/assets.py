@@ -27,6 +27,7 @@ from dagster import (
 from dbt_like import Project, StepResult
 from dbt_like.lineage import model_lineage
 from sysmon_assets.dagster_layer.checks import BATCH_CHECKS, STEP_NOTES
+from sysmon_assets.dagster_layer.jobs import WRITER_POOL
 from sysmon_assets.dagster_layer.resources import SysmonPipelineResource
 from sysmon_assets.dagster_layer.run_report import asset_line
 from sysmon_assets.dagster_layer.step_preview import describe
@@ -110,7 +111,7 @@ def check_results(name: str, results: list[StepResult]) -> list[AssetCheckResult
 
 def model_asset(project: Project, name: str, partitions: StaticPartitionsDefinition | None = None) -> AssetsDefinition:
     """The asset that runs ``name``'s step (and its side models') for the current run's batch (of the shard
-    the run's partition names, with ``partitions``)."""
+    the run's partition names, with ``partitions``; else in the writer's pool)."""
     model = project.models[name]
     lineage = column_lineage(project, name)
 
@@ -123,6 +124,7 @@ def model_asset(project: Project, name: str, partitions: StaticPartitionsDefinit
         kinds={"ducklake", "sql"},
         check_specs=_check_specs(project, name),
         partitions_def=partitions,
+        pool=None if partitions else WRITER_POOL,
         metadata={
             "sql_file": str(model.path.relative_to(project.models_dir.parent)),
             "materialized": project.configs[name]["materialized"],
@@ -165,7 +167,8 @@ def model_asset(project: Project, name: str, partitions: StaticPartitionsDefinit
 
 
 def sink_topic_asset(topic: str) -> AssetsDefinition:
-    """The recipe's SYSMON_JOIN Kafka topic, fed with the joined rows each batch committed."""
+    """The recipe's SYSMON_JOIN Kafka topic, fed with the joined rows each batch committed (in the writer's pool:
+    the sink is not for shards)."""
 
     @asset(
         name="sysmon_join_topic",
@@ -173,6 +176,7 @@ def sink_topic_asset(topic: str) -> AssetsDefinition:
         description=f"Kafka topic {topic}: each new sysmon_join row once, as KSQL's JSON, keyed by process GUID.",
         group_name=SERVING_GROUP,
         kinds={"kafka"},
+        pool=WRITER_POOL,
         metadata={"topic": topic},
     )
     def publish_join_topic(sysmon: SysmonPipelineResource) -> MaterializeResult:

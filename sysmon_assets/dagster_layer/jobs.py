@@ -18,9 +18,11 @@ from sysmon_assets.dagster_layer.resources import SysmonPipelineResource
 from sysmon_assets.micro_batch.steps import utc_now
 from sysmon_assets.storage import maintenance
 
-# instance/dagster.yaml's run queue allows one run at a time per value of these tags: a shard's batches must commit
-# in order, while different shards run side by side (a sharded run carries its partition's tag).
-ONE_WRITER_TAG = "sysmon/one_writer"
+# An unsharded pipeline's assets are in this pool; instance/dagster.yaml gives it one slot for a whole run, so that
+# every run that materializes them (this job's, the asset graph's "Materialize all", the schedule's, the sensor's)
+# waits in the run queue for the one before: a writer's batches must commit in order. A shard's runs carry their
+# partition's tag instead, which the queue allows one run at a time each, so different shards run side by side.
+WRITER_POOL = "sysmon_lake_writer"
 
 
 def batch_job(shards: int = 1) -> "UnresolvedAssetJobDefinition":
@@ -30,7 +32,6 @@ def batch_job(shards: int = 1) -> "UnresolvedAssetJobDefinition":
         # every model of every group: the batch is complete for readers only once its last model has committed
         selection=AssetSelection.all(),
         executor_def=in_process_executor,
-        tags={} if shards > 1 else {ONE_WRITER_TAG: "lake"},
         description="One micro-batch: ingest what landed, then every model's step in order"
         + (" (of the shard its partition names)." if shards > 1 else "."),
     )

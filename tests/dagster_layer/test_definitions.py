@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import os
 import subprocess
-import uuid
 from pathlib import Path
 
 import yaml
-from dagster import AssetKey, DagsterRunStatus, DefaultScheduleStatus, DefaultSensorStatus
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus, DefaultScheduleStatus, DefaultSensorStatus
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.test_utils import instance_for_test
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
 
 from dbt_like import discover_models
-from sysmon_assets.dagster_layer.jobs import ONE_WRITER_TAG
+from sysmon_assets.dagster_layer.jobs import WRITER_POOL
 from sysmon_assets.definitions import build_definitions, defs
 from sysmon_assets.micro_batch.recipe_project import SQL_DIR
 from sysmon_assets.settings import Settings
@@ -86,11 +85,13 @@ def test_job_schedule_and_sensor() -> None:
     assert sensor.default_status == DefaultSensorStatus.STOPPED
 
 
-def test_only_the_job_carries_the_one_writer_tag() -> None:
-    """Runs of Dagster's implicit asset job (the asset graph's "Materialize all", `dagster asset materialize`) are
-    not held back by the run queue, as docs/dagster.md says."""
-    assert defs.resolve_job_def("sysmon_micro_batch").tags == {ONE_WRITER_TAG: "lake"}
-    assert ONE_WRITER_TAG not in defs.resolve_implicit_global_asset_job_def().tags
+def test_every_asset_of_one_writer_is_in_its_pool_and_no_shards_asset_is(tmp_path: Path) -> None:
+    """The pool holds back every run that materializes the assets, whichever job it is (the asset graph's
+    "Materialize all" runs Dagster's implicit asset job, as docs/dagster.md says)."""
+    for job in (defs.resolve_job_def("sysmon_micro_batch"), defs.resolve_implicit_global_asset_job_def()):
+        assert {node.definition.pool for node in job.nodes} == {WRITER_POOL}
+    sharded = build_definitions(Settings(landing_dir=tmp_path, data_dir=tmp_path / "data", shards=3))
+    assert {node.definition.pool for node in sharded.resolve_job_def("sysmon_micro_batch").nodes} == {None}
 
 
 def test_lake_maintenance_job_and_hourly_schedule() -> None:
@@ -102,35 +103,65 @@ def test_lake_maintenance_job_and_hourly_schedule() -> None:
     assert schedule.default_status == DefaultScheduleStatus.STOPPED
 
 
-def test_make_ui_instance_runs_one_batch_at_a_time_per_writer() -> None:
-    """What the run queue of `make ui`'s instance (instance/dagster.yaml) takes from a queue of batch runs, asked of
-    Dagster's own queued-run daemon (its selection step, without launching anything)."""
-    run_queue = yaml.safe_load((ROOT / "instance" / "dagster.yaml").read_text())["run_queue"]
-    origin = RemoteJobOrigin(
-        RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("sysmon"), "__repository__"), "sysmon_micro_batch"
-    )
+def queue_batch_runs(instance: DagsterInstance, data: Path) -> dict[str, str]:
+    """Queue runs of the one-writer and the sharded definitions as Dagster creates launched runs (their pools from
+    the execution plan); their names by run id."""
+    sharded = build_definitions(Settings(landing_dir=data, data_dir=data / "data", shards=3))
+    one_writer, asset_job = defs.resolve_job_def("sysmon_micro_batch"), defs.resolve_implicit_global_asset_job_def()
+    shards_job = sharded.resolve_job_def("sysmon_micro_batch")
     queue = {
-        "shard-0 first": {"dagster/partition": "shard-0"},
-        "shard-0 again": {"dagster/partition": "shard-0"},
-        "shard-1": {"dagster/partition": "shard-1"},
-        "unsharded first": dict(defs.resolve_job_def("sysmon_micro_batch").tags),
-        "unsharded again": dict(defs.resolve_job_def("sysmon_micro_batch").tags),
+        "unsharded first": (one_writer, {}),
+        "materialize all": (asset_job, {}),
+        "unsharded again": (one_writer, {}),
+        "shard-0 first": (shards_job, {"dagster/partition": "shard-0"}),
+        "shard-0 again": (shards_job, {"dagster/partition": "shard-0"}),
+        "shard-1": (shards_job, {"dagster/partition": "shard-1"}),
     }
-    with instance_for_test(overrides={"run_queue": run_queue}) as instance:
-        names = {}
-        for name, tags in queue.items():
-            run = DagsterRun(
-                "sysmon_micro_batch",
-                str(uuid.uuid4()),
-                status=DagsterRunStatus.QUEUED,
-                tags=tags,
-                remote_job_origin=origin,
-            )
-            instance.add_run(run)
-            names[run.run_id] = name
-        daemon = QueuedRunCoordinatorDaemon(interval_seconds=1)
-        started = daemon._get_runs_to_dequeue(instance, instance.get_concurrency_config(), fixed_iteration_time=None)
-    assert sorted(names[run.run_id] for run in started) == ["shard-0 first", "shard-1", "unsharded first"]
+    names = {}
+    for name, (job, tags) in queue.items():
+        repository = RemoteRepositoryOrigin(RegisteredCodeLocationOrigin("sysmon"), "__repository__")
+        origin = RemoteJobOrigin(repository, job.name)
+        run = instance.create_run_for_job(job, status=DagsterRunStatus.QUEUED, tags=tags, remote_job_origin=origin)
+        names[run.run_id] = name
+    return names
+
+
+def dequeued(instance: DagsterInstance) -> list[DagsterRun]:
+    """What Dagster's own queued-run daemon takes from the queue in one pass (its selection step, launching
+    nothing)."""
+    daemon = QueuedRunCoordinatorDaemon(interval_seconds=1)
+    return daemon._get_runs_to_dequeue(instance, instance.get_concurrency_config(), fixed_iteration_time=None)
+
+
+MAKE_UI_CONCURRENCY = yaml.safe_load((ROOT / "instance" / "dagster.yaml").read_text())["concurrency"]
+
+
+def test_make_ui_instance_runs_one_batch_at_a_time_per_writer(tmp_path: Path) -> None:
+    """The run queue of `make ui`'s instance (instance/dagster.yaml, and the pool's slot `make ui` sets)."""
+    with instance_for_test(overrides={"concurrency": MAKE_UI_CONCURRENCY}) as instance:
+        names = queue_batch_runs(instance, tmp_path)
+        instance.event_log_storage.set_concurrency_slots(WRITER_POOL, 1)
+        started = dequeued(instance)
+        first = sorted(names[run.run_id] for run in started)
+        # the writer's first run ends: the next run of the writer may start, whichever job it is
+        (unsharded,) = (run for run in started if names[run.run_id] == "unsharded first")
+        instance.report_run_failed(unsharded)
+        then = {names[run.run_id] for run in dequeued(instance)}
+    assert first == ["shard-0 first", "shard-1", "unsharded first"]
+    assert "materialize all" in then and "unsharded again" not in then
+
+
+def test_without_the_pools_slot_set_the_daemons_first_pass_lets_every_run_of_the_writer_through(
+    tmp_path: Path,
+) -> None:
+    """Why `make ui` sets the slot: Dagster 1.13's daemon gives a pool it has not seen its default limit only after
+    it chose what to launch."""
+    with instance_for_test(overrides={"concurrency": MAKE_UI_CONCURRENCY}) as instance:
+        names = queue_batch_runs(instance, tmp_path)
+        first = {names[run.run_id] for run in dequeued(instance)}
+        second = {names[run.run_id] for run in dequeued(instance)}
+    assert {"unsharded first", "materialize all", "unsharded again"} <= first
+    assert len({"unsharded first", "materialize all", "unsharded again"} & second) == 1
 
 
 def test_materializing_the_job_in_process_reports_rows_offsets_and_checks(lake: Lake) -> None:

@@ -14,7 +14,6 @@ import pytest
 from dagster import build_schedule_context
 
 from dbt_like import ConcurrentWriterError, ProjectError
-from sysmon_assets.dagster_layer.jobs import ONE_WRITER_TAG
 from sysmon_assets.dagster_layer.sensors import evaluate_landing
 from sysmon_assets.definitions import build_definitions
 from sysmon_assets.micro_batch.shards import file_shard
@@ -319,7 +318,6 @@ def test_with_shards_each_dagster_partition_runs_its_shards_batch(tmp_path: Path
     definitions = build_definitions(lake.settings)
     job = definitions.resolve_job_def("sysmon_micro_batch")
     assert job.partitions_def.get_partition_keys() == ["shard-0", "shard-1", "shard-2"]
-    assert ONE_WRITER_TAG not in job.tags
     result = job.execute_in_process(partition_key="shard-1")
     assert result.success
     owned = {file_key(path) for path in landed if file_shard(file_key(path), SHARDS) == 1}
