@@ -401,6 +401,11 @@ def incremental(args: argparse.Namespace) -> None:
         f"peak RSS {median(over_history, 'rss_gb'):.2f} GB vs {median(over_empty, 'rss_gb'):.2f} GB; "
         f"target at most 1.2x)"
     )
+    # beside the wall clock: the steps' CPU seconds (all threads of the run's process), which leave out waiting
+    cpu_loaded, cpu_empty = (
+        statistics.median(sum(r["cpu_steps"].values()) for r in runs) for runs in (over_history, over_empty)
+    )
+    print(f"  the steps' CPU seconds: {cpu_loaded:.3f} s vs {cpu_empty:.3f} s = {cpu_loaded / cpu_empty:.2f}x")
     for label, runs in (("over history", over_history), ("over empty", over_empty)):
         print(f"  {label}: " + ", ".join(f"{name} {seconds:.3f} s" for name, seconds in step_medians(runs).items()))
     scans = run("scans", increment_landing, copy_of(history, work), args.memory_limit)["statements"]
