@@ -101,10 +101,15 @@ def s3_secret(data_path: str, environ: Mapping[str, str]) -> str | None:
     return f"CREATE OR REPLACE SECRET sysmon_lake_s3 ({listed})"
 
 
+def is_local(data_path: str) -> bool:
+    """Whether the lake's data files go to a folder of this machine (not to a URL such as ``s3://``)."""
+    return "://" not in data_path
+
+
 def absolute_data_path(data_path: str) -> str:
     """A local data folder as an absolute path, which a new lake's catalog then stores: the lake opens from any
     working directory, by either form of the folder. Object storage as it is."""
-    return data_path if "://" in data_path else os.path.join(os.path.abspath(data_path), "")
+    return os.path.join(os.path.abspath(data_path), "") if is_local(data_path) else data_path
 
 
 def attach_statement(
@@ -161,7 +166,7 @@ def _attach_same_folder(
         con.execute(attach_statement(settings, read_only, snapshot))
     except duckdb.Error as error:
         mismatch = DATA_PATH_MISMATCH.search(str(error))
-        local = mismatch is not None and "://" not in mismatch["stored"] + settings.data_path
+        local = mismatch is not None and is_local(mismatch["stored"]) and is_local(settings.data_path)
         if not local or os.path.realpath(mismatch["stored"]) != os.path.realpath(settings.data_path):
             raise
         con.execute(attach_statement(settings, read_only, snapshot, mismatch["stored"]))
@@ -255,7 +260,7 @@ def _readable_as_landing(settings: Settings) -> None:
     mode = 0o700 | (landing.st_mode & 0o077)
     catalog = sqlite_file(settings)
     paths = [Path(f"{catalog}{suffix}") for suffix in ("", "-wal", "-shm")] if catalog else []
-    if "://" not in settings.data_path:
+    if is_local(settings.data_path):
         paths.append(Path(settings.data_path))
     for path in paths:
         if path.exists():
@@ -276,7 +281,7 @@ def _make_local_folders(settings: Settings) -> None:
     folders = []
     if sqlite_file(settings):
         folders.append(sqlite_file(settings).parent)
-    if "://" not in settings.data_path:
+    if is_local(settings.data_path):
         folders.append(Path(settings.data_path))
     for folder in folders:
         try:
