@@ -883,9 +883,12 @@ class Project:
 
     def _finish(self, con: Connection, name: str, batch: Batch, result: StepResult) -> None:
         shard = self.shard.index
-        for upstream, upper in {**result.offsets_after, **result.tables_after}.items():
-            con.execute(f"DELETE FROM {STATE_SCHEMA}.offsets WHERE {self._rows_of(name, upstream)}")
-            con.execute(f"INSERT INTO {STATE_SCHEMA}.offsets VALUES ({literals(name, upstream, upper, shard)})")
+        offsets = {**result.offsets_after, **result.tables_after}
+        if offsets:  # one statement each for all inputs: every lake statement costs a round of catalog work
+            inputs = f"input IN ({literals(*offsets)})"
+            con.execute(f"DELETE FROM {STATE_SCHEMA}.offsets WHERE {self._rows_of(name)} AND {inputs}")
+            rows = ", ".join(f"({literals(name, upstream, upper, shard)})" for upstream, upper in offsets.items())
+            con.execute(f"INSERT INTO {STATE_SCHEMA}.offsets VALUES {rows}")
         retried = self.configs[name].get("retry_unmatched")
         if not retried:
             return
