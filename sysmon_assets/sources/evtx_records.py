@@ -12,7 +12,7 @@ from pathlib import Path
 
 import evtx
 
-from sysmon_assets.sources.landed_lines import LandingError, no_follow
+from sysmon_assets.sources.landed_lines import LandingError, no_follow, path_text
 
 RECORDS_PER_CHUNK = 20_000
 # The layout every EVTX file has: a 4 KiB file header, then chunks of 64 KiB.
@@ -24,7 +24,7 @@ class EvtxDamage(LandingError):
     """The parser cannot read on in an EVTX file; ``reason`` says why (the message also names the file)."""
 
     def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"cannot read EVTX file {path}: {reason}")
+        super().__init__(f"cannot read EVTX file {path_text(path)}: {reason}")
         self.reason = reason
 
 
@@ -39,7 +39,7 @@ def record_lines(path: Path, skip: int, chunk_records: int = RECORDS_PER_CHUNK) 
     try:
         handle = open(path, "rb", opener=no_follow)  # noqa: SIM115 -- closed below, after the records
     except OSError as error:
-        raise LandingError(f"cannot read EVTX file {path}: {error}") from error
+        raise LandingError(f"cannot read EVTX file {path_text(path)}: {error}") from error
     with handle:
         yield from _records(handle, path, skip, chunk_records)
         size = os.fstat(handle.fileno()).st_size

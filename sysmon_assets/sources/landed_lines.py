@@ -30,6 +30,12 @@ class Unreadable:
     reason: str
 
 
+def path_text(path: str | os.PathLike[str]) -> str:
+    """A file's path as the tables and messages show it: valid UTF-8 whatever bytes the name holds (a byte that
+    is not UTF-8, e.g. a Latin-1 name from an old share, as ``\\xe4``), so that a name never stops a batch."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
 def no_follow(path: str, flags: int) -> int:
     """An ``opener`` for :func:`open` that refuses a symbolic link: a link swapped in after the landing
     folder was listed is not followed out of it."""

@@ -52,6 +52,7 @@ from sysmon_assets.sources.landed_lines import (
     empty_chunk,
     lines_table,
     no_follow,
+    path_text,
     unreadable_table,
 )
 
@@ -185,12 +186,14 @@ def scan_landing(landing_dir: Path) -> tuple[list[LandedFile], list[Skipped]]:
     """Landed regular files, oldest first (rotated files before the one being written), and the entries
     with landed names that are not regular files; a missing or unreadable folder is an error naming it."""
     if not landing_dir.is_dir():
-        raise LandingError(f"landing folder {landing_dir} does not exist or is not a folder (set SYSMON_LANDING_DIR)")
+        raise LandingError(
+            f"landing folder {path_text(landing_dir)} does not exist or is not a folder (set SYSMON_LANDING_DIR)"
+        )
     try:
         with os.scandir(landing_dir) as entries:
             named = [entry for entry in entries if _landed_name(entry.name)]
     except OSError as error:
-        raise LandingError(f"cannot list the landing folder {landing_dir}: {error}") from error
+        raise LandingError(f"cannot list the landing folder {path_text(landing_dir)}: {error}") from error
     files: list[tuple[int, str, LandedFile]] = []
     now_ns = time.time_ns()
     skipped: list[Skipped] = []
@@ -201,7 +204,7 @@ def scan_landing(landing_dir: Path) -> tuple[list[LandedFile], list[Skipped]]:
         except FileNotFoundError:
             continue  # gone since the listing (rotated away: it is read under its new name)
         except OSError as error:
-            raise LandingError(f"cannot stat landed file {path}: {error}") from error
+            raise LandingError(f"cannot stat landed file {path_text(path)}: {error}") from error
         if stat.S_ISREG(info.st_mode):
             landed = LandedFile(path, _key_of(info), info.st_size, _settled_stat(info, now_ns))
             files.append((info.st_mtime_ns, entry.name, landed))
@@ -214,7 +217,7 @@ def _skip_detail(path: Path, mode: int) -> str:
     what = _FILE_TYPES.get(stat.S_IFMT(mode), "not a regular file")
     if stat.S_ISLNK(mode):
         with suppress(OSError):  # the link's target is only a hint for the operator
-            what += f" to {os.readlink(path)}"
+            what += f" to {path_text(os.readlink(path))}"
     return f"{what}: not read (only regular files in the landing folder are read; links are not followed)"
 
 
@@ -244,7 +247,7 @@ def fingerprint(path: Path, length: int, start: int = 0) -> str:
             handle.seek(start)
             return hashlib.sha256(handle.read(length)).hexdigest()
     except OSError as error:
-        raise LandingError(f"cannot read landed file {path}: {error}") from error
+        raise LandingError(f"cannot read landed file {path_text(path)}: {error}") from error
 
 
 def tail_fingerprint(path: Path, end: int) -> str:
@@ -263,7 +266,7 @@ def head_and_tail_fingerprints(path: Path, head_bytes: int, end: int) -> tuple[s
             handle.seek(start)
             tail = handle.read(end - start)
     except OSError as error:
-        raise LandingError(f"cannot read landed file {path}: {error}") from error
+        raise LandingError(f"cannot read landed file {path_text(path)}: {error}") from error
     return hashlib.sha256(head).hexdigest(), hashlib.sha256(tail).hexdigest()
 
 
@@ -273,7 +276,7 @@ def _open(path: Path) -> Iterator[BinaryIO]:
         with open(path, "rb", opener=no_follow) as handle:
             yield handle
     except OSError as error:
-        raise LandingError(f"cannot read landed file {path}: {error}") from error
+        raise LandingError(f"cannot read landed file {path_text(path)}: {error}") from error
 
 
 def _text_pieces(handle: BinaryIO, start: int, size: int, chunk_bytes: int) -> Iterator[bytes]:
@@ -355,7 +358,7 @@ def _read_blocks(progress: FileProgress, chunk_bytes: int) -> Iterator[Block | U
                 yield _unterminated(pending)
                 done += len(pending)
             if done > start or damage.reason != progress.stored_read_error:
-                LOG.warning("%s: %s; read up to uncompressed byte %d", progress.path, damage.reason, done)
+                LOG.warning("%s: %s; read up to uncompressed byte %d", path_text(progress.path), damage.reason, done)
                 yield Unreadable(done, damage.reason)
             return
     if pending and (progress.finished or progress.kind == "gzip"):
@@ -385,7 +388,7 @@ def _text_frame(block: bytes | memoryview, newlines: np.ndarray, progress: FileP
     starts[1:] = np.minimum(newlines + 1, len(block))
     lines = pa.Array.from_buffers(pa.large_binary(), len(newlines), [None, pa.py_buffer(starts), pa.py_buffer(block)])
     offsets = progress.position + starts[:-1]
-    frame = lines_table(lines, newlines - starts[:-1], str(progress.path), first_seq, progress.line + 1, offsets)
+    frame = lines_table(lines, newlines - starts[:-1], path_text(progress.path), first_seq, progress.line + 1, offsets)
     progress.advance(len(block), len(newlines))
     return frame
 
@@ -397,7 +400,7 @@ def _evtx_frame(items: list[bytes | str], progress: FileProgress, first_seq: int
     lines = [b"" if isinstance(item, str) else item for item in items]
     errors = [item if isinstance(item, str) else None for item in items]
     lengths = np.fromiter(map(len, lines), dtype=np.int64, count=len(lines))
-    first_line, source = progress.line + 1, str(progress.path)
+    first_line, source = progress.line + 1, path_text(progress.path)
     frame = lines_table(bytes_array(lines), lengths, source, first_seq, first_line, indexes, strings_array(errors))
     progress.advance(len(items), len(items))
     return frame
@@ -407,7 +410,8 @@ def _unreadable_frame(unreadable: Unreadable, progress: FileProgress, first_seq:
     """The reject row for the part of a file that could not be read; the file's position stays where reading
     stopped, and the reason is kept so that the same damage is not recorded again by the next batch."""
     progress.read_error = unreadable.reason
-    return unreadable_table(unreadable.reason, str(progress.path), first_seq, progress.line + 1, unreadable.offset)
+    source = path_text(progress.path)
+    return unreadable_table(unreadable.reason, source, first_seq, progress.line + 1, unreadable.offset)
 
 
 def _evtx_items(progress: FileProgress) -> Iterator[list[bytes | str] | Unreadable]:
@@ -420,7 +424,7 @@ def _evtx_items(progress: FileProgress) -> Iterator[list[bytes | str] | Unreadab
             yield items
     except EvtxDamage as damage:
         if read or damage.reason != progress.stored_read_error:
-            LOG.warning("%s: %s", progress.path, damage.reason)
+            LOG.warning("%s: %s", path_text(progress.path), damage.reason)
             yield Unreadable(start + read + 1, damage.reason)
 
 
@@ -470,9 +474,9 @@ class LandingReader:
         recorded = set(
             self.con.execute(f"SELECT file_key, path FROM {EVENTS_TABLE} WHERE event = 'skipped'").fetchall()
         )
-        new = [entry for entry in skipped if (entry.key, str(entry.path)) not in recorded]
+        new = [entry for entry in skipped if (entry.key, path_text(entry.path)) not in recorded]
         for entry in new:
-            LOG.warning("%s is %s", entry.path, entry.detail)
+            LOG.warning("%s is %s", path_text(entry.path), entry.detail)
         return new
 
     def _plan_file(self, landed: LandedFile, known: dict[str, Stored], first_batch_ever: bool) -> FileProgress:
@@ -495,7 +499,7 @@ class LandingReader:
     def _resume(progress: FileProgress, stored: Stored) -> None:
         event = _identity_change(progress, stored)
         if event:
-            LOG.warning("%s was %s (%s): reading it anew from the start", progress.path, event[0], event[1])
+            LOG.warning("%s was %s (%s): reading it anew from the start", path_text(progress.path), event[0], event[1])
             progress.notes.append(event)
             return
         progress.position, progress.line = stored.position, stored.line
@@ -593,14 +597,14 @@ class LandingReader:
 
     @staticmethod
     def _record_event(con: duckdb.DuckDBPyConnection, path: Path, key: str, event: str, detail: str) -> None:
-        con.execute(f"INSERT INTO {EVENTS_TABLE} VALUES (now(), {literals(str(path), key, event, detail)})")
+        con.execute(f"INSERT INTO {EVENTS_TABLE} VALUES (now(), {literals(path_text(path), key, event, detail)})")
 
     @property
     def file_events(self) -> list[dict[str, str]]:
         """What this batch noticed about files (truncated, replaced, skipped), for run metadata."""
-        events = [{"path": str(p.path), "event": e, "detail": d} for p in self.files for e, d in p.notes]
+        events = [{"path": path_text(p.path), "event": e, "detail": d} for p in self.files for e, d in p.notes]
         skips = self.recorded_skips + self.skipped
-        return events + [{"path": str(s.path), "event": "skipped", "detail": s.detail} for s in skips]
+        return events + [{"path": path_text(s.path), "event": "skipped", "detail": s.detail} for s in skips]
 
 
 def _replace_rows(
@@ -623,7 +627,7 @@ def _state_rows(files: list[FileProgress]) -> pa.Table:
     return pa.table(
         {
             "file_key": [p.key for p in files],
-            "path": [str(p.path) for p in files],
+            "path": [path_text(p.path) for p in files],
             "position": pa.array([p.position for p in files], pa.int64()),
             "line_number": pa.array([p.line for p in files], pa.int64()),
             "head_bytes": pa.array([p.head_bytes for p in files], pa.int64()),

@@ -386,6 +386,23 @@ def test_a_symlink_in_the_landing_folder_is_skipped_and_recorded_never_followed(
     assert lake.rows("SELECT path FROM ingest.files") == [(str(lake.landing / "real.ndjson"),)]
 
 
+def test_a_file_name_that_is_not_utf8_is_read_and_shown_with_its_bytes_escaped(lake: Lake) -> None:
+    lake.land([network_connect("{A}", "10.0.0.1")], name="good.ndjson")
+    latin1 = os.path.join(os.fsencode(lake.landing), b"Ereignisse_M\xe4rz.ndjson")  # a Latin-1 name
+    with open(latin1, "wb") as handle:
+        handle.write(json.dumps(network_connect("{A}", "10.0.0.2")).encode() + b"\n")
+    lake.batch()
+    lake.land([network_connect("{A}", "10.0.0.3")], name="good.ndjson")
+    lake.batch()
+    shown = str(lake.landing / "Ereignisse_M\\xe4rz.ndjson")
+    assert lake.rows("SELECT event_data.DestinationIp, _source_file FROM winlogbeat_stream ORDER BY _seq") == [
+        ("10.0.0.1", str(lake.landing / "good.ndjson")),
+        ("10.0.0.2", shown),
+        ("10.0.0.3", str(lake.landing / "good.ndjson")),
+    ]
+    assert shown in {path for (path,) in lake.rows("SELECT path FROM ingest.files")}
+
+
 def _reads_mode_000_files() -> bool:
     """Whether this process reads a file whose mode forbids it (root, with its capability to override modes)."""
     with tempfile.TemporaryDirectory() as folder:
