@@ -9,17 +9,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
 from sysmon_assets.storage import lake
 
 
-def rows_as_json(relation: duckdb.DuckDBPyRelation) -> str:
-    """The relation's rows as a JSON array of arrays (timestamps and other non-JSON values as text)."""
-    return json.dumps([list(row) for row in relation.fetchall()], default=str)
+def _json_value(value: Any) -> Any:
+    """``value`` as JSON can hold it: NaN and infinities as null (JSON has no such numbers), a MAP's keys as text,
+    a BLOB as DuckDB prints it (``\\xAB`` for a byte that is not printable ASCII), anything else not JSON as text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(_json_value(key)): _json_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_value(item) for item in value]
+    if isinstance(value, bytes):
+        return "".join(chr(byte) if 32 <= byte < 127 else f"\\x{byte:02X}" for byte in value)
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def rows_as_json(rows: list[tuple]) -> str:
+    """Rows as a JSON array of arrays (strict JSON: timestamps and other non-JSON values as text)."""
+    return json.dumps([_json_value(row) for row in rows], allow_nan=False)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,18 +49,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-width", type=int, default=160)
     args = parser.parse_args(argv)
     path = Path(args.query)
+    if path.suffix == ".sql" and not any(space in args.query for space in " \n\t") and not path.is_file():
+        sys.exit(f"query failed: no SQL file {path}")
     sql = path.read_text(encoding="utf-8") if path.suffix == ".sql" and path.is_file() else args.query
-    try:
-        con = lake.connect(batch_id=args.batch)
+    try:  # a query fails when it is planned or as its rows are read: both are reported the same way
+        con = lake.connect(batch_id=args.batch)  # held: the relation reads through it
         relation = con.sql(sql)
+        if relation is None:
+            return
+        if args.json:
+            print(rows_as_json(relation.fetchall()))
+        else:
+            relation.show(max_width=args.max_width)
     except (lake.LakeError, duckdb.Error) as error:
         sys.exit(f"query failed: {error}")
-    if relation is None:
-        return
-    if args.json:
-        print(rows_as_json(relation))
-    else:
-        relation.show(max_width=args.max_width)
 
 
 if __name__ == "__main__":

@@ -155,3 +155,38 @@ def test_the_query_command_prints_json_rows(sample_lake: Lake) -> None:
     expected = sample_lake.rows(sql)
     assert expected
     assert json.loads(query_command(sample_lake, "--json", sql)) == [list(row) for row in expected]
+
+
+def test_the_query_command_prints_strict_json_for_values_json_has_no_literal_for(sample_lake: Lake) -> None:
+    sql = "SELECT 'nan'::DOUBLE, '-inf'::DOUBLE, MAP([DATE '2026-11-30'], [1]), '\\x00AB'::BLOB, [1.5, 'inf'::DOUBLE]"
+    strict = json.loads(query_command(sample_lake, "--json", sql), parse_constant=lambda name: pytest.fail(name))
+    assert strict == [[None, None, {"2026-11-30": 1}, "\\x00AB", [1.5, None]]]
+
+
+def test_a_query_that_fails_as_its_rows_are_read_is_reported_without_a_traceback(sample_lake: Lake) -> None:
+    env = {**os.environ, "SYSMON_DATA_DIR": str(sample_lake.data), "SYSMON_LANDING_DIR": str(sample_lake.landing)}
+    for args in (["--json"], []):
+        failed = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sysmon_assets.query",
+                *args,
+                "SELECT CAST(process_guid AS INTEGER) FROM sysmon_join",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert failed.returncode == 1
+        assert failed.stderr.startswith("query failed: Conversion Error") and "Traceback" not in failed.stderr
+
+
+def test_a_sql_file_that_does_not_exist_is_named_in_the_error(sample_lake: Lake) -> None:
+    env = {**os.environ, "SYSMON_DATA_DIR": str(sample_lake.data), "SYSMON_LANDING_DIR": str(sample_lake.landing)}
+    missing = "sql/queries/no_such_query.sql"
+    failed = subprocess.run(
+        [sys.executable, "-m", "sysmon_assets.query", missing], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert (failed.returncode, failed.stderr.strip()) == (1, f"query failed: no SQL file {missing}")
