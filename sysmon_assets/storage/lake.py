@@ -91,7 +91,12 @@ def s3_secret(data_path: str, environ: Mapping[str, str]) -> str | None:
     endpoint = environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         url = urlparse(endpoint)
-        options["ENDPOINT"] = url.netloc or url.path
+        if url.scheme not in ("http", "https") or not url.netloc or url.path.strip("/"):
+            raise LakeError(
+                f"AWS_ENDPOINT_URL={endpoint!r} is not an endpoint: give the scheme, host and port only, "
+                "e.g. http://localhost:9000 or https://s3.example.com"
+            )
+        options["ENDPOINT"] = url.netloc
         if url.scheme == "http":
             options["USE_SSL"] = "false"
             options["URL_STYLE"] = "path"

@@ -28,6 +28,7 @@ from sysmon_assets.storage.lake import (
     connection_config,
     last_complete_batch,
     open_lake,
+    s3_secret,
 )
 from sysmon_assets.storage.maintenance import maintain
 from tests.conftest import T0, Lake, network_connect, process_create, snapshot
@@ -352,3 +353,13 @@ def test_the_lake_is_readable_only_by_whoever_reads_the_landing_folder() -> None
         assert _read_as_nobody(catalog)
     finally:
         shutil.rmtree(base)
+
+
+def test_the_s3_secret_takes_host_and_port_from_the_endpoint_url_and_refuses_what_it_cannot_use() -> None:
+    secret = s3_secret("s3://bucket/lake/", {"AWS_ENDPOINT_URL": "http://localhost:9000", "AWS_REGION": "eu-west-1"})
+    assert secret is not None
+    assert "ENDPOINT 'localhost:9000'" in secret and "USE_SSL false" in secret and "URL_STYLE 'path'" in secret
+    assert "ENDPOINT 's3.example.com'" in s3_secret("s3://b/", {"AWS_ENDPOINT_URL": "https://s3.example.com/"})
+    for endpoint in ("localhost:9000", "minio.internal:9000", "https://host:9000/prefix", "ftp://host"):
+        with pytest.raises(LakeError, match=r"AWS_ENDPOINT_URL=.* is not an endpoint"):
+            s3_secret("s3://bucket/lake/", {"AWS_ENDPOINT_URL": endpoint})
