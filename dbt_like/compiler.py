@@ -82,6 +82,10 @@ class Shard:
         """A SQL condition: ``column`` (a batch id or arrival number) is this shard's."""
         return "true" if self.count == 1 else f"({column} - 1) % {self.count} = {self.index}"
 
+    def first_above(self, number: int) -> int:
+        """The shard's lowest number (batch id or arrival number) above ``number``."""
+        return number + 1 + (self.index - number) % self.count
+
     def next_number(self, column: str) -> str:
         """A SQL aggregate: the shard's next number after the highest of its own in ``column``."""
         return (

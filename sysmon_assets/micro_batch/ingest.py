@@ -12,12 +12,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dbt_like import Batch, Project, StepResult
-from dbt_like.sql import scalar
+from dbt_like.sql import first_row
 from sysmon_assets.micro_batch.shards import file_shard, partition_shard
 from sysmon_assets.settings import Settings
 from sysmon_assets.sources.kafka_source import KafkaReader
 from sysmon_assets.sources.landed_lines import SOURCE_NAME, empty_chunk
 from sysmon_assets.sources.landing_folder import LandingReader
+from sysmon_assets.storage.maintenance import DROPPED_SEQ_TABLE
 
 
 def _numbered(
@@ -54,10 +55,15 @@ def source_reader(
 
 
 def _next_seq(con: duckdb.DuckDBPyConnection, project: Project, model: str, first_batch_ever: bool) -> int:
-    """The shard's next arrival number: shard i numbers its lines i + 1, i + 1 + K, ..."""
+    """The shard's next arrival number: shard i numbers its lines i + 1, i + 1 + K, ..., above every number the
+    stream holds or a retention dropped (``DROPPED_SEQ_TABLE``)."""
     if first_batch_ever:
         return project.shard.index + 1
-    return scalar(con, f"SELECT {project.shard.next_number('_seq')} FROM {model}")
+    own, dropped = first_row(
+        con,
+        f"SELECT (SELECT {project.shard.next_number('_seq')} FROM {model}), (SELECT max(seq) FROM {DROPPED_SEQ_TABLE})",
+    )
+    return own if dropped is None else max(own, project.shard.first_above(dropped))
 
 
 def ingest(

@@ -15,7 +15,7 @@ import duckdb
 from dbt_like import Batch, Project, Shard
 from sysmon_assets.settings import Settings
 from sysmon_assets.sources import kafka_source, landing_folder
-from sysmon_assets.storage import lake
+from sysmon_assets.storage import lake, maintenance
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 
@@ -38,7 +38,7 @@ def build_project(settings: Settings, shard: int = 0) -> Project:
         settings.variables(),
         commit_note=label_snapshot,
         shard=owner,
-        state_ddl=landing_folder.STATE_DDL + kafka_source.STATE_DDL,
+        state_ddl=landing_folder.STATE_DDL + kafka_source.STATE_DDL + maintenance.RETENTION_DDL,
     )
     return project
 

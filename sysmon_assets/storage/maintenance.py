@@ -24,6 +24,11 @@ EVENT_TABLES = (
     "sysmon_join",
 )
 
+# The highest arrival number (_seq) the stream held when a retention last dropped rows: the ingest step numbers new
+# lines above it, so that a number a kept row still holds (the process table, a pending join) is never given again.
+DROPPED_SEQ_TABLE = "ingest.dropped_seq"
+RETENTION_DDL = f"CREATE SCHEMA IF NOT EXISTS ingest; CREATE TABLE IF NOT EXISTS {DROPPED_SEQ_TABLE} (seq BIGINT);"
+
 
 @dataclass
 class Upkeep:
@@ -49,9 +54,19 @@ def data_files(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
 
 
 def drop_old_events(con: duckdb.DuckDBPyConnection, older_than: datetime) -> dict[str, int]:
-    """Delete stream rows whose batch started before ``older_than``, in one transaction."""
+    """Delete stream rows whose batch started before ``older_than``, in one transaction that also records the
+    stream's highest arrival number (see ``DROPPED_SEQ_TABLE``)."""
     dropped = {}
+    con.execute(RETENTION_DDL)
     con.begin()
+    if table_exists(con, "winlogbeat_stream"):
+        highest = scalar(
+            con,
+            f"SELECT max(seq) FROM (SELECT max(_seq) AS seq FROM winlogbeat_stream "
+            f"UNION ALL SELECT seq FROM {DROPPED_SEQ_TABLE})",
+        )
+        con.execute(f"DELETE FROM {DROPPED_SEQ_TABLE}")
+        con.execute(f"INSERT INTO {DROPPED_SEQ_TABLE} VALUES ({literal(highest)})")
     for table in EVENT_TABLES:
         if table_exists(con, table):
             dropped[table] = scalar(

@@ -11,6 +11,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import closing
+from datetime import timedelta
 from pathlib import Path
 
 import duckdb
@@ -180,6 +181,22 @@ def test_event_retention_drops_old_batches_rows_but_not_the_process_table(lake: 
     assert upkeep.rows_dropped["sysmon_join"] > 0
     assert [lake.count(t) for t in ("winlogbeat_stream", "sysmon_join")] == [0, 0]
     assert lake.count("sysmon_process_create_table") == processes
+
+
+def test_numbering_goes_on_above_what_a_retention_dropped(tmp_path: Path) -> None:
+    lake = Lake(tmp_path, join_grace_minutes=10 * 24 * 60)
+    lake.land([process_create("{A}"), network_connect("{B}")])  # B's create has not arrived: its connection waits
+    lake.batch(at=T0)
+    kept = lake.rows("SELECT _seq FROM sysmon_process_create_table UNION ALL SELECT seq FROM dbt_like.pending")
+    with open_lake(lake.settings) as con:
+        maintain(con, T0 + timedelta(days=2), snapshot_retention_days=7, event_retention_days=1)
+    assert lake.count("winlogbeat_stream") == 0  # the retention dropped every line
+    lake.land([process_create("{C}"), network_connect("{C}")])
+    lake.batch(at=T0 + timedelta(days=2))
+    new = lake.rows("SELECT _seq FROM winlogbeat_stream")
+    assert min(new) > max(kept)
+    assert lake.rows("SELECT process_guid, count(*) FROM sysmon_join GROUP BY ALL") == [("{C}", 1)]
+    assert lake.rows("SELECT count(*) = count(DISTINCT _seq) FROM sysmon_process_create_table") == [(True,)]
 
 
 def test_a_second_writers_concurrent_step_is_rolled_back_and_named(tmp_path: Path, postgres: Postgres) -> None:
