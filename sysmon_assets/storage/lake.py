@@ -352,11 +352,14 @@ def connect(settings: Settings | None = None, batch_id: int | None = None) -> du
     con = duckdb.connect(config=connection_config(settings))
     attach(con, settings, read_only=True)
     boundary = last_complete_batch(con) if batch_id is None else batch_snapshot(con, batch_id)
-    if batch_id is not None and boundary is None:
+    if boundary is None:
         con.close()
-        raise LakeError(f"batch {batch_id} is not a complete batch of the lake {settings.catalog}")
-    if boundary is not None:
-        con.execute("USE memory")
-        con.execute(f"DETACH {LAKE}")
-        attach(con, settings, read_only=True, snapshot=boundary[1])
+        if batch_id is not None:
+            raise LakeError(f"batch {batch_id} is not a complete batch of the lake {settings.catalog}")
+        raise LakeError(
+            f"the lake {settings.catalog} has no complete batch yet: a batch shows once its last step commits"
+        )
+    con.execute("USE memory")
+    con.execute(f"DETACH {LAKE}")
+    attach(con, settings, read_only=True, snapshot=boundary[1])
     return con

@@ -11,7 +11,7 @@ import duckdb
 
 from dbt_like import table_exists
 from dbt_like.sql import literal, scalar
-from sysmon_assets.storage.lake import INLINED_SCHEMAS, LAKE
+from sysmon_assets.storage.lake import INLINED_SCHEMAS, LAKE, last_complete_batch
 
 # Stream tables whose old rows a retention drops, by the time their batch started. The keyed process table
 # is left whole: a long-lived process still opens connections long after its create arrived.
@@ -27,6 +27,8 @@ EVENT_TABLES = (
 # The highest arrival number (_seq) the stream held when a retention last dropped rows: the ingest step numbers new
 # lines above it, so that a number a kept row still holds (the process table, a pending join) is never given again.
 DROPPED_SEQ_TABLE = "ingest.dropped_seq"
+# Snapshot ids per expiry call: the catalog query lists them all (a week of one-minute batches is ~100,000).
+EXPIRED_PER_CALL = 5000
 RETENTION_DDL = f"CREATE SCHEMA IF NOT EXISTS ingest; CREATE TABLE IF NOT EXISTS {DROPPED_SEQ_TABLE} (seq BIGINT);"
 
 
@@ -78,6 +80,24 @@ def drop_old_events(con: duckdb.DuckDBPyConnection, older_than: datetime) -> dic
     return dropped
 
 
+def _expire_snapshots(con: duckdb.DuckDBPyConnection, older_than: datetime) -> None:
+    """Expire the snapshots taken before ``older_than``, but never the one the last complete batch left (readers
+    read it) nor a later one. The ids are chosen here, by DuckDB's comparison of the snapshots' times: given
+    ``older_than``, DuckLake 0.3 (3f1b372) with a SQLite catalog also expired snapshots taken after it."""
+    boundary = last_complete_batch(con)
+    kept_from = boundary[1] if boundary else scalar(con, f"SELECT * FROM ducklake_current_snapshot('{LAKE}')")
+    expired = [
+        snapshot_id
+        for (snapshot_id,) in con.execute(
+            f"SELECT snapshot_id FROM ducklake_snapshots('{LAKE}') WHERE snapshot_id < {literal(kept_from)} "
+            f"AND snapshot_time < CAST({literal(older_than)} AS TIMESTAMPTZ) ORDER BY snapshot_id"
+        ).fetchall()
+    ]
+    for start in range(0, len(expired), EXPIRED_PER_CALL):
+        versions = literal(expired[start : start + EXPIRED_PER_CALL])
+        con.execute(f"CALL ducklake_expire_snapshots('{LAKE}', versions => {versions})")
+
+
 def maintain(
     con: duckdb.DuckDBPyConnection, now: datetime, snapshot_retention_days: float, event_retention_days: float | None
 ) -> Upkeep:
@@ -90,8 +110,7 @@ def maintain(
         con.execute(f"CALL ducklake_flush_inlined_data('{LAKE}', schema_name => {literal(schema)})")
     con.execute(f"CALL ducklake_rewrite_data_files('{LAKE}')")
     con.execute(f"CALL ducklake_merge_adjacent_files('{LAKE}')")
-    expired_before = literal(now - timedelta(days=snapshot_retention_days))
-    con.execute(f"CALL ducklake_expire_snapshots('{LAKE}', older_than => {expired_before})")
+    _expire_snapshots(con, now - timedelta(days=snapshot_retention_days))
     upkeep.files_deleted = len(
         con.execute(f"CALL ducklake_cleanup_old_files('{LAKE}', cleanup_all => true)").fetchall()
     )

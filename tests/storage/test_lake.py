@@ -127,6 +127,28 @@ def test_every_batch_maps_to_a_snapshot_to_travel_back_to(lake: Lake, tmp_path: 
         connect(lake.settings, batch_id=9)
 
 
+def test_a_lake_whose_first_batch_has_not_completed_has_nothing_to_read(lake: Lake) -> None:
+    lake.land([process_create("{A}"), network_connect("{A}")])
+    for model in lake.pipeline.project.primary_models()[:3]:  # the batch stops after three of its steps
+        lake.pipeline.run_model(model, run_key="stopped")
+    with pytest.raises(LakeError, match="has no complete batch yet"):
+        connect(lake.settings)
+
+
+def test_maintenance_keeps_the_last_complete_batchs_snapshot_while_a_batch_keeps_failing(lake: Lake) -> None:
+    lake.land([process_create("{A}"), network_connect("{A}")])
+    lake.batch()
+    complete = table_counts(lake)
+    lake.land([process_create("{B}"), network_connect("{B}")])
+    for model in lake.pipeline.project.primary_models()[:3]:  # the next batch commits three steps, then fails
+        lake.pipeline.run_model(model, run_key="failing")
+    with open_lake(lake.settings) as con:
+        maintain(con, utc_now() + timedelta(days=8), snapshot_retention_days=7, event_retention_days=None)
+    with connect(lake.settings) as con:
+        assert last_complete_batch(con)[0] == 1
+    assert table_counts(lake) == complete
+
+
 def test_a_session_held_open_across_maintenance_keeps_working(lake: Lake, tmp_path: Path) -> None:
     lines = sample_lines(tmp_path, 1200)
     batches = in_batches(lake, lines, 6)
@@ -159,17 +181,22 @@ def test_maintenance_bounds_the_files_and_changes_no_row(lake: Lake, tmp_path: P
 
 
 def test_snapshot_retention_expires_old_snapshots_and_deletes_their_files(lake: Lake, tmp_path: Path) -> None:
-    lines = sample_lines(tmp_path, 600)
-    list(in_batches(lake, lines, 3))
-    before = snapshot(lake.settings)
-    files_on_disk = len(list(lake.data.rglob("*.parquet")))
-    with open_lake(lake.settings) as con:
-        upkeep = maintain(con, utc_now(), snapshot_retention_days=1e-9, event_retention_days=None)
-        snapshots = con.execute("SELECT count(*) FROM ducklake_snapshots('lake')").fetchone()[0]
-    assert upkeep.files_deleted > 0
-    assert len(list(lake.data.rglob("*.parquet"))) < files_on_disk
-    assert snapshots <= 2
-    assert snapshot(lake.settings) == before
+    lines = sample_lines(tmp_path, 900)
+    batches = in_batches(lake, lines, 3)
+    for _ in range(2):
+        next(batches)
+    upkeeps, on_disk = [], []
+    for _ in range(2):  # the files the first run merged go when a newer batch completes: readers read the last one
+        on_disk.append(len(list(lake.data.rglob("*.parquet"))))
+        before = snapshot(lake.settings)
+        with open_lake(lake.settings) as con:
+            upkeeps.append(maintain(con, utc_now(), snapshot_retention_days=1e-9, event_retention_days=None))
+            oldest = con.execute("SELECT min(snapshot_id) FROM ducklake_snapshots('lake')").fetchone()[0]
+            assert oldest == last_complete_batch(con)[1]  # every snapshot before the readers' one expired
+        on_disk[-1] -= len(list(lake.data.rglob("*.parquet")))
+        assert snapshot(lake.settings) == before  # no row changed
+        next(batches, None)
+    assert upkeeps[1].files_deleted > 0 and on_disk[1] > 0  # fewer files on disk after the second run
 
 
 def test_event_retention_drops_old_batches_rows_but_not_the_process_table(lake: Lake, tmp_path: Path) -> None:
