@@ -67,6 +67,10 @@ STATS_TABLE = "ingest.file_stats"
 PATTERNS = ("*.json", "*.ndjson", "*.json.gz", "*.ndjson.gz", "*.evtx", "winlogbeat", "winlogbeat.[0-9]*")
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
 FINGERPRINT_BYTES = 1024
+# An EVTX file's header and its chunks' headers change as records are appended; a record, once written, does not.
+# The file's first record (past the 4 KiB file header and the first chunk's 512-byte header) tells the file: its
+# header's first 24 bytes hold the record's number and the time it was written.
+EVTX_FIRST_RECORD, EVTX_RECORD_HEADER_BYTES = 4096 + 512, 24
 # A file's stat is recorded only once its change time is this old: a write within the file system's timestamp
 # granularity of the listing could otherwise leave size and times as they were (git's "racy clean" problem).
 SETTLED_SECONDS = 2.0
@@ -142,6 +146,11 @@ class FileProgress:
     def kind(self) -> str:
         """``evtx``, ``gzip`` or ``text``: how the file is read and what its position counts."""
         return {".evtx": "evtx", ".gz": "gzip"}.get(self.path.suffix, "text")
+
+    @property
+    def head_start(self) -> int:
+        """Where the bytes fingerprinted as the file's head start: an EVTX file's first record, else byte 0."""
+        return EVTX_FIRST_RECORD if self.kind == "evtx" else 0
 
     @property
     def tail_end(self) -> int | None:
@@ -256,12 +265,13 @@ def tail_fingerprint(path: Path, end: int) -> str:
     return fingerprint(path, end - start, start)
 
 
-def head_and_tail_fingerprints(path: Path, head_bytes: int, end: int) -> tuple[str, str]:
-    """:func:`fingerprint` of the first ``head_bytes`` and :func:`tail_fingerprint` before ``end``, from one open
-    (a batch checks every known file: over thousands of small files, opens dominate)."""
+def head_and_tail_fingerprints(path: Path, head_start: int, head_bytes: int, end: int) -> tuple[str, str]:
+    """:func:`fingerprint` of ``head_bytes`` from ``head_start`` and :func:`tail_fingerprint` before ``end``, from
+    one open (a batch checks every known file: over thousands of small files, opens dominate)."""
     start = max(0, end - FINGERPRINT_BYTES)
     try:
         with open(path, "rb", opener=no_follow) as handle:
+            handle.seek(head_start)
             head = handle.read(head_bytes)
             handle.seek(start)
             tail = handle.read(end - start)
@@ -486,13 +496,12 @@ class LandingReader:
             self._resume(progress, known[key])
         if first_batch_ever and self.offset_reset == "latest":
             self._skip_to_end(progress)
-        # An EVTX header changes whenever records are appended: such files are known by inode alone.
-        progress.head_bytes = 0 if progress.kind == "evtx" else min(size, FINGERPRINT_BYTES)
+        progress.head_bytes = _head_bytes(progress.kind, size)
         stored = known.get(key)
         if progress.recorded and stored.head_bytes == progress.head_bytes:
             progress.head_sha256 = stored.head_sha256  # _resume found these bytes unchanged
         else:
-            progress.head_sha256 = fingerprint(path, progress.head_bytes)
+            progress.head_sha256 = fingerprint(path, progress.head_bytes, progress.head_start)
         return progress
 
     @staticmethod
@@ -639,18 +648,29 @@ def _state_rows(files: list[FileProgress]) -> pa.Table:
     )
 
 
+def _head_bytes(kind: str, size: int) -> int:
+    """How many bytes of a file of ``kind`` and ``size`` are fingerprinted as its head (from ``head_start``)."""
+    if kind == "evtx":
+        return EVTX_RECORD_HEADER_BYTES if size >= EVTX_FIRST_RECORD + EVTX_RECORD_HEADER_BYTES else 0
+    return min(size, FINGERPRINT_BYTES)
+
+
 def _identity_change(progress: FileProgress, stored: Stored) -> tuple[str, str] | None:
     """``(event, detail)`` when the file under this key is no longer the one the stored position belongs to."""
     if stored.file_stat is not None and stored.file_stat == progress.file_stat:
         return None  # unchanged since it settled: not opened
     size = progress.size
     ends = {"text": stored.position, "gzip": stored.file_size or 0}.get(progress.kind, 0)
-    if size < stored.head_bytes or size < ends:
-        return ("truncated", f"shrank from {max(ends, stored.head_bytes)} to {size} bytes")
+    head_end = progress.head_start + stored.head_bytes if stored.head_bytes else 0
+    if size < head_end or size < ends:
+        return ("truncated", f"shrank from {max(ends, head_end)} to {size} bytes")
     check_tail = progress.kind != "evtx" and bool(stored.tail_sha256)
-    head, tail = head_and_tail_fingerprints(progress.path, stored.head_bytes, ends if check_tail else 0)
+    head, tail = head_and_tail_fingerprints(
+        progress.path, progress.head_start, stored.head_bytes, ends if check_tail else 0
+    )
     if stored.head_bytes and head != stored.head_sha256:
-        return ("replaced", f"its first {stored.head_bytes} bytes changed")
+        what = "first record" if progress.kind == "evtx" else f"first {stored.head_bytes} bytes"
+        return ("replaced", f"its {what} changed")
     if check_tail and tail != stored.tail_sha256:
         before = min(ends, FINGERPRINT_BYTES)
         return ("replaced", f"the {before} bytes before byte {ends} changed (an inode reused, or rewritten in place)")

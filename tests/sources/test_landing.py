@@ -23,6 +23,7 @@ import duckdb
 import pytest
 
 from sysmon_assets.sources import landing_folder as landing
+from sysmon_assets.sources.evtx_records import record_lines
 from sysmon_assets.sources.gzip_stream import inflate
 from sysmon_assets.sources.landing_folder import LandingError, list_landed_files
 from sysmon_assets.storage.lake import LakeError
@@ -194,6 +195,23 @@ def test_an_evtx_file_whose_header_changes_is_not_read_again(lake: Lake) -> None
     lake.batch()
     assert lake.count("winlogbeat_stream") == records
     assert lake.count("ingest.file_events") == 0
+
+
+def test_an_evtx_file_replaced_in_place_is_read_anew(lake: Lake) -> None:
+    first = shared_path("data", "real", "evtx-attack-samples", "DE_sysmon-3-rdp-tun.evtx")
+    second = shared_path(
+        "data", "real", "evtx-attack-samples", "exec_persist_rundll32_mshta_scheduledtask_sysmon_1_3_11.evtx"
+    )
+    copy = lake.landing / "Sysmon.evtx"
+    copy.write_bytes(first.read_bytes())
+    lake.batch()
+    records = lake.count("winlogbeat_stream")
+    inode = copy.stat().st_ino
+    copy.write_bytes(second.read_bytes())  # another log exported over it: the same inode, fewer records
+    assert copy.stat().st_ino == inode
+    lake.batch()
+    assert lake.count("winlogbeat_stream") == records + sum(len(items) for items in record_lines(second, 0))
+    assert lake.rows("SELECT event, detail FROM ingest.file_events") == [("replaced", "its first record changed")]
 
 
 def test_a_file_event_is_recorded_once_however_many_chunks_the_batch_commits(tmp_path: Path) -> None:
@@ -528,9 +546,9 @@ def counted_fingerprints(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     opened: list[Path] = []
     read = landing.head_and_tail_fingerprints
 
-    def counting(path: Path, head_bytes: int, end: int) -> tuple[str, str]:
+    def counting(path: Path, head_start: int, head_bytes: int, end: int) -> tuple[str, str]:
         opened.append(path)
-        return read(path, head_bytes, end)
+        return read(path, head_start, head_bytes, end)
 
     monkeypatch.setattr(landing, "head_and_tail_fingerprints", counting)
     monkeypatch.setattr(landing, "SETTLED_SECONDS", 0.0)  # a file is settled as soon as it is listed
