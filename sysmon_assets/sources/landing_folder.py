@@ -426,12 +426,27 @@ def _unreadable_frame(unreadable: Unreadable, progress: FileProgress, first_seq:
 
 def _evtx_items(progress: FileProgress) -> Iterator[list[bytes | str] | Unreadable]:
     """An EVTX file's records after its position, in lists, and an :class:`Unreadable` where the parser cannot
-    go on (unless the previous batch recorded the same, with nothing read since)."""
+    go on (unless the previous batch recorded the same, with nothing read since).
+
+    Unreadable records that end the file wait while it is being written (not settled, ``SETTLED_SECONDS``): a
+    copier that sets the whole size first fills the records in afterwards, and a record caught half-written
+    is read whole by a later batch. Once the file has settled they are what they are: rejects."""
     start, read = progress.position, 0
+    waiting: list[bytes | str] = []
     try:
         for items in record_lines(progress.path, start):
-            read += len(items)
-            yield items
+            readable = len(items)
+            while readable and isinstance(items[readable - 1], str):
+                readable -= 1
+            if readable:
+                ready, waiting = [*waiting, *items[:readable]], list(items[readable:])
+                read += len(ready)
+                yield ready
+            else:
+                waiting += items
+        if waiting and progress.file_stat is not None:
+            read += len(waiting)
+            yield waiting
     except EvtxDamage as damage:
         if read or damage.reason != progress.stored_read_error:
             LOG.warning("%s: %s", path_text(progress.path), damage.reason)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from sysmon_assets.sources import landing_folder
 from sysmon_assets.sources.evtx_records import EvtxDamage, record_lines
 from sysmon_assets.sources.landed_lines import LandingError
 from tests.conftest import Lake, network_connect
@@ -85,3 +86,34 @@ def test_an_empty_evtx_file_is_read_once_it_is_filled(lake: Lake) -> None:
     records = [line for chunk in record_lines(path, skip=0) for line in chunk]
     assert lake.count("winlogbeat_stream") == len(records)
     assert lake.count("winlogbeat_rejects") == 1  # the empty file's header, seen by the first batch
+
+
+PREALLOCATED = ("data", "real", "evtx-attack-samples", "panache_sysmon_vs_EDRTestingScript.evtx")  # 122 records
+
+
+def test_a_record_caught_half_copied_is_read_whole_once_the_copy_completes(lake: Lake) -> None:
+    whole = shared_path(*PREALLOCATED).read_bytes()
+    path, cut = lake.landing / "copied.evtx", 70_214  # inside record 39
+    path.write_bytes(whole[:cut] + bytes(len(whole) - cut))  # the copier set the full size first
+    lake.batch()
+    assert (lake.count("winlogbeat_stream"), lake.count("winlogbeat_rejects")) == (38, 0)
+    with path.open("r+b") as handle:  # the copy completes
+        handle.seek(cut)
+        handle.write(whole[cut:])
+    lake.batch()
+    assert lake.rows("SELECT list(_source_offset ORDER BY _seq) = range(1, 123) FROM winlogbeat_stream") == [(True,)]
+    assert lake.count("winlogbeat_rejects") == 0
+
+
+def test_unreadable_records_that_end_a_settled_evtx_file_are_rejects(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(landing_folder, "SETTLED_SECONDS", 0.0)  # unchanged since it was written: settled
+    whole = shared_path(*PREALLOCATED).read_bytes()
+    (lake.landing / "cut.evtx").write_bytes(whole[:70_214] + bytes(len(whole) - 70_214))
+    lake.batch()
+    lake.batch()
+    assert lake.count("winlogbeat_stream") == 38
+    assert [
+        (offset, error[:40]) for offset, error in lake.rows("SELECT source_offset, error FROM winlogbeat_rejects")
+    ] == [(39, "EVTX record unreadable: Failed to parse ")]
