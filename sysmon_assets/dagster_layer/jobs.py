@@ -37,7 +37,12 @@ def batch_job(shards: int = 1) -> "UnresolvedAssetJobDefinition":
     )
 
 
-@op(description="Merge small files, expire snapshots past the retention, delete unreferenced files, drop old events.")
+# In the writer's pool: a batch whose transaction began before maintenance moved the bookkeeping rows out of the
+# catalog reads those tables as empty (DuckLake 0.3), so the two do not run at once.
+@op(
+    description="Merge small files, expire snapshots past the retention, delete unreferenced files, drop old events.",
+    pool=WRITER_POOL,
+)
 def maintain_lake(context: OpExecutionContext, sysmon: SysmonPipelineResource) -> None:
     """The op behind ``lake_maintenance``; figures go to the run's metadata."""
     settings = sysmon.settings()
