@@ -106,7 +106,7 @@ def maintain(
     if event_retention_days:
         upkeep.rows_dropped = drop_old_events(con, now - timedelta(days=event_retention_days))
     # the bookkeeping rows inlined since the last run go to one Parquet file per table; DuckLake 0.3 moves only the
-    # current rows: read at an earlier snapshot, the bookkeeping tables are empty after this (the models are not)
+    # current rows: as a batch before the last left them, the bookkeeping tables read empty after this (models do not)
     for schema in INLINED_SCHEMAS:
         con.execute(f"CALL ducklake_flush_inlined_data('{LAKE}', schema_name => {literal(schema)})")
     con.execute(f"CALL ducklake_rewrite_data_files('{LAKE}')")

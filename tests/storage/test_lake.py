@@ -149,6 +149,19 @@ def test_maintenance_keeps_the_last_complete_batchs_snapshot_while_a_batch_keeps
     assert table_counts(lake) == complete
 
 
+def test_after_maintenance_past_batches_read_as_they_were_but_their_bookkeeping_reads_empty(
+    lake: Lake, tmp_path: Path
+) -> None:
+    counts = {batch_id: table_counts(lake) for batch_id in in_batches(lake, sample_lines(tmp_path, 600), 2)}
+    with open_lake(lake.settings) as con:
+        maintain(con, utc_now(), snapshot_retention_days=7, event_retention_days=None)
+    with connect(lake.settings, batch_id=1) as con:
+        assert dict(con.execute(COUNTS).fetchall()) == counts[1]
+        assert con.execute("SELECT count(*) FROM dbt_like.offsets").fetchone() == (0,)  # DuckLake 0.3's flush
+    with connect(lake.settings) as con:
+        assert con.execute("SELECT count(*) FROM dbt_like.offsets").fetchone()[0] > 0
+
+
 def test_a_session_held_open_across_maintenance_keeps_working(lake: Lake, tmp_path: Path) -> None:
     lines = sample_lines(tmp_path, 1200)
     batches = in_batches(lake, lines, 6)
