@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import duckdb
 
 from dbt_like.project import Model, SchemaTest
-from dbt_like.sql import first_row, literal, quote_string
+from dbt_like.sql import first_row, literal, quote_identifier, quote_string
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def _accepted(value: object) -> str:
 def failing_rows_sql(model: str, test: SchemaTest, batch_id: int) -> str:
     """A query that counts the rows (or keys) of ``batch_id`` that break ``test``."""
     batch_rows = f"SELECT * FROM {model} WHERE _batch_id = {batch_id}"
-    column = test.column
+    column = quote_identifier(test.column)
     if test.kind == "not_null":
         return f"SELECT count(*) FROM ({batch_rows}) WHERE {column} IS NULL"
     if test.kind == "unique":

@@ -47,3 +47,15 @@ def test_each_kind_counts_failures_in_the_batch_only() -> None:
     results = {r.test.kind: r.failures for r in run_schema_tests(con, model, batch_id=2)}
     assert results == {"not_null": 1, "unique": 1, "accepted_values": 1}
     assert all(r.passed for r in run_schema_tests(con, model, batch_id=1)[::2])
+
+
+def test_a_column_whose_name_needs_quoting_is_tested() -> None:
+    con = duckdb.connect()
+    con.execute('CREATE TABLE t AS SELECT * FROM (VALUES (NULL, 1, 1), (2, 2, 1)) v("order", "event id", _batch_id)')
+    tests = (
+        SchemaTest("not_null", "order"),
+        SchemaTest("unique", "event id"),
+        SchemaTest("accepted_values", "order", (2,)),
+    )
+    model = Model("t", Path("t.sql"), "", "", (), (), tests=tests)
+    assert [r.failures for r in run_schema_tests(con, model, batch_id=1)] == [1, 0, 0]
