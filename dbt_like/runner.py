@@ -53,7 +53,7 @@ from dbt_like.compiler import (
 from dbt_like.lake_at_open import LakeAtOpen, read_lake_at_open
 from dbt_like.project import Model, ProjectError, discover_models
 from dbt_like.schema_tests import TestResult, run_schema_tests
-from dbt_like.sql import first_row, literal, literals, scalar, settings_applied
+from dbt_like.sql import first_row, literal, literals, quote_identifier, scalar, settings_applied
 
 Connection = duckdb.DuckDBPyConnection
 
@@ -716,10 +716,10 @@ class Project:
             return
 
         def alter() -> tuple[None, int]:
-            present = {column for column, _ in table_columns(con, name)}  # another shard may have added them
+            present = {column.lower() for column, _ in table_columns(con, name)}  # another shard may have added them
             for column, kind in added:
-                if column not in present:
-                    con.execute(f'ALTER TABLE {name} ADD COLUMN "{column}" {kind}')
+                if column.lower() not in present:
+                    con.execute(f"ALTER TABLE {name} ADD COLUMN {quote_identifier(column)} {kind}")
                     self._created_relation = True
             return None, batch_id
 
@@ -729,10 +729,11 @@ class Project:
     def _new_columns(con: Connection, query: str, existing: set[str]) -> list[tuple[str, str]]:
         """The columns (name, type) ``query`` selects that are not in ``existing``; the query is bound, not run."""
         relation = con.sql(f"SELECT * FROM {query} WHERE false")
+        known = {column.lower() for column in existing}  # DuckDB's names are case-insensitive
         return [
             (column, str(kind))
             for column, kind in zip(relation.columns, relation.types, strict=True)
-            if column not in existing
+            if column.lower() not in known
         ]
 
     @staticmethod
@@ -784,7 +785,7 @@ class Project:
             # model's duckdb_settings say of choosing a join's build side
             rows = f"SELECT t.* FROM {name} AS t SEMI JOIN __upsert AS u ON {keys}"
             con.execute(f"DELETE FROM __upsert AS u USING ({rows}) AS t WHERE {keys} AND {order['t']} >= {order['u']}")
-        con.execute(f"DELETE FROM {name} WHERE {key} IN (SELECT {key} FROM __upsert)")
+        con.execute(f"DELETE FROM {name} WHERE ({key}) IN (SELECT {key} FROM __upsert)")  # one column or several
         written = scalar(con, f"INSERT INTO {name} BY NAME SELECT *, {batch.batch_id} AS _batch_id FROM __upsert")
         con.execute("DROP TABLE __upsert")
         return written

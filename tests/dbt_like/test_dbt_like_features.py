@@ -125,6 +125,25 @@ def test_dedupe_key_keeps_the_first_delivery_within_a_step_and_across_steps(tmp_
     assert [r[0] for r in con.sql("SELECT _seq FROM seen ORDER BY _seq").fetchall()] == [1, 4, 5, 6, 8]
 
 
+def test_a_table_keyed_on_two_columns_keeps_the_latest_row_of_each_pair(tmp_path: Path) -> None:
+    models = {
+        **MODELS,
+        "events.sql": MODELS["events.sql"].replace(", dedupe_key='host, number'", ""),
+        "latest.sql": "{{ config(materialized='table', unique_key='host, number') }}\n"
+        "SELECT _seq, host, number, item FROM {{ ref('events') }}\n",
+    }
+    for name, sql in models.items():
+        (tmp_path / "models" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "models" / name).write_text(sql)
+    project, con = Project(tmp_path / "models", {}), duckdb.connect()
+    for run_key, rows in (("b1", [(1, "a", 1, "k", "x"), (2, "a", 2, "k", "y")]), ("b2", [(3, "a", 1, "k", "z")])):
+        batch = open_batch(con, run_key, T0)
+        frame = pd.DataFrame(rows, columns=["id", "host", "number", "kind", "item"])
+        project.run_step(con, "events", batch, source_chunks=[{"feed": frame}])
+        project.run_step(con, "latest", batch)
+    assert con.sql("SELECT host, number, item FROM latest ORDER BY ALL").fetchall() == [("a", 1, "Z!"), ("a", 2, "Y!")]
+
+
 @pytest.mark.parametrize(("as_of", "expected"), [(False, [(2, 20), (4, 20)]), (True, [(4, 10)])])
 def test_as_of_joins_each_row_to_the_table_as_it_stood_when_the_row_arrived(
     tmp_path: Path, as_of: bool, expected: list[tuple]

@@ -519,6 +519,18 @@ def test_a_column_added_to_a_model_is_added_to_its_existing_table(project: Proje
     assert con.execute("SELECT item, version, _seq FROM catalog").fetchall() == [("a", "v2", 4)]
 
 
+def test_a_column_whose_name_needs_quoting_or_only_changed_case_is_added_once(project: Project, tmp_path: Path) -> None:
+    con = duckdb.connect(str(tmp_path / "db.duckdb"))
+    run_all(project, con, [(1, "order", "a")], "r1")
+    path = project.models_dir / "events.sql"
+    quoted = ''''hi' AS "say ""hi""", '''
+    path.write_text(path.read_text().replace("SELECT ", "SELECT " + quoted, 1).replace("_seq", "_SEQ", 1))
+    run_all(Project(project.models_dir), con, [(2, "order", "b")], "r2")
+    run_all(Project(project.models_dir), con, [(3, "order", "c")], "r3")
+    rows = con.execute('''SELECT _seq, "say ""hi""" FROM events ORDER BY 1''').fetchall()
+    assert rows == [(1, None), (2, "hi"), (3, "hi")]
+
+
 def test_execute_is_false_where_a_model_is_rendered_for_its_columns_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
