@@ -11,7 +11,7 @@ Materializations:
   the first delivery wins; a NULL in the key never matches.
   Optional ``retry_unmatched=<input>`` with ``retry_grace_minutes=N``: input rows that produced no
   output row (matched on ``_seq``) are offered again in later steps until N minutes of batch time have passed.
-- ``table``: keyed upsert on ``unique_key``; the row with the highest ``order_by`` wins.
+- ``table``: keyed upsert on ``unique_key``; the row with the highest ``order_by`` wins (a NULL key matches none).
 - ``view``: the model's query stored in the catalog as a view, so readers always see it over the current rows of
   what it reads (every ``ref()`` in it is the whole relation). Its step replaces the view only when the query
   changed (a newer version of its SQL, other variables), and otherwise has nothing to do.
@@ -771,11 +771,13 @@ class Project:
         )
 
     def _upsert(self, con: Connection, name: str, query: str, config: dict[str, Any], batch: Batch) -> int:
-        """Replace the rows of the keys the step brings with its newest row per key."""
+        """Replace the rows of the keys the step brings with its newest row per key. A key that is NULL (in any of
+        its columns) equals no other, as in SQL: such rows are all kept, in one step as over several."""
         key, order_by = config["unique_key"], config["order_by"]
+        null_key = " OR ".join(f"{column} IS NULL" for column in _columns(key))
         con.execute(
             f"CREATE OR REPLACE TEMP TABLE __upsert AS SELECT * FROM {query} "
-            f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {order_by} DESC) = 1"
+            f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {order_by} DESC) = 1 OR {null_key}"
         )
         if self.shard.count > 1:
             # Another shard may have committed a newer row for a key (one writer's rows only ever get newer).

@@ -144,6 +144,20 @@ def test_a_table_keyed_on_two_columns_keeps_the_latest_row_of_each_pair(tmp_path
     assert con.sql("SELECT host, number, item FROM latest ORDER BY ALL").fetchall() == [("a", 1, "Z!"), ("a", 2, "Y!")]
 
 
+@pytest.mark.parametrize("batches", [1, 2])
+def test_rows_whose_key_is_null_are_all_kept_in_one_batch_as_in_two(tmp_path: Path, batches: int) -> None:
+    project, con = make_project(tmp_path), duckdb.connect()
+    rows = [
+        (1, "h", 1, "price", None),
+        (2, "h", 2, "price", "x"),
+        (3, "h", 3, "price", None),
+        (4, "h", 4, "price", "x"),
+    ]
+    for index in range(batches):
+        run(project, con, rows[index * 4 // batches : (index + 1) * 4 // batches], f"b{index}")
+    assert con.sql("SELECT _seq, item FROM catalog ORDER BY _seq").fetchall() == [(1, None), (3, None), (4, "X!")]
+
+
 @pytest.mark.parametrize(("as_of", "expected"), [(False, [(2, 20), (4, 20)]), (True, [(4, 10)])])
 def test_as_of_joins_each_row_to_the_table_as_it_stood_when_the_row_arrived(
     tmp_path: Path, as_of: bool, expected: list[tuple]
