@@ -8,7 +8,8 @@ a rerun gives the tables one clean run would have given.
 Materializations:
 - ``stream``: append-only. Optional ``dedupe_key='<columns>'``: a row whose key is already in the
   table, or that an earlier row of the same step (lowest ``order_by``, default ``_seq``) has, is not appended:
-  the first delivery wins; a NULL in the key never matches.
+  the first delivery wins; a NULL in the key never matches. ``order_by`` must tell a step's rows of one key apart
+  (the default ``_seq`` is unique): rows tied on the lowest value, or whose value is NULL, are all appended.
   Optional ``retry_unmatched=<input>`` with ``retry_grace_minutes=N``: input rows that produced no
   output row (matched on ``_seq``) are offered again in later steps until N minutes of batch time have passed.
 - ``table``: keyed upsert on ``unique_key``; the row with the highest ``order_by`` wins (a NULL key matches none).
