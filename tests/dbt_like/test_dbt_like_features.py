@@ -13,6 +13,7 @@ import pytest
 from dbt_like import Project, ProjectError, open_batch
 
 T0 = datetime(2026, 1, 1)
+COLUMNS = ["id", "host", "number", "kind", "item"]
 
 MODELS = {
     "macros/shout.sql": """{#- An item in upper case, marked. -#}
@@ -142,6 +143,18 @@ def test_a_table_keyed_on_two_columns_keeps_the_latest_row_of_each_pair(tmp_path
         project.run_step(con, "events", batch, source_chunks=[{"feed": frame}])
         project.run_step(con, "latest", batch)
     assert con.sql("SELECT host, number, item FROM latest ORDER BY ALL").fetchall() == [("a", 1, "Z!"), ("a", 2, "Y!")]
+
+
+def test_a_dedupe_keys_order_by_that_ties_keeps_every_tied_row(tmp_path: Path) -> None:
+    events = MODELS["events.sql"].replace("dedupe_key='host, number'", "dedupe_key='host', order_by='number'")
+    models = {"macros/shout.sql": MODELS["macros/shout.sql"], "events.sql": events}
+    for name, sql in models.items():
+        (tmp_path / "models" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "models" / name).write_text(sql)
+    project, con = Project(tmp_path / "models", {}), duckdb.connect()
+    frame = pd.DataFrame([(1, "a", 1, "k", "x"), (2, "a", 1, "k", "y"), (3, "a", 2, "k", "z")], columns=COLUMNS)
+    project.run_step(con, "events", open_batch(con, "b1", T0), source_chunks=[{"feed": frame}])
+    assert con.sql("SELECT _seq FROM events ORDER BY 1").fetchall() == [(1,), (2,)]  # tied on number 1: both
 
 
 @pytest.mark.parametrize("batches", [1, 2])
