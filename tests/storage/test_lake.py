@@ -135,6 +135,23 @@ def test_a_lake_whose_first_batch_has_not_completed_has_nothing_to_read(lake: La
         connect(lake.settings)
 
 
+def test_ducklakes_older_than_on_a_sqlite_catalog_lists_newer_snapshots_too(lake: Lake) -> None:
+    """Why maintenance expires snapshots by id (docs/storage.md): a time given to DuckLake 0.3 also expires later
+    snapshots. When this fails, DuckLake compares the times as it should."""
+    lake.land([process_create("{A}"), network_connect("{A}")])
+    lake.batch()
+    with open_lake(lake.settings) as con:
+        snapshots = con.execute(
+            "SELECT snapshot_id, snapshot_time FROM ducklake_snapshots('lake') ORDER BY 1"
+        ).fetchall()
+        middle_id, middle_time = snapshots[len(snapshots) // 2]
+        listed = con.execute(
+            "SELECT snapshot_id FROM ducklake_expire_snapshots('lake', older_than => $1, dry_run => true)",
+            [middle_time],
+        ).fetchall()
+    assert max(snapshot_id for (snapshot_id,) in listed) > middle_id
+
+
 def test_maintenance_keeps_the_last_complete_batchs_snapshot_while_a_batch_keeps_failing(lake: Lake) -> None:
     lake.land([process_create("{A}"), network_connect("{A}")])
     lake.batch()
