@@ -11,7 +11,7 @@ import duckdb
 
 from dbt_like import table_exists
 from dbt_like.sql import literal, scalar
-from sysmon_assets.storage.lake import INLINED_SCHEMAS, LAKE, last_complete_batch
+from sysmon_assets.storage.lake import INLINED_SCHEMAS, LAKE, current_snapshot, last_complete_batch
 
 # Stream tables whose old rows a retention drops, by the time their batch started. The keyed process table
 # is left whole: a long-lived process still opens connections long after its create arrived.
@@ -27,9 +27,9 @@ EVENT_TABLES = (
 # The highest arrival number (_seq) the stream held when a retention last dropped rows: the ingest step numbers new
 # lines above it, so that a number a kept row still holds (the process table, a pending join) is never given again.
 DROPPED_SEQ_TABLE = "ingest.dropped_seq"
+RETENTION_DDL = f"CREATE SCHEMA IF NOT EXISTS ingest; CREATE TABLE IF NOT EXISTS {DROPPED_SEQ_TABLE} (seq BIGINT);"
 # Snapshot ids per expiry call: the catalog query lists them all (a week of one-minute batches is ~100,000).
 EXPIRED_PER_CALL = 5000
-RETENTION_DDL = f"CREATE SCHEMA IF NOT EXISTS ingest; CREATE TABLE IF NOT EXISTS {DROPPED_SEQ_TABLE} (seq BIGINT);"
 
 
 @dataclass
@@ -85,7 +85,7 @@ def _expire_snapshots(con: duckdb.DuckDBPyConnection, older_than: datetime) -> N
     read it) nor a later one. The ids are chosen here, by DuckDB's comparison of the snapshots' times: given
     ``older_than``, DuckLake 0.3 (3f1b372) with a SQLite catalog also expired snapshots taken after it."""
     boundary = last_complete_batch(con)
-    kept_from = boundary[1] if boundary else scalar(con, f"SELECT * FROM ducklake_current_snapshot('{LAKE}')")
+    kept_from = boundary[1] if boundary else current_snapshot(con)
     expired = [
         snapshot_id
         for (snapshot_id,) in con.execute(
