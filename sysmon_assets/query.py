@@ -35,9 +35,38 @@ def _json_value(value: Any) -> Any:
     return str(value)
 
 
-def rows_as_json(rows: list[tuple]) -> str:
-    """Rows as a JSON array of arrays (strict JSON: timestamps and other non-JSON values as text)."""
-    return json.dumps([_json_value(row) for row in rows], allow_nan=False)
+def _intervals_as_text(relation: duckdb.DuckDBPyRelation) -> tuple[duckdb.DuckDBPyRelation, list[int]]:
+    """``relation`` with its INTERVAL columns as DuckDB's text (``1 month 01:30:00``; Python's timedelta would turn
+    a month into 30 days) and those holding one inside a list, STRUCT or MAP as DuckDB's JSON text, whose
+    positions are returned: their values are JSON to decode."""
+    columns, nested = [], []
+    for position, kind in enumerate(relation.types, start=1):
+        if str(kind) == "INTERVAL":
+            columns.append(f"CAST(#{position} AS VARCHAR)")
+        elif "INTERVAL" in str(kind):
+            columns.append(f"CAST(to_json(#{position}) AS VARCHAR)")
+            nested.append(position - 1)
+        else:
+            columns.append(f"#{position}")
+    if all(column.startswith("#") for column in columns):
+        return relation, []
+    return relation.project(", ".join(columns)), nested
+
+
+def rows_as_json(rows: list[tuple], json_columns: list[int] | None = None) -> str:
+    """Rows as a JSON array of arrays (strict JSON: timestamps and other non-JSON values as text); the values
+    of ``json_columns`` are JSON text, decoded first."""
+    decoded = set(json_columns or ())
+    return json.dumps(
+        [
+            [
+                _json_value(json.loads(value) if index in decoded and value is not None else value)
+                for index, value in enumerate(row)
+            ]
+            for row in rows
+        ],
+        allow_nan=False,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
         if relation is None:
             return
         if args.json:
-            print(rows_as_json(relation.fetchall()))
+            relation, json_columns = _intervals_as_text(relation)
+            print(rows_as_json(relation.fetchall(), json_columns))
         else:
             relation.show(max_width=args.max_width)
     except (lake.LakeError, duckdb.Error) as error:

@@ -190,3 +190,13 @@ def test_a_sql_file_that_does_not_exist_is_named_in_the_error(sample_lake: Lake)
         [sys.executable, "-m", "sysmon_assets.query", missing], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert (failed.returncode, failed.stderr.strip()) == (1, f"query failed: no SQL file {missing}")
+
+
+def test_the_query_command_prints_intervals_as_duckdb_writes_them(sample_lake: Lake) -> None:
+    sql = (
+        "SELECT INTERVAL 1 MONTH + INTERVAL 90 MINUTE AS waited, 2 AS waited, "
+        "[INTERVAL 3 DAY] AS spans, {'gap': INTERVAL 2 HOUR, 'ratio': 'nan'::DOUBLE} AS detail, "
+        "CAST(NULL AS INTERVAL[]) AS none"
+    )
+    rows = json.loads(query_command(sample_lake, "--json", sql), parse_constant=lambda name: pytest.fail(name))
+    assert rows == [["1 month 01:30:00", 2, ["3 days"], {"gap": "02:00:00", "ratio": None}, None]]
