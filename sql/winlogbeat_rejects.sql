@@ -28,7 +28,7 @@ SELECT
         WHEN octet_length(line) > {{ var('max_line_bytes') }}
             THEN 'line of ' || octet_length(line) || ' bytes is longer than max_line_bytes={{ var('max_line_bytes') }}'
         WHEN text IS NULL THEN 'not valid UTF-8'
-        WHEN trim(text, E' \t\r') = '' THEN 'empty message value'
+        WHEN trim(text, E' \t\r\n') = '' THEN 'empty message value'
         WHEN NOT json_valid(text) THEN 'malformed JSON'
         ELSE 'valid JSON but not an object: ' || json_type(text)
     END AS error,
@@ -42,4 +42,4 @@ SELECT
     left(coalesce(text, CAST(line AS VARCHAR)), 2048) AS raw_text,
     TIMESTAMP '{{ batch_time }}' AS ingested_at
 FROM decoded
-WHERE text IS NULL OR trim(text, E' \t\r') <> '' OR read_error IS NOT NULL{% if kafka %} OR kafka_topic IS NOT NULL{% endif %}
+WHERE text IS NULL OR trim(text, E' \t\r\n') <> '' OR read_error IS NOT NULL{% if kafka %} OR kafka_topic IS NOT NULL{% endif %}

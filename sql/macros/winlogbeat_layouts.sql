@@ -152,8 +152,9 @@ coalesce({{ values|join(', ') }})
 
 {#- The landed lines (source: a relation of line, line_bytes, source_file and the other landing columns) that are
     JSON objects, as flat text fields: source_name, "type", task, log_name, computer_name, event_id_text,
-    record_number_text and the sysmon_event_data names; layout (the layout's name); _extra_fields (every other
-    event_data field, name -> text); and the landed columns (source_file, source_line, source_offset, _seq, ...).
+    record_number_text and the sysmon_event_data names; layout (the layout's name); nul_errors (the fields made
+    NULL for a NUL character, as coercion errors); _extra_fields (every other event_data field, name -> text); and
+    the landed columns (source_file, source_line, source_offset, _seq, ...).
     Lines that are not JSON objects (or longer than max_line_bytes) are left out. -#}
 {% macro winlogbeat_fields(landed_lines) -%}
 {%- set first = winlogbeat_layouts[0] -%}
@@ -163,6 +164,10 @@ coalesce({{ values|join(', ') }})
     every name as the layouts write it, and those a layout's lines carry besides (EVTX's System.Execution ProcessID). -#}
 {%- set spellings = (keys_of(first.json) ~ keys_of(others)).split(',') -%}
 {%- for layout in winlogbeat_layouts %}{% set _ = spellings.extend(layout.get('spellings', [])) %}{% endfor -%}
+{#- The flat text fields (column -> the name a coercion error gives it). -#}
+{%- set text_fields = {"source_name": "source_name", "type": "type", "task": "task", "log_name": "log_name",
+                       "computer_name": "computer_name", "event_id_text": "event_id", "record_number_text": "record_number"} -%}
+{%- for field in sysmon_event_data %}{% set _ = text_fields.update({field: field}) %}{% endfor -%}
 {%- set event_data_paths = [] -%}
 {%- for layout in winlogbeat_layouts if layout.get('event_data') %}{% set _ = event_data_paths.append(layout.event_data.split('.')[1:]) %}{% endfor -%}
 {#- A JSON merge patch that deletes the names the STRUCT reads from an object (a name set to null is deleted). -#}
@@ -177,7 +182,9 @@ WITH landed AS (
 ), cased AS (
     -- Does a key spell a field name in another letter case? One regex scan, so exact-case lines parse once.
     -- (The regex is slow to render: it is rendered once per process, and not at all for the columns only.)
-    SELECT landed.*, {{ cached(has_other_case_key, 'text', spellings) if execute else 'false' }} AS other_case
+    -- JSON writes a NUL character as the escape \u0000 (a raw one is not JSON): a line without it holds none
+    SELECT landed.*, {{ cached(has_other_case_key, 'text', spellings) if execute else 'false' }} AS other_case,
+        contains(text, '\u0000') AS may_hold_nul
     FROM landed
 ), parsed AS MATERIALIZED (
     -- The first layout ({{ first.comment }}):
@@ -186,7 +193,7 @@ WITH landed AS (
     -- pushes it into a MATERIALIZED CTE too, unless the model disables cte_filter_pusher, as the stream does).
     SELECT cased.* EXCLUDE (line), {{ from_json_any_case('text', first.json, 'other_case') }} AS j6
     FROM cased
-    WHERE starts_with(ltrim(text, E' \t\r'), '{')
+    WHERE starts_with(ltrim(text, E' \t\r\n'), '{')
 ), reparsed AS (
     SELECT parsed.*, CASE WHEN NOT ({{ first.when }}) THEN {{ from_json_any_case('text', others, 'other_case') }} END AS j
     FROM parsed
@@ -215,6 +222,20 @@ WITH landed AS (
         {{ flat_field(field) }} AS "{{ field }}"{{ ',' if not loop.last }}
         {%- endfor %}
     FROM layouts
+), nul_free AS (
+    -- A field holding a NUL character (no Windows string does: it is damage) becomes NULL and is listed in
+    -- nul_errors with its value, each NUL written \u0000. DuckLake's file pruning cuts a filter constant at a
+    -- NUL, so one such process GUID made every later batch fail.
+    SELECT
+        mapped.* REPLACE (
+            {%- for field, name in text_fields.items() %}
+            CASE WHEN may_hold_nul AND contains("{{ field }}", chr(0)) THEN NULL ELSE "{{ field }}" END AS "{{ field }}"{{ ',' if not loop.last }}
+            {%- endfor %}),
+        CASE WHEN may_hold_nul THEN list_filter([
+            {%- for field, name in text_fields.items() %}
+            CASE WHEN contains("{{ field }}", chr(0)) THEN {'field': '{{ name }}', 'value': replace("{{ field }}", chr(0), '\u0000')} END{{ ',' if not loop.last }}
+            {%- endfor %}], lambda e: e IS NOT NULL) ELSE [] END AS nul_errors
+    FROM mapped
 ), extra_parts AS (
     -- What _extra_fields is built from: the event_data objects a line holds, as JSON text, one parse. A line
     -- that spells a key in another letter case finds them ignoring case, as the upper-cased parse does.
@@ -231,11 +252,11 @@ WITH landed AS (
              WHEN list_unique(extra_keys) < len(extra_keys)
              THEN list_zip(extra_keys, json_extract_string(extra_json, '$.*')) END AS extra_entries
     FROM (
-        SELECT mapped.*,
+        SELECT nul_free.*,
             CASE WHEN other_case
                  THEN [{% for names in event_data_paths %}json_extract(text, {{ path_ignoring_case('text', names) }}){{ ', ' if not loop.last }}{% endfor %}]
                  ELSE json_extract(text, [{% for names in event_data_paths %}'$.{{ names|join('.') }}'{{ ', ' if not loop.last }}{% endfor %}]) END AS objects
-        FROM mapped
+        FROM nul_free
     ) AS with_objects
 ), extra AS (
     SELECT

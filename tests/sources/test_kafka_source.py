@@ -164,6 +164,17 @@ def test_a_message_that_is_not_json_is_a_reject_naming_topic_partition_and_offse
     assert lake_rows(settings, "SELECT count(*) FROM sysmon_join") == [(1,)]
 
 
+def test_a_value_wrapped_in_json_whitespace_newlines_included_is_parsed(tmp_path: Path, kafka_broker: Broker) -> None:
+    """A file's line never starts with a newline; a message's value may (JSON allows it around the object)."""
+    topic = kafka_broker.create_topic(partitions=1)
+    create, connect = (json.dumps(event).encode() for event in (process_create("{A}"), network_connect("{A}")))
+    kafka_broker.produce(topic, [b"\n" + create, b"\r\n\t" + connect + b"\n", b" \n\r\n"])
+    settings = kafka_settings(tmp_path, kafka_broker, topic)
+    SysmonPipeline(settings).run_batch(batch_time=T0)
+    assert lake_rows(settings, "SELECT source_offset, error FROM winlogbeat_rejects") == [(2, "empty message value")]
+    assert lake_rows(settings, "SELECT count(*) FROM sysmon_join") == [(1,)]
+
+
 def test_sigkill_mid_batch_and_between_batches_neither_loses_nor_repeats_a_message(
     tmp_path: Path, kafka_broker: Broker
 ) -> None:

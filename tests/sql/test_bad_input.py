@@ -6,6 +6,7 @@ import gzip
 import json
 import tempfile
 import zlib
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from sysmon_assets.definitions import build_definitions
 from sysmon_assets.settings import Settings
 from sysmon_assets.sources.landing_folder import LandingError
 from sysmon_assets.storage.lake import LakeError
-from tests.conftest import Lake, network_connect, process_create
+from tests.conftest import T0, Lake, network_connect, process_create
 
 
 def test_an_over_long_line_is_rejected_and_the_rest_lands(tmp_path: Path) -> None:
@@ -89,6 +90,33 @@ def test_fields_that_do_not_coerce_are_counted_by_a_warning_check(lake: Lake) ->
     parse = checks["winlogbeat_stream_rekey__expression_is_true_event_date_creation"]
     assert (parse.passed, parse.metadata["failing_rows"].value) == (False, 1)
     assert lake.count("sysmon_join") == 1
+
+
+def test_a_field_holding_a_nul_character_becomes_null_is_recorded_and_stops_no_batch(lake: Lake) -> None:
+    """JSON's \\u0000: no Windows string holds one. DuckLake's file pruning cuts a filter constant at a NUL, so one
+    such process GUID made every later batch fail."""
+    lake.land(
+        [
+            process_create("{A\u0000}"),
+            process_create("{B}", command_line="cmd /c\u0000x"),
+            network_connect("{B}", computer="\u0000host"),
+        ]
+    )
+    lake.batch()
+    lake.land([process_create("{C}"), network_connect("{C}")])
+    lake.batch(T0 + timedelta(minutes=1))
+    assert lake.rows(
+        "SELECT event_data.ProcessGuid, event_data.CommandLine, computer_name, _coercion_errors "
+        "FROM winlogbeat_stream ORDER BY _seq LIMIT 3"
+    ) == [
+        (None, "cmd.exe /c whoami", "HOST1.corp", [{"field": "ProcessGuid", "value": "{A\\u0000}"}]),
+        ("{B}", None, "HOST1.corp", [{"field": "CommandLine", "value": "cmd /c\\u0000x"}]),
+        ("{B}", None, None, [{"field": "computer_name", "value": "\\u0000host"}]),
+    ]
+    assert lake.rows("SELECT process_guid, process_command_line FROM sysmon_join ORDER BY _seq") == [
+        ("{B}", None),
+        ("{C}", "cmd.exe /c whoami"),
+    ]
 
 
 # --- property: every landed line is in the stream, in the rejects, or blank; good lines are recoverable
