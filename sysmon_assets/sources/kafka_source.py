@@ -24,7 +24,16 @@ from typing import Any, NamedTuple
 import duckdb
 import numpy as np
 import pyarrow as pa
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicCollection,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
 
 from dbt_like.sql import literal, literals
 from sysmon_assets.settings import Settings
@@ -41,12 +50,15 @@ IDLE_TIMEOUT_SECONDS = 30.0
 STATE_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS ingest;
 CREATE TABLE IF NOT EXISTS {OFFSETS_TABLE} (
-    topic VARCHAR, "partition" INTEGER, next_offset BIGINT, updated_at TIMESTAMP);
+    topic VARCHAR, "partition" INTEGER, next_offset BIGINT, updated_at TIMESTAMP, topic_id VARCHAR);
+ALTER TABLE {OFFSETS_TABLE} ADD COLUMN IF NOT EXISTS topic_id VARCHAR;  -- a lake from before topic ids were kept
 CREATE TABLE IF NOT EXISTS {EVENTS_TABLE} (
     detected_at TIMESTAMP, path VARCHAR, file_key VARCHAR, event VARCHAR, detail VARCHAR);
 """
 
 ConsumerFactory = Callable[[dict[str, Any]], Consumer]
+# The id a broker without topic ids (Kafka before 2.8) gives every topic, as confluent_kafka prints it.
+NO_TOPIC_ID = "AAAAAAAAAAAAAAAAAAAAAA"
 
 
 class KafkaSourceError(RuntimeError):
@@ -104,6 +116,19 @@ def topic_partitions(consumer: Consumer, settings: Settings, topic: str) -> list
     return wanted
 
 
+def topic_id(settings: Settings, topic: str) -> str | None:
+    """``topic``'s id: a topic deleted and created again under its name gets a new one (Kafka 2.8 and later).
+    None when the broker has none, or does not say: a recreated topic is then told by its offsets alone."""
+    admin = AdminClient(settings.kafka_client_config())
+    try:
+        described = admin.describe_topics(TopicCollection([topic]))[topic].result(timeout=15)
+    except KafkaException as error:
+        LOG.warning("cannot read the id of topic %s (%s): a recreated topic is told by its offsets alone", topic, error)
+        return None
+    found = None if described.topic_id is None else str(described.topic_id)
+    return None if found == NO_TOPIC_ID else found
+
+
 def _headers_json(message: Message) -> str | None:
     headers = message.headers()
     if not headers:
@@ -133,23 +158,42 @@ class KafkaReader:
         self.idle_timeout = idle_timeout
         self.consumer = consumer_factory(consumer_config(settings))
         self.partitions: list[PartitionProgress] = []
+        self.topic_id: str | None = None
 
     def plan(self, first_batch_ever: bool) -> list[PartitionProgress]:
         """Decide, per partition, where this batch starts: the offset stored in the lake or, for a partition
-        never read, the earliest offset (``latest`` on the very first batch: the end of the partition)."""
+        never read, the earliest offset (``latest`` on the very first batch: the end of the partition); for a
+        topic recreated since the offsets were stored (its id changed), its earliest offset, recorded."""
         self.con.execute(STATE_DDL)
-        stored = dict(
-            self.con.execute(
-                f'SELECT "partition", next_offset FROM {OFFSETS_TABLE} WHERE topic = {literal(self.topic)}'
+        stored = {
+            partition: (offset, stored_id)
+            for partition, offset, stored_id in self.con.execute(
+                f'SELECT "partition", next_offset, topic_id FROM {OFFSETS_TABLE} WHERE topic = {literal(self.topic)}'
             ).fetchall()
-        )
+        }
+        partitions = list(filter(self.owns, topic_partitions(self.consumer, self.settings, self.topic)))
+        self.topic_id = topic_id(self.settings, self.topic)
         self.partitions = []
-        for partition in filter(self.owns, topic_partitions(self.consumer, self.settings, self.topic)):
-            position = stored.get(partition)
-            if position is None and first_batch_ever and self.settings.offset_reset == "latest":
-                position = self._end_offset(partition)
-            self.partitions.append(PartitionProgress(partition, position, committed=stored.get(partition)))
+        for partition in partitions:
+            committed, stored_id = stored.get(partition, (None, None))
+            progress = PartitionProgress(partition, committed, committed=committed)
+            if committed is None and first_batch_ever and self.settings.offset_reset == "latest":
+                progress.position = self._end_offset(partition)
+            elif committed is not None and None not in (stored_id, self.topic_id) and stored_id != self.topic_id:
+                self._restart_recreated(progress, stored_id)
+            self.partitions.append(progress)
         return self.partitions
+
+    def _restart_recreated(self, progress: PartitionProgress, stored_id: str | None) -> None:
+        """The topic was deleted and created again since ``progress.committed`` was stored: read the new topic's
+        partition from its earliest offset (the stored offset may lie inside it, past messages never read)."""
+        progress.position, _ = self._watermarks(progress.partition)
+        detail = (
+            f"the topic was recreated (id {self.topic_id}, was {stored_id}): read from its earliest offset "
+            f"{progress.position}, not the stored next offset {progress.committed}"
+        )
+        LOG.warning("%s/%s: %s", self.topic, progress.partition, detail)
+        progress.notes.append(("offsets_reset", detail))
 
     def _watermarks(self, partition: int) -> tuple[int, int]:
         try:
@@ -297,8 +341,8 @@ class KafkaReader:
                 f'AND "partition" = {literal(progress.partition)}'
             )
             con.execute(
-                f"INSERT INTO {OFFSETS_TABLE} VALUES "
-                f"({literals(self.topic, progress.partition, progress.position)}, now())"
+                f'INSERT INTO {OFFSETS_TABLE} (topic, "partition", next_offset, updated_at, topic_id) VALUES '
+                f"({literals(self.topic, progress.partition, progress.position)}, now(), {literal(self.topic_id)})"
             )
             for event, detail in progress.notes[progress.notes_recorded :]:
                 where = f"kafka:{self.topic}/{progress.partition}"

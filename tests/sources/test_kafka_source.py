@@ -286,6 +286,27 @@ def test_a_failed_batch_commits_to_the_group_only_what_the_lake_holds(
     assert consumer_lag(settings)[0].lag == 0
 
 
+def test_a_topic_recreated_since_the_last_batch_is_recorded_and_read_from_its_start(
+    tmp_path: Path, kafka_broker: Broker
+) -> None:
+    """The new topic holds more messages than the old one did: by offsets alone, its first ones would be skipped."""
+    topic = kafka_broker.create_topic(partitions=1)
+    kafka_broker.produce(topic, [process_create(f"{{OLD{i}}}") for i in range(3)], partition=0)
+    settings = kafka_settings(tmp_path, kafka_broker, topic)
+    SysmonPipeline(settings).run_batch(batch_time=T0)
+    kafka_broker.recreate_topic(topic)
+    kafka_broker.produce(topic, [process_create(f"{{NEW{i}}}") for i in range(5)], partition=0)
+    SysmonPipeline(settings).run_batch(batch_time=T0)
+    assert lake_rows(
+        settings, "SELECT _batch_id, _kafka.offset, event_data.ProcessGuid FROM winlogbeat_stream ORDER BY _seq"
+    ) == [(1, i, f"{{OLD{i}}}") for i in range(3)] + [(2, i, f"{{NEW{i}}}") for i in range(5)]
+    ((event, detail),) = lake_rows(settings, "SELECT event, detail FROM ingest.file_events")
+    assert event == "offsets_reset"
+    assert detail.startswith("the topic was recreated (id ")
+    assert detail.endswith("read from its earliest offset 0, not the stored next offset 3")
+    assert stored_offsets(settings) == [(0, 5)]
+
+
 def test_a_stored_offset_past_the_partitions_end_is_recorded_and_the_partition_read_again(
     tmp_path: Path, kafka_broker: Broker
 ) -> None:
