@@ -14,6 +14,7 @@ partition, offset, timestamp, key and headers.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -129,12 +130,22 @@ def topic_id(settings: Settings, topic: str) -> str | None:
     return None if found == NO_TOPIC_ID else found
 
 
+def _header_value(value: bytes | None) -> str | dict[str, str] | None:
+    """A header's value as JSON holds it: its text when it is UTF-8, else ``{"base64": ...}`` (escaping its bytes
+    in the text would make them look like a value that spells the escape)."""
+    if value is None:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(value).decode("ascii")}
+
+
 def _headers_json(message: Message) -> str | None:
     headers = message.headers()
     if not headers:
         return None
-    decoded = [[key, None if value is None else value.decode("utf-8", "backslashreplace")] for key, value in headers]
-    return json.dumps(decoded)
+    return json.dumps([[key, _header_value(value)] for key, value in headers])
 
 
 class KafkaReader:

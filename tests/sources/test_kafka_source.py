@@ -146,7 +146,7 @@ def test_a_message_that_is_not_json_is_a_reject_naming_topic_partition_and_offse
         topic,
         [process_create("{A}"), b"not json", None, b"[1, 2]", network_connect("{A}")],
         key=b"HOST1.corp",
-        headers=[("origin", b"winlogbeat-7"), ("raw", b"\xff")],
+        headers=[("origin", b"winlogbeat-7"), ("raw", b"\xff"), ("text", b"\\xff")],
     )
     settings = kafka_settings(tmp_path, kafka_broker, topic)
     SysmonPipeline(settings).run_batch(batch_time=T0)
@@ -160,7 +160,8 @@ def test_a_message_that_is_not_json_is_a_reject_naming_topic_partition_and_offse
         ({"topic": topic, "partition": 0, "offset": 3}, f"kafka:{topic}/0", 3, "valid JSON but not an object: ARRAY"),
     ]
     kept = lake_rows(settings, "SELECT _kafka.key, _kafka.headers, _kafka.timestamp IS NOT NULL FROM winlogbeat_stream")
-    assert kept == [(b"HOST1.corp", '[["origin", "winlogbeat-7"], ["raw", "\\\\xff"]]', True)] * 2
+    headers = [["origin", "winlogbeat-7"], ["raw", {"base64": "/w=="}], ["text", "\\xff"]]
+    assert kept == [(b"HOST1.corp", json.dumps(headers), True)] * 2
     assert lake_rows(settings, "SELECT count(*) FROM sysmon_join") == [(1,)]
 
 
