@@ -55,7 +55,7 @@ SELECT
     } AS event_data,
     {{ ksql_integer('event_id_text') }} AS event_id,
     _extra_fields,
-    TRY_CAST(record_number_text AS BIGINT) AS _record_number,
+    {{ ksql_integer('record_number_text', 'BIGINT') }} AS _record_number,
     layout AS _layout,
     nul_errors || list_filter([
         {{ ksql_integer_error('event_id', 'event_id_text') }},
@@ -63,7 +63,9 @@ SELECT
         {{ ksql_integer_error('TerminalSessionId', '"TerminalSessionId"') }},
         {{ ksql_integer_error('ParentProcessId', '"ParentProcessId"') }},
         {{ ksql_integer_error('SourcePort', '"SourcePort"') }},
-        {{ ksql_integer_error('DestinationPort', '"DestinationPort"') }}
+        {{ ksql_integer_error('DestinationPort', '"DestinationPort"') }},
+        -- a record number that is not an integer must not name another event's delivery (TRY_CAST made 12.5 13)
+        {{ ksql_integer_error('record_number', 'record_number_text', 'BIGINT') }}
     ], lambda e: e IS NOT NULL) AS _coercion_errors,
     source_file AS _source_file,
     source_line AS _source_line,

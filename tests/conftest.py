@@ -48,7 +48,7 @@ def sysmon_event(
     utc_time: str = "2026-11-01 10:00:00.123",
     *,
     computer: str = "HOST1.corp",
-    record: int | None = None,
+    record: int | str | None = None,
     provider: str = SYSMON,
     **event_data: Any,
 ) -> dict[str, Any]:

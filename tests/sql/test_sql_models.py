@@ -117,6 +117,31 @@ def test_an_event_id_that_is_not_an_integer_is_not_a_network_connect(lake: Lake)
     assert lake.count("sysmon_network_connect") == lake.count("sysmon_join") == 0
 
 
+def test_a_record_number_that_is_not_an_integer_names_no_other_events_delivery(lake: Lake) -> None:
+    """TRY_CAST read "12.5" as 13: the next event of the host's channel then looked like its redelivery."""
+    lake.land(
+        [
+            process_create("{G}"),
+            network_connect("{G}", "10.0.0.1", record="12.5"),
+            network_connect("{G}", "10.0.0.2", record=13),
+            network_connect("{G}", "10.0.0.3", record="n/a"),
+        ]
+    )
+    lake.batch()
+    assert lake.rows(
+        "SELECT _record_number, _coercion_errors FROM winlogbeat_stream WHERE event_id = 3 ORDER BY _seq"
+    ) == [
+        (None, [{"field": "record_number", "value": "12.5"}]),
+        (13, []),
+        (None, [{"field": "record_number", "value": "n/a"}]),
+    ]
+    assert lake.rows("SELECT dst_ip_addr FROM sysmon_join ORDER BY _seq") == [
+        ("10.0.0.1",),
+        ("10.0.0.2",),
+        ("10.0.0.3",),
+    ]
+
+
 def test_rekey_parses_utctime_as_utc_and_canonicalizes_the_guid(loaded: Lake) -> None:
     assert loaded.rows("SELECT event_date_creation, process_guid FROM winlogbeat_stream_rekey ORDER BY _seq") == [
         (datetime(2026, 11, 1, 10, 0, 0, 123000), "{AAAA-1}"),
