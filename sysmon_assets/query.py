@@ -16,6 +16,7 @@ from typing import Any
 
 import duckdb
 
+from sysmon_assets.settings import SettingsError
 from sysmon_assets.storage import lake
 
 
@@ -25,7 +26,7 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(_json_value(key)): _json_value(item) for key, item in value.items()}
+        return {_key_text(key): _json_value(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_json_value(item) for item in value]
     if isinstance(value, bytes):
@@ -51,6 +52,12 @@ def _intervals_as_text(relation: duckdb.DuckDBPyRelation) -> tuple[duckdb.DuckDB
     if all(column.startswith("#") for column in columns):
         return relation, []
     return relation.project(", ".join(columns)), nested
+
+
+def _key_text(key: Any) -> str:
+    """A MAP key as JSON object keys must be: text, a boolean as JSON writes it (``true``, not Python's ``True``)."""
+    value = _json_value(key)
+    return value if isinstance(value, str) else json.dumps(value, allow_nan=False)
 
 
 def rows_as_json(rows: list[tuple], json_columns: list[int] | None = None) -> str:
@@ -91,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
             print(rows_as_json(relation.fetchall(), json_columns))
         else:
             relation.show(max_width=args.max_width)
-    except (lake.LakeError, duckdb.Error) as error:
+    except (SettingsError, lake.LakeError, duckdb.Error) as error:
         sys.exit(f"query failed: {error}")
 
 

@@ -81,6 +81,12 @@ def _catalog(value: str | None) -> str | None:
     return None if value is None or value.startswith(CATALOG_KINDS) else "expected sqlite:PATH or postgres:CONNECTION"
 
 
+def _data_path(value: str | None) -> str | None:
+    # without a bucket, DuckDB took the lake's first schema name for one, at the first file a batch wrote
+    bucket = value[len("s3://") :].split("/", 1)[0] if value and value.lower().startswith("s3://") else "-"
+    return None if bucket else "expected s3://BUCKET/PATH: no bucket named"
+
+
 def setting(
     default: Any,
     env: str,
@@ -127,6 +133,7 @@ class Settings:
         "SYSMON_LAKE_DATA_PATH",
         "where the lake's Parquet files go, `s3://...` included (with the standard `AWS_*` variables)",
         shown="`$SYSMON_DATA_DIR/lake_files/`",
+        check=_data_path,
     )
     offset_reset: str = setting(
         "earliest",

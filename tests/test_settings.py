@@ -79,6 +79,8 @@ def test_bad_values_name_the_variable(variable: str, value: str) -> None:
         ("SYSMON_DUCKDB_MEMORY_LIMIT", "80%"),
         ("SYSMON_DUCKDB_MEMORY_LIMIT", "1e30GB"),  # overflows to 0 bytes in DuckDB: no query could run
         ("SYSMON_LAKE_CATALOG", "mysql:lake"),
+        ("SYSMON_LAKE_DATA_PATH", "s3://"),
+        ("SYSMON_LAKE_DATA_PATH", "s3:///lake/"),
         ("SYSMON_SNAPSHOT_RETENTION_DAYS", "0"),
         ("SYSMON_EVENT_RETENTION_DAYS", "-1"),
         ("SYSMON_KAFKA_MAX_BYTES", "0"),

@@ -158,9 +158,12 @@ def test_the_query_command_prints_json_rows(sample_lake: Lake) -> None:
 
 
 def test_the_query_command_prints_strict_json_for_values_json_has_no_literal_for(sample_lake: Lake) -> None:
-    sql = "SELECT 'nan'::DOUBLE, '-inf'::DOUBLE, MAP([DATE '2026-11-30'], [1]), '\\x00AB'::BLOB, [1.5, 'inf'::DOUBLE]"
+    sql = (
+        "SELECT 'nan'::DOUBLE, '-inf'::DOUBLE, MAP([DATE '2026-11-30'], [1]), '\\x00AB'::BLOB, [1.5, 'inf'::DOUBLE], "
+        "MAP([true, false], [1, 0])"
+    )
     strict = json.loads(query_command(sample_lake, "--json", sql), parse_constant=lambda name: pytest.fail(name))
-    assert strict == [[None, None, {"2026-11-30": 1}, "\\x00AB", [1.5, None]]]
+    assert strict == [[None, None, {"2026-11-30": 1}, "\\x00AB", [1.5, None], {"true": 1, "false": 0}]]
 
 
 def test_a_query_that_fails_as_its_rows_are_read_is_reported_without_a_traceback(sample_lake: Lake) -> None:
@@ -181,6 +184,21 @@ def test_a_query_that_fails_as_its_rows_are_read_is_reported_without_a_traceback
         )
         assert failed.returncode == 1
         assert failed.stderr.startswith("query failed: Conversion Error") and "Traceback" not in failed.stderr
+
+
+def test_a_bad_setting_is_reported_without_a_traceback(sample_lake: Lake) -> None:
+    env = {**os.environ, "SYSMON_DATA_DIR": str(sample_lake.data), "SYSMON_JOIN_GRACE_MINUTES": "nan"}
+    failed = subprocess.run(
+        [sys.executable, "-m", "sysmon_assets.query", "--json", "SELECT 1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert failed.returncode == 1
+    assert (
+        failed.stderr.startswith("query failed: SYSMON_JOIN_GRACE_MINUTES='nan'") and "Traceback" not in failed.stderr
+    )
 
 
 def test_a_sql_file_that_does_not_exist_is_named_in_the_error(sample_lake: Lake) -> None:
