@@ -4,7 +4,7 @@
 -- Winlogbeat 6.x (the recipe's), 7.x/8.x (winlog.*), 7.x/8.x with the Sysmon module (Elastic ECS), or an
 -- EVTX record (landed as {"evtx": <the record's Event object>}). Field names match whatever their letter case,
 -- as KSQL's JSON deserializer matches them. A field that does not coerce, or that holds a NUL character,
--- becomes NULL and is listed in _coercion_errors; the row is kept. Lines that are not JSON objects (or longer than
+-- becomes NULL and is listed in _coercion_errors, as is a UtcTime that will not parse; the row is kept. Lines that are not JSON objects (or longer than
 -- max_line_bytes) go to winlogbeat_rejects. Columns starting with _ are metadata; _extra_fields keeps every other
 -- event_data field (name -> text), _kafka holds the message's topic, partition, offset, timestamp, key and headers
 -- when the source is Kafka (var('source') = 'kafka').
@@ -65,7 +65,9 @@ SELECT
         {{ ksql_integer_error('SourcePort', '"SourcePort"') }},
         {{ ksql_integer_error('DestinationPort', '"DestinationPort"') }},
         -- a record number that is not an integer must not name another event's delivery (TRY_CAST made 12.5 13)
-        {{ ksql_integer_error('record_number', 'record_number_text', 'BIGINT') }}
+        {{ ksql_integer_error('record_number', 'record_number_text', 'BIGINT') }},
+        -- the stream keeps UtcTime's text; the rekey's event_date_creation is NULL for it
+        {{ utc_time_error('"UtcTime"') }}
     ], lambda e: e IS NOT NULL) AS _coercion_errors,
     source_file AS _source_file,
     source_line AS _source_line,

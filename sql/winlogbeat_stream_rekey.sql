@@ -6,9 +6,9 @@
 -- Winlogbeat delivers at least once: a redelivered event (same computer, channel, record number) is kept once,
 -- its first delivery (dedupe_key: within the batch and across batches).
 {{ config(materialized='stream', dedupe_key='_computer_name, log_name, _record_number') }}
-{#- canonical_guid: macros/canonical_guid.sql. -#}
+{#- canonical_guid: macros/canonical_guid.sql; utc_time: macros/utc_time.sql. -#}
 SELECT
-    try_strptime(s.event_data.UtcTime, '%Y-%m-%d %H:%M:%S.%g') AS event_date_creation,
+    {{ utc_time('s.event_data.UtcTime') }} AS event_date_creation,
     {{ canonical_guid('s.event_data.ProcessGuid') }} AS process_guid,
     s.event_data.ProcessId AS process_id,
     s.event_data.Image AS process_path,

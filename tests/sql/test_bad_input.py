@@ -86,10 +86,14 @@ def test_fields_that_do_not_coerce_are_counted_by_a_warning_check(lake: Lake) ->
     result = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch").execute_in_process()
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     coercion = checks["winlogbeat_stream__expression_is_true__coercion_errors"]
-    assert (coercion.passed, coercion.metadata["failing_rows"].value, coercion.severity.value) == (False, 1, "WARN")
+    assert (coercion.passed, coercion.metadata["failing_rows"].value, coercion.severity.value) == (False, 2, "WARN")
     parse = checks["winlogbeat_stream_rekey__expression_is_true_event_date_creation"]
     assert (parse.passed, parse.metadata["failing_rows"].value) == (False, 1)
-    assert lake.count("sysmon_join") == 1
+    assert lake.rows("SELECT _coercion_errors FROM winlogbeat_stream ORDER BY _seq") == [
+        ([{"field": "ProcessId", "value": "12abc"}],),
+        ([{"field": "UtcTime", "value": "soon"}],),
+    ]
+    assert lake.rows("SELECT event_date_creation, process_id FROM sysmon_join") == [(None, 4242)]
 
 
 def test_a_field_holding_a_nul_character_becomes_null_is_recorded_and_stops_no_batch(lake: Lake) -> None:
