@@ -196,6 +196,9 @@ class SysmonDuckDBBackend(DuckDBBackend):
       a ``not`` is ``NOT coalesce(..., false)``;
     - numbers and booleans were compared to text columns with casts that fail on a value such as ``-``: a number
       compares ``TRY_CAST(field AS DOUBLE)``, a boolean the text ``true``/``false`` ignoring case;
+    - ``|fieldref`` compared the two fields case-sensitively, and with ``|startswith``, ``|endswith`` or
+      ``|contains`` read ``%`` and ``_`` in the other field's value as LIKE wildcards: it now matches that value
+      literally and ignoring case, as a value;
     - field names are always quoted (``User`` is a keyword), and the condition is returned bare, without the
       backend's ``SELECT * FROM logs WHERE``.
 
@@ -208,7 +211,17 @@ class SysmonDuckDBBackend(DuckDBBackend):
 
     field_quote_pattern: ClassVar[re.Pattern | None] = None  # None: always quote
     field_escape: ClassVar[str | None] = '"'  # a quote inside a name is doubled
-    field_equals_field_expression: ClassVar[str] = "coalesce({field1} = {field2}, false)"
+    # |fieldref: the other field's value matched literally and ignoring case, as a value is
+    field_equals_field_expression: ClassVar[str] = "coalesce(lower({field1}) = lower({field2}), false)"
+    field_equals_field_startswith_expression: ClassVar[str] = (
+        "coalesce(starts_with(lower({field1}), lower({field2})), false)"
+    )
+    field_equals_field_endswith_expression: ClassVar[str] = (
+        "coalesce(ends_with(lower({field1}), lower({field2})), false)"
+    )
+    field_equals_field_contains_expression: ClassVar[str] = (
+        "coalesce(contains(lower({field1}), lower({field2})), false)"
+    )
 
     # a list of this many values of one field (or more) is one regular expression
     alternation_min: ClassVar[int] = 8

@@ -202,8 +202,22 @@ PROCESS_CASES = [
         1,
         {"sel": {"ParentImage|fieldref": "Image"}},
         "sel",
-        [{"Image": "C:\\x\\same.exe", "ParentImage": "C:\\x\\same.exe"}],
+        [
+            {"Image": "C:\\x\\same.exe", "ParentImage": "C:\\x\\same.exe"},
+            {"Image": "C:\\Windows\\System32\\cmd.exe", "ParentImage": "C:\\Windows\\system32\\cmd.exe"},
+        ],
         [{"Image": "C:\\x\\same.exe", "ParentImage": "C:\\x\\other.exe"}],
+    ),
+    Case(
+        "fieldref_endswith",
+        1,
+        {"sel": {"Image|fieldref|endswith": "ParentImage"}},
+        "sel",
+        [{"Image": "C:\\X\\MY_TOOL.EXE", "ParentImage": "my_tool.exe"}],
+        [
+            {"Image": "C:\\x\\myXtool.exe", "ParentImage": "my_tool.exe"},
+            {"Image": "C:\\x\\run.exe", "ParentImage": "%"},
+        ],
     ),
     Case(
         "not_of_a_missing_field",
