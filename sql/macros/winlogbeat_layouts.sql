@@ -96,7 +96,7 @@
         "only_when_detected": true,
         "fields": {
             "event_id": 'j."event".code',
-            "UtcTime": "strftime(coalesce(try_strptime(j.\"@timestamp\", '%Y-%m-%dT%H:%M:%S.%fZ'), try_strptime(j.\"@timestamp\", '%Y-%m-%dT%H:%M:%SZ')), '%Y-%m-%d %H:%M:%S.%g')",
+            "UtcTime": "strftime(CASE WHEN regexp_matches(j.\"@timestamp\", '(Z|[+-][0-9][0-9](:?[0-9][0-9])?)$') THEN TRY_CAST(j.\"@timestamp\" AS TIMESTAMPTZ) AT TIME ZONE 'UTC' END, '%Y-%m-%d %H:%M:%S.%g')",
             "ProcessGuid": 'j."process".entity_id',
             "ProcessId": 'j."process".pid',
             "Image": 'j."process".executable',

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -177,6 +178,29 @@ def test_winlogbeat8_string_event_id_and_record_id_are_typed(tmp_path: Path) -> 
     assert lake.rows("SELECT event_id, _record_number, event_data.DestinationPort FROM winlogbeat_stream") == [
         (3, 11, 443)
     ]
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "parsed"),
+    [
+        ("2026-11-01T10:00:00.123Z", datetime(2026, 11, 1, 10, 0, 0, 123000)),
+        ("2026-11-01T10:00:00Z", datetime(2026, 11, 1, 10, 0, 0)),
+        ("2026-11-01T10:00:00.123456789Z", datetime(2026, 11, 1, 10, 0, 0, 123000)),  # nanoseconds
+        ("2026-11-01T11:00:00.123+01:00", datetime(2026, 11, 1, 10, 0, 0, 123000)),
+        ("2026-11-01T05:00:00.123-0500", datetime(2026, 11, 1, 10, 0, 0, 123000)),
+        ("2026-11-01T10:00:00.123", None),  # no zone: not guessed
+        ("soon", None),
+    ],
+)
+def test_an_ecs_timestamp_in_any_iso_8601_form_with_a_zone_is_utc_time(
+    tmp_path: Path, timestamp: str, parsed: datetime | None
+) -> None:
+    lake = Lake(tmp_path)
+    event = to_ecs(events()[1])
+    event["@timestamp"] = timestamp
+    lake.land([event])
+    lake.batch()
+    assert lake.rows("SELECT event_date_creation FROM winlogbeat_stream_rekey") == [(parsed,)]
 
 
 def test_evtx_event_id_with_qualifiers(tmp_path: Path) -> None:
