@@ -57,7 +57,7 @@ SELECT
     _extra_fields,
     {{ ksql_integer('record_number_text', 'BIGINT') }} AS _record_number,
     layout AS _layout,
-    nul_errors || list_filter([
+    field_errors || list_filter([
         {{ ksql_integer_error('event_id', 'event_id_text') }},
         {{ ksql_integer_error('ProcessId', '"ProcessId"') }},
         {{ ksql_integer_error('TerminalSessionId', '"TerminalSessionId"') }},

@@ -152,8 +152,8 @@ coalesce({{ values|join(', ') }})
 
 {#- The landed lines (source: a relation of line, line_bytes, source_file and the other landing columns) that are
     JSON objects, as flat text fields: source_name, "type", task, log_name, computer_name, event_id_text,
-    record_number_text and the sysmon_event_data names; layout (the layout's name); nul_errors (the fields made
-    NULL for a NUL character, as coercion errors); _extra_fields (every other event_data field, name -> text); and
+    record_number_text and the sysmon_event_data names; layout (the layout's name); field_errors (as coercion
+    errors: the fields made NULL for a NUL character, an event_data that is not an object); _extra_fields (every other event_data field, name -> text); and
     the landed columns (source_file, source_line, source_offset, _seq, ...).
     Lines that are not JSON objects (or longer than max_line_bytes) are left out. -#}
 {% macro winlogbeat_fields(landed_lines) -%}
@@ -271,7 +271,10 @@ WITH landed AS (
     FROM extra_parts
 )
 SELECT
-    extra.*,
+    extra.* EXCLUDE (nul_errors),
+    -- an event_data that is not an object (a string, a list) fills no field: listed, as a value that does not coerce
+    nul_errors || [{'field': 'event_data', 'value': CAST(o AS VARCHAR)} FOR o IN objects IF CAST(o AS VARCHAR) <> 'null' AND NOT starts_with(o, '{')]
+        AS field_errors,
     -- a layout's fields that have a Sysmon name the STRUCT does not declare go back under that name (an
     -- event_data entry of the same name wins)
     CASE

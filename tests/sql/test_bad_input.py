@@ -123,6 +123,19 @@ def test_a_field_holding_a_nul_character_becomes_null_is_recorded_and_stops_no_b
     ]
 
 
+def test_an_event_data_that_is_not_an_object_is_a_coercion_error_and_the_event_flows_on(lake: Lake) -> None:
+    create, connect = process_create("{A}"), network_connect("{A}")
+    connect["event_data"] = "DestinationPort=443"
+    lake.land([create, connect])
+    lake.batch()
+    assert lake.rows("SELECT event_id, _coercion_errors FROM winlogbeat_stream ORDER BY _seq") == [
+        (1, []),
+        (3, [{"field": "event_data", "value": '"DestinationPort=443"'}]),
+    ]
+    # it is a NetworkConnect still, whose process is unknown (its GUID was in the event_data)
+    assert lake.rows("SELECT event_id, process_guid FROM sysmon_network_connect") == [(3, None)]
+
+
 # --- property: every landed line is in the stream, in the rejects, or blank; good lines are recoverable
 
 GOOD_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\n"), max_size=40)
