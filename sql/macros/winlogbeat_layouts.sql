@@ -273,8 +273,10 @@ WITH landed AS (
 SELECT
     extra.* EXCLUDE (nul_errors),
     -- an event_data that is not an object (a string, a list) fills no field: listed, as a value that does not coerce
-    nul_errors || [{'field': 'event_data', 'value': CAST(o AS VARCHAR)} FOR o IN objects IF CAST(o AS VARCHAR) <> 'null' AND NOT starts_with(o, '{')]
-        AS field_errors,
+    -- (extra_json is set only on a line whose one event_data is an object: nearly every line, not looked at again)
+    CASE WHEN extra_json IS NULL
+         THEN nul_errors || [{'field': 'event_data', 'value': CAST(o AS VARCHAR)} FOR o IN objects IF CAST(o AS VARCHAR) <> 'null' AND NOT starts_with(o, '{')]
+         ELSE nul_errors END AS field_errors,
     -- a layout's fields that have a Sysmon name the STRUCT does not declare go back under that name (an
     -- event_data entry of the same name wins)
     CASE
