@@ -153,8 +153,9 @@ coalesce({{ values|join(', ') }})
 {#- The landed lines (source: a relation of line, line_bytes, source_file and the other landing columns) that are
     JSON objects, as flat text fields: source_name, "type", task, log_name, computer_name, event_id_text,
     record_number_text and the sysmon_event_data names; layout (the layout's name); field_errors (as coercion
-    errors: the fields made NULL for a NUL character, an event_data that is not an object); _extra_fields (every other event_data field, name -> text); and
-    the landed columns (source_file, source_line, source_offset, _seq, ...).
+    errors: the fields made NULL for a NUL character, an event_data that is not an object); _extra_fields (every
+    other event_data field, name -> text); and the landed columns (source_file, source_line, source_offset, _seq,
+    ...).
     Lines that are not JSON objects (or longer than max_line_bytes) are left out. -#}
 {% macro winlogbeat_fields(landed_lines) -%}
 {%- set first = winlogbeat_layouts[0] -%}
