@@ -3,9 +3,7 @@
 {% macro utc_time(text) -%}
 try_strptime({{ text }}, '%Y-%m-%d %H:%M:%S.%g')
 {%- endmacro %}
-{#- A coercion error of UtcTime: {'field': 'UtcTime', 'value': text} when the text is not blank and does not
-    parse, else NULL. -#}
+{#- The coercion error of a UtcTime that does not parse (coercion_error: macros/ksql_integer.sql). -#}
 {% macro utc_time_error(text) -%}
-CASE WHEN {{ utc_time(text) }} IS NULL AND nullif(trim({{ text }}), '') IS NOT NULL
-             THEN {'field': 'UtcTime', 'value': {{ text }}} END
+{{ coercion_error('UtcTime', text, utc_time(text)) }}
 {%- endmacro %}
