@@ -219,7 +219,19 @@ def scan_landing(landing_dir: Path) -> tuple[list[LandedFile], list[Skipped]]:
             files.append((info.st_mtime_ns, entry.name, landed))
         else:
             skipped.append(Skipped(path, _key_of(info), _skip_detail(path, info.st_mode)))
-    return [landed for *_, landed in sorted(files)], skipped
+    return _once_per_file([landed for *_, landed in sorted(files)]), skipped
+
+
+def _once_per_file(files: list[LandedFile]) -> list[LandedFile]:
+    """The files, each file once under its first name: a file under two landed names (a rotation by hard link,
+    caught between the link and the unlink) would be read twice."""
+    seen: set[str] = set()
+    unique = []
+    for landed in files:
+        if landed.key not in seen:
+            seen.add(landed.key)
+            unique.append(landed)
+    return unique
 
 
 def _skip_detail(path: Path, mode: int) -> str:

@@ -69,6 +69,21 @@ def test_a_rotated_file_is_not_read_twice(lake: Lake) -> None:
     assert lake.count("winlogbeat_stream") == 2
 
 
+def test_a_file_with_two_landed_names_is_read_once(lake: Lake) -> None:
+    # rotation by hard link (link the new name, then remove the old one), caught between the two steps
+    path = lake.land([network_connect("{A}", "10.0.0.1")], name="winlogbeat")
+    lake.batch()
+    with path.open("a") as handle:
+        handle.write(json.dumps(network_connect("{A}", "10.0.0.2")) + "\n")
+    os.link(path, lake.landing / "winlogbeat.1")
+    lake.batch()
+    assert lake.rows("SELECT event_data.DestinationIp FROM winlogbeat_stream ORDER BY _seq") == [
+        ("10.0.0.1",),
+        ("10.0.0.2",),
+    ]
+    assert lake.rows("SELECT count(*), count(DISTINCT file_key) FROM ingest.files") == [(1, 1)]
+
+
 def test_gzip_files_are_read(lake: Lake) -> None:
     lines = "".join(json.dumps(e) + "\n" for e in [process_create("{A}"), network_connect("{A}")])
     with gzip.open(lake.landing / "archive.ndjson.gz", "wt") as handle:
