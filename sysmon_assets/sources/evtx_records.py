@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import evtx
 
@@ -41,8 +42,15 @@ def record_lines(path: Path, skip: int, chunk_records: int = RECORDS_PER_CHUNK) 
     except OSError as error:
         raise LandingError(f"cannot read EVTX file {path_text(path)}: {error}") from error
     with handle:
-        yield from _records(handle, path, skip, chunk_records)
-        size = os.fstat(handle.fileno()).st_size
+        yield from open_record_lines(handle, path, skip, chunk_records)
+
+
+def open_record_lines(
+    handle: BinaryIO, path: Path, skip: int, chunk_records: int = RECORDS_PER_CHUNK
+) -> Iterator[list[bytes | str]]:
+    """:func:`record_lines` of the EVTX file open in ``handle`` (named ``path`` in messages)."""
+    yield from _records(handle, path, skip, chunk_records)
+    size = os.fstat(handle.fileno()).st_size
     cut = (size - HEADER_BYTES) % CHUNK_BYTES
     if size > HEADER_BYTES and cut:
         raise EvtxDamage(

@@ -1,7 +1,9 @@
 """Read what landed in the landing folder since the last committed batch.
 
 Files are tracked by device and inode (as Filebeat's registry does), so a file renamed by
-rotation is not read again; a file that grows is read from where the last batch stopped.
+rotation is not read again; a file that grows is read from where the last batch stopped. A name is
+opened only to read the inode the listing saw under it (:class:`FileMoved` otherwise), so a rotation
+during a batch never mixes two files' bytes under one key.
 An incomplete last line (no newline yet) waits for the next batch; if the file has not changed
 size by then, it is finished and the line is delivered. A fingerprint of each file's first bytes
 and of the bytes before its stored position detects a file replaced in place (or a reused inode),
@@ -43,7 +45,7 @@ import pyarrow as pa
 
 from dbt_like.sql import literal, literals
 from sysmon_assets.sources.arrow_columns import bytes_array, strings_array
-from sysmon_assets.sources.evtx_records import EvtxDamage, record_lines
+from sysmon_assets.sources.evtx_records import EvtxDamage, open_record_lines
 from sysmon_assets.sources.gzip_stream import GzipDamage, inflate
 from sysmon_assets.sources.landed_lines import (
     SOURCE_NAME,
@@ -75,6 +77,7 @@ EVTX_FIRST_RECORD, EVTX_RECORD_HEADER_BYTES = 4096 + 512, 24
 # granularity of the listing could otherwise leave size and times as they were (git's "racy clean" problem).
 SETTLED_SECONDS = 2.0
 NEWLINE = ord("\n")
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 STATE_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS ingest;
 CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
@@ -130,17 +133,26 @@ class FileProgress:
     recorded: tuple | None = None  # the state last written to ingest.files
     file_stat: str | None = None  # as the listing saw it, if settled (see SETTLED_SECONDS)
     recorded_stat: str | None = None  # as ingest.file_stats holds it
+    # SHA-256 of the (up to) FINGERPRINT_BYTES bytes before the position (a gzip file: before its size on disk, as
+    # positions count uncompressed bytes); kept from what was read, never read back by name at commit, when the
+    # name may already be another file's. EVTX files are rewritten as records are added: their tail is not kept.
+    tail_sha256: str | None = EMPTY_SHA256
+    tail: bytes = b""  # those bytes themselves, once this batch reads the file (a text file's)
 
     @property
     def state(self) -> tuple:
         """What ``ingest.files`` keeps of this file (but the tail fingerprint, which follows the position)."""
         return (self.position, self.line, self.head_bytes, self.head_sha256, self.size, self.read_error)
 
-    def advance(self, positions: int, lines: int) -> None:
-        """Move past ``lines`` lines taking ``positions`` (bytes, or EVTX records)."""
+    def advance(self, positions: int, lines: int, data: bytes | memoryview = b"") -> None:
+        """Move past ``lines`` lines taking ``positions`` (bytes, or EVTX records); ``data``: a text file's bytes
+        moved past."""
         self.position += positions
         self.line += lines
         self.read_error = None
+        if data and self.kind == "text":
+            self.tail = (self.tail + bytes(data[-FINGERPRINT_BYTES:]))[-FINGERPRINT_BYTES:]
+            self.tail_sha256 = hashlib.sha256(self.tail).hexdigest()
 
     @cached_property
     def kind(self) -> str:
@@ -151,12 +163,6 @@ class FileProgress:
     def head_start(self) -> int:
         """Where the bytes fingerprinted as the file's head start: an EVTX file's first record, else byte 0."""
         return EVTX_FIRST_RECORD if self.kind == "evtx" else 0
-
-    @property
-    def tail_end(self) -> int | None:
-        """Where the bytes fingerprinted as the tail end: the position (a gzip file: its size on disk, as
-        positions count uncompressed bytes); EVTX files are rewritten as records are added: no tail."""
-        return {"evtx": None, "gzip": self.size}.get(self.kind, self.position)
 
 
 class LandedFile(NamedTuple):
@@ -261,44 +267,49 @@ def landing_snapshot(landing_dir: Path) -> dict[str, int]:
     return {landed.key: landed.size for landed in scan_landing(landing_dir)[0]}
 
 
-def fingerprint(path: Path, length: int, start: int = 0) -> str:
-    """SHA-256 of ``length`` bytes of the file from ``start``, as stored on disk."""
-    try:
-        with open(path, "rb", opener=no_follow) as handle:
-            handle.seek(start)
-            return hashlib.sha256(handle.read(length)).hexdigest()
-    except OSError as error:
-        raise LandingError(f"cannot read landed file {path_text(path)}: {error}") from error
-
-
-def tail_fingerprint(path: Path, end: int) -> str:
-    """SHA-256 of the (up to) :data:`FINGERPRINT_BYTES` bytes before ``end``."""
-    start = max(0, end - FINGERPRINT_BYTES)
-    return fingerprint(path, end - start, start)
-
-
-def head_and_tail_fingerprints(path: Path, head_start: int, head_bytes: int, end: int) -> tuple[str, str]:
-    """:func:`fingerprint` of ``head_bytes`` from ``head_start`` and :func:`tail_fingerprint` before ``end``, from
-    one open (a batch checks every known file: over thousands of small files, opens dominate)."""
-    start = max(0, end - FINGERPRINT_BYTES)
-    try:
-        with open(path, "rb", opener=no_follow) as handle:
-            handle.seek(head_start)
-            head = handle.read(head_bytes)
-            handle.seek(start)
-            tail = handle.read(end - start)
-    except OSError as error:
-        raise LandingError(f"cannot read landed file {path_text(path)}: {error}") from error
-    return hashlib.sha256(head).hexdigest(), hashlib.sha256(tail).hexdigest()
+class FileMoved(Exception):
+    """A landed name no longer names the file the listing saw (rotated away or removed since): the file is left
+    to a later batch, whose listing finds it under its new name."""
 
 
 @contextmanager
-def _open(path: Path) -> Iterator[BinaryIO]:
+def _open_landed(path: Path, key: str) -> Iterator[BinaryIO]:
+    """``path`` open for reading, never through a link, if it still is the file ``key`` (device:inode) names:
+    whatever a batch reads or fingerprints under a key is that file's, however the folder rotates meanwhile."""
     try:
         with open(path, "rb", opener=no_follow) as handle:
+            if _key_of(os.fstat(handle.fileno())) != key:
+                raise FileMoved(path)
             yield handle
+    except FileNotFoundError as error:
+        raise FileMoved(path) from error
     except OSError as error:
         raise LandingError(f"cannot read landed file {path_text(path)}: {error}") from error
+
+
+def _read_at(handle: BinaryIO, start: int, length: int) -> bytes:
+    handle.seek(start)
+    return handle.read(length)
+
+
+def _bytes_before(handle: BinaryIO, end: int) -> bytes:
+    """The (up to) :data:`FINGERPRINT_BYTES` bytes before ``end``: what a tail fingerprint covers."""
+    start = max(0, end - FINGERPRINT_BYTES)
+    return _read_at(handle, start, end - start)
+
+
+def fingerprint(path: Path, key: str, length: int, start: int = 0) -> str:
+    """SHA-256 of ``length`` bytes from ``start`` of the file ``key`` at ``path``."""
+    with _open_landed(path, key) as handle:
+        return hashlib.sha256(_read_at(handle, start, length)).hexdigest()
+
+
+def head_and_tail_fingerprints(path: Path, key: str, head_start: int, head_bytes: int, end: int) -> tuple[str, str]:
+    """:func:`fingerprint` of ``head_bytes`` from ``head_start``, and of the bytes before ``end``, from one open (a
+    batch checks every known file: over thousands of small files, opens dominate)."""
+    with _open_landed(path, key) as handle:
+        head = _read_at(handle, head_start, head_bytes)
+        return hashlib.sha256(head).hexdigest(), hashlib.sha256(_bytes_before(handle, end)).hexdigest()
 
 
 def _text_pieces(handle: BinaryIO, start: int, size: int, chunk_bytes: int) -> Iterator[bytes]:
@@ -346,10 +357,11 @@ def _read_blocks(progress: FileProgress, chunk_bytes: int) -> Iterator[Block | U
     A piece's lines are not copied: its block is a view of it. Only the line that straddles two pieces is
     (a block of its own)."""
     start = progress.position
-    with _open(progress.path) as handle:
+    with _open_landed(progress.path, progress.key) as handle:
         if progress.kind == "gzip":
             pieces = _gzip_pieces(handle, start, chunk_bytes)
         else:
+            progress.tail = _bytes_before(handle, start)
             pieces = _text_pieces(handle, start, progress.size, chunk_bytes)
         pending = b""
         done = start  # where pending starts
@@ -411,7 +423,7 @@ def _text_frame(block: bytes | memoryview, newlines: np.ndarray, progress: FileP
     lines = pa.Array.from_buffers(pa.large_binary(), len(newlines), [None, pa.py_buffer(starts), pa.py_buffer(block)])
     offsets = progress.position + starts[:-1]
     frame = lines_table(lines, newlines - starts[:-1], path_text(progress.path), first_seq, progress.line + 1, offsets)
-    progress.advance(len(block), len(newlines))
+    progress.advance(len(block), len(newlines), block)
     return frame
 
 
@@ -446,7 +458,7 @@ def _evtx_items(progress: FileProgress) -> Iterator[list[bytes | str] | Unreadab
     start, read = progress.position, 0
     waiting: list[bytes | str] = []
     try:
-        for items in record_lines(progress.path, start):
+        for items in _evtx_record_lines(progress, start):
             readable = len(items)
             while readable and isinstance(items[readable - 1], str):
                 readable -= 1
@@ -463,6 +475,11 @@ def _evtx_items(progress: FileProgress) -> Iterator[list[bytes | str] | Unreadab
         if read or damage.reason != progress.stored_read_error:
             LOG.warning("%s: %s", path_text(progress.path), damage.reason)
             yield Unreadable(start + read + 1, damage.reason)
+
+
+def _evtx_record_lines(progress: FileProgress, skip: int) -> Iterator[list[bytes | str]]:
+    with _open_landed(progress.path, progress.key) as handle:
+        yield from open_record_lines(handle, progress.path, skip)
 
 
 class LandingReader:
@@ -501,7 +518,8 @@ class LandingReader:
         files, skipped = scan_landing(self.landing_dir)
         owned = [entry for entry in skipped if self.owns(entry.key)]
         self.skipped, self.recorded_skips = self._not_yet_recorded(owned), []
-        self.files = [self._plan_file(landed, known, first_batch_ever) for landed in files if self.owns(landed.key)]
+        planned = (self._plan_file(landed, known, first_batch_ever) for landed in files if self.owns(landed.key))
+        self.files = [progress for progress in planned if progress is not None]
         return self.files
 
     def _not_yet_recorded(self, skipped: list[Skipped]) -> list[Skipped]:
@@ -516,7 +534,15 @@ class LandingReader:
             LOG.warning("%s is %s", path_text(entry.path), entry.detail)
         return new
 
-    def _plan_file(self, landed: LandedFile, known: dict[str, Stored], first_batch_ever: bool) -> FileProgress:
+    def _plan_file(self, landed: LandedFile, known: dict[str, Stored], first_batch_ever: bool) -> FileProgress | None:
+        """Where reading ``landed`` starts; None if it moved since the listing (a later batch reads it)."""
+        try:
+            return self._planned(landed, known, first_batch_ever)
+        except FileMoved:
+            _log_moved(landed.path)
+            return None
+
+    def _planned(self, landed: LandedFile, known: dict[str, Stored], first_batch_ever: bool) -> FileProgress:
         path, key, size, settled = landed
         progress = FileProgress(key, path, 0, 0, size, file_stat=settled)
         if key in known:
@@ -528,7 +554,10 @@ class LandingReader:
         if progress.recorded and stored.head_bytes == progress.head_bytes:
             progress.head_sha256 = stored.head_sha256  # _resume found these bytes unchanged
         else:
-            progress.head_sha256 = fingerprint(path, progress.head_bytes, progress.head_start)
+            progress.head_sha256 = fingerprint(path, key, progress.head_bytes, progress.head_start)
+        if progress.kind == "gzip" and not (progress.recorded and stored.file_size == size):
+            with _open_landed(path, key) as handle:
+                progress.tail_sha256 = hashlib.sha256(_bytes_before(handle, size)).hexdigest()
         return progress
 
     @staticmethod
@@ -543,20 +572,21 @@ class LandingReader:
         progress.finished = stored.file_size == progress.size
         progress.recorded = (*stored[:5], stored.read_error)
         progress.recorded_stat = stored.file_stat
+        progress.tail_sha256 = stored.tail_sha256
         if progress.kind == "text":
             _step_over_newline_of_delivered_line(progress)
 
     def _skip_to_end(self, progress: FileProgress) -> None:
         if progress.kind == "evtx":
             try:
-                for items in record_lines(progress.path, progress.position):
+                for items in _evtx_record_lines(progress, progress.position):
                     progress.advance(len(items), len(items))
             except EvtxDamage:
                 pass  # what lies before the start is not read: neither is its damage
             return
         for item in _read_blocks(progress, self.chunk_bytes):
             if not isinstance(item, Unreadable):
-                progress.advance(len(item[0]), len(item[1]))
+                progress.advance(len(item[0]), len(item[1]), item[0])
 
     def chunks(self, first_seq: int) -> Iterator[dict[str, pa.Table]]:
         """Source chunks for the ingest models: ``{'landed_lines': frame}`` of about ``chunk_bytes``, small
@@ -564,26 +594,29 @@ class LandingReader:
         must be recorded (a file's size, a file event)."""
         seq, frames, size = first_seq, [], 0
         for progress in self.files:
-            items: Iterator[Block | Unreadable | list[bytes | str]]
-            if progress.kind == "evtx":
-                items = _evtx_items(progress)
-            elif progress.kind == "text" and progress.position >= progress.size:
-                continue  # read to its end already: an idle batch over many files opens none of them
-            elif progress.size - progress.position > self.chunk_bytes:
-                items = _read_ahead(_read_blocks(progress, self.chunk_bytes))
-            else:
-                items = _read_blocks(progress, self.chunk_bytes)  # one block: nothing to read ahead
-            for item in items:
-                frames.append(self._frame(item, progress, seq))
-                seq += frames[-1].num_rows
-                size += frames[-1].nbytes
-                if size >= self.chunk_bytes:
-                    yield {SOURCE_NAME: pa.concat_tables(frames)}
-                    frames, size = [], 0
+            try:
+                for item in self._items(progress):
+                    frames.append(self._frame(item, progress, seq))
+                    seq += frames[-1].num_rows
+                    size += frames[-1].nbytes
+                    if size >= self.chunk_bytes:
+                        yield {SOURCE_NAME: pa.concat_tables(frames)}
+                        frames, size = [], 0
+            except FileMoved:  # before its first item: the file keeps the state planning gave it
+                _log_moved(progress.path)
         if frames:
             yield {SOURCE_NAME: pa.concat_tables(frames)}
         if self._unrecorded():
             yield empty_chunk()
+
+    def _items(self, progress: FileProgress) -> Iterator[Block | Unreadable | list[bytes | str]]:
+        if progress.kind == "evtx":
+            return _evtx_items(progress)
+        if progress.kind == "text" and progress.position >= progress.size:
+            return iter(())  # read to its end already: an idle batch over many files opens none of them
+        if progress.size - progress.position > self.chunk_bytes:
+            return _read_ahead(_read_blocks(progress, self.chunk_bytes))
+        return _read_blocks(progress, self.chunk_bytes)  # one block: nothing to read ahead
 
     @staticmethod
     def _frame(item: Block | Unreadable | list[bytes | str], progress: FileProgress, seq: int) -> pa.Table:
@@ -659,7 +692,7 @@ def _replace_rows(
 
 def _state_rows(files: list[FileProgress]) -> pa.Table:
     """``ingest.files`` rows (all but ``updated_at``) for ``files``."""
-    tails = [None if p.tail_end is None else tail_fingerprint(p.path, p.tail_end) for p in files]
+    tails = [None if p.kind == "evtx" else p.tail_sha256 for p in files]
     return pa.table(
         {
             "file_key": [p.key for p in files],
@@ -693,7 +726,7 @@ def _identity_change(progress: FileProgress, stored: Stored) -> tuple[str, str] 
         return ("truncated", f"shrank from {max(ends, head_end)} to {size} bytes")
     check_tail = progress.kind != "evtx" and bool(stored.tail_sha256)
     head, tail = head_and_tail_fingerprints(
-        progress.path, progress.head_start, stored.head_bytes, ends if check_tail else 0
+        progress.path, progress.key, progress.head_start, stored.head_bytes, ends if check_tail else 0
     )
     if stored.head_bytes and head != stored.head_sha256:
         what = "first record" if progress.kind == "evtx" else f"first {stored.head_bytes} bytes"
@@ -709,8 +742,14 @@ def _step_over_newline_of_delivered_line(progress: FileProgress) -> None:
     newline belongs to that line, and the next line starts after it (not a blank line of its own)."""
     if progress.position == 0 or progress.position >= progress.size:
         return
-    with _open(progress.path) as handle:
-        handle.seek(progress.position - 1)
-        around = handle.read(2)
-    if len(around) == 2 and around[0] != NEWLINE and around[1] == NEWLINE:
-        progress.position += 1
+    with _open_landed(progress.path, progress.key) as handle:
+        around = _read_at(handle, progress.position - 1, 2)
+        if len(around) == 2 and around[0] != NEWLINE and around[1] == NEWLINE:
+            progress.position += 1
+            progress.tail_sha256 = hashlib.sha256(_bytes_before(handle, progress.position)).hexdigest()
+
+
+def _log_moved(path: Path) -> None:
+    LOG.info(
+        "%s was rotated away or removed since the listing: a later batch reads it under its new name", path_text(path)
+    )

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import io
 import itertools
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,7 @@ from sysmon_assets.sources.evtx_records import record_lines
 from sysmon_assets.sources.gzip_stream import inflate
 from sysmon_assets.sources.landing_folder import LandingError, list_landed_files
 from sysmon_assets.storage.lake import LakeError
-from tests.conftest import Lake, lake_rows_in_another_process, network_connect, process_create
+from tests.conftest import Lake, lake_rows_in_another_process, land, network_connect, process_create
 from tests.recipe import shared_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,6 +86,82 @@ def test_a_file_with_two_landed_names_is_read_once(lake: Lake) -> None:
         ("10.0.0.2",),
     ]
     assert lake.rows("SELECT count(*), count(DISTINCT file_key) FROM ingest.files") == [(1, 1)]
+
+
+def _rotate(path: Path, new_events: list[dict[str, Any]]) -> None:
+    """Winlogbeat's rotation: the file moves to ``<name>.1`` and a new file takes its name."""
+    path.rename(path.with_name(path.name + ".1"))
+    land(path, new_events)
+
+
+ROTATION_MOMENTS = {  # where in a batch the rotation happens: what runs first, in the module under test
+    "after_listing": ("scan_landing", "result"),
+    "before_reading": ("_read_blocks", "call"),
+    "before_commit": ("LandingReader.commit_offsets", "call"),
+}
+
+
+@pytest.mark.parametrize("moment", list(ROTATION_MOMENTS))
+def test_a_file_rotated_during_a_batch_is_read_once(lake: Lake, monkeypatch: pytest.MonkeyPatch, moment: str) -> None:
+    path = lake.land([network_connect("{A}", f"10.0.0.{i}") for i in (1, 2)], name="winlogbeat")
+    lake.batch()
+    land(path, [network_connect("{A}", "10.0.0.3")])
+    name, when = ROTATION_MOMENTS[moment]
+    owner = landing.LandingReader if "." in name else landing
+    attribute = name.rpartition(".")[2]
+    original = getattr(owner, attribute)
+    rotated: list[bool] = []
+
+    def rotating(*args: Any, **kwargs: Any) -> Any:
+        if when == "result":
+            result = original(*args, **kwargs)
+        if not rotated:
+            rotated.append(True)
+            _rotate(path, [network_connect("{A}", "10.0.0.4"), network_connect("{A}", "10.0.0.5")])
+        return result if when == "result" else original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, attribute, rotating)
+    lake.batch()
+    monkeypatch.undo()
+    lake.batch()
+    assert rotated
+    assert lake.rows("SELECT event_data.DestinationIp FROM winlogbeat_stream ORDER BY 1") == [
+        (f"10.0.0.{i}",) for i in range(1, 6)
+    ]
+    assert lake.rows("SELECT event FROM ingest.file_events") == []
+
+
+def test_a_writer_rotating_during_back_to_back_batches_lands_every_event_once(lake: Lake) -> None:
+    # no hooks: batches run while a writer appends and rotates, as Winlogbeat does (keeping every rotated file)
+    lake.batch()  # the lake exists: batches from here on are short, so several meet a rotation
+    path, total, kept = lake.landing / "winlogbeat", 3000, 20
+    writer_done = threading.Event()
+    pace = random.Random(7)
+
+    def write() -> None:
+        for start in range(0, total, 25):
+            land(path, [network_connect("{A}", f"10.0.{n // 250}.{n % 250}") for n in range(start, start + 25)])
+            if start % 350 < 25:
+                for older in range(kept, 1, -1):
+                    with suppress(FileNotFoundError):
+                        path.with_name(f"winlogbeat.{older - 1}").rename(path.with_name(f"winlogbeat.{older}"))
+                path.rename(path.with_name("winlogbeat.1"))
+            time.sleep(pace.random() * 0.05)
+        writer_done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    batches = 0
+    while not writer_done.is_set():
+        lake.batch()
+        batches += 1
+    writer.join()
+    lake.batch()
+    assert batches > 2
+    assert lake.rows("SELECT count(*), count(DISTINCT event_data.DestinationIp) FROM winlogbeat_stream") == [
+        (total, total)
+    ]
+    assert lake.rows("SELECT event FROM ingest.file_events") == []
 
 
 def test_gzip_files_are_read(lake: Lake) -> None:
@@ -489,7 +569,7 @@ def test_a_symlink_swapped_in_after_the_listing_is_an_error_not_followed(tmp_pat
     link = tmp_path / "winlogbeat.ndjson"
     link.symlink_to(tmp_path / "secret")
     with pytest.raises(LandingError, match=re.escape(f"cannot read landed file {link}")):
-        landing.fingerprint(link, 100)
+        landing.fingerprint(link, landing.file_key(link), 100)
 
 
 @without_mode_override
@@ -561,9 +641,9 @@ def counted_fingerprints(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     opened: list[Path] = []
     read = landing.head_and_tail_fingerprints
 
-    def counting(path: Path, head_start: int, head_bytes: int, end: int) -> tuple[str, str]:
+    def counting(path: Path, key: str, head_start: int, head_bytes: int, end: int) -> tuple[str, str]:
         opened.append(path)
-        return read(path, head_start, head_bytes, end)
+        return read(path, key, head_start, head_bytes, end)
 
     monkeypatch.setattr(landing, "head_and_tail_fingerprints", counting)
     monkeypatch.setattr(landing, "SETTLED_SECONDS", 0.0)  # a file is settled as soon as it is listed
@@ -651,11 +731,11 @@ def test_a_gzip_caught_mid_copy_is_read_on_when_the_copy_completes(lake: Lake) -
 def test_lines_are_read_whole_wherever_the_pieces_cut_them(tmp_path: Path, kind: str, chunk_bytes: int) -> None:
     """Lines shorter and longer than a piece, one cut by every piece boundary, a blank line and an unterminated
     last line of a finished file: each line once, with its line number, byte offset and newline."""
-    lines = [b"{}", b"", b"x" * 150, b'{"a": 1}', b"y" * 3, b"z" * 40, b"last"]
+    lines = [b"{}", b"", b"x" * 1500, b'{"a": 1}', b"y" * 3, b"z" * 40, b"last"]
     data = b"\n".join(lines)
     path = tmp_path / ("w.ndjson.gz" if kind == "gzip" else "w.ndjson")
     path.write_bytes(gzip.compress(data) if kind == "gzip" else data)
-    progress = landing.FileProgress("k", path, 0, 0, path.stat().st_size, finished=True)
+    progress = landing.FileProgress(landing.file_key(path), path, 0, 0, path.stat().st_size, finished=True)
     read = [landing._text_frame(*block, progress, 1) for block in landing._read_blocks(progress, chunk_bytes)]
     rows = [row for frame in read for row in frame.select(["source_line", "source_offset", "line"]).to_pylist()]
     offsets = [sum(len(line) + 1 for line in lines[:i]) for i in range(len(lines))]
@@ -664,3 +744,5 @@ def test_lines_are_read_whole_wherever_the_pieces_cut_them(tmp_path: Path, kind:
         for i, line in enumerate(lines)
     ]
     assert (progress.position, progress.line) == (len(data), len(lines))
+    if kind == "text":  # the tail fingerprint follows what was read, not a read of the name at commit
+        assert progress.tail_sha256 == hashlib.sha256(data[-landing.FINGERPRINT_BYTES :]).hexdigest()
