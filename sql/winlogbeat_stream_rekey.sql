@@ -3,9 +3,10 @@
 -- Flattens event_data and parses UtcTime ('yyyy-MM-dd HH:mm:ss.SSS', UTC) into a TIMESTAMP; NULL if it does not parse.
 -- GUIDs (process_guid, the key, and the parent and logon GUIDs) are stored in one canonical form, '{UPPER}',
 -- because hosts and layouts render them differently (case, braces); an empty GUID stays '' (KSQL keys on it).
--- Winlogbeat delivers at least once: a redelivered event (same computer, channel, record number) is kept once,
--- its first delivery (dedupe_key: within the batch and across batches).
-{{ config(materialized='stream', dedupe_key='_computer_name, log_name, _record_number') }}
+-- Winlogbeat delivers at least once: a redelivered event (same computer, channel, record number and UtcTime) is
+-- kept once, its first delivery (dedupe_key: within the batch and across batches). UtcTime is in the key because
+-- a cleared log or a re-imaged host numbers its records from 1 again: other events under the same numbers.
+{{ config(materialized='stream', dedupe_key='_computer_name, log_name, _record_number, event_date_creation') }}
 {#- canonical_guid: macros/canonical_guid.sql; utc_time: macros/utc_time.sql. -#}
 SELECT
     {{ utc_time('s.event_data.UtcTime') }} AS event_date_creation,

@@ -139,7 +139,7 @@ BATCH_CHECKS = (
 
 def rekey_drops(pipeline: SysmonPipeline, result: StepResult) -> dict[str, int]:
     """Why the rekey step wrote fewer rows than it read. Its SQL drops a row for two reasons only: the event is
-    not Sysmon's (counted here), or it is a redelivery of a (computer, channel, record number) already kept,
+    not Sysmon's (counted here), or it is a redelivery of a (computer, channel, record number, UtcTime) already kept,
     in this batch or an earlier one (the rest)."""
     lower, upper = result.offsets_before["winlogbeat_stream"], result.offsets_after["winlogbeat_stream"]
     with pipeline.connect() as con:

@@ -8,7 +8,7 @@ few connections that land before their process create.
 
 Writing into a folder that already holds generated NDJSON continues it: record numbers, the clock and the file
 numbers go on after the files there, so the next batch lands new events, never redeliveries (a redelivery is a
-repeated computer, channel and record number, and the rekey step keeps only its first delivery).
+repeated computer, channel, record number and UtcTime, and the rekey step keeps only its first delivery).
 
 Run ``python -m sysmon_assets.sample --help``.
 """

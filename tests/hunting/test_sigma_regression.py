@@ -2,8 +2,9 @@
 SigmaHQ's 1,234 rules run over it, and the case's rule must match exactly ``match_count`` of the case's events.
 
 The rules and samples are third-party data kept beside the repository (../shared/data/sigma, SOURCES.md there).
-Cases share lakes where they can: the rekey step keeps one delivery per (computer, channel, record number), so
-cases whose samples share such a key go to different lakes. The rules are converted once for all of them.
+Cases share lakes where they can: the rekey step keeps one delivery per (computer, channel, record number,
+UtcTime), so cases whose samples share a (computer, channel, record number) go to different lakes, to be safe.
+The rules are converted once for all of them.
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ def test_the_committed_sample_is_winlogbeat_6_layout() -> None:
 
 
 def test_another_run_into_the_same_folder_continues_record_numbers_time_and_files(tmp_path: Path) -> None:
-    """A redelivery is a repeated (computer, channel, record number): a second run, whatever its seed, repeats
+    """A redelivery is a repeated (computer, channel, record number, UtcTime): a second run, whatever its seed, repeats
     none, so its events are new to the rekey step."""
     (first,) = write_sample(tmp_path, 300, hosts=4, seed=5)
     (second,) = write_sample(tmp_path, 300, hosts=4, seed=6, continuing=True)

@@ -190,6 +190,31 @@ def test_redelivered_events_are_kept_once_after_the_raw_stream(lake: Lake) -> No
     assert lake.count("sysmon_join") == 1
 
 
+def test_a_cleared_log_numbering_its_records_anew_loses_none_of_its_events(lake: Lake) -> None:
+    # `wevtutil cl` (or a re-imaged host) starts record numbers again at 1: same numbers, other events
+    before = [process_create("{A}", record=1), network_connect("{A}", "10.0.0.1", record=2)]
+    after = "2026-11-02 08:00:00.000"
+    lake.land(before)
+    lake.batch()
+    lake.land(
+        [process_create("{B}", record=1, utc_time=after), network_connect("{B}", "10.0.0.2", record=2, utc_time=after)]
+    )
+    lake.land([network_connect("{A}", "10.0.0.1", record=2)], name="replayed.ndjson")  # a true redelivery
+    lake.batch()
+    assert lake.count("winlogbeat_stream_rekey") == 4
+    assert lake.rows("SELECT process_guid, dst_ip_addr FROM sysmon_join ORDER BY 1") == [
+        ("{A}", "10.0.0.1"),
+        ("{B}", "10.0.0.2"),
+    ]
+
+
+def test_an_event_whose_utc_time_does_not_parse_is_never_taken_for_a_redelivery(lake: Lake) -> None:
+    # its time cannot tell it from another event under the same record number: both are kept, as without a number
+    lake.land([network_connect("{A}", record=5, utc_time="yesterday")] * 2)
+    lake.batch()
+    assert lake.rows("SELECT count(*), count(event_date_creation) FROM winlogbeat_stream_rekey") == [(2, 0)]
+
+
 def test_same_record_number_on_another_host_is_not_a_duplicate(lake: Lake) -> None:
     lake.land([network_connect("{A}", record=1, computer="H1"), network_connect("{B}", record=1, computer="H2")])
     lake.batch()
