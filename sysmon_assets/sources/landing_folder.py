@@ -111,6 +111,16 @@ class Stored(NamedTuple):
     tail_sha256: str | None
     read_error: str | None
     file_stat: str | None  # of ingest.file_stats: the file's stat when its identity was last checked, if settled
+    path: str
+
+
+class Vanished(NamedTuple):
+    """A file no longer under a landed name, whose last listing saw bytes not read yet (see
+    :meth:`LandingReader.plan`): recorded in ``ingest.file_events`` as ``vanished``."""
+
+    path: str
+    key: str
+    detail: str
 
 
 @dataclass
@@ -157,12 +167,16 @@ class FileProgress:
     @cached_property
     def kind(self) -> str:
         """``evtx``, ``gzip`` or ``text``: how the file is read and what its position counts."""
-        return {".evtx": "evtx", ".gz": "gzip"}.get(self.path.suffix, "text")
+        return _kind(self.path)
 
     @property
     def head_start(self) -> int:
         """Where the bytes fingerprinted as the file's head start: an EVTX file's first record, else byte 0."""
         return EVTX_FIRST_RECORD if self.kind == "evtx" else 0
+
+
+def _kind(path: Path) -> str:
+    return {".evtx": "evtx", ".gz": "gzip"}.get(path.suffix, "text")
 
 
 class LandedFile(NamedTuple):
@@ -502,6 +516,8 @@ class LandingReader:
         self.files: list[FileProgress] = []
         self.skipped: list[Skipped] = []  # not yet recorded in ingest.file_events
         self.recorded_skips: list[Skipped] = []  # recorded by this batch
+        self.vanished: list[Vanished] = []  # not yet recorded
+        self.recorded_vanished: list[Vanished] = []  # recorded by this batch
 
     def plan(self, first_batch_ever: bool) -> list[FileProgress]:
         """Decide, per landed file, where this batch starts reading.
@@ -512,15 +528,35 @@ class LandingReader:
             row[0]: Stored(*row[1:])
             for row in self.con.execute(
                 "SELECT file_key, position, line_number, head_bytes, head_sha256, file_size, tail_sha256, read_error, "
-                f"file_stat FROM {STATE_TABLE} LEFT JOIN {STATS_TABLE} USING (file_key)"
+                f"file_stat, path FROM {STATE_TABLE} LEFT JOIN {STATS_TABLE} USING (file_key)"
             ).fetchall()
         }
         files, skipped = scan_landing(self.landing_dir)
         owned = [entry for entry in skipped if self.owns(entry.key)]
         self.skipped, self.recorded_skips = self._not_yet_recorded(owned), []
+        self.vanished, self.recorded_vanished = self._vanished(known, {landed.key for landed in files}), []
         planned = (self._plan_file(landed, known, first_batch_ever) for landed in files if self.owns(landed.key))
         self.files = [progress for progress in planned if progress is not None]
         return self.files
+
+    def _vanished(self, known: dict[str, Stored], listed: set[str]) -> list[Vanished]:
+        """The known text files no longer listed whose last listing saw bytes not read yet (a partial last line,
+        lines appended as the batch ran): renamed outside the landed names, those bytes are not read unless the
+        file comes back; deleted, they are lost. Each is logged and recorded once: the record sets its known
+        size back to its position."""
+        vanished = []
+        for key, stored in known.items():
+            unread = (stored.file_size or 0) - stored.position
+            if key in listed or unread <= 0 or not self.owns(key) or _kind(Path(stored.path)) != "text":
+                continue
+            detail = (
+                f"no longer under a landed name with {unread} bytes not read (from byte {stored.position} of the "
+                f"{stored.file_size} it had when last listed): read on if it comes back under a landed name, "
+                "else lost (renamed outside the landed names, or deleted)"
+            )
+            LOG.warning("%s is %s", stored.path, detail)
+            vanished.append(Vanished(stored.path, key, detail))
+        return vanished
 
     def _not_yet_recorded(self, skipped: list[Skipped]) -> list[Skipped]:
         """The skipped entries no earlier batch recorded, each logged once."""
@@ -629,7 +665,7 @@ class LandingReader:
     def _unrecorded(self) -> bool:
         """Whether a state or an event is not in the lake yet."""
         files = any(p.recorded != p.state or (p.notes and not p.notes_recorded) for p in self.files)
-        return files or bool(self.skipped)
+        return files or bool(self.skipped) or bool(self.vanished)
 
     def commit_offsets(self, con: duckdb.DuckDBPyConnection) -> None:
         """Record how far each file was read, and (once) what was noticed; call inside the transaction
@@ -645,6 +681,11 @@ class LandingReader:
                     self._record_event(con, progress.path, progress.key, event, detail)
         for entry in self.skipped:
             self._record_event(con, entry.path, entry.key, "skipped", entry.detail)
+        for gone in self.vanished:
+            self._record_event(con, Path(gone.path), gone.key, "vanished", gone.detail)
+        if self.vanished:
+            keys = literal([gone.key for gone in self.vanished])
+            con.execute(f"UPDATE {STATE_TABLE} SET file_size = position WHERE file_key IN (SELECT unnest({keys}))")
 
     def _commit_stats(self, con: duckdb.DuckDBPyConnection) -> None:
         """Record the settled stats of the files whose identity this batch checked (planning did, for every file):
@@ -663,6 +704,8 @@ class LandingReader:
             progress.recorded_stat = progress.file_stat
         self.recorded_skips += self.skipped
         self.skipped = []
+        self.recorded_vanished += self.vanished
+        self.vanished = []
 
     @staticmethod
     def _record_event(con: duckdb.DuckDBPyConnection, path: Path, key: str, event: str, detail: str) -> None:
@@ -670,10 +713,12 @@ class LandingReader:
 
     @property
     def file_events(self) -> list[dict[str, str]]:
-        """What this batch noticed about files (truncated, replaced, skipped), for run metadata."""
+        """What this batch noticed about files (truncated, replaced, skipped, vanished), for run metadata."""
         events = [{"path": path_text(p.path), "event": e, "detail": d} for p in self.files for e, d in p.notes]
         skips = self.recorded_skips + self.skipped
-        return events + [{"path": path_text(s.path), "event": "skipped", "detail": s.detail} for s in skips]
+        events += [{"path": path_text(s.path), "event": "skipped", "detail": s.detail} for s in skips]
+        gone = self.recorded_vanished + self.vanished
+        return events + [{"path": v.path, "event": "vanished", "detail": v.detail} for v in gone]
 
 
 def _replace_rows(

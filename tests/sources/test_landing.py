@@ -164,6 +164,42 @@ def test_a_writer_rotating_during_back_to_back_batches_lands_every_event_once(la
     assert lake.rows("SELECT event FROM ingest.file_events") == []
 
 
+def test_a_file_gone_with_bytes_not_read_is_recorded_once_and_read_on_if_it_comes_back(lake: Lake) -> None:
+    whole, partial = json.dumps(network_connect("{A}", "10.0.0.1")), json.dumps(network_connect("{A}", "10.0.0.2"))
+    path = lake.landing / "events.json"
+    path.write_text(whole + "\n" + partial[:40])
+    lake.batch()
+    outside = path.rename(lake.landing / "events.json.1")  # a name the landing folder does not read
+    lake.batch()
+    lake.batch()
+    start = len(whole) + 1
+    assert lake.rows("SELECT event, path, detail FROM ingest.file_events") == [
+        (
+            "vanished",
+            str(path),
+            f"no longer under a landed name with 40 bytes not read (from byte {start} of the {start + 40} it had when "
+            "last listed): read on if it comes back under a landed name, else lost (renamed outside the landed "
+            "names, or deleted)",
+        )
+    ]
+    outside.rename(path)
+    with path.open("a") as handle:
+        handle.write(partial[40:] + "\n")
+    lake.batch()
+    assert lake.rows("SELECT event_data.DestinationIp FROM winlogbeat_stream ORDER BY _seq") == [
+        ("10.0.0.1",),
+        ("10.0.0.2",),
+    ]
+
+
+def test_a_file_read_to_its_end_and_deleted_leaves_no_file_event(lake: Lake) -> None:
+    path = lake.land([network_connect("{A}")], name="winlogbeat.1")
+    lake.batch()
+    path.unlink()  # rotation's keepfiles at work
+    lake.batch()
+    assert lake.count("ingest.file_events") == 0
+
+
 def test_gzip_files_are_read(lake: Lake) -> None:
     lines = "".join(json.dumps(e) + "\n" for e in [process_create("{A}"), network_connect("{A}")])
     with gzip.open(lake.landing / "archive.ndjson.gz", "wt") as handle:
