@@ -200,6 +200,20 @@ def test_a_file_read_to_its_end_and_deleted_leaves_no_file_event(lake: Lake) -> 
     assert lake.count("ingest.file_events") == 0
 
 
+def test_copy_truncate_rotation_lands_the_copy_again_and_the_rekey_keeps_one_delivery(lake: Lake) -> None:
+    # not supported (docs/inputs.md): the copy is a new file; only the rekey's redelivery dedupe undoes it
+    path = lake.land([process_create("{A}", record=1), network_connect("{A}", record=2)], name="winlogbeat")
+    lake.batch()
+    shutil.copy(path, path.with_name("winlogbeat.1"))
+    path.write_text("")
+    lake.batch()
+    assert (lake.count("winlogbeat_stream"), lake.count("winlogbeat_stream_rekey"), lake.count("sysmon_join")) == (
+        4,
+        2,
+        1,
+    )
+
+
 def test_gzip_files_are_read(lake: Lake) -> None:
     lines = "".join(json.dumps(e) + "\n" for e in [process_create("{A}"), network_connect("{A}")])
     with gzip.open(lake.landing / "archive.ndjson.gz", "wt") as handle:
@@ -212,7 +226,8 @@ def test_gzip_files_are_read(lake: Lake) -> None:
 
 def test_only_landed_file_names_are_read_oldest_first(lake: Lake) -> None:
     landed = ["winlogbeat.2", "winlogbeat.1", "a.json", "b.ndjson", "c.json.gz", "d.evtx", "winlogbeat"]
-    ignored = ["notes.txt", "d.ndjson.tmp", "winlogbeat.lock"]
+    ignored = ["notes.txt", "d.ndjson.tmp", "winlogbeat.lock", ".hidden.json", "e.JSON", "f.jsonl", "sub/g.json"]
+    (lake.landing / "sub").mkdir()
     for age, name in enumerate(landed + ignored):
         (lake.landing / name).write_text("")
         os.utime(lake.landing / name, (1_000_000 + age, 1_000_000 + age))
