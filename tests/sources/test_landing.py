@@ -48,20 +48,30 @@ def test_a_growing_file_is_read_from_where_the_last_batch_stopped(lake: Lake) ->
     ]
 
 
-def test_an_incomplete_last_line_waits_for_its_newline(lake: Lake) -> None:
+def _land_a_line_and_40_bytes_of_the_next(path: Path) -> tuple[int, str]:
+    """The first line's length with its newline, and the rest of the second line."""
     whole, partial = json.dumps(network_connect("{A}", "10.0.0.1")), json.dumps(network_connect("{A}", "10.0.0.2"))
-    path = lake.landing / "w.ndjson"
     path.write_text(whole + "\n" + partial[:40])
-    lake.batch()
-    assert lake.count("winlogbeat_stream") == 1
-    assert lake.count("winlogbeat_rejects") == 0
+    return len(whole) + 1, partial[40:]
+
+
+def _finish_the_line_and_find_both(lake: Lake, path: Path, rest: str) -> None:
     with path.open("a") as handle:
-        handle.write(partial[40:] + "\n")
+        handle.write(rest + "\n")
     lake.batch()
     assert lake.rows("SELECT event_data.DestinationIp FROM winlogbeat_stream ORDER BY _seq") == [
         ("10.0.0.1",),
         ("10.0.0.2",),
     ]
+
+
+def test_an_incomplete_last_line_waits_for_its_newline(lake: Lake) -> None:
+    path = lake.landing / "w.ndjson"
+    _, rest = _land_a_line_and_40_bytes_of_the_next(path)
+    lake.batch()
+    assert lake.count("winlogbeat_stream") == 1
+    assert lake.count("winlogbeat_rejects") == 0
+    _finish_the_line_and_find_both(lake, path, rest)
 
 
 def test_a_rotated_file_is_not_read_twice(lake: Lake) -> None:
@@ -165,14 +175,12 @@ def test_a_writer_rotating_during_back_to_back_batches_lands_every_event_once(la
 
 
 def test_a_file_gone_with_bytes_not_read_is_recorded_once_and_read_on_if_it_comes_back(lake: Lake) -> None:
-    whole, partial = json.dumps(network_connect("{A}", "10.0.0.1")), json.dumps(network_connect("{A}", "10.0.0.2"))
     path = lake.landing / "events.json"
-    path.write_text(whole + "\n" + partial[:40])
+    start, rest = _land_a_line_and_40_bytes_of_the_next(path)
     lake.batch()
     outside = path.rename(lake.landing / "events.json.1")  # a name the landing folder does not read
     lake.batch()
     lake.batch()
-    start = len(whole) + 1
     assert lake.rows("SELECT event, path, detail FROM ingest.file_events") == [
         (
             "vanished",
@@ -183,13 +191,7 @@ def test_a_file_gone_with_bytes_not_read_is_recorded_once_and_read_on_if_it_come
         )
     ]
     outside.rename(path)
-    with path.open("a") as handle:
-        handle.write(partial[40:] + "\n")
-    lake.batch()
-    assert lake.rows("SELECT event_data.DestinationIp FROM winlogbeat_stream ORDER BY _seq") == [
-        ("10.0.0.1",),
-        ("10.0.0.2",),
-    ]
+    _finish_the_line_and_find_both(lake, path, rest)
 
 
 def test_a_file_read_to_its_end_and_deleted_leaves_no_file_event(lake: Lake) -> None:
