@@ -81,3 +81,13 @@ CASE WHEN {{ other_case }}
 {{ path }}
 {%- endif -%}
 {%- endmacro %}
+
+{#- JSON text with each escaped lone UTF-16 surrogate (a \ud83d without its pair, which DuckDB's parser rejects with
+    the whole text) written as the marker U+FDD0 (a noncharacter) followed by its escape as text: "a\ud83d" reads
+    as 'a' || chr(64976) || '\ud83d'. It walks the escapes in order, so an escaped backslash never starts one. -#}
+{% set json_surrogate_token %}'\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[dD][89a-fA-F][0-9a-fA-F]{2}'{% endset %}
+{% macro marked_lone_surrogates(text) -%}
+regexp_split_to_array({{ text }}, {{ json_surrogate_token }})[1] || array_to_string(list_transform(
+    list_zip(regexp_extract_all({{ text }}, {{ json_surrogate_token }}), regexp_split_to_array({{ text }}, {{ json_surrogate_token }})[2:]),
+    lambda t: CASE WHEN length(t[1]) = 6 THEN chr(64976) || '\' || t[1] ELSE t[1] END || t[2]), '')
+{%- endmacro %}

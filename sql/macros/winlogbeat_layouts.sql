@@ -143,6 +143,11 @@
 {%- endif -%}
 {%- endmacro %}
 
+{#- SQL condition: the text field holds a NUL character or a marked lone surrogate (on a line that has one). -#}
+{% macro damaged(field) -%}
+(contains({{ field }}, chr(0)) OR (lone_surrogates AND contains({{ field }}, chr(64976))))
+{%- endmacro %}
+
 {#- A recipe field as text, from the first layout that carries it. -#}
 {% macro flat_field(field) -%}
 {%- set values = [] -%}
@@ -153,9 +158,9 @@ coalesce({{ values|join(', ') }})
 {#- The landed lines (source: a relation of line, line_bytes, source_file and the other landing columns) that are
     JSON objects, as flat text fields: source_name, "type", task, log_name, computer_name, event_id_text,
     record_number_text and the sysmon_event_data names; layout (the layout's name); field_errors (as coercion
-    errors: the fields made NULL for a NUL character, an event_data that is not an object); _extra_fields (every
-    other event_data field, name -> text); and the landed columns (source_file, source_line, source_offset, _seq,
-    ...).
+    errors: the fields made NULL for a NUL character or a lone surrogate, an event_data that is not an object);
+    _extra_fields (every other event_data field, name -> text); and the landed columns (source_file, source_line,
+    source_offset, _seq, ...).
     Lines that are not JSON objects (or longer than max_line_bytes) are left out. -#}
 {% macro winlogbeat_fields(landed_lines) -%}
 {%- set first = winlogbeat_layouts[0] -%}
@@ -180,13 +185,25 @@ WITH landed AS (
     SELECT l.* REPLACE (CAST(l.source_file AS VARCHAR) AS source_file), ltrim(try(decode(CAST(l.line AS BLOB))), chr(65279)) AS text
     FROM {{ landed_lines }} AS l
     WHERE l.line_bytes <= {{ var('max_line_bytes') }}
+), escapes AS (
+    -- JSON writes a NUL character as the escape \u0000 (a raw one is not JSON), and a surrogate as \ud800-\udfff:
+    -- a line without either holds no NUL and no lone surrogate (one scan, as fast as looking for \u0000 alone)
+    SELECT landed.*, regexp_matches(text, '\\u(?:0000|[dD][89a-fA-F])') AS may_be_damaged
+    FROM landed
+), repaired AS (
+    -- A lone surrogate (a Windows string may hold one; Python's json writes it as an escape) would reject the
+    -- whole line: it is marked instead (marked_lone_surrogates), so that only the field holding it becomes NULL.
+    SELECT escapes.* REPLACE (CASE WHEN lone_surrogates THEN marked ELSE text END AS text)
+    FROM (
+        SELECT escapes.*, CASE WHEN may_be_damaged THEN {{ marked_lone_surrogates('text') }} END AS marked,
+            coalesce(marked <> text, false) AS lone_surrogates
+        FROM escapes
+    ) AS escapes
 ), cased AS (
     -- Does a key spell a field name in another letter case? One regex scan, so exact-case lines parse once.
     -- (The regex is slow to render: it is rendered once per process, and not at all for the columns only.)
-    -- JSON writes a NUL character as the escape \u0000 (a raw one is not JSON): a line without it holds none
-    SELECT landed.*, {{ cached(has_other_case_key, 'text', spellings) if execute else 'false' }} AS other_case,
-        contains(text, '\u0000') AS may_hold_nul
-    FROM landed
+    SELECT repaired.* EXCLUDE (marked), {{ cached(has_other_case_key, 'text', spellings) if execute else 'false' }} AS other_case
+    FROM repaired
 ), parsed AS MATERIALIZED (
     -- The first layout ({{ first.comment }}):
     -- most lines are parsed once, against its fields only; only lines it does not describe are parsed again.
@@ -223,19 +240,20 @@ WITH landed AS (
         {{ flat_field(field) }} AS "{{ field }}"{{ ',' if not loop.last }}
         {%- endfor %}
     FROM layouts
-), nul_free AS (
+), undamaged AS (
     -- A field holding a NUL character (no Windows string does: it is damage) becomes NULL and is listed in
-    -- nul_errors with its value, each NUL written \u0000. DuckLake's file pruning cuts a filter constant at a
+    -- damage_errors with its value, each NUL written \u0000. DuckLake's file pruning cuts a filter constant at a
     -- NUL, so one such process GUID made every later batch fail.
+    -- A field holding a marked lone surrogate becomes NULL the same way, listed with the surrogate's escape.
     SELECT
         mapped.* REPLACE (
             {%- for field, name in text_fields.items() %}
-            CASE WHEN may_hold_nul AND contains("{{ field }}", chr(0)) THEN NULL ELSE "{{ field }}" END AS "{{ field }}"{{ ',' if not loop.last }}
+            CASE WHEN may_be_damaged AND {{ damaged('"' ~ field ~ '"') }} THEN NULL ELSE "{{ field }}" END AS "{{ field }}"{{ ',' if not loop.last }}
             {%- endfor %}),
-        CASE WHEN may_hold_nul THEN list_filter([
+        CASE WHEN may_be_damaged THEN list_filter([
             {%- for field, name in text_fields.items() %}
-            CASE WHEN contains("{{ field }}", chr(0)) THEN {'field': '{{ name }}', 'value': replace("{{ field }}", chr(0), '\u0000')} END{{ ',' if not loop.last }}
-            {%- endfor %}], lambda e: e IS NOT NULL) ELSE [] END AS nul_errors
+            CASE WHEN {{ damaged('"' ~ field ~ '"') }} THEN {'field': '{{ name }}', 'value': replace(replace("{{ field }}", chr(0), '\u0000'), chr(64976), '')} END{{ ',' if not loop.last }}
+            {%- endfor %}], lambda e: e IS NOT NULL) ELSE [] END AS damage_errors
     FROM mapped
 ), extra_parts AS (
     -- What _extra_fields is built from: the event_data objects a line holds, as JSON text, one parse. A line
@@ -253,11 +271,11 @@ WITH landed AS (
              WHEN list_unique(extra_keys) < len(extra_keys)
              THEN list_zip(extra_keys, json_extract_string(extra_json, '$.*')) END AS extra_entries
     FROM (
-        SELECT nul_free.*,
+        SELECT undamaged.*,
             CASE WHEN other_case
                  THEN [{% for names in event_data_paths %}json_extract(text, {{ path_ignoring_case('text', names) }}){{ ', ' if not loop.last }}{% endfor %}]
                  ELSE json_extract(text, [{% for names in event_data_paths %}'$.{{ names|join('.') }}'{{ ', ' if not loop.last }}{% endfor %}]) END AS objects
-        FROM nul_free
+        FROM undamaged
     ) AS with_objects
 ), extra AS (
     SELECT
@@ -270,25 +288,35 @@ WITH landed AS (
                           ELSE e[1] IN ({% for name in sysmon_event_data %}'{{ name }}'{{ ', ' if not loop.last }}{% endfor %}) END
                  AND list_position(list_transform(extra_entries, lambda f: f[1]), e[1]) = i)) END AS extra_map
     FROM extra_parts
+), fields AS (
+    SELECT
+        extra.* EXCLUDE (damage_errors),
+        -- an event_data that is not an object (a string, a list) fills no field: listed, as a value that does not coerce
+        -- (extra_json is set only on a line whose one event_data is an object: nearly every line, not looked at again)
+        CASE WHEN extra_json IS NULL
+             THEN damage_errors || [{'field': 'event_data', 'value': CAST(o AS VARCHAR)} FOR o IN objects IF CAST(o AS VARCHAR) <> 'null' AND NOT starts_with(o, '{')]
+             ELSE damage_errors END AS field_errors,
+        -- a layout's fields that have a Sysmon name the STRUCT does not declare go back under that name (an
+        -- event_data entry of the same name wins)
+        CASE
+            {%- for layout in winlogbeat_layouts if layout.get('extra_fields') %}
+            WHEN layout = '{{ layout.name }}' THEN map_concat(map_from_entries(list_filter([
+                {%- for name, value, event_ids in layout.extra_fields %}
+                {'key': '{{ name }}', 'value': {{ "CASE WHEN " ~ ksql_integer('event_id_text') ~ " IN (" ~ event_ids|join(', ') ~ ") THEN " ~ value ~ " END" if event_ids else value }}}{{ ',' if not loop.last }}
+                {%- endfor %}], lambda e: e.value IS NOT NULL)), extra_map)
+            {%- endfor %}
+            ELSE extra_map
+        END AS _extra_fields
+    FROM extra
+), unmarked AS (
+    -- _extra_fields gives a marked lone surrogate as its escape (the first entry of a name wins, as above)
+    SELECT fields.*, CASE WHEN lone_surrogates THEN list_transform(map_entries(_extra_fields), lambda e:
+        {'key': replace(e.key, chr(64976), ''), 'value': replace(e.value, chr(64976), '')}) END AS extra_entries_unmarked
+    FROM fields
 )
-SELECT
-    extra.* EXCLUDE (nul_errors),
-    -- an event_data that is not an object (a string, a list) fills no field: listed, as a value that does not coerce
-    -- (extra_json is set only on a line whose one event_data is an object: nearly every line, not looked at again)
-    CASE WHEN extra_json IS NULL
-         THEN nul_errors || [{'field': 'event_data', 'value': CAST(o AS VARCHAR)} FOR o IN objects IF CAST(o AS VARCHAR) <> 'null' AND NOT starts_with(o, '{')]
-         ELSE nul_errors END AS field_errors,
-    -- a layout's fields that have a Sysmon name the STRUCT does not declare go back under that name (an
-    -- event_data entry of the same name wins)
-    CASE
-        {%- for layout in winlogbeat_layouts if layout.get('extra_fields') %}
-        WHEN layout = '{{ layout.name }}' THEN map_concat(map_from_entries(list_filter([
-            {%- for name, value, event_ids in layout.extra_fields %}
-            {'key': '{{ name }}', 'value': {{ "CASE WHEN " ~ ksql_integer('event_id_text') ~ " IN (" ~ event_ids|join(', ') ~ ") THEN " ~ value ~ " END" if event_ids else value }}}{{ ',' if not loop.last }}
-            {%- endfor %}], lambda e: e.value IS NOT NULL)), extra_map)
-        {%- endfor %}
-        ELSE extra_map
-    END AS _extra_fields
-FROM extra
+SELECT unmarked.* EXCLUDE (extra_entries_unmarked) REPLACE (
+    CASE WHEN lone_surrogates THEN map_from_entries(list_filter(extra_entries_unmarked, lambda e, i:
+        list_position(list_transform(extra_entries_unmarked, lambda f: f.key), e.key) = i)) ELSE _extra_fields END AS _extra_fields)
+FROM unmarked
 )
 {%- endmacro %}

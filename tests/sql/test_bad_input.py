@@ -123,6 +123,42 @@ def test_a_field_holding_a_nul_character_becomes_null_is_recorded_and_stops_no_b
     ]
 
 
+def test_a_field_holding_a_lone_surrogate_becomes_null_is_recorded_and_the_event_flows_on(lake: Lake) -> None:
+    """JSON may escape a lone UTF-16 surrogate (Python's json writes one for a Windows string that holds it); DuckDB's
+    parser rejected the whole line for it, so the connection lost its process."""
+    create = process_create("{A}", command_line="cmd \ud83d x", event_data={"Description": "smile \U0001f600"})
+    create["event_data"]["Extra\udc00Name"] = "v\ud800"
+    other_case = process_create("{B}", computer="host\udfff")
+    other_case["event_data"]["commandline"] = other_case["event_data"].pop("CommandLine")
+    literal = process_create("{C}", command_line="echo \\ud83d")  # a backslash, then the text ud83d
+    assert '"cmd \\ud83d x"' in lake.land([create, network_connect("{A}"), other_case, literal]).read_text()
+    lake.batch()
+    assert lake.count("winlogbeat_rejects") == 0
+    assert lake.rows(
+        "SELECT event_data.ProcessGuid, event_data.CommandLine, event_data.Description, computer_name,"
+        " _coercion_errors, _extra_fields FROM winlogbeat_stream WHERE event_id = 1 ORDER BY _seq"
+    ) == [
+        (
+            "{A}",
+            None,
+            "smile \U0001f600",
+            "HOST1.corp",
+            [{"field": "CommandLine", "value": "cmd \\ud83d x"}],
+            {"Extra\\udc00Name": "v\\ud800"},
+        ),
+        (
+            "{B}",
+            "cmd.exe /c whoami",
+            "Windows Command Processor",
+            None,
+            [{"field": "computer_name", "value": "host\\udfff"}],
+            {},
+        ),
+        ("{C}", "echo \\ud83d", "Windows Command Processor", "HOST1.corp", [], {}),
+    ]
+    assert lake.rows("SELECT process_guid, process_command_line FROM sysmon_join") == [("{A}", None)]
+
+
 def test_an_event_data_that_is_not_an_object_is_a_coercion_error_and_the_event_flows_on(lake: Lake) -> None:
     create, connect = process_create("{A}"), network_connect("{A}")
     connect["event_data"] = "DestinationPort=443"
