@@ -50,14 +50,21 @@
 regexp_matches({{ text }}, '"(?:{{ words|join('|') }})"\s*:')
 {%- endmacro %}
 
+{#- SQL: `text` with each match of the regex `token` (a SQL string literal) replaced by `rewrite` (SQL reading the
+    match as t[1]); the text between matches is kept as it is. -#}
+{% macro tokens_rewritten(text, token, rewrite) -%}
+regexp_split_to_array({{ text }}, {{ token }})[1] || array_to_string(list_transform(
+    list_zip(regexp_extract_all({{ text }}, {{ token }}), regexp_split_to_array({{ text }}, {{ token }})[2:]),
+    t -> {{ rewrite }} || t[2]), '')
+{%- endmacro %}
+
 {#- The JSON text with every object key upper-cased (keys holding an escape sequence are left alone: upper-casing
     \n or \u00e9 would break them); values are copied as they are. It walks the string tokens in order, so a
     quote inside a value never starts a key. -#}
 {% set json_string_token %}'"(?:[^"\\]|\\.)*"\s*:?'{% endset %}
+{% set upper_key %}CASE WHEN ends_with(t[1], ':') AND NOT contains(t[1], '\') THEN upper(t[1]) ELSE t[1] END{% endset %}
 {% macro upper_keys(text) -%}
-regexp_split_to_array({{ text }}, {{ json_string_token }})[1] || array_to_string(list_transform(
-    list_zip(regexp_extract_all({{ text }}, {{ json_string_token }}), regexp_split_to_array({{ text }}, {{ json_string_token }})[2:]),
-    t -> CASE WHEN ends_with(t[1], ':') AND NOT contains(t[1], '\') THEN upper(t[1]) ELSE t[1] END || t[2]), '')
+{{ tokens_rewritten(text, json_string_token, upper_key) }}
 {%- endmacro %}
 
 {#- Parse with a layout's exact field names; a line that spells a field in another letter case (other_case, a SQL
@@ -86,8 +93,7 @@ CASE WHEN {{ other_case }}
     the whole text) written as the marker U+FDD0 (a noncharacter) followed by its escape as text: "a\ud83d" reads
     as 'a' || chr(64976) || '\ud83d'. It walks the escapes in order, so an escaped backslash never starts one. -#}
 {% set json_surrogate_token %}'\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[dD][89a-fA-F][0-9a-fA-F]{2}'{% endset %}
+{% set marked_if_lone %}CASE WHEN length(t[1]) = 6 THEN chr(64976) || '\' || t[1] ELSE t[1] END{% endset %}
 {% macro marked_lone_surrogates(text) -%}
-regexp_split_to_array({{ text }}, {{ json_surrogate_token }})[1] || array_to_string(list_transform(
-    list_zip(regexp_extract_all({{ text }}, {{ json_surrogate_token }}), regexp_split_to_array({{ text }}, {{ json_surrogate_token }})[2:]),
-    lambda t: CASE WHEN length(t[1]) = 6 THEN chr(64976) || '\' || t[1] ELSE t[1] END || t[2]), '')
+{{ tokens_rewritten(text, json_surrogate_token, marked_if_lone) }}
 {%- endmacro %}

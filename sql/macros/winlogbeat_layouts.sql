@@ -193,7 +193,7 @@ WITH landed AS (
 ), repaired AS (
     -- A lone surrogate (a Windows string may hold one; Python's json writes it as an escape) would reject the
     -- whole line: it is marked instead (marked_lone_surrogates), so that only the field holding it becomes NULL.
-    SELECT escapes.* REPLACE (CASE WHEN lone_surrogates THEN marked ELSE text END AS text)
+    SELECT escapes.* REPLACE (coalesce(marked, text) AS text)
     FROM (
         SELECT escapes.*, CASE WHEN may_be_damaged THEN {{ marked_lone_surrogates('text') }} END AS marked,
             coalesce(marked <> text, false) AS lone_surrogates
