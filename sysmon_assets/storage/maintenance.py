@@ -13,8 +13,9 @@ from dbt_like import table_exists
 from dbt_like.sql import literal, scalar
 from sysmon_assets.storage.lake import INLINED_SCHEMAS, LAKE, current_snapshot, last_complete_batch
 
-# Stream tables whose old rows a retention drops, by the time their batch started. The keyed process table
-# is left whole: a long-lived process still opens connections long after its create arrived.
+# The stream models' tables, whose old rows a retention drops by the time their batch started (a test checks that
+# every stream model is listed). The keyed tables are left whole: a long-lived process still opens connections long
+# after its create arrived.
 EVENT_TABLES = (
     "winlogbeat_stream",
     "winlogbeat_rejects",
@@ -22,6 +23,7 @@ EVENT_TABLES = (
     "sysmon_process_create",
     "sysmon_network_connect",
     "sysmon_join",
+    "sigma_detections",
 )
 
 # The highest arrival number (_seq) the stream held when a retention last dropped rows: the ingest step numbers new

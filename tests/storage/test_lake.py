@@ -229,15 +229,18 @@ def test_snapshot_retention_expires_old_snapshots_and_deletes_their_files(lake: 
     assert upkeeps[1].files_deleted > 0 and on_disk[1] > 0  # fewer files on disk after the second run
 
 
-def test_event_retention_drops_old_batches_rows_but_not_the_process_table(lake: Lake, tmp_path: Path) -> None:
+def test_event_retention_empties_every_stream_but_not_the_keyed_tables(lake: Lake, tmp_path: Path) -> None:
     lines = sample_lines(tmp_path, 600)
     list(in_batches(lake, lines, 2))
-    processes = lake.count("sysmon_process_create_table")
+    keyed = ("sysmon_process_create_table", "sysmon_process_ancestry")
+    processes = [lake.count(name) for name in keyed]
     with open_lake(lake.settings) as con:
         upkeep = maintain(con, T0.replace(year=T0.year + 1), snapshot_retention_days=7, event_retention_days=30)
-    assert upkeep.rows_dropped["sysmon_join"] > 0
-    assert [lake.count(t) for t in ("winlogbeat_stream", "sysmon_join")] == [0, 0]
-    assert lake.count("sysmon_process_create_table") == processes
+    streams = [name for name, config in lake.pipeline.project.configs.items() if config["materialized"] == "stream"]
+    assert "sigma_detections" in streams  # every stream model's rows go, the hunting ones' too
+    assert all(upkeep.rows_dropped[name] > 0 for name in streams if name != "winlogbeat_rejects")
+    assert {name: lake.count(name) for name in streams} == dict.fromkeys(streams, 0)
+    assert [lake.count(name) for name in keyed] == processes
 
 
 def test_numbering_goes_on_above_what_a_retention_dropped(tmp_path: Path) -> None:
