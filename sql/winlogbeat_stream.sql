@@ -3,12 +3,12 @@
 -- One row per landed JSON object line, typed as the CREATE STREAM declares, whichever layout carried it:
 -- Winlogbeat 6.x (the recipe's), 7.x/8.x (winlog.*), 7.x/8.x with the Sysmon module (Elastic ECS), or an
 -- EVTX record (landed as {"evtx": <the record's Event object>}). Field names match whatever their letter case,
--- as KSQL's JSON deserializer matches them. A field that does not coerce, or that holds a NUL character or a
--- lone surrogate, becomes NULL and is listed in _coercion_errors, as is a UtcTime that will not parse; the row
--- is kept. Lines that are not JSON objects (or longer than max_line_bytes) go to winlogbeat_rejects. Columns
--- starting with _ are metadata; _extra_fields keeps every other event_data field (name -> text), _kafka holds
--- the message's topic, partition, offset, timestamp, key and headers when the source is Kafka (var('source') =
--- 'kafka').
+-- as KSQL's JSON deserializer matches them. A field that does not coerce, or that holds a NUL character, a
+-- lone surrogate or a byte that is not UTF-8, becomes NULL and is listed in _coercion_errors, as is a UtcTime
+-- that will not parse; the row is kept. Lines that are not JSON objects (or longer than max_line_bytes) go to
+-- winlogbeat_rejects. Columns starting with _ are metadata; _extra_fields keeps every other event_data field
+-- (name -> text), _kafka holds the message's topic, partition, offset, timestamp, key and headers when the source
+-- is Kafka (var('source') = 'kafka').
 {#- DuckDB 1.4 pushes the filter on a parsed column into the MATERIALIZED CTE that parses, which then parses
     every line twice (cte_filter_pusher): about a fifth of this query's time. -#}
 {{ config(materialized='stream', duckdb_settings={'disabled_optimizers': 'cte_filter_pusher'}) }}

@@ -143,9 +143,10 @@
 {%- endif -%}
 {%- endmacro %}
 
-{#- SQL condition: the text field holds a NUL character or a marked lone surrogate (on a line that has one). -#}
+{#- SQL condition: the text field holds a NUL character, or a marked lone surrogate or byte that is not UTF-8 (on a
+    line that holds marks). -#}
 {% macro damaged(field) -%}
-(contains({{ field }}, chr(0)) OR (lone_surrogates AND contains({{ field }}, chr(64976))))
+(contains({{ field }}, chr(0)) OR (holds_marks AND contains({{ field }}, chr(64976))))
 {%- endmacro %}
 
 {#- A recipe field as text, from the first layout that carries it. -#}
@@ -181,22 +182,29 @@ coalesce({{ values|join(', ') }})
 (
 WITH landed AS (
     -- a landed file's line keeps its newline here: JSON allows the trailing whitespace, and no copy is made
-    -- text is NULL if not UTF-8; a byte order mark (an exported file's first line) is not part of the event
-    SELECT l.* REPLACE (CAST(l.source_file AS VARCHAR) AS source_file), ltrim(try(decode(CAST(l.line AS BLOB))), chr(65279)) AS text
+    SELECT l.* REPLACE (CAST(l.source_file AS VARCHAR) AS source_file), try(decode(CAST(l.line AS BLOB))) AS utf8_text
     FROM {{ landed_lines }} AS l
     WHERE l.line_bytes <= {{ var('max_line_bytes') }}
+), decoded AS (
+    -- A byte that is not UTF-8 (a shipper writing another code page) would reject the whole line: it is marked
+    -- instead (marked_invalid_utf8), so that only the field holding it becomes NULL. A byte order mark (an
+    -- exported file's first line) is not part of the event.
+    SELECT landed.* EXCLUDE (utf8_text),
+        ltrim(CASE WHEN utf8_text IS NULL THEN {{ marked_invalid_utf8('CAST(line AS BLOB)') }} ELSE utf8_text END, chr(65279)) AS text,
+        utf8_text IS NULL AS invalid_utf8
+    FROM landed
 ), escapes AS (
     -- JSON writes a NUL character as the escape \u0000 (a raw one is not JSON), and a surrogate as \ud800-\udfff:
     -- a line without either holds no NUL and no lone surrogate (one scan, as fast as looking for \u0000 alone)
-    SELECT landed.*, regexp_matches(text, '\\u(?:0000|[dD][89a-fA-F])') AS may_be_damaged
-    FROM landed
+    SELECT decoded.*, invalid_utf8 OR regexp_matches(text, '\\u(?:0000|[dD][89a-fA-F])') AS may_be_damaged
+    FROM decoded
 ), repaired AS (
     -- A lone surrogate (a Windows string may hold one; Python's json writes it as an escape) would reject the
-    -- whole line: it is marked instead (marked_lone_surrogates), so that only the field holding it becomes NULL.
+    -- whole line too: it is marked the same way (marked_lone_surrogates).
     SELECT escapes.* REPLACE (coalesce(marked, text) AS text)
     FROM (
         SELECT escapes.*, CASE WHEN may_be_damaged THEN {{ marked_lone_surrogates('text') }} END AS marked,
-            coalesce(marked <> text, false) AS lone_surrogates
+            invalid_utf8 OR coalesce(marked <> text, false) AS holds_marks
         FROM escapes
     ) AS escapes
 ), cased AS (
@@ -244,7 +252,7 @@ WITH landed AS (
     -- A field holding a NUL character (no Windows string does: it is damage) becomes NULL and is listed in
     -- damage_errors with its value, each NUL written \u0000. DuckLake's file pruning cuts a filter constant at a
     -- NUL, so one such process GUID made every later batch fail.
-    -- A field holding a marked lone surrogate becomes NULL the same way, listed with the surrogate's escape.
+    -- A field holding a mark becomes NULL the same way, listed with the lone surrogate's escape or the byte as \xNN.
     SELECT
         mapped.* REPLACE (
             {%- for field, name in text_fields.items() %}
@@ -309,13 +317,13 @@ WITH landed AS (
         END AS _extra_fields
     FROM extra
 ), unmarked AS (
-    -- _extra_fields gives a marked lone surrogate as its escape (the first entry of a name wins, as above)
-    SELECT fields.*, CASE WHEN lone_surrogates THEN list_transform(map_entries(_extra_fields), lambda e:
+    -- _extra_fields gives a marked lone surrogate as its escape, a byte as \xNN (the first entry of a name wins, as above)
+    SELECT fields.*, CASE WHEN holds_marks THEN list_transform(map_entries(_extra_fields), lambda e:
         {'key': replace(e.key, chr(64976), ''), 'value': replace(e.value, chr(64976), '')}) END AS extra_entries_unmarked
     FROM fields
 )
 SELECT unmarked.* EXCLUDE (extra_entries_unmarked) REPLACE (
-    CASE WHEN lone_surrogates THEN map_from_entries(list_filter(extra_entries_unmarked, lambda e, i:
+    CASE WHEN holds_marks THEN map_from_entries(list_filter(extra_entries_unmarked, lambda e, i:
         list_position(list_transform(extra_entries_unmarked, lambda f: f.key), e.key) = i)) ELSE _extra_fields END AS _extra_fields)
 FROM unmarked
 )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import random
+import re
 import tempfile
 import zlib
 from datetime import timedelta
@@ -159,6 +161,57 @@ def test_a_field_holding_a_lone_surrogate_becomes_null_is_recorded_and_the_event
     assert lake.rows("SELECT process_guid, process_command_line FROM sysmon_join") == [("{A}", None)]
 
 
+def test_a_field_holding_a_byte_that_is_not_utf8_becomes_null_is_recorded_and_the_event_flows_on(lake: Lake) -> None:
+    """A shipper writing another code page (Windows-1252's \\xe9 for é) made the whole line a reject, so the
+    connection lost its process."""
+    # the command line holds é in UTF-8 and the text \\xE9 (escaped in the JSON): both are good text
+    create = json.dumps(process_create("{A}", command_line="caf\u00e9 \\xE9", computer="h\u00e9te"), ensure_ascii=False)
+    create = create.encode().replace(b'"Windows Command', b'"\xe9 Windows Command').replace(b'"User"', b'"Us\xffer"')
+    outside_strings = json.dumps(process_create("{B}")).encode().replace(b'{"', b'{\x80"', 1)
+    lines = [create, outside_strings, json.dumps(network_connect("{A}")).encode()]
+    (lake.landing / "w.ndjson").write_bytes(b"".join(line + b"\n" for line in lines))
+    lake.batch()
+    assert lake.rows(
+        "SELECT event_data.ProcessGuid, event_data.CommandLine, event_data.Description, event_data.User,"
+        " computer_name, _coercion_errors, _extra_fields FROM winlogbeat_stream WHERE event_id = 1"
+    ) == [
+        (
+            "{A}",
+            "caf\u00e9 \\xE9",
+            None,
+            None,
+            "h\u00e9te",
+            [{"field": "Description", "value": "\\xE9 Windows Command Processor"}],
+            {"Us\\xFFer": "CORP\\alice"},
+        )
+    ]
+    assert lake.rows("SELECT source_line, error FROM winlogbeat_rejects") == [(2, "not valid UTF-8")]
+    assert lake.rows("SELECT process_guid, process_command_line FROM sysmon_join") == [("{A}", "caf\u00e9 \\xE9")]
+
+
+def test_every_byte_that_is_not_utf8_is_shown_as_python_reads_it_and_the_rest_as_text(lake: Lake) -> None:
+    """Random bytes in a command line: the valid UTF-8 sequences (RFC 3629) read as text, each other byte \\xNN."""
+    rng = random.Random(3)
+    pieces = [bytes([rng.choice([rng.randrange(0x80, 0x100), rng.randrange(0x20, 0x7F)])]) for _ in range(4000)]
+    pieces += ["é", "€", "😀", "\uffff"] * 50
+    values = []
+    for _ in range(200):
+        chosen = rng.choices(pieces, k=rng.randrange(1, 12))
+        value = b"".join(piece.encode() if isinstance(piece, str) else piece for piece in chosen)
+        values.append(value.replace(b'"', b"'").replace(b"\\", b"/"))
+    template = json.dumps(process_create("{A}", command_line="VALUE")).encode()
+    (lake.landing / "w.ndjson").write_bytes(b"".join(template.replace(b"VALUE", value) + b"\n" for value in values))
+    lake.batch()
+    rows = lake.rows("SELECT event_data.CommandLine, _coercion_errors FROM winlogbeat_stream ORDER BY _seq")
+    expected = []
+    for value in values:
+        text = value.decode("utf-8", errors="surrogateescape")
+        shown = re.sub("[\udc80-\udcff]", lambda byte: f"\\x{ord(byte[0]) - 0xDC00:02X}", text)
+        expected.append((None, [{"field": "CommandLine", "value": shown}]) if shown != text else (text, []))
+    assert rows == expected
+    assert 50 < sum(command_line is None for command_line, _ in rows) < 200  # both kinds were drawn
+
+
 def test_an_event_data_that_is_not_an_object_is_a_coercion_error_and_the_event_flows_on(lake: Lake) -> None:
     create, connect = process_create("{A}"), network_connect("{A}")
     connect["event_data"] = "DestinationPort=443"
@@ -209,9 +262,10 @@ def is_blank(line: bytes) -> bool:
 
 
 def is_json_object(line: bytes) -> bool:
+    """Is ``line`` a JSON object once each byte that is not UTF-8 is read as a character (the stream marks it)?"""
     try:
-        return isinstance(json.loads(line.decode("utf-8")), dict)
-    except (UnicodeDecodeError, ValueError):
+        return isinstance(json.loads(line.decode("utf-8", errors="surrogateescape")), dict)
+    except ValueError:
         return False
 
 

@@ -225,8 +225,7 @@ def test_rejects_record_lines_that_are_not_json_objects_and_skip_blank_lines(lak
     good = json.dumps(network_connect("{A}"))
     path = lake.landing / "mixed.ndjson"
     path.write_bytes(
-        b"\n".join([good.encode(), b"{not json", b"", b"   ", b"[1, 2]", b'{"event_id": "\xff\xfe"}', good.encode()])
-        + b"\n"
+        b"\n".join([good.encode(), b"{not json", b"", b"   ", b"[1, 2]", b'{"event_id": 1\xff}', good.encode()]) + b"\n"
     )
     lake.batch()
     assert lake.count("winlogbeat_stream") == 2
