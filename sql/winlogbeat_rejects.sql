@@ -18,6 +18,15 @@ WITH unparsed AS (
 ), decoded AS (
     SELECT landed.*, try(decode(line)) AS text
     FROM landed
+), utf16 AS (
+    -- UTF-16 text (Windows PowerShell's default file encoding): a byte order mark, or about every second byte NUL
+    -- (ASCII text; a run of NUL bytes alone, as a crashed writer leaves, is not). NUL bytes are counted in the
+    -- BLOB's text, where one is \x00 and a backslash \x5C.
+    SELECT decoded.*,
+        octet_length(line) >= 2 AND (list_contains([from_hex('FFFE'), from_hex('FEFF')], line[1:2])
+            OR (length(CAST(line AS VARCHAR)) - length(replace(CAST(line AS VARCHAR), '\x00', ''))) / 4
+               / octet_length(line) BETWEEN 1 / 3 AND 2 / 3) AS looks_utf16
+    FROM decoded
 )
 SELECT
     source_file,
@@ -27,6 +36,7 @@ SELECT
         WHEN read_error IS NOT NULL THEN read_error
         WHEN octet_length(line) > {{ var('max_line_bytes') }}
             THEN 'line of ' || octet_length(line) || ' bytes is longer than max_line_bytes={{ var('max_line_bytes') }}'
+        WHEN looks_utf16 THEN 'UTF-16 text: only UTF-8 is read (save the file as UTF-8)'
         WHEN text IS NULL THEN 'not valid UTF-8'
         WHEN trim(text, E' \t\r\n') = '' THEN 'empty message value'
         WHEN NOT json_valid(text) THEN 'malformed JSON'
@@ -41,5 +51,5 @@ SELECT
     octet_length(line) AS raw_bytes,
     left(coalesce(text, CAST(line AS VARCHAR)), 2048) AS raw_text,
     TIMESTAMP '{{ batch_time }}' AS ingested_at
-FROM decoded
+FROM utf16
 WHERE text IS NULL OR trim(text, E' \t\r\n') <> '' OR read_error IS NOT NULL{% if kafka %} OR kafka_topic IS NOT NULL{% endif %}

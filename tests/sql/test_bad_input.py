@@ -45,6 +45,24 @@ def test_binary_garbage_is_rejected_with_its_bytes_shown(lake: Lake) -> None:
     assert "garbage" in raw and "\\xFF" in raw
 
 
+def test_a_utf16_file_is_rejected_line_by_line_saying_so(lake: Lake) -> None:
+    """Windows PowerShell writes UTF-16 by default (`Out-File`, `>`): each line says so, not "malformed JSON"."""
+    text = "".join(json.dumps(event) + "\n" for event in (process_create("{A}"), network_connect("{A}")))
+    (lake.landing / "export.json").write_bytes(text.encode("utf-16"))  # little-endian, with a byte order mark
+    (lake.landing / "export-be.json").write_bytes(text.encode("utf-16-be"))
+    (lake.landing / "crashed.ndjson").write_bytes(b"\x00" * 64 + b"\n" + text.encode())  # a writer's zero fill
+    lake.batch()
+    utf16 = "UTF-16 text: only UTF-8 is read (save the file as UTF-8)"
+    assert lake.rows("SELECT source_file, source_line, error FROM winlogbeat_rejects ORDER BY ALL") == [
+        (str(lake.landing / "crashed.ndjson"), 1, "malformed JSON"),
+        (str(lake.landing / "export-be.json"), 1, utf16),
+        (str(lake.landing / "export-be.json"), 2, utf16),
+        (str(lake.landing / "export.json"), 1, utf16),
+        (str(lake.landing / "export.json"), 2, utf16),
+    ]
+    assert lake.count("sysmon_join") == 1  # the zero-filled file's events
+
+
 def test_a_file_replaced_in_place_is_reported_and_read_anew(lake: Lake) -> None:
     path = lake.land([network_connect("{A}", "10.0.0.1"), network_connect("{A}", "10.0.0.2")])
     lake.batch()
