@@ -104,12 +104,16 @@ CASE WHEN {{ other_case }}
     included, as \xNN: a token is one valid sequence (RFC 3629) in that form, or else one byte. -#}
 {% set utf8_continuation %}\\x[89AB][0-9A-F]{% endset %}
 {% set utf8_token -%}
-'\\x(?:[0-7][0-9A-F]|(?:C[2-9A-F]|D[0-9A-F]){{ utf8_continuation }}|E0\\x[AB][0-9A-F]{{ utf8_continuation }}
-|E[1-9A-CEF]{{ utf8_continuation * 2 }}|ED\\x[89][0-9A-F]{{ utf8_continuation }}
-|F0\\x[9AB][0-9A-F]{{ utf8_continuation * 2 }}|F[1-3]{{ utf8_continuation * 3 }}|F4\\x8[0-9A-F]{{ utf8_continuation * 2 }}
+'\\x(?:[0-7][0-9A-F]|(?:C[2-9A-F]|D[0-9A-F]){{ utf8_continuation }}
+|E0\\x[AB][0-9A-F]{{ utf8_continuation }}|E[1-9A-CEF]{{ utf8_continuation * 2 }}|ED\\x[89][0-9A-F]{{ utf8_continuation }}
+|F0\\x[9AB][0-9A-F]{{ utf8_continuation * 2 }}|F[1-3]{{ utf8_continuation * 3 }}
+|F4\\x8[0-9A-F]{{ utf8_continuation * 2 }}
 |[0-9A-F]{2})'
 {%- endset %}
-{% set marked_if_invalid %}CASE WHEN length(t[1]) = 4 AND t[1] >= '\x80' THEN chr(64976) || '\' || t[1] ELSE decode(unhex(replace(t[1], '\x', ''))) END{% endset %}
+{% set marked_if_invalid -%}
+CASE WHEN length(t[1]) = 4 AND t[1] >= '\x80' THEN chr(64976) || '\' || t[1]
+     ELSE decode(unhex(replace(t[1], '\x', ''))) END
+{%- endset %}
 {% macro marked_invalid_utf8(bytes) -%}
 {{ tokens_rewritten('CAST(' ~ bytes ~ ' AS VARCHAR)', utf8_token | replace('\n', ''), marked_if_invalid) }}
 {%- endmacro %}

@@ -190,7 +190,8 @@ WITH landed AS (
     -- instead (marked_invalid_utf8), so that only the field holding it becomes NULL. A byte order mark (an
     -- exported file's first line) is not part of the event.
     SELECT landed.* EXCLUDE (utf8_text),
-        ltrim(CASE WHEN utf8_text IS NULL THEN {{ marked_invalid_utf8('CAST(line AS BLOB)') }} ELSE utf8_text END, chr(65279)) AS text,
+        ltrim(CASE WHEN utf8_text IS NULL THEN {{ marked_invalid_utf8('CAST(line AS BLOB)') }} ELSE utf8_text END,
+              chr(65279)) AS text,
         utf8_text IS NULL AS invalid_utf8
     FROM landed
 ), escapes AS (
@@ -317,7 +318,8 @@ WITH landed AS (
         END AS _extra_fields
     FROM extra
 ), unmarked AS (
-    -- _extra_fields gives a marked lone surrogate as its escape, a byte as \xNN (the first entry of a name wins, as above)
+    -- _extra_fields gives a marked lone surrogate as its escape and a byte as \xNN (the first entry of a name wins,
+    -- as above)
     SELECT fields.*, CASE WHEN holds_marks THEN list_transform(map_entries(_extra_fields), lambda e:
         {'key': replace(e.key, chr(64976), ''), 'value': replace(e.value, chr(64976), '')}) END AS extra_entries_unmarked
     FROM fields
