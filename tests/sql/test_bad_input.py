@@ -217,6 +217,8 @@ def test_every_byte_that_is_not_utf8_is_shown_as_python_reads_it_and_the_rest_as
         chosen = rng.choices(pieces, k=rng.randrange(1, 12))
         value = b"".join(piece.encode() if isinstance(piece, str) else piece for piece in chosen)
         values.append(value.replace(b'"', b"'").replace(b"\\", b"/"))
+    # forms RFC 3629 forbids: overlong (C0 80, E0 80 80), an encoded surrogate (ED A0 80), beyond U+10FFFF (F4 90 ..)
+    values += [b"a\xc0\x80", b"\xe0\x80\x80b", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xf4\x8f\xbf\xbf"]
     template = json.dumps(process_create("{A}", command_line="VALUE")).encode()
     (lake.landing / "w.ndjson").write_bytes(b"".join(template.replace(b"VALUE", value) + b"\n" for value in values))
     lake.batch()
