@@ -16,16 +16,16 @@ WITH unparsed AS (
     SELECT u.* REPLACE (CAST(u.line AS BLOB)[1:u.line_bytes] AS line, CAST(u.source_file AS VARCHAR) AS source_file)
     FROM unparsed AS u
 ), decoded AS (
-    SELECT landed.*, try(decode(line)) AS text
+    -- escaped: the BLOB's text, each byte that is not printable ASCII (a backslash too) written \xNN
+    SELECT landed.*, try(decode(line)) AS text, CAST(line AS VARCHAR) AS escaped
     FROM landed
 ), utf16 AS (
     -- UTF-16 text (Windows PowerShell's default file encoding): a byte order mark, or about every second byte NUL
-    -- (ASCII text; a run of NUL bytes alone, as a crashed writer leaves, is not). NUL bytes are counted in the
-    -- BLOB's text, where one is \x00 and a backslash \x5C.
+    -- (ASCII text; a run of NUL bytes alone, as a crashed writer leaves, is not)
     SELECT decoded.*,
         octet_length(line) >= 2 AND (list_contains([from_hex('FFFE'), from_hex('FEFF')], line[1:2])
-            OR (length(CAST(line AS VARCHAR)) - length(replace(CAST(line AS VARCHAR), '\x00', ''))) / 4
-               / octet_length(line) BETWEEN 1 / 3 AND 2 / 3) AS looks_utf16
+            OR (length(escaped) - length(replace(escaped, '\x00', ''))) / 4 / octet_length(line)
+               BETWEEN 1 / 3 AND 2 / 3) AS looks_utf16
     FROM decoded
 )
 SELECT
@@ -49,7 +49,7 @@ SELECT
     CAST(NULL AS STRUCT(topic VARCHAR, "partition" INTEGER, "offset" BIGINT)) AS kafka,
     {%- endif %}
     octet_length(line) AS raw_bytes,
-    left(coalesce(text, CAST(line AS VARCHAR)), 2048) AS raw_text,
+    left(coalesce(text, escaped), 2048) AS raw_text,
     TIMESTAMP '{{ batch_time }}' AS ingested_at
 FROM utf16
 WHERE text IS NULL OR trim(text, E' \t\r\n') <> '' OR read_error IS NOT NULL{% if kafka %} OR kafka_topic IS NOT NULL{% endif %}
