@@ -6,6 +6,8 @@ reference to a *table* model yields the table as it stands now. ``ref(name, full
 yields every row of a stream, for models that must look back (an as-of join). A model written in the same step
 as another (``part_of``) reads that model's rows of this batch through ``ref()``. A *view* model is
 stored as a query, not as rows, so every ``ref()`` in it yields the whole relation, as does a ``ref()`` to it.
+``unmatched(name)``, beside ``ref(name)`` of a stream declared ``retry_unmatched``, yields the rows of its retried
+input that it stopped waiting for (their grace ended without a match) in the batches of ``name`` this step reads.
 ``execute`` is False (as in dbt) when the SQL is rendered for its shape only (its columns, lineage and config),
 never to be run for rows: a model may leave out there what costs time to plan and does not change its columns.
 """
@@ -26,6 +28,8 @@ from dbt_like.sql import is_setting_name, quote_identifier, quote_string
 
 STATE_SCHEMA = "dbt_like"
 PENDING_TABLE = f"{STATE_SCHEMA}.pending"
+# A retried model's rows that stopped waiting unmatched, for the models that read them through unmatched().
+UNMATCHED_TABLE = f"{STATE_SCHEMA}.unmatched"
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
 # Values a template writes into SQL go through these: {{ title | sql_string }}, {{ name | sql_identifier }}.
@@ -133,6 +137,7 @@ def render_plain(model: Model, variables: Mapping[str, Any]) -> tuple[str, dict[
         {
             "config": config,
             "ref": lambda name, full=False: name,
+            "unmatched": lambda name: name,
             "source": lambda name: name,
             "var": _var_lookup(variables, model.path),
             "this": model.name,
@@ -200,6 +205,16 @@ def delta_relation(
     return f"({delta})"
 
 
+def unmatched_relation(name: str, retried: str, lower: int, upper: int, shard: Shard) -> str:
+    """SQL for the rows of ``retried`` that model ``name`` stopped waiting for in the shard's batches
+    ``(lower, upper]``."""
+    given_up = (
+        f"SELECT seq FROM {UNMATCHED_TABLE} WHERE model = {quote_string(name)} AND shard = {shard.index} "
+        f"AND batch_id > {lower} AND batch_id <= {upper}"
+    )
+    return f"(SELECT * FROM {retried} WHERE _seq IN ({given_up}))"
+
+
 def render_step(
     model: Model, configs: Mapping[str, dict[str, Any]], variables: Mapping[str, Any], step: StepContext
 ) -> str:
@@ -215,6 +230,13 @@ def render_step(
         lower, upper = step.offsets.get(name, 0), step.upper_bounds[name]
         return delta_relation(name, lower, upper, step.shard, retried_by, step.pending_floor)
 
+    def unmatched(name: str) -> str:
+        retried = configs[name].get("retry_unmatched") if name in configs else None
+        if not retried or name not in model.refs or own["materialized"] == "view":
+            raise ProjectError(f"{model.path}: unmatched('{name}') needs a ref() to a stream declaring retry_unmatched")
+        lower, upper = step.offsets.get(name, 0), step.upper_bounds[name]
+        return unmatched_relation(name, retried, lower, upper, step.shard)
+
     def source(name: str) -> str:
         if name not in step.sources:
             raise ProjectError(f"{model.path}: source('{name}') was not supplied to this step")
@@ -225,6 +247,7 @@ def render_step(
         {
             "config": lambda **_: "",
             "ref": ref,
+            "unmatched": unmatched,
             "source": source,
             "var": _var_lookup(variables, model.path),
             "this": model.name,

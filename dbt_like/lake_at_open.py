@@ -14,7 +14,7 @@ from datetime import datetime
 
 import duckdb
 
-from dbt_like.compiler import PENDING_TABLE, STATE_SCHEMA
+from dbt_like.compiler import PENDING_TABLE, STATE_SCHEMA, UNMATCHED_TABLE
 from dbt_like.sql import first_row
 
 
@@ -35,6 +35,7 @@ class LakeAtOpen:
     rows: dict[str, int]  # a model table's row count
     offsets: dict[tuple[str, str], int]  # (model, input): the last batch of the input the model consumed
     waiting: dict[str, Waiting]  # a retried model with waiting rows
+    unmatched: dict[str, int]  # a retried model with rows that stopped waiting: the last batch that ended a wait
 
 
 def read_lake_at_open(con: duckdb.DuckDBPyConnection, models: Iterable[str], shard: int) -> LakeAtOpen:
@@ -53,11 +54,17 @@ def read_lake_at_open(con: duckdb.DuckDBPyConnection, models: Iterable[str], sha
         f"(SELECT list((model, min_seq, first_seen)) FROM (SELECT model, min(seq) AS min_seq, "
         f"min(first_seen) AS first_seen FROM {PENDING_TABLE} WHERE shard = {shard} GROUP BY model))"
     )
-    *figures, offsets, waiting = first_row(con, "SELECT " + ", ".join([*scans, offsets_of_shard, waiting_of_shard]))
+    unmatched_of_shard = (
+        f"(SELECT list((model, last_batch)) FROM (SELECT model, max(batch_id) AS last_batch FROM {UNMATCHED_TABLE} "
+        f"WHERE shard = {shard} GROUP BY model))"
+    )
+    statement = "SELECT " + ", ".join([*scans, offsets_of_shard, waiting_of_shard, unmatched_of_shard])
+    *figures, offsets, waiting, unmatched = first_row(con, statement)
     return LakeAtOpen(
         columns=columns,
         newest={name: figure[0] for name, figure in zip(tables, figures, strict=True)},
         rows={name: figure[1] for name, figure in zip(tables, figures, strict=True)},
         offsets={(model, upstream): batch_id for model, upstream, batch_id in offsets or []},
         waiting={model: Waiting(floor, first_seen) for model, floor, first_seen in waiting or []},
+        unmatched=dict(unmatched or []),
     )

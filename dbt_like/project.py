@@ -60,6 +60,7 @@ class Model:
     description: str
     refs: tuple[str, ...]
     sources: tuple[str, ...]
+    unmatched: tuple[str, ...] = ()  # the retried models whose unmatched rows it reads
     columns: dict[str, str] = field(default_factory=dict)
     tests: tuple[SchemaTest, ...] = ()
     macros: str = ""  # the project's macro files, one template: what every model can call
@@ -143,7 +144,7 @@ def load_macros(models_dir: Path) -> str:
     for path in sorted((models_dir / MACRO_DIR).glob("*.sql")):
         text = path.read_text(encoding="utf-8")
         tree = _parsed(text, path)
-        for function in ("ref", "source"):
+        for function in ("ref", "source", "unmatched"):
             if _static_calls(tree, function, path):
                 raise ProjectError(f"{path}: a macro cannot call {function}(); pass the relation as an argument")
         texts.append(text)
@@ -165,6 +166,7 @@ def discover_models(models_dir: Path) -> dict[str, Model]:
             description=schema.get(path.stem, {}).get("description") or header_comment(template),
             refs=_static_calls(template, "ref", path),
             sources=_static_calls(template, "source", path),
+            unmatched=_static_calls(template, "unmatched", path),
             columns=columns,
             tests=tests,
             macros=macros,

@@ -12,6 +12,8 @@ Materializations:
   (the default ``_seq`` is unique): rows tied on the lowest value, or whose value is NULL, are all appended.
   Optional ``retry_unmatched=<input>`` with ``retry_grace_minutes=N``: input rows that produced no
   output row (matched on ``_seq``) are offered again in later steps until N minutes of batch time have passed.
+  The rows whose time runs out are kept (``dbt_like.unmatched``) for the models that read them with
+  ``unmatched(<model>)`` (dbt_like/compiler.py), until every such model has read them.
 - ``table``: keyed upsert on ``unique_key``; the row with the highest ``order_by`` wins (a NULL key matches none).
 - ``view``: the model's query stored in the catalog as a view, so readers always see it over the current rows of
   what it reads (every ``ref()`` in it is the whole relation). Its step replaces the view only when the query
@@ -45,6 +47,7 @@ import duckdb
 from dbt_like.compiler import (
     PENDING_TABLE,
     STATE_SCHEMA,
+    UNMATCHED_TABLE,
     Shard,
     StepContext,
     delta_relation,
@@ -71,6 +74,7 @@ CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA};
 CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.batches (batch_id BIGINT, run_key VARCHAR, started_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.offsets (model VARCHAR, input VARCHAR, batch_id BIGINT, shard INTEGER);
 CREATE TABLE IF NOT EXISTS {PENDING_TABLE} (model VARCHAR, seq BIGINT, first_seen TIMESTAMP, shard INTEGER);
+CREATE TABLE IF NOT EXISTS {UNMATCHED_TABLE} (model VARCHAR, seq BIGINT, batch_id BIGINT, shard INTEGER);
 CREATE TABLE IF NOT EXISTS {GUARDS_TABLE} (guard VARCHAR, batch_id BIGINT, model VARCHAR, committed_at TIMESTAMP);
 CREATE TABLE IF NOT EXISTS {SHARDS_TABLE} (shard_count INTEGER);
 """
@@ -495,6 +499,8 @@ class Project:
                 return None
             before[upstream] = at_open.offsets.get((model, upstream), 0)
             after[upstream] = at_open.newest[upstream]
+            if upstream in self.models[model].unmatched:
+                after[upstream] = max(after[upstream], at_open.unmatched.get(upstream, 0))
         if config.get("retry_unmatched"):
             waiting = at_open.waiting.get(model)
             grace = timedelta(minutes=int(config.get("retry_grace_minutes", 0)))
@@ -647,7 +653,7 @@ class Project:
         except _NothingNew:
             return True
         if batch.batch_id in self._wrote:
-            self._wrote[batch.batch_id].update(result.model for result in results if result.rows_written)
+            self._wrote[batch.batch_id].update(r.model for r in results if r.rows_written or r.expired)
         return False
 
     def _idle(self, con: Connection, result: StepResult, batch: Batch, relations: dict[str, str]) -> bool:
@@ -806,23 +812,50 @@ class Project:
         for upstream in self.models[name].refs:
             if upstream != self.configs[name].get("part_of") and not self.exists(con, upstream):
                 raise ProjectError(f"model {name} reads {upstream}, which has not been materialized yet")
+        stored = self._stored_offsets(con, name)
         for upstream in self.stream_inputs(name):
-            result.offsets_before[upstream] = self._stored_offset(con, name, upstream)
-            result.offsets_after[upstream] = scalar(
-                con, f"SELECT coalesce(max(_batch_id), 0) FROM {upstream} WHERE {self.shard.owns()}"
-            )
+            newest = f"(SELECT coalesce(max(_batch_id), 0) FROM {upstream} WHERE {self.shard.owns()})"
+            if upstream in self.models[name].unmatched:  # a batch may end waits and write no row
+                newest = f"greatest({newest}, {self._newest_unmatched(upstream)})"
+            result.offsets_after[upstream] = scalar(con, f"SELECT {newest}")
+            # an input added to a model that has run is read from the batches the model has not read yet
+            result.offsets_before[upstream] = stored.get(upstream, max(stored.values(), default=0))
         config = self.configs[name]
         if config.get("retry_unmatched"):
-            grace = int(config.get("retry_grace_minutes", 0))
-            result.expired = scalar(
-                con,
-                f"DELETE FROM {PENDING_TABLE} WHERE {self._rows_of(name)} "
-                f"AND first_seen < {literal(batch.started_at)} - INTERVAL ({grace}) MINUTE",
-            )
+            result.expired = self._expire(con, name, batch)
             result.pending_floor = scalar(con, f"SELECT min(seq) FROM {PENDING_TABLE} WHERE {self._rows_of(name)}")
             for table in self.retry_marked_tables(name):
-                result.tables_before[table] = self._stored_offset(con, name, table)
+                result.tables_before[table] = stored.get(table, 0)
                 result.tables_after[table] = scalar(con, f"SELECT coalesce(max(_batch_id), 0) FROM {table}")
+
+    def unmatched_readers(self, name: str) -> list[str]:
+        """The models that read ``unmatched(name)``."""
+        return [other for other, model in self.models.items() if name in model.unmatched]
+
+    def _newest_unmatched(self, name: str) -> str:
+        return f"(SELECT coalesce(max(batch_id), 0) FROM {UNMATCHED_TABLE} WHERE {self._rows_of(name)})"
+
+    def _expire(self, con: Connection, name: str, batch: Batch) -> int:
+        """End the waits of ``name``'s rows first seen longer ago than its grace; keep them for the models that read
+        ``unmatched(name)``, and let go of those all of them have read. The number of rows whose wait ended."""
+        grace = int(self.configs[name].get("retry_grace_minutes", 0))
+        expired = f"{self._rows_of(name)} AND first_seen < {literal(batch.started_at)} - INTERVAL ({grace}) MINUTE"
+        readers = self.unmatched_readers(name)
+        if not readers:
+            return scalar(con, f"DELETE FROM {PENDING_TABLE} WHERE {expired}")
+        count = scalar(
+            con,
+            f"INSERT INTO {UNMATCHED_TABLE} SELECT model, seq, {batch.batch_id}, shard FROM {PENDING_TABLE} "
+            f"WHERE {expired}",
+        )
+        if count:
+            con.execute(f"DELETE FROM {PENDING_TABLE} WHERE {expired}")
+            read_by_all = (
+                f"SELECT CASE WHEN count(*) = {len(readers)} THEN min(batch_id) ELSE 0 END FROM {STATE_SCHEMA}.offsets "
+                f"WHERE input = {literal(name)} AND shard = {self.shard.index} AND model IN ({literals(*readers)})"
+            )
+            con.execute(f"DELETE FROM {UNMATCHED_TABLE} WHERE {self._rows_of(name)} AND batch_id <= ({read_by_all})")
+        return count
 
     def _rows_of(self, name: str, upstream: str | None = None) -> str:
         """The condition on the bookkeeping rows (pending, or offsets of ``upstream``) of model ``name`` and this
@@ -830,9 +863,10 @@ class Project:
         condition = f"model = {literal(name)} AND shard = {self.shard.index}"
         return condition if upstream is None else f"{condition} AND input = {literal(upstream)}"
 
-    def _stored_offset(self, con: Connection, name: str, upstream: str) -> int:
-        row = first_row(con, f"SELECT batch_id FROM {STATE_SCHEMA}.offsets WHERE {self._rows_of(name, upstream)}")
-        return row[0] if row else 0
+    def _stored_offsets(self, con: Connection, name: str) -> dict[str, int]:
+        """The last batch of each input that model ``name`` consumed (empty: it has not run)."""
+        rows = con.execute(f"SELECT input, batch_id FROM {STATE_SCHEMA}.offsets WHERE {self._rows_of(name)}")
+        return dict(rows.fetchall())
 
     def _compile(
         self,

@@ -186,6 +186,78 @@ def test_waiting_rows_keep_a_step_busy_only_when_they_could_match_something_new(
     assert con.execute("SELECT item FROM priced").fetchall() == [("x",)]
 
 
+OUTCOMES = {
+    "outcomes.sql": """-- Each order once, when its wait for a price ended: priced in time, or not.
+{{ config(materialized='stream') }}
+SELECT _seq, item, 'priced' AS outcome FROM {{ ref('priced') }}
+UNION ALL
+SELECT _seq, item, 'unpriced' AS outcome FROM {{ unmatched('priced') }}
+""",
+    "report.sql": "{{ config(materialized='view') }} SELECT * FROM {{ ref('outcomes') }}",
+}
+
+
+@pytest.mark.parametrize("opened_by", ["function", "project"])
+def test_a_model_reads_each_row_a_retried_model_stopped_waiting_for_once(tmp_path: Path, opened_by: str) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    for name, sql in {**MODELS, **OUTCOMES}.items():
+        (models / name).write_text(sql)
+    project = Project(models)
+    con = duckdb.connect()
+
+    def batch(rows: list, run_key: str, minutes: int) -> None:
+        opener = open_batch if opened_by == "function" else project.open_batch
+        at = opener(con, run_key, T0 + timedelta(minutes=minutes))
+        project.run_step(con, "events", at, source_chunks=[feed(*rows)])
+        for name in ["orders", "catalog", "priced", "outcomes", "report"]:
+            project.run_step(con, name, at)
+
+    batch([(1, "order", "x"), (2, "order", "y")], "r1", 0)
+    batch([(3, "price", "x")], "r2", 5)
+    batch([], "r3", 11)  # y's grace (10 minutes) ends in a batch that brings nothing
+    batch([], "r4", 12)
+    batch([(4, "price", "y"), (5, "order", "z")], "r5", 13)  # too late for y
+    batch([], "r6", 30)
+    outcomes = con.execute("SELECT _seq, item, outcome, _batch_id FROM outcomes ORDER BY _seq").fetchall()
+    assert outcomes == [(1, "x", "priced", 2), (2, "y", "unpriced", 3), (5, "z", "unpriced", 6)]
+    # kept until read: y's row went when z's came (a wait ended and every reader had read up to it)
+    assert con.execute("SELECT seq, batch_id FROM dbt_like.unmatched").fetchall() == [(5, 6)]
+
+
+def test_unmatched_of_a_model_that_retries_nothing_is_refused(project: Project) -> None:
+    (project.models_dir / "lost.sql").write_text(
+        "SELECT _seq, item FROM {{ ref('orders') }} UNION ALL SELECT _seq, item FROM {{ unmatched('orders') }}"
+    )
+    con = duckdb.connect()
+    run_all(project := Project(project.models_dir), con, [(1, "order", "x")], "r1")
+    with pytest.raises(ProjectError, match=r"lost.sql: unmatched\('orders'\) needs a ref\(\) to a stream declaring"):
+        project.run_step(con, "lost", project.open_batch(con, "r1", T0))
+
+
+def test_an_input_added_to_a_model_that_has_run_is_read_from_the_batches_it_has_not_read(
+    project: Project, tmp_path: Path
+) -> None:
+    """As dbt's incremental models: the rows it made before did not read the new input, and are not made again."""
+    (project.models_dir / "returns.sql").write_text("SELECT _seq, item FROM {{ ref('events') }} WHERE kind = 'return'")
+    project = Project(project.models_dir)
+    con = duckdb.connect(str(tmp_path / "db.duckdb"))
+    run_all(project, con, [(1, "order", "a"), (2, "return", "old")], "r1")
+    project.run_step(con, "returns", project.open_batch(con, "r1", T0))
+    path = project.models_dir / "orders.sql"
+    path.write_text(path.read_text() + "UNION ALL SELECT _seq, 'returned ' || item FROM {{ ref('returns') }}\n")
+    upgraded = Project(project.models_dir)
+    at = upgraded.open_batch(con, "r2", T0)
+    upgraded.run_step(con, "events", at, source_chunks=[feed((3, "return", "new"), (4, "order", "b"))])
+    for name in ["returns", "orders"]:
+        upgraded.run_step(con, name, at)
+    assert con.execute("SELECT item, _batch_id FROM orders ORDER BY _seq").fetchall() == [
+        ("a", 1),
+        ("returned new", 2),
+        ("b", 2),
+    ]
+
+
 def test_an_idle_batch_of_a_writer_alone_reports_what_the_transactions_would_have_found(tmp_path: Path) -> None:
     """Steps told idle from the lake as the batch opened report the offsets, row counts and tests that running
     them finds; a step whose input an earlier step of the batch wrote rows to runs."""
@@ -478,7 +550,7 @@ def test_a_new_lakes_bookkeeping_tables_keep_the_inlined_data_table_of_one_schem
         "JOIN __ducklake_metadata_lake.ducklake_table t USING (table_id) JOIN __ducklake_metadata_lake.ducklake_schema "
         "s USING (schema_id) WHERE s.schema_name = 'dbt_like' GROUP BY ALL ORDER BY ALL"
     ).fetchall()
-    assert [table for table, _ in inlined] == ["batches", "guards", "offsets", "pending", "shards"]
+    assert [table for table, _ in inlined] == ["batches", "guards", "offsets", "pending", "shards", "unmatched"]
     assert len({version for _, versions in inlined for version in versions}) == 1, inlined
     assert con.execute("SELECT * FROM dbt_like.shard_count").fetchall() == [(1,)]
 
