@@ -1,34 +1,39 @@
 -- Not a recipe step: Sigma detections. Every rule of SYSMON_SIGMA_RULES that converts (sysmon_assets/hunting/sigma.py)
 -- runs over the batch's new process creates (logsource process_creation) and network connects
 -- (network_connection): one row per (rule, matching event). A connection also reads the fields Sysmon's event 3
--- lacks (CommandLine, ParentImage, ...) from its process's row in sysmon_process_create_table as the table stands
--- at this step, and a hit carries that process context (NULL when the process create has not arrived).
+-- lacks (CommandLine, ParentImage, ...) from its process's row in sysmon_process_create_table, and a hit carries
+-- that process context (NULL when the process create has not arrived). A rule that reads such a field runs on a
+-- connection when its wait for its process ends: when sysmon_join joins it, or gives up on it (the join's grace).
 {{ config(materialized='stream', group='hunting') }}
 {% set sigma = var('sigma') %}
 {#- Rendered for its columns only (execute false: lineage, the table's creation), the rules are left out: planning
     SigmaHQ's 1,234 conditions takes DuckDB about a second, and they do not change the columns. -#}
 {% set rules = sigma.rules if execute else [] %}
 {#- One text column per Sysmon field the rules of event_id read, named as Sigma names it (sysmon_assets/hunting/sigma.py,
-    EVENT_FIELDS). -#}
-{% macro field_columns(event_id) -%}
-{%- for name, lowered, source in sigma.columns[event_id] %}
+    EVENT_FIELDS); without process, only the event's own fields. -#}
+{% macro field_columns(event_id, process) -%}
+{%- for name, lowered, source in sigma.columns[event_id] if process or not source.startswith('p.') %}
                     CAST({{ source }} AS VARCHAR) AS {{ name | sql_identifier }},
 {%- endfor %}
 {%- endmacro %}
 {#- Each field's lower-cased twin, which the rules' case-insensitive matches read. -#}
-{% macro lowered_columns(event_id) -%}
-{%- for name, lowered, source in sigma.columns[event_id] %}
+{% macro lowered_columns(event_id, process) -%}
+{%- for name, lowered, source in sigma.columns[event_id] if process or not source.startswith('p.') %}
                 lower({{ name | sql_identifier }}) AS {{ lowered | sql_identifier }},
 {%- endfor %}
 {%- endmacro %}
-{#- The numbers of the rules of event_id that match one row: each rule is a CASE, evaluated on the rows of one scan. -#}
-{% macro matching_rules(event_id) -%}
+{#- The numbers of the rules of a group that match one row: each rule is a CASE, evaluated on the rows of one scan. -#}
+{% macro matching_rules(event_id, process) -%}
 list_filter([
-{%- for rule in rules if rule.event_id == event_id %}
+{%- for rule in rules if rule.event_id == event_id and rule.reads_process == process %}
             CASE WHEN {{ rule.condition }} THEN {{ rule.index }} END{{ ',' if not loop.last }}
 {%- endfor %}], rule_index -> rule_index IS NOT NULL)
 {%- endmacro %}
-{% set event_ids = rules | map(attribute='event_id') | unique | list %}
+{#- The rules in groups of one scan each: by event, and whether they read the process of a connection. -#}
+{% set groups = [] %}
+{% for rule in rules if (rule.event_id, rule.reads_process) not in groups %}
+    {%- set _ = groups.append((rule.event_id, rule.reads_process)) %}
+{%- endfor %}
 {#- What a connection reads of its process: the hit's process context (the SELECT below) and its rules' fields. -#}
 {% set process_columns = ['process_guid', 'process_command_line', 'parent_process_path', 'parent_process_command_line',
                           'parent_process_guid'] %}
@@ -37,27 +42,49 @@ list_filter([
 {%- endfor %}
 WITH events AS MATERIALIZED (
     SELECT * FROM {{ ref('winlogbeat_stream_rekey') }} WHERE event_id IN (1, 3)
+), settled AS MATERIALIZED (
+    -- the connections that a rule reading their process runs on now
+{%- if var('join_mode') == 'ksql' %}
+    -- (KSQL's join waits for nothing: the batch's own, with the process as the table stands at this step)
+    SELECT * FROM events WHERE event_id = 3
+{%- else %}
+    -- those whose wait for their process create ends in this step, from this batch or earlier ones: joined now, or
+    -- given up (the join's grace ended without their create). So a hit does not depend on where batches are cut.
+    WITH ended AS MATERIALIZED (
+        SELECT _seq FROM {{ ref('sysmon_join') }}
+        UNION ALL
+        SELECT _seq FROM {{ unmatched('sysmon_join') }}
+    )
+    SELECT * FROM events WHERE event_id = 3 AND _seq IN (SELECT _seq FROM ended)
+    UNION ALL
+    SELECT * FROM {{ ref('winlogbeat_stream_rekey', full=True) }}
+    WHERE _seq IN (SELECT _seq FROM ended) AND _seq NOT IN (SELECT _seq FROM events)
+{%- endif %}
+), candidates AS (
+    SELECT * FROM events
+    UNION ALL
+    SELECT * FROM settled WHERE _seq NOT IN (SELECT _seq FROM events)
 ), processes AS MATERIALIZED (
-    -- the processes of the batch's connections only, and only the columns read of them: a lake has no index, so
+    -- the processes of the step's connections only, and only the columns read of them: a lake has no index, so
     -- the keyed table is scanned once here (not once per join below), and each column read is read for every row
     SELECT {{ process_columns | join(', ') }} FROM {{ ref('sysmon_process_create_table') }}
-    WHERE process_guid IN (SELECT process_guid FROM events WHERE event_id = 3)
+    WHERE process_guid IN (SELECT process_guid FROM candidates WHERE event_id = 3)
 ), matches AS (
-{%- for event_id in event_ids %}
+{%- for event_id, process in groups %}
     -- the rules run once per distinct combination of the fields they read, then each match goes to its events
     SELECT unnest(seqs) AS _seq, rule_index
     FROM (
-        SELECT seqs, unnest({{ matching_rules(event_id) }}) AS rule_index
+        SELECT seqs, unnest({{ matching_rules(event_id, process) }}) AS rule_index
         FROM (
             SELECT
-                {{- lowered_columns(event_id) }}
+                {{- lowered_columns(event_id, process) }}
                 *
             FROM (
                 SELECT
-                    {{- field_columns(event_id) }}
+                    {{- field_columns(event_id, process) }}
                     list(e._seq) AS seqs
-                FROM events AS e
-                {%- if event_id == 3 %}
+                FROM {{ 'settled' if process else 'events' }} AS e
+                {%- if process %}
                 LEFT JOIN processes AS p ON p.process_guid = e.process_guid
                 {%- endif %}
                 WHERE e.event_id = {{ event_id }}
@@ -103,6 +130,6 @@ SELECT
     e._seq
 FROM matches AS m
 JOIN rules AS r ON r.rule_index = m.rule_index
-JOIN events AS e ON e._seq = m._seq
+JOIN candidates AS e ON e._seq = m._seq
 -- on every event's GUID (an equi-join DuckDB hashes); a process create's context is its own (the CASEs above)
 LEFT JOIN processes AS p ON p.process_guid = e.process_guid

@@ -250,8 +250,9 @@ class Lake:
         return self.rows(f"SELECT count(*) FROM {table}")[0][0]
 
 
-# Columns written as the step saw other tables, so they depend on how events were cut into batches: a Sigma hit on
-# a connection carries its process create's context, NULL when the create came in a later batch (docs/hunting.md).
+# Columns written as the step saw other tables, so they depend on how events were cut into batches: a Sigma hit of a
+# rule that reads only a connection's own fields carries the process context known in the connection's batch, NULL
+# when the create came in a later one (docs/hunting.md).
 AS_THE_STEP_SAW = {
     "sigma_detections": {
         "process_command_line",

@@ -449,6 +449,7 @@ class RuleSet:
                     "tags": rule.tags,
                     "event_id": rule.event_id,
                     "condition": rule.condition,
+                    "reads_process": any(EVENT_FIELDS[rule.event_id][name].startswith("p.") for name in rule.fields),
                 }
                 for index, rule in enumerate(self.rules)
             ],

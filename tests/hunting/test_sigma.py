@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import yaml
 
 from sysmon_assets.hunting import sigma
 from sysmon_assets.settings import DEFAULT_SIGMA_RULES, Settings
-from tests.conftest import Lake, PlanRecorder, network_connect, plan_nodes, process_create, sysmon_event
+from tests.conftest import T0, Lake, PlanRecorder, network_connect, plan_nodes, process_create, sysmon_event
 
 
 def rule_document(title: str, category: str, detection: dict[str, Any], level: str = "medium") -> dict[str, Any]:
@@ -481,6 +482,83 @@ def test_each_batch_evaluates_only_its_new_events_and_splits_give_the_same_detec
     whole.land(first + second)
     whole.batch()
     assert _detections(whole) == _detections(split)
+
+
+NC = "C:\\tools\\nc.exe"
+LATE_CREATE_RULES = {
+    "port.yml": rule_document("port", "network_connection", {"sel": {"DestinationPort": 4444}, "condition": "sel"}),
+    "cli.yml": rule_document(
+        "curl connects", "network_connection", {"sel": {"CommandLine|contains": "curl"}, "condition": "sel"}
+    ),
+    # matches a connection whose command line is unknown, as a Sysmon-only tool (no process create) sees it
+    "unlisted.yml": rule_document(
+        "not an allowed tool",
+        "network_connection",
+        {
+            "sel": {"Image|endswith": "nc.exe"},
+            "allowed": {"CommandLine|contains": "allowed"},
+            "condition": "sel and not allowed",
+        },
+    ),
+}
+
+
+def _hits(lake: Lake) -> list[tuple]:
+    return lake.rows(
+        "SELECT rule_title, _record_number, process_command_line, _batch_id FROM sigma_detections ORDER BY ALL"
+    )
+
+
+def test_a_rule_reading_the_process_runs_on_a_connection_when_its_create_arrives(tmp_path: Path) -> None:
+    rules = write_rules(tmp_path / "rules", LATE_CREATE_RULES)
+    connection = network_connect("{A}", record=1, event_data={"Image": NC, "DestinationPort": "4444"})
+    create = process_create("{A}", "curl.exe http://203.0.113.7/x", record=2, event_data={"Image": NC})
+    split = Lake(tmp_path / "split", sigma_rules=rules)
+    split.land([connection])
+    split.batch(T0)
+    # the rule on the event's own fields hits at once; those reading the process wait for it
+    assert _hits(split) == [("port", 1, None, 1)]
+    split.land([create])
+    split.batch(T0 + timedelta(minutes=5))
+    assert _hits(split) == [
+        ("curl connects", 1, "curl.exe http://203.0.113.7/x", 2),
+        ("not an allowed tool", 1, "curl.exe http://203.0.113.7/x", 2),
+        ("port", 1, None, 1),
+    ]
+    whole = Lake(tmp_path / "whole", sigma_rules=rules)
+    whole.land([connection, create])
+    whole.batch(T0)
+    hits = "SELECT rule_title, _record_number FROM sigma_detections ORDER BY ALL"
+    assert whole.rows(hits) == split.rows(hits) == [("curl connects", 1), ("not an allowed tool", 1), ("port", 1)]
+
+
+def test_a_rule_reading_the_process_runs_without_it_once_the_join_gives_up(tmp_path: Path) -> None:
+    rules = write_rules(tmp_path / "rules", LATE_CREATE_RULES)
+    lake = Lake(tmp_path, sigma_rules=rules)
+    lake.land([network_connect("{A}", record=1, event_data={"Image": NC})])
+    lake.batch(T0)
+    lake.batch(T0 + timedelta(minutes=10))  # still within the join's grace (15 minutes): still waiting
+    assert _hits(lake) == []
+    result = lake.batch(T0 + timedelta(minutes=16))
+    assert result["sysmon_join"][0].expired == 1
+    assert _hits(lake) == [("not an allowed tool", 1, None, 3)]
+    lake.land([process_create("{A}", "nc.exe allowed", record=2, event_data={"Image": NC})])
+    lake.land([network_connect("{B}", record=3, event_data={"Image": NC})])
+    lake.batch(T0 + timedelta(minutes=17))  # a create after the join gave up changes nothing: the hit was made
+    assert _hits(lake) == [("not an allowed tool", 1, None, 3)]
+    lake.batch(T0 + timedelta(minutes=33))
+    assert _hits(lake) == [("not an allowed tool", 1, None, 3), ("not an allowed tool", 3, None, 5)]
+    # the join's rows that stopped waiting are kept until read: {A}'s went when {B}'s came
+    given_up = "SELECT n.process_guid FROM dbt_like.unmatched JOIN sysmon_network_connect AS n ON n._seq = seq"
+    assert lake.rows(given_up) == [("{B}",)]
+
+
+def test_in_ksql_join_mode_a_rule_reading_the_process_runs_in_the_connections_batch(tmp_path: Path) -> None:
+    rules = write_rules(tmp_path / "rules", LATE_CREATE_RULES)
+    lake = Lake(tmp_path, sigma_rules=rules, join_mode="ksql")
+    lake.land([network_connect("{A}", record=1, event_data={"Image": NC})])
+    lake.batch(T0)
+    assert _hits(lake) == [("not an allowed tool", 1, None, 1)]
 
 
 def test_a_rule_set_is_converted_once_then_read_from_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
