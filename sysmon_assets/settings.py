@@ -273,12 +273,24 @@ class Settings:
         if (self.source == "kafka" or self.kafka_sink) and not self.kafka_bootstrap:
             raise SettingsError("SYSMON_KAFKA_BOOTSTRAP is not set: the Kafka source and sink need host:port")
         self._check_shards()
+        self._check_event_retention()
 
     def _check_shards(self) -> None:
         if self.shards > 1 and self.join_mode == "ksql":
             raise SettingsError("SYSMON_JOIN_MODE=ksql needs one arrival order: it cannot run with SYSMON_SHARDS > 1")
         if self.shards > 1 and self.kafka_sink:
             raise SettingsError("SYSMON_KAFKA_SINK publishes from one pipeline: it cannot run with SYSMON_SHARDS > 1")
+
+    def _check_event_retention(self) -> None:
+        """Retention must keep a connection for as long as it may wait for its process create: dropped while
+        waiting, it would never join, nor run the Sigma rules that wait with it."""
+        retention_minutes = self.event_retention_days * 24 * 60
+        if self.join_mode == "default" and 0 < retention_minutes <= self.join_grace_minutes:
+            raise SettingsError(
+                f"SYSMON_EVENT_RETENTION_DAYS={self.event_retention_days!r} ({retention_minutes:g} minutes) would drop "
+                f"connections still waiting for their process create (SYSMON_JOIN_GRACE_MINUTES="
+                f"{self.join_grace_minutes}): keep events longer than the grace"
+            )
 
     def kafka_client_config(self) -> dict[str, str]:
         """librdkafka settings shared by consumer and producer: bootstrap plus ``SYSMON_KAFKA_CONFIG``."""

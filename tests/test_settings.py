@@ -236,3 +236,17 @@ def test_readme_configuration_table_is_generated_from_the_declarations() -> None
     assert table == configuration_table(), "paste sysmon_assets.settings.configuration_table() into README.md"
     for doc in (ROOT / "docs").glob("*.md"):
         assert "| `SYSMON_" not in doc.read_text(), doc
+
+
+def test_an_event_retention_within_the_join_grace_is_refused() -> None:
+    # a connection dropped while it waits for its process create would never join
+    with pytest.raises(
+        SettingsError, match=r"SYSMON_EVENT_RETENTION_DAYS=0.01 \(14.4 minutes\) would drop connections"
+    ):
+        Settings.from_env({"SYSMON_EVENT_RETENTION_DAYS": "0.01"})
+    with pytest.raises(SettingsError, match=r"SYSMON_JOIN_GRACE_MINUTES=2880\): keep events longer than the grace"):
+        Settings.from_env({"SYSMON_EVENT_RETENTION_DAYS": "2", "SYSMON_JOIN_GRACE_MINUTES": "2880"})
+    assert Settings.from_env({"SYSMON_EVENT_RETENTION_DAYS": "0.02"}).event_retention_days == 0.02  # 28.8 > 15
+    assert Settings.from_env({"SYSMON_EVENT_RETENTION_DAYS": "0"}).event_retention_days == 0  # keep everything
+    ksql = {"SYSMON_EVENT_RETENTION_DAYS": "0.01", "SYSMON_JOIN_MODE": "ksql"}  # its join waits for nothing
+    assert Settings.from_env(ksql).event_retention_days == 0.01
