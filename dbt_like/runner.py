@@ -13,7 +13,7 @@ Materializations:
   Optional ``retry_unmatched=<input>`` with ``retry_grace_minutes=N``: input rows that produced no
   output row (matched on ``_seq``) are offered again in later steps until N minutes of batch time have passed.
   The rows whose time runs out are kept (``dbt_like.unmatched``) for the models that read them with
-  ``unmatched(<model>)`` (dbt_like/compiler.py), until every such model has read them.
+  ``unmatched(<model>)`` (dbt_like/compiler.py), until every such model has read them (the last deletes them).
 - ``table``: keyed upsert on ``unique_key``; the row with the highest ``order_by`` wins (a NULL key matches none).
 - ``view``: the model's query stored in the catalog as a view, so readers always see it over the current rows of
   what it reads (every ``ref()`` in it is the whole relation). Its step replaces the view only when the query
@@ -114,6 +114,7 @@ class StepResult:
     pending: int | None = None
     pending_floor: int | None = None
     expired: int | None = None
+    unmatched_read: dict[str, int] = field(default_factory=dict)  # per model: the rows that stopped waiting, read
     # a retried step's table inputs: the newest batch that wrote each, at its last step and now (one writer only)
     tables_before: dict[str, int] = field(default_factory=dict)
     tables_after: dict[str, int] = field(default_factory=dict)
@@ -500,7 +501,7 @@ class Project:
             before[upstream] = at_open.offsets.get((model, upstream), 0)
             after[upstream] = at_open.newest[upstream]
             if upstream in self.models[model].unmatched:
-                after[upstream] = max(after[upstream], at_open.unmatched.get(upstream, 0))
+                after[upstream] = max(after[upstream], at_open.unmatched.get(upstream, 0), before[upstream])
         if config.get("retry_unmatched"):
             waiting = at_open.waiting.get(model)
             grace = timedelta(minutes=int(config.get("retry_grace_minutes", 0)))
@@ -814,12 +815,21 @@ class Project:
                 raise ProjectError(f"model {name} reads {upstream}, which has not been materialized yet")
         stored = self._stored_offsets(con, name)
         for upstream in self.stream_inputs(name):
-            newest = f"(SELECT coalesce(max(_batch_id), 0) FROM {upstream} WHERE {self.shard.owns()})"
-            if upstream in self.models[name].unmatched:  # a batch may end waits and write no row
-                newest = f"greatest({newest}, {self._newest_unmatched(upstream)})"
-            result.offsets_after[upstream] = scalar(con, f"SELECT {newest}")
             # an input added to a model that has run is read from the batches the model has not read yet
-            result.offsets_before[upstream] = stored.get(upstream, max(stored.values(), default=0))
+            before = result.offsets_before[upstream] = stored.get(upstream, max(stored.values(), default=0))
+            newest = f"(SELECT coalesce(max(_batch_id), 0) FROM {upstream} WHERE {self.shard.owns()})"
+            if upstream not in self.models[name].unmatched:
+                result.offsets_after[upstream] = scalar(con, f"SELECT {newest}")
+                continue
+            # a batch may end waits and write no row: the window reaches the last batch that did either
+            newest_row, last_ended, ended = first_row(
+                con,
+                f"SELECT {newest}, coalesce(max(batch_id), 0), count(*) FROM {UNMATCHED_TABLE} "
+                f"WHERE {self._rows_of(upstream)} AND batch_id > {before}",
+            )
+            result.offsets_after[upstream] = max(newest_row, last_ended, before)  # read rows may be let go of
+            if ended:
+                result.unmatched_read[upstream] = ended
         config = self.configs[name]
         if config.get("retry_unmatched"):
             result.expired = self._expire(con, name, batch)
@@ -832,16 +842,12 @@ class Project:
         """The models that read ``unmatched(name)``."""
         return [other for other, model in self.models.items() if name in model.unmatched]
 
-    def _newest_unmatched(self, name: str) -> str:
-        return f"(SELECT coalesce(max(batch_id), 0) FROM {UNMATCHED_TABLE} WHERE {self._rows_of(name)})"
-
     def _expire(self, con: Connection, name: str, batch: Batch) -> int:
-        """End the waits of ``name``'s rows first seen longer ago than its grace; keep them for the models that read
-        ``unmatched(name)``, and let go of those all of them have read. The number of rows whose wait ended."""
+        """End the waits of ``name``'s rows first seen longer ago than its grace, keeping them for the models that
+        read ``unmatched(name)``. The number of rows whose wait ended."""
         grace = int(self.configs[name].get("retry_grace_minutes", 0))
         expired = f"{self._rows_of(name)} AND first_seen < {literal(batch.started_at)} - INTERVAL ({grace}) MINUTE"
-        readers = self.unmatched_readers(name)
-        if not readers:
+        if not self.unmatched_readers(name):
             return scalar(con, f"DELETE FROM {PENDING_TABLE} WHERE {expired}")
         count = scalar(
             con,
@@ -850,12 +856,17 @@ class Project:
         )
         if count:
             con.execute(f"DELETE FROM {PENDING_TABLE} WHERE {expired}")
-            read_by_all = (
-                f"SELECT CASE WHEN count(*) = {len(readers)} THEN min(batch_id) ELSE 0 END FROM {STATE_SCHEMA}.offsets "
-                f"WHERE input = {literal(name)} AND shard = {self.shard.index} AND model IN ({literals(*readers)})"
-            )
-            con.execute(f"DELETE FROM {UNMATCHED_TABLE} WHERE {self._rows_of(name)} AND batch_id <= ({read_by_all})")
         return count
+
+    def _let_go_of_unmatched(self, con: Connection, name: str) -> None:
+        """Delete the rows that stopped waiting in ``name`` once every model reading ``unmatched(name)`` has read
+        them (run by a reader, after its offsets are written)."""
+        readers = self.unmatched_readers(name)
+        read_by_all = (
+            f"SELECT CASE WHEN count(*) = {len(readers)} THEN min(batch_id) ELSE 0 END FROM {STATE_SCHEMA}.offsets "
+            f"WHERE input = {literal(name)} AND shard = {self.shard.index} AND model IN ({literals(*readers)})"
+        )
+        con.execute(f"DELETE FROM {UNMATCHED_TABLE} WHERE {self._rows_of(name)} AND batch_id <= ({read_by_all})")
 
     def _rows_of(self, name: str, upstream: str | None = None) -> str:
         """The condition on the bookkeeping rows (pending, or offsets of ``upstream``) of model ``name`` and this
@@ -927,6 +938,8 @@ class Project:
             con.execute(f"DELETE FROM {STATE_SCHEMA}.offsets WHERE {self._rows_of(name)} AND {inputs}")
             rows = ", ".join(f"({literals(name, upstream, upper, shard)})" for upstream, upper in offsets.items())
             con.execute(f"INSERT INTO {STATE_SCHEMA}.offsets VALUES {rows}")
+        for upstream in result.unmatched_read:
+            self._let_go_of_unmatched(con, upstream)
         retried = self.configs[name].get("retry_unmatched")
         if not retried:
             return

@@ -193,6 +193,10 @@ SELECT _seq, item, 'priced' AS outcome FROM {{ ref('priced') }}
 UNION ALL
 SELECT _seq, item, 'unpriced' AS outcome FROM {{ unmatched('priced') }}
 """,
+    "late.sql": """-- The orders that were not priced in time.
+{{ config(materialized='stream') }}
+SELECT _seq, item FROM {{ unmatched('priced') }} WHERE _seq NOT IN (SELECT _seq FROM {{ ref('priced') }})
+""",
     "report.sql": "{{ config(materialized='view') }} SELECT * FROM {{ ref('outcomes') }}",
 }
 
@@ -205,12 +209,13 @@ def test_a_model_reads_each_row_a_retried_model_stopped_waiting_for_once(tmp_pat
         (models / name).write_text(sql)
     project = Project(models)
     con = duckdb.connect()
+    kept = "SELECT seq, batch_id FROM dbt_like.unmatched ORDER BY ALL"
 
-    def batch(rows: list, run_key: str, minutes: int) -> None:
+    def batch(rows: list, run_key: str, minutes: int, steps: tuple[str, ...] = ("outcomes", "report")) -> None:
         opener = open_batch if opened_by == "function" else project.open_batch
         at = opener(con, run_key, T0 + timedelta(minutes=minutes))
         project.run_step(con, "events", at, source_chunks=[feed(*rows)])
-        for name in ["orders", "catalog", "priced", "outcomes", "report"]:
+        for name in ["orders", "catalog", "priced", *steps]:
             project.run_step(con, name, at)
 
     batch([(1, "order", "x"), (2, "order", "y")], "r1", 0)
@@ -221,8 +226,10 @@ def test_a_model_reads_each_row_a_retried_model_stopped_waiting_for_once(tmp_pat
     batch([], "r6", 30)
     outcomes = con.execute("SELECT _seq, item, outcome, _batch_id FROM outcomes ORDER BY _seq").fetchall()
     assert outcomes == [(1, "x", "priced", 2), (2, "y", "unpriced", 3), (5, "z", "unpriced", 6)]
-    # kept until read: y's row went when z's came (a wait ended and every reader had read up to it)
-    assert con.execute("SELECT seq, batch_id FROM dbt_like.unmatched").fetchall() == [(5, 6)]
+    assert con.execute(kept).fetchall() == [(2, 3), (5, 6)]  # kept: late has not read them
+    batch([], "r7", 31, steps=("late", "outcomes", "report"))
+    assert con.execute("SELECT _seq, item FROM late ORDER BY _seq").fetchall() == [(2, "y"), (5, "z")]
+    assert con.execute(kept).fetchall() == []  # every reader has read them
 
 
 def test_unmatched_of_a_model_that_retries_nothing_is_refused(project: Project) -> None:

@@ -548,9 +548,7 @@ def test_a_rule_reading_the_process_runs_without_it_once_the_join_gives_up(tmp_p
     assert _hits(lake) == [("not an allowed tool", 1, None, 3)]
     lake.batch(T0 + timedelta(minutes=33))
     assert _hits(lake) == [("not an allowed tool", 1, None, 3), ("not an allowed tool", 3, None, 5)]
-    # the join's rows that stopped waiting are kept until read: {A}'s went when {B}'s came
-    given_up = "SELECT n.process_guid FROM dbt_like.unmatched JOIN sysmon_network_connect AS n ON n._seq = seq"
-    assert lake.rows(given_up) == [("{B}",)]
+    assert lake.count("dbt_like.unmatched") == 0  # the connections the join gave up on, once read, are let go of
 
 
 def test_in_ksql_join_mode_a_rule_reading_the_process_runs_in_the_connections_batch(tmp_path: Path) -> None:
