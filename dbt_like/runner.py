@@ -13,7 +13,8 @@ Materializations:
   Optional ``retry_unmatched=<input>`` with ``retry_grace_minutes=N``: input rows that produced no
   output row (matched on ``_seq``) are offered again in later steps until N minutes of batch time have passed.
   The rows whose time runs out are kept (``dbt_like.unmatched``) for the models that read them with
-  ``unmatched(<model>)`` (dbt_like/compiler.py), until every such model has read them (the last deletes them).
+  ``unmatched(<model>)`` (dbt_like/compiler.py), until every such model has read them (deleted in bulk, by a
+  reader's step, once ``Project.let_go_of_unmatched_at`` rows are kept).
 - ``table``: keyed upsert on ``unique_key``; the row with the highest ``order_by`` wins (a NULL key matches none).
 - ``view``: the model's query stored in the catalog as a view, so readers always see it over the current rows of
   what it reads (every ``ref()`` in it is the whole relation). Its step replaces the view only when the query
@@ -115,6 +116,7 @@ class StepResult:
     pending_floor: int | None = None
     expired: int | None = None
     unmatched_read: dict[str, int] = field(default_factory=dict)  # per model: the rows that stopped waiting, read
+    unmatched_let_go: list[str] = field(default_factory=list)  # the models whose read rows the step lets go of
     # a retried step's table inputs: the newest batch that wrote each, at its last step and now (one writer only)
     tables_before: dict[str, int] = field(default_factory=dict)
     tables_after: dict[str, int] = field(default_factory=dict)
@@ -255,6 +257,10 @@ def _columns(listing: str) -> list[str]:
 
 class Project:
     """A discovered set of models with the variables they are rendered under."""
+
+    # Rows that stopped waiting are let go of once this many are kept (and only those every reader has read): a
+    # DELETE costs a lake statement (about 0.02 s), and the rows few batches keep are cheap to keep.
+    let_go_of_unmatched_at = 10_000
 
     def __init__(
         self,
@@ -814,22 +820,30 @@ class Project:
             if upstream != self.configs[name].get("part_of") and not self.exists(con, upstream):
                 raise ProjectError(f"model {name} reads {upstream}, which has not been materialized yet")
         stored = self._stored_offsets(con, name)
-        for upstream in self.stream_inputs(name):
+        inputs, figures = self.stream_inputs(name), []
+        for upstream in inputs:
             # an input added to a model that has run is read from the batches the model has not read yet
             before = result.offsets_before[upstream] = stored.get(upstream, max(stored.values(), default=0))
-            newest = f"(SELECT coalesce(max(_batch_id), 0) FROM {upstream} WHERE {self.shard.owns()})"
-            if upstream not in self.models[name].unmatched:
-                result.offsets_after[upstream] = scalar(con, f"SELECT {newest}")
-                continue
-            # a batch may end waits and write no row: the window reaches the last batch that did either
-            newest_row, last_ended, ended = first_row(
-                con,
-                f"SELECT {newest}, coalesce(max(batch_id), 0), count(*) FROM {UNMATCHED_TABLE} "
-                f"WHERE {self._rows_of(upstream)} AND batch_id > {before}",
-            )
-            result.offsets_after[upstream] = max(newest_row, last_ended, before)  # read rows may be let go of
-            if ended:
-                result.unmatched_read[upstream] = ended
+            figures.append(f"(SELECT coalesce(max(_batch_id), 0) FROM {upstream} WHERE {self.shard.owns()})")
+            if upstream in self.models[name].unmatched:
+                figures.append(
+                    f"(SELECT [coalesce(max(batch_id) FILTER (batch_id > {before}), 0), "
+                    f"count(*) FILTER (batch_id > {before}), count(*)] FROM {UNMATCHED_TABLE} "
+                    f"WHERE {self._rows_of(upstream)})"
+                )
+        values = iter(first_row(con, "SELECT " + ", ".join(figures)) if figures else ())  # one statement for all
+        for upstream in inputs:
+            result.offsets_after[upstream] = next(values)
+            if upstream in self.models[name].unmatched:
+                last_ended, ended, kept = next(values)
+                # a batch may end waits and write no row: the window reaches the last batch that did either (and
+                # never goes back: the rows read may have been let go of)
+                before = result.offsets_before[upstream]
+                result.offsets_after[upstream] = max(result.offsets_after[upstream], last_ended, before)
+                if ended:
+                    result.unmatched_read[upstream] = ended
+                if kept >= self.let_go_of_unmatched_at:
+                    result.unmatched_let_go.append(upstream)
         config = self.configs[name]
         if config.get("retry_unmatched"):
             result.expired = self._expire(con, name, batch)
@@ -859,8 +873,8 @@ class Project:
         return count
 
     def _let_go_of_unmatched(self, con: Connection, name: str) -> None:
-        """Delete the rows that stopped waiting in ``name`` once every model reading ``unmatched(name)`` has read
-        them (run by a reader, after its offsets are written)."""
+        """Delete the rows that stopped waiting in ``name`` that every model reading ``unmatched(name)`` has read
+        (run by a reader, after its offsets are written)."""
         readers = self.unmatched_readers(name)
         read_by_all = (
             f"SELECT CASE WHEN count(*) = {len(readers)} THEN min(batch_id) ELSE 0 END FROM {STATE_SCHEMA}.offsets "
@@ -924,11 +938,12 @@ class Project:
             result.rows_written += self._upsert(con, name, query, config, batch)
         else:
             result.rows_written += self._append(con, name, query, config, batch)
-        for upstream in self.stream_inputs(name):
-            lower, upper = result.offsets_before[upstream], result.offsets_after[upstream]
-            result.rows_in += scalar(con, f"SELECT count(*) FROM {delta_relation(upstream, lower, upper, self.shard)}")
-        for relation in relations.values():
-            result.rows_in += scalar(con, f"SELECT count(*) FROM {relation}")
+        read = [
+            delta_relation(upstream, result.offsets_before[upstream], result.offsets_after[upstream], self.shard)
+            for upstream in self.stream_inputs(name)
+        ] + list(relations.values())
+        if read:  # one statement for all: every lake statement costs a round of catalog work
+            result.rows_in += scalar(con, "SELECT " + " + ".join(f"(SELECT count(*) FROM {r})" for r in read))
 
     def _finish(self, con: Connection, name: str, batch: Batch, result: StepResult) -> None:
         shard = self.shard.index
@@ -938,7 +953,7 @@ class Project:
             con.execute(f"DELETE FROM {STATE_SCHEMA}.offsets WHERE {self._rows_of(name)} AND {inputs}")
             rows = ", ".join(f"({literals(name, upstream, upper, shard)})" for upstream, upper in offsets.items())
             con.execute(f"INSERT INTO {STATE_SCHEMA}.offsets VALUES {rows}")
-        for upstream in result.unmatched_read:
+        for upstream in result.unmatched_let_go:
             self._let_go_of_unmatched(con, upstream)
         retried = self.configs[name].get("retry_unmatched")
         if not retried:

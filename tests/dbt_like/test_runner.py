@@ -208,6 +208,7 @@ def test_a_model_reads_each_row_a_retried_model_stopped_waiting_for_once(tmp_pat
     for name, sql in {**MODELS, **OUTCOMES}.items():
         (models / name).write_text(sql)
     project = Project(models)
+    project.let_go_of_unmatched_at = 2
     con = duckdb.connect()
     kept = "SELECT seq, batch_id FROM dbt_like.unmatched ORDER BY ALL"
 
@@ -226,10 +227,12 @@ def test_a_model_reads_each_row_a_retried_model_stopped_waiting_for_once(tmp_pat
     batch([], "r6", 30)
     outcomes = con.execute("SELECT _seq, item, outcome, _batch_id FROM outcomes ORDER BY _seq").fetchall()
     assert outcomes == [(1, "x", "priced", 2), (2, "y", "unpriced", 3), (5, "z", "unpriced", 6)]
-    assert con.execute(kept).fetchall() == [(2, 3), (5, 6)]  # kept: late has not read them
-    batch([], "r7", 31, steps=("late", "outcomes", "report"))
+    assert con.execute(kept).fetchall() == [(2, 3), (5, 6)]  # two kept: late has not read them
+    batch([(6, "order", "w")], "r7", 31, steps=("late", "outcomes", "report"))
     assert con.execute("SELECT _seq, item FROM late ORDER BY _seq").fetchall() == [(2, "y"), (5, "z")]
-    assert con.execute(kept).fetchall() == []  # every reader has read them
+    assert con.execute(kept).fetchall() == []  # every reader has read them: let go of
+    batch([], "r8", 42, steps=("late", "outcomes", "report"))  # w's grace ends: one row, kept
+    assert con.execute(kept).fetchall() == [(6, 8)]
 
 
 def test_unmatched_of_a_model_that_retries_nothing_is_refused(project: Project) -> None:

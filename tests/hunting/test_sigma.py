@@ -535,6 +535,7 @@ def test_a_rule_reading_the_process_runs_on_a_connection_when_its_create_arrives
 def test_a_rule_reading_the_process_runs_without_it_once_the_join_gives_up(tmp_path: Path) -> None:
     rules = write_rules(tmp_path / "rules", LATE_CREATE_RULES)
     lake = Lake(tmp_path, sigma_rules=rules)
+    lake.pipeline.project.let_go_of_unmatched_at = 1
     lake.land([network_connect("{A}", record=1, event_data={"Image": NC})])
     lake.batch(T0)
     lake.batch(T0 + timedelta(minutes=10))  # still within the join's grace (15 minutes): still waiting
