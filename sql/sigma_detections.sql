@@ -44,8 +44,9 @@ WITH events AS MATERIALIZED (
     SELECT * FROM {{ ref('winlogbeat_stream_rekey') }} WHERE event_id IN (1, 3)
 ), settled AS MATERIALIZED (
     -- the connections that a rule reading their process runs on now
-{%- if var('join_mode') == 'ksql' %}
-    -- (KSQL's join waits for nothing: the batch's own, with the process as the table stands at this step)
+{%- if var('join_mode') == 'ksql' or (3, true) not in groups %}
+    -- (KSQL's join waits for nothing, nor do rules that read no process: the batch's own, with the process as the
+    -- table stands at this step)
     SELECT * FROM events WHERE event_id = 3
 {%- else %}
     -- those whose wait for their process create ends in this step, from this batch or earlier ones: joined now, or

@@ -552,6 +552,25 @@ def test_a_rule_reading_the_process_runs_without_it_once_the_join_gives_up(tmp_p
     assert lake.count("dbt_like.unmatched") == 0  # the connections the join gave up on, once read, are let go of
 
 
+@pytest.mark.parametrize(("rule_files", "rekey_scans"), [(["port.yml"], 1), (["port.yml", "cli.yml"], 2)])
+def test_the_history_is_read_for_connections_whose_wait_ended_only_when_a_rule_reads_the_process(
+    tmp_path: Path, rule_files: list[str], rekey_scans: int
+) -> None:
+    rules = write_rules(tmp_path / "rules", {name: LATE_CREATE_RULES[name] for name in rule_files})
+    lake = Lake(tmp_path, sigma_rules=rules)
+    lake.land([network_connect("{A}", record=1, event_data={"DestinationPort": "4444"})])
+    recorders = lake.wrap_connections(lambda con: PlanRecorder(con, "INSERT INTO sigma_detections "))
+    lake.batch()
+    scans = [
+        node
+        for recorder in recorders
+        for plan in recorder.plans
+        for node in plan_nodes(plan, "DUCKLAKE_SCAN")
+        if node["extra_info"]["Table"] == "winlogbeat_stream_rekey"
+    ]
+    assert len(scans) == rekey_scans  # the batch's events, and (with a rule that waits) the history's
+
+
 def test_in_ksql_join_mode_a_rule_reading_the_process_runs_in_the_connections_batch(tmp_path: Path) -> None:
     rules = write_rules(tmp_path / "rules", LATE_CREATE_RULES)
     lake = Lake(tmp_path, sigma_rules=rules, join_mode="ksql")
