@@ -90,6 +90,38 @@ def test_three_shards_at_once_give_one_pipelines_tables_on_the_sample(tmp_path: 
     assert seqs[0][0] == seqs[0][1], "arrival numbers of different shards never meet"
 
 
+PROCESS_RULES = {
+    "cli.yml": """title: connection from a process with a command line
+id: 0b8b0c1e-5f5e-4a55-9d0a-2d1f3c1a8e01
+logsource: {category: network_connection, product: windows}
+detection: {sel: {CommandLine|contains: '.exe'}, condition: sel}
+""",
+    "unknown.yml": """title: connection from a process whose command line is unknown
+id: 0b8b0c1e-5f5e-4a55-9d0a-2d1f3c1a8e02
+logsource: {category: network_connection, product: windows}
+detection: {sel: {Initiated: 'true'}, known: {CommandLine|contains: '.'}, condition: sel and not known}
+""",
+}
+
+
+def test_three_shards_give_one_pipelines_detections_of_rules_that_read_the_process(tmp_path: Path) -> None:
+    # a connection whose create another shard commits is joined in a later batch: the rules that read its
+    # process run then, on the process, as one pipeline runs them on the same batch as its create
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for name, text in PROCESS_RULES.items():
+        (rules / name).write_text(text)
+    (sample,) = (ROOT / "sample_data").glob("*.ndjson")
+    sharded = assert_shards_match_one_pipeline(
+        tmp_path, lambda landing: split_lines(sample, landing, 36), sigma_rules=rules
+    )
+    late = sharded.rows(
+        "SELECT count(*) FROM sigma_detections AS d JOIN sysmon_network_connect AS n USING (_seq) "
+        "WHERE d.rule_title LIKE 'connection from a process with%' AND d._batch_id > n._batch_id"
+    )
+    assert late[0][0] > 0, "some connections should have waited for a create another shard committed"
+
+
 def test_three_shards_at_once_give_one_pipelines_tables_on_otrf_data(tmp_path: Path) -> None:
     tarballs = [shared_path("data", "real", "otrf-security-datasets", name) for name in sorted(OTRF_TARBALLS)]
 
