@@ -36,8 +36,9 @@ HUNTING_EDGES = {
     # the creates a batch brought (the stream) and the whole process table
     "sysmon_process_ancestry": {"sysmon_process_create", "sysmon_process_create_table"},
     "sysmon_join_ancestry": {"sysmon_join", "sysmon_process_ancestry"},
-    # the rekeyed events a batch brought (the stream) and the whole process table, for a connection's process
-    "sigma_detections": {"winlogbeat_stream_rekey", "sysmon_process_create_table"},
+    # the rekeyed events a batch brought (the stream), the whole process table for a connection's process, and the
+    # join's new rows (and the connections it gave up on) for the rules that wait for that process
+    "sigma_detections": {"winlogbeat_stream_rekey", "sysmon_process_create_table", "sysmon_join"},
 }
 ALL_MODELS = RECIPE_MODELS + HUNTING_MODELS
 
