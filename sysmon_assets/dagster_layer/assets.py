@@ -87,6 +87,8 @@ def step_metadata(results: list[StepResult], batch_id: int | None) -> dict[str, 
     if main.pending is not None:
         metadata["pending_joins"] = main.pending
         metadata["expired_joins"] = main.expired
+    if main.unmatched_read:  # e.g. the connections sysmon_join gave up on, which sigma_detections ran its rules on
+        metadata["gave_up_rows_read"] = MetadataValue.json(main.unmatched_read)
     for side in sides:
         metadata[f"{side.model}_rows_written"] = side.rows_written
     for name, value in main.notes.items():

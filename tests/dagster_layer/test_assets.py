@@ -24,6 +24,12 @@ def test_side_tables_report_their_rows_on_the_main_asset() -> None:
     assert metadata["winlogbeat_rejects_rows_written"] == 2
     assert metadata["dagster/row_count"] == 80
     assert "pending_joins" not in metadata
+    assert "gave_up_rows_read" not in metadata
+
+
+def test_a_step_that_read_rows_another_model_gave_up_on_reports_how_many() -> None:
+    main = StepResult("sigma_detections", unmatched_read={"sysmon_join": 3})
+    assert step_metadata([main], batch_id=4)["gave_up_rows_read"].value == {"sysmon_join": 3}
 
 
 def test_a_view_reports_no_row_count() -> None:

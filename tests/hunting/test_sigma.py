@@ -542,6 +542,7 @@ def test_a_rule_reading_the_process_runs_without_it_once_the_join_gives_up(tmp_p
     assert _hits(lake) == []
     result = lake.batch(T0 + timedelta(minutes=16))
     assert result["sysmon_join"][0].expired == 1
+    assert result["sigma_detections"][0].unmatched_read == {"sysmon_join": 1}
     assert _hits(lake) == [("not an allowed tool", 1, None, 3)]
     lake.land([process_create("{A}", "nc.exe allowed", record=2, event_data={"Image": NC})])
     lake.land([network_connect("{B}", record=3, event_data={"Image": NC})])
