@@ -21,11 +21,13 @@ WITH unparsed AS (
     FROM landed
 ), utf16 AS (
     -- UTF-16 text (Windows PowerShell's default file encoding): a byte order mark, or about every second byte NUL
-    -- (ASCII text; a run of NUL bytes alone, as a crashed writer leaves, is not)
+    -- (ASCII text; a run of NUL bytes alone, as a crashed writer leaves, is not), or the one NUL byte after the last
+    -- little-endian newline, which ends such a file
     SELECT decoded.*,
-        octet_length(line) >= 2 AND (list_contains([from_hex('FFFE'), from_hex('FEFF')], line[1:2])
+        line = from_hex('00')
+        OR (octet_length(line) >= 2 AND (list_contains([from_hex('FFFE'), from_hex('FEFF')], line[1:2])
             OR (length(escaped) - length(replace(escaped, '\x00', ''))) / 4 / octet_length(line)
-               BETWEEN 1 / 3 AND 2 / 3) AS looks_utf16
+               BETWEEN 1 / 3 AND 2 / 3)) AS looks_utf16
     FROM decoded
 )
 SELECT

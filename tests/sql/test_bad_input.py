@@ -52,6 +52,7 @@ def test_a_utf16_file_is_rejected_line_by_line_saying_so(lake: Lake) -> None:
     (lake.landing / "export-be.json").write_bytes(text.encode("utf-16-be"))
     (lake.landing / "crashed.ndjson").write_bytes(b"\x00" * 64 + b"\n" + text.encode())  # a writer's zero fill
     lake.batch()
+    lake.batch()  # the files are finished: a last line without its newline is read
     utf16 = "UTF-16 text: only UTF-8 is read (save the file as UTF-8)"
     assert lake.rows("SELECT source_file, source_line, error FROM winlogbeat_rejects ORDER BY ALL") == [
         (str(lake.landing / "crashed.ndjson"), 1, "malformed JSON"),
@@ -59,6 +60,7 @@ def test_a_utf16_file_is_rejected_line_by_line_saying_so(lake: Lake) -> None:
         (str(lake.landing / "export-be.json"), 2, utf16),
         (str(lake.landing / "export.json"), 1, utf16),
         (str(lake.landing / "export.json"), 2, utf16),
+        (str(lake.landing / "export.json"), 3, utf16),  # the NUL byte of the last little-endian newline
     ]
     assert lake.count("sysmon_join") == 1  # the zero-filled file's events
 
