@@ -40,31 +40,39 @@ list_filter([
 {% for name, lowered, source in sigma.columns[3] if source.startswith('p.') and source[2:] not in process_columns %}
     {%- set _ = process_columns.append(source[2:]) %}
 {%- endfor %}
+{#- Whether the rules that read a connection's process wait for it: KSQL's join waits for nothing. -#}
+{% set waits = var('join_mode') != 'ksql' and (3, true) in groups %}
 WITH events AS MATERIALIZED (
     SELECT * FROM {{ ref('winlogbeat_stream_rekey') }} WHERE event_id IN (1, 3)
-), settled AS MATERIALIZED (
-    -- the connections that a rule reading their process runs on now
-{%- if var('join_mode') == 'ksql' or (3, true) not in groups %}
-    -- (KSQL's join waits for nothing, nor do rules that read no process: the batch's own, with the process as the
-    -- table stands at this step)
-    SELECT * FROM events WHERE event_id = 3
-{%- else %}
-    -- those whose wait for their process create ends in this step, from this batch or earlier ones: joined now, or
-    -- given up (the join's grace ended without their create). So a hit does not depend on where batches are cut.
-    WITH ended AS MATERIALIZED (
-        SELECT _seq FROM {{ ref('sysmon_join') }}
-        UNION ALL
-        SELECT _seq FROM {{ unmatched('sysmon_join') }}
-    )
-    SELECT * FROM events WHERE event_id = 3 AND _seq IN (SELECT _seq FROM ended)
+{%- if waits %}
+), ended AS MATERIALIZED (
+    -- the connections whose wait for their process create ends in this step, from this batch or earlier ones:
+    -- joined now, or given up (the join's grace ended without their create)
+    SELECT _seq FROM {{ ref('sysmon_join') }}
     UNION ALL
+    SELECT _seq FROM {{ unmatched('sysmon_join') }}
+), late AS MATERIALIZED (
+    -- those of earlier batches, read from the history
     SELECT * FROM {{ ref('winlogbeat_stream_rekey', full=True) }}
     WHERE _seq IN (SELECT _seq FROM ended) AND _seq NOT IN (SELECT _seq FROM events)
-{%- endif %}
+), settled AS (
+    -- the connections that a rule reading their process runs on now: so a hit does not depend on where batches
+    -- are cut
+    SELECT * FROM events WHERE event_id = 3 AND _seq IN (SELECT _seq FROM ended)
+    UNION ALL
+    SELECT * FROM late
 ), candidates AS (
     SELECT * FROM events
     UNION ALL
-    SELECT * FROM settled WHERE _seq NOT IN (SELECT _seq FROM events)
+    SELECT * FROM late
+{%- else %}
+), settled AS (
+    -- the batch's connections, with the process as the table stands at this step (in KSQL's join mode nothing
+    -- waits; otherwise no rule reads the process)
+    SELECT * FROM events WHERE event_id = 3
+), candidates AS (
+    SELECT * FROM events
+{%- endif %}
 ), processes AS MATERIALIZED (
     -- the processes of the step's connections only, and only the columns read of them: a lake has no index, so
     -- the keyed table is scanned once here (not once per join below), and each column read is read for every row
