@@ -5,18 +5,11 @@ incrementally (one transaction per step, or per chunk for source-fed steps), wit
 """
 
 from dbt_like.compiler import Shard
+from dbt_like.concurrency import ConcurrentWriterError
 from dbt_like.project import Model, ProjectError, SchemaTest, discover_models
-from dbt_like.runner import (
-    Batch,
-    ConcurrentWriterError,
-    Project,
-    StepResult,
-    ensure_state,
-    open_batch,
-    table_columns,
-    table_exists,
-)
+from dbt_like.runner import Project, StepResult
 from dbt_like.schema_tests import TestResult, run_schema_tests
+from dbt_like.state import Batch, ensure_state, open_batch, table_columns, table_exists
 
 __all__ = [
     "Batch",

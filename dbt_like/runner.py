@@ -5,20 +5,9 @@ model remembers, per input, the last batch it consumed (its offset, in ``dbt_lik
 and commits its new rows together with its new offsets, so a crash at any point followed by
 a rerun gives the tables one clean run would have given.
 
-Materializations:
-- ``stream``: append-only. Optional ``dedupe_key='<columns>'``: a row whose key is already in the
-  table, or that an earlier row of the same step (lowest ``order_by``, default ``_seq``) has, is not appended:
-  the first delivery wins; a NULL in the key never matches. ``order_by`` must tell a step's rows of one key apart
-  (the default ``_seq`` is unique): rows tied on the lowest value, or whose value is NULL, are all appended.
-  Optional ``retry_unmatched=<input>`` with ``retry_grace_minutes=N``: input rows that produced no
-  output row (matched on ``_seq``) are offered again in later steps until N minutes of batch time have passed.
-  The rows whose time runs out are kept (``dbt_like.unmatched``) for the models that read them with
-  ``unmatched(<model>)`` (dbt_like/compiler.py), until every such model has read them (deleted in bulk, by a
-  reader's step, once ``Project.let_go_of_unmatched_at`` rows are kept).
-- ``table``: keyed upsert on ``unique_key``; the row with the highest ``order_by`` wins (a NULL key matches none).
-- ``view``: the model's query stored in the catalog as a view, so readers always see it over the current rows of
-  what it reads (every ``ref()`` in it is the whole relation). Its step replaces the view only when the query
-  changed (a newer version of its SQL, other variables), and otherwise has nothing to do.
+How each materialization (``stream``, ``table``, ``view``) writes a step's rows: dbt_like/materializations.py.
+A stream may retry its input's unmatched rows (``retry_unmatched``): the runner keeps them waiting
+(``dbt_like.pending``) and, once their grace ends, for the models that read them (``dbt_like.unmatched``).
 
 Any model may declare ``duckdb_settings={'<name>': <value>}``: DuckDB settings SET for its step and set back after
 (SQLMesh's ``session_properties``), for a query DuckDB plans badly with its defaults.
@@ -32,11 +21,8 @@ and of two shards' concurrent steps on it, the second to commit conflicts and ru
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
-import random
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -55,52 +41,36 @@ from dbt_like.compiler import (
     model_config,
     render_step,
 )
+from dbt_like.concurrency import (
+    CATALOG_GUARD,
+    MAX_ATTEMPTS,
+    ConcurrentWriterError,
+    lost_race,
+    pause_before_retry,
+    rollback,
+)
 from dbt_like.lake_at_open import LakeAtOpen, read_lake_at_open
+from dbt_like.materializations import append, new_columns, upsert, view_outdated
 from dbt_like.project import Model, ProjectError, discover_models
 from dbt_like.schema_tests import TestResult, run_schema_tests
 from dbt_like.sql import first_row, literal, literals, quote_identifier, scalar, settings_applied
+from dbt_like.state import (
+    GUARDS_TABLE,
+    SINGLE,
+    STATE_DDL,
+    Batch,
+    UnseededState,
+    ensure_state,
+    find_or_add_batch,
+    table_columns,
+    table_exists,
+    view_sql,
+)
 
 Connection = duckdb.DuckDBPyConnection
 
 T = TypeVar("T")
 LOG = logging.getLogger(__name__)
-
-# Every step's transaction replaces its shard's row here (and a serialized model's row), so two writers'
-# concurrent steps conflict: in a lake, two transactions deleting from the same file cannot both commit.
-GUARDS_TABLE = f"{STATE_SCHEMA}.guards"
-SHARDS_TABLE = f"{STATE_SCHEMA}.shards"
-SHARD_COUNT_VIEW = f"{STATE_SCHEMA}.shard_count"
-_STATE_DDL = f"""
-CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA};
-CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.batches (batch_id BIGINT, run_key VARCHAR, started_at TIMESTAMP);
-CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.offsets (model VARCHAR, input VARCHAR, batch_id BIGINT, shard INTEGER);
-CREATE TABLE IF NOT EXISTS {PENDING_TABLE} (model VARCHAR, seq BIGINT, first_seen TIMESTAMP, shard INTEGER);
-CREATE TABLE IF NOT EXISTS {UNMATCHED_TABLE} (model VARCHAR, seq BIGINT, batch_id BIGINT, shard INTEGER);
-CREATE TABLE IF NOT EXISTS {GUARDS_TABLE} (guard VARCHAR, batch_id BIGINT, model VARCHAR, committed_at TIMESTAMP);
-CREATE TABLE IF NOT EXISTS {SHARDS_TABLE} (shard_count INTEGER);
-"""
-# A conflict with another shard (or with maintenance) is retried this many times, with a growing random pause.
-MAX_ATTEMPTS = 10
-# Shards take turns on creating relations: a step that creates a table or view replaces this guard row too. A
-# DuckLake 1.4 commit that came second and is retried by DuckLake itself can commit a table another writer has
-# just created a second time, or give its own new table an id another writer's new table took; the rows written
-# to it are then lost without an error. Two transactions that both change the catalog now conflict on this row,
-# and the loser runs again from the start, when it sees the other's table.
-CATALOG_GUARD = "catalog"
-RACE_SIGNS = ("database is locked", "duplicate key value violates unique constraint")
-SINGLE = Shard()
-
-
-class ConcurrentWriterError(RuntimeError):
-    """A step could not commit because another writer committed to the same tables meanwhile."""
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One micro-batch: every model step of one run shares its id and clock."""
-
-    batch_id: int
-    started_at: datetime
 
 
 @dataclass
@@ -139,120 +109,7 @@ def _idle(result: StepResult) -> bool:
     return bool(result.offsets_after) and not moved and retry_idle
 
 
-def lost_race(error: duckdb.Error) -> bool:
-    """Whether ``error`` lost a race with another writer, so that running the transaction again may succeed:
-    a transaction conflict, a SQLite catalog another writer holds locked, or two sessions creating a
-    PostgreSQL catalog's tables at once."""
-    return isinstance(error, duckdb.TransactionException) or any(sign in str(error) for sign in RACE_SIGNS)
-
-
-def pause_before_retry(attempt: int) -> None:
-    """A random pause that grows with the attempt, so racing writers spread out."""
-    time.sleep(random.uniform(0, 0.05 * 2**attempt))
-
-
-def _rollback(con: Connection) -> None:
-    """Roll back the open transaction; a commit that failed has already rolled it back."""
-    with contextlib.suppress(duckdb.TransactionException):
-        con.rollback()
-
-
-class UnseededState(Exception):
-    """The bookkeeping tables exist but hold no shard count yet: another writer has created them and is about to
-    seed them, or stopped in between."""
-
-
-def ensure_state(
-    con: Connection, shard: Shard = SINGLE, guards: Iterable[str] = (), more_ddl: str = "", seed: bool = True
-) -> None:
-    """Create the framework's bookkeeping tables (and ``more_ddl``'s) if they do not exist, record the shard count
-    the first time (it cannot change: batch ids and offsets are divided by it), and seed the guard rows (a guard
-    works by being deleted, so its row must exist before two writers race for it). Without ``seed``, tables with
-    no shard count yet raise :class:`UnseededState`. Each statement on a lake pays its own catalog work: an
-    existing lake's state is read by one query."""
-    con.execute(_STATE_DDL + more_ddl)
-    counts, present = first_row(
-        con, f"SELECT (SELECT list(DISTINCT shard_count) FROM {SHARDS_TABLE}), (SELECT list(guard) FROM {GUARDS_TABLE})"
-    )
-    if not counts and not seed:
-        raise UnseededState("the bookkeeping tables hold no shard count yet")
-    if not counts:
-        _record_shard_count(con, shard.count)
-    elif counts != [shard.count]:
-        raise ProjectError(
-            f"this lake was written by {sorted(counts)} shard(s); a project of {shard.count} cannot continue it "
-            "(batch ids and offsets are divided among the shards)"
-        )
-    wanted = [f"shard-{index}" for index in range(shard.count)] + list(guards)
-    missing = [guard for guard in wanted if guard not in (present or [])]
-    if missing:
-        rows = ", ".join(f"({literal(guard)}, 0, NULL, NULL)" for guard in missing)
-        con.execute(f"INSERT INTO {GUARDS_TABLE} VALUES {rows}")
-
-
-def _record_shard_count(con: Connection, count: int) -> None:
-    """Record the lake's shard count, in a table and as a view. DuckLake lets two transactions insert into one table
-    at once, but not create the same view: of two runs that seed a new lake at once, one conflicts, runs again and
-    then finds the other's count and guard rows (no second, maybe different, count; no doubled guard rows)."""
-    con.execute(f"INSERT INTO {SHARDS_TABLE} VALUES ({count})")
-    con.execute(f"CREATE VIEW {SHARD_COUNT_VIEW} AS SELECT {count} AS shard_count")
-
-
-def open_batch(con: Connection, run_key: str, started_at: datetime, shard: Shard = SINGLE) -> Batch:
-    """The batch of ``run_key``, created on first use (all steps of one run share it): the shard's next id."""
-    ensure_state(con, shard)
-    return _find_or_add_batch(con, run_key, started_at, shard)[0]
-
-
-def _find_or_add_batch(con: Connection, run_key: str, started_at: datetime, shard: Shard) -> tuple[Batch, bool]:
-    """The batch of ``run_key``, and whether it was added now."""
-    found, batch_id = first_row(
-        con,
-        f"SELECT any_value({{'id': batch_id, 'at': started_at}}) FILTER (WHERE run_key = {literal(run_key)}), "
-        f"{shard.next_number('batch_id')} FROM {STATE_SCHEMA}.batches",
-    )
-    if found:
-        return Batch(found["id"], found["at"]), False
-    con.execute(f"INSERT INTO {STATE_SCHEMA}.batches VALUES ({literals(batch_id, run_key, started_at)})")
-    return Batch(batch_id, started_at), True
-
-
-def table_exists(con: Connection, name: str) -> bool:
-    """Whether ``name`` exists in the connection's default catalog and schema."""
-    return bool(
-        scalar(
-            con,
-            f"SELECT count(*) FROM duckdb_tables() WHERE table_name = {literal(name)} "
-            "AND schema_name = current_schema() AND database_name = current_database()",
-        )
-    )
-
-
-def view_sql(con: Connection, name: str) -> str | None:
-    """The definition DuckDB keeps for view ``name`` in the connection's default catalog and schema (None when
-    there is no such view)."""
-    row = first_row(
-        con,
-        f"SELECT sql FROM duckdb_views() WHERE view_name = {literal(name)} AND schema_name = current_schema() "
-        "AND database_name = current_database()",
-    )
-    return row[0] if row else None
-
-
-def table_columns(con: Connection, name: str) -> list[tuple[str, str]]:
-    """``(column, type)`` of table ``name`` in the connection's default catalog and schema, in order."""
-    return con.execute(
-        f"SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = {literal(name)} "
-        "AND schema_name = current_schema() AND database_name = current_database() ORDER BY column_index"
-    ).fetchall()
-
-
 CommitNote = Callable[[Connection, str, Batch], None]
-
-
-def _columns(listing: str) -> list[str]:
-    """``'a, b'`` -> ``['a', 'b']``: a config's column list."""
-    return [column.strip() for column in listing.split(",")]
 
 
 class Project:
@@ -433,7 +290,7 @@ class Project:
             def claim_next_batch() -> tuple[tuple[Batch, LakeAtOpen | None, list[str]], int]:
                 if not self._state_ready:  # an existing lake's state is checked in this transaction, not its own
                     ensure_state(con, self.shard, self._state_guards(), self.state_ddl, seed=False)
-                batch, added = _find_or_add_batch(con, run_key, started_at, self.shard)
+                batch, added = find_or_add_batch(con, run_key, started_at, self.shard)
                 tables = [name for name in self.models if not self._is_view(name)]
                 at_open = read_lake_at_open(con, tables, self.shard.index) if added and self.shard.count == 1 else None
                 unchanged = self._unchanged_columns(con, batch, at_open) if at_open else []
@@ -531,7 +388,7 @@ class Project:
             return
 
         def create_tables() -> tuple[None, None]:
-            con.execute(_STATE_DDL + self.state_ddl)
+            con.execute(STATE_DDL + self.state_ddl)
             return None, None
 
         def seed() -> tuple[None, None]:
@@ -589,7 +446,7 @@ class Project:
                 con.commit()
                 return value
             except duckdb.Error as error:
-                _rollback(con)
+                rollback(con)
                 if not lost_race(error):
                     raise
                 if seen is None or attempt == MAX_ATTEMPTS or (claim and self._guard_rows(con) != seen):
@@ -600,7 +457,7 @@ class Project:
                 LOG.info("%s lost a race with another writer (attempt %d), running it again: %s", what, attempt, error)
                 pause_before_retry(attempt)
             except BaseException:
-                _rollback(con)
+                rollback(con)
                 raise
         raise AssertionError("unreachable: the last attempt returns or raises")
 
@@ -668,21 +525,8 @@ class Project:
         one it would store now, a table or stream that exists and whose inputs brought nothing."""
         if self._is_view(result.model):
             query = self._compile(result.model, batch, relations, result)
-            return not self._view_outdated(con, result.model, query)
+            return not view_outdated(con, result.model, query)
         return _idle(result) and self.exists(con, result.model)
-
-    @staticmethod
-    def _view_outdated(con: Connection, name: str, query: str) -> bool:
-        """Whether view ``name`` is missing or stores another query than ``query``. DuckDB keeps a view's query
-        as it prints it back, not as written, so ``query`` is printed the same way through a temporary view."""
-        stored = view_sql(con, name)
-        if stored is None:
-            return True
-        con.execute(f"CREATE OR REPLACE TEMP VIEW __view_probe AS {query}")
-        probe = scalar(con, "SELECT sql FROM duckdb_views() WHERE view_name = '__view_probe' AND temporary")
-        con.execute("DROP VIEW __view_probe")
-        # 'CREATE VIEW <name> AS <query>;' and 'CREATE TEMP VIEW __view_probe AS <query>;': compare the queries
-        return stored.partition(" AS ")[2] != probe.partition(" AS ")[2]
 
     def _unchanged_columns(self, con: Connection, batch: Batch, at_open: LakeAtOpen) -> list[str]:
         """The models whose queries, bound in the batch-opening transaction, bring no column their tables lack (so
@@ -697,7 +541,7 @@ class Project:
             and all(table in at_open.columns for table in [name, *self.models[name].refs])
         ]
         for name in probed:
-            if self._new_columns(con, self._schema_probe(name, batch, {}), at_open.columns[name]):
+            if new_columns(con, self._schema_probe(name, batch, {}), at_open.columns[name]):
                 return []
         return probed
 
@@ -725,7 +569,7 @@ class Project:
         turns on it)."""
         listed = self._at_open[batch_id].columns.get(name) if batch_id in self._at_open else None
         existing = listed if listed is not None else {column for column, _ in table_columns(con, name)}
-        added = self._new_columns(con, query, existing)
+        added = new_columns(con, query, existing)
         if not added:
             return
 
@@ -738,73 +582,6 @@ class Project:
             return None, batch_id
 
         self._guarded(con, f"adding the new columns of {name}", batch_id, [], alter)
-
-    @staticmethod
-    def _new_columns(con: Connection, query: str, existing: set[str]) -> list[tuple[str, str]]:
-        """The columns (name, type) ``query`` selects that are not in ``existing``; the query is bound, not run."""
-        relation = con.sql(f"SELECT * FROM {query} WHERE false")
-        known = {column.lower() for column in existing}  # DuckDB's names are case-insensitive
-        return [
-            (column, str(kind))
-            for column, kind in zip(relation.columns, relation.types, strict=True)
-            if column.lower() not in known
-        ]
-
-    @staticmethod
-    def _append(con: Connection, name: str, query: str, config: dict[str, Any], batch: Batch) -> int:
-        """Append the step's rows; with a ``dedupe_key``, only the first row of each key (by ``order_by``) the
-        step brings, and none whose key is in the table already.
-
-        The step's later deliveries are found by grouping only its key columns and order column (a window over
-        the whole rows would hold every column of the step in memory), in the statement that appends the rest:
-        the step's query (which must be deterministic) is read again for those columns only, not staged. A lake
-        has no index: the anti-join reads only the table's rows whose key columns lie within the step's key
-        ranges, given as constants so that files whose min/max statistics lie outside are skipped. A key column
-        that is NULL in every row of the step matches nothing.
-        """
-        rows = f"SELECT *, {batch.batch_id} AS _batch_id FROM {query}"
-        key = config.get("dedupe_key")
-        if not key:
-            return scalar(con, f"INSERT INTO {name} BY NAME {rows}")
-        columns, order_by = _columns(key), config["order_by"]
-        matches = " AND ".join(f"n.{c} = t.{c}" for c in columns)
-        repeated = (
-            f"SELECT {key}, min({order_by}) AS __first FROM {query} "
-            f"WHERE {' AND '.join(f'{c} IS NOT NULL' for c in columns)} GROUP BY ALL HAVING count(*) > 1"
-        )
-        firsts = f"SELECT n.* FROM ({rows}) AS n ANTI JOIN ({repeated}) AS t ON {matches} AND n.{order_by} <> t.__first"
-        bounds = first_row(con, "SELECT " + ", ".join(f"min({c}), max({c})" for c in columns) + f" FROM {query}")
-        if None in bounds or not scalar(con, f"SELECT count(*) > 0 FROM {name}"):
-            return scalar(con, f"INSERT INTO {name} BY NAME {firsts}")
-        pairs = zip(columns, bounds[::2], bounds[1::2], strict=True)
-        ranges = " AND ".join(f"{c} BETWEEN {literal(low)} AND {literal(high)}" for c, low, high in pairs)
-        return scalar(
-            con,
-            f"INSERT INTO {name} BY NAME SELECT n.* FROM ({firsts}) AS n "
-            f"ANTI JOIN (SELECT {key} FROM {name} WHERE {ranges}) AS t ON {matches}",
-        )
-
-    def _upsert(self, con: Connection, name: str, query: str, config: dict[str, Any], batch: Batch) -> int:
-        """Replace the rows of the keys the step brings with its newest row per key. A key that is NULL (in any of
-        its columns) equals no other, as in SQL: such rows are all kept, in one step as over several."""
-        key, order_by = config["unique_key"], config["order_by"]
-        null_key = " OR ".join(f"{column} IS NULL" for column in _columns(key))
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE __upsert AS SELECT * FROM {query} "
-            f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {order_by} DESC) = 1 OR {null_key}"
-        )
-        if self.shard.count > 1:
-            # Another shard may have committed a newer row for a key (one writer's rows only ever get newer).
-            keys = " AND ".join(f"t.{c} = u.{c}" for c in _columns(key))
-            order = {alias: "row(" + ", ".join(f"{alias}.{c}" for c in _columns(order_by)) + ")" for alias in "tu"}
-            # the table's rows of the step's keys first, the table on the left: built from __upsert whatever the
-            # model's duckdb_settings say of choosing a join's build side
-            rows = f"SELECT t.* FROM {name} AS t SEMI JOIN __upsert AS u ON {keys}"
-            con.execute(f"DELETE FROM __upsert AS u USING ({rows}) AS t WHERE {keys} AND {order['t']} >= {order['u']}")
-        con.execute(f"DELETE FROM {name} WHERE ({key}) IN (SELECT {key} FROM __upsert)")  # one column or several
-        written = scalar(con, f"INSERT INTO {name} BY NAME SELECT *, {batch.batch_id} AS _batch_id FROM __upsert")
-        con.execute("DROP TABLE __upsert")
-        return written
 
     @staticmethod
     def _register(con: Connection, chunk: Mapping[str, Any]) -> dict[str, str]:
@@ -925,7 +702,7 @@ class Project:
         config = self.configs[name]
         if self._is_view(name):
             query = self._compile(name, batch, relations, result)
-            if self._view_outdated(con, name, query):
+            if view_outdated(con, name, query):
                 con.execute(f"CREATE OR REPLACE VIEW {name} AS {query}")
                 self._created_relation = True
             return
@@ -935,9 +712,9 @@ class Project:
             self._created_relation = True
         query = self._compile(name, batch, relations, result)
         if config["materialized"] == "table":
-            result.rows_written += self._upsert(con, name, query, config, batch)
+            result.rows_written += upsert(con, name, query, config, batch, self.shard.count)
         else:
-            result.rows_written += self._append(con, name, query, config, batch)
+            result.rows_written += append(con, name, query, config, batch)
         read = [
             delta_relation(upstream, result.offsets_before[upstream], result.offsets_after[upstream], self.shard)
             for upstream in self.stream_inputs(name)

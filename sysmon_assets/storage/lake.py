@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 import duckdb
 
 from dbt_like.compiler import STATE_SCHEMA
-from dbt_like.runner import lost_race, pause_before_retry
+from dbt_like.concurrency import lost_race, pause_before_retry
 from dbt_like.sql import literal, literals
 from sysmon_assets.settings import Settings
 

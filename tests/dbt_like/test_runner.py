@@ -16,11 +16,9 @@ import pandas as pd
 import pytest
 
 from dbt_like import ConcurrentWriterError, Project, ProjectError, open_batch, runner
-from dbt_like.compiler import Shard
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.lake import attach, connection_config
 from tests.conftest import profile_operators, profile_to
-from tests.lake_servers import Postgres
 
 T0 = datetime(2026, 1, 1)
 TABLES = ["events", "orders", "catalog", "priced"]
@@ -563,25 +561,6 @@ def test_a_new_lakes_bookkeeping_tables_keep_the_inlined_data_table_of_one_schem
     assert [table for table, _ in inlined] == ["batches", "guards", "offsets", "pending", "shards", "unmatched"]
     assert len({version for _, versions in inlined for version in versions}) == 1, inlined
     assert con.execute("SELECT * FROM dbt_like.shard_count").fetchall() == [(1,)]
-
-
-def test_two_runs_seeding_a_new_lake_at_once_leave_one_shard_count(tmp_path: Path, postgres: Postgres) -> None:
-    """Two transactions that record a new lake's shard count at once conflict: the later one fails (a project runs
-    it again, then finds the count), so the lake never holds two counts. On PostgreSQL only DuckLake's own checks
-    stand between them (with SQLite the later commit fails as locked whatever it wrote)."""
-    settings = Settings(data_dir=tmp_path / "lake", lake_catalog=postgres.new_catalog())
-    first, second = (attach(duckdb.connect(config=connection_config(settings)), settings) for _ in range(2))
-    first.execute(runner._STATE_DDL)
-    for con in (first, second):
-        con.begin()
-    runner.ensure_state(first, Shard(0, 1))
-    runner.ensure_state(second, Shard(0, 2))
-    first.commit()
-    with pytest.raises(duckdb.TransactionException, match="shard_count"):
-        second.commit()
-    assert first.execute("SELECT shard_count FROM dbt_like.shards").fetchall() == [(1,)]
-    with pytest.raises(ProjectError, match=r"written by \[1\] shard"):
-        runner.ensure_state(second, Shard(0, 2))
 
 
 def test_a_column_added_to_a_model_is_added_to_its_existing_table(project: Project, tmp_path: Path) -> None:

@@ -1,0 +1,130 @@
+"""The framework's bookkeeping tables in the lake (schema ``dbt_like``): batches, offsets, waiting rows, guards and
+the shard count; opening a batch; and what the catalog says of a model's relation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import duckdb
+
+from dbt_like.compiler import PENDING_TABLE, STATE_SCHEMA, UNMATCHED_TABLE, Shard
+from dbt_like.project import ProjectError
+from dbt_like.sql import first_row, literal, literals, scalar
+
+Connection = duckdb.DuckDBPyConnection
+
+# Every step's transaction replaces its shard's row here (and a serialized model's row), so two writers'
+# concurrent steps conflict: in a lake, two transactions deleting from the same file cannot both commit.
+GUARDS_TABLE = f"{STATE_SCHEMA}.guards"
+SHARDS_TABLE = f"{STATE_SCHEMA}.shards"
+SHARD_COUNT_VIEW = f"{STATE_SCHEMA}.shard_count"
+STATE_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {STATE_SCHEMA};
+CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.batches (batch_id BIGINT, run_key VARCHAR, started_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS {STATE_SCHEMA}.offsets (model VARCHAR, input VARCHAR, batch_id BIGINT, shard INTEGER);
+CREATE TABLE IF NOT EXISTS {PENDING_TABLE} (model VARCHAR, seq BIGINT, first_seen TIMESTAMP, shard INTEGER);
+CREATE TABLE IF NOT EXISTS {UNMATCHED_TABLE} (model VARCHAR, seq BIGINT, batch_id BIGINT, shard INTEGER);
+CREATE TABLE IF NOT EXISTS {GUARDS_TABLE} (guard VARCHAR, batch_id BIGINT, model VARCHAR, committed_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS {SHARDS_TABLE} (shard_count INTEGER);
+"""
+SINGLE = Shard()
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One micro-batch: every model step of one run shares its id and clock."""
+
+    batch_id: int
+    started_at: datetime
+
+
+class UnseededState(Exception):
+    """The bookkeeping tables exist but hold no shard count yet: another writer has created them and is about to
+    seed them, or stopped in between."""
+
+
+def ensure_state(
+    con: Connection, shard: Shard = SINGLE, guards: Iterable[str] = (), more_ddl: str = "", seed: bool = True
+) -> None:
+    """Create the framework's bookkeeping tables (and ``more_ddl``'s) if they do not exist, record the shard count
+    the first time (it cannot change: batch ids and offsets are divided by it), and seed the guard rows (a guard
+    works by being deleted, so its row must exist before two writers race for it). Without ``seed``, tables with
+    no shard count yet raise :class:`UnseededState`. Each statement on a lake pays its own catalog work: an
+    existing lake's state is read by one query."""
+    con.execute(STATE_DDL + more_ddl)
+    counts, present = first_row(
+        con, f"SELECT (SELECT list(DISTINCT shard_count) FROM {SHARDS_TABLE}), (SELECT list(guard) FROM {GUARDS_TABLE})"
+    )
+    if not counts and not seed:
+        raise UnseededState("the bookkeeping tables hold no shard count yet")
+    if not counts:
+        _record_shard_count(con, shard.count)
+    elif counts != [shard.count]:
+        raise ProjectError(
+            f"this lake was written by {sorted(counts)} shard(s); a project of {shard.count} cannot continue it "
+            "(batch ids and offsets are divided among the shards)"
+        )
+    wanted = [f"shard-{index}" for index in range(shard.count)] + list(guards)
+    missing = [guard for guard in wanted if guard not in (present or [])]
+    if missing:
+        rows = ", ".join(f"({literal(guard)}, 0, NULL, NULL)" for guard in missing)
+        con.execute(f"INSERT INTO {GUARDS_TABLE} VALUES {rows}")
+
+
+def _record_shard_count(con: Connection, count: int) -> None:
+    """Record the lake's shard count, in a table and as a view. DuckLake lets two transactions insert into one table
+    at once, but not create the same view: of two runs that seed a new lake at once, one conflicts, runs again and
+    then finds the other's count and guard rows (no second, maybe different, count; no doubled guard rows)."""
+    con.execute(f"INSERT INTO {SHARDS_TABLE} VALUES ({count})")
+    con.execute(f"CREATE VIEW {SHARD_COUNT_VIEW} AS SELECT {count} AS shard_count")
+
+
+def open_batch(con: Connection, run_key: str, started_at: datetime, shard: Shard = SINGLE) -> Batch:
+    """The batch of ``run_key``, created on first use (all steps of one run share it): the shard's next id."""
+    ensure_state(con, shard)
+    return find_or_add_batch(con, run_key, started_at, shard)[0]
+
+
+def find_or_add_batch(con: Connection, run_key: str, started_at: datetime, shard: Shard) -> tuple[Batch, bool]:
+    """The batch of ``run_key``, and whether it was added now."""
+    found, batch_id = first_row(
+        con,
+        f"SELECT any_value({{'id': batch_id, 'at': started_at}}) FILTER (WHERE run_key = {literal(run_key)}), "
+        f"{shard.next_number('batch_id')} FROM {STATE_SCHEMA}.batches",
+    )
+    if found:
+        return Batch(found["id"], found["at"]), False
+    con.execute(f"INSERT INTO {STATE_SCHEMA}.batches VALUES ({literals(batch_id, run_key, started_at)})")
+    return Batch(batch_id, started_at), True
+
+
+def table_exists(con: Connection, name: str) -> bool:
+    """Whether ``name`` exists in the connection's default catalog and schema."""
+    return bool(
+        scalar(
+            con,
+            f"SELECT count(*) FROM duckdb_tables() WHERE table_name = {literal(name)} "
+            "AND schema_name = current_schema() AND database_name = current_database()",
+        )
+    )
+
+
+def view_sql(con: Connection, name: str) -> str | None:
+    """The definition DuckDB keeps for view ``name`` in the connection's default catalog and schema (None when
+    there is no such view)."""
+    row = first_row(
+        con,
+        f"SELECT sql FROM duckdb_views() WHERE view_name = {literal(name)} AND schema_name = current_schema() "
+        "AND database_name = current_database()",
+    )
+    return row[0] if row else None
+
+
+def table_columns(con: Connection, name: str) -> list[tuple[str, str]]:
+    """``(column, type)`` of table ``name`` in the connection's default catalog and schema, in order."""
+    return con.execute(
+        f"SELECT column_name, data_type FROM duckdb_columns() WHERE table_name = {literal(name)} "
+        "AND schema_name = current_schema() AND database_name = current_database() ORDER BY column_index"
+    ).fetchall()
