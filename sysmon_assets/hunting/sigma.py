@@ -1,12 +1,13 @@
 """Sigma rules over the Sysmon events: a folder of rules, each converted once to a DuckDB condition.
 
 Rules are read recursively from a folder (``SYSMON_SIGMA_RULES``) and converted with pySigma and its DuckDB
-backend. Each rule's ``logsource`` decides which events it sees: ``process_creation`` runs over Sysmon's
-ProcessCreate events (id 1), ``network_connection`` over its NetworkConnect events (id 3). The conditions name
-Sysmon's own fields (``Image``, ``CommandLine``, ``DestinationIp``, ...); the ``sigma_detections`` model gives each
-event one text column per field, read from the columns of ours that :data:`EVENT_FIELDS` names. A rule that does
-not parse, has another logsource, needs a field the event does not carry, or does not convert (or whose SQL DuckDB
-rejects) is listed in :attr:`RuleSet.failures` with the reason; none is left out silently.
+backend, turned to this project's columns (sysmon_assets/hunting/sigma_backend.py). Each rule's ``logsource``
+decides which events it sees: ``process_creation`` runs over Sysmon's ProcessCreate events (id 1),
+``network_connection`` over its NetworkConnect events (id 3). The conditions name Sysmon's own fields (``Image``,
+``CommandLine``, ``DestinationIp``, ...); the ``sigma_detections`` model gives each event one text column per field,
+read from the columns of ours that :data:`EVENT_FIELDS` names. A rule that does not parse, has another logsource,
+needs a field the event does not carry, or does not convert (or whose SQL DuckDB rejects) is listed in
+:attr:`RuleSet.failures` with the reason; none is left out silently.
 
 Converting SigmaHQ's 1,234 rules takes tens of seconds, so a rule set is converted once: the result is kept on disk
 under the data folder, named by a hash of the rules' content and of the converter, and in memory for the process.
@@ -19,331 +20,41 @@ import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import duckdb
 import yaml
 from sigma.collection import SigmaCollection
-from sigma.conditions import (
-    ConditionAND,
-    ConditionFieldEqualsValueExpression,
-    ConditionItem,
-    ConditionNOT,
-    ConditionOR,
-)
-from sigma.conversion.state import ConversionState
-from sigma.exceptions import SigmaError, SigmaTransformationError, SigmaValueError
-from sigma.processing.conditions import ExcludeFieldCondition, LogsourceCondition
-from sigma.processing.pipeline import ProcessingItem, ProcessingPipeline
-from sigma.processing.transformations import DetectionItemFailureTransformation
-from sigma.rule import SigmaDetection, SigmaDetectionItem, SigmaRule
-from sigma.types import (
-    SigmaBool,
-    SigmaCompareExpression,
-    SigmaFieldReference,
-    SigmaRegularExpression,
-    SigmaString,
-    SpecialChars,
-)
-from sigma_backend_duckdb import DuckDBBackend
+from sigma.exceptions import SigmaError
+from sigma.rule import SigmaDetection, SigmaRule
+from sigma.types import SigmaFieldReference
 
 from dbt_like.sql import quote_string
+from sysmon_assets.hunting.sigma_backend import (
+    CATEGORY_EVENTS,
+    EVENT_FIELDS,
+    LOWER_SUFFIX,
+    UTC_TIME,
+    FieldNotCarriedError,
+    SysmonDuckDBBackend,
+    sysmon_pipeline,
+)
 
 LOG = logging.getLogger(__name__)
 
 RULE_SUFFIXES = (".yml", ".yaml")
 
-# The Sysmon event each Sigma logsource category runs over.
-CATEGORY_EVENTS = {"process_creation": 1, "network_connection": 3}
-EVENT_NAMES = {1: "process creation (Sysmon event 1)", 3: "network connection (Sysmon event 3)"}
+# The logsources a rule over Sysmon's events may name besides its category.
 PRODUCTS = (None, "windows")
 SERVICES = (None, "sysmon")
 # The kind of failure of a rule written for another log source: expected when the folder holds every rule of a
 # product, so it does not fail the sigma_rules_converted check (the rule is still listed).
 LOGSOURCE = "logsource"
-# Each field's lower-cased twin column is named with this suffix (a character no Sysmon field name has).
-LOWER_SUFFIX = ":lower"
-# Fields whose values are long: their predicates are evaluated after the others of an AND.
-LONG_FIELDS = ("CommandLine", "ParentCommandLine")
-
-
-def _kept(name: str) -> str:
-    """A Sysmon field the recipe's columns do not carry: winlogbeat_stream_rekey keeps it in ``_extra_fields``."""
-    return f"e._extra_fields[{quote_string(name)}]"
-
-
-# Where each Sysmon field of an event is read from: ``e`` is the event's winlogbeat_stream_rekey row, ``p`` (for a
-# connection) its process's row of sysmon_process_create_table as the step sees it. Sysmon's event 3 does not carry
-# the process's command line, parents or image details; a connection reads them from its process create, so a
-# network_connection rule on CommandLine or ParentImage (SigmaHQ has such rules) sees the process that connected.
-_PROCESS_CONTEXT = {
-    "CommandLine": "p.process_command_line",
-    "ParentImage": "p.parent_process_path",
-    "ParentCommandLine": "p.parent_process_command_line",
-    "ParentProcessGuid": "p.parent_process_guid",
-    "ParentProcessId": "p.parent_process_id",
-    "CurrentDirectory": "p.process_current_directory",
-    "IntegrityLevel": "p.process_integrity_level",
-    "Hashes": "p.hashes",
-    "LogonGuid": "p.user_logon_guid",
-    "LogonId": "p.user_logon_id",
-    "TerminalSessionId": "p.user_session_id",
-    "FileVersion": "p.file_version",
-    "Description": "p.file_description",
-    "Company": "p.file_company",
-}
-_UTC_TIME = "strftime(e.event_date_creation, '%Y-%m-%d %H:%M:%S.%g')"
-EVENT_FIELDS: dict[int, dict[str, str]] = {
-    1: {
-        "RuleName": _kept("RuleName"),
-        "UtcTime": _UTC_TIME,
-        "ProcessGuid": "e.process_guid",
-        "ProcessId": "e.process_id",
-        "Image": "e.process_path",
-        "FileVersion": "e.file_version",
-        "Description": "e.file_description",
-        "Product": _kept("Product"),
-        "Company": "e.file_company",
-        "OriginalFileName": _kept("OriginalFileName"),
-        "CommandLine": "e.process_command_line",
-        "CurrentDirectory": "e.process_current_directory",
-        "User": "e.user_account",
-        "LogonGuid": "e.user_logon_guid",
-        "LogonId": "e.user_logon_id",
-        "TerminalSessionId": "e.user_session_id",
-        "IntegrityLevel": "e.process_integrity_level",
-        "Hashes": "e.hashes",
-        "ParentProcessGuid": "e.parent_process_guid",
-        "ParentProcessId": "e.parent_process_id",
-        "ParentImage": "e.parent_process_path",
-        "ParentCommandLine": "e.parent_process_command_line",
-        "ParentUser": _kept("ParentUser"),
-    },
-    3: {
-        "RuleName": _kept("RuleName"),
-        "UtcTime": _UTC_TIME,
-        "ProcessGuid": "e.process_guid",
-        "ProcessId": "e.process_id",
-        "Image": "e.process_path",
-        "User": "e.user_account",
-        "Protocol": "e.network_protocol",
-        "Initiated": "e.network_connection_initiated",
-        "SourceIsIpv6": "e.src_is_ipv6",
-        "SourceIp": "e.src_ip_addr",
-        "SourceHostname": "e.src_host_name",
-        "SourcePort": "e.src_port",
-        "SourcePortName": "e.src_port_name",
-        "DestinationIsIpv6": "e.dst_is_ipv6",
-        "DestinationIp": "e.dst_ip_addr",
-        "DestinationHostname": "e.dst_host_name",
-        "DestinationPort": "e.dst_port",
-        "DestinationPortName": "e.dst_port_name",
-        **_PROCESS_CONTEXT,
-    },
-}
-
-
-class FieldNotCarriedError(SigmaTransformationError):
-    """A rule needs a field its events do not carry."""
-
-
-class FieldNotCarried(DetectionItemFailureTransformation):
-    """Fails a rule that needs a field its events do not carry, naming the field (pySigma's own failure
-    transformation has one fixed message)."""
-
-    def apply_detection_item(self, detection_item: SigmaDetectionItem) -> None:
-        if detection_item.field is None:
-            return  # a keyword (no field): the backend says it does not support those
-        raise FieldNotCarriedError(
-            f"needs field {detection_item.field!r}, which {self.message} does not carry", source=detection_item.source
-        )
-
-
-def sysmon_pipeline() -> ProcessingPipeline:
-    """The processing pipeline: per logsource, every field outside that event's :data:`EVENT_FIELDS` fails the
-    rule with its name. The fields keep Sysmon's names: the model gives each event a column of each name."""
-    return ProcessingPipeline(
-        name="Sysmon events of sysmon-assets",
-        priority=20,
-        items=[
-            ProcessingItem(
-                identifier=f"sysmon_event_{event_id}_fields",
-                transformation=FieldNotCarried(EVENT_NAMES[event_id]),
-                rule_conditions=[LogsourceCondition(category=category, product="windows")],
-                field_name_conditions=[ExcludeFieldCondition(fields=list(EVENT_FIELDS[event_id]))],
-            )
-            for category, event_id in CATEGORY_EVENTS.items()
-        ],
-    )
-
-
-class SysmonDuckDBBackend(DuckDBBackend):
-    """pySigma's DuckDB backend, with the methods at fault overridden (each a fix upstream could take) and its
-    string matching rewritten for speed.
-
-    Fixes:
-    - a regular expression holding ``'`` broke the SQL string it is written into (SigmaHQ's
-      proc_creation_win_hktl_wsass): the regex's quotes are doubled;
-    - ``%`` and ``_`` in a value were LIKE wildcards, and a value without wildcards was compared case-sensitively
-      (Sigma matches strings ignoring case);
-    - a predicate on a field the event lacks was NULL, so ``not filter`` dropped the event where Sigma keeps it:
-      a ``not`` is ``NOT coalesce(..., false)``;
-    - numbers and booleans were compared to text columns with casts that fail on a value such as ``-``: a number
-      compares ``TRY_CAST(field AS DOUBLE)``, a boolean the text ``true``/``false`` ignoring case;
-    - ``|fieldref`` compared the two fields case-sensitively, and with ``|startswith``, ``|endswith`` or
-      ``|contains`` read ``%`` and ``_`` in the other field's value as LIKE wildcards: it now matches that value
-      literally and ignoring case, as a value;
-    - field names are always quoted (``User`` is a keyword), and the condition is returned bare, without the
-      backend's ``SELECT * FROM logs WHERE``.
-
-    Speed (SigmaHQ's 1,234 rules over 10,000 events took over a minute with ``ILIKE``): each field has a lower-cased
-    twin column (``"Image:lower"``) that exact, prefix, suffix and substring matches read with ``=``,
-    ``starts_with``, ``ends_with`` and ``contains`` against the lower-cased value; a value with inner wildcards,
-    and a list of :attr:`alternation_min` or more values of one field, is one RE2 regular expression (SigmaHQ's
-    emoji rules list about 1,000 values each).
-    """
-
-    field_quote_pattern: ClassVar[re.Pattern | None] = None  # None: always quote
-    field_escape: ClassVar[str | None] = '"'  # a quote inside a name is doubled
-    # |fieldref: the other field's value matched literally and ignoring case, as a value is
-    field_equals_field_expression: ClassVar[str] = "coalesce(lower({field1}) = lower({field2}), false)"
-    field_equals_field_startswith_expression: ClassVar[str] = (
-        "coalesce(starts_with(lower({field1}), lower({field2})), false)"
-    )
-    field_equals_field_endswith_expression: ClassVar[str] = (
-        "coalesce(ends_with(lower({field1}), lower({field2})), false)"
-    )
-    field_equals_field_contains_expression: ClassVar[str] = (
-        "coalesce(contains(lower({field1}), lower({field2})), false)"
-    )
-
-    # a list of this many values of one field (or more) is one regular expression
-    alternation_min: ClassVar[int] = 8
-
-    def __init__(self, processing_pipeline: ProcessingPipeline, lowercase: Callable[[str], str]) -> None:
-        """``lowercase`` lower-cases a value as DuckDB's ``lower()`` lowers the twin columns."""
-        super().__init__(processing_pipeline=processing_pipeline)
-        self.lowercase = lowercase
-
-    def lowered(self, field_name: str) -> str:
-        """The quoted name of a field's lower-cased twin column."""
-        return self.escape_and_quote_field(field_name + LOWER_SUFFIX)
-
-    @staticmethod
-    def value_regex(value: SigmaString) -> str:
-        """A Sigma string as an RE2 expression matching where the string matches the whole value: wildcards
-        become ``.*`` and ``.``; a leading or trailing ``*`` leaves that end unanchored."""
-        leading = value.startswith(SpecialChars.WILDCARD_MULTI)
-        trailing = value.endswith(SpecialChars.WILDCARD_MULTI) and len(value) > 1
-        core = value[1 if leading else 0 : len(value) - 1 if trailing else len(value)]
-        return ("" if leading else "^") + str(core.to_regex().regexp) + ("" if trailing else "$")
-
-    def convert_condition_field_eq_val_str(
-        self, cond: ConditionFieldEqualsValueExpression, state: ConversionState
-    ) -> str:
-        return self._string_match(cond.field, cond.value, cased=False)
-
-    def convert_condition_field_eq_val_str_case_sensitive(
-        self, cond: ConditionFieldEqualsValueExpression, state: ConversionState
-    ) -> str:
-        return self._string_match(cond.field, cond.value, cased=True)
-
-    def _string_match(self, field_name: str, value: SigmaString, cased: bool) -> str:
-        inner = value[1:-1] if len(value) > 1 else value
-        if (
-            value.startswith(SpecialChars.WILDCARD_MULTI)
-            and value.endswith(SpecialChars.WILDCARD_MULTI)
-            and len(value) > 1
-            and not inner.contains_special()
-        ):
-            function, literal = "contains", inner
-        elif value.startswith(SpecialChars.WILDCARD_MULTI) and not value[1:].contains_special():
-            function, literal = "ends_with", value[1:]
-        elif value.endswith(SpecialChars.WILDCARD_MULTI) and not value[:-1].contains_special():
-            function, literal = "starts_with", value[:-1]
-        elif not value.contains_special():
-            function, literal = "=", value
-        else:
-            regex = ("(?s)" if cased else "(?is)") + self.value_regex(value)
-            return f"regexp_matches({self.escape_and_quote_field(field_name)}, {quote_string(regex)})"
-        text = literal.convert(escape_char=None, wildcard_multi=None, wildcard_single=None)
-        column = self.escape_and_quote_field(field_name) if cased else self.lowered(field_name)
-        text = quote_string(text if cased else self.lowercase(text))
-        return f"{column} = {text}" if function == "=" else f"{function}({column}, {text})"
-
-    def convert_condition_or(self, cond: ConditionOR, state: ConversionState) -> str:
-        """Values of one field in an OR (nested ORs included: ``|windash`` nests one per value) become one regular
-        expression when there are :attr:`alternation_min` or more; the other terms convert as usual."""
-        terms = list(_or_terms(cond))
-        by_field: dict[str, list[ConditionFieldEqualsValueExpression]] = {}
-        for term in terms:
-            if isinstance(term, ConditionFieldEqualsValueExpression) and type(term.value) is SigmaString:
-                by_field.setdefault(term.field, []).append(term)
-        grouped = {id(term) for values in by_field.values() if len(values) >= self.alternation_min for term in values}
-        if not grouped:
-            return super().convert_condition_or(cond, state)
-        converted = [
-            self._alternation(field_name, [term.value for term in values])
-            for field_name, values in by_field.items()
-            if len(values) >= self.alternation_min
-        ]
-        rest = [term for term in terms if id(term) not in grouped]
-        if rest:
-            converted.append(self.convert_condition_group(ConditionOR(rest, cond.source), state))
-        return " OR ".join(converted)
-
-    def _alternation(self, field_name: str, values: list[SigmaString]) -> str:
-        alternatives = "|".join(self.value_regex(value) for value in values)
-        return f"regexp_matches({self.lowered(field_name)}, {quote_string('(?is)(?:' + alternatives + ')')})"
-
-    def convert_condition_and(self, cond: ConditionAND, state: ConversionState) -> str:
-        """An AND with its terms cheapest first: DuckDB evaluates a term only on the events the terms before it
-        kept, so the costly ones (long command lines, ``not`` filters) see few events."""
-        return super().convert_condition_and(ConditionAND(sorted(cond.args, key=_cost), cond.source), state)
-
-    def convert_condition_not(self, cond: ConditionNOT, state: ConversionState) -> str | None:
-        """``NOT coalesce(..., false)``: a predicate on a field the event lacks is NULL (false where it is
-        required), and Sigma's ``not`` of it is true."""
-        arg = cond.args[0]
-        return None if arg is None else f"NOT coalesce(({self.convert_condition(arg, state)}), false)"
-
-    def convert_value_re(self, r: SigmaRegularExpression, state: ConversionState) -> str:
-        return super().convert_value_re(r, state).replace("'", "''")
-
-    def convert_condition_field_eq_val_num(
-        self, cond: ConditionFieldEqualsValueExpression, state: ConversionState
-    ) -> str:
-        return _number(self.escape_and_quote_field(cond.field), "=", cond.value.number)
-
-    def convert_condition_field_compare_op_val(
-        self, cond: ConditionFieldEqualsValueExpression, state: ConversionState
-    ) -> str:
-        value: SigmaCompareExpression = cond.value
-        return _number(self.escape_and_quote_field(cond.field), self.compare_operators[value.op], value.number.number)
-
-    def convert_condition_field_eq_val_bool(
-        self, cond: ConditionFieldEqualsValueExpression, state: ConversionState
-    ) -> str:
-        value: SigmaBool = cond.value
-        return f"{self.lowered(cond.field)} = {quote_string(str(value.boolean).lower())}"
-
-    def finalize_query_default(self, rule: SigmaRule, query: str, index: int, state: ConversionState) -> str:
-        return query
-
-
-def _or_terms(cond: ConditionItem) -> Iterator[ConditionItem]:
-    """The terms of an OR, with nested ORs flattened."""
-    for arg in cond.args:
-        if isinstance(arg, ConditionOR):
-            yield from _or_terms(arg)
-        else:
-            yield arg
 
 
 def _rule_fields(detections: Iterable[SigmaDetection]) -> set[str]:
@@ -358,28 +69,6 @@ def _rule_fields(detections: Iterable[SigmaDetection]) -> set[str]:
                 fields.add(item.field)
             fields |= {value.field for value in item.value if isinstance(value, SigmaFieldReference)}
     return fields
-
-
-def _cost(term: ConditionItem | ConditionFieldEqualsValueExpression) -> float:
-    """A rough cost of evaluating ``term`` on one event, to evaluate an AND's cheap, selective terms first: a
-    command line is long, a regular expression slow, and a ``not`` rarely rules an event out."""
-    if isinstance(term, ConditionFieldEqualsValueExpression):
-        cost = 4.0 if term.field in LONG_FIELDS else 1.0
-        return cost * 3 if isinstance(term.value, SigmaRegularExpression) else cost
-    if isinstance(term, ConditionNOT):
-        return 1000 + _cost(term.args[0])
-    if isinstance(term, ConditionOR):
-        return sum(_cost(arg) for arg in term.args)
-    if isinstance(term, ConditionAND):
-        cheapest, *others = sorted(_cost(arg) for arg in term.args)
-        return cheapest + 0.1 * sum(others)
-    return 1.0
-
-
-def _number(field_sql: str, operator: str, number: float) -> str:
-    if not isinstance(number, int | float) or isinstance(number, bool):
-        raise SigmaValueError(f"not a number: {number!r}")
-    return f"TRY_CAST({field_sql} AS DOUBLE) {operator} {number!r}"
 
 
 @dataclass(frozen=True)
@@ -647,7 +336,7 @@ def load_rule_set(folder: Path, cache_dir: Path | None) -> RuleSet:
 
 def _shown(source: str) -> str:
     """Where a field is read from, as the docs' mapping table says it."""
-    if source == _UTC_TIME:
+    if source == UTC_TIME:
         return "`event_date_creation` as text, as Sysmon writes `UtcTime`"
     if source.startswith("e."):
         return f"`{source.removeprefix('e.')}`"
