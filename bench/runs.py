@@ -316,8 +316,8 @@ def _scan_shapes(con: duckdb.DuckDBPyConnection, rule_set: sigma.RuleSet) -> dic
 
 def run_sigma_rules(settings: Settings, top: int = 10) -> dict[str, Any]:
     """Each rule's condition alone over the lake's process creates (event 1) and connects (event 3, with their
-    process), in the text columns the model gives the rules (sysmon_assets.hunting.sigma_backend.EVENT_FIELDS): seconds per
-    rule."""
+    process), in the text columns the model gives the rules (sysmon_assets.hunting.sigma_backend.EVENT_FIELDS):
+    seconds per rule."""
     rule_set = sigma.load_rule_set(settings.sigma_rules, settings.sigma_cache_dir)
     timed = []
     with open_lake(settings, read_only=True) as con:

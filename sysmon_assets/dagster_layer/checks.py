@@ -17,7 +17,7 @@ from dbt_like.sql import literal, scalar
 from sysmon_assets.hunting.sigma import LOGSOURCE
 from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.sources import kafka_source
-from sysmon_assets.sources.landing_folder import list_landed_files
+from sysmon_assets.sources.landed_files import list_landed_files
 
 # A check's verdict and its metadata (numbers, text, or JSON: lists and dicts).
 Outcome = tuple[bool, dict[str, Any]]

@@ -26,7 +26,8 @@ from sysmon_assets.dagster_layer.resources import SysmonPipelineResource
 from sysmon_assets.micro_batch.shards import file_shard, partition_key, partition_shard
 from sysmon_assets.settings import Settings
 from sysmon_assets.sources.kafka_source import KafkaSourceError, consumer_lag
-from sysmon_assets.sources.landing_folder import LandingError, landing_snapshot
+from sysmon_assets.sources.landed_files import landing_snapshot
+from sysmon_assets.sources.landed_lines import LandingError
 
 
 def grown_files(previous: dict[str, int], current: dict[str, int]) -> list[str]:

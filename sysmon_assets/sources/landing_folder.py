@@ -3,7 +3,8 @@
 Files are tracked by device and inode (as Filebeat's registry does), so a file renamed by
 rotation is not read again; a file that grows is read from where the last batch stopped. A name is
 opened only to read the inode the listing saw under it (:class:`FileMoved` otherwise), so a rotation
-during a batch never mixes two files' bytes under one key.
+during a batch never mixes two files' bytes under one key (the listing and a file's identity:
+``landed_files.py``).
 An incomplete last line (no newline yet) waits for the next batch; if the file has not changed
 size by then, it is finished and the line is delivered. A fingerprint of each file's first bytes
 and of the bytes before its stored position detects a file replaced in place (or a reused inode),
@@ -24,16 +25,10 @@ JSON line, and its position counts records, not bytes.
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import logging
-import os
-import re
-import stat
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -47,13 +42,23 @@ from dbt_like.sql import literal, literals
 from sysmon_assets.sources.arrow_columns import bytes_array, strings_array
 from sysmon_assets.sources.evtx_records import EvtxDamage, open_record_lines
 from sysmon_assets.sources.gzip_stream import GzipDamage, inflate
+from sysmon_assets.sources.landed_files import (
+    FINGERPRINT_BYTES,
+    FileMoved,
+    LandedFile,
+    Skipped,
+    bytes_before,
+    fingerprint,
+    head_and_tail_fingerprints,
+    open_landed,
+    read_at,
+    scan_landing,
+)
 from sysmon_assets.sources.landed_lines import (
     SOURCE_NAME,
-    LandingError,
     Unreadable,
     empty_chunk,
     lines_table,
-    no_follow,
     path_text,
     unreadable_table,
 )
@@ -64,18 +69,11 @@ T = TypeVar("T")
 STATE_TABLE = "ingest.files"
 EVENTS_TABLE = "ingest.file_events"
 STATS_TABLE = "ingest.file_stats"
-# NDJSON files (optionally gzipped), EVTX files, and the names Winlogbeat's file output itself
-# writes and rotates to (``winlogbeat``, ``winlogbeat.1``, ...).
-PATTERNS = ("*.json", "*.ndjson", "*.json.gz", "*.ndjson.gz", "*.evtx", "winlogbeat", "winlogbeat.[0-9]*")
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
-FINGERPRINT_BYTES = 1024
 # An EVTX file's header and its chunks' headers change as records are appended; a record, once written, does not.
 # The file's first record (past the 4 KiB file header and the first chunk's 512-byte header) tells the file: its
 # header's first 24 bytes hold the record's number and the time it was written.
 EVTX_FIRST_RECORD, EVTX_RECORD_HEADER_BYTES = 4096 + 512, 24
-# A file's stat is recorded only once its change time is this old: a write within the file system's timestamp
-# granularity of the listing could otherwise leave size and times as they were (git's "racy clean" problem).
-SETTLED_SECONDS = 2.0
 NEWLINE = ord("\n")
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 STATE_DDL = f"""
@@ -90,12 +88,6 @@ CREATE TABLE IF NOT EXISTS {STATS_TABLE} (file_key VARCHAR, file_stat VARCHAR);
 """
 # New landing state goes into a table of its own (as ingest.file_stats did), not a new column: on a lake whose
 # rows are inlined in the catalog, DuckLake 0.3 breaks every insert into a table after ADD COLUMN.
-_FILE_TYPES = {
-    stat.S_IFLNK: "a symbolic link",
-    stat.S_IFDIR: "a folder",
-    stat.S_IFIFO: "a FIFO",
-    stat.S_IFSOCK: "a socket",
-}
 
 Block = tuple[bytes | memoryview, np.ndarray]
 
@@ -179,153 +171,6 @@ def _kind(path: Path) -> str:
     return {".evtx": "evtx", ".gz": "gzip"}.get(path.suffix, "text")
 
 
-class LandedFile(NamedTuple):
-    """A landed regular file as the folder's listing saw it: its path, :func:`file_key` and size."""
-
-    path: Path
-    key: str
-    size: int
-    stat: str | None  # size, modification and change times, if the file is settled (SETTLED_SECONDS)
-
-
-def _settled_stat(info: os.stat_result, now_ns: int) -> str | None:
-    if info.st_ctime_ns > now_ns - SETTLED_SECONDS * 1e9:
-        return None
-    return f"{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}"
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """An entry of the landing folder with a landed name that is not a regular file, and is not read."""
-
-    path: Path
-    key: str
-    detail: str
-
-
-_LANDED_NAME = re.compile("|".join(fnmatch.translate(pattern) for pattern in PATTERNS))
-
-
-def _landed_name(name: str) -> bool:
-    # as glob did: hidden names are not landed files
-    return not name.startswith(".") and _LANDED_NAME.match(name) is not None
-
-
-def scan_landing(landing_dir: Path) -> tuple[list[LandedFile], list[Skipped]]:
-    """Landed regular files, oldest first (rotated files before the one being written), and the entries
-    with landed names that are not regular files; a missing or unreadable folder is an error naming it."""
-    if not landing_dir.is_dir():
-        raise LandingError(
-            f"landing folder {path_text(landing_dir)} does not exist or is not a folder (set SYSMON_LANDING_DIR)"
-        )
-    try:
-        with os.scandir(landing_dir) as entries:
-            named = [entry for entry in entries if _landed_name(entry.name)]
-    except OSError as error:
-        raise LandingError(f"cannot list the landing folder {path_text(landing_dir)}: {error}") from error
-    files: list[tuple[int, str, LandedFile]] = []
-    now_ns = time.time_ns()
-    skipped: list[Skipped] = []
-    for entry in named:
-        path = Path(entry.path)
-        try:
-            info = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue  # gone since the listing (rotated away: it is read under its new name)
-        except OSError as error:
-            raise LandingError(f"cannot stat landed file {path_text(path)}: {error}") from error
-        if stat.S_ISREG(info.st_mode):
-            landed = LandedFile(path, _key_of(info), info.st_size, _settled_stat(info, now_ns))
-            files.append((info.st_mtime_ns, entry.name, landed))
-        else:
-            skipped.append(Skipped(path, _key_of(info), _skip_detail(path, info.st_mode)))
-    return _once_per_file([landed for *_, landed in sorted(files)]), skipped
-
-
-def _once_per_file(files: list[LandedFile]) -> list[LandedFile]:
-    """The files, each file once under its first name: a file under two landed names (a rotation by hard link,
-    caught between the link and the unlink) would be read twice."""
-    seen: set[str] = set()
-    unique = []
-    for landed in files:
-        if landed.key not in seen:
-            seen.add(landed.key)
-            unique.append(landed)
-    return unique
-
-
-def _skip_detail(path: Path, mode: int) -> str:
-    what = _FILE_TYPES.get(stat.S_IFMT(mode), "not a regular file")
-    if stat.S_ISLNK(mode):
-        with suppress(OSError):  # the link's target is only a hint for the operator
-            what += f" to {path_text(os.readlink(path))}"
-    return f"{what}: not read (only regular files in the landing folder are read; links are not followed)"
-
-
-def list_landed_files(landing_dir: Path) -> list[Path]:
-    """Landed regular files, oldest first; see :func:`scan_landing`."""
-    return [landed.path for landed in scan_landing(landing_dir)[0]]
-
-
-def file_key(path: Path) -> str:
-    """A name-independent identity for a file: ``device:inode`` (of the entry itself, never a link's target)."""
-    return _key_of(path.lstat())
-
-
-def _key_of(info: os.stat_result) -> str:
-    return f"{info.st_dev}:{info.st_ino}"
-
-
-def landing_snapshot(landing_dir: Path) -> dict[str, int]:
-    """``{file_key: size}`` of every landed file: cheap to compare between sensor ticks."""
-    return {landed.key: landed.size for landed in scan_landing(landing_dir)[0]}
-
-
-class FileMoved(Exception):
-    """A landed name no longer names the file the listing saw (rotated away or removed since): the file is left
-    to a later batch, whose listing finds it under its new name."""
-
-
-@contextmanager
-def _open_landed(path: Path, key: str) -> Iterator[BinaryIO]:
-    """``path`` open for reading, never through a link, if it still is the file ``key`` (device:inode) names:
-    whatever a batch reads or fingerprints under a key is that file's, however the folder rotates meanwhile."""
-    try:
-        with open(path, "rb", opener=no_follow) as handle:
-            if _key_of(os.fstat(handle.fileno())) != key:
-                raise FileMoved(path)
-            yield handle
-    except FileNotFoundError as error:
-        raise FileMoved(path) from error
-    except OSError as error:
-        raise LandingError(f"cannot read landed file {path_text(path)}: {error}") from error
-
-
-def _read_at(handle: BinaryIO, start: int, length: int) -> bytes:
-    handle.seek(start)
-    return handle.read(length)
-
-
-def _bytes_before(handle: BinaryIO, end: int) -> bytes:
-    """The (up to) :data:`FINGERPRINT_BYTES` bytes before ``end``: what a tail fingerprint covers."""
-    start = max(0, end - FINGERPRINT_BYTES)
-    return _read_at(handle, start, end - start)
-
-
-def fingerprint(path: Path, key: str, length: int, start: int = 0) -> str:
-    """SHA-256 of ``length`` bytes from ``start`` of the file ``key`` at ``path``."""
-    with _open_landed(path, key) as handle:
-        return hashlib.sha256(_read_at(handle, start, length)).hexdigest()
-
-
-def head_and_tail_fingerprints(path: Path, key: str, head_start: int, head_bytes: int, end: int) -> tuple[str, str]:
-    """:func:`fingerprint` of ``head_bytes`` from ``head_start``, and of the bytes before ``end``, from one open (a
-    batch checks every known file: over thousands of small files, opens dominate)."""
-    with _open_landed(path, key) as handle:
-        head = _read_at(handle, head_start, head_bytes)
-        return hashlib.sha256(head).hexdigest(), hashlib.sha256(_bytes_before(handle, end)).hexdigest()
-
-
 def _text_pieces(handle: BinaryIO, start: int, size: int, chunk_bytes: int) -> Iterator[bytes]:
     """The bytes of a plain file from ``start`` up to the ``size`` it had when the batch was planned."""
     handle.seek(start)
@@ -371,11 +216,11 @@ def _read_blocks(progress: FileProgress, chunk_bytes: int) -> Iterator[Block | U
     A piece's lines are not copied: its block is a view of it. Only the line that straddles two pieces is
     (a block of its own)."""
     start = progress.position
-    with _open_landed(progress.path, progress.key) as handle:
+    with open_landed(progress.path, progress.key) as handle:
         if progress.kind == "gzip":
             pieces = _gzip_pieces(handle, start, chunk_bytes)
         else:
-            progress.tail = _bytes_before(handle, start)
+            progress.tail = bytes_before(handle, start)
             pieces = _text_pieces(handle, start, progress.size, chunk_bytes)
         pending = b""
         done = start  # where pending starts
@@ -492,7 +337,7 @@ def _evtx_items(progress: FileProgress) -> Iterator[list[bytes | str] | Unreadab
 
 
 def _evtx_record_lines(progress: FileProgress, skip: int) -> Iterator[list[bytes | str]]:
-    with _open_landed(progress.path, progress.key) as handle:
+    with open_landed(progress.path, progress.key) as handle:
         yield from open_record_lines(handle, progress.path, skip)
 
 
@@ -592,8 +437,8 @@ class LandingReader:
         else:
             progress.head_sha256 = fingerprint(path, key, progress.head_bytes, progress.head_start)
         if progress.kind == "gzip" and not (progress.recorded and stored.file_size == size):
-            with _open_landed(path, key) as handle:
-                progress.tail_sha256 = hashlib.sha256(_bytes_before(handle, size)).hexdigest()
+            with open_landed(path, key) as handle:
+                progress.tail_sha256 = hashlib.sha256(bytes_before(handle, size)).hexdigest()
         return progress
 
     @staticmethod
@@ -787,11 +632,11 @@ def _step_over_newline_of_delivered_line(progress: FileProgress) -> None:
     newline belongs to that line, and the next line starts after it (not a blank line of its own)."""
     if progress.position == 0 or progress.position >= progress.size:
         return
-    with _open_landed(progress.path, progress.key) as handle:
-        around = _read_at(handle, progress.position - 1, 2)
+    with open_landed(progress.path, progress.key) as handle:
+        around = read_at(handle, progress.position - 1, 2)
         if len(around) == 2 and around[0] != NEWLINE and around[1] == NEWLINE:
             progress.position += 1
-            progress.tail_sha256 = hashlib.sha256(_bytes_before(handle, progress.position)).hexdigest()
+            progress.tail_sha256 = hashlib.sha256(bytes_before(handle, progress.position)).hexdigest()
 
 
 def _log_moved(path: Path) -> None:

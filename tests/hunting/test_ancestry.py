@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from sysmon_assets.micro_batch.shards import file_shard
-from sysmon_assets.sources.landing_folder import file_key
+from sysmon_assets.sources.landed_files import file_key
 from sysmon_assets.storage.lake import connect, open_lake
 from tests.conftest import T0, Lake, land, network_connect, process_create, profile_operators, profile_to, snapshot
 from tests.micro_batch.test_shards import SHARDS, assert_shards_match_one_pipeline, shard_pipelines

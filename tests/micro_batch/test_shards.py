@@ -19,7 +19,7 @@ from sysmon_assets.definitions import build_definitions
 from sysmon_assets.micro_batch.shards import file_shard
 from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.settings import Settings
-from sysmon_assets.sources.landing_folder import file_key
+from sysmon_assets.sources.landed_files import file_key
 from sysmon_assets.storage.lake import INLINED_SCHEMAS, open_lake
 from tests.conftest import CLI_BATCH, T0, Lake, land, network_connect, process_create, snapshot
 from tests.lake_servers import Postgres

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sysmon_assets.sources import landing_folder
+from sysmon_assets.sources import landed_files
 from sysmon_assets.sources.evtx_records import EvtxDamage, record_lines
 from sysmon_assets.sources.landed_lines import LandingError
 from tests.conftest import Lake, network_connect
@@ -108,7 +108,7 @@ def test_a_record_caught_half_copied_is_read_whole_once_the_copy_completes(lake:
 def test_unreadable_records_that_end_a_settled_evtx_file_are_rejects(
     lake: Lake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(landing_folder, "SETTLED_SECONDS", 0.0)  # unchanged since it was written: settled
+    monkeypatch.setattr(landed_files, "SETTLED_SECONDS", 0.0)  # unchanged since it was written: settled
     whole = shared_path(*PREALLOCATED).read_bytes()
     (lake.landing / "cut.evtx").write_bytes(whole[:70_214] + bytes(len(whole) - 70_214))
     lake.batch()

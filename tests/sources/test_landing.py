@@ -26,10 +26,12 @@ from typing import Any
 import duckdb
 import pytest
 
+from sysmon_assets.sources import landed_files
 from sysmon_assets.sources import landing_folder as landing
 from sysmon_assets.sources.evtx_records import record_lines
 from sysmon_assets.sources.gzip_stream import inflate
-from sysmon_assets.sources.landing_folder import LandingError, list_landed_files
+from sysmon_assets.sources.landed_files import list_landed_files
+from sysmon_assets.sources.landed_lines import LandingError
 from sysmon_assets.storage.lake import LakeError
 from tests.conftest import Lake, lake_rows_in_another_process, land, network_connect, process_create
 from tests.recipe import shared_path
@@ -622,7 +624,7 @@ def test_a_symlink_swapped_in_after_the_listing_is_an_error_not_followed(tmp_pat
     link = tmp_path / "winlogbeat.ndjson"
     link.symlink_to(tmp_path / "secret")
     with pytest.raises(LandingError, match=re.escape(f"cannot read landed file {link}")):
-        landing.fingerprint(link, landing.file_key(link), 100)
+        landed_files.fingerprint(link, landed_files.file_key(link), 100)
 
 
 @without_mode_override
@@ -699,7 +701,7 @@ def counted_fingerprints(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         return read(path, key, head_start, head_bytes, end)
 
     monkeypatch.setattr(landing, "head_and_tail_fingerprints", counting)
-    monkeypatch.setattr(landing, "SETTLED_SECONDS", 0.0)  # a file is settled as soon as it is listed
+    monkeypatch.setattr(landed_files, "SETTLED_SECONDS", 0.0)  # a file is settled as soon as it is listed
     return opened
 
 
@@ -739,7 +741,7 @@ def test_a_file_changed_within_the_settling_time_is_checked_by_its_bytes_next_ba
     lake: Lake, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     opened = counted_fingerprints(monkeypatch)
-    monkeypatch.setattr(landing, "SETTLED_SECONDS", 3600.0)  # no file is settled: no stat is recorded
+    monkeypatch.setattr(landed_files, "SETTLED_SECONDS", 3600.0)  # no file is settled: no stat is recorded
     path = lake.land([network_connect("{A}", "10.0.0.1")])
     lake.batch()
     lake.batch()
@@ -788,7 +790,7 @@ def test_lines_are_read_whole_wherever_the_pieces_cut_them(tmp_path: Path, kind:
     data = b"\n".join(lines)
     path = tmp_path / ("w.ndjson.gz" if kind == "gzip" else "w.ndjson")
     path.write_bytes(gzip.compress(data) if kind == "gzip" else data)
-    progress = landing.FileProgress(landing.file_key(path), path, 0, 0, path.stat().st_size, finished=True)
+    progress = landing.FileProgress(landed_files.file_key(path), path, 0, 0, path.stat().st_size, finished=True)
     read = [landing._text_frame(*block, progress, 1) for block in landing._read_blocks(progress, chunk_bytes)]
     rows = [row for frame in read for row in frame.select(["source_line", "source_offset", "line"]).to_pylist()]
     offsets = [sum(len(line) + 1 for line in lines[:i]) for i in range(len(lines))]
@@ -798,4 +800,4 @@ def test_lines_are_read_whole_wherever_the_pieces_cut_them(tmp_path: Path, kind:
     ]
     assert (progress.position, progress.line) == (len(data), len(lines))
     if kind == "text":  # the tail fingerprint follows what was read, not a read of the name at commit
-        assert progress.tail_sha256 == hashlib.sha256(data[-landing.FINGERPRINT_BYTES :]).hexdigest()
+        assert progress.tail_sha256 == hashlib.sha256(data[-landed_files.FINGERPRINT_BYTES :]).hexdigest()

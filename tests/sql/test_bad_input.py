@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from sysmon_assets.definitions import build_definitions
 from sysmon_assets.settings import Settings
-from sysmon_assets.sources.landing_folder import LandingError
+from sysmon_assets.sources.landed_lines import LandingError
 from sysmon_assets.storage.lake import LakeError
 from tests.conftest import T0, Lake, network_connect, process_create
 
@@ -83,7 +83,7 @@ def test_an_unreadable_file_stops_the_run_naming_it(lake: Lake, monkeypatch: pyt
     def denied(file: object, mode: str = "r", *args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied", str(file))
 
-    monkeypatch.setattr("sysmon_assets.sources.landing_folder.open", denied, raising=False)
+    monkeypatch.setattr("sysmon_assets.sources.landed_files.open", denied, raising=False)
     with pytest.raises(LandingError, match=f"cannot read landed file {path}"):
         lake.batch()
 
