@@ -24,7 +24,8 @@ in the same invocation:
   ``--history`` events vs the same batch over an empty lake (target at most 1.2x), with the slowest
   statements of the batch over the history (DuckDB's profiler); with
   ``--steady K``, K consecutive such batches over a copy of the history, one maintenance run, then the next
-  batch over that lake vs over an empty lake;
+  batch over that lake vs over an empty lake; with ``--maintain-every M`` too, a maintenance run after every M of
+  the K batches (as a schedule every M minutes runs it), and its seconds;
 - readers (``--readers N``): N batches in a row while a reader process loops ``sysmon_assets.connect()`` +
   ``SELECT count(*) FROM sysmon_join``; median and p99 latency of connect + query and of the query alone on a
   held connection, and the errors, with the default SQLite catalog and with PostgreSQL (``pgserver``);
@@ -441,7 +442,8 @@ def steady(args: argparse.Namespace, history: Path, empty_seconds: float) -> Non
     files = generate(data, counts, seed=3, skip=2)  # the history's two files, as incremental() generated them
     work = copy_of(history, args.workdir / "lake-over-history")
     landing = landing_with(data / "landing", [])
-    batches = []
+    batches: list[float] = []
+    upkeeps: list[float] = []
     # One-minute batches, as a schedule runs them: their clocks end a minute before the next batch's (now), so
     # connections still waiting for their process leave the join's retry after the grace period, as they would.
     first_clock = datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=len(files))
@@ -449,7 +451,15 @@ def steady(args: argparse.Namespace, history: Path, empty_seconds: float) -> Non
         os.link(path, landing / path.name)  # the next batch's file lands
         clock = first_clock + timedelta(minutes=index)
         batches.append(run("project", landing, work, args.memory_limit, clock)["seconds"])
-    print(f"## steady: {args.steady} consecutive batches of {args.increment:,} events each over the history")
+        if args.maintain_every and (index + 1) % args.maintain_every == 0 and index + 1 < len(files) - 1:
+            upkeeps.append(run("maintain", landing, work, args.memory_limit)["seconds"])
+    every = f", maintenance after every {args.maintain_every}" if args.maintain_every else ", no maintenance"
+    print(f"## steady: {args.steady} consecutive batches of {args.increment:,} events each over the history{every}")
+    if upkeeps:
+        print(
+            f"maintenance runs between the batches: {len(upkeeps)}, first {upkeeps[0]:.2f} s, then median "
+            f"{statistics.median(upkeeps[1:] or upkeeps):.2f} s, max {max(upkeeps[1:] or upkeeps):.2f} s"
+        )
     print(
         f"per batch: mean {statistics.mean(batches):.3f} s, median {statistics.median(batches):.3f} s, max "
         f"{max(batches):.3f} s ({statistics.median(batches) / empty_seconds:.2f}x the batch over an empty lake "
@@ -634,6 +644,7 @@ def main() -> None:
     parser.add_argument("--increment", type=int, default=10_000)
     parser.add_argument("--top", type=int, default=8, help="slowest statements listed")
     parser.add_argument("--steady", type=int, default=0, help="then this many consecutive batches over the history")
+    parser.add_argument("--maintain-every", type=int, default=0, help="with --steady: maintenance every M batches")
     parser.add_argument("--readers", type=int, default=0, help="reader latency during this many batches")
     parser.add_argument("--shards", type=int, default=0, help="K = 1 .. this many shards at once, and each alone")
     parser.add_argument("--small-files", type=int, default=0, help="this many files of 6 events vs one file")
