@@ -61,6 +61,6 @@ def maintain_lake(context: OpExecutionContext, sysmon: SysmonPipelineResource) -
     context.log.info(f"lake maintenance: {upkeep}")
 
 
-@job(description="Lake upkeep (merge, expire, clean up, retention); scheduled hourly.")
+@job(description="Lake upkeep (merge, expire, clean up, retention); scheduled every ten minutes.")
 def lake_maintenance() -> None:
     maintain_lake()

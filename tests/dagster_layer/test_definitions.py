@@ -95,13 +95,13 @@ def test_every_asset_of_one_writer_is_in_its_pool_and_no_shards_asset_is(tmp_pat
     assert {node.definition.pool for node in sharded.resolve_job_def("sysmon_micro_batch").nodes} == {None}
 
 
-def test_lake_maintenance_job_and_hourly_schedule() -> None:
+def test_lake_maintenance_job_and_its_schedule_every_ten_minutes() -> None:
     job = defs.resolve_job_def("lake_maintenance")
     assert {node.name for node in job.nodes} == {"maintain_lake"}
     assert {node.definition.pool for node in job.nodes} == {WRITER_POOL}  # never beside a batch of the writer
-    schedule = defs.resolve_schedule_def("lake_maintenance_hourly")
+    schedule = defs.resolve_schedule_def("lake_maintenance_every_10_minutes")
     assert schedule.job_name == "lake_maintenance"
-    assert schedule.cron_schedule == "17 * * * *"
+    assert schedule.cron_schedule == "7-59/10 * * * *"
     assert schedule.default_status == DefaultScheduleStatus.STOPPED
 
 

@@ -152,7 +152,7 @@ def test_graphql_shows_column_lineage_of_sysmon_join(webserver: str) -> None:
 def test_graphql_shows_the_schedule_and_the_sensor(webserver: str) -> None:
     (repository,) = graphql(webserver, REPOSITORY_QUERY)["repositoriesOrError"]["nodes"]
     assert sorted(repository["schedules"], key=lambda s: s["name"]) == [
-        {"name": "lake_maintenance_hourly", "cronSchedule": "17 * * * *"},
+        {"name": "lake_maintenance_every_10_minutes", "cronSchedule": "7-59/10 * * * *"},
         {"name": "sysmon_every_minute", "cronSchedule": "* * * * *"},
     ]
     assert repository["sensors"] == [{"name": "landing_sensor"}]
