@@ -9,7 +9,7 @@ import time
 
 import duckdb
 
-Connection = duckdb.DuckDBPyConnection
+from dbt_like.sql import Connection
 
 # A conflict with another shard (or with maintenance) is retried this many times, with a growing random pause.
 MAX_ATTEMPTS = 10

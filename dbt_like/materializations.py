@@ -22,12 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import duckdb
-
-from dbt_like.sql import first_row, literal, scalar
+from dbt_like.sql import Connection, first_row, literal, scalar
 from dbt_like.state import Batch, view_sql
-
-Connection = duckdb.DuckDBPyConnection
 
 
 def config_columns(listing: str) -> list[str]:

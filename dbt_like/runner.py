@@ -53,7 +53,7 @@ from dbt_like.lake_at_open import LakeAtOpen, read_lake_at_open
 from dbt_like.materializations import append, new_columns, upsert, view_outdated
 from dbt_like.project import Model, ProjectError, discover_models
 from dbt_like.schema_tests import TestResult, run_schema_tests
-from dbt_like.sql import first_row, literal, literals, quote_identifier, scalar, settings_applied
+from dbt_like.sql import Connection, first_row, literal, literals, quote_identifier, scalar, settings_applied
 from dbt_like.state import (
     GUARDS_TABLE,
     SINGLE,
@@ -66,8 +66,6 @@ from dbt_like.state import (
     table_exists,
     view_sql,
 )
-
-Connection = duckdb.DuckDBPyConnection
 
 T = TypeVar("T")
 LOG = logging.getLogger(__name__)

@@ -16,6 +16,9 @@ from typing import Any
 
 import duckdb
 
+# The connection every dbt_like function takes: to DuckDB, a DuckLake attached as its default catalog or not.
+Connection = duckdb.DuckDBPyConnection
+
 
 def scalar(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
     """The first column of the first row of ``sql`` (None when it returns no row).

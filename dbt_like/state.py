@@ -7,13 +7,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-import duckdb
-
 from dbt_like.compiler import PENDING_TABLE, STATE_SCHEMA, UNMATCHED_TABLE, Shard
 from dbt_like.project import ProjectError
-from dbt_like.sql import first_row, literal, literals, scalar
-
-Connection = duckdb.DuckDBPyConnection
+from dbt_like.sql import Connection, first_row, literal, literals, scalar
 
 # Every step's transaction replaces its shard's row here (and a serialized model's row), so two writers'
 # concurrent steps conflict: in a lake, two transactions deleting from the same file cannot both commit.

@@ -10,7 +10,7 @@ size by then, it is finished and the line is delivered. A fingerprint of each fi
 and of the bytes before its stored position detects a file replaced in place (or a reused inode),
 and a file that shrank was truncated: both are recorded in ``ingest.file_events`` and read anew,
 never mixed with the old offset. A file whose size, modification and change times are those recorded
-(``ingest.file_stats``) once it had been unchanged for a while (:data:`SETTLED_SECONDS`) is that same file and
+(``ingest.file_stats``) once it had been unchanged for a while (``landed_files.SETTLED_SECONDS``) is that same file and
 is not opened: a write, a truncation or a new file on the inode changes its change time. Positions are written
 by :meth:`LandingReader.commit_offsets`, inside the same lake transaction as the rows, so a crash never loses or
 repeats a line.
