@@ -118,11 +118,17 @@ def absolute_data_path(data_path: str) -> str:
 
 
 def attach_statement(
-    settings: Settings, read_only: bool = False, snapshot: int | None = None, data_path: str | None = None
+    settings: Settings,
+    read_only: bool = False,
+    snapshot: int | None = None,
+    data_path: str | None = None,
+    override_data_path: bool = False,
 ) -> str:
     """The ``ATTACH`` of the lake as ``lake``, read-only and at a snapshot when asked; ``data_path`` in place of
-    the settings' (made absolute)."""
+    the settings' (made absolute); ``override_data_path``: the settings' path in place of the catalog's."""
     options = [f"DATA_PATH {literal(data_path or absolute_data_path(settings.data_path))}"]
+    if override_data_path:
+        options.append("OVERRIDE_DATA_PATH true")
     if read_only:
         options.append("READ_ONLY")
     if snapshot is not None:
@@ -166,15 +172,31 @@ def _attach_same_folder(
 ) -> None:
     """Attach the lake; a catalog that stored its local data folder in another form (relative to this working
     directory, as lakes created before paths were made absolute did) is attached with its own form when both name
-    the same folder. Another folder is still refused, by DuckLake's error."""
+    the same folder. The embedded default moved or copied whole to another data folder is attached with its new
+    data folder. Any other folder is still refused, by DuckLake's error."""
     try:
         con.execute(attach_statement(settings, read_only, snapshot))
     except duckdb.Error as error:
         mismatch = DATA_PATH_MISMATCH.search(str(error))
         local = mismatch is not None and is_local(mismatch["stored"]) and is_local(settings.data_path)
-        if not local or os.path.realpath(mismatch["stored"]) != os.path.realpath(settings.data_path):
+        if not local:
             raise
-        con.execute(attach_statement(settings, read_only, snapshot, mismatch["stored"]))
+        if os.path.realpath(mismatch["stored"]) == os.path.realpath(settings.data_path):
+            con.execute(attach_statement(settings, read_only, snapshot, mismatch["stored"]))
+        elif _moved_with_its_catalog(settings, mismatch["stored"]):
+            con.execute(attach_statement(settings, read_only, snapshot, override_data_path=True))
+        else:
+            raise
+
+
+def _moved_with_its_catalog(settings: Settings, stored_data_path: str) -> bool:
+    """Whether the lake is the embedded default (its catalog and its data folder both in ``SYSMON_DATA_DIR``), moved
+    or copied whole from where its catalog was made: the catalog stored a data folder of the same name elsewhere,
+    and this one holds files. An empty one is what a forgotten ``SYSMON_LAKE_DATA_PATH`` leaves, and is refused."""
+    if settings.lake_catalog is not None or settings.lake_data_path is not None:
+        return False
+    data_folder = Path(settings.data_path)
+    return Path(stored_data_path).name == data_folder.name and data_folder.is_dir() and any(data_folder.iterdir())
 
 
 def _retry_races(action: Callable[[], object]) -> None:

@@ -18,6 +18,7 @@ import duckdb
 import pytest
 
 from dbt_like import ConcurrentWriterError
+from dbt_like.sql import literal
 from sysmon_assets import connect
 from sysmon_assets.micro_batch.steps import SysmonPipeline, utc_now
 from sysmon_assets.sample.generator import write_sample
@@ -329,6 +330,37 @@ def test_a_lake_whose_catalog_stored_a_relative_folder_opens_by_either_form_but_
     elsewhere = Settings(landing_dir=Path("landing"), data_dir=Path("data"), lake_data_path=str(tmp_path / "other"))
     with pytest.raises(LakeError, match="does not match existing data path"), open_lake(elsewhere):
         pass
+
+
+def test_the_default_lake_moved_or_copied_whole_opens_from_its_new_folder(tmp_path: Path) -> None:
+    before = Lake(tmp_path / "before")
+    before.land([process_create("{A}"), network_connect("{A}")])
+    before.batch()
+    (tmp_path / "before").rename(tmp_path / "after")  # landing and data folders together
+    after = Lake(tmp_path / "after")
+    after.land([process_create("{B}"), network_connect("{B}")], name="second.ndjson")
+    after.batch(T0 + timedelta(minutes=1))
+    assert after.rows("SELECT process_guid FROM sysmon_join ORDER BY 1") == [("{A}",), ("{B}",)]
+    shutil.copytree(after.data, tmp_path / "copy")
+    shutil.rmtree(after.data)  # the copy reads its own files
+    copy = Settings(landing_dir=after.landing, data_dir=tmp_path / "copy")
+    with connect(copy) as con:
+        assert con.execute("SELECT count(*) FROM sysmon_join").fetchall() == [(2,)]
+    with closing(duckdb.connect(config=connection_config(copy))) as con:  # another client names the new folder
+        con.execute("LOAD ducklake")
+        options = f"DATA_PATH {literal(copy.data_path)}, READ_ONLY, OVERRIDE_DATA_PATH true"
+        con.execute(f"ATTACH {literal('ducklake:' + copy.catalog)} AS lake ({options})")
+        assert con.execute("SELECT count(*) FROM lake.sysmon_join").fetchall() == [(2,)]
+
+
+def test_a_forgotten_data_path_named_like_the_default_is_refused_not_written_beside(tmp_path: Path) -> None:
+    custom = Lake(tmp_path, lake_data_path=f"{tmp_path / 'big disk' / 'lake_files'}/")
+    custom.land([process_create("{A}"), network_connect("{A}")])
+    custom.batch()
+    forgotten = Settings(landing_dir=custom.landing, data_dir=custom.data)
+    with pytest.raises(LakeError, match="does not match existing data path"), open_lake(forgotten):
+        pass
+    assert not list((custom.data / "lake_files").iterdir())
 
 
 def test_the_lakes_parquet_files_are_zstd_compressed_parquet_v2(lake: Lake) -> None:
