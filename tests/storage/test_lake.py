@@ -26,6 +26,7 @@ from sysmon_assets.settings import Settings
 from sysmon_assets.storage.lake import (
     INLINED_SCHEMAS,
     LAKE_OPTIONS,
+    ROW_GROUP_ROWS,
     LakeError,
     connection_config,
     last_complete_batch,
@@ -375,6 +376,11 @@ def test_the_lakes_parquet_files_are_zstd_compressed_parquet_v2(lake: Lake) -> N
         ).fetchone()
     assert codecs == ["ZSTD"]
     assert seq_encodings == ["DELTA_BINARY_PACKED"]  # Parquet 2's encoding of integers
+    with open_lake(lake.settings) as con:
+        con.execute(f"CREATE TABLE wide AS SELECT range AS x FROM range({ROW_GROUP_ROWS + 10})")
+        written = con.execute("SELECT data_file FROM ducklake_list_files('lake', 'wide')").fetchall()
+        groups = con.execute("SELECT row_group_num_rows FROM parquet_metadata(?)", [written[0][0]]).fetchall()
+    assert sorted(set(groups)) == [(10,), (ROW_GROUP_ROWS,)]  # a writer holds at most one row group of this size
     # each option as the catalog lists it: what opening compares to set an option only when it differs
     listed = dict(lake.rows("SELECT option_name, value FROM ducklake_options('lake') WHERE scope = 'GLOBAL'"))
     assert {option: listed.get(option) for option in LAKE_OPTIONS} == {o: v for o, (_, v) in LAKE_OPTIONS.items()}
