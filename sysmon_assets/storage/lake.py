@@ -26,6 +26,7 @@ from dbt_like.compiler import STATE_SCHEMA
 from dbt_like.concurrency import lost_race, pause_before_retry
 from dbt_like.sql import literal, literals
 from sysmon_assets.settings import Settings
+from sysmon_assets.storage.spill import spill_directory
 
 LAKE = "lake"
 EXTENSIONS_PACKAGE = "duckdb_ext"
@@ -150,7 +151,8 @@ def extensions(settings: Settings) -> list[str]:
 
 
 def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool = False, snapshot: int | None = None):
-    """Attach the lake to ``con`` and make it the default catalog; errors name the catalog."""
+    """Attach the lake to ``con`` and make it the default catalog, with a folder of its own to spill into
+    (``spill.py``); errors name the catalog."""
     if not read_only:
         _make_local_folders(settings)
         _write_ahead_log(settings)
@@ -158,6 +160,7 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool =
     secret = s3_secret(settings.data_path, os.environ)
     try:
         con.execute("SET enable_progress_bar = false")  # see use_lake
+        con.execute(f"SET temp_directory = {literal(spill_directory())}")
         for extension in extensions(settings):
             con.execute(f"LOAD {extension}")
         if secret:
