@@ -119,7 +119,9 @@ class Settings:
         "`winlogbeat`, `winlogbeat.1`, ...; `*.evtx` files too",
     )
     data_dir: Path = setting(
-        Path("data"), "SYSMON_DATA_DIR", "where the embedded default keeps the lake (catalog and files)"
+        Path("data"),
+        "SYSMON_DATA_DIR",
+        "where the embedded default keeps the lake (catalog and files), and the pipeline's DuckDB spills (`spill/`)",
     )
     lake_catalog: str | None = setting(
         None,

@@ -160,7 +160,8 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool =
     secret = s3_secret(settings.data_path, os.environ)
     try:
         con.execute("SET enable_progress_bar = false")  # see use_lake
-        con.execute(f"SET temp_directory = {literal(spill_directory())}")
+        spill_parent = None if read_only else Path(settings.data_dir, "spill").absolute()
+        con.execute(f"SET temp_directory = {literal(spill_directory(spill_parent))}")
         for extension in extensions(settings):
             con.execute(f"LOAD {extension}")
         if secret:

@@ -3,9 +3,11 @@
 DuckDB's default for an in-memory database is ``.tmp`` in the working directory, which every process started
 there shares (shards, the maintenance job, an analyst's query run from the same folder). Two DuckDB processes
 spilling into one folder write the same file names: both crashed (segmentation fault) each time it was tried.
-So each instance gets a folder of its own, inside a folder private to this process (mode 700 under the system's
-temporary folder, ``TMPDIR``): spilled rows are event data. DuckDB makes the instance's folder on its first spill
-and removes it when the instance closes; the process's folder is removed when the process exits.
+So each instance gets a folder of its own, inside a folder private to its process (mode 700: spilled rows are
+event data). The pipeline's instances spill under ``SYSMON_DATA_DIR/spill`` (on the data's disk, with everything
+else the pipeline writes), read-only ones (analysts') under the system's temporary folder (``TMPDIR``). DuckDB
+makes an instance's folder on its first spill and removes it when the instance closes; the process's folder goes
+when the process exits, or, after a crash, when the next process on the machine makes its own there.
 """
 
 from __future__ import annotations
@@ -13,25 +15,52 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 from pathlib import Path
 
-_PROCESS_FOLDERS: dict[int, Path] = {}
+_PROCESS_FOLDERS: dict[tuple[int, Path], Path] = {}
 
 
-def spill_directory() -> str:
-    """A folder for one DuckDB instance to spill into (its ``temp_directory``), not made yet."""
-    return str(_process_folder() / uuid.uuid4().hex)
+def spill_directory(parent: Path | None = None) -> str:
+    """A folder for one DuckDB instance to spill into (its ``temp_directory``), not made yet, in this process's
+    private folder under ``parent`` (by default the system's temporary folder)."""
+    return str(_process_folder(Path(parent or tempfile.gettempdir())) / uuid.uuid4().hex)
 
 
-def _process_folder() -> Path:
-    """This process's private folder (a forked child makes its own)."""
+def _process_folder(parent: Path) -> Path:
+    """This process's private folder under ``parent`` (a forked child makes its own)."""
     pid = os.getpid()
-    if pid not in _PROCESS_FOLDERS:
-        _PROCESS_FOLDERS[pid] = Path(tempfile.mkdtemp(prefix="sysmon-duckdb-spill-"))
-        atexit.register(_remove, pid, _PROCESS_FOLDERS[pid])
-    return _PROCESS_FOLDERS[pid]
+    if (pid, parent) not in _PROCESS_FOLDERS:
+        parent.mkdir(parents=True, exist_ok=True)
+        _remove_crashed(parent)
+        folder = Path(tempfile.mkdtemp(prefix=f"{_machine()}-{pid}-", dir=parent))
+        _PROCESS_FOLDERS[pid, parent] = folder
+        atexit.register(_remove, pid, folder)
+    return _PROCESS_FOLDERS[pid, parent]
+
+
+def _machine() -> str:
+    return socket.gethostname().replace("-", "_")
+
+
+def _remove_crashed(parent: Path) -> None:
+    """Remove the folders left under ``parent`` by processes of this machine that no longer run."""
+    for folder in parent.glob(f"{_machine()}-*-*"):
+        pid = folder.name.split("-")[1]
+        if pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _remove(pid: int, folder: Path) -> None:

@@ -6,6 +6,7 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import duckdb
@@ -21,6 +22,7 @@ SORT = (
 )
 SPILLING_PROCESS = f"""
 import sys
+import tempfile
 from pathlib import Path
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.lake import open_lake
@@ -33,35 +35,51 @@ with open_lake(settings) as con:
 """
 
 
-def _start(tmp_path: Path, name: str, mode: str = "") -> subprocess.Popen:
-    landing, data = tmp_path / "landing", tmp_path / name
-    landing.mkdir(exist_ok=True)
-    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp")}
-    command = [sys.executable, "-c", SPILLING_PROCESS, str(landing), str(data), mode]
-    return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _start(tmp_path: Path, mode: str = "") -> subprocess.Popen:
+    command = [sys.executable, "-c", SPILLING_PROCESS, str(tmp_path / "landing"), str(tmp_path / "data"), mode]
+    return subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_two_processes_spilling_from_one_working_directory_both_finish(tmp_path: Path) -> None:
-    (tmp_path / "tmp").mkdir()
+def test_two_pipelines_spilling_from_one_working_directory_into_one_lake_both_finish(tmp_path: Path) -> None:
+    (tmp_path / "landing").mkdir()
+    with open_lake(Settings(landing_dir=tmp_path / "landing", data_dir=tmp_path / "data")):
+        pass  # the lake exists before the two open it, as it does for shards
     with duckdb.connect() as con:
         expected = str(con.execute(SORT).fetchone()[0])
-    unspilled = _start(tmp_path, "data-0", "spilling off")
+    unspilled = _start(tmp_path, "spilling off")
     _, error = unspilled.communicate(timeout=120)
     assert unspilled.returncode == 1 and "Out of Memory" in error  # the sort does need to spill
-    both = [_start(tmp_path, f"data-{index}") for index in (1, 2)]  # under DuckDB's default, both segfaulted
+    both = [_start(tmp_path), _start(tmp_path)]  # under DuckDB's default, both segfaulted
     outputs = [process.communicate(timeout=120) for process in both]
     assert [(process.returncode, output.strip()) for process, (output, _) in zip(both, outputs, strict=True)] == [
         (0, expected),
         (0, expected),
     ], [error for _, error in outputs]
     assert not (tmp_path / ".tmp").exists()  # DuckDB's default folder
-    assert list((tmp_path / "tmp").iterdir()) == []  # each process removed its folder
+    left = [folder.name.split("-")[1] for folder in (tmp_path / "data" / "spill").iterdir()]
+    assert left == [str(os.getpid())]  # each of the two removed its folder; this one's goes when the tests end
 
 
-def test_an_instance_spills_into_a_folder_private_to_its_process(tmp_path: Path) -> None:
+def test_the_pipeline_spills_in_the_data_folder_and_a_reader_in_the_temporary_folder(tmp_path: Path) -> None:
     (tmp_path / "landing").mkdir()
-    with open_lake(Settings(landing_dir=tmp_path / "landing", data_dir=tmp_path / "data")) as con:
-        folder = Path(con.execute("SELECT current_setting('temp_directory')").fetchone()[0])
-    assert stat.S_IMODE(folder.parent.stat().st_mode) == 0o700
-    assert folder.parent.name.startswith("sysmon-duckdb-spill-")
+    settings = Settings(landing_dir=tmp_path / "landing", data_dir=tmp_path / "data")
+    folders = []
+    for read_only in (False, True):
+        with open_lake(settings, read_only=read_only) as con:
+            folders.append(Path(con.execute("SELECT current_setting('temp_directory')").fetchone()[0]))
+    assert [folder.parent.parent for folder in folders] == [tmp_path / "data" / "spill", Path(tempfile.gettempdir())]
+    assert [stat.S_IMODE(folder.parent.stat().st_mode) for folder in folders] == [0o700, 0o700]
     assert spill_directory() != spill_directory()  # a folder per instance
+
+
+def test_a_crashed_process_leaves_its_folder_until_the_next_process_makes_its_own(tmp_path: Path) -> None:
+    make_one = "import sys, pathlib; from sysmon_assets.storage.spill import spill_directory; "
+    crash = make_one + "print(spill_directory(pathlib.Path(sys.argv[1]))); import os; os._exit(0)"
+    left = Path(
+        subprocess.run(
+            [sys.executable, "-c", crash, str(tmp_path)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
+    assert left.parent.is_dir()  # os._exit runs no exit handler, as a kill would not
+    alive = Path(spill_directory(tmp_path))
+    assert not left.parent.exists() and alive.parent.is_dir()
