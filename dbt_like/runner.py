@@ -97,6 +97,13 @@ class _NothingNew(Exception):
     """A step whose inputs brought nothing since its last commit: it commits nothing (no empty snapshot)."""
 
 
+def _unmatched_window_end(newest: int, last_ended: int, before: int) -> int:
+    """The last batch a model reads of an input whose unmatched rows it reads: the input's ``newest`` batch, or the
+    ``last_ended`` batch that ended waits, if later (a batch may end waits and write no row); never ``before``
+    where the window starts (the rows read may have been let go of)."""
+    return max(newest, last_ended, before)
+
+
 def _idle(result: StepResult) -> bool:
     """Whether a prepared step has nothing to do: no stream input gained a batch, no waiting row left the retry
     (its deletion must commit), and nothing waits or what waits can match nothing new (no table it reads was
@@ -362,7 +369,8 @@ class Project:
             before[upstream] = at_open.offsets.get((model, upstream), 0)
             after[upstream] = at_open.newest[upstream]
             if upstream in self.models[model].unmatched:
-                after[upstream] = max(after[upstream], at_open.unmatched.get(upstream, 0), before[upstream])
+                last_ended = at_open.unmatched.get(upstream, 0)
+                after[upstream] = _unmatched_window_end(after[upstream], last_ended, before[upstream])
         if config.get("retry_unmatched"):
             waiting = at_open.waiting.get(model)
             grace = timedelta(minutes=int(config.get("retry_grace_minutes", 0)))
@@ -611,10 +619,8 @@ class Project:
             result.offsets_after[upstream] = next(values)
             if upstream in self.models[name].unmatched:
                 last_ended, ended, kept = next(values)
-                # a batch may end waits and write no row: the window reaches the last batch that did either (and
-                # never goes back: the rows read may have been let go of)
-                before = result.offsets_before[upstream]
-                result.offsets_after[upstream] = max(result.offsets_after[upstream], last_ended, before)
+                newest, before = result.offsets_after[upstream], result.offsets_before[upstream]
+                result.offsets_after[upstream] = _unmatched_window_end(newest, last_ended, before)
                 if ended:
                     result.unmatched_read[upstream] = ended
                 if kept >= self.let_go_of_unmatched_at:
