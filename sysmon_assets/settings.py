@@ -144,6 +144,14 @@ class Settings:
         "partition); `latest`: it starts from what lands afterwards",
         choices=OFFSET_RESETS,
     )
+    landing_max_bytes: int = setting(
+        0,
+        "SYSMON_LANDING_MAX_BYTES",
+        "about how many bytes of landed lines one batch reads at most, shared among the files; the rest waits for "
+        "the next batch ([docs/inputs.md](docs/inputs.md))",
+        shown="`0` (no limit)",
+        check=lambda count: None if count >= 0 else "expected 0 (no limit) or more",
+    )
     join_mode: str = setting(
         "default",
         "SYSMON_JOIN_MODE",

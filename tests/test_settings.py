@@ -84,6 +84,7 @@ def test_bad_values_name_the_variable(variable: str, value: str) -> None:
         ("SYSMON_SNAPSHOT_RETENTION_DAYS", "0"),
         ("SYSMON_EVENT_RETENTION_DAYS", "-1"),
         ("SYSMON_KAFKA_MAX_BYTES", "0"),
+        ("SYSMON_LANDING_MAX_BYTES", "-1"),
         ("SYSMON_ANCESTRY_DEPTH", "0"),
         ("SYSMON_ANCESTRY_DEPTH", str(MAX_ANCESTRY_DEPTH + 1)),
     ],

@@ -51,6 +51,7 @@ def source_reader(
         settings.offset_reset,
         chunk_bytes,
         owns=lambda key: file_shard(key, shards) == index,
+        max_bytes=settings.landing_max_bytes,
     )
 
 

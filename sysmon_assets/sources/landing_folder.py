@@ -70,6 +70,8 @@ STATE_TABLE = "ingest.files"
 EVENTS_TABLE = "ingest.file_events"
 STATS_TABLE = "ingest.file_stats"
 DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
+# The smallest piece a file is read in under a per-batch limit, however many files share it.
+MIN_PIECE_BYTES = 64 * 1024
 # An EVTX file's header and its chunks' headers change as records are appended; a record, once written, does not.
 # The file's first record (past the 4 KiB file header and the first chunk's 512-byte header) tells the file: its
 # header's first 24 bytes hold the record's number and the time it was written.
@@ -271,6 +273,12 @@ def _read_ahead(items: Iterator[T]) -> Iterator[T]:
             yield item
 
 
+def _may_hold_unread(progress: FileProgress) -> bool:
+    """Whether a file may hold lines not read yet: a text file short of its size; a gzip or EVTX file (whose
+    positions do not count the file's bytes) always."""
+    return progress.kind != "text" or progress.position < progress.size
+
+
 def _text_frame(block: bytes | memoryview, newlines: np.ndarray, progress: FileProgress, first_seq: int) -> pa.Table:
     """One row per line: sequence number, file, line number, byte offset, raw bytes and their length.
 
@@ -351,13 +359,16 @@ class LandingReader:
         offset_reset: str = "earliest",
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         owns: Callable[[str], bool] = lambda key: True,
+        max_bytes: int = 0,
     ) -> None:
-        """``owns(file_key)``: whether this reader's shard reads the file (by default every file)."""
+        """``owns(file_key)``: whether this reader's shard reads the file (by default every file); ``max_bytes``:
+        about how many bytes of lines one batch reads at most (0: no limit; see :meth:`chunks`)."""
         self.con = con
         self.owns = owns
         self.landing_dir = landing_dir
         self.offset_reset = offset_reset
         self.chunk_bytes = chunk_bytes
+        self.max_bytes = max_bytes
         self.files: list[FileProgress] = []
         self.skipped: list[Skipped] = []  # not yet recorded in ingest.file_events
         self.recorded_skips: list[Skipped] = []  # recorded by this batch
@@ -472,32 +483,51 @@ class LandingReader:
     def chunks(self, first_seq: int) -> Iterator[dict[str, pa.Table]]:
         """Source chunks for the ingest models: ``{'landed_lines': frame}`` of about ``chunk_bytes``, small
         files' lines together (each chunk is a commit); a last empty chunk when no line was read but something
-        must be recorded (a file's size, a file event)."""
+        must be recorded (a file's size, a file event).
+
+        With ``max_bytes``, each file that may hold unread lines gets an equal share of what is left of it when
+        its turn comes (a file that needs less leaves the rest to the files after it), read in pieces no larger
+        than its share: every file advances in every batch, however fast another grows. A file stops at the
+        first piece that reaches its share, so a batch reads about ``max_bytes`` (a line is never cut)."""
         seq, frames, size = first_seq, [], 0
+        unread, left = self._may_hold_unread(), self.max_bytes
         for progress in self.files:
+            share = left // max(unread, 1) if self.max_bytes else 0
+            piece = min(self.chunk_bytes, max(share, MIN_PIECE_BYTES)) if self.max_bytes else self.chunk_bytes
+            unread -= _may_hold_unread(progress)
+            taken = 0
             try:
-                for item in self._items(progress):
+                for item in self._items(progress, piece):
                     frames.append(self._frame(item, progress, seq))
                     seq += frames[-1].num_rows
                     size += frames[-1].nbytes
+                    taken += frames[-1].nbytes
                     if size >= self.chunk_bytes:
                         yield {SOURCE_NAME: pa.concat_tables(frames)}
                         frames, size = [], 0
+                    if self.max_bytes and taken >= share:
+                        break  # the rest waits for the next batch
             except FileMoved:  # before its first item: the file keeps the state planning gave it
                 _log_moved(progress.path)
+            left = max(left - taken, 0)
         if frames:
             yield {SOURCE_NAME: pa.concat_tables(frames)}
         if self._unrecorded():
             yield empty_chunk()
 
-    def _items(self, progress: FileProgress) -> Iterator[Block | Unreadable | list[bytes | str]]:
+    def _may_hold_unread(self) -> int:
+        """How many of the batch's files may hold lines not read yet."""
+        return sum(map(_may_hold_unread, self.files))
+
+    @staticmethod
+    def _items(progress: FileProgress, piece_bytes: int) -> Iterator[Block | Unreadable | list[bytes | str]]:
         if progress.kind == "evtx":
             return _evtx_items(progress)
-        if progress.kind == "text" and progress.position >= progress.size:
+        if not _may_hold_unread(progress):
             return iter(())  # read to its end already: an idle batch over many files opens none of them
-        if progress.size - progress.position > self.chunk_bytes:
-            return _read_ahead(_read_blocks(progress, self.chunk_bytes))
-        return _read_blocks(progress, self.chunk_bytes)  # one block: nothing to read ahead
+        if progress.size - progress.position > piece_bytes:
+            return _read_ahead(_read_blocks(progress, piece_bytes))
+        return _read_blocks(progress, piece_bytes)  # one block: nothing to read ahead
 
     @staticmethod
     def _frame(item: Block | Unreadable | list[bytes | str], progress: FileProgress, seq: int) -> pa.Table:

@@ -20,6 +20,7 @@ import time
 import zlib
 from collections.abc import Callable
 from contextlib import suppress
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from sysmon_assets.sources.gzip_stream import inflate
 from sysmon_assets.sources.landed_files import list_landed_files
 from sysmon_assets.sources.landed_lines import LandingError
 from sysmon_assets.storage.lake import LakeError
-from tests.conftest import Lake, lake_rows_in_another_process, land, network_connect, process_create
+from tests.conftest import T0, Lake, lake_rows_in_another_process, land, network_connect, process_create
 from tests.recipe import shared_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -266,6 +267,45 @@ def test_offset_reset_earliest_reads_everything_landed(lake: Lake) -> None:
     lake.land([network_connect("{A}", "10.0.0.1")])
     lake.batch()
     assert lake.count("winlogbeat_stream") == 1
+
+
+def _events(prefix: str, count: int) -> list[dict[str, Any]]:
+    """``count`` processes, each created then connecting, GUIDs named after ``prefix``."""
+    guids = [f"{{{prefix}-{index:05d}}}" for index in range(count)]
+    return [event for guid in guids for event in (process_create(guid), network_connect(guid))]
+
+
+def _lines_read(lake: Lake) -> dict[str, int]:
+    return dict(lake.rows("SELECT _source_file, max(_source_line) FROM winlogbeat_stream GROUP BY ALL"))
+
+
+def test_a_batch_limit_gives_every_file_a_share_until_all_is_read_as_one_batch_reads_it(tmp_path: Path) -> None:
+    capped, whole = Lake(tmp_path / "capped", landing_max_bytes=300_000), Lake(tmp_path / "whole")
+    backlog = {"big.ndjson": _events("B", 300), "small.ndjson": _events("S", 20), "other.ndjson": _events("O", 300)}
+    for lake in (capped, whole):
+        for name, events in backlog.items():
+            lake.land(events, name)
+    batches, before = 0, {}
+    while True:
+        if batches < 3:  # a writer keeps adding to one file faster than the limit: the others still advance
+            for lake in (capped, whole):
+                lake.land(_events(f"G{batches}", 300), "big.ndjson")
+        capped.batch(T0 + timedelta(minutes=batches))
+        batches += 1
+        read = _lines_read(capped)
+        if read == before:
+            break
+        landed = {path.name: len(path.read_text().splitlines()) for path in capped.landing.iterdir()}
+        unfinished = [name for name, lines in before.items() if lines < landed[Path(name).name]]
+        assert all(read[name] > before[name] for name in unfinished), (batches, before, read)
+        before = read
+    assert batches > 4  # the limit did split the backlog
+    whole.batch(T0)
+    columns = "* EXCLUDE (_seq, _batch_id)"
+    assert capped.rows(f"SELECT {columns} FROM sysmon_join ORDER BY ALL") == whole.rows(
+        f"SELECT {columns} FROM sysmon_join ORDER BY ALL"
+    )
+    assert capped.count("sysmon_join") == (300 * 4 + 20 + 300)
 
 
 def test_a_truncated_file_is_read_anew_not_mixed(lake: Lake, caplog: pytest.LogCaptureFixture) -> None:
