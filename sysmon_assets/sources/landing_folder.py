@@ -490,7 +490,7 @@ class LandingReader:
         than its share: every file advances in every batch, however fast another grows. A file stops at the
         first piece that reaches its share, so a batch reads about ``max_bytes`` (a line is never cut)."""
         seq, frames, size = first_seq, [], 0
-        unread, left = self._may_hold_unread(), self.max_bytes
+        unread, left = self._files_with_unread(), self.max_bytes
         for progress in self.files:
             share = left // max(unread, 1) if self.max_bytes else 0
             piece = min(self.chunk_bytes, max(share, MIN_PIECE_BYTES)) if self.max_bytes else self.chunk_bytes
@@ -515,7 +515,7 @@ class LandingReader:
         if self._unrecorded():
             yield empty_chunk()
 
-    def _may_hold_unread(self) -> int:
+    def _files_with_unread(self) -> int:
         """How many of the batch's files may hold lines not read yet."""
         return sum(map(_may_hold_unread, self.files))
 
