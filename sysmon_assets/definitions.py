@@ -14,7 +14,7 @@ from sysmon_assets.dagster_layer.jobs import batch_job, lake_maintenance
 from sysmon_assets.dagster_layer.resources import resources_from_settings
 from sysmon_assets.dagster_layer.schedules import every_minute, maintenance_every_10_minutes
 from sysmon_assets.dagster_layer.sensors import landing_sensor
-from sysmon_assets.micro_batch.recipe_project import shared_project
+from sysmon_assets.micro_batch.recipe_project import ingest_model, shared_project
 from sysmon_assets.settings import Settings
 
 
@@ -26,7 +26,7 @@ def build_definitions(settings: Settings) -> Definitions:
         assets=build_assets(project, settings.kafka_sink_topic if settings.kafka_sink else None, settings.shards),
         jobs=[job, lake_maintenance],
         schedules=[every_minute(job, settings.shards), maintenance_every_10_minutes],
-        sensors=[landing_sensor(job)],
+        sensors=[landing_sensor(job, ingest_model(project))],
         resources=resources_from_settings(settings),
         # Steps run one after another in one process, on cursors of the run's one lake connection.
         executor=in_process_executor,

@@ -92,7 +92,7 @@ def step_metadata(results: list[StepResult], batch_id: int | None) -> dict[str, 
     for side in sides:
         metadata[f"{side.model}_rows_written"] = side.rows_written
     for name, value in main.notes.items():
-        metadata[name] = MetadataValue.json(value)
+        metadata[name] = value if isinstance(value, int) else MetadataValue.json(value)
     return metadata
 
 

@@ -1,7 +1,8 @@
 """Request a micro-batch when new bytes land in the landing folder, or when the Kafka consumer lags.
 
-The sensor compares file sizes with its cursor (or asks Kafka for the consumer group's lag) and
-never opens the lake, so a tick costs no catalog work beside a running batch.
+The sensor compares file sizes with its cursor and asks the Dagster instance whether the last batch left lines
+unread (``SYSMON_LANDING_MAX_BYTES``), or asks Kafka for the consumer group's lag; it never opens the lake, so a
+tick costs no catalog work beside a running batch.
 """
 
 import json
@@ -10,6 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DagsterInstance,
     DefaultSensorStatus,
     RunRequest,
     SensorDefinition,
@@ -23,6 +27,7 @@ if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from sysmon_assets.dagster_layer.resources import SysmonPipelineResource
+from sysmon_assets.micro_batch.ingest import LEFT_FOR_NEXT_BATCH
 from sysmon_assets.micro_batch.shards import file_shard, partition_key, partition_shard
 from sysmon_assets.settings import Settings
 from sysmon_assets.sources.kafka_source import KafkaSourceError, consumer_lag
@@ -59,11 +64,46 @@ def evaluate_landing(
     ], next_cursor
 
 
+def runs_that_left_lines(instance: DagsterInstance, ingest_asset: str, shards: int = 1) -> dict[int, str]:
+    """Per shard whose latest ingest stopped at ``SYSMON_LANDING_MAX_BYTES`` with lines left to read: the id of
+    that ingest's run."""
+    runs = {}
+    for shard in range(shards):
+        partition = partition_key(shard, shards)
+        records = instance.fetch_materializations(
+            AssetRecordsFilter(AssetKey(ingest_asset), asset_partitions=[partition] if partition else None), limit=1
+        ).records
+        materialization = records[0].asset_materialization if records else None
+        if materialization and LEFT_FOR_NEXT_BATCH in materialization.metadata:
+            runs[shard] = records[0].run_id
+    return runs
+
+
+def with_the_rest(
+    decision: list[RunRequest] | SkipReason, left_by: dict[int, str], shards: int = 1
+) -> list[RunRequest] | SkipReason:
+    """``decision`` and a request for each shard whose last batch left lines unread, keyed by that batch's run, so
+    that each such run is followed by one more batch (Dagster runs a sensor's run key once; a request for grown
+    files stays a request of its own, or new bytes would go unrequested while the key is spent)."""
+    rest = [
+        RunRequest(
+            run_key=f"landing:rest-of:{run_id}",
+            partition_key=partition_key(shard, shards),
+            tags={"sysmon/trigger": "landing_sensor", "sysmon/lines_left_by_run": run_id},
+        )
+        for shard, run_id in sorted(left_by.items())
+    ]
+    if not rest:
+        return decision
+    return rest if isinstance(decision, SkipReason) else [*decision, *rest]
+
+
 def evaluate_kafka(settings: Settings) -> list[RunRequest] | SkipReason:
     """A run request (per shard) when the consumer group lags behind the topic's end on a partition.
 
-    The run key names the partitions' end offsets, so a lag that persists while a requested batch
-    is queued or running does not request another one.
+    The run key names each partition's unread range (committed offset to end), so a lag that persists while a
+    requested batch is queued or running requests no other, and a batch that leaves part of the lag for the next
+    one (``SYSMON_KAFKA_MAX_MESSAGES``) requests that next one.
     """
     try:
         lag = consumer_lag(settings)
@@ -77,10 +117,10 @@ def evaluate_kafka(settings: Settings) -> list[RunRequest] | SkipReason:
         behind = sum(partition.lag for partition in owned.values())
         if not behind:
             continue
-        ends = ",".join(f"{partition}:{owned[partition].end}" for partition in owned)
+        unread = ",".join(f"{p}:{owned[p].end - owned[p].lag}-{owned[p].end}" for p in owned)
         requests.append(
             RunRequest(
-                run_key=f"kafka:{settings.kafka_topic}:{ends}",
+                run_key=f"kafka:{settings.kafka_topic}:{unread}",
                 partition_key=partition_key(shard, settings.shards),
                 tags={"sysmon/trigger": "kafka_lag", "sysmon/lag": str(behind)},
             )
@@ -88,16 +128,18 @@ def evaluate_kafka(settings: Settings) -> list[RunRequest] | SkipReason:
     return requests
 
 
-def landing_sensor(job: "UnresolvedAssetJobDefinition") -> SensorDefinition:
-    """The sensor that requests ``job`` runs when files land (or the Kafka consumer group lags)."""
+def landing_sensor(job: "UnresolvedAssetJobDefinition", ingest_asset: str) -> SensorDefinition:
+    """The sensor that requests ``job`` runs when files land or ``ingest_asset``'s last batch left lines unread (or
+    the Kafka consumer group lags)."""
 
     @sensor(
         name="landing_sensor",
         job=job,
         minimum_interval_seconds=30,
         default_status=DefaultSensorStatus.STOPPED,
-        description="Requests a micro-batch when files in SYSMON_LANDING_DIR grow or appear (SYSMON_SOURCE=kafka: "
-        "when the consumer group lags); with shards, one for each shard whose input grew.",
+        description="Requests a micro-batch when files in SYSMON_LANDING_DIR grow or appear, or the last batch left "
+        "lines unread (SYSMON_LANDING_MAX_BYTES); SYSMON_SOURCE=kafka: when the consumer group lags. With shards, "
+        "one for each shard whose input grew.",
     )
     def landing(context: SensorEvaluationContext, sysmon: SysmonPipelineResource) -> SensorResult | SkipReason:
         """See :func:`evaluate_landing` and :func:`evaluate_kafka`; the settings are the pipeline resource's."""
@@ -107,6 +149,8 @@ def landing_sensor(job: "UnresolvedAssetJobDefinition") -> SensorDefinition:
         else:
             decision, cursor = evaluate_landing(settings.landing_dir, context.cursor, settings.shards)
             context.update_cursor(cursor)
+            left_by = runs_that_left_lines(context.instance, ingest_asset, settings.shards)
+            decision = with_the_rest(decision, left_by, settings.shards)
         return decision if isinstance(decision, SkipReason) else SensorResult(run_requests=decision)
 
     return landing

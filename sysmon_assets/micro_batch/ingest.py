@@ -20,6 +20,9 @@ from sysmon_assets.sources.landed_lines import SOURCE_NAME, empty_chunk
 from sysmon_assets.sources.landing_folder import LandingReader
 from sysmon_assets.storage.maintenance import DROPPED_SEQ_TABLE
 
+# the step's note (its asset's metadata) that SYSMON_LANDING_MAX_BYTES left lines of this many files to the next batch
+LEFT_FOR_NEXT_BATCH = "files_left_for_next_batch"
+
 
 def _numbered(
     chunks: Iterator[dict[str, pa.Table]], first_seq: Callable[[], int], step: int
@@ -98,4 +101,6 @@ def ingest(
             reader.close()
     if reader.file_events:
         results[0].notes["source_events"] = reader.file_events
+    if isinstance(reader, LandingReader) and reader.left_for_next_batch:
+        results[0].notes[LEFT_FOR_NEXT_BATCH] = reader.left_for_next_batch
     return results

@@ -53,3 +53,9 @@ def shared_project(settings: Settings, shard: int = 0) -> Project:
 @cache
 def _built(settings: Settings, shard: int) -> Project:
     return build_project(settings, shard)
+
+
+def ingest_model(project: Project) -> str:
+    """The asset the source feeds (``source('landed_lines')``): its step is a batch's ingest."""
+    (name,) = [name for name in project.primary_models() if project.models[name].sources]
+    return name

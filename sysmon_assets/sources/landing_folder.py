@@ -132,6 +132,7 @@ class FileProgress:
     head_sha256: str = ""
     # unchanged in size since the last batch: a last line without newline is delivered
     finished: bool = False
+    holds_back_last_line: bool = False  # this batch read up to a last line without newline, for the next to deliver
     read_error: str | None = None  # why reading stopped short of the end, as last recorded
     stored_read_error: str | None = None  # the same, as the previous batch left it
     recorded: tuple | None = None  # the state last written to ingest.files
@@ -258,6 +259,7 @@ def _read_blocks(progress: FileProgress, chunk_bytes: int) -> Iterator[Block | U
             return
     if pending and (progress.finished or progress.kind == "gzip"):
         yield _unterminated(pending)
+    progress.holds_back_last_line = bool(pending) and not progress.finished and progress.kind != "gzip"
 
 
 def _read_ahead(items: Iterator[T]) -> Iterator[T]:
@@ -374,6 +376,9 @@ class LandingReader:
         self.recorded_skips: list[Skipped] = []  # recorded by this batch
         self.vanished: list[Vanished] = []  # not yet recorded
         self.recorded_vanished: list[Vanished] = []  # recorded by this batch
+        # files this batch left lines of for the next: stopped at their share of max_bytes, or holding back a last
+        # line without newline (the next batch delivers it if the file has not grown)
+        self.left_for_next_batch = 0
 
     def plan(self, first_batch_ever: bool) -> list[FileProgress]:
         """Decide, per landed file, where this batch starts reading.
@@ -491,11 +496,12 @@ class LandingReader:
         first piece that reaches its share, so a batch reads about ``max_bytes`` (a line is never cut)."""
         seq, frames, size = first_seq, [], 0
         unread, left = self._files_with_unread(), self.max_bytes
+        self.left_for_next_batch = 0
         for progress in self.files:
             share = left // max(unread, 1) if self.max_bytes else 0
             piece = min(self.chunk_bytes, max(share, MIN_PIECE_BYTES)) if self.max_bytes else self.chunk_bytes
             unread -= _may_hold_unread(progress)
-            taken = 0
+            taken, stopped = 0, False
             try:
                 for item in self._items(progress, piece):
                     frames.append(self._frame(item, progress, seq))
@@ -506,10 +512,12 @@ class LandingReader:
                         yield {SOURCE_NAME: pa.concat_tables(frames)}
                         frames, size = [], 0
                     if self.max_bytes and taken >= share:
+                        stopped = True
                         break  # the rest waits for the next batch
             except FileMoved:  # before its first item: the file keeps the state planning gave it
                 _log_moved(progress.path)
             left = max(left - taken, 0)
+            self.left_for_next_batch += (stopped and _may_hold_unread(progress)) or progress.holds_back_last_line
         if frames:
             yield {SOURCE_NAME: pa.concat_tables(frames)}
         if self._unrecorded():

@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from dagster import RunRequest, SkipReason, build_sensor_context
+from dagster import (
+    AssetKey,
+    MetadataValue,
+    RunRequest,
+    SensorEvaluationContext,
+    SkipReason,
+    build_sensor_context,
+)
+from dagster._core.test_utils import instance_for_test
 
 from sysmon_assets.dagster_layer.jobs import batch_job
 from sysmon_assets.dagster_layer.resources import resources_from_settings
 from sysmon_assets.dagster_layer.sensors import evaluate_landing, landing_sensor
+from sysmon_assets.definitions import build_definitions
+from sysmon_assets.micro_batch.ingest import LEFT_FOR_NEXT_BATCH
+from sysmon_assets.micro_batch.shards import file_shard
 from sysmon_assets.settings import Settings
+from sysmon_assets.sources.landed_files import landing_snapshot
+from sysmon_assets.sources.landing_folder import MIN_PIECE_BYTES
+from tests.conftest import Lake, process_create
 
-sensor = landing_sensor(batch_job())
+sensor = landing_sensor(batch_job(), "winlogbeat_stream")
 
 
 def test_requests_a_batch_only_when_files_appear_or_grow(tmp_path: Path) -> None:
@@ -34,9 +51,15 @@ def test_a_missing_folder_is_a_skip_that_names_it(tmp_path: Path) -> None:
     assert str(tmp_path / "nope") in decision.skip_message
 
 
-def with_resources(settings: Settings):
-    """A sensor context holding the pipeline resource built from ``settings``, as Definitions builds it."""
-    return build_sensor_context(resources=resources_from_settings(settings))
+@contextmanager
+def with_resources(settings: Settings) -> Iterator[SensorEvaluationContext]:
+    """A sensor context holding the pipeline resource built from ``settings``, as Definitions builds it, on a
+    Dagster instance of its own."""
+    with (
+        instance_for_test() as instance,
+        build_sensor_context(instance=instance, resources=resources_from_settings(settings)) as context,
+    ):
+        yield context
 
 
 def test_the_sensor_reads_the_resource_and_keeps_a_cursor(tmp_path: Path) -> None:
@@ -44,6 +67,61 @@ def test_the_sensor_reads_the_resource_and_keeps_a_cursor(tmp_path: Path) -> Non
     with with_resources(Settings(landing_dir=tmp_path, data_dir=tmp_path / "data")) as context:
         assert len(sensor(context).run_requests) == 1
         assert isinstance(sensor(context), SkipReason)
+
+
+def test_a_batch_that_leaves_lines_unread_is_followed_by_one_more_until_all_is_read(tmp_path: Path) -> None:
+    lake = Lake(tmp_path, landing_max_bytes=MIN_PIECE_BYTES)
+    lake.land([process_create(f"{{P{n}}}", record=n) for n in range(300)])
+    assert (lake.landing / "winlogbeat.ndjson").stat().st_size > 3 * MIN_PIECE_BYTES
+    job = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch")
+    with with_resources(lake.settings) as context:
+        instance = context.instance
+        (request,) = sensor(context).run_requests
+        assert request.run_key is None  # the file appeared
+        run_ids: list[str] = []
+        while True:
+            run_ids.append(job.execute_in_process(instance=instance).run_id)
+            ingest = instance.get_latest_materialization_event(AssetKey("winlogbeat_stream")).asset_materialization
+            all_read = lake.count("winlogbeat_stream") == 300
+            assert ingest.metadata.get(LEFT_FOR_NEXT_BATCH) == (None if all_read else MetadataValue.int(1))
+            if isinstance(decision := sensor(context), SkipReason):
+                break
+            # nothing new landed: the one request is for the rest of the last run's lines, once per run
+            (request,) = decision.run_requests
+            assert request.run_key == f"landing:rest-of:{run_ids[-1]}" == sensor(context).run_requests[0].run_key
+        assert len(run_ids) > 3
+        assert lake.count("sysmon_process_create_table") == 300
+
+
+def test_a_last_line_without_newline_is_delivered_by_the_batch_the_sensor_requests_next(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    (lake.landing / "export.ndjson").write_text(json.dumps(process_create("{A}")))  # a copied export, no newline
+    job = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch")
+    with with_resources(lake.settings) as context:
+        assert len(sensor(context).run_requests) == 1
+        first = job.execute_in_process(instance=context.instance).run_id
+        assert lake.count("winlogbeat_stream") == 0  # the line may still be being written
+        (request,) = sensor(context).run_requests
+        assert request.run_key == f"landing:rest-of:{first}"
+        job.execute_in_process(instance=context.instance)
+        assert lake.count("sysmon_process_create_table") == 1
+        assert isinstance(sensor(context), SkipReason)
+
+
+def test_with_shards_the_rest_is_requested_for_the_shard_that_left_it(tmp_path: Path) -> None:
+    lake = Lake(tmp_path, shards=2, landing_max_bytes=MIN_PIECE_BYTES)
+    lake.land([process_create(f"{{P{n}}}", record=n) for n in range(300)])
+    (key,) = landing_snapshot(lake.landing)
+    owner = f"shard-{file_shard(key, 2)}"
+    job = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch")
+    with with_resources(lake.settings) as context:
+        assert [request.partition_key for request in sensor(context).run_requests] == [owner]
+        for partition in ("shard-0", "shard-1"):
+            run_id = job.execute_in_process(instance=context.instance, partition_key=partition).run_id
+            if partition == owner:
+                owner_run = run_id
+        (request,) = sensor(context).run_requests
+        assert (request.partition_key, request.run_key) == (owner, f"landing:rest-of:{owner_run}")
 
 
 def test_with_kafka_the_sensor_requests_a_batch_while_the_consumer_group_lags(tmp_path: Path, kafka_broker) -> None:
@@ -57,14 +135,19 @@ def test_with_kafka_the_sensor_requests_a_batch_while_the_consumer_group_lags(tm
         kafka_topic=topic,
         data_dir=tmp_path / "data",
         landing_dir=tmp_path,
+        kafka_max_messages=2,
     )
     with with_resources(settings) as context:
         assert isinstance(sensor(context), SkipReason)
         kafka_broker.produce(topic, [process_create(None)] * 3, partition=1, one_per_request=True)
         (decision,) = sensor(context).run_requests
         assert decision.tags["sysmon/lag"] == "3"
-        # the same ends, the same key: Dagster requests no second run while the first is queued or running
-        assert decision.run_key == f"kafka:{topic}:0:0,1:3" == sensor(context).run_requests[0].run_key
+        # the same unread range, the same key: Dagster requests no second run while the first is queued or running
+        assert decision.run_key == f"kafka:{topic}:0:0-0,1:0-3" == sensor(context).run_requests[0].run_key
+        SysmonPipeline(settings).run_batch()
+        # the batch read two of the three messages: the rest is a new range, so a new key, with nothing produced
+        (decision,) = sensor(context).run_requests
+        assert (decision.run_key, decision.tags["sysmon/lag"]) == (f"kafka:{topic}:0:0-0,1:2-3", "1")
         SysmonPipeline(settings).run_batch()
         assert isinstance(sensor(context), SkipReason)
 
