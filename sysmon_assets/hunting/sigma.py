@@ -91,9 +91,9 @@ class SigmaRuleSql:
 @dataclass(frozen=True)
 class RuleFailure:
     """A rule (or a whole file) that is not evaluated, and why. ``kind``: ``unreadable`` (not a Sigma rule pySigma
-    reads, or one without an id), ``logsource`` (not over Sysmon's process creation or network connection),
-    ``field`` (needs a field the event does not carry), ``unsupported`` (a feature the conversion lacks, such as
-    keywords or correlations), ``sql`` (DuckDB rejects the converted condition)."""
+    reads, one without an id, or one repeating another's id), ``logsource`` (not over Sysmon's process creation or
+    network connection), ``field`` (needs a field the event does not carry), ``unsupported`` (a feature the
+    conversion lacks, such as keywords or correlations), ``sql`` (DuckDB rejects the converted condition)."""
 
     file: str
     kind: str
@@ -192,6 +192,11 @@ def _rules_of(folder: Path, path: Path) -> Iterator[SigmaRule | RuleFailure]:
     except (SigmaError, yaml.YAMLError, UnicodeDecodeError) as error:
         yield RuleFailure(relative, "unreadable", f"not a readable Sigma file: {_first_line(error)}")
         return
+    # a file YAML or pySigma fail on in another way (`id: 1`, `date: 2026-13-45`) is listed; the others load
+    except Exception as error:
+        reason = f"pySigma cannot read it ({type(error).__name__}: {_first_line(error)}): check its fields' values"
+        yield RuleFailure(relative, "unreadable", reason)
+        return
     for item in collection.rules:
         rule_id = str(item.id) if getattr(item, "id", None) else None
         title = getattr(item, "title", None)
@@ -226,7 +231,22 @@ def convert_rules(folder: Path, files: list[Path], digest: str) -> RuleSet:
                     continue
                 converted = _convert(backend, con, rule, path.relative_to(folder).as_posix())
                 (rules if isinstance(converted, SigmaRuleSql) else failures).append(converted)
-    return RuleSet(str(folder), digest, rules, failures)
+    return RuleSet(str(folder), digest, *_first_of_each_id(rules, failures))
+
+
+def _first_of_each_id(
+    rules: list[SigmaRuleSql], failures: list[RuleFailure]
+) -> tuple[list[SigmaRuleSql], list[RuleFailure]]:
+    """The rules, but a rule whose id an earlier file's rule has (a detection names its rule by id, so both would
+    give one rule's hits twice) moved to the failures."""
+    first: dict[str, SigmaRuleSql] = {}
+    for rule in rules:
+        if rule.rule_id in first:
+            reason = f"repeats the id of {first[rule.rule_id].file} (a detection names its rule by id)"
+            failures.append(RuleFailure(rule.file, "unreadable", reason, rule.rule_id, rule.title))
+        else:
+            first[rule.rule_id] = rule
+    return list(first.values()), failures
 
 
 def _convert(

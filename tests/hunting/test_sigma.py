@@ -372,6 +372,36 @@ def test_rules_that_cannot_run_are_listed_with_their_reasons(tmp_path: Path) -> 
     }
 
 
+def test_a_file_pysigma_fails_on_and_a_repeated_id_are_listed_and_the_rest_run(tmp_path: Path) -> None:
+    from sysmon_assets.definitions import build_definitions
+
+    fine = rule_document("fine", "process_creation", {"sel": {"Image|endswith": "\\x.exe"}, "condition": "sel"})
+    other = rule_document("other", "process_creation", {"sel": {"Image|endswith": "\\y.exe"}, "condition": "sel"})
+    rules = {
+        "a_fine.yml": fine,
+        "b_same_id.yml": {**other, "id": fine["id"]},
+        "int_id.yml": {**other, "id": 1},
+        "bad_date.yml": yaml.safe_dump(other) + "date: 2026-13-45\n",
+    }
+    folder = write_rules(tmp_path / "rules", rules)
+    rule_set = sigma.load_rule_set(folder, None)
+    assert [rule.file for rule in rule_set.rules] == ["a_fine.yml"]
+    reasons = {failure.file: failure.reason for failure in rule_set.failures}
+    assert reasons == {
+        "b_same_id.yml": "repeats the id of a_fine.yml (a detection names its rule by id)",
+        "int_id.yml": "pySigma cannot read it (AttributeError: 'int' object has no attribute 'replace'): check its "
+        "fields' values",
+        "bad_date.yml": "pySigma cannot read it (ValueError: month must be in 1..12): check its fields' values",
+    }
+    assert {failure.kind for failure in rule_set.failures} == {"unreadable"}
+    # the Definitions load (each failure is the sigma_rules_converted check's to report), and a batch runs the rule
+    assert build_definitions(Settings(sigma_rules=folder)).resolve_job_def("sysmon_micro_batch")
+    lake = Lake(tmp_path, sigma_rules=folder)
+    lake.land([process_create("{A}", event_data={"Image": "C:\\x.exe"})])
+    lake.batch()
+    assert lake.rows("SELECT rule_title FROM sigma_detections") == [("fine",)]
+
+
 def test_rules_for_other_log_sources_are_listed_without_a_warning(tmp_path: Path) -> None:
     from sysmon_assets.dagster_layer.checks import sigma_rules_converted
 
