@@ -59,8 +59,9 @@ def ensure_state(
         _record_shard_count(con, shard.count)
     elif counts != [shard.count]:
         raise ProjectError(
-            f"this lake was written by {sorted(counts)} shard(s); a project of {shard.count} cannot continue it "
-            "(batch ids and offsets are divided among the shards)"
+            f"this lake was written by {' and '.join(map(str, sorted(counts)))} shard(s); a project of {shard.count} "
+            "cannot continue it (batch ids and offsets are divided among the shards): run it with the lake's shard "
+            "count, or write a new lake"
         )
     wanted = [f"shard-{index}" for index in range(shard.count)] + list(guards)
     missing = [guard for guard in wanted if guard not in (present or [])]

@@ -78,11 +78,14 @@ def rows_as_json(rows: list[tuple], json_columns: list[int] | None = None) -> st
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m sysmon_assets.query", description=__doc__.splitlines()[0])
     parser.add_argument("query", help="a .sql file, or SQL text")
     parser.add_argument("--json", action="store_true", help="print the rows as a JSON array of arrays")
     parser.add_argument("--batch", type=int, default=None, help="read the lake as this batch left it")
-    parser.add_argument("--max-width", type=int, default=160)
+    parser.add_argument("--max-width", type=int, default=160, help="the table's width in characters (default 160)")
+    parser.add_argument(
+        "--max-rows", type=int, default=20, help="rows the table shows, the first and last ones (default 20)"
+    )
     args = parser.parse_args(argv)
     path = Path(args.query)
     if path.suffix == ".sql" and not any(space in args.query for space in " \n\t") and not path.is_file():
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
             relation, json_columns = _intervals_as_text(relation)
             print(rows_as_json(relation.fetchall(), json_columns))
         else:
-            relation.show(max_width=args.max_width)
+            relation.show(max_width=args.max_width, max_rows=args.max_rows)
     except (SettingsError, lake.LakeError, duckdb.Error) as error:
         sys.exit(f"query failed: {error}")
 

@@ -171,6 +171,15 @@ def test_computer_name_is_the_source_host_never_the_forwarder(tmp_path: Path) ->
     assert lake.rows("SELECT DISTINCT computer_name FROM winlogbeat_stream") == [("HOST1.corp",)]
 
 
+def test_an_object_no_layout_describes_is_kept_as_unknown_and_not_rekeyed(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    lake.land([{"a": 1}])
+    results = lake.batch()
+    assert lake.rows("SELECT _layout, source_name, event_id FROM winlogbeat_stream") == [("unknown", None, None)]
+    assert lake.count("winlogbeat_stream_rekey") == 0
+    assert results["winlogbeat_stream_rekey"][0].rows_in == 1
+
+
 def test_winlogbeat8_string_event_id_and_record_id_are_typed(tmp_path: Path) -> None:
     lake = Lake(tmp_path)
     lake.land([to_winlogbeat8(events()[1])])

@@ -150,6 +150,12 @@ def test_the_query_command_prints_a_table(sample_lake: Lake) -> None:
     assert "process_command_line" in output and "rows" in output
 
 
+def test_the_query_command_shows_as_many_rows_as_asked(sample_lake: Lake) -> None:
+    assert "(20 shown)" in query_command(sample_lake, "SELECT * FROM range(50)")
+    shown = query_command(sample_lake, "--max-rows", "50", "SELECT range AS n FROM range(50)")
+    assert "shown" not in shown and [line.strip("│ ") for line in shown.splitlines()][4:54] == list(map(str, range(50)))
+
+
 def test_the_query_command_prints_json_rows(sample_lake: Lake) -> None:
     sql = "SELECT process_guid, count(*) AS n FROM sysmon_join GROUP BY ALL ORDER BY ALL"
     expected = sample_lake.rows(sql)
