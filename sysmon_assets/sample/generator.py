@@ -136,6 +136,9 @@ class FleetSimulator:
             "parent": parent,
             "user": self.rng.choice([r"NT AUTHORITY\SYSTEM", rf"CORP\{host.name.lower()}-user"]),
             "shipped": shipped,
+            # the host's latest process of the parent's image started it (a chain for the ancestry); none: a process
+            # older than the sample (services.exe, explorer.exe), whose create the sample lacks
+            "parent_process": next((p for p in reversed(host.processes) if p["image"] == parent), None),
         }
         host.processes.append(proc)
         if len(host.processes) > 40:
@@ -146,6 +149,17 @@ class FleetSimulator:
         """A Sysmon event 1 for ``proc``."""
         ts = self._tick()
         guid = _render_guid(proc["raw_guid"], host, 1)
+        proc["command_line"] = f'"{proc["image"]}" -k netsvcs -p -s Task{self.rng.randint(1, 999)}'
+        session = self.rng.choice([0, 1])
+        hashes = f"SHA1={self.rng.getrandbits(160):040X},MD5={self.rng.getrandbits(128):032X}"
+        drawn_parent_pid = self.rng.randint(4, 1000)  # drawn for every create: a linked parent changes no later draw
+        parent = proc["parent_process"]
+        if parent is None:  # started before the sample, which holds no create of it
+            parent_guid = "{" + f"{host.machine_part}-0000-0000-0000-000000000001" + "}"
+            parent_pid, parent_command_line = drawn_parent_pid, proc["parent"]
+        else:
+            parent_guid, parent_pid = _render_guid(parent["raw_guid"], host, 1), parent["pid"]
+            parent_command_line = parent.get("command_line", proc["parent"])  # none if its create was not shipped
         data = {
             "UtcTime": _utc(ts),
             "ProcessGuid": guid,
@@ -155,18 +169,18 @@ class FleetSimulator:
             "Description": proc["description"],
             "Product": "Microsoft® Windows® Operating System",
             "Company": "Microsoft Corporation",
-            "CommandLine": f'"{proc["image"]}" -k netsvcs -p -s Task{self.rng.randint(1, 999)}',
+            "CommandLine": proc["command_line"],
             "CurrentDirectory": "C:\\Windows\\system32\\",
             "User": proc["user"],
             "LogonGuid": "{" + f"{host.machine_part}-0000-0000-0000-0000e7030000" + "}",
             "LogonId": "0x3e7",
-            "TerminalSessionId": str(self.rng.choice([0, 1])),
+            "TerminalSessionId": str(session),
             "IntegrityLevel": "System",
-            "Hashes": f"SHA1={self.rng.getrandbits(160):040X},MD5={self.rng.getrandbits(128):032X}",
-            "ParentProcessGuid": "{" + f"{host.machine_part}-0000-0000-0000-000000000001" + "}",
-            "ParentProcessId": str(self.rng.randint(4, 1000)),
+            "Hashes": hashes,
+            "ParentProcessGuid": parent_guid,
+            "ParentProcessId": str(parent_pid),
             "ParentImage": proc["parent"],
-            "ParentCommandLine": proc["parent"],
+            "ParentCommandLine": parent_command_line,
         }
         event = _envelope(host, ts, SYSMON, SYSMON_CHANNEL, 1, "Process Create (rule: ProcessCreate)")
         event["event_data"] = data

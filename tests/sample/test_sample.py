@@ -50,6 +50,19 @@ def test_the_mix_looks_like_a_fleet() -> None:
     assert any(guid != guid.upper() for _, guid in connects) and any(guid == guid.upper() for _, guid in connects)
 
 
+def test_the_committed_sample_holds_process_chains_for_the_ancestry(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    (sample,) = (ROOT / "sample_data").glob("*.ndjson")
+    lake.land(sample.read_text().splitlines())
+    lake.batch()
+    depths = dict(lake.rows("SELECT depth, count(*) FROM sysmon_process_ancestry GROUP BY ALL"))
+    assert depths[1] > 10 and depths[0] > depths[1]  # most processes' parents started before the sample
+    lineages = {row[0] for row in lake.rows("SELECT lineage FROM sysmon_process_ancestry WHERE depth = 1")}
+    assert {"svchost.exe > rundll32.exe", "cmd.exe > updater.exe"} <= lineages
+    chained = lake.rows("SELECT count(*) FROM sysmon_join_ancestry WHERE connection_lineage LIKE '% > % -> %'")
+    assert chained[0][0] > 10
+
+
 def test_the_committed_sample_is_winlogbeat_6_layout() -> None:
     (sample,) = (ROOT / "sample_data").glob("*.ndjson")
     first = json.loads(sample.read_text().splitlines()[0])
@@ -67,6 +80,14 @@ def test_another_run_into_the_same_folder_continues_record_numbers_time_and_file
     assert not {delivery(e) for e in earlier} & {delivery(e) for e in later}
     assert min(e["@timestamp"] for e in later) > max(e["@timestamp"] for e in earlier)
     assert [p.name for p in write_sample(tmp_path / "fresh", 10, continuing=True)] == ["winlogbeat-000.ndjson"]
+
+
+def test_a_continued_run_with_the_same_seed_reuses_the_processes(tmp_path: Path) -> None:
+    runs = [write_sample(tmp_path, 300, hosts=4, seed=seed, continuing=True)[0] for seed in (5, 5, 6)]
+    guids = [
+        {e["event_data"].get("ProcessGuid") for e in map(json.loads, path.read_text().splitlines())} for path in runs
+    ]
+    assert guids[0] == guids[1] and not (guids[0] - {None}) & guids[2]
 
 
 def test_each_continued_run_lands_new_events(lake: Lake) -> None:
