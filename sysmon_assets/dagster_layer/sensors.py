@@ -1,8 +1,8 @@
 """Request a micro-batch when new bytes land in the landing folder, or when the Kafka consumer lags.
 
 The sensor compares file sizes with its cursor and asks the Dagster instance whether the last batch left lines
-unread (``SYSMON_LANDING_MAX_BYTES``), or asks Kafka for the consumer group's lag; it never opens the lake, so a
-tick costs no catalog work beside a running batch.
+unread (``SYSMON_LANDING_MAX_BYTES``, a last line without newline), or asks Kafka for the consumer group's lag; it
+never opens the lake, so a tick costs no catalog work beside a running batch.
 """
 
 import json
@@ -65,8 +65,8 @@ def evaluate_landing(
 
 
 def runs_that_left_lines(instance: DagsterInstance, ingest_asset: str, shards: int = 1) -> dict[int, str]:
-    """Per shard whose latest ingest stopped at ``SYSMON_LANDING_MAX_BYTES`` with lines left to read: the id of
-    that ingest's run."""
+    """Per shard whose latest ingest left lines to the next batch (``LEFT_FOR_NEXT_BATCH``): the id of that
+    ingest's run."""
     runs = {}
     for shard in range(shards):
         partition = partition_key(shard, shards)
@@ -138,8 +138,8 @@ def landing_sensor(job: "UnresolvedAssetJobDefinition", ingest_asset: str) -> Se
         minimum_interval_seconds=30,
         default_status=DefaultSensorStatus.STOPPED,
         description="Requests a micro-batch when files in SYSMON_LANDING_DIR grow or appear, or the last batch left "
-        "lines unread (SYSMON_LANDING_MAX_BYTES); SYSMON_SOURCE=kafka: when the consumer group lags. With shards, "
-        "one for each shard whose input grew.",
+        "lines for the next (SYSMON_LANDING_MAX_BYTES); SYSMON_SOURCE=kafka: when the consumer group lags. With "
+        "shards, one for each shard whose input grew.",
     )
     def landing(context: SensorEvaluationContext, sysmon: SysmonPipelineResource) -> SensorResult | SkipReason:
         """See :func:`evaluate_landing` and :func:`evaluate_kafka`; the settings are the pipeline resource's."""

@@ -20,7 +20,8 @@ from sysmon_assets.sources.landed_lines import SOURCE_NAME, empty_chunk
 from sysmon_assets.sources.landing_folder import LandingReader
 from sysmon_assets.storage.maintenance import DROPPED_SEQ_TABLE
 
-# the step's note (its asset's metadata) that SYSMON_LANDING_MAX_BYTES left lines of this many files to the next batch
+# the step's note (its asset's metadata): the batch left lines of this many files to the next (stopped at their share of
+# SYSMON_LANDING_MAX_BYTES, or holding back a last line without newline)
 LEFT_FOR_NEXT_BATCH = "files_left_for_next_batch"
 
 
