@@ -82,8 +82,10 @@ def step_metadata(results: list[StepResult], batch_id: int | None) -> dict[str, 
         "offsets_before": MetadataValue.json(main.offsets_before),
         "offsets_after": MetadataValue.json(main.offsets_after),
     }
-    if main.table_rows is not None:  # a view has none
+    if main.table_rows is not None:
         metadata["dagster/row_count"] = main.table_rows
+    else:  # a view: it stores no rows, and counting its query's would run it every batch
+        metadata["view"] = True
     if main.pending is not None:
         metadata["pending_joins"] = main.pending
         metadata["expired_joins"] = main.expired

@@ -38,7 +38,9 @@ def asset_line(name: str, metadata: Mapping[str, object], name_width: int = 0) -
     # a report aligns its lines in columns (name_width), a log line stands alone
     number = 7 if name_width else 0
     parts = [name.ljust(name_width)]
-    if "rows_in" in values:
+    if values.get("view") is True:
+        parts.append("a view: stores no rows")
+    elif "rows_in" in values:
         parts.append(f"{values['rows_in']:>{number}} in {values['rows_written']:>{number}} written")
     parts.extend(f"{key}={value}" for key, value in counts.items())
     return "  ".join(parts).rstrip()

@@ -34,4 +34,5 @@ def test_a_step_that_read_rows_another_model_gave_up_on_reports_how_many() -> No
 
 def test_a_view_reports_no_row_count() -> None:
     metadata = step_metadata([StepResult("sysmon_join_ancestry", table_rows=None)], batch_id=4)
-    assert "dagster/row_count" not in metadata
+    assert "dagster/row_count" not in metadata and metadata["view"] is True
+    assert "view" not in step_metadata([StepResult("sysmon_join", table_rows=0)], batch_id=4)

@@ -68,6 +68,7 @@ def test_the_report_names_the_run_and_its_batch_and_says_per_asset_where_rows_we
     ]
     # in: two connections and a process create; the connection without its create waits for it
     assert by_asset["sysmon_join"].split() == ["3", "in", "1", "written", "pending_joins=1", "expired_joins=0"]
+    assert by_asset["sysmon_join_ancestry"] == "a view: stores no rows"
     # another run of the job is the one reported by default; --run-id picks the first
     with DagsterInstance.get() as instance:
         job.execute_in_process(instance=instance)
