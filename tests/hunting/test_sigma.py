@@ -3,16 +3,18 @@ the reason), a connection's process context, incremental batches, and the conver
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+import sysmon_assets
 from sysmon_assets.hunting import sigma
 from sysmon_assets.settings import DEFAULT_SIGMA_RULES, Settings
 from tests.conftest import T0, Lake, PlanRecorder, network_connect, plan_nodes, process_create, sysmon_event
@@ -782,6 +784,24 @@ OWN_RULE_EVENTS = {
         network_connect("{E8}", "10.0.0.8", event_data={"DestinationPort": "4444", "Image": "C:\\A\\b.exe"})
     ],
 }
+
+
+def test_the_documented_detection_queries_run_and_the_last_day_is_utc(tmp_path: Path) -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "hunting.md").read_text(encoding="utf-8")
+    section = docs.split("\n### Queries\n", 1)[1].split("\n### ", 1)[0]
+    top_rules, severe_of_last_day, by_tag = re.findall(r"```sql\n(.*?)```", section, re.S)
+    lake = Lake(tmp_path)
+    now = datetime.now(UTC).replace(tzinfo=None)
+    office_shell = {"ParentImage": r"C:\Office\WINWORD.EXE"}  # cmd.exe started by Word: a high-level rule's hit
+    for guid, when in (("{RECENT}", now - timedelta(hours=20)), ("{OLD}", now - timedelta(days=2))):
+        lake.land([process_create(guid, utc_time=when.strftime("%Y-%m-%d %H:%M:%S.000"), event_data=office_shell)])
+    lake.batch()
+    assert lake.rows(top_rules)
+    # a session nine hours ahead of UTC reads the same last day (its wall clock would miss the hit of 20 hours ago)
+    with sysmon_assets.connect(lake.settings) as con:
+        con.execute("SET TimeZone = 'Asia/Tokyo'")
+        assert [row[2] for row in con.execute(severe_of_last_day).fetchall()] == ["Office Application Starts A Shell"]
+    assert lake.rows(by_tag) == []  # one host, one rule: no tag with several rules
 
 
 def test_our_own_rules_each_detect_what_they_describe(tmp_path: Path) -> None:
