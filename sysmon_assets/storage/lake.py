@@ -13,8 +13,10 @@ import importlib.util
 import json
 import logging
 import os
+import random
 import re
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -23,7 +25,7 @@ from urllib.parse import urlparse
 import duckdb
 
 from dbt_like.compiler import STATE_SCHEMA
-from dbt_like.concurrency import lost_race, pause_before_retry
+from dbt_like.concurrency import lost_race
 from dbt_like.sql import literal, literals
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.spill import spill_directory
@@ -48,7 +50,11 @@ INLINED_SCHEMAS = (STATE_SCHEMA, "ingest")
 INLINING_OPTION = "data_inlining_row_limit"
 INLINED_ROWS = 1000
 LOG = logging.getLogger(__name__)
-RACE_ATTEMPTS = 10
+# How long opening the lake waits out other writers (a SQLite catalog locked by another writer's transaction, shards
+# creating a new catalog at once), trying again after random pauses of at most RACE_PAUSE_MAX seconds: ten doubling
+# pauses (about 25 s in all) were once not enough for three shards starting together on a loaded machine.
+RACE_SECONDS = 120.0
+RACE_PAUSE_MAX = 2.0
 # Writers opening a new PostgreSQL catalog at once: the slower finds a table another created ("relation ... already
 # exists"), or PostgreSQL refuses its update of a row another changed ("could not serialize access ...").
 CATALOG_RACES = ("already exists", "could not serialize access")
@@ -209,18 +215,22 @@ def _moved_with_its_catalog(settings: Settings, stored_data_path: str) -> bool:
     return Path(stored_data_path).name == data_folder.name and data_folder.is_dir() and any(data_folder.iterdir())
 
 
-def _retry_races(action: Callable[[], object]) -> None:
+def _retry_races(action: Callable[[], object], seconds: float = RACE_SECONDS) -> None:
     """Run ``action``; when shards that open one new lake at once race (a SQLite catalog another writer holds
-    locked, two sessions creating the catalog's tables or setting the same option), wait and run it again."""
-    for attempt in range(1, RACE_ATTEMPTS + 1):
+    locked, two sessions creating the catalog's tables or setting the same option), wait and run it again, for
+    ``seconds`` at most."""
+    deadline = time.monotonic() + seconds
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             action()
             return
         except duckdb.Error as error:
             raced = lost_race(error) or any(sign in str(error) for sign in CATALOG_RACES)
-            if not raced or attempt == RACE_ATTEMPTS:
+            if not raced or time.monotonic() >= deadline:
                 raise
-            pause_before_retry(attempt)
+            time.sleep(random.uniform(0, min(0.05 * 2**attempt, RACE_PAUSE_MAX)))
 
 
 def inlined_rows(settings: Settings) -> int:

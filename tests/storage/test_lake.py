@@ -478,3 +478,23 @@ def test_the_s3_secret_takes_host_and_port_from_the_endpoint_url_and_refuses_wha
     for endpoint in ("localhost:9000", "minio.internal:9000", "https://host:9000/prefix", "ftp://host"):
         with pytest.raises(LakeError, match=r"AWS_ENDPOINT_URL=.* is not an endpoint"):
             s3_secret("s3://bucket/lake/", {"AWS_ENDPOINT_URL": endpoint})
+
+
+def test_opening_the_lake_waits_out_a_locked_catalog_in_bounded_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sysmon_assets.storage import lake as lake_module
+
+    pauses: list[float] = []
+    monkeypatch.setattr(lake_module.time, "sleep", pauses.append)
+    failures = iter(range(20))
+
+    def fails(message: str, times: int | None = None) -> None:
+        if times is None or next(failures, times) < times:
+            raise duckdb.IOException(message)
+
+    lake_module._retry_races(lambda: fails("database is locked", times=20))
+    assert len(pauses) == 20 and max(pauses) <= lake_module.RACE_PAUSE_MAX
+    # past its time, or for an error that is no race, it gives up with the error
+    with pytest.raises(duckdb.IOException, match="database is locked"):
+        lake_module._retry_races(lambda: fails("database is locked"), seconds=0)
+    with pytest.raises(duckdb.IOException, match="disk full"):
+        lake_module._retry_races(lambda: fails("disk full"))
