@@ -33,9 +33,11 @@ def lost_race(error: duckdb.Error) -> bool:
     return isinstance(error, duckdb.TransactionException) or any(sign in str(error) for sign in RACE_SIGNS)
 
 
-def pause_before_retry(attempt: int) -> None:
-    """A random pause that grows with the attempt, so racing writers spread out."""
-    time.sleep(random.uniform(0, 0.05 * 2**attempt))
+def pause_before_retry(attempt: int, longest: float | None = None) -> None:
+    """A random pause that grows with the attempt (up to ``longest`` seconds, if given), so racing writers spread
+    out."""
+    bound = 0.05 * 2**attempt
+    time.sleep(random.uniform(0, bound if longest is None else min(bound, longest)))
 
 
 def rollback(con: Connection) -> None:

@@ -13,7 +13,6 @@ import importlib.util
 import json
 import logging
 import os
-import random
 import re
 import sqlite3
 import time
@@ -25,7 +24,7 @@ from urllib.parse import urlparse
 import duckdb
 
 from dbt_like.compiler import STATE_SCHEMA
-from dbt_like.concurrency import lost_race
+from dbt_like.concurrency import lost_race, pause_before_retry
 from dbt_like.sql import literal, literals
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.spill import spill_directory
@@ -230,7 +229,7 @@ def _retry_races(action: Callable[[], object], seconds: float = RACE_SECONDS) ->
             raced = lost_race(error) or any(sign in str(error) for sign in CATALOG_RACES)
             if not raced or time.monotonic() >= deadline:
                 raise
-            time.sleep(random.uniform(0, min(0.05 * 2**attempt, RACE_PAUSE_MAX)))
+            pause_before_retry(attempt, RACE_PAUSE_MAX)
 
 
 def inlined_rows(settings: Settings) -> int:
