@@ -55,21 +55,24 @@ def _share(value: float) -> str | None:
     return None if math.isfinite(value) and 0 <= value <= 1 else "expected a number from 0 to 1"
 
 
+MEMORY_AMOUNT = "a number and a unit: KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), e.g. 4GB"
+
+
 @lru_cache(maxsize=8)
-def _memory_limit_error(text: str) -> str | None:
-    """DuckDB's own complaint about a memory limit, from a throwaway in-memory connection (None: it is usable)."""
+def _memory_limit(value: str | None) -> str | None:
+    """What is wrong with a memory limit, tried on a throwaway in-memory connection (None: unset or usable). DuckDB's
+    own words are not passed on: for a value without a number they are cut short ("(e.g. SET memory_limit=1GB")."""
+    if value is None:
+        return None
     try:
-        with duckdb.connect(":memory:", config={"memory_limit": text}) as con:
+        with duckdb.connect(":memory:", config={"memory_limit": value}) as con:
             # reading the setting back allocates: a limit that overflowed to 0 bytes fails here, not mid-batch
             con.execute("SELECT current_setting('memory_limit')").fetchall()
-    except duckdb.Error as error:
-        return str(error).splitlines()[0]
+    except duckdb.OutOfMemoryException:
+        return f"no query runs under it (too small, or so large that it overflows); expected {MEMORY_AMOUNT}"
+    except duckdb.Error:
+        return f"expected {MEMORY_AMOUNT}"
     return None
-
-
-def _memory_limit(value: str | None) -> str | None:
-    error = _memory_limit_error(value) if value is not None else None
-    return f"{error} (e.g. 4GB)" if error else None
 
 
 def _rules_folder(value: Path) -> str | None:

@@ -94,6 +94,24 @@ def test_values_out_of_range_are_refused_up_front_naming_the_variable(variable: 
         Settings.from_env({variable: value})
 
 
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("lots", "expected a number and a unit: KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB"),
+        ("80%", "expected a number and a unit"),
+        ("1B", "no query runs under it (too small, or so large that it overflows)"),
+        ("1e30GB", "no query runs under it"),
+    ],
+)
+def test_a_bad_memory_limit_is_explained_in_our_words(value: str, problem: str) -> None:
+    # DuckDB's own text for "lots" ends "(e.g. SET memory_limit=1GB", its parenthesis never closed
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"SYSMON_DUCKDB_MEMORY_LIMIT": value})
+    assert str(refused.value).startswith(f"SYSMON_DUCKDB_MEMORY_LIMIT={value!r}: ")
+    assert problem in str(refused.value)
+    assert "Error" not in str(refused.value)
+
+
 def test_the_bounds_themselves_are_accepted() -> None:
     settings = Settings.from_env(
         {
