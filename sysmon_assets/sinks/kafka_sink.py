@@ -31,6 +31,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from dbt_like import table_exists
 from dbt_like.sql import first_row, literal, literals, scalar
+from sysmon_assets.kafka_client import client_config, serve_log
 from sysmon_assets.settings import Settings
 
 LOG = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ class JoinSink:
         rows = con.execute(_message_sql(con, after, through)).fetchall()
         pipeline_id = self._pipeline_id(con).encode()
         producer = self.producer_factory(
-            {**self.settings.kafka_client_config(), "enable.idempotence": True, "acks": "all", "linger.ms": 20}
+            {**client_config(self.settings), "enable.idempotence": True, "acks": "all", "linger.ms": 20}
         )
         failures: list[str] = []
         last_offsets: dict[int, int] = {}
@@ -215,7 +216,7 @@ class JoinSink:
     def _consumer(self) -> Consumer:
         return self.consumer_factory(
             {
-                **self.settings.kafka_client_config(),
+                **client_config(self.settings),
                 "group.id": f"{self.settings.kafka_group}-sink-check",
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
@@ -235,6 +236,7 @@ class JoinSink:
                 for p in metadata.partitions
             }
         except KafkaException as error:
+            serve_log(consumer)
             raise KafkaSinkError(
                 f"reading the end offsets of {self.topic} at {self.settings.kafka_bootstrap}: {error}"
             ) from error
@@ -288,6 +290,7 @@ class JoinSink:
                     if headers.get("sysmon_pipeline") == pipeline_id:
                         found.add((int(headers["sysmon_batch_id"]), int(headers["sysmon_seq"])))
         except KafkaException as error:
+            serve_log(consumer)
             raise KafkaSinkError(f"reading back {self.topic} at {self.settings.kafka_bootstrap}: {error}") from error
         finally:
             consumer.close()

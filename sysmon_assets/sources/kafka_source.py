@@ -37,6 +37,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from dbt_like.sql import literal, literals
+from sysmon_assets.kafka_client import client_config, serve_log
 from sysmon_assets.settings import Settings
 from sysmon_assets.sources.arrow_columns import bytes_array, dictionary_strings, int_array, strings_array
 from sysmon_assets.sources.landed_lines import KAFKA_LINES_SCHEMA, SOURCE_NAME
@@ -89,7 +90,7 @@ class PartitionProgress:
 def consumer_config(settings: Settings) -> dict[str, Any]:
     """librdkafka consumer settings: manual offsets, end-of-partition events, no auto commit."""
     return {
-        **settings.kafka_client_config(),
+        **client_config(settings),
         "group.id": settings.kafka_group,
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
@@ -105,6 +106,7 @@ def topic_partitions(consumer: Consumer, settings: Settings, topic: str) -> list
     try:
         metadata = consumer.list_topics(topic, timeout=15).topics.get(topic)
     except KafkaException as error:
+        serve_log(consumer)
         raise KafkaSourceError(f"cannot read the metadata of {where}: {error}") from error
     if metadata is None or metadata.error is not None or not metadata.partitions:
         reason = metadata.error if metadata is not None else "not listed"
@@ -120,7 +122,7 @@ def topic_partitions(consumer: Consumer, settings: Settings, topic: str) -> list
 def topic_id(settings: Settings, topic: str) -> str | None:
     """``topic``'s id: a topic deleted and created again under its name gets a new one (Kafka 2.8 and later).
     None when the broker has none, or does not say: a recreated topic is then told by its offsets alone."""
-    admin = AdminClient(settings.kafka_client_config())
+    admin = AdminClient(client_config(settings))
     try:
         described = admin.describe_topics(TopicCollection([topic]))[topic].result(timeout=15)
     except KafkaException as error:

@@ -1,0 +1,55 @@
+"""Settings every Kafka client of the pipeline shares, and librdkafka's own log routed through Python's logging.
+
+Left to itself librdkafka writes its log to stderr from its own threads: with a broker that refuses connections that
+is one identical "Connection refused" line every 50 ms, about 290 before a 15 s metadata request gives up and the
+pipeline's one-line error follows. Handed a Python logger, librdkafka queues its lines until the client is served
+(``poll``, ``consume``, ``flush``), and here each distinct line is logged at most once a minute.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any, Protocol
+
+from sysmon_assets.settings import Settings
+
+LIBRDKAFKA_LOG = logging.getLogger("sysmon_assets.librdkafka")
+REPEAT_AFTER_SECONDS = 60.0
+# lines that carry offsets or timestamps never repeat: the memory of lines seen is dropped past this many
+MAX_REMEMBERED = 1000
+
+
+class OncePerMinute(logging.Filter):
+    """Passes a record unless the same text passed in the last ``REPEAT_AFTER_SECONDS``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.last_passed: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text, now = record.getMessage(), time.monotonic()
+        if now - self.last_passed.get(text, -math.inf) < REPEAT_AFTER_SECONDS:
+            return False
+        if len(self.last_passed) >= MAX_REMEMBERED:
+            self.last_passed.clear()
+        self.last_passed[text] = now
+        return True
+
+
+LIBRDKAFKA_LOG.addFilter(OncePerMinute())
+
+
+class Served(Protocol):
+    def poll(self, timeout: float) -> Any: ...
+
+
+def client_config(settings: Settings) -> dict[str, Any]:
+    """librdkafka settings of a consumer, producer or admin client: ``settings.kafka_client_config()`` plus the log."""
+    return {**settings.kafka_client_config(), "logger": LIBRDKAFKA_LOG}
+
+
+def serve_log(client: Served) -> None:
+    """Log what librdkafka has queued (the cause of a failed request: "Connection refused", a TLS error, ...)."""
+    client.poll(0)

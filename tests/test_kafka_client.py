@@ -1,0 +1,54 @@
+import logging
+import socket
+
+import pytest
+from confluent_kafka import Consumer, KafkaException
+
+import sysmon_assets.kafka_client as kafka_client
+from sysmon_assets.kafka_client import LIBRDKAFKA_LOG, OncePerMinute, client_config, serve_log
+from sysmon_assets.settings import Settings
+
+
+def _record(text: str) -> logging.LogRecord:
+    return logging.LogRecord("sysmon_assets.librdkafka", logging.ERROR, __file__, 1, text, None, None)
+
+
+def test_a_line_passes_once_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(kafka_client.time, "monotonic", lambda: clock[0])
+    once = OncePerMinute()
+    assert once.filter(_record("Connection refused"))
+    assert once.filter(_record("another line"))
+    clock[0] += 59
+    assert not once.filter(_record("Connection refused"))
+    clock[0] += 2
+    assert once.filter(_record("Connection refused"))
+
+
+def test_the_memory_of_lines_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(kafka_client, "MAX_REMEMBERED", 3)
+    once = OncePerMinute()
+    for offset in range(10):
+        assert once.filter(_record(f"fetch at offset {offset}"))
+    assert len(once.last_passed) <= 3
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_an_unreachable_broker_is_logged_once_with_its_cause(caplog: pytest.LogCaptureFixture) -> None:
+    # left to itself librdkafka printed this refusal to stderr every 50 ms (about 290 lines in 15 s)
+    port = _closed_port()
+    settings = Settings.from_env({"SYSMON_SOURCE": "kafka", "SYSMON_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}"})
+    consumer = Consumer({**client_config(settings), "group.id": "unreachable"})
+    try:
+        with caplog.at_level(logging.DEBUG, logger=LIBRDKAFKA_LOG.name), pytest.raises(KafkaException):
+            consumer.list_topics("winlogbeat", timeout=3)
+        serve_log(consumer)
+    finally:
+        consumer.close()
+    refusals = [r for r in caplog.records if f"127.0.0.1:{port} failed: Connection refused" in r.getMessage()]
+    assert len(refusals) == 1
