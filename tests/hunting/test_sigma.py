@@ -789,19 +789,23 @@ OWN_RULE_EVENTS = {
 def test_the_documented_detection_queries_run_and_the_last_day_is_utc(tmp_path: Path) -> None:
     docs = (Path(__file__).resolve().parents[2] / "docs" / "hunting.md").read_text(encoding="utf-8")
     section = docs.split("\n### Queries\n", 1)[1].split("\n### ", 1)[0]
-    top_rules, severe_of_last_day, by_tag = re.findall(r"```sql\n(.*?)```", section, re.S)
+    top_rules, severe_of_last_day, hosts_with_several_rules = re.findall(r"```sql\n(.*?)```", section, re.S)
     lake = Lake(tmp_path)
     now = datetime.now(UTC).replace(tzinfo=None)
     office_shell = {"ParentImage": r"C:\Office\WINWORD.EXE"}  # cmd.exe started by Word: a high-level rule's hit
     for guid, when in (("{RECENT}", now - timedelta(hours=20)), ("{OLD}", now - timedelta(days=2))):
         lake.land([process_create(guid, utc_time=when.strftime("%Y-%m-%d %H:%M:%S.000"), event_data=office_shell)])
+    encoded = {"Image": r"C:\W\powershell.exe"}  # with -enc: a medium rule's hit
+    lake.land([process_create("{ENCODED}", "powershell.exe -enc SQBFAFgA", event_data=encoded)])
+    lake.land([process_create("{ELSEWHERE}", "powershell.exe -enc SQBFAFgA", event_data=encoded, computer="HOST2")])
     lake.batch()
     assert lake.rows(top_rules)
     # a session nine hours ahead of UTC reads the same last day (its wall clock would miss the hit of 20 hours ago)
     with sysmon_assets.connect(lake.settings) as con:
         con.execute("SET TimeZone = 'Asia/Tokyo'")
         assert [row[2] for row in con.execute(severe_of_last_day).fetchall()] == ["Office Application Starts A Shell"]
-    assert lake.rows(by_tag) == []  # one host, one rule: no tag with several rules
+    # the host where two rules fired (the other host had one), with each rule's technique once
+    assert lake.rows(hosts_with_several_rules) == [("HOST1.corp", 2, 3, ["attack.t1059.001", "attack.t1566.001"])]
 
 
 def test_our_own_rules_each_detect_what_they_describe(tmp_path: Path) -> None:
