@@ -193,15 +193,27 @@ def _attach_same_folder(
         con.execute(attach_statement(settings, read_only, snapshot))
     except duckdb.Error as error:
         mismatch = DATA_PATH_MISMATCH.search(str(error))
-        local = mismatch is not None and is_local(mismatch["stored"]) and is_local(settings.data_path)
-        if not local:
+        if mismatch is None:
             raise
-        if os.path.realpath(mismatch["stored"]) == os.path.realpath(settings.data_path):
+        local = is_local(mismatch["stored"]) and is_local(settings.data_path)
+        if local and os.path.realpath(mismatch["stored"]) == os.path.realpath(settings.data_path):
             con.execute(attach_statement(settings, read_only, snapshot, mismatch["stored"]))
-        elif _moved_with_its_catalog(settings, mismatch["stored"]):
+        elif local and _moved_with_its_catalog(settings, mismatch["stored"]):
             con.execute(attach_statement(settings, read_only, snapshot, override_data_path=True))
         else:
-            raise
+            raise _data_path_refused(settings, mismatch["stored"]) from error
+
+
+def _data_path_refused(settings: Settings, stored_data_path: str) -> LakeError:
+    """The refusal of a data path the catalog does not keep its files at, in the pipeline's settings (DuckLake's own
+    advice, its OVERRIDE_DATA_PATH option, is no setting of the pipeline's)."""
+    given = "SYSMON_LAKE_DATA_PATH" if settings.lake_data_path is not None else "the default under SYSMON_DATA_DIR"
+    return LakeError(
+        f"cannot open the lake (catalog {settings.catalog}, data {settings.data_path}): its catalog keeps its data "
+        f"files at {stored_data_path}, not at {settings.data_path} ({given}): set "
+        f"SYSMON_LAKE_DATA_PATH={stored_data_path} to open it, or point SYSMON_LAKE_CATALOG (or SYSMON_DATA_DIR) at "
+        "the catalog of the lake you mean"
+    )
 
 
 def _moved_with_its_catalog(settings: Settings, stored_data_path: str) -> bool:

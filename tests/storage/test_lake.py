@@ -329,8 +329,10 @@ def test_a_lake_whose_catalog_stored_a_relative_folder_opens_by_either_form_but_
     with open_lake(relative, read_only=True) as con:
         assert con.execute("SELECT x FROM t ORDER BY x").fetchall() == [(1,), (2,), (2,)]
     elsewhere = Settings(landing_dir=Path("landing"), data_dir=Path("data"), lake_data_path=str(tmp_path / "other"))
-    with pytest.raises(LakeError, match="does not match existing data path"), open_lake(elsewhere):
+    with pytest.raises(LakeError) as refused, open_lake(elsewhere):
         pass
+    assert "its catalog keeps its data files at data/lake_files/, not at " in str(refused.value)
+    assert "(SYSMON_LAKE_DATA_PATH): set SYSMON_LAKE_DATA_PATH=data/lake_files/ to open it" in str(refused.value)
 
 
 def test_the_default_lake_moved_or_copied_whole_opens_from_its_new_folder(tmp_path: Path) -> None:
@@ -359,8 +361,13 @@ def test_a_forgotten_data_path_named_like_the_default_is_refused_not_written_bes
     custom.land([process_create("{A}"), network_connect("{A}")])
     custom.batch()
     forgotten = Settings(landing_dir=custom.landing, data_dir=custom.data)
-    with pytest.raises(LakeError, match="does not match existing data path"), open_lake(forgotten):
+    with pytest.raises(LakeError) as refused, open_lake(forgotten):
         pass
+    # DuckLake's own advice (its OVERRIDE_DATA_PATH option) is no setting of the pipeline's: ours names the setting
+    assert f"(the default under SYSMON_DATA_DIR): set SYSMON_LAKE_DATA_PATH={custom.settings.data_path} " in str(
+        refused.value
+    )
+    assert "OVERRIDE_DATA_PATH" not in str(refused.value)
     assert not list((custom.data / "lake_files").iterdir())
 
 
