@@ -30,6 +30,8 @@ from sysmon_assets.settings import Settings
 from sysmon_assets.storage.spill import spill_directory
 
 LAKE = "lake"
+# the database DuckDB attaches DuckLake's catalog as, beside the lake
+CATALOG_DATABASE = f"__ducklake_metadata_{LAKE}"
 EXTENSIONS_PACKAGE = "duckdb_ext"
 # Rows per Parquet row group: each thread writing a table holds one in memory (see _set_options).
 ROW_GROUP_ROWS = 65536
@@ -373,9 +375,23 @@ def commit_note(con: duckdb.DuckDBPyConnection, note: Mapping[str, object]) -> N
 def last_complete_batch(con: duckdb.DuckDBPyConnection) -> tuple[int, int] | None:
     """``(batch_id, snapshot_id)`` of the newest batch whose every step has committed, as far as ``con`` sees
     (a lake attached at a snapshot sees none after it), or None."""
+    return _batch_completed(con, "true")
+
+
+def batch_snapshot(con: duckdb.DuckDBPyConnection, batch_id: int) -> tuple[int, int] | None:
+    """``(batch_id, snapshot_id)`` of the snapshot that completed batch ``batch_id``, or None."""
+    return _batch_completed(con, f"CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT) = {literal(batch_id)}")
+
+
+def _batch_completed(con: duckdb.DuckDBPyConnection, condition: str) -> tuple[int, int] | None:
+    """The newest snapshot ``con`` sees whose commit note completes a batch and meets ``condition`` (SQL), as
+    ``(batch_id, snapshot_id)``. The notes are read from the catalog's own table: ``ducklake_snapshots()`` lists
+    every snapshot with its changes, at about 20 µs each (measured: docs/storage.md), and a week of one-minute
+    batches keeps some 100,000 snapshots."""
     row = con.execute(
-        f"SELECT CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT), snapshot_id FROM ducklake_snapshots('{LAKE}') "
-        "WHERE commit_extra_info::JSON->>'batch_complete' = 'true' "
+        "SELECT CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT), snapshot_id "
+        f"FROM {CATALOG_DATABASE}.ducklake_snapshot_changes "
+        f"WHERE commit_extra_info::JSON->>'batch_complete' = 'true' AND {condition} "
         f"AND snapshot_id <= (SELECT * FROM ducklake_current_snapshot('{LAKE}')) ORDER BY snapshot_id DESC LIMIT 1"
     ).fetchone()
     return (row[0], row[1]) if row else None
@@ -384,17 +400,6 @@ def last_complete_batch(con: duckdb.DuckDBPyConnection) -> tuple[int, int] | Non
 def current_snapshot(con: duckdb.DuckDBPyConnection) -> int:
     """The id of the lake's newest snapshot."""
     return con.execute(f"SELECT * FROM ducklake_current_snapshot('{LAKE}')").fetchone()[0]
-
-
-def batch_snapshot(con: duckdb.DuckDBPyConnection, batch_id: int) -> tuple[int, int] | None:
-    """``(batch_id, snapshot_id)`` of the snapshot that completed batch ``batch_id``, or None."""
-    row = con.execute(
-        f"SELECT snapshot_id FROM ducklake_snapshots('{LAKE}') "
-        "WHERE commit_extra_info::JSON->>'batch_complete' = 'true' "
-        f"AND CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT) = {literal(batch_id)} "
-        "ORDER BY snapshot_id DESC LIMIT 1"
-    ).fetchone()
-    return (batch_id, row[0]) if row else None
 
 
 def connect(settings: Settings | None = None, batch_id: int | None = None) -> duckdb.DuckDBPyConnection:
