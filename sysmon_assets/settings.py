@@ -203,7 +203,8 @@ class Settings:
     snapshot_retention_days: float = setting(
         7.0,
         "SYSMON_SNAPSHOT_RETENTION_DAYS",
-        "maintenance expires older snapshots (time travel reaches this far back)",
+        "maintenance expires the batches' snapshots older than this (time travel to a batch reaches this far back); "
+        "the snapshots between two batches go after an hour",
         check=lambda days: None if 0 < days < 36500 else "expected 0 < days",
     )
     event_retention_days: float = setting(

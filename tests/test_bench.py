@@ -3,6 +3,7 @@ small run of one of its modes end to end, so that a change to the project cannot
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,20 @@ def test_the_benchmark_runs_a_mode_end_to_end(tmp_path: Path) -> None:
     command = [sys.executable, "bench/benchmark.py", "--small-files", "3", "--repeat", "1", "--workdir", str(tmp_path)]
     printed = subprocess.run(command, cwd=root, capture_output=True, text=True, check=True)
     assert "SMALL FILES: 3 files" in printed.stdout
+
+
+def test_the_catalog_growth_script_runs_end_to_end(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    sizes = ["--commits", "40", "--every", "20", "--maintain-every", "20"]
+    command = [sys.executable, "bench/catalog_growth.py", *sizes, "--workdir", str(tmp_path)]
+    printed = subprocess.run(command, cwd=root, capture_output=True, text=True, check=True)
+    figures = [json.loads(line) for line in printed.stdout.splitlines() if line.startswith("{")]
+    assert [f["at"] for f in figures] == [
+        "0 commits",
+        "20 commits",
+        "40 commits",
+        "the snapshots between batches expired",
+        "every snapshot but the newest expired",
+    ]
+    assert figures[3]["snapshots"] < figures[2]["snapshots"] // 3  # every tenth commit completes a batch
+    assert figures[4]["snapshots"] <= 2

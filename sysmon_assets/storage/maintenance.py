@@ -32,6 +32,10 @@ DROPPED_SEQ_TABLE = "ingest.dropped_seq"
 RETENTION_DDL = f"CREATE SCHEMA IF NOT EXISTS ingest; CREATE TABLE IF NOT EXISTS {DROPPED_SEQ_TABLE} (seq BIGINT);"
 # Snapshot ids per expiry call: the catalog query lists them all (a week of one-minute batches is ~100,000).
 EXPIRED_PER_CALL = 5000
+# How long the snapshots between two batch boundaries (one per step) are kept: readers read boundaries only, and
+# every transaction's catalog work grows with the snapshots kept (measured: docs/storage.md, "Maintenance"), so
+# they go long before the retention; an hour is far longer than any transaction of a batch lasts.
+BETWEEN_BATCHES_KEPT = timedelta(hours=1)
 
 
 @dataclass
@@ -82,17 +86,22 @@ def drop_old_events(con: duckdb.DuckDBPyConnection, older_than: datetime) -> dic
     return dropped
 
 
-def _expire_snapshots(con: duckdb.DuckDBPyConnection, older_than: datetime) -> None:
-    """Expire the snapshots taken before ``older_than``, but never the one the last complete batch left (readers
-    read it) nor a later one. The ids are chosen here, by DuckDB's comparison of the snapshots' times: given
-    ``older_than``, DuckLake 0.3 (3f1b372) with a SQLite catalog also expired snapshots taken after it."""
+def _expire_snapshots(
+    con: duckdb.DuckDBPyConnection, older_than: datetime, between_batches_older_than: datetime
+) -> None:
+    """Expire the snapshots taken before ``older_than``, and those that complete no batch taken before
+    ``between_batches_older_than``, but never the one the last complete batch left (readers read it) nor a later
+    one. The ids are chosen here, by DuckDB's comparison of the snapshots' times: given ``older_than``, DuckLake 0.3
+    (3f1b372) with a SQLite catalog also expired snapshots taken after it."""
     boundary = last_complete_batch(con)
     kept_from = boundary[1] if boundary else current_snapshot(con)
     expired = [
         snapshot_id
         for (snapshot_id,) in con.execute(
             f"SELECT snapshot_id FROM ducklake_snapshots('{LAKE}') WHERE snapshot_id < {literal(kept_from)} "
-            f"AND snapshot_time < CAST({literal(older_than)} AS TIMESTAMPTZ) ORDER BY snapshot_id"
+            f"AND (snapshot_time < CAST({literal(older_than)} AS TIMESTAMPTZ) "
+            f"OR snapshot_time < CAST({literal(between_batches_older_than)} AS TIMESTAMPTZ) "
+            "AND coalesce(commit_extra_info::JSON->>'batch_complete', '') <> 'true') ORDER BY snapshot_id"
         ).fetchall()
     ]
     for start in range(0, len(expired), EXPIRED_PER_CALL):
@@ -113,7 +122,7 @@ def maintain(
         con.execute(f"CALL ducklake_flush_inlined_data('{LAKE}', schema_name => {literal(schema)})")
     con.execute(f"CALL ducklake_rewrite_data_files('{LAKE}')")
     con.execute(f"CALL ducklake_merge_adjacent_files('{LAKE}')")
-    _expire_snapshots(con, now - timedelta(days=snapshot_retention_days))
+    _expire_snapshots(con, now - timedelta(days=snapshot_retention_days), now - BETWEEN_BATCHES_KEPT)
     upkeep.files_deleted = len(
         con.execute(f"CALL ducklake_cleanup_old_files('{LAKE}', cleanup_all => true)").fetchall()
     )

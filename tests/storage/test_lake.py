@@ -231,6 +231,35 @@ def test_snapshot_retention_expires_old_snapshots_and_deletes_their_files(lake: 
     assert upkeeps[1].files_deleted > 0 and on_disk[1] > 0  # fewer files on disk after the second run
 
 
+def test_maintenance_keeps_every_batchs_snapshot_and_expires_those_between_after_an_hour(
+    lake: Lake, tmp_path: Path
+) -> None:
+    counts = {batch_id: table_counts(lake) for batch_id in in_batches(lake, sample_lines(tmp_path, 900), 3)}
+
+    def snapshots() -> list[tuple[int, bool]]:
+        with open_lake(lake.settings, read_only=True) as con:
+            return con.execute(
+                "SELECT snapshot_id, coalesce(commit_extra_info::JSON->>'batch_complete' = 'true', false) "
+                "FROM ducklake_snapshots('lake') ORDER BY 1"
+            ).fetchall()
+
+    taken = snapshots()
+    with open_lake(lake.settings) as con:
+        maintain(con, utc_now(), snapshot_retention_days=7, event_retention_days=None)
+    kept_young = snapshots()
+    assert {s for s, _ in taken} <= {s for s, _ in kept_young}  # younger than an hour: all kept
+    with open_lake(lake.settings) as con:
+        maintain(con, utc_now() + timedelta(hours=2), snapshot_retention_days=7, event_retention_days=None)
+    kept = snapshots()
+    boundaries = [s for s, completes in taken if completes]
+    # before the last batch's boundary only the boundaries stay; from it on, everything
+    assert [s for s, _ in kept if s < boundaries[-1]] == boundaries[:-1]
+    assert len(kept) < len(taken) // 3
+    for batch_id, expected in counts.items():  # every batch still reads as it was
+        with connect(lake.settings, batch_id=batch_id) as con:
+            assert dict(con.execute(COUNTS).fetchall()) == expected
+
+
 def test_event_retention_empties_every_stream_but_not_the_keyed_tables(lake: Lake, tmp_path: Path) -> None:
     lines = sample_lines(tmp_path, 600)
     list(in_batches(lake, lines, 2))
