@@ -1,17 +1,18 @@
 """How a lake's per-transaction cost grows with the snapshots its catalog keeps.
 
-    python bench/catalog_growth.py --commits 20000 --every 5000 --maintain-every 1000
+    python bench/catalog_growth.py --commits 10000 --every 2500 --maintain-every 100
 
-A one-minute pipeline commits about ten snapshots a batch (one per step): some 100,000 in the seven days of
-snapshots the default retention keeps. This script commits ``--commits`` transactions into a fresh lake under
-``--workdir``, opened as the project opens it (the default catalog: SQLite), each shaped like a step: read the
-newest rows of a table by batch id, append ten rows of thirty columns to it (a data file), replace a bookkeeping
-row (inlined in the catalog, as the pipeline's are), label the snapshot (every tenth completes a batch); with a
-maintenance run (``maintain``: inlined rows flushed, files merged, unreferenced files deleted; no snapshot is old
-enough to expire) every ``--maintain-every`` commits. At the start and every ``--every`` commits it prints the
-medians of: one such transaction, one read of the bookkeeping table alone, ``last_complete_batch`` (what
-``connect()`` and maintenance read), ``ducklake_snapshots()`` listed whole, and ``connect()``. Then the same once
-the snapshots between batch boundaries have expired, and once every snapshot but the newest has.
+A one-minute pipeline commits about ten snapshots a batch (one per step): some 100,000 in seven days. This script
+commits ``--commits`` transactions into a fresh lake under ``--workdir``, opened as the project opens it (the
+default catalog: SQLite), each shaped like a step: read the newest rows of a table by batch id, append ten rows of
+thirty columns to it (a data file), replace a bookkeeping row (inlined in the catalog, as the pipeline's are),
+label the snapshot (every tenth completes a batch); with a maintenance run (``maintain``: inlined rows flushed,
+files merged, unreferenced files deleted; no snapshot is old enough to expire) every ``--maintain-every`` commits
+(ten batches: every ten minutes, as the schedule runs it). At the start and every ``--every`` commits, just after a
+maintenance run, it prints the medians of: one such transaction, one read of the bookkeeping table alone,
+``last_complete_batch`` (what ``connect()`` and maintenance read), ``ducklake_snapshots()`` listed whole, and
+``connect()``. Then the same once the snapshots between batch boundaries have expired (as maintenance expires them
+an hour on), and once every snapshot but the newest has.
 """
 
 from __future__ import annotations
@@ -104,9 +105,9 @@ def _expire(con: duckdb.DuckDBPyConnection, snapshots: list[int] | None) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--commits", type=int, default=20_000)
-    parser.add_argument("--every", type=int, default=5_000)
-    parser.add_argument("--maintain-every", type=int, default=1_000)
+    parser.add_argument("--commits", type=int, default=10_000)
+    parser.add_argument("--every", type=int, default=2_500)
+    parser.add_argument("--maintain-every", type=int, default=100)
     parser.add_argument("--workdir", type=Path, default=Path("bench/out"))
     args = parser.parse_args()
     data = args.workdir / "catalog-growth"
@@ -121,10 +122,10 @@ def main() -> None:
         con.execute(f"CREATE TABLE events (batch_id BIGINT, {text_columns})")
         _step(con, 0, True)  # a first complete batch, so that connect() opens
         for n in range(args.commits + 1):
-            if n % args.every == 0:
-                _measure(con, settings, f"{n} commits", lambda: next(counter))
             if n and n % args.maintain_every == 0:
                 maintain(con, datetime.now(UTC).replace(tzinfo=None), 7, None)
+            if n % args.every == 0:  # just after a maintenance run when ``every`` is a multiple of its period
+                _measure(con, settings, f"{n} commits", lambda: next(counter))
             _step(con, n, n % STEPS_PER_BATCH == STEPS_PER_BATCH - 1)
         _step(con, next(counter), True)
         _expire(con, _between_batches(con))
