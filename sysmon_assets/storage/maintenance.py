@@ -5,7 +5,7 @@ job (``jobs.py``) on its schedule."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import duckdb
 
@@ -86,6 +86,11 @@ def drop_old_events(con: duckdb.DuckDBPyConnection, older_than: datetime) -> dic
     return dropped
 
 
+def _instant(utc: datetime) -> str:
+    """A naive UTC time as a TIMESTAMPTZ literal: cast, it would be read in the session's time zone (the host's)."""
+    return literal(utc.replace(tzinfo=UTC))
+
+
 def _expire_snapshots(
     con: duckdb.DuckDBPyConnection, older_than: datetime, between_batches_older_than: datetime
 ) -> None:
@@ -99,8 +104,8 @@ def _expire_snapshots(
         snapshot_id
         for (snapshot_id,) in con.execute(
             f"SELECT snapshot_id FROM ducklake_snapshots('{LAKE}') WHERE snapshot_id < {literal(kept_from)} "
-            f"AND (snapshot_time < CAST({literal(older_than)} AS TIMESTAMPTZ) "
-            f"OR snapshot_time < CAST({literal(between_batches_older_than)} AS TIMESTAMPTZ) "
+            f"AND (snapshot_time < {_instant(older_than)} "
+            f"OR snapshot_time < {_instant(between_batches_older_than)} "
             "AND coalesce(commit_extra_info::JSON->>'batch_complete', '') <> 'true') ORDER BY snapshot_id"
         ).fetchall()
     ]

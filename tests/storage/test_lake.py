@@ -11,7 +11,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import closing
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -231,8 +231,9 @@ def test_snapshot_retention_expires_old_snapshots_and_deletes_their_files(lake: 
     assert upkeeps[1].files_deleted > 0 and on_disk[1] > 0  # fewer files on disk after the second run
 
 
+@pytest.mark.parametrize("time_zone", ["UTC", "America/New_York", "Asia/Tokyo"])
 def test_maintenance_keeps_every_batchs_snapshot_and_expires_those_between_after_an_hour(
-    lake: Lake, tmp_path: Path
+    lake: Lake, tmp_path: Path, time_zone: str
 ) -> None:
     counts = {batch_id: table_counts(lake) for batch_id in in_batches(lake, sample_lines(tmp_path, 900), 3)}
 
@@ -243,13 +244,16 @@ def test_maintenance_keeps_every_batchs_snapshot_and_expires_those_between_after
                 "FROM ducklake_snapshots('lake') ORDER BY 1"
             ).fetchall()
 
+    def maintain_at(now: datetime) -> None:  # in a session of the given time zone: the times compared are UTC's
+        with open_lake(lake.settings) as con:
+            con.execute(f"SET TimeZone = {literal(time_zone)}")
+            maintain(con, now, snapshot_retention_days=7, event_retention_days=None)
+
     taken = snapshots()
-    with open_lake(lake.settings) as con:
-        maintain(con, utc_now(), snapshot_retention_days=7, event_retention_days=None)
+    maintain_at(utc_now())
     kept_young = snapshots()
     assert {s for s, _ in taken} <= {s for s, _ in kept_young}  # younger than an hour: all kept
-    with open_lake(lake.settings) as con:
-        maintain(con, utc_now() + timedelta(hours=2), snapshot_retention_days=7, event_retention_days=None)
+    maintain_at(utc_now() + timedelta(hours=2))
     kept = snapshots()
     boundaries = [s for s, completes in taken if completes]
     # before the last batch's boundary only the boundaries stay; from it on, everything
