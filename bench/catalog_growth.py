@@ -7,12 +7,12 @@ commits ``--commits`` transactions into a fresh lake under ``--workdir``, opened
 default catalog: SQLite), each shaped like a step: read the newest rows of a table by batch id, append ten rows of
 thirty columns to it (a data file), replace a bookkeeping row (inlined in the catalog, as the pipeline's are),
 label the snapshot (every tenth completes a batch); with a maintenance run (``maintain``: inlined rows flushed,
-files merged, unreferenced files deleted; no snapshot is old enough to expire) every ``--maintain-every`` commits
-(ten batches: every ten minutes, as the schedule runs it). At the start and every ``--every`` commits, just after a
-maintenance run, it prints the medians of: one such transaction, one read of the bookkeeping table alone,
-``last_complete_batch`` (what ``connect()`` and maintenance read), ``ducklake_snapshots()`` listed whole, and
-``connect()``. Then the same once the snapshots between batch boundaries have expired (as maintenance expires them
-an hour on), and once every snapshot but the newest has.
+files merged, unreferenced files deleted; a run shorter than an hour expires no snapshot) every
+``--maintain-every`` commits (ten batches: every ten minutes, as the schedule runs it). At the start and every
+``--every`` commits, just after a maintenance run, it prints the medians of: one such transaction, one read of the
+bookkeeping table alone, ``last_complete_batch`` (what ``connect()`` and maintenance read),
+``ducklake_snapshots()`` listed whole, and ``connect()``. Then the same once the snapshots between batch
+boundaries have expired (as maintenance expires them an hour on), and once every snapshot but the newest has.
 """
 
 from __future__ import annotations

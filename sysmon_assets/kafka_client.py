@@ -3,13 +3,15 @@
 Left to itself librdkafka writes its log to stderr from its own threads: with a broker that refuses connections that
 is one identical "Connection refused" line every 50 ms, about 290 before a 15 s metadata request gives up and the
 pipeline's one-line error follows. Handed a Python logger, librdkafka queues its lines until the client is served
-(``poll``, ``consume``, ``flush``), and here each distinct line is logged at most once a minute.
+(``poll``, ``consume``, ``flush``), and here each distinct line is logged at most once a minute, whichever client
+logs it.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from typing import Any, Protocol
 
@@ -21,15 +23,26 @@ REPEAT_AFTER_SECONDS = 60.0
 MAX_REMEMBERED = 1000
 
 
+# what differs between two clients' or two moments' copies of one line: the client's name, librdkafka's count of
+# the identical lines it left out
+CLIENT_NAME = re.compile(r" \[rdkafka#[a-z]+-\d+\]")
+SUPPRESSED_COUNT = re.compile(r"(, )?\d+ identical error\(s\) suppressed")
+
+
+def _said(line: str) -> str:
+    """The line without what makes copies of it differ."""
+    return SUPPRESSED_COUNT.sub("", CLIENT_NAME.sub("", line))
+
+
 class OncePerMinute(logging.Filter):
-    """Passes a record unless the same text passed in the last ``REPEAT_AFTER_SECONDS``."""
+    """Passes a record unless the same line, from any client, passed in the last ``REPEAT_AFTER_SECONDS``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.last_passed: dict[str, float] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        text, now = record.getMessage(), time.monotonic()
+        text, now = _said(record.getMessage()), time.monotonic()
         if now - self.last_passed.get(text, -math.inf) < REPEAT_AFTER_SECONDS:
             return False
         if len(self.last_passed) >= MAX_REMEMBERED:

@@ -25,6 +25,16 @@ def test_a_line_passes_once_a_minute(monkeypatch: pytest.MonkeyPatch) -> None:
     assert once.filter(_record("Connection refused"))
 
 
+def test_a_line_counts_once_whichever_client_logs_it_and_however_many_copies_librdkafka_left_out() -> None:
+    once = OncePerMinute()
+    refused = "[thrd:b/bootstrap]: b/bootstrap: Connect to ipv4#127.0.0.1:9 failed: Connection refused"
+    assert once.filter(_record(f"FAIL [rdkafka#consumer-1] {refused} (after 0ms in state CONNECT)"))
+    assert not once.filter(_record(f"FAIL [rdkafka#producer-2] {refused} (after 0ms in state CONNECT)"))
+    repeated = f"FAIL [rdkafka#consumer-3] {refused} (after 0ms in state CONNECT, 29 identical error(s) suppressed)"
+    assert not once.filter(_record(repeated))
+    assert once.filter(_record("FAIL [rdkafka#consumer-1] [thrd:b/bootstrap]: another line"))
+
+
 def test_the_memory_of_lines_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kafka_client, "MAX_REMEMBERED", 3)
     once = OncePerMinute()

@@ -126,6 +126,7 @@ def topic_id(settings: Settings, topic: str) -> str | None:
     try:
         described = admin.describe_topics(TopicCollection([topic]))[topic].result(timeout=15)
     except KafkaException as error:
+        serve_log(admin)
         LOG.warning("cannot read the id of topic %s (%s): a recreated topic is told by its offsets alone", topic, error)
         return None
     found = None if described.topic_id is None else str(described.topic_id)

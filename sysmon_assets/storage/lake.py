@@ -210,9 +210,11 @@ def _data_path_refused(settings: Settings, stored_data_path: str) -> LakeError:
     """The refusal of a data path the catalog does not keep its files at, in the pipeline's settings (DuckLake's own
     advice, its OVERRIDE_DATA_PATH option, is no setting of the pipeline's)."""
     given = "SYSMON_LAKE_DATA_PATH" if settings.lake_data_path is not None else "the default under SYSMON_DATA_DIR"
+    relative = is_local(stored_data_path) and not os.path.isabs(stored_data_path)
+    made_from = " (relative to the folder the lake was made from)" if relative else ""
     return LakeError(
         f"cannot open the lake (catalog {settings.catalog}, data {settings.data_path}): its catalog keeps its data "
-        f"files at {stored_data_path}, not at {settings.data_path} ({given}): set "
+        f"files at {stored_data_path}{made_from}, not at {settings.data_path} ({given}): set "
         f"SYSMON_LAKE_DATA_PATH={stored_data_path} to open it, or point SYSMON_LAKE_CATALOG (or SYSMON_DATA_DIR) at "
         "the catalog of the lake you mean"
     )
@@ -386,8 +388,8 @@ def batch_snapshot(con: duckdb.DuckDBPyConnection, batch_id: int) -> tuple[int, 
 def _batch_completed(con: duckdb.DuckDBPyConnection, condition: str) -> tuple[int, int] | None:
     """The newest snapshot ``con`` sees whose commit note completes a batch and meets ``condition`` (SQL), as
     ``(batch_id, snapshot_id)``. The notes are read from the catalog's own table: ``ducklake_snapshots()`` lists
-    every snapshot with its changes, at about 20 µs each (measured: docs/storage.md), and a week of one-minute
-    batches keeps some 100,000 snapshots."""
+    every snapshot with its changes, at about 23 µs each (measured: bench/README.md, "Catalog growth"), and a lake
+    keeps thousands."""
     row = con.execute(
         "SELECT CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT), snapshot_id "
         f"FROM {CATALOG_DATABASE}.ducklake_snapshot_changes "

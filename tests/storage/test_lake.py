@@ -364,7 +364,9 @@ def test_a_lake_whose_catalog_stored_a_relative_folder_opens_by_either_form_but_
     elsewhere = Settings(landing_dir=Path("landing"), data_dir=Path("data"), lake_data_path=str(tmp_path / "other"))
     with pytest.raises(LakeError) as refused, open_lake(elsewhere):
         pass
-    assert "its catalog keeps its data files at data/lake_files/, not at " in str(refused.value)
+    assert "keeps its data files at data/lake_files/ (relative to the folder the lake was made from), not at " in str(
+        refused.value
+    )
     assert "(SYSMON_LAKE_DATA_PATH): set SYSMON_LAKE_DATA_PATH=data/lake_files/ to open it" in str(refused.value)
 
 
