@@ -32,6 +32,8 @@ from sysmon_assets.storage.spill import spill_directory
 LAKE = "lake"
 # the database DuckDB attaches DuckLake's catalog as, beside the lake
 CATALOG_DATABASE = f"__ducklake_metadata_{LAKE}"
+# SQL: the snapshot's commit note (commit_note) says its step completed a batch (NULL for a snapshot without a note)
+COMPLETES_BATCH = "commit_extra_info::JSON->>'batch_complete' = 'true'"
 EXTENSIONS_PACKAGE = "duckdb_ext"
 # Rows per Parquet row group: each thread writing a table holds one in memory (see _set_options).
 ROW_GROUP_ROWS = 65536
@@ -393,7 +395,7 @@ def _batch_completed(con: duckdb.DuckDBPyConnection, condition: str) -> tuple[in
     row = con.execute(
         "SELECT CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT), snapshot_id "
         f"FROM {CATALOG_DATABASE}.ducklake_snapshot_changes "
-        f"WHERE commit_extra_info::JSON->>'batch_complete' = 'true' AND {condition} "
+        f"WHERE {COMPLETES_BATCH} AND {condition} "
         f"AND snapshot_id <= (SELECT * FROM ducklake_current_snapshot('{LAKE}')) ORDER BY snapshot_id DESC LIMIT 1"
     ).fetchone()
     return (row[0], row[1]) if row else None

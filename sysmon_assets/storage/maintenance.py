@@ -11,7 +11,13 @@ import duckdb
 
 from dbt_like import table_exists
 from dbt_like.sql import literal, scalar
-from sysmon_assets.storage.lake import INLINED_SCHEMAS, LAKE, current_snapshot, last_complete_batch
+from sysmon_assets.storage.lake import (
+    COMPLETES_BATCH,
+    INLINED_SCHEMAS,
+    LAKE,
+    current_snapshot,
+    last_complete_batch,
+)
 
 # The stream models' tables, whose old rows a retention drops by the time their batch started (a test checks that
 # every stream model is listed). The keyed tables are left whole: a long-lived process still opens connections long
@@ -106,7 +112,7 @@ def _expire_snapshots(
             f"SELECT snapshot_id FROM ducklake_snapshots('{LAKE}') WHERE snapshot_id < {literal(kept_from)} "
             f"AND (snapshot_time < {_instant(older_than)} "
             f"OR snapshot_time < {_instant(between_batches_older_than)} "
-            "AND coalesce(commit_extra_info::JSON->>'batch_complete', '') <> 'true') ORDER BY snapshot_id"
+            f"AND NOT coalesce({COMPLETES_BATCH}, false)) ORDER BY snapshot_id"
         ).fetchall()
     ]
     for start in range(0, len(expired), EXPIRED_PER_CALL):
