@@ -91,6 +91,8 @@ class StepResult:
     table_rows: int | None = 0  # None for a view: counting its rows would run its whole query every batch
     tests: list[TestResult] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
+    # per stream input the step lags behind: the newest batch it holds, past this transaction's window
+    behind: dict[str, int] = field(default_factory=dict)
 
 
 class _NothingNew(Exception):
@@ -102,6 +104,17 @@ def _unmatched_window_end(newest: int, last_ended: int, before: int) -> int:
     ``last_ended`` batch that ended waits, if later (a batch may end waits and write no row); never ``before``
     where the window starts (the rows read may have been let go of)."""
     return max(newest, last_ended, before)
+
+
+def _carry_over(result: StepResult, earlier: StepResult) -> None:
+    """What the step's ``earlier`` transactions read, kept in ``result``, the figures of its latest transaction (which
+    counts rows on from the earlier ones): where the step started, and what the earlier ones ended and let go of."""
+    result.offsets_before, result.tables_before = earlier.offsets_before, earlier.tables_before
+    if earlier.expired is not None:
+        result.expired = earlier.expired + (result.expired or 0)
+    for upstream, ended in earlier.unmatched_read.items():
+        result.unmatched_read[upstream] = ended + result.unmatched_read.get(upstream, 0)
+    result.unmatched_let_go = list(dict.fromkeys(earlier.unmatched_let_go + result.unmatched_let_go))
 
 
 def _idle(result: StepResult) -> bool:
@@ -235,6 +248,11 @@ class Project:
                     after_commit()
                 return quiet
             checked = self._transaction(con, names, batch, {}, results, before_commit)
+            while any(result.behind for result in results):  # one upstream batch per transaction (see _prepare)
+                so_far = copy.deepcopy(results)
+                self._transaction(con, names, batch, {}, results, before_commit)
+                for result, earlier in zip(results, so_far, strict=True):
+                    _carry_over(result, earlier)
             if after_commit:
                 after_commit()
         else:
@@ -607,7 +625,10 @@ class Project:
         for upstream in inputs:
             # an input added to a model that has run is read from the batches the model has not read yet
             before = result.offsets_before[upstream] = stored.get(upstream, max(stored.values(), default=0))
-            figures.append(f"(SELECT coalesce(max(_batch_id), 0) FROM {upstream} WHERE {self.shard.owns()})")
+            figures.append(
+                f"(SELECT [coalesce(min(_batch_id) FILTER (_batch_id > {before}), 0), coalesce(max(_batch_id), 0)] "
+                f"FROM {upstream} WHERE {self.shard.owns()})"
+            )
             if upstream in self.models[name].unmatched:
                 figures.append(
                     f"(SELECT [coalesce(max(batch_id) FILTER (batch_id > {before}), 0), "
@@ -615,16 +636,27 @@ class Project:
                     f"WHERE {self._rows_of(upstream)})"
                 )
         values = iter(first_row(con, "SELECT " + ", ".join(figures)) if figures else ())  # one statement for all
+        gained_first, newest, waits = {}, {}, {}
         for upstream in inputs:
-            result.offsets_after[upstream] = next(values)
+            gained_first[upstream], newest[upstream] = next(values)
             if upstream in self.models[name].unmatched:
-                last_ended, ended, kept = next(values)
-                newest, before = result.offsets_after[upstream], result.offsets_before[upstream]
-                result.offsets_after[upstream] = _unmatched_window_end(newest, last_ended, before)
+                waits[upstream] = next(values)
+        # A step that lags behind (its last step failed, or it was not run) catches up one upstream batch per
+        # transaction: no transaction reads more than one batch's rows, however far behind it is.
+        window_end = min((first for first in gained_first.values() if first), default=0)
+        result.behind = {}
+        for upstream in inputs:
+            before = result.offsets_before[upstream]
+            after = result.offsets_after[upstream] = max(before, min(newest[upstream], window_end))
+            if upstream in waits:
+                last_ended, ended, kept = waits[upstream]
+                after = result.offsets_after[upstream] = _unmatched_window_end(after, last_ended, before)
                 if ended:
                     result.unmatched_read[upstream] = ended
                 if kept >= self.let_go_of_unmatched_at:
                     result.unmatched_let_go.append(upstream)
+            if newest[upstream] > after:
+                result.behind[upstream] = newest[upstream]
         config = self.configs[name]
         if config.get("retry_unmatched"):
             result.expired = self._expire(con, name, batch)

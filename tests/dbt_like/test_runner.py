@@ -362,6 +362,71 @@ def test_a_failure_inside_the_step_rolls_back_rows_and_offsets(project: Project)
     assert con.execute("SELECT _seq FROM orders ORDER BY 1").fetchall() == [(1,), (2,)]
 
 
+BATCHES = [
+    [(1, "order", "a")],
+    [(2, "price", "a"), (3, "order", "b")],
+    [(4, "price", "b"), (5, "order", "c"), (6, "price", "c")],
+]
+
+
+def test_a_step_that_lags_behind_catches_up_one_upstream_batch_per_transaction(project: Project) -> None:
+    """A step whose last runs failed (or were not run) reads one upstream batch per transaction: what a
+    transaction holds stays one batch's rows, so a step that failed for lack of memory does not fail on ever
+    more. It ends with the tables a step run in every batch gives."""
+    (project.models_dir / "windows.sql").write_text(
+        "SELECT _seq, (SELECT count(DISTINCT _batch_id) FROM {{ ref('events') }}) AS batches_read "
+        "FROM {{ ref('events') }}"
+    )
+    steps = ["catalog", "orders", "priced", "windows"]
+
+    def run(steps_in_batch: dict[int, list[str]]) -> tuple[duckdb.DuckDBPyConnection, dict[str, Any]]:
+        con, runs, results = duckdb.connect(), Project(project.models_dir), {}
+        for number, rows in enumerate(BATCHES, start=1):
+            batch = open_batch(con, f"r{number}", T0 + timedelta(minutes=number))
+            runs.run_step(con, "events", batch, source_chunks=[feed(*rows)])
+            results = {name: runs.run_step(con, name, batch)[0] for name in steps_in_batch.get(number, [])}
+        return con, results
+
+    every_batch, _ = run(dict.fromkeys(range(1, len(BATCHES) + 1), steps))
+    lagging, results = run({len(BATCHES): steps})
+    orders = results["orders"]
+    assert (orders.offsets_before, orders.offsets_after, orders.rows_in, orders.rows_written) == (
+        {"events": 0},
+        {"events": 3},
+        6,
+        3,
+    )
+    assert (results["priced"].rows_written, results["priced"].pending) == (3, 0)
+    assert lagging.execute("SELECT DISTINCT batches_read FROM windows").fetchall() == [(1,)]
+    for table in [*steps, "events"]:
+        query = f"SELECT * EXCLUDE (_batch_id) FROM {table} ORDER BY ALL"
+        assert lagging.execute(query).fetchall() == every_batch.execute(query).fetchall(), table
+
+
+def test_a_lagging_step_with_two_inputs_reads_each_batch_of_either_once(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    for name, sql in {
+        "left_feed.sql": "{{ config(materialized='stream') }} SELECT id AS _seq, item FROM {{ source('feed') }}",
+        "right_feed.sql": "{{ config(materialized='stream') }} SELECT id AS _seq, item FROM {{ source('feed') }}",
+        "merged.sql": "SELECT _seq, item, (SELECT count(*) FROM {{ ref('left_feed') }}) + "
+        "(SELECT count(*) FROM {{ ref('right_feed') }}) AS rows_read FROM {{ ref('left_feed') }} "
+        "UNION ALL SELECT _seq, item, NULL FROM {{ ref('right_feed') }}",
+    }.items():
+        (models / name).write_text(sql)
+    project, con = Project(models), duckdb.connect()
+    for number, feeds in enumerate([["left_feed"], ["right_feed"], ["left_feed", "right_feed"]], start=1):
+        batch = open_batch(con, f"r{number}", T0)
+        for name in feeds:
+            project.run_step(con, name, batch, source_chunks=[feed((number * 10 + len(name), "x", name))])
+    merged = project.run_step(con, "merged", batch)[0]
+    assert (merged.rows_in, merged.rows_written, merged.offsets_after) == (4, 4, {"left_feed": 3, "right_feed": 3})
+    assert con.execute("SELECT _seq, rows_read FROM merged WHERE rows_read IS NOT NULL ORDER BY 1").fetchall() == [
+        (19, 1),
+        (39, 2),
+    ]
+
+
 def test_source_chunks_commit_one_by_one_with_the_source_positions(project: Project) -> None:
     con = duckdb.connect()
     con.execute("CREATE TABLE positions (chunks INTEGER)")

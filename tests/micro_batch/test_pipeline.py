@@ -19,6 +19,7 @@ from sysmon_assets.micro_batch.recipe_project import SQL_DIR
 from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.sample.generator import write_sample
 from sysmon_assets.settings import Settings
+from sysmon_assets.storage.lake import open_lake
 from tests.conftest import CLI_BATCH, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,6 +92,26 @@ def test_a_batch_that_stopped_after_some_assets_then_reruns_gives_identical_tabl
     materialize_batch(settings, ["winlogbeat_stream", "winlogbeat_stream_rekey", "sysmon_process_create"])
     materialize_batch(settings)
     assert snapshot(settings) == one_batch
+
+
+def test_steps_left_behind_for_several_batches_catch_up_to_identical_tables(
+    events: bytes, one_batch: dict, tmp_path: Path
+) -> None:
+    """The steps after ingest, not run in two batches (as if they had failed), catch up batch by batch in the third."""
+    settings = Settings(landing_dir=tmp_path / "landing", data_dir=tmp_path / "data")
+    settings.landing_dir.mkdir()
+    cuts = [0, len(events) // 3 + 5, 2 * len(events) // 3 - 11, len(events)]
+    for number, (start, end) in enumerate(itertools.pairwise(cuts), start=1):
+        with (settings.landing_dir / "w.ndjson").open("ab") as handle:
+            handle.write(events[start:end])
+        materialize_batch(settings, None if number == 3 else ["winlogbeat_stream"])
+    assert snapshot(settings) == one_batch
+    with open_lake(settings, read_only=True) as con:
+        rekey_commits = con.execute(
+            "SELECT count(*) FROM ducklake_snapshots('lake') "
+            "WHERE json_extract_string(commit_extra_info, ['step', 'batch_id']) = ['winlogbeat_stream_rekey', '3']"
+        ).fetchone()
+    assert rekey_commits == (3,)  # one per batch of the stream
 
 
 def test_sigkill_at_several_points_then_rerun_gives_identical_tables(tmp_path: Path) -> None:
