@@ -11,8 +11,9 @@ files merged, unreferenced files deleted; a run shorter than an hour expires no 
 ``--maintain-every`` commits (ten batches: every ten minutes, as the schedule runs it). At the start and every
 ``--every`` commits, just after a maintenance run, it prints the medians of: one such transaction, one read of the
 bookkeeping table alone, ``last_complete_batch`` (what ``connect()`` and maintenance read),
-``ducklake_snapshots()`` listed whole, and ``connect()``. Then the same once the snapshots between batch
-boundaries have expired (as maintenance expires them an hour on), and once every snapshot but the newest has.
+``ducklake_snapshots()`` listed whole, ``connect()``, and maintenance's listing of the snapshots it would expire.
+Then the same after a maintenance run two hours on (which expires the snapshots between batch boundaries), and
+once every snapshot but the newest has expired.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -31,7 +32,7 @@ import duckdb
 from dbt_like.compiler import STATE_SCHEMA
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.lake import CATALOG_DATABASE, LAKE, commit_note, connect, last_complete_batch, open_lake
-from sysmon_assets.storage.maintenance import maintain
+from sysmon_assets.storage.maintenance import BETWEEN_BATCHES_KEPT, expirable_snapshots, maintain
 
 STEPS_PER_BATCH = 10
 # the appended table's text columns (the stream has some forty columns, the join about thirty)
@@ -57,6 +58,10 @@ def _step(con: duckdb.DuckDBPyConnection, n: int, completes_batch: bool) -> None
     con.execute("COMMIT")
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
 def _median_ms(action: Callable[[], object], times: int) -> float:
     seconds = []
     for _ in range(times):
@@ -79,27 +84,16 @@ def _measure(con: duckdb.DuckDBPyConnection, settings: Settings, label: str, ste
             lambda: con.execute(f"SELECT max(snapshot_id) FROM ducklake_snapshots('{LAKE}')").fetchall(), 5
         ),
         "connect_ms": _median_ms(lambda: connect(settings).close(), 3),
+        "expiry_listing_ms": _median_ms(
+            lambda: expirable_snapshots(con, _utc_now() - timedelta(days=7), _utc_now() - BETWEEN_BATCHES_KEPT), 5
+        ),
     }
     print(json.dumps(figures), flush=True)
 
 
-def _between_batches(con: duckdb.DuckDBPyConnection) -> list[int]:
-    """The snapshots before the last complete batch that complete no batch."""
-    boundary = last_complete_batch(con)[1]
-    notes = con.execute(
-        f"SELECT snapshot_id, commit_extra_info FROM {CATALOG_DATABASE}.ducklake_snapshot_changes "
-        "WHERE snapshot_id < ?",
-        [boundary],
-    ).fetchall()
-    return [snapshot for snapshot, note in notes if not (note and json.loads(note).get("batch_complete"))]
-
-
-def _expire(con: duckdb.DuckDBPyConnection, snapshots: list[int] | None) -> None:
-    """Expire ``snapshots`` (None: all but the newest) and delete the files no snapshot left needs."""
-    if snapshots is None:
-        con.execute(f"CALL ducklake_expire_snapshots('{LAKE}', older_than => now())")
-    for start in range(0, len(snapshots or []), 1000):
-        con.execute(f"CALL ducklake_expire_snapshots('{LAKE}', versions => {snapshots[start : start + 1000]})")
+def _expire_all(con: duckdb.DuckDBPyConnection) -> None:
+    """Expire every snapshot but the newest and delete the files no snapshot left needs."""
+    con.execute(f"CALL ducklake_expire_snapshots('{LAKE}', older_than => now())")
     con.execute(f"CALL ducklake_cleanup_old_files('{LAKE}', cleanup_all => true)")
 
 
@@ -123,14 +117,14 @@ def main() -> None:
         _step(con, 0, True)  # a first complete batch, so that connect() opens
         for n in range(args.commits + 1):
             if n and n % args.maintain_every == 0:
-                maintain(con, datetime.now(UTC).replace(tzinfo=None), 7, None)
+                maintain(con, _utc_now(), 7, None)
             if n % args.every == 0:  # just after a maintenance run when ``every`` is a multiple of its period
                 _measure(con, settings, f"{n} commits", lambda: next(counter))
             _step(con, n, n % STEPS_PER_BATCH == STEPS_PER_BATCH - 1)
         _step(con, next(counter), True)
-        _expire(con, _between_batches(con))
+        maintain(con, _utc_now() + BETWEEN_BATCHES_KEPT * 2, 7, None)
         _measure(con, settings, "the snapshots between batches expired", lambda: next(counter))
-        _expire(con, None)
+        _expire_all(con)
         _step(con, next(counter), True)
         _measure(con, settings, "every snapshot but the newest expired", lambda: next(counter))
     print(f"{time.perf_counter() - start:.0f} s in all")

@@ -12,6 +12,7 @@ import duckdb
 from dbt_like import table_exists
 from dbt_like.sql import literal, scalar
 from sysmon_assets.storage.lake import (
+    CATALOG_DATABASE,
     COMPLETES_BATCH,
     INLINED_SCHEMAS,
     LAKE,
@@ -97,24 +98,34 @@ def _instant(utc: datetime) -> str:
     return literal(utc.replace(tzinfo=UTC))
 
 
+def expirable_snapshots(
+    con: duckdb.DuckDBPyConnection, older_than: datetime, between_batches_older_than: datetime
+) -> list[int]:
+    """The snapshots taken before ``older_than``, and those that complete no batch taken before
+    ``between_batches_older_than``, but never the one the last complete batch left (readers read it) nor a later
+    one. The ids are chosen here, by DuckDB's comparison of the snapshots' times: given ``older_than``, DuckLake 0.3
+    (3f1b372) with a SQLite catalog also expired snapshots taken after it. They are read from the catalog's own
+    tables (``ducklake_snapshots()`` lists every snapshot's changes too), where a SQLite catalog keeps a time as
+    text with its offset and PostgreSQL as a TIMESTAMPTZ: the cast reads both."""
+    boundary = last_complete_batch(con)
+    kept_from = boundary[1] if boundary else current_snapshot(con)
+    taken = "CAST(s.snapshot_time AS TIMESTAMPTZ)"
+    return [
+        snapshot_id
+        for (snapshot_id,) in con.execute(
+            f"SELECT s.snapshot_id FROM {CATALOG_DATABASE}.ducklake_snapshot AS s "
+            f"LEFT JOIN {CATALOG_DATABASE}.ducklake_snapshot_changes AS c USING (snapshot_id) "
+            f"WHERE s.snapshot_id < {literal(kept_from)} AND ({taken} < {_instant(older_than)} "
+            f"OR {taken} < {_instant(between_batches_older_than)} AND NOT coalesce({COMPLETES_BATCH}, false)) "
+            "ORDER BY s.snapshot_id"
+        ).fetchall()
+    ]
+
+
 def _expire_snapshots(
     con: duckdb.DuckDBPyConnection, older_than: datetime, between_batches_older_than: datetime
 ) -> None:
-    """Expire the snapshots taken before ``older_than``, and those that complete no batch taken before
-    ``between_batches_older_than``, but never the one the last complete batch left (readers read it) nor a later
-    one. The ids are chosen here, by DuckDB's comparison of the snapshots' times: given ``older_than``, DuckLake 0.3
-    (3f1b372) with a SQLite catalog also expired snapshots taken after it."""
-    boundary = last_complete_batch(con)
-    kept_from = boundary[1] if boundary else current_snapshot(con)
-    expired = [
-        snapshot_id
-        for (snapshot_id,) in con.execute(
-            f"SELECT snapshot_id FROM ducklake_snapshots('{LAKE}') WHERE snapshot_id < {literal(kept_from)} "
-            f"AND (snapshot_time < {_instant(older_than)} "
-            f"OR snapshot_time < {_instant(between_batches_older_than)} "
-            f"AND NOT coalesce({COMPLETES_BATCH}, false)) ORDER BY snapshot_id"
-        ).fetchall()
-    ]
+    expired = expirable_snapshots(con, older_than, between_batches_older_than)
     for start in range(0, len(expired), EXPIRED_PER_CALL):
         versions = literal(expired[start : start + EXPIRED_PER_CALL])
         con.execute(f"CALL ducklake_expire_snapshots('{LAKE}', versions => {versions})")

@@ -231,10 +231,16 @@ def test_snapshot_retention_expires_old_snapshots_and_deletes_their_files(lake: 
     assert upkeeps[1].files_deleted > 0 and on_disk[1] > 0  # fewer files on disk after the second run
 
 
-@pytest.mark.parametrize("time_zone", ["UTC", "America/New_York", "Asia/Tokyo"])
+@pytest.mark.parametrize(
+    ("catalog", "time_zone"),
+    [("embedded", "UTC"), ("embedded", "America/New_York"), ("embedded", "Asia/Tokyo"), ("postgres", "Asia/Tokyo")],
+)
 def test_maintenance_keeps_every_batchs_snapshot_and_expires_those_between_after_an_hour(
-    lake: Lake, tmp_path: Path, time_zone: str
+    lake: Lake, tmp_path: Path, catalog: str, time_zone: str, request: pytest.FixtureRequest
 ) -> None:
+    """A snapshot's time is a TIMESTAMPTZ in a PostgreSQL catalog and text in a SQLite one."""
+    if catalog == "postgres":
+        lake = Lake(tmp_path / "postgres", lake_catalog=request.getfixturevalue("postgres").new_catalog())
     counts = {batch_id: table_counts(lake) for batch_id in in_batches(lake, sample_lines(tmp_path, 900), 3)}
 
     def snapshots() -> list[tuple[int, bool]]:
