@@ -390,7 +390,7 @@ def batch_snapshot(con: duckdb.DuckDBPyConnection, batch_id: int) -> tuple[int, 
 def _batch_completed(con: duckdb.DuckDBPyConnection, condition: str) -> tuple[int, int] | None:
     """The newest snapshot ``con`` sees whose commit note completes a batch and meets ``condition`` (SQL), as
     ``(batch_id, snapshot_id)``. The notes are read from the catalog's own table: ``ducklake_snapshots()`` lists
-    every snapshot with its changes, at about 23 µs each (measured: bench/README.md, "Catalog growth"), and a lake
+    every snapshot with its changes, at about 21 µs each (measured: bench/README.md, "Catalog growth"), and a lake
     keeps thousands."""
     row = con.execute(
         "SELECT CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT), snapshot_id "
