@@ -3,7 +3,8 @@
 Every model table carries ``_batch_id``, the batch that committed the row. A downstream
 model remembers, per input, the last batch it consumed (its offset, in ``dbt_like.offsets``)
 and commits its new rows together with its new offsets, so a crash at any point followed by
-a rerun gives the tables one clean run would have given.
+a rerun gives the tables one clean run would have given. A step behind by several batches of its inputs (its
+runs failed, or were left out) catches up one upstream batch per transaction.
 
 How each materialization (``stream``, ``table``, ``view``) writes a step's rows: dbt_like/materializations.py.
 A stream may retry its input's unmatched rows (``retry_unmatched``): the runner keeps them waiting
