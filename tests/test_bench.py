@@ -56,8 +56,10 @@ def test_the_catalog_growth_script_runs_end_to_end(tmp_path: Path) -> None:
         "0 commits",
         "20 commits",
         "40 commits",
+        "a maintenance run two hours on",
         "the snapshots between batches expired",
         "every snapshot but the newest expired",
     ]
-    assert figures[3]["snapshots"] < figures[2]["snapshots"] // 3  # every tenth commit completes a batch
-    assert figures[4]["snapshots"] <= 2
+    assert figures[3]["expired"] > figures[4]["snapshots"]  # the snapshots between batches, most of them
+    assert figures[4]["snapshots"] < figures[2]["snapshots"] // 3  # every tenth commit completes a batch
+    assert figures[5]["snapshots"] <= 2
