@@ -645,7 +645,8 @@ class Project:
         # A step that lags behind (its last step failed, or it was not run) catches up one upstream batch per
         # transaction: no transaction reads more than one batch's rows, however far behind it is.
         window_end = min((first for first in gained_first.values() if first), default=0)
-        result.behind = {}
+        # this transaction's own (a lagging step's earlier transactions are counted by _carry_over)
+        result.behind, result.unmatched_read, result.unmatched_let_go = {}, {}, []
         for upstream in inputs:
             before = result.offsets_before[upstream]
             after = result.offsets_after[upstream] = max(before, min(newest[upstream], window_end))

@@ -233,6 +233,24 @@ def test_a_model_reads_each_row_a_retried_model_stopped_waiting_for_once(tmp_pat
     assert con.execute(kept).fetchall() == [(6, 8)]
 
 
+def test_a_lagging_step_reports_the_rows_that_stopped_waiting_it_read_once(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    for name, sql in {**MODELS, **OUTCOMES}.items():
+        (models / name).write_text(sql)
+    project, con = Project(models), duckdb.connect()
+    batches = [[(1, "order", "x"), (2, "order", "y")], [(3, "price", "x")], [], [(4, "order", "z"), (5, "price", "z")]]
+    for number, (rows, minutes) in enumerate(zip(batches, [0, 5, 11, 12], strict=True), start=1):
+        at = open_batch(con, f"r{number}", T0 + timedelta(minutes=minutes))  # y's grace ends in batch 3
+        project.run_step(con, "events", at, source_chunks=[feed(*rows)])
+        steps = ["orders", "catalog", "priced", *(["late"] if number == len(batches) else [])]
+        results = {name: project.run_step(con, name, at)[0] for name in steps}
+    late = results["late"]  # two transactions: priced's batches 2 and 3 (where y's wait ended), then batch 4
+    assert (late.offsets_before, late.offsets_after) == ({"priced": 0}, {"priced": 4})
+    assert late.unmatched_read == {"priced": 1}
+    assert con.execute("SELECT _seq, item FROM late").fetchall() == [(2, "y")]
+
+
 def test_unmatched_of_a_model_that_retries_nothing_is_refused(project: Project) -> None:
     (project.models_dir / "lost.sql").write_text(
         "SELECT _seq, item FROM {{ ref('orders') }} UNION ALL SELECT _seq, item FROM {{ unmatched('orders') }}"
