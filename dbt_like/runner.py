@@ -632,33 +632,40 @@ class Project:
             )
             if upstream in self.models[name].unmatched:
                 figures.append(
-                    f"(SELECT [coalesce(max(batch_id) FILTER (batch_id > {before}), 0), "
-                    f"count(*) FILTER (batch_id > {before}), count(*)] FROM {UNMATCHED_TABLE} "
-                    f"WHERE {self._rows_of(upstream)})"
+                    f"(SELECT {{'ended': coalesce(list(batch_id) FILTER (batch_id > {before}), []), 'kept': count(*)}} "
+                    f"FROM {UNMATCHED_TABLE} WHERE {self._rows_of(upstream)})"
                 )
         values = iter(first_row(con, "SELECT " + ", ".join(figures)) if figures else ())  # one statement for all
-        gained_first, newest, waits = {}, {}, {}
+        gained_first, newest, ended_in, kept = {}, {}, {}, {}
         for upstream in inputs:
             gained_first[upstream], newest[upstream] = next(values)
             if upstream in self.models[name].unmatched:
-                waits[upstream] = next(values)
+                waits = next(values)
+                ended_in[upstream], kept[upstream] = waits["ended"], waits["kept"]
         # A step that lags behind (its last step failed, or it was not run) catches up one upstream batch per
-        # transaction: no transaction reads more than one batch's rows, however far behind it is.
-        window_end = min((first for first in gained_first.values() if first), default=0)
-        # this transaction's own (a lagging step's earlier transactions are counted by _carry_over)
+        # transaction (the batches its inputs gained rows in, or ended waits in). A step with side models reads its
+        # whole window at once: they read the rows their step wrote in the batch, every transaction's.
+        firsts = [first for first in gained_first.values() if first] + [min(e) for e in ended_in.values() if e]
+        lasts = list(newest.values()) + [max(e) for e in ended_in.values() if e]
+        window_end = max(lasts, default=0) if self.side_models(name) else min(firsts, default=0)
+        # this transaction's own (a lagging step's earlier transactions are counted by _carry_over); a step that lets
+        # go of what its readers have read does so after each of its transactions
+        letting_go = result.unmatched_let_go
         result.behind, result.unmatched_read, result.unmatched_let_go = {}, {}, []
         for upstream in inputs:
-            before = result.offsets_before[upstream]
-            after = result.offsets_after[upstream] = max(before, min(newest[upstream], window_end))
-            if upstream in waits:
-                last_ended, ended, kept = waits[upstream]
-                after = result.offsets_after[upstream] = _unmatched_window_end(after, last_ended, before)
-                if ended:
-                    result.unmatched_read[upstream] = ended
-                if kept >= self.let_go_of_unmatched_at:
-                    result.unmatched_let_go.append(upstream)
-            if newest[upstream] > after:
-                result.behind[upstream] = newest[upstream]
+            before, ended = result.offsets_before[upstream], ended_in.get(upstream, [])
+            last = max([newest[upstream], *ended])  # a batch may end waits and write no row
+            if gained_first[upstream] or ended:
+                after = max(before, min(last, window_end))
+            else:  # never below where the window starts for an input read through unmatched(): see _let_go_of_unmatched
+                after = max(newest[upstream], before) if upstream in ended_in else newest[upstream]
+            result.offsets_after[upstream] = after
+            if read := sum(batch_id <= after for batch_id in ended):
+                result.unmatched_read[upstream] = read
+            if kept.get(upstream, 0) >= self.let_go_of_unmatched_at or upstream in letting_go:
+                result.unmatched_let_go.append(upstream)
+            if last > after:
+                result.behind[upstream] = last
         config = self.configs[name]
         if config.get("retry_unmatched"):
             result.expired = self._expire(con, name, batch)

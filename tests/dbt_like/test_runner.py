@@ -243,12 +243,28 @@ def test_a_lagging_step_reports_the_rows_that_stopped_waiting_it_read_once(tmp_p
     for number, (rows, minutes) in enumerate(zip(batches, [0, 5, 11, 12], strict=True), start=1):
         at = open_batch(con, f"r{number}", T0 + timedelta(minutes=minutes))  # y's grace ends in batch 3
         project.run_step(con, "events", at, source_chunks=[feed(*rows)])
-        steps = ["orders", "catalog", "priced", *(["late"] if number == len(batches) else [])]
-        results = {name: project.run_step(con, name, at)[0] for name in steps}
-    late = results["late"]  # two transactions: priced's batches 2 and 3 (where y's wait ended), then batch 4
+        for name in ["orders", "catalog", "priced"]:
+            project.run_step(con, name, at)
+    counting = CountingConnection(con)
+    late = project.run_step(counting, "late", at)[0]
+    # a transaction for each of priced's batches 2 and 4 and for batch 3, where y's wait ended; then the tests
+    assert counting.begins == 4
     assert (late.offsets_before, late.offsets_after) == ({"priced": 0}, {"priced": 4})
     assert late.unmatched_read == {"priced": 1}
     assert con.execute("SELECT _seq, item FROM late").fetchall() == [(2, "y")]
+
+
+def test_a_lagging_step_with_a_side_model_reads_its_window_at_once(project: Project) -> None:
+    """A side model reads the rows its step wrote in the batch: split, it would read the first transaction's again."""
+    (project.models_dir / "order_log.sql").write_text(
+        "{{ config(materialized='stream', part_of='orders') }} SELECT _seq, item FROM {{ ref('orders') }}"
+    )
+    project, con = Project(project.models_dir), duckdb.connect()
+    for number in (1, 2, 3):
+        at = open_batch(con, f"r{number}", T0)
+        project.run_step(con, "events", at, source_chunks=[feed((number, "order", f"item{number}"))])
+    project.run_step(con, "orders", at)
+    assert con.execute("SELECT _seq FROM order_log ORDER BY 1").fetchall() == [(1,), (2,), (3,)]
 
 
 def test_unmatched_of_a_model_that_retries_nothing_is_refused(project: Project) -> None:
