@@ -24,12 +24,13 @@ import shutil
 import statistics
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import duckdb
 
 from dbt_like.compiler import STATE_SCHEMA
+from sysmon_assets.micro_batch.steps import utc_now
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.lake import CATALOG_DATABASE, LAKE, commit_note, connect, last_complete_batch, open_lake
 from sysmon_assets.storage.maintenance import BETWEEN_BATCHES_KEPT, expirable_snapshots, maintain
@@ -58,10 +59,6 @@ def _step(con: duckdb.DuckDBPyConnection, n: int, completes_batch: bool) -> None
     con.execute("COMMIT")
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
 def _median_ms(action: Callable[[], object], times: int) -> float:
     seconds = []
     for _ in range(times):
@@ -85,7 +82,7 @@ def _measure(con: duckdb.DuckDBPyConnection, settings: Settings, label: str, ste
         ),
         "connect_ms": _median_ms(lambda: connect(settings).close(), 3),
         "expiry_listing_ms": _median_ms(
-            lambda: expirable_snapshots(con, _utc_now() - timedelta(days=7), _utc_now() - BETWEEN_BATCHES_KEPT), 5
+            lambda: expirable_snapshots(con, utc_now() - timedelta(days=7), utc_now() - BETWEEN_BATCHES_KEPT), 5
         ),
     }
     print(json.dumps(figures), flush=True)
@@ -117,14 +114,14 @@ def main() -> None:
         _step(con, 0, True)  # a first complete batch, so that connect() opens
         for n in range(args.commits + 1):
             if n and n % args.maintain_every == 0:
-                maintain(con, _utc_now(), 7, None)
+                maintain(con, utc_now(), 7, None)
             if n % args.every == 0:  # just after a maintenance run when ``every`` is a multiple of its period
                 _measure(con, settings, f"{n} commits", lambda: next(counter))
             _step(con, n, n % STEPS_PER_BATCH == STEPS_PER_BATCH - 1)
         _step(con, next(counter), True)
         kept = con.execute(f"SELECT count(*) FROM ducklake_snapshots('{LAKE}')").fetchone()[0]
         started = time.perf_counter()
-        maintain(con, _utc_now() + BETWEEN_BATCHES_KEPT * 2, 7, None)
+        maintain(con, utc_now() + BETWEEN_BATCHES_KEPT * 2, 7, None)
         expired = kept - con.execute(f"SELECT count(*) FROM ducklake_snapshots('{LAKE}')").fetchone()[0]
         seconds = round(time.perf_counter() - started, 2)
         print(json.dumps({"at": "a maintenance run two hours on", "seconds": seconds, "expired": expired}), flush=True)
