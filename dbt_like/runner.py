@@ -1,13 +1,10 @@
 """Run models incrementally into DuckDB or a DuckLake: one model step = one transaction.
 
-Every model table carries ``_batch_id``, the batch whose input the row came from: the batch that committed
-it, unless its step caught up later. A downstream
+Every model table carries ``_batch_id``, the batch that committed the row. A downstream
 model remembers, per input, the last batch it consumed (its offset, in ``dbt_like.offsets``)
 and commits its new rows together with its new offsets, so a crash at any point followed by
 a rerun gives the tables one clean run would have given. A step behind by several batches of its inputs (its
-runs failed, or were left out) catches up one upstream batch per transaction, and stamps each transaction's rows
-with the upstream batch it read up to (never one its table already holds), so the steps after it catch up one
-batch per transaction too.
+runs failed, or were left out) catches up one upstream batch per transaction.
 
 How each materialization (``stream``, ``table``, ``view``) writes a step's rows: dbt_like/materializations.py.
 A stream may retry its input's unmatched rows (``retry_unmatched``): the runner keeps them waiting
@@ -28,7 +25,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -97,9 +94,6 @@ class StepResult:
     notes: dict[str, Any] = field(default_factory=dict)
     # per stream input the step lags behind: the newest batch it holds, past this transaction's window
     behind: dict[str, int] = field(default_factory=dict)
-    # the _batch_id values of the rows the step wrote: its batch's, or for a step that caught up, one per transaction
-    # that wrote rows
-    batch_ids: list[int] = field(default_factory=list)
 
 
 class _NothingNew(Exception):
@@ -122,7 +116,6 @@ def _carry_over(result: StepResult, earlier: StepResult) -> None:
     for upstream, ended in earlier.unmatched_read.items():
         result.unmatched_read[upstream] = ended + result.unmatched_read.get(upstream, 0)
     result.unmatched_let_go = list(dict.fromkeys(earlier.unmatched_let_go + result.unmatched_let_go))
-    result.batch_ids = list(dict.fromkeys(earlier.batch_ids + result.batch_ids))
 
 
 def _idle(result: StepResult) -> bool:
@@ -310,7 +303,7 @@ class Project:
     def _check(self, con: Connection, names: list[str], batch: Batch, results: list[StepResult]) -> None:
         """The models' schema tests and row counts, as the open transaction sees them."""
         for model, result in zip(names, results, strict=True):
-            result.tests = run_schema_tests(con, self.models[model], result.batch_ids or [batch.batch_id])
+            result.tests = run_schema_tests(con, self.models[model], batch.batch_id)
             result.table_rows = None if self._is_view(model) else scalar(con, f"SELECT count(*) FROM {model}")
 
     def open_batch(self, con: Connection, run_key: str, started_at: datetime) -> Batch:
@@ -530,17 +523,14 @@ class Project:
 
         def write_models() -> tuple[None, int]:
             results[:] = copy.deepcopy(started)  # a retried transaction counts from where this one started
-            ends = [self._prepare(con, model, batch, result) for model, result in zip(names, results, strict=True)]
+            for model, result in zip(names, results, strict=True):
+                self._prepare(con, model, batch, result)
             if may_idle and all(self._idle(con, r, batch, relations) for r in results):
                 self._check(con, names, batch, results)
                 raise _NothingNew
-            stamped = self._stamped(con, names, batch, ends[0])
             for model, result in zip(names, results, strict=True):
-                written = result.rows_written
-                self._write(con, model, stamped, relations, result)
-                self._finish(con, model, stamped, result)
-                if result.rows_written > written:
-                    result.batch_ids = list(dict.fromkeys([*result.batch_ids, stamped.batch_id]))
+                self._write(con, model, batch, relations, result)
+                self._finish(con, model, batch, result)
             if before_commit:
                 before_commit(con)
             if self.commit_note:
@@ -554,20 +544,6 @@ class Project:
         if batch.batch_id in self._wrote:
             self._wrote[batch.batch_id].update(r.model for r in results if r.rows_written or r.expired)
         return False
-
-    def _stamped(self, con: Connection, names: list[str], batch: Batch, window_end: int) -> Batch:
-        """The batch whose id the transaction's rows carry: ``batch``, unless the step catches up on a batch its inputs
-        gained before (``window_end``, the last upstream batch it reads, is older): then that upstream batch, so that
-        the steps downstream read the catch-up one batch per transaction too. Never a batch at or below the newest
-        its table holds (a downstream step's offset may have passed it), nor past ``batch``. A step with side models
-        reads its window at once: its rows carry ``batch``."""
-        if len(names) > 1 or not 0 < window_end < batch.batch_id:
-            return batch
-        name = names[0]
-        above_own = 0
-        if self.exists(con, name):
-            above_own = scalar(con, f"SELECT {self.shard.next_number('_batch_id')} FROM {name}")
-        return replace(batch, batch_id=min(batch.batch_id, max(window_end, above_own)))
 
     def _idle(self, con: Connection, result: StepResult, batch: Batch, relations: dict[str, str]) -> bool:
         """Whether the prepared step of ``result.model`` has nothing to write: a view whose stored query is the
@@ -641,9 +617,7 @@ class Project:
             relations[source] = relation
         return relations
 
-    def _prepare(self, con: Connection, name: str, batch: Batch, result: StepResult) -> int:
-        """Read the step's offsets and window into ``result``; return the last upstream batch the window reads (0:
-        no stream input gained one)."""
+    def _prepare(self, con: Connection, name: str, batch: Batch, result: StepResult) -> None:
         for upstream in self.models[name].refs:
             if upstream != self.configs[name].get("part_of") and not self.exists(con, upstream):
                 raise ProjectError(f"model {name} reads {upstream}, which has not been materialized yet")
@@ -699,7 +673,6 @@ class Project:
             for table in self.retry_marked_tables(name):
                 result.tables_before[table] = stored.get(table, 0)
                 result.tables_after[table] = scalar(con, f"SELECT coalesce(max(_batch_id), 0) FROM {table}")
-        return window_end
 
     def unmatched_readers(self, name: str) -> list[str]:
         """The models that read ``unmatched(name)``."""

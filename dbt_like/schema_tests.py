@@ -1,18 +1,17 @@
 """Declared schema tests (dbt's not_null, unique, accepted_values, expression_is_true) on one batch's rows.
 
-Tests look at the rows a batch's step wrote, so their cost follows the batch, not the history;
+Tests look at the rows a batch committed, so their cost follows the batch, not the history;
 ``unique`` still compares those rows' keys against the whole table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import duckdb
 
 from dbt_like.project import Model, SchemaTest
-from dbt_like.sql import first_row, literal, literals, quote_identifier, quote_string
+from dbt_like.sql import first_row, literal, quote_identifier, quote_string
 
 
 @dataclass(frozen=True)
@@ -37,9 +36,9 @@ def _accepted(value: object) -> str:
     return literal(value) if is_number else quote_string(str(value))
 
 
-def failing_rows_sql(model: str, test: SchemaTest, batch_ids: Sequence[int]) -> str:
-    """A query that counts the rows (or keys) stamped with one of ``batch_ids`` that break ``test``."""
-    batch_rows = f"SELECT * FROM {model} WHERE _batch_id IN ({literals(*batch_ids)})"
+def failing_rows_sql(model: str, test: SchemaTest, batch_id: int) -> str:
+    """A query that counts the rows (or keys) of ``batch_id`` that break ``test``."""
+    batch_rows = f"SELECT * FROM {model} WHERE _batch_id = {batch_id}"
     column = quote_identifier(test.column)
     if test.kind == "not_null":
         return f"SELECT count(*) FROM ({batch_rows}) WHERE {column} IS NULL"
@@ -56,12 +55,11 @@ def failing_rows_sql(model: str, test: SchemaTest, batch_ids: Sequence[int]) -> 
     raise ValueError(f"unknown schema test {test.kind!r} on {model}.{column}")
 
 
-def run_schema_tests(con: duckdb.DuckDBPyConnection, model: Model, batch_ids: Sequence[int]) -> list[TestResult]:
-    """Run every test ``model`` declares against the rows its step stamped with ``batch_ids`` (its batch's, or those
-    of the upstream batches it caught up on), in one query (each statement on a lake pays a round of catalog
-    lookups: one per test would add up on every batch)."""
+def run_schema_tests(con: duckdb.DuckDBPyConnection, model: Model, batch_id: int) -> list[TestResult]:
+    """Run every test ``model`` declares against the rows ``batch_id`` committed, in one query (each statement
+    on a lake pays a round of catalog lookups: one per test would add up on every batch)."""
     if not model.tests:
         return []
-    counts = ", ".join(f"({failing_rows_sql(model.name, test, batch_ids)})" for test in model.tests)
+    counts = ", ".join(f"({failing_rows_sql(model.name, test, batch_id)})" for test in model.tests)
     failures = first_row(con, f"SELECT {counts}")
     return [TestResult(model.name, test, count) for test, count in zip(model.tests, failures, strict=True)]

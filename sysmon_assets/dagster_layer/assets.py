@@ -141,8 +141,7 @@ def model_asset(project: Project, name: str, partitions: StaticPartitionsDefinit
         results = pipeline.run_model(name, run_key=context.run.run_id, batch_time=sysmon.clock())
         seconds = time.perf_counter() - started
         batch_id = pipeline.last_batch_id
-        written = results[0].batch_ids or [batch_id]  # a step that caught up stamped its rows with earlier batches
-        columns, preview, snapshot = describe(pipeline.connect, name, written)
+        columns, preview, snapshot = describe(pipeline.connect, name, batch_id)
         metadata = step_metadata(results, batch_id)
         if name in STEP_NOTES:
             metadata.update(STEP_NOTES[name](pipeline, results[0]))
@@ -164,7 +163,7 @@ def model_asset(project: Project, name: str, partitions: StaticPartitionsDefinit
             )
             for check in BATCH_CHECKS
             if check.asset == name
-            for passed, details in [check.evaluate(pipeline, written)]
+            for passed, details in [check.evaluate(pipeline, batch_id)]
         ]
         return MaterializeResult(metadata=metadata, check_results=checks)
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from dbt_like import StepResult
-from dbt_like.sql import literal, literals, scalar
+from dbt_like.sql import literal, scalar
 from sysmon_assets.hunting.sigma import LOGSOURCE
 from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.sources import kafka_source
@@ -25,16 +25,15 @@ Outcome = tuple[bool, dict[str, Any]]
 
 @dataclass(frozen=True)
 class BatchCheck:
-    """A named check on one asset, evaluated against the pipeline after the asset's step, given the ``_batch_id``s of
-    the rows the step wrote (its batch's; for a step that caught up on earlier batches, theirs)."""
+    """A named check on one asset, evaluated against the pipeline after the asset's step."""
 
     name: str
     asset: str
     description: str
-    evaluate: Callable[[SysmonPipeline, Sequence[int]], Outcome]
+    evaluate: Callable[[SysmonPipeline, int], Outcome]
 
 
-def join_coverage(pipeline: SysmonPipeline, batch_ids: Sequence[int]) -> Outcome:
+def join_coverage(pipeline: SysmonPipeline, batch_id: int) -> Outcome:
     """Share of all network-connect events that joined; warns below ``join_coverage_warn``."""
     with pipeline.connect() as con:
         connects = scalar(con, "SELECT count(*) FROM sysmon_network_connect")
@@ -65,7 +64,7 @@ def _kafka_freshness(pipeline: SysmonPipeline) -> Outcome:
     }
 
 
-def landing_freshness(pipeline: SysmonPipeline, batch_ids: Sequence[int]) -> Outcome:
+def landing_freshness(pipeline: SysmonPipeline, batch_id: int) -> Outcome:
     """Whether anything landed (or, from Kafka, was read) within ``freshness_minutes``: a silent Winlogbeat
     is an incident."""
     if pipeline.settings.source == "kafka":
@@ -86,11 +85,11 @@ SEVERE_LEVELS = ("high", "critical")
 HITS_SHOWN = 50
 
 
-def sigma_severe_hits(pipeline: SysmonPipeline, batch_ids: Sequence[int]) -> Outcome:
-    """Warns when the step wrote detections of a high or critical rule: how many, and the first
+def sigma_severe_hits(pipeline: SysmonPipeline, batch_id: int) -> Outcome:
+    """Warns when the batch produced detections of a high or critical rule: how many, and the first
     :data:`HITS_SHOWN` (a large batch can have a hundred thousand; only those shown are fetched)."""
     severe = (
-        f"FROM sigma_detections WHERE _batch_id IN ({literals(*batch_ids)}) "
+        f"FROM sigma_detections WHERE _batch_id = {literal(batch_id)} "
         f"AND list_contains({literal(list(SEVERE_LEVELS))}, level)"
     )
     with pipeline.connect() as con:
@@ -105,7 +104,7 @@ def sigma_severe_hits(pipeline: SysmonPipeline, batch_ids: Sequence[int]) -> Out
     return count == 0, {"severe_hits": count, "levels": ", ".join(SEVERE_LEVELS), "hits": hits}
 
 
-def sigma_rules_converted(pipeline: SysmonPipeline, batch_ids: Sequence[int]) -> Outcome:
+def sigma_rules_converted(pipeline: SysmonPipeline, batch_id: int) -> Outcome:
     """Warns when a rule of the folder cannot run (unreadable, a feature the conversion lacks, a field our events do
     not carry, or SQL DuckDB rejects), and lists every rule not evaluated with its reason. Rules written for another
     log source are listed but do not warn: a checkout of SigmaHQ's rules holds thousands."""
@@ -155,11 +154,10 @@ def rekey_drops(pipeline: SysmonPipeline, result: StepResult) -> dict[str, int]:
 def sigma_notes(pipeline: SysmonPipeline, result: StepResult) -> dict[str, Any]:
     """The rule set the step ran (how many rules loaded, converted, failed and why) and its hits per level."""
     rule_set = pipeline.sigma_rules()
-    written = literals(*(result.batch_ids or [pipeline.last_batch_id]))
     with pipeline.connect() as con:
         levels = con.execute(
             "SELECT coalesce(level, 'none'), count(*) FROM sigma_detections "
-            f"WHERE _batch_id IN ({written}) GROUP BY ALL ORDER BY ALL"
+            f"WHERE _batch_id = {literal(pipeline.last_batch_id)} GROUP BY ALL ORDER BY ALL"
         ).fetchall()
     return {
         "rules_folder": rule_set.folder,

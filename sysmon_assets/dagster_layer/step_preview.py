@@ -1,12 +1,10 @@
-"""What an asset's materialization shows of its table: the columns, a preview of the rows the step wrote, and the
+"""What an asset's materialization shows of its table: the columns, a preview of the rows the batch wrote, and the
 lake snapshot after the step."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from dbt_like import table_columns
-from dbt_like.sql import literals
+from dbt_like.sql import literal
 from sysmon_assets.storage import lake
 from sysmon_assets.storage.lake_connections import Connect
 
@@ -18,17 +16,16 @@ def _cell(value: object, width: int = 60) -> str:
 
 
 def describe(
-    connect: Connect, name: str, batch_ids: Sequence[int], preview_rows: int = 5
+    connect: Connect, name: str, batch_id: int, preview_rows: int = 5
 ) -> tuple[list[tuple[str, str]], str, int]:
-    """The table's (column, type) pairs, a markdown preview of the rows stamped with ``batch_ids``, and the lake's
+    """The table's (column, type) pairs, a markdown preview of the rows ``batch_id`` wrote, and the lake's
     snapshot id after the step."""
     with connect() as con:
         columns = table_columns(con, name)
         snapshot = lake.current_snapshot(con)
         shown = [c for c, _ in columns if not c.startswith("_")][:8]
-        written = f"_batch_id IN ({literals(*batch_ids)})"
         rows = con.execute(
-            f"SELECT {', '.join(shown)} FROM {name} WHERE {written} LIMIT {int(preview_rows)}"
+            f"SELECT {', '.join(shown)} FROM {name} WHERE _batch_id = {literal(batch_id)} LIMIT {int(preview_rows)}"
         ).fetchall()
     lines = ["| " + " | ".join(shown) + " |", "|" + " --- |" * len(shown)]
     lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]

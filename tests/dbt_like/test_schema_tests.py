@@ -44,9 +44,9 @@ def test_each_kind_counts_failures_in_the_batch_only() -> None:
             SchemaTest("accepted_values", "s", ("a", "b")),
         ),
     )
-    results = {r.test.kind: r.failures for r in run_schema_tests(con, model, [2])}
+    results = {r.test.kind: r.failures for r in run_schema_tests(con, model, batch_id=2)}
     assert results == {"not_null": 1, "unique": 1, "accepted_values": 1}
-    assert all(r.passed for r in run_schema_tests(con, model, [1])[::2])
+    assert all(r.passed for r in run_schema_tests(con, model, batch_id=1)[::2])
 
 
 def test_a_column_whose_name_needs_quoting_is_tested() -> None:
@@ -58,4 +58,4 @@ def test_a_column_whose_name_needs_quoting_is_tested() -> None:
         SchemaTest("accepted_values", "order", (2,)),
     )
     model = Model("t", Path("t.sql"), "", "", (), (), tests=tests)
-    assert [r.failures for r in run_schema_tests(con, model, [1])] == [1, 0, 0]
+    assert [r.failures for r in run_schema_tests(con, model, batch_id=1)] == [1, 0, 0]
