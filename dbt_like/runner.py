@@ -657,8 +657,10 @@ class Project:
             last = max([newest[upstream], *ended])  # a batch may end waits and write no row
             if gained_first[upstream] or ended:
                 after = max(before, min(last, window_end))
-            else:  # never below where the window starts for an input read through unmatched(): see _let_go_of_unmatched
-                after = max(newest[upstream], before) if upstream in ended_in else newest[upstream]
+            elif upstream in ended_in:  # no wait ended in the window: no batch of them to end it at
+                after = _unmatched_window_end(newest[upstream], 0, before)
+            else:
+                after = newest[upstream]
             result.offsets_after[upstream] = after
             if read := sum(batch_id <= after for batch_id in ended):
                 result.unmatched_read[upstream] = read
