@@ -5,6 +5,7 @@
     python bench/benchmark.py --readers 10 --increment 10000 --repeat 3
     python bench/benchmark.py --shards 3 --events 1000000 --files 12 --repeat 3
     python bench/benchmark.py --small-files 2000 --repeat 3
+    python bench/benchmark.py --aged 3000 --increment 10000 --repeat 3
     python bench/benchmark.py --sigma ../shared/data/sigma/rules --increment 10000 --backlog 1000000 --repeat 3
 
 Every measured run is its own process (``bench/runs.py`` or the Dagster CLI), so each peak RSS is that
@@ -35,6 +36,10 @@ in the same invocation:
 - small files (``--small-files N``): N files of 6 events against the same events in one file, in-process
   (target at most 2x), and an idle batch over the N files (target at most 1 s), beside what opening the lake alone
   costs a process (and loading each extension alone);
+- aged lake (``--aged N``): N one-minute idle batches after a first batch of ``--increment`` events, a maintenance
+  run after every tenth, every snapshot kept (a week of one-minute batches keeps about 10,000: the batches' own),
+  with the snapshots kept, an idle batch and ``connect()`` at checkpoints; then the next ``--increment`` events
+  over a copy of that lake vs over a young lake (the same first batch only), alternating;
 - Sigma (``--sigma RULES``): the seconds a folder of Sigma rules adds to a batch of ``--increment`` events and to
   a first batch over a backlog of ``--backlog`` events (in-process, each against the same batch with an empty
   rules folder, alternating; aims: under 1 s for 10,000 events, under a minute for 1,000,000), per rule, the
@@ -358,6 +363,38 @@ def small_files(args: argparse.Namespace) -> None:
     )
 
 
+def aged(args: argparse.Namespace) -> None:
+    """The next batch over a lake that has kept the snapshots of ``args.aged`` batches vs over a young lake."""
+    files = generate(args.workdir / f"aged-{args.increment}", [args.increment, args.increment], seed=3)
+    first, both = landing_with(args.workdir / "aged-first", files[:1]), landing_with(args.workdir / "aged-both", files)
+    work, cache = args.workdir / "lake-aged-work", args.workdir / f"lake-aged-{args.aged}"  # built at work: copy_of
+    first_clock = datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=args.aged + 2)
+    next_clock = first_clock + timedelta(minutes=args.aged + 1)
+    print(f"## aged lake: {args.aged:,} idle one-minute batches after one of {args.increment:,} events")
+    if not cache.exists():
+        run("project", first, fresh(work), args.memory_limit, first_clock)
+        aging = run(f"idle-{args.aged}", first, work, args.memory_limit, first_clock)
+        for point in aging["checkpoints"]:
+            print(
+                f"after {point['batches']:,} batches: {point['snapshots']:,} snapshots, an idle batch "
+                f"{point['idle']:.3f} s (median of the last 50), connect() {point['connect']:.3f} s"
+            )
+        work.rename(cache)
+    young, old = [], []
+    for rep in range(args.repeat):
+        old.append(run("project", both, copy_of(cache, work), args.memory_limit, next_clock))
+        run("project", first, fresh(args.workdir / "lake-young"), args.memory_limit, first_clock)
+        young.append(run("project", both, args.workdir / "lake-young", args.memory_limit, next_clock))
+        print(f"rep {rep + 1}: over the aged lake {old[-1]['seconds']:.3f} s, the young {young[-1]['seconds']:.3f} s")
+    aged_s, young_s = median(old, "seconds"), median(young, "seconds")
+    print(
+        f"AGED RATIO the next batch over the aged lake / over the young = {aged_s / young_s:.2f}x "
+        f"({aged_s:.3f} s vs {young_s:.3f} s)"
+    )
+    for label, runs in (("over the aged lake", old), ("over the young", young)):
+        print(f"  {label}: " + ", ".join(f"{name} {seconds:.3f} s" for name, seconds in step_medians(runs).items()))
+
+
 def storage(label: str, data_dir: Path, events: int, ndjson_bytes: int | None = None) -> None:
     """Bytes per event on disk of the whole lake in ``data_dir`` (catalog and Parquet files), and per table."""
     sizes: dict[str, int] = {}
@@ -648,6 +685,7 @@ def main() -> None:
     parser.add_argument("--readers", type=int, default=0, help="reader latency during this many batches")
     parser.add_argument("--shards", type=int, default=0, help="K = 1 .. this many shards at once, and each alone")
     parser.add_argument("--small-files", type=int, default=0, help="this many files of 6 events vs one file")
+    parser.add_argument("--aged", type=int, default=0, help="the next batch after this many idle batches vs young")
     parser.add_argument("--sigma", type=Path, default=None, help="the seconds this folder of Sigma rules adds")
     parser.add_argument("--backlog", type=int, default=1_000_000, help="with --sigma: the backlog's events")
     parser.add_argument("--workdir", type=Path, default=ROOT / "bench" / "out")
@@ -663,6 +701,8 @@ def main() -> None:
         sharded(args)
     elif args.small_files:
         small_files(args)
+    elif args.aged:
+        aged(args)
     elif args.history:
         incremental(args)
     else:

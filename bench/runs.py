@@ -17,6 +17,9 @@ catalog ``<data folder>/lake.sqlite`` and Parquet files under ``<data folder>/la
   signature on every load) in another in-memory DuckDB of the same process;
 - ``maintain``: one maintenance run (``sysmon_assets.storage.maintenance.maintain``, snapshots kept 7 days, no
   event retention), with data files per table before and after;
+- ``idle-N``: N one-minute idle batches in-process (the first a minute after the batch time), a maintenance run
+  after every tenth (at its batch's clock, so no snapshot is old enough to expire: the lake keeps every one), and
+  at checkpoints the snapshots kept, the median of the last 50 idle batches and one ``sysmon_assets.connect()``;
 - ``reader``: until SIGTERM, a loop of ``sysmon_assets.connect()`` + ``SELECT count(*) FROM sysmon_join``
   (timed together) and the same query on a connection held from the start (timed alone); prints ``ready``
   after its first round;
@@ -38,12 +41,13 @@ import json
 import os
 import resource
 import signal
+import statistics
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +58,13 @@ sys.path.insert(0, str(ROOT))
 
 from dbt_like import Project  # noqa: E402
 from dbt_like.compiler import StepContext, render_step  # noqa: E402
-from dbt_like.sql import quote_string  # noqa: E402
+from dbt_like.sql import quote_string, scalar  # noqa: E402
 from sysmon_assets import connect  # noqa: E402
 from sysmon_assets.hunting import sigma  # noqa: E402
 from sysmon_assets.micro_batch.recipe_project import SQL_DIR  # noqa: E402
 from sysmon_assets.micro_batch.steps import SysmonPipeline, utc_now  # noqa: E402
 from sysmon_assets.settings import Settings  # noqa: E402
-from sysmon_assets.storage.lake import LakeError, open_lake  # noqa: E402
+from sysmon_assets.storage.lake import LAKE, LakeError, open_lake  # noqa: E402
 from sysmon_assets.storage.lake import connection_config as lake_config  # noqa: E402
 from sysmon_assets.storage.lake import extensions as lake_extensions  # noqa: E402
 from sysmon_assets.storage.lake_connections import LakeConnections  # noqa: E402
@@ -233,6 +237,30 @@ def run_maintain(settings: Settings) -> dict[str, Any]:
     }
 
 
+def run_idle(settings: Settings, count: int, first_clock: datetime) -> dict[str, Any]:
+    """``count`` idle one-minute batches after ``first_clock``, a maintenance run after every tenth; the lake's
+    snapshots, idle batch seconds and ``connect()`` seconds at checkpoints (a tenth of the way each)."""
+    idle: list[float] = []
+    checkpoints = []
+    for index in range(1, count + 1):
+        clock = first_clock + timedelta(minutes=index)
+        idle.append(run_project(settings, batch_time=clock)["seconds"])
+        if index % 10 == 0:
+            with open_lake(settings) as con:
+                maintain(con, clock, 7, None)
+        if index % max(count // 10, 1) == 0 or index == count:
+            start = time.perf_counter()
+            connect(settings).close()
+            connected = time.perf_counter() - start
+            with open_lake(settings) as con:
+                snapshots = scalar(con, f"SELECT count(*) FROM ducklake_snapshots({quote_string(LAKE)})")
+            recent = idle[-50:]
+            checkpoints.append(
+                {"batches": index, "snapshots": snapshots, "idle": statistics.median(recent), "connect": connected}
+            )
+    return {"checkpoints": checkpoints}
+
+
 def run_reader(settings: Settings) -> dict[str, Any]:
     """Read the lake as analysts do until SIGTERM: latencies of connect + count, and of the count alone on a
     connection held from the start, the errors, and the distinct counts seen (the batches that became
@@ -366,6 +394,8 @@ def main() -> None:
         index, _, count = kind.removeprefix("shard-").partition("-of-")
         settings = dataclasses.replace(settings, shards=int(count))
         result = run_project(settings, batch_time=batch_time, shard=int(index))
+    elif kind.startswith("idle-"):
+        result = run_idle(settings, int(kind.removeprefix("idle-")), batch_time or utc_now())
     elif kind == "open":
         result = run_open(settings)
     elif kind == "maintain":

@@ -63,3 +63,15 @@ def test_the_catalog_growth_script_runs_end_to_end(tmp_path: Path) -> None:
     assert figures[3]["expired"] > figures[4]["snapshots"]  # the snapshots between batches, most of them
     assert figures[4]["snapshots"] < figures[2]["snapshots"] // 3  # every tenth commit completes a batch
     assert figures[5]["snapshots"] <= 2
+
+
+def test_the_aged_lake_mode_keeps_every_snapshot_and_compares_the_next_batch(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    sizes = ["--aged", "20", "--increment", "200", "--repeat", "1"]
+    command = [sys.executable, "bench/benchmark.py", *sizes, "--workdir", str(tmp_path)]
+    printed = subprocess.run(command, cwd=root, capture_output=True, text=True, check=True).stdout
+    snapshots = [int(line.split()[3].replace(",", "")) for line in printed.splitlines() if line.startswith("after ")]
+    assert len(snapshots) == 10  # a checkpoint a tenth of the way each
+    assert snapshots == sorted(set(snapshots))  # every idle batch adds a snapshot, maintenance expires none
+    assert snapshots[-1] >= 20
+    assert "AGED RATIO the next batch over the aged lake / over the young" in printed
