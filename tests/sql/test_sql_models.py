@@ -149,6 +149,13 @@ def test_rekey_parses_utctime_as_utc_and_canonicalizes_the_guid(loaded: Lake) ->
     ]
 
 
+def test_a_guid_padded_with_white_space_joins_its_create(lake: Lake) -> None:
+    padded = ["\t{G1}", "{G2}\r\n", "\u00a0{G3} ", " \n{g4}\t"]
+    lake.land([process_create(f"{{G{n}}}") for n in range(1, 5)] + [network_connect(guid) for guid in padded])
+    lake.batch()
+    assert lake.rows("SELECT process_guid FROM sysmon_join ORDER BY 1") == [("{G1}",), ("{G2}",), ("{G3}",), ("{G4}",)]
+
+
 def test_unparseable_utctime_is_null_and_the_connection_still_joins(lake: Lake) -> None:
     lake.land([process_create("{G}"), network_connect("{G}", utc_time="yesterday-ish")])
     lake.batch()
