@@ -224,11 +224,12 @@ def run_project(
     return result
 
 
-def run_maintain(settings: Settings) -> dict[str, Any]:
-    """One maintenance run over the lake: seconds, data files per table before and after, files deleted."""
+def run_maintain(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
+    """One maintenance run over the lake at ``now`` (default the clock): seconds, data files per table before and
+    after, files deleted."""
     start = time.perf_counter()
     with open_lake(settings) as con:
-        upkeep = maintain(con, utc_now(), 7, None)
+        upkeep = maintain(con, now or utc_now(), 7, None)
     return {
         "seconds": time.perf_counter() - start,
         "files_before": upkeep.files_before,
@@ -246,8 +247,7 @@ def run_idle(settings: Settings, count: int, first_clock: datetime) -> dict[str,
         clock = first_clock + timedelta(minutes=index)
         idle.append(run_project(settings, batch_time=clock)["seconds"])
         if index % 10 == 0:
-            with open_lake(settings) as con:
-                maintain(con, clock, 7, None)
+            run_maintain(settings, clock)
         if index % max(count // 10, 1) == 0 or index == count:
             start = time.perf_counter()
             connect(settings).close()
