@@ -1,7 +1,7 @@
-{#- A coercion error: {'field': name, 'value': text} when the text is not blank and `parsed` (its value, read) is
-    NULL, else NULL. -#}
+{#- A coercion error: {'field': name, 'value': text} when the text is not empty and `parsed` (its value, read) is
+    NULL, else NULL. An empty text is an absent value; white space alone is a value that does not parse. -#}
 {% macro coercion_error(name, text, parsed) -%}
-CASE WHEN {{ parsed }} IS NULL AND nullif(trim({{ text }}), '') IS NOT NULL
+CASE WHEN {{ parsed }} IS NULL AND {{ text }} <> ''
              THEN {'field': '{{ name }}', 'value': {{ text }}} END
 {%- endmacro %}
 {#- KSQL 5.1.1 reads an INTEGER field with Java's Integer.parseInt: an optional sign and decimal digits, in range.

@@ -1,7 +1,9 @@
-{#- Sysmon's UtcTime ('yyyy-MM-dd HH:mm:ss.SSS', UTC) as a TIMESTAMP, as the recipe's STRINGTOTIMESTAMP reads it;
-    NULL if the text does not parse. -#}
+{#- Sysmon's UtcTime ('yyyy-MM-dd HH:mm:ss.SSS', UTC) as a TIMESTAMP, as the recipe's STRINGTOTIMESTAMP reads it:
+    every digit of the pattern present, as Java's DateTimeFormatter requires (DuckDB's strptime alone reads
+    '26-11-01' as the year 26, '.4' as 400 ms and skips spaces); NULL if the text does not parse. -#}
 {% macro utc_time(text) -%}
-try_strptime({{ text }}, '%Y-%m-%d %H:%M:%S.%g')
+CASE WHEN {{ text }} GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9] [0-9][0-9]:[0-9][0-9]:[0-9][0-9].[0-9][0-9][0-9]'
+     THEN try_strptime({{ text }}, '%Y-%m-%d %H:%M:%S.%g') END
 {%- endmacro %}
 {#- The coercion error of a UtcTime that does not parse (coercion_error: macros/ksql_integer.sql). -#}
 {% macro utc_time_error(text) -%}

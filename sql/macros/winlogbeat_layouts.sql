@@ -10,7 +10,9 @@
     - only_when_detected (optional): its fields count only on a line of this layout;
     - extra_fields (optional): event_data fields it holds under other names, which _extra_fields gets back:
       (Sysmon name, value, the event ids it holds that field for; none: every id);
-    - spellings (optional): keys its lines carry that equal a field name ignoring case.
+    - spellings (optional): keys its lines carry that equal a field name ignoring case;
+    - mapped_from (optional): (field, the expression of the value it is mapped from) for fields mapped from values
+      of another form: a value that maps to none leaves the field NULL and is listed as its coercion error.
     Each field comes from the first layout (in this list) that carries it. The first layout is parsed on its own
     (most lines are in it): its expressions read `j6`; the others are parsed together: theirs read `j`. -#}
 
@@ -106,7 +108,7 @@
             "Company": 'j."process".pe.company',
             "CommandLine": 'j."process".command_line',
             "CurrentDirectory": 'j."process".working_directory',
-            "User": "concat_ws('\\', j.\"user\".domain, j.\"user\".name)",
+            "User": "nullif(concat_ws('\\', j.\"user\".domain, j.\"user\".name), '')",
             "Hashes": "nullif(concat_ws(',', 'SHA1=' || upper(j.\"process\".hash.sha1), 'MD5=' || upper(j.\"process\".hash.md5), 'SHA256=' || upper(j.\"process\".hash.sha256), 'IMPHASH=' || upper(j.\"process\".pe.imphash)), '')",
             "ParentProcessGuid": 'j."process".parent.entity_id',
             "ParentProcessId": 'j."process".parent.pid',
@@ -123,6 +125,9 @@
             "DestinationHostname": 'j."destination".domain',
             "DestinationPort": 'j."destination".port',
             "DestinationPortName": 'j."network".protocol'},
+        "mapped_from": [
+            ("UtcTime", 'j."@timestamp"'), ("Initiated", 'j."network".direction'),
+            ("SourceIsIpv6", 'j."network"."type"'), ("DestinationIsIpv6", 'j."network"."type"')],
         "extra_fields": [
             ("RuleName", 'j."rule"."name"', none),
             ("OriginalFileName", 'coalesce(j."process".pe.original_file_name, j."file".pe.original_file_name)', none),
@@ -304,7 +309,16 @@ WITH landed AS (
         -- (extra_json is set only on a line whose one event_data is an object: nearly every line, not looked at again)
         CASE WHEN extra_json IS NULL
              THEN damage_errors || [{'field': 'event_data', 'value': CAST(o AS VARCHAR)} FOR o IN objects IF CAST(o AS VARCHAR) <> 'null' AND NOT starts_with(o, '{')]
-             ELSE damage_errors END AS field_errors,
+             ELSE damage_errors END
+        || CASE
+            {%- for layout in winlogbeat_layouts if layout.get('mapped_from') %}
+            WHEN layout = '{{ layout.name }}' THEN list_filter([
+                {%- for field, value in layout.mapped_from %}
+                CASE WHEN "{{ field }}" IS NULL AND {{ value }} IS NOT NULL
+                     THEN {'field': '{{ field }}', 'value': replace(replace({{ value }}, chr(0), '\u0000'), chr(64976), '')} END{{ ',' if not loop.last }}
+                {%- endfor %}], lambda e: e IS NOT NULL)
+            {%- endfor %}
+            ELSE [] END AS field_errors,
         -- a layout's fields that have a Sysmon name the STRUCT does not declare go back under that name (an
         -- event_data entry of the same name wins)
         CASE

@@ -210,6 +210,29 @@ def test_an_ecs_timestamp_in_any_iso_8601_form_with_a_zone_is_utc_time(
     lake.land([event])
     lake.batch()
     assert lake.rows("SELECT event_date_creation FROM winlogbeat_stream_rekey") == [(parsed,)]
+    errors = [] if parsed else [{"field": "UtcTime", "value": timestamp}]
+    assert lake.rows("SELECT _coercion_errors FROM winlogbeat_stream") == [(errors,)]
+
+
+def test_ecs_values_that_map_to_no_sysmon_value_are_null_and_recorded(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    create, connect = to_ecs(events()[0]), to_ecs(events()[1])
+    del create["user"]  # no user object: no User, not an empty one
+    connect["network"].update({"direction": "unknown", "type": "ipv9"})
+    lake.land([create, connect])
+    lake.batch()
+    assert lake.rows("SELECT event_data.User, _coercion_errors FROM winlogbeat_stream ORDER BY _seq") == [
+        (None, []),
+        (
+            events()[1]["event_data"]["User"],
+            [
+                {"field": "Initiated", "value": "unknown"},
+                {"field": "SourceIsIpv6", "value": "ipv9"},
+                {"field": "DestinationIsIpv6", "value": "ipv9"},
+            ],
+        ),
+    ]
+    assert lake.rows("SELECT network_connection_initiated, src_is_ipv6 FROM sysmon_join") == [(None, None)]
 
 
 def test_evtx_event_id_with_qualifiers(tmp_path: Path) -> None:

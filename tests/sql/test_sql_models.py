@@ -91,7 +91,7 @@ def test_a_field_that_does_not_coerce_becomes_null_keeps_the_row_and_records_the
 @pytest.mark.parametrize(
     ("text", "parsed"),
     [("+443", 443), ("-1", -1), ("0443", 443), ("2147483647", 2147483647)]
-    + [(text, None) for text in ("443.6", "0x1F", "1_000", " 443", "443 ", "4e2", "2147483648", "1,000")],
+    + [(text, None) for text in ("443.6", "0x1F", "1_000", " 443", "443 ", "4e2", "2147483648", "1,000", " ", "\t")],
 )
 def test_integer_fields_parse_as_ksqls_integer_parseint_does(lake: Lake, text: str, parsed: int | None) -> None:
     """KSQL 5.1.1 converts INTEGER fields with Java's Integer.parseInt: an optional sign and decimal digits in
@@ -160,6 +160,21 @@ def test_unparseable_utctime_is_null_and_the_connection_still_joins(lake: Lake) 
     lake.land([process_create("{G}"), network_connect("{G}", utc_time="yesterday-ish")])
     lake.batch()
     assert lake.rows("SELECT event_date_creation, process_guid FROM sysmon_network_connect") == [(None, "{G}")]
+    assert lake.rows("SELECT event_date_creation, process_guid FROM sysmon_join") == [(None, "{G}")]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["26-11-01 08:00:01.000", "2026-1-1 8:0:0.004", "2026-11-01 08:00:01.4", " 2026-11-01 08:00:01.000", "  "],
+)
+def test_a_utc_time_not_in_the_recipes_format_is_null_and_recorded(lake: Lake, text: str) -> None:
+    """STRINGTOTIMESTAMP(UtcTime, 'yyyy-MM-dd HH:mm:ss.SSS') takes each of those digits in full, as Java's
+    DateTimeFormatter does: DuckDB's strptime alone read '26-11-01' as the year 26 and '.4' as 400 ms."""
+    lake.land([process_create("{G}"), network_connect("{G}", utc_time=text)])
+    lake.batch()
+    assert lake.rows("SELECT _coercion_errors FROM winlogbeat_stream WHERE event_id = 3") == [
+        ([{"field": "UtcTime", "value": text}],)
+    ]
     assert lake.rows("SELECT event_date_creation, process_guid FROM sysmon_join") == [(None, "{G}")]
 
 
