@@ -9,7 +9,9 @@ An incomplete last line (no newline yet) waits for the next batch; if the file h
 size by then, it is finished and the line is delivered. A fingerprint of each file's first bytes
 and of the bytes before its stored position detects a file replaced in place (or a reused inode),
 and a file that shrank was truncated: both are recorded in ``ingest.file_events`` and read anew,
-never mixed with the old offset. A file whose size, modification and change times are those recorded
+never mixed with the old offset. A new file under the name of a file gone from the listing that begins with
+every byte read of it was saved by rename (rsync, an editor): it is read on from there (``renamed over``). A
+file whose size, modification and change times are those recorded
 (``ingest.file_stats``) once it had been unchanged for a while (``landed_files.SETTLED_SECONDS``) is that same file and
 is not opened: a write, a truncation or a new file on the inode changes its change time. Positions are written
 by :meth:`LandingReader.commit_offsets`, inside the same lake transaction as the rows, so a crash never loses or
@@ -143,6 +145,7 @@ class FileProgress:
     # name may already be another file's. EVTX files are rewritten as records are added: their tail is not kept.
     tail_sha256: str | None = EMPTY_SHA256
     tail: bytes = b""  # those bytes themselves, once this batch reads the file (a text file's)
+    adopted: str | None = None  # the key of the file renamed over, whose reading this one goes on with
 
     @property
     def state(self) -> tuple:
@@ -395,9 +398,14 @@ class LandingReader:
         files, skipped = scan_landing(self.landing_dir)
         owned = [entry for entry in skipped if self.owns(entry.key)]
         self.skipped, self.recorded_skips = self._not_yet_recorded(owned), []
-        self.vanished, self.recorded_vanished = self._vanished(known, {landed.key for landed in files}), []
-        planned = (self._plan_file(landed, known, first_batch_ever) for landed in files if self.owns(landed.key))
+        listed = {landed.key for landed in files}
+        unlisted = {key: stored for key, stored in known.items() if key not in listed and self.owns(key)}
+        planned = (
+            self._plan_file(landed, known, unlisted, first_batch_ever) for landed in files if self.owns(landed.key)
+        )
         self.files = [progress for progress in planned if progress is not None]
+        adopted = {progress.adopted for progress in self.files if progress.adopted}
+        self.vanished, self.recorded_vanished = self._vanished(known, listed | adopted), []
         return self.files
 
     def _vanished(self, known: dict[str, Stored], listed: set[str]) -> list[Vanished]:
@@ -431,19 +439,25 @@ class LandingReader:
             LOG.warning("%s is %s", path_text(entry.path), entry.detail)
         return new
 
-    def _plan_file(self, landed: LandedFile, known: dict[str, Stored], first_batch_ever: bool) -> FileProgress | None:
+    def _plan_file(
+        self, landed: LandedFile, known: dict[str, Stored], unlisted: dict[str, Stored], first_batch_ever: bool
+    ) -> FileProgress | None:
         """Where reading ``landed`` starts; None if it moved since the listing (a later batch reads it)."""
         try:
-            return self._planned(landed, known, first_batch_ever)
+            return self._planned(landed, known, unlisted, first_batch_ever)
         except FileMoved:
             _log_moved(landed.path)
             return None
 
-    def _planned(self, landed: LandedFile, known: dict[str, Stored], first_batch_ever: bool) -> FileProgress:
+    def _planned(
+        self, landed: LandedFile, known: dict[str, Stored], unlisted: dict[str, Stored], first_batch_ever: bool
+    ) -> FileProgress:
         path, key, size, settled = landed
         progress = FileProgress(key, path, 0, 0, size, file_stat=settled)
         if key in known:
             self._resume(progress, known[key])
+        else:
+            _take_over_renamed(progress, {k: s for k, s in unlisted.items() if s.path == path_text(path)})
         if first_batch_ever and self.offset_reset == "latest":
             self._skip_to_end(progress)
         progress.head_bytes = _head_bytes(progress.kind, size)
@@ -557,6 +571,9 @@ class LandingReader:
         moved = [progress for progress in self.files if progress.recorded != progress.state]
         if moved:
             _replace_rows(con, STATE_TABLE, moved, _state_rows(moved), "*, now() AS updated_at")
+        adopted = [progress.adopted for progress in self.files if progress.adopted and not progress.notes_recorded]
+        for table in (STATE_TABLE, STATS_TABLE) if adopted else ():
+            con.execute(f"DELETE FROM {table} WHERE file_key IN (SELECT unnest({literal(adopted)}))")
         self._commit_stats(con)
         for progress in self.files:
             if not progress.notes_recorded:
@@ -596,7 +613,8 @@ class LandingReader:
 
     @property
     def file_events(self) -> list[dict[str, str]]:
-        """What this batch noticed about files (truncated, replaced, skipped, vanished), for run metadata."""
+        """What this batch noticed about files (truncated, replaced, renamed over, skipped, vanished), for run
+        metadata."""
         events = [{"path": path_text(p.path), "event": e, "detail": d} for p in self.files for e, d in p.notes]
         skips = self.recorded_skips + self.skipped
         events += [{"path": path_text(s.path), "event": "skipped", "detail": s.detail} for s in skips]
@@ -663,6 +681,27 @@ def _identity_change(progress: FileProgress, stored: Stored) -> tuple[str, str] 
         before = min(ends, FINGERPRINT_BYTES)
         return ("replaced", f"the {before} bytes before byte {ends} changed (an inode reused, or rewritten in place)")
     return None
+
+
+def _take_over_renamed(progress: FileProgress, before: dict[str, Stored]) -> None:
+    """A new file under the name of files no longer listed (``before``): if it begins with what was read of one of
+    them, a writer saving by rename (as rsync and editors do) replaced that one with a longer copy, and reading
+    goes on where it stopped (``renamed over``). Any other new file is read from its start: after a rotation the
+    name's earlier files are gone, or listed under other names."""
+    same = [
+        (key, stored)
+        for key, stored in before.items()
+        if stored.position > 0 and _identity_change(progress, stored._replace(file_stat=None)) is None
+    ]
+    if not same:
+        return
+    key, stored = max(same, key=lambda item: item[1].position)
+    LandingReader._resume(progress, stored._replace(file_stat=None))
+    progress.recorded = progress.recorded_stat = None  # this key has no state row yet
+    progress.adopted = key
+    detail = f"begins with what was read of file {key} (up to position {stored.position}): read on from there"
+    LOG.info("%s was renamed over (%s)", path_text(progress.path), detail)
+    progress.notes.append(("renamed over", detail))
 
 
 def _step_over_newline_of_delivered_line(progress: FileProgress) -> None:

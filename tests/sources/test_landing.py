@@ -197,6 +197,42 @@ def test_a_file_gone_with_bytes_not_read_is_recorded_once_and_read_on_if_it_come
     _finish_the_line_and_find_both(lake, path, rest)
 
 
+def test_a_file_saved_by_rename_with_more_lines_is_read_on_where_it_stopped(lake: Lake) -> None:
+    """rsync and editors write a new copy and rename it over the old file: a new inode under the same name."""
+    path = lake.landing / "events.json"
+    start, rest = _land_a_line_and_40_bytes_of_the_next(path)
+    lake.batch()  # the line, and 40 bytes of the next held back
+    no_time = json.dumps(network_connect("{A}", "10.0.0.3", record=3, utc_time=""))  # never taken for a redelivery
+    for more in ([no_time], [json.dumps(network_connect("{A}", "10.0.0.4"))]):
+        copy = path.with_name("events.json.part")
+        copy.write_text(path.read_text() + rest + "\n" + "\n".join(more) + "\n")
+        inode = path.stat().st_ino
+        os.replace(copy, path)
+        assert path.stat().st_ino != inode
+        rest = ""
+        lake.batch()
+    assert lake.rows("SELECT event_data.DestinationIp FROM winlogbeat_stream ORDER BY _seq") == [
+        (f"10.0.0.{n}",) for n in range(1, 5)
+    ]
+    assert [event for (event,) in lake.rows("SELECT event FROM ingest.file_events")] == ["renamed over"] * 2
+    assert lake.rows("SELECT path, position FROM ingest.files") == [(str(path), path.stat().st_size)]
+    assert start < path.stat().st_size
+
+
+def test_a_new_file_under_a_gone_files_name_is_read_from_its_start(lake: Lake) -> None:
+    path = lake.land([network_connect("{A}", "10.0.0.1")], name="winlogbeat")
+    lake.batch()
+    new = lake.land([network_connect("{A}", f"10.0.1.{n}") for n in range(1, 4)], name="winlogbeat.tmp")
+    path.rename(path.with_name("winlogbeat.1"))
+    path.with_name("winlogbeat.1").unlink()  # rotated out (keepfiles), after the new file took another inode
+    new.rename(path)
+    lake.batch()
+    assert lake.rows("SELECT event_data.DestinationIp FROM winlogbeat_stream WHERE _batch_id = 2 ORDER BY 1") == [
+        (f"10.0.1.{n}",) for n in range(1, 4)
+    ]
+    assert lake.count("ingest.file_events") == 0
+
+
 def test_a_file_read_to_its_end_and_deleted_leaves_no_file_event(lake: Lake) -> None:
     path = lake.land([network_connect("{A}")], name="winlogbeat.1")
     lake.batch()
