@@ -4,7 +4,8 @@
 yields only the rows that model gained since this model last consumed it (its delta), a
 reference to a *table* model yields the table as it stands now. ``ref(name, full=True)``
 yields every row of a stream, for models that must look back (an as-of join). A model written in the same step
-as another (``part_of``) reads that model's rows of this batch through ``ref()``. A *view* model is
+as another (``part_of``) reads the rows that model wrote in the same transaction through ``ref()``, and has no
+stream input of its own. A *view* model is
 stored as a query, not as rows, so every ``ref()`` in it yields the whole relation, as does a ``ref()`` to it.
 ``unmatched(name)``, beside ``ref(name)`` of a stream declared ``retry_unmatched``, yields the rows of its retried
 input that it stopped waiting for (their grace ended without a match) in the batches of ``name`` this step reads.
@@ -108,6 +109,7 @@ class StepContext:
     sources: dict[str, str] = field(default_factory=dict)
     is_incremental: bool = True
     pending_floor: int | None = None  # lowest _seq this model still waits to match (None: nothing pending)
+    part_of_floor: int | None = None  # a side model: the highest _seq its step wrote in this batch before now
     shard: Shard = field(default_factory=Shard)
     execute: bool = True  # False: rendered for its columns only
 
@@ -223,7 +225,8 @@ def render_step(
 
     def ref(name: str, full: bool = False) -> str:
         if own.get("part_of") == name and not full:
-            return f"(SELECT * FROM {name} WHERE _batch_id = {step.batch_id})"
+            above = "" if step.part_of_floor is None else f" AND _seq > {step.part_of_floor}"
+            return f"(SELECT * FROM {name} WHERE _batch_id = {step.batch_id}{above})"
         if full or own["materialized"] == "view" or configs[name]["materialized"] in ("table", "view"):
             return name
         retried_by = model.name if own.get("retry_unmatched") == name else None

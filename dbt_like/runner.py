@@ -157,6 +157,16 @@ class Project:
         self.variables = dict(variables or {})
         self.models: dict[str, Model] = discover_models(models_dir)
         self.configs = {name: model_config(model, self.variables) for name, model in self.models.items()}
+        for name in self.configs:
+            if self.configs[name].get("part_of") and self.stream_inputs(name):
+                raise ProjectError(
+                    f"{self.models[name].path}: a side model (part_of) reads only the rows of its step; its own "
+                    f"stream input(s) {', '.join(self.stream_inputs(name))} would be read again in each transaction "
+                    "of the step: make it a model of its own"
+                )
+        # per step transaction: the highest _seq the step's model had of the batch before it wrote (side models
+        # read above it)
+        self._part_of_floor: dict[str, int | None] = {}
         self._columns_checked: set[str] = set()
         self._existing: set[str] = set()
         self._batches: dict[str, Batch] = {}
@@ -528,6 +538,8 @@ class Project:
             if may_idle and all(self._idle(con, r, batch, relations) for r in results):
                 self._check(con, names, batch, results)
                 raise _NothingNew
+            if len(names) > 1:
+                self._part_of_floor = {names[0]: self._last_seq_of_batch(con, names[0], batch)}
             for model, result in zip(names, results, strict=True):
                 self._write(con, model, batch, relations, result)
                 self._finish(con, model, batch, result)
@@ -735,6 +747,7 @@ class Project:
             upper_bounds=dict(result.offsets_after),
             sources=relations,
             pending_floor=result.pending_floor,
+            part_of_floor=self._part_of_floor.get(self.configs[name].get("part_of", "")),
             shard=self.shard,
         )
         last = self._rendered.get(name)
@@ -744,6 +757,13 @@ class Project:
         compiled = f"(\n{sql}\n)"
         self._rendered[name] = (step, compiled)
         return compiled
+
+    def _last_seq_of_batch(self, con: Connection, name: str, batch: Batch) -> int | None:
+        """The highest ``_seq`` of ``name``'s rows of ``batch`` so far: a step's earlier transactions (its chunks,
+        or a run that stopped after some of them) wrote them."""
+        if not self.exists(con, name):
+            return None
+        return scalar(con, f"SELECT max(_seq) FROM {name} WHERE _batch_id = {batch.batch_id}")
 
     def _write(self, con: Connection, name: str, batch: Batch, relations: dict[str, str], result: StepResult) -> None:
         config = self.configs[name]

@@ -5,12 +5,8 @@
 {% set kafka = var('source', 'files') == 'kafka' %}
 WITH unparsed AS (
     SELECT l.* FROM {{ source('landed_lines') }} AS l
-    -- ref(): the stream's rows of this batch (rejects is part of its step); only this chunk's: _seq is
-    -- ascending, so zone maps skip the earlier chunks'
-    ANTI JOIN (
-        SELECT _seq FROM {{ ref('winlogbeat_stream') }}
-        WHERE _seq >= (SELECT min(_seq) FROM {{ source('landed_lines') }})
-    ) AS parsed USING (_seq)
+    -- ref(): the stream's rows of this chunk (rejects is part of its step)
+    ANTI JOIN (SELECT _seq FROM {{ ref('winlogbeat_stream') }}) AS parsed USING (_seq)
 ), landed AS (
     -- the line without the newline a landed file's line still carries
     SELECT u.* REPLACE (CAST(u.line AS BLOB)[1:u.line_bytes] AS line, CAST(u.source_file AS VARCHAR) AS source_file)

@@ -267,6 +267,27 @@ def test_a_lagging_step_with_a_side_model_reads_its_window_at_once(project: Proj
     assert con.execute("SELECT _seq FROM order_log ORDER BY 1").fetchall() == [(1,), (2,), (3,)]
 
 
+def test_a_side_model_of_a_chunk_fed_step_reads_each_chunks_rows_once(project: Project) -> None:
+    (project.models_dir / "event_log.sql").write_text(
+        "{{ config(materialized='stream', part_of='events') }} SELECT _seq, item FROM {{ ref('events') }}"
+    )
+    project, con = Project(project.models_dir), duckdb.connect()
+    batch = open_batch(con, "r1", T0)
+    project.run_step(con, "events", batch, source_chunks=[feed((1, "order", "a")), feed((2, "order", "b"))])
+    # the batch's step run again (a run that stopped after those chunks, going on): its rows are not read again
+    project.run_step(con, "events", batch, source_chunks=[feed((3, "price", "b"))])
+    assert con.execute("SELECT _seq FROM event_log ORDER BY 1").fetchall() == [(1,), (2,), (3,)]
+
+
+def test_a_side_model_with_a_stream_input_of_its_own_is_refused(project: Project) -> None:
+    """Its step reads the side model's inputs in each of its transactions: a catch-up would read them again."""
+    (project.models_dir / "order_notes.sql").write_text(
+        "{{ config(materialized='stream', part_of='orders') }} SELECT _seq, item FROM {{ ref('events') }}"
+    )
+    with pytest.raises(ProjectError, match=r"order_notes\.sql: a side model .* input\(s\) events "):
+        Project(project.models_dir)
+
+
 def test_unmatched_of_a_model_that_retries_nothing_is_refused(project: Project) -> None:
     (project.models_dir / "lost.sql").write_text(
         "SELECT _seq, item FROM {{ ref('orders') }} UNION ALL SELECT _seq, item FROM {{ unmatched('orders') }}"
