@@ -9,7 +9,7 @@ from dbt_like.concurrency import ConcurrentWriterError
 from dbt_like.project import Model, ProjectError, SchemaTest, discover_models
 from dbt_like.runner import Project, StepResult
 from dbt_like.schema_tests import TestResult, run_schema_tests
-from dbt_like.state import Batch, ensure_state, open_batch, table_columns, table_exists
+from dbt_like.state import Batch, ensure_state, open_batch, table_columns, table_exists, unread_rows
 
 __all__ = [
     "Batch",
@@ -27,4 +27,5 @@ __all__ = [
     "run_schema_tests",
     "table_columns",
     "table_exists",
+    "unread_rows",
 ]

@@ -97,6 +97,23 @@ def find_or_add_batch(con: Connection, run_key: str, started_at: datetime, shard
     return Batch(batch_id, started_at), True
 
 
+def unread_rows(con: Connection, stream: str) -> str:
+    """SQL condition on the rows of ``stream`` that a step has still to read: committed after the lowest batch a
+    step has read it up to, waiting for a match (pending), or given up and not read yet by the readers of
+    ``unmatched()`` (rows without a ``_seq`` are never either). A step that never read the stream holds no offset
+    of it, and keeps nothing."""
+    offsets = f"{STATE_SCHEMA}.offsets"
+    unread = f"_batch_id > coalesce((SELECT min(batch_id) FROM {offsets} WHERE input = {literal(stream)}), {2**63 - 1})"
+    if "_seq" in dict(table_columns(con, stream)):
+        # unmatched(name)'s readers read name's batches: a given-up row is read once they all passed its batch
+        given_up_unread = (
+            f"SELECT u.seq FROM {UNMATCHED_TABLE} AS u "
+            f"WHERE u.batch_id > coalesce((SELECT min(o.batch_id) FROM {offsets} AS o WHERE o.input = u.model), 0)"
+        )
+        unread += f" OR _seq IN (SELECT seq FROM {PENDING_TABLE}) OR _seq IN ({given_up_unread})"
+    return f"({unread})"
+
+
 def table_exists(con: Connection, name: str) -> bool:
     """Whether ``name`` exists in the connection's default catalog and schema."""
     return bool(

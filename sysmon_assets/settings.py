@@ -210,7 +210,8 @@ class Settings:
     event_retention_days: float = setting(
         0.0,
         "SYSMON_EVENT_RETENTION_DAYS",
-        "maintenance drops the stream tables' rows (detections included) whose batch started longer ago than this",
+        "maintenance drops the stream tables' rows (detections included) whose batch started longer ago than this, "
+        "but those a step has still to read",
         shown="`0` (keep)",
         check=lambda days: None if 0 <= days < 36500 else "expected 0 (keep) or more",
     )

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import duckdb
 
-from dbt_like import table_exists
+from dbt_like import table_exists, unread_rows
 from dbt_like.sql import literal, scalar
 from sysmon_assets.storage.lake import (
     CATALOG_DATABASE,
@@ -69,8 +69,9 @@ def data_files(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
 
 
 def drop_old_events(con: duckdb.DuckDBPyConnection, older_than: datetime) -> dict[str, int]:
-    """Delete stream rows whose batch started before ``older_than``, in one transaction that also records the
-    stream's highest arrival number (see ``DROPPED_SEQ_TABLE``)."""
+    """Delete stream rows whose batch started before ``older_than``, but those a step has still to read (a step
+    that lags, a connection still waiting for its create, or given up and not yet hunted), in one transaction
+    that also records the stream's highest arrival number (see ``DROPPED_SEQ_TABLE``)."""
     dropped = {}
     con.execute(RETENTION_DDL)
     con.begin()
@@ -87,7 +88,8 @@ def drop_old_events(con: duckdb.DuckDBPyConnection, older_than: datetime) -> dic
             dropped[table] = scalar(
                 con,
                 f"DELETE FROM {table} WHERE _batch_id IN "
-                f"(SELECT batch_id FROM dbt_like.batches WHERE started_at < {literal(older_than)})",
+                f"(SELECT batch_id FROM dbt_like.batches WHERE started_at < {literal(older_than)}) "
+                f"AND NOT {unread_rows(con, table)}",
             )
     con.commit()
     return dropped
