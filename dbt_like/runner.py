@@ -3,7 +3,8 @@
 Every model table carries ``_batch_id``, the batch that committed the row. A downstream
 model remembers, per input, the last batch it consumed (its offset, in ``dbt_like.offsets``)
 and commits its new rows together with its new offsets, so a crash at any point followed by
-a rerun gives the tables one clean run would have given. A step behind by several batches of its inputs (its
+a rerun gives the tables one clean run would have given (but for a wait that depends on time: the rerun's batch
+time measures the grace of the steps the crash left undone). A step behind by several batches of its inputs (its
 runs failed, or were left out) catches up one upstream batch per transaction.
 
 How each materialization (``stream``, ``table``, ``view``) writes a step's rows: dbt_like/materializations.py.
@@ -655,11 +656,9 @@ class Project:
                 waits = next(values)
                 ended_in[upstream], kept[upstream] = waits["ended"], waits["kept"]
         # A step that lags behind (its last step failed, or it was not run) catches up one upstream batch per
-        # transaction (the batches its inputs gained rows in, or ended waits in). A step with side models reads its
-        # whole window at once: they read the rows their step wrote in the batch, every transaction's.
+        # transaction (the batches its inputs gained rows in, or ended waits in).
         firsts = [first for first in gained_first.values() if first] + [min(e) for e in ended_in.values() if e]
-        lasts = list(newest.values()) + [max(e) for e in ended_in.values() if e]
-        window_end = max(lasts, default=0) if self.side_models(name) else min(firsts, default=0)
+        window_end = min(firsts, default=0)
         # this transaction's own (a lagging step's earlier transactions are counted by _carry_over); a step that lets
         # go of what its readers have read does so after each of its transactions
         letting_go = result.unmatched_let_go

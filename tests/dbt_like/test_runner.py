@@ -254,8 +254,8 @@ def test_a_lagging_step_reports_the_rows_that_stopped_waiting_it_read_once(tmp_p
     assert con.execute("SELECT _seq, item FROM late").fetchall() == [(2, "y")]
 
 
-def test_a_lagging_step_with_a_side_model_reads_its_window_at_once(project: Project) -> None:
-    """A side model reads the rows its step wrote in the batch: split, it would read the first transaction's again."""
+def test_a_lagging_step_with_a_side_model_reads_one_batch_per_transaction_and_each_row_once(project: Project) -> None:
+    """A side model reads the rows its step wrote in the transaction: not the earlier transactions' again."""
     (project.models_dir / "order_log.sql").write_text(
         "{{ config(materialized='stream', part_of='orders') }} SELECT _seq, item FROM {{ ref('orders') }}"
     )
@@ -263,7 +263,9 @@ def test_a_lagging_step_with_a_side_model_reads_its_window_at_once(project: Proj
     for number in (1, 2, 3):
         at = open_batch(con, f"r{number}", T0)
         project.run_step(con, "events", at, source_chunks=[feed((number, "order", f"item{number}"))])
-    project.run_step(con, "orders", at)
+    counting = CountingConnection(con)
+    (result, _) = project.run_step(counting, "orders", at)
+    assert (counting.begins, result.offsets_after) == (4, {"events": 3})  # a transaction per batch, then the tests
     assert con.execute("SELECT _seq FROM order_log ORDER BY 1").fetchall() == [(1,), (2,), (3,)]
 
 
