@@ -15,7 +15,8 @@ import duckdb
 import pandas as pd
 import pytest
 
-from dbt_like import ConcurrentWriterError, Project, ProjectError, open_batch, runner
+from dbt_like import ConcurrentWriterError, Project, ProjectError, open_batch, runner, unread_rows
+from dbt_like.sql import literal
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.lake import attach, connection_config
 from tests.conftest import profile_operators, profile_to
@@ -267,6 +268,35 @@ def test_a_lagging_step_with_a_side_model_reads_one_batch_per_transaction_and_ea
     (result, _) = project.run_step(counting, "orders", at)
     assert (counting.begins, result.offsets_after) == (4, {"events": 3})  # a transaction per batch, then the tests
     assert con.execute("SELECT _seq FROM order_log ORDER BY 1").fetchall() == [(1,), (2,), (3,)]
+
+
+@pytest.mark.parametrize("stopped", ["orders", "all"])
+def test_a_retention_that_spares_unread_rows_loses_no_outcome(tmp_path: Path, stopped: str) -> None:
+    """A retention of 15 minutes (longer than the grace) runs while a step lags (orders: its runs failed) or the
+    whole pipeline is stopped (x waits, then is given up): deleting what unread_rows holds, no outcome is lost."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for name, sql in {**MODELS, **OUTCOMES}.items():
+        (models / name).write_text(sql)
+    project, con = Project(models), duckdb.connect()
+    every = ["orders", "catalog", "priced", "outcomes", "late"]
+
+    def batch(minute: int, rows: list, steps: list[str]) -> None:
+        at = project.open_batch(con, f"r{minute}", T0 + timedelta(minutes=minute))
+        project.run_step(con, "events", at, source_chunks=[feed(*rows)])
+        for name in steps:
+            project.run_step(con, name, at)
+
+    batch(-1, [(9, "price", "z")], every)
+    batch(0, [(1, "order", "x")], [] if stopped == "orders" else every)
+    if stopped == "orders":
+        batch(8, [], [])
+    older = f"SELECT batch_id FROM dbt_like.batches WHERE started_at < {literal(T0 + timedelta(minutes=1))}"
+    for table in ["events", "orders", "priced", "outcomes", "late"]:  # at minute 16: what t=0 wrote, if read
+        con.execute(f"DELETE FROM {table} WHERE _batch_id IN ({older}) AND NOT {unread_rows(con, table)}")
+    batch(16, [], every)
+    batch(40, [], every)
+    assert con.execute("SELECT _seq, item, outcome FROM outcomes").fetchall() == [(1, "x", "unpriced")]
 
 
 def test_a_side_model_of_a_chunk_fed_step_reads_each_chunks_rows_once(project: Project) -> None:
