@@ -79,6 +79,16 @@ def test_integer_fields_coerce_from_strings_and_numbers(lake: Lake) -> None:
     ]
 
 
+def test_a_json_number_that_is_not_an_integer_is_recorded_as_duckdb_renders_it(lake: Lake) -> None:
+    connect = network_connect("{G}")
+    connect["event_data"]["DestinationPort"] = 1e3  # written 1000.0; DuckDB renders 1E3 the same
+    lake.land([process_create("{G}"), json.dumps(connect).replace("1000.0", "1E3")])
+    lake.batch()
+    assert lake.rows(
+        "SELECT event_data.DestinationPort, _coercion_errors FROM winlogbeat_stream WHERE event_id = 3"
+    ) == [(None, [{"field": "DestinationPort", "value": "1000.0"}])]
+
+
 def test_a_field_that_does_not_coerce_becomes_null_keeps_the_row_and_records_the_value(lake: Lake) -> None:
     lake.land([process_create("{G}"), network_connect("{G}", event_data={"DestinationPort": "http-alt"})])
     lake.batch()
