@@ -297,8 +297,9 @@ class Settings:
             raise SettingsError("SYSMON_KAFKA_SINK publishes from one pipeline: it cannot run with SYSMON_SHARDS > 1")
 
     def _check_event_retention(self) -> None:
-        """Retention must keep a connection for as long as it may wait for its process create: dropped while
-        waiting, it would never join, nor run the Sigma rules that wait with it."""
+        """A retention no longer than the grace a connection waits for its process create is refused as a
+        mistake: events are kept longer than they may wait (maintenance spares the waiting ones in any case,
+        ``dbt_like.unread_rows``)."""
         retention_minutes = self.event_retention_days * 24 * 60
         if self.join_mode == "default" and 0 < retention_minutes <= self.join_grace_minutes:
             raise SettingsError(
