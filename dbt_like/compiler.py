@@ -4,8 +4,9 @@
 yields only the rows that model gained since this model last consumed it (its delta), a
 reference to a *table* model yields the table as it stands now. ``ref(name, full=True)``
 yields every row of a stream, for models that must look back (an as-of join). A model written in the same step
-as another (``part_of``) reads the rows that model wrote in the same transaction through ``ref()``, and has no
-stream input of its own. A *view* model is
+as another (``part_of``) reads the rows that model wrote in the same transaction through ``ref()`` (those with a
+``_seq`` above its highest of the batch before: a model with side models numbers a batch's rows upwards, or its
+step fails), and has no stream input of its own. A *view* model is
 stored as a query, not as rows, so every ``ref()`` in it yields the whole relation, as does a ``ref()`` to it.
 ``unmatched(name)``, beside ``ref(name)`` of a stream declared ``retry_unmatched``, yields the rows of its retried
 input that it stopped waiting for (their grace ended without a match) in the batches of ``name`` this step reads.

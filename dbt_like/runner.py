@@ -542,7 +542,10 @@ class Project:
             if len(names) > 1:
                 self._part_of_floor = {names[0]: self._last_seq_of_batch(con, names[0], batch)}
             for model, result in zip(names, results, strict=True):
+                written_before = result.rows_written
                 self._write(con, model, batch, relations, result)
+                if model == names[0] and len(names) > 1:
+                    self._check_side_models_see(con, model, batch, result.rows_written - written_before)
                 self._finish(con, model, batch, result)
             if before_commit:
                 before_commit(con)
@@ -759,10 +762,25 @@ class Project:
 
     def _last_seq_of_batch(self, con: Connection, name: str, batch: Batch) -> int | None:
         """The highest ``_seq`` of ``name``'s rows of ``batch`` so far: a step's earlier transactions (its chunks,
-        or a run that stopped after some of them) wrote them."""
-        if not self.exists(con, name):
+        or a run that stopped after some of them) wrote them. None if it has none, or no ``_seq`` column (its side
+        models then read all its rows of the batch)."""
+        if not self.exists(con, name) or "_seq" not in {column for column, _ in table_columns(con, name)}:
             return None
         return scalar(con, f"SELECT max(_seq) FROM {name} WHERE _batch_id = {batch.batch_id}")
+
+    def _check_side_models_see(self, con: Connection, name: str, batch: Batch, written: int) -> None:
+        """Side models read the rows above the floor: rows written at or below it would be missed, so a step whose
+        model numbers a batch's rows downwards fails instead."""
+        floor = self._part_of_floor.get(name)
+        if floor is None:
+            return
+        above = scalar(con, f"SELECT count(*) FROM {name} WHERE _batch_id = {batch.batch_id} AND _seq > {floor}")
+        if above != written:
+            raise ProjectError(
+                f"model {name} wrote {written} row(s) in this transaction, {written - above} of them with a _seq at "
+                f"or below {floor}, the highest it wrote earlier in batch {batch.batch_id}: its side models read the "
+                "rows above it, so a model with side models numbers a batch's rows upwards"
+            )
 
     def _write(self, con: Connection, name: str, batch: Batch, relations: dict[str, str], result: StepResult) -> None:
         config = self.configs[name]

@@ -101,7 +101,8 @@ def unread_rows(con: Connection, stream: str) -> str:
     """SQL condition on the rows of ``stream`` that a step has still to read: committed after the lowest batch a
     step has read it up to, waiting for a match (pending), or given up and not read yet by the readers of
     ``unmatched()`` (rows without a ``_seq`` are never either). A step that never read the stream holds no offset
-    of it, and keeps nothing."""
+    of it, and keeps nothing; the offsets of a model taken out of the project stay, and keep what it did not read
+    (delete its rows of ``dbt_like.offsets``)."""
     offsets = f"{STATE_SCHEMA}.offsets"
     unread = f"_batch_id > coalesce((SELECT min(batch_id) FROM {offsets} WHERE input = {literal(stream)}), {2**63 - 1})"
     if "_seq" in dict(table_columns(con, stream)):

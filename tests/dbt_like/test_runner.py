@@ -311,6 +311,32 @@ def test_a_side_model_of_a_chunk_fed_step_reads_each_chunks_rows_once(project: P
     assert con.execute("SELECT _seq FROM event_log ORDER BY 1").fetchall() == [(1,), (2,), (3,)]
 
 
+def test_a_side_model_of_a_step_numbering_a_batch_downwards_fails_it_rather_than_miss_rows(project: Project) -> None:
+    (project.models_dir / "event_log.sql").write_text(
+        "{{ config(materialized='stream', part_of='events') }} SELECT _seq, item FROM {{ ref('events') }}"
+    )
+    project, con = Project(project.models_dir), duckdb.connect()
+    batch = open_batch(con, "r1", T0)
+    with pytest.raises(ProjectError, match=r"model events wrote 1 row\(s\) in this transaction, 1 of them with a _seq"):
+        project.run_step(con, "events", batch, source_chunks=[feed((5, "order", "a")), feed((2, "order", "b"))])
+    assert con.execute("SELECT _seq FROM event_log").fetchall() == [(5,)]  # the second chunk was rolled back
+
+
+def test_a_side_model_of_a_model_without_seq_reads_its_rows_of_the_batch(project: Project) -> None:
+    (project.models_dir / "kinds.sql").write_text(
+        "{{ config(materialized='stream') }} SELECT DISTINCT kind FROM {{ ref('events') }}"
+    )
+    (project.models_dir / "kind_log.sql").write_text(
+        "{{ config(materialized='stream', part_of='kinds') }} SELECT kind FROM {{ ref('kinds') }}"
+    )
+    project, con = Project(project.models_dir), duckdb.connect()
+    for number, kind in enumerate(["order", "price"], start=1):
+        batch = open_batch(con, f"r{number}", T0)
+        project.run_step(con, "events", batch, source_chunks=[feed((number, kind, "a"))])
+        project.run_step(con, "kinds", batch)
+    assert con.execute("SELECT kind FROM kind_log ORDER BY 1").fetchall() == [("order",), ("price",)]
+
+
 def test_a_side_model_with_a_stream_input_of_its_own_is_refused(project: Project) -> None:
     """Its step reads the side model's inputs in each of its transactions: a catch-up would read them again."""
     (project.models_dir / "order_notes.sql").write_text(
