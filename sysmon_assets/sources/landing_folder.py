@@ -685,9 +685,9 @@ def _identity_change(progress: FileProgress, stored: Stored) -> tuple[str, str] 
 
 def _take_over_renamed(progress: FileProgress, before: dict[str, Stored]) -> None:
     """A new file under the name of files no longer listed (``before``): if it begins with what was read of one of
-    them, a writer saving by rename (as rsync and editors do) replaced that one with a longer copy, and reading
-    goes on where it stopped (``renamed over``). Any other new file is read from its start: after a rotation the
-    name's earlier files are gone, or listed under other names."""
+    them (as fingerprinted: see _identity_change), a writer saving by rename (as rsync and editors do) replaced
+    that one with a longer copy, and reading goes on where it stopped (``renamed over``). Any other new file is
+    read from its start: after a rotation the name's earlier files are gone, or listed under other names."""
     same = [
         (key, stored)
         for key, stored in before.items()
@@ -697,6 +697,9 @@ def _take_over_renamed(progress: FileProgress, before: dict[str, Stored]) -> Non
         return
     key, stored = max(same, key=lambda item: item[1].position)
     LandingReader._resume(progress, stored._replace(file_stat=None))
+    if progress.notes:  # it changed since the check: a new file after all, read from its start
+        progress.notes.clear()
+        return
     progress.recorded = progress.recorded_stat = None  # this key has no state row yet
     progress.adopted = key
     detail = f"begins with what was read of file {key} (up to position {stored.position}): read on from there"
