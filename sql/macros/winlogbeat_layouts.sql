@@ -154,6 +154,12 @@
 (contains({{ field }}, chr(0)) OR (holds_marks AND contains({{ field }}, chr(64976))))
 {%- endmacro %}
 
+{#- A damaged value as a coercion error shows it: each NUL written \u0000, marks dropped (a lone surrogate stays
+    written as its escape, a byte that is not UTF-8 as \xNN). -#}
+{% macro shown_damaged(value) -%}
+replace(replace({{ value }}, chr(0), '\u0000'), chr(64976), '')
+{%- endmacro %}
+
 {#- A recipe field as text, from the first layout that carries it. -#}
 {% macro flat_field(field) -%}
 {%- set values = [] -%}
@@ -266,7 +272,7 @@ WITH landed AS (
             {%- endfor %}),
         CASE WHEN may_be_damaged THEN list_filter([
             {%- for field, name in text_fields.items() %}
-            CASE WHEN {{ damaged('"' ~ field ~ '"') }} THEN {'field': '{{ name }}', 'value': replace(replace("{{ field }}", chr(0), '\u0000'), chr(64976), '')} END{{ ',' if not loop.last }}
+            CASE WHEN {{ damaged('"' ~ field ~ '"') }} THEN {'field': '{{ name }}', 'value': {{ shown_damaged('"' ~ field ~ '"') }}} END{{ ',' if not loop.last }}
             {%- endfor %}], lambda e: e IS NOT NULL) ELSE [] END AS damage_errors
     FROM mapped
 ), extra_parts AS (
@@ -315,7 +321,7 @@ WITH landed AS (
             WHEN layout = '{{ layout.name }}' THEN list_filter([
                 {%- for field, value in layout.mapped_from %}
                 CASE WHEN "{{ field }}" IS NULL AND {{ value }} IS NOT NULL
-                     THEN {'field': '{{ field }}', 'value': replace(replace({{ value }}, chr(0), '\u0000'), chr(64976), '')} END{{ ',' if not loop.last }}
+                     THEN {'field': '{{ field }}', 'value': {{ shown_damaged(value) }}} END{{ ',' if not loop.last }}
                 {%- endfor %}], lambda e: e IS NOT NULL)
             {%- endfor %}
             ELSE [] END AS field_errors,
