@@ -399,7 +399,10 @@ class LandingReader:
         owned = [entry for entry in skipped if self.owns(entry.key)]
         self.skipped, self.recorded_skips = self._not_yet_recorded(owned), []
         listed = {landed.key for landed in files}
-        unlisted = {key: stored for key, stored in known.items() if key not in listed and self.owns(key)}
+        unlisted: dict[str, dict[str, Stored]] = {}  # by path: the files a new one may have been renamed over
+        for key, stored in known.items():
+            if key not in listed and self.owns(key):
+                unlisted.setdefault(stored.path, {})[key] = stored
         planned = (
             self._plan_file(landed, known, unlisted, first_batch_ever) for landed in files if self.owns(landed.key)
         )
@@ -440,7 +443,11 @@ class LandingReader:
         return new
 
     def _plan_file(
-        self, landed: LandedFile, known: dict[str, Stored], unlisted: dict[str, Stored], first_batch_ever: bool
+        self,
+        landed: LandedFile,
+        known: dict[str, Stored],
+        unlisted: dict[str, dict[str, Stored]],
+        first_batch_ever: bool,
     ) -> FileProgress | None:
         """Where reading ``landed`` starts; None if it moved since the listing (a later batch reads it)."""
         try:
@@ -450,14 +457,18 @@ class LandingReader:
             return None
 
     def _planned(
-        self, landed: LandedFile, known: dict[str, Stored], unlisted: dict[str, Stored], first_batch_ever: bool
+        self,
+        landed: LandedFile,
+        known: dict[str, Stored],
+        unlisted: dict[str, dict[str, Stored]],
+        first_batch_ever: bool,
     ) -> FileProgress:
         path, key, size, settled = landed
         progress = FileProgress(key, path, 0, 0, size, file_stat=settled)
         if key in known:
             self._resume(progress, known[key])
         else:
-            _take_over_renamed(progress, {k: s for k, s in unlisted.items() if s.path == path_text(path)})
+            _take_over_renamed(progress, unlisted.get(path_text(path), {}))
         if first_batch_ever and self.offset_reset == "latest":
             self._skip_to_end(progress)
         progress.head_bytes = _head_bytes(progress.kind, size)
