@@ -642,9 +642,10 @@ class Project:
         for upstream in inputs:
             # an input added to a model that has run is read from the batches the model has not read yet
             before = result.offsets_before[upstream] = stored.get(upstream, max(stored.values(), default=0))
+            # only the batches above `before`: the catalog's statistics let the scan skip every file of older ones
             figures.append(
-                f"(SELECT [coalesce(min(_batch_id) FILTER (_batch_id > {before}), 0), coalesce(max(_batch_id), 0)] "
-                f"FROM {upstream} WHERE {self.shard.owns()})"
+                f"(SELECT [coalesce(min(_batch_id), 0), coalesce(max(_batch_id), {before})] "
+                f"FROM {upstream} WHERE _batch_id > {before} AND {self.shard.owns()})"
             )
             if upstream in self.models[name].unmatched:
                 figures.append(
