@@ -51,7 +51,7 @@ from dbt_like.concurrency import (
     pause_before_retry,
     rollback,
 )
-from dbt_like.lake_at_open import LakeAtOpen, read_lake_at_open
+from dbt_like.lake_at_open import LakeAtOpen, TableFigures, read_lake_at_open
 from dbt_like.materializations import append, new_columns, upsert, view_outdated
 from dbt_like.project import Model, ProjectError, discover_models
 from dbt_like.schema_tests import TestResult, run_schema_tests
@@ -254,7 +254,7 @@ class Project:
         results = [StepResult(model=model) for model in names]
         checked = False
         if source_chunks is None:
-            quiet = self._quiet_results(names, batch)
+            quiet = self._quiet_results(names, batch, con)
             if quiet is not None:
                 if after_commit:
                     after_commit()
@@ -275,7 +275,7 @@ class Project:
                     after_commit()
                 for relation in relations.values():
                     con.unregister(relation)
-        if not checked and not self._checked_at_open(batch, results):
+        if not checked and not self._checked_at_open(batch, results, con):
             con.begin()  # one read transaction: a lake reads its catalog once for all of them, not once per query
             try:
                 self._check(con, names, batch, results)
@@ -283,10 +283,11 @@ class Project:
                 con.rollback()
         return results
 
-    def _checked_at_open(self, batch: Batch, results: list[StepResult]) -> bool:
+    def _checked_at_open(self, batch: Batch, results: list[StepResult], con: Connection | None) -> bool:
         """Whether a step that wrote no rows took its tests and row counts from the lake as its batch opened (the
-        batch has no rows to test; the tables hold what they held then). A view has rows of the batch only when
-        a table it reads got rows in the batch (its ``_batch_id`` is theirs)."""
+        batch has no rows to test; the tables hold what they held then; the counts are read once per batch, on
+        first need, with ``con``). A view has rows of the batch only when a table it reads got rows in the batch
+        (its ``_batch_id`` is theirs)."""
         at_open = self._at_open.get(batch.batch_id)
         if at_open is None or any(r.rows_written for r in results):
             return False
@@ -294,12 +295,15 @@ class Project:
         for result in results:
             model = result.model
             if not self._is_view(model):
-                if model not in at_open.rows:
+                if model not in at_open.tables:
                     return False
             elif (reads := self._tables_read(model)) & wrote or not reads <= self.models.keys():
                 return False  # a table it reads wrote rows in the batch, or it reads a source
+        figures = at_open.figures(con)
+        if figures is None:
+            return False
         for result in results:
-            result.table_rows = None if self._is_view(result.model) else at_open.rows[result.model]
+            result.table_rows = None if self._is_view(result.model) else figures.rows[result.model]
             result.tests = [TestResult(result.model, test, 0) for test in self.models[result.model].tests]
         return True
 
@@ -342,7 +346,7 @@ class Project:
             self._state_ready = True
             if at_open:  # one writer has one batch open at a time: earlier batches' readings are done with
                 self._at_open, self._wrote = {batch.batch_id: at_open}, {batch.batch_id: set()}
-                self._existing.update(at_open.rows)
+                self._existing.update(at_open.tables)
                 self._columns_checked.update(unchanged)
             self._batches[run_key] = batch
         return self._batches[run_key]
@@ -359,12 +363,12 @@ class Project:
             return None
         return self._quiet_results([name, *self.side_models(name)], batch)
 
-    def _quiet_results(self, names: list[str], batch: Batch) -> list[StepResult] | None:
+    def _quiet_results(self, names: list[str], batch: Batch, con: Connection | None = None) -> list[StepResult] | None:
         """The results of a step that, by the lake as its batch opened, has nothing to do, or None when that
         cannot be told without running the step: with shards, in a batch another process opened or whose clock has
         a time zone, for an input an earlier step of the batch wrote rows to, a view, the batch's last step, or a
-        model whose columns were not checked as the batch opened. The step's tests pass: the batch has no rows in
-        its tables."""
+        model whose columns were not checked as the batch opened, or without ``con`` when the tables' figures are not
+        read yet. The step's tests pass: the batch has no rows in its tables."""
         at_open = self._at_open.get(batch.batch_id)
         if at_open is None or batch.started_at.tzinfo is not None:
             return None
@@ -375,18 +379,23 @@ class Project:
         wrote = self._wrote.get(batch.batch_id, set())
         if any(ref in wrote for model in names for ref in self.models[model].refs):
             return None
-        results = [self._result_at_open(at_open, model, batch) for model in names]
+        figures = at_open.figures(con)
+        if figures is None:
+            return None
+        results = [self._result_at_open(at_open, figures, model, batch) for model in names]
         if not all(result is not None and _idle(result) for result in results):
             return None
-        self._checked_at_open(batch, results)
+        self._checked_at_open(batch, results, con)
         return results
 
-    def _result_at_open(self, at_open: LakeAtOpen, model: str, batch: Batch) -> StepResult | None:
+    def _result_at_open(
+        self, at_open: LakeAtOpen, figures: TableFigures, model: str, batch: Batch
+    ) -> StepResult | None:
         """What the step of ``model`` would read, by ``at_open`` (None: its table or a table it reads is missing, or
         waiting rows expire now, which the step must delete)."""
         part_of = self.configs[model].get("part_of")
         reads = [ref for ref in self.models[model].refs if ref != part_of and not self._is_view(ref)]
-        if any(table not in at_open.rows for table in [model, *reads]):
+        if any(table not in at_open.tables for table in [model, *reads]):
             return None
         result = StepResult(model=model)
         config = self.configs[model]
@@ -394,10 +403,10 @@ class Project:
         inputs = [(upstream, result.offsets_before, result.offsets_after) for upstream in self.stream_inputs(model)]
         inputs += [(table, result.tables_before, result.tables_after) for table in tables]
         for upstream, before, after in inputs:
-            if upstream not in at_open.newest:
+            if upstream not in figures.newest:
                 return None
             before[upstream] = at_open.offsets.get((model, upstream), 0)
-            after[upstream] = at_open.newest[upstream]
+            after[upstream] = figures.newest[upstream]
             if upstream in self.models[model].unmatched:
                 last_ended = at_open.unmatched.get(upstream, 0)
                 after[upstream] = _unmatched_window_end(after[upstream], last_ended, before[upstream])
