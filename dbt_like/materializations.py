@@ -54,7 +54,7 @@ def append(con: Connection, name: str, query: str, config: dict[str, Any], batch
     )
     firsts = f"SELECT n.* FROM ({rows}) AS n ANTI JOIN ({repeated}) AS t ON {matches} AND n.{order_by} <> t.__first"
     bounds = first_row(con, "SELECT " + ", ".join(f"min({c}), max({c})" for c in columns) + f" FROM {query}")
-    if None in bounds or not scalar(con, f"SELECT count(*) > 0 FROM {name}"):
+    if None in bounds:
         return scalar(con, f"INSERT INTO {name} BY NAME {firsts}")
     pairs = zip(columns, bounds[::2], bounds[1::2], strict=True)
     ranges = " AND ".join(f"{c} BETWEEN {literal(low)} AND {literal(high)}" for c, low, high in pairs)
