@@ -148,16 +148,27 @@
 {%- endif -%}
 {%- endmacro %}
 
+{#- A mark (json_any_case.sql): U+FDD0 followed by the escape it marks, \xNN (a byte that is not UTF-8) or \uDxxx (a
+    lone surrogate). The character followed by anything else is text: a line may hold it (a noncharacter, but
+    valid UTF-8). -#}
+{% set mark_pattern %}'\x{FDD0}(\\(?:x[0-9A-F]{2}|u[dD][89a-fA-F][0-9a-fA-F]{2}))'{% endset %}
+
+{#- The text with its marks dropped (the escapes they mark stay). -#}
+{% macro unmarked(text) -%}
+regexp_replace({{ text }}, {{ mark_pattern }}, '\1', 'g')
+{%- endmacro %}
+
 {#- SQL condition: the text field holds a NUL character, or a marked lone surrogate or byte that is not UTF-8 (on a
-    line that holds marks). -#}
+    line that holds marks; the pattern is matched only in a field that holds the mark's character). -#}
 {% macro damaged(field) -%}
-(contains({{ field }}, chr(0)) OR (holds_marks AND contains({{ field }}, chr(64976))))
+(contains({{ field }}, chr(0)) OR CASE WHEN holds_marks AND contains({{ field }}, chr(64976))
+    THEN regexp_matches({{ field }}, {{ mark_pattern }}) ELSE false END)
 {%- endmacro %}
 
 {#- A damaged value as a coercion error shows it: each NUL written \u0000, marks dropped (a lone surrogate stays
     written as its escape, a byte that is not UTF-8 as \xNN). -#}
 {% macro shown_damaged(value) -%}
-replace(replace({{ value }}, chr(0), '\u0000'), chr(64976), '')
+{{ unmarked("replace(" ~ value ~ ", chr(0), '\\u0000')") }}
 {%- endmacro %}
 
 {#- A recipe field as text, from the first layout that carries it. -#}
@@ -341,7 +352,7 @@ WITH landed AS (
     -- _extra_fields gives a marked lone surrogate as its escape and a byte as \xNN (the first entry of a name wins,
     -- as above)
     SELECT fields.*, CASE WHEN holds_marks THEN list_transform(map_entries(_extra_fields), lambda e:
-        {'key': replace(e.key, chr(64976), ''), 'value': replace(e.value, chr(64976), '')}) END AS extra_entries_unmarked
+        {'key': {{ unmarked('e.key') }}, 'value': {{ unmarked('e.value') }}}) END AS extra_entries_unmarked
     FROM fields
 )
 SELECT unmarked.* EXCLUDE (extra_entries_unmarked) REPLACE (

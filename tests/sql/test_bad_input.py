@@ -209,6 +209,29 @@ def test_a_field_holding_a_byte_that_is_not_utf8_becomes_null_is_recorded_and_th
     assert lake.rows("SELECT process_guid, process_command_line FROM sysmon_join") == [("{A}", "caf\u00e9 \\xE9")]
 
 
+def test_a_noncharacter_u_fdd0_in_a_line_with_a_bad_byte_is_kept_as_text(lake: Lake) -> None:
+    """U+FDD0 marks each byte that is not UTF-8 (followed by its \\xNN): the same character sent as text, in the
+    JSON's bytes or escaped, is text, not a mark, in a line that holds marks too."""
+    # U+FDD0 as UTF-8; Tag2 is the one text that reads as a mark: U+FDD0, a backslash and what a marked byte reads as
+    create = process_create("{A}", command_line="a\ufdd0b", event_data={"Tag": "x\ufdd0", "Tag2": "\ufdd0\\xE9"})
+    line = json.dumps(create, ensure_ascii=False).encode()
+    line = line.replace(b'"Windows Command', b'"\\ufdd0 \xe9 Windows Command')  # escaped, then a bad byte
+    (lake.landing / "w.ndjson").write_bytes(line + b"\n" + json.dumps(network_connect("{A}")).encode() + b"\n")
+    lake.batch()
+    assert lake.rows(
+        "SELECT event_data.CommandLine, event_data.Description, _coercion_errors, _extra_fields FROM winlogbeat_stream"
+        " WHERE event_id = 1"
+    ) == [
+        (
+            "a\ufdd0b",
+            None,
+            [{"field": "Description", "value": "\ufdd0 \\xE9 Windows Command Processor"}],
+            {"Tag": "x\ufdd0", "Tag2": "\\xE9"},
+        )
+    ]
+    assert lake.rows("SELECT process_command_line FROM sysmon_join") == [("a\ufdd0b",)]
+
+
 def test_every_byte_that_is_not_utf8_is_shown_as_python_reads_it_and_the_rest_as_text(lake: Lake) -> None:
     """Random bytes in a command line: the valid UTF-8 sequences (RFC 3629) read as text, each other byte \\xNN."""
     rng = random.Random(3)
