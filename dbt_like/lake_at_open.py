@@ -8,7 +8,8 @@ of catalog lookups: 0.05-0.1 s per step of an idle batch).
 The tables' figures (highest ``_batch_id``, row count) are read on first need (:meth:`LakeAtOpen.figures`), not as
 the batch opens: they scan every table, which costs more the more files the tables have, and only a step that
 wrote no rows, or one whose inputs no step of the batch wrote, reads them. A batch whose first step brings rows
-never does. Read later, they are still what the batch opened with for the tables no step of the batch wrote.
+never does. Read later, they are still what the batch opened with for the tables no step of the batch wrote (but
+for old events a maintenance run deleted meanwhile).
 """
 
 from __future__ import annotations
