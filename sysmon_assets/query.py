@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +37,26 @@ def _json_value(value: Any) -> Any:
     return str(value)
 
 
-def _intervals_as_text(relation: duckdb.DuckDBPyRelation) -> tuple[duckdb.DuckDBPyRelation, list[int]]:
+# DuckDB's infinite dates and timestamps reach Python as date.max and datetime.max: the JSON gets DuckDB's text
+TEMPORAL_TYPES = {"DATE", "TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS", "TIMESTAMP WITH TIME ZONE"}
+
+
+@dataclass(frozen=True)
+class JsonColumns:
+    """How :func:`rows_as_json` reads the rows of :func:`json_ready`: the positions holding JSON text to decode, and
+    for each date or timestamp column, the position of the extra column (after the query's own) that holds its text
+    when the value is infinite."""
+
+    decoded: list[int]
+    infinite: dict[int, int]
+
+
+def json_ready(relation: duckdb.DuckDBPyRelation) -> tuple[duckdb.DuckDBPyRelation, JsonColumns]:
     """``relation`` with its INTERVAL columns as DuckDB's text (``1 month 01:30:00``; Python's timedelta would turn
-    a month into 30 days) and those holding one inside a list, STRUCT or MAP as DuckDB's JSON text, whose
-    positions are returned: their values are JSON to decode."""
-    columns, nested = [], []
+    a month into 30 days), those holding one inside a list, STRUCT or MAP as DuckDB's JSON text, and after its own
+    columns, one per date or timestamp column: its text when the value is infinite (``infinity``), else NULL."""
+    columns, nested, extra = [], [], []
+    count = len(relation.types)
     for position, kind in enumerate(relation.types, start=1):
         if str(kind) == "INTERVAL":
             columns.append(f"CAST(#{position} AS VARCHAR)")
@@ -49,9 +65,12 @@ def _intervals_as_text(relation: duckdb.DuckDBPyRelation) -> tuple[duckdb.DuckDB
             nested.append(position - 1)
         else:
             columns.append(f"#{position}")
-    if all(column.startswith("#") for column in columns):
-        return relation, []
-    return relation.project(", ".join(columns)), nested
+            if str(kind) in TEMPORAL_TYPES:
+                extra.append((position - 1, f"CASE WHEN isinf(#{position}) THEN CAST(#{position} AS VARCHAR) END"))
+    layout = JsonColumns(nested, {column: count + index for index, (column, _) in enumerate(extra)})
+    if all(column.startswith("#") for column in columns) and not extra:
+        return relation, layout
+    return relation.project(", ".join(columns + [expression for _, expression in extra])), layout
 
 
 def _key_text(key: Any) -> str:
@@ -60,20 +79,20 @@ def _key_text(key: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, allow_nan=False)
 
 
-def rows_as_json(rows: list[tuple], json_columns: list[int] | None = None) -> str:
-    """Rows as a JSON array of arrays (strict JSON: timestamps and other non-JSON values as text); the values
-    of ``json_columns`` are JSON text, decoded first."""
-    decoded = set(json_columns or ())
-    return json.dumps(
-        [
-            [
-                _json_value(json.loads(value) if index in decoded and value is not None else value)
-                for index, value in enumerate(row)
-            ]
-            for row in rows
-        ],
-        allow_nan=False,
-    )
+def rows_as_json(rows: list[tuple], columns: JsonColumns | None = None) -> str:
+    """Rows as a JSON array of arrays (strict JSON: timestamps and other non-JSON values as text), read as
+    ``columns`` says (:func:`json_ready`)."""
+    columns = columns or JsonColumns([], {})
+    decoded, width = set(columns.decoded), len(rows[0]) - len(columns.infinite) if rows else 0
+
+    def value_at(row: tuple, index: int) -> Any:
+        extra = columns.infinite.get(index)
+        if extra is not None and row[extra] is not None:
+            return row[extra]
+        value = row[index]
+        return json.loads(value) if index in decoded and value is not None else value
+
+    return json.dumps([[_json_value(value_at(row, index)) for index in range(width)] for row in rows], allow_nan=False)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,8 +116,8 @@ def main(argv: list[str] | None = None) -> None:
         if relation is None:
             return
         if args.json:
-            relation, json_columns = _intervals_as_text(relation)
-            print(rows_as_json(relation.fetchall(), json_columns))
+            relation, columns = json_ready(relation)
+            print(rows_as_json(relation.fetchall(), columns))
         else:
             relation.show(max_width=args.max_width, max_rows=args.max_rows)
     except (SettingsError, lake.LakeError, duckdb.Error) as error:

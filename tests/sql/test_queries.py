@@ -172,6 +172,25 @@ def test_the_query_command_prints_strict_json_for_values_json_has_no_literal_for
     assert strict == [[None, None, {"2026-11-30": 1}, "\\x00AB", [1.5, None], {"true": 1, "false": 0}]]
 
 
+def test_the_query_command_prints_infinite_dates_and_timestamps_as_duckdb_writes_them(sample_lake: Lake) -> None:
+    """DuckDB's ``infinity`` reaches Python as the latest date or time it holds: printed, it read as that time."""
+    sql = (
+        "SELECT 'infinity'::TIMESTAMP, '-infinity'::DATE, TIMESTAMP '2026-01-01 00:00:00', DATE '9999-12-31', "
+        "'-infinity'::TIMESTAMPTZ IS NOT NULL, 'infinity'::TIMESTAMP_NS, ['infinity'::TIMESTAMP] FROM range(2)"
+    )
+    # inside a list it is still the latest time Python holds (docs/storage.md says so)
+    row = [
+        "infinity",
+        "-infinity",
+        "2026-01-01 00:00:00",
+        "9999-12-31",
+        True,
+        "infinity",
+        ["9999-12-31 23:59:59.999999"],
+    ]
+    assert json.loads(query_command(sample_lake, "--json", sql)) == [row, row]
+
+
 def test_a_query_that_fails_as_its_rows_are_read_is_reported_without_a_traceback(sample_lake: Lake) -> None:
     env = {**os.environ, "SYSMON_DATA_DIR": str(sample_lake.data), "SYSMON_LANDING_DIR": str(sample_lake.landing)}
     for args in (["--json"], []):
