@@ -149,9 +149,9 @@
 {%- endmacro %}
 
 {#- A mark (json_any_case.sql): U+FDD0 followed by the escape it marks, \xNN (a byte that is not UTF-8) or \uDxxx (a
-    lone surrogate). The character followed by anything else is text: a line may hold it (a noncharacter, but
-    valid UTF-8). -#}
-{% set mark_pattern %}'\x{FDD0}(\\(?:x[0-9A-F]{2}|u[dD][89a-fA-F][0-9a-fA-F]{2}))'{% endset %}
+    lone surrogate), its backslash doubled in a value kept as JSON text (an object or list). The character followed
+    by anything else is text: a line may hold it (a noncharacter, but valid UTF-8). -#}
+{% set mark_pattern %}'\x{FDD0}(\\(?:\\)?(?:x[0-9A-F]{2}|u[dD][89a-fA-F][0-9a-fA-F]{2}))'{% endset %}
 
 {#- The text with its marks dropped (the escapes they mark stay). -#}
 {% macro unmarked(text) -%}

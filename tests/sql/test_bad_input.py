@@ -232,6 +232,24 @@ def test_a_noncharacter_u_fdd0_in_a_line_with_a_bad_byte_is_kept_as_text(lake: L
     assert lake.rows("SELECT process_command_line FROM sysmon_join") == [("a\ufdd0b",)]
 
 
+def test_a_bad_byte_or_lone_surrogate_inside_an_object_or_list_value_is_marked_damaged_too(lake: Lake) -> None:
+    """A value that is an object or list is kept as its JSON text, which escapes the backslash after a mark
+    (U+FDD0, then \\\\xE9): that is still a mark, and is dropped as in a plain text value."""
+    create = process_create(
+        "{A}", command_line={"k": "BADBYTE"}, event_data={"Nested": {"k": "BADBYTE"}, "List": ["\ud83d"]}
+    )
+    line = json.dumps(create).encode().replace(b"BADBYTE", b"caf\xe9")
+    (lake.landing / "w.ndjson").write_bytes(line + b"\n")
+    lake.batch()
+    assert lake.rows("SELECT event_data.CommandLine, _coercion_errors, _extra_fields FROM winlogbeat_stream") == [
+        (
+            None,
+            [{"field": "CommandLine", "value": '{"k":"caf\\\\xE9"}'}],
+            {"Nested": '{"k":"caf\\\\xE9"}', "List": '["\\\\ud83d"]'},
+        )
+    ]
+
+
 def test_every_byte_that_is_not_utf8_is_shown_as_python_reads_it_and_the_rest_as_text(lake: Lake) -> None:
     """Random bytes in a command line: the valid UTF-8 sequences (RFC 3629) read as text, each other byte \\xNN."""
     rng = random.Random(3)
