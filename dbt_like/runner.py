@@ -407,6 +407,8 @@ class Project:
                 return None
             before[upstream] = at_open.offsets.get((model, upstream), 0)
             after[upstream] = figures.newest[upstream]
+            if after is result.offsets_after:  # a stream input: as _prepare reads it, never below the step's offset
+                after[upstream] = max(after[upstream], before[upstream])
             if upstream in self.models[model].unmatched:
                 last_ended = at_open.unmatched.get(upstream, 0)
                 after[upstream] = _unmatched_window_end(after[upstream], last_ended, before[upstream])

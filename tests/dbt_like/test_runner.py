@@ -415,6 +415,30 @@ def test_an_idle_batch_of_a_writer_alone_reports_what_the_transactions_would_hav
     assert (busy["catalog"][0].rows_written, busy["catalog"][0].table_rows) == (0, 1)
 
 
+def test_steps_whose_inputs_a_retention_emptied_are_still_told_idle(tmp_path: Path) -> None:
+    """A step's offset stays where it read up to when a retention deletes every row of its inputs: the lake as the
+    batch opened compares it the same way the step's own run does (``_prepare``), so idle batches stay idle."""
+    project = project_with_a_report(tmp_path)
+    con = duckdb.connect()
+
+    def told_idle(minutes: int, rows: list) -> dict[str, bool]:
+        at = project.open_batch(con, f"r{minutes}", T0 + timedelta(minutes=minutes))
+        project.run_step(con, "events", at, source_chunks=[feed(*rows)])
+        told = {name: project.quiet_step(name, at) is not None for name in ["orders", "catalog", "priced"]}
+        for name in ["orders", "catalog", "priced", "report"]:
+            project.run_step(con, name, at)
+        return told
+
+    told_idle(0, [(1, "order", "a"), (2, "price", "a")])
+    assert told_idle(1, []) == {"orders": True, "catalog": True, "priced": True}
+    older = f"SELECT batch_id FROM dbt_like.batches WHERE started_at < {literal(T0 + timedelta(minutes=5))}"
+    for table in ["events", "orders", "priced"]:
+        con.execute(f"DELETE FROM {table} WHERE _batch_id IN ({older}) AND NOT {unread_rows(con, table)}")
+    assert con.execute("SELECT count(*) FROM events").fetchone() == (0,)
+    for minutes in (10, 11):
+        assert told_idle(minutes, []) == {"orders": True, "catalog": True, "priced": True}
+
+
 def test_a_step_told_idle_as_its_batch_opened_needs_no_connection(tmp_path: Path) -> None:
     """``quiet_step`` answers from the lake as ``Project.open_batch`` read it: the results running the step would
     give, or None for a step that must run (its input got rows in the batch, a source, the last step)."""
