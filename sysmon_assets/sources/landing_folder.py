@@ -6,7 +6,8 @@ opened only to read the inode the listing saw under it (:class:`FileMoved` other
 during a batch never mixes two files' bytes under one key (the listing and a file's identity:
 ``landed_files.py``).
 An incomplete last line (no newline yet) waits for the next batch; if the file has not changed
-size by then, it is finished and the line is delivered. A fingerprint of each file's first bytes
+size by then, it is finished and the line is delivered if it is a whole JSON document, or once the file has gone
+unwritten for ``UNFINISHED_LINE_SECONDS`` if not. A fingerprint of each file's first bytes
 and of the bytes before its stored position detects a file replaced in place (or a reused inode),
 and a file that shrank was truncated: both are recorded in ``ingest.file_events`` and read anew,
 never mixed with the old offset. A new file under the name of a file gone from the listing that begins with
@@ -28,7 +29,10 @@ JSON line, and its position counts records, not bytes.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -78,6 +82,9 @@ MIN_PIECE_BYTES = 64 * 1024
 # The file's first record (past the 4 KiB file header and the first chunk's 512-byte header) tells the file: its
 # header's first 24 bytes hold the record's number and the time it was written.
 EVTX_FIRST_RECORD, EVTX_RECORD_HEADER_BYTES = 4096 + 512, 24
+# A finished file's last line without newline that is not a whole JSON document waits this long after the file's last
+# write for its writer to go on (docs/inputs.md, "Finished files").
+UNFINISHED_LINE_SECONDS = 600
 NEWLINE = ord("\n")
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 STATE_DDL = f"""
@@ -214,6 +221,23 @@ def _unterminated(line: bytes) -> Block:
     return line, np.array([len(line)], dtype=np.int64)
 
 
+def _is_json_document(line: bytes) -> bool:
+    """Whether ``line`` is one whole JSON document (whatever its bytes that are not UTF-8)."""
+    try:
+        json.loads(line.decode("utf-8", "surrogateescape").lstrip("\ufeff"))
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def _delivered_unended(line: bytes, written_ns: int) -> bool:
+    """Whether a finished file's last line, which has no newline, is delivered now: a whole JSON document is (a
+    copied export); anything else may be a line its writer stopped in the middle of (a buffered writer flushes
+    mid-line, then may not write for minutes), and waits until the file has gone unwritten for
+    ``UNFINISHED_LINE_SECONDS``."""
+    return _is_json_document(line) or time.time_ns() - written_ns >= UNFINISHED_LINE_SECONDS * 1e9
+
+
 def _read_blocks(progress: FileProgress, chunk_bytes: int) -> Iterator[Block | Unreadable]:
     """Blocks of complete lines (newlines kept) from the file's current position, each with the positions
     of its newlines. A partial last line is held back, unless the file is finished (a gzip stream always
@@ -260,7 +284,8 @@ def _read_blocks(progress: FileProgress, chunk_bytes: int) -> Iterator[Block | U
                 LOG.warning("%s: %s; read up to uncompressed byte %d", path_text(progress.path), damage.reason, done)
                 yield Unreadable(done, damage.reason)
             return
-    if pending and (progress.finished or progress.kind == "gzip"):
+        written_ns = os.fstat(handle.fileno()).st_mtime_ns
+    if pending and (progress.kind == "gzip" or (progress.finished and _delivered_unended(pending, written_ns))):
         yield _unterminated(pending)
     progress.holds_back_last_line = bool(pending) and not progress.finished and progress.kind != "gzip"
 

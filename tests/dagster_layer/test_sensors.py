@@ -108,6 +108,22 @@ def test_a_last_line_without_newline_is_delivered_by_the_batch_the_sensor_reques
         assert isinstance(sensor(context), SkipReason)
 
 
+def test_a_cut_last_line_waiting_for_its_writer_requests_no_batch(tmp_path: Path) -> None:
+    """A last line that is not a whole JSON document waits for its writer (docs/inputs.md, "Finished files"):
+    after the batch that found its file unchanged, the sensor does not keep asking for batches."""
+    lake = Lake(tmp_path)
+    (lake.landing / "w.ndjson").write_text(json.dumps(process_create("{A}")) + "\n" + '{"event_id": 1, "event_')
+    job = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch")
+    with with_resources(lake.settings) as context:
+        assert len(sensor(context).run_requests) == 1
+        first = job.execute_in_process(instance=context.instance).run_id
+        (request,) = sensor(context).run_requests
+        assert request.run_key == f"landing:rest-of:{first}"
+        job.execute_in_process(instance=context.instance)
+        assert isinstance(sensor(context), SkipReason)
+    assert (lake.count("winlogbeat_stream"), lake.count("winlogbeat_rejects")) == (1, 0)
+
+
 def test_with_shards_the_rest_is_requested_for_the_shard_that_left_it(tmp_path: Path) -> None:
     lake = Lake(tmp_path, shards=2, landing_max_bytes=MIN_PIECE_BYTES)
     lake.land([process_create(f"{{P{n}}}", record=n) for n in range(300)])

@@ -77,6 +77,34 @@ def test_an_incomplete_last_line_waits_for_its_newline(lake: Lake) -> None:
     _finish_the_line_and_find_both(lake, path, rest)
 
 
+def test_a_line_its_writer_stops_in_the_middle_of_for_batches_lands_once_when_ended(lake: Lake) -> None:
+    """A buffered writer flushes mid-line and may not write again for minutes: a last line that is not a complete
+    JSON document waits for its writer, unchanged file or not."""
+    path = lake.landing / "w.ndjson"
+    _, rest = _land_a_line_and_40_bytes_of_the_next(path)
+    for _ in range(3):
+        lake.batch()
+    assert lake.count("winlogbeat_stream") == 1
+    assert lake.count("winlogbeat_rejects") == 0
+    _finish_the_line_and_find_both(lake, path, rest)
+    assert lake.count("winlogbeat_rejects") == 0
+
+
+def test_a_cut_last_line_is_rejected_once_its_file_has_gone_unwritten_for_the_wait(lake: Lake) -> None:
+    path = lake.landing / "w.ndjson"
+    first, _ = _land_a_line_and_40_bytes_of_the_next(path)
+    lake.batch()
+    lake.batch()
+    assert lake.count("winlogbeat_rejects") == 0
+    written = path.stat().st_mtime - landing.UNFINISHED_LINE_SECONDS - 1
+    os.utime(path, (written, written))
+    lake.batch()
+    rejected = lake.rows("SELECT source_line, source_offset, raw_bytes, error FROM winlogbeat_rejects")
+    assert rejected == [(2, first, 40, "malformed JSON")]
+    lake.batch()
+    assert lake.count("winlogbeat_rejects") == 1
+
+
 def test_a_rotated_file_is_not_read_twice(lake: Lake) -> None:
     path = lake.land([network_connect("{A}", "10.0.0.1")], name="winlogbeat.ndjson")
     lake.batch()
@@ -866,6 +894,8 @@ def test_lines_are_read_whole_wherever_the_pieces_cut_them(tmp_path: Path, kind:
     data = b"\n".join(lines)
     path = tmp_path / ("w.ndjson.gz" if kind == "gzip" else "w.ndjson")
     path.write_bytes(gzip.compress(data) if kind == "gzip" else data)
+    written = path.stat().st_mtime - landing.UNFINISHED_LINE_SECONDS  # long unwritten: its last line is delivered
+    os.utime(path, (written, written))
     progress = landing.FileProgress(landed_files.file_key(path), path, 0, 0, path.stat().st_size, finished=True)
     read = [landing._text_frame(*block, progress, 1) for block in landing._read_blocks(progress, chunk_bytes)]
     rows = [row for frame in read for row in frame.select(["source_line", "source_offset", "line"]).to_pylist()]
