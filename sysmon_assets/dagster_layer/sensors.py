@@ -1,12 +1,14 @@
 """Request a micro-batch when new bytes land in the landing folder, or when the Kafka consumer lags.
 
 The sensor compares file sizes with its cursor and asks the Dagster instance whether the last batch left lines
-unread (``SYSMON_LANDING_MAX_BYTES``, a last line without newline), or asks Kafka for the consumer group's lag; it
-never opens the lake, so a tick costs no catalog work beside a running batch.
+unread (``SYSMON_LANDING_MAX_BYTES``, a last line without newline) or held back a last line for its writer that is now
+due, or asks Kafka for the consumer group's lag; it never opens the lake, so a tick costs no catalog work beside a
+running batch.
 """
 
 import json
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from sysmon_assets.dagster_layer.resources import SysmonPipelineResource
-from sysmon_assets.micro_batch.ingest import LEFT_FOR_NEXT_BATCH
+from sysmon_assets.micro_batch.ingest import LEFT_FOR_NEXT_BATCH, UNFINISHED_LINE_DUE
 from sysmon_assets.micro_batch.shards import file_shard, partition_key, partition_shard
 from sysmon_assets.settings import Settings
 from sysmon_assets.sources.kafka_source import KafkaSourceError, consumer_lag
@@ -64,17 +66,23 @@ def evaluate_landing(
     ], next_cursor
 
 
+def utc_clock() -> datetime:
+    """The time now, in UTC."""
+    return datetime.now(UTC)
+
+
 def runs_that_left_lines(instance: DagsterInstance, ingest_asset: str, shards: int = 1) -> dict[int, str]:
-    """Per shard whose latest ingest left lines to the next batch (``LEFT_FOR_NEXT_BATCH``): the id of that
-    ingest's run."""
+    """Per shard whose latest ingest left lines to the next batch (``LEFT_FOR_NEXT_BATCH``), or held back a last line
+    for its writer that is now due (``UNFINISHED_LINE_DUE``): the id of that ingest's run."""
     runs = {}
     for shard in range(shards):
         partition = partition_key(shard, shards)
         records = instance.fetch_materializations(
             AssetRecordsFilter(AssetKey(ingest_asset), asset_partitions=[partition] if partition else None), limit=1
         ).records
-        materialization = records[0].asset_materialization if records else None
-        if materialization and LEFT_FOR_NEXT_BATCH in materialization.metadata:
+        metadata = records[0].asset_materialization.metadata if records else {}
+        due = metadata.get(UNFINISHED_LINE_DUE)
+        if LEFT_FOR_NEXT_BATCH in metadata or (due and datetime.fromisoformat(due.value) <= utc_clock()):
             runs[shard] = records[0].run_id
     return runs
 
@@ -138,8 +146,8 @@ def landing_sensor(job: "UnresolvedAssetJobDefinition", ingest_asset: str) -> Se
         minimum_interval_seconds=30,
         default_status=DefaultSensorStatus.STOPPED,
         description="Requests a micro-batch when files in SYSMON_LANDING_DIR grow or appear, or the last batch left "
-        "lines for the next (SYSMON_LANDING_MAX_BYTES); SYSMON_SOURCE=kafka: when the consumer group lags. With "
-        "shards, one for each shard whose input grew.",
+        "lines for the next (SYSMON_LANDING_MAX_BYTES, a last line without newline); SYSMON_SOURCE=kafka: when the "
+        "consumer group lags. With shards, one for each shard whose input grew.",
     )
     def landing(context: SensorEvaluationContext, sysmon: SysmonPipelineResource) -> SensorResult | SkipReason:
         """See :func:`evaluate_landing` and :func:`evaluate_kafka`; the settings are the pipeline resource's."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 import duckdb
 import pyarrow as pa
@@ -23,6 +24,9 @@ from sysmon_assets.storage.maintenance import DROPPED_SEQ_TABLE
 # the step's note (its asset's metadata): the batch left lines of this many files to the next (stopped at their share of
 # SYSMON_LANDING_MAX_BYTES, or holding back a last line without newline)
 LEFT_FOR_NEXT_BATCH = "files_left_for_next_batch"
+# the step's note: the first last line this batch held back for its writer is due then (UTC, ISO 8601), see
+# landing_folder._wait_for_writer; the sensor requests a batch for it then
+UNFINISHED_LINE_DUE = "unfinished_line_due"
 
 
 def _numbered(
@@ -104,4 +108,6 @@ def ingest(
         results[0].notes["source_events"] = reader.file_events
     if isinstance(reader, LandingReader) and reader.left_for_next_batch:
         results[0].notes[LEFT_FOR_NEXT_BATCH] = reader.left_for_next_batch
+    if isinstance(reader, LandingReader) and reader.writer_due:
+        results[0].notes[UNFINISHED_LINE_DUE] = datetime.fromtimestamp(reader.writer_due, UTC).isoformat()
     return results

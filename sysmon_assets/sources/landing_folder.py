@@ -7,7 +7,7 @@ during a batch never mixes two files' bytes under one key (the listing and a fil
 ``landed_files.py``).
 An incomplete last line (no newline yet) waits for the next batch; if the file has not changed
 size by then, it is finished and the line is delivered if it is a whole JSON document, or once the file has gone
-unwritten for ``UNFINISHED_LINE_SECONDS`` if not. A fingerprint of each file's first bytes
+unchanged for ``UNFINISHED_LINE_SECONDS`` if not. A fingerprint of each file's first bytes
 and of the bytes before its stored position detects a file replaced in place (or a reused inode),
 and a file that shrank was truncated: both are recorded in ``ingest.file_events`` and read anew,
 never mixed with the old offset. A new file under the name of a file gone from the listing that begins with
@@ -29,7 +29,6 @@ JSON line, and its position counts records, not bytes.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import time
@@ -83,7 +82,7 @@ MIN_PIECE_BYTES = 64 * 1024
 # header's first 24 bytes hold the record's number and the time it was written.
 EVTX_FIRST_RECORD, EVTX_RECORD_HEADER_BYTES = 4096 + 512, 24
 # A finished file's last line without newline that is not a whole JSON document waits this long after the file's last
-# write for its writer to go on (docs/inputs.md, "Finished files").
+# change for its writer to go on (docs/inputs.md, "Finished files"; _wait_for_writer).
 UNFINISHED_LINE_SECONDS = 600
 NEWLINE = ord("\n")
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -139,8 +138,9 @@ class FileProgress:
     notes_recorded: bool = False
     head_bytes: int = 0
     head_sha256: str = ""
-    # unchanged in size since the last batch: a last line without newline is delivered
+    # unchanged in size since the last batch: a last line without newline is delivered (see _wait_for_writer)
     finished: bool = False
+    waits_for_writer_until: float | None = None  # epoch seconds: when its last line, held back for its writer, is due
     holds_back_last_line: bool = False  # this batch read up to a last line without newline, for the next to deliver
     read_error: str | None = None  # why reading stopped short of the end, as last recorded
     stored_read_error: str | None = None  # the same, as the previous batch left it
@@ -222,20 +222,21 @@ def _unterminated(line: bytes) -> Block:
 
 
 def _is_json_document(line: bytes) -> bool:
-    """Whether ``line`` is one whole JSON document (whatever its bytes that are not UTF-8)."""
-    try:
-        json.loads(line.decode("utf-8", "surrogateescape").lstrip("\ufeff"))
-    except (ValueError, RecursionError):
-        return False
-    return True
+    """Whether ``line`` is one whole JSON document, as the stream reads JSON (DuckDB's ``json_valid``), whatever its
+    bytes that are not UTF-8."""
+    with duckdb.connect() as con:
+        text = line.decode("utf-8", "replace").lstrip("\ufeff")
+        return bool(con.execute("SELECT json_valid(?)", [text]).fetchall()[0][0])
 
 
-def _delivered_unended(line: bytes, written_ns: int) -> bool:
-    """Whether a finished file's last line, which has no newline, is delivered now: a whole JSON document is (a
-    copied export); anything else may be a line its writer stopped in the middle of (a buffered writer flushes
-    mid-line, then may not write for minutes), and waits until the file has gone unwritten for
-    ``UNFINISHED_LINE_SECONDS``."""
-    return _is_json_document(line) or time.time_ns() - written_ns >= UNFINISHED_LINE_SECONDS * 1e9
+def _wait_for_writer(progress: FileProgress, line: bytes, changed_ns: int) -> None:
+    """A finished file's last line has no newline: unless it is a whole JSON document (a copied export's last
+    event), it may be a line its writer stopped in the middle of (a buffered writer flushes mid-line, then may not
+    write for minutes), and waits until the file has gone unchanged for ``UNFINISHED_LINE_SECONDS`` (by its change
+    time, which a copy that keeps timestamps does not carry)."""
+    due = changed_ns / 1e9 + UNFINISHED_LINE_SECONDS
+    if time.time() < due and not _is_json_document(line):
+        progress.waits_for_writer_until = due
 
 
 def _read_blocks(progress: FileProgress, chunk_bytes: int) -> Iterator[Block | Unreadable]:
@@ -284,8 +285,9 @@ def _read_blocks(progress: FileProgress, chunk_bytes: int) -> Iterator[Block | U
                 LOG.warning("%s: %s; read up to uncompressed byte %d", path_text(progress.path), damage.reason, done)
                 yield Unreadable(done, damage.reason)
             return
-        written_ns = os.fstat(handle.fileno()).st_mtime_ns
-    if pending and (progress.kind == "gzip" or (progress.finished and _delivered_unended(pending, written_ns))):
+        if pending and progress.finished and progress.kind == "text":
+            _wait_for_writer(progress, pending, os.fstat(handle.fileno()).st_ctime_ns)
+    if pending and (progress.kind == "gzip" or (progress.finished and progress.waits_for_writer_until is None)):
         yield _unterminated(pending)
     progress.holds_back_last_line = bool(pending) and not progress.finished and progress.kind != "gzip"
 
@@ -405,7 +407,7 @@ class LandingReader:
         self.vanished: list[Vanished] = []  # not yet recorded
         self.recorded_vanished: list[Vanished] = []  # recorded by this batch
         # files this batch left lines of for the next: stopped at their share of max_bytes, or holding back a last
-        # line without newline (the next batch delivers it if the file has not grown)
+        # line without newline (the next batch delivers it if the file has not grown, see _wait_for_writer)
         self.left_for_next_batch = 0
 
     def plan(self, first_batch_ever: bool) -> list[FileProgress]:
@@ -572,6 +574,11 @@ class LandingReader:
             yield {SOURCE_NAME: pa.concat_tables(frames)}
         if self._unrecorded():
             yield empty_chunk()
+
+    @property
+    def writer_due(self) -> float | None:
+        """When the first of the last lines this batch held back for their writers is due (epoch seconds)."""
+        return min(filter(None, (progress.waits_for_writer_until for progress in self.files)), default=None)
 
     def _files_with_unread(self) -> int:
         """How many of the batch's files may hold lines not read yet."""

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from dagster import (
     AssetKey,
     MetadataValue,
@@ -17,13 +19,15 @@ from dagster import (
 )
 from dagster._core.test_utils import instance_for_test
 
+from sysmon_assets.dagster_layer import sensors
 from sysmon_assets.dagster_layer.jobs import batch_job
 from sysmon_assets.dagster_layer.resources import resources_from_settings
 from sysmon_assets.dagster_layer.sensors import evaluate_landing, landing_sensor
 from sysmon_assets.definitions import build_definitions
-from sysmon_assets.micro_batch.ingest import LEFT_FOR_NEXT_BATCH
+from sysmon_assets.micro_batch.ingest import LEFT_FOR_NEXT_BATCH, UNFINISHED_LINE_DUE
 from sysmon_assets.micro_batch.shards import file_shard
 from sysmon_assets.settings import Settings
+from sysmon_assets.sources import landing_folder
 from sysmon_assets.sources.landed_files import landing_snapshot
 from sysmon_assets.sources.landing_folder import MIN_PIECE_BYTES
 from tests.conftest import Lake, process_create
@@ -108,9 +112,11 @@ def test_a_last_line_without_newline_is_delivered_by_the_batch_the_sensor_reques
         assert isinstance(sensor(context), SkipReason)
 
 
-def test_a_cut_last_line_waiting_for_its_writer_requests_no_batch(tmp_path: Path) -> None:
-    """A last line that is not a whole JSON document waits for its writer (docs/inputs.md, "Finished files"):
-    after the batch that found its file unchanged, the sensor does not keep asking for batches."""
+def test_a_cut_last_line_waiting_for_its_writer_is_requested_once_due(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A last line that is not a whole JSON document waits for its writer (docs/inputs.md, "Finished files"): the
+    sensor does not keep asking for batches meanwhile, and asks for one when the wait is over."""
     lake = Lake(tmp_path)
     (lake.landing / "w.ndjson").write_text(json.dumps(process_create("{A}")) + "\n" + '{"event_id": 1, "event_')
     job = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch")
@@ -119,9 +125,19 @@ def test_a_cut_last_line_waiting_for_its_writer_requests_no_batch(tmp_path: Path
         first = job.execute_in_process(instance=context.instance).run_id
         (request,) = sensor(context).run_requests
         assert request.run_key == f"landing:rest-of:{first}"
+        second = job.execute_in_process(instance=context.instance)
+        assert isinstance(sensor(context), SkipReason)
+        assert (lake.count("winlogbeat_stream"), lake.count("winlogbeat_rejects")) == (1, 0)
+        (materialization,) = [m for m in second.asset_materializations_for_node("winlogbeat_stream")]
+        due = datetime.fromisoformat(materialization.metadata[UNFINISHED_LINE_DUE].value)
+        assert timedelta(minutes=9) < due - datetime.now(UTC) <= timedelta(minutes=10)
+        monkeypatch.setattr(sensors, "utc_clock", lambda: due)  # ten minutes on
+        monkeypatch.setattr(landing_folder, "UNFINISHED_LINE_SECONDS", 0)
+        (request,) = sensor(context).run_requests
+        assert request.run_key == f"landing:rest-of:{second.run_id}"
         job.execute_in_process(instance=context.instance)
         assert isinstance(sensor(context), SkipReason)
-    assert (lake.count("winlogbeat_stream"), lake.count("winlogbeat_rejects")) == (1, 0)
+    assert lake.rows("SELECT error FROM winlogbeat_rejects") == [("malformed JSON",)]
 
 
 def test_with_shards_the_rest_is_requested_for_the_shard_that_left_it(tmp_path: Path) -> None:

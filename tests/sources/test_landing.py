@@ -90,19 +90,34 @@ def test_a_line_its_writer_stops_in_the_middle_of_for_batches_lands_once_when_en
     assert lake.count("winlogbeat_rejects") == 0
 
 
-def test_a_cut_last_line_is_rejected_once_its_file_has_gone_unwritten_for_the_wait(lake: Lake) -> None:
+def test_a_cut_last_line_is_rejected_once_its_file_has_gone_unchanged_for_the_wait(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = lake.landing / "w.ndjson"
     first, _ = _land_a_line_and_40_bytes_of_the_next(path)
     lake.batch()
     lake.batch()
     assert lake.count("winlogbeat_rejects") == 0
-    written = path.stat().st_mtime - landing.UNFINISHED_LINE_SECONDS - 1
-    os.utime(path, (written, written))
+    monkeypatch.setattr(landing, "UNFINISHED_LINE_SECONDS", 0)  # the wait is over
     lake.batch()
     rejected = lake.rows("SELECT source_line, source_offset, raw_bytes, error FROM winlogbeat_rejects")
     assert rejected == [(2, first, 40, "malformed JSON")]
     lake.batch()
     assert lake.count("winlogbeat_rejects") == 1
+
+
+@pytest.mark.parametrize(
+    "last_line",
+    ['{"a": 1,}', '{"n": ' + "9" * 5000 + "}", "[" * 1100 + "]" * 1100, '\ufeff{"a": 1}', '{"a": "\u00e9"}'],
+    ids=["trailing comma", "5000 digits", "nested 1100 deep", "byte order mark", "not ASCII"],
+)
+def test_a_last_line_the_stream_reads_as_json_is_delivered_a_batch_late(lake: Lake, last_line: str) -> None:
+    """Whether a last line is a whole document is decided by the parser the stream uses, not by Python's."""
+    path = lake.landing / "w.ndjson"
+    path.write_text(json.dumps(network_connect("{A}", "10.0.0.1")) + "\n" + last_line, encoding="utf-8")
+    lake.batch()
+    lake.batch()
+    assert lake.count("winlogbeat_stream") + lake.count("winlogbeat_rejects") == 2
 
 
 def test_a_rotated_file_is_not_read_twice(lake: Lake) -> None:
@@ -887,15 +902,16 @@ def test_a_gzip_caught_mid_copy_is_read_on_when_the_copy_completes(lake: Lake) -
 
 @pytest.mark.parametrize("kind", ["text", "gzip"])
 @pytest.mark.parametrize("chunk_bytes", [1, 7, 64, 10_000])
-def test_lines_are_read_whole_wherever_the_pieces_cut_them(tmp_path: Path, kind: str, chunk_bytes: int) -> None:
+def test_lines_are_read_whole_wherever_the_pieces_cut_them(
+    tmp_path: Path, kind: str, chunk_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Lines shorter and longer than a piece, one cut by every piece boundary, a blank line and an unterminated
     last line of a finished file: each line once, with its line number, byte offset and newline."""
     lines = [b"{}", b"", b"x" * 1500, b'{"a": 1}', b"y" * 3, b"z" * 40, b"last"]
     data = b"\n".join(lines)
     path = tmp_path / ("w.ndjson.gz" if kind == "gzip" else "w.ndjson")
     path.write_bytes(gzip.compress(data) if kind == "gzip" else data)
-    written = path.stat().st_mtime - landing.UNFINISHED_LINE_SECONDS  # long unwritten: its last line is delivered
-    os.utime(path, (written, written))
+    monkeypatch.setattr(landing, "UNFINISHED_LINE_SECONDS", 0)  # long unchanged: its last line is delivered
     progress = landing.FileProgress(landed_files.file_key(path), path, 0, 0, path.stat().st_size, finished=True)
     read = [landing._text_frame(*block, progress, 1) for block in landing._read_blocks(progress, chunk_bytes)]
     rows = [row for frame in read for row in frame.select(["source_line", "source_offset", "line"]).to_pylist()]
