@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dbt_like.sql import Connection, first_row, literal, scalar
+from dbt_like.sql import Connection, first_row, quote_string, scalar
 from dbt_like.state import Batch, view_sql
 
 
@@ -53,11 +53,20 @@ def append(con: Connection, name: str, query: str, config: dict[str, Any], batch
         f"WHERE {' AND '.join(f'{c} IS NOT NULL' for c in columns)} GROUP BY ALL HAVING count(*) > 1"
     )
     firsts = f"SELECT n.* FROM ({rows}) AS n ANTI JOIN ({repeated}) AS t ON {matches} AND n.{order_by} <> t.__first"
-    bounds = first_row(con, "SELECT " + ", ".join(f"min({c}), max({c})" for c in columns) + f" FROM {query}")
+    # as DuckDB writes them, cast back to their type: through Python an infinite time would turn finite
+    bounds = first_row(
+        con,
+        "SELECT "
+        + ", ".join(f"min({c})::VARCHAR, max({c})::VARCHAR, typeof(min({c}))" for c in columns)
+        + f" FROM {query}",
+    )
     if None in bounds:
         return scalar(con, f"INSERT INTO {name} BY NAME {firsts}")
-    pairs = zip(columns, bounds[::2], bounds[1::2], strict=True)
-    ranges = " AND ".join(f"{c} BETWEEN {literal(low)} AND {literal(high)}" for c, low, high in pairs)
+    triples = zip(columns, bounds[::3], bounds[1::3], bounds[2::3], strict=True)
+    ranges = " AND ".join(
+        f"{c} BETWEEN CAST({quote_string(low)} AS {kind}) AND CAST({quote_string(high)} AS {kind})"
+        for c, low, high, kind in triples
+    )
     return scalar(
         con,
         f"INSERT INTO {name} BY NAME SELECT n.* FROM ({firsts}) AS n "
