@@ -12,14 +12,16 @@ files merged, unreferenced files deleted; a run shorter than an hour expires no 
 ``--every`` commits, just after a maintenance run, it prints the medians of: one such transaction, one read of the
 bookkeeping table alone, ``last_complete_batch`` (what ``connect()`` and maintenance read),
 ``ducklake_snapshots()`` listed whole, ``connect()``, and maintenance's listing of the snapshots it would expire.
-Then the seconds of a maintenance run two hours on (which expires the snapshots between batch boundaries) and the same
-figures after it, and once every snapshot but the newest has expired.
+Then the same figures, the seconds, data files and peak memory of a maintenance run two hours on (which expires the
+snapshots between batch boundaries) and the figures after it, and once every snapshot but the newest has expired.
+``--maintain-every 0``: no maintenance before that run (a lake whose maintenance schedule was left off).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shutil
 import statistics
 import time
@@ -98,7 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--commits", type=int, default=10_000)
     parser.add_argument("--every", type=int, default=2_500)
-    parser.add_argument("--maintain-every", type=int, default=100)
+    parser.add_argument("--maintain-every", type=int, default=100, help="0: never, until the run at the end")
     parser.add_argument("--workdir", type=Path, default=Path("bench/out"))
     args = parser.parse_args()
     data = args.workdir / "catalog-growth"
@@ -113,18 +115,22 @@ def main() -> None:
         con.execute(f"CREATE TABLE events (batch_id BIGINT, {text_columns})")
         _step(con, 0, True)  # a first complete batch, so that connect() opens
         for n in range(args.commits + 1):
-            if n and n % args.maintain_every == 0:
+            if n and args.maintain_every and n % args.maintain_every == 0:
                 maintain(con, utc_now(), 7, None)
             if n % args.every == 0:  # just after a maintenance run when ``every`` is a multiple of its period
                 _measure(con, settings, f"{n} commits", lambda: next(counter))
             _step(con, n, n % STEPS_PER_BATCH == STEPS_PER_BATCH - 1)
         _step(con, next(counter), True)
+        _measure(con, settings, "before the maintenance run two hours on", lambda: next(counter))
         kept = con.execute(f"SELECT count(*) FROM ducklake_snapshots('{LAKE}')").fetchone()[0]
         started = time.perf_counter()
-        maintain(con, utc_now() + BETWEEN_BATCHES_KEPT * 2, 7, None)
+        upkeep = maintain(con, utc_now() + BETWEEN_BATCHES_KEPT * 2, 7, None)
         expired = kept - con.execute(f"SELECT count(*) FROM ducklake_snapshots('{LAKE}')").fetchone()[0]
         seconds = round(time.perf_counter() - started, 2)
-        print(json.dumps({"at": "a maintenance run two hours on", "seconds": seconds, "expired": expired}), flush=True)
+        run = {"at": "a maintenance run two hours on", "seconds": seconds, "expired": expired}
+        run |= {"files_before": upkeep.files_before, "files_after": upkeep.files_after}
+        run["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)
+        print(json.dumps(run), flush=True)
         _measure(con, settings, "the snapshots between batches expired", lambda: next(counter))
         _expire_all(con)
         _step(con, next(counter), True)

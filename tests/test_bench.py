@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from dagster import materialize
 
 from bench.benchmark import asset_graph
@@ -46,9 +47,10 @@ def test_the_benchmark_runs_a_mode_end_to_end(tmp_path: Path) -> None:
     assert "SMALL FILES: 3 files" in printed.stdout
 
 
-def test_the_catalog_growth_script_runs_end_to_end(tmp_path: Path) -> None:
+@pytest.mark.parametrize("maintain_every", ["20", "0"])
+def test_the_catalog_growth_script_runs_end_to_end(tmp_path: Path, maintain_every: str) -> None:
     root = Path(__file__).resolve().parents[1]
-    sizes = ["--commits", "40", "--every", "20", "--maintain-every", "20"]
+    sizes = ["--commits", "40", "--every", "20", "--maintain-every", maintain_every]
     command = [sys.executable, "bench/catalog_growth.py", *sizes, "--workdir", str(tmp_path)]
     printed = subprocess.run(command, cwd=root, capture_output=True, text=True, check=True)
     figures = [json.loads(line) for line in printed.stdout.splitlines() if line.startswith("{")]
@@ -56,13 +58,19 @@ def test_the_catalog_growth_script_runs_end_to_end(tmp_path: Path) -> None:
         "0 commits",
         "20 commits",
         "40 commits",
+        "before the maintenance run two hours on",
         "a maintenance run two hours on",
         "the snapshots between batches expired",
         "every snapshot but the newest expired",
     ]
-    assert figures[3]["expired"] > figures[4]["snapshots"]  # the snapshots between batches, most of them
-    assert figures[4]["snapshots"] < figures[2]["snapshots"] // 3  # every tenth commit completes a batch
-    assert figures[5]["snapshots"] <= 2
+    before, run, after = figures[3:6]
+    assert run["expired"] > after["snapshots"]  # the snapshots between batches, most of them
+    assert after["snapshots"] < before["snapshots"] // 3  # every tenth commit completes a batch
+    assert figures[6]["snapshots"] <= 2
+    assert run["files_before"]["main.events"] > run["files_after"]["main.events"] == 1
+    assert run["peak_rss_gb"] > 0
+    if maintain_every == "0":  # a data file per commit, none merged before the run
+        assert run["files_before"]["main.events"] > 40
 
 
 def test_the_aged_lake_mode_keeps_every_snapshot_and_compares_the_next_batch(tmp_path: Path) -> None:
