@@ -22,13 +22,26 @@ from __future__ import annotations
 
 from typing import Any
 
-from dbt_like.sql import Connection, first_row, quote_string, scalar
+from dbt_like.sql import Connection, first_row, literal, quote_string, scalar
 from dbt_like.state import Batch, view_sql
 
 
 def config_columns(listing: str) -> list[str]:
     """``'a, b'`` -> ``['a', 'b']``: a config's column list."""
     return [column.strip() for column in listing.split(",")]
+
+
+def _fives(values: tuple) -> list[tuple]:
+    return [values[start : start + 5] for start in range(0, len(values), 5)]
+
+
+def _bound(value: Any, text: str, kind: str) -> str:
+    """A key range's bound as a constant of its column's type: DuckDB's text of it cast back, but a TIMESTAMPTZ's
+    Python value (DuckDB writes its offset without seconds, in a TimeZone not UTC) unless it is infinite (which
+    Python cannot hold)."""
+    if kind == "TIMESTAMP WITH TIME ZONE" and text not in ("infinity", "-infinity"):
+        return literal(value)
+    return f"CAST({quote_string(text)} AS {kind})"
 
 
 def append(con: Connection, name: str, query: str, config: dict[str, Any], batch: Batch) -> int:
@@ -53,19 +66,17 @@ def append(con: Connection, name: str, query: str, config: dict[str, Any], batch
         f"WHERE {' AND '.join(f'{c} IS NOT NULL' for c in columns)} GROUP BY ALL HAVING count(*) > 1"
     )
     firsts = f"SELECT n.* FROM ({rows}) AS n ANTI JOIN ({repeated}) AS t ON {matches} AND n.{order_by} <> t.__first"
-    # as DuckDB writes them, cast back to their type: through Python an infinite time would turn finite
     bounds = first_row(
         con,
         "SELECT "
-        + ", ".join(f"min({c})::VARCHAR, max({c})::VARCHAR, typeof(min({c}))" for c in columns)
+        + ", ".join(f"min({c}), max({c}), min({c})::VARCHAR, max({c})::VARCHAR, typeof(min({c}))" for c in columns)
         + f" FROM {query}",
     )
     if None in bounds:
         return scalar(con, f"INSERT INTO {name} BY NAME {firsts}")
-    triples = zip(columns, bounds[::3], bounds[1::3], bounds[2::3], strict=True)
     ranges = " AND ".join(
-        f"{c} BETWEEN CAST({quote_string(low)} AS {kind}) AND CAST({quote_string(high)} AS {kind})"
-        for c, low, high, kind in triples
+        f"{c} BETWEEN {_bound(low, low_text, kind)} AND {_bound(high, high_text, kind)}"
+        for c, (low, high, low_text, high_text, kind) in zip(columns, _fives(bounds), strict=True)
     )
     return scalar(
         con,
