@@ -31,10 +31,6 @@ def config_columns(listing: str) -> list[str]:
     return [column.strip() for column in listing.split(",")]
 
 
-def _fives(values: tuple) -> list[tuple]:
-    return [values[start : start + 5] for start in range(0, len(values), 5)]
-
-
 def _bound(value: Any, text: str, kind: str) -> str:
     """A key range's bound as a constant of its column's type: DuckDB's text of it cast back, but a TIMESTAMPTZ's
     Python value (DuckDB writes its offset without seconds, in a TimeZone not UTC) unless it is infinite (which
@@ -76,7 +72,7 @@ def append(con: Connection, name: str, query: str, config: dict[str, Any], batch
         return scalar(con, f"INSERT INTO {name} BY NAME {firsts}")
     ranges = " AND ".join(
         f"{c} BETWEEN {_bound(low, low_text, kind)} AND {_bound(high, high_text, kind)}"
-        for c, (low, high, low_text, high_text, kind) in zip(columns, _fives(bounds), strict=True)
+        for c, low, high, low_text, high_text, kind in zip(columns, *(bounds[i::5] for i in range(5)), strict=True)
     )
     return scalar(
         con,

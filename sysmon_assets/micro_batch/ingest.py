@@ -106,8 +106,9 @@ def ingest(
             reader.close()
     if reader.file_events:
         results[0].notes["source_events"] = reader.file_events
-    if isinstance(reader, LandingReader) and reader.left_for_next_batch:
-        results[0].notes[LEFT_FOR_NEXT_BATCH] = reader.left_for_next_batch
-    if isinstance(reader, LandingReader) and reader.writer_due:
-        results[0].notes[UNFINISHED_LINE_DUE] = datetime.fromtimestamp(reader.writer_due, UTC).isoformat()
+    if isinstance(reader, LandingReader):
+        if reader.left_for_next_batch:
+            results[0].notes[LEFT_FOR_NEXT_BATCH] = reader.left_for_next_batch
+        if reader.writer_due:
+            results[0].notes[UNFINISHED_LINE_DUE] = datetime.fromtimestamp(reader.writer_due, UTC).isoformat()
     return results
