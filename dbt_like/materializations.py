@@ -32,12 +32,22 @@ def config_columns(listing: str) -> list[str]:
 
 
 def _bound(value: Any, text: str, kind: str) -> str:
-    """A key range's bound as a constant of its column's type: DuckDB's text of it cast back, but a TIMESTAMPTZ's
-    Python value (DuckDB writes its offset without seconds, in a TimeZone not UTC) unless it is infinite (which
-    Python cannot hold)."""
+    """A key range's bound as a constant of its column's type: DuckDB's text of it cast back (NULL where DuckDB
+    cannot read it back, as an INTERVAL of 2^31 hours), but a TIMESTAMPTZ's Python value (DuckDB writes its offset
+    without seconds, in a TimeZone not UTC) unless it is infinite (which Python cannot hold)."""
     if kind == "TIMESTAMP WITH TIME ZONE" and text not in ("infinity", "-infinity"):
         return literal(value)
-    return f"CAST({quote_string(text)} AS {kind})"
+    return f"TRY_CAST({quote_string(text)} AS {kind})"
+
+
+def _within(column: str, low: Any, high: Any, low_text: str, high_text: str, kind: str) -> str:
+    """A condition holding for the table's rows whose ``column`` lies between the step's lowest and highest key:
+    true for every row where a bound is not known (DuckDB folds the constants, so a known range still prunes
+    files), and for a UNION, whose text drops its tag (7 tagged i reads back as the text '7')."""
+    if "UNION(" in kind:
+        return "true"
+    low_bound, high_bound = _bound(low, low_text, kind), _bound(high, high_text, kind)
+    return f"({column} BETWEEN {low_bound} AND {high_bound} OR {low_bound} IS NULL OR {high_bound} IS NULL)"
 
 
 def append(con: Connection, name: str, query: str, config: dict[str, Any], batch: Batch) -> int:
@@ -71,8 +81,7 @@ def append(con: Connection, name: str, query: str, config: dict[str, Any], batch
     if None in bounds:
         return scalar(con, f"INSERT INTO {name} BY NAME {firsts}")
     ranges = " AND ".join(
-        f"{c} BETWEEN {_bound(low, low_text, kind)} AND {_bound(high, high_text, kind)}"
-        for c, low, high, low_text, high_text, kind in zip(columns, *(bounds[i::5] for i in range(5)), strict=True)
+        _within(c, *column_bounds) for c, *column_bounds in zip(columns, *(bounds[i::5] for i in range(5)), strict=True)
     )
     return scalar(
         con,
