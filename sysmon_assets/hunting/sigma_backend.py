@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from ipaddress import IPv6Network
 from typing import ClassVar
 
 from sigma.conditions import (
@@ -27,6 +28,7 @@ from sigma.processing.transformations import DetectionItemFailureTransformation
 from sigma.rule import SigmaDetectionItem, SigmaRule
 from sigma.types import (
     SigmaBool,
+    SigmaCIDRExpression,
     SigmaCompareExpression,
     SigmaRegularExpression,
     SigmaString,
@@ -173,6 +175,8 @@ class SysmonDuckDBBackend(DuckDBBackend):
     - ``|fieldref`` compared the two fields case-sensitively, and with ``|startswith``, ``|endswith`` or
       ``|contains`` read ``%`` and ``_`` in the other field's value as LIKE wildcards: it now matches that value
       literally and ignoring case, as a value;
+    - ``|cidr`` of an IPv6 network matched text prefixes (``2001:db8:`` for ``2001:db8::/48`` took in
+      ``2001:db8:1::1``): it compares the address's bits;
     - field names are always quoted (``User`` is a keyword), and the condition is returned bare, without the
       backend's ``SELECT * FROM logs WHERE``.
 
@@ -307,6 +311,16 @@ class SysmonDuckDBBackend(DuckDBBackend):
         value: SigmaBool = cond.value
         return f"{self.lowered(cond.field)} = {quote_string(str(value.boolean).lower())}"
 
+    def convert_condition_field_eq_val_cidr(
+        self, cond: ConditionFieldEqualsValueExpression, state: ConversionState
+    ) -> str:
+        """An IPv6 network compares the address's 128 bits: pySigma's text prefixes (``2001:db8:`` for
+        ``2001:db8::/48``) matched ``2001:db8:1::1``, outside it. An IPv4 network's prefixes are exact."""
+        cidr: SigmaCIDRExpression = cond.value
+        if isinstance(cidr.network, IPv6Network):
+            return _ipv6_within(self.lowered(cond.field), cidr.network)
+        return super().convert_condition_field_eq_val_cidr(cond, state)
+
     def finalize_query_default(self, rule: SigmaRule, query: str, index: int, state: ConversionState) -> str:
         return query
 
@@ -322,10 +336,10 @@ def _or_terms(cond: ConditionItem) -> Iterator[ConditionItem]:
 
 def _cost(term: ConditionItem | ConditionFieldEqualsValueExpression) -> float:
     """A rough cost of evaluating ``term`` on one event, to evaluate an AND's cheap, selective terms first: a
-    command line is long, a regular expression slow, and a ``not`` rarely rules an event out."""
+    command line is long, a regular expression or an IPv6 network slow, and a ``not`` rarely rules an event out."""
     if isinstance(term, ConditionFieldEqualsValueExpression):
         cost = 4.0 if term.field in LONG_FIELDS else 1.0
-        return cost * 3 if isinstance(term.value, SigmaRegularExpression) else cost
+        return cost * 3 if isinstance(term.value, SigmaRegularExpression | SigmaCIDRExpression) else cost
     if isinstance(term, ConditionNOT):
         return 1000 + _cost(term.args[0])
     if isinstance(term, ConditionOR):
@@ -340,3 +354,29 @@ def _number(field_sql: str, operator: str, number: float) -> str:
     if not isinstance(number, int | float) or isinstance(number, bool):
         raise SigmaValueError(f"not a number: {number!r}")
     return f"TRY_CAST({field_sql} AS DOUBLE) {operator} {number!r}"
+
+
+# An IPv6 address as text (lower case): eight groups of one to four hexadecimal digits, or fewer around one "::"
+# that stands for the zero groups left out. An address with an IPv4 part (::ffff:192.0.2.1) is not one of these.
+_IPV6_TEXT = "([0-9a-f]{1,4}:){7}[0-9a-f]{1,4}|(([0-9a-f]{1,4}:)*[0-9a-f]{1,4})?::(([0-9a-f]{1,4}:)*[0-9a-f]{1,4})?"
+
+
+def _ipv6_within(column: str, network: IPv6Network) -> str:
+    """SQL: the IPv6 address in ``column`` (lower-cased text, in any spelling) lies in ``network``. The address is
+    written out as its 32 hexadecimal digits, which sort as its bits do, and compared with the network's first and
+    last address; a zone (``fe80::1%12``) names no bits and is left out."""
+    address = f"split_part({column}, '%', 1)"
+
+    def groups(text: str) -> str:
+        return f"list_filter(string_split({text}, ':'), g -> g <> '')"
+
+    head, tail = (groups(f"split_part({address}, '::', {part})") for part in (1, 2))
+    zeros = f"list_transform(range(8 - len({groups(address)})), z -> '0')"
+    digits = f"array_to_string(list_transform(list_concat({head}, {zeros}, {tail}), g -> lpad(g, 4, '0')), '')"
+    # with "::", at most seven groups are written (it stands for one zero group at least)
+    written = f"(len({groups(address)}) < 8 OR NOT contains({address}, '::'))"
+    first, last = (f"{int(bound):032x}" for bound in (network.network_address, network.broadcast_address))
+    return (
+        f"(regexp_full_match({address}, {quote_string(_IPV6_TEXT)}) AND {written} "
+        f"AND {digits} BETWEEN {quote_string(first)} AND {quote_string(last)})"
+    )
