@@ -205,7 +205,7 @@ class Settings:
         "SYSMON_SNAPSHOT_RETENTION_DAYS",
         "maintenance expires the batches' snapshots older than this (time travel to a batch reaches this far back); "
         "the snapshots between two batches go after an hour",
-        check=lambda days: None if 0 < days < 36500 else "expected 0 < days",
+        check=lambda days: None if 0 < days < 36500 else "expected more than 0 days and fewer than 36500",
     )
     event_retention_days: float = setting(
         0.0,
@@ -213,7 +213,7 @@ class Settings:
         "maintenance drops the stream tables' rows (detections included) whose batch started longer ago than this, "
         "but those a step has still to read",
         shown="`0` (keep)",
-        check=lambda days: None if 0 <= days < 36500 else "expected 0 (keep) or more",
+        check=lambda days: None if 0 <= days < 36500 else "expected 0 (keep) or more days, fewer than 36500",
     )
     source: str = setting("files", "SYSMON_SOURCE", _kafka("`files` (the landing folder) or `kafka`"), choices=SOURCES)
     kafka_bootstrap: str | None = setting(
@@ -301,6 +301,12 @@ class Settings:
         mistake: events are kept longer than they may wait (maintenance spares the waiting ones in any case,
         ``dbt_like.unread_rows``)."""
         retention_minutes = self.event_retention_days * 24 * 60
+        if self.join_mode == "ksql" and retention_minutes > 0:
+            raise SettingsError(
+                f"SYSMON_EVENT_RETENTION_DAYS={self.event_retention_days!r} with SYSMON_JOIN_MODE=ksql: that join "
+                "reads the process creates of the stream sysmon_process_create, all of whose old rows a retention "
+                "drops, so a long-lived process's later connections would join nothing; keep events (0) in this mode"
+            )
         if self.join_mode == "default" and 0 < retention_minutes <= self.join_grace_minutes:
             raise SettingsError(
                 f"SYSMON_EVENT_RETENTION_DAYS={self.event_retention_days!r} ({retention_minutes:g} minutes) would drop "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields
 from pathlib import Path
 
@@ -267,5 +268,24 @@ def test_an_event_retention_within_the_join_grace_is_refused() -> None:
         Settings.from_env({"SYSMON_EVENT_RETENTION_DAYS": "2", "SYSMON_JOIN_GRACE_MINUTES": "2880"})
     assert Settings.from_env({"SYSMON_EVENT_RETENTION_DAYS": "0.02"}).event_retention_days == 0.02  # 28.8 > 15
     assert Settings.from_env({"SYSMON_EVENT_RETENTION_DAYS": "0"}).event_retention_days == 0  # keep everything
-    ksql = {"SYSMON_EVENT_RETENTION_DAYS": "0.01", "SYSMON_JOIN_MODE": "ksql"}  # its join waits for nothing
-    assert Settings.from_env(ksql).event_retention_days == 0.01
+    assert Settings.from_env({"SYSMON_JOIN_MODE": "ksql"}).event_retention_days == 0
+
+
+def test_an_event_retention_is_refused_in_the_ksql_join_mode() -> None:
+    # that join reads the stream of process creates, whose old rows a retention drops
+    with pytest.raises(SettingsError, match=r"SYSMON_EVENT_RETENTION_DAYS=2.0 with SYSMON_JOIN_MODE=ksql: "):
+        Settings.from_env({"SYSMON_EVENT_RETENTION_DAYS": "2", "SYSMON_JOIN_MODE": "ksql"})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("SYSMON_EVENT_RETENTION_DAYS", "40000", "expected 0 (keep) or more days, fewer than 36500"),
+        ("SYSMON_EVENT_RETENTION_DAYS", "-1", "expected 0 (keep) or more days, fewer than 36500"),
+        ("SYSMON_SNAPSHOT_RETENTION_DAYS", "40000", "expected more than 0 days and fewer than 36500"),
+        ("SYSMON_SNAPSHOT_RETENTION_DAYS", "0", "expected more than 0 days and fewer than 36500"),
+    ],
+)
+def test_a_retention_out_of_range_names_the_range(variable: str, value: str, expected: str) -> None:
+    with pytest.raises(SettingsError, match=re.escape(expected)):
+        Settings.from_env({variable: value})
