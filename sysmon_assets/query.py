@@ -20,10 +20,19 @@ import duckdb
 from sysmon_assets.settings import SettingsError
 from sysmon_assets.storage import lake
 
+# The printable bytes DuckDB's text of a BLOB escapes too: backslash, single and double quote.
+ESCAPED_BYTES = frozenset(b"\\'\"")
+
+
+def _blob_text(value: bytes) -> str:
+    """A BLOB as DuckDB prints it: ``\\xAB`` for each byte that is not printable ASCII or is escaped."""
+    return "".join(chr(byte) if 32 <= byte < 127 and byte not in ESCAPED_BYTES else f"\\x{byte:02X}" for byte in value)
+
 
 def _json_value(value: Any) -> Any:
     """``value`` as JSON can hold it: NaN and infinities as null (JSON has no such numbers), a MAP's keys as text,
-    a BLOB as DuckDB prints it (``\\xAB`` for a byte that is not printable ASCII), anything else not JSON as text."""
+    a BLOB as DuckDB prints it (``\\xAB`` for a byte that is not printable ASCII, and for a backslash or a quote,
+    so that the text reads back as one BLOB only), anything else not JSON as text."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
@@ -31,7 +40,7 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_value(item) for item in value]
     if isinstance(value, bytes):
-        return "".join(chr(byte) if 32 <= byte < 127 else f"\\x{byte:02X}" for byte in value)
+        return _blob_text(value)
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return str(value)
@@ -95,6 +104,14 @@ def rows_as_json(rows: list[tuple], columns: JsonColumns | None = None) -> str:
     return json.dumps([[_json_value(value_at(row, index)) for index in range(width)] for row in rows], allow_nan=False)
 
 
+def _row_count(text: str) -> int:
+    """``--max-rows``: a count of rows, 0 or more."""
+    count = int(text)
+    if count < 0:
+        raise ValueError(text)
+    return count
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="python -m sysmon_assets.query", description=__doc__.splitlines()[0])
@@ -103,13 +120,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=None, help="read the lake as this batch left it")
     parser.add_argument("--max-width", type=int, default=160, help="the table's width in characters (default 160)")
     parser.add_argument(
-        "--max-rows", type=int, default=20, help="rows the table shows, the first and last ones (default 20)"
+        "--max-rows", type=_row_count, default=20, help="rows the table shows, the first and last ones (default 20)"
     )
     args = parser.parse_args(argv)
     path = Path(args.query)
     if path.suffix == ".sql" and not any(space in args.query for space in " \n\t") and not path.is_file():
         sys.exit(f"query failed: no SQL file {path}")
-    sql = path.read_text(encoding="utf-8") if path.suffix == ".sql" and path.is_file() else args.query
+    try:
+        sql = path.read_text(encoding="utf-8") if path.suffix == ".sql" and path.is_file() else args.query
+    except (OSError, UnicodeDecodeError) as error:
+        sys.exit(f"query failed: cannot read the SQL file {path} (UTF-8 text expected): {error}")
     try:  # a query fails when it is planned or as its rows are read: both are reported the same way
         con = lake.connect(batch_id=args.batch)  # held: the relation reads through it
         relation = con.sql(sql)

@@ -172,6 +172,33 @@ def test_the_query_command_prints_strict_json_for_values_json_has_no_literal_for
     assert strict == [[None, None, {"2026-11-30": 1}, "\\x00AB", [1.5, None], {"true": 1, "false": 0}]]
 
 
+def test_the_query_command_prints_a_blob_as_duckdb_does_one_text_per_blob(sample_lake: Lake) -> None:
+    """The byte 0xFF and the four characters backslash, x, F, F are two BLOBs: their texts differ, as DuckDB's do."""
+    sql = "SELECT '\\xFF'::BLOB, '\\x5CxFF'::BLOB, 'a''b\"c'::BLOB"
+    printed = json.loads(query_command(sample_lake, "--json", sql))
+    assert printed == [["\\xFF", "\\x5CxFF", "a\\x27b\\x22c"]]
+    assert printed == [
+        list(sample_lake.rows(f"SELECT {', '.join(f'CAST(#{i} AS VARCHAR)' for i in (1, 2, 3))} FROM ({sql})")[0])
+    ]
+
+
+def test_the_query_command_refuses_a_sql_file_it_cannot_read_and_a_negative_row_count(
+    sample_lake: Lake, tmp_path: Path
+) -> None:
+    env = {**os.environ, "SYSMON_DATA_DIR": str(sample_lake.data), "SYSMON_LANDING_DIR": str(sample_lake.landing)}
+    latin1 = tmp_path / "caf\u00e9.sql"
+    latin1.write_bytes("SELECT 'caf\u00e9'".encode("latin-1"))
+    for args, expected in (
+        ([str(latin1)], f"query failed: cannot read the SQL file {latin1} (UTF-8 text expected): "),
+        (["--max-rows", "-1", "SELECT 1"], "usage: "),
+    ):
+        failed = subprocess.run(
+            [sys.executable, "-m", "sysmon_assets.query", *args], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert failed.returncode in (1, 2) and "Traceback" not in failed.stderr, failed.stderr
+        assert expected in failed.stderr
+
+
 def test_the_query_command_prints_infinite_dates_and_timestamps_as_duckdb_writes_them(sample_lake: Lake) -> None:
     """DuckDB's ``infinity`` reaches Python as the latest date or time it holds: printed, it read as that time."""
     sql = (
