@@ -401,6 +401,23 @@ def _batch_completed(con: duckdb.DuckDBPyConnection, condition: str) -> tuple[in
     return (row[0], row[1]) if row else None
 
 
+def _unreadable_batch(con: duckdb.DuckDBPyConnection, settings: Settings, batch_id: int) -> LakeError:
+    """Why batch ``batch_id`` has no snapshot to read: maintenance expired it (the batch ran, before the oldest
+    batch whose snapshot is kept), or it did not complete."""
+    oldest = con.execute(
+        f"SELECT min(CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT)) "
+        f"FROM {CATALOG_DATABASE}.ducklake_snapshot_changes WHERE {COMPLETES_BATCH}"
+    ).fetchone()[0]
+    ran = con.execute(f"SELECT count(*) FROM {STATE_SCHEMA}.batches WHERE batch_id = ?", [batch_id]).fetchone()[0]
+    if ran and oldest is not None and batch_id < oldest:
+        return LakeError(
+            f"batch {batch_id}'s snapshot was expired by maintenance, which keeps the batches of the last "
+            f"SYSMON_SNAPSHOT_RETENTION_DAYS={settings.snapshot_retention_days:g} days: the oldest batch still "
+            f"readable is {oldest}"
+        )
+    return LakeError(f"batch {batch_id} is not a complete batch of the lake {settings.catalog}")
+
+
 def current_snapshot(con: duckdb.DuckDBPyConnection) -> int:
     """The id of the lake's newest snapshot."""
     return con.execute(f"SELECT * FROM ducklake_current_snapshot('{LAKE}')").fetchone()[0]
@@ -417,9 +434,10 @@ def connect(settings: Settings | None = None, batch_id: int | None = None) -> du
     attach(con, settings, read_only=True)
     boundary = last_complete_batch(con) if batch_id is None else batch_snapshot(con, batch_id)
     if boundary is None:
+        refused = None if batch_id is None else _unreadable_batch(con, settings, batch_id)
         con.close()
-        if batch_id is not None:
-            raise LakeError(f"batch {batch_id} is not a complete batch of the lake {settings.catalog}")
+        if refused:
+            raise refused
         raise LakeError(
             f"the lake {settings.catalog} has no complete batch yet: a batch shows once its last step commits"
         )

@@ -229,6 +229,16 @@ def test_snapshot_retention_expires_old_snapshots_and_deletes_their_files(lake: 
         assert snapshot(lake.settings) == before  # no row changed
         next(batches, None)
     assert upkeeps[1].files_deleted > 0 and on_disk[1] > 0  # fewer files on disk after the second run
+    with open_lake(lake.settings, read_only=True) as con:
+        oldest = last_complete_batch(con)[0]  # the only batch whose snapshot is kept
+    with pytest.raises(
+        LakeError,
+        match=rf"batch 1's snapshot was expired by maintenance, .* SYSMON_SNAPSHOT_RETENTION_DAYS=7 days: "
+        rf"the oldest batch still readable is {oldest}$",
+    ):
+        connect(lake.settings, batch_id=1)
+    with pytest.raises(LakeError, match=rf"batch {oldest + 1} is not a complete batch"):
+        connect(lake.settings, batch_id=oldest + 1)
 
 
 @pytest.mark.parametrize(
