@@ -30,18 +30,23 @@ from typing import Any
 import duckdb
 import yaml
 from sigma.collection import SigmaCollection
+from sigma.conditions import ConditionFieldEqualsValueExpression
+from sigma.conversion.state import ConversionState
 from sigma.exceptions import SigmaError
 from sigma.rule import SigmaDetection, SigmaRule
 from sigma.types import SigmaFieldReference
 
 from dbt_like.sql import quote_string
 from sysmon_assets.hunting.sigma_backend import (
+    ABSENT_PREFIX,
     CATEGORY_EVENTS,
     EVENT_FIELDS,
+    EVENT_NAMES,
     LOWER_SUFFIX,
     UTC_TIME,
-    FieldNotCarriedError,
     SysmonDuckDBBackend,
+    absent_fields,
+    can_match,
     sysmon_pipeline,
 )
 
@@ -151,8 +156,10 @@ def rule_files(folder: Path) -> list[Path]:
 
 
 def _converter_identity() -> bytes:
-    """What else decides a conversion's result: this module's code and the two libraries' versions."""
-    return Path(__file__).read_bytes() + f"|pysigma {version('pysigma')}|{version('pysigma-backend-duckdb')}".encode()
+    """What else decides a conversion's result: this module's code and the backend's, and the two libraries'
+    versions."""
+    code = b"".join(Path(__file__).with_name(name).read_bytes() for name in ("sigma.py", "sigma_backend.py"))
+    return code + f"|pysigma {version('pysigma')}|{version('pysigma-backend-duckdb')}".encode()
 
 
 def content_digest(folder: Path, files: list[Path]) -> str:
@@ -269,13 +276,17 @@ def _convert(
     try:
         queries = backend.convert_rule(rule)
     except Exception as error:  # a rule the converter fails on, in whatever way, is listed; the others convert
-        kind = "field" if isinstance(error, FieldNotCarriedError) else "unsupported"
-        return RuleFailure(file, kind, f"does not convert: {_first_line(error)}", rule_id, title)
+        return RuleFailure(file, "unsupported", f"does not convert: {_first_line(error)}", rule_id, title)
     condition = " OR ".join(f"({query})" for query in queries) if len(queries) > 1 else queries[0]
     try:
         con.execute(f"SELECT count(*) FROM sigma_events_{event_id} WHERE {condition}").fetchall()
     except duckdb.Error as error:
         return RuleFailure(file, "sql", f"DuckDB rejects its SQL: {_first_line(error)}", rule_id, title)
+    absent = absent_fields(rule)
+    if absent and not can_match(rule, lambda leaf: _constant(backend, con, leaf)):
+        fields = " and ".join(repr(name) for name in absent)
+        reason = f"needs field {fields}, which {EVENT_NAMES[event_id]} does not carry (no event could match)"
+        return RuleFailure(file, "field", f"does not convert: {reason}", rule_id, title)
     return SigmaRuleSql(
         rule_id=rule_id,
         title=title,
@@ -283,12 +294,24 @@ def _convert(
         tags=[str(tag) for tag in rule.tags],
         event_id=event_id,
         condition=condition,
-        fields=sorted(_rule_fields(rule.detection.detections.values())),
+        fields=sorted(f for f in _rule_fields(rule.detection.detections.values()) if not f.startswith(ABSENT_PREFIX)),
         file=file,
         status=str(rule.status) if rule.status else None,
         author=rule.author,
         references=list(rule.references),
     )
+
+
+def _constant(
+    backend: SysmonDuckDBBackend, con: duckdb.DuckDBPyConnection, leaf: ConditionFieldEqualsValueExpression
+) -> bool | None:
+    """A condition's value where it reads no column (only fields the event does not carry, which are NULL), as the
+    rule's SQL reads it (NULL is false); None where it reads a column."""
+    sql = backend.convert_condition(leaf, ConversionState())
+    try:
+        return bool(con.execute(f"SELECT coalesce(({sql}), false)").fetchone()[0])
+    except duckdb.BinderException:
+        return None
 
 
 def _cache_path(cache_dir: Path, digest: str) -> Path:

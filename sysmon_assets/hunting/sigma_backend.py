@@ -1,15 +1,16 @@
 """Sigma's Sysmon field names on this project's columns, and pySigma's DuckDB backend turned to them.
 
-:data:`EVENT_FIELDS` says where each Sysmon field of an event is read from; :func:`sysmon_pipeline` fails a rule
-that needs a field its event does not carry; :class:`SysmonDuckDBBackend` writes a rule's condition as DuckDB SQL
-over one text column per field (and its lower-cased twin). sysmon_assets/hunting/sigma.py converts folders of
+:data:`EVENT_FIELDS` says where each Sysmon field of an event is read from; :func:`sysmon_pipeline` marks the
+fields an event does not carry, which :class:`SysmonDuckDBBackend` writes as NULL (and :func:`can_match` tells
+whether a rule can still match without them) in a rule's condition as DuckDB SQL over one text column per field
+(and its lower-cased twin). sysmon_assets/hunting/sigma.py converts folders of
 rules with them.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from ipaddress import IPv6Network
 from typing import ClassVar
 
@@ -21,11 +22,11 @@ from sigma.conditions import (
     ConditionOR,
 )
 from sigma.conversion.state import ConversionState
-from sigma.exceptions import SigmaTransformationError, SigmaValueError
+from sigma.exceptions import SigmaValueError
 from sigma.processing.conditions import ExcludeFieldCondition, LogsourceCondition
 from sigma.processing.pipeline import ProcessingItem, ProcessingPipeline
-from sigma.processing.transformations import DetectionItemFailureTransformation
-from sigma.rule import SigmaDetectionItem, SigmaRule
+from sigma.processing.transformations import AddFieldnamePrefixTransformation
+from sigma.rule import SigmaDetection, SigmaDetectionItem, SigmaRule
 from sigma.types import (
     SigmaBool,
     SigmaCIDRExpression,
@@ -125,38 +126,65 @@ EVENT_FIELDS: dict[int, dict[str, str]] = {
 }
 
 
-class FieldNotCarriedError(SigmaTransformationError):
-    """A rule needs a field its events do not carry."""
-
-
-class FieldNotCarried(DetectionItemFailureTransformation):
-    """Fails a rule that needs a field its events do not carry, naming the field (pySigma's own failure
-    transformation has one fixed message)."""
-
-    def apply_detection_item(self, detection_item: SigmaDetectionItem) -> None:
-        if detection_item.field is None:
-            return  # a keyword (no field): the backend says it does not support those
-        raise FieldNotCarriedError(
-            f"needs field {detection_item.field!r}, which {self.message} does not carry", source=detection_item.source
-        )
+# A field an event does not carry is renamed with this prefix, and written into SQL as NULL: the event lacks it, as
+# Sigma reads a missing field (a value never matches it, `null` does, and `not` of a match of it is true).
+ABSENT_PREFIX = "\0absent:"
 
 
 def sysmon_pipeline() -> ProcessingPipeline:
-    """The processing pipeline: per logsource, every field outside that event's :data:`EVENT_FIELDS` fails the
-    rule with its name. The fields keep Sysmon's names: the model gives each event a column of each name."""
+    """The processing pipeline: per logsource, every field outside that event's :data:`EVENT_FIELDS` is marked
+    absent (:data:`ABSENT_PREFIX`). The fields keep Sysmon's names: the model gives each event a column of each
+    name."""
     return ProcessingPipeline(
         name="Sysmon events of sysmon-assets",
         priority=20,
         items=[
             ProcessingItem(
                 identifier=f"sysmon_event_{event_id}_fields",
-                transformation=FieldNotCarried(EVENT_NAMES[event_id]),
+                transformation=AddFieldnamePrefixTransformation(prefix=ABSENT_PREFIX),
                 rule_conditions=[LogsourceCondition(category=category, product="windows")],
                 field_name_conditions=[ExcludeFieldCondition(fields=list(EVENT_FIELDS[event_id]))],
             )
             for category, event_id in CATEGORY_EVENTS.items()
         ],
     )
+
+
+def absent_fields(rule: SigmaRule) -> list[str]:
+    """The fields a converted rule names that its event does not carry, by their Sigma names."""
+    names = {
+        item.field.removeprefix(ABSENT_PREFIX)
+        for item in _detection_items(rule.detection.detections.values())
+        if item.field and item.field.startswith(ABSENT_PREFIX)
+    }
+    return sorted(names)
+
+
+def _detection_items(detections: Iterable[SigmaDetection]) -> Iterator[SigmaDetectionItem]:
+    for detection in detections:
+        for item in detection.detection_items:
+            if isinstance(item, SigmaDetection):
+                yield from _detection_items([item])
+            else:
+                yield item
+
+
+def can_match(rule: SigmaRule, constant: Callable[[ConditionFieldEqualsValueExpression], bool | None]) -> bool:
+    """Whether some event could match a converted rule, its fields the event does not carry being absent:
+    ``constant`` tells a condition's value where it does not depend on the event (None where it does)."""
+    return any(True in _truths(condition.parsed, constant) for condition in rule.detection.parsed_condition)
+
+
+def _truths(node: ConditionItem, constant: Callable[[ConditionFieldEqualsValueExpression], bool | None]) -> set[bool]:
+    """The values ``node`` can take over all events."""
+    if isinstance(node, ConditionAND | ConditionOR):
+        parts = [_truths(arg, constant) for arg in node.args]
+        every, some = (all, any) if isinstance(node, ConditionAND) else (any, all)
+        return {value for value in (True, False) if (every if value else some)(value in part for part in parts)}
+    if isinstance(node, ConditionNOT):
+        return {not value for value in _truths(node.args[0], constant)}
+    value = constant(node) if isinstance(node, ConditionFieldEqualsValueExpression) else None
+    return {True, False} if value is None else {value}
 
 
 class SysmonDuckDBBackend(DuckDBBackend):
@@ -320,6 +348,10 @@ class SysmonDuckDBBackend(DuckDBBackend):
         if isinstance(cidr.network, IPv6Network):
             return _ipv6_within(self.lowered(cond.field), cidr.network)
         return super().convert_condition_field_eq_val_cidr(cond, state)
+
+    def escape_and_quote_field(self, field_name: str) -> str:
+        """A field the event does not carry (:data:`ABSENT_PREFIX`) is NULL."""
+        return "NULL" if field_name.startswith(ABSENT_PREFIX) else super().escape_and_quote_field(field_name)
 
     def finalize_query_default(self, rule: SigmaRule, query: str, index: int, state: ConversionState) -> str:
         return query

@@ -260,6 +260,18 @@ PROCESS_CASES = [
         [{"IntegrityLevel": "High"}, {"IntegrityLevel": "1"}],
     ),
 ]
+# Provider_Name and OriginalFileName are fields the events do not carry: absent, as Sigma reads a missing field
+ABSENT_FIELD_CASES = [
+    Case("absent_field_filtered_out", 1,
+         {"sel": {"Image|endswith": "\\evil.exe"}, "filter": {"Provider_Name": "SystemTraceProvider-Process"}},
+         "sel and not filter", [{"Image": "C:\\x\\evil.exe"}], [{"Image": "C:\\x\\good.exe"}]),
+    Case("absent_field_null", 1, {"sel": {"Image|endswith": "\\evil.exe", "Provider_Name": None}}, "sel",
+         [{"Image": "C:\\x\\evil.exe"}], [{"Image": "C:\\x\\good.exe"}]),
+    Case("absent_field_not_exists", 1, {"sel": {"Image|endswith": "\\evil.exe", "Provider_Name|exists": False}},
+         "sel", [{"Image": "C:\\x\\evil.exe"}], [{"Image": "C:\\x\\good.exe"}]),
+    Case("absent_field_one_branch", 3, {"port": {"DestinationPort": 4444}, "file": {"OriginalFileName": "nc.exe"}},
+         "port or file", [{"DestinationPort": "4444"}], [{"DestinationPort": "443"}]),
+]  # fmt: skip
 NETWORK_CASES = [
     Case("number", 3, {"sel": {"DestinationPort": 4444}}, "sel",
          [{"DestinationPort": "4444"}], [{"DestinationPort": "44444"}]),
@@ -267,7 +279,8 @@ NETWORK_CASES = [
          [{"DestinationPort": "50001"}], [{"DestinationPort": "443"}]),
     Case("cidr", 3, {"sel": {"DestinationIp|cidr": "192.168.0.0/16"}}, "sel",
          [{"DestinationIp": "192.168.5.5"}],
-         [{"DestinationIp": "192.169.0.1"}, {"DestinationIp": "10.192.168.1"}, {"DestinationIp": "::ffff:192.168.5.5"}]),
+         [{"DestinationIp": "192.169.0.1"}, {"DestinationIp": "10.192.168.1"},
+          {"DestinationIp": "::ffff:192.168.5.5"}]),
     Case("cidr_ipv6", 3, {"sel": {"DestinationIp|cidr": "2001:db8::/32"}}, "sel",
          [{"DestinationIp": "2001:db8:0:1::5"}], [{"DestinationIp": "2001:db9::1"}]),
     # an address is inside by its bits, whatever its spelling: 2001:db8:1::1 shares the text 2001:db8: only
@@ -284,7 +297,7 @@ NETWORK_CASES = [
     Case("boolean", 3, {"sel": {"Initiated": True}}, "sel",
          [{"Initiated": "true"}], [{"Initiated": "false"}]),
 ]  # fmt: skip
-CASES = PROCESS_CASES + NETWORK_CASES
+CASES = PROCESS_CASES + NETWORK_CASES + ABSENT_FIELD_CASES
 
 
 def case_events(cases: list[Case]) -> Iterator[dict[str, Any]]:
@@ -342,6 +355,14 @@ FAILING_RULES: dict[str, dict[str, Any] | str] = {
     "event3_lacks_field.yml": rule_document(
         "connection lacks the field", "network_connection", {"sel": {"OriginalFileName": "x"}, "condition": "sel"}
     ),
+    "absent_field_required.yml": rule_document(
+        "absent field required",
+        "process_creation",
+        {"sel": {"Image|endswith": "\\x.exe"}, "absent": {"Provider_Name": "x"}, "condition": "sel and absent"},
+    ),
+    "absent_field_present.yml": rule_document(
+        "absent field present", "process_creation", {"sel": {"Provider_Name|exists": True}, "condition": "sel"}
+    ),
     "file_event.yml": rule_document(
         "other logsource", "file_event", {"sel": {"TargetFilename|endswith": ".exe"}, "condition": "sel"}
     ),
@@ -361,8 +382,11 @@ def test_rules_that_cannot_run_are_listed_with_their_reasons(tmp_path: Path) -> 
     reasons = {failure.file: failure.reason for failure in rule_set.failures}
     assert reasons["keywords.yml"].startswith("does not convert: Value-only string expressions")
     assert reasons["unknown_field.yml"] == (
-        "does not convert: needs field 'Provider_Name', which process creation (Sysmon event 1) does not carry"
+        "does not convert: needs field 'Provider_Name', which process creation (Sysmon event 1) does not carry "
+        "(no event could match)"
     )
+    assert "needs field 'Provider_Name'" in reasons["absent_field_required.yml"]
+    assert "needs field 'Provider_Name'" in reasons["absent_field_present.yml"]
     assert (
         "needs field 'OriginalFileName', which network connection (Sysmon event 3)" in reasons["event3_lacks_field.yml"]
     )
@@ -380,6 +404,8 @@ def test_rules_that_cannot_run_are_listed_with_their_reasons(tmp_path: Path) -> 
         "keywords.yml": "unsupported",
         "unknown_field.yml": "field",
         "event3_lacks_field.yml": "field",
+        "absent_field_required.yml": "field",
+        "absent_field_present.yml": "field",
         "file_event.yml": "logsource",
         "lookbehind.yml": "sql",
         "broken.yml": "unreadable",
@@ -651,6 +677,11 @@ def test_a_rule_set_is_converted_once_then_read_from_the_cache(tmp_path: Path, m
     edited.write_text(edited.read_text().replace("title: fine", "title: edit"))  # same size, new content
     assert [rule.title for rule in sigma.load_rule_set(rules, cache).rules] == ["edit", "another"]
     assert len(conversions) == 3
+
+
+def test_a_cached_rule_set_is_converted_again_when_the_backend_changes() -> None:
+    backend = Path(sigma.__file__).with_name("sigma_backend.py").read_bytes()
+    assert backend in sigma._converter_identity()  # its code is part of the cache file's name
 
 
 def test_our_own_rules_all_convert(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sysmon_assets.hunting import sigma
 from tests.conftest import Lake
 from tests.recipe import SHARED, shared_path
 
@@ -108,6 +109,13 @@ def test_the_case_rule_matches_exactly_match_count_events(matches: dict[str, int
     case = load_case(CASES_DIR / name)
     expected = DIFFERENT_COUNTS[name][0] if name in DIFFERENT_COUNTS else case.match_count
     assert matches[name] == expected
+
+
+def test_every_sigmahq_rule_for_our_events_converts() -> None:
+    """proc_creation_win_conhost_susp_child_process names Provider_Name, which our events lack, in a filter only."""
+    rule_set = sigma.load_rule_set(shared_path(*SIGMA, "rules"), None)
+    assert (len(rule_set.rules), rule_set.failures) == (1234, [])
+    assert "Uncommon Child Process Of Conhost.EXE" in {rule.title for rule in rule_set.rules}
 
 
 def test_cases_sharing_a_delivery_key_are_in_different_lakes() -> None:
