@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,13 @@ import duckdb
 from sysmon_assets.settings import SettingsError
 from sysmon_assets.storage import lake
 
+# DuckLake's functions that change the lake (its files or its catalog): maintenance runs them. On a lake attached
+# read-only, DuckLake 0.3's ducklake_cleanup_old_files still deletes the files scheduled for deletion, then fails.
+LAKE_CHANGING_FUNCTION = re.compile(
+    r"\bducklake_(?:add_data_files|cleanup_old_files|delete_orphaned_files|expire_snapshots|flush_inlined_data"
+    r"|merge_adjacent_files|rewrite_data_files|set_commit_message|set_option)\b",
+    re.IGNORECASE,
+)
 # The printable bytes DuckDB's text of a BLOB escapes too: backslash, single and double quote.
 ESCAPED_BYTES = frozenset(b"\\'\"")
 
@@ -104,6 +112,20 @@ def rows_as_json(rows: list[tuple], columns: JsonColumns | None = None) -> str:
     return json.dumps([[_json_value(value_at(row, index)) for index in range(width)] for row in rows], allow_nan=False)
 
 
+def refusal(sql: str) -> str | None:
+    """Why the command does not run ``sql``, which would change the lake (it reads the lake only), or None."""
+    found = LAKE_CHANGING_FUNCTION.search(sql)
+    if found:
+        return f"{found.group(0)} changes the lake: the lake_maintenance job runs it"
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error:
+        return None  # not SQL DuckDB reads: running it reports why
+    if any(statement.type == duckdb.StatementType.ATTACH for statement in statements):
+        return "ATTACH is refused: this command reads the lake attached read-only, and another ATTACH could write"
+    return None
+
+
 def _row_count(text: str) -> int:
     """``--max-rows``: a count of rows, 0 or more."""
     count = int(text)
@@ -130,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
         sql = path.read_text(encoding="utf-8") if path.suffix == ".sql" and path.is_file() else args.query
     except (OSError, UnicodeDecodeError) as error:
         sys.exit(f"query failed: cannot read the SQL file {path} (UTF-8 text expected): {error}")
+    if refused := refusal(sql):
+        sys.exit(f"query failed: {refused}")
     try:  # a query fails when it is planned or as its rows are read: both are reported the same way
         con = lake.connect(batch_id=args.batch)  # held: the relation reads through it
         relation = con.sql(sql)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from sysmon_assets import connect
+from sysmon_assets.storage.lake import last_complete_batch, open_lake
 from tests.conftest import Lake, network_connect, process_create
 from tests.recipe import recipe_sample_output
 
@@ -260,6 +261,33 @@ def test_a_sql_file_that_does_not_exist_is_named_in_the_error(sample_lake: Lake)
         [sys.executable, "-m", "sysmon_assets.query", missing], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert (failed.returncode, failed.stderr.strip()) == (1, f"query failed: no SQL file {missing}")
+
+
+def test_the_query_command_refuses_sql_that_would_change_the_lake(lake: Lake) -> None:
+    lines = (ROOT / "sample_data" / "winlogbeat-sample.ndjson").read_bytes().splitlines(keepends=True)
+    for part in (lines[: len(lines) // 2], lines[len(lines) // 2 :]):  # two batches: files to merge
+        (lake.landing / f"part-{len(list(lake.landing.iterdir()))}.ndjson").write_bytes(b"".join(part))
+        lake.batch()
+    with open_lake(lake.settings) as con:  # files scheduled for deletion, as maintenance leaves them before cleanup
+        con.execute("CALL ducklake_merge_adjacent_files('lake')")
+        snapshots = con.execute(
+            "SELECT list(snapshot_id) FROM ducklake_snapshots('lake') WHERE snapshot_id < ?",
+            [last_complete_batch(con)[1]],
+        ).fetchone()[0]
+        con.execute("CALL ducklake_expire_snapshots('lake', versions => ?)", [snapshots])
+    on_disk = sorted(lake.data.rglob("*.parquet"))
+    env = {**os.environ, "SYSMON_DATA_DIR": str(lake.data), "SYSMON_LANDING_DIR": str(lake.landing)}
+    for sql, refused in (
+        ("CALL ducklake_cleanup_old_files('lake', cleanup_all => true)", "ducklake_cleanup_old_files changes the lake"),
+        ("SELECT * FROM ducklake_merge_adjacent_files('lake')", "ducklake_merge_adjacent_files changes the lake"),
+        (f"ATTACH 'ducklake:sqlite:{lake.data / 'lake.sqlite'}' AS writable", "ATTACH is refused"),
+    ):
+        failed = subprocess.run(
+            [sys.executable, "-m", "sysmon_assets.query", sql], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert (failed.returncode, failed.stderr.startswith(f"query failed: {refused}")) == (1, True), failed.stderr
+    assert sorted(lake.data.rglob("*.parquet")) == on_disk
+    assert json.loads(query_command(lake, "--json", "SELECT count(*) > 0 FROM ducklake_snapshots('lake')")) == [[True]]
 
 
 def test_the_query_command_prints_intervals_as_duckdb_writes_them(sample_lake: Lake) -> None:
