@@ -285,19 +285,26 @@ class SysmonDuckDBBackend(DuckDBBackend):
 
     def convert_condition_or(self, cond: ConditionOR, state: ConversionState) -> str:
         """Values of one field in an OR (nested ORs included: ``|windash`` nests one per value) become one regular
-        expression when there are :attr:`alternation_min` or more; the other terms convert as usual."""
+        expression when there are :attr:`alternation_min` or more, and its IPv6 networks one test that writes the
+        address out once; the other terms convert as usual."""
         terms = list(_or_terms(cond))
         by_field: dict[str, list[ConditionFieldEqualsValueExpression]] = {}
+        networks: dict[str, list[ConditionFieldEqualsValueExpression]] = {}
         for term in terms:
             if isinstance(term, ConditionFieldEqualsValueExpression) and type(term.value) is SigmaString:
                 by_field.setdefault(term.field, []).append(term)
-        grouped = {id(term) for values in by_field.values() if len(values) >= self.alternation_min for term in values}
+            elif isinstance(term, ConditionFieldEqualsValueExpression) and _ipv6_network(term.value):
+                networks.setdefault(term.field, []).append(term)
+        alternations = {field: values for field, values in by_field.items() if len(values) >= self.alternation_min}
+        grouped = {id(term) for values in [*alternations.values(), *networks.values()] for term in values}
         if not grouped:
             return super().convert_condition_or(cond, state)
         converted = [
-            self._alternation(field_name, [term.value for term in values])
-            for field_name, values in by_field.items()
-            if len(values) >= self.alternation_min
+            self._alternation(field, [term.value for term in values]) for field, values in alternations.items()
+        ]
+        converted += [
+            _ipv6_within(self.lowered(field), [term.value.network for term in values])
+            for field, values in networks.items()
         ]
         rest = [term for term in terms if id(term) not in grouped]
         if rest:
@@ -344,9 +351,8 @@ class SysmonDuckDBBackend(DuckDBBackend):
     ) -> str:
         """An IPv6 network compares the address's 128 bits: pySigma's text prefixes (``2001:db8:`` for
         ``2001:db8::/48``) matched ``2001:db8:1::1``, outside it. An IPv4 network's prefixes are exact."""
-        cidr: SigmaCIDRExpression = cond.value
-        if isinstance(cidr.network, IPv6Network):
-            return _ipv6_within(self.lowered(cond.field), cidr.network)
+        if _ipv6_network(cond.value):
+            return _ipv6_within(self.lowered(cond.field), [cond.value.network])
         return super().convert_condition_field_eq_val_cidr(cond, state)
 
     def escape_and_quote_field(self, field_name: str) -> str:
@@ -393,10 +399,16 @@ def _number(field_sql: str, operator: str, number: float) -> str:
 _IPV6_TEXT = "([0-9a-f]{1,4}:){7}[0-9a-f]{1,4}|(([0-9a-f]{1,4}:)*[0-9a-f]{1,4})?::(([0-9a-f]{1,4}:)*[0-9a-f]{1,4})?"
 
 
-def _ipv6_within(column: str, network: IPv6Network) -> str:
-    """SQL: the IPv6 address in ``column`` (lower-cased text, in any spelling) lies in ``network``. The address is
-    written out as its 32 hexadecimal digits, which sort as its bits do, and compared with the network's first and
-    last address; a zone (``fe80::1%12``) names no bits and is left out."""
+def _ipv6_network(value: object) -> bool:
+    """Whether a value is a CIDR expression of an IPv6 network."""
+    return isinstance(value, SigmaCIDRExpression) and isinstance(value.network, IPv6Network)
+
+
+def _ipv6_within(column: str, networks: list[IPv6Network]) -> str:
+    """SQL: the IPv6 address in ``column`` (lower-cased text, in any spelling) lies in one of ``networks``. The
+    address is written out once as its 32 hexadecimal digits (``d``), which sort as its bits do, and compared with
+    each network's first and last address; a zone (``fe80::1%12``) names no bits and is left out. A value without
+    ``:`` (an IPv4 address) is ruled out first, at the cost of one search."""
     address = f"split_part({column}, '%', 1)"
 
     def groups(text: str) -> str:
@@ -407,8 +419,12 @@ def _ipv6_within(column: str, network: IPv6Network) -> str:
     digits = f"array_to_string(list_transform(list_concat({head}, {zeros}, {tail}), g -> lpad(g, 4, '0')), '')"
     # with "::", at most seven groups are written (it stands for one zero group at least)
     written = f"(len({groups(address)}) < 8 OR NOT contains({address}, '::'))"
-    first, last = (f"{int(bound):032x}" for bound in (network.network_address, network.broadcast_address))
+    ranges = " OR ".join(
+        f"d BETWEEN {quote_string(f'{int(network.network_address):032x}')} "
+        f"AND {quote_string(f'{int(network.broadcast_address):032x}')}"
+        for network in networks
+    )
     return (
-        f"(regexp_full_match({address}, {quote_string(_IPV6_TEXT)}) AND {written} "
-        f"AND {digits} BETWEEN {quote_string(first)} AND {quote_string(last)})"
+        f"(contains({column}, ':') AND regexp_full_match({address}, {quote_string(_IPV6_TEXT)}) AND {written} "
+        f"AND list_transform([{digits}], d -> {ranges})[1])"
     )
