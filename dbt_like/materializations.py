@@ -25,6 +25,9 @@ from typing import Any
 from dbt_like.sql import Connection, first_row, literal, quote_string, scalar
 from dbt_like.state import Batch, view_sql
 
+# How DuckDB's type names show a nested type: INTEGER[], INTEGER[2], STRUCT(...), MAP(...), UNION(...).
+NESTED_TYPE_MARKS = ("[", "STRUCT(", "MAP(", "UNION(")
+
 
 def config_columns(listing: str) -> list[str]:
     """``'a, b'`` -> ``['a', 'b']``: a config's column list."""
@@ -43,8 +46,9 @@ def _bound(value: Any, text: str, kind: str) -> str:
 def _within(column: str, low: Any, high: Any, low_text: str, high_text: str, kind: str) -> str:
     """A condition holding for the table's rows whose ``column`` lies between the step's lowest and highest key:
     true for every row where a bound is not known (DuckDB folds the constants, so a known range still prunes
-    files), and for a UNION, whose text drops its tag (7 tagged i reads back as the text '7')."""
-    if "UNION(" in kind:
+    files), and for a nested type (a list, array, STRUCT, MAP or UNION: BETWEEN refuses some, and their text does
+    not always give the value back: a UNION's drops its tag, a TIMESTAMPTZ inside one its offset's seconds)."""
+    if any(mark in kind for mark in NESTED_TYPE_MARKS):
         return "true"
     low_bound, high_bound = _bound(low, low_text, kind), _bound(high, high_text, kind)
     return f"({column} BETWEEN {low_bound} AND {high_bound} OR {low_bound} IS NULL OR {high_bound} IS NULL)"
