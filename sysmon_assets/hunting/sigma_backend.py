@@ -31,6 +31,7 @@ from sigma.types import (
     SigmaBool,
     SigmaCIDRExpression,
     SigmaCompareExpression,
+    SigmaFieldReference,
     SigmaRegularExpression,
     SigmaString,
     SpecialChars,
@@ -152,12 +153,11 @@ def sysmon_pipeline() -> ProcessingPipeline:
 
 def absent_fields(rule: SigmaRule) -> list[str]:
     """The fields a converted rule names that its event does not carry, by their Sigma names."""
-    names = {
-        item.field.removeprefix(ABSENT_PREFIX)
-        for item in _detection_items(rule.detection.detections.values())
-        if item.field and item.field.startswith(ABSENT_PREFIX)
-    }
-    return sorted(names)
+    names = set()
+    for item in _detection_items(rule.detection.detections.values()):
+        references = [value.field for value in item.value if isinstance(value, SigmaFieldReference)]
+        names |= {name for name in [item.field, *references] if name and name.startswith(ABSENT_PREFIX)}
+    return sorted(name.removeprefix(ABSENT_PREFIX) for name in names)
 
 
 def _detection_items(detections: Iterable[SigmaDetection]) -> Iterator[SigmaDetectionItem]:
@@ -183,7 +183,11 @@ def _truths(node: ConditionItem, constant: Callable[[ConditionFieldEqualsValueEx
         return {value for value in (True, False) if (every if value else some)(value in part for part in parts)}
     if isinstance(node, ConditionNOT):
         return {not value for value in _truths(node.args[0], constant)}
-    value = constant(node) if isinstance(node, ConditionFieldEqualsValueExpression) else None
+    if not isinstance(node, ConditionFieldEqualsValueExpression):
+        return {True, False}
+    if isinstance(node.value, SigmaFieldReference) and ABSENT_PREFIX in node.field + node.value.field:
+        return {False}  # a field compared with one the event lacks (NULL) never matches: coalesce(..., false)
+    value = constant(node)
     return {True, False} if value is None else {value}
 
 
@@ -409,7 +413,7 @@ def _ipv6_within(column: str, networks: list[IPv6Network]) -> str:
     address is written out once as its 32 hexadecimal digits (``d``), which sort as its bits do, and compared with
     each network's first and last address; a zone (``fe80::1%12``) names no bits and is left out. A value without
     ``:`` (an IPv4 address) is ruled out first, at the cost of one search."""
-    address = f"split_part({column}, '%', 1)"
+    address = f"regexp_replace({column}, '%[^%]+$', '')"  # a zone's name, once (fe80::1% names none)
 
     def groups(text: str) -> str:
         return f"list_filter(string_split({text}, ':'), g -> g <> '')"

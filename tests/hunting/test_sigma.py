@@ -269,6 +269,9 @@ ABSENT_FIELD_CASES = [
          [{"Image": "C:\\x\\evil.exe"}], [{"Image": "C:\\x\\good.exe"}]),
     Case("absent_field_not_exists", 1, {"sel": {"Image|endswith": "\\evil.exe", "Provider_Name|exists": False}},
          "sel", [{"Image": "C:\\x\\evil.exe"}], [{"Image": "C:\\x\\good.exe"}]),
+    Case("absent_field_reference_filtered_out", 1,
+         {"sel": {"Image|endswith": "\\evil.exe"}, "same": {"Image|fieldref": "TargetFilename"}},
+         "sel and not same", [{"Image": "C:\\x\\evil.exe"}], [{"Image": "C:\\x\\good.exe"}]),
     Case("absent_field_one_branch", 3, {"port": {"DestinationPort": 4444}, "file": {"OriginalFileName": "nc.exe"}},
          "port or file", [{"DestinationPort": "4444"}], [{"DestinationPort": "443"}]),
 ]  # fmt: skip
@@ -290,7 +293,8 @@ NETWORK_CASES = [
           {"DestinationIp": "2001:db8::5%12"}],
          [{"DestinationIp": "2001:db8:1::1"}, {"DestinationIp": "2001:db8:10::"}, {"DestinationIp": "2001:db9::"},
           {"DestinationIp": "2001:db8::1:2:3:4:5:6"}, {"DestinationIp": "2001:db8::12345"},
-          {"DestinationIp": "2001:db8::192.0.2.1"}, {"DestinationIp": "192.0.2.1"}]),
+          {"DestinationIp": "2001:db8::192.0.2.1"}, {"DestinationIp": "192.0.2.1"}, {"DestinationIp": "2001:db8::5%"},
+          {"DestinationIp": "2001:db8::5%1%2"}]),
     # IPv4 and IPv6 networks in one list (one OR), and under not
     Case("cidr_list", 3, {"sel": {"DestinationIp|cidr": ["10.0.0.0/8", "2001:db8::/48", "fe80::/10"]}}, "sel",
          [{"DestinationIp": "10.1.2.3"}, {"DestinationIp": "2001:db8::5"}, {"DestinationIp": "FE80::1"}],
@@ -370,6 +374,9 @@ FAILING_RULES: dict[str, dict[str, Any] | str] = {
         "process_creation",
         {"sel": {"Image|endswith": "\\x.exe"}, "absent": {"Provider_Name": "x"}, "condition": "sel and absent"},
     ),
+    "absent_field_referenced.yml": rule_document(
+        "absent field referenced", "process_creation", {"sel": {"Image|fieldref": "TargetFilename"}, "condition": "sel"}
+    ),
     "absent_field_present.yml": rule_document(
         "absent field present", "process_creation", {"sel": {"Provider_Name|exists": True}, "condition": "sel"}
     ),
@@ -397,6 +404,7 @@ def test_rules_that_cannot_run_are_listed_with_their_reasons(tmp_path: Path) -> 
     )
     assert "needs field 'Provider_Name'" in reasons["absent_field_required.yml"]
     assert "needs field 'Provider_Name'" in reasons["absent_field_present.yml"]
+    assert "needs field 'TargetFilename'" in reasons["absent_field_referenced.yml"]
     assert (
         "needs field 'OriginalFileName', which network connection (Sysmon event 3)" in reasons["event3_lacks_field.yml"]
     )
@@ -416,6 +424,7 @@ def test_rules_that_cannot_run_are_listed_with_their_reasons(tmp_path: Path) -> 
         "event3_lacks_field.yml": "field",
         "absent_field_required.yml": "field",
         "absent_field_present.yml": "field",
+        "absent_field_referenced.yml": "field",
         "file_event.yml": "logsource",
         "lookbehind.yml": "sql",
         "broken.yml": "unreadable",
