@@ -23,11 +23,32 @@ from sysmon_assets.storage import lake
 
 # DuckLake's functions that change the lake (its files or its catalog): maintenance runs them. On a lake attached
 # read-only, DuckLake 0.3's ducklake_cleanup_old_files still deletes the files scheduled for deletion, then fails.
-LAKE_CHANGING_FUNCTION = re.compile(
-    r"\bducklake_(?:add_data_files|cleanup_old_files|delete_orphaned_files|expire_snapshots|flush_inlined_data"
-    r"|merge_adjacent_files|rewrite_data_files|set_commit_message|set_option)\b",
-    re.IGNORECASE,
+LAKE_CHANGING_FUNCTIONS = frozenset(
+    f"ducklake_{name}"
+    for name in (
+        "add_data_files",
+        "cleanup_old_files",
+        "delete_orphaned_files",
+        "expire_snapshots",
+        "flush_inlined_data",
+        "merge_adjacent_files",
+        "rewrite_data_files",
+        "set_commit_message",
+        "set_option",
+    )
 )
+# The statements the command runs: those that read (SET and CALL included: USE, ducklake_snapshots()); COPY ... TO
+# could write over the lake's own files, and ATTACH attach the lake again for writing.
+READING_STATEMENTS = frozenset(
+    {
+        duckdb.StatementType.SELECT,
+        duckdb.StatementType.EXPLAIN,
+        duckdb.StatementType.PRAGMA,
+        duckdb.StatementType.SET,
+        duckdb.StatementType.CALL,
+    }
+)
+IDENTIFIER = re.compile(r'"((?:[^"]|"")*)"|[^\s"().,;]+')
 # The printable bytes DuckDB's text of a BLOB escapes too: backslash, single and double quote.
 ESCAPED_BYTES = frozenset(b"\\'\"")
 
@@ -113,16 +134,20 @@ def rows_as_json(rows: list[tuple], columns: JsonColumns | None = None) -> str:
 
 
 def refusal(sql: str) -> str | None:
-    """Why the command does not run ``sql``, which would change the lake (it reads the lake only), or None."""
-    found = LAKE_CHANGING_FUNCTION.search(sql)
-    if found:
-        return f"{found.group(0)} changes the lake: the lake_maintenance job runs it"
+    """Why the command does not run ``sql``, which would change the lake or write (it reads only), or None."""
     try:
-        statements = duckdb.extract_statements(sql)
+        statements, tokens = duckdb.extract_statements(sql), duckdb.tokenize(sql)
     except duckdb.Error:
         return None  # not SQL DuckDB reads: running it reports why
-    if any(statement.type == duckdb.StatementType.ATTACH for statement in statements):
-        return "ATTACH is refused: this command reads the lake attached read-only, and another ATTACH could write"
+    for statement in statements:
+        if statement.type not in READING_STATEMENTS:
+            kind = statement.type.name.replace("_", " ")
+            return f"{kind} is refused: this command only reads (--json prints the rows)"
+    for position, kind in tokens:
+        found = IDENTIFIER.match(sql, position) if kind == duckdb.token_type.identifier else None
+        name = found and (found.group(1) or found.group(0)).replace('""', '"').lower()
+        if name in LAKE_CHANGING_FUNCTIONS:
+            return f"{name} changes the lake: the lake_maintenance job runs it"
     return None
 
 
