@@ -402,20 +402,21 @@ def _batch_completed(con: duckdb.DuckDBPyConnection, condition: str) -> tuple[in
 
 
 def _unreadable_batch(con: duckdb.DuckDBPyConnection, settings: Settings, batch_id: int) -> LakeError:
-    """Why batch ``batch_id`` has no snapshot to read: maintenance expired it (the batch ran, before the oldest
-    batch whose snapshot is kept), or it did not complete."""
+    """Why batch ``batch_id`` has no snapshot to read. A batch that started may have completed and had its
+    snapshot expired by maintenance, or not completed: the lake keeps no record that tells them apart once the
+    snapshot is gone, so the message names both, and the oldest batch still readable."""
+    started = con.execute(f"SELECT count(*) FROM {STATE_SCHEMA}.batches WHERE batch_id = ?", [batch_id]).fetchone()[0]
     oldest = con.execute(
-        f"SELECT min(CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT)) "
-        f"FROM {CATALOG_DATABASE}.ducklake_snapshot_changes WHERE {COMPLETES_BATCH}"
-    ).fetchone()[0]
-    ran = con.execute(f"SELECT count(*) FROM {STATE_SCHEMA}.batches WHERE batch_id = ?", [batch_id]).fetchone()[0]
-    if ran and oldest is not None and batch_id < oldest:
-        return LakeError(
-            f"batch {batch_id}'s snapshot was expired by maintenance, which keeps the batches of the last "
-            f"SYSMON_SNAPSHOT_RETENTION_DAYS={settings.snapshot_retention_days:g} days: the oldest batch still "
-            f"readable is {oldest}"
-        )
-    return LakeError(f"batch {batch_id} is not a complete batch of the lake {settings.catalog}")
+        f"SELECT CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT) "
+        f"FROM {CATALOG_DATABASE}.ducklake_snapshot_changes WHERE {COMPLETES_BATCH} ORDER BY snapshot_id LIMIT 1"
+    ).fetchone()
+    if not started or oldest is None:
+        return LakeError(f"batch {batch_id} is not a complete batch of the lake {settings.catalog}")
+    return LakeError(
+        f"batch {batch_id} has no snapshot to read: it did not complete, or maintenance expired its snapshot (it keeps "
+        f"the batches of the last SYSMON_SNAPSHOT_RETENTION_DAYS={settings.snapshot_retention_days:g} days); the "
+        f"oldest batch still readable is {oldest[0]}"
+    )
 
 
 def current_snapshot(con: duckdb.DuckDBPyConnection) -> int:
