@@ -279,19 +279,29 @@ def test_the_query_command_refuses_sql_that_would_change_the_lake(lake: Lake) ->
     written = max(path.stat().st_mtime for path in on_disk)
     env = {**os.environ, "SYSMON_DATA_DIR": str(lake.data), "SYSMON_LANDING_DIR": str(lake.landing)}
     for sql, refused in (
-        ("CALL ducklake_cleanup_old_files('lake', cleanup_all => true)", "ducklake_cleanup_old_files changes the lake"),
-        ("SELECT * FROM ducklake_merge_adjacent_files('lake')", "ducklake_merge_adjacent_files changes the lake"),
+        ("CALL ducklake_cleanup_old_files('lake', cleanup_all => true)", "ducklake_cleanup_old_files is refused"),
+        ("CALL ducklake_cleanup_old_files/**/('lake', cleanup_all => true)", "ducklake_cleanup_old_files is refused"),
+        ("SELECT * FROM ducklake_merge_adjacent_files('lake')", "ducklake_merge_adjacent_files is refused"),
+        ("SELECT * FROM query('CALL ducklake_cleanup_old_files(''lake'', cleanup_all => true)')", "query is refused"),
+        ("CHECKPOINT lake", "CHECKPOINT is refused"),
         (f"ATTACH 'ducklake:sqlite:{lake.data / 'lake.sqlite'}' AS writable", "ATTACH is refused"),
         (f"COPY (SELECT 1 AS x) TO '{on_disk[0]}' (FORMAT parquet)", "COPY is refused"),
+        (f"EXPLAIN ANALYZE COPY (SELECT 1 AS x) TO '{on_disk[0]}' (FORMAT parquet)", "COPY is refused"),
+        (
+            f"SET profiling_output = '{on_disk[0]}'; PRAGMA enable_profiling = 'json'; SELECT 1",
+            "setting profiling_output",
+        ),
     ):
         failed = subprocess.run(
             [sys.executable, "-m", "sysmon_assets.query", sql], cwd=ROOT, env=env, capture_output=True, text=True
         )
         assert (failed.returncode, failed.stderr.startswith(f"query failed: {refused}")) == (1, True), failed.stderr
     assert sorted(lake.data.rglob("*.parquet")) == on_disk and all(path.stat().st_mtime <= written for path in on_disk)
-    # a function named in text, not called, is no refusal
-    mentions = "SELECT 'ducklake_expire_snapshots' AS note -- not ducklake_set_option"
+    # a function named in text or as a column, not called, is no refusal; nor is the type a PIVOT creates
+    mentions = "SELECT 'ducklake_expire_snapshots' AS query -- not ducklake_set_option"
     assert json.loads(query_command(lake, "--json", mentions)) == [["ducklake_expire_snapshots"]]
+    pivot = "PIVOT (SELECT network_protocol FROM sysmon_join) ON network_protocol USING count(*)"
+    assert json.loads(query_command(lake, "--json", pivot)) == [[173]]
     assert json.loads(query_command(lake, "--json", "SELECT count(*) > 0 FROM ducklake_snapshots('lake')")) == [[True]]
 
 
