@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,65 +17,10 @@ from typing import Any
 
 import duckdb
 
+from sysmon_assets.read_only_sql import refusal
 from sysmon_assets.settings import SettingsError
 from sysmon_assets.storage import lake
 
-# Functions that change the lake (its files or its catalog): DuckLake's maintenance, which the lake_maintenance job
-# runs (on a lake attached read-only, DuckLake 0.3's ducklake_cleanup_old_files still deletes the files scheduled for
-# deletion, then fails), and a checkpoint (DuckLake's writes files before it fails); and those that run SQL held in
-# a string, which the command could not check. Refused where called, not where a column is so named.
-REFUSED_FUNCTIONS = frozenset(
-    [
-        *(
-            f"ducklake_{name}"
-            for name in (
-                "add_data_files",
-                "cleanup_old_files",
-                "delete_orphaned_files",
-                "expire_snapshots",
-                "flush_inlined_data",
-                "merge_adjacent_files",
-                "rewrite_data_files",
-                "set_commit_message",
-                "set_option",
-            )
-        ),
-        "checkpoint",
-        "force_checkpoint",
-        "query",
-        "query_table",
-    ]
-)
-# The statements the command runs: those that read (SET and CALL included: USE, ducklake_snapshots()); COPY ... TO
-# could write over the lake's own files, and ATTACH attach the lake again for writing.
-READING_STATEMENTS = frozenset(
-    {
-        duckdb.StatementType.SELECT,
-        duckdb.StatementType.EXPLAIN,
-        duckdb.StatementType.PRAGMA,
-        duckdb.StatementType.SET,
-        duckdb.StatementType.CALL,
-    }
-)
-# Settings that name files DuckDB writes (or open the file system to it): SET or PRAGMA of one is refused.
-FILE_SETTINGS = frozenset(
-    {
-        "allowed_directories",
-        "allowed_paths",
-        "enable_external_access",
-        "extension_directory",
-        "home_directory",
-        "log_query_path",
-        "profile_output",
-        "profiling_output",
-        "secret_directory",
-        "temp_directory",
-    }
-)
-SETTING = re.compile(r"\s*(?:SET|RESET|PRAGMA)\s+(?:(?:GLOBAL|SESSION|LOCAL)\s+)?([A-Za-z_]\w*)", re.IGNORECASE)
-CHECKPOINT = re.compile(r"\s*(?:FORCE\s+)?CHECKPOINT\b", re.IGNORECASE)
-EXPLAINED = re.compile(r"\s*EXPLAIN\s+(?:ANALY[SZ]E\s+)?", re.IGNORECASE)
-IDENTIFIER = re.compile(r'"((?:[^"]|"")*)"|[^\W\d]\w*')
 # The printable bytes DuckDB's text of a BLOB escapes too: backslash, single and double quote.
 ESCAPED_BYTES = frozenset(b"\\'\"")
 
@@ -159,43 +103,6 @@ def rows_as_json(rows: list[tuple], columns: JsonColumns | None = None) -> str:
         return json.loads(value) if index in decoded and value is not None else value
 
     return json.dumps([[_json_value(value_at(row, index)) for index in range(width)] for row in rows], allow_nan=False)
-
-
-def refusal(sql: str) -> str | None:
-    """Why the command does not run ``sql``, which would change the lake or write a file, or None. A guard against
-    mistakes, not a sandbox: DuckDB's SQL reaches the file system in more ways than it knows."""
-    try:
-        statements, tokens = duckdb.extract_statements(sql), duckdb.tokenize(sql)
-    except duckdb.Error:
-        return None  # not SQL DuckDB reads: running it reports why
-    for statement in statements:
-        if refused := _statement_refusal(statement):
-            return refused
-    for (position, kind), (following, _) in zip(tokens, [*tokens[1:], (len(sql), None)], strict=True):
-        found = IDENTIFIER.match(sql, position) if kind == duckdb.token_type.identifier else None
-        name = found and (found.group(1) or found.group(0)).replace('""', '"').lower()
-        if name in REFUSED_FUNCTIONS and sql.startswith("(", following):  # called, not a column so named
-            return f"{name} is refused: it changes the lake or runs SQL this command cannot check"
-    return None
-
-
-def _statement_refusal(statement: duckdb.Statement) -> str | None:
-    """Why one statement is refused: it does not read, explains (and so may run) one that does not, or sets a
-    setting that names a file; or None."""
-    text = statement.query
-    if statement.type == duckdb.StatementType.CREATE and not text:
-        return None  # the ENUM type DuckDB creates for a PIVOT without IN, which has no text of its own
-    if statement.type not in READING_STATEMENTS:
-        return f"{statement.type.name.replace('_', ' ')} is refused: this command only reads (--json prints the rows)"
-    if statement.type == duckdb.StatementType.EXPLAIN and (explained := EXPLAINED.match(text)):
-        inner = duckdb.extract_statements(text[explained.end() :])
-        return next((refused for refused in map(_statement_refusal, inner) if refused), None)
-    if statement.type == duckdb.StatementType.CALL and CHECKPOINT.match(text):
-        return "CHECKPOINT is refused: it changes the lake"
-    setting = SETTING.match(text) if statement.type == duckdb.StatementType.SET else None
-    if setting and setting.group(1).lower() in FILE_SETTINGS:
-        return f"setting {setting.group(1)} is refused: it names a file DuckDB would write"
-    return None
 
 
 def _row_count(text: str) -> int:

@@ -1,0 +1,56 @@
+"""What the query command refuses (sysmon_assets/read_only_sql.py): the command's own test runs some of these
+against a lake and checks that no file changed (tests/sql/test_queries.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from sysmon_assets.read_only_sql import refusal
+
+
+@pytest.mark.parametrize(
+    ("sql", "refused"),
+    [
+        ("CALL ducklake_cleanup_old_files('lake', cleanup_all => true)", "ducklake_cleanup_old_files is refused"),
+        ("CALL ducklake_cleanup_old_files/**/('lake')", "ducklake_cleanup_old_files is refused"),
+        ("SELECT * FROM \"DuckLake_Expire_Snapshots\"('lake')", "ducklake_expire_snapshots is refused"),
+        ("SELECT * FROM lake.ducklake_merge_adjacent_files('lake')", "ducklake_merge_adjacent_files is refused"),
+        ("SELECT * FROM query('SELECT 1')", "query is refused"),
+        ("CHECKPOINT lake", "CHECKPOINT is refused"),
+        ("FORCE CHECKPOINT", "CHECKPOINT is refused"),
+        ("ATTACH 'lake.sqlite' AS writable", "ATTACH is refused"),
+        ("COPY (SELECT 1) TO 'out.parquet'", "COPY is refused"),
+        ("EXPLAIN ANALYZE COPY (SELECT 1) TO 'out.parquet'", "COPY is refused"),
+        ("SELECT 1; COPY (SELECT 1) TO 'out.csv'", "COPY is refused"),
+        ("CREATE TEMP TABLE t AS SELECT 1", "CREATE is refused"),
+        ("SET profiling_output = 'x.json'", "setting profiling_output is refused"),
+        ("PRAGMA log_query_path = 'x.log'", "setting log_query_path is refused"),
+        ("SET GLOBAL temp_directory = '/tmp/x'", "setting temp_directory is refused"),
+    ],
+)
+def test_sql_that_would_change_the_lake_or_write_a_file_is_refused(sql: str, refused: str) -> None:
+    assert (refusal(sql) or "").startswith(refused)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM sysmon_join",
+        "WITH j AS (SELECT * FROM sysmon_join) SELECT count(*) FROM j",
+        "FROM sysmon_join SELECT process_guid",
+        "SUMMARIZE sysmon_join",
+        "DESCRIBE sysmon_join",
+        "SHOW TABLES",
+        "EXPLAIN ANALYZE SELECT 1",
+        "PIVOT sysmon_join ON network_protocol USING count(*)",
+        "SELECT * FROM ducklake_snapshots('lake')",
+        "CALL ducklake_snapshots('lake')",
+        "SET TimeZone = 'UTC'; SELECT 1",
+        "USE memory",
+        "SELECT 'ducklake_cleanup_old_files' AS query -- checkpoint",
+        "SELECT query FROM (SELECT 1 AS query)",
+        "selec 1",  # not SQL: running it reports why
+    ],
+)
+def test_reading_sql_is_not_refused(sql: str) -> None:
+    assert refusal(sql) is None
