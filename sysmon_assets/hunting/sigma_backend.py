@@ -185,7 +185,8 @@ def _truths(node: ConditionItem, constant: Callable[[ConditionFieldEqualsValueEx
         return {not value for value in _truths(node.args[0], constant)}
     if not isinstance(node, ConditionFieldEqualsValueExpression):
         return {True, False}
-    if isinstance(node.value, SigmaFieldReference) and ABSENT_PREFIX in node.field + node.value.field:
+    fields = [node.field, node.value.field] if isinstance(node.value, SigmaFieldReference) else []
+    if any(name.startswith(ABSENT_PREFIX) for name in fields):
         return {False}  # a field compared with one the event lacks (NULL) never matches: coalesce(..., false)
     value = constant(node)
     return {True, False} if value is None else {value}
