@@ -45,7 +45,6 @@ from sysmon_assets.hunting.sigma_backend import (
     LOWER_SUFFIX,
     UTC_TIME,
     SysmonDuckDBBackend,
-    absent_fields,
     can_match,
     sysmon_pipeline,
 )
@@ -282,7 +281,8 @@ def _convert(
         con.execute(f"SELECT count(*) FROM sigma_events_{event_id} WHERE {condition}").fetchall()
     except duckdb.Error as error:
         return RuleFailure(file, "sql", f"DuckDB rejects its SQL: {_first_line(error)}", rule_id, title)
-    absent = absent_fields(rule)
+    read = _rule_fields(rule.detection.detections.values())
+    absent = sorted(name.removeprefix(ABSENT_PREFIX) for name in read if name.startswith(ABSENT_PREFIX))
     if absent and not can_match(rule, lambda leaf: _constant(backend, con, leaf)):
         fields = " and ".join(repr(name) for name in absent)
         reason = f"needs field {fields}, which {EVENT_NAMES[event_id]} does not carry (no event could match)"
@@ -294,7 +294,7 @@ def _convert(
         tags=[str(tag) for tag in rule.tags],
         event_id=event_id,
         condition=condition,
-        fields=sorted(f for f in _rule_fields(rule.detection.detections.values()) if not f.startswith(ABSENT_PREFIX)),
+        fields=sorted(name for name in read if not name.startswith(ABSENT_PREFIX)),
         file=file,
         status=str(rule.status) if rule.status else None,
         author=rule.author,

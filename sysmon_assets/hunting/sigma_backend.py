@@ -10,7 +10,7 @@ rules with them.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from ipaddress import IPv6Network
 from typing import ClassVar
 
@@ -26,7 +26,7 @@ from sigma.exceptions import SigmaValueError
 from sigma.processing.conditions import ExcludeFieldCondition, LogsourceCondition
 from sigma.processing.pipeline import ProcessingItem, ProcessingPipeline
 from sigma.processing.transformations import AddFieldnamePrefixTransformation
-from sigma.rule import SigmaDetection, SigmaDetectionItem, SigmaRule
+from sigma.rule import SigmaRule
 from sigma.types import (
     SigmaBool,
     SigmaCIDRExpression,
@@ -149,24 +149,6 @@ def sysmon_pipeline() -> ProcessingPipeline:
             for category, event_id in CATEGORY_EVENTS.items()
         ],
     )
-
-
-def absent_fields(rule: SigmaRule) -> list[str]:
-    """The fields a converted rule names that its event does not carry, by their Sigma names."""
-    names = set()
-    for item in _detection_items(rule.detection.detections.values()):
-        references = [value.field for value in item.value if isinstance(value, SigmaFieldReference)]
-        names |= {name for name in [item.field, *references] if name and name.startswith(ABSENT_PREFIX)}
-    return sorted(name.removeprefix(ABSENT_PREFIX) for name in names)
-
-
-def _detection_items(detections: Iterable[SigmaDetection]) -> Iterator[SigmaDetectionItem]:
-    for detection in detections:
-        for item in detection.detection_items:
-            if isinstance(item, SigmaDetection):
-                yield from _detection_items([item])
-            else:
-                yield item
 
 
 def can_match(rule: SigmaRule, constant: Callable[[ConditionFieldEqualsValueExpression], bool | None]) -> bool:
