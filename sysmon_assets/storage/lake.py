@@ -387,16 +387,17 @@ def batch_snapshot(con: duckdb.DuckDBPyConnection, batch_id: int) -> tuple[int, 
     return _batch_completed(con, f"CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT) = {literal(batch_id)}")
 
 
-def _batch_completed(con: duckdb.DuckDBPyConnection, condition: str) -> tuple[int, int] | None:
-    """The newest snapshot ``con`` sees whose commit note completes a batch and meets ``condition`` (SQL), as
-    ``(batch_id, snapshot_id)``. The notes are read from the catalog's own table: ``ducklake_snapshots()`` lists
-    every snapshot with its changes, at about 21 µs each (measured: bench/README.md, "Catalog growth"), and a lake
-    keeps thousands."""
+def _batch_completed(con: duckdb.DuckDBPyConnection, condition: str, oldest: bool = False) -> tuple[int, int] | None:
+    """The newest (or ``oldest``) snapshot ``con`` sees whose commit note completes a batch and meets ``condition``
+    (SQL), as ``(batch_id, snapshot_id)``. The notes are read from the catalog's own table:
+    ``ducklake_snapshots()`` lists every snapshot with its changes, at about 21 µs each (measured: bench/README.md,
+    "Catalog growth"), and a lake keeps thousands."""
     row = con.execute(
         "SELECT CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT), snapshot_id "
         f"FROM {CATALOG_DATABASE}.ducklake_snapshot_changes "
         f"WHERE {COMPLETES_BATCH} AND {condition} "
-        f"AND snapshot_id <= (SELECT * FROM ducklake_current_snapshot('{LAKE}')) ORDER BY snapshot_id DESC LIMIT 1"
+        f"AND snapshot_id <= (SELECT * FROM ducklake_current_snapshot('{LAKE}')) "
+        f"ORDER BY snapshot_id {'ASC' if oldest else 'DESC'} LIMIT 1"
     ).fetchone()
     return (row[0], row[1]) if row else None
 
@@ -406,10 +407,7 @@ def _unreadable_batch(con: duckdb.DuckDBPyConnection, settings: Settings, batch_
     snapshot expired by maintenance, or not completed: the lake keeps no record that tells them apart once the
     snapshot is gone, so the message names both, and the oldest batch still readable."""
     started = con.execute(f"SELECT count(*) FROM {STATE_SCHEMA}.batches WHERE batch_id = ?", [batch_id]).fetchone()[0]
-    oldest = con.execute(
-        f"SELECT CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT) "
-        f"FROM {CATALOG_DATABASE}.ducklake_snapshot_changes WHERE {COMPLETES_BATCH} ORDER BY snapshot_id LIMIT 1"
-    ).fetchone()
+    oldest = _batch_completed(con, "true", oldest=True)
     if not started or oldest is None:
         return LakeError(f"batch {batch_id} is not a complete batch of the lake {settings.catalog}")
     return LakeError(
