@@ -393,25 +393,24 @@ def _ipv6_network(value: object) -> bool:
 
 def _ipv6_within(column: str, networks: list[IPv6Network]) -> str:
     """SQL: the IPv6 address in ``column`` (lower-cased text, in any spelling) lies in one of ``networks``. The
-    address is written out once as its 32 hexadecimal digits (``d``), which sort as its bits do, and compared with
-    each network's first and last address; a zone (``fe80::1%12``) names no bits and is left out. A value without
-    ``:`` (an IPv4 address) is ruled out first, at the cost of one search."""
-    address = f"regexp_replace({column}, '%[^%]+$', '')"  # a zone's name, once (fe80::1% names none)
+    address (``a``: a zone such as ``%12`` names no bits and is left out) is written out once as its 32 hexadecimal
+    digits (``d``), which sort as its bits do, and compared with each network's first and last address. A value
+    without ``:`` (an IPv4 address) is ruled out first, at the cost of one search."""
 
     def groups(text: str) -> str:
         return f"list_filter(string_split({text}, ':'), g -> g <> '')"
 
-    head, tail = (groups(f"split_part({address}, '::', {part})") for part in (1, 2))
-    zeros = f"list_transform(range(8 - len({groups(address)})), z -> '0')"
+    head, tail = (groups(f"split_part(a, '::', {part})") for part in (1, 2))
+    zeros = f"list_transform(range(8 - len({groups('a')})), z -> '0')"
     digits = f"array_to_string(list_transform(list_concat({head}, {zeros}, {tail}), g -> lpad(g, 4, '0')), '')"
     # with "::", at most seven groups are written (it stands for one zero group at least)
-    written = f"(len({groups(address)}) < 8 OR NOT contains({address}, '::'))"
+    written = f"(len({groups('a')}) < 8 OR NOT contains(a, '::'))"
     ranges = " OR ".join(
         f"d BETWEEN {quote_string(f'{int(network.network_address):032x}')} "
         f"AND {quote_string(f'{int(network.broadcast_address):032x}')}"
         for network in networks
     )
-    return (
-        f"(contains({column}, ':') AND regexp_full_match({address}, {quote_string(_IPV6_TEXT)}) AND {written} "
-        f"AND list_transform([{digits}], d -> {ranges})[1])"
-    )
+    valid = f"regexp_full_match(a, {quote_string(_IPV6_TEXT)}) AND {written}"
+    test = f"{valid} AND list_transform([{digits}], d -> {ranges})[1]"
+    address = f"regexp_replace({column}, '%[^%]+$', '')"  # a zone's name, once (fe80::1% names none)
+    return f"(contains({column}, ':') AND list_transform([{address}], a -> {test})[1])"
