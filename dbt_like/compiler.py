@@ -26,7 +26,7 @@ import sqlglot
 from sqlglot import exp
 
 from dbt_like.project import MATERIALIZATIONS, Model, ProjectError
-from dbt_like.sql import is_setting_name, quote_identifier, quote_string
+from dbt_like.sql import is_setting_name, one_of, quote_identifier, quote_string
 
 STATE_SCHEMA = "dbt_like"
 PENDING_TABLE = f"{STATE_SCHEMA}.pending"
@@ -203,7 +203,7 @@ def delta_relation(
     if retried_by and floor is not None:
         delta += (
             f" UNION ALL SELECT * FROM {name} WHERE _seq >= {floor} AND _seq IN "
-            f"(SELECT seq FROM {PENDING_TABLE} WHERE model = '{retried_by}' AND shard = {shard.index})"
+            f"(SELECT seq FROM {PENDING_TABLE} WHERE {one_of('model', retried_by)} AND {one_of('shard', shard.index)})"
         )
     return f"({delta})"
 
@@ -211,9 +211,10 @@ def delta_relation(
 def unmatched_relation(name: str, retried: str, lower: int, upper: int, shard: Shard) -> str:
     """SQL for the rows of ``retried`` that model ``name`` stopped waiting for in the shard's batches
     ``(lower, upper]``."""
+    # the batch range as a list, as one_of writes a value list: a range by > and <= would make DuckLake prune
     given_up = (
-        f"SELECT seq FROM {UNMATCHED_TABLE} WHERE model = {quote_string(name)} AND shard = {shard.index} "
-        f"AND batch_id > {lower} AND batch_id <= {upper}"
+        f"SELECT seq FROM {UNMATCHED_TABLE} WHERE {one_of('model', name)} AND {one_of('shard', shard.index)} "
+        f"AND list_contains(range({lower + 1}, {upper + 1}), batch_id)"
     )
     return f"(SELECT * FROM {retried} WHERE _seq IN ({given_up}))"
 

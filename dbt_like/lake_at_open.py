@@ -21,7 +21,7 @@ from datetime import datetime
 import duckdb
 
 from dbt_like.compiler import PENDING_TABLE, STATE_SCHEMA, UNMATCHED_TABLE
-from dbt_like.sql import first_row
+from dbt_like.sql import first_row, one_of
 
 
 @dataclass(frozen=True)
@@ -71,14 +71,15 @@ def read_lake_at_open(con: duckdb.DuckDBPyConnection, models: Iterable[str], sha
         "AND database_name = current_database()"
     ).fetchall():
         columns.setdefault(table, set()).add(column)
-    offsets_of_shard = f"(SELECT list((model, input, batch_id)) FROM {STATE_SCHEMA}.offsets WHERE shard = {shard})"
+    of_shard = one_of("shard", shard)
+    offsets_of_shard = f"(SELECT list((model, input, batch_id)) FROM {STATE_SCHEMA}.offsets WHERE {of_shard})"
     waiting_of_shard = (
         f"(SELECT list((model, min_seq, first_seen)) FROM (SELECT model, min(seq) AS min_seq, "
-        f"min(first_seen) AS first_seen FROM {PENDING_TABLE} WHERE shard = {shard} GROUP BY model))"
+        f"min(first_seen) AS first_seen FROM {PENDING_TABLE} WHERE {of_shard} GROUP BY model))"
     )
     unmatched_of_shard = (
         f"(SELECT list((model, last_batch)) FROM (SELECT model, max(batch_id) AS last_batch FROM {UNMATCHED_TABLE} "
-        f"WHERE shard = {shard} GROUP BY model))"
+        f"WHERE {of_shard} GROUP BY model))"
     )
     offsets, waiting, unmatched = first_row(con, f"SELECT {offsets_of_shard}, {waiting_of_shard}, {unmatched_of_shard}")
     return LakeAtOpen(

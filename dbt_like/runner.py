@@ -55,7 +55,7 @@ from dbt_like.lake_at_open import LakeAtOpen, TableFigures, read_lake_at_open
 from dbt_like.materializations import append, new_columns, upsert, view_outdated
 from dbt_like.project import Model, ProjectError, discover_models
 from dbt_like.schema_tests import TestResult, run_schema_tests
-from dbt_like.sql import Connection, first_row, literal, literals, quote_identifier, scalar, settings_applied
+from dbt_like.sql import Connection, first_row, literal, literals, one_of, quote_identifier, scalar, settings_applied
 from dbt_like.state import (
     GUARDS_TABLE,
     SINGLE,
@@ -451,7 +451,7 @@ class Project:
     def _guard_rows(self, con: Connection) -> list[tuple]:
         return con.execute(
             f"SELECT batch_id, model, committed_at FROM {GUARDS_TABLE} "
-            f"WHERE guard = {literal(f'shard-{self.shard.index}')} ORDER BY ALL"
+            f"WHERE {one_of('guard', f'shard-{self.shard.index}')} ORDER BY ALL"
         ).fetchall()
 
     def _guarded(
@@ -511,7 +511,7 @@ class Project:
     def _claim(self, con: Connection, batch_id: int | None, guards: list[str], models: list[str]) -> None:
         label = models[0] if models else "open_batch"
         for guard in [f"shard-{self.shard.index}", *guards]:
-            con.execute(f"DELETE FROM {GUARDS_TABLE} WHERE guard = {literal(guard)}")
+            con.execute(f"DELETE FROM {GUARDS_TABLE} WHERE {one_of('guard', guard)}")
             con.execute(f"INSERT INTO {GUARDS_TABLE} VALUES ({literals(guard, batch_id, label)}, now())")
 
     def _is_view(self, name: str) -> bool:
@@ -710,7 +710,9 @@ class Project:
         """End the waits of ``name``'s rows first seen longer ago than its grace, keeping them for the models that
         read ``unmatched(name)``. The number of rows whose wait ended."""
         grace = int(self.configs[name].get("retry_grace_minutes", 0))
-        expired = f"{self._rows_of(name)} AND first_seen < {literal(batch.started_at)} - INTERVAL ({grace}) MINUTE"
+        # compared as numbers, not as `first_seen < ...`, which DuckLake would prune by (see dbt_like.sql.one_of)
+        cutoff = f"epoch_us({literal(batch.started_at)} - INTERVAL ({grace}) MINUTE)"
+        expired = f"{self._rows_of(name)} AND epoch_us(first_seen) < {cutoff}"
         if not self.unmatched_readers(name):
             return scalar(con, f"DELETE FROM {PENDING_TABLE} WHERE {expired}")
         count = scalar(
@@ -728,15 +730,15 @@ class Project:
         readers = self.unmatched_readers(name)
         read_by_all = (
             f"SELECT CASE WHEN count(*) = {len(readers)} THEN min(batch_id) ELSE 0 END FROM {STATE_SCHEMA}.offsets "
-            f"WHERE input = {literal(name)} AND shard = {self.shard.index} AND model IN ({literals(*readers)})"
+            f"WHERE {one_of('input', name)} AND {one_of('shard', self.shard.index)} AND {one_of('model', *readers)}"
         )
         con.execute(f"DELETE FROM {UNMATCHED_TABLE} WHERE {self._rows_of(name)} AND batch_id <= ({read_by_all})")
 
     def _rows_of(self, name: str, upstream: str | None = None) -> str:
         """The condition on the bookkeeping rows (pending, or offsets of ``upstream``) of model ``name`` and this
         shard."""
-        condition = f"model = {literal(name)} AND shard = {self.shard.index}"
-        return condition if upstream is None else f"{condition} AND input = {literal(upstream)}"
+        condition = f"{one_of('model', name)} AND {one_of('shard', self.shard.index)}"
+        return condition if upstream is None else f"{condition} AND {one_of('input', upstream)}"
 
     def _stored_offsets(self, con: Connection, name: str) -> dict[str, int]:
         """The last batch of each input that model ``name`` consumed (empty: it has not run)."""
@@ -822,7 +824,7 @@ class Project:
         shard = self.shard.index
         offsets = {**result.offsets_after, **result.tables_after}
         if offsets:  # one statement each for all inputs: every lake statement costs a round of catalog work
-            inputs = f"input IN ({literals(*offsets)})"
+            inputs = one_of("input", *offsets)
             con.execute(f"DELETE FROM {STATE_SCHEMA}.offsets WHERE {self._rows_of(name)} AND {inputs}")
             rows = ", ".join(f"({literals(name, upstream, upper, shard)})" for upstream, upper in offsets.items())
             con.execute(f"INSERT INTO {STATE_SCHEMA}.offsets VALUES {rows}")

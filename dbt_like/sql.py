@@ -94,6 +94,23 @@ def literals(*values: Any) -> str:
     return ", ".join(literal(value) for value in values)
 
 
+# Above this many values one_of joins: list_contains compares each row with every value (20,000 keys over 20,000
+# rows: 0.22 s against 0.05 s for the join; 1,000: 2.6 against 2.8 ms).
+ONE_OF_LIST_MAX = 1_000
+
+
+def one_of(column: str, *values: Any) -> str:
+    """SQL: ``column`` holds one of ``values`` (as ``column IN (...)``; no value: no row), in the form to use on
+    the small bookkeeping tables a lake keeps in its catalog. DuckLake 0.3 prunes a scan filtered by ``=`` or
+    ``IN`` by first reading the column statistics of the table's data files (over a SQLite catalog, the catalog's
+    whole statistics table: about 3 ms a statement over 5M events, growing with the lake's files;
+    bench/README.md), which buys nothing for rows kept in the catalog. It does not prune by ``list_contains``;
+    DuckDB still filters by it. A long list is joined instead, and pays the statistics."""
+    if len(values) > ONE_OF_LIST_MAX:
+        return f"{column} IN (SELECT unnest([{literals(*values)}]))"
+    return f"list_contains([{literals(*values)}], {column})"
+
+
 _SETTING_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 

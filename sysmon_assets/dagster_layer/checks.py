@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dbt_like import StepResult
-from dbt_like.sql import literal, scalar
+from dbt_like.sql import literal, one_of, scalar
 from sysmon_assets.hunting.sigma import LOGSOURCE
 from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.sources import kafka_source
@@ -38,7 +38,7 @@ def join_coverage(pipeline: SysmonPipeline, batch_id: int) -> Outcome:
     with pipeline.connect() as con:
         connects = scalar(con, "SELECT count(*) FROM sysmon_network_connect")
         joined = scalar(con, "SELECT count(*) FROM sysmon_join")
-        pending = scalar(con, "SELECT count(*) FROM dbt_like.pending WHERE model = 'sysmon_join'")
+        pending = scalar(con, f"SELECT count(*) FROM dbt_like.pending WHERE {one_of('model', 'sysmon_join')}")
     coverage = joined / connects if connects else 1.0
     threshold = pipeline.settings.join_coverage_warn
     return coverage >= threshold, {

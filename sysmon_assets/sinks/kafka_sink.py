@@ -30,7 +30,7 @@ import duckdb
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from dbt_like import table_exists
-from dbt_like.sql import first_row, literal, literals, scalar
+from dbt_like.sql import first_row, literal, literals, one_of, scalar
 from sysmon_assets.kafka_client import client_config, serve_log
 from sysmon_assets.settings import Settings
 
@@ -113,6 +113,7 @@ class JoinSink:
     ) -> None:
         self.settings = settings
         self.topic = settings.kafka_sink_topic
+        self._of_topic = one_of("topic", self.topic)  # the sink table's rows of this topic
         self.producer_factory = producer_factory
         self.consumer_factory = consumer_factory
 
@@ -122,14 +123,12 @@ class JoinSink:
         recovered = 0
         unfinished = first_row(
             con,
-            f"SELECT after_batch, through_batch FROM {SINK_TABLE} WHERE topic = {literal(self.topic)} "
-            "AND state = 'publishing'",
+            f"SELECT after_batch, through_batch FROM {SINK_TABLE} WHERE {self._of_topic} "
+            f"AND {one_of('state', 'publishing')}",
         )
         if unfinished:
             recovered = self._send(con, *unfinished, already_sent=self._read_back(con, *unfinished))
-        done = scalar(
-            con, f"SELECT coalesce(max(through_batch), 0) FROM {SINK_TABLE} WHERE topic = {literal(self.topic)}"
-        )
+        done = scalar(con, f"SELECT coalesce(max(through_batch), 0) FROM {SINK_TABLE} WHERE {self._of_topic}")
         latest = (
             scalar(con, f"SELECT coalesce(max(_batch_id), 0) FROM {JOIN_TABLE}") if table_exists(con, JOIN_TABLE) else 0
         )
@@ -186,7 +185,7 @@ class JoinSink:
         con.execute(
             f"UPDATE {SINK_TABLE} SET state = 'done', messages = {len(rows)}, "
             f"last_offsets = {literal(json.dumps(self._merged_offsets(con, last_offsets)))}, updated_at = now() "
-            f"WHERE topic = {literal(self.topic)} AND through_batch = {literal(through)}"
+            f"WHERE {self._of_topic} AND {one_of('through_batch', through)}"
         )
         return sent
 
@@ -252,7 +251,7 @@ class JoinSink:
     def _done_offsets(self, con: duckdb.DuckDBPyConnection) -> dict[int, int]:
         text = first_row(
             con,
-            f"SELECT last_offsets FROM {SINK_TABLE} WHERE topic = {literal(self.topic)} AND state = 'done' "
+            f"SELECT last_offsets FROM {SINK_TABLE} WHERE {self._of_topic} AND {one_of('state', 'done')} "
             "ORDER BY through_batch DESC LIMIT 1",
         )
         return _partition_offsets(text)
@@ -262,8 +261,7 @@ class JoinSink:
         end offsets recorded when the range started."""
         start = first_row(
             con,
-            f"SELECT start_offsets FROM {SINK_TABLE} WHERE topic = {literal(self.topic)} "
-            f"AND through_batch = {literal(through)}",
+            f"SELECT start_offsets FROM {SINK_TABLE} WHERE {self._of_topic} AND {one_of('through_batch', through)}",
         )
         start_offsets = _partition_offsets(start)
         pipeline_id = self._pipeline_id(con).encode()

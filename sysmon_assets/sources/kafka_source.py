@@ -36,7 +36,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from dbt_like.sql import literal, literals
+from dbt_like.sql import literal, literals, one_of, quote_identifier
 from sysmon_assets.kafka_client import client_config, serve_log
 from sysmon_assets.settings import Settings
 from sysmon_assets.sources.arrow_columns import bytes_array, dictionary_strings, int_array, strings_array
@@ -182,7 +182,7 @@ class KafkaReader:
         stored = {
             partition: (offset, stored_id)
             for partition, offset, stored_id in self.con.execute(
-                f'SELECT "partition", next_offset, topic_id FROM {OFFSETS_TABLE} WHERE topic = {literal(self.topic)}'
+                f'SELECT "partition", next_offset, topic_id FROM {OFFSETS_TABLE} WHERE {one_of("topic", self.topic)}'
             ).fetchall()
         }
         partitions = list(filter(self.owns, topic_partitions(self.consumer, self.settings, self.topic)))
@@ -351,8 +351,8 @@ class KafkaReader:
             if progress.position is None:
                 continue
             con.execute(
-                f"DELETE FROM {OFFSETS_TABLE} WHERE topic = {literal(self.topic)} "
-                f'AND "partition" = {literal(progress.partition)}'
+                f"DELETE FROM {OFFSETS_TABLE} WHERE {one_of('topic', self.topic)} "
+                f"AND {one_of(quote_identifier('partition'), progress.partition)}"
             )
             con.execute(
                 f'INSERT INTO {OFFSETS_TABLE} (topic, "partition", next_offset, updated_at, topic_id) VALUES '
@@ -385,7 +385,7 @@ class KafkaReader:
         """
         try:
             stored = self.con.execute(
-                f'SELECT "partition", next_offset FROM {OFFSETS_TABLE} WHERE topic = {literal(self.topic)}'
+                f'SELECT "partition", next_offset FROM {OFFSETS_TABLE} WHERE {one_of("topic", self.topic)}'
             ).fetchall()
             if stored:
                 offsets = [TopicPartition(self.topic, partition, offset) for partition, offset in stored]

@@ -43,7 +43,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from dbt_like.sql import literal, literals
+from dbt_like.sql import literals, one_of
 from sysmon_assets.sources.arrow_columns import bytes_array, strings_array
 from sysmon_assets.sources.evtx_records import EvtxDamage, open_record_lines
 from sysmon_assets.sources.gzip_stream import GzipDamage, inflate
@@ -616,7 +616,7 @@ class LandingReader:
             _replace_rows(con, STATE_TABLE, moved, _state_rows(moved), "*, now() AS updated_at")
         adopted = [progress.adopted for progress in self.files if progress.adopted and not progress.notes_recorded]
         for table in (STATE_TABLE, STATS_TABLE) if adopted else ():
-            con.execute(f"DELETE FROM {table} WHERE file_key IN (SELECT unnest({literal(adopted)}))")
+            con.execute(f"DELETE FROM {table} WHERE {one_of('file_key', *adopted)}")
         self._commit_stats(con)
         for progress in self.files:
             if not progress.notes_recorded:
@@ -627,8 +627,8 @@ class LandingReader:
         for gone in self.vanished:
             self._record_event(con, Path(gone.path), gone.key, "vanished", gone.detail)
         if self.vanished:
-            keys = literal([gone.key for gone in self.vanished])
-            con.execute(f"UPDATE {STATE_TABLE} SET file_size = position WHERE file_key IN (SELECT unnest({keys}))")
+            keys = one_of("file_key", *(gone.key for gone in self.vanished))
+            con.execute(f"UPDATE {STATE_TABLE} SET file_size = position WHERE {keys}")
 
     def _commit_stats(self, con: duckdb.DuckDBPyConnection) -> None:
         """Record the settled stats of the files whose identity this batch checked (planning did, for every file):
@@ -670,7 +670,7 @@ def _replace_rows(
 ) -> None:
     """Replace ``table``'s rows of ``files`` (by file_key) with ``rows``: one DELETE and one INSERT for all of
     them, as each lake statement costs catalog work."""
-    con.execute(f"DELETE FROM {table} WHERE file_key IN (SELECT unnest({literal([p.key for p in files])}))")
+    con.execute(f"DELETE FROM {table} WHERE {one_of('file_key', *(p.key for p in files))}")
     if rows.num_rows:
         con.register("__file_rows", rows)
         try:

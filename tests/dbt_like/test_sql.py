@@ -14,7 +14,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from dbt_like.sql import literal, literals, quote_identifier, settings_applied
+from dbt_like.sql import literal, literals, one_of, quote_identifier, settings_applied
 
 
 @pytest.mark.parametrize(
@@ -110,3 +110,25 @@ def test_settings_applied_refuses_a_name_that_is_not_a_setting_name() -> None:
     con = duckdb.connect()
     with pytest.raises(ValueError, match="not a DuckDB setting name"), settings_applied(con, {"threads; SET x=1": 1}):
         pass
+
+
+@pytest.mark.parametrize(
+    ("column_type", "stored", "wanted"),
+    [
+        ("VARCHAR", ["shard-0", "it's", "", None, "b"], ["shard-0", "it's", "absent"]),
+        ("INTEGER", [0, 1, -7, None], [0, -7]),
+        ("BIGINT", [2**62, 3, None], [2**62]),
+        ("TIMESTAMP", [datetime(2026, 12, 1, 13, 0), datetime(2026, 12, 2), None], [datetime(2026, 12, 2)]),
+        ("VARCHAR", ["a", None], []),
+        ("VARCHAR", [f"k{i}" for i in range(0, 3000, 7)] + [None], [f"k{i}" for i in range(2000)]),  # a long list
+    ],
+)
+def test_one_of_selects_the_rows_holding_one_of_the_values(column_type: str, stored: list, wanted: list) -> None:
+    with duckdb.connect() as con:
+        con.execute(f"CREATE TABLE t (v {column_type})")
+        con.execute(f"INSERT INTO t VALUES {', '.join(f'({literal(value)})' for value in stored)}")
+        picked = con.execute(f"SELECT v FROM t WHERE {one_of('v', *wanted)} ORDER BY ALL").fetchall()
+        deleted = con.execute(f"DELETE FROM t WHERE {one_of('v', *wanted)}").fetchone()[0]
+    expected = sorted(value for value in stored if value is not None and value in wanted)
+    assert [row[0] for row in picked] == expected
+    assert deleted == len(expected)

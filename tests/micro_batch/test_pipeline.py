@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import duckdb
 import pytest
 from dagster import AssetSelection, materialize
 
@@ -19,7 +23,8 @@ from sysmon_assets.micro_batch.recipe_project import SQL_DIR
 from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.sample.generator import write_sample
 from sysmon_assets.settings import Settings
-from sysmon_assets.storage.lake import open_lake
+from sysmon_assets.storage.lake import LAKE, open_lake
+from sysmon_assets.storage.lake_connections import LakeConnections
 from tests.conftest import CLI_BATCH, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,3 +144,66 @@ def test_sigkill_at_several_points_then_rerun_gives_identical_tables(tmp_path: P
     killed_settings = Settings(landing_dir=tmp_path / "landing", data_dir=tmp_path / "k")
     SysmonPipeline(killed_settings).run_batch()
     assert snapshot(killed_settings) == expected
+
+
+def test_the_bookkeeping_statements_read_no_file_statistics(events: bytes, tmp_path: Path) -> None:
+    """DuckLake prunes a scan filtered by ``=`` or ``IN`` by reading its data files' column statistics first (a
+    query of the catalog naming the table); the bookkeeping tables keep their rows in the catalog, so their
+    statements filter by ``one_of``, which it does not prune by. The one statement left: the join's removal of the
+    waits it matched, whose filter on them comes from a join with ``sysmon_join``."""
+    settings = Settings(landing_dir=tmp_path / "landing", data_dir=tmp_path / "data")
+    settings.landing_dir.mkdir()
+    lines = events.splitlines(keepends=True)
+    (settings.landing_dir / "first.ndjson").write_bytes(b"".join(lines[: len(lines) // 2]))
+    materialize_batch(settings)
+    (settings.landing_dir / "second.ndjson").write_bytes(b"".join(lines[len(lines) // 2 :]))
+    connections = LakeConnections(settings)
+    statements: list[tuple[str, list[str]]] = []
+
+    @contextmanager
+    def logged() -> Iterator[duckdb.DuckDBPyConnection]:
+        with connections() as con:
+            con.execute("CALL enable_logging(level => 'debug')")
+            yield StatisticsReads(con, statements)
+
+    try:
+        pipeline = SysmonPipeline(settings, connect=logged)
+        for name in pipeline.project.primary_models():
+            pipeline.run_model(name, "second batch")
+        with connections() as con:
+            names = dict(
+                con.execute(
+                    f"SELECT table_id, schema_name || '.' || table_name FROM __ducklake_metadata_{LAKE}.ducklake_table "
+                    f"JOIN __ducklake_metadata_{LAKE}.ducklake_schema USING (schema_id) WHERE table_name != ''"
+                ).fetchall()
+            )
+    finally:
+        connections.close()
+    read = {(sql, names[int(table_id)]) for sql, table_ids in statements for table_id in table_ids}
+    assert any(table.startswith("main.") for _, table in read)  # the log shows the reads where they happen
+    matched_waits = re.compile(r"DELETE FROM dbt_like\.pending WHERE .* IN \(SELECT _seq FROM sysmon_join WHERE")
+    bookkeeping = sorted(
+        (table, sql[:150])
+        for sql, table in read
+        if table.startswith(("dbt_like.", "ingest.")) and not matched_waits.match(sql)
+    )
+    assert bookkeeping == []
+
+
+class StatisticsReads:
+    """A connection that records, per statement, the tables whose file statistics DuckLake read for it (DuckDB's
+    debug log holds the catalog queries; read through another connection, so the statement's result stays)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, statements: list[tuple[str, list[str]]]) -> None:
+        self._con, self._log, self._statements = con, con.cursor(), statements
+
+    def execute(self, sql: str, *parameters: object) -> duckdb.DuckDBPyConnection:
+        self._log.execute("CALL truncate_duckdb_logs()")
+        result = self._con.execute(sql, *parameters)
+        log = self._log.execute("SELECT message FROM duckdb_logs WHERE message LIKE '%ducklake_file_column_stats%'")
+        table_ids = [table_id for (message,) in log.fetchall() for table_id in re.findall(r"table_id = (\d+)", message)]
+        self._statements.append((" ".join(sql.split()), table_ids))
+        return result
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._con, name)
