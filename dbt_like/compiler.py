@@ -211,10 +211,10 @@ def delta_relation(
 def unmatched_relation(name: str, retried: str, lower: int, upper: int, shard: Shard) -> str:
     """SQL for the rows of ``retried`` that model ``name`` stopped waiting for in the shard's batches
     ``(lower, upper]``."""
-    # the batch range as a list, as one_of writes a value list: a range by > and <= would make DuckLake prune
+    # the range wrapped in IS TRUE, which DuckLake does not prune by (see dbt_like.sql.one_of)
     given_up = (
         f"SELECT seq FROM {UNMATCHED_TABLE} WHERE {one_of('model', name)} AND {one_of('shard', shard.index)} "
-        f"AND list_contains(range({lower + 1}, {upper + 1}), batch_id)"
+        f"AND (batch_id > {lower} AND batch_id <= {upper}) IS TRUE"
     )
     return f"(SELECT * FROM {retried} WHERE _seq IN ({given_up}))"
 

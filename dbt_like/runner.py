@@ -711,7 +711,8 @@ class Project:
         read ``unmatched(name)``. The number of rows whose wait ended."""
         grace = int(self.configs[name].get("retry_grace_minutes", 0))
         # compared as numbers, not as `first_seen < ...`, which DuckLake would prune by (see dbt_like.sql.one_of)
-        cutoff = f"epoch_us({literal(batch.started_at)} - INTERVAL ({grace}) MINUTE)"
+        # (first_seen holds wall time: a cutoff with a time zone is cast to the session's, as `<` would cast it)
+        cutoff = f"epoch_us(CAST({literal(batch.started_at)} - INTERVAL ({grace}) MINUTE AS TIMESTAMP))"
         expired = f"{self._rows_of(name)} AND epoch_us(first_seen) < {cutoff}"
         if not self.unmatched_readers(name):
             return scalar(con, f"DELETE FROM {PENDING_TABLE} WHERE {expired}")

@@ -951,3 +951,14 @@ def test_a_second_writer_meanwhile_is_refused_at_the_last_step(tmp_path: Path) -
         project.run_step(con, name, batch)  # told idle from the lake as batch 2 opened
     with pytest.raises(ConcurrentWriterError, match="batch 3 of shard 0 has already written"):
         project.run_step(con, "report", batch)
+
+
+def test_a_wait_with_a_time_zone_on_the_batch_clock_expires_after_its_grace(tmp_path: Path) -> None:
+    """``first_seen`` holds the session's wall time; the expiry's cutoff from a clock with a time zone is too."""
+    project = project_with_a_report(tmp_path)
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'America/New_York'")
+    run_batch(project, con, [(1, "order", "x")], "r1", T0.replace(tzinfo=UTC))
+    early = run_batch(project, con, [], "r2", (T0 + timedelta(minutes=1)).replace(tzinfo=UTC))
+    late = run_batch(project, con, [], "r3", (T0 + timedelta(minutes=11)).replace(tzinfo=UTC))
+    assert (early["priced"].expired, late["priced"].expired) == (0, 1)
