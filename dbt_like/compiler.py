@@ -88,6 +88,11 @@ class Shard:
         """A SQL condition: ``column`` (a batch id or arrival number) is this shard's."""
         return "true" if self.count == 1 else f"({column} - 1) % {self.count} = {self.index}"
 
+    def rows_of(self, *models: str) -> str:
+        """A SQL condition on a bookkeeping table (offsets, waiting or given-up rows): the rows of ``models`` that
+        this shard keeps."""
+        return f"{one_of('model', *models)} AND {one_of('shard', self.index)}"
+
     def first_above(self, number: int) -> int:
         """The shard's lowest number (batch id or arrival number) above ``number``."""
         return number + 1 + (self.index - number) % self.count
@@ -203,7 +208,7 @@ def delta_relation(
     if retried_by and floor is not None:
         delta += (
             f" UNION ALL SELECT * FROM {name} WHERE _seq >= {floor} AND _seq IN "
-            f"(SELECT seq FROM {PENDING_TABLE} WHERE {one_of('model', retried_by)} AND {one_of('shard', shard.index)})"
+            f"(SELECT seq FROM {PENDING_TABLE} WHERE {shard.rows_of(retried_by)})"
         )
     return f"({delta})"
 
@@ -213,7 +218,7 @@ def unmatched_relation(name: str, retried: str, lower: int, upper: int, shard: S
     ``(lower, upper]``."""
     # the range wrapped in IS TRUE, which DuckLake does not prune by (see dbt_like.sql.one_of)
     given_up = (
-        f"SELECT seq FROM {UNMATCHED_TABLE} WHERE {one_of('model', name)} AND {one_of('shard', shard.index)} "
+        f"SELECT seq FROM {UNMATCHED_TABLE} WHERE {shard.rows_of(name)} "
         f"AND (batch_id > {lower} AND batch_id <= {upper}) IS TRUE"
     )
     return f"(SELECT * FROM {retried} WHERE _seq IN ({given_up}))"

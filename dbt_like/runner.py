@@ -661,7 +661,7 @@ class Project:
             if upstream in self.models[name].unmatched:
                 figures.append(
                     f"(SELECT {{'ended': coalesce(list(batch_id) FILTER (batch_id > {before}), []), 'kept': count(*)}} "
-                    f"FROM {UNMATCHED_TABLE} WHERE {self._rows_of(upstream)})"
+                    f"FROM {UNMATCHED_TABLE} WHERE {self.shard.rows_of(upstream)})"
                 )
         values = iter(first_row(con, "SELECT " + ", ".join(figures)) if figures else ())  # one statement for all
         gained_first, newest, ended_in, kept = {}, {}, {}, {}
@@ -697,7 +697,7 @@ class Project:
         config = self.configs[name]
         if config.get("retry_unmatched"):
             result.expired = self._expire(con, name, batch)
-            result.pending_floor = scalar(con, f"SELECT min(seq) FROM {PENDING_TABLE} WHERE {self._rows_of(name)}")
+            result.pending_floor = scalar(con, f"SELECT min(seq) FROM {PENDING_TABLE} WHERE {self.shard.rows_of(name)}")
             for table in self.retry_marked_tables(name):
                 result.tables_before[table] = stored.get(table, 0)
                 result.tables_after[table] = scalar(con, f"SELECT coalesce(max(_batch_id), 0) FROM {table}")
@@ -713,7 +713,7 @@ class Project:
         # compared as numbers, not as `first_seen < ...`, which DuckLake would prune by (see dbt_like.sql.one_of)
         # (first_seen holds wall time: a cutoff with a time zone is cast to the session's, as `<` would cast it)
         cutoff = f"epoch_us(CAST({literal(batch.started_at)} - INTERVAL ({grace}) MINUTE AS TIMESTAMP))"
-        expired = f"{self._rows_of(name)} AND epoch_us(first_seen) < {cutoff}"
+        expired = f"{self.shard.rows_of(name)} AND epoch_us(first_seen) < {cutoff}"
         if not self.unmatched_readers(name):
             return scalar(con, f"DELETE FROM {PENDING_TABLE} WHERE {expired}")
         count = scalar(
@@ -731,19 +731,13 @@ class Project:
         readers = self.unmatched_readers(name)
         read_by_all = (
             f"SELECT CASE WHEN count(*) = {len(readers)} THEN min(batch_id) ELSE 0 END FROM {STATE_SCHEMA}.offsets "
-            f"WHERE {one_of('input', name)} AND {one_of('shard', self.shard.index)} AND {one_of('model', *readers)}"
+            f"WHERE {one_of('input', name)} AND {self.shard.rows_of(*readers)}"
         )
-        con.execute(f"DELETE FROM {UNMATCHED_TABLE} WHERE {self._rows_of(name)} AND batch_id <= ({read_by_all})")
-
-    def _rows_of(self, name: str, upstream: str | None = None) -> str:
-        """The condition on the bookkeeping rows (pending, or offsets of ``upstream``) of model ``name`` and this
-        shard."""
-        condition = f"{one_of('model', name)} AND {one_of('shard', self.shard.index)}"
-        return condition if upstream is None else f"{condition} AND {one_of('input', upstream)}"
+        con.execute(f"DELETE FROM {UNMATCHED_TABLE} WHERE {self.shard.rows_of(name)} AND batch_id <= ({read_by_all})")
 
     def _stored_offsets(self, con: Connection, name: str) -> dict[str, int]:
         """The last batch of each input that model ``name`` consumed (empty: it has not run)."""
-        rows = con.execute(f"SELECT input, batch_id FROM {STATE_SCHEMA}.offsets WHERE {self._rows_of(name)}")
+        rows = con.execute(f"SELECT input, batch_id FROM {STATE_SCHEMA}.offsets WHERE {self.shard.rows_of(name)}")
         return dict(rows.fetchall())
 
     def _compile(
@@ -826,7 +820,7 @@ class Project:
         offsets = {**result.offsets_after, **result.tables_after}
         if offsets:  # one statement each for all inputs: every lake statement costs a round of catalog work
             inputs = one_of("input", *offsets)
-            con.execute(f"DELETE FROM {STATE_SCHEMA}.offsets WHERE {self._rows_of(name)} AND {inputs}")
+            con.execute(f"DELETE FROM {STATE_SCHEMA}.offsets WHERE {self.shard.rows_of(name)} AND {inputs}")
             rows = ", ".join(f"({literals(name, upstream, upper, shard)})" for upstream, upper in offsets.items())
             con.execute(f"INSERT INTO {STATE_SCHEMA}.offsets VALUES {rows}")
         for upstream in result.unmatched_let_go:
@@ -835,11 +829,11 @@ class Project:
         if not retried:
             return
         matched = f"SELECT _seq FROM {name} WHERE _batch_id = {batch.batch_id}"
-        con.execute(f"DELETE FROM {PENDING_TABLE} WHERE {self._rows_of(name)} AND seq IN ({matched})")
+        con.execute(f"DELETE FROM {PENDING_TABLE} WHERE {self.shard.rows_of(name)} AND seq IN ({matched})")
         lower, upper = result.offsets_before[retried], result.offsets_after[retried]
         delta = delta_relation(retried, lower, upper, self.shard)
         con.execute(
             f"INSERT INTO {PENDING_TABLE} SELECT {literal(name)}, _seq, {literal(batch.started_at)}, {shard} "
             f"FROM {delta} WHERE _seq NOT IN ({matched})"
         )
-        result.pending = scalar(con, f"SELECT count(*) FROM {PENDING_TABLE} WHERE {self._rows_of(name)}")
+        result.pending = scalar(con, f"SELECT count(*) FROM {PENDING_TABLE} WHERE {self.shard.rows_of(name)}")
