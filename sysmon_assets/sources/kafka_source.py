@@ -347,20 +347,26 @@ class KafkaReader:
     def commit_offsets(self, con: duckdb.DuckDBPyConnection) -> None:
         """Record the next offset of every partition read so far; call inside the transaction that
         commits the rows read so far."""
-        for progress in self.partitions:
-            if progress.position is None:
-                continue
-            con.execute(
-                f"DELETE FROM {OFFSETS_TABLE} WHERE {one_of('topic', self.topic)} "
-                f"AND {one_of(quote_identifier('partition'), progress.partition)}"
-            )
-            con.execute(
-                f'INSERT INTO {OFFSETS_TABLE} (topic, "partition", next_offset, updated_at, topic_id) VALUES '
-                f"({literals(self.topic, progress.partition, progress.position)}, now(), {literal(self.topic_id)})"
-            )
-            for event, detail in progress.notes[progress.notes_recorded :]:
-                where = f"kafka:{self.topic}/{progress.partition}"
-                con.execute(f"INSERT INTO {EVENTS_TABLE} VALUES (now(), {literals(where, '', event, detail)})")
+        read = [progress for progress in self.partitions if progress.position is not None]
+        if not read:
+            return
+        # one statement each for all partitions: every lake statement costs a round of catalog work
+        partitions = one_of(quote_identifier("partition"), *(progress.partition for progress in read))
+        con.execute(f"DELETE FROM {OFFSETS_TABLE} WHERE {one_of('topic', self.topic)} AND {partitions}")
+        offsets = ", ".join(
+            f"({literals(self.topic, progress.partition, progress.position)}, now(), {literal(self.topic_id)})"
+            for progress in read
+        )
+        con.execute(
+            f'INSERT INTO {OFFSETS_TABLE} (topic, "partition", next_offset, updated_at, topic_id) VALUES {offsets}'
+        )
+        events = [
+            f"(now(), {literals(f'kafka:{self.topic}/{progress.partition}', '', event, detail)})"
+            for progress in read
+            for event, detail in progress.notes[progress.notes_recorded :]
+        ]
+        if events:
+            con.execute(f"INSERT INTO {EVENTS_TABLE} VALUES {', '.join(events)}")
 
     def offsets_committed(self) -> None:
         """The transaction :meth:`commit_offsets` wrote into has committed."""

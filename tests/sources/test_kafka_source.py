@@ -10,6 +10,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import duckdb
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
@@ -123,6 +124,30 @@ def test_offsets_live_in_the_lake_and_an_idle_batch_reads_nothing(tmp_path: Path
     committed = consumer.committed([TopicPartition(topic, p) for p in range(3)], timeout=15)
     consumer.close()
     assert [tp.offset for tp in committed] == [1, 2, 3]
+
+
+def test_a_chunk_records_the_offsets_of_all_its_partitions_in_two_statements(
+    tmp_path: Path, kafka_broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every lake statement costs a round of catalog work: one DELETE and one INSERT for all partitions."""
+    topic = kafka_broker.create_topic(partitions=4)
+    for partition in range(4):
+        kafka_broker.produce(topic, [process_create(None)] * (partition + 1), partition=partition)
+    settings = kafka_settings(tmp_path, kafka_broker, topic)
+    commit_offsets, statements = KafkaReader.commit_offsets, []
+
+    class Logged:
+        def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+            self.con = con
+
+        def execute(self, sql: str) -> duckdb.DuckDBPyConnection:
+            statements.append(sql.split(" WHERE ")[0].split(" (")[0])
+            return self.con.execute(sql)
+
+    monkeypatch.setattr(KafkaReader, "commit_offsets", lambda self, con: commit_offsets(self, Logged(con)))
+    SysmonPipeline(settings).run_batch(batch_time=T0)
+    assert statements == ["DELETE FROM ingest.kafka_offsets", "INSERT INTO ingest.kafka_offsets"]
+    assert stored_offsets(settings) == [(0, 1), (1, 2), (2, 3), (3, 4)]
 
 
 def test_a_batch_reads_at_most_the_configured_messages_per_partition(tmp_path: Path, kafka_broker: Broker) -> None:
