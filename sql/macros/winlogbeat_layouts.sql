@@ -271,21 +271,30 @@ WITH landed AS (
         {{ flat_field(field) }} AS "{{ field }}"{{ ',' if not loop.last }}
         {%- endfor %}
     FROM layouts
+), damage AS (
+    -- Which text fields hold damage: one check of a list of them, so that DuckDB plans (and compiles the mark's
+    -- regex for) one expression, not one per field; every chunk of a batch plans the query again.
+    SELECT mapped.*, CASE WHEN may_be_damaged THEN list_transform([
+        {%- for field in text_fields %}"{{ field }}"{{ ', ' if not loop.last }}{% endfor -%}
+    ], lambda v: {{ damaged('v') }}) END AS damaged_fields
+    FROM mapped
 ), undamaged AS (
     -- A field holding a NUL character (no Windows string does: it is damage) becomes NULL and is listed in
     -- damage_errors with its value, each NUL written \u0000. DuckLake's file pruning cuts a filter constant at a
     -- NUL, so one such process GUID made every later batch fail.
     -- A field holding a mark becomes NULL the same way, listed with the lone surrogate's escape or the byte as \xNN.
     SELECT
-        mapped.* REPLACE (
-            {%- for field, name in text_fields.items() %}
-            CASE WHEN may_be_damaged AND {{ damaged('"' ~ field ~ '"') }} THEN NULL ELSE "{{ field }}" END AS "{{ field }}"{{ ',' if not loop.last }}
+        damage.* EXCLUDE (damaged_fields) REPLACE (
+            {%- for field in text_fields %}
+            CASE WHEN damaged_fields[{{ loop.index }}] THEN NULL ELSE "{{ field }}" END AS "{{ field }}"{{ ',' if not loop.last }}
             {%- endfor %}),
-        CASE WHEN may_be_damaged THEN list_filter([
-            {%- for field, name in text_fields.items() %}
-            CASE WHEN {{ damaged('"' ~ field ~ '"') }} THEN {'field': '{{ name }}', 'value': {{ shown_damaged('"' ~ field ~ '"') }}} END{{ ',' if not loop.last }}
-            {%- endfor %}], lambda e: e IS NOT NULL) ELSE [] END AS damage_errors
-    FROM mapped
+        CASE WHEN may_be_damaged THEN list_filter(list_transform(list_zip(
+            [{% for name in text_fields.values() %}'{{ name }}'{{ ', ' if not loop.last }}{% endfor %}],
+            [{% for field in text_fields %}"{{ field }}"{{ ', ' if not loop.last }}{% endfor %}],
+            damaged_fields),
+            lambda f: CASE WHEN f[3] THEN {'field': f[1], 'value': {{ shown_damaged('f[2]') }}} END),
+            lambda e: e IS NOT NULL) ELSE [] END AS damage_errors
+    FROM damage
 ), extra_parts AS (
     -- What _extra_fields is built from: the event_data objects a line holds, as JSON text, one parse. A line
     -- that spells a key in another letter case finds them ignoring case, as the upper-cased parse does.

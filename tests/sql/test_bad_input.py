@@ -129,6 +129,13 @@ def test_a_field_holding_a_nul_character_becomes_null_is_recorded_and_stops_no_b
             process_create("{A\u0000}"),
             process_create("{B}", command_line="cmd /c\u0000x"),
             network_connect("{B}", computer="\u0000host"),
+            # an early, a middle and the last of the text fields: each becomes NULL, and only it
+            {
+                **network_connect(
+                    "{B}", "10.0.0.2", event_data={"UtcTime": "\u0000", "DestinationPortName": "h\u0000"}
+                ),
+                "type": "wineventlog\u0000",
+            },
         ]
     )
     lake.batch()
@@ -142,7 +149,25 @@ def test_a_field_holding_a_nul_character_becomes_null_is_recorded_and_stops_no_b
         ("{B}", None, "HOST1.corp", [{"field": "CommandLine", "value": "cmd /c\\u0000x"}]),
         ("{B}", None, None, [{"field": "computer_name", "value": "\\u0000host"}]),
     ]
+    assert lake.rows(
+        "SELECT source_name, type, event_data.UtcTime, event_data.DestinationPortName, event_data.DestinationIp, "
+        "_coercion_errors FROM winlogbeat_stream WHERE event_data.DestinationIp = '10.0.0.2'"
+    ) == [
+        (
+            "Microsoft-Windows-Sysmon",
+            None,
+            None,
+            None,
+            "10.0.0.2",
+            [
+                {"field": "type", "value": "wineventlog\\u0000"},
+                {"field": "UtcTime", "value": "\\u0000"},
+                {"field": "DestinationPortName", "value": "h\\u0000"},
+            ],
+        )
+    ]
     assert lake.rows("SELECT process_guid, process_command_line FROM sysmon_join ORDER BY _seq") == [
+        ("{B}", None),
         ("{B}", None),
         ("{C}", "cmd.exe /c whoami"),
     ]
