@@ -648,8 +648,9 @@ class Project:
         for upstream in self.models[name].refs:
             if upstream != self.configs[name].get("part_of") and not self.exists(con, upstream):
                 raise ProjectError(f"model {name} reads {upstream}, which has not been materialized yet")
-        stored = self._stored_offsets(con, name)
-        inputs, figures = self.stream_inputs(name), []
+        inputs, marked, figures = self.stream_inputs(name), self.retry_marked_tables(name), []
+        # a model without stream inputs (one fed by source chunks: every chunk is a transaction) keeps no offsets
+        stored = self._stored_offsets(con, name) if inputs or marked else {}
         for upstream in inputs:
             # an input added to a model that has run is read from the batches the model has not read yet
             before = result.offsets_before[upstream] = stored.get(upstream, max(stored.values(), default=0))
@@ -698,7 +699,7 @@ class Project:
         if config.get("retry_unmatched"):
             result.expired = self._expire(con, name, batch)
             result.pending_floor = scalar(con, f"SELECT min(seq) FROM {PENDING_TABLE} WHERE {self.shard.rows_of(name)}")
-            for table in self.retry_marked_tables(name):
+            for table in marked:
                 result.tables_before[table] = stored.get(table, 0)
                 result.tables_after[table] = scalar(con, f"SELECT coalesce(max(_batch_id), 0) FROM {table}")
 

@@ -598,6 +598,33 @@ def test_source_chunks_commit_one_by_one_with_the_source_positions(project: Proj
     assert con.execute("SELECT count(*) FROM events").fetchone() == (3,)
 
 
+def test_a_step_fed_by_source_chunks_reads_no_offsets_for_its_chunks(project: Project) -> None:
+    """Every chunk is a transaction of its own, and every lake statement costs a round of catalog work: a model
+    without stream inputs keeps no offsets, so none are read for it."""
+    con = duckdb.connect()
+    batch = open_batch(con, "r1", T0)
+    statements: list[str] = []
+
+    class Logged:
+        def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+            self.con = con
+
+        def execute(self, sql: str, *args: Any) -> duckdb.DuckDBPyConnection:
+            statements.append(sql)
+            return self.con.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.con, name)
+
+    chunks = [feed((1, "order", "a")), feed((2, "order", "b")), feed((3, "price", "b"))]
+    project.run_step(Logged(con), "events", batch, source_chunks=chunks)
+    assert con.execute("SELECT _seq FROM events ORDER BY 1").fetchall() == [(1,), (2,), (3,)]
+    assert len([sql for sql in statements if sql.startswith("INSERT INTO events")]) == 3
+    assert [sql for sql in statements if "FROM dbt_like.offsets" in sql] == []
+    project.run_step(Logged(con), "orders", batch)  # a model with a stream input reads its offsets
+    assert any("FROM dbt_like.offsets" in sql for sql in statements)
+
+
 def test_a_step_renders_its_model_once_whatever_its_chunks(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
     rendered: list[int] = []
     render_step = runner.render_step
