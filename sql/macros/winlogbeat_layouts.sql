@@ -197,6 +197,8 @@ coalesce({{ values|join(', ') }})
 {%- set text_fields = {"source_name": "source_name", "type": "type", "task": "task", "log_name": "log_name",
                        "computer_name": "computer_name", "event_id_text": "event_id", "record_number_text": "record_number"} -%}
 {%- for field in sysmon_event_data %}{% set _ = text_fields.update({field: field}) %}{% endfor -%}
+{#- Their values in one SQL list (the damage checks read it twice). -#}
+{%- set text_values %}[{% for field in text_fields %}"{{ field }}"{{ ', ' if not loop.last }}{% endfor %}]{% endset -%}
 {%- set event_data_paths = [] -%}
 {%- for layout in winlogbeat_layouts if layout.get('event_data') %}{% set _ = event_data_paths.append(layout.event_data.split('.')[1:]) %}{% endfor -%}
 {#- A JSON merge patch that deletes the names the STRUCT reads from an object (a name set to null is deleted). -#}
@@ -274,9 +276,8 @@ WITH landed AS (
 ), damage AS (
     -- Which text fields hold damage: one check of a list of them, so that DuckDB plans (and compiles the mark's
     -- regex for) one expression, not one per field; every chunk of a batch plans the query again.
-    SELECT mapped.*, CASE WHEN may_be_damaged THEN list_transform([
-        {%- for field in text_fields %}"{{ field }}"{{ ', ' if not loop.last }}{% endfor -%}
-    ], lambda v: {{ damaged('v') }}) END AS damaged_fields
+    SELECT mapped.*, CASE WHEN may_be_damaged THEN list_transform({{ text_values }}, lambda v: {{ damaged('v') }}) END
+        AS damaged_fields
     FROM mapped
 ), undamaged AS (
     -- A field holding a NUL character (no Windows string does: it is damage) becomes NULL and is listed in
@@ -290,7 +291,7 @@ WITH landed AS (
             {%- endfor %}),
         CASE WHEN may_be_damaged THEN list_filter(list_transform(list_zip(
             [{% for name in text_fields.values() %}'{{ name }}'{{ ', ' if not loop.last }}{% endfor %}],
-            [{% for field in text_fields %}"{{ field }}"{{ ', ' if not loop.last }}{% endfor %}],
+            {{ text_values }},
             damaged_fields),
             lambda f: CASE WHEN f[3] THEN {'field': f[1], 'value': {{ shown_damaged('f[2]') }}} END),
             lambda e: e IS NOT NULL) ELSE [] END AS damage_errors
