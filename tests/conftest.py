@@ -185,6 +185,20 @@ class PlanRecorder:
         return getattr(self.con, name)
 
 
+class RecordingConnection:
+    """A connection wrapper that records each statement's SQL text in ``statements``, then runs it."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, statements: list[str]) -> None:
+        self.con, self.statements = con, statements
+
+    def execute(self, sql: str, params: list | None = None) -> duckdb.DuckDBPyConnection:
+        self.statements.append(sql)
+        return self.con.execute(sql, params or [])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.con, name)
+
+
 def plan_nodes(plan: dict | list, name: str) -> Iterator[dict]:
     """The operators called ``name`` (FILTER, DUCKLAKE_SCAN, ...) of a plan recorded by :class:`PlanRecorder`."""
     for node in plan if isinstance(plan, list) else [plan]:

@@ -19,7 +19,7 @@ from dbt_like import ConcurrentWriterError, Project, ProjectError, open_batch, r
 from dbt_like.sql import literal
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.lake import attach, connection_config
-from tests.conftest import profile_operators, profile_to
+from tests.conftest import RecordingConnection, profile_operators, profile_to
 
 T0 = datetime(2026, 1, 1)
 TABLES = ["events", "orders", "catalog", "priced"]
@@ -604,24 +604,14 @@ def test_a_step_fed_by_source_chunks_reads_no_offsets_for_its_chunks(project: Pr
     con = duckdb.connect()
     batch = open_batch(con, "r1", T0)
     statements: list[str] = []
-
-    class Logged:
-        def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
-            self.con = con
-
-        def execute(self, sql: str, *args: Any) -> duckdb.DuckDBPyConnection:
-            statements.append(sql)
-            return self.con.execute(sql, *args)
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.con, name)
-
     chunks = [feed((1, "order", "a")), feed((2, "order", "b")), feed((3, "price", "b"))]
-    project.run_step(Logged(con), "events", batch, source_chunks=chunks)
+    project.run_step(RecordingConnection(con, statements), "events", batch, source_chunks=chunks)
     assert con.execute("SELECT _seq FROM events ORDER BY 1").fetchall() == [(1,), (2,), (3,)]
     assert len([sql for sql in statements if sql.startswith("INSERT INTO events")]) == 3
     assert [sql for sql in statements if "FROM dbt_like.offsets" in sql] == []
-    project.run_step(Logged(con), "orders", batch)  # a model with a stream input reads its offsets
+    project.run_step(
+        RecordingConnection(con, statements), "orders", batch
+    )  # a model with a stream input reads its offsets
     assert any("FROM dbt_like.offsets" in sql for sql in statements)
 
 

@@ -10,7 +10,6 @@ import sys
 import zlib
 from pathlib import Path
 
-import duckdb
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
@@ -19,7 +18,7 @@ from sysmon_assets.sample.generator import write_sample
 from sysmon_assets.settings import Settings
 from sysmon_assets.sources.kafka_source import KafkaReader, PartitionLag, consumer_lag
 from sysmon_assets.storage.lake import open_lake
-from tests.conftest import T0, lake_rows, network_connect, process_create, snapshot
+from tests.conftest import T0, RecordingConnection, lake_rows, network_connect, process_create, snapshot
 from tests.kafka_broker import Broker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,18 +134,14 @@ def test_a_chunk_records_the_offsets_of_all_its_partitions_in_two_statements(
         kafka_broker.produce(topic, [process_create(None)] * (partition + 1), partition=partition)
     settings = kafka_settings(tmp_path, kafka_broker, topic)
     commit_offsets, statements = KafkaReader.commit_offsets, []
-
-    class Logged:
-        def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
-            self.con = con
-
-        def execute(self, sql: str) -> duckdb.DuckDBPyConnection:
-            statements.append(sql.split(" WHERE ")[0].split(" (")[0])
-            return self.con.execute(sql)
-
-    monkeypatch.setattr(KafkaReader, "commit_offsets", lambda self, con: commit_offsets(self, Logged(con)))
+    monkeypatch.setattr(
+        KafkaReader, "commit_offsets", lambda self, con: commit_offsets(self, RecordingConnection(con, statements))
+    )
     SysmonPipeline(settings).run_batch(batch_time=T0)
-    assert statements == ["DELETE FROM ingest.kafka_offsets", "INSERT INTO ingest.kafka_offsets"]
+    assert [sql.split(" WHERE ")[0].split(" (")[0] for sql in statements] == [
+        "DELETE FROM ingest.kafka_offsets",
+        "INSERT INTO ingest.kafka_offsets",
+    ]
     assert stored_offsets(settings) == [(0, 1), (1, 2), (2, 3), (3, 4)]
 
 

@@ -24,7 +24,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 
 from sysmon_assets.sources import landed_files
@@ -493,20 +492,6 @@ def test_a_file_event_is_recorded_once_however_many_chunks_the_batch_commits(tmp
     lake.batch()
     assert lake.count("winlogbeat_stream") == 21
     assert lake.rows("SELECT event, path FROM ingest.file_events") == [("truncated", str(first))]
-
-
-class RecordingConnection:
-    """A DuckDB connection that records each statement with its parameters."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection, log: list[tuple[str, list]]) -> None:
-        self._con, self._log = con, log
-
-    def execute(self, sql: str, params: list | None = None) -> duckdb.DuckDBPyConnection:
-        self._log.append((sql, params or []))
-        return self._con.execute(sql, params or [])
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._con, name)
 
 
 def test_a_chunk_commit_writes_only_the_file_positions_it_moved(tmp_path: Path) -> None:
