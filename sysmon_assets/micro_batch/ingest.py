@@ -5,6 +5,7 @@ transaction per chunk together with the source's new offsets."""
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
@@ -13,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dbt_like import Batch, Project, StepResult
-from dbt_like.sql import first_row
+from dbt_like.sql import first_row, scalar
 from sysmon_assets.micro_batch.shards import file_shard, partition_shard
 from sysmon_assets.settings import Settings
 from sysmon_assets.sources.kafka_source import KafkaReader
@@ -27,6 +28,13 @@ LEFT_FOR_NEXT_BATCH = "files_left_for_next_batch"
 # the step's note: the first last line this batch held back for its writer is due then (UTC, ISO 8601), see
 # landing_folder._wait_for_writer; the sensor requests a batch for it then
 UNFINISHED_LINE_DUE = "unfinished_line_due"
+# The ingest's chunk: an eighth of DuckDB's memory limit, from 64 MiB (with which the 1M-event benchmark batch runs
+# in a 512 MB limit) to 128 MiB (which ran in 1 GB, not in 512 MB): bigger chunks are read faster (bench/README.md).
+MIN_CHUNK_BYTES = 64 * 1024 * 1024
+MAX_CHUNK_BYTES = 128 * 1024 * 1024
+# How DuckDB prints its memory limit back: "488.2 MiB", "18.8 GiB"
+_PRINTED_BYTES = re.compile(r"([0-9.]+) (bytes|KiB|MiB|GiB|TiB|PiB)")
+_UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "PiB": 2**50}
 
 
 def _numbered(
@@ -42,6 +50,17 @@ def _numbered(
         column = frame.schema.get_field_index("_seq")
         seq = pc.add(pc.multiply(frame.column(column), step), first)
         yield {SOURCE_NAME: frame.set_column(column, "_seq", seq)}
+
+
+def chunk_bytes(con: duckdb.DuckDBPyConnection) -> int:
+    """The ingest's chunk size on ``con``: an eighth of its memory limit, within MIN_CHUNK_BYTES and
+    MAX_CHUNK_BYTES."""
+    printed = scalar(con, "SELECT current_setting('memory_limit')")
+    match = _PRINTED_BYTES.fullmatch(printed)
+    if match is None:
+        raise ValueError(f"DuckDB printed its memory limit as {printed!r}, which this version does not read")
+    limit = float(match[1]) * _UNITS[match[2]]
+    return max(MIN_CHUNK_BYTES, min(MAX_CHUNK_BYTES, int(limit) // 8))
 
 
 def source_reader(

@@ -12,11 +12,10 @@ from datetime import UTC, datetime
 
 from dbt_like import Project, StepResult
 from sysmon_assets.hunting.sigma import RuleSet, load_rule_set
-from sysmon_assets.micro_batch.ingest import ingest
+from sysmon_assets.micro_batch.ingest import chunk_bytes, ingest
 from sysmon_assets.micro_batch.recipe_project import build_project
 from sysmon_assets.settings import Settings
 from sysmon_assets.sinks.kafka_sink import JoinSink, Published
-from sysmon_assets.sources.landing_folder import DEFAULT_CHUNK_BYTES
 from sysmon_assets.storage.lake_connections import Connect, LakeConnections
 
 
@@ -28,13 +27,14 @@ def utc_now() -> datetime:
 class SysmonPipeline:
     """The recipe's models over one lake and one landing folder (or Kafka topic); with ``SYSMON_SHARDS`` > 1,
     shard ``shard``'s part of them. ``project``: the recipe's project for these settings and shard (by default
-    a new one; the Dagster resource passes the process's shared one)."""
+    a new one; the Dagster resource passes the process's shared one). ``chunk_bytes``: the ingest's chunk size
+    (by default, from the connection's memory limit: :func:`~sysmon_assets.micro_batch.ingest.chunk_bytes`)."""
 
     def __init__(
         self,
         settings: Settings,
         connect: Connect | None = None,
-        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        chunk_bytes: int | None = None,
         shard: int = 0,
         project: Project | None = None,
     ) -> None:
@@ -61,7 +61,8 @@ class SysmonPipeline:
             batch = self.project.open_batch(con, run_key, batch_time or utc_now())
             self.last_batch_id = batch.batch_id
             if self.project.models[name].sources:
-                return ingest(con, self.project, name, batch, self.settings, self.chunk_bytes)
+                chunk = self.chunk_bytes or chunk_bytes(con)
+                return ingest(con, self.project, name, batch, self.settings, chunk)
             return self.project.run_step(con, name, batch)
 
     def publish_join(self) -> Published:

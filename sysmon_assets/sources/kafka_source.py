@@ -46,7 +46,6 @@ LOG = logging.getLogger(__name__)
 
 OFFSETS_TABLE = "ingest.kafka_offsets"
 EVENTS_TABLE = "ingest.file_events"
-CHUNK_BYTES = 64 * 1024 * 1024
 CHUNK_MESSAGES = 100_000
 IDLE_TIMEOUT_SECONDS = 30.0
 STATE_DDL = f"""
@@ -158,7 +157,7 @@ class KafkaReader:
         self,
         con: duckdb.DuckDBPyConnection,
         settings: Settings,
-        chunk_bytes: int = CHUNK_BYTES,
+        chunk_bytes: int,
         consumer_factory: ConsumerFactory = Consumer,
         idle_timeout: float = IDLE_TIMEOUT_SECONDS,
         owns: Callable[[int], bool] = lambda partition: True,

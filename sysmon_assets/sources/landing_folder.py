@@ -74,7 +74,6 @@ T = TypeVar("T")
 STATE_TABLE = "ingest.files"
 EVENTS_TABLE = "ingest.file_events"
 STATS_TABLE = "ingest.file_stats"
-DEFAULT_CHUNK_BYTES = 64 * 1024 * 1024
 # The smallest piece a file is read in under a per-batch limit, however many files share it.
 MIN_PIECE_BYTES = 64 * 1024
 # An EVTX file's header and its chunks' headers change as records are appended; a record, once written, does not.
@@ -388,8 +387,8 @@ class LandingReader:
         self,
         con: duckdb.DuckDBPyConnection,
         landing_dir: Path,
-        offset_reset: str = "earliest",
-        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        offset_reset: str,
+        chunk_bytes: int,
         owns: Callable[[str], bool] = lambda key: True,
         max_bytes: int = 0,
     ) -> None:
