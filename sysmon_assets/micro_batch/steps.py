@@ -61,7 +61,7 @@ class SysmonPipeline:
             batch = self.project.open_batch(con, run_key, batch_time or utc_now())
             self.last_batch_id = batch.batch_id
             if self.project.models[name].sources:
-                chunk = self.chunk_bytes or chunk_bytes(con)
+                chunk = chunk_bytes(con) if self.chunk_bytes is None else self.chunk_bytes
                 return ingest(con, self.project, name, batch, self.settings, chunk)
             return self.project.run_step(con, name, batch)
 

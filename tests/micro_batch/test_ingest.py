@@ -23,18 +23,22 @@ MiB = 2**20
         ("800MB", 800e6 / 8),
         ("1GiB", 128 * MiB),
         ("4GB", MAX_CHUNK_BYTES),  # larger chunks gain little more, at ever more memory
+        ("2TiB", MAX_CHUNK_BYTES),
         ("4MB", MIN_CHUNK_BYTES),
+        ("100KB", MIN_CHUNK_BYTES),
     ],
 )
 def test_a_chunk_is_an_eighth_of_the_memory_limit_within_bounds(memory_limit: str, expected: float) -> None:
     with duckdb.connect(config={"memory_limit": memory_limit}) as con:
-        # DuckDB prints the limit back rounded to a tenth of its unit
+        # DuckDB prints the limit back truncated to a tenth of its unit
         assert chunk_bytes(con) == pytest.approx(expected, rel=1e-3)
 
 
-def test_without_a_memory_limit_a_chunk_is_an_eighth_of_duckdbs_default_at_most_the_largest() -> None:
-    with duckdb.connect() as con:
-        con.execute("SET memory_limit = '4GiB'")
+def test_a_limit_set_or_reset_on_the_connection_is_the_one_read() -> None:
+    with duckdb.connect(config={"memory_limit": "512MB"}) as con:
+        con.execute("SET memory_limit = '800MB'")
+        assert chunk_bytes(con) == pytest.approx(800e6 / 8, rel=1e-3)
+        con.execute("SET memory_limit = '-1'")  # no limit: DuckDB prints it in PiB
         assert chunk_bytes(con) == MAX_CHUNK_BYTES
         con.execute("RESET memory_limit")  # DuckDB's default: 80% of the machine's memory
         assert MIN_CHUNK_BYTES <= chunk_bytes(con) <= MAX_CHUNK_BYTES
