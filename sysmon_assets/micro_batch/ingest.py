@@ -52,7 +52,7 @@ def _numbered(
         yield {SOURCE_NAME: frame.set_column(column, "_seq", seq)}
 
 
-def chunk_bytes(con: duckdb.DuckDBPyConnection) -> int:
+def chunk_bytes_for(con: duckdb.DuckDBPyConnection) -> int:
     """The ingest's chunk size on ``con``: an eighth of its memory limit, within MIN_CHUNK_BYTES and
     MAX_CHUNK_BYTES."""
     printed = scalar(con, "SELECT current_setting('memory_limit')")

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 from dbt_like import Project, StepResult
 from sysmon_assets.hunting.sigma import RuleSet, load_rule_set
-from sysmon_assets.micro_batch.ingest import chunk_bytes, ingest
+from sysmon_assets.micro_batch.ingest import chunk_bytes_for, ingest
 from sysmon_assets.micro_batch.recipe_project import build_project
 from sysmon_assets.settings import Settings
 from sysmon_assets.sinks.kafka_sink import JoinSink, Published
@@ -28,7 +28,7 @@ class SysmonPipeline:
     """The recipe's models over one lake and one landing folder (or Kafka topic); with ``SYSMON_SHARDS`` > 1,
     shard ``shard``'s part of them. ``project``: the recipe's project for these settings and shard (by default
     a new one; the Dagster resource passes the process's shared one). ``chunk_bytes``: the ingest's chunk size
-    (by default, from the connection's memory limit: :func:`~sysmon_assets.micro_batch.ingest.chunk_bytes`)."""
+    (by default, from the connection's memory limit: :func:`~sysmon_assets.micro_batch.ingest.chunk_bytes_for`)."""
 
     def __init__(
         self,
@@ -61,7 +61,7 @@ class SysmonPipeline:
             batch = self.project.open_batch(con, run_key, batch_time or utc_now())
             self.last_batch_id = batch.batch_id
             if self.project.models[name].sources:
-                chunk = chunk_bytes(con) if self.chunk_bytes is None else self.chunk_bytes
+                chunk = chunk_bytes_for(con) if self.chunk_bytes is None else self.chunk_bytes
                 return ingest(con, self.project, name, batch, self.settings, chunk)
             return self.project.run_step(con, name, batch)
 

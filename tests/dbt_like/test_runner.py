@@ -609,9 +609,8 @@ def test_a_step_fed_by_source_chunks_reads_no_offsets_for_its_chunks(project: Pr
     assert con.execute("SELECT _seq FROM events ORDER BY 1").fetchall() == [(1,), (2,), (3,)]
     assert len([sql for sql in statements if sql.startswith("INSERT INTO events")]) == 3
     assert [sql for sql in statements if "FROM dbt_like.offsets" in sql] == []
-    project.run_step(
-        RecordingConnection(con, statements), "orders", batch
-    )  # a model with a stream input reads its offsets
+    # a model with a stream input reads its offsets
+    project.run_step(RecordingConnection(con, statements), "orders", batch)
     assert any("FROM dbt_like.offsets" in sql for sql in statements)
 
 

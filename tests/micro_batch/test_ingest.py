@@ -9,7 +9,7 @@ import duckdb
 import pytest
 
 from sysmon_assets.micro_batch import ingest
-from sysmon_assets.micro_batch.ingest import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, chunk_bytes
+from sysmon_assets.micro_batch.ingest import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, chunk_bytes_for
 from sysmon_assets.sources.landing_folder import LandingReader
 from tests.conftest import Lake, network_connect
 
@@ -31,17 +31,17 @@ MiB = 2**20
 def test_a_chunk_is_an_eighth_of_the_memory_limit_within_bounds(memory_limit: str, expected: float) -> None:
     with duckdb.connect(config={"memory_limit": memory_limit}) as con:
         # DuckDB prints the limit back truncated to a tenth of its unit
-        assert chunk_bytes(con) == pytest.approx(expected, rel=1e-3)
+        assert chunk_bytes_for(con) == pytest.approx(expected, rel=1e-3)
 
 
 def test_a_limit_set_or_reset_on_the_connection_is_the_one_read() -> None:
     with duckdb.connect(config={"memory_limit": "512MB"}) as con:
         con.execute("SET memory_limit = '800MB'")
-        assert chunk_bytes(con) == pytest.approx(800e6 / 8, rel=1e-3)
+        assert chunk_bytes_for(con) == pytest.approx(800e6 / 8, rel=1e-3)
         con.execute("SET memory_limit = '-1'")  # no limit: DuckDB prints it in PiB
-        assert chunk_bytes(con) == MAX_CHUNK_BYTES
+        assert chunk_bytes_for(con) == MAX_CHUNK_BYTES
         con.execute("RESET memory_limit")  # DuckDB's default: 80% of the machine's memory
-        assert MIN_CHUNK_BYTES <= chunk_bytes(con) <= MAX_CHUNK_BYTES
+        assert MIN_CHUNK_BYTES <= chunk_bytes_for(con) <= MAX_CHUNK_BYTES
 
 
 def test_the_pipelines_ingest_reads_in_chunks_its_memory_limit_allows(

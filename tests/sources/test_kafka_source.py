@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from sysmon_assets.micro_batch.ingest import chunk_bytes
+from sysmon_assets.micro_batch.ingest import chunk_bytes_for
 from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.sample.generator import write_sample
 from sysmon_assets.settings import Settings
@@ -70,7 +70,7 @@ def read_one_batch(settings: Settings, consumer_factory: type[Consumer]) -> tupl
     """Plan and read one batch through ``consumer_factory`` (nothing written to the tables); the reader
     and the Kafka offsets of each chunk."""
     with SysmonPipeline(settings).connect() as con:
-        reader = KafkaReader(con, settings, chunk_bytes(con), consumer_factory=consumer_factory)
+        reader = KafkaReader(con, settings, chunk_bytes_for(con), consumer_factory=consumer_factory)
         reader.plan(first_batch_ever=False)
         chunks = [chunk["landed_lines"].column("kafka_offset").to_pylist() for chunk in reader.chunks(first_seq=100)]
         reader.close()
