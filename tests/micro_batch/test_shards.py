@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import pytest
 from dagster import build_schedule_context
 
@@ -20,7 +21,8 @@ from sysmon_assets.micro_batch.shards import file_shard
 from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.settings import Settings
 from sysmon_assets.sources.landed_files import file_key
-from sysmon_assets.storage.lake import INLINED_SCHEMAS, open_lake
+from sysmon_assets.storage.lake import INLINED_SCHEMAS, batch_snapshot, open_lake
+from sysmon_assets.storage.maintenance import BETWEEN_BATCHES_KEPT, expirable_snapshots, maintain
 from tests.conftest import CLI_BATCH, T0, Lake, land, network_connect, process_create, snapshot
 from tests.lake_servers import Postgres
 from tests.recipe import shared_path
@@ -229,16 +231,24 @@ def catalog(request: pytest.FixtureRequest) -> dict[str, str]:
     return {"lake_catalog": request.getfixturevalue("postgres").new_catalog()} if request.param == "postgres" else {}
 
 
+def _second_delivery_upserted_by_both_shards(lake: Lake) -> list[SysmonPipeline]:
+    """The event of :func:`_two_shards_with_the_same_event`, and a second delivery of the process create (another
+    record number, so it passes the dedupe) in the second shard's file: both shards upsert the process."""
+    pipelines = _two_shards_with_the_same_event(lake, tables_made=True)
+    second_file = next(path for path in lake.landing.glob("file-*") if file_shard(file_key(path), 2) == 1)
+    land(second_file, [process_create("{SAME}", command_line="powershell.exe -enc AAAA")])
+    return pipelines
+
+
 @pytest.mark.parametrize("step", ["winlogbeat_stream_rekey", "sysmon_process_create_table"])
 def test_two_shards_committing_the_same_event_at_once_keep_one_row(
     tmp_path: Path, step: str, catalog: dict[str, str]
 ) -> None:
     lake = Lake(tmp_path, **catalog)
-    first, second = _two_shards_with_the_same_event(lake, tables_made=True)
     if step == "sysmon_process_create_table":
-        # a second delivery of the process create (another record number) passes the dedupe: both shards upsert it
-        second_file = next(path for path in lake.landing.glob("file-*") if file_shard(file_key(path), 2) == 1)
-        land(second_file, [process_create("{SAME}", command_line="powershell.exe -enc AAAA")])
+        first, second = _second_delivery_upserted_by_both_shards(lake)
+    else:
+        first, second = _two_shards_with_the_same_event(lake, tables_made=True)
     attempts = _commit_the_other_shard_during(first, second, step)
     assert len(attempts) == 2, "the step that lost the race ran again"
     assert lake.rows("SELECT count(*) FROM sysmon_process_create_table WHERE process_guid = '{SAME}'") == [(1,)]
@@ -385,3 +395,70 @@ def test_the_cli_runs_one_shards_batch(tmp_path: Path) -> None:
     owned = {file_key(path) for path in landed if file_shard(file_key(path), SHARDS) == 2}
     assert {key for (key,) in lake.rows("SELECT file_key FROM ingest.files")} == owned
     assert lake.rows("SELECT batch_id FROM dbt_like.batches") == [(3,)]
+
+
+@pytest.mark.parametrize("step_hours", [0, 2])
+def test_maintenance_during_a_shards_step_leaves_it_its_files_and_its_race(
+    tmp_path: Path, postgres: Postgres, step_hours: int
+) -> None:
+    """Another shard's batch and a maintenance run while a step is open, the step lasting moments or two hours
+    (maintenance's clock moved on). DuckLake tells a commit's conflicts from the snapshots since its transaction
+    began, and a merge schedules the files it replaced for deletion at once: the step must still find the files it
+    listed, lose its race, run again and keep one row."""
+    lake = Lake(tmp_path, lake_catalog=postgres.new_catalog())
+    first, second = _second_delivery_upserted_by_both_shards(lake)
+    upkeeps = []
+
+    def second_batch_then_maintenance() -> None:
+        second.run_batch(batch_time=T0)
+        with open_lake(lake.settings) as con:
+            now = datetime.now(UTC).replace(tzinfo=None) + timedelta(hours=step_hours)
+            upkeeps.append(maintain(con, now, snapshot_retention_days=7, event_retention_days=None))
+
+    attempts = _run_during(first, "sysmon_process_create_table", second_batch_then_maintenance)
+    assert sum(upkeeps[0].files_before.values()) > sum(upkeeps[0].files_after.values()), "the run merged files"
+    assert len(attempts) == 2, "the step that lost the race ran again"
+    assert lake.rows("SELECT count(*) FROM sysmon_process_create_table WHERE process_guid = '{SAME}'") == [(1,)]
+
+
+def test_snapshots_a_running_shards_race_is_told_by_do_not_expire(tmp_path: Path, postgres: Postgres) -> None:
+    """The snapshots' part of the test above, two hours on: none taken since the running shard's last complete batch
+    (its step began after it) is expirable, though other batches completed since."""
+    lake = Lake(tmp_path, lake_catalog=postgres.new_catalog())
+    first, second = _second_delivery_upserted_by_both_shards(lake)
+    expired: list[int] = []
+
+    def second_batch_then_expiry() -> None:
+        second.run_batch(batch_time=T0)
+        with open_lake(lake.settings) as con:
+            now = datetime.now(UTC).replace(tzinfo=None) + timedelta(hours=2)
+            expired.extend(expirable_snapshots(con, now - timedelta(days=7), now - BETWEEN_BATCHES_KEPT))
+            con.execute(f"CALL ducklake_expire_snapshots('lake', versions => {expired})")
+
+    attempts = _run_during(first, "sysmon_process_create_table", second_batch_then_expiry)
+    with open_lake(lake.settings, read_only=True) as con:
+        _, first_complete = batch_snapshot(con, 1)  # the first shard's batch before the one running
+    assert expired and max(expired) < first_complete
+    assert len(attempts) == 2, "the step that lost the race ran again"
+    assert lake.rows("SELECT count(*) FROM sysmon_process_create_table WHERE process_guid = '{SAME}'") == [(1,)]
+
+
+def test_without_its_snapshots_ducklake_misses_a_lost_race(tmp_path: Path, postgres: Postgres) -> None:
+    """The control for the test above: two transactions replace one row; the second to commit conflicts, unless the
+    snapshots taken since it began have expired: then it commits, and the row is there twice."""
+    outcomes = []
+    for expire in (False, True):
+        settings = Settings(landing_dir=tmp_path, data_dir=tmp_path / str(expire), lake_catalog=postgres.new_catalog())
+        with open_lake(settings) as slow, open_lake(settings) as fast:
+            slow.execute("CREATE TABLE guard (name VARCHAR); INSERT INTO guard VALUES ('x')")
+            slow.execute("BEGIN; DELETE FROM guard; INSERT INTO guard VALUES ('x')")
+            fast.execute("BEGIN; DELETE FROM guard; INSERT INTO guard VALUES ('x'); COMMIT")
+            if expire:
+                taken = fast.execute("SELECT list(snapshot_id) FROM ducklake_snapshots('lake')").fetchone()[0]
+                fast.execute(f"CALL ducklake_expire_snapshots('lake', versions => {taken[1:-1]})")
+            try:
+                slow.execute("COMMIT")
+                outcomes.append(fast.execute("SELECT count(*) FROM guard").fetchone()[0])
+            except duckdb.TransactionException:
+                outcomes.append("conflict")
+    assert outcomes == ["conflict", 2]
