@@ -204,7 +204,7 @@ class Settings:
         7.0,
         "SYSMON_SNAPSHOT_RETENTION_DAYS",
         "maintenance expires the batches' snapshots older than this (time travel to a batch reaches this far back); "
-        "the snapshots between two batches go after an hour",
+        "the snapshots between two batches go after an hour (with shards, once no running batch may need them)",
         check=lambda days: None if 0 < days < 36500 else "expected more than 0 days and fewer than 36500",
     )
     event_retention_days: float = setting(
