@@ -18,11 +18,11 @@ from dbt_like import ConcurrentWriterError, ProjectError
 from sysmon_assets.dagster_layer.sensors import evaluate_landing
 from sysmon_assets.definitions import build_definitions
 from sysmon_assets.micro_batch.shards import file_shard
-from sysmon_assets.micro_batch.steps import SysmonPipeline
+from sysmon_assets.micro_batch.steps import SysmonPipeline, utc_now
 from sysmon_assets.settings import Settings
 from sysmon_assets.sources.landed_files import file_key
 from sysmon_assets.storage.lake import INLINED_SCHEMAS, batch_snapshot, open_lake
-from sysmon_assets.storage.maintenance import BETWEEN_BATCHES_KEPT, expirable_snapshots, maintain
+from sysmon_assets.storage.maintenance import BETWEEN_BATCHES_KEPT, expirable_snapshots, maintain, running_batch_floor
 from tests.conftest import CLI_BATCH, T0, Lake, land, network_connect, process_create, snapshot
 from tests.lake_servers import Postgres
 from tests.recipe import shared_path
@@ -462,3 +462,32 @@ def test_without_its_snapshots_ducklake_misses_a_lost_race(tmp_path: Path, postg
             except duckdb.TransactionException:
                 outcomes.append("conflict")
     assert outcomes == ["conflict", 2]
+
+
+def test_a_run_keeps_the_files_it_replaced_while_a_shards_batch_may_run(
+    tmp_path: Path, catalog: dict[str, str]
+) -> None:
+    """DuckLake schedules the files a merge replaced for deletion at once: a run deletes them only when no batch
+    that began before may still be running (here one has committed its first steps), else a later run does. An idle
+    shard stays idle to maintenance after the retention: the snapshot its newest batch completed at is kept."""
+    lake = Lake(tmp_path, **catalog)
+    pipelines = shard_pipelines(lake, shards=2)
+    files = [file_of_shard(lake, shard, 2) for shard in (0, 1)]
+    for minute, shard in enumerate([1, 0, 0, 0]):
+        land(files[shard], [process_create(f"{{P{minute}}}", record=minute), network_connect(f"{{P{minute}}}")])
+        pipelines[shard].run_batch(batch_time=T0 + timedelta(minutes=minute))
+    land(files[0], [process_create("{RUNNING}", record=99)])
+    steps = pipelines[0].project.primary_models()
+    for step in steps[:3]:
+        pipelines[0].run_model(step, "running", T0 + timedelta(minutes=9))
+    on_disk = set(lake.data.rglob("*.parquet"))
+    with open_lake(lake.settings) as con:
+        first = maintain(con, utc_now(), snapshot_retention_days=7, event_retention_days=None)
+    assert sum(first.files_after.values()) < sum(first.files_before.values()), "the run merged files"
+    assert first.files_deleted == 0 and set(lake.data.rglob("*.parquet")) >= on_disk
+    for step in steps[3:]:
+        pipelines[0].run_model(step, "running", T0 + timedelta(minutes=9))
+    with open_lake(lake.settings) as con:
+        second = maintain(con, utc_now() + timedelta(days=8), snapshot_retention_days=7, event_retention_days=None)
+        assert running_batch_floor(con) is None, "shard 1, idle since its only batch, is not taken as running"
+    assert second.files_deleted > 0 and not on_disk <= set(lake.data.rglob("*.parquet"))

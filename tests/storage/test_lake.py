@@ -33,7 +33,7 @@ from sysmon_assets.storage.lake import (
     open_lake,
     s3_secret,
 )
-from sysmon_assets.storage.maintenance import Upkeep, maintain
+from sysmon_assets.storage.maintenance import maintain
 from tests.conftest import T0, Lake, network_connect, process_create, snapshot
 from tests.lake_servers import Postgres
 from tests.recipe import RECIPE_MODELS
@@ -73,8 +73,6 @@ for _ in range(2):
     print(con.execute("SELECT count(*) FROM sysmon_join").fetchone()[0], flush=True)
     sys.stdin.readline()
 """
-# Far enough on for maintenance to delete the files it scheduled for deletion now (it waits a day and more).
-DAYS_ON = timedelta(days=4)
 
 
 def sample_lines(tmp_path: Path, events: int) -> list[bytes]:
@@ -213,36 +211,6 @@ def test_a_session_held_open_across_maintenance_keeps_working(lake: Lake, tmp_pa
     held.close()
 
 
-@pytest.mark.parametrize(
-    ("catalog", "time_zone"),
-    [("embedded", "UTC"), ("embedded", "Pacific/Kiritimati"), ("embedded", "America/Los_Angeles"), ("postgres", "UTC")],
-)
-def test_the_files_a_run_replaces_stay_on_disk_a_day_and_more(
-    lake: Lake, tmp_path: Path, catalog: str, time_zone: str, request: pytest.FixtureRequest
-) -> None:
-    """DuckLake schedules the files a merge replaced for deletion at once, though a transaction that listed them
-    (a shard's step, a reader's query) may still read them: they are deleted a day and more later, in whatever time
-    zone the run's session writes the schedule's times (a SQLite catalog compares them as text)."""
-    if catalog == "postgres":
-        lake = Lake(tmp_path / "postgres", lake_catalog=request.getfixturevalue("postgres").new_catalog())
-    list(in_batches(lake, sample_lines(tmp_path, 900), 3))
-
-    def maintain_at(now: datetime) -> Upkeep:
-        with open_lake(lake.settings) as con:
-            con.execute(f"SET TimeZone = {literal(time_zone)}")
-            return maintain(con, now, snapshot_retention_days=7, event_retention_days=None)
-
-    files = set(lake.data.rglob("*.parquet"))
-    merged = maintain_at(utc_now())
-    assert sum(merged.files_after.values()) < sum(merged.files_before.values())
-    assert maintain_at(utc_now() + timedelta(days=1)).files_deleted == 0
-    assert set(lake.data.rglob("*.parquet")) >= files
-    on_disk = len(list(lake.data.rglob("*.parquet")))
-    later = maintain_at(utc_now() + DAYS_ON)
-    assert later.files_deleted > 0
-    assert len(list(lake.data.rglob("*.parquet"))) == on_disk - later.files_deleted
-
-
 def test_a_read_transaction_held_across_a_flush_and_a_merge_reads_other_rows(lake: Lake, tmp_path: Path) -> None:
     """A limitation of DuckLake 0.3 (3f1b372), documented for analysts: a transaction begun before maintenance moved
     inlined rows to Parquet and merged files reads fewer rows of a table afterwards; a query outside a transaction
@@ -281,8 +249,8 @@ def test_snapshot_retention_expires_old_snapshots_and_deletes_their_files(lake: 
     for _ in range(2):  # the files the first run merged go when a newer batch completes: readers read the last one
         on_disk.append(len(list(lake.data.rglob("*.parquet"))))
         before = snapshot(lake.settings)
-        with open_lake(lake.settings) as con:  # days on: files scheduled for deletion wait a day and more
-            upkeeps.append(maintain(con, utc_now() + DAYS_ON, snapshot_retention_days=1e-9, event_retention_days=None))
+        with open_lake(lake.settings) as con:
+            upkeeps.append(maintain(con, utc_now(), snapshot_retention_days=1e-9, event_retention_days=None))
             oldest = con.execute("SELECT min(snapshot_id) FROM ducklake_snapshots('lake')").fetchone()[0]
             assert oldest == last_complete_batch(con)[1]  # every snapshot before the readers' one expired
         on_disk[-1] -= len(list(lake.data.rglob("*.parquet")))
