@@ -24,14 +24,15 @@ MAX_REMEMBERED = 1000
 
 
 # what differs between two clients' or two moments' copies of one line: the client's name, librdkafka's count of
-# the identical lines it left out
+# the identical lines it left out, how long the attempt took
 CLIENT_NAME = re.compile(r" \[rdkafka#[a-z]+-\d+\]")
 SUPPRESSED_COUNT = re.compile(r"(, )?\d+ identical error\(s\) suppressed")
+ELAPSED = re.compile(r"\(after \d+ms in state ")
 
 
 def _said(line: str) -> str:
     """The line without what makes copies of it differ."""
-    return SUPPRESSED_COUNT.sub("", CLIENT_NAME.sub("", line))
+    return ELAPSED.sub("(in state ", SUPPRESSED_COUNT.sub("", CLIENT_NAME.sub("", line)))
 
 
 class OncePerMinute(logging.Filter):

@@ -32,6 +32,8 @@ def test_a_line_counts_once_whichever_client_logs_it_and_however_many_copies_lib
     assert not once.filter(_record(f"FAIL [rdkafka#producer-2] {refused} (after 0ms in state CONNECT)"))
     repeated = f"FAIL [rdkafka#consumer-3] {refused} (after 0ms in state CONNECT, 29 identical error(s) suppressed)"
     assert not once.filter(_record(repeated))
+    # a retry on a busy machine took a millisecond longer (seen in CI: two "refused" lines in one test)
+    assert not once.filter(_record(f"FAIL [rdkafka#consumer-1] {refused} (after 1ms in state CONNECT)"))
     assert once.filter(_record("FAIL [rdkafka#consumer-1] [thrd:b/bootstrap]: another line"))
 
 
