@@ -98,50 +98,63 @@ def drop_old_events(con: duckdb.DuckDBPyConnection, older_than: datetime) -> dic
 
 @dataclass(frozen=True)
 class ShardProgress:
-    """A shard's newest batch, and its newest complete one (None: none yet) with the snapshot that completed it."""
+    """Whether a shard's newest batch has completed (if not: running, or failed until the shard's next batch
+    completes), and the snapshot its newest complete batch left (None: none, or expired)."""
 
-    newest_batch: int
-    complete_batch: int | None
+    newest_complete: bool
     complete_snapshot: int | None
 
-    @property
-    def may_be_running(self) -> bool:
-        """Whether the newest batch has not completed: running, or failed until the shard's next one completes."""
-        return self.complete_batch != self.newest_batch
+
+def shard_count(con: duckdb.DuckDBPyConnection) -> int:
+    """The lake's shard count (1 before its first batch)."""
+    return scalar(con, f"SELECT coalesce(max(shard_count), 1) FROM {STATE_SCHEMA}.shards") if _has_state(con) else 1
+
+
+def _has_state(con: duckdb.DuckDBPyConnection) -> bool:
+    tables = scalar(
+        con,
+        f"SELECT count(*) FROM duckdb_tables() WHERE database_name = {literal(LAKE)} "
+        f"AND schema_name = {literal(STATE_SCHEMA)} AND table_name IN ('batches', 'shards')",
+    )
+    return tables == 2
 
 
 def shard_progress(con: duckdb.DuckDBPyConnection) -> list[ShardProgress]:
     """Each shard's progress, from the bookkeeping's batches and the catalog's commit notes (a shard's batch ids
     are its own: see ``dbt_like.Shard``)."""
-    state = scalar(
-        con,
-        f"SELECT count(*) FROM duckdb_tables() WHERE database_name = {literal(LAKE)} "
-        f"AND schema_name = {literal(STATE_SCHEMA)} AND table_name IN ('batches', 'shards')",
-    )
-    if state < 2:
+    if not _has_state(con):
         return []
     rows = con.execute(
         f"""WITH shards AS (SELECT max(shard_count) AS k FROM {STATE_SCHEMA}.shards),
+        completed AS (
+            SELECT CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT) AS batch_id, snapshot_id
+            FROM {CATALOG_DATABASE}.ducklake_snapshot_changes WHERE {COMPLETES_BATCH}),
         newest AS (SELECT (batch_id - 1) % k AS shard, max(batch_id) AS batch_id FROM {STATE_SCHEMA}.batches, shards
             GROUP BY ALL),
-        complete AS (
-            SELECT (batch_id - 1) % k AS shard, max(batch_id) AS batch_id, max(snapshot_id) AS snapshot_id
-            FROM (SELECT CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT) AS batch_id, snapshot_id
-                  FROM {CATALOG_DATABASE}.ducklake_snapshot_changes WHERE {COMPLETES_BATCH}), shards
+        complete AS (SELECT (batch_id - 1) % k AS shard, max(snapshot_id) AS snapshot_id FROM completed, shards
             GROUP BY ALL)
-        SELECT n.batch_id, c.batch_id, c.snapshot_id FROM newest AS n LEFT JOIN complete AS c USING (shard)"""
+        SELECT n.batch_id IN (SELECT batch_id FROM completed), c.snapshot_id
+        FROM newest AS n LEFT JOIN complete AS c USING (shard)"""
     ).fetchall()
     return [ShardProgress(*row) for row in rows]
 
 
-def running_batch_floor(con: duckdb.DuckDBPyConnection) -> int | None:
+def running_batch_floor(con: duckdb.DuckDBPyConnection, older_than: datetime) -> int | None:
     """The oldest snapshot a transaction of a batch that may still be running can have begun at, or None when no
     batch may be running. DuckLake tells a commit's conflicts with other writers from the snapshots taken since its
     transaction began, and reads the files its transaction listed: expired or deleted, a shard's step would commit
     beside a race it lost (a row twice) or fail on a missing file. A shard runs one batch at a time, so one whose
-    newest batch may be running began it after the snapshot its newest complete batch left (with none, at any: 0)."""
-    running = [shard.complete_snapshot or 0 for shard in shard_progress(con) if shard.may_be_running]
-    return min(running, default=None)
+    newest batch has not completed began it after the snapshot its newest complete batch left (with none, at any:
+    0). Such a snapshot taken before ``older_than`` (the retention), or gone, is not counted: no batch runs that long,
+    and a shard idle since then has lost the note that its newest batch completed."""
+    since = [p.complete_snapshot or 0 for p in shard_progress(con) if not p.newest_complete]
+    if not since:
+        return None
+    return scalar(
+        con,
+        f"SELECT min(snapshot_id) FROM {CATALOG_DATABASE}.ducklake_snapshot WHERE list_contains("
+        f"{literal(since)}::BIGINT[], snapshot_id) AND CAST(snapshot_time AS TIMESTAMPTZ) >= {_instant(older_than)}",
+    )
 
 
 def _instant(utc: datetime) -> str:
@@ -154,18 +167,15 @@ def expirable_snapshots(
 ) -> list[int]:
     """The snapshots taken before ``older_than``, and those that complete no batch taken before
     ``between_batches_older_than`` and before :func:`running_batch_floor`, but never the one the last complete batch
-    left (readers read it) nor a later one, nor the one each shard's newest complete batch left. The ids are chosen
-    here, by DuckDB's comparison of the snapshots' times: given ``older_than``, DuckLake 0.3 (3f1b372) with a SQLite
-    catalog also expired snapshots taken after it (it compares the text). They are read from the catalog's own tables
-    (``ducklake_snapshots()`` lists every snapshot's changes too), where a SQLite catalog keeps a time as text with
-    its offset and PostgreSQL as a TIMESTAMPTZ: the cast reads both."""
+    left (readers read it) nor a later one. The ids are chosen here, by DuckDB's comparison of the snapshots' times:
+    given ``older_than``, DuckLake 0.3 (3f1b372) with a SQLite catalog also expired snapshots taken after it (it
+    compares the text). They are read from the catalog's own tables (``ducklake_snapshots()`` lists every snapshot's
+    changes too), where a SQLite catalog keeps a time as text with its offset and PostgreSQL as a TIMESTAMPTZ: the
+    cast reads both."""
     boundary = last_complete_batch(con)
     kept_from = boundary[1] if boundary else current_snapshot(con)
-    progress = shard_progress(con)
-    running = [shard.complete_snapshot or 0 for shard in progress if shard.may_be_running]
-    between_kept_from = min([kept_from, *running])
-    # each shard's newest complete batch's: without its note, an idle shard would look like a running one
-    completions = [shard.complete_snapshot for shard in progress if shard.complete_snapshot is not None]
+    floor = running_batch_floor(con, older_than)
+    between_kept_from = kept_from if floor is None else min(kept_from, floor)
     taken = "CAST(s.snapshot_time AS TIMESTAMPTZ)"
     return [
         snapshot_id
@@ -175,7 +185,6 @@ def expirable_snapshots(
             f"WHERE s.snapshot_id < {literal(kept_from)} AND ({taken} < {_instant(older_than)} "
             f"OR {taken} < {_instant(between_batches_older_than)} AND NOT coalesce({COMPLETES_BATCH}, false) "
             f"AND s.snapshot_id < {literal(between_kept_from)}) "
-            f"AND NOT list_contains({literal(completions)}::BIGINT[], s.snapshot_id) "
             "ORDER BY s.snapshot_id"
         ).fetchall()
     ]
@@ -190,21 +199,27 @@ def _expire_snapshots(
         con.execute(f"CALL ducklake_expire_snapshots('{LAKE}', versions => {versions})")
 
 
-def delete_replaced_files(con: duckdb.DuckDBPyConnection, now: datetime, retention: timedelta) -> int:
-    """Delete the files DuckLake scheduled for deletion (replaced by a merge, or left by expired snapshots), unless
-    a batch that may still be running began before one of them was scheduled: DuckLake schedules a merge's files at
-    once, though a transaction that listed them may still read them. Those wait for a later run, and at most the
-    retention; the number of files deleted."""
-    floor = running_batch_floor(con)
+def delete_replaced_files(con: duckdb.DuckDBPyConnection, older_than: datetime) -> int:
+    """Delete the files DuckLake scheduled for deletion (replaced by a merge, or left by expired snapshots), but
+    those a batch that may still be running could read: DuckLake schedules a merge's files at once, though a
+    transaction that listed them may still read them. If one was scheduled since the snapshot
+    :func:`running_batch_floor` names, it waits for a later run, and so do those scheduled up to two and a half days
+    before that snapshot (DuckLake 0.3 compares the times as text with a SQLite catalog, '2026-12-06 08:53:16+00' <
+    '2026-12-06T...', so only the date counts). The number of files deleted."""
+    floor = running_batch_floor(con, older_than)
     if floor is not None:
+        taken = scalar(
+            con,
+            f"SELECT CAST(snapshot_time AS TIMESTAMPTZ) FROM {CATALOG_DATABASE}.ducklake_snapshot "
+            f"WHERE snapshot_id = {literal(floor)}",
+        )
         waiting = scalar(
             con,
-            f"SELECT count(*) FROM {CATALOG_DATABASE}.ducklake_files_scheduled_for_deletion WHERE "
-            f"CAST(schedule_start AS TIMESTAMPTZ) >= coalesce((SELECT CAST(snapshot_time AS TIMESTAMPTZ) FROM "
-            f"{CATALOG_DATABASE}.ducklake_snapshot WHERE snapshot_id = {literal(floor)}), '-infinity')",
+            f"SELECT count(*) FROM {CATALOG_DATABASE}.ducklake_files_scheduled_for_deletion "
+            f"WHERE CAST(schedule_start AS TIMESTAMPTZ) >= {literal(taken)}",
         )
         if waiting:
-            return _cleanup(con, f"older_than => {literal(_before_in_every_time_zone(now - retention))}")
+            return _cleanup(con, f"older_than => {literal(_before_in_every_time_zone(taken))}")
     return _cleanup(con, "cleanup_all => true")
 
 
@@ -212,12 +227,12 @@ def _cleanup(con: duckdb.DuckDBPyConnection, which: str) -> int:
     return len(con.execute(f"CALL ducklake_cleanup_old_files('{LAKE}', {which})").fetchall())
 
 
-def _before_in_every_time_zone(utc: datetime) -> datetime:
-    """A time to give ``ducklake_cleanup_old_files`` for files scheduled before ``utc``: with a SQLite catalog,
+def _before_in_every_time_zone(instant: datetime) -> datetime:
+    """A time to give ``ducklake_cleanup_old_files`` for files scheduled before ``instant``: with a SQLite catalog,
     DuckLake 0.3 compares it with the text of the schedule's time ('2026-12-06 08:53:16+09' < '2026-12-06T...'), so
     only the date counts, in the time zone the writing process wrote it in: noon of a day 36 hours before is before
-    ``utc`` in every time zone, and with PostgreSQL too."""
-    return datetime.combine((utc - timedelta(hours=36)).date(), time(12), tzinfo=UTC)
+    ``instant`` in every time zone, and with PostgreSQL too."""
+    return datetime.combine((instant.astimezone(UTC) - timedelta(hours=36)).date(), time(12), tzinfo=UTC)
 
 
 def maintain(
@@ -231,13 +246,14 @@ def maintain(
     # current rows: as a batch before the last left them, the bookkeeping tables read empty after this (models do not)
     for schema in INLINED_SCHEMAS:
         con.execute(f"CALL ducklake_flush_inlined_data('{LAKE}', schema_name => {literal(schema)})")
-    retention = timedelta(days=snapshot_retention_days)
-    # the files earlier runs replaced, which batches that began since cannot have listed
-    upkeep.files_deleted = delete_replaced_files(con, now, retention)
+    older_than = now - timedelta(days=snapshot_retention_days)
+    sharded = shard_count(con) > 1
+    if sharded:  # the files earlier runs replaced: a batch that opens while this run merges began after them
+        upkeep.files_deleted = delete_replaced_files(con, older_than)
     con.execute(f"CALL ducklake_rewrite_data_files('{LAKE}')")
     con.execute(f"CALL ducklake_merge_adjacent_files('{LAKE}')")
-    _expire_snapshots(con, now - retention, now - BETWEEN_BATCHES_KEPT)
-    # this run's, when no batch may be running (a batch opened meanwhile lists the files that replaced them)
-    upkeep.files_deleted += delete_replaced_files(con, now, retention)
+    _expire_snapshots(con, older_than, now - BETWEEN_BATCHES_KEPT)
+    if not sharded:  # no batch runs beside it (the writer's pool): this run's too
+        upkeep.files_deleted = _cleanup(con, "cleanup_all => true")
     upkeep.files_after = data_files(con)
     return upkeep

@@ -14,7 +14,7 @@ import duckdb
 import pytest
 from dagster import build_schedule_context
 
-from dbt_like import ConcurrentWriterError, ProjectError
+from dbt_like import ConcurrentWriterError, ProjectError, runner
 from sysmon_assets.dagster_layer.sensors import evaluate_landing
 from sysmon_assets.definitions import build_definitions
 from sysmon_assets.micro_batch.shards import file_shard
@@ -402,9 +402,9 @@ def test_maintenance_during_a_shards_step_leaves_it_its_files_and_its_race(
     tmp_path: Path, postgres: Postgres, step_hours: int
 ) -> None:
     """Another shard's batch and a maintenance run while a step is open, the step lasting moments or two hours
-    (maintenance's clock moved on). DuckLake tells a commit's conflicts from the snapshots since its transaction
-    began, and a merge schedules the files it replaced for deletion at once: the step must still find the files it
-    listed, lose its race, run again and keep one row."""
+    (maintenance's clock moved on). A merge schedules the files it replaced for deletion at once: the step must
+    still find the files it listed, then lose its race (here to the merge's own conflict; the snapshots' part is
+    the next test), run again and keep one row."""
     lake = Lake(tmp_path, lake_catalog=postgres.new_catalog())
     first, second = _second_delivery_upserted_by_both_shards(lake)
     upkeeps = []
@@ -469,7 +469,7 @@ def test_a_run_keeps_the_files_it_replaced_while_a_shards_batch_may_run(
 ) -> None:
     """DuckLake schedules the files a merge replaced for deletion at once: a run deletes them only when no batch
     that began before may still be running (here one has committed its first steps), else a later run does. An idle
-    shard stays idle to maintenance after the retention: the snapshot its newest batch completed at is kept."""
+    shard stays idle to maintenance after the retention, when the snapshot its newest batch completed at expired."""
     lake = Lake(tmp_path, **catalog)
     pipelines = shard_pipelines(lake, shards=2)
     files = [file_of_shard(lake, shard, 2) for shard in (0, 1)]
@@ -489,5 +489,34 @@ def test_a_run_keeps_the_files_it_replaced_while_a_shards_batch_may_run(
         pipelines[0].run_model(step, "running", T0 + timedelta(minutes=9))
     with open_lake(lake.settings) as con:
         second = maintain(con, utc_now() + timedelta(days=8), snapshot_retention_days=7, event_retention_days=None)
-        assert running_batch_floor(con) is None, "shard 1, idle since its only batch, is not taken as running"
+        # its completion's snapshot expired, shard 1, idle since its only batch, is not taken as running
+        assert running_batch_floor(con, utc_now() + timedelta(days=1)) is None
     assert second.files_deleted > 0 and not on_disk <= set(lake.data.rglob("*.parquet"))
+
+
+def test_a_batch_opening_beside_a_maintenance_run_keeps_its_files(
+    tmp_path: Path, postgres: Postgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's opening transaction lists the bookkeeping's files before its batch row commits: a maintenance run
+    inside it must not delete the files its own merge replaced (no batch looks running to it then)."""
+    lake = Lake(tmp_path, lake_catalog=postgres.new_catalog())
+    pipelines = shard_pipelines(lake, shards=2)
+    files = [file_of_shard(lake, shard, 2) for shard in (0, 1)]
+    for minute, shard in enumerate([0, 1, 0, 1]):
+        land(files[shard], [process_create(f"{{P{minute}}}", record=minute), network_connect(f"{{P{minute}}}")])
+        pipelines[shard].run_batch(batch_time=T0 + timedelta(minutes=minute))
+    upkeeps = []
+    add_batch = runner.find_or_add_batch
+
+    def maintenance_inside(con: object, run_key: str, started_at: datetime, shard: object) -> object:
+        added = add_batch(con, run_key, started_at, shard)
+        if not upkeeps:
+            with open_lake(lake.settings) as other:
+                upkeeps.append(maintain(other, utc_now(), snapshot_retention_days=7, event_retention_days=None))
+        return added
+
+    monkeypatch.setattr(runner, "find_or_add_batch", maintenance_inside)
+    land(files[0], [process_create("{NEW}", record=50), network_connect("{NEW}")])
+    pipelines[0].run_batch(batch_time=T0 + timedelta(minutes=9))
+    assert sum(upkeeps[0].files_after.values()) < sum(upkeeps[0].files_before.values()), "the run merged files"
+    assert lake.rows("SELECT process_command_line FROM sysmon_join WHERE process_guid = '{NEW}'") != []

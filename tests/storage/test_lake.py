@@ -181,6 +181,20 @@ def test_maintenance_keeps_the_last_complete_batchs_snapshot_while_a_batch_keeps
     assert table_counts(lake) == complete
 
 
+def test_with_one_pipeline_a_run_deletes_what_it_replaced_though_a_batch_failed(lake: Lake, tmp_path: Path) -> None:
+    """An unsharded pipeline's maintenance never runs beside a batch (the writer's pool): a failed batch is not a
+    running one, and the files the run's merge replaced go at once."""
+    list(in_batches(lake, sample_lines(tmp_path, 600), 3))
+    lake.land([process_create("{B}"), network_connect("{B}")])
+    for model in lake.pipeline.project.primary_models()[:3]:
+        lake.pipeline.run_model(model, run_key="failing")
+    on_disk = set(lake.data.rglob("*.parquet"))
+    with open_lake(lake.settings) as con:
+        upkeep = maintain(con, utc_now(), snapshot_retention_days=7, event_retention_days=None)
+    assert sum(upkeep.files_after.values()) < sum(upkeep.files_before.values())
+    assert upkeep.files_deleted > 0 and not on_disk <= set(lake.data.rglob("*.parquet"))
+
+
 def test_after_maintenance_past_batches_read_as_they_were_but_their_bookkeeping_reads_empty(
     lake: Lake, tmp_path: Path
 ) -> None:
