@@ -12,6 +12,7 @@ import duckdb
 from dbt_like import table_exists, unread_rows
 from dbt_like.compiler import STATE_SCHEMA
 from dbt_like.sql import literal, scalar
+from dbt_like.state import SHARDS_TABLE
 from sysmon_assets.storage.lake import (
     CATALOG_DATABASE,
     COMPLETES_BATCH,
@@ -96,18 +97,9 @@ def drop_old_events(con: duckdb.DuckDBPyConnection, older_than: datetime) -> dic
     return dropped
 
 
-@dataclass(frozen=True)
-class ShardProgress:
-    """Whether a shard's newest batch has completed (if not: running, or failed until the shard's next batch
-    completes), and the snapshot its newest complete batch left (None: none, or expired)."""
-
-    newest_complete: bool
-    complete_snapshot: int | None
-
-
 def shard_count(con: duckdb.DuckDBPyConnection) -> int:
     """The lake's shard count (1 before its first batch)."""
-    return scalar(con, f"SELECT coalesce(max(shard_count), 1) FROM {STATE_SCHEMA}.shards") if _has_state(con) else 1
+    return scalar(con, f"SELECT coalesce(max(shard_count), 1) FROM {SHARDS_TABLE}") if _has_state(con) else 1
 
 
 def _has_state(con: duckdb.DuckDBPyConnection) -> bool:
@@ -119,13 +111,20 @@ def _has_state(con: duckdb.DuckDBPyConnection) -> bool:
     return tables == 2
 
 
-def shard_progress(con: duckdb.DuckDBPyConnection) -> list[ShardProgress]:
-    """Each shard's progress, from the bookkeeping's batches and the catalog's commit notes (a shard's batch ids
-    are its own: see ``dbt_like.Shard``)."""
+def running_batch_floor(con: duckdb.DuckDBPyConnection, older_than: datetime) -> int | None:
+    """The oldest snapshot a transaction of a batch that may still be running can have begun at, or None when no
+    batch may be running. DuckLake tells a commit's conflicts with other writers from the snapshots taken since its
+    transaction began, and reads the files its transaction listed: expired or deleted, a shard's step would commit
+    beside a race it lost (a row twice) or fail on a missing file. A shard runs one batch at a time (its batch ids
+    are its own: see ``dbt_like.Shard``), so one whose newest batch has no completing commit note (running, or failed
+    until its next one completes) began it after the snapshot its newest complete batch left (with none, at any: 0).
+    Such a snapshot taken before ``older_than`` (the retention), or gone, is not counted: no batch runs that long, and
+    a shard idle since then has lost the note that its newest batch completed."""
     if not _has_state(con):
-        return []
-    rows = con.execute(
-        f"""WITH shards AS (SELECT max(shard_count) AS k FROM {STATE_SCHEMA}.shards),
+        return None
+    return scalar(
+        con,
+        f"""WITH shards AS (SELECT max(shard_count) AS k FROM {SHARDS_TABLE}),
         completed AS (
             SELECT CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT) AS batch_id, snapshot_id
             FROM {CATALOG_DATABASE}.ducklake_snapshot_changes WHERE {COMPLETES_BATCH}),
@@ -133,27 +132,11 @@ def shard_progress(con: duckdb.DuckDBPyConnection) -> list[ShardProgress]:
             GROUP BY ALL),
         complete AS (SELECT (batch_id - 1) % k AS shard, max(snapshot_id) AS snapshot_id FROM completed, shards
             GROUP BY ALL)
-        SELECT n.batch_id IN (SELECT batch_id FROM completed), c.snapshot_id
-        FROM newest AS n LEFT JOIN complete AS c USING (shard)"""
-    ).fetchall()
-    return [ShardProgress(*row) for row in rows]
-
-
-def running_batch_floor(con: duckdb.DuckDBPyConnection, older_than: datetime) -> int | None:
-    """The oldest snapshot a transaction of a batch that may still be running can have begun at, or None when no
-    batch may be running. DuckLake tells a commit's conflicts with other writers from the snapshots taken since its
-    transaction began, and reads the files its transaction listed: expired or deleted, a shard's step would commit
-    beside a race it lost (a row twice) or fail on a missing file. A shard runs one batch at a time, so one whose
-    newest batch has not completed began it after the snapshot its newest complete batch left (with none, at any:
-    0). Such a snapshot taken before ``older_than`` (the retention), or gone, is not counted: no batch runs that long,
-    and a shard idle since then has lost the note that its newest batch completed."""
-    since = [p.complete_snapshot or 0 for p in shard_progress(con) if not p.newest_complete]
-    if not since:
-        return None
-    return scalar(
-        con,
-        f"SELECT min(snapshot_id) FROM {CATALOG_DATABASE}.ducklake_snapshot WHERE list_contains("
-        f"{literal(since)}::BIGINT[], snapshot_id) AND CAST(snapshot_time AS TIMESTAMPTZ) >= {_instant(older_than)}",
+        SELECT min(s.snapshot_id)
+        FROM newest AS n LEFT JOIN complete AS c USING (shard)
+        JOIN {CATALOG_DATABASE}.ducklake_snapshot AS s ON s.snapshot_id = coalesce(c.snapshot_id, 0)
+        WHERE NOT EXISTS (SELECT 1 FROM completed AS d WHERE d.batch_id = n.batch_id)
+          AND CAST(s.snapshot_time AS TIMESTAMPTZ) >= {_instant(older_than)}""",
     )
 
 
