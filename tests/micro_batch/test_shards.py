@@ -464,6 +464,17 @@ def test_without_its_snapshots_ducklake_misses_a_lost_race(tmp_path: Path, postg
     assert outcomes == ["conflict", 2]
 
 
+def _two_shards_batches(lake: Lake, shard_of_each_batch: list[int]) -> tuple[list[SysmonPipeline], list[Path]]:
+    """Two shards' pipelines and landing files, after a batch of one process (create and connection) per entry,
+    run by the shard it names, a minute apart."""
+    pipelines = shard_pipelines(lake, shards=2)
+    files = [file_of_shard(lake, shard, 2) for shard in (0, 1)]
+    for minute, shard in enumerate(shard_of_each_batch):
+        land(files[shard], [process_create(f"{{P{minute}}}", record=minute), network_connect(f"{{P{minute}}}")])
+        pipelines[shard].run_batch(batch_time=T0 + timedelta(minutes=minute))
+    return pipelines, files
+
+
 def test_a_run_keeps_the_files_it_replaced_while_a_shards_batch_may_run(
     tmp_path: Path, catalog: dict[str, str]
 ) -> None:
@@ -471,11 +482,7 @@ def test_a_run_keeps_the_files_it_replaced_while_a_shards_batch_may_run(
     that began before may still be running (here one has committed its first steps), else a later run does. An idle
     shard stays idle to maintenance after the retention, when the snapshot its newest batch completed at expired."""
     lake = Lake(tmp_path, **catalog)
-    pipelines = shard_pipelines(lake, shards=2)
-    files = [file_of_shard(lake, shard, 2) for shard in (0, 1)]
-    for minute, shard in enumerate([1, 0, 0, 0]):
-        land(files[shard], [process_create(f"{{P{minute}}}", record=minute), network_connect(f"{{P{minute}}}")])
-        pipelines[shard].run_batch(batch_time=T0 + timedelta(minutes=minute))
+    pipelines, files = _two_shards_batches(lake, [1, 0, 0, 0])
     land(files[0], [process_create("{RUNNING}", record=99)])
     steps = pipelines[0].project.primary_models()
     for step in steps[:3]:
@@ -500,11 +507,7 @@ def test_a_batch_opening_beside_a_maintenance_run_keeps_its_files(
     """A batch's opening transaction lists the bookkeeping's files before its batch row commits: a maintenance run
     inside it must not delete the files its own merge replaced (no batch looks running to it then)."""
     lake = Lake(tmp_path, lake_catalog=postgres.new_catalog())
-    pipelines = shard_pipelines(lake, shards=2)
-    files = [file_of_shard(lake, shard, 2) for shard in (0, 1)]
-    for minute, shard in enumerate([0, 1, 0, 1]):
-        land(files[shard], [process_create(f"{{P{minute}}}", record=minute), network_connect(f"{{P{minute}}}")])
-        pipelines[shard].run_batch(batch_time=T0 + timedelta(minutes=minute))
+    pipelines, files = _two_shards_batches(lake, [0, 1, 0, 1])
     upkeeps = []
     add_batch = runner.find_or_add_batch
 
