@@ -1,8 +1,8 @@
 -- Recipe step 2: CREATE STREAM WINLOGBEAT_STREAM (... event_data STRUCT<...>, event_id INTEGER)
 -- WITH (KAFKA_TOPIC='winlogbeat', VALUE_FORMAT='JSON'): the landing folder plays the topic.
 -- One row per landed JSON object line, typed as the CREATE STREAM declares, whichever layout carried it:
--- Winlogbeat 6.x (the recipe's), 7.x/8.x (winlog.*), 7.x/8.x with the Sysmon module (Elastic ECS), or an
--- EVTX record (landed as {"evtx": <the record's Event object>}). Field names match whatever their letter case,
+-- Winlogbeat 6.x (the recipe's), 7.x/8.x (winlog.*), 7.x/8.x with the Sysmon module (Elastic ECS), an
+-- EVTX record (landed as {"evtx": <the record's Event object>}), or a flat event (NXLog, OTRF's datasets). Field names match whatever their letter case,
 -- as KSQL's JSON deserializer matches them. A field that does not coerce, or that holds a NUL character, a
 -- lone surrogate or a byte that is not UTF-8, becomes NULL and is listed in _coercion_errors, as is a UtcTime
 -- that will not parse; the row is kept. Lines that are not JSON objects (or longer than max_line_bytes) go to

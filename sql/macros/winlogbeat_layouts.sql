@@ -6,15 +6,20 @@
     - when: the SQL condition that a parsed line is in this layout; a line is the first layout whose `when` holds;
     - fields: recipe field (source_name, type, task, log_name, computer_name, event_id, record_number, or one of
       sysmon_event_data's names) -> the SQL expression that carries it as text;
-    - event_data (optional): the object that holds Sysmon's EventData fields under their own names;
+    - event_data (optional): the object that holds Sysmon's EventData fields under their own names (a layout parsed
+      alone may name its whole parse: the line's top level);
+    - parsed_alone_as (optional): the name of its own parse, of the lines no other layout describes (such layouts
+      come last): for a layout whose keys the others' parse cannot hold beside theirs;
     - only_when_detected (optional): its fields count only on a line of this layout;
     - extra_fields (optional): event_data fields it holds under other names, which _extra_fields gets back:
       (Sysmon name, value, the event ids it holds that field for; none: every id);
-    - spellings (optional): keys its lines carry that equal a field name ignoring case;
+    - spellings (optional): keys its lines carry that equal a field name ignoring case (Winlogbeat's beat.hostname,
+      agent.hostname and host.hostname against the flat layout's Hostname);
     - mapped_from (optional): (field, the expression of the value it is mapped from) for fields mapped from values
       of another form: a value that maps to none leaves the field NULL and is listed as its coercion error.
     Each field comes from the first layout (in this list) that carries it. The first layout is parsed on its own
-    (most lines are in it): its expressions read `j6`; the others are parsed together: theirs read `j`. -#}
+    (most lines are in it): its expressions read `j6`; the others are parsed together: theirs read `j`, but for a
+    layout parsed alone (its parsed_alone_as). -#}
 
 {#- The Sysmon EventData fields the recipe declares. -#}
 {% set sysmon_event_data = {
@@ -26,6 +31,12 @@
     "Protocol": "VARCHAR", "Initiated": "VARCHAR", "SourceIsIpv6": "VARCHAR", "SourceIp": "VARCHAR",
     "SourceHostname": "VARCHAR", "SourcePort": "VARCHAR", "SourcePortName": "VARCHAR", "DestinationIsIpv6": "VARCHAR",
     "DestinationIp": "VARCHAR", "DestinationHostname": "VARCHAR", "DestinationPort": "VARCHAR", "DestinationPortName": "VARCHAR"} %}
+
+{#- A flat event's fields: the System fields it names like this, then the EventData fields (its "User" is a text, ECS's
+    "user" an object: the two cannot be one parse's keys, so it is parsed alone). -#}
+{% set flat_json = {"SourceName": "VARCHAR", "Channel": "VARCHAR", "Hostname": "VARCHAR", "EventID": "VARCHAR",
+                    "Task": "VARCHAR", "RecordNumber": "VARCHAR"} %}
+{% set _ = flat_json.update(sysmon_event_data) %}
 
 {% set winlogbeat_layouts = [
     {
@@ -40,6 +51,7 @@
             "source_name": "j6.source_name", "type": 'j6."type"', "task": "j6.task", "log_name": "j6.log_name",
             "computer_name": "j6.computer_name", "event_id": "j6.event_id", "record_number": "j6.record_number"},
         "event_data": "j6.event_data",
+        "spellings": ["hostname"],
     },
     {
         "name": "winlogbeat7+",
@@ -138,6 +150,17 @@
             ("TargetObject", 'j.registry."path"', none),
             ("QueryName", 'j.dns.question."name"', none)],
     },
+    {
+        "name": "flat",
+        "comment": "a flat Windows event (NXLog's to_json(), OTRF Security-Datasets since 2020): System and EventData fields side by side",
+        "parsed_alone_as": "jf",
+        "json": flat_json,
+        "when": "jf.SourceName IS NOT NULL OR jf.Hostname IS NOT NULL",
+        "fields": {
+            "source_name": "jf.SourceName", "task": "jf.Task", "log_name": "jf.Channel", "computer_name": "jf.Hostname",
+            "event_id": "jf.EventID", "record_number": "jf.RecordNumber"},
+        "event_data": "jf",
+    },
 ] %}
 
 {#- One layout's expression for a recipe field (none if it does not carry it). -#}
@@ -188,10 +211,16 @@ coalesce({{ values|join(', ') }})
 {% macro winlogbeat_fields(landed_lines) -%}
 {%- set first = winlogbeat_layouts[0] -%}
 {%- set others = {} -%}
-{%- for layout in winlogbeat_layouts[1:] %}{% set _ = others.update(layout.json) %}{% endfor -%}
+{%- set alone = [] -%}
+{%- for layout in winlogbeat_layouts[1:] %}{% set _ = (alone.append(layout) if layout.get('parsed_alone_as') else others.update(layout.json)) %}{% endfor -%}
+{#- The layouts parsed together but the first, which a layout parsed alone comes after (a line of the first has no `j`). -#}
+{%- set described_together -%}
+({% for layout in winlogbeat_layouts[1:] if not layout.get('parsed_alone_as') %}({{ layout.when }}){{ ' OR ' if not loop.last }}{% endfor %})
+{%- endset -%}
 {#- Spellings that must not send a line to the slower parse although they equal a field name ignoring case:
     every name as the layouts write it, and those a layout's lines carry besides (EVTX's System.Execution ProcessID). -#}
 {%- set spellings = (keys_of(first.json) ~ keys_of(others)).split(',') -%}
+{%- for layout in alone %}{% set _ = spellings.extend(keys_of(layout.json).split(',')) %}{% endfor -%}
 {%- for layout in winlogbeat_layouts %}{% set _ = spellings.extend(layout.get('spellings', [])) %}{% endfor -%}
 {#- The flat text fields (column -> the name a coercion error gives it). -#}
 {%- set text_fields = {"source_name": "source_name", "type": "type", "task": "task", "log_name": "log_name",
@@ -200,9 +229,17 @@ coalesce({{ values|join(', ') }})
 {#- Their values in one SQL list (the damage checks read it twice). -#}
 {%- set text_values %}[{% for field in text_fields %}"{{ field }}"{{ ', ' if not loop.last }}{% endfor %}]{% endset -%}
 {%- set event_data_paths = [] -%}
-{%- for layout in winlogbeat_layouts if layout.get('event_data') %}{% set _ = event_data_paths.append(layout.event_data.split('.')[1:]) %}{% endfor -%}
-{#- A JSON merge patch that deletes the names the STRUCT reads from an object (a name set to null is deleted). -#}
-{%- set declared_deleted %}{{ '{' }}{% for name in sysmon_event_data %}"{{ name }}": null{{ ', ' if not loop.last }}{% endfor %}{{ '}' }}{% endset -%}
+{%- for layout in winlogbeat_layouts if '.' in layout.get('event_data', '') %}{% set _ = event_data_paths.append(layout.event_data.split('.')[1:]) %}{% endfor -%}
+{#- The layouts whose event_data is the line's top level: every key the layout reads is left out of _extra_fields. -#}
+{%- set top_level = [] -%}
+{%- for layout in winlogbeat_layouts if layout.get('event_data') and '.' not in layout.event_data %}{% set _ = top_level.append(layout) %}{% endfor -%}
+{#- A JSON merge patch that deletes names from an object (a name set to null is deleted). -#}
+{%- macro deleting(names) %}{{ '{' }}{% for name in names %}"{{ name }}": null{{ ', ' if not loop.last }}{% endfor %}{{ '}' }}{% endmacro -%}
+{#- SQL: the names read from a line's event_data, as a SQL list, upper-cased or not. -#}
+{%- macro read_names(upper) -%}
+CASE {% for layout in top_level %}WHEN layout = '{{ layout.name }}' THEN [{% for name in layout.json %}'{{ name|upper if upper else name }}'{{ ', ' if not loop.last }}{% endfor %}] {% endfor -%}
+ELSE [{% for name in sysmon_event_data %}'{{ name|upper if upper else name }}'{{ ', ' if not loop.last }}{% endfor %}] END
+{%- endmacro -%}
 (
 WITH landed AS (
     -- a landed file's line keeps its newline here: JSON allows the trailing whitespace, and no copy is made
@@ -249,9 +286,18 @@ WITH landed AS (
     SELECT parsed.*, CASE WHEN NOT ({{ first.when }}) THEN {{ from_json_any_case('text', others, 'other_case') }} END AS j
     FROM parsed
     WHERE j6 IS NOT NULL
+), parsed_alone AS (
+    -- the layouts parsed alone: lines that no layout parsed together describes, read against each
+    SELECT reparsed.*
+        {%- for layout in alone %},
+        CASE WHEN j IS NOT NULL AND NOT coalesce({{ described_together }}, false) THEN {{ from_json_any_case('text', layout.json, 'other_case') }} END
+            AS {{ layout.parsed_alone_as }}
+        {%- endfor %}
+    FROM reparsed
 ), layouts AS (
     SELECT
-        reparsed.*,
+        -- a layout parsed alone reads nothing of a line it does not describe
+        parsed_alone.* {%- if alone %} REPLACE ({% for layout in alone %}CASE WHEN {{ layout.when }} THEN {{ layout.parsed_alone_as }} END AS {{ layout.parsed_alone_as }}{{ ', ' if not loop.last }}{% endfor %}){% endif %},
         CASE
             {%- for layout in winlogbeat_layouts %}
             -- {{ layout.comment }}
@@ -259,7 +305,7 @@ WITH landed AS (
             {%- endfor %}
             ELSE 'unknown'
         END AS layout
-    FROM reparsed
+    FROM parsed_alone
 ), mapped AS (
     -- Each recipe field as text, from the first layout that carries it (the README's mapping tables).
     SELECT
@@ -305,7 +351,9 @@ WITH landed AS (
     SELECT
         with_objects.*,
         CASE WHEN NOT other_case AND list_count(objects) = 1 AND starts_with(coalesce({% for _ in event_data_paths %}objects[{{ loop.index }}]{{ ', ' if not loop.last }}{% endfor %}), '{')
-             THEN json_merge_patch(coalesce({% for _ in event_data_paths %}objects[{{ loop.index }}]{{ ', ' if not loop.last }}{% endfor %}), '{{ declared_deleted }}') END AS extra_json,
+             THEN CASE {% for layout in top_level %}WHEN layout = '{{ layout.name }}' THEN json_merge_patch(objects[1], '{{ deleting(layout.json) }}')
+                       {% endfor %}ELSE json_merge_patch(coalesce({% for _ in event_data_paths %}objects[{{ loop.index }}]{{ ', ' if not loop.last }}{% endfor %}), '{{ deleting(sysmon_event_data) }}') END
+             END AS extra_json,
         json_keys(extra_json) AS extra_keys,
         CASE WHEN extra_json IS NULL
              THEN flatten(list_transform(objects, lambda o: CASE WHEN starts_with(o, '{') THEN list_zip(json_keys(o), json_extract_string(o, '$.*')) ELSE [] END))
@@ -313,7 +361,7 @@ WITH landed AS (
              THEN list_zip(extra_keys, json_extract_string(extra_json, '$.*')) END AS extra_entries
     FROM (
         SELECT undamaged.*,
-            CASE WHEN other_case
+            CASE {% for layout in top_level %}WHEN layout = '{{ layout.name }}' THEN [json_extract(text, '$')] {% endfor %}WHEN other_case
                  THEN [{% for names in event_data_paths %}json_extract(text, {{ path_ignoring_case('text', names) }}){{ ', ' if not loop.last }}{% endfor %}]
                  ELSE json_extract(text, [{% for names in event_data_paths %}'$.{{ names|join('.') }}'{{ ', ' if not loop.last }}{% endfor %}]) END AS objects
         FROM undamaged
@@ -325,8 +373,8 @@ WITH landed AS (
              -- the first entry of a name wins (as from_json and the STRUCT take the first); the names the STRUCT
              -- read are left out, ignoring case if it did
              ELSE map_from_entries(list_filter(extra_entries, lambda e, i:
-                 NOT CASE WHEN other_case THEN upper(e[1]) IN ({% for name in sysmon_event_data %}'{{ name|upper }}'{{ ', ' if not loop.last }}{% endfor %})
-                          ELSE e[1] IN ({% for name in sysmon_event_data %}'{{ name }}'{{ ', ' if not loop.last }}{% endfor %}) END
+                 NOT CASE WHEN other_case THEN list_contains({{ read_names(true) }}, upper(e[1]))
+                          ELSE list_contains({{ read_names(false) }}, e[1]) END
                  AND list_position(list_transform(extra_entries, lambda f: f[1]), e[1]) = i)) END AS extra_map
     FROM extra_parts
 ), fields AS (

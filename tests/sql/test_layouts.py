@@ -135,7 +135,22 @@ def to_evtx(event: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-CONVERTERS = {"winlogbeat7+": to_winlogbeat8, "ecs": to_ecs, "evtx": to_evtx}
+def to_flat(event: dict[str, Any]) -> dict[str, Any]:
+    """A flat Windows event, as NXLog's to_json() writes one (OTRF's Security-Datasets since 2020 too): the System
+    fields under their own names and the EventData fields beside them, event id and record number numbers."""
+    return {
+        "EventTime": event["@timestamp"],
+        "Hostname": event["computer_name"],
+        "EventID": event["event_id"],
+        "SourceName": event["source_name"],
+        "Task": 3,
+        "RecordNumber": int(event["record_number"]),
+        "Channel": event["log_name"],
+        **copy.deepcopy(event["event_data"]),
+    }
+
+
+CONVERTERS = {"winlogbeat7+": to_winlogbeat8, "ecs": to_ecs, "evtx": to_evtx, "flat": to_flat}
 
 
 @pytest.fixture(scope="module")
@@ -403,9 +418,10 @@ def extra_events(record: int) -> list[dict[str, Any]]:
 
 def expected_extras(extras: dict[str, Any], layout: str, recasing: str) -> dict[str, str]:
     """``_extra_fields`` for ``extras``: names as written (the ECS fields mapped back under their Sysmon names),
-    values as text."""
+    values as text; a flat event's System fields that no recipe column takes are there too."""
     recase = RECASINGS.get(recasing, str)
-    return {
+    unmapped_system_fields = {recase("EventTime"): "2026-11-01T10:00:01.000Z"} if layout == "flat" else {}
+    return unmapped_system_fields | {
         name if layout == "ecs" and name in MAPPED_FROM_ECS else recase(name): str(value)
         for name, value in extras.items()
     }

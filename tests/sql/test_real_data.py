@@ -1,4 +1,4 @@
-"""Real Sysmon data nobody here wrote: OTRF Security-Datasets, legacy Winlogbeat 6.7 layout.
+"""Real Sysmon data nobody here wrote: OTRF Security-Datasets (legacy Winlogbeat 6.7 and flat layouts) and EVTX files.
 
 The expected joins are computed independently, in plain Python over the file, and compared
 with what the pipeline writes to sysmon_join.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+import zipfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,76 @@ def test_otrf_joins_match_an_independent_computation(tarball: str, tmp_path: Pat
     assert lake.rows("SELECT _extra_fields FROM winlogbeat_stream ORDER BY _seq") == [
         (extra_fields(event.get("event_data")),) for event in events
     ]
+
+
+OTRF_FLAT_ZIPS = {
+    # file: e3 rows joined, as SOURCES.md counts them
+    "empire_launcher_sct_regsvr32.zip": 11,
+    "cmd_bitsadmin_download_psh_script.zip": 3,
+    "cmd_sharpview_pcre_net.zip": 1,
+}
+# What the flat layout reads of a line (docs/inputs.md): the System fields it maps and the declared EventData fields.
+FLAT_READ = DECLARED | {"SOURCENAME", "CHANNEL", "HOSTNAME", "EVENTID", "TASK", "RECORDNUMBER"}
+
+
+def extract_zip_member(archive_path: Path, into: Path) -> Path:
+    """The one JSON member of an OTRF zip, written as a landing file."""
+    with zipfile.ZipFile(archive_path) as archive:
+        (name,) = archive.namelist()
+        target = into / (archive_path.name.removesuffix(".zip") + ".ndjson")
+        target.write_bytes(archive.read(name))
+    return target
+
+
+def expected_flat_joins(events: list[dict[str, Any]]) -> list[tuple]:
+    """sysmon_join rows of flat events, without the pipeline: a redelivery (same host, channel, record number and
+    UtcTime) counts once; events without a record number (OTRF's own exports) all count."""
+    seen, creates, connects = set(), {}, []
+    for event in events:
+        if event.get("SourceName") != "Microsoft-Windows-Sysmon":
+            continue
+        if event.get("RecordNumber") is not None:
+            delivery = (event.get("Hostname"), event.get("Channel"), event["RecordNumber"], event.get("UtcTime"))
+            if delivery in seen:
+                continue
+            seen.add(delivery)
+        guid = (event.get("ProcessGuid") or "").strip().upper() or None
+        if int(event["EventID"]) == 1 and guid:
+            creates[guid] = event
+        elif int(event["EventID"]) == 3:
+            connects.append((guid, event))
+    return sorted(
+        (
+            guid,
+            datetime.strptime(event["UtcTime"], "%Y-%m-%d %H:%M:%S.%f"),
+            event.get("DestinationIp"),
+            int(event["DestinationPort"]),
+            creates[guid].get("CommandLine"),
+        )
+        for guid, event in connects
+        if guid in creates
+    )
+
+
+@pytest.mark.parametrize("name", sorted(OTRF_FLAT_ZIPS))
+def test_otrf_flat_exports_match_an_independent_computation(name: str, tmp_path: Path) -> None:
+    """OTRF's exports since 2020 are flat (NXLog's to_json() or their own): System and EventData fields side by
+    side at the top level."""
+    lake = Lake(tmp_path)
+    landed = extract_zip_member(shared_path("data", "real", "otrf-security-datasets", name), lake.landing)
+    lake.batch()
+    events = [json.loads(line) for line in landed.read_bytes().splitlines() if line.strip()]
+    assert lake.count("winlogbeat_rejects") == 0
+    assert lake.rows("SELECT DISTINCT _layout FROM winlogbeat_stream") == [("flat",)]
+    assert lake.rows("SELECT _extra_fields FROM winlogbeat_stream ORDER BY _seq") == [
+        ({k: as_text(v) for k, v in event.items() if k.upper() not in FLAT_READ},) for event in events
+    ]
+    actual = lake.rows(
+        "SELECT process_guid, event_date_creation, dst_ip_addr, dst_port, process_command_line FROM sysmon_join"
+    )
+    expected = expected_flat_joins(events)
+    assert sorted(actual) == expected
+    assert len(expected) == OTRF_FLAT_ZIPS[name]
 
 
 EVTX_FILES = {
