@@ -53,6 +53,21 @@ def extract_ndjson(tarball: Path, into: Path) -> Path:
     return target
 
 
+def joined(creates: dict[str, dict[str, Any]], connects: list[tuple[str | None, dict[str, Any]]]) -> list[tuple]:
+    """sysmon_join rows (guid, time, destination, command line) of connections whose process has a create."""
+    return sorted(
+        (
+            guid,
+            datetime.strptime(data["UtcTime"], "%Y-%m-%d %H:%M:%S.%f"),
+            data.get("DestinationIp"),
+            int(data["DestinationPort"]),
+            creates[guid].get("CommandLine"),
+        )
+        for guid, data in connects
+        if guid in creates
+    )
+
+
 def expected_joins(path: Path) -> list[tuple]:
     """sysmon_join rows (guid, time, destination, command line) computed without the pipeline."""
     seen, creates, connects = set(), {}, []
@@ -72,17 +87,7 @@ def expected_joins(path: Path) -> list[tuple]:
             creates[guid] = data  # latest by arrival wins
         elif int(event["event_id"]) == 3:
             connects.append((guid, data))
-    return sorted(
-        (
-            guid,
-            datetime.strptime(data["UtcTime"], "%Y-%m-%d %H:%M:%S.%f"),
-            data.get("DestinationIp"),
-            int(data["DestinationPort"]),
-            creates[guid].get("CommandLine"),
-        )
-        for guid, data in connects
-        if guid in creates
-    )
+    return joined(creates, connects)
 
 
 @pytest.mark.parametrize("tarball", sorted(OTRF_TARBALLS))
@@ -140,17 +145,7 @@ def expected_flat_joins(events: list[dict[str, Any]]) -> list[tuple]:
             creates[guid] = event
         elif int(event["EventID"]) == 3:
             connects.append((guid, event))
-    return sorted(
-        (
-            guid,
-            datetime.strptime(event["UtcTime"], "%Y-%m-%d %H:%M:%S.%f"),
-            event.get("DestinationIp"),
-            int(event["DestinationPort"]),
-            creates[guid].get("CommandLine"),
-        )
-        for guid, event in connects
-        if guid in creates
-    )
+    return joined(creates, connects)
 
 
 @pytest.mark.parametrize("name", sorted(OTRF_FLAT_ZIPS))
@@ -197,18 +192,7 @@ def expected_evtx(path: Path) -> tuple[int, list[tuple]]:
             creates[guid] = data
         elif system["EventID"] == 3:
             connects.append((guid, data))
-    joins = sorted(
-        (
-            guid,
-            datetime.strptime(data["UtcTime"], "%Y-%m-%d %H:%M:%S.%f"),
-            data["DestinationIp"],
-            int(data["DestinationPort"]),
-            creates[guid]["CommandLine"],
-        )
-        for guid, data in connects
-        if guid in creates
-    )
-    return len(records), joins
+    return len(records), joined(creates, connects)
 
 
 @pytest.mark.parametrize("name", sorted(EVTX_FILES))
