@@ -13,8 +13,7 @@
     - only_when_detected (optional): its fields count only on a line of this layout;
     - extra_fields (optional): event_data fields it holds under other names, which _extra_fields gets back:
       (Sysmon name, value, the event ids it holds that field for; none: every id);
-    - spellings (optional): keys its lines carry that equal a field name ignoring case (Winlogbeat's beat.hostname,
-      agent.hostname and host.hostname against the flat layout's Hostname);
+    - spellings (optional): keys its lines carry that equal a field name ignoring case;
     - mapped_from (optional): (field, the expression of the value it is mapped from) for fields mapped from values
       of another form: a value that maps to none leaves the field NULL and is listed as its coercion error.
     Each field comes from the first layout (in this list) that carries it. The first layout is parsed on its own
@@ -51,7 +50,6 @@
             "source_name": "j6.source_name", "type": 'j6."type"', "task": "j6.task", "log_name": "j6.log_name",
             "computer_name": "j6.computer_name", "event_id": "j6.event_id", "record_number": "j6.record_number"},
         "event_data": "j6.event_data",
-        "spellings": ["hostname"],
     },
     {
         "name": "winlogbeat7+",
@@ -220,7 +218,10 @@ coalesce({{ values|join(', ') }})
 {#- Spellings that must not send a line to the slower parse although they equal a field name ignoring case:
     every name as the layouts write it, and those a layout's lines carry besides (EVTX's System.Execution ProcessID). -#}
 {%- set spellings = (keys_of(first.json) ~ keys_of(others)).split(',') -%}
-{%- for layout in alone %}{% set _ = spellings.extend(keys_of(layout.json).split(',')) %}{% endfor -%}
+{#- The layouts parsed alone look for their own keys in another case, on the lines they parse only: a key of
+    another layout's line spelled like theirs (an event_data "HostName") must not change how that line is read. -#}
+{%- set alone_spellings = [] -%}
+{%- for layout in alone %}{% set _ = alone_spellings.extend(keys_of(layout.json).split(',')) %}{% endfor -%}
 {%- for layout in winlogbeat_layouts %}{% set _ = spellings.extend(layout.get('spellings', [])) %}{% endfor -%}
 {#- The flat text fields (column -> the name a coercion error gives it). -#}
 {%- set text_fields = {"source_name": "source_name", "type": "type", "task": "task", "log_name": "log_name",
@@ -286,14 +287,18 @@ WITH landed AS (
     SELECT parsed.*, CASE WHEN NOT ({{ first.when }}) THEN {{ from_json_any_case('text', others, 'other_case') }} END AS j
     FROM parsed
     WHERE j6 IS NOT NULL
+), alone_cased AS (
+    -- the lines no layout parsed together describes: does one spell a key of a layout parsed alone in another case?
+    SELECT reparsed.* REPLACE (
+            other_case OR (alone_candidate AND {{ cached(has_other_case_key, 'text', alone_spellings) if execute and alone else 'false' }}) AS other_case)
+    FROM (SELECT reparsed.*, j IS NOT NULL AND NOT coalesce({{ described_together }}, false) AS alone_candidate FROM reparsed) AS reparsed
 ), parsed_alone AS (
-    -- the layouts parsed alone: lines that no layout parsed together describes, read against each
-    SELECT reparsed.*
+    -- the layouts parsed alone, read against each
+    SELECT alone_cased.* EXCLUDE (alone_candidate)
         {%- for layout in alone %},
-        CASE WHEN j IS NOT NULL AND NOT coalesce({{ described_together }}, false) THEN {{ from_json_any_case('text', layout.json, 'other_case') }} END
-            AS {{ layout.parsed_alone_as }}
+        CASE WHEN alone_candidate THEN {{ from_json_any_case('text', layout.json, 'other_case') }} END AS {{ layout.parsed_alone_as }}
         {%- endfor %}
-    FROM reparsed
+    FROM alone_cased
 ), layouts AS (
     SELECT
         -- a layout parsed alone reads nothing of a line it does not describe

@@ -395,6 +395,43 @@ def test_a_key_spelled_as_another_places_field_is_not_matched_when_it_is_the_onl
     ]
 
 
+def test_a_key_spelled_like_a_flat_system_field_leaves_other_layouts_as_they_were(tmp_path: Path) -> None:
+    """PowerShell's event data holds "HostName": on another layout's line it does not count as the flat layout's
+    "Hostname" in another case, which would read the line with its keys upper-cased (and so its "user" as User)."""
+    create = process_create("{H1}", record=80)
+    create["event_data"]["user"] = create["event_data"].pop("User")
+    create["event_data"]["HostName"] = "ConsoleHost"
+    lake = Lake(tmp_path)
+    lake.land([create])
+    lake.batch()
+    assert lake.rows("SELECT _layout, event_data.User, _extra_fields FROM winlogbeat_stream") == [
+        ("winlogbeat6", None, {"user": r"CORP\alice", "HostName": "ConsoleHost"})
+    ]
+
+
+@pytest.mark.parametrize("key", ["SourceName", "Hostname", "EventID", "RecordNumber"])
+def test_a_flat_system_field_in_another_case_is_read_when_it_is_the_only_odd_key(key: str, tmp_path: Path) -> None:
+    event = to_flat(process_create("{F1}", record=90))
+    event = {(name.lower() if name == key else name): value for name, value in event.items()}
+    lake = Lake(tmp_path)
+    lake.land([event])
+    lake.batch()
+    assert lake.rows(
+        "SELECT _layout, source_name, computer_name, event_id, _record_number, _extra_fields FROM winlogbeat_stream"
+    ) == [("flat", "Microsoft-Windows-Sysmon", "HOST1.corp", 1, 90, {"EventTime": "2026-11-01T10:00:01.000Z"})]
+
+
+def test_a_flat_event_s_top_level_type_is_read_as_in_winlogbeat6(tmp_path: Path) -> None:
+    """Logstash adds "type" to what it ships; the flat layout has no field of that name, so it is kept in the map."""
+    lake = Lake(tmp_path)
+    lake.land([to_flat(process_create("{T1}", record=95)) | {"type": "wineventlog"}, to_flat(events()[1])])
+    lake.batch()
+    assert lake.rows("SELECT _layout, type, _extra_fields['type'] FROM winlogbeat_stream ORDER BY _seq") == [
+        ("flat", "wineventlog", "wineventlog"),
+        ("flat", None, None),
+    ]
+
+
 # Event data fields the recipe's STRUCT does not declare, as Sysmon 13+ writes them: a ProcessCreate's, and a
 # ProcessAccess's (event 10) with a number, as EVTX records and other shippers carry numbers. With the Sysmon
 # module, RuleName and OriginalFileName move to ECS (rule.name, process.pe.original_file_name) and come back.
