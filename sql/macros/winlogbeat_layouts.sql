@@ -58,7 +58,7 @@
             "winlog": {"provider_name": "VARCHAR", "channel": "VARCHAR", "computer_name": "VARCHAR",
                 "event_id": "VARCHAR", "task": "VARCHAR", "api": "VARCHAR", "record_id": "VARCHAR",
                 "event_data": sysmon_event_data}},
-        "when": "(j.winlog.provider_name IS NOT NULL OR j.winlog.channel IS NOT NULL) AND j.evtx.System.EventID IS NULL AND j.\"event\".module IS DISTINCT FROM 'sysmon'",
+        "when": "(j.winlog.provider_name IS NOT NULL OR j.winlog.channel IS NOT NULL) AND j.evtx.System.EventID IS NULL AND j.\"event\".module IS DISTINCT FROM 'sysmon' AND j.\"event\".dataset IS DISTINCT FROM 'windows.sysmon_operational'",
         "fields": {
             "source_name": "j.winlog.provider_name", "type": "j.winlog.api", "task": "j.winlog.task",
             "log_name": "j.winlog.channel",
@@ -85,10 +85,10 @@
     },
     {
         "name": "ecs",
-        "comment": "Winlogbeat 7.x/8.x with the Sysmon module: what it moved out of winlog.event_data into ECS fields",
+        "comment": "Winlogbeat 7.x/8.x with the Sysmon module, or Elastic Agent's Windows integration (data set windows.sysmon_operational) as Elasticsearch stores it: what they moved out of winlog.event_data into ECS fields",
         "json": {
             "@timestamp": "VARCHAR",
-            "event": {"module": "VARCHAR", "code": "VARCHAR"},
+            "event": {"module": "VARCHAR", "dataset": "VARCHAR", "code": "VARCHAR"},
             "process": {"entity_id": "VARCHAR", "pid": "VARCHAR", "executable": "VARCHAR",
                 "command_line": "VARCHAR", "working_directory": "VARCHAR",
                 "pe": {"file_version": "VARCHAR", "description": "VARCHAR", "product": "VARCHAR",
@@ -104,7 +104,7 @@
             "network": {"transport": "VARCHAR", "direction": "VARCHAR", "type": "VARCHAR", "protocol": "VARCHAR"},
             "source": {"ip": "VARCHAR", "port": "VARCHAR", "domain": "VARCHAR"},
             "destination": {"ip": "VARCHAR", "port": "VARCHAR", "domain": "VARCHAR"}},
-        "when": "j.\"event\".module = 'sysmon'",
+        "when": "j.\"event\".module = 'sysmon' OR j.\"event\".dataset = 'windows.sysmon_operational'",
         "only_when_detected": true,
         "fields": {
             "event_id": 'j."event".code',

@@ -195,6 +195,24 @@ def test_an_object_no_layout_describes_is_kept_as_unknown_and_not_rekeyed(tmp_pa
     assert results["winlogbeat_stream_rekey"][0].rows_in == 1
 
 
+def to_elastic_agent(event: dict[str, Any]) -> dict[str, Any]:
+    """Elastic Agent's Windows integration as Elasticsearch stores a Sysmon event: the fields its ingest pipeline
+    moves to ECS as the Sysmon module's, under the data set windows.sysmon_operational and no event.module."""
+    document = to_ecs(event)
+    if document["event"].pop("module", None) == "sysmon":
+        document["event"]["dataset"] = "windows.sysmon_operational"
+        document["data_stream"] = {"dataset": "windows.sysmon_operational", "namespace": "default", "type": "logs"}
+    return document
+
+
+def test_elastic_agent_documents_are_read_as_ecs(legacy_join: dict, tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    lake.land(to_elastic_agent(event) for event in events())
+    lake.batch()
+    assert lake.rows("SELECT DISTINCT _layout FROM winlogbeat_stream WHERE source_name LIKE '%Sysmon'") == [("ecs",)]
+    assert snapshot(lake.settings, RECIPE_JOIN) == legacy_join
+
+
 def test_winlogbeat8_string_event_id_and_record_id_are_typed(tmp_path: Path) -> None:
     lake = Lake(tmp_path)
     lake.land([to_winlogbeat8(events()[1])])
