@@ -218,10 +218,12 @@ coalesce({{ values|join(', ') }})
 {#- Spellings that must not send a line to the slower parse although they equal a field name ignoring case:
     every name as the layouts write it, and those a layout's lines carry besides (EVTX's System.Execution ProcessID). -#}
 {%- set spellings = (keys_of(first.json) ~ keys_of(others)).split(',') -%}
-{#- The layouts parsed alone look for their own keys in another case, on the lines they parse only: a key of
-    another layout's line spelled like theirs (an event_data "HostName") must not change how that line is read. -#}
+{#- The layouts parsed alone look for their own keys in another case, and on the lines they parse only: a key of
+    another layout's line spelled like theirs (an event_data "HostName") must not change how that line is read,
+    nor a key of theirs spelled like another layout's (NXLog's "Domain", ECS's "domain") how theirs are. -#}
 {%- set alone_spellings = [] -%}
 {%- for layout in alone %}{% set _ = alone_spellings.extend(keys_of(layout.json).split(',')) %}{% endfor -%}
+{%- for layout in winlogbeat_layouts %}{% set _ = alone_spellings.extend(layout.get('spellings', [])) %}{% endfor -%}
 {%- for layout in winlogbeat_layouts %}{% set _ = spellings.extend(layout.get('spellings', [])) %}{% endfor -%}
 {#- The flat text fields (column -> the name a coercion error gives it). -#}
 {%- set text_fields = {"source_name": "source_name", "type": "type", "task": "task", "log_name": "log_name",
@@ -289,20 +291,25 @@ WITH landed AS (
     WHERE j6 IS NOT NULL
 ), alone_cased AS (
     -- the lines no layout parsed together describes: does one spell a key of a layout parsed alone in another case?
-    SELECT reparsed.* REPLACE (
-            other_case OR (alone_candidate AND {{ cached(has_other_case_key, 'text', alone_spellings) if execute and alone else 'false' }}) AS other_case)
+    SELECT reparsed.*,
+        alone_candidate AND {{ cached(has_other_case_key, 'text', alone_spellings) if execute and alone else 'false' }} AS alone_other_case
     FROM (SELECT reparsed.*, j IS NOT NULL AND NOT coalesce({{ described_together }}, false) AS alone_candidate FROM reparsed) AS reparsed
 ), parsed_alone AS (
     -- the layouts parsed alone, read against each
     SELECT alone_cased.* EXCLUDE (alone_candidate)
         {%- for layout in alone %},
-        CASE WHEN alone_candidate THEN {{ from_json_any_case('text', layout.json, 'other_case') }} END AS {{ layout.parsed_alone_as }}
+        CASE WHEN alone_candidate THEN {{ from_json_any_case('text', layout.json, 'alone_other_case') }} END AS {{ layout.parsed_alone_as }}
         {%- endfor %}
     FROM alone_cased
 ), layouts AS (
     SELECT
-        -- a layout parsed alone reads nothing of a line it does not describe
-        parsed_alone.* {%- if alone %} REPLACE ({% for layout in alone %}CASE WHEN {{ layout.when }} THEN {{ layout.parsed_alone_as }} END AS {{ layout.parsed_alone_as }}{{ ', ' if not loop.last }}{% endfor %}){% endif %},
+        -- a layout parsed alone reads nothing of a line it does not describe, and its line's keys are in another case
+        -- as its own check found
+        parsed_alone.* EXCLUDE (alone_other_case) REPLACE (
+            {%- for layout in alone %}
+            CASE WHEN {{ layout.when }} THEN {{ layout.parsed_alone_as }} END AS {{ layout.parsed_alone_as }},
+            {%- endfor %}
+            CASE {% for layout in alone %}WHEN {{ layout.when }} THEN alone_other_case {% endfor %}ELSE other_case END AS other_case),
         CASE
             {%- for layout in winlogbeat_layouts %}
             -- {{ layout.comment }}

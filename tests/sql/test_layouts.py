@@ -439,6 +439,23 @@ def test_a_flat_system_field_in_another_case_is_read_when_it_is_the_only_odd_key
     ) == [("flat", "Microsoft-Windows-Sysmon", "HOST1.corp", 1, 90, {"EventTime": "2026-11-01T10:00:01.000Z"})]
 
 
+@pytest.mark.parametrize("domain", [{}, {"Domain": "NT AUTHORITY", "AccountName": "SYSTEM"}])
+def test_nxlog_s_system_process_id_beside_sysmon_s_is_kept_apart(domain: dict[str, str], tmp_path: Path) -> None:
+    """NXLog writes the System's ProcessID (Sysmon's own service) before the EventData's ProcessId: the exact
+    spelling is read, the other kept in the map, whatever another key spelled like another layout's ("Domain", as
+    ECS's "domain") says of the line."""
+    create = to_flat(process_create("{N1}", record=201))
+    system = {"EventTime": create.pop("EventTime"), "ProcessID": 2828, "ThreadID": 1684, **domain}
+    lake = Lake(tmp_path)
+    lake.land([system | create])
+    lake.batch()
+    extras = {"EventTime": "2026-11-01T10:00:01.000Z", "ProcessID": "2828", "ThreadID": "1684", **domain}
+    assert lake.rows("SELECT _layout, event_data.ProcessId, _extra_fields FROM winlogbeat_stream") == [
+        ("flat", 4242, extras)
+    ]
+    assert lake.rows("SELECT process_id FROM sysmon_process_create_table") == [(4242,)]
+
+
 def test_a_flat_event_s_top_level_type_is_read_as_in_winlogbeat6(tmp_path: Path) -> None:
     """Logstash adds "type" to what it ships; the flat layout has no field of that name, so it is kept in the map."""
     lake = Lake(tmp_path)
