@@ -292,8 +292,13 @@ WITH landed AS (
 ), alone_cased AS (
     -- the lines no layout parsed together describes: does one spell a key of a layout parsed alone in another case?
     SELECT reparsed.*,
-        alone_candidate AND {{ cached(has_other_case_key, 'text', alone_spellings) if execute and alone else 'false' }} AS alone_other_case
-    FROM (SELECT reparsed.*, j IS NOT NULL AND NOT coalesce({{ described_together }}, false) AS alone_candidate FROM reparsed) AS reparsed
+        CASE WHEN alone_candidate THEN {{ cached(has_other_case_key, 'text', alone_spellings) if execute and alone else 'false' }} ELSE false END
+            AS alone_other_case
+    FROM (
+        -- (a CASE, so that a line of the first layout, which has no `j`, is not looked at further)
+        SELECT reparsed.*, CASE WHEN j IS NULL THEN false ELSE NOT coalesce({{ described_together }}, false) END AS alone_candidate
+        FROM reparsed
+    ) AS reparsed
 ), parsed_alone AS (
     -- the layouts parsed alone, read against each
     SELECT alone_cased.* EXCLUDE (alone_candidate)

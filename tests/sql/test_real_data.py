@@ -115,8 +115,29 @@ OTRF_FLAT_ZIPS = {
     "cmd_bitsadmin_download_psh_script.zip": 3,
     "cmd_sharpview_pcre_net.zip": 1,
 }
-# What the flat layout reads of a line (docs/inputs.md): the System fields it maps and the declared EventData fields.
-FLAT_READ = DECLARED | {"SOURCENAME", "CHANNEL", "HOSTNAME", "EVENTID", "TASK", "RECORDNUMBER"}
+# What the flat layout reads of a line (docs/inputs.md): the System fields it maps and the declared EventData fields,
+# by their exact names; all names ignoring case on a line that spells one of them in another case (besides the
+# System's ProcessID, which is not the EventData's ProcessId).
+FLAT_NAMES = {name for name, _ in RECIPE_EVENT_DATA_FIELDS} | {
+    "SourceName",
+    "Channel",
+    "Hostname",
+    "EventID",
+    "Task",
+    "RecordNumber",
+}
+FLAT_SPELLINGS = FLAT_NAMES | {"ProcessID"}
+
+
+def flat_extra_fields(event: dict[str, Any]) -> dict[str, str | None]:
+    """A flat event's _extra_fields, without the pipeline: every top-level field the layout does not read."""
+    upper_names = {name.upper() for name in FLAT_NAMES}
+    other_case = any(key not in FLAT_SPELLINGS and key.upper() in upper_names for key in event)
+    return {
+        key: as_text(value)
+        for key, value in event.items()
+        if (key.upper() not in upper_names if other_case else key not in FLAT_NAMES)
+    }
 
 
 def extract_zip_member(archive_path: Path, into: Path) -> Path:
@@ -159,7 +180,7 @@ def test_otrf_flat_exports_match_an_independent_computation(name: str, tmp_path:
     assert lake.count("winlogbeat_rejects") == 0
     assert lake.rows("SELECT DISTINCT _layout FROM winlogbeat_stream") == [("flat",)]
     assert lake.rows("SELECT _extra_fields FROM winlogbeat_stream ORDER BY _seq") == [
-        ({k: as_text(v) for k, v in event.items() if k.upper() not in FLAT_READ},) for event in events
+        (flat_extra_fields(event),) for event in events
     ]
     actual = lake.rows(
         "SELECT process_guid, event_date_creation, dst_ip_addr, dst_port, process_command_line FROM sysmon_join"
