@@ -338,6 +338,8 @@ def _set_access(path: Path, mode: int, group: int) -> None:
         if path.stat().st_gid != group:
             os.chown(path, -1, group)
         os.chmod(path, mode)
+    except FileNotFoundError:
+        return  # a WAL file that another process's last connection removed since it was listed
     except PermissionError:
         # not the owner, or not in the landing folder's group: the operator set this path up; say so once per open
         LOG.warning("cannot give %s the landing folder's access (mode %o, group %d)", path, mode, group)
