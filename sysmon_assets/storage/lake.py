@@ -329,8 +329,7 @@ def _readable_as_landing(settings: Settings) -> None:
     if is_local(settings.data_path):
         paths.append(Path(settings.data_path))
     for path in paths:
-        if path.exists():
-            _set_access(path, mode if path.is_dir() else mode & 0o666, landing.st_gid)
+        _set_access(path, mode if path.is_dir() else mode & 0o666, landing.st_gid)
 
 
 def _set_access(path: Path, mode: int, group: int) -> None:
@@ -339,7 +338,7 @@ def _set_access(path: Path, mode: int, group: int) -> None:
             os.chown(path, -1, group)
         os.chmod(path, mode)
     except FileNotFoundError:
-        return  # a WAL file that another process's last connection removed since it was listed
+        return  # not made yet (a WAL file), or removed since by another process's last connection
     except PermissionError:
         # not the owner, or not in the landing folder's group: the operator set this path up; say so once per open
         LOG.warning("cannot give %s the landing folder's access (mode %o, group %d)", path, mode, group)
