@@ -553,3 +553,34 @@ def test_extra_fields_of_odd_event_data(tmp_path: Path) -> None:
         ({},),
         ({},),
     ]
+
+
+# A damaged command line as its JSON text (bytes) and as `_coercion_errors` shows it.
+DAMAGE = {
+    "nul": (b'"cmd /c\\u0000x"', "cmd /c\\u0000x"),
+    "lone surrogate": (b'"cmd \\ud83d x"', "cmd \\ud83d x"),
+    "byte that is not UTF-8": (b'"caf\xe9 x"', "caf\\xE9 x"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_a_damaged_field_becomes_null_and_the_event_flows_on_in_every_layout(
+    layout: str, damage: str, tmp_path: Path
+) -> None:
+    """The damage checks read each layout's own place of a field: the field is NULL with its reason recorded, and
+    the event is read, rekeyed and joined like any other."""
+    text, shown = DAMAGE[damage]
+    create = json.dumps(LAYOUTS[layout](process_create("{DA-0001}", "DAMAGED", record=60))).encode()
+    assert create.count(b'"DAMAGED"') == 1
+    connect = json.dumps(LAYOUTS[layout](network_connect("{DA-0001}", "10.6.6.6", record=61))).encode()
+    lake = Lake(tmp_path)
+    (lake.landing / "w.ndjson").write_bytes(create.replace(b'"DAMAGED"', text) + b"\n" + connect + b"\n")
+    lake.batch()
+    assert lake.count("winlogbeat_rejects") == 0
+    assert lake.rows(
+        "SELECT _layout, event_data.CommandLine, _coercion_errors FROM winlogbeat_stream WHERE event_id = 1"
+    ) == [(layout, None, [{"field": "CommandLine", "value": shown}])]
+    assert lake.rows("SELECT process_guid, dst_ip_addr, process_command_line FROM sysmon_join") == [
+        ("{DA-0001}", "10.6.6.6", None)
+    ]
