@@ -231,6 +231,7 @@ def test_winlogbeat8_string_event_id_and_record_id_are_typed(tmp_path: Path) -> 
         ("2026-11-01T11:00:00.123+01:00", datetime(2026, 11, 1, 10, 0, 0, 123000)),
         ("2026-11-01T05:00:00.123-0500", datetime(2026, 11, 1, 10, 0, 0, 123000)),
         ("2026-11-01T10:00:00.123", None),  # no zone: not guessed
+        ("2026-11-01", None),  # a day: no time, no zone (its "-01" is not an offset)
         ("soon", None),
     ],
 )
@@ -584,3 +585,73 @@ def test_a_damaged_field_becomes_null_and_the_event_flows_on_in_every_layout(
     assert lake.rows("SELECT process_guid, dst_ip_addr, process_command_line FROM sysmon_join") == [
         ("{DA-0001}", "10.6.6.6", None)
     ]
+
+
+def module_document(event_id: int, moved: dict[str, Any], left: dict[str, str] | None = None) -> dict[str, Any]:
+    """An event as the Sysmon module's ingest pipeline leaves it (Elastic's x-pack/winlogbeat/module/sysmon): the
+    ECS fields it moved event_data's fields to (``moved``, dotted names) and what it left in winlog.event_data."""
+    document = to_winlogbeat8(sysmon_event(event_id, None, record=70 + event_id))
+    document["event"]["module"] = "sysmon"
+    document["winlog"]["event_data"] = dict(left or {})
+    for dotted, value in moved.items():
+        *parents, last = dotted.split(".")
+        holder = document
+        for part in parents:
+            holder = holder.setdefault(part, {})
+        holder[last] = value
+    return document
+
+
+# event id, the ECS fields the module moved its fields to, the stream's Image and DestinationPortName, and the
+# _extra_fields the moved fields come back as
+MODULE_MOVES = {
+    "file created": (
+        11,
+        {"file.path": r"C:\t\a.txt", "process.executable": r"C:\x\w.exe"},
+        r"C:\x\w.exe",
+        None,
+        {"TargetFilename": r"C:\t\a.txt"},
+    ),
+    "file delete detected": (26, {"file.path": r"C:\t\b.dat"}, None, None, {"TargetFilename": r"C:\t\b.dat"}),
+    "file block executable": (27, {"file.path": r"C:\t\c.exe"}, None, None, {"TargetFilename": r"C:\t\c.exe"}),
+    "file block shredding": (28, {"file.path": r"C:\t\d.bin"}, None, None, {"TargetFilename": r"C:\t\d.bin"}),
+    "file executable detected": (29, {"file.path": r"C:\t\e.exe"}, None, None, {"TargetFilename": r"C:\t\e.exe"}),
+    "driver loaded": (6, {"file.path": r"C:\d\f.sys"}, None, None, {"ImageLoaded": r"C:\d\f.sys"}),
+    "raw access read": (
+        9,
+        {"file.path": r"\\Device\\HarddiskVolume2"},
+        None,
+        None,
+        {"Device": r"\\Device\\HarddiskVolume2"},
+    ),
+    "pipe created": (17, {"file.name": r"\\pipe\\x"}, None, None, {"PipeName": r"\\pipe\\x"}),
+    "registry value set": (13, {"registry.path": r"HKLM\\Run\\x"}, None, None, {"TargetObject": r"HKLM\\Run\\x"}),
+    # Sysmon's DNSEvent has no port names: the pipeline sets network.protocol to "dns" for every one
+    "dns query": (
+        22,
+        {"dns.question.name": "example.org", "network.protocol": "dns"},
+        None,
+        None,
+        {"QueryName": "example.org"},
+    ),
+    # a WMI consumer's Destination (a command line or script) is renamed to process.executable: not an Image
+    "wmi consumer": (
+        20,
+        {"process.executable": "powershell -enc AAAA"},
+        None,
+        None,
+        {"Destination": "powershell -enc AAAA"},
+    ),
+    "network connection": (3, {"network.protocol": "https"}, None, "https", {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MODULE_MOVES))
+def test_fields_the_sysmon_module_moves_come_back_under_their_sysmon_names(case: str, tmp_path: Path) -> None:
+    event_id, moved, image, port_name, extras = MODULE_MOVES[case]
+    lake = Lake(tmp_path)
+    lake.land([module_document(event_id, moved, {"Left": "as is"})])
+    lake.batch()
+    assert lake.rows(
+        "SELECT event_id, event_data.Image, event_data.DestinationPortName, _extra_fields FROM winlogbeat_stream"
+    ) == [(event_id, image, port_name, {"Left": "as is", **extras})]
