@@ -43,7 +43,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from dbt_like.sql import literals, one_of
+from dbt_like.sql import literal, literals, one_of
 from sysmon_assets.sources.arrow_columns import bytes_array, strings_array
 from sysmon_assets.sources.evtx_records import EvtxDamage, open_record_lines
 from sysmon_assets.sources.gzip_stream import GzipDamage, inflate
@@ -225,7 +225,7 @@ def _is_json_document(line: bytes) -> bool:
     bytes that are not UTF-8."""
     with duckdb.connect() as con:
         text = line.decode("utf-8", "replace").lstrip("\ufeff")
-        return bool(con.execute("SELECT json_valid(?)", [text]).fetchall()[0][0])
+        return bool(con.execute(f"SELECT json_valid({literal(text)})").fetchall()[0][0])
 
 
 def _wait_for_writer(progress: FileProgress, line: bytes, changed_ns: int) -> None:

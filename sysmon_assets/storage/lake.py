@@ -407,7 +407,8 @@ def _unreadable_batch(con: duckdb.DuckDBPyConnection, settings: Settings, batch_
     """Why batch ``batch_id`` has no snapshot to read. A batch that started may have completed and had its
     snapshot expired by maintenance, or not completed: the lake keeps no record that tells them apart once the
     snapshot is gone, so the message names both, and the oldest batch still readable."""
-    started = con.execute(f"SELECT count(*) FROM {STATE_SCHEMA}.batches WHERE batch_id = ?", [batch_id]).fetchone()[0]
+    query = f"SELECT count(*) FROM {STATE_SCHEMA}.batches WHERE batch_id = {literal(batch_id)}"
+    started = con.execute(query).fetchone()[0]
     oldest = _batch_completed(con, "true", oldest=True)
     if not started or oldest is None:
         return LakeError(f"batch {batch_id} is not a complete batch of the lake {settings.catalog}")

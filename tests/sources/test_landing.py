@@ -754,6 +754,18 @@ def test_an_unreadable_landed_file_stops_the_batch_naming_it(lake: Lake) -> None
     assert lake.count("winlogbeat_stream") == 2
 
 
+def test_a_last_line_is_tested_as_json_with_no_bound_parameter() -> None:
+    """DuckDB 1.4 imports pandas on a process's first bound parameter (docs/architecture.md): 0.3-0.5 s of a batch
+    that meets a finished file's last line. Its bytes go in as a literal, NUL and quote included."""
+    script = (
+        "import sys; from sysmon_assets.sources.landing_folder import _is_json_document as is_json; "
+        'print(is_json(b\'{"a": "it\\\'s \\\\u0000\\xe9"}\'), is_json(b\'{"a"\'), is_json(b"\'\\x00"), '
+        "'pandas' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["True", "False", "False", "False"]
+
+
 def test_a_finished_file_without_a_final_newline_delivers_its_last_line_once(lake: Lake) -> None:
     lines = _lines(400)
     path = lake.landing / "export.ndjson"

@@ -551,16 +551,19 @@ def _snapshot_steps(lake: Lake) -> list[tuple[int, str]]:
     )
 
 
-def test_small_files_are_read_in_one_commit_and_an_idle_batch_commits_once(lake: Lake) -> None:
+def test_small_files_are_read_in_one_commit_and_an_idle_batch_adds_two_snapshots(lake: Lake) -> None:
     for index in range(40):
         lake.land([process_create(f"{{P{index}}}"), network_connect(f"{{P{index}}}")], name=f"small-{index:02}.ndjson")
     lake.batch()
     assert lake.count("sysmon_join") == 40
     first = [step for batch, step in _snapshot_steps(lake) if batch == 1]
     assert first.count("winlogbeat_stream") == 2  # the first batch's empty chunk creates the tables, then one chunk
+    snapshots = lake.count("ducklake_snapshots('lake')")
     lake.batch()
     # nothing new: the steps in between have nothing to do; the last step's snapshot marks the batch whole
     assert [step for batch, step in _snapshot_steps(lake) if batch == 2] == ["sysmon_join_ancestry"]
+    # and the batch's opening (its batch row and guard) is the only other snapshot
+    assert lake.count("ducklake_snapshots('lake')") == snapshots + 2
     with connect(lake.settings) as con:
         assert con.execute("SELECT count(*) FROM sysmon_join").fetchall() == [(40,)]
 
