@@ -223,6 +223,8 @@ def _unterminated(line: bytes) -> Block:
 def _is_json_document(line: bytes) -> bool:
     """Whether ``line`` is one whole JSON document, as the stream reads JSON (DuckDB's ``json_valid``), whatever its
     bytes that are not UTF-8."""
+    if b"\x00" in line:  # never in JSON text (a string escapes it); a literal spells each one out (chr(0))
+        return False
     with duckdb.connect() as con:
         text = line.decode("utf-8", "replace").lstrip("\ufeff")
         return bool(con.execute(f"SELECT json_valid({literal(text)})").fetchall()[0][0])

@@ -766,6 +766,19 @@ def test_a_last_line_is_tested_as_json_with_no_bound_parameter() -> None:
     assert done.stdout.split() == ["True", "False", "False", "False"]
 
 
+def test_a_last_line_of_nul_padding_waits_for_its_writer_and_fails_no_batch(lake: Lake) -> None:
+    """A crash or a preallocating writer leaves a file's end as NUL bytes with no newline: no JSON document (spelled
+    out as a SQL literal, 600 NULs went past DuckDB's expression depth and failed every batch)."""
+    path = lake.landing / "w.ndjson"
+    land(path, [process_create("{NU-0001}"), network_connect("{NU-0001}")])
+    with path.open("ab") as handle:
+        handle.write(b"\x00" * 600)
+    lake.batch()
+    lake.batch()  # the file is unchanged: finished, and its last line is tested as JSON
+    assert lake.count("winlogbeat_stream") == 2
+    assert lake.count("winlogbeat_rejects") == 0  # it waits for its writer (UNFINISHED_LINE_SECONDS)
+
+
 def test_a_finished_file_without_a_final_newline_delivers_its_last_line_once(lake: Lake) -> None:
     lines = _lines(400)
     path = lake.landing / "export.ndjson"
