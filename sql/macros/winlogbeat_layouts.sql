@@ -37,6 +37,11 @@
                     "Task": "VARCHAR", "RecordNumber": "VARCHAR"} %}
 {% set _ = flat_json.update(sysmon_event_data) %}
 
+{#- An ECS document's event id as the stream reads it, 0 for none: the module moves some events' fields to where
+    another event's fields go (event 20's Destination to process.executable, events 8 and 10's source process to
+    process.*). -#}
+{% set ecs_event_id = "coalesce(" ~ ksql_integer('coalesce(j.winlog.event_id, j."event".code)') ~ ", 0)" %}
+
 {% set winlogbeat_layouts = [
     {
         "name": "winlogbeat6",
@@ -109,9 +114,9 @@
         "fields": {
             "event_id": 'j."event".code',
             "UtcTime": "strftime(CASE WHEN regexp_matches(j.\"@timestamp\", '[T ][0-9:.,]+(Z|[+-][0-9][0-9](:?[0-9][0-9])?)$') THEN TRY_CAST(j.\"@timestamp\" AS TIMESTAMPTZ) AT TIME ZONE 'UTC' END, '%Y-%m-%d %H:%M:%S.%g')",
-            "ProcessGuid": 'j."process".entity_id',
-            "ProcessId": 'j."process".pid',
-            "Image": "CASE WHEN TRY_CAST(j.\"event\".code AS INTEGER) IS DISTINCT FROM 20 THEN j.\"process\".executable END",
+            "ProcessGuid": "CASE WHEN " ~ ecs_event_id ~ " NOT IN (8, 10) THEN j.\"process\".entity_id END",
+            "ProcessId": "CASE WHEN " ~ ecs_event_id ~ " NOT IN (8, 10) THEN j.\"process\".pid END",
+            "Image": "CASE WHEN " ~ ecs_event_id ~ " NOT IN (8, 10, 20) THEN j.\"process\".executable END",
             "FileVersion": 'j."process".pe.file_version',
             "Description": 'j."process".pe.description',
             "Product": 'j."process".pe.product',
@@ -134,7 +139,7 @@
             "DestinationIp": 'j."destination".ip',
             "DestinationHostname": 'j."destination".domain',
             "DestinationPort": 'j."destination".port',
-            "DestinationPortName": "CASE WHEN TRY_CAST(j.\"event\".code AS INTEGER) = 3 THEN j.\"network\".protocol END"},
+            "DestinationPortName": "CASE WHEN " ~ ecs_event_id ~ " = 3 THEN j.\"network\".protocol END"},
         "mapped_from": [
             ("UtcTime", 'j."@timestamp"'), ("Initiated", 'j."network".direction'),
             ("SourceIsIpv6", 'j."network"."type"'), ("DestinationIsIpv6", 'j."network"."type"')],
@@ -147,7 +152,11 @@
             ("PipeName", 'j."file"."name"', [17, 18]),
             ("TargetObject", 'j.registry."path"', none),
             ("QueryName", 'j.dns.question."name"', none),
-            ("Destination", 'j."process".executable', [20])],
+            ("Destination", 'j."process".executable', [20]),
+            ("SourceProcessGuid", 'j."process".entity_id', [8]),
+            ("SourceProcessGUID", 'j."process".entity_id', [10]),
+            ("SourceProcessId", 'j."process".pid', [8, 10]),
+            ("SourceImage", 'j."process".executable', [8, 10])],
     },
     {
         "name": "flat",

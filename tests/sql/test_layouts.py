@@ -75,6 +75,13 @@ ECS_PROCESS = {
     "Protocol": ("network", "transport"),
     "DestinationPortName": ("network", "protocol"),
 }
+# The source process of a CreateRemoteThread (8) or a ProcessAccess (10): the module moves it to process.*
+SOURCE_PROCESS = {
+    "SourceProcessGuid": "ProcessGuid",
+    "SourceProcessGUID": "ProcessGuid",
+    "SourceProcessId": "ProcessId",
+    "SourceImage": "Image",
+}
 INTEGER_FIELDS = {"ProcessId", "ParentProcessId", "SourcePort", "DestinationPort", "TerminalSessionId"}
 
 
@@ -91,6 +98,9 @@ def to_ecs(event: dict[str, Any]) -> dict[str, Any]:
         base["rule"] = {"name": rule}
     if "OriginalFileName" in data:
         base.setdefault("process", {}).setdefault("pe", {})["original_file_name"] = data.pop("OriginalFileName")
+    for source, name in SOURCE_PROCESS.items():  # whatever the event, as the module does
+        if source in data:
+            data[name] = data.pop(source)
     for name, path in ECS_PROCESS.items():
         if name in data:
             value = data.pop(name)
@@ -475,18 +485,22 @@ CREATE_EXTRAS = {"RuleName": "technique_id=T1059", "OriginalFileName": "Cmd.Exe"
 ACCESS_EXTRAS = {
     "RuleName": "technique_id=T1003",
     "SourceProcessGUID": "{5A00-0001}",
+    "SourceProcessId": "4242",
     "SourceThreadId": 4711,
+    "SourceImage": r"C:\Windows\System32\cmd.exe",
     "TargetImage": r"C:\Windows\system32\lsass.exe",
     "GrantedAccess": "0x1410",
 }
-MAPPED_FROM_ECS = {"RuleName", "OriginalFileName"}
+MAPPED_FROM_ECS = {"RuleName", "OriginalFileName", "SourceProcessGUID", "SourceProcessId", "SourceImage"}
 EXTRA_CASES = [(layout, recasing) for layout in sorted(LAYOUTS) for recasing in ("exact", *sorted(RECASINGS))]
 
 
 def extra_events(record: int) -> list[dict[str, Any]]:
     """A ProcessCreate and a ProcessAccess with the fields above (record numbers ``record`` and ``record + 1``)."""
     create = process_create("{EC00-0001}", "cmd /c whoami", record=record, event_data=dict(CREATE_EXTRAS))
-    return [create, sysmon_event(10, None, record=record + 1, **ACCESS_EXTRAS)]
+    access = sysmon_event(10, None, record=record + 1, **ACCESS_EXTRAS)
+    del access["event_data"]["ProcessId"], access["event_data"]["Image"]  # a ProcessAccess names its Source* instead
+    return [create, access]
 
 
 def expected_extras(extras: dict[str, Any], layout: str, recasing: str) -> dict[str, str]:
@@ -602,56 +616,83 @@ def module_document(event_id: int, moved: dict[str, Any], left: dict[str, str] |
     return document
 
 
-# event id, the ECS fields the module moved its fields to, the stream's Image and DestinationPortName, and the
-# _extra_fields the moved fields come back as
+# event id, the ECS fields the module moved event_data's fields to, the STRUCT's fields the event has (of
+# ProcessGuid, ProcessId, Image and DestinationPortName), and the _extra_fields the moved fields come back as
 MODULE_MOVES = {
+    "process create": (
+        1,
+        {"process.entity_id": "{5A-0001}", "process.pid": 42, "process.executable": r"C:\x\new.exe"},
+        {"ProcessGuid": "{5A-0001}", "ProcessId": 42, "Image": r"C:\x\new.exe"},
+        {},
+    ),
     "file created": (
         11,
         {"file.path": r"C:\t\a.txt", "process.executable": r"C:\x\w.exe"},
-        r"C:\x\w.exe",
-        None,
+        {"Image": r"C:\x\w.exe"},
         {"TargetFilename": r"C:\t\a.txt"},
     ),
-    "file delete detected": (26, {"file.path": r"C:\t\b.dat"}, None, None, {"TargetFilename": r"C:\t\b.dat"}),
-    "file block executable": (27, {"file.path": r"C:\t\c.exe"}, None, None, {"TargetFilename": r"C:\t\c.exe"}),
-    "file block shredding": (28, {"file.path": r"C:\t\d.bin"}, None, None, {"TargetFilename": r"C:\t\d.bin"}),
-    "file executable detected": (29, {"file.path": r"C:\t\e.exe"}, None, None, {"TargetFilename": r"C:\t\e.exe"}),
-    "driver loaded": (6, {"file.path": r"C:\d\f.sys"}, None, None, {"ImageLoaded": r"C:\d\f.sys"}),
-    "raw access read": (
-        9,
-        {"file.path": r"\\Device\\HarddiskVolume2"},
-        None,
-        None,
-        {"Device": r"\\Device\\HarddiskVolume2"},
-    ),
-    "pipe created": (17, {"file.name": r"\\pipe\\x"}, None, None, {"PipeName": r"\\pipe\\x"}),
-    "registry value set": (13, {"registry.path": r"HKLM\\Run\\x"}, None, None, {"TargetObject": r"HKLM\\Run\\x"}),
+    "file delete detected": (26, {"file.path": r"C:\t\b.dat"}, {}, {"TargetFilename": r"C:\t\b.dat"}),
+    "file block executable": (27, {"file.path": r"C:\t\c.exe"}, {}, {"TargetFilename": r"C:\t\c.exe"}),
+    "file block shredding": (28, {"file.path": r"C:\t\d.bin"}, {}, {"TargetFilename": r"C:\t\d.bin"}),
+    "file executable detected": (29, {"file.path": r"C:\t\e.exe"}, {}, {"TargetFilename": r"C:\t\e.exe"}),
+    "driver loaded": (6, {"file.path": r"C:\d\f.sys"}, {}, {"ImageLoaded": r"C:\d\f.sys"}),
+    "raw access read": (9, {"file.path": r"\Device\HarddiskVolume2"}, {}, {"Device": r"\Device\HarddiskVolume2"}),
+    "pipe created": (17, {"file.name": r"\PSHost.1"}, {}, {"PipeName": r"\PSHost.1"}),
+    "registry value set": (13, {"registry.path": r"HKLM\Run\x"}, {}, {"TargetObject": r"HKLM\Run\x"}),
     # Sysmon's DNSEvent has no port names: the pipeline sets network.protocol to "dns" for every one
     "dns query": (
         22,
         {"dns.question.name": "example.org", "network.protocol": "dns"},
-        None,
-        None,
+        {},
         {"QueryName": "example.org"},
     ),
     # a WMI consumer's Destination (a command line or script) is renamed to process.executable: not an Image
-    "wmi consumer": (
-        20,
-        {"process.executable": "powershell -enc AAAA"},
-        None,
-        None,
-        {"Destination": "powershell -enc AAAA"},
+    "wmi consumer": (20, {"process.executable": "powershell -enc AAAA"}, {}, {"Destination": "powershell -enc AAAA"}),
+    "network connection": (3, {"network.protocol": "https"}, {"DestinationPortName": "https"}, {}),
+    # the source process of a CreateRemoteThread or a ProcessAccess: Sysmon names it Source*, not the event's process
+    "create remote thread": (
+        8,
+        {"process.entity_id": "{5A-0008}", "process.pid": 812, "process.executable": r"C:\x\inject.exe"},
+        {},
+        {"SourceProcessGuid": "{5A-0008}", "SourceProcessId": "812", "SourceImage": r"C:\x\inject.exe"},
     ),
-    "network connection": (3, {"network.protocol": "https"}, None, "https", {}),
+    "process access": (
+        10,
+        {"process.entity_id": "{5A-0010}", "process.pid": 910, "process.executable": r"C:\x\dump.exe"},
+        {},
+        {"SourceProcessGUID": "{5A-0010}", "SourceProcessId": "910", "SourceImage": r"C:\x\dump.exe"},
+    ),
 }
+STRUCT_FIELDS = ("ProcessGuid", "ProcessId", "Image", "DestinationPortName")
+
+
+def module_fields(lake: Lake) -> list[tuple]:
+    """Each stream row's event id, STRUCT_FIELDS and _extra_fields, in arrival order."""
+    fields = ", ".join(f"event_data.{name}" for name in STRUCT_FIELDS)
+    return lake.rows(f"SELECT event_id, {fields}, _extra_fields FROM winlogbeat_stream ORDER BY _seq")
 
 
 @pytest.mark.parametrize("case", sorted(MODULE_MOVES))
 def test_fields_the_sysmon_module_moves_come_back_under_their_sysmon_names(case: str, tmp_path: Path) -> None:
-    event_id, moved, image, port_name, extras = MODULE_MOVES[case]
+    event_id, moved, struct, extras = MODULE_MOVES[case]
     lake = Lake(tmp_path)
     lake.land([module_document(event_id, moved, {"Left": "as is"})])
     lake.batch()
-    assert lake.rows(
-        "SELECT event_id, event_data.Image, event_data.DestinationPortName, _extra_fields FROM winlogbeat_stream"
-    ) == [(event_id, image, port_name, {"Left": "as is", **extras})]
+    assert module_fields(lake) == [
+        (event_id, *(struct.get(name) for name in STRUCT_FIELDS), {"Left": "as is", **extras})
+    ]
+
+
+@pytest.mark.parametrize("case", ["wmi consumer", "network connection", "process access"])
+def test_the_module_s_moves_are_read_by_the_event_id_the_stream_reads(case: str, tmp_path: Path) -> None:
+    """winlog.event_id before event.code, as the stream's event_id: a document without event.code, or with one that
+    differs, is read by its winlog.event_id."""
+    event_id, moved, struct, extras = MODULE_MOVES[case]
+    without_code, other_code = module_document(event_id, moved), module_document(event_id, moved)
+    del without_code["event"]["code"]
+    other_code["event"]["code"] = "1"
+    lake = Lake(tmp_path)
+    lake.land([without_code, other_code])
+    lake.batch()
+    expected = (event_id, *(struct.get(name) for name in STRUCT_FIELDS), extras)
+    assert module_fields(lake) == [expected, expected]
