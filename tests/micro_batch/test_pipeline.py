@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -207,3 +208,21 @@ class StatisticsReads:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._con, name)
+
+
+def test_an_idle_batch_in_a_new_process_imports_no_pandas(tmp_path: Path) -> None:
+    """Values go into SQL as literals (docs/architecture.md): DuckDB 1.4 imports pandas, 0.3-0.5 s, on a process's
+    first bound parameter. A batch that reads landed lines imports it anyway: DuckDB scans their Arrow chunk through
+    pyarrow.dataset, which imports pandas."""
+    landing, data = tmp_path / "landing", tmp_path / "data"
+    write_sample(landing, 200)
+    script = (
+        "import sys; from pathlib import Path; from sysmon_assets.settings import Settings; "
+        "from sysmon_assets.micro_batch.steps import SysmonPipeline; "
+        f"SysmonPipeline(Settings(landing_dir=Path({str(landing)!r}), data_dir=Path({str(data)!r}))).run_batch(); "
+        "print('pandas' in sys.modules)"
+    )
+    # the first batch reads the sample, the second finds nothing new
+    command = [sys.executable, "-c", script]
+    batches = [subprocess.run(command, capture_output=True, text=True, check=True) for _ in range(2)]
+    assert [batch.stdout.split() for batch in batches] == [["True"], ["False"]]
