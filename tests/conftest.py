@@ -115,6 +115,11 @@ def network_connect(guid: str | None, dst_ip: str = "10.0.0.1", **kwargs: Any) -
     return sysmon_event(3, guid, **kwargs, **fields)
 
 
+def python_prints(script: str) -> list[str]:
+    """The words ``script`` prints, run by this Python in a new process (whose imports start from none)."""
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+
+
 def land(path: Path, events: Iterable[dict[str, Any] | str], mode: str = "a") -> None:
     """Append events (dicts as JSON, strings as raw lines) to a landing file, one per line."""
     path.parent.mkdir(parents=True, exist_ok=True)

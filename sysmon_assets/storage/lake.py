@@ -25,7 +25,7 @@ import duckdb
 
 from dbt_like.compiler import STATE_SCHEMA
 from dbt_like.concurrency import lost_race, pause_before_retry
-from dbt_like.sql import literal, literals
+from dbt_like.sql import literal, literals, scalar
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.spill import spill_directory
 
@@ -407,8 +407,7 @@ def _unreadable_batch(con: duckdb.DuckDBPyConnection, settings: Settings, batch_
     """Why batch ``batch_id`` has no snapshot to read. A batch that started may have completed and had its
     snapshot expired by maintenance, or not completed: the lake keeps no record that tells them apart once the
     snapshot is gone, so the message names both, and the oldest batch still readable."""
-    query = f"SELECT count(*) FROM {STATE_SCHEMA}.batches WHERE batch_id = {literal(batch_id)}"
-    started = con.execute(query).fetchone()[0]
+    started = scalar(con, f"SELECT count(*) FROM {STATE_SCHEMA}.batches WHERE batch_id = {literal(batch_id)}")
     oldest = _batch_completed(con, "true", oldest=True)
     if not started or oldest is None:
         return LakeError(f"batch {batch_id} is not a complete batch of the lake {settings.catalog}")

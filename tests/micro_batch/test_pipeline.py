@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +25,7 @@ from sysmon_assets.sample.generator import write_sample
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.lake import LAKE, open_lake
 from sysmon_assets.storage.lake_connections import LakeConnections
-from tests.conftest import CLI_BATCH, snapshot
+from tests.conftest import CLI_BATCH, python_prints, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -223,6 +222,4 @@ def test_an_idle_batch_in_a_new_process_imports_no_pandas(tmp_path: Path) -> Non
         "print('pandas' in sys.modules)"
     )
     # the first batch reads the sample, the second finds nothing new
-    command = [sys.executable, "-c", script]
-    batches = [subprocess.run(command, capture_output=True, text=True, check=True) for _ in range(2)]
-    assert [batch.stdout.split() for batch in batches] == [["True"], ["False"]]
+    assert [python_prints(script), python_prints(script)] == [["True"], ["False"]]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import duckdb
 import numpy as np
 import pyarrow as pa
@@ -16,6 +13,7 @@ from sysmon_assets.sources.arrow_columns import (
     repeated_string,
     strings_array,
 )
+from tests.conftest import python_prints
 
 
 def test_columns_hold_their_values_and_nulls() -> None:
@@ -52,5 +50,4 @@ def test_building_a_chunk_of_landed_lines_does_not_import_pandas() -> None:
         "frame = _text_frame(block, newlines, FileProgress('k', Path('w.ndjson'), 0, 0, len(block)), 1); "
         "print(frame.num_rows, 'pandas' in sys.modules)"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["2", "False"]
+    assert python_prints(script) == ["2", "False"]

@@ -33,7 +33,15 @@ from sysmon_assets.sources.gzip_stream import inflate
 from sysmon_assets.sources.landed_files import list_landed_files
 from sysmon_assets.sources.landed_lines import LandingError
 from sysmon_assets.storage.lake import LakeError
-from tests.conftest import T0, Lake, lake_rows_in_another_process, land, network_connect, process_create
+from tests.conftest import (
+    T0,
+    Lake,
+    lake_rows_in_another_process,
+    land,
+    network_connect,
+    process_create,
+    python_prints,
+)
 from tests.recipe import shared_path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -762,8 +770,7 @@ def test_a_last_line_is_tested_as_json_with_no_bound_parameter() -> None:
         'print(is_json(b\'{"a": "it\\\'s \\\\u0000\\xe9"}\'), is_json(b\'{"a"\'), is_json(b"\'\\x00"), '
         "'pandas' in sys.modules)"
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["True", "False", "False", "False"]
+    assert python_prints(script) == ["True", "False", "False", "False"]
 
 
 def test_a_last_line_of_nul_padding_waits_for_its_writer_and_fails_no_batch(lake: Lake) -> None:

@@ -85,6 +85,13 @@ SOURCE_PROCESS = {
 INTEGER_FIELDS = {"ProcessId", "ParentProcessId", "SourcePort", "DestinationPort", "TerminalSessionId"}
 
 
+def put(document: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    """Set ``document``'s field at ``path``, making the objects above it."""
+    for part in path[:-1]:
+        document = document.setdefault(part, {})
+    document[path[-1]] = value
+
+
 def to_ecs(event: dict[str, Any]) -> dict[str, Any]:
     """Winlogbeat 7.x/8.x with the Sysmon module: fields moved to Elastic Common Schema as its pipeline does."""
     base = to_winlogbeat8(event)
@@ -104,10 +111,7 @@ def to_ecs(event: dict[str, Any]) -> dict[str, Any]:
     for name, path in ECS_PROCESS.items():
         if name in data:
             value = data.pop(name)
-            target = base
-            for part in path[:-1]:
-                target = target.setdefault(part, {})
-            target[path[-1]] = int(value) if name in INTEGER_FIELDS else value
+            put(base, path, int(value) if name in INTEGER_FIELDS else value)
     if "Hashes" in data:
         base.setdefault("process", {})["hash"] = {
             kind.lower(): digest.lower() for kind, digest in (h.split("=") for h in data.pop("Hashes").split(","))
@@ -608,11 +612,7 @@ def module_document(event_id: int, moved: dict[str, Any], left: dict[str, str] |
     document["event"]["module"] = "sysmon"
     document["winlog"]["event_data"] = dict(left or {})
     for dotted, value in moved.items():
-        *parents, last = dotted.split(".")
-        holder = document
-        for part in parents:
-            holder = holder.setdefault(part, {})
-        holder[last] = value
+        put(document, tuple(dotted.split(".")), value)
     return document
 
 

@@ -633,7 +633,7 @@ def test_opening_the_lake_waits_out_a_locked_catalog_in_bounded_pauses(monkeypat
 def test_a_catalog_file_removed_since_it_was_listed_is_left_alone(tmp_path: Path) -> None:
     """Another process's last connection removes the SQLite WAL file between the listing and the chmod of the
     lake's files: opening the lake goes on (it failed with FileNotFoundError when two shards opened it at once)."""
-    from sysmon_assets.storage.lake import _set_access
+    from sysmon_assets.storage import lake as lake_module
 
-    _set_access(tmp_path / "lake.sqlite-wal", 0o600, os.getgid())
+    lake_module._set_access(tmp_path / "lake.sqlite-wal", 0o600, os.getgid())
     assert not (tmp_path / "lake.sqlite-wal").exists()
