@@ -14,6 +14,7 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
+    Failure,
     MaterializeResult,
     MetadataValue,
     StaticPartitionsDefinition,
@@ -113,6 +114,15 @@ def check_results(name: str, results: list[StepResult]) -> list[AssetCheckResult
     ]
 
 
+def unsharded_run_message(shards: int) -> str:
+    # Without this, the first step (which has no partitioned input) would run as shard 0 outside the run queue's
+    # one-run-per-shard limit, and the next step would fail inside Dagster with no word of the partition.
+    return (
+        f"with SYSMON_SHARDS={shards} a batch is one shard's: name it with --partition shard-i "
+        "(dagster asset materialize) or the tag dagster/partition=shard-i (dagster job execute); this run names none"
+    )
+
+
 def model_asset(project: Project, name: str, partitions: StaticPartitionsDefinition | None = None) -> AssetsDefinition:
     """The asset that runs ``name``'s step (and its side models') for the current run's batch (of the shard
     the run's partition names, with ``partitions``; else in the writer's pool)."""
@@ -136,6 +146,8 @@ def model_asset(project: Project, name: str, partitions: StaticPartitionsDefinit
         },
     )
     def run_model_step(context: AssetExecutionContext, sysmon: SysmonPipelineResource) -> MaterializeResult:
+        if partitions and not context.has_partition_key:
+            raise Failure(unsharded_run_message(len(partitions.get_partition_keys())))
         pipeline = sysmon.pipeline(shard_index(context.partition_key if context.has_partition_key else None))
         started = time.perf_counter()
         results = pipeline.run_model(name, run_key=context.run.run_id, batch_time=sysmon.clock())

@@ -378,6 +378,12 @@ def test_with_shards_each_dagster_partition_runs_its_shards_batch(tmp_path: Path
     owned = {file_key(path) for path in landed if file_shard(file_key(path), SHARDS) == 1}
     assert {key for (key,) in lake.rows("SELECT file_key FROM ingest.files")} == owned
     assert lake.rows("SELECT batch_id FROM dbt_like.batches") == [(2,)]
+    unsharded = job.execute_in_process(raise_on_error=False)
+    assert not unsharded.success
+    (failure,) = [event for event in unsharded.all_events if event.is_step_failure]
+    assert failure.step_key == "winlogbeat_stream"
+    assert "with SYSMON_SHARDS=3 a batch is one shard's: name it" in str(failure.step_failure_data.error)
+    assert lake.rows("SELECT batch_id FROM dbt_like.batches") == [(2,)]
     schedule = definitions.resolve_schedule_def("sysmon_every_minute")
     tick = build_schedule_context(
         scheduled_execution_time=datetime(2026, 12, 1, 0, 1, tzinfo=UTC),
