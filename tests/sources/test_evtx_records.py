@@ -117,3 +117,45 @@ def test_unreadable_records_that_end_a_settled_evtx_file_are_rejects(
     assert [
         (offset, error[:40]) for offset, error in lake.rows("SELECT source_offset, error FROM winlogbeat_rejects")
     ] == [(39, "EVTX record unreadable: Failed to parse ")]
+
+
+def _record_frames(data: bytes, chunk: int) -> list[int]:
+    """The byte offsets of chunk ``chunk``'s record frames, walked by their sizes."""
+    at, frames = 4096 + chunk * 65536 + 512, []
+    while data[at : at + 4] == b"**\x00\x00":
+        frames.append(at)
+        at += int.from_bytes(data[at + 4 : at + 8], "little")
+    return frames
+
+
+def test_a_record_whose_size_is_damaged_is_a_reject_and_the_rest_of_its_chunk_is_read(lake: Lake) -> None:
+    data = bytearray(shared_path(*PREALLOCATED).read_bytes())
+    third = _record_frames(bytes(data), 0)[2]  # chunk 0 holds records 1 to 38
+    data[third + 4 : third + 8] = bytes(4)  # the parser can no longer find where record 3 ends
+    (lake.landing / "sized.evtx").write_bytes(bytes(data))
+    lake.batch()
+    lake.batch()
+    assert lake.rows("SELECT list(_source_offset ORDER BY _seq) FROM winlogbeat_stream") == [
+        ([offset for offset in range(1, 123) if offset != 3],)
+    ]
+    ((offset, error),) = lake.rows("SELECT source_offset, error FROM winlogbeat_rejects")
+    assert (offset, error) == (
+        3,
+        "EVTX record unreadable: Invalid EVTX record data size, should be equals or greater than 28, found `0`",
+    )
+
+
+def test_records_the_parser_skipped_and_cannot_be_found_again_are_named_in_the_reject(lake: Lake) -> None:
+    data = bytearray(shared_path(*PREALLOCATED).read_bytes())
+    third, fourth = _record_frames(bytes(data), 0)[2:4]
+    data[third + 4 : third + 8] = bytes(4)
+    data[fourth : fourth + 4] = b"XXXX"  # nor where record 4 starts
+    (lake.landing / "lost.evtx").write_bytes(bytes(data))
+    lake.batch()
+    assert lake.count("winlogbeat_stream") == 122 - 36
+    ((offset, error),) = lake.rows("SELECT source_offset, error FROM winlogbeat_rejects")
+    assert offset == 3
+    assert error.endswith(
+        "found `0`; the parser lost its place in the chunk at byte 4096: 35 of its records, numbered 4 to 38 in "
+        "their record headers, are not read"
+    )
