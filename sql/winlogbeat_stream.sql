@@ -69,13 +69,18 @@ SELECT
         {{ ksql_integer_error('record_number', 'record_number_text', 'BIGINT') }},
         -- the stream keeps UtcTime's text; the rekey's event_date_creation is NULL for it
         {{ utc_time_error('"UtcTime"') }}
+        {%- if var('source', 'files') == 'kafka' %},
+        -- a producer's CreateTime past what a TIMESTAMP holds (nanoseconds, say)
+        CASE WHEN try(epoch_ms(kafka_timestamp_ms)) IS NULL AND kafka_timestamp_ms IS NOT NULL
+             THEN {'field': 'kafka.timestamp', 'value': CAST(kafka_timestamp_ms AS VARCHAR)} END
+        {%- endif %}
     ], lambda e: e IS NOT NULL) AS _coercion_errors,
     source_file AS _source_file,
     source_line AS _source_line,
     source_offset AS _source_offset,
     {% if var('source', 'files') == 'kafka' -%}
     CAST({'topic': kafka_topic, 'partition': kafka_partition, 'offset': kafka_offset,
-          'timestamp': epoch_ms(kafka_timestamp_ms), 'key': kafka_key, 'headers': kafka_headers} AS {{ kafka_type }})
+          'timestamp': try(epoch_ms(kafka_timestamp_ms)), 'key': kafka_key, 'headers': kafka_headers} AS {{ kafka_type }})
     {%- else -%}
     CAST(NULL AS {{ kafka_type }})
     {%- endif %} AS _kafka,

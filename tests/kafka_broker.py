@@ -67,6 +67,7 @@ class Broker:
         headers: list[tuple[str, bytes]] | None = None,
         one_per_request: bool = False,
         transactional_id: str | None = None,
+        timestamp: int | None = None,
     ) -> int:
         """Produce ``values`` (dicts as JSON) in order; returns how many were acknowledged. With
         ``transactional_id``, in one committed transaction (a commit marker follows the records)."""
@@ -80,6 +81,7 @@ class Broker:
         for value in values:
             payload = json.dumps(value).encode() if isinstance(value, dict) else value
             extra = {} if partition is None else {"partition": partition}
+            extra |= {} if timestamp is None else {"timestamp": timestamp}  # CreateTime, in milliseconds
             producer.produce(
                 topic,
                 value=payload,

@@ -73,6 +73,7 @@ class PartitionProgress:
     partition: int
     position: int | None  # None: not known yet (earliest of a partition never read)
     committed: int | None = None  # the position the lake holds
+    stored_topic_id: str | None = None  # the topic id the lake holds with it
     consumed: int = 0
     consumed_bytes: int = 0
     done: bool = False
@@ -189,7 +190,7 @@ class KafkaReader:
         self.partitions = []
         for partition in partitions:
             committed, stored_id = stored.get(partition, (None, None))
-            progress = PartitionProgress(partition, committed, committed=committed)
+            progress = PartitionProgress(partition, committed, committed=committed, stored_topic_id=stored_id)
             if committed is None and first_batch_ever and self.settings.offset_reset == "latest":
                 progress.position = self._end_offset(partition)
             elif committed is not None and None not in (stored_id, self.topic_id) and stored_id != self.topic_id:
@@ -352,8 +353,10 @@ class KafkaReader:
         # one statement each for all partitions: every lake statement costs a round of catalog work
         partitions = one_of(quote_identifier("partition"), *(progress.partition for progress in read))
         con.execute(f"DELETE FROM {OFFSETS_TABLE} WHERE {one_of('topic', self.topic)} AND {partitions}")
+        # a batch that could not look the topic's id up keeps the stored one, or the next would miss a recreation
         offsets = ", ".join(
-            f"({literals(self.topic, progress.partition, progress.position)}, now(), {literal(self.topic_id)})"
+            f"({literals(self.topic, progress.partition, progress.position)}, now(), "
+            f"{literal(self.topic_id if self.topic_id is not None else progress.stored_topic_id)})"
             for progress in read
         )
         con.execute(

@@ -17,6 +17,7 @@ from sysmon_assets.micro_batch.ingest import chunk_bytes_for
 from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.sample.generator import write_sample
 from sysmon_assets.settings import Settings
+from sysmon_assets.sources import kafka_source
 from sysmon_assets.sources.kafka_source import KafkaReader, PartitionLag, consumer_lag
 from sysmon_assets.storage.lake import open_lake
 from tests.conftest import T0, RecordingConnection, lake_rows, network_connect, process_create, snapshot
@@ -327,6 +328,45 @@ def test_a_topic_recreated_since_the_last_batch_is_recorded_and_read_from_its_st
     assert detail.startswith("the topic was recreated (id ")
     assert detail.endswith("read from its earliest offset 0, not the stored next offset 3")
     assert stored_offsets(settings) == [(0, 5)]
+
+
+def test_a_topic_id_one_batch_could_not_look_up_is_kept_so_a_later_recreation_is_noticed(
+    tmp_path: Path, kafka_broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic = kafka_broker.create_topic(partitions=1)
+    kafka_broker.produce(topic, [process_create(f"{{OLD{i}}}") for i in range(3)], partition=0)
+    settings = kafka_settings(tmp_path, kafka_broker, topic)
+    SysmonPipeline(settings).run_batch(batch_time=T0)
+    kafka_broker.produce(topic, [process_create("{OLD3}")], partition=0)
+    with monkeypatch.context() as lookup:
+        lookup.setattr(kafka_source, "topic_id", lambda settings, topic: None)  # the describe request timed out
+        SysmonPipeline(settings).run_batch(batch_time=T0)
+    kafka_broker.recreate_topic(topic)
+    kafka_broker.produce(topic, [process_create(f"{{NEW{i}}}") for i in range(6)], partition=0)
+    SysmonPipeline(settings).run_batch(batch_time=T0)
+    assert lake_rows(settings, "SELECT _kafka.offset, event_data.ProcessGuid FROM winlogbeat_stream ORDER BY _seq") == [
+        (i, f"{{OLD{i}}}") for i in range(4)
+    ] + [(i, f"{{NEW{i}}}") for i in range(6)]
+    ((event, _),) = lake_rows(settings, "SELECT event, detail FROM ingest.file_events")
+    assert event == "offsets_reset"
+
+
+def test_a_message_timestamp_no_timestamp_can_hold_is_null_with_its_reason(
+    tmp_path: Path, kafka_broker: Broker
+) -> None:
+    """A producer that sets CreateTime in nanoseconds: past what a TIMESTAMP holds (about 9.2e15 ms)."""
+    topic = kafka_broker.create_topic(partitions=1)
+    kafka_broker.produce(topic, [process_create("{A}")], partition=0)
+    kafka_broker.produce(topic, [network_connect("{A}")], partition=0, timestamp=1_700_000_000_000_000_000)
+    settings = kafka_settings(tmp_path, kafka_broker, topic)
+    SysmonPipeline(settings).run_batch(batch_time=T0)
+    assert lake_rows(
+        settings, "SELECT _kafka.offset, _kafka.timestamp IS NULL, _coercion_errors FROM winlogbeat_stream ORDER BY 1"
+    ) == [
+        (0, False, []),
+        (1, True, [{"field": "kafka.timestamp", "value": "1700000000000000000"}]),
+    ]
+    assert lake_rows(settings, "SELECT count(*) FROM sysmon_join") == [(1,)]
 
 
 def test_a_stored_offset_past_the_partitions_end_is_recorded_and_the_partition_read_again(
