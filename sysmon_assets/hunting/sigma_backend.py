@@ -337,10 +337,12 @@ class SysmonDuckDBBackend(DuckDBBackend):
         self, cond: ConditionFieldEqualsValueExpression, state: ConversionState
     ) -> str:
         """An IPv6 network compares the address's 128 bits: pySigma's text prefixes (``2001:db8:`` for
-        ``2001:db8::/48``) matched ``2001:db8:1::1``, outside it. An IPv4 network's prefixes are exact."""
+        ``2001:db8::/48``) matched ``2001:db8:1::1``, outside it. An IPv4 network's prefixes are exact but for
+        ``0.0.0.0/0``, which pySigma expands to a wildcard."""
         if _ipv6_network(cond.value):
             return _ipv6_within(self.lowered(cond.field), [cond.value.network])
-        return super().convert_condition_field_eq_val_cidr(cond, state)
+        # pySigma's expansion of a network is an OR of prefixes: grouped, so that it stays one term of an AND
+        return self.group_expression.format(expr=super().convert_condition_field_eq_val_cidr(cond, state))
 
     def escape_and_quote_field(self, field_name: str) -> str:
         """A field the event does not carry (:data:`ABSENT_PREFIX`) is NULL."""

@@ -308,6 +308,16 @@ NETWORK_CASES = [
     Case("cidr_ipv6_40", 3, {"sel": {"DestinationIp|cidr": "2603:1006:1400::/40"}}, "sel",
          [{"DestinationIp": "2603:1006:1400::1"}, {"DestinationIp": "2603:1006:14ff:ffff:ffff:ffff:ffff:ffff"}],
          [{"DestinationIp": "2603:1006:14::1"}, {"DestinationIp": "2603:1006:1500::"}]),
+    # an IPv4 network that expands to two to seven prefixes (an OR) stays one term of the AND around it
+    Case("cidr_prefixes_in_an_and", 3, {"sel": {"DestinationPort": 4444, "DestinationIp|cidr": "10.0.0.0/15"}}, "sel",
+         [{"DestinationPort": "4444", "DestinationIp": "10.1.2.3"}],
+         [{"DestinationPort": "80", "DestinationIp": "10.1.2.3"}]),
+    Case("cidr_prefixes_in_a_filter", 3,
+         {"sel": {"DestinationPort": 4444},
+          "filter": {"Image|endswith": "\\ok.exe", "DestinationIp|cidr": "10.0.0.0/23"}},
+         "sel and not filter",
+         [{"DestinationPort": "4444", "Image": "C:\\bad.exe", "DestinationIp": "10.0.1.1"}],
+         [{"DestinationPort": "4444", "Image": "C:\\ok.exe", "DestinationIp": "10.0.1.1"}]),
     Case("boolean", 3, {"sel": {"Initiated": True}}, "sel",
          [{"Initiated": "true"}], [{"Initiated": "false"}]),
 ]  # fmt: skip
