@@ -202,6 +202,16 @@ regexp_replace({{ text }}, {{ mark_pattern }}, '\1', 'g')
 {{ unmarked("replace(" ~ value ~ ", chr(0), '\\u0000')") }}
 {%- endmacro %}
 
+{#- SQL: the fields of a UserData object (Winlogbeat's user_data or winlog.user_data, an EVTX record's UserData), which
+    some providers write instead of EventData, as (name, text) entries; NULL if it is no object. An EVTX record's one
+    wrapper element is left out, its name given as xml_name, as Winlogbeat gives it. -#}
+{% macro user_data_entries(ud) -%}
+CASE WHEN json_type({{ ud }}) = 'OBJECT' THEN
+    CASE WHEN json_array_length(json_keys({{ ud }})) = 1 AND json_type({{ ud }}, '$.*') = ['OBJECT']
+         THEN [('xml_name', json_keys({{ ud }})[1])] || list_zip(json_keys(json_extract({{ ud }}, '$.*')[1]), json_extract_string(json_extract({{ ud }}, '$.*')[1], '$.*'))
+         ELSE list_zip(json_keys({{ ud }}), json_extract_string({{ ud }}, '$.*')) END END
+{%- endmacro %}
+
 {#- A recipe field as text, from the first layout that carries it. -#}
 {% macro flat_field(field) -%}
 {%- set values = [] -%}
@@ -385,7 +395,10 @@ WITH landed AS (
         CASE WHEN extra_json IS NULL
              THEN flatten(list_transform(objects, lambda o: CASE WHEN starts_with(o, '{') THEN list_zip(json_keys(o), json_extract_string(o, '$.*')) ELSE [] END))
              WHEN list_unique(extra_keys) < len(extra_keys)
-             THEN list_zip(extra_keys, json_extract_string(extra_json, '$.*')) END AS extra_entries
+             THEN list_zip(extra_keys, json_extract_string(extra_json, '$.*')) END AS extra_entries,
+        CASE WHEN list_count(objects) = 0 THEN coalesce(json_extract(text, '$.user_data'),
+            json_extract(text, '$.winlog.user_data'), json_extract(text, '$.evtx.UserData')) END AS user_data,
+        {{ user_data_entries('user_data') }} AS user_data_entries
     FROM (
         SELECT undamaged.*,
             CASE {% for layout in top_level %}WHEN layout = '{{ layout.name }}' THEN [json_extract(text, '$')] {% endfor %}WHEN other_case
@@ -396,7 +409,11 @@ WITH landed AS (
 ), extra AS (
     SELECT
         extra_parts.*,
-        CASE WHEN extra_entries IS NULL THEN from_json(extra_json, '"MAP(VARCHAR, VARCHAR)"')
+        -- an event without EventData that holds UserData (providers other than Sysmon write it): all its fields,
+        -- the first of a name winning (the STRUCT read none of them)
+        CASE WHEN user_data_entries IS NOT NULL THEN map_from_entries(list_filter(user_data_entries, lambda e, i:
+                 list_position(list_transform(user_data_entries, lambda f: f[1]), e[1]) = i))
+             WHEN extra_entries IS NULL THEN from_json(extra_json, '"MAP(VARCHAR, VARCHAR)"')
              -- the first entry of a name wins (as from_json and the STRUCT take the first); the names the STRUCT
              -- read are left out, ignoring case if it did
              ELSE map_from_entries(list_filter(extra_entries, lambda e, i:

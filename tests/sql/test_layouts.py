@@ -574,6 +574,38 @@ def test_extra_fields_of_odd_event_data(tmp_path: Path) -> None:
     ]
 
 
+def test_the_fields_of_user_data_are_kept_as_those_of_event_data(tmp_path: Path) -> None:
+    """Providers other than Sysmon may write UserData instead of EventData (WMI-Activity's 5857): Winlogbeat gives it
+    as user_data (6.x) or winlog.user_data (7.x/8.x) with its wrapper element's name as xml_name; an EVTX record
+    keeps the wrapper, which is left out the same way."""
+    wrapper = "Operation_StartedOperational"
+    wmi = {"ProviderName": "WmiPerfClass", "Code": "0x0", "ProcessID": 1064}
+    lake = Lake(tmp_path)
+    lake.land(
+        [
+            {"source_name": "Microsoft-Windows-WMI-Activity", "user_data": {"xml_name": wrapper, **wmi}},
+            {"winlog": {"channel": "Microsoft-Windows-WMI-Activity/Operational",
+                        "user_data": {"xml_name": wrapper, **wmi}}},
+            {"evtx": {"System": {"EventID": "5857", "Channel": "Microsoft-Windows-WMI-Activity/Operational"},
+                      "UserData": {wrapper: {"#attributes": {"xmlns": "http://manifests"}, **wmi}}}},
+            {"source_name": "S", "event_data": {"RuleName": "r"}, "user_data": {"Other": "not read"}},
+        ]
+    )  # fmt: skip
+    lake.batch()
+    kept = {
+        "xml_name": "Operation_StartedOperational",
+        "ProviderName": "WmiPerfClass",
+        "Code": "0x0",
+        "ProcessID": "1064",
+    }
+    assert lake.rows("SELECT _layout, _extra_fields FROM winlogbeat_stream ORDER BY _seq") == [
+        ("winlogbeat6", kept),
+        ("winlogbeat7+", kept),
+        ("evtx", {"#attributes": '{"xmlns":"http://manifests"}'} | kept),
+        ("winlogbeat6", {"RuleName": "r"}),  # Windows writes one or the other
+    ]
+
+
 # A damaged command line as its JSON text (bytes) and as `_coercion_errors` shows it.
 DAMAGE = {
     "nul": (b'"cmd /c\\u0000x"', "cmd /c\\u0000x"),
