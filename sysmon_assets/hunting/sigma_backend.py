@@ -263,8 +263,10 @@ class SysmonDuckDBBackend(DuckDBBackend):
         elif not value.contains_special():
             function, literal = "=", value
         else:
-            regex = ("(?s)" if cased else "(?is)") + self.value_regex(value)
-            return f"regexp_matches({self.escape_and_quote_field(field_name)}, {quote_string(regex)})"
+            # not RE2's (?i): its case folding is not DuckDB's lower(), which the other forms compare by
+            column = self.escape_and_quote_field(field_name) if cased else self.lowered(field_name)
+            regex = "(?s)" + self.value_regex(value if cased else value.map_str_parts(self.lowercase))
+            return f"regexp_matches({column}, {quote_string(regex)})"
         text = literal.convert(escape_char=None, wildcard_multi=None, wildcard_single=None)
         column = self.escape_and_quote_field(field_name) if cased else self.lowered(field_name)
         text = quote_string(text if cased else self.lowercase(text))
@@ -299,8 +301,8 @@ class SysmonDuckDBBackend(DuckDBBackend):
         return " OR ".join(converted)
 
     def _alternation(self, field_name: str, values: list[SigmaString]) -> str:
-        alternatives = "|".join(self.value_regex(value) for value in values)
-        return f"regexp_matches({self.lowered(field_name)}, {quote_string('(?is)(?:' + alternatives + ')')})"
+        alternatives = "|".join(self.value_regex(value.map_str_parts(self.lowercase)) for value in values)
+        return f"regexp_matches({self.lowered(field_name)}, {quote_string('(?s)(?:' + alternatives + ')')})"
 
     def convert_condition_and(self, cond: ConditionAND, state: ConversionState) -> str:
         """An AND with its terms cheapest first: DuckDB evaluates a term only on the events the terms before it

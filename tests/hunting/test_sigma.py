@@ -261,6 +261,14 @@ PROCESS_CASES = [
     ),
 ]
 # Provider_Name and OriginalFileName are fields the events do not carry: absent, as Sigma reads a missing field
+# Every form of a value ignores case as DuckDB's lower() does, which lowers the dotted capital I to i (RE2's (?i)
+# does not, and folds the long s as s, which lower() leaves as it is)
+FOLDING_CASES = [
+    Case("list_folds_as_one_value", 1, {"sel": {"User|endswith": [f"\\user{i}" for i in range(7)] + ["\\İsmail"]}},
+         "sel", [{"User": "CORP\\İsmail"}, {"User": "CORP\\ISMAIL"}], [{"User": "CORP\\Esmail"}]),
+    Case("wildcard_folds_as_one_value", 1, {"sel": {"CommandLine|contains": "ſ*x"}}, "sel",
+         [{"CommandLine": "ſ and x"}], [{"CommandLine": "s and x"}]),
+]  # fmt: skip
 ABSENT_FIELD_CASES = [
     Case("absent_field_filtered_out", 1,
          {"sel": {"Image|endswith": "\\evil.exe"}, "filter": {"Provider_Name": "SystemTraceProvider-Process"}},
@@ -321,7 +329,7 @@ NETWORK_CASES = [
     Case("boolean", 3, {"sel": {"Initiated": True}}, "sel",
          [{"Initiated": "true"}], [{"Initiated": "false"}]),
 ]  # fmt: skip
-CASES = PROCESS_CASES + NETWORK_CASES + ABSENT_FIELD_CASES
+CASES = PROCESS_CASES + NETWORK_CASES + ABSENT_FIELD_CASES + FOLDING_CASES
 
 
 def case_events(cases: list[Case]) -> Iterator[dict[str, Any]]:
