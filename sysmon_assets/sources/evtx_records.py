@@ -11,7 +11,7 @@ import os
 import struct
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO
 
 import evtx
 
@@ -21,13 +21,13 @@ RECORDS_PER_CHUNK = 20_000
 # The layout every EVTX file has: a 4 KiB file header, then chunks of 64 KiB.
 HEADER_BYTES = 4096
 CHUNK_BYTES = 64 * 1024
-# A chunk: its magic, the first and last record numbers, then the first and last record ids (the records' own
-# headers number them so, which need not be their EventRecordID); its records from byte 512, each framed by a
-# magic, its size and its id.
+# A chunk: its magic, then the numbers of its first and last records (twice: at bytes 8 and 24); its records from
+# byte 512, each framed by a magic, its size, its number and at its end its size again.
 CHUNK_MAGIC = b"ElfChnk\x00"
-CHUNK_IDS_AT, CHUNK_IDS_END = 24, 40
+CHUNK_IDS_AT = 24
 CHUNK_HEADER_BYTES = 512
 RECORD_MAGIC = b"**\x00\x00"
+RECORD_MIN_BYTES = 28
 
 
 class EvtxDamage(LandingError):
@@ -69,11 +69,19 @@ def open_record_lines(
 
 def _records(handle: BinaryIO, path: Path, skip: int, chunk_records: int) -> Iterator[list[bytes | str]]:
     try:
-        records = evtx.PyEvtxParser(handle).records_json()
+        records = evtx.PyEvtxParser(_with_record_frames_repaired(handle)).records_json()
     except (OSError, RuntimeError) as error:
         raise EvtxDamage(path, f"EVTX file header unreadable: {error}") from error
     lines: list[bytes | str] = []
-    for index, record in enumerate(_items(records, handle), start=1):
+    index = 0
+    while True:
+        try:
+            record: dict | str = next(records)
+        except StopIteration:
+            break
+        except RuntimeError as error:
+            record = f"EVTX record unreadable: {error}"
+        index += 1
         if index <= skip:
             continue
         lines.append(record if isinstance(record, str) else _json_line(record["data"]))
@@ -84,112 +92,65 @@ def _records(handle: BinaryIO, path: Path, skip: int, chunk_records: int) -> Ite
         yield lines
 
 
-def _items(records: Iterator[dict], handle: BinaryIO) -> Iterator[dict | str]:
-    """The parser's records, and for each record it cannot read, why (a ``str``). The parser gives up on the
-    rest of a chunk whose record it cannot frame (a damaged size): those records are read again from a copy of
-    the chunk in which the damaged record's size reaches the next record; any still unread are named in the
-    damaged record's reason."""
-    last_id: int | None = None
-    unreadable: str | None = None  # held until the next record shows whether the parser skipped the chunk's rest
-    while True:
-        try:
-            record: dict | None = next(records)
-        except StopIteration:
-            record = None
-        except RuntimeError as error:
-            if unreadable is not None:
-                yield unreadable
-            unreadable = f"EVTX record unreadable: {error}"
-            continue
-        if unreadable is not None:
-            skipped = _skipped_rest(handle, last_id, None if record is None else record["event_record_id"])
-            yield from _read_again(handle, unreadable, skipped) if skipped else [unreadable]
-            unreadable = None
-        if record is None:
-            return
-        last_id = record["event_record_id"]
-        yield record
+def _with_record_frames_repaired(handle: BinaryIO) -> BinaryIO:
+    """``handle``, or a copy of its file whose damaged record frames are repaired. The parser finds each record by
+    the size of the one before and, where that leads to no record (a size or a magic damaged), skips the rest of
+    the chunk without a word. A record is framed by a magic, its size and its number, so the next one can be
+    found; only framing bytes change, so how many records the parser gives for the bytes read follows from those
+    bytes alone (a file being copied gives the same records in every batch)."""
+    size = os.fstat(handle.fileno()).st_size
+    repairs = [
+        repair
+        for offset in range(HEADER_BYTES, size - CHUNK_BYTES + 1, CHUNK_BYTES)
+        for repair in _frame_repairs(os.pread(handle.fileno(), CHUNK_BYTES, offset), offset)
+    ]
+    if not repairs:
+        return handle
+    repaired = bytearray(os.pread(handle.fileno(), size, 0))
+    for at, value in repairs:
+        repaired[at : at + len(value)] = value
+    return io.BytesIO(bytes(repaired))
 
 
-class _Skipped(NamedTuple):
-    """Records ``first``..``last`` of the chunk at byte ``chunk_offset``, after the unreadable ``first - 1``."""
-
-    chunk_offset: int
-    first: int
-    last: int
-
-
-def _skipped_rest(handle: BinaryIO, last_id: int | None, next_id: int | None) -> _Skipped | None:
-    """The rest of the chunk the parser left after an unreadable record that followed ``last_id`` (None: the
-    file's first), if the next record it gave (``next_id``; None: none) is not in that chunk."""
-    chunks = _chunk_ids(handle)
-    bad_chunk = 0
-    if last_id is not None:
-        holding = [i for i, (_, first, last) in enumerate(chunks) if first <= last_id <= last]
-        if not holding:
-            return None
-        bad_chunk = holding[0] + (last_id == chunks[holding[0]][2])
-    if bad_chunk >= len(chunks):
-        return None
-    offset, first, last = chunks[bad_chunk]
-    if first > last or (next_id is not None and first <= next_id <= last):
-        return None
-    bad_id = last_id + 1 if last_id is not None and first <= last_id else first
-    return _Skipped(offset, bad_id + 1, last) if bad_id < last else None
-
-
-def _chunk_ids(handle: BinaryIO) -> list[tuple[int, int, int]]:
-    """(byte offset, first record id, last record id) of each whole chunk of the file, in file order; a chunk
-    whose header is not one is (offset, 1, 0)."""
-    chunks = []
-    for offset in range(HEADER_BYTES, os.fstat(handle.fileno()).st_size - CHUNK_BYTES + 1, CHUNK_BYTES):
-        header = os.pread(handle.fileno(), CHUNK_IDS_END, offset)
-        first, last = struct.unpack_from("<QQ", header, CHUNK_IDS_AT) if header[:8] == CHUNK_MAGIC else (1, 0)
-        chunks.append((offset, first, last))
-    return chunks
+def _frame_repairs(chunk: bytes, offset: int) -> list[tuple[int, bytes]]:
+    """(file offset, bytes to write there) for each record frame of ``chunk`` that does not lead to the next
+    record: a record's size (and its copy ending the record) set to reach the next record's frame, found by its
+    magic and number; a magic restored where the size leads to the next record's number. None for a chunk whose
+    header names no records."""
+    if chunk[:8] != CHUNK_MAGIC:
+        return []
+    first, last = struct.unpack_from("<QQ", chunk, CHUNK_IDS_AT)
+    repairs: list[tuple[int, bytes]] = []
+    at = CHUNK_HEADER_BYTES if _holds_id(chunk, CHUNK_HEADER_BYTES, first) else _frame(chunk, first, CHUNK_HEADER_BYTES)
+    for record_id in range(first, min(last, first + CHUNK_BYTES // RECORD_MIN_BYTES) + 1):
+        if at is None:
+            break
+        if chunk[at : at + 4] != RECORD_MAGIC:
+            repairs.append((offset + at, RECORD_MAGIC))
+        if record_id == last:
+            break
+        size = struct.unpack_from("<I", chunk, at + 4)[0]
+        following = at + size if _holds_id(chunk, at + size, record_id + 1) else _frame(chunk, record_id + 1, at + 1)
+        if following is not None and following != at + size:
+            if following - at < RECORD_MIN_BYTES:
+                break
+            fixed = struct.pack("<I", following - at)
+            repairs += [(offset + at + 4, fixed), (offset + following - 4, fixed)]
+        at = following
+    return repairs
 
 
-def _read_again(handle: BinaryIO, unreadable: str, skipped: _Skipped) -> Iterator[dict | str]:
-    """The unreadable record's reason, then the ``skipped`` records read from a copy of their chunk whose unreadable
-    record's size is patched to reach the next record's frame; the reason names those still unread."""
-    chunk = bytearray(os.pread(handle.fileno(), CHUNK_BYTES, skipped.chunk_offset))
-    bad, after = _frame(chunk, skipped.first - 1), _frame(chunk, skipped.first)
-    again: list[dict | str] = []
-    if bad is not None and after is not None:
-        struct.pack_into("<I", chunk, bad + 4, after - bad)
-        copy = evtx.PyEvtxParser(io.BytesIO(os.pread(handle.fileno(), HEADER_BYTES, 0) + bytes(chunk)))
-        again = list(_parsed(copy.records_json()))
-        ids = [item["event_record_id"] if isinstance(item, dict) else None for item in again]
-        again = again[ids.index(skipped.first) :] if skipped.first in ids else []
-    read = {item["event_record_id"] for item in again if isinstance(item, dict)}
-    unread = [i for i in range(skipped.first, skipped.last + 1) if i not in read]
-    if unread:
-        unreadable += (
-            f"; the parser lost its place in the chunk at byte {skipped.chunk_offset}: {len(unread)} of its records, "
-            f"numbered {unread[0]} to {unread[-1]} in their record headers, are not read"
-        )
-    yield unreadable
-    yield from again
+def _holds_id(chunk: bytes, at: int, record_id: int) -> bool:
+    """Whether a record frame numbered ``record_id`` starts at ``at``, its magic aside."""
+    return CHUNK_HEADER_BYTES <= at <= len(chunk) - 16 and struct.unpack_from("<Q", chunk, at + 8)[0] == record_id
 
 
-def _parsed(records: Iterator[dict]) -> Iterator[dict | str]:
-    while True:
-        try:
-            yield next(records)
-        except StopIteration:
-            return
-        except RuntimeError as error:
-            yield f"EVTX record unreadable: {error}"
-
-
-def _frame(chunk: bytes, record_id: int) -> int | None:
-    """Where record ``record_id``'s frame (its magic, size and id) starts in ``chunk``."""
-    at = chunk.find(RECORD_MAGIC, CHUNK_HEADER_BYTES)
-    while at != -1:
-        if at + 16 <= len(chunk) and struct.unpack_from("<Q", chunk, at + 8)[0] == record_id:
-            return at
+def _frame(chunk: bytes, record_id: int, start: int) -> int | None:
+    """Where record ``record_id``'s frame (its magic, size and number) starts in ``chunk``, from ``start``."""
+    at = chunk.find(RECORD_MAGIC, start)
+    while at != -1 and not _holds_id(chunk, at, record_id):
         at = chunk.find(RECORD_MAGIC, at + 1)
-    return None
+    return None if at == -1 else at
 
 
 def _json_line(data: str) -> bytes:
