@@ -326,6 +326,7 @@ class KafkaReader:
         where = f"{self.topic}/{progress.partition}"
         if offset < progress.position:
             event = "offsets_reset"
+            progress.stored_topic_id = None  # it named the topic before; the one read now may be another
             detail = (
                 f"the stored next offset {progress.position} is past what the partition holds (truncated or "
                 f"recreated): read again from offset {offset}"

@@ -67,15 +67,30 @@ def source_events(settings: Settings) -> list[tuple]:
     return lake_rows(settings, "SELECT event, detail FROM ingest.file_events ORDER BY detected_at")
 
 
-def read_one_batch(settings: Settings, consumer_factory: type[Consumer]) -> tuple[KafkaReader, list[list[int]]]:
-    """Plan and read one batch through ``consumer_factory`` (nothing written to the tables); the reader
-    and the Kafka offsets of each chunk."""
+def read_one_batch(
+    settings: Settings, consumer_factory: type[Consumer], commit: bool = False
+) -> tuple[KafkaReader, list[list[int]]]:
+    """Plan and read one batch through ``consumer_factory`` (no rows written; with ``commit``, its offsets and
+    notes are); the reader and the Kafka offsets of each chunk."""
     with SysmonPipeline(settings).connect() as con:
         reader = KafkaReader(con, settings, chunk_bytes_for(con), consumer_factory=consumer_factory)
         reader.plan(first_batch_ever=False)
         chunks = [chunk["landed_lines"].column("kafka_offset").to_pylist() for chunk in reader.chunks(first_seq=100)]
+        if commit:
+            reader.commit_offsets(con)
         reader.close()
     return reader, chunks
+
+
+class ResetsOutOfRange(Consumer):
+    """Kafka answers a fetch past the end with OFFSET_OUT_OF_RANGE and librdkafka starts again from the earliest
+    offset (auto.offset.reset); tansu answers with nothing, so this consumer does that reset."""
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            if tp.offset > self.get_watermark_offsets(tp, timeout=15)[1]:
+                tp.offset = -2
+        super().assign(partitions)
 
 
 def test_earliest_reads_what_is_already_there_and_latest_only_what_comes_after(
@@ -351,6 +366,28 @@ def test_a_topic_id_one_batch_could_not_look_up_is_kept_so_a_later_recreation_is
     assert event == "offsets_reset"
 
 
+def test_a_reset_in_a_batch_that_could_not_look_the_topic_id_up_is_not_reset_again_by_the_next(
+    tmp_path: Path, kafka_broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stored id named the topic before the reset: kept, the next batch would take the new topic's id for a
+    recreation since, and read it all again."""
+    topic = kafka_broker.create_topic(partitions=1)
+    kafka_broker.produce(topic, [process_create(f"{{OLD{i}}}") for i in range(3)], partition=0)
+    settings = kafka_settings(tmp_path, kafka_broker, topic)
+    SysmonPipeline(settings).run_batch(batch_time=T0)
+    kafka_broker.recreate_topic(topic)
+    kafka_broker.produce(topic, [process_create(f"{{NEW{i}}}") for i in range(2)], partition=0)
+    with monkeypatch.context() as lookup:
+        lookup.setattr(kafka_source, "topic_id", lambda settings, topic: None)  # the describe request timed out
+        _, chunks = read_one_batch(settings, ResetsOutOfRange, commit=True)  # the stored offset 3: past the end
+    assert chunks == [[0, 1]]
+    assert lake_rows(settings, "SELECT next_offset, topic_id FROM ingest.kafka_offsets") == [(2, None)]
+    kafka_broker.produce(topic, [process_create("{NEW2}")], partition=0)
+    SysmonPipeline(settings).run_batch(batch_time=T0)
+    assert ingested(settings)[3:] == [(0, 2)]
+    assert [event for event, _ in source_events(settings)] == ["offsets_reset"]
+
+
 def test_a_message_timestamp_no_timestamp_can_hold_is_null_with_its_reason(
     tmp_path: Path, kafka_broker: Broker
 ) -> None:
@@ -372,8 +409,6 @@ def test_a_message_timestamp_no_timestamp_can_hold_is_null_with_its_reason(
 def test_a_stored_offset_past_the_partitions_end_is_recorded_and_the_partition_read_again(
     tmp_path: Path, kafka_broker: Broker
 ) -> None:
-    """Kafka answers a fetch past the end with OFFSET_OUT_OF_RANGE and librdkafka starts again from the
-    earliest offset (auto.offset.reset); tansu answers with nothing, so the consumer here does that reset."""
     topic = kafka_broker.create_topic(partitions=1)
     kafka_broker.produce(topic, [process_create(f"{{R{i}}}") for i in range(3)], partition=0, one_per_request=True)
     settings = kafka_settings(tmp_path, kafka_broker, topic)
@@ -381,13 +416,6 @@ def test_a_stored_offset_past_the_partitions_end_is_recorded_and_the_partition_r
     pipeline.run_batch(batch_time=T0)
     with open_lake(settings) as con:  # as if the topic had been truncated or recreated
         con.execute("UPDATE ingest.kafka_offsets SET next_offset = 100")
-
-    class ResetsOutOfRange(Consumer):
-        def assign(self, partitions: list[TopicPartition]) -> None:
-            for tp in partitions:
-                if tp.offset > self.get_watermark_offsets(tp, timeout=15)[1]:
-                    tp.offset = -2
-            super().assign(partitions)
 
     reader, chunks = read_one_batch(settings, ResetsOutOfRange)
     assert chunks == [[0, 1, 2]]
