@@ -339,10 +339,12 @@ class SysmonDuckDBBackend(DuckDBBackend):
         self, cond: ConditionFieldEqualsValueExpression, state: ConversionState
     ) -> str:
         """An IPv6 network compares the address's 128 bits: pySigma's text prefixes (``2001:db8:`` for
-        ``2001:db8::/48``) matched ``2001:db8:1::1``, outside it. An IPv4 network's prefixes are exact but for
-        ``0.0.0.0/0``, which pySigma expands to a wildcard."""
+        ``2001:db8::/48``) matched ``2001:db8:1::1``, outside it. An IPv4 network's prefixes are exact; of
+        ``0.0.0.0/0`` pySigma makes a wildcard, which any value matches: it is any IPv4 address instead."""
         if _ipv6_network(cond.value):
             return _ipv6_within(self.lowered(cond.field), [cond.value.network])
+        if cond.value.network.prefixlen == 0:
+            return f"regexp_matches({self.lowered(cond.field)}, {quote_string(IPV4_ADDRESS)})"
         # pySigma's expansion of a network is an OR of prefixes: grouped, so that it stays one term of an AND
         return self.group_expression.format(expr=super().convert_condition_field_eq_val_cidr(cond, state))
 
@@ -388,6 +390,9 @@ def _number(field_sql: str, operator: str, number: float) -> str:
 # An IPv6 address as text (lower case): eight groups of one to four hexadecimal digits, or fewer around one "::"
 # that stands for the zero groups left out. An address with an IPv4 part (::ffff:192.0.2.1) is not one of these.
 _IPV6_TEXT = "([0-9a-f]{1,4}:){7}[0-9a-f]{1,4}|(([0-9a-f]{1,4}:)*[0-9a-f]{1,4})?::(([0-9a-f]{1,4}:)*[0-9a-f]{1,4})?"
+
+
+IPV4_ADDRESS = r"^[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}$"
 
 
 def _ipv6_network(value: object) -> bool:

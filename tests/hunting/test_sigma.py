@@ -326,6 +326,9 @@ NETWORK_CASES = [
          "sel and not filter",
          [{"DestinationPort": "4444", "Image": "C:\\bad.exe", "DestinationIp": "10.0.1.1"}],
          [{"DestinationPort": "4444", "Image": "C:\\ok.exe", "DestinationIp": "10.0.1.1"}]),
+    # pySigma expands it to a wildcard, which an IPv6 address and an empty value match too
+    Case("cidr_every_ipv4_address", 3, {"sel": {"DestinationIp|cidr": "0.0.0.0/0"}}, "sel",
+         [{"DestinationIp": "8.8.8.8"}], [{"DestinationIp": "2001:db8::1"}, {"DestinationIp": ""}]),
     Case("boolean", 3, {"sel": {"Initiated": True}}, "sel",
          [{"Initiated": "true"}], [{"Initiated": "false"}]),
 ]  # fmt: skip
