@@ -324,16 +324,23 @@ def test_a_failed_batch_commits_to_the_group_only_what_the_lake_holds(
     assert consumer_lag(settings)[0].lag == 0
 
 
+def read_then_recreated(root: Path, broker: Broker, messages: int) -> Settings:
+    """A pipeline's settings after a batch read {OLD0}..{OLD2} from a topic since recreated, holding ``messages``
+    new ones ({NEW0}, ...)."""
+    topic = broker.create_topic(partitions=1)
+    broker.produce(topic, [process_create(f"{{OLD{i}}}") for i in range(3)], partition=0)
+    settings = kafka_settings(root, broker, topic)
+    SysmonPipeline(settings).run_batch(batch_time=T0)
+    broker.recreate_topic(topic)
+    broker.produce(topic, [process_create(f"{{NEW{i}}}") for i in range(messages)], partition=0)
+    return settings
+
+
 def test_a_topic_recreated_since_the_last_batch_is_recorded_and_read_from_its_start(
     tmp_path: Path, kafka_broker: Broker
 ) -> None:
     """The new topic holds more messages than the old one did: by offsets alone, its first ones would be skipped."""
-    topic = kafka_broker.create_topic(partitions=1)
-    kafka_broker.produce(topic, [process_create(f"{{OLD{i}}}") for i in range(3)], partition=0)
-    settings = kafka_settings(tmp_path, kafka_broker, topic)
-    SysmonPipeline(settings).run_batch(batch_time=T0)
-    kafka_broker.recreate_topic(topic)
-    kafka_broker.produce(topic, [process_create(f"{{NEW{i}}}") for i in range(5)], partition=0)
+    settings = read_then_recreated(tmp_path, kafka_broker, messages=5)
     SysmonPipeline(settings).run_batch(batch_time=T0)
     assert lake_rows(
         settings, "SELECT _batch_id, _kafka.offset, event_data.ProcessGuid FROM winlogbeat_stream ORDER BY _seq"
@@ -371,18 +378,13 @@ def test_a_reset_in_a_batch_that_could_not_look_the_topic_id_up_is_not_reset_aga
 ) -> None:
     """The stored id named the topic before the reset: kept, the next batch would take the new topic's id for a
     recreation since, and read it all again."""
-    topic = kafka_broker.create_topic(partitions=1)
-    kafka_broker.produce(topic, [process_create(f"{{OLD{i}}}") for i in range(3)], partition=0)
-    settings = kafka_settings(tmp_path, kafka_broker, topic)
-    SysmonPipeline(settings).run_batch(batch_time=T0)
-    kafka_broker.recreate_topic(topic)
-    kafka_broker.produce(topic, [process_create(f"{{NEW{i}}}") for i in range(2)], partition=0)
+    settings = read_then_recreated(tmp_path, kafka_broker, messages=2)
     with monkeypatch.context() as lookup:
         lookup.setattr(kafka_source, "topic_id", lambda settings, topic: None)  # the describe request timed out
         _, chunks = read_one_batch(settings, ResetsOutOfRange, commit=True)  # the stored offset 3: past the end
     assert chunks == [[0, 1]]
     assert lake_rows(settings, "SELECT next_offset, topic_id FROM ingest.kafka_offsets") == [(2, None)]
-    kafka_broker.produce(topic, [process_create("{NEW2}")], partition=0)
+    kafka_broker.produce(settings.kafka_topic, [process_create("{NEW2}")], partition=0)
     SysmonPipeline(settings).run_batch(batch_time=T0)
     assert ingested(settings)[3:] == [(0, 2)]
     assert [event for event, _ in source_events(settings)] == ["offsets_reset"]
