@@ -93,35 +93,62 @@ def _records(handle: BinaryIO, path: Path, skip: int, chunk_records: int) -> Ite
 
 
 def _with_record_frames_repaired(handle: BinaryIO) -> BinaryIO:
-    """``handle``, or a copy of its file whose damaged record frames are repaired. The parser finds each record by
-    the size of the one before and, where that leads to no record (a size or a magic damaged), skips the rest of
-    the chunk without a word. A record is framed by a magic, its size and its number, so the next one can be
-    found; only framing bytes change, so how many records the parser gives for the bytes read follows from those
-    bytes alone (a file being copied gives the same records in every batch)."""
+    """``handle``, or a reader of its file whose damaged record frames read repaired. The parser finds each record
+    by the size of the one before and, where that leads to no record (a size or a magic damaged), skips the rest
+    of the chunk without a word. A record is framed by a magic, its size, its number and a copy of its size ending
+    it, so the next one can be found; only framing bytes read differently, so how many records the parser gives
+    for the bytes read follows from those bytes alone (a file being copied gives the same records every batch)."""
     size = os.fstat(handle.fileno()).st_size
     repairs = [
         repair
         for offset in range(HEADER_BYTES, size - CHUNK_BYTES + 1, CHUNK_BYTES)
         for repair in _frame_repairs(os.pread(handle.fileno(), CHUNK_BYTES, offset), offset)
     ]
-    if not repairs:
-        return handle
-    repaired = bytearray(os.pread(handle.fileno(), size, 0))
-    for at, value in repairs:
-        repaired[at : at + len(value)] = value
-    return io.BytesIO(bytes(repaired))
+    return io.BufferedReader(_RepairedFile(handle.fileno(), size, repairs)) if repairs else handle
+
+
+class _RepairedFile(io.RawIOBase):
+    """The file open as ``fd``, read with ``repairs`` ((file offset, bytes) each) in place of its own bytes there."""
+
+    def __init__(self, fd: int, size: int, repairs: list[tuple[int, bytes]]) -> None:
+        self.fd, self.size, self.repairs, self.position = fd, size, repairs, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self.position = {os.SEEK_SET: 0, os.SEEK_CUR: self.position, os.SEEK_END: self.size}[whence] + offset
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        data = bytearray(os.pread(self.fd, len(buffer), self.position))
+        for at, value in self.repairs:
+            start, stop = max(at, self.position), min(at + len(value), self.position + len(data))
+            if start < stop:
+                data[start - self.position : stop - self.position] = value[start - at : stop - at]
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)
 
 
 def _frame_repairs(chunk: bytes, offset: int) -> list[tuple[int, bytes]]:
-    """(file offset, bytes to write there) for each record frame of ``chunk`` that does not lead to the next
-    record: a record's size (and its copy ending the record) set to reach the next record's frame, found by its
-    magic and number; a magic restored where the size leads to the next record's number. None for a chunk whose
-    header names no records."""
+    """(file offset, bytes that read there) for each record frame of ``chunk`` that does not lead to the next
+    record: a record's size set to reach the next record's frame, found by its magic and number where the copy of
+    the size ending the damaged record says it ends; a magic restored where the size leads to the next record's
+    number. None for a chunk whose header names no records."""
     if chunk[:8] != CHUNK_MAGIC:
         return []
     first, last = struct.unpack_from("<QQ", chunk, CHUNK_IDS_AT)
     repairs: list[tuple[int, bytes]] = []
-    at = CHUNK_HEADER_BYTES if _holds_id(chunk, CHUNK_HEADER_BYTES, first) else _frame(chunk, first, CHUNK_HEADER_BYTES)
+    # the first record starts right after the header, unless the chunk is damaged there
+    starts = chunk[CHUNK_HEADER_BYTES : CHUNK_HEADER_BYTES + 4] == RECORD_MAGIC
+    at = CHUNK_HEADER_BYTES if starts or _holds_id(chunk, CHUNK_HEADER_BYTES, first) else None
     for record_id in range(first, min(last, first + CHUNK_BYTES // RECORD_MIN_BYTES) + 1):
         if at is None:
             break
@@ -130,12 +157,14 @@ def _frame_repairs(chunk: bytes, offset: int) -> list[tuple[int, bytes]]:
         if record_id == last:
             break
         size = struct.unpack_from("<I", chunk, at + 4)[0]
-        following = at + size if _holds_id(chunk, at + size, record_id + 1) else _frame(chunk, record_id + 1, at + 1)
-        if following is not None and following != at + size:
-            if following - at < RECORD_MIN_BYTES:
-                break
-            fixed = struct.pack("<I", following - at)
-            repairs += [(offset + at + 4, fixed), (offset + following - 4, fixed)]
+        if _holds_id(chunk, at + size, record_id + 1):
+            at += size
+            continue
+        following = _frame(chunk, record_id + 1, at + RECORD_MIN_BYTES)
+        while following is not None and struct.unpack_from("<I", chunk, following - 4)[0] != following - at:
+            following = _frame(chunk, record_id + 1, following + 1)  # a magic and number inside the record's data
+        if following is not None:
+            repairs.append((offset + at + 4, struct.pack("<I", following - at)))
         at = following
     return repairs
 

@@ -153,3 +153,28 @@ def test_a_record_whose_frame_is_damaged_is_read_with_the_rest_of_its_chunk(dama
     lake.batch()
     assert lake.rows("SELECT list(_source_offset ORDER BY _seq) = range(1, 123) FROM winlogbeat_stream") == [(True,)]
     assert lake.count("winlogbeat_rejects") == 0
+
+
+def test_a_frame_lookalike_inside_a_record_is_not_taken_for_the_next_record(lake: Lake) -> None:
+    """A damaged size is set to reach the next record's frame where the copy of the size ending the damaged record
+    agrees: a magic and the next number inside its data (a string holding them) are passed over."""
+    data = bytearray(shared_path(*PREALLOCATED).read_bytes())
+    third = _record_frames(bytes(data), 0)[2]
+    inside = data.index("C:\\".encode("utf-16-le"), third + 24)  # a path in record 3's strings
+    data[inside : inside + 16] = b"**\x00\x00AAAA" + (4).to_bytes(8, "little")
+    data[third + 4 : third + 8] = (10_000).to_bytes(4, "little")
+    (lake.landing / "lookalike.evtx").write_bytes(bytes(data))
+    lake.batch()
+    assert lake.rows("SELECT list(_source_offset ORDER BY _seq) = range(1, 123) FROM winlogbeat_stream") == [(True,)]
+    assert lake.count("winlogbeat_rejects") == 0
+
+
+def test_a_chunk_whose_first_record_number_is_damaged_is_still_repaired(lake: Lake) -> None:
+    data = bytearray(shared_path(*PREALLOCATED).read_bytes())
+    first, second = _record_frames(bytes(data), 0)[:2]
+    data[first + 8 : first + 16] = (999).to_bytes(8, "little")
+    data[second + 4 : second + 8] = bytes(4)
+    (lake.landing / "numbered.evtx").write_bytes(bytes(data))
+    lake.batch()
+    assert lake.rows("SELECT list(_source_offset ORDER BY _seq) = range(1, 123) FROM winlogbeat_stream") == [(True,)]
+    assert lake.count("winlogbeat_rejects") == 0
