@@ -202,14 +202,21 @@ regexp_replace({{ text }}, {{ mark_pattern }}, '\1', 'g')
 {{ unmarked("replace(" ~ value ~ ", chr(0), '\\u0000')") }}
 {%- endmacro %}
 
-{#- SQL: the fields of a UserData object (Winlogbeat's user_data or winlog.user_data, an EVTX record's UserData), which
-    some providers write instead of EventData, as (name, text) entries; NULL if it is no object. An EVTX record's one
-    wrapper element is left out, its name given as xml_name, as Winlogbeat gives it. -#}
-{% macro user_data_entries(ud) -%}
-CASE WHEN json_type({{ ud }}) = 'OBJECT' THEN
-    CASE WHEN json_array_length(json_keys({{ ud }})) = 1 AND json_type({{ ud }}, '$.*') = ['OBJECT']
-         THEN [('xml_name', json_keys({{ ud }})[1])] || list_zip(json_keys(json_extract({{ ud }}, '$.*')[1]), json_extract_string(json_extract({{ ud }}, '$.*')[1], '$.*'))
-         ELSE list_zip(json_keys({{ ud }}), json_extract_string({{ ud }}, '$.*')) END END
+{#- SQL: the entries (name, text) of a JSON object. -#}
+{% macro object_entries(o) -%}
+list_zip(json_keys({{ o }}), json_extract_string({{ o }}, '$.*'))
+{%- endmacro %}
+
+{#- SQL: the fields of an EVTX record's UserData (which some providers write instead of EventData) as (name, text)
+    entries, NULL if it is no object: its one wrapper element is left out and named as xml_name, as Winlogbeat
+    gives it (whose user_data is read as it is). -#}
+{% macro evtx_user_data_entries(ud) -%}
+CASE WHEN coalesce(json_type({{ ud }}) <> 'OBJECT', true) THEN NULL
+     WHEN json_array_length(json_keys({{ ud }})) <> 1 THEN {{ object_entries(ud) }}
+     ELSE [('xml_name', json_keys({{ ud }})[1])] || CASE json_type({{ ud }}, '$.*')[1]
+         WHEN 'OBJECT' THEN {{ object_entries("json_extract(" ~ ud ~ ", '$.*')[1]") }}
+         WHEN 'NULL' THEN []
+         ELSE {{ object_entries(ud) }} END END
 {%- endmacro %}
 
 {#- A recipe field as text, from the first layout that carries it. -#}
@@ -251,6 +258,8 @@ coalesce({{ values|join(', ') }})
 {%- for field in sysmon_event_data %}{% set _ = text_fields.update({field: field}) %}{% endfor -%}
 {#- Their values in one SQL list (the damage checks read it twice). -#}
 {%- set text_values %}[{% for field in text_fields %}"{{ field }}"{{ ', ' if not loop.last }}{% endfor %}]{% endset -%}
+{#- Where Winlogbeat 6.x, 7.x/8.x and an EVTX record keep UserData. -#}
+{%- set user_data_paths = [["user_data"], ["winlog", "user_data"], ["evtx", "UserData"]] -%}
 {%- set event_data_paths = [] -%}
 {%- for layout in winlogbeat_layouts if '.' in layout.get('event_data', '') %}{% set _ = event_data_paths.append(layout.event_data.split('.')[1:]) %}{% endfor -%}
 {#- The layouts whose event_data is the line's top level: every key the layout reads is left out of _extra_fields. -#}
@@ -396,9 +405,15 @@ WITH landed AS (
              THEN flatten(list_transform(objects, lambda o: CASE WHEN starts_with(o, '{') THEN list_zip(json_keys(o), json_extract_string(o, '$.*')) ELSE [] END))
              WHEN list_unique(extra_keys) < len(extra_keys)
              THEN list_zip(extra_keys, json_extract_string(extra_json, '$.*')) END AS extra_entries,
-        CASE WHEN list_count(objects) = 0 THEN coalesce(json_extract(text, '$.user_data'),
-            json_extract(text, '$.winlog.user_data'), json_extract(text, '$.evtx.UserData')) END AS user_data,
-        {{ user_data_entries('user_data') }} AS user_data_entries
+        -- an event without an EventData object may hold UserData instead (providers other than Sysmon write it)
+        CASE WHEN extra_json IS NULL AND len(list_filter(objects, lambda o: starts_with(o, '{'))) = 0 THEN CASE WHEN other_case
+             THEN [{% for names in user_data_paths %}json_extract(text, {{ path_ignoring_case('text', names) }}){{ ', ' if not loop.last }}{% endfor %}]
+             ELSE json_extract(text, [{% for names in user_data_paths %}'$.{{ names|join('.') }}'{{ ', ' if not loop.last }}{% endfor %}]) END
+        END AS user_data,
+        coalesce(
+            CASE WHEN json_type(user_data[1]) = 'OBJECT' THEN {{ object_entries('user_data[1]') }} END,
+            CASE WHEN json_type(user_data[2]) = 'OBJECT' THEN {{ object_entries('user_data[2]') }} END,
+            {{ evtx_user_data_entries('user_data[3]') }}) AS user_data_entries
     FROM (
         SELECT undamaged.*,
             CASE {% for layout in top_level %}WHEN layout = '{{ layout.name }}' THEN [json_extract(text, '$')] {% endfor %}WHEN other_case

@@ -589,6 +589,10 @@ def test_the_fields_of_user_data_are_kept_as_those_of_event_data(tmp_path: Path)
             {"evtx": {"System": {"EventID": "5857", "Channel": "Microsoft-Windows-WMI-Activity/Operational"},
                       "UserData": {wrapper: {"#attributes": {"xmlns": "http://manifests"}, **wmi}}}},
             {"source_name": "S", "event_data": {"RuleName": "r"}, "user_data": {"Other": "not read"}},
+            {"source_name": "S", "event_data": None, "user_data": {"Code": "0x0"}},  # an empty <EventData/>
+            {"Source_Name": "S", "User_Data": {"Code": "0x0"}},  # keys in another letter case
+            {"evtx": {"System": {"EventID": "1"}, "UserData": {wrapper: None}}},
+            {"evtx": {"System": {"EventID": "1"}, "UserData": {wrapper: "text"}}},
         ]
     )  # fmt: skip
     lake.batch()
@@ -603,6 +607,10 @@ def test_the_fields_of_user_data_are_kept_as_those_of_event_data(tmp_path: Path)
         ("winlogbeat7+", kept),
         ("evtx", {"#attributes": '{"xmlns":"http://manifests"}'} | kept),
         ("winlogbeat6", {"RuleName": "r"}),  # Windows writes one or the other
+        ("winlogbeat6", {"Code": "0x0"}),
+        ("winlogbeat6", {"Code": "0x0"}),
+        ("evtx", {"xml_name": wrapper}),
+        ("evtx", {"xml_name": wrapper, wrapper: "text"}),
     ]
 
 

@@ -44,15 +44,14 @@ def extra_fields(data: Any) -> dict[str, str | None]:
 
 
 def stream_extra_fields(holder: dict[str, Any], event_data: str, user_data: str) -> dict[str, str | None]:
-    """_extra_fields of an event whose EventData is ``holder[event_data]``; an event without it keeps its UserData's
-    fields, all of them, an EVTX record's wrapper element given as xml_name."""
-    if event_data in holder:
-        return extra_fields(holder[event_data])
-    data = holder.get(user_data)
-    if not isinstance(data, dict):
-        return {}
-    if len(data) == 1 and isinstance(inner := next(iter(data.values())), dict):
-        return {"xml_name": next(iter(data))} | {k: as_text(v) for k, v in inner.items()}
+    """_extra_fields of an event whose EventData is ``holder[event_data]``; an event without an EventData object
+    keeps its UserData's fields, all of them (an EVTX record's one wrapper element named xml_name)."""
+    if isinstance(holder.get(event_data), dict) or not isinstance(data := holder.get(user_data), dict):
+        return extra_fields(holder.get(event_data))
+    if user_data == "UserData" and len(data) == 1:
+        ((wrapper, inner),) = data.items()
+        fields = inner if isinstance(inner, dict) else {} if inner is None else data
+        return {"xml_name": wrapper} | {k: as_text(v) for k, v in fields.items()}
     return {k: as_text(v) for k, v in data.items()}
 
 
