@@ -27,6 +27,9 @@ CHUNK_MAGIC = b"ElfChnk\x00"
 CHUNK_IDS_AT = 24
 CHUNK_HEADER_BYTES = 512
 RECORD_MAGIC = b"**\x00\x00"
+UNFINISHED_MAGIC = b"..\x00\x00"  # no record's: the parser cannot read a record so marked
+UNFINISHED_AS_PARSED = "found `[2E, 2E,  0,  0]`"  # how the parser's error names that magic
+UNFINISHED = "not written whole (it ends before its size says, or without the copy of its size that ends a record)"
 RECORD_MIN_BYTES = 28
 
 
@@ -80,7 +83,7 @@ def _records(handle: BinaryIO, path: Path, skip: int, chunk_records: int) -> Ite
         except StopIteration:
             break
         except RuntimeError as error:
-            record = f"EVTX record unreadable: {error}"
+            record = f"EVTX record unreadable: {UNFINISHED if UNFINISHED_AS_PARSED in str(error) else error}"
         index += 1
         if index <= skip:
             continue
@@ -93,25 +96,22 @@ def _records(handle: BinaryIO, path: Path, skip: int, chunk_records: int) -> Ite
 
 
 def _with_record_frames_repaired(handle: BinaryIO) -> BinaryIO:
-    """``handle``, or a reader of its file whose damaged record frames read repaired. The parser finds each record
-    by the size of the one before and, where that leads to no record (a size or a magic damaged), skips the rest
-    of the chunk without a word. A record is framed by a magic, its size, its number and a copy of its size ending
-    it, so the next one can be found; only framing bytes read differently, so how many records the parser gives
-    for the bytes read follows from those bytes alone (a file being copied gives the same records every batch)."""
-    size = os.fstat(handle.fileno()).st_size
-    repairs = [
-        repair
-        for offset in range(HEADER_BYTES, size - CHUNK_BYTES + 1, CHUNK_BYTES)
-        for repair in _frame_repairs(os.pread(handle.fileno(), CHUNK_BYTES, offset), offset)
-    ]
-    return io.BufferedReader(_RepairedFile(handle.fileno(), size, repairs)) if repairs else handle
+    """A reader of ``handle``'s file whose damaged record frames read repaired (:class:`_RepairedFile`)."""
+    return io.BufferedReader(_RepairedFile(handle.fileno()), buffer_size=CHUNK_BYTES)
 
 
 class _RepairedFile(io.RawIOBase):
-    """The file open as ``fd``, read with ``repairs`` ((file offset, bytes) each) in place of its own bytes there."""
+    """The EVTX file open as ``fd``, each whole chunk read with its damaged record frames repaired.
 
-    def __init__(self, fd: int, size: int, repairs: list[tuple[int, bytes]]) -> None:
-        self.fd, self.size, self.repairs, self.position = fd, size, repairs, 0
+    The parser finds each record by the size of the one before and, where that leads to no record (a size or a
+    magic damaged), skips the rest of the chunk without a word. A record is framed by a magic, its size, its number
+    and a copy of its size ending it, so the next one can be found (:func:`_frame_repairs`). The repairs of a chunk
+    are found in the bytes of it that are read, and only framing bytes read differently, so what the parser gives
+    follows from the bytes it reads (a file being copied gives the same records in every batch)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.position = fd, 0
+        self.chunk_offset, self.chunk = -1, b""  # the last chunk read, repaired
 
     def readable(self) -> bool:
         return True
@@ -120,25 +120,42 @@ class _RepairedFile(io.RawIOBase):
         return True
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        self.position = {os.SEEK_SET: 0, os.SEEK_CUR: self.position, os.SEEK_END: self.size}[whence] + offset
+        start = {os.SEEK_SET: 0, os.SEEK_CUR: self.position, os.SEEK_END: os.fstat(self.fd).st_size}[whence]
+        self.position = start + offset
         return self.position
 
     def tell(self) -> int:
         return self.position
 
     def readinto(self, buffer: bytearray | memoryview) -> int:
-        data = bytearray(os.pread(self.fd, len(buffer), self.position))
-        for at, value in self.repairs:
-            start, stop = max(at, self.position), min(at + len(value), self.position + len(data))
-            if start < stop:
-                data[start - self.position : stop - self.position] = value[start - at : stop - at]
+        """Bytes from the position: the file header as it is, then within one chunk (a cut chunk as it is)."""
+        offset = self.position
+        if offset < HEADER_BYTES:
+            data = os.pread(self.fd, min(len(buffer), HEADER_BYTES - offset), offset)
+        else:
+            chunk_offset = offset - (offset - HEADER_BYTES) % CHUNK_BYTES
+            if chunk_offset != self.chunk_offset:
+                chunk = os.pread(self.fd, CHUNK_BYTES, chunk_offset)
+                self.chunk_offset, self.chunk = chunk_offset, _repaired(chunk) if len(chunk) == CHUNK_BYTES else chunk
+            data = self.chunk[offset - chunk_offset : offset - chunk_offset + len(buffer)]
         buffer[: len(data)] = data
         self.position += len(data)
         return len(data)
 
 
-def _frame_repairs(chunk: bytes, offset: int) -> list[tuple[int, bytes]]:
-    """(file offset, bytes that read there) for each record frame of ``chunk`` that does not lead to the next
+def _repaired(chunk: bytes) -> bytes:
+    """``chunk`` with the repairs :func:`_frame_repairs` finds in it."""
+    repairs = _frame_repairs(chunk)
+    if not repairs:
+        return chunk
+    repaired = bytearray(chunk)
+    for at, value in repairs:
+        repaired[at : at + len(value)] = value
+    return bytes(repaired)
+
+
+def _frame_repairs(chunk: bytes) -> list[tuple[int, bytes]]:
+    """(offset in the chunk, bytes that read there) for each record frame of ``chunk`` that does not lead to the next
     record: a record's size set to reach the next record's frame, found by its magic and number where the copy of
     the size ending the damaged record says it ends; a magic restored where the size leads to the next record's
     number. None for a chunk whose header names no records."""
@@ -153,20 +170,28 @@ def _frame_repairs(chunk: bytes, offset: int) -> list[tuple[int, bytes]]:
         if at is None:
             break
         if chunk[at : at + 4] != RECORD_MAGIC:
-            repairs.append((offset + at, RECORD_MAGIC))
-        if record_id == last:
-            break
+            repairs.append((at, RECORD_MAGIC))
         size = struct.unpack_from("<I", chunk, at + 4)[0]
-        if _holds_id(chunk, at + size, record_id + 1):
+        if record_id < last and _holds_id(chunk, at + size, record_id + 1):
             at += size
             continue
-        following = _frame(chunk, record_id + 1, at + RECORD_MIN_BYTES)
+        following = _frame(chunk, record_id + 1, at + RECORD_MIN_BYTES) if record_id < last else None
         while following is not None and struct.unpack_from("<I", chunk, following - 4)[0] != following - at:
             following = _frame(chunk, record_id + 1, following + 1)  # a magic and number inside the record's data
         if following is not None:
-            repairs.append((offset + at + 4, struct.pack("<I", following - at)))
+            repairs.append((at + 4, struct.pack("<I", following - at)))
+        elif not _written_whole(chunk, at, size):
+            # the last record found is not there whole (a copy still running): the parser could read the part there
+            # as a record of its own; unreadable, it is read once it is whole, or is a reject once the file settled
+            repairs.append((at, UNFINISHED_MAGIC))
         at = following
     return repairs
+
+
+def _written_whole(chunk: bytes, at: int, size: int) -> bool:
+    """Whether the record at ``at`` ends where its size says, with the copy of its size."""
+    end = at + size
+    return size >= RECORD_MIN_BYTES and end <= len(chunk) and struct.unpack_from("<I", chunk, end - 4)[0] == size
 
 
 def _holds_id(chunk: bytes, at: int, record_id: int) -> bool:

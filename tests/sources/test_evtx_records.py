@@ -91,18 +91,32 @@ def test_an_empty_evtx_file_is_read_once_it_is_filled(lake: Lake) -> None:
 PREALLOCATED = ("data", "real", "evtx-attack-samples", "panache_sysmon_vs_EDRTestingScript.evtx")  # 122 records
 
 
-@pytest.mark.parametrize("size_damaged", [False, True])
-def test_a_record_caught_half_copied_is_read_whole_once_the_copy_completes(size_damaged: bool, lake: Lake) -> None:
-    """With a damaged record size before the cut too: its repair follows from the bytes read, so both batches give
+# (the damaged record size: chunk, record of it; the copy's cut: chunk, record of it; records before the cut)
+HALF_COPIES = {
+    "no damage": (None, (1, 0), 38),
+    "a damaged size before the cut": ((0, 2), (1, 0), 38),
+    "a damaged size after the cut": ((1, 4), (1, 0), 38),
+    "a damaged size in the chunk cut, before the cut": ((1, 2), (1, 6), 44),
+}
+
+
+@pytest.mark.parametrize("cut_into", [20, 70, 300])
+@pytest.mark.parametrize("case", sorted(HALF_COPIES))
+def test_a_record_caught_half_copied_is_read_whole_once_the_copy_completes(
+    case: str, cut_into: int, lake: Lake
+) -> None:
+    """The part of a record copied so far is not read as a record of its own (the parser read 20 bytes of record 39
+    as one, and 70 of record 45), and a damaged record size's repair follows from the bytes read: both batches give
     the same records."""
+    damaged, (cut_chunk, cut_record), before_cut = HALF_COPIES[case]
     whole = bytearray(shared_path(*PREALLOCATED).read_bytes())
-    if size_damaged:
-        third = _record_frames(bytes(whole), 0)[2]
-        whole[third + 4 : third + 8] = bytes(4)
-    path, cut = lake.landing / "copied.evtx", 70_214  # inside record 39
+    path, cut = lake.landing / "copied.evtx", _record_frames(bytes(whole), cut_chunk)[cut_record] + cut_into
+    if damaged:
+        at = _record_frames(bytes(whole), damaged[0])[damaged[1]]
+        whole[at + 4 : at + 8] = bytes(4)
     path.write_bytes(whole[:cut] + bytes(len(whole) - cut))  # the copier set the full size first
     lake.batch()
-    assert (lake.count("winlogbeat_stream"), lake.count("winlogbeat_rejects")) == (38, 0)
+    assert (lake.count("winlogbeat_stream"), lake.count("winlogbeat_rejects")) == (before_cut, 0)
     with path.open("r+b") as handle:  # the copy completes
         handle.seek(cut)
         handle.write(whole[cut:])
@@ -122,13 +136,13 @@ def test_unreadable_records_that_end_a_settled_evtx_file_are_rejects(
     assert lake.count("winlogbeat_stream") == 38
     assert [
         (offset, error[:40]) for offset, error in lake.rows("SELECT source_offset, error FROM winlogbeat_rejects")
-    ] == [(39, "EVTX record unreadable: Failed to parse ")]
+    ] == [(39, "EVTX record unreadable: not written whol")]
 
 
 def _record_frames(data: bytes, chunk: int) -> list[int]:
     """The byte offsets of chunk ``chunk``'s record frames, walked by their sizes."""
     at, frames = 4096 + chunk * 65536 + 512, []
-    while data[at : at + 4] == b"**\x00\x00":
+    while data[at : at + 4] == b"**\x00\x00" and int.from_bytes(data[at + 4 : at + 8], "little"):
         frames.append(at)
         at += int.from_bytes(data[at + 4 : at + 8], "little")
     return frames
