@@ -406,9 +406,9 @@ WITH landed AS (
              WHEN list_unique(extra_keys) < len(extra_keys)
              THEN list_zip(extra_keys, json_extract_string(extra_json, '$.*')) END AS extra_entries,
         -- an event without an EventData object may hold UserData instead (providers other than Sysmon write it)
-        CASE WHEN extra_json IS NULL AND len(list_filter(objects, lambda o: starts_with(o, '{'))) = 0 THEN CASE WHEN other_case
+        -- (found ignoring case, as the line's other keys may be in exact case: the few lines that get here)
+        CASE WHEN extra_json IS NULL AND len(list_filter(objects, lambda o: starts_with(o, '{'))) = 0
              THEN [{% for names in user_data_paths %}json_extract(text, {{ path_ignoring_case('text', names) }}){{ ', ' if not loop.last }}{% endfor %}]
-             ELSE json_extract(text, [{% for names in user_data_paths %}'$.{{ names|join('.') }}'{{ ', ' if not loop.last }}{% endfor %}]) END
         END AS user_data,
         coalesce(
             CASE WHEN json_type(user_data[1]) = 'OBJECT' THEN {{ object_entries('user_data[1]') }} END,

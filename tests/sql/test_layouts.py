@@ -591,6 +591,8 @@ def test_the_fields_of_user_data_are_kept_as_those_of_event_data(tmp_path: Path)
             {"source_name": "S", "event_data": {"RuleName": "r"}, "user_data": {"Other": "not read"}},
             {"source_name": "S", "event_data": None, "user_data": {"Code": "0x0"}},  # an empty <EventData/>
             {"Source_Name": "S", "User_Data": {"Code": "0x0"}},  # keys in another letter case
+            {"source_name": "S", "User_Data": {"Operation": "x"}},  # its only key in another case
+            {"evtx": {"System": {"EventID": "1"}, "userData": {wrapper: {"Operation": "x"}}}},
             {"evtx": {"System": {"EventID": "1"}, "UserData": {wrapper: None}}},
             {"evtx": {"System": {"EventID": "1"}, "UserData": {wrapper: "text"}}},
         ]
@@ -609,6 +611,8 @@ def test_the_fields_of_user_data_are_kept_as_those_of_event_data(tmp_path: Path)
         ("winlogbeat6", {"RuleName": "r"}),  # Windows writes one or the other
         ("winlogbeat6", {"Code": "0x0"}),
         ("winlogbeat6", {"Code": "0x0"}),
+        ("winlogbeat6", {"Operation": "x"}),
+        ("evtx", {"xml_name": wrapper, "Operation": "x"}),
         ("evtx", {"xml_name": wrapper}),
         ("evtx", {"xml_name": wrapper, wrapper: "text"}),
     ]
