@@ -207,6 +207,11 @@ regexp_replace({{ text }}, {{ mark_pattern }}, '\1', 'g')
 list_zip(json_keys({{ o }}), json_extract_string({{ o }}, '$.*'))
 {%- endmacro %}
 
+{#- SQL, in a lambda over (name, text) entries e at position i: e is the first entry of its name (a MAP takes one). -#}
+{% macro first_of_its_name(entries) -%}
+list_position(list_transform({{ entries }}, lambda f: f[1]), e[1]) = i
+{%- endmacro %}
+
 {#- SQL: the fields of an EVTX record's UserData (which some providers write instead of EventData) as (name, text)
     entries, NULL if it is no object: its one wrapper element is left out and named as xml_name, as Winlogbeat
     gives it (whose user_data is read as it is). -#}
@@ -402,7 +407,7 @@ WITH landed AS (
              END AS extra_json,
         json_keys(extra_json) AS extra_keys,
         CASE WHEN extra_json IS NULL
-             THEN flatten(list_transform(objects, lambda o: CASE WHEN starts_with(o, '{') THEN list_zip(json_keys(o), json_extract_string(o, '$.*')) ELSE [] END))
+             THEN flatten(list_transform(objects, lambda o: CASE WHEN starts_with(o, '{') THEN {{ object_entries('o') }} ELSE [] END))
              WHEN list_unique(extra_keys) < len(extra_keys)
              THEN list_zip(extra_keys, json_extract_string(extra_json, '$.*')) END AS extra_entries,
         -- an event without an EventData object may hold UserData instead (providers other than Sysmon write it)
@@ -426,15 +431,15 @@ WITH landed AS (
         extra_parts.*,
         -- an event without EventData that holds UserData (providers other than Sysmon write it): all its fields,
         -- the first of a name winning (the STRUCT read none of them)
-        CASE WHEN user_data_entries IS NOT NULL THEN map_from_entries(list_filter(user_data_entries, lambda e, i:
-                 list_position(list_transform(user_data_entries, lambda f: f[1]), e[1]) = i))
+        CASE WHEN user_data_entries IS NOT NULL
+             THEN map_from_entries(list_filter(user_data_entries, lambda e, i: {{ first_of_its_name('user_data_entries') }}))
              WHEN extra_entries IS NULL THEN from_json(extra_json, '"MAP(VARCHAR, VARCHAR)"')
              -- the first entry of a name wins (as from_json and the STRUCT take the first); the names the STRUCT
              -- read are left out, ignoring case if it did
              ELSE map_from_entries(list_filter(extra_entries, lambda e, i:
                  NOT CASE WHEN other_case THEN list_contains({{ read_names(true) }}, upper(e[1]))
                           ELSE list_contains({{ read_names(false) }}, e[1]) END
-                 AND list_position(list_transform(extra_entries, lambda f: f[1]), e[1]) = i)) END AS extra_map
+                 AND {{ first_of_its_name('extra_entries') }})) END AS extra_map
     FROM extra_parts
 ), fields AS (
     SELECT

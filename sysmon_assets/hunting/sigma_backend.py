@@ -248,6 +248,7 @@ class SysmonDuckDBBackend(DuckDBBackend):
         return self._string_match(cond.field, cond.value, cased=True)
 
     def _string_match(self, field_name: str, value: SigmaString, cased: bool) -> str:
+        column = self.escape_and_quote_field(field_name) if cased else self.lowered(field_name)
         inner = value[1:-1] if len(value) > 1 else value
         if (
             value.startswith(SpecialChars.WILDCARD_MULTI)
@@ -264,11 +265,9 @@ class SysmonDuckDBBackend(DuckDBBackend):
             function, literal = "=", value
         else:
             # not RE2's (?i): its case folding is not DuckDB's lower(), which the other forms compare by
-            column = self.escape_and_quote_field(field_name) if cased else self.lowered(field_name)
             regex = "(?s)" + self.value_regex(value if cased else value.map_str_parts(self.lowercase))
             return f"regexp_matches({column}, {quote_string(regex)})"
         text = literal.convert(escape_char=None, wildcard_multi=None, wildcard_single=None)
-        column = self.escape_and_quote_field(field_name) if cased else self.lowered(field_name)
         text = quote_string(text if cased else self.lowercase(text))
         return f"{column} = {text}" if function == "=" else f"{function}({column}, {text})"
 

@@ -260,7 +260,6 @@ PROCESS_CASES = [
         [{"IntegrityLevel": "High"}, {"IntegrityLevel": "1"}],
     ),
 ]
-# Provider_Name and OriginalFileName are fields the events do not carry: absent, as Sigma reads a missing field
 # Every form of a value ignores case as DuckDB's lower() does, which lowers the dotted capital I to i (RE2's (?i)
 # does not, and folds the long s as s, which lower() leaves as it is)
 FOLDING_CASES = [
@@ -269,6 +268,7 @@ FOLDING_CASES = [
     Case("wildcard_folds_as_one_value", 1, {"sel": {"CommandLine|contains": "ſ*x"}}, "sel",
          [{"CommandLine": "ſ and x"}], [{"CommandLine": "s and x"}]),
 ]  # fmt: skip
+# Provider_Name and OriginalFileName are fields the events do not carry: absent, as Sigma reads a missing field
 ABSENT_FIELD_CASES = [
     Case("absent_field_filtered_out", 1,
          {"sel": {"Image|endswith": "\\evil.exe"}, "filter": {"Provider_Name": "SystemTraceProvider-Process"}},
