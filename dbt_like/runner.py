@@ -55,7 +55,17 @@ from dbt_like.lake_at_open import LakeAtOpen, TableFigures, read_lake_at_open
 from dbt_like.materializations import append, new_columns, upsert, view_outdated
 from dbt_like.project import Model, ProjectError, discover_models
 from dbt_like.schema_tests import TestResult, run_schema_tests
-from dbt_like.sql import Connection, first_row, literal, literals, one_of, quote_identifier, scalar, settings_applied
+from dbt_like.sql import (
+    UTC_NOW,
+    Connection,
+    first_row,
+    literal,
+    literals,
+    one_of,
+    quote_identifier,
+    scalar,
+    settings_applied,
+)
 from dbt_like.state import (
     GUARDS_TABLE,
     SINGLE,
@@ -512,7 +522,7 @@ class Project:
         label = models[0] if models else "open_batch"
         for guard in [f"shard-{self.shard.index}", *guards]:
             con.execute(f"DELETE FROM {GUARDS_TABLE} WHERE {one_of('guard', guard)}")
-            con.execute(f"INSERT INTO {GUARDS_TABLE} VALUES ({literals(guard, batch_id, label)}, now())")
+            con.execute(f"INSERT INTO {GUARDS_TABLE} VALUES ({literals(guard, batch_id, label)}, {UTC_NOW})")
 
     def _is_view(self, name: str) -> bool:
         return self.configs[name]["materialized"] == "view"

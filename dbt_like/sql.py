@@ -18,6 +18,9 @@ import duckdb
 
 # The connection every dbt_like function takes: to DuckDB, a DuckLake attached as its default catalog or not.
 Connection = duckdb.DuckDBPyConnection
+# The transaction's start as a naive UTC TIMESTAMP. now() is a TIMESTAMPTZ, which a TIMESTAMP column (or a cast)
+# holds in the session's time zone, the host's: hosts in different zones would write times hours apart.
+UTC_NOW = "(now() AT TIME ZONE 'UTC')"
 
 
 def scalar(con: duckdb.DuckDBPyConnection, sql: str) -> Any:

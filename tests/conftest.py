@@ -225,6 +225,33 @@ def profile_operators(operator: dict) -> Iterator[dict]:
         yield from profile_operators(child)
 
 
+def wrap_connections(pipeline: SysmonPipeline, wrap: Callable[[duckdb.DuckDBPyConnection], Wrapper]) -> list[Wrapper]:
+    """Hand every connection ``pipeline`` opens from now on through ``wrap`` (a recording or profiling wrapper, or
+    ``in_time_zone``); the returned list fills with the wrappers as the connections open."""
+    wrappers: list[Wrapper] = []
+    connect = pipeline.connect
+
+    @contextmanager
+    def wrapped() -> Iterator[Wrapper]:
+        with connect() as con:
+            wrappers.append(wrap(con))
+            yield wrappers[-1]
+
+    pipeline.connect = wrapped
+    return wrappers
+
+
+def in_time_zone(zone: str) -> Callable[[duckdb.DuckDBPyConnection], duckdb.DuckDBPyConnection]:
+    """A ``wrap_connections`` wrapper giving each connection the session time zone ``zone``, as DuckDB takes it
+    from a host set to that zone."""
+
+    def wrap(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+        con.execute(f"SET TimeZone = {quote_string(zone)}")
+        return con
+
+    return wrap
+
+
 class Lake:
     """A landing folder plus a lake (SQLite catalog, local files) under ``tmp_path`` with a pipeline over them."""
 
@@ -242,19 +269,8 @@ class Lake:
         return path
 
     def wrap_connections(self, wrap: Callable[[duckdb.DuckDBPyConnection], Wrapper]) -> list[Wrapper]:
-        """Hand every connection the pipeline opens from now on through ``wrap`` (a recording or profiling
-        wrapper); the returned list fills with the wrappers as the connections open."""
-        wrappers: list[Wrapper] = []
-        connect = self.pipeline.connect
-
-        @contextmanager
-        def wrapped() -> Iterator[Wrapper]:
-            with connect() as con:
-                wrappers.append(wrap(con))
-                yield wrappers[-1]
-
-        self.pipeline.connect = wrapped
-        return wrappers
+        """Hand every connection the pipeline opens from now on through ``wrap`` (see ``wrap_connections``)."""
+        return wrap_connections(self.pipeline, wrap)
 
     def batch(self, at: datetime = T0) -> dict:
         """Run one micro-batch with its clock at ``at``."""

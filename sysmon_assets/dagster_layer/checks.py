@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dbt_like import StepResult
-from dbt_like.sql import literal, one_of, scalar
+from dbt_like.sql import UTC_NOW, literal, one_of, scalar
 from sysmon_assets.hunting.sigma import LOGSOURCE
 from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.sources import kafka_source
@@ -53,7 +53,7 @@ def join_coverage(pipeline: SysmonPipeline, batch_id: int) -> Outcome:
 def _kafka_freshness(pipeline: SysmonPipeline) -> Outcome:
     with pipeline.connect() as con:
         seconds = scalar(
-            con, f"SELECT date_diff('second', max(updated_at), now()::TIMESTAMP) FROM {kafka_source.OFFSETS_TABLE}"
+            con, f"SELECT date_diff('second', max(updated_at), {UTC_NOW}) FROM {kafka_source.OFFSETS_TABLE}"
         )
     age_minutes = seconds / 60 if seconds is not None else float("inf")
     limit = pipeline.settings.freshness_minutes

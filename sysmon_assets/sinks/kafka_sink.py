@@ -30,7 +30,7 @@ import duckdb
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from dbt_like import table_exists
-from dbt_like.sql import first_row, literal, literals, one_of, scalar
+from dbt_like.sql import UTC_NOW, first_row, literal, literals, one_of, scalar
 from sysmon_assets.kafka_client import client_config, serve_log
 from sysmon_assets.settings import Settings
 
@@ -137,7 +137,7 @@ class JoinSink:
         con.execute(
             f"INSERT INTO {SINK_TABLE} (topic, after_batch, through_batch, state, start_offsets, updated_at) "
             f"VALUES ({literals(self.topic, done, latest)}, 'publishing', {literal(json.dumps(self._end_offsets()))}, "
-            "now())"
+            f"{UTC_NOW})"
         )
         return Published(self.topic, latest, self._send(con, done, latest, already_sent=set()), recovered)
 
@@ -184,7 +184,7 @@ class JoinSink:
             )
         con.execute(
             f"UPDATE {SINK_TABLE} SET state = 'done', messages = {len(rows)}, "
-            f"last_offsets = {literal(json.dumps(self._merged_offsets(con, last_offsets)))}, updated_at = now() "
+            f"last_offsets = {literal(json.dumps(self._merged_offsets(con, last_offsets)))}, updated_at = {UTC_NOW} "
             f"WHERE {self._of_topic} AND {one_of('through_batch', through)}"
         )
         return sent

@@ -36,7 +36,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from dbt_like.sql import literal, literals, one_of, quote_identifier
+from dbt_like.sql import UTC_NOW, literal, literals, one_of, quote_identifier
 from sysmon_assets.kafka_client import client_config, serve_log
 from sysmon_assets.settings import Settings
 from sysmon_assets.sources.arrow_columns import bytes_array, dictionary_strings, int_array, strings_array
@@ -356,7 +356,7 @@ class KafkaReader:
         con.execute(f"DELETE FROM {OFFSETS_TABLE} WHERE {one_of('topic', self.topic)} AND {partitions}")
         # a batch that could not look the topic's id up keeps the stored one, or the next would miss a recreation
         offsets = ", ".join(
-            f"({literals(self.topic, progress.partition, progress.position)}, now(), "
+            f"({literals(self.topic, progress.partition, progress.position)}, {UTC_NOW}, "
             f"{literal(self.topic_id if self.topic_id is not None else progress.stored_topic_id)})"
             for progress in read
         )
@@ -364,7 +364,7 @@ class KafkaReader:
             f'INSERT INTO {OFFSETS_TABLE} (topic, "partition", next_offset, updated_at, topic_id) VALUES {offsets}'
         )
         events = [
-            f"(now(), {literals(f'kafka:{self.topic}/{progress.partition}', '', event, detail)})"
+            f"({UTC_NOW}, {literals(f'kafka:{self.topic}/{progress.partition}', '', event, detail)})"
             for progress in read
             for event, detail in progress.notes[progress.notes_recorded :]
         ]

@@ -43,7 +43,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from dbt_like.sql import literal, literals, one_of
+from dbt_like.sql import UTC_NOW, literal, literals, one_of
 from sysmon_assets.sources.arrow_columns import bytes_array, strings_array
 from sysmon_assets.sources.evtx_records import EvtxDamage, open_record_lines
 from sysmon_assets.sources.gzip_stream import GzipDamage, inflate
@@ -614,7 +614,7 @@ class LandingReader:
         # A chunk moves some files on: the others' rows would be rewritten unchanged on every chunk's commit.
         moved = [progress for progress in self.files if progress.recorded != progress.state]
         if moved:
-            _replace_rows(con, STATE_TABLE, moved, _state_rows(moved), "*, now() AS updated_at")
+            _replace_rows(con, STATE_TABLE, moved, _state_rows(moved), f"*, {UTC_NOW} AS updated_at")
         adopted = [progress.adopted for progress in self.files if progress.adopted and not progress.notes_recorded]
         for table in (STATE_TABLE, STATS_TABLE) if adopted else ():
             con.execute(f"DELETE FROM {table} WHERE {one_of('file_key', *adopted)}")
@@ -653,7 +653,7 @@ class LandingReader:
 
     @staticmethod
     def _record_event(con: duckdb.DuckDBPyConnection, path: Path, key: str, event: str, detail: str) -> None:
-        con.execute(f"INSERT INTO {EVENTS_TABLE} VALUES (now(), {literals(path_text(path), key, event, detail)})")
+        con.execute(f"INSERT INTO {EVENTS_TABLE} VALUES ({UTC_NOW}, {literals(path_text(path), key, event, detail)})")
 
     @property
     def file_events(self) -> list[dict[str, str]]:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
 from dagster import AssetKey
 
-from sysmon_assets.micro_batch.steps import SysmonPipeline
+from sysmon_assets.micro_batch.steps import SysmonPipeline, utc_now
 from sysmon_assets.settings import Settings
 from sysmon_assets.sinks.kafka_sink import KSQL_ALIASED, JoinSink, KafkaSinkError, ksql_name
-from tests.conftest import T0, Lake, lake_rows, network_connect, process_create
+from tests.conftest import T0, Lake, in_time_zone, lake_rows, network_connect, process_create
 from tests.kafka_broker import Broker
 from tests.recipe import HUNTING_MODELS, RECIPE_MODELS, recipe_columns
 
@@ -90,6 +91,16 @@ def test_each_joined_row_is_published_once_as_ksql_json_keyed_by_process_guid(
         (1, "done", 2),
         (2, "done", 1),
     ]
+
+
+def test_the_sinks_times_are_utc_whatever_the_hosts_time_zone(tmp_path: Path, kafka_broker: Broker) -> None:
+    lake = sink_lake(tmp_path, kafka_broker)
+    lake.wrap_connections(in_time_zone("Pacific/Kiritimati"))  # UTC+14
+    lake.land([process_create("{A}"), network_connect("{A}")])
+    started = utc_now() - timedelta(seconds=1)
+    lake.batch()
+    ((updated_at,),) = lake.rows("SELECT updated_at FROM ingest.kafka_sink")
+    assert started <= updated_at <= utc_now()
 
 
 def test_a_range_left_publishing_by_a_crash_sends_only_what_the_topic_lacks(

@@ -8,19 +8,29 @@ import signal
 import subprocess
 import sys
 import zlib
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from sysmon_assets.micro_batch.ingest import chunk_bytes_for
-from sysmon_assets.micro_batch.steps import SysmonPipeline
+from sysmon_assets.micro_batch.steps import SysmonPipeline, utc_now
 from sysmon_assets.sample.generator import write_sample
 from sysmon_assets.settings import Settings
 from sysmon_assets.sources import kafka_source
 from sysmon_assets.sources.kafka_source import KafkaReader, PartitionLag, consumer_lag
 from sysmon_assets.storage.lake import open_lake
-from tests.conftest import T0, RecordingConnection, lake_rows, network_connect, process_create, snapshot
+from tests.conftest import (
+    T0,
+    RecordingConnection,
+    in_time_zone,
+    lake_rows,
+    network_connect,
+    process_create,
+    snapshot,
+    wrap_connections,
+)
 from tests.kafka_broker import Broker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,6 +150,19 @@ def test_offsets_live_in_the_lake_and_an_idle_batch_reads_nothing(tmp_path: Path
     committed = consumer.committed([TopicPartition(topic, p) for p in range(3)], timeout=15)
     consumer.close()
     assert [tp.offset for tp in committed] == [1, 2, 3]
+
+
+def test_the_stored_offsets_time_is_utc_whatever_the_hosts_time_zone(tmp_path: Path, kafka_broker: Broker) -> None:
+    topic = kafka_broker.create_topic(partitions=2)
+    kafka_broker.produce(topic, [process_create(None)], partition=0)
+    settings = kafka_settings(tmp_path, kafka_broker, topic)
+    pipeline = SysmonPipeline(settings)
+    wrap_connections(pipeline, in_time_zone("Etc/GMT+12"))  # UTC-12 (the sign is POSIX's)
+    started = utc_now() - timedelta(seconds=1)
+    pipeline.run_batch(batch_time=T0)
+    times = lake_rows(settings, "SELECT updated_at FROM ingest.kafka_offsets")
+    assert len(times) == 2
+    assert all(started <= time <= utc_now() for (time,) in times), times
 
 
 def test_a_chunk_records_the_offsets_of_all_its_partitions_in_two_statements(

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from sysmon_assets.micro_batch.steps import utc_now
 from sysmon_assets.sources import landed_files
 from sysmon_assets.sources import landing_folder as landing
 from sysmon_assets.sources.evtx_records import record_lines
@@ -36,6 +37,7 @@ from sysmon_assets.storage.lake import LakeError
 from tests.conftest import (
     T0,
     Lake,
+    in_time_zone,
     lake_rows_in_another_process,
     land,
     network_connect,
@@ -664,6 +666,21 @@ def test_a_symlink_in_the_landing_folder_is_skipped_and_recorded_never_followed(
     assert sorted(Path(event["path"]).name for event in reported) == [Path(path).name for path, *_ in events]
     assert "winlogbeat.ndjson is a symbolic link" in caplog.text
     assert lake.rows("SELECT path FROM ingest.files") == [(str(lake.landing / "real.ndjson"),)]
+
+
+def test_the_bookkeeping_times_are_utc_whatever_the_hosts_time_zone(lake: Lake) -> None:
+    # DuckDB's now() is a TIMESTAMPTZ, which a TIMESTAMP column stores in the session's time zone, the host's
+    lake.wrap_connections(in_time_zone("Pacific/Kiritimati"))  # UTC+14
+    lake.land([network_connect("{A}", "10.0.0.1")])
+    (lake.landing / "folder.ndjson").mkdir()  # an entry the batch records in ingest.file_events
+    started = utc_now() - timedelta(seconds=1)
+    lake.batch()
+    times = lake.rows(
+        "SELECT updated_at FROM ingest.files UNION ALL SELECT detected_at FROM ingest.file_events "
+        "UNION ALL SELECT committed_at FROM dbt_like.guards"
+    )
+    assert len(times) >= 3
+    assert all(started <= time <= utc_now() for (time,) in times), times
 
 
 def test_a_file_name_that_is_not_utf8_is_read_and_shown_with_its_bytes_escaped(lake: Lake) -> None:
