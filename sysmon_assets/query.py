@@ -11,13 +11,14 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from sysmon_assets.read_only_sql import refusal
+from sysmon_assets.read_only_sql import refusal, statement_texts
 from sysmon_assets.settings import SettingsError
 from sysmon_assets.storage import lake
 
@@ -113,6 +114,15 @@ def _row_count(text: str) -> int:
     return count
 
 
+def results(con: duckdb.DuckDBPyConnection, sql: str) -> Iterator[duckdb.DuckDBPyRelation]:
+    """The rows of each statement of ``sql`` that returns rows, one statement at a time and in order, so each is read
+    before the next runs (a statement such as ``SET`` runs and gives none)."""
+    for statement in statement_texts(sql):
+        relation = con.sql(statement)
+        if relation is not None:
+            yield relation
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="python -m sysmon_assets.query", description=__doc__.splitlines()[0])
@@ -134,15 +144,13 @@ def main(argv: list[str] | None = None) -> None:
     if refused := refusal(sql):
         sys.exit(f"query failed: {refused}")
     try:  # a query fails when it is planned or as its rows are read: both are reported the same way
-        con = lake.connect(batch_id=args.batch)  # held: the relation reads through it
-        relation = con.sql(sql)
-        if relation is None:
-            return
-        if args.json:
-            relation, columns = json_ready(relation)
-            print(rows_as_json(relation.fetchall(), columns))
-        else:
-            relation.show(max_width=args.max_width, max_rows=args.max_rows)
+        con = lake.connect(batch_id=args.batch)  # held: the relations read through it
+        for relation in results(con, sql):
+            if args.json:
+                relation, columns = json_ready(relation)
+                print(rows_as_json(relation.fetchall(), columns))
+            else:
+                relation.show(max_width=args.max_width, max_rows=args.max_rows)
     except (SettingsError, lake.LakeError, duckdb.Error) as error:
         sys.exit(f"query failed: {error}")
 

@@ -53,10 +53,21 @@ EXPLAINED = re.compile(r"\s*EXPLAIN\s+(?:ANALY[SZ]E\s+)?", re.IGNORECASE)
 IDENTIFIER = re.compile(r'"((?:[^"]|"")*)"|[^\W\d]\w*')
 
 
+def statement_texts(sql: str) -> list[str]:
+    """``sql``'s statements, cut at the semicolons DuckDB's tokenizer finds outside strings and comments; a piece
+    with no token (only a comment, or nothing) is no statement. As text, not ``duckdb.extract_statements``: that
+    gives the statements DuckDB expands a PIVOT into without their text (which ``con.sql`` then cannot run)."""
+    tokens = duckdb.tokenize(sql)
+    cuts = [position for position, kind in tokens if kind == duckdb.token_type.operator and sql[position] == ";"]
+    pieces = [sql[start:end] for start, end in zip([0] + [cut + 1 for cut in cuts], [*cuts, len(sql)], strict=True)]
+    return [piece for piece in pieces if duckdb.tokenize(piece)]
+
+
 def refusal(sql: str) -> str | None:
     """Why the query command does not run ``sql``, which would change the lake or write a file, or None."""
-    try:
-        statements, tokens = duckdb.extract_statements(sql), duckdb.tokenize(sql)
+    try:  # statement by statement: of a PIVOT after another statement, DuckDB 1.4's Statement.query fails
+        statements = [each for text in statement_texts(sql) for each in duckdb.extract_statements(text)]
+        tokens = duckdb.tokenize(sql)
     except duckdb.Error:
         return None  # not SQL DuckDB reads: running it reports why
     for statement in statements:

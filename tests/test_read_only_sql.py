@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sysmon_assets.read_only_sql import refusal
+from sysmon_assets.read_only_sql import refusal, statement_texts
 
 
 @pytest.mark.parametrize(
@@ -22,6 +22,7 @@ from sysmon_assets.read_only_sql import refusal
         ("COPY (SELECT 1) TO 'out.parquet'", "COPY is refused"),
         ("EXPLAIN ANALYZE COPY (SELECT 1) TO 'out.parquet'", "COPY is refused"),
         ("SELECT 1; COPY (SELECT 1) TO 'out.csv'", "COPY is refused"),
+        ("SELECT 1; PIVOT sysmon_join ON network_protocol USING count(*); COPY (SELECT 1) TO 'x'", "COPY is refused"),
         ("CREATE TEMP TABLE t AS SELECT 1", "CREATE is refused"),
         ("SET profiling_output = 'x.json'", "setting profiling_output is refused"),
         ("PRAGMA log_query_path = 'x.log'", "setting log_query_path is refused"),
@@ -43,6 +44,7 @@ def test_sql_that_would_change_the_lake_or_write_a_file_is_refused(sql: str, ref
         "SHOW TABLES",
         "EXPLAIN ANALYZE SELECT 1",
         "PIVOT sysmon_join ON network_protocol USING count(*)",
+        "SELECT 1; PIVOT sysmon_join ON network_protocol USING count(*); SELECT ';' -- ;",
         "SELECT * FROM ducklake_snapshots('lake')",
         "CALL ducklake_snapshots('lake')",
         "SET TimeZone = 'UTC'; SELECT 1",
@@ -54,3 +56,17 @@ def test_sql_that_would_change_the_lake_or_write_a_file_is_refused(sql: str, ref
 )
 def test_reading_sql_is_not_refused(sql: str) -> None:
     assert refusal(sql) is None
+
+
+@pytest.mark.parametrize(
+    ("sql", "statements"),
+    [
+        ("SELECT 1", ["SELECT 1"]),
+        (";; SELECT 1 ;; -- the end", [" SELECT 1 "]),
+        ("SELECT ';'; SELECT $$;$$ /* ; */", ["SELECT ';'", " SELECT $$;$$ /* ; */"]),
+        ('SELECT 1 AS ";"; PIVOT t ON a USING count(*)', ['SELECT 1 AS ";"', " PIVOT t ON a USING count(*)"]),
+        ("-- only a comment; still a comment", []),
+    ],
+)
+def test_sql_is_cut_into_statements_at_semicolons_outside_strings_and_comments(sql: str, statements: list[str]) -> None:
+    assert statement_texts(sql) == statements

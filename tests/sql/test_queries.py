@@ -164,6 +164,17 @@ def test_the_query_command_prints_json_rows(sample_lake: Lake) -> None:
     assert json.loads(query_command(sample_lake, "--json", sql)) == [list(row) for row in expected]
 
 
+def test_the_query_command_prints_the_rows_of_each_statement_in_turn(sample_lake: Lake) -> None:
+    sql = (
+        "SET threads = 1; SELECT 1 AS first_result; -- a PIVOT is two statements to DuckDB\n"
+        "PIVOT (SELECT 'tcp' AS protocol) ON protocol USING count(*); SELECT current_setting('threads') AS second"
+    )
+    lines = query_command(sample_lake, "--json", sql).splitlines()
+    assert [json.loads(line) for line in lines] == [[[1]], [[1]], [[1]]]
+    table = query_command(sample_lake, sql)
+    assert 0 < table.index("first_result") < table.index("second")
+
+
 def test_the_query_command_prints_strict_json_for_values_json_has_no_literal_for(sample_lake: Lake) -> None:
     sql = (
         "SELECT 'nan'::DOUBLE, '-inf'::DOUBLE, MAP([DATE '2026-11-30'], [1]), '\\x00AB'::BLOB, [1.5, 'inf'::DOUBLE], "
