@@ -661,7 +661,7 @@ def module_document(event_id: int, moved: dict[str, Any], left: dict[str, str] |
 
 
 # event id, the ECS fields the module moved event_data's fields to, the STRUCT's fields the event has (of
-# ProcessGuid, ProcessId, Image and DestinationPortName), and the _extra_fields the moved fields come back as
+# ProcessGuid, ProcessId, Image, DestinationPortName and Hashes), and the _extra_fields the moved fields come back as
 MODULE_MOVES = {
     "process create": (
         1,
@@ -674,6 +674,20 @@ MODULE_MOVES = {
         {"file.path": r"C:\t\a.txt", "process.executable": r"C:\x\w.exe"},
         {"Image": r"C:\x\w.exe"},
         {"TargetFilename": r"C:\t\a.txt"},
+    ),
+    "file delete": (
+        23,
+        {"file.path": r"C:\t\g.dat", "file.name": "g.dat", "process.hash.sha1": "ab12", "process.hash.md5": "cd"},
+        {"Hashes": "SHA1=AB12,MD5=CD"},
+        {"TargetFilename": r"C:\t\g.dat"},
+    ),
+    # as the module wrote it in 2020 (beats' golden file of sysmon-11-filedelete.evtx then): top-level hash.*, and
+    # the whole path in file.name
+    "file delete, older module": (
+        23,
+        {"file.name": r"C:\t\h.dat", "hash.sha1": "ef34", "hash.md5": "ab"},
+        {"Hashes": "SHA1=EF34,MD5=AB"},
+        {"TargetFilename": r"C:\t\h.dat"},
     ),
     "file delete detected": (26, {"file.path": r"C:\t\b.dat"}, {}, {"TargetFilename": r"C:\t\b.dat"}),
     "file block executable": (27, {"file.path": r"C:\t\c.exe"}, {}, {"TargetFilename": r"C:\t\c.exe"}),
@@ -707,7 +721,7 @@ MODULE_MOVES = {
         {"SourceProcessGUID": "{5A-0010}", "SourceProcessId": "910", "SourceImage": r"C:\x\dump.exe"},
     ),
 }
-STRUCT_FIELDS = ("ProcessGuid", "ProcessId", "Image", "DestinationPortName")
+STRUCT_FIELDS = ("ProcessGuid", "ProcessId", "Image", "DestinationPortName", "Hashes")
 
 
 def module_fields(lake: Lake) -> list[tuple]:
