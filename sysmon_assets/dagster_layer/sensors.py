@@ -1,9 +1,9 @@
-"""Request a micro-batch when new bytes land in the landing folder, or when the Kafka consumer lags.
+"""Request a micro-batch when landed files appear or change, or when the Kafka consumer lags.
 
-The sensor compares file sizes with its cursor and asks the Dagster instance whether the last batch left lines
-unread (``SYSMON_LANDING_MAX_BYTES``, a last line without newline) or held back a last line for its writer that is now
-due, or asks Kafka for the consumer group's lag; it never opens the lake, so a tick costs no catalog work beside a
-running batch.
+The sensor compares file sizes and modification times with its cursor and asks the Dagster instance whether the last
+batch left lines unread (``SYSMON_LANDING_MAX_BYTES``, a last line without newline) or held back a last line for its
+writer that is now due, or asks Kafka for the consumer group's lag; it never opens the lake, so a tick costs no
+catalog work beside a running batch.
 """
 
 import json
@@ -37,30 +37,31 @@ from sysmon_assets.sources.landed_files import landing_snapshot
 from sysmon_assets.sources.landed_lines import LandingError
 
 
-def grown_files(previous: dict[str, int], current: dict[str, int]) -> list[str]:
-    """Keys of files that are new or larger than in ``previous``."""
-    return [key for key, size in current.items() if size > previous.get(key, 0)]
+def changed_files(previous: dict[str, str], current: dict[str, str]) -> list[str]:
+    """Keys of files that are new, or of another size or modification time than in ``previous``: a file that
+    grew, and one truncated or rewritten, which the batch reads again from its start."""
+    return [key for key, seen in current.items() if seen != previous.get(key)]
 
 
 def evaluate_landing(
     landing_dir: Path, cursor: str | None, shards: int = 1
 ) -> tuple[list[RunRequest] | SkipReason, str]:
     """The sensor's decision and its next cursor, for a folder and the last cursor: a run request for each
-    shard whose files grew (one, unpartitioned, without shards)."""
+    shard whose files changed (one, unpartitioned, without shards)."""
     try:
         current = landing_snapshot(landing_dir)
     except LandingError as error:
         return SkipReason(str(error)), cursor or "{}"
     previous = json.loads(cursor) if cursor else {}
-    grown = grown_files(previous, current)
+    changed = changed_files(previous, current)
     next_cursor = json.dumps(current, sort_keys=True)
-    if not grown:
-        return SkipReason("no new bytes landed"), next_cursor
-    by_shard = Counter(file_shard(key, shards) for key in grown)
+    if not changed:
+        return SkipReason("no landed file changed"), next_cursor
+    by_shard = Counter(file_shard(key, shards) for key in changed)
     return [
         RunRequest(
             partition_key=partition_key(shard, shards),
-            tags={"sysmon/trigger": "landing_sensor", "sysmon/files_grown": str(count)},
+            tags={"sysmon/trigger": "landing_sensor", "sysmon/files_changed": str(count)},
         )
         for shard, count in sorted(by_shard.items())
     ], next_cursor
@@ -145,7 +146,7 @@ def landing_sensor(job: "UnresolvedAssetJobDefinition", ingest_asset: str) -> Se
         job=job,
         minimum_interval_seconds=30,
         default_status=DefaultSensorStatus.STOPPED,
-        description="Requests a micro-batch when files in SYSMON_LANDING_DIR grow or appear, or the last batch left "
+        description="Requests a micro-batch when files in SYSMON_LANDING_DIR appear or change, or the last batch left "
         "lines for the next (SYSMON_LANDING_MAX_BYTES, a last line without newline); SYSMON_SOURCE=kafka: when the "
         "consumer group lags. With shards, one for each shard whose input grew.",
     )

@@ -38,12 +38,13 @@ _FILE_TYPES = {
 
 
 class LandedFile(NamedTuple):
-    """A landed regular file as the folder's listing saw it: its path, :func:`file_key` and size."""
+    """A landed regular file as the folder's listing saw it: its path, :func:`file_key`, size and modification time."""
 
     path: Path
     key: str
     size: int
     stat: str | None  # size, modification and change times, if the file is settled (SETTLED_SECONDS)
+    modified_ns: int
 
 
 def _settled_stat(info: os.stat_result, now_ns: int) -> str | None:
@@ -93,7 +94,7 @@ def scan_landing(landing_dir: Path) -> tuple[list[LandedFile], list[Skipped]]:
         except OSError as error:
             raise LandingError(f"cannot stat landed file {path_text(path)}: {error}") from error
         if stat.S_ISREG(info.st_mode):
-            landed = LandedFile(path, key_of(info), info.st_size, _settled_stat(info, now_ns))
+            landed = LandedFile(path, key_of(info), info.st_size, _settled_stat(info, now_ns), info.st_mtime_ns)
             files.append((info.st_mtime_ns, entry.name, landed))
         else:
             skipped.append(Skipped(path, key_of(info), _skip_detail(path, info.st_mode)))
@@ -134,9 +135,9 @@ def key_of(info: os.stat_result) -> str:
     return f"{info.st_dev}:{info.st_ino}"
 
 
-def landing_snapshot(landing_dir: Path) -> dict[str, int]:
-    """``{file_key: size}`` of every landed file: cheap to compare between sensor ticks."""
-    return {landed.key: landed.size for landed in scan_landing(landing_dir)[0]}
+def landing_snapshot(landing_dir: Path) -> dict[str, str]:
+    """``{file_key: "size:modification time"}`` of every landed file: cheap to compare between sensor ticks."""
+    return {landed.key: f"{landed.size}:{landed.modified_ns}" for landed in scan_landing(landing_dir)[0]}
 
 
 class FileMoved(Exception):

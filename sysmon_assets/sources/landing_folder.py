@@ -491,8 +491,8 @@ class LandingReader:
         unlisted: dict[str, dict[str, Stored]],
         first_batch_ever: bool,
     ) -> FileProgress:
-        path, key, size, settled = landed
-        progress = FileProgress(key, path, 0, 0, size, file_stat=settled)
+        path, key, size = landed.path, landed.key, landed.size
+        progress = FileProgress(key, path, 0, 0, size, file_stat=landed.stat)
         if key in known:
             self._resume(progress, known[key])
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -47,6 +48,21 @@ def test_requests_a_batch_only_when_files_appear_or_grow(tmp_path: Path) -> None
         handle.write('{"a": 2}\n')
     decision, _ = evaluate_landing(tmp_path, cursor)
     assert isinstance(decision[0], RunRequest)
+
+
+def test_a_file_rewritten_smaller_or_of_the_same_size_is_requested(tmp_path: Path) -> None:
+    # the batch reads such a file again from its start (docs/inputs.md): the sensor must not wait for it to grow
+    landed = tmp_path / "w.ndjson"
+    landed.write_text('{"a": 1}\n{"a": 2}\n')
+    _, cursor = evaluate_landing(tmp_path, None)
+    landed.write_text('{"a": 3}\n')  # truncated and written again, as logrotate's copytruncate leaves a file
+    decision, cursor = evaluate_landing(tmp_path, cursor)
+    assert isinstance(decision, list) and len(decision) == 1
+    landed.write_text('{"a": 4}\n')  # the same size, another time
+    os.utime(landed, ns=(landed.stat().st_atime_ns, landed.stat().st_mtime_ns + 10**9))
+    decision, cursor = evaluate_landing(tmp_path, cursor)
+    assert isinstance(decision, list) and len(decision) == 1
+    assert isinstance(evaluate_landing(tmp_path, cursor)[0], SkipReason)
 
 
 def test_a_missing_folder_is_a_skip_that_names_it(tmp_path: Path) -> None:
