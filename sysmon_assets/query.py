@@ -114,10 +114,10 @@ def _row_count(text: str) -> int:
     return count
 
 
-def results(con: duckdb.DuckDBPyConnection, sql: str) -> Iterator[duckdb.DuckDBPyRelation]:
-    """The rows of each statement of ``sql`` that returns rows, one statement at a time and in order, so each is read
+def results(con: duckdb.DuckDBPyConnection, statements: list[str]) -> Iterator[duckdb.DuckDBPyRelation]:
+    """The rows of each of ``statements`` that returns rows, one statement at a time and in order, so each is read
     before the next runs (a statement such as ``SET`` runs and gives none)."""
-    for statement in statement_texts(sql):
+    for statement in statements:
         relation = con.sql(statement)
         if relation is not None:
             yield relation
@@ -143,9 +143,12 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"query failed: cannot read the SQL file {path} (UTF-8 text expected): {error}")
     if refused := refusal(sql):
         sys.exit(f"query failed: {refused}")
-    try:  # a query fails when it is planned or as its rows are read: both are reported the same way
+    try:  # a query fails when it is parsed, planned or as its rows are read: each is reported the same way
+        statements = statement_texts(sql)
+        for statement in statements:  # each parses before the first runs
+            duckdb.extract_statements(statement)
         con = lake.connect(batch_id=args.batch)  # held: the relations read through it
-        for relation in results(con, sql):
+        for relation in results(con, statements):
             if args.json:
                 relation, columns = json_ready(relation)
                 print(rows_as_json(relation.fetchall(), columns))

@@ -5,6 +5,7 @@ A guard against mistakes, not a sandbox: DuckDB's SQL reaches the file system in
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import duckdb
@@ -53,27 +54,38 @@ EXPLAINED = re.compile(r"\s*EXPLAIN\s+(?:ANALY[SZ]E\s+)?", re.IGNORECASE)
 IDENTIFIER = re.compile(r'"((?:[^"]|"")*)"|[^\W\d]\w*')
 
 
+def tokens(sql: str) -> list[tuple[int, duckdb.token_type]]:
+    """DuckDB's tokens of ``sql`` (comments are none), each at its character position: DuckDB counts UTF-8 bytes."""
+    byte_starts = itertools.accumulate((len(character.encode()) for character in sql), initial=0)
+    character_at = {byte: character for character, byte in enumerate(byte_starts)}
+    return [(character_at[position], kind) for position, kind in duckdb.tokenize(sql)]
+
+
 def statement_texts(sql: str) -> list[str]:
     """``sql``'s statements, cut at the semicolons DuckDB's tokenizer finds outside strings and comments; a piece
     with no token (only a comment, or nothing) is no statement. As text, not ``duckdb.extract_statements``: that
     gives the statements DuckDB expands a PIVOT into without their text (which ``con.sql`` then cannot run)."""
-    tokens = duckdb.tokenize(sql)
-    cuts = [position for position, kind in tokens if kind == duckdb.token_type.operator and sql[position] == ";"]
+    cuts = [position for position, kind in tokens(sql) if kind == duckdb.token_type.operator and sql[position] == ";"]
     pieces = [sql[start:end] for start, end in zip([0] + [cut + 1 for cut in cuts], [*cuts, len(sql)], strict=True)]
     return [piece for piece in pieces if duckdb.tokenize(piece)]
 
 
 def refusal(sql: str) -> str | None:
-    """Why the query command does not run ``sql``, which would change the lake or write a file, or None."""
-    try:  # statement by statement: of a PIVOT after another statement, DuckDB 1.4's Statement.query fails
-        statements = [each for text in statement_texts(sql) for each in duckdb.extract_statements(text)]
-        tokens = duckdb.tokenize(sql)
+    """Why the query command does not run ``sql``, which would change the lake or write a file, or None. Each
+    statement is checked that DuckDB can parse (the command runs none when one does not parse)."""
+    try:
+        texts = statement_texts(sql)
     except duckdb.Error:
-        return None  # not SQL DuckDB reads: running it reports why
-    for statement in statements:
-        if refused := _statement_refusal(statement):
+        return None  # not SQL DuckDB reads: the command reports why, and runs nothing
+    for text in texts:
+        try:  # statement by statement: of a PIVOT after another statement, DuckDB 1.4's Statement.query fails
+            statements = duckdb.extract_statements(text)
+        except duckdb.Error:
+            continue  # not SQL DuckDB reads: the command reports why, and runs nothing
+        if refused := next(filter(None, map(_statement_refusal, statements)), None):
             return refused
-    for (position, kind), (following, _) in zip(tokens, [*tokens[1:], (len(sql), None)], strict=True):
+    listed = tokens(sql)
+    for (position, kind), (following, _) in zip(listed, [*listed[1:], (len(sql), None)], strict=True):
         found = IDENTIFIER.match(sql, position) if kind == duckdb.token_type.identifier else None
         name = found and (found.group(1) or found.group(0)).replace('""', '"').lower()
         if name in REFUSED_FUNCTIONS and sql.startswith("(", following):  # called, not a column so named

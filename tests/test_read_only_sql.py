@@ -23,6 +23,11 @@ from sysmon_assets.read_only_sql import refusal, statement_texts
         ("EXPLAIN ANALYZE COPY (SELECT 1) TO 'out.parquet'", "COPY is refused"),
         ("SELECT 1; COPY (SELECT 1) TO 'out.csv'", "COPY is refused"),
         ("SELECT 1; PIVOT sysmon_join ON network_protocol USING count(*); COPY (SELECT 1) TO 'x'", "COPY is refused"),
+        # DuckDB's tokenizer counts UTF-8 bytes: a name after a non-ASCII character is still found
+        ("SELECT 'é' AS a, * FROM ducklake_cleanup_old_files('lake') -- xx", "ducklake_cleanup_old_files is refused"),
+        ("SELECT 'Müller;' AS a; COPY (SELECT 1) TO 'x'", "COPY is refused"),
+        # a refused statement before one DuckDB cannot parse
+        ("COPY (SELECT 42) TO 'x.csv'; SELECT 'unterminated", "COPY is refused"),
         ("CREATE TEMP TABLE t AS SELECT 1", "CREATE is refused"),
         ("SET profiling_output = 'x.json'", "setting profiling_output is refused"),
         ("PRAGMA log_query_path = 'x.log'", "setting log_query_path is refused"),
@@ -66,6 +71,8 @@ def test_reading_sql_is_not_refused(sql: str) -> None:
         ("SELECT ';'; SELECT $$;$$ /* ; */", ["SELECT ';'", " SELECT $$;$$ /* ; */"]),
         ('SELECT 1 AS ";"; PIVOT t ON a USING count(*)', ['SELECT 1 AS ";"', " PIVOT t ON a USING count(*)"]),
         ("-- only a comment; still a comment", []),
+        ("SELECT 'é;' AS a; SELECT 'Müller' -- für", ["SELECT 'é;' AS a", " SELECT 'Müller' -- für"]),
+        ("\ufeffSELECT 1;\n", ["\ufeffSELECT 1"]),
     ],
 )
 def test_sql_is_cut_into_statements_at_semicolons_outside_strings_and_comments(sql: str, statements: list[str]) -> None:

@@ -175,6 +175,23 @@ def test_the_query_command_prints_the_rows_of_each_statement_in_turn(sample_lake
     assert 0 < table.index("first_result") < table.index("second")
 
 
+def test_the_query_command_runs_nothing_when_a_statement_does_not_parse(sample_lake: Lake) -> None:
+    env = {**os.environ, "SYSMON_DATA_DIR": str(sample_lake.data)}
+    command = [sys.executable, "-m", "sysmon_assets.query", "--json", "SELECT 1 AS a; SELECT 'unterminated"]
+    failed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert (failed.returncode, failed.stdout) == (1, "")  # the first statement's rows are not printed: not run
+    assert failed.stderr.startswith("query failed: Parser Error"), failed.stderr
+
+
+def test_the_query_command_reads_a_sql_file_with_a_byte_order_mark_and_non_ascii_text(
+    sample_lake: Lake, tmp_path: Path
+) -> None:
+    query = tmp_path / "für.sql"
+    query.write_text("\ufeff-- Müller\nSELECT 'é' AS a;\nSELECT 'ü;' AS b;\n", encoding="utf-8")
+    lines = query_command(sample_lake, "--json", str(query)).splitlines()
+    assert [json.loads(line) for line in lines] == [[["é"]], [["ü;"]]]
+
+
 def test_the_query_command_prints_strict_json_for_values_json_has_no_literal_for(sample_lake: Lake) -> None:
     sql = (
         "SELECT 'nan'::DOUBLE, '-inf'::DOUBLE, MAP([DATE '2026-11-30'], [1]), '\\x00AB'::BLOB, [1.5, 'inf'::DOUBLE], "
