@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import fields
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,9 @@ class SysmonPipelineResource(SettingsConfig):
     """Where the events come from (landing folder or Kafka), the lake, and how batches join."""
 
     duckdb: DuckDBResource
-    batch_time: str | None = Field(default=None, description="fixed batch clock (ISO UTC) for replays and tests")
+    batch_time: str | None = Field(
+        default=None, description="fixed batch clock for replays and tests (ISO 8601, UTC if no offset)"
+    )
 
     _run_pipelines: dict[int, SysmonPipeline] = PrivateAttr(default_factory=dict)
     _run_connections: LakeConnections | None = PrivateAttr(default=None)
@@ -95,8 +97,12 @@ class SysmonPipelineResource(SettingsConfig):
         return self._run_pipelines[shard]
 
     def clock(self) -> datetime | None:
-        """The configured batch time, if any."""
-        return datetime.fromisoformat(self.batch_time) if self.batch_time else None
+        """The configured batch time, if any, as a naive UTC time (the lake's times are; one with an offset is
+        converted)."""
+        if not self.batch_time:
+            return None
+        configured = datetime.fromisoformat(self.batch_time)
+        return configured.astimezone(UTC).replace(tzinfo=None) if configured.tzinfo else configured
 
 
 def resources_from_settings(settings: Settings) -> dict[str, object]:
