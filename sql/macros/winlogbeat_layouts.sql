@@ -125,7 +125,7 @@
             "CommandLine": 'j."process".command_line',
             "CurrentDirectory": 'j."process".working_directory',
             "User": "nullif(concat_ws('\\', j.\"user\".domain, j.\"user\".name), '')",
-            "Hashes": "coalesce(nullif(concat_ws(',', 'SHA1=' || upper(j.\"process\".hash.sha1), 'MD5=' || upper(j.\"process\".hash.md5), 'SHA256=' || upper(j.\"process\".hash.sha256), 'IMPHASH=' || upper(j.\"process\".pe.imphash)), ''), nullif(concat_ws(',', 'SHA1=' || upper(j.\"hash\".sha1), 'MD5=' || upper(j.\"hash\".md5), 'SHA256=' || upper(j.\"hash\".sha256), 'IMPHASH=' || upper(j.\"hash\".imphash)), ''))",
+            "Hashes": "coalesce(nullif(concat_ws(',', 'SHA1=' || upper(j.\"process\".hash.sha1), 'MD5=' || upper(j.\"process\".hash.md5), 'SHA256=' || upper(j.\"process\".hash.sha256), 'IMPHASH=' || upper(j.\"process\".pe.imphash)), ''), CASE WHEN " ~ ecs_event_id ~ " = 23 THEN nullif(concat_ws(',', 'SHA1=' || upper(j.\"hash\".sha1), 'MD5=' || upper(j.\"hash\".md5), 'SHA256=' || upper(j.\"hash\".sha256), 'IMPHASH=' || upper(j.\"hash\".imphash)), '') END)",
             "ParentProcessGuid": 'j."process".parent.entity_id',
             "ParentProcessId": 'j."process".parent.pid',
             "ParentImage": 'j."process".parent.executable',
@@ -147,7 +147,8 @@
         "extra_fields": [
             ("RuleName", 'j."rule"."name"', none),
             ("OriginalFileName", 'coalesce(j."process".pe.original_file_name, j."file".pe.original_file_name)', none),
-            ("TargetFilename", 'coalesce(j."file"."path", j."file"."name")', [2, 11, 15, 23, 26, 27, 28, 29]),
+            ("TargetFilename", 'j."file"."path"', [2, 11, 15, 26, 27, 28, 29]),
+            ("TargetFilename", 'coalesce(j."file"."path", j."file"."name")', [23]),
             ("ImageLoaded", 'j."file"."path"', [6, 7]),
             ("Device", 'j."file"."path"', [9]),
             ("PipeName", 'j."file"."name"', [17, 18]),

@@ -689,6 +689,8 @@ MODULE_MOVES = {
         {"Hashes": "SHA1=EF34,MD5=AB"},
         {"TargetFilename": r"C:\t\h.dat"},
     ),
+    # the fallbacks of that module's event 23 only: today's module and Elastic Agent name a file's base name file.name
+    "file stream created, no file.path": (15, {"file.name": "i.txt", "hash.sha256": "aa"}, {}, {}),
     "file delete detected": (26, {"file.path": r"C:\t\b.dat"}, {}, {"TargetFilename": r"C:\t\b.dat"}),
     "file block executable": (27, {"file.path": r"C:\t\c.exe"}, {}, {"TargetFilename": r"C:\t\c.exe"}),
     "file block shredding": (28, {"file.path": r"C:\t\d.bin"}, {}, {"TargetFilename": r"C:\t\d.bin"}),
