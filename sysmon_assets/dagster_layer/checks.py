@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dbt_like import StepResult
-from dbt_like.sql import UTC_NOW, literal, one_of, scalar
+from dbt_like.sql import UTC_NOW, first_row, literal, one_of, scalar
 from sysmon_assets.hunting.sigma import LOGSOURCE
 from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.sources import kafka_source
@@ -34,18 +34,23 @@ class BatchCheck:
 
 
 def join_coverage(pipeline: SysmonPipeline, batch_id: int) -> Outcome:
-    """Share of all network-connect events that joined; warns below ``join_coverage_warn``."""
+    """Share of the batch's network-connect events that joined; warns below ``join_coverage_warn``. Those still
+    waiting for their process create (the default mode's retry) are counted apart: they may join in a later batch."""
+    batch = f"SELECT _seq FROM sysmon_network_connect WHERE _batch_id = {literal(batch_id)}"
     with pipeline.connect() as con:
-        connects = scalar(con, "SELECT count(*) FROM sysmon_network_connect")
-        joined = scalar(con, "SELECT count(*) FROM sysmon_join")
-        pending = scalar(con, f"SELECT count(*) FROM dbt_like.pending WHERE {one_of('model', 'sysmon_join')}")
+        connects, joined, waiting = first_row(
+            con,
+            f"""SELECT (SELECT count(*) FROM ({batch})),
+                (SELECT count(*) FROM sysmon_join WHERE _batch_id = {literal(batch_id)} AND _seq IN ({batch})),
+                (SELECT count(*) FROM dbt_like.pending WHERE {one_of("model", "sysmon_join")} AND seq IN ({batch}))""",
+        )
     coverage = joined / connects if connects else 1.0
     threshold = pipeline.settings.join_coverage_warn
     return coverage >= threshold, {
         "coverage": round(coverage, 4),
         "joined": joined,
         "network_events": connects,
-        "pending": pending,
+        "waiting": waiting,
         "warn_below": threshold,
     }
 
@@ -120,7 +125,9 @@ def sigma_rules_converted(pipeline: SysmonPipeline, batch_id: int) -> Outcome:
 
 
 BATCH_CHECKS = (
-    BatchCheck("join_coverage", "sysmon_join", "share of network events enriched with their process", join_coverage),
+    BatchCheck(
+        "join_coverage", "sysmon_join", "share of the batch's network events enriched with their process", join_coverage
+    ),
     BatchCheck("landing_freshness", "winlogbeat_stream", "something landed recently", landing_freshness),
     BatchCheck(
         "severe_detections",

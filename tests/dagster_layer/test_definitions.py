@@ -225,6 +225,19 @@ def test_materializations_carry_column_schema_lineage_and_a_preview(lake: Lake) 
     assert max(snapshots) == lake.rows("FROM ducklake_current_snapshot('lake')")[0][0]
 
 
+def test_join_coverage_is_the_batch_s_own(tmp_path: Path) -> None:
+    lake = Lake(tmp_path, join_coverage_warn=0.5)
+    job = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch")
+    lake.land([process_create(f"{{P{i}}}") for i in range(8)] + [network_connect(f"{{P{i}}}") for i in range(8)])
+    job.execute_in_process()
+    lake.land([network_connect("{P0}"), *[network_connect(f"{{Q{i}}}") for i in range(3)]], name="later.ndjson")
+    checks = {c.check_name: c for c in job.execute_in_process().get_asset_check_evaluations()}
+    coverage = {key: value.value for key, value in checks["join_coverage"].metadata.items()}
+    # 1 of this batch's 4 connections joined (3 wait for their process, in vain so far); 9 of 12 in all would pass
+    assert not checks["join_coverage"].passed
+    assert coverage == {"coverage": 0.25, "joined": 1, "network_events": 4, "waiting": 3, "warn_below": 0.5}
+
+
 def test_join_coverage_and_landing_freshness_warn(tmp_path: Path) -> None:
     lake = Lake(tmp_path)
     lake.land([process_create("{G}"), network_connect("{g}"), *[network_connect(f"{{X{i}}}") for i in range(5)]])
