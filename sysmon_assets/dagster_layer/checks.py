@@ -6,6 +6,7 @@ materialization metadata.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,6 +22,8 @@ from sysmon_assets.sources.landed_files import list_landed_files
 
 # A check's verdict and its metadata (numbers, text, or JSON: lists and dicts).
 Outcome = tuple[bool, dict[str, Any]]
+# The clock landing_freshness compares files' times with (seconds since the epoch).
+wall_clock = time.time
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,9 @@ def landing_freshness(pipeline: SysmonPipeline, batch_id: int) -> Outcome:
     if pipeline.settings.source == "kafka":
         return _kafka_freshness(pipeline)
     files = list_landed_files(pipeline.settings.landing_dir)
-    newest = max((path.stat().st_mtime for path in files), default=0.0)
-    age_minutes = (time.time() - newest) / 60 if newest else float("inf")
+    # the change time too: a file moved in keeps the modification time it had where it was written (mv, cp -p)
+    newest = max((max(info.st_mtime, info.st_ctime) for info in map(os.stat, files)), default=0.0)
+    age_minutes = (wall_clock() - newest) / 60 if newest else float("inf")
     limit = pipeline.settings.freshness_minutes
     return age_minutes <= limit, {
         "minutes_since_last_landing": round(min(age_minutes, 10**9), 1),

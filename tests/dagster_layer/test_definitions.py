@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
+import pytest
 import yaml
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, DefaultScheduleStatus, DefaultSensorStatus
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
@@ -15,11 +17,12 @@ from dagster._core.test_utils import instance_for_test
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
 
 from dbt_like import discover_models
+from sysmon_assets.dagster_layer import checks as batch_checks
 from sysmon_assets.dagster_layer.jobs import WRITER_POOL
 from sysmon_assets.definitions import build_definitions, defs
 from sysmon_assets.micro_batch.recipe_project import SQL_DIR
 from sysmon_assets.settings import Settings
-from tests.conftest import CLI_BATCH, Lake, lake_rows, network_connect, process_create
+from tests.conftest import CLI_BATCH, Lake, lake_rows, land, network_connect, process_create
 from tests.recipe import HUNTING_MODELS, RECIPE_MODELS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -225,6 +228,17 @@ def test_materializations_carry_column_schema_lineage_and_a_preview(lake: Lake) 
     assert max(snapshots) == lake.rows("FROM ducklake_current_snapshot('lake')")[0][0]
 
 
+def test_a_file_moved_in_with_an_old_modification_time_is_fresh(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    shipped = tmp_path / "shipped.ndjson"  # written long ago elsewhere, moved in as mv, cp -p or rsync -a keep it
+    land(shipped, [process_create("{G}")])
+    os.utime(shipped, (0, 0))
+    shipped.rename(lake.landing / shipped.name)
+    result = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch").execute_in_process()
+    (freshness,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "landing_freshness"]
+    assert freshness.passed, freshness.metadata
+
+
 def test_join_coverage_is_the_batch_s_own(tmp_path: Path) -> None:
     lake = Lake(tmp_path, join_coverage_warn=0.5)
     job = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch")
@@ -238,11 +252,10 @@ def test_join_coverage_is_the_batch_s_own(tmp_path: Path) -> None:
     assert coverage == {"coverage": 0.25, "joined": 1, "network_events": 4, "waiting": 3, "warn_below": 0.5}
 
 
-def test_join_coverage_and_landing_freshness_warn(tmp_path: Path) -> None:
+def test_join_coverage_and_landing_freshness_warn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     lake = Lake(tmp_path)
     lake.land([process_create("{G}"), network_connect("{g}"), *[network_connect(f"{{X{i}}}") for i in range(5)]])
-    stale = lake.landing / "winlogbeat.ndjson"
-    os.utime(stale, (0, 0))
+    monkeypatch.setattr(batch_checks, "wall_clock", lambda: time.time() + 61 * 60)  # nothing landed for 61 minutes
     result = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch").execute_in_process()
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert not checks["join_coverage"].passed

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import os
+import time
 from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance, MetadataValue
 from dagster._core.test_utils import instance_for_test
 
+from sysmon_assets.dagster_layer import checks
 from sysmon_assets.dagster_layer.run_report import asset_line, main, run_report
 from sysmon_assets.definitions import build_definitions
 from tests.conftest import Lake, network_connect, process_create, sysmon_event
@@ -41,8 +42,8 @@ def test_the_report_names_the_run_and_its_batch_and_says_per_asset_where_rows_we
 ) -> None:
     create, connect = process_create("{A}", record=1), network_connect("{A}", record=2)
     other = sysmon_event(4624, None, provider="Microsoft-Windows-Security-Auditing", record=3)
-    stale = lake.land([create, connect, connect, other, network_connect("{nobody}", record=4), "not json"])
-    os.utime(stale, (0, 0))  # landed long ago: landing_freshness warns
+    lake.land([create, connect, connect, other, network_connect("{nobody}", record=4), "not json"])
+    monkeypatch.setattr(checks, "wall_clock", lambda: time.time() + 61 * 60)  # nothing landed for 61 minutes
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
     (tmp_path / "home" / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
