@@ -284,7 +284,8 @@ class Settings:
             check, value = declared.metadata["check"], getattr(self, declared.name)
             problem = check(value) if check else None
             if problem:
-                raise SettingsError(f"{declared.metadata['env']}={value!r}: {problem}")
+                shown = repr(str(value)) if isinstance(value, Path) else repr(value)  # as set: no PosixPath(...)
+                raise SettingsError(f"{declared.metadata['env']}={shown}: {problem}")
         if (self.source == "kafka" or self.kafka_sink) and not self.kafka_bootstrap:
             raise SettingsError("SYSMON_KAFKA_BOOTSTRAP is not set: the Kafka source and sink need host:port")
         self._check_shards()

@@ -61,6 +61,13 @@ def test_bad_values_name_the_variable(variable: str, value: str) -> None:
         Settings.from_env({variable: value})
 
 
+def test_a_bad_path_is_named_as_it_was_set(tmp_path: Path) -> None:
+    missing = tmp_path / "no rules"
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"SYSMON_SIGMA_RULES": str(missing)})
+    assert str(refused.value).startswith(f"SYSMON_SIGMA_RULES={str(missing)!r}: ")
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
