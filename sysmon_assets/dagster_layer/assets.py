@@ -175,7 +175,7 @@ def model_asset(project: Project, name: str, partitions: StaticPartitionsDefinit
             )
             for check in BATCH_CHECKS
             if check.asset == name
-            for passed, details in [check.evaluate(pipeline, batch_id)]
+            for passed, details in [check.evaluate(pipeline, batch_id, results[0])]
         ]
         return MaterializeResult(metadata=metadata, check_results=checks)
 

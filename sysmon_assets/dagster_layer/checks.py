@@ -28,24 +28,30 @@ wall_clock = time.time
 
 @dataclass(frozen=True)
 class BatchCheck:
-    """A named check on one asset, evaluated against the pipeline after the asset's step."""
+    """A named check on one asset, evaluated against the pipeline after the asset's step (its batch and result)."""
 
     name: str
     asset: str
     description: str
-    evaluate: Callable[[SysmonPipeline, int], Outcome]
+    evaluate: Callable[[SysmonPipeline, int, StepResult], Outcome]
 
 
-def join_coverage(pipeline: SysmonPipeline, batch_id: int) -> Outcome:
-    """Share of the batch's network-connect events that joined; warns below ``join_coverage_warn``. Those still
-    waiting for their process create (the default mode's retry) are counted apart: they may join in a later batch."""
-    batch = f"SELECT _seq FROM sysmon_network_connect WHERE _batch_id = {literal(batch_id)}"
+def join_coverage(pipeline: SysmonPipeline, batch_id: int, result: StepResult) -> Outcome:
+    """Share of the network-connect events the join step read anew that joined; warns below ``join_coverage_warn``.
+    Those still waiting for their process create (the default mode's retry) are counted apart: they may join in a
+    later batch. Read anew: the connect step's rows of the batches between the join step's offsets (more than this
+    batch's, when an earlier batch stopped before its join step)."""
+    lower, upper = result.offsets_before["sysmon_network_connect"], result.offsets_after["sysmon_network_connect"]
+    read = (
+        f"SELECT _seq FROM sysmon_network_connect WHERE _batch_id BETWEEN {literal(lower + 1)} AND {literal(upper)} "
+        f"AND {pipeline.shard.owns()}"
+    )
     with pipeline.connect() as con:
         connects, joined, waiting = first_row(
             con,
-            f"""SELECT (SELECT count(*) FROM ({batch})),
-                (SELECT count(*) FROM sysmon_join WHERE _batch_id = {literal(batch_id)} AND _seq IN ({batch})),
-                (SELECT count(*) FROM dbt_like.pending WHERE {one_of("model", "sysmon_join")} AND seq IN ({batch}))""",
+            f"""SELECT (SELECT count(*) FROM ({read})),
+                (SELECT count(*) FROM sysmon_join WHERE _batch_id = {literal(batch_id)} AND _seq IN ({read})),
+                (SELECT count(*) FROM dbt_like.pending WHERE {one_of("model", "sysmon_join")} AND seq IN ({read}))""",
         )
     coverage = joined / connects if connects else 1.0
     threshold = pipeline.settings.join_coverage_warn
@@ -72,7 +78,7 @@ def _kafka_freshness(pipeline: SysmonPipeline) -> Outcome:
     }
 
 
-def landing_freshness(pipeline: SysmonPipeline, batch_id: int) -> Outcome:
+def landing_freshness(pipeline: SysmonPipeline, batch_id: int, result: StepResult) -> Outcome:
     """Whether anything landed (or, from Kafka, was read) within ``freshness_minutes``: a silent Winlogbeat
     is an incident."""
     if pipeline.settings.source == "kafka":
@@ -94,7 +100,7 @@ SEVERE_LEVELS = ("high", "critical")
 HITS_SHOWN = 50
 
 
-def sigma_severe_hits(pipeline: SysmonPipeline, batch_id: int) -> Outcome:
+def sigma_severe_hits(pipeline: SysmonPipeline, batch_id: int, result: StepResult) -> Outcome:
     """Warns when the batch produced detections of a high or critical rule: how many, and the first
     :data:`HITS_SHOWN` (a large batch can have a hundred thousand; only those shown are fetched)."""
     severe = (
@@ -113,7 +119,7 @@ def sigma_severe_hits(pipeline: SysmonPipeline, batch_id: int) -> Outcome:
     return count == 0, {"severe_hits": count, "levels": ", ".join(SEVERE_LEVELS), "hits": hits}
 
 
-def sigma_rules_converted(pipeline: SysmonPipeline, batch_id: int) -> Outcome:
+def sigma_rules_converted(pipeline: SysmonPipeline, batch_id: int, result: StepResult) -> Outcome:
     """Warns when a rule of the folder cannot run (unreadable, a feature the conversion lacks, a field our events do
     not carry, or SQL DuckDB rejects), and lists every rule not evaluated with its reason. Rules written for another
     log source are listed but do not warn: a checkout of SigmaHQ's rules holds thousands."""

@@ -1,9 +1,9 @@
-"""The recipe's step notes: why the rekey step wrote fewer rows than it read."""
+"""The recipe's step notes (why the rekey step wrote fewer rows than it read) and batch checks."""
 
 from __future__ import annotations
 
-from sysmon_assets.dagster_layer.checks import rekey_drops
-from tests.conftest import Lake, network_connect, process_create, sysmon_event
+from sysmon_assets.dagster_layer.checks import join_coverage, rekey_drops
+from tests.conftest import T0, Lake, network_connect, process_create, sysmon_event
 
 
 def drops(lake: Lake) -> tuple[int, int, dict[str, int]]:
@@ -30,3 +30,22 @@ def test_the_rekey_asset_reports_the_drops(lake: Lake) -> None:
     rekey = result.asset_materializations_for_node("winlogbeat_stream_rekey")[0].metadata
     assert (rekey["rows_in"].value, rekey["rows_written"].value) == (3, 1)
     assert (rekey["not_sysmon_dropped"].value, rekey["redeliveries_dropped"].value) == (1, 1)
+
+
+def test_join_coverage_counts_the_connections_the_join_step_read_in_whichever_batch_they_came(lake: Lake) -> None:
+    # a run that stopped after the connect step (a failed blocking check, a re-execution): the next batch's join
+    # step reads both batches' connections
+    lake.land([process_create("{P}"), network_connect("{P}"), *[network_connect(f"{{Q{i}}}") for i in range(3)]])
+    models = lake.pipeline.project.primary_models()
+    stopped_at = models.index("sysmon_network_connect") + 1
+    for name in models[:stopped_at]:
+        lake.pipeline.run_model(name, "stopped", T0)
+    for name in models[stopped_at:]:
+        results = lake.pipeline.run_model(name, "next", T0)
+        if name == "sysmon_join":
+            joined_by = lake.pipeline.last_batch_id, results[0]
+    passed, metadata = join_coverage(lake.pipeline, *joined_by)
+    assert (passed, metadata) == (
+        True,
+        {"coverage": 0.25, "joined": 1, "network_events": 4, "waiting": 3, "warn_below": 0.25},
+    )

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 import sysmon_assets
+from dbt_like import StepResult
 from sysmon_assets.hunting import sigma
 from sysmon_assets.settings import DEFAULT_SIGMA_RULES, Settings
 from tests.conftest import T0, Lake, PlanRecorder, network_connect, plan_nodes, process_create, sysmon_event
@@ -487,7 +488,7 @@ def test_rules_for_other_log_sources_are_listed_without_a_warning(tmp_path: Path
 
     names = ("file_event.yml", "nested/fine.yml")
     lake = Lake(tmp_path, sigma_rules=write_rules(tmp_path / "rules", {name: FAILING_RULES[name] for name in names}))
-    passed, metadata = sigma_rules_converted(lake.pipeline, 1)
+    passed, metadata = sigma_rules_converted(lake.pipeline, 1, StepResult("sigma_detections"))
     assert passed
     assert metadata["rules_not_evaluated"] == {"logsource": 1}
     assert [failure["file"] for failure in metadata["failures"]] == ["file_event.yml"]
@@ -758,7 +759,7 @@ def test_the_severe_hits_check_counts_every_hit_and_lists_the_first_by_arrival(
     lake.batch()
     monkeypatch.setattr(checks, "HITS_SHOWN", 3)
     recorders = lake.wrap_connections(lambda con: PlanRecorder(con, "SELECT rule_title"))
-    passed, metadata = checks.sigma_severe_hits(lake.pipeline, 1)
+    passed, metadata = checks.sigma_severe_hits(lake.pipeline, 1, StepResult("sigma_detections"))
     (plan,) = [plan for recorder in recorders for plan in recorder.plans]
     assert list(plan_nodes(plan, "TOP_N"))  # the hits listed are fetched, not every hit of a large batch
     assert not passed
