@@ -6,23 +6,23 @@ materialization metadata.
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 from dbt_like import StepResult
 from dbt_like.sql import UTC_NOW, first_row, literal, one_of, scalar
 from sysmon_assets.hunting.sigma import LOGSOURCE
 from sysmon_assets.micro_batch.steps import SysmonPipeline
-from sysmon_assets.sources import kafka_source
+from sysmon_assets.sources import kafka_source, landing_folder
 from sysmon_assets.sources.landed_files import list_landed_files
 
 # A check's verdict and its metadata (numbers, text, or JSON: lists and dicts).
 Outcome = tuple[bool, dict[str, Any]]
-# The clock landing_freshness compares files' times with (seconds since the epoch).
+# The clock landing_freshness measures the time since something landed with (seconds since the epoch).
 wall_clock = time.time
 
 
@@ -80,18 +80,19 @@ def _kafka_freshness(pipeline: SysmonPipeline) -> Outcome:
 
 def landing_freshness(pipeline: SysmonPipeline, batch_id: int, result: StepResult) -> Outcome:
     """Whether anything landed (or, from Kafka, was read) within ``freshness_minutes``: a silent Winlogbeat
-    is an incident."""
+    is an incident. Landed: a batch found a new file or a file's size changed (``ingest.files.updated_at``), not a
+    file's own times, which a file moved in keeps from where it was written and a rotation's rename changes."""
     if pipeline.settings.source == "kafka":
         return _kafka_freshness(pipeline)
-    files = list_landed_files(pipeline.settings.landing_dir)
-    # the change time too: a file moved in keeps the modification time it had where it was written (mv, cp -p)
-    newest = max((max(info.st_mtime, info.st_ctime) for info in map(os.stat, files)), default=0.0)
-    age_minutes = (wall_clock() - newest) / 60 if newest else float("inf")
+    with pipeline.connect() as con:
+        newest = scalar(con, f"SELECT max(updated_at) FROM {landing_folder.STATE_TABLE}")
+    seen = newest.replace(tzinfo=UTC).timestamp() if newest else None
+    age_minutes = (wall_clock() - seen) / 60 if seen else float("inf")
     limit = pipeline.settings.freshness_minutes
     return age_minutes <= limit, {
         "minutes_since_last_landing": round(min(age_minutes, 10**9), 1),
         "limit_minutes": limit,
-        "files": len(files),
+        "files": len(list_landed_files(pipeline.settings.landing_dir)),
     }
 
 

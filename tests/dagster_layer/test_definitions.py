@@ -22,6 +22,7 @@ from sysmon_assets.dagster_layer.jobs import WRITER_POOL
 from sysmon_assets.definitions import build_definitions, defs
 from sysmon_assets.micro_batch.recipe_project import SQL_DIR
 from sysmon_assets.settings import Settings
+from sysmon_assets.storage.lake import open_lake
 from tests.conftest import CLI_BATCH, Lake, lake_rows, land, network_connect, process_create
 from tests.recipe import HUNTING_MODELS, RECIPE_MODELS
 
@@ -237,6 +238,20 @@ def test_a_file_moved_in_with_an_old_modification_time_is_fresh(tmp_path: Path) 
     result = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch").execute_in_process()
     (freshness,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "landing_freshness"]
     assert freshness.passed, freshness.metadata
+
+
+def test_a_rotation_without_new_bytes_is_not_a_landing(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    job = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch")
+    written = lake.land([process_create("{G}")], name="winlogbeat")
+    job.execute_in_process()
+    with open_lake(lake.settings) as con:  # that landing two hours ago
+        con.execute("UPDATE ingest.files SET updated_at = updated_at - INTERVAL 2 HOUR")
+    written.rename(written.with_name("winlogbeat.1"))  # as Winlogbeat rotates on a restart, writing nothing
+    result = job.execute_in_process()
+    (freshness,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "landing_freshness"]
+    assert not freshness.passed
+    assert freshness.metadata["minutes_since_last_landing"].value >= 120
 
 
 def test_join_coverage_is_the_batch_s_own(tmp_path: Path) -> None:
