@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import fields
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field, PrivateAttr, create_model
 
 from sysmon_assets.micro_batch.recipe_project import shared_project
-from sysmon_assets.micro_batch.steps import SysmonPipeline
+from sysmon_assets.micro_batch.steps import SysmonPipeline, naive_utc
 from sysmon_assets.settings import Settings, field_types
 from sysmon_assets.storage import lake
 from sysmon_assets.storage.lake_connections import LakeConnections
@@ -97,12 +97,8 @@ class SysmonPipelineResource(SettingsConfig):
         return self._run_pipelines[shard]
 
     def clock(self) -> datetime | None:
-        """The configured batch time, if any, as a naive UTC time (the lake's times are; one with an offset is
-        converted)."""
-        if not self.batch_time:
-            return None
-        configured = datetime.fromisoformat(self.batch_time)
-        return configured.astimezone(UTC).replace(tzinfo=None) if configured.tzinfo else configured
+        """The configured batch time, if any, as a naive UTC time (one with an offset converted)."""
+        return naive_utc(datetime.fromisoformat(self.batch_time)) if self.batch_time else None
 
 
 def resources_from_settings(settings: Settings) -> dict[str, object]:

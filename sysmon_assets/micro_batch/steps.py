@@ -24,6 +24,13 @@ def utc_now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def naive_utc(time: datetime) -> datetime:
+    """``time`` as a naive UTC timestamp: one with an offset converted, a naive one taken as UTC. An aware time
+    would go into the lake's TIMESTAMP columns in the session's time zone (the host's), or lose its offset in a
+    TIMESTAMP literal."""
+    return time.astimezone(UTC).replace(tzinfo=None) if time.tzinfo else time
+
+
 class SysmonPipeline:
     """The recipe's models over one lake and one landing folder (or Kafka topic); with ``SYSMON_SHARDS`` > 1,
     shard ``shard``'s part of them. ``project``: the recipe's project for these settings and shard (by default
@@ -50,7 +57,8 @@ class SysmonPipeline:
         return load_rule_set(self.settings.sigma_rules, self.settings.sigma_cache_dir)
 
     def run_model(self, name: str, run_key: str, batch_time: datetime | None = None) -> list[StepResult]:
-        """Run one model's step for the batch of ``run_key`` (created by the first step that asks). A model fed
+        """Run one model's step for the batch of ``run_key`` (created by the first step that asks; ``batch_time``: its
+        clock, by default now, UTC unless it has an offset). A model fed
         by a ``source()`` reads the configured source: that step is the ingest. A step the lake, as the batch
         opened, shows to have nothing to do opens no connection."""
         opened = self.project.opened_batch(run_key)
@@ -58,7 +66,7 @@ class SysmonPipeline:
             self.last_batch_id = opened.batch_id
             return quiet
         with self.connect() as con:
-            batch = self.project.open_batch(con, run_key, batch_time or utc_now())
+            batch = self.project.open_batch(con, run_key, naive_utc(batch_time) if batch_time else utc_now())
             self.last_batch_id = batch.batch_id
             if self.project.models[name].sources:
                 chunk = chunk_bytes_for(con) if self.chunk_bytes is None else self.chunk_bytes

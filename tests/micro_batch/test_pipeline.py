@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
@@ -25,7 +26,7 @@ from sysmon_assets.sample.generator import write_sample
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.lake import LAKE, open_lake
 from sysmon_assets.storage.lake_connections import LakeConnections
-from tests.conftest import CLI_BATCH, python_prints, snapshot
+from tests.conftest import CLI_BATCH, Lake, in_time_zone, process_create, python_prints, snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -223,3 +224,12 @@ def test_an_idle_batch_in_a_new_process_imports_no_pandas(tmp_path: Path) -> Non
     )
     # the first batch reads the sample, the second finds nothing new
     assert [python_prints(script), python_prints(script)] == [["True"], ["False"]]
+
+
+def test_a_batch_clock_with_an_offset_goes_into_the_lake_as_utc(lake: Lake) -> None:
+    lake.wrap_connections(in_time_zone("Asia/Tokyo"))  # an aware time would be stored in this zone
+    lake.land([process_create("{A}")])
+    lake.pipeline.run_batch(batch_time=datetime(2026, 11, 1, 12, tzinfo=timezone(timedelta(hours=14))))
+    utc = datetime(2026, 10, 31, 22)
+    assert lake.rows("SELECT DISTINCT _ingested_at FROM winlogbeat_stream") == [(utc,)]
+    assert lake.rows("SELECT started_at FROM dbt_like.batches") == [(utc,)]
