@@ -114,6 +114,18 @@ def _row_count(text: str) -> int:
     return count
 
 
+def unreadable_text(sql: str) -> str | None:
+    """Why DuckDB would not read ``sql`` whole, or None: it stops at a NUL character, and bytes of a command-line
+    argument that are not UTF-8 reach Python as lone surrogates, which no SQL text holds."""
+    if "\x00" in sql:
+        return f"the SQL holds a NUL character (at character {sql.index(chr(0))}), where DuckDB would stop reading it"
+    try:
+        sql.encode("utf-8")
+    except UnicodeEncodeError as error:
+        return f"the SQL is not UTF-8 text (at character {error.start})"
+    return None
+
+
 def results(con: duckdb.DuckDBPyConnection, statements: list[str]) -> Iterator[duckdb.DuckDBPyRelation]:
     """The rows of each of ``statements`` that returns rows, one statement at a time and in order, so each is read
     before the next runs (a statement such as ``SET`` runs and gives none)."""
@@ -137,10 +149,12 @@ def main(argv: list[str] | None = None) -> None:
     path = Path(args.query)
     if path.suffix == ".sql" and not any(space in args.query for space in " \n\t") and not path.is_file():
         sys.exit(f"query failed: no SQL file {path}")
-    try:
-        sql = path.read_text(encoding="utf-8") if path.suffix == ".sql" and path.is_file() else args.query
+    try:  # a file's bytes as they are: read_text would turn a lone carriage return inside a string into a newline
+        sql = path.read_bytes().decode("utf-8") if path.suffix == ".sql" and path.is_file() else args.query
     except (OSError, UnicodeDecodeError) as error:
         sys.exit(f"query failed: cannot read the SQL file {path} (UTF-8 text expected): {error}")
+    if problem := unreadable_text(sql):
+        sys.exit(f"query failed: {problem}")
     if refused := refusal(sql):
         sys.exit(f"query failed: {refused}")
     try:  # a query fails when it is parsed, planned or as its rows are read: each is reported the same way

@@ -48,17 +48,28 @@ FILE_SETTINGS = frozenset(
         "temp_directory",
     }
 )
-SETTING = re.compile(r"\s*(?:SET|RESET|PRAGMA)\s+(?:(?:GLOBAL|SESSION|LOCAL)\s+)?([A-Za-z_]\w*)", re.IGNORECASE)
+SETTING = re.compile(
+    r'\s*(?:SET|RESET|PRAGMA)\s+(?:(?:GLOBAL|SESSION|LOCAL)\s+)?(?:"((?:[^"]|"")*)"|([A-Za-z_]\w*))', re.IGNORECASE
+)
 CHECKPOINT = re.compile(r"\s*(?:FORCE\s+)?CHECKPOINT\b", re.IGNORECASE)
-EXPLAINED = re.compile(r"\s*EXPLAIN\s+(?:ANALY[SZ]E\s+)?", re.IGNORECASE)
+# EXPLAIN, ANALYZE and options in parentheses (FORMAT json, ANALYZE), before the statement explained
+EXPLAINED = re.compile(
+    r"""\s*EXPLAIN\b\s*(?:ANALY[SZ]E\b\s*)?(?:\((?:[^()'"]|'[^']*'|"[^"]*")*\)\s*)?""", re.IGNORECASE
+)
 IDENTIFIER = re.compile(r'"((?:[^"]|"")*)"|[^\W\d]\w*')
 
 
 def tokens(sql: str) -> list[tuple[int, duckdb.token_type]]:
     """DuckDB's tokens of ``sql`` (comments are none), each at its character position: DuckDB counts UTF-8 bytes."""
-    byte_starts = itertools.accumulate((len(character.encode()) for character in sql), initial=0)
-    character_at = {byte: character for character, byte in enumerate(byte_starts)}
-    return [(character_at[position], kind) for position, kind in duckdb.tokenize(sql)]
+    found = duckdb.tokenize(sql)
+    if sql.isascii():
+        return found
+    encoded, at_byte, at_character, placed = sql.encode(), 0, 0, []
+    for position, kind in found:  # in order: each stretch between two tokens is decoded once
+        at_character += len(encoded[at_byte:position].decode())
+        at_byte = position
+        placed.append((at_character, kind))
+    return placed
 
 
 def statement_texts(sql: str) -> list[str]:
@@ -84,9 +95,10 @@ def refusal(sql: str) -> str | None:
             continue  # not SQL DuckDB reads: the command reports why, and runs nothing
         if refused := next(filter(None, map(_statement_refusal, statements)), None):
             return refused
-    listed = tokens(sql)
-    for (position, kind), (following, _) in zip(listed, [*listed[1:], (len(sql), None)], strict=True):
-        found = IDENTIFIER.match(sql, position) if kind == duckdb.token_type.identifier else None
+    for (position, kind), (following, _) in itertools.pairwise([*tokens(sql), (len(sql), None)]):
+        # a name DuckDB also has as a keyword (checkpoint) is a keyword token
+        named = kind in (duckdb.token_type.identifier, duckdb.token_type.keyword)
+        found = IDENTIFIER.match(sql, position) if named else None
         name = found and (found.group(1) or found.group(0)).replace('""', '"').lower()
         if name in REFUSED_FUNCTIONS and sql.startswith("(", following):  # called, not a column so named
             return f"{name} is refused: it changes the lake or runs SQL this command cannot check"
@@ -102,11 +114,15 @@ def _statement_refusal(statement: duckdb.Statement) -> str | None:
     if statement.type not in READING_STATEMENTS:
         return f"{statement.type.name.replace('_', ' ')} is refused: this command only reads (--json prints the rows)"
     if statement.type == duckdb.StatementType.EXPLAIN and (explained := EXPLAINED.match(text)):
-        inner = duckdb.extract_statements(text[explained.end() :])
+        try:
+            inner = duckdb.extract_statements(text[explained.end() :])
+        except duckdb.Error:  # EXPLAIN ANALYZE runs what it explains: what cannot be read is not run
+            return "EXPLAIN is refused: the statement it explains could not be read apart from it"
         return next((refused for refused in map(_statement_refusal, inner) if refused), None)
     if statement.type == duckdb.StatementType.CALL and CHECKPOINT.match(text):
         return "CHECKPOINT is refused: it changes the lake"
     setting = SETTING.match(text) if statement.type == duckdb.StatementType.SET else None
-    if setting and setting.group(1).lower() in FILE_SETTINGS:
-        return f"setting {setting.group(1)} is refused: it names a file DuckDB would write"
+    name = setting and (setting.group(2) or setting.group(1).replace('""', '"'))
+    if name and name.lower() in FILE_SETTINGS:
+        return f"setting {name} is refused: it names a file DuckDB would write"
     return None

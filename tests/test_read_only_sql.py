@@ -26,6 +26,12 @@ from sysmon_assets.read_only_sql import refusal, statement_texts
         # DuckDB's tokenizer counts UTF-8 bytes: a name after a non-ASCII character is still found
         ("SELECT 'é' AS a, * FROM ducklake_cleanup_old_files('lake') -- xx", "ducklake_cleanup_old_files is refused"),
         ("SELECT 'Müller;' AS a; COPY (SELECT 1) TO 'x'", "COPY is refused"),
+        ("CALL checkpoint()", "checkpoint is refused"),  # a keyword to the tokenizer, a function here
+        ("SELECT * FROM force_checkpoint()", "force_checkpoint is refused"),
+        ("SET \"temp_directory\" = '/tmp/x'", "setting temp_directory is refused"),
+        ("SET SESSION \"Profiling_Output\" = 'x.json'", "setting Profiling_Output is refused"),
+        ("EXPLAIN (ANALYZE) COPY (SELECT 1) TO 'x.csv'", "COPY is refused"),
+        ("EXPLAIN (ANALYZE, FORMAT json) COPY (SELECT 1) TO 'x.csv'", "COPY is refused"),
         # a refused statement before one DuckDB cannot parse
         ("COPY (SELECT 42) TO 'x.csv'; SELECT 'unterminated", "COPY is refused"),
         ("CREATE TEMP TABLE t AS SELECT 1", "CREATE is refused"),
@@ -57,6 +63,10 @@ def test_sql_that_would_change_the_lake_or_write_a_file_is_refused(sql: str, ref
         "SELECT 'ducklake_cleanup_old_files' AS query -- checkpoint",
         "SELECT query FROM (SELECT 1 AS query)",
         "selec 1",  # not SQL: running it reports why
+        "EXPLAIN (ANALYZE) SELECT 1",
+        "EXPLAIN (FORMAT json) SELECT ')'",
+        "",
+        "-- only a comment",
     ],
 )
 def test_reading_sql_is_not_refused(sql: str) -> None:

@@ -192,6 +192,26 @@ def test_the_query_command_reads_a_sql_file_with_a_byte_order_mark_and_non_ascii
     assert [json.loads(line) for line in lines] == [[["é"]], [["ü;"]]]
 
 
+def test_the_query_command_refuses_text_duckdb_would_read_only_in_part(sample_lake: Lake, tmp_path: Path) -> None:
+    with_nul = tmp_path / "nul.sql"  # an argument cannot hold one
+    with_nul.write_bytes(b"SELECT 1 AS a \x00; SELECT 2 AS b")  # DuckDB reads up to the NUL
+    env = {**os.environ, "SYSMON_DATA_DIR": str(sample_lake.data)}
+    for sql, reason in (
+        (bytes(with_nul), "the SQL holds a NUL character"),
+        (b"SELECT '\xff' AS a", "the SQL is not UTF-8 text"),
+    ):
+        command = [sys.executable.encode(), b"-m", b"sysmon_assets.query", b"--json", sql]
+        failed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True)
+        assert (failed.returncode, failed.stdout) == (1, b""), failed.stderr
+        assert failed.stderr.decode().startswith(f"query failed: {reason}"), failed.stderr
+
+
+def test_a_sql_file_s_line_ends_are_read_as_they_are(sample_lake: Lake, tmp_path: Path) -> None:
+    query = tmp_path / "line_ends.sql"
+    query.write_bytes(b"SELECT 'a\rb\r\nc' AS text\r\n")
+    assert json.loads(query_command(sample_lake, "--json", str(query))) == [["a\rb\r\nc"]]
+
+
 def test_the_query_command_prints_strict_json_for_values_json_has_no_literal_for(sample_lake: Lake) -> None:
     sql = (
         "SELECT 'nan'::DOUBLE, '-inf'::DOUBLE, MAP([DATE '2026-11-30'], [1]), '\\x00AB'::BLOB, [1.5, 'inf'::DOUBLE], "
