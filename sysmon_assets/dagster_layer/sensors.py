@@ -148,7 +148,7 @@ def landing_sensor(job: "UnresolvedAssetJobDefinition", ingest_asset: str) -> Se
         default_status=DefaultSensorStatus.STOPPED,
         description="Requests a micro-batch when files in SYSMON_LANDING_DIR appear or change, or the last batch left "
         "lines for the next (SYSMON_LANDING_MAX_BYTES, a last line without newline); SYSMON_SOURCE=kafka: when the "
-        "consumer group lags. With shards, one for each shard whose input grew.",
+        "consumer group lags. With shards, one for each shard whose input changed.",
     )
     def landing(context: SensorEvaluationContext, sysmon: SysmonPipelineResource) -> SensorResult | SkipReason:
         """See :func:`evaluate_landing` and :func:`evaluate_kafka`; the settings are the pipeline resource's."""
