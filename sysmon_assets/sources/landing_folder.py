@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, TypeVar
@@ -113,6 +114,7 @@ class Stored(NamedTuple):
     read_error: str | None
     file_stat: str | None  # of ingest.file_stats: the file's stat when its identity was last checked, if settled
     path: str
+    updated_at: datetime | None  # when a batch last found the file new or of another size (UTC)
 
 
 class Vanished(NamedTuple):
@@ -144,6 +146,8 @@ class FileProgress:
     read_error: str | None = None  # why reading stopped short of the end, as last recorded
     stored_read_error: str | None = None  # the same, as the previous batch left it
     recorded: tuple | None = None  # the state last written to ingest.files
+    # ingest.files.updated_at: when a batch found the file new or of another size; None: this batch did (now)
+    updated_at: datetime | None = None
     file_stat: str | None = None  # as the listing saw it, if settled (see SETTLED_SECONDS)
     recorded_stat: str | None = None  # as ingest.file_stats holds it
     # SHA-256 of the (up to) FINGERPRINT_BYTES bytes before the position (a gzip file: before its size on disk, as
@@ -420,7 +424,7 @@ class LandingReader:
             row[0]: Stored(*row[1:])
             for row in self.con.execute(
                 "SELECT file_key, position, line_number, head_bytes, head_sha256, file_size, tail_sha256, read_error, "
-                f"file_stat, path FROM {STATE_TABLE} LEFT JOIN {STATS_TABLE} USING (file_key)"
+                f"file_stat, path, updated_at FROM {STATE_TABLE} LEFT JOIN {STATS_TABLE} USING (file_key)"
             ).fetchall()
         }
         files, skipped = scan_landing(self.landing_dir)
@@ -520,6 +524,7 @@ class LandingReader:
         progress.position, progress.line = stored.position, stored.line
         progress.read_error = progress.stored_read_error = stored.read_error
         progress.finished = stored.file_size == progress.size
+        progress.updated_at = stored.updated_at if progress.finished else None
         progress.recorded = (*stored[:5], stored.read_error)
         progress.recorded_stat = stored.file_stat
         progress.tail_sha256 = stored.tail_sha256
@@ -614,7 +619,13 @@ class LandingReader:
         # A chunk moves some files on: the others' rows would be rewritten unchanged on every chunk's commit.
         moved = [progress for progress in self.files if progress.recorded != progress.state]
         if moved:
-            _replace_rows(con, STATE_TABLE, moved, _state_rows(moved), f"*, {UTC_NOW} AS updated_at")
+            _replace_rows(
+                con,
+                STATE_TABLE,
+                moved,
+                _state_rows(moved),
+                f"* REPLACE (coalesce(updated_at, {UTC_NOW}) AS updated_at)",
+            )
         adopted = [progress.adopted for progress in self.files if progress.adopted and not progress.notes_recorded]
         for table in (STATE_TABLE, STATS_TABLE) if adopted else ():
             con.execute(f"DELETE FROM {table} WHERE {one_of('file_key', *adopted)}")
@@ -681,7 +692,8 @@ def _replace_rows(
 
 
 def _state_rows(files: list[FileProgress]) -> pa.Table:
-    """``ingest.files`` rows (all but ``updated_at``) for ``files``."""
+    """``ingest.files`` rows for ``files`` (``updated_at`` NULL where the batch found a file new or of another size:
+    now)."""
     tails = [None if p.kind == "evtx" else p.tail_sha256 for p in files]
     return pa.table(
         {
@@ -694,6 +706,7 @@ def _state_rows(files: list[FileProgress]) -> pa.Table:
             "file_size": pa.array([p.size for p in files], pa.int64()),
             "tail_sha256": pa.array(tails, pa.string()),
             "read_error": pa.array([p.read_error for p in files], pa.string()),
+            "updated_at": pa.array([p.updated_at for p in files], pa.timestamp("us")),
         }
     )
 

@@ -254,6 +254,20 @@ def test_a_rotation_without_new_bytes_is_not_a_landing(tmp_path: Path) -> None:
     assert freshness.metadata["minutes_since_last_landing"].value >= 120
 
 
+def test_reading_on_into_bytes_that_landed_earlier_is_not_a_landing(tmp_path: Path) -> None:
+    lake = Lake(tmp_path, landing_max_bytes=1)  # a batch reads about one piece of each file: the rest waits
+    job = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch")
+    lake.land([process_create(f"{{G{i}}}", command_line="x" * 2000) for i in range(200)])
+    job.execute_in_process()
+    with open_lake(lake.settings) as con:  # that landing two hours ago
+        con.execute("UPDATE ingest.files SET updated_at = updated_at - INTERVAL 2 HOUR")
+    result = job.execute_in_process()
+    assert lake.rows("SELECT count(DISTINCT _batch_id) FROM winlogbeat_stream") == [(2,)]  # the second read on
+    (freshness,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "landing_freshness"]
+    assert not freshness.passed
+    assert freshness.metadata["minutes_since_last_landing"].value >= 120
+
+
 def test_join_coverage_is_the_batch_s_own(tmp_path: Path) -> None:
     lake = Lake(tmp_path, join_coverage_warn=0.5)
     job = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch")
