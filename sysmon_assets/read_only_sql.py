@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from typing import NamedTuple
 
 import duckdb
 
@@ -20,7 +21,7 @@ DUCKLAKE_MAINTENANCE = (
 )
 REFUSED_FUNCTIONS = frozenset(
     [f"ducklake_{name}" for name in DUCKLAKE_MAINTENANCE.split()]
-    + ["checkpoint", "force_checkpoint", "query", "query_table"]
+    + ["checkpoint", "force_checkpoint", "query", "query_table", "enable_logging"]
 )
 # The statements the command runs: those that read (SET and CALL included: USE, ducklake_snapshots()); COPY ... TO
 # could write over the lake's own files, and ATTACH attach the lake again for writing.
@@ -48,15 +49,22 @@ FILE_SETTINGS = frozenset(
         "temp_directory",
     }
 )
-SETTING = re.compile(
-    r'\s*(?:SET|RESET|PRAGMA)\s+(?:(?:GLOBAL|SESSION|LOCAL)\s+)?(?:"((?:[^"]|"")*)"|([A-Za-z_]\w*))', re.IGNORECASE
-)
-CHECKPOINT = re.compile(r"\s*(?:FORCE\s+)?CHECKPOINT\b", re.IGNORECASE)
-# EXPLAIN, ANALYZE and options in parentheses (FORMAT json, ANALYZE), before the statement explained
-EXPLAINED = re.compile(
-    r"""\s*EXPLAIN\b\s*(?:ANALY[SZ]E\b\s*)?(?:\((?:[^()'"]|'[^']*'|"[^"]*")*\)\s*)?""", re.IGNORECASE
-)
 IDENTIFIER = re.compile(r'"((?:[^"]|"")*)"|[^\W\d]\w*')
+# Tokens that are a keyword or a name (a name DuckDB also has as a keyword, such as checkpoint, is a keyword token).
+NAMED = (duckdb.token_type.identifier, duckdb.token_type.keyword)
+SETTING_SCOPES = ("GLOBAL", "SESSION", "LOCAL")
+
+
+class Word(NamedTuple):
+    """A token of a statement: where it starts, its text (a quoted name unquoted) and whether it was quoted."""
+
+    position: int
+    text: str
+    quoted: bool = False
+
+    def is_(self, *keywords: str) -> bool:
+        """Whether this is one of ``keywords`` (upper case), as a keyword, not a quoted name."""
+        return not self.quoted and self.text.upper() in keywords
 
 
 def tokens(sql: str) -> list[tuple[int, duckdb.token_type]]:
@@ -95,14 +103,52 @@ def refusal(sql: str) -> str | None:
             continue  # not SQL DuckDB reads: the command reports why, and runs nothing
         if refused := next(filter(None, map(_statement_refusal, statements)), None):
             return refused
-    for (position, kind), (following, _) in itertools.pairwise([*tokens(sql), (len(sql), None)]):
-        # a name DuckDB also has as a keyword (checkpoint) is a keyword token
-        named = kind in (duckdb.token_type.identifier, duckdb.token_type.keyword)
-        found = IDENTIFIER.match(sql, position) if named else None
-        name = found and (found.group(1) or found.group(0)).replace('""', '"').lower()
-        if name in REFUSED_FUNCTIONS and sql.startswith("(", following):  # called, not a column so named
+    for word, following in itertools.pairwise([*words(sql), Word(len(sql), "")]):
+        name = word.text.lower()
+        if name in REFUSED_FUNCTIONS and following.text == "(":  # called, not a column so named
             return f"{name} is refused: it changes the lake or runs SQL this command cannot check"
     return None
+
+
+def words(sql: str) -> list[Word]:
+    """``sql``'s tokens as words (comments are none): a keyword or a name as written, a quoted name unquoted; any
+    other token its first character (a string its quote)."""
+    found = []
+    for position, kind in tokens(sql):
+        name = IDENTIFIER.match(sql, position) if kind in NAMED else None
+        if name and name.group(1) is not None:
+            found.append(Word(position, name.group(1).replace('""', '"'), quoted=True))
+        else:
+            found.append(Word(position, name.group(0) if name else sql[position]))
+    return found
+
+
+def _explained(text: str) -> str:
+    """The statement an EXPLAIN statement explains: what follows EXPLAIN, ANALYZE and options in parentheses."""
+    listed, at = words(text), 1
+    if at < len(listed) and listed[at].is_("ANALYZE", "ANALYSE"):
+        at += 1
+    if at < len(listed) and listed[at].text == "(" and not listed[at].quoted:
+        depth = 1
+        while depth and (at := at + 1) < len(listed):
+            depth += 0 if listed[at].quoted else {"(": 1, ")": -1}.get(listed[at].text, 0)
+        at += 1
+    return text[listed[at].position :] if at < len(listed) else ""
+
+
+def _setting_name(text: str) -> Word | None:
+    """The setting a SET, RESET or PRAGMA statement names."""
+    listed = words(text)[1:]  # past SET, RESET or PRAGMA
+    if listed and listed[0].is_(*SETTING_SCOPES):
+        listed = listed[1:]
+    return listed[0] if listed else None
+
+
+def _is_checkpoint(first: list[Word]) -> bool:
+    """Whether a statement's first words are CHECKPOINT or FORCE CHECKPOINT."""
+    return bool(first) and (
+        first[0].is_("CHECKPOINT") or (len(first) == 2 and first[0].is_("FORCE") and first[1].is_("CHECKPOINT"))
+    )
 
 
 def _statement_refusal(statement: duckdb.Statement) -> str | None:
@@ -113,16 +159,15 @@ def _statement_refusal(statement: duckdb.Statement) -> str | None:
         return None  # the ENUM type DuckDB creates for a PIVOT without IN, which has no text of its own
     if statement.type not in READING_STATEMENTS:
         return f"{statement.type.name.replace('_', ' ')} is refused: this command only reads (--json prints the rows)"
-    if statement.type == duckdb.StatementType.EXPLAIN and (explained := EXPLAINED.match(text)):
+    if statement.type == duckdb.StatementType.EXPLAIN:
         try:
-            inner = duckdb.extract_statements(text[explained.end() :])
+            inner = duckdb.extract_statements(_explained(text))
         except duckdb.Error:  # EXPLAIN ANALYZE runs what it explains: what cannot be read is not run
             return "EXPLAIN is refused: the statement it explains could not be read apart from it"
         return next((refused for refused in map(_statement_refusal, inner) if refused), None)
-    if statement.type == duckdb.StatementType.CALL and CHECKPOINT.match(text):
+    if statement.type == duckdb.StatementType.CALL and _is_checkpoint(words(text)[:2]):
         return "CHECKPOINT is refused: it changes the lake"
-    setting = SETTING.match(text) if statement.type == duckdb.StatementType.SET else None
-    name = setting and (setting.group(2) or setting.group(1).replace('""', '"'))
-    if name and name.lower() in FILE_SETTINGS:
-        return f"setting {name} is refused: it names a file DuckDB would write"
+    setting = _setting_name(text) if statement.type == duckdb.StatementType.SET else None
+    if setting and setting.text.lower() in FILE_SETTINGS:
+        return f"setting {setting.text} is refused: it names a file DuckDB would write"
     return None

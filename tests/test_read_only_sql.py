@@ -32,6 +32,17 @@ from sysmon_assets.read_only_sql import refusal, statement_texts
         ("SET SESSION \"Profiling_Output\" = 'x.json'", "setting Profiling_Output is refused"),
         ("EXPLAIN (ANALYZE) COPY (SELECT 1) TO 'x.csv'", "COPY is refused"),
         ("EXPLAIN (ANALYZE, FORMAT json) COPY (SELECT 1) TO 'x.csv'", "COPY is refused"),
+        # comments anywhere DuckDB allows them
+        ("-- flush\nCHECKPOINT", "CHECKPOINT is refused"),
+        ("SELECT 1; /* then */ FORCE CHECKPOINT lake", "CHECKPOINT is refused"),
+        ("-- x\nEXPLAIN ANALYZE COPY (SELECT 42) TO 'x.csv'", "COPY is refused"),
+        ("EXPLAIN /* x */ (ANALYZE) COPY (SELECT 1) TO 'x.csv'", "COPY is refused"),
+        ("EXPLAIN (ANALYZE, FORMAT /*) SELECT 1 -- */ json) COPY (SELECT 42) TO 'x.csv'", "COPY is refused"),
+        ("-- scratch\nSET temp_directory = '/tmp/x'", "setting temp_directory is refused"),
+        ("SET /* x */ temp_directory = '/tmp/x'", "setting temp_directory is refused"),
+        ("SET--x\nGLOBAL/**/profiling_output = 'x.json'", "setting profiling_output is refused"),
+        ("PRAGMA /**/ profiling_output = 'x.json'", "setting profiling_output is refused"),
+        ("CALL enable_logging(storage = 'file', storage_path = '/tmp/x')", "enable_logging is refused"),
         # a refused statement before one DuckDB cannot parse
         ("COPY (SELECT 42) TO 'x.csv'; SELECT 'unterminated", "COPY is refused"),
         ("CREATE TEMP TABLE t AS SELECT 1", "CREATE is refused"),
@@ -64,6 +75,9 @@ def test_sql_that_would_change_the_lake_or_write_a_file_is_refused(sql: str, ref
         "SELECT query FROM (SELECT 1 AS query)",
         "selec 1",  # not SQL: running it reports why
         "EXPLAIN (ANALYZE) SELECT 1",
+        "EXPLAIN (ANALYZE) (SELECT 1)",
+        "-- why\nEXPLAIN ANALYZE SELECT 1",
+        'SET GLOBAL "a""b" = 1',
         "EXPLAIN (FORMAT json) SELECT ')'",
         "",
         "-- only a comment",
