@@ -137,8 +137,11 @@ def _explained(text: str) -> str:
 
 
 def _setting_name(text: str) -> Word | None:
-    """The setting a SET, RESET or PRAGMA statement names."""
-    listed = words(text)[1:]  # past SET, RESET or PRAGMA
+    """The setting a SET, RESET or PRAGMA statement names (None for another statement DuckDB types as SET: USE)."""
+    listed = words(text)
+    if not listed or not listed[0].is_("SET", "RESET", "PRAGMA"):
+        return None
+    listed = listed[1:]
     if listed and listed[0].is_(*SETTING_SCOPES):
         listed = listed[1:]
     return listed[0] if listed else None

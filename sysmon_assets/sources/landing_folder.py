@@ -691,6 +691,15 @@ def _replace_rows(
             con.unregister("__file_rows")
 
 
+def _updated_at(progress: FileProgress) -> datetime | None:
+    """``ingest.files.updated_at`` of a file's row (None: now). An EVTX file's new records can land without its size
+    changing (Windows writes them into the log's last chunk; a copier may set the full size first): records read
+    past the recorded position are a landing."""
+    if progress.kind == "evtx" and progress.recorded is not None and progress.position != progress.recorded[0]:
+        return None
+    return progress.updated_at
+
+
 def _state_rows(files: list[FileProgress]) -> pa.Table:
     """``ingest.files`` rows for ``files`` (``updated_at`` NULL where the batch found a file new or of another size:
     now)."""
@@ -706,7 +715,7 @@ def _state_rows(files: list[FileProgress]) -> pa.Table:
             "file_size": pa.array([p.size for p in files], pa.int64()),
             "tail_sha256": pa.array(tails, pa.string()),
             "read_error": pa.array([p.read_error for p in files], pa.string()),
-            "updated_at": pa.array([p.updated_at for p in files], pa.timestamp("us")),
+            "updated_at": pa.array([_updated_at(p) for p in files], pa.timestamp("us")),
         }
     )
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from sysmon_assets.micro_batch.steps import utc_now
 from sysmon_assets.sources import landed_files
 from sysmon_assets.sources.evtx_records import EvtxDamage, record_lines
 from sysmon_assets.sources.landed_lines import LandingError
+from sysmon_assets.storage.lake import open_lake
 from tests.conftest import Lake, network_connect
 from tests.recipe import shared_path
 
@@ -123,6 +126,24 @@ def test_a_record_caught_half_copied_is_read_whole_once_the_copy_completes(
     lake.batch()
     assert lake.rows("SELECT list(_source_offset ORDER BY _seq) = range(1, 123) FROM winlogbeat_stream") == [(True,)]
     assert lake.count("winlogbeat_rejects") == 0
+
+
+def test_records_written_into_an_evtx_file_of_unchanged_size_are_a_landing(lake: Lake) -> None:
+    """Windows writes new records into a log's last chunk, and a copier may set the full size first: the size on disk
+    stays, but records land (ingest.files.updated_at, which landing_freshness reads)."""
+    whole = shared_path(*PREALLOCATED).read_bytes()
+    path, cut = lake.landing / "copied.evtx", _record_frames(whole, 1)[0] + 20
+    path.write_bytes(whole[:cut] + bytes(len(whole) - cut))
+    lake.batch()
+    with open_lake(lake.settings) as con:  # that landing long ago
+        con.execute("UPDATE ingest.files SET updated_at = TIMESTAMP '2020-01-01'")
+    with path.open("r+b") as handle:
+        handle.seek(cut)
+        handle.write(whole[cut:])
+    started = utc_now() - timedelta(seconds=1)
+    lake.batch()
+    ((updated_at, position),) = lake.rows("SELECT updated_at, position FROM ingest.files")
+    assert position == 122 and updated_at >= started
 
 
 def test_unreadable_records_that_end_a_settled_evtx_file_are_rejects(
