@@ -37,6 +37,12 @@
                     "Task": "VARCHAR", "RecordNumber": "VARCHAR"} %}
 {% set _ = flat_json.update(sysmon_event_data) %}
 
+{#- SQL: an ECS hash object's fields (and an import hash) as Sysmon writes Hashes, SHA1=...,MD5=...,SHA256=...,IMPHASH=...;
+    NULL for none. -#}
+{% macro ecs_hashes(hash, imphash) -%}
+nullif(concat_ws(',', 'SHA1=' || upper({{ hash }}.sha1), 'MD5=' || upper({{ hash }}.md5), 'SHA256=' || upper({{ hash }}.sha256), 'IMPHASH=' || upper({{ imphash }})), '')
+{%- endmacro %}
+
 {#- An ECS document's event id as the stream reads it, 0 for none: the module moves some events' fields to where
     another event's fields go (event 20's Destination to process.executable, events 8 and 10's source process to
     process.*). -#}
@@ -125,7 +131,7 @@
             "CommandLine": 'j."process".command_line',
             "CurrentDirectory": 'j."process".working_directory',
             "User": "nullif(concat_ws('\\', j.\"user\".domain, j.\"user\".name), '')",
-            "Hashes": "coalesce(nullif(concat_ws(',', 'SHA1=' || upper(j.\"process\".hash.sha1), 'MD5=' || upper(j.\"process\".hash.md5), 'SHA256=' || upper(j.\"process\".hash.sha256), 'IMPHASH=' || upper(j.\"process\".pe.imphash)), ''), CASE WHEN " ~ ecs_event_id ~ " = 23 THEN nullif(concat_ws(',', 'SHA1=' || upper(j.\"hash\".sha1), 'MD5=' || upper(j.\"hash\".md5), 'SHA256=' || upper(j.\"hash\".sha256), 'IMPHASH=' || upper(j.\"hash\".imphash)), '') END)",
+            "Hashes": "coalesce(" ~ ecs_hashes('j."process".hash', 'j."process".pe.imphash') ~ ", CASE WHEN " ~ ecs_event_id ~ " = 23 THEN " ~ ecs_hashes('j."hash"', 'j."hash".imphash') ~ " END)",
             "ParentProcessGuid": 'j."process".parent.entity_id',
             "ParentProcessId": 'j."process".parent.pid',
             "ParentImage": 'j."process".parent.executable',

@@ -14,7 +14,7 @@ from datetime import UTC
 from typing import Any
 
 from dbt_like import StepResult
-from dbt_like.sql import UTC_NOW, first_row, literal, one_of, scalar
+from dbt_like.sql import first_row, literal, one_of, scalar
 from sysmon_assets.hunting.sigma import LOGSOURCE
 from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.sources import kafka_source, landing_folder
@@ -22,7 +22,7 @@ from sysmon_assets.sources.landed_files import list_landed_files
 
 # A check's verdict and its metadata (numbers, text, or JSON: lists and dicts).
 Outcome = tuple[bool, dict[str, Any]]
-# The clock landing_freshness measures the time since something landed with (seconds since the epoch).
+# The clock landing_freshness measures the time since something landed or was read with (seconds since the epoch).
 wall_clock = time.time
 
 
@@ -64,31 +64,26 @@ def join_coverage(pipeline: SysmonPipeline, batch_id: int, result: StepResult) -
     }
 
 
-def _kafka_freshness(pipeline: SysmonPipeline) -> Outcome:
+def _minutes_since_update(pipeline: SysmonPipeline, table: str) -> float:
+    """Minutes from ``table``'s newest ``updated_at`` (a naive UTC time) to :data:`wall_clock`; infinite for none."""
     with pipeline.connect() as con:
-        seconds = scalar(
-            con, f"SELECT date_diff('second', max(updated_at), {UTC_NOW}) FROM {kafka_source.OFFSETS_TABLE}"
-        )
-    age_minutes = seconds / 60 if seconds is not None else float("inf")
-    limit = pipeline.settings.freshness_minutes
-    return age_minutes <= limit, {
-        "minutes_since_last_message": round(min(age_minutes, 10**9), 1),
-        "limit_minutes": limit,
-        "topic": pipeline.settings.kafka_topic,
-    }
+        newest = scalar(con, f"SELECT max(updated_at) FROM {table}")
+    return (wall_clock() - newest.replace(tzinfo=UTC).timestamp()) / 60 if newest else float("inf")
 
 
 def landing_freshness(pipeline: SysmonPipeline, batch_id: int, result: StepResult) -> Outcome:
     """Whether anything landed (or, from Kafka, was read) within ``freshness_minutes``: a silent Winlogbeat
     is an incident. Landed: a batch found a new file or a file's size changed (``ingest.files.updated_at``), not a
     file's own times, which a file moved in keeps from where it was written and a rotation's rename changes."""
-    if pipeline.settings.source == "kafka":
-        return _kafka_freshness(pipeline)
-    with pipeline.connect() as con:
-        newest = scalar(con, f"SELECT max(updated_at) FROM {landing_folder.STATE_TABLE}")
-    seen = newest.replace(tzinfo=UTC).timestamp() if newest else None
-    age_minutes = (wall_clock() - seen) / 60 if seen else float("inf")
     limit = pipeline.settings.freshness_minutes
+    if pipeline.settings.source == "kafka":
+        age_minutes = _minutes_since_update(pipeline, kafka_source.OFFSETS_TABLE)
+        return age_minutes <= limit, {
+            "minutes_since_last_message": round(min(age_minutes, 10**9), 1),
+            "limit_minutes": limit,
+            "topic": pipeline.settings.kafka_topic,
+        }
+    age_minutes = _minutes_since_update(pipeline, landing_folder.STATE_TABLE)
     return age_minutes <= limit, {
         "minutes_since_last_landing": round(min(age_minutes, 10**9), 1),
         "limit_minutes": limit,

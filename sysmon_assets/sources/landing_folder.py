@@ -701,8 +701,8 @@ def _updated_at(progress: FileProgress) -> datetime | None:
 
 
 def _state_rows(files: list[FileProgress]) -> pa.Table:
-    """``ingest.files`` rows for ``files`` (``updated_at`` NULL where the batch found a file new or of another size:
-    now)."""
+    """``ingest.files`` rows for ``files`` (``updated_at`` NULL, written as now, where something landed:
+    :func:`_updated_at`)."""
     tails = [None if p.kind == "evtx" else p.tail_sha256 for p in files]
     return pa.table(
         {
