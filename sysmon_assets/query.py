@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -168,8 +169,12 @@ def main(argv: list[str] | None = None) -> None:
                 print(rows_as_json(relation.fetchall(), columns))
             else:
                 relation.show(max_width=args.max_width, max_rows=args.max_rows)
+        sys.stdout.flush()  # here, so a closed pipe is met inside the try
     except (SettingsError, lake.LakeError, duckdb.Error) as error:
         sys.exit(f"query failed: {error}")
+    except BrokenPipeError:  # the reader stopped early (`| head`): end quietly, as Python's docs on SIGPIPE advise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush would fail again
+        sys.exit(1)
 
 
 if __name__ == "__main__":

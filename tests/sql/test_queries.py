@@ -361,3 +361,18 @@ def test_the_query_command_prints_intervals_as_duckdb_writes_them(sample_lake: L
     )
     rows = json.loads(query_command(sample_lake, "--json", sql), parse_constant=lambda name: pytest.fail(name))
     assert rows == [["1 month 01:30:00", 2, ["3 days"], {"gap": "02:00:00", "ratio": None}, None]]
+
+
+@pytest.mark.parametrize(("output", "start"), [(["--json"], b"["), (["--max-rows", "1000000"], b"\xe2")])
+def test_output_into_a_pipe_closed_early_ends_without_a_traceback(
+    sample_lake: Lake, output: list[str], start: bytes
+) -> None:
+    env = {**os.environ, "SYSMON_DATA_DIR": str(sample_lake.data), "SYSMON_LANDING_DIR": str(sample_lake.landing)}
+    command = [sys.executable, "-m", "sysmon_assets.query", *output, "SELECT * FROM range(1000000)"]
+    reader = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert reader.stdout is not None and reader.stderr is not None
+    assert reader.stdout.read(1) == start  # as `| head -c 1` does: read the start, then close the pipe
+    reader.stdout.close()
+    stderr = reader.stderr.read().decode()
+    assert reader.wait(timeout=60) == 1
+    assert stderr == ""
