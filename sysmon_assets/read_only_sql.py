@@ -123,17 +123,23 @@ def words(sql: str) -> list[Word]:
     return found
 
 
-def _explained(text: str) -> str:
-    """The statement an EXPLAIN statement explains: what follows EXPLAIN, ANALYZE and options in parentheses."""
+def _explained(text: str) -> list[str]:
+    """What an EXPLAIN statement may explain: what follows EXPLAIN and ANALYZE, and if that opens with a
+    parenthesis, also what follows the parenthesised block (options, or a parenthesised query such as
+    ``(SELECT 1) UNION (SELECT 2)``: the words alone do not tell which)."""
     listed, at = words(text), 1
     if at < len(listed) and listed[at].is_("ANALYZE", "ANALYSE"):
         at += 1
-    if at < len(listed) and listed[at].text == "(" and not listed[at].quoted:
+    if at >= len(listed):
+        return [""]
+    candidates = [text[listed[at].position :]]
+    if listed[at].text == "(" and not listed[at].quoted:
         depth = 1
         while depth and (at := at + 1) < len(listed):
             depth += 0 if listed[at].quoted else {"(": 1, ")": -1}.get(listed[at].text, 0)
         at += 1
-    return text[listed[at].position :] if at < len(listed) else ""
+        candidates.append(text[listed[at].position :] if at < len(listed) else "")
+    return candidates
 
 
 def _setting_name(text: str) -> Word | None:
@@ -154,6 +160,20 @@ def _is_checkpoint(first: list[Word]) -> bool:
     )
 
 
+def _explain_refusal(text: str) -> str | None:
+    """Why an EXPLAIN statement is refused: EXPLAIN ANALYZE runs what it explains, so every reading of it that
+    parses is checked, and one that none does is not run."""
+    readable = []
+    for candidate in _explained(text):
+        try:
+            readable.extend(duckdb.extract_statements(candidate))
+        except duckdb.Error:
+            continue  # the other reading of the parenthesis, or none
+    if not readable:
+        return "EXPLAIN is refused: the statement it explains could not be read apart from it"
+    return next((refused for refused in map(_statement_refusal, readable) if refused), None)
+
+
 def _statement_refusal(statement: duckdb.Statement) -> str | None:
     """Why one statement is refused: it does not read, explains (and so may run) one that does not, or sets a
     setting that names a file; or None."""
@@ -163,11 +183,7 @@ def _statement_refusal(statement: duckdb.Statement) -> str | None:
     if statement.type not in READING_STATEMENTS:
         return f"{statement.type.name.replace('_', ' ')} is refused: this command only reads (--json prints the rows)"
     if statement.type == duckdb.StatementType.EXPLAIN:
-        try:
-            inner = duckdb.extract_statements(_explained(text))
-        except duckdb.Error:  # EXPLAIN ANALYZE runs what it explains: what cannot be read is not run
-            return "EXPLAIN is refused: the statement it explains could not be read apart from it"
-        return next((refused for refused in map(_statement_refusal, inner) if refused), None)
+        return _explain_refusal(text)
     if statement.type == duckdb.StatementType.CALL and _is_checkpoint(words(text)[:2]):
         return "CHECKPOINT is refused: it changes the lake"
     setting = _setting_name(text) if statement.type == duckdb.StatementType.SET else None

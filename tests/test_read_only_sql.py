@@ -38,6 +38,7 @@ from sysmon_assets.read_only_sql import refusal, statement_texts
         ("-- x\nEXPLAIN ANALYZE COPY (SELECT 42) TO 'x.csv'", "COPY is refused"),
         ("EXPLAIN /* x */ (ANALYZE) COPY (SELECT 1) TO 'x.csv'", "COPY is refused"),
         ("EXPLAIN (ANALYZE, FORMAT /*) SELECT 1 -- */ json) COPY (SELECT 42) TO 'x.csv'", "COPY is refused"),
+        ("EXPLAIN (SELECT 1) UNION (SELECT 2); EXPLAIN (ANALYZE) COPY (SELECT 1) TO 'x.csv'", "COPY is refused"),
         ("-- scratch\nSET temp_directory = '/tmp/x'", "setting temp_directory is refused"),
         ("SET /* x */ temp_directory = '/tmp/x'", "setting temp_directory is refused"),
         ("SET--x\nGLOBAL/**/profiling_output = 'x.json'", "setting profiling_output is refused"),
@@ -80,6 +81,8 @@ def test_sql_that_would_change_the_lake_or_write_a_file_is_refused(sql: str, ref
         'SET GLOBAL "a""b" = 1',
         "USE temp_directory",  # a database so named: USE is a SET statement to DuckDB
         "EXPLAIN (FORMAT json) SELECT ')'",
+        "EXPLAIN (SELECT 1) UNION (SELECT 2)",  # a parenthesised query, not options
+        "EXPLAIN ANALYZE (FROM sysmon_join) EXCEPT (FROM sysmon_join)",
         "",
         "-- only a comment",
     ],
