@@ -64,17 +64,19 @@ def join_coverage(pipeline: SysmonPipeline, batch_id: int, result: StepResult) -
     }
 
 
-def _minutes_since_update(pipeline: SysmonPipeline, table: str) -> float:
-    """Minutes from ``table``'s newest ``updated_at`` (a naive UTC time) to :data:`wall_clock`; infinite for none."""
+def _minutes_since_update(pipeline: SysmonPipeline, table: str, where: str = "true") -> float:
+    """Minutes from the newest ``updated_at`` (a naive UTC time) of ``table``'s rows ``where`` holds to
+    :data:`wall_clock`; infinite for none."""
     with pipeline.connect() as con:
-        newest = scalar(con, f"SELECT max(updated_at) FROM {table}")
+        newest = scalar(con, f"SELECT max(updated_at) FROM {table} WHERE {where}")
     return (wall_clock() - newest.replace(tzinfo=UTC).timestamp()) / 60 if newest else float("inf")
 
 
 def landing_freshness(pipeline: SysmonPipeline, batch_id: int, result: StepResult) -> Outcome:
     """Whether anything landed (or, from Kafka, was read) within ``freshness_minutes``: a silent Winlogbeat
     is an incident. Landed: a batch found a new file or a file's size changed (``ingest.files.updated_at``), not a
-    file's own times, which a file moved in keeps from where it was written and a rotation's rename changes."""
+    file's own times, which a file moved in keeps from where it was written and a rotation's rename changes; an
+    empty file is no landing (nothing landed in it: a file created before its writer writes, or touched)."""
     limit = pipeline.settings.freshness_minutes
     if pipeline.settings.source == "kafka":
         age_minutes = _minutes_since_update(pipeline, kafka_source.OFFSETS_TABLE)
@@ -83,7 +85,7 @@ def landing_freshness(pipeline: SysmonPipeline, batch_id: int, result: StepResul
             "limit_minutes": limit,
             "topic": pipeline.settings.kafka_topic,
         }
-    age_minutes = _minutes_since_update(pipeline, landing_folder.STATE_TABLE)
+    age_minutes = _minutes_since_update(pipeline, landing_folder.STATE_TABLE, "file_size > 0")
     return age_minutes <= limit, {
         "minutes_since_last_landing": round(min(age_minutes, 10**9), 1),
         "limit_minutes": limit,
