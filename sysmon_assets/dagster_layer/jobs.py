@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 from sysmon_assets.dagster_layer.resources import SysmonPipelineResource
 from sysmon_assets.micro_batch.steps import utc_now
+from sysmon_assets.sinks.kafka_sink import JOIN_TABLE, unpublished_rows
 from sysmon_assets.storage import maintenance
 
 # An unsharded pipeline's assets are in this pool; instance/dagster.yaml gives it one slot for a whole run, so that
@@ -47,8 +48,9 @@ def maintain_lake(context: OpExecutionContext, sysmon: SysmonPipelineResource) -
     """The op behind ``lake_maintenance``; figures go to the run's metadata."""
     settings = sysmon.settings()
     with sysmon.pipeline().connect() as con:
+        kept = {JOIN_TABLE: unpublished_rows(con, settings.kafka_sink_topic)} if settings.kafka_sink else None
         upkeep = maintenance.maintain(
-            con, utc_now(), settings.snapshot_retention_days, settings.event_retention_days or None
+            con, utc_now(), settings.snapshot_retention_days, settings.event_retention_days or None, kept
         )
     context.add_output_metadata(
         {

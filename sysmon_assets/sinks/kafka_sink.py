@@ -60,6 +60,17 @@ KSQL_ALIASED = (
 )
 
 
+def unpublished_rows(con: duckdb.DuckDBPyConnection, topic: str) -> str:
+    """SQL condition on the ``sysmon_join`` rows the sink has still to publish to ``topic``: those of the batches
+    after the last range it completed, a range left ``publishing`` included (all of them before its first range)."""
+    con.execute(_STATE_DDL)
+    of_topic = one_of("topic", topic)
+    return (
+        f"(_batch_id > coalesce((SELECT min(after_batch) FROM {SINK_TABLE} WHERE {of_topic} "
+        f"AND {one_of('state', 'publishing')}), (SELECT max(through_batch) FROM {SINK_TABLE} WHERE {of_topic}), 0))"
+    )
+
+
 class KafkaSinkError(RuntimeError):
     """Publishing failed; the range stays ``publishing`` and the next run completes it."""
 

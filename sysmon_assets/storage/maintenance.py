@@ -4,6 +4,7 @@ job (``jobs.py``) on its schedule."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
 
@@ -70,10 +71,14 @@ def data_files(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     }
 
 
-def drop_old_events(con: duckdb.DuckDBPyConnection, older_than: datetime) -> dict[str, int]:
+def drop_old_events(
+    con: duckdb.DuckDBPyConnection, older_than: datetime, kept: Mapping[str, str] | None = None
+) -> dict[str, int]:
     """Delete stream rows whose batch started before ``older_than``, but those a step has still to read (a step
-    that lags, a connection still waiting for its create, or given up and not yet hunted), in one transaction
-    that also records the stream's highest arrival number (see ``DROPPED_SEQ_TABLE``)."""
+    that lags, a connection still waiting for its create, or given up and not yet hunted) and those ``kept`` holds
+    an SQL condition on per table (what a sink has still to send), in one transaction that also records the
+    stream's highest arrival number (see ``DROPPED_SEQ_TABLE``)."""
+    kept = kept or {}
     dropped = {}
     con.execute(RETENTION_DDL)
     con.begin()
@@ -91,7 +96,7 @@ def drop_old_events(con: duckdb.DuckDBPyConnection, older_than: datetime) -> dic
                 con,
                 f"DELETE FROM {table} WHERE _batch_id IN "
                 f"(SELECT batch_id FROM dbt_like.batches WHERE started_at < {literal(older_than)}) "
-                f"AND NOT {unread_rows(con, table)}",
+                f"AND NOT ({unread_rows(con, table)} OR {kept.get(table, 'false')})",
             )
     con.commit()
     return dropped
@@ -219,12 +224,16 @@ def _before_in_every_time_zone(instant: datetime) -> datetime:
 
 
 def maintain(
-    con: duckdb.DuckDBPyConnection, now: datetime, snapshot_retention_days: float, event_retention_days: float | None
+    con: duckdb.DuckDBPyConnection,
+    now: datetime,
+    snapshot_retention_days: float,
+    event_retention_days: float | None,
+    kept: Mapping[str, str] | None = None,
 ) -> Upkeep:
-    """One maintenance pass over the lake attached to ``con``."""
+    """One maintenance pass over the lake attached to ``con`` (``kept``: see :func:`drop_old_events`)."""
     upkeep = Upkeep(files_before=data_files(con))
     if event_retention_days:
-        upkeep.rows_dropped = drop_old_events(con, now - timedelta(days=event_retention_days))
+        upkeep.rows_dropped = drop_old_events(con, now - timedelta(days=event_retention_days), kept)
     # the bookkeeping rows inlined since the last run go to one Parquet file per table; DuckLake 0.3 moves only the
     # current rows: as a batch before the last left them, the bookkeeping tables read empty after this (models do not)
     for schema in INLINED_SCHEMAS:

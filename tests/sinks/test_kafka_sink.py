@@ -11,6 +11,7 @@ import pytest
 from confluent_kafka import Producer
 from dagster import AssetKey
 
+from sysmon_assets.definitions import build_definitions
 from sysmon_assets.micro_batch.steps import SysmonPipeline, utc_now
 from sysmon_assets.settings import Settings
 from sysmon_assets.sinks.kafka_sink import KSQL_ALIASED, JoinSink, KafkaSinkError, ksql_name
@@ -209,6 +210,28 @@ def test_a_refused_row_names_itself_and_the_range_completes_once_the_limit_allow
     keys = sorted(m["key"] for m in published(kafka_broker, lake))
     assert keys == sorted(f"{{{name}}}".encode() for name in ("S0", "S1", "BIG", "S2", "S3"))
     assert bigger.rows("SELECT state FROM ingest.kafka_sink") == [("done",)]
+
+
+def test_event_retention_keeps_the_joins_the_sink_has_not_published(tmp_path: Path, kafka_broker: Broker) -> None:
+    lake = sink_lake(tmp_path, kafka_broker, event_retention_days=1)
+    unreachable = Lake(
+        tmp_path,
+        kafka_sink=True,
+        kafka_bootstrap="127.0.0.1:1",
+        kafka_sink_topic=lake.settings.kafka_sink_topic,
+        kafka_config=(("message.timeout.ms", "2000"),),
+    )
+    unreachable.land([process_create("{OLD}"), network_connect("{OLD}")])
+    with pytest.raises(KafkaSinkError):
+        unreachable.batch(at=T0)  # more than a day ago: its rows are past the retention, its join not published
+    maintenance = build_definitions(lake.settings).resolve_job_def("lake_maintenance")
+    assert maintenance.execute_in_process().success
+    assert lake.count("sysmon_network_connect") == 0  # the retention ran
+    assert lake.rows("SELECT process_guid FROM sysmon_join") == [("{OLD}",)]
+    lake.batch(at=T0 + timedelta(days=2))
+    assert [m["key"] for m in published(kafka_broker, lake)] == [b"{OLD}"]
+    assert maintenance.execute_in_process().success  # published: now it goes
+    assert lake.count("sysmon_join") == 0
 
 
 def test_the_sink_needs_a_bootstrap_server() -> None:
