@@ -148,6 +148,9 @@ def model_asset(project: Project, name: str, partitions: StaticPartitionsDefinit
     def run_model_step(context: AssetExecutionContext, sysmon: SysmonPipelineResource) -> MaterializeResult:
         if partitions and not context.has_partition_key:
             raise Failure(unsharded_run_message(len(partitions.get_partition_keys())))
+        if partitions and context.partition_key not in (keys := partitions.get_partition_keys()):
+            # a tag names it as written (shard-01), and Dagster checks it only once the step's rows are committed
+            raise Failure(f"partition {context.partition_key} is none of {', '.join(keys)}: this run wrote nothing")
         pipeline = sysmon.pipeline(shard_index(context.partition_key if context.has_partition_key else None))
         started = time.perf_counter()
         results = pipeline.run_model(name, run_key=context.run.run_id, batch_time=sysmon.clock())

@@ -384,6 +384,12 @@ def test_with_shards_each_dagster_partition_runs_its_shards_batch(tmp_path: Path
     assert failure.step_key == "winlogbeat_stream"
     assert "with SYSMON_SHARDS=3 a batch is one shard's: name it" in str(failure.step_failure_data.error)
     assert lake.rows("SELECT batch_id FROM dbt_like.batches") == [(2,)]
+    # a key that is not one of the partitions' own (shard-1 would be another run-queue key): refused, not run
+    odd = job.execute_in_process(tags={"dagster/partition": "shard-01"}, raise_on_error=False)
+    (failure,) = [event for event in odd.all_events if event.is_step_failure]
+    assert failure.step_key == "winlogbeat_stream"
+    assert "partition shard-01 is none of shard-0, shard-1, shard-2" in str(failure.step_failure_data.error)
+    assert lake.rows("SELECT batch_id FROM dbt_like.batches") == [(2,)]
     schedule = definitions.resolve_schedule_def("sysmon_every_minute")
     tick = build_schedule_context(
         scheduled_execution_time=datetime(2026, 12, 1, 0, 1, tzinfo=UTC),
