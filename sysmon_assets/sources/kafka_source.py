@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import duckdb
@@ -74,6 +75,7 @@ class PartitionProgress:
     position: int | None  # None: not known yet (earliest of a partition never read)
     committed: int | None = None  # the position the lake holds
     stored_topic_id: str | None = None  # the topic id the lake holds with it
+    stored_updated_at: datetime | None = None  # when a batch last read a message of it (None: never)
     consumed: int = 0
     consumed_bytes: int = 0
     done: bool = False
@@ -180,17 +182,20 @@ class KafkaReader:
         topic recreated since the offsets were stored (its id changed), its earliest offset, recorded."""
         self.con.execute(STATE_DDL)
         stored = {
-            partition: (offset, stored_id)
-            for partition, offset, stored_id in self.con.execute(
-                f'SELECT "partition", next_offset, topic_id FROM {OFFSETS_TABLE} WHERE {one_of("topic", self.topic)}'
+            partition: (offset, stored_id, updated_at)
+            for partition, offset, stored_id, updated_at in self.con.execute(
+                f'SELECT "partition", next_offset, topic_id, updated_at FROM {OFFSETS_TABLE} '
+                f"WHERE {one_of('topic', self.topic)}"
             ).fetchall()
         }
         partitions = list(filter(self.owns, topic_partitions(self.consumer, self.settings, self.topic)))
         self.topic_id = topic_id(self.settings, self.topic)
         self.partitions = []
         for partition in partitions:
-            committed, stored_id = stored.get(partition, (None, None))
-            progress = PartitionProgress(partition, committed, committed=committed, stored_topic_id=stored_id)
+            committed, stored_id, updated_at = stored.get(partition, (None, None, None))
+            progress = PartitionProgress(
+                partition, committed, committed=committed, stored_topic_id=stored_id, stored_updated_at=updated_at
+            )
             if committed is None and first_batch_ever and self.settings.offset_reset == "latest":
                 progress.position = self._end_offset(partition)
             elif committed is not None and None not in (stored_id, self.topic_id) and stored_id != self.topic_id:
@@ -354,9 +359,11 @@ class KafkaReader:
         # one statement each for all partitions: every lake statement costs a round of catalog work
         partitions = one_of(quote_identifier("partition"), *(progress.partition for progress in read))
         con.execute(f"DELETE FROM {OFFSETS_TABLE} WHERE {one_of('topic', self.topic)} AND {partitions}")
-        # a batch that could not look the topic's id up keeps the stored one, or the next would miss a recreation
+        # a batch that could not look the topic's id up keeps the stored one, or the next would miss a recreation;
+        # updated_at moves with a message read, not with a position moved past markers or recorded at the end
         offsets = ", ".join(
-            f"({literals(self.topic, progress.partition, progress.position)}, {UTC_NOW}, "
+            f"({literals(self.topic, progress.partition, progress.position)}, "
+            f"{UTC_NOW if progress.consumed else literal(progress.stored_updated_at)}, "
             f"{literal(self.topic_id if self.topic_id is not None else progress.stored_topic_id)})"
             for progress in read
         )

@@ -154,7 +154,8 @@ def test_offsets_live_in_the_lake_and_an_idle_batch_reads_nothing(tmp_path: Path
 
 def test_the_stored_offsets_time_is_utc_whatever_the_hosts_time_zone(tmp_path: Path, kafka_broker: Broker) -> None:
     topic = kafka_broker.create_topic(partitions=2)
-    kafka_broker.produce(topic, [process_create(None)], partition=0)
+    for partition in range(2):
+        kafka_broker.produce(topic, [process_create(None)], partition=partition)
     settings = kafka_settings(tmp_path, kafka_broker, topic)
     pipeline = SysmonPipeline(settings)
     wrap_connections(pipeline, in_time_zone("Etc/GMT+12"))  # UTC-12 (the sign is POSIX's)
@@ -281,21 +282,28 @@ def test_sigkill_mid_batch_and_between_batches_neither_loses_nor_repeats_a_messa
 def test_dagster_assets_read_kafka_and_the_freshness_check_follows_the_topic(
     tmp_path: Path, kafka_broker: Broker
 ) -> None:
-    from dagster import materialize
+    from dagster import AssetCheckEvaluation, materialize
 
     from dbt_like import Project
     from sysmon_assets.dagster_layer.assets import build_assets
     from sysmon_assets.dagster_layer.resources import resources_from_settings
     from sysmon_assets.micro_batch.recipe_project import SQL_DIR
 
-    topic = kafka_broker.create_topic(partitions=1)
-    kafka_broker.produce(topic, [process_create("{D}"), network_connect("{D}")])
+    topic = kafka_broker.create_topic(partitions=2)
     settings = kafka_settings(tmp_path, kafka_broker, topic)
-    result = materialize(
-        build_assets(Project(SQL_DIR, settings.variables())), resources=resources_from_settings(settings)
-    )
-    assert result.success
-    freshness = next(e for e in result.get_asset_check_evaluations() if e.check_name == "landing_freshness")
+
+    def freshness_of_a_batch() -> AssetCheckEvaluation:
+        result = materialize(
+            build_assets(Project(SQL_DIR, settings.variables())), resources=resources_from_settings(settings)
+        )
+        assert result.success
+        return next(e for e in result.get_asset_check_evaluations() if e.check_name == "landing_freshness")
+
+    # a batch records where each partition ends, but reading no message is no sign of life
+    assert not freshness_of_a_batch().passed
+    assert lake_rows(settings, "SELECT count(*) FROM ingest.kafka_offsets") == [(2,)]
+    kafka_broker.produce(topic, [process_create("{D}"), network_connect("{D}")], partition=0)
+    freshness = freshness_of_a_batch()
     assert freshness.passed
     assert freshness.metadata["topic"].value == topic
     assert lake_rows(settings, "SELECT process_guid FROM sysmon_join") == [("{D}",)]
