@@ -76,6 +76,7 @@ from dbt_like.state import (
     find_or_add_batch,
     table_columns,
     table_exists,
+    unread_rows,
     view_sql,
 )
 
@@ -712,6 +713,12 @@ class Project:
             for table in marked:
                 result.tables_before[table] = stored.get(table, 0)
                 result.tables_after[table] = scalar(con, f"SELECT coalesce(max(_batch_id), 0) FROM {table}")
+
+    def unread_rows(self, con: Connection, stream: str) -> str:
+        """SQL condition on the rows of model ``stream`` a step of this project has still to read, in any shard
+        (see :func:`dbt_like.state.unread_rows`): what a retention must keep."""
+        readers = [name for name in self.models if stream in self.stream_inputs(name)]
+        return unread_rows(con, stream, readers, self.shard.count)
 
     def unmatched_readers(self, name: str) -> list[str]:
         """The models that read ``unmatched(name)``."""

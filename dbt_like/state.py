@@ -97,16 +97,30 @@ def find_or_add_batch(con: Connection, run_key: str, started_at: datetime, shard
     return Batch(batch_id, started_at), True
 
 
-def unread_rows(con: Connection, stream: str) -> str:
-    """SQL condition on the rows of ``stream`` that a step has still to read: committed after the lowest batch a
-    step has read it up to, waiting for a match (pending), or given up and not read yet by the readers of
-    ``unmatched()`` (rows without a ``_seq`` are never either). A step that never read the stream holds no offset
-    of it, and keeps nothing; the offsets of a model taken out of the project stay, and keep what it did not read
-    (delete its rows of ``dbt_like.offsets``)."""
-    offsets = f"{STATE_SCHEMA}.offsets"
-    unread = f"_batch_id > coalesce((SELECT min(batch_id) FROM {offsets} WHERE input = {literal(stream)}), {2**63 - 1})"
+def unread_rows(con: Connection, stream: str, readers: Iterable[str], shard_count: int = 1) -> str:
+    """SQL condition on the rows of ``stream`` that a step has still to read: committed after the batch through
+    which every one of ``readers`` has read the row's shard (a reader that has not read it in that shard: none),
+    waiting for a match (pending), or given up and not read yet by the readers of ``unmatched()`` (rows without a
+    ``_seq`` are never either). The offsets of a model taken out of the project stay, and keep what it did not
+    read (delete its rows of ``dbt_like.offsets``)."""
+    read: dict[int, dict[str, int]] = {}
+    for shard, model, batch_id in con.execute(
+        f"SELECT shard, model, max(batch_id) FROM {STATE_SCHEMA}.offsets WHERE input = {literal(stream)} GROUP BY ALL"
+    ).fetchall():
+        read.setdefault(shard, {})[model] = batch_id
+    every_reader = set(readers).union(*(models.keys() for models in read.values()))
+    floors = [
+        min((read.get(shard, {}).get(model, 0) for model in every_reader), default=2**63 - 1)
+        for shard in range(shard_count)
+    ]
+    if shard_count == 1:
+        unread = f"_batch_id > {floors[0]}"
+    else:  # a row is its batch's, and a batch id its shard's (see Shard)
+        cases = " ".join(f"WHEN {shard} THEN {floor}" for shard, floor in enumerate(floors))
+        unread = f"_batch_id > CASE (_batch_id - 1) % {shard_count} {cases} END"
     if "_seq" in dict(table_columns(con, stream)):
         # unmatched(name)'s readers read name's batches: a given-up row is read once they all passed its batch
+        offsets = f"{STATE_SCHEMA}.offsets"
         given_up_unread = (
             f"SELECT u.seq FROM {UNMATCHED_TABLE} AS u "
             f"WHERE u.batch_id > coalesce((SELECT min(o.batch_id) FROM {offsets} AS o WHERE o.input = u.model), 0)"

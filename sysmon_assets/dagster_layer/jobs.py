@@ -47,10 +47,16 @@ def batch_job(shards: int = 1) -> "UnresolvedAssetJobDefinition":
 def maintain_lake(context: OpExecutionContext, sysmon: SysmonPipelineResource) -> None:
     """The op behind ``lake_maintenance``; figures go to the run's metadata."""
     settings = sysmon.settings()
-    with sysmon.pipeline().connect() as con:
+    pipeline = sysmon.pipeline()
+    with pipeline.connect() as con:
         kept = {JOIN_TABLE: unpublished_rows(con, settings.kafka_sink_topic)} if settings.kafka_sink else None
         upkeep = maintenance.maintain(
-            con, utc_now(), settings.snapshot_retention_days, settings.event_retention_days or None, kept
+            con,
+            utc_now(),
+            settings.snapshot_retention_days,
+            settings.event_retention_days or None,
+            pipeline.project,
+            kept,
         )
     context.add_output_metadata(
         {

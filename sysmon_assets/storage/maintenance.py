@@ -10,7 +10,7 @@ from datetime import UTC, datetime, time, timedelta
 
 import duckdb
 
-from dbt_like import table_exists, unread_rows
+from dbt_like import Project, table_exists
 from dbt_like.compiler import STATE_SCHEMA
 from dbt_like.sql import literal, scalar
 from dbt_like.state import SHARDS_TABLE
@@ -72,12 +72,12 @@ def data_files(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
 
 
 def drop_old_events(
-    con: duckdb.DuckDBPyConnection, older_than: datetime, kept: Mapping[str, str] | None = None
+    con: duckdb.DuckDBPyConnection, older_than: datetime, project: Project, kept: Mapping[str, str] | None = None
 ) -> dict[str, int]:
-    """Delete stream rows whose batch started before ``older_than``, but those a step has still to read (a step
-    that lags, a connection still waiting for its create, or given up and not yet hunted) and those ``kept`` holds
-    an SQL condition on per table (what a sink has still to send), in one transaction that also records the
-    stream's highest arrival number (see ``DROPPED_SEQ_TABLE``)."""
+    """Delete stream rows whose batch started before ``older_than``, but those a step of ``project`` has still to
+    read (a step that lags or has not run yet, a connection still waiting for its create, or given up and not yet
+    hunted) and those ``kept`` holds an SQL condition on per table (what a sink has still to send), in one
+    transaction that also records the stream's highest arrival number (see ``DROPPED_SEQ_TABLE``)."""
     kept = kept or {}
     dropped = {}
     con.execute(RETENTION_DDL)
@@ -96,7 +96,7 @@ def drop_old_events(
                 con,
                 f"DELETE FROM {table} WHERE _batch_id IN "
                 f"(SELECT batch_id FROM dbt_like.batches WHERE started_at < {literal(older_than)}) "
-                f"AND NOT ({unread_rows(con, table)} OR {kept.get(table, 'false')})",
+                f"AND NOT ({project.unread_rows(con, table)} OR {kept.get(table, 'false')})",
             )
     con.commit()
     return dropped
@@ -228,12 +228,16 @@ def maintain(
     now: datetime,
     snapshot_retention_days: float,
     event_retention_days: float | None,
+    project: Project | None = None,
     kept: Mapping[str, str] | None = None,
 ) -> Upkeep:
-    """One maintenance pass over the lake attached to ``con`` (``kept``: see :func:`drop_old_events`)."""
+    """One maintenance pass over the lake attached to ``con``; an event retention needs the ``project`` whose
+    steps read the lake (``project`` and ``kept``: see :func:`drop_old_events`)."""
     upkeep = Upkeep(files_before=data_files(con))
     if event_retention_days:
-        upkeep.rows_dropped = drop_old_events(con, now - timedelta(days=event_retention_days), kept)
+        if project is None:
+            raise ValueError("an event retention keeps what the project's steps have still to read: pass the project")
+        upkeep.rows_dropped = drop_old_events(con, now - timedelta(days=event_retention_days), project, kept)
     # the bookkeeping rows inlined since the last run go to one Parquet file per table; DuckLake 0.3 moves only the
     # current rows: as a batch before the last left them, the bookkeeping tables read empty after this (models do not)
     for schema in INLINED_SCHEMAS:

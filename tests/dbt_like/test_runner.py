@@ -15,7 +15,8 @@ import duckdb
 import pandas as pd
 import pytest
 
-from dbt_like import ConcurrentWriterError, Project, ProjectError, open_batch, runner, unread_rows
+from dbt_like import ConcurrentWriterError, Project, ProjectError, open_batch, runner
+from dbt_like.compiler import Shard
 from dbt_like.sql import literal
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.lake import attach, connection_config
@@ -293,10 +294,38 @@ def test_a_retention_that_spares_unread_rows_loses_no_outcome(tmp_path: Path, st
         batch(8, [], [])
     older = f"SELECT batch_id FROM dbt_like.batches WHERE started_at < {literal(T0 + timedelta(minutes=1))}"
     for table in ["events", "orders", "priced", "outcomes", "late"]:  # at minute 16: what t=0 wrote, if read
-        con.execute(f"DELETE FROM {table} WHERE _batch_id IN ({older}) AND NOT {unread_rows(con, table)}")
+        con.execute(f"DELETE FROM {table} WHERE _batch_id IN ({older}) AND NOT {project.unread_rows(con, table)}")
     batch(16, [], every)
     batch(40, [], every)
     assert con.execute("SELECT _seq, item, outcome FROM outcomes").fetchall() == [(1, "x", "unpriced")]
+
+
+def test_unread_rows_are_kept_for_a_reader_that_never_ran_and_per_shard(project: Project) -> None:
+    """events is read by orders and catalog. A batch that stopped after orders: catalog never read its rows. With
+    two shards, one shard's progress says nothing of the other's rows, and an idle shard holds back none of them."""
+    con = duckdb.connect()
+    at = project.open_batch(con, "r1", T0)
+    project.run_step(con, "events", at, source_chunks=[feed((1, "price", "a"))])
+    project.run_step(con, "orders", at)
+    assert con.execute(f"SELECT _seq FROM events WHERE {project.unread_rows(con, 'events')}").fetchall() == [(1,)]
+
+    shard = [Project(project.models_dir, shard=Shard(index, 2)) for index in range(2)]
+    con = duckdb.connect()
+    unread = "SELECT _batch_id FROM events WHERE {} ORDER BY 1"
+
+    def batches(*runs: tuple[int, list[str]]) -> None:
+        for index, steps in runs:
+            at = shard[index].open_batch(con, f"r{index}-{at_minute.pop()}", T0)
+            for name in steps:
+                rows = [feed((at.batch_id, "price", f"item{at.batch_id}"))] if name == "events" else None
+                shard[index].run_step(con, name, at, source_chunks=rows)
+
+    at_minute = list(range(10))
+    batches((0, TABLES), (1, ["events"]), (0, TABLES))  # batch 2, shard 1's, was read by no step but its ingest
+    assert con.execute(unread.format(shard[0].unread_rows(con, "events"))).fetchall() == [(2,)]
+    batches((1, TABLES), (0, TABLES), (0, TABLES))  # shard 1 reads batches 2 and 4, then stays idle
+    assert con.execute("SELECT list(_batch_id ORDER BY 1) FROM events").fetchall() == [([1, 2, 3, 4, 5, 7],)]
+    assert con.execute(unread.format(shard[1].unread_rows(con, "events"))).fetchall() == []
 
 
 def test_a_side_model_of_a_chunk_fed_step_reads_each_chunks_rows_once(project: Project) -> None:
@@ -433,7 +462,7 @@ def test_steps_whose_inputs_a_retention_emptied_are_still_told_idle(tmp_path: Pa
     assert told_idle(1, []) == {"orders": True, "catalog": True, "priced": True}
     older = f"SELECT batch_id FROM dbt_like.batches WHERE started_at < {literal(T0 + timedelta(minutes=5))}"
     for table in ["events", "orders", "priced"]:
-        con.execute(f"DELETE FROM {table} WHERE _batch_id IN ({older}) AND NOT {unread_rows(con, table)}")
+        con.execute(f"DELETE FROM {table} WHERE _batch_id IN ({older}) AND NOT {project.unread_rows(con, table)}")
     assert con.execute("SELECT count(*) FROM events").fetchone() == (0,)
     for minutes in (10, 11):
         assert told_idle(minutes, []) == {"orders": True, "catalog": True, "priced": True}

@@ -330,7 +330,13 @@ def test_event_retention_empties_every_stream_but_the_waiting_rows_and_not_the_k
     keyed = ("sysmon_process_create_table", "sysmon_process_ancestry")
     processes = [lake.count(name) for name in keyed]
     with open_lake(lake.settings) as con:
-        upkeep = maintain(con, T0.replace(year=T0.year + 1), snapshot_retention_days=7, event_retention_days=30)
+        upkeep = maintain(
+            con,
+            T0.replace(year=T0.year + 1),
+            snapshot_retention_days=7,
+            event_retention_days=30,
+            project=lake.pipeline.project,
+        )
     streams = [name for name, config in lake.pipeline.project.configs.items() if config["materialized"] == "stream"]
     assert "sigma_detections" in streams  # every stream model's rows go, the hunting ones' too
     assert all(upkeep.rows_dropped[name] > 0 for name in streams if name != "winlogbeat_rejects")
@@ -350,7 +356,13 @@ def test_event_retention_keeps_the_rows_a_step_has_still_to_read(tmp_path: Path)
     lake.land([network_connect("{B}", event_data={"DestinationPort": "4444"})])
     lake.batch(at=T0)
     with open_lake(lake.settings) as con:
-        maintain(con, T0 + timedelta(days=2), snapshot_retention_days=7, event_retention_days=1)
+        maintain(
+            con,
+            T0 + timedelta(days=2),
+            snapshot_retention_days=7,
+            event_retention_days=1,
+            project=lake.pipeline.project,
+        )
     assert lake.count("sysmon_network_connect") == 1
     lake.batch(at=T0 + timedelta(days=2))  # its grace is long over: the wait ends
     assert lake.rows("SELECT rule_title, process_guid, dst_port FROM sigma_detections") == [
@@ -358,8 +370,25 @@ def test_event_retention_keeps_the_rows_a_step_has_still_to_read(tmp_path: Path)
     ]
     lake.batch(at=T0 + timedelta(days=3))
     with open_lake(lake.settings) as con:
-        maintain(con, T0 + timedelta(days=5), snapshot_retention_days=7, event_retention_days=1)
+        maintain(
+            con,
+            T0 + timedelta(days=5),
+            snapshot_retention_days=7,
+            event_retention_days=1,
+            project=lake.pipeline.project,
+        )
     assert [lake.count(name) for name in ("sysmon_network_connect", "sigma_detections")] == [0, 0]
+
+
+def test_event_retention_keeps_the_rows_of_a_batch_that_stopped_before_their_readers_ran(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    lake.land([process_create("{A}"), network_connect("{A}")])
+    for model in ("winlogbeat_stream", "winlogbeat_stream_rekey", "sysmon_network_connect"):
+        lake.pipeline.run_model(model, run_key="stopped", batch_time=T0)  # then it stopped: no process create read
+    with open_lake(lake.settings) as con:
+        maintain(con, T0 + timedelta(days=2), 7, event_retention_days=1, project=lake.pipeline.project)
+    lake.batch(at=T0 + timedelta(days=2))
+    assert lake.rows("SELECT process_guid FROM sysmon_join") == [("{A}",)]
 
 
 def test_numbering_goes_on_above_what_a_retention_dropped(tmp_path: Path) -> None:
@@ -368,7 +397,13 @@ def test_numbering_goes_on_above_what_a_retention_dropped(tmp_path: Path) -> Non
     lake.batch(at=T0)
     kept = lake.rows("SELECT _seq FROM sysmon_process_create_table UNION ALL SELECT seq FROM dbt_like.pending")
     with open_lake(lake.settings) as con:
-        maintain(con, T0 + timedelta(days=2), snapshot_retention_days=7, event_retention_days=1)
+        maintain(
+            con,
+            T0 + timedelta(days=2),
+            snapshot_retention_days=7,
+            event_retention_days=1,
+            project=lake.pipeline.project,
+        )
     # the retention dropped every line but B's connection, still waiting
     assert lake.rows("SELECT _seq FROM winlogbeat_stream") == lake.rows("SELECT seq FROM dbt_like.pending")
     lake.land([process_create("{C}"), network_connect("{C}")])
