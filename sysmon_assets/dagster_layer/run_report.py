@@ -1,7 +1,8 @@
 """What a micro-batch run did, one line per asset: rows in, rows written, and the counts that say where the rest went.
 
-``python -m sysmon_assets.dagster_layer.run_report`` reads the latest ``sysmon_micro_batch`` run from the Dagster
-instance in ``DAGSTER_HOME`` (``make run`` prints it after its batch); ``--run-id`` picks another run. The figures are
+``python -m sysmon_assets.dagster_layer.run_report`` reads the latest run of ``sysmon_micro_batch`` (or of the assets'
+implicit job, which ``dagster asset materialize`` runs) from the Dagster instance in ``DAGSTER_HOME`` (``make run``
+prints it after its batch); ``--run-id`` picks another run. The figures are
 the materializations' metadata, the ones the UI shows, so any asset's counts appear without this module naming them.
 """
 
@@ -12,9 +13,13 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, MetadataValue, RunsFilter
+from dagster._core.definitions.assets.job.asset_job import IMPLICIT_ASSET_JOB_NAME
 from dagster._core.errors import DagsterHomeNotSetError
 
 JOB = "sysmon_micro_batch"
+# The jobs whose runs a report reads by default: the micro-batch job, and the assets' implicit job that
+# `dagster asset materialize` and the UI's "Materialize" run.
+JOBS = (JOB, IMPLICIT_ASSET_JOB_NAME)
 # Integer metadata that is not a count of this batch's rows: identities and the table's total.
 NOT_BATCH_COUNTS = frozenset({"batch_id", "rows_in", "rows_written", "dagster/row_count", "lake_snapshot"})
 
@@ -46,10 +51,10 @@ def asset_line(name: str, metadata: Mapping[str, object], name_width: int = 0) -
     return "  ".join(parts).rstrip()
 
 
-def latest_run(instance: DagsterInstance, job_name: str = JOB) -> DagsterRun | None:
-    """The job's most recent run in ``instance``, None before its first."""
-    runs = instance.get_runs(filters=RunsFilter(job_name=job_name), limit=1)
-    return runs[0] if runs else None
+def latest_run(instance: DagsterInstance, job_names: Sequence[str] = JOBS) -> DagsterRun | None:
+    """The most recent run of any of ``job_names`` in ``instance``, None before the first."""
+    records = [record for name in job_names for record in instance.get_run_records(RunsFilter(job_name=name), limit=1)]
+    return max(records, key=lambda record: record.create_timestamp).dagster_run if records else None
 
 
 def run_report(instance: DagsterInstance, run: DagsterRun) -> list[str]:
@@ -88,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m sysmon_assets.dagster_layer.run_report", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--run-id", help=f"a run's id (default: the latest run of {JOB})")
+    parser.add_argument("--run-id", help=f"a run's id (default: the latest run of {' or '.join(JOBS)})")
     args = parser.parse_args(argv)
     try:
         instance = DagsterInstance.get()
@@ -97,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     with instance:
         run = instance.get_run_by_id(args.run_id) if args.run_id else latest_run(instance)
         if run is None:
-            sys.exit(f"no run {args.run_id or f'of {JOB}'} in the Dagster instance at {instance.root_directory}")
+            wanted = args.run_id or f"of {' or '.join(JOBS)}"
+            sys.exit(f"no run {wanted} in the Dagster instance at {instance.root_directory}")
         print("\n".join(run_report(instance, run)))
 
 

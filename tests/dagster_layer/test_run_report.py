@@ -77,6 +77,11 @@ def test_the_report_names_the_run_and_its_batch_and_says_per_asset_where_rows_we
     assert capsys.readouterr().out.splitlines()[0].startswith(f"sysmon_micro_batch run {run_id[:8]}")
     main([])
     assert capsys.readouterr().out.splitlines()[0].endswith("SUCCESS, batch 2")
+    # `dagster asset materialize` (and the UI's "Materialize all") runs the assets' implicit job: reported too
+    with DagsterInstance.get() as instance:
+        definitions.resolve_implicit_global_asset_job_def().execute_in_process(instance=instance)
+    main([])
+    assert capsys.readouterr().out.splitlines()[0].endswith("SUCCESS, batch 3")
 
 
 def test_without_dagster_home_or_a_run_the_report_says_what_is_missing(
@@ -86,7 +91,7 @@ def test_without_dagster_home_or_a_run_the_report_says_what_is_missing(
     with pytest.raises(SystemExit, match="DAGSTER_HOME is not set"):
         main([])
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
-    with pytest.raises(SystemExit, match="no run of sysmon_micro_batch in the Dagster instance at"):
+    with pytest.raises(SystemExit, match="no run of sysmon_micro_batch or __ASSET_JOB in the Dagster instance at"):
         main([])
 
 
