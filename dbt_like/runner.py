@@ -707,12 +707,25 @@ class Project:
             if last > after:
                 result.behind[upstream] = last
         config = self.configs[name]
+        self._hold_back_for_changelogs(con, name, result)
         if config.get("retry_unmatched"):
             result.expired = self._expire(con, name, batch)
             result.pending_floor = scalar(con, f"SELECT min(seq) FROM {PENDING_TABLE} WHERE {self.shard.rows_of(name)}")
             for table in marked:
                 result.tables_before[table] = stored.get(table, 0)
                 result.tables_after[table] = scalar(con, f"SELECT coalesce(max(_batch_id), 0) FROM {table}")
+
+    def _hold_back_for_changelogs(self, con: Connection, name: str, result: StepResult) -> None:
+        """An as-of join reads its changelog streams whole and retries nothing: its other inputs are read only as far
+        as every changelog has read its own inputs (a run that left a changelog's step out would otherwise join
+        rows against a stream lacking what arrived before them, for good); the rest waits for a later step."""
+        for changelog in (self.configs[name].get("as_of") or {}).values():
+            if not self.stream_inputs(changelog):
+                continue  # fed by a source: it keeps no offsets, and its rows are the ingest's, step by step
+            read_through = min(self._stored_offsets(con, changelog).values(), default=0)
+            for upstream, after in result.offsets_after.items():
+                if upstream != changelog and after > read_through:
+                    result.offsets_after[upstream] = max(result.offsets_before[upstream], read_through)
 
     def unread_rows(self, con: Connection, stream: str) -> str:
         """SQL condition on the rows of model ``stream`` a step of this project has still to read, in any shard

@@ -47,6 +47,9 @@ SELECT o._seq, o.item, c.price FROM {{ ref('orders') }} AS o INNER JOIN {{ ref('
 }
 
 
+COLUMNS = ["id", "host", "number", "kind", "item"]
+
+
 def make_project(tmp_path: Path, as_of: bool = False) -> Project:
     models = tmp_path / "models"
     for name, sql in MODELS.items():
@@ -57,7 +60,7 @@ def make_project(tmp_path: Path, as_of: bool = False) -> Project:
 
 def run(project: Project, con: duckdb.DuckDBPyConnection, rows: list[tuple], run_key: str) -> None:
     batch = open_batch(con, run_key, T0)
-    frame = pd.DataFrame(rows, columns=["id", "host", "number", "kind", "item"])
+    frame = pd.DataFrame(rows, columns=COLUMNS)
     project.run_step(con, "events", batch, source_chunks=[{"feed": frame}])
     for name in ["prices", "catalog", "orders", "priced"]:
         project.run_step(con, name, batch)
@@ -185,7 +188,7 @@ def test_a_table_keyed_on_two_columns_keeps_the_latest_row_of_each_pair(tmp_path
     project, con = Project(tmp_path / "models", {}), duckdb.connect()
     for run_key, rows in (("b1", [(1, "a", 1, "k", "x"), (2, "a", 2, "k", "y")]), ("b2", [(3, "a", 1, "k", "z")])):
         batch = open_batch(con, run_key, T0)
-        frame = pd.DataFrame(rows, columns=["id", "host", "number", "kind", "item"])
+        frame = pd.DataFrame(rows, columns=COLUMNS)
         project.run_step(con, "events", batch, source_chunks=[{"feed": frame}])
         project.run_step(con, "latest", batch)
     assert con.sql("SELECT host, number, item FROM latest ORDER BY ALL").fetchall() == [("a", 1, "Z!"), ("a", 2, "Y!")]
@@ -237,6 +240,22 @@ def test_as_of_joins_each_row_to_the_table_as_it_stood_when_the_row_arrived(
         "b1",
     )
     assert con.sql("SELECT _seq, price FROM priced ORDER BY _seq").fetchall() == expected
+
+
+def test_an_as_of_join_waits_for_its_stream_to_read_as_far_as_its_other_inputs(tmp_path: Path) -> None:
+    """A batch run without the stream the table is built from (a run of part of the steps): the orders it read
+    would join a stream that lacks their prices, and an as-of join does not retry; they wait for it instead."""
+    project = make_project(tmp_path, as_of=True)
+    con = duckdb.connect()
+    run(project, con, [(1, "h", 1, "order", "ink")], "b1")
+    batch = open_batch(con, "b2", T0)
+    frame = pd.DataFrame([(2, "h", 10, "price", "pen"), (3, "h", 2, "order", "pen")], columns=COLUMNS)
+    project.run_step(con, "events", batch, source_chunks=[{"feed": frame}])
+    for name in ["orders", "priced"]:  # not prices, nor catalog
+        project.run_step(con, name, batch)
+    assert con.sql("SELECT count(*) FROM priced").fetchall() == [(0,)]
+    run(project, con, [], "b3")
+    assert con.sql("SELECT _seq, price FROM priced").fetchall() == [(3, 10)]
 
 
 SETTINGS_MODELS = {
