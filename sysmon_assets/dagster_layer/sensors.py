@@ -17,6 +17,7 @@ from dagster import (
     AssetRecordsFilter,
     DagsterInstance,
     DefaultSensorStatus,
+    EventLogRecord,
     RunRequest,
     SensorDefinition,
     SensorEvaluationContext,
@@ -35,6 +36,9 @@ from sysmon_assets.settings import Settings
 from sysmon_assets.sources.kafka_source import KafkaSourceError, consumer_lag
 from sysmon_assets.sources.landed_files import landing_snapshot
 from sysmon_assets.sources.landed_lines import LandingError
+
+# The join whose waiting connections another shard's process creates may end, and the table those creates go to.
+JOIN_ASSET, CREATES_ASSET = "sysmon_join", "sysmon_process_create_table"
 
 
 def changed_files(previous: dict[str, str], current: dict[str, str]) -> list[str]:
@@ -77,23 +81,52 @@ def runs_that_left_lines(instance: DagsterInstance, ingest_asset: str, shards: i
     for its writer that is now due (``UNFINISHED_LINE_DUE``): the id of that ingest's run."""
     runs = {}
     for shard in range(shards):
-        partition = partition_key(shard, shards)
-        records = instance.fetch_materializations(
-            AssetRecordsFilter(AssetKey(ingest_asset), asset_partitions=[partition] if partition else None), limit=1
-        ).records
-        metadata = records[0].asset_materialization.metadata if records else {}
+        record = _latest_materialization(instance, ingest_asset, partition_key(shard, shards))
+        metadata = record.asset_materialization.metadata if record else {}
         due = metadata.get(UNFINISHED_LINE_DUE)
         if LEFT_FOR_NEXT_BATCH in metadata or (due and datetime.fromisoformat(due.value) <= utc_clock()):
-            runs[shard] = records[0].run_id
+            runs[shard] = record.run_id
+    return runs
+
+
+def _latest_materialization(instance: DagsterInstance, asset: str, partition: str | None) -> EventLogRecord | None:
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(AssetKey(asset), asset_partitions=[partition] if partition else None), limit=1
+    ).records
+    return records[0] if records else None
+
+
+def runs_that_joins_wait_for(instance: DagsterInstance, shards: int) -> dict[int, str]:
+    """Per shard whose latest join left connections waiting for their process create: the id of the newest run
+    in which another shard committed process creates since. That create may be the one awaited, and only the
+    waiting shard's next batch joins it (within the grace), though none of its own files changed."""
+    if shards == 1:
+        return {}
+    keys = [partition_key(shard, shards) for shard in range(shards)]
+    joins = [_latest_materialization(instance, JOIN_ASSET, key) for key in keys]
+    creates = [_latest_materialization(instance, CREATES_ASSET, key) for key in keys]
+    runs = {}
+    for shard, join in enumerate(joins):
+        pending = join.asset_materialization.metadata.get("pending_joins") if join else None
+        if not (pending and pending.value):
+            continue
+        since = [c for other, c in enumerate(creates) if other != shard and c and c.timestamp > join.timestamp]
+        if since:
+            runs[shard] = max(since, key=lambda record: record.timestamp).run_id
     return runs
 
 
 def with_the_rest(
-    decision: list[RunRequest] | SkipReason, left_by: dict[int, str], shards: int = 1
+    decision: list[RunRequest] | SkipReason,
+    left_by: dict[int, str],
+    shards: int = 1,
+    joins_waiting_after: dict[int, str] | None = None,
 ) -> list[RunRequest] | SkipReason:
     """``decision`` and a request for each shard whose last batch left lines unread, keyed by that batch's run, so
     that each such run is followed by one more batch (Dagster runs a sensor's run key once; a request for grown
-    files stays a request of its own, or new bytes would go unrequested while the key is spent)."""
+    files stays a request of its own, or new bytes would go unrequested while the key is spent); and one for each
+    shard whose joins wait, keyed by the other shard's run that committed creates since
+    (:func:`runs_that_joins_wait_for`)."""
     rest = [
         RunRequest(
             run_key=f"landing:rest-of:{run_id}",
@@ -101,6 +134,14 @@ def with_the_rest(
             tags={"sysmon/trigger": "landing_sensor", "sysmon/lines_left_by_run": run_id},
         )
         for shard, run_id in sorted(left_by.items())
+    ] + [
+        RunRequest(
+            run_key=f"landing:joins-waiting-after:{run_id}",
+            partition_key=partition_key(shard, shards),
+            tags={"sysmon/trigger": "landing_sensor", "sysmon/creates_committed_by_run": run_id},
+        )
+        for shard, run_id in sorted((joins_waiting_after or {}).items())
+        if shard not in left_by  # that request runs a batch of the shard already
     ]
     if not rest:
         return decision
@@ -148,18 +189,20 @@ def landing_sensor(job: "UnresolvedAssetJobDefinition", ingest_asset: str) -> Se
         default_status=DefaultSensorStatus.STOPPED,
         description="Requests a micro-batch when files in SYSMON_LANDING_DIR appear or change, or the last batch left "
         "lines for the next (SYSMON_LANDING_MAX_BYTES, a last line without newline); SYSMON_SOURCE=kafka: when the "
-        "consumer group lags. With shards, one for each shard whose input changed.",
+        "consumer group lags. With shards, one for each shard whose input changed, and one for each shard whose "
+        "connections wait for a process create once another shard has committed creates.",
     )
     def landing(context: SensorEvaluationContext, sysmon: SysmonPipelineResource) -> SensorResult | SkipReason:
         """See :func:`evaluate_landing` and :func:`evaluate_kafka`; the settings are the pipeline resource's."""
         settings = sysmon.settings()
+        waiting = runs_that_joins_wait_for(context.instance, settings.shards)
         if settings.source == "kafka":
-            decision = evaluate_kafka(settings)
+            decision = with_the_rest(evaluate_kafka(settings), {}, settings.shards, waiting)
         else:
             decision, cursor = evaluate_landing(settings.landing_dir, context.cursor, settings.shards)
             context.update_cursor(cursor)
             left_by = runs_that_left_lines(context.instance, ingest_asset, settings.shards)
-            decision = with_the_rest(decision, left_by, settings.shards)
+            decision = with_the_rest(decision, left_by, settings.shards, waiting)
         return decision if isinstance(decision, SkipReason) else SensorResult(run_requests=decision)
 
     return landing

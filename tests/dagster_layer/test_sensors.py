@@ -29,9 +29,9 @@ from sysmon_assets.micro_batch.ingest import LEFT_FOR_NEXT_BATCH, UNFINISHED_LIN
 from sysmon_assets.micro_batch.shards import file_shard
 from sysmon_assets.settings import Settings
 from sysmon_assets.sources import landing_folder
-from sysmon_assets.sources.landed_files import landing_snapshot
+from sysmon_assets.sources.landed_files import file_key, landing_snapshot
 from sysmon_assets.sources.landing_folder import MIN_PIECE_BYTES
-from tests.conftest import Lake, process_create
+from tests.conftest import Lake, network_connect, process_create
 
 sensor = landing_sensor(batch_job(), "winlogbeat_stream")
 
@@ -170,6 +170,39 @@ def test_with_shards_the_rest_is_requested_for_the_shard_that_left_it(tmp_path: 
                 owner_run = run_id
         (request,) = sensor(context).run_requests
         assert (request.partition_key, request.run_key) == (owner, f"landing:rest-of:{owner_run}")
+
+
+def land_in_shard(lake: Lake, shard: int, event: dict) -> None:
+    """Land ``event`` in a new file of ``lake``'s landing folder that shard ``shard`` of two reads."""
+    for number in range(100):
+        path = lake.landing / f"file-{number}.ndjson"
+        if not path.exists() and not path.with_suffix(".other-shard").exists():
+            lake.land([event], name=path.name)
+            if file_shard(file_key(path), 2) == shard:
+                return
+            path.rename(path.with_suffix(".other-shard"))  # not a landed name; its inode stays taken
+    raise AssertionError("no file fell to the shard")
+
+
+def test_with_shards_a_shard_whose_connections_wait_runs_once_another_commits_creates(tmp_path: Path) -> None:
+    """A connection's create lands in another shard's file: that shard's batch commits it, and the waiting shard
+    needs one more batch to join it (within its grace), though none of its files changed."""
+    lake = Lake(tmp_path, shards=2)
+    job = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch")
+    with with_resources(lake.settings) as context:
+        land_in_shard(lake, 0, network_connect("{X}"))
+        (request,) = sensor(context).run_requests
+        job.execute_in_process(instance=context.instance, partition_key=request.partition_key)
+        assert isinstance(sensor(context), SkipReason)  # waiting, but no other shard committed a create since
+        land_in_shard(lake, 1, process_create("{X}"))
+        (request,) = sensor(context).run_requests
+        assert request.partition_key == "shard-1"
+        other = job.execute_in_process(instance=context.instance, partition_key="shard-1").run_id
+        (request,) = sensor(context).run_requests
+        assert (request.partition_key, request.run_key) == ("shard-0", f"landing:joins-waiting-after:{other}")
+        job.execute_in_process(instance=context.instance, partition_key="shard-0")
+        assert lake.rows("SELECT process_guid FROM sysmon_join") == [("{X}",)]
+        assert isinstance(sensor(context), SkipReason)
 
 
 def test_with_kafka_the_sensor_requests_a_batch_while_the_consumer_group_lags(tmp_path: Path, kafka_broker) -> None:
