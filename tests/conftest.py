@@ -17,8 +17,10 @@ import pytest
 
 from dbt_like import table_columns
 from dbt_like.sql import quote_string
+from sysmon_assets.micro_batch.shards import file_shard
 from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.settings import Settings
+from sysmon_assets.sources.landed_files import file_key
 from sysmon_assets.storage.lake import open_lake
 from tests.recipe import HUNTING_MODELS, RECIPE_MODELS
 
@@ -339,3 +341,15 @@ def s3():
     from tests.lake_servers import s3_fixture
 
     yield from s3_fixture()
+
+
+def land_in_shard(lake: Lake, shard: int, event: dict) -> None:
+    """Land ``event`` in a new file of ``lake``'s landing folder that its shard ``shard`` reads."""
+    for number in range(100):
+        path = lake.landing / f"file-{number}.ndjson"
+        if not path.exists() and not path.with_suffix(".other-shard").exists():
+            lake.land([event], name=path.name)
+            if file_shard(file_key(path), lake.settings.shards) == shard:
+                return
+            path.rename(path.with_suffix(".other-shard"))  # not a landed name; its inode stays taken
+    raise AssertionError("no file fell to the shard")

@@ -10,15 +10,16 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from dbt_like import StepResult
 from dbt_like.sql import first_row, literal, one_of, scalar
 from sysmon_assets.hunting.sigma import LOGSOURCE
+from sysmon_assets.micro_batch.shards import file_shard
 from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.sources import kafka_source, landing_folder
-from sysmon_assets.sources.landed_files import list_landed_files
+from sysmon_assets.sources.landed_files import scan_landing
 
 # A check's verdict and its metadata (numbers, text, or JSON: lists and dicts).
 Outcome = tuple[bool, dict[str, Any]]
@@ -64,32 +65,55 @@ def join_coverage(pipeline: SysmonPipeline, batch_id: int, result: StepResult) -
     }
 
 
-def _minutes_since_update(pipeline: SysmonPipeline, table: str, where: str = "true") -> float:
-    """Minutes from the newest ``updated_at`` (a naive UTC time) of ``table``'s rows ``where`` holds to
-    :data:`wall_clock`; infinite for none."""
-    with pipeline.connect() as con:
-        newest = scalar(con, f"SELECT max(updated_at) FROM {table} WHERE {where}")
+def _minutes_since(newest: datetime | None) -> float:
+    """Minutes from ``newest`` (a naive UTC time) to :data:`wall_clock`; infinite for None."""
     return (wall_clock() - newest.replace(tzinfo=UTC).timestamp()) / 60 if newest else float("inf")
 
 
+def _owns_file(pipeline: SysmonPipeline, file_key: str) -> bool:
+    return file_shard(file_key, pipeline.shard.count) == pipeline.shard.index
+
+
+def _newest_landing(pipeline: SysmonPipeline) -> datetime | None:
+    """When a batch last found one of the shard's files new or of another size, not empty; None: never."""
+    with pipeline.connect() as con:
+        rows = con.execute(
+            f"SELECT file_key, updated_at FROM {landing_folder.STATE_TABLE} WHERE file_size > 0"
+        ).fetchall()
+    return max((at for key, at in rows if at and _owns_file(pipeline, key)), default=None)
+
+
+def _newest_message(pipeline: SysmonPipeline) -> datetime | None:
+    """When a batch last read a message of the topic's partitions the shard reads; None: never."""
+    topic, shard = one_of("topic", pipeline.settings.kafka_topic), pipeline.shard
+    with pipeline.connect() as con:
+        return scalar(
+            con,
+            f"SELECT max(updated_at) FROM {kafka_source.OFFSETS_TABLE} "
+            f'WHERE {topic} AND "partition" % {shard.count} = {shard.index}',
+        )
+
+
 def landing_freshness(pipeline: SysmonPipeline, batch_id: int, result: StepResult) -> Outcome:
-    """Whether anything landed (or, from Kafka, was read) within ``freshness_minutes``: a silent Winlogbeat
-    is an incident. Landed: a batch found a new file or a file's size changed (``ingest.files.updated_at``), not a
-    file's own times, which a file moved in keeps from where it was written and a rotation's rename changes; an
-    empty file is no landing (nothing landed in it: a file created before its writer writes, or touched)."""
+    """Whether anything landed (or, from Kafka, was read) within ``freshness_minutes``, in the shard's own files or
+    partitions: a silent Winlogbeat is an incident. Landed: a batch found a new file or a file's size changed
+    (``ingest.files.updated_at``), not a file's own times, which a file moved in keeps from where it was written and
+    a rotation's rename changes; an empty file is no landing (nothing landed in it: a file created before its writer
+    writes, or touched)."""
     limit = pipeline.settings.freshness_minutes
     if pipeline.settings.source == "kafka":
-        age_minutes = _minutes_since_update(pipeline, kafka_source.OFFSETS_TABLE)
+        age_minutes = _minutes_since(_newest_message(pipeline))
         return age_minutes <= limit, {
             "minutes_since_last_message": round(min(age_minutes, 10**9), 1),
             "limit_minutes": limit,
             "topic": pipeline.settings.kafka_topic,
         }
-    age_minutes = _minutes_since_update(pipeline, landing_folder.STATE_TABLE, "file_size > 0")
+    age_minutes = _minutes_since(_newest_landing(pipeline))
+    files = scan_landing(pipeline.settings.landing_dir)[0]
     return age_minutes <= limit, {
         "minutes_since_last_landing": round(min(age_minutes, 10**9), 1),
         "limit_minutes": limit,
-        "files": len(list_landed_files(pipeline.settings.landing_dir)),
+        "files": sum(_owns_file(pipeline, landed.key) for landed in files),
     }
 
 

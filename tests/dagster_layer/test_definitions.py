@@ -23,7 +23,7 @@ from sysmon_assets.definitions import build_definitions, defs
 from sysmon_assets.micro_batch.recipe_project import SQL_DIR
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.lake import open_lake
-from tests.conftest import CLI_BATCH, Lake, lake_rows, land, network_connect, process_create
+from tests.conftest import CLI_BATCH, Lake, lake_rows, land, land_in_shard, network_connect, process_create
 from tests.recipe import HUNTING_MODELS, RECIPE_MODELS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -267,6 +267,22 @@ def test_reading_on_into_bytes_that_landed_earlier_is_not_a_landing(tmp_path: Pa
     (freshness,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "landing_freshness"]
     assert not freshness.passed
     assert freshness.metadata["minutes_since_last_landing"].value >= 120
+
+
+def test_with_shards_landing_freshness_is_each_shard_s_own(tmp_path: Path) -> None:
+    lake = Lake(tmp_path, shards=2)
+    job = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch")
+    land_in_shard(lake, 1, process_create("{A}"))
+    freshness = {}
+    for partition in ("shard-1", "shard-0"):
+        result = job.execute_in_process(partition_key=partition)
+        (freshness[partition],) = [
+            e for e in result.get_asset_check_evaluations() if e.check_name == "landing_freshness"
+        ]
+    assert freshness["shard-1"].passed
+    assert freshness["shard-1"].metadata["files"].value == 1
+    assert not freshness["shard-0"].passed  # nothing ever landed in shard 0's files, though shard 1's are fresh
+    assert freshness["shard-0"].metadata["files"].value == 0
 
 
 def test_join_coverage_is_the_batch_s_own(tmp_path: Path) -> None:

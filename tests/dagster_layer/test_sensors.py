@@ -29,9 +29,9 @@ from sysmon_assets.micro_batch.ingest import LEFT_FOR_NEXT_BATCH, UNFINISHED_LIN
 from sysmon_assets.micro_batch.shards import file_shard
 from sysmon_assets.settings import Settings
 from sysmon_assets.sources import landing_folder
-from sysmon_assets.sources.landed_files import file_key, landing_snapshot
+from sysmon_assets.sources.landed_files import landing_snapshot
 from sysmon_assets.sources.landing_folder import MIN_PIECE_BYTES
-from tests.conftest import Lake, network_connect, process_create
+from tests.conftest import Lake, land_in_shard, network_connect, process_create
 
 sensor = landing_sensor(batch_job(), "winlogbeat_stream")
 
@@ -170,18 +170,6 @@ def test_with_shards_the_rest_is_requested_for_the_shard_that_left_it(tmp_path: 
                 owner_run = run_id
         (request,) = sensor(context).run_requests
         assert (request.partition_key, request.run_key) == (owner, f"landing:rest-of:{owner_run}")
-
-
-def land_in_shard(lake: Lake, shard: int, event: dict) -> None:
-    """Land ``event`` in a new file of ``lake``'s landing folder that shard ``shard`` of two reads."""
-    for number in range(100):
-        path = lake.landing / f"file-{number}.ndjson"
-        if not path.exists() and not path.with_suffix(".other-shard").exists():
-            lake.land([event], name=path.name)
-            if file_shard(file_key(path), 2) == shard:
-                return
-            path.rename(path.with_suffix(".other-shard"))  # not a landed name; its inode stays taken
-    raise AssertionError("no file fell to the shard")
 
 
 def test_with_shards_a_shard_whose_connections_wait_runs_once_another_commits_creates(tmp_path: Path) -> None:
