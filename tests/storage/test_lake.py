@@ -391,6 +391,24 @@ def test_event_retention_keeps_the_rows_of_a_batch_that_stopped_before_their_rea
     assert lake.rows("SELECT process_guid FROM sysmon_join") == [("{A}",)]
 
 
+def test_maintenance_deletes_no_file_the_catalog_does_not_name(tmp_path: Path) -> None:
+    """An untracked file in the data path (left by a writer killed before its commit, or put there by someone
+    else) stays: DuckLake's orphan deletion, which maintenance does not call, would delete either."""
+    lake = Lake(tmp_path)
+    lake.land([process_create("{A}")])
+    lake.batch()
+    data_path = lake.settings.data_path
+    untracked = [Path(data_path) / "main" / "winlogbeat_stream" / "ducklake-killed.parquet", Path(data_path) / "x.txt"]
+    for path in untracked:
+        path.write_bytes(b"PAR1")
+        os.utime(path, (0, 0))
+    with open_lake(lake.settings) as con:
+        maintain(con, utc_now(), snapshot_retention_days=7, event_retention_days=None)
+        assert all(path.exists() for path in untracked)
+        orphans = con.execute("CALL ducklake_delete_orphaned_files('lake', dry_run => true, cleanup_all => true)")
+        assert {Path(path) for (path,) in orphans.fetchall()} == set(untracked)
+
+
 def test_numbering_goes_on_above_what_a_retention_dropped(tmp_path: Path) -> None:
     lake = Lake(tmp_path, join_grace_minutes=10 * 24 * 60)
     lake.land([process_create("{A}"), network_connect("{B}")])  # B's create has not arrived: its connection waits
