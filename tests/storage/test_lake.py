@@ -409,6 +409,22 @@ def test_maintenance_deletes_no_file_the_catalog_does_not_name(tmp_path: Path) -
         assert {Path(path) for (path,) in orphans.fetchall()} == set(untracked)
 
 
+def test_a_redelivery_after_the_retention_dropped_its_first_delivery_is_a_new_event(tmp_path: Path) -> None:
+    lake = Lake(tmp_path)
+    events = [process_create("{A}", record=1), network_connect("{A}", record=2)]
+    lake.land(events)
+    lake.batch(at=T0)
+    lake.land(events, name="redelivered.ndjson")
+    lake.batch(at=T0 + timedelta(minutes=1))
+    assert lake.count("sysmon_join") == 1  # within the retention: a redelivery
+    with open_lake(lake.settings) as con:
+        maintain(con, T0 + timedelta(days=2), 7, event_retention_days=1, project=lake.pipeline.project)
+    lake.land(events, name="much-later.ndjson")
+    lake.batch(at=T0 + timedelta(days=2))
+    assert lake.rows("SELECT process_guid FROM sysmon_join") == [("{A}",)]  # past it: a new event
+    assert lake.rows("SELECT _batch_id FROM sysmon_join") == [(3,)]
+
+
 def test_numbering_goes_on_above_what_a_retention_dropped(tmp_path: Path) -> None:
     lake = Lake(tmp_path, join_grace_minutes=10 * 24 * 60)
     lake.land([process_create("{A}"), network_connect("{B}")])  # B's create has not arrived: its connection waits
