@@ -13,9 +13,12 @@ import logging
 import math
 import re
 import time
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
-from sysmon_assets.settings import Settings
+from confluent_kafka import KafkaException
+
+from sysmon_assets.settings import Settings, SettingsError
 
 LIBRDKAFKA_LOG = logging.getLogger("sysmon_assets.librdkafka")
 REPEAT_AFTER_SECONDS = 60.0
@@ -62,6 +65,21 @@ class Served(Protocol):
 def client_config(settings: Settings) -> dict[str, Any]:
     """librdkafka settings of a consumer, producer or admin client: ``settings.kafka_client_config()`` plus the log."""
     return {**settings.kafka_client_config(), "logger": LIBRDKAFKA_LOG}
+
+
+Client = TypeVar("Client")
+
+
+def new_client(factory: Callable[[dict[str, Any]], Client], config: dict[str, Any]) -> Client:
+    """``factory(config)``; a setting librdkafka refuses is a :class:`SettingsError` naming the variables the
+    client's settings come from, not a bare librdkafka error from deep inside a batch or a sensor tick."""
+    try:
+        return factory(config)
+    except KafkaException as error:
+        reason = error.args[0].str() if error.args and hasattr(error.args[0], "str") else str(error)
+        raise SettingsError(
+            f"librdkafka refuses the Kafka client settings (SYSMON_KAFKA_CONFIG, SYSMON_KAFKA_BOOTSTRAP): {reason}"
+        ) from error
 
 
 def serve_log(client: Served) -> None:

@@ -1,12 +1,13 @@
 import logging
 import socket
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, KafkaException
 
 import sysmon_assets.kafka_client as kafka_client
 from sysmon_assets.kafka_client import LIBRDKAFKA_LOG, OncePerMinute, client_config, serve_log
-from sysmon_assets.settings import Settings
+from sysmon_assets.settings import Settings, SettingsError
 
 
 def _record(text: str) -> logging.LogRecord:
@@ -64,3 +65,33 @@ def test_an_unreachable_broker_is_logged_once_with_its_cause(caplog: pytest.LogC
         consumer.close()
     refusals = [r for r in caplog.records if f"127.0.0.1:{port} failed: Connection refused" in r.getMessage()]
     assert len(refusals) == 1
+
+
+@pytest.mark.parametrize(
+    ("config", "named"),
+    [((("foo", "bar"),), '"foo"'), ((("security.protocol", "bogus"),), '"bogus"')],
+)
+def test_a_client_setting_librdkafka_refuses_is_a_settings_error_naming_the_variable(
+    tmp_path: Path, config: tuple, named: str
+) -> None:
+    from sysmon_assets.micro_batch.steps import SysmonPipeline
+    from sysmon_assets.sinks.kafka_sink import JoinSink
+    from sysmon_assets.sources.kafka_source import consumer_lag
+
+    settings = Settings(
+        landing_dir=tmp_path,
+        data_dir=tmp_path / "data",
+        source="kafka",
+        kafka_bootstrap="127.0.0.1:1",
+        kafka_config=config,
+        kafka_sink=True,
+    )
+    every_client = [
+        lambda: SysmonPipeline(settings).run_batch(),
+        lambda: consumer_lag(settings),
+        lambda: JoinSink(settings)._consumer(),
+    ]
+    for start in every_client:
+        with pytest.raises(SettingsError, match="SYSMON_KAFKA_CONFIG") as refused:
+            start()
+        assert named in str(refused.value)

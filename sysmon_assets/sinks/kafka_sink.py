@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from dbt_like import table_exists
 from dbt_like.sql import UTC_NOW, first_row, literal, literals, one_of, scalar
-from sysmon_assets.kafka_client import client_config, serve_log
+from sysmon_assets.kafka_client import client_config, new_client, serve_log
 from sysmon_assets.settings import Settings
 
 LOG = logging.getLogger(__name__)
@@ -157,8 +157,9 @@ class JoinSink:
     ) -> int:
         rows = con.execute(_message_sql(con, after, through)).fetchall()
         pipeline_id = self._pipeline_id(con).encode()
-        producer = self.producer_factory(
-            {**client_config(self.settings), "enable.idempotence": True, "acks": "all", "linger.ms": 20}
+        producer = new_client(
+            self.producer_factory,
+            {**client_config(self.settings), "enable.idempotence": True, "acks": "all", "linger.ms": 20},
         )
         failures: list[str] = []
         last_offsets: dict[int, int] = {}
@@ -224,14 +225,15 @@ class JoinSink:
         return pipeline_id
 
     def _consumer(self) -> Consumer:
-        return self.consumer_factory(
+        return new_client(
+            self.consumer_factory,
             {
                 **client_config(self.settings),
                 "group.id": f"{self.settings.kafka_group}-sink-check",
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
                 "auto.offset.reset": "earliest",
-            }
+            },
         )
 
     def _end_offsets(self) -> dict[str, int]:

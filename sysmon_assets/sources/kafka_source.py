@@ -38,7 +38,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from dbt_like.sql import UTC_NOW, literal, literals, one_of, quote_identifier
-from sysmon_assets.kafka_client import client_config, serve_log
+from sysmon_assets.kafka_client import client_config, new_client, serve_log
 from sysmon_assets.settings import Settings
 from sysmon_assets.sources.arrow_columns import bytes_array, dictionary_strings, int_array, strings_array
 from sysmon_assets.sources.landed_lines import KAFKA_LINES_SCHEMA, SOURCE_NAME
@@ -124,7 +124,7 @@ def topic_partitions(consumer: Consumer, settings: Settings, topic: str) -> list
 def topic_id(settings: Settings, topic: str) -> str | None:
     """``topic``'s id: a topic deleted and created again under its name gets a new one (Kafka 2.8 and later).
     None when the broker has none, or does not say: a recreated topic is then told by its offsets alone."""
-    admin = AdminClient(client_config(settings))
+    admin = new_client(AdminClient, client_config(settings))
     try:
         described = admin.describe_topics(TopicCollection([topic]))[topic].result(timeout=15)
     except KafkaException as error:
@@ -172,7 +172,7 @@ class KafkaReader:
         self.topic = settings.kafka_topic
         self.chunk_bytes = chunk_bytes
         self.idle_timeout = idle_timeout
-        self.consumer = consumer_factory(consumer_config(settings))
+        self.consumer = new_client(consumer_factory, consumer_config(settings))
         self.partitions: list[PartitionProgress] = []
         self.topic_id: str | None = None
 
@@ -425,7 +425,7 @@ def consumer_lag(settings: Settings, consumer_factory: ConsumerFactory = Consume
     """Per partition: messages beyond the consumer group's committed offset (a partition never
     committed counts from its earliest offset), and the end offset. Reads Kafka only, never the
     lake."""
-    consumer = consumer_factory(consumer_config(settings))
+    consumer = new_client(consumer_factory, consumer_config(settings))
     try:
         partitions = topic_partitions(consumer, settings, settings.kafka_topic)
         committed = consumer.committed([TopicPartition(settings.kafka_topic, p) for p in partitions], timeout=15)
