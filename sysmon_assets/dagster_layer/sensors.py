@@ -33,7 +33,7 @@ from sysmon_assets.dagster_layer.resources import SysmonPipelineResource
 from sysmon_assets.micro_batch.ingest import LEFT_FOR_NEXT_BATCH, UNFINISHED_LINE_DUE
 from sysmon_assets.micro_batch.shards import file_shard, partition_key, partition_shard
 from sysmon_assets.settings import Settings
-from sysmon_assets.sources.kafka_source import KafkaSourceError, consumer_lag
+from sysmon_assets.sources.kafka_source import KafkaSourceError, consumer_lag, topic_id
 from sysmon_assets.sources.landed_files import landing_snapshot
 from sysmon_assets.sources.landed_lines import LandingError
 
@@ -151,9 +151,10 @@ def with_the_rest(
 def evaluate_kafka(settings: Settings) -> list[RunRequest] | SkipReason:
     """A run request (per shard) when the consumer group lags behind the topic's end on a partition.
 
-    The run key names each partition's unread range (committed offset to end), so a lag that persists while a
-    requested batch is queued or running requests no other, and a batch that leaves part of the lag for the next
-    one (``SYSMON_KAFKA_MAX_MESSAGES``) requests that next one.
+    The run key names the topic (with its id) and each partition's unread range (committed offset to end), so a lag
+    that persists while a requested batch is queued or running requests no other, a batch that leaves part of the
+    lag for the next one (``SYSMON_KAFKA_MAX_MESSAGES``) requests that next one, and so does a topic recreated with
+    the same ranges.
     """
     try:
         lag = consumer_lag(settings)
@@ -161,6 +162,10 @@ def evaluate_kafka(settings: Settings) -> list[RunRequest] | SkipReason:
         return SkipReason(str(error))
     if not sum(partition.lag for partition in lag.values()):
         return SkipReason(f"no consumer lag on {settings.kafka_topic}")
+    # a topic recreated since shows the same ranges again: its id tells its runs' keys from the old topic's
+    topic = settings.kafka_topic
+    if (recreated_as := topic_id(settings, topic)) is not None:
+        topic = f"{topic}@{recreated_as}"
     requests = []
     for shard in range(settings.shards):
         owned = {p: lag[p] for p in sorted(lag) if partition_shard(p, settings.shards) == shard}
@@ -170,7 +175,7 @@ def evaluate_kafka(settings: Settings) -> list[RunRequest] | SkipReason:
         unread = ",".join(f"{p}:{owned[p].end - owned[p].lag}-{owned[p].end}" for p in owned)
         requests.append(
             RunRequest(
-                run_key=f"kafka:{settings.kafka_topic}:{unread}",
+                run_key=f"kafka:{topic}:{unread}",
                 partition_key=partition_key(shard, settings.shards),
                 tags={"sysmon/trigger": "kafka_lag", "sysmon/lag": str(behind)},
             )

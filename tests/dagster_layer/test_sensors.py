@@ -195,7 +195,7 @@ def test_with_shards_a_shard_whose_connections_wait_runs_once_another_commits_cr
 
 def test_with_kafka_the_sensor_requests_a_batch_while_the_consumer_group_lags(tmp_path: Path, kafka_broker) -> None:
     from sysmon_assets.micro_batch.steps import SysmonPipeline
-    from tests.conftest import process_create
+    from sysmon_assets.sources.kafka_source import topic_id
 
     topic = kafka_broker.create_topic(partitions=2)
     settings = Settings(
@@ -212,13 +212,20 @@ def test_with_kafka_the_sensor_requests_a_batch_while_the_consumer_group_lags(tm
         (decision,) = sensor(context).run_requests
         assert decision.tags["sysmon/lag"] == "3"
         # the same unread range, the same key: Dagster requests no second run while the first is queued or running
-        assert decision.run_key == f"kafka:{topic}:0:0-0,1:0-3" == sensor(context).run_requests[0].run_key
+        named = f"{topic}@{topic_id(settings, topic)}"
+        assert decision.run_key == f"kafka:{named}:0:0-0,1:0-3" == sensor(context).run_requests[0].run_key
         SysmonPipeline(settings).run_batch()
         # the batch read two of the three messages: the rest is a new range, so a new key, with nothing produced
         (decision,) = sensor(context).run_requests
-        assert (decision.run_key, decision.tags["sysmon/lag"]) == (f"kafka:{topic}:0:0-0,1:2-3", "1")
+        assert (decision.run_key, decision.tags["sysmon/lag"]) == (f"kafka:{named}:0:0-0,1:2-3", "1")
         SysmonPipeline(settings).run_batch()
         assert isinstance(sensor(context), SkipReason)
+        # the topic recreated with as many messages: the same ranges, but another topic, so another key
+        kafka_broker.recreate_topic(topic, partitions=2)
+        kafka_broker.produce(topic, [process_create(None)] * 3, partition=1, one_per_request=True)
+        (decision,) = sensor(context).run_requests
+        assert decision.run_key.endswith(":0:0-0,1:0-3")  # the first batch's ranges
+        assert decision.run_key != f"kafka:{named}:0:0-0,1:0-3"  # Dagster would not run that key again
 
 
 def test_with_kafka_an_unreachable_broker_is_a_skip_that_names_it(tmp_path: Path) -> None:
