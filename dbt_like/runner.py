@@ -720,12 +720,15 @@ class Project:
         as every changelog has read its own inputs (a run that left a changelog's step out would otherwise join
         rows against a stream lacking what arrived before them, for good); the rest waits for a later step."""
         for changelog in (self.configs[name].get("as_of") or {}).values():
-            if not self.stream_inputs(changelog):
+            if not (inputs := self.stream_inputs(changelog)):
                 continue  # fed by a source: it keeps no offsets, and its rows are the ingest's, step by step
-            read_through = min(self._stored_offsets(con, changelog).values(), default=0)
+            stored = self._stored_offsets(con, changelog)
+            read_through = min(stored.get(upstream, 0) for upstream in inputs)
             for upstream, after in result.offsets_after.items():
                 if upstream != changelog and after > read_through:
                     result.offsets_after[upstream] = max(result.offsets_before[upstream], read_through)
+                    # no later transaction of this step reads further: it must not try to catch up
+                    result.behind.pop(upstream, None)
 
     def unread_rows(self, con: Connection, stream: str) -> str:
         """SQL condition on the rows of model ``stream`` a step of this project has still to read, in any shard

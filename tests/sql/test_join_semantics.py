@@ -124,16 +124,19 @@ def test_ksql_mode_drops_a_connection_that_precedes_its_create(tmp_path: Path) -
     assert joined(lake) == [("{G}", "10.0.0.2", "late.exe")]
 
 
-def test_ksql_mode_loses_no_connection_to_a_run_that_left_the_process_create_step_out(tmp_path: Path) -> None:
+def test_ksql_mode_loses_no_connection_to_runs_that_left_the_process_create_step_out(tmp_path: Path) -> None:
     lake = Lake(tmp_path, join_mode="ksql")
     lake.land([process_create("{F}", "first.exe")])
     lake.batch(T0 - timedelta(minutes=1))
-    lake.land([process_create("{G}", "early.exe"), network_connect("{G}", "10.0.0.1")])
-    for model in ("winlogbeat_stream", "winlogbeat_stream_rekey", "sysmon_network_connect", "sysmon_join"):
-        lake.pipeline.run_model(model, run_key="part of the steps", batch_time=T0)
-    assert joined(lake) == []  # its create is not in sysmon_process_create yet: the connection waits for it
-    lake.batch(T0 + timedelta(minutes=1))
-    assert joined(lake) == [("{G}", "10.0.0.1", "early.exe")]
+    for minute, guid in enumerate(("{G}", "{H}")):  # two runs of part of the steps, the join left out too
+        lake.land([process_create(guid, "early.exe"), network_connect(guid, "10.0.0.1")], name=f"{minute}.ndjson")
+        for model in ("winlogbeat_stream", "winlogbeat_stream_rekey", "sysmon_network_connect"):
+            lake.pipeline.run_model(model, run_key=f"part {minute}", batch_time=T0 + timedelta(minutes=minute))
+    # the join alone: its creates are not in sysmon_process_create yet, so its connections wait (and it ends)
+    lake.pipeline.run_model("sysmon_join", run_key="the join alone", batch_time=T0 + timedelta(minutes=2))
+    assert joined(lake) == []
+    lake.batch(T0 + timedelta(minutes=3))
+    assert sorted(joined(lake)) == [("{G}", "10.0.0.1", "early.exe"), ("{H}", "10.0.0.1", "early.exe")]
 
 
 def test_ksql_mode_joins_the_create_that_arrived_before_each_connection(tmp_path: Path) -> None:
