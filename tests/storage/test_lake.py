@@ -33,7 +33,7 @@ from sysmon_assets.storage.lake import (
     open_lake,
     s3_secret,
 )
-from sysmon_assets.storage.maintenance import maintain
+from sysmon_assets.storage.maintenance import Upkeep, maintain
 from tests.conftest import T0, Lake, network_connect, process_create, snapshot
 from tests.lake_servers import Postgres
 from tests.recipe import RECIPE_MODELS
@@ -322,6 +322,12 @@ def test_maintenance_keeps_every_batchs_snapshot_and_expires_those_between_after
             assert dict(con.execute(COUNTS).fetchall()) == expected
 
 
+def retain(lake: Lake, now: datetime, days: float) -> Upkeep:
+    """A maintenance run at ``now`` that drops the events of batches older than ``days``."""
+    with open_lake(lake.settings) as con:
+        return maintain(con, now, snapshot_retention_days=7, event_retention_days=days, project=lake.pipeline.project)
+
+
 def test_event_retention_empties_every_stream_but_the_waiting_rows_and_not_the_keyed_tables(
     lake: Lake, tmp_path: Path
 ) -> None:
@@ -329,14 +335,7 @@ def test_event_retention_empties_every_stream_but_the_waiting_rows_and_not_the_k
     list(in_batches(lake, lines, 2))
     keyed = ("sysmon_process_create_table", "sysmon_process_ancestry")
     processes = [lake.count(name) for name in keyed]
-    with open_lake(lake.settings) as con:
-        upkeep = maintain(
-            con,
-            T0.replace(year=T0.year + 1),
-            snapshot_retention_days=7,
-            event_retention_days=30,
-            project=lake.pipeline.project,
-        )
+    upkeep = retain(lake, T0.replace(year=T0.year + 1), days=30)
     streams = [name for name, config in lake.pipeline.project.configs.items() if config["materialized"] == "stream"]
     assert "sigma_detections" in streams  # every stream model's rows go, the hunting ones' too
     assert all(upkeep.rows_dropped[name] > 0 for name in streams if name != "winlogbeat_rejects")
@@ -355,28 +354,14 @@ def test_event_retention_keeps_the_rows_a_step_has_still_to_read(tmp_path: Path)
     lake = Lake(tmp_path)
     lake.land([network_connect("{B}", event_data={"DestinationPort": "4444"})])
     lake.batch(at=T0)
-    with open_lake(lake.settings) as con:
-        maintain(
-            con,
-            T0 + timedelta(days=2),
-            snapshot_retention_days=7,
-            event_retention_days=1,
-            project=lake.pipeline.project,
-        )
+    retain(lake, T0 + timedelta(days=2), days=1)
     assert lake.count("sysmon_network_connect") == 1
     lake.batch(at=T0 + timedelta(days=2))  # its grace is long over: the wait ends
     assert lake.rows("SELECT rule_title, process_guid, dst_port FROM sigma_detections") == [
         ("Connection To A Port Common Backdoors Use", "{B}", 4444)
     ]
     lake.batch(at=T0 + timedelta(days=3))
-    with open_lake(lake.settings) as con:
-        maintain(
-            con,
-            T0 + timedelta(days=5),
-            snapshot_retention_days=7,
-            event_retention_days=1,
-            project=lake.pipeline.project,
-        )
+    retain(lake, T0 + timedelta(days=5), days=1)
     assert [lake.count(name) for name in ("sysmon_network_connect", "sigma_detections")] == [0, 0]
 
 
@@ -385,8 +370,7 @@ def test_event_retention_keeps_the_rows_of_a_batch_that_stopped_before_their_rea
     lake.land([process_create("{A}"), network_connect("{A}")])
     for model in ("winlogbeat_stream", "winlogbeat_stream_rekey", "sysmon_network_connect"):
         lake.pipeline.run_model(model, run_key="stopped", batch_time=T0)  # then it stopped: no process create read
-    with open_lake(lake.settings) as con:
-        maintain(con, T0 + timedelta(days=2), 7, event_retention_days=1, project=lake.pipeline.project)
+    retain(lake, T0 + timedelta(days=2), days=1)
     lake.batch(at=T0 + timedelta(days=2))
     assert lake.rows("SELECT process_guid FROM sysmon_join") == [("{A}",)]
 
@@ -417,8 +401,7 @@ def test_a_redelivery_after_the_retention_dropped_its_first_delivery_is_a_new_ev
     lake.land(events, name="redelivered.ndjson")
     lake.batch(at=T0 + timedelta(minutes=1))
     assert lake.count("sysmon_join") == 1  # within the retention: a redelivery
-    with open_lake(lake.settings) as con:
-        maintain(con, T0 + timedelta(days=2), 7, event_retention_days=1, project=lake.pipeline.project)
+    retain(lake, T0 + timedelta(days=2), days=1)
     lake.land(events, name="much-later.ndjson")
     lake.batch(at=T0 + timedelta(days=2))
     assert lake.rows("SELECT process_guid FROM sysmon_join") == [("{A}",)]  # past it: a new event
@@ -430,14 +413,7 @@ def test_numbering_goes_on_above_what_a_retention_dropped(tmp_path: Path) -> Non
     lake.land([process_create("{A}"), network_connect("{B}")])  # B's create has not arrived: its connection waits
     lake.batch(at=T0)
     kept = lake.rows("SELECT _seq FROM sysmon_process_create_table UNION ALL SELECT seq FROM dbt_like.pending")
-    with open_lake(lake.settings) as con:
-        maintain(
-            con,
-            T0 + timedelta(days=2),
-            snapshot_retention_days=7,
-            event_retention_days=1,
-            project=lake.pipeline.project,
-        )
+    retain(lake, T0 + timedelta(days=2), days=1)
     # the retention dropped every line but B's connection, still waiting
     assert lake.rows("SELECT _seq FROM winlogbeat_stream") == lake.rows("SELECT seq FROM dbt_like.pending")
     lake.land([process_create("{C}"), network_connect("{C}")])
