@@ -98,22 +98,40 @@ def _latest_materialization(instance: DagsterInstance, asset: str, partition: st
 
 def runs_that_joins_wait_for(instance: DagsterInstance, shards: int) -> dict[int, str]:
     """Per shard whose latest join left connections waiting for their process create: the id of the newest run
-    in which another shard committed process creates since. That create may be the one awaited, and only the
-    waiting shard's next batch joins it (within the grace), though none of its own files changed."""
+    in which another shard wrote process creates since that join read the table. That create may be the one
+    awaited, and only the waiting shard's next batch joins it (within the grace), though none of its own files
+    changed. A run that wrote no create requests nothing, or two shards that both wait would run each other."""
     if shards == 1:
         return {}
-    keys = [partition_key(shard, shards) for shard in range(shards)]
-    joins = [_latest_materialization(instance, JOIN_ASSET, key) for key in keys]
-    creates = [_latest_materialization(instance, CREATES_ASSET, key) for key in keys]
     runs = {}
-    for shard, join in enumerate(joins):
+    for shard in range(shards):
+        join = _latest_materialization(instance, JOIN_ASSET, partition_key(shard, shards))
         pending = join.asset_materialization.metadata.get("pending_joins") if join else None
         if not (pending and pending.value):
             continue
-        since = [c for other, c in enumerate(creates) if other != shard and c and c.timestamp > join.timestamp]
-        if since:
-            runs[shard] = max(since, key=lambda record: record.timestamp).run_id
+        # the join read the table after its run's creates step: that step's event is earlier than what it read
+        own = _latest_materialization(instance, CREATES_ASSET, partition_key(shard, shards))
+        read_after = own.timestamp if own and own.run_id == join.run_id else join.timestamp
+        written = [
+            record
+            for other in range(shards)
+            if other != shard
+            for record in instance.fetch_materializations(
+                AssetRecordsFilter(
+                    AssetKey(CREATES_ASSET), asset_partitions=[partition_key(other, shards)], after_timestamp=read_after
+                ),
+                limit=100,
+            ).records
+            if _rows_written(record)
+        ]
+        if written:
+            runs[shard] = max(written, key=lambda record: record.timestamp).run_id
     return runs
+
+
+def _rows_written(record: EventLogRecord) -> int:
+    value = record.asset_materialization.metadata.get("rows_written")
+    return value.value if value is not None else 0
 
 
 def with_the_rest(
@@ -134,14 +152,17 @@ def with_the_rest(
             tags={"sysmon/trigger": "landing_sensor", "sysmon/lines_left_by_run": run_id},
         )
         for shard, run_id in sorted(left_by.items())
-    ] + [
+    ]
+    requested = {request.partition_key for request in [*rest, *([] if isinstance(decision, SkipReason) else decision)]}
+    rest += [
         RunRequest(
-            run_key=f"landing:joins-waiting-after:{run_id}",
+            # a sensor's run key is run once whatever its partition: each waiting shard's is its own
+            run_key=f"landing:joins-waiting-after:{run_id}:{partition_key(shard, shards)}",
             partition_key=partition_key(shard, shards),
             tags={"sysmon/trigger": "landing_sensor", "sysmon/creates_committed_by_run": run_id},
         )
         for shard, run_id in sorted((joins_waiting_after or {}).items())
-        if shard not in left_by  # that request runs a batch of the shard already
+        if partition_key(shard, shards) not in requested  # a batch of the shard is requested already
     ]
     if not rest:
         return decision

@@ -187,9 +187,34 @@ def test_with_shards_a_shard_whose_connections_wait_runs_once_another_commits_cr
         assert request.partition_key == "shard-1"
         other = job.execute_in_process(instance=context.instance, partition_key="shard-1").run_id
         (request,) = sensor(context).run_requests
-        assert (request.partition_key, request.run_key) == ("shard-0", f"landing:joins-waiting-after:{other}")
+        assert (request.partition_key, request.run_key) == ("shard-0", f"landing:joins-waiting-after:{other}:shard-0")
         job.execute_in_process(instance=context.instance, partition_key="shard-0")
         assert lake.rows("SELECT process_guid FROM sysmon_join") == [("{X}",)]
+        assert isinstance(sensor(context), SkipReason)
+
+
+def test_with_shards_waiting_joins_request_nothing_until_a_create_is_written(tmp_path: Path) -> None:
+    """Each of three shards has connections whose creates have not come: their runs write no create, so none
+    requests another (they would run each other for good); then one writes a create, and each of the two others
+    gets a run of its own (a sensor's run key is run once, whatever its partition)."""
+    lake = Lake(tmp_path, shards=3, join_grace_minutes=24 * 60)
+    job = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch")
+    with with_resources(lake.settings) as context:
+        for shard in range(3):
+            land_in_shard(lake, shard, network_connect(f"{{W{shard}}}"))
+        for request in sensor(context).run_requests:
+            job.execute_in_process(instance=context.instance, partition_key=request.partition_key)
+        assert isinstance(sensor(context), SkipReason)
+        land_in_shard(lake, 1, process_create("{W0}"))
+        (request,) = sensor(context).run_requests
+        creates = job.execute_in_process(instance=context.instance, partition_key=request.partition_key).run_id
+        requests = sensor(context).run_requests
+        assert [(r.partition_key, r.run_key) for r in requests] == [
+            (f"shard-{shard}", f"landing:joins-waiting-after:{creates}:shard-{shard}") for shard in (0, 2)
+        ]
+        for request in requests:
+            job.execute_in_process(instance=context.instance, partition_key=request.partition_key)
+        assert lake.rows("SELECT process_guid FROM sysmon_join") == [("{W0}",)]
         assert isinstance(sensor(context), SkipReason)
 
 
