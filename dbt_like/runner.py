@@ -731,10 +731,10 @@ class Project:
                     result.behind.pop(upstream, None)
 
     def unread_rows(self, con: Connection, stream: str) -> str:
-        """SQL condition on the rows of model ``stream`` a step of this project has still to read, in any shard
+        """SQL condition on the rows of model ``stream`` a step of this project has still to read, in every shard
         (see :func:`dbt_like.state.unread_rows`): what a retention must keep."""
         readers = [name for name in self.models if stream in self.stream_inputs(name)]
-        return unread_rows(con, stream, readers, self.shard.count)
+        return unread_rows(con, stream, readers)
 
     def unmatched_readers(self, name: str) -> list[str]:
         """The models that read ``unmatched(name)``."""

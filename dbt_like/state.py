@@ -97,9 +97,10 @@ def find_or_add_batch(con: Connection, run_key: str, started_at: datetime, shard
     return Batch(batch_id, started_at), True
 
 
-def unread_rows(con: Connection, stream: str, readers: Iterable[str], shard_count: int = 1) -> str:
+def unread_rows(con: Connection, stream: str, readers: Iterable[str]) -> str:
     """SQL condition on the rows of ``stream`` that a step has still to read: committed after the batch through
-    which every one of ``readers`` has read the row's shard (a reader that has not read it in that shard: none),
+    which every one of ``readers`` has read the row's shard (a reader that has not read it in that shard: none; the
+    shards the lake was written by, whatever a project says),
     waiting for a match (pending), or given up and not read yet by the readers of ``unmatched()`` (rows without a
     ``_seq`` are never either). The offsets of a model taken out of the project stay, and keep what it did not
     read (delete its rows of ``dbt_like.offsets``)."""
@@ -108,6 +109,7 @@ def unread_rows(con: Connection, stream: str, readers: Iterable[str], shard_coun
         f"SELECT shard, model, max(batch_id) FROM {STATE_SCHEMA}.offsets WHERE input = {literal(stream)} GROUP BY ALL"
     ).fetchall():
         read.setdefault(shard, {})[model] = batch_id
+    shard_count = scalar(con, f"SELECT coalesce(max(shard_count), 1) FROM {SHARDS_TABLE}")
     every_reader = set(readers).union(*(models.keys() for models in read.values()))
     floors = [
         min((read.get(shard, {}).get(model, 0) for model in every_reader), default=2**63 - 1)

@@ -76,7 +76,7 @@ def test_a_client_setting_librdkafka_refuses_is_a_settings_error_naming_the_vari
 ) -> None:
     from sysmon_assets.micro_batch.steps import SysmonPipeline
     from sysmon_assets.sinks.kafka_sink import JoinSink
-    from sysmon_assets.sources.kafka_source import consumer_lag
+    from sysmon_assets.sources.kafka_source import consumer_lag, topic_id
 
     settings = Settings(
         landing_dir=tmp_path,
@@ -90,6 +90,7 @@ def test_a_client_setting_librdkafka_refuses_is_a_settings_error_naming_the_vari
         lambda: SysmonPipeline(settings).run_batch(),
         lambda: consumer_lag(settings),
         lambda: JoinSink(settings)._consumer(),
+        lambda: topic_id(settings, "winlogbeat"),
     ]
     for start in every_client:
         with pytest.raises(SettingsError, match="SYSMON_KAFKA_CONFIG") as refused:

@@ -85,12 +85,12 @@ def _newest_landing(pipeline: SysmonPipeline) -> datetime | None:
 
 def _newest_message(pipeline: SysmonPipeline) -> datetime | None:
     """When a batch last read a message of the topic's partitions the shard reads; None: never."""
-    topic, shard = one_of("topic", pipeline.settings.kafka_topic), pipeline.shard
+    of_topic, shard = one_of("topic", pipeline.settings.kafka_topic), pipeline.shard
     with pipeline.connect() as con:
         return scalar(
             con,
             f"SELECT max(updated_at) FROM {kafka_source.OFFSETS_TABLE} "
-            f'WHERE {topic} AND "partition" % {shard.count} = {shard.index}',
+            f'WHERE {of_topic} AND "partition" % {shard.count} = {shard.index}',
         )
 
 

@@ -49,14 +49,15 @@ def maintain_lake(context: OpExecutionContext, sysmon: SysmonPipelineResource) -
     settings = sysmon.settings()
     pipeline = sysmon.pipeline()
     with pipeline.connect() as con:
-        kept = {JOIN_TABLE: unpublished_rows(con, settings.kafka_sink_topic)} if settings.kafka_sink else None
+        sink_waits = settings.kafka_sink and settings.event_retention_days
+        kept = {JOIN_TABLE: unpublished_rows(con, settings.kafka_sink_topic)} if sink_waits else None
         upkeep = maintenance.maintain(
             con,
             utc_now(),
             settings.snapshot_retention_days,
             settings.event_retention_days or None,
-            pipeline.project,
-            kept,
+            project=pipeline.project,
+            kept=kept,
         )
     context.add_output_metadata(
         {

@@ -228,6 +228,7 @@ def maintain(
     now: datetime,
     snapshot_retention_days: float,
     event_retention_days: float | None,
+    *,
     project: Project | None = None,
     kept: Mapping[str, str] | None = None,
 ) -> Upkeep:

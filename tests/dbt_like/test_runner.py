@@ -312,17 +312,18 @@ def test_unread_rows_are_kept_for_a_reader_that_never_ran_and_per_shard(project:
     shard = [Project(project.models_dir, shard=Shard(index, 2)) for index in range(2)]
     con = duckdb.connect()
     unread = "SELECT _batch_id FROM events WHERE {} ORDER BY 1"
+    run_keys = iter(range(10))
 
     def batches(*runs: tuple[int, list[str]]) -> None:
         for index, steps in runs:
-            at = shard[index].open_batch(con, f"r{index}-{at_minute.pop()}", T0)
+            at = shard[index].open_batch(con, f"r{next(run_keys)}", T0)
             for name in steps:
                 rows = [feed((at.batch_id, "price", f"item{at.batch_id}"))] if name == "events" else None
                 shard[index].run_step(con, name, at, source_chunks=rows)
 
-    at_minute = list(range(10))
     batches((0, TABLES), (1, ["events"]), (0, TABLES))  # batch 2, shard 1's, was read by no step but its ingest
-    assert con.execute(unread.format(shard[0].unread_rows(con, "events"))).fetchall() == [(2,)]
+    for reading in (*shard, Project(project.models_dir)):  # a project of another shard count too: the lake's counts
+        assert con.execute(unread.format(reading.unread_rows(con, "events"))).fetchall() == [(2,)]
     batches((1, TABLES), (0, TABLES), (0, TABLES))  # shard 1 reads batches 2 and 4, then stays idle
     assert con.execute("SELECT list(_batch_id ORDER BY 1) FROM events").fetchall() == [([1, 2, 3, 4, 5, 7],)]
     assert con.execute(unread.format(shard[1].unread_rows(con, "events"))).fetchall() == []
