@@ -70,6 +70,11 @@ def ensure_state(
         con.execute(f"INSERT INTO {GUARDS_TABLE} VALUES {rows}")
 
 
+def recorded_shard_count(con: Connection) -> int:
+    """The shard count the lake's writers recorded (1 before the first batch)."""
+    return scalar(con, f"SELECT coalesce(max(shard_count), 1) FROM {SHARDS_TABLE}")
+
+
 def _record_shard_count(con: Connection, count: int) -> None:
     """Record the lake's shard count, in a table and as a view. DuckLake lets two transactions insert into one table
     at once, but not create the same view: of two runs that seed a new lake at once, one conflicts, runs again and
@@ -109,7 +114,7 @@ def unread_rows(con: Connection, stream: str, readers: Iterable[str]) -> str:
         f"SELECT shard, model, max(batch_id) FROM {STATE_SCHEMA}.offsets WHERE input = {literal(stream)} GROUP BY ALL"
     ).fetchall():
         read.setdefault(shard, {})[model] = batch_id
-    shard_count = scalar(con, f"SELECT coalesce(max(shard_count), 1) FROM {SHARDS_TABLE}")
+    shard_count = recorded_shard_count(con)
     every_reader = set(readers).union(*(models.keys() for models in read.values()))
     floors = [
         min((read.get(shard, {}).get(model, 0) for model in every_reader), default=2**63 - 1)

@@ -8,6 +8,7 @@ catalog work beside a running batch.
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -89,11 +90,18 @@ def runs_that_left_lines(instance: DagsterInstance, ingest_asset: str, shards: i
     return runs
 
 
+def _materializations(
+    instance: DagsterInstance, asset: str, partition: str | None, limit: int = 1, after: float | None = None
+) -> Sequence[EventLogRecord]:
+    """The newest ``limit`` materializations of ``asset`` (of ``partition``; logged after ``after``), newest first."""
+    filter_ = AssetRecordsFilter(
+        AssetKey(asset), asset_partitions=[partition] if partition else None, after_timestamp=after
+    )
+    return instance.fetch_materializations(filter_, limit=limit).records
+
+
 def _latest_materialization(instance: DagsterInstance, asset: str, partition: str | None) -> EventLogRecord | None:
-    records = instance.fetch_materializations(
-        AssetRecordsFilter(AssetKey(asset), asset_partitions=[partition] if partition else None), limit=1
-    ).records
-    return records[0] if records else None
+    return next(iter(_materializations(instance, asset, partition)), None)
 
 
 def runs_that_joins_wait_for(instance: DagsterInstance, shards: int) -> dict[int, str]:
@@ -116,12 +124,7 @@ def runs_that_joins_wait_for(instance: DagsterInstance, shards: int) -> dict[int
             record
             for other in range(shards)
             if other != shard
-            for record in instance.fetch_materializations(
-                AssetRecordsFilter(
-                    AssetKey(CREATES_ASSET), asset_partitions=[partition_key(other, shards)], after_timestamp=read_after
-                ),
-                limit=100,
-            ).records
+            for record in _materializations(instance, CREATES_ASSET, partition_key(other, shards), 100, read_after)
             if _rows_written(record)
         ]
         if written:

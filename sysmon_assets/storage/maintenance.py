@@ -13,7 +13,7 @@ import duckdb
 from dbt_like import Project, table_exists
 from dbt_like.compiler import STATE_SCHEMA
 from dbt_like.sql import literal, scalar
-from dbt_like.state import SHARDS_TABLE
+from dbt_like.state import SHARDS_TABLE, recorded_shard_count
 from sysmon_assets.storage.lake import (
     CATALOG_DATABASE,
     COMPLETES_BATCH,
@@ -104,7 +104,7 @@ def drop_old_events(
 
 def shard_count(con: duckdb.DuckDBPyConnection) -> int:
     """The lake's shard count (1 before its first batch)."""
-    return scalar(con, f"SELECT coalesce(max(shard_count), 1) FROM {SHARDS_TABLE}") if _has_state(con) else 1
+    return recorded_shard_count(con) if _has_state(con) else 1
 
 
 def _has_state(con: duckdb.DuckDBPyConnection) -> bool:
