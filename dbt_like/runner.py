@@ -734,7 +734,8 @@ class Project:
         """SQL condition on the rows of model ``stream`` a step of this project has still to read, in every shard
         (see :func:`dbt_like.state.unread_rows`): what a retention must keep."""
         readers = [name for name in self.models if stream in self.stream_inputs(name)]
-        return unread_rows(con, stream, readers)
+        retrying = [name for name, config in self.configs.items() if config.get("retry_unmatched") == stream]
+        return unread_rows(con, stream, readers, {name: self.unmatched_readers(name) for name in retrying})
 
     def unmatched_readers(self, name: str) -> list[str]:
         """The models that read ``unmatched(name)``."""

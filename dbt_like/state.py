@@ -3,13 +3,13 @@ the shard count; opening a batch; and what the catalog says of a model's relatio
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from dbt_like.compiler import PENDING_TABLE, STATE_SCHEMA, UNMATCHED_TABLE, Shard
 from dbt_like.project import ProjectError
-from dbt_like.sql import Connection, first_row, literal, literals, scalar
+from dbt_like.sql import Connection, first_row, literal, literals, one_of, scalar
 
 # Every step's transaction replaces its shard's row here (and a serialized model's row), so two writers'
 # concurrent steps conflict: in a lake, two transactions deleting from the same file cannot both commit.
@@ -102,13 +102,16 @@ def find_or_add_batch(con: Connection, run_key: str, started_at: datetime, shard
     return Batch(batch_id, started_at), True
 
 
-def unread_rows(con: Connection, stream: str, readers: Iterable[str]) -> str:
+def unread_rows(
+    con: Connection, stream: str, readers: Iterable[str], given_up_readers: Mapping[str, Sequence[str]]
+) -> str:
     """SQL condition on the rows of ``stream`` that a step has still to read: committed after the batch through
     which every one of ``readers`` has read the row's shard (a reader that has not read it in that shard: none; the
     shards the lake was written by, whatever a project says),
-    waiting for a match (pending), or given up and not read yet by the readers of ``unmatched()`` (rows without a
-    ``_seq`` are never either). The offsets of a model taken out of the project stay, and keep what it did not
-    read (delete its rows of ``dbt_like.offsets``)."""
+    waiting for a match (pending), or given up by a model retrying ``stream`` (a key of ``given_up_readers``) and
+    not read yet in its shard by every model reading its ``unmatched()`` (the value) (rows without a ``_seq`` are
+    never either). The offsets of a model taken out of the project stay, and keep what it did not read (delete its
+    rows of ``dbt_like.offsets``)."""
     read: dict[int, dict[str, int]] = {}
     for shard, model, batch_id in con.execute(
         f"SELECT shard, model, max(batch_id) FROM {STATE_SCHEMA}.offsets WHERE input = {literal(stream)} GROUP BY ALL"
@@ -126,14 +129,27 @@ def unread_rows(con: Connection, stream: str, readers: Iterable[str]) -> str:
         cases = " ".join(f"WHEN {shard} THEN {floor}" for shard, floor in enumerate(floors))
         unread = f"_batch_id > CASE (_batch_id - 1) % {shard_count} {cases} END"
     if "_seq" in dict(table_columns(con, stream)):
-        # unmatched(name)'s readers read name's batches: a given-up row is read once they all passed its batch
-        offsets = f"{STATE_SCHEMA}.offsets"
-        given_up_unread = (
-            f"SELECT u.seq FROM {UNMATCHED_TABLE} AS u "
-            f"WHERE u.batch_id > coalesce((SELECT min(o.batch_id) FROM {offsets} AS o WHERE o.input = u.model), 0)"
+        unread += f" OR _seq IN (SELECT seq FROM {PENDING_TABLE})"
+        unread += "".join(
+            f" OR _seq IN ({_given_up_unread(retrying, unmatched_readers)})"
+            for retrying, unmatched_readers in given_up_readers.items()
+            if unmatched_readers
         )
-        unread += f" OR _seq IN (SELECT seq FROM {PENDING_TABLE}) OR _seq IN ({given_up_unread})"
     return f"({unread})"
+
+
+def _given_up_unread(retrying: str, readers: Sequence[str]) -> str:
+    """SQL: the ``_seq`` of the rows ``retrying`` gave up on that some model of ``readers`` (those reading
+    ``unmatched(retrying)``, whose offsets of ``retrying`` count its batches) has not read in the row's shard."""
+    all_read = f"count(DISTINCT model) = {len(set(readers))}"
+    read_through = (
+        f"SELECT shard, CASE WHEN {all_read} THEN min(batch_id) ELSE 0 END AS batch_id "
+        f"FROM {STATE_SCHEMA}.offsets WHERE {one_of('input', retrying)} AND {one_of('model', *readers)} GROUP BY shard"
+    )
+    return (
+        f"SELECT u.seq FROM {UNMATCHED_TABLE} AS u LEFT JOIN ({read_through}) AS o USING (shard) "
+        f"WHERE {one_of('u.model', retrying)} AND u.batch_id > coalesce(o.batch_id, 0)"
+    )
 
 
 def table_exists(con: Connection, name: str) -> bool:

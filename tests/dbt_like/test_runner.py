@@ -300,6 +300,36 @@ def test_a_retention_that_spares_unread_rows_loses_no_outcome(tmp_path: Path, st
     assert con.execute("SELECT _seq, item, outcome FROM outcomes").fetchall() == [(1, "x", "unpriced")]
 
 
+def test_a_retention_keeps_given_up_rows_until_their_own_shards_readers_read_them(tmp_path: Path) -> None:
+    """x's wait ends in shard 0's batch 3, whose outcomes and late have not run yet; shard 1's have read through its
+    batch 6 (batch ids interleave). x is unread until shard 0's readers have read it: a retention keeps it."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for name, sql in {**MODELS, **OUTCOMES}.items():
+        (models / name).write_text(sql)
+    shard = [Project(models, shard=Shard(index, 2)) for index in range(2)]
+    con, run_keys = duckdb.connect(), iter(range(9))
+    every = ["orders", "catalog", "priced", "outcomes", "late"]
+
+    def batch(index: int, minute: int, rows: list, steps: list[str]) -> None:
+        at = shard[index].open_batch(con, f"r{next(run_keys)}", T0 + timedelta(minutes=minute))
+        shard[index].run_step(con, "events", at, source_chunks=[feed(*rows)])
+        for name in steps:
+            shard[index].run_step(con, name, at)
+
+    batch(0, 0, [(1, "order", "x")], every[:3])
+    batch(1, 0, [(2, "price", "y")], every)
+    batch(0, 11, [], every[:3])  # x's wait ends
+    batch(1, 11, [(3, "order", "y")], every)
+    batch(1, 12, [(4, "order", "y")], every)
+    older = f"SELECT batch_id FROM dbt_like.batches WHERE started_at < {literal(T0 + timedelta(minutes=1))}"
+    for table in ["events", "orders", "priced", "outcomes", "late"]:
+        con.execute(f"DELETE FROM {table} WHERE _batch_id IN ({older}) AND NOT {shard[1].unread_rows(con, table)}")
+    batch(0, 20, [], every)
+    assert con.execute("SELECT _seq, item, outcome FROM outcomes WHERE item = 'x'").fetchall() == [(1, "x", "unpriced")]
+    assert con.execute("SELECT _seq, item FROM late").fetchall() == [(1, "x")]
+
+
 def test_unread_rows_are_kept_for_a_reader_that_never_ran_and_per_shard(project: Project) -> None:
     """events is read by orders and catalog. A batch that stopped after orders: catalog never read its rows. With
     two shards, one shard's progress says nothing of the other's rows, and an idle shard holds back none of them."""
