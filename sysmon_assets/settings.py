@@ -76,7 +76,7 @@ def _memory_limit(value: str | None) -> str | None:
 
 
 def _rules_folder(value: Path) -> str | None:
-    return None if value.is_dir() else "expected a folder of Sigma rules (*.yml, read recursively)"
+    return None if value.is_dir() else "expected a folder of Sigma rules (*.yml and *.yaml, read recursively)"
 
 
 def _catalog(value: str | None) -> str | None:
@@ -262,8 +262,8 @@ class Settings:
     sigma_rules: Path = setting(
         DEFAULT_SIGMA_RULES,
         "SYSMON_SIGMA_RULES",
-        "folder of Sigma rules (`*.yml`, read recursively) that `sigma_detections` runs, e.g. a checkout of SigmaHQ's "
-        "`rules/windows` ([docs/hunting.md](docs/hunting.md))",
+        "folder of Sigma rules (`*.yml` and `*.yaml`, read recursively) that `sigma_detections` runs, e.g. a checkout "
+        "of SigmaHQ's `rules/windows` ([docs/hunting.md](docs/hunting.md))",
         shown="`sigma_rules/` (ours)",
         check=_rules_folder,
     )

@@ -405,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m sysmon_assets.hunting.sigma", description=main.__doc__.splitlines()[0]
     )
-    parser.add_argument("folder", type=Path, help="a folder of Sigma rules (*.yml, read recursively)")
+    parser.add_argument("folder", type=Path, help="a folder of Sigma rules (*.yml and *.yaml, read recursively)")
     parser.add_argument("--sql", action="store_true", help="print each converted rule's DuckDB condition")
     args = parser.parse_args(argv)
     rule_set = load_rule_set(args.folder, None)

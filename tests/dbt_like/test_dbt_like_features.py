@@ -326,3 +326,17 @@ def test_duckdb_settings_that_are_not_named_settings_are_refused_naming_the_mode
     # refused as the project loads, before any step runs
     with pytest.raises(ProjectError, match=r"tuned\.sql: duckdb_settings="):
         settings_project(tmp_path, models)
+
+
+def test_a_well_shaped_name_that_is_no_duckdb_setting_fails_the_step(tmp_path: Path) -> None:
+    declared = "duckdb_settings={'disabled_optimizers': 'cte_filter_pusher', 'threads': 1}"
+    models = {
+        **SETTINGS_MODELS,
+        "tuned.sql": SETTINGS_MODELS["tuned.sql"].replace(declared, "duckdb_settings={'threds': 1}"),
+    }
+    project, con = settings_project(tmp_path, models), duckdb.connect()
+    batch = open_batch(con, "r1", T0)
+    project.run_step(con, "events", batch, source_chunks=[{"feed": pd.DataFrame({"id": [1], "kind": ["a"]})}])
+    with pytest.raises(duckdb.CatalogException, match="threds"):
+        project.run_step(con, "tuned", batch)
+    assert con.execute("SELECT count(*) FROM events").fetchone() == (1,)

@@ -439,7 +439,7 @@ FAILING_RULES: dict[str, dict[str, Any] | str] = {
         "regex RE2 lacks", "process_creation", {"sel": {"CommandLine|re": "(?<=a)b"}, "condition": "sel"}
     ),
     "broken.yml": "title: [unclosed\n",
-    "nested/fine.yml": rule_document(
+    "nested/fine.yaml": rule_document(
         "fine", "process_creation", {"sel": {"Image|endswith": "\\x.exe"}, "condition": "sel"}
     ),
 }
@@ -447,7 +447,7 @@ FAILING_RULES: dict[str, dict[str, Any] | str] = {
 
 def test_rules_that_cannot_run_are_listed_with_their_reasons(tmp_path: Path) -> None:
     rule_set = sigma.load_rule_set(write_rules(tmp_path / "rules", FAILING_RULES), None)
-    assert [rule.title for rule in rule_set.rules] == ["fine"]  # read from a subfolder too
+    assert [rule.title for rule in rule_set.rules] == ["fine"]  # a .yaml file, read from a subfolder too
     reasons = {failure.file: failure.reason for failure in rule_set.failures}
     assert reasons["keywords.yml"].startswith("does not convert: Value-only string expressions")
     assert reasons["unknown_field.yml"] == (
@@ -516,7 +516,7 @@ def test_a_file_pysigma_fails_on_and_a_repeated_id_are_listed_and_the_rest_run(t
 def test_rules_for_other_log_sources_are_listed_without_a_warning(tmp_path: Path) -> None:
     from sysmon_assets.dagster_layer.checks import sigma_rules_converted
 
-    names = ("file_event.yml", "nested/fine.yml")
+    names = ("file_event.yml", "nested/fine.yaml")
     lake = Lake(tmp_path, sigma_rules=write_rules(tmp_path / "rules", {name: FAILING_RULES[name] for name in names}))
     passed, metadata = sigma_rules_converted(lake.pipeline, 1, StepResult("sigma_detections"))
     assert passed
@@ -722,7 +722,7 @@ def test_in_ksql_join_mode_a_rule_reading_the_process_runs_in_the_connections_ba
 
 
 def test_a_rule_set_is_converted_once_then_read_from_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    rules = write_rules(tmp_path / "rules", {"a.yml": FAILING_RULES["nested/fine.yml"]})
+    rules = write_rules(tmp_path / "rules", {"a.yml": FAILING_RULES["nested/fine.yaml"]})
     conversions: list[Path] = []
     convert = sigma.convert_rules
 
@@ -861,11 +861,11 @@ def test_the_docs_field_mapping_table_is_the_codes() -> None:
 
 
 def test_the_command_line_says_which_rules_run_and_why_not(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    names = ("nested/fine.yml", "unknown_field.yml")
+    names = ("nested/fine.yaml", "unknown_field.yml")
     folder = write_rules(tmp_path / "rules", {name: FAILING_RULES[name] for name in names})
     assert sigma.main([str(folder), "--sql"]) == 1
     out = capsys.readouterr().out
-    assert "runs      nested/fine.yml: fine (medium, event 1)" in out
+    assert "runs      nested/fine.yaml: fine (medium, event 1)" in out
     assert "ends_with(\"Image:lower\", '\\x.exe')" in out
     assert "field     unknown_field.yml: unknown field - does not convert: needs field 'Provider_Name'" in out
     assert out.endswith("1 of 2 rules run\n")

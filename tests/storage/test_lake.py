@@ -655,6 +655,18 @@ def test_the_s3_secret_takes_host_and_port_from_the_endpoint_url_and_refuses_wha
             s3_secret("s3://bucket/lake/", {"AWS_ENDPOINT_URL": endpoint})
 
 
+@pytest.mark.parametrize(
+    ("environ", "region"),
+    [
+        ({"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "eu-north-1"}, "eu-west-1"),
+        ({"AWS_DEFAULT_REGION": "eu-north-1"}, "eu-north-1"),
+        ({}, "us-east-1"),
+    ],
+)
+def test_the_s3_region_is_aws_region_then_aws_default_region_then_us_east_1(environ: dict, region: str) -> None:
+    assert f"REGION '{region}'" in (s3_secret("s3://bucket/lake/", environ) or "")
+
+
 def test_opening_the_lake_waits_out_a_locked_catalog_in_bounded_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
     from sysmon_assets.storage import lake as lake_module
 
