@@ -64,6 +64,27 @@ def test_recipe_from_kafka_equals_the_file_run_of_the_same_events(tmp_path: Path
     assert snapshot(settings) == snapshot(files)
 
 
+def test_with_shards_partition_p_is_shard_p_mod_k_s_and_the_shards_give_one_pipelines_tables(
+    tmp_path: Path, kafka_broker: Broker
+) -> None:
+    sample, *_ = write_sample(tmp_path / "generated", 1500, files=1, hosts=6, seed=12)
+    topic = kafka_broker.create_topic(partitions=3)
+    lines = sample.read_bytes().splitlines()
+    for partition in range(3):  # dealt round-robin: a connection's create is often in another shard's partition
+        kafka_broker.produce(topic, lines[partition::3], partition=partition)
+    one = kafka_settings(tmp_path / "one", kafka_broker, topic)
+    SysmonPipeline(one).run_batch(batch_time=T0)
+    sharded = kafka_settings(tmp_path / "sharded", kafka_broker, topic, shards=2)
+    for minutes in (0, 1):  # the second round joins connections whose creates the other shard read
+        for index in (0, 1):
+            SysmonPipeline(sharded, shard=index).run_batch(batch_time=T0 + timedelta(minutes=minutes))
+    read_by = 'SELECT DISTINCT _kafka."partition", (_batch_id - 1) % 2 FROM winlogbeat_stream ORDER BY 1'
+    assert lake_rows(sharded, read_by) == [(0, 0), (1, 1), (2, 0)]
+    assert stored_offsets(sharded) == stored_offsets(one) == [(0, 500), (1, 500), (2, 500)]
+    assert snapshot(sharded) == snapshot(one)
+    assert lake_rows(sharded, "SELECT count(*) > 0 FROM sysmon_join") == [(True,)]
+
+
 def ingested(settings: Settings) -> list[tuple]:
     """(partition, offset) of every ingested message, in arrival order."""
     return lake_rows(settings, 'SELECT _kafka."partition", _kafka."offset" FROM winlogbeat_stream ORDER BY _seq')
