@@ -416,6 +416,9 @@ def test_the_cli_runs_one_shards_batch(tmp_path: Path) -> None:
         "SYSMON_DATA_DIR": str(lake.data),
         "SYSMON_SHARDS": str(SHARDS),
     }
+    refused = subprocess.run(CLI_BATCH, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert refused.returncode != 0 and "no '--partition' option was provided" in refused.stderr
+    assert not (lake.data / "lake.sqlite").exists(), "a refused command opens no lake"
     subprocess.run([*CLI_BATCH, "--partition", "shard-2"], cwd=ROOT, env=env, check=True, capture_output=True)
     owned = {file_key(path) for path in landed if file_shard(file_key(path), SHARDS) == 2}
     assert {key for (key,) in lake.rows("SELECT file_key FROM ingest.files")} == owned
