@@ -86,6 +86,9 @@ def test_make_run_prints_a_line_per_asset_then_the_sample_rows_without_a_warning
         f"not_sysmon_dropped={not_sysmon}",
         "redeliveries_dropped=0",
     ]
+    # the sample holds events rules of level high match: the check warns, and the run still succeeds
+    assert " ".join(report["sigma_detections"]).endswith("failed checks: severe_detections (WARN)")
+    assert " ".join(report["sysmon_join_ancestry"]) == "a view: stores no rows"
     # then the recipe's join sample: as many rows as the report says sysmon_join wrote
     assert f"│ {report['sysmon_join'][2]} rows (20 shown)" in done.stdout
 
