@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -218,6 +219,41 @@ def test_a_batch_reads_at_most_the_configured_messages_per_partition(tmp_path: P
     per_batch = lake_rows(settings, "SELECT _batch_id, count(*) FROM winlogbeat_stream GROUP BY 1 ORDER BY 1")
     assert per_batch == [(1, 4), (2, 4), (3, 2)]
     assert sorted(ingested(settings)) == [(p, o) for p in (0, 1) for o in range(5)]
+
+
+def test_a_batch_reads_the_configured_partitions_and_stops_at_the_message_that_crosses_the_byte_limit(
+    tmp_path: Path, kafka_broker: Broker
+) -> None:
+    topic = kafka_broker.create_topic(partitions=3)
+    message = json.dumps(process_create(None)).encode()
+    for partition in range(3):
+        kafka_broker.produce(topic, [message] * 5, partition=partition)
+    # two messages' bytes and one more: the third message crosses the limit and is the batch's last
+    settings = kafka_settings(
+        tmp_path, kafka_broker, topic, kafka_partitions=(0, 2), kafka_max_bytes=2 * len(message) + 1
+    )
+    pipeline = SysmonPipeline(settings)
+    pipeline.run_batch(batch_time=T0)
+    assert sorted(ingested(settings)) == [(p, o) for p in (0, 2) for o in range(3)]
+    pipeline.run_batch(batch_time=T0)
+    assert sorted(ingested(settings)) == [(p, o) for p in (0, 2) for o in range(5)]
+    assert stored_offsets(settings) == [(0, 5), (2, 5)]
+
+
+def test_a_partition_the_pipeline_lists_after_its_first_batch_is_read_from_its_earliest_offset(
+    tmp_path: Path, kafka_broker: Broker
+) -> None:
+    """As a partition added to a running topic is (tansu cannot add one: the pipeline lists one more instead)."""
+    topic = kafka_broker.create_topic(partitions=2)
+    for partition in (0, 1):  # one per request: tansu's high watermark counts a produced batch as one message
+        kafka_broker.produce(topic, [process_create(None)] * (partition + 2), partition=partition, one_per_request=True)
+    settings = kafka_settings(tmp_path, kafka_broker, topic, offset_reset="latest", kafka_partitions=(0,))
+    SysmonPipeline(settings).run_batch(batch_time=T0)  # latest: the first batch starts at the end
+    assert (ingested(settings), stored_offsets(settings)) == ([], [(0, 2)])
+    settings = dataclasses.replace(settings, kafka_partitions=(0, 1))
+    SysmonPipeline(settings).run_batch(batch_time=T0)
+    assert sorted(ingested(settings)) == [(1, 0), (1, 1), (1, 2)]
+    assert stored_offsets(settings) == [(0, 2), (1, 3)]
 
 
 def test_a_message_that_is_not_json_is_a_reject_naming_topic_partition_and_offset(
