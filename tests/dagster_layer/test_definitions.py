@@ -285,6 +285,18 @@ def test_with_shards_landing_freshness_is_each_shard_s_own(tmp_path: Path) -> No
     assert freshness["shard-0"].metadata["files"].value == 0
 
 
+@pytest.mark.parametrize(("freshness_minutes", "fresh"), [(90, True), (30, False)])
+def test_landing_freshness_warns_after_the_configured_minutes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, freshness_minutes: int, fresh: bool
+) -> None:
+    lake = Lake(tmp_path, freshness_minutes=freshness_minutes)
+    lake.land([process_create("{G}")])
+    monkeypatch.setattr(batch_checks, "wall_clock", lambda: time.time() + 61 * 60)  # nothing landed for 61 minutes
+    result = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch").execute_in_process()
+    (freshness,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "landing_freshness"]
+    assert freshness.passed is fresh
+
+
 def test_join_coverage_is_the_batch_s_own(tmp_path: Path) -> None:
     lake = Lake(tmp_path, join_coverage_warn=0.5)
     job = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch")

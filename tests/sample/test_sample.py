@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import shlex
 from collections import Counter
 from pathlib import Path
 
-from sysmon_assets.sample.generator import FleetSimulator, write_sample
+from sysmon_assets.sample.generator import FleetSimulator, main, write_sample
 from tests.conftest import Lake
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,6 +62,16 @@ def test_the_committed_sample_holds_process_chains_for_the_ancestry(tmp_path: Pa
     assert {"svchost.exe > rundll32.exe", "cmd.exe > updater.exe"} <= lineages
     chained = lake.rows("SELECT count(*) FROM sysmon_join_ancestry WHERE connection_lineage LIKE '% > % -> %'")
     assert chained[0][0] > 10
+
+
+def test_make_sample_s_command_writes_the_committed_sample_byte_for_byte(tmp_path: Path) -> None:
+    recipe = (ROOT / "Makefile").read_text().split("\nsample:")[1].split("\n\n")[0]
+    (command,) = [line for line in recipe.splitlines() if "-m sysmon_assets.sample" in line]
+    arguments = shlex.split(command.split("-m sysmon_assets.sample", 1)[1])
+    main([tmp_path.as_posix() if argument == "sample_data" else argument for argument in arguments])
+    (written,) = tmp_path.glob("*.ndjson")
+    (committed,) = (ROOT / "sample_data").glob("*.ndjson")
+    assert written.read_bytes() == committed.read_bytes()
 
 
 def test_the_committed_sample_is_winlogbeat_6_layout() -> None:
