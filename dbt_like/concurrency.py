@@ -4,12 +4,18 @@ race to another writer's commit runs again."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import duckdb
 
 from dbt_like.sql import Connection
+
+LOG = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # A conflict with another shard (or with maintenance) is retried this many times, with a growing random pause.
 MAX_ATTEMPTS = 10
@@ -44,3 +50,18 @@ def rollback(con: Connection) -> None:
     """Roll back the open transaction; a commit that failed has already rolled it back."""
     with contextlib.suppress(duckdb.TransactionException):
         con.rollback()
+
+
+def run_again_after_lost_races(con: Connection, action: Callable[[], T], what: str) -> T:
+    """Run ``action`` (one transaction of ``con``, or one statement committed on its own); when it loses a race
+    with another writer (see :func:`lost_race`), roll back and run it again, up to ``MAX_ATTEMPTS`` times."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            return action()
+        except duckdb.Error as error:
+            rollback(con)
+            if not lost_race(error) or attempt == MAX_ATTEMPTS:
+                raise
+            LOG.info("%s lost a race with another writer (attempt %d), running it again: %s", what, attempt, error)
+            pause_before_retry(attempt)
+    raise AssertionError("unreachable: the last attempt returns or raises")

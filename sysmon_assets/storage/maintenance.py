@@ -4,14 +4,16 @@ job (``jobs.py``) on its schedule."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
+from typing import TypeVar
 
 import duckdb
 
 from dbt_like import Project, table_exists
 from dbt_like.compiler import STATE_SCHEMA
+from dbt_like.concurrency import run_again_after_lost_races
 from dbt_like.sql import literal, scalar
 from dbt_like.state import SHARDS_TABLE, recorded_shard_count
 from sysmon_assets.storage.lake import (
@@ -46,6 +48,7 @@ EXPIRED_PER_CALL = 5000
 # every transaction's catalog work grows with the snapshots kept (measured: docs/storage.md, "Maintenance"), so
 # they go long before the retention. Those a batch still running may need are kept longer (running_batch_floor).
 BETWEEN_BATCHES_KEPT = timedelta(hours=1)
+T = TypeVar("T")
 
 
 @dataclass
@@ -212,7 +215,16 @@ def delete_replaced_files(con: duckdb.DuckDBPyConnection, older_than: datetime) 
 
 
 def _cleanup(con: duckdb.DuckDBPyConnection, which: str) -> int:
-    return len(con.execute(f"CALL ducklake_cleanup_old_files('{LAKE}', {which})").fetchall())
+    return len(_call(con, f"ducklake_cleanup_old_files('{LAKE}', {which})"))
+
+
+def _call(con: duckdb.DuckDBPyConnection, call: str) -> list[tuple]:
+    """``CALL call``, run again when it loses a race with a shard's batch committing meanwhile."""
+    return _again(con, lambda: con.execute(f"CALL {call}").fetchall(), call.split("(", 1)[0])
+
+
+def _again(con: duckdb.DuckDBPyConnection, action: Callable[[], T], what: str) -> T:
+    return run_again_after_lost_races(con, action, f"maintenance ({what})")
 
 
 def _before_in_every_time_zone(instant: datetime) -> datetime:
@@ -238,18 +250,19 @@ def maintain(
     if event_retention_days:
         if project is None:
             raise ValueError("an event retention keeps what the project's steps have still to read: pass the project")
-        upkeep.rows_dropped = drop_old_events(con, now - timedelta(days=event_retention_days), project, kept)
+        cutoff = now - timedelta(days=event_retention_days)
+        upkeep.rows_dropped = _again(con, lambda: drop_old_events(con, cutoff, project, kept), "the event retention")
     # the bookkeeping rows inlined since the last run go to one Parquet file per table; DuckLake 0.3 moves only the
     # current rows: as a batch before the last left them, the bookkeeping tables read empty after this (models do not)
     for schema in INLINED_SCHEMAS:
-        con.execute(f"CALL ducklake_flush_inlined_data('{LAKE}', schema_name => {literal(schema)})")
+        _call(con, f"ducklake_flush_inlined_data('{LAKE}', schema_name => {literal(schema)})")
     older_than = now - timedelta(days=snapshot_retention_days)
     sharded = shard_count(con) > 1
     if sharded:  # the files earlier runs replaced: a batch that opens while this run merges began after them
         upkeep.files_deleted = delete_replaced_files(con, older_than)
-    con.execute(f"CALL ducklake_rewrite_data_files('{LAKE}')")
-    con.execute(f"CALL ducklake_merge_adjacent_files('{LAKE}')")
-    _expire_snapshots(con, older_than, now - BETWEEN_BATCHES_KEPT)
+    _call(con, f"ducklake_rewrite_data_files('{LAKE}')")
+    _call(con, f"ducklake_merge_adjacent_files('{LAKE}')")
+    _again(con, lambda: _expire_snapshots(con, older_than, now - BETWEEN_BATCHES_KEPT), "the snapshot expiry")
     if not sharded:  # no batch runs beside it (the writer's pool): this run's too
         upkeep.files_deleted = _cleanup(con, "cleanup_all => true")
     upkeep.files_after = data_files(con)
