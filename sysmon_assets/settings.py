@@ -85,6 +85,8 @@ def _catalog(value: str | None) -> str | None:
 
 
 def _data_path(value: str | None) -> str | None:
+    if value and value.lower().startswith("s3:") and not value.startswith("s3://"):
+        return "expected s3://BUCKET/PATH (DuckDB writes any other spelling to a local folder of that name)"
     # without a bucket, DuckDB took the lake's first schema name for one, at the first file a batch wrote
     bucket = value[len("s3://") :].split("/", 1)[0] if value and value.lower().startswith("s3://") else "-"
     return None if bucket else "expected s3://BUCKET/PATH: no bucket named"

@@ -89,6 +89,8 @@ def test_a_bad_path_is_named_as_it_was_set(tmp_path: Path) -> None:
         ("SYSMON_LAKE_CATALOG", "mysql:lake"),
         ("SYSMON_LAKE_DATA_PATH", "s3://"),
         ("SYSMON_LAKE_DATA_PATH", "s3:///lake/"),
+        ("SYSMON_LAKE_DATA_PATH", "S3://bucket/lake/"),  # DuckDB would take it for a local folder named S3:
+        ("SYSMON_LAKE_DATA_PATH", "s3:/bucket/lake/"),
         ("SYSMON_SNAPSHOT_RETENTION_DAYS", "0"),
         ("SYSMON_EVENT_RETENTION_DAYS", "-1"),
         ("SYSMON_KAFKA_MAX_BYTES", "0"),

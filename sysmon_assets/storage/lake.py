@@ -26,6 +26,7 @@ import duckdb
 from dbt_like.compiler import STATE_SCHEMA
 from dbt_like.concurrency import lost_race, pause_before_retry
 from dbt_like.sql import literal, literals, scalar
+from dbt_like.state import SHARDS_TABLE, recorded_shard_count
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.spill import spill_directory
 
@@ -62,6 +63,8 @@ RACE_PAUSE_MAX = 2.0
 # exists"), or PostgreSQL refuses its update of a row another changed ("could not serialize access ...").
 CATALOG_RACES = ("already exists", "could not serialize access")
 CATALOG_EXTENSIONS = {"sqlite:": "sqlite", "postgres:": "postgres"}
+# the PostgreSQL catalog's database, attached by itself to tell whether it holds a lake yet
+CATALOG_PROBE = "sysmon_catalog_probe"
 # DuckLake compares DATA_PATH with the path its catalog stored, as text: "data/lake_files/" is not its absolute form.
 DATA_PATH_MISMATCH = re.compile(r'does not match existing data path in the catalog "(?P<stored>[^"]*)"')
 
@@ -100,7 +103,12 @@ def s3_secret(data_path: str, environ: Mapping[str, str]) -> str | None:
     if not in_object_storage(data_path):
         return None
     options = {"TYPE": "s3", "PROVIDER": "config"}
-    for option, variable in (("KEY_ID", "AWS_ACCESS_KEY_ID"), ("SECRET", "AWS_SECRET_ACCESS_KEY")):
+    credentials = (
+        ("KEY_ID", "AWS_ACCESS_KEY_ID"),
+        ("SECRET", "AWS_SECRET_ACCESS_KEY"),
+        ("SESSION_TOKEN", "AWS_SESSION_TOKEN"),
+    )
+    for option, variable in credentials:
         if environ.get(variable):
             options[option] = environ[variable]
     options["REGION"] = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
@@ -175,15 +183,62 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool =
             con.execute(f"LOAD {extension}")
         if secret:
             con.execute(secret)
+        if not read_only and _holds_no_lake(con, settings):
+            _refuse_files_of_another_lake(con, settings)
         _retry_races(lambda: _attach_same_folder(con, settings, read_only, snapshot))
         con.execute(f"USE {LAKE}")
         if not read_only:
-            _retry_races(lambda: _set_options(con, inlined_rows(settings)))
+            _retry_races(lambda: _set_options(con, inlined_rows(settings, _recorded_shards(con))))
     except duckdb.Error as error:
         raise LakeError(
             f"cannot open the lake (catalog {settings.catalog}, data {settings.data_path}): {error}"
         ) from error
     return con
+
+
+def _holds_no_lake(con: duckdb.DuckDBPyConnection, settings: Settings) -> bool:
+    """Whether the catalog holds no lake yet (DuckLake makes its tables at the first ATTACH that may write)."""
+    sqlite = sqlite_file(settings)
+    if sqlite is not None:
+        with closing(sqlite3.connect(sqlite, timeout=30)) as catalog:
+            found = "SELECT count(*) FROM sqlite_master WHERE name = 'ducklake_metadata'"
+            return not catalog.execute(found).fetchone()[0]
+    con.execute(f"ATTACH {literal(settings.catalog.removeprefix('postgres:'))} AS {CATALOG_PROBE} (TYPE postgres)")
+    try:
+        found = (
+            f"SELECT count(*) FROM duckdb_tables() WHERE database_name = '{CATALOG_PROBE}' "
+            "AND table_name = 'ducklake_metadata'"
+        )
+        return not scalar(con, found)
+    finally:
+        con.execute(f"DETACH {CATALOG_PROBE}")
+
+
+def _refuse_files_of_another_lake(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    """Refuse a catalog holding no lake over a data path that holds files: another lake's (a forgotten or changed
+    ``SYSMON_LAKE_CATALOG``), to which a second lake's files would be untracked, and DuckLake's orphan cleanup
+    deletes every untracked file. Listing object storage also finds a bucket that does not exist before the
+    catalog stores it."""
+    data_path = settings.data_path
+    if is_local(data_path):
+        folder = Path(data_path)
+        found = [str(path) for path in folder.rglob("*") if path.is_file()][:3] if folder.is_dir() else []
+    else:
+        pattern = literal(data_path.rstrip("/") + "/**")
+        try:
+            found = [row[0] for row in con.execute(f"SELECT file FROM glob({pattern}) LIMIT 3").fetchall()]
+        except duckdb.Error as error:
+            raise LakeError(
+                f"cannot list SYSMON_LAKE_DATA_PATH={data_path} (does its bucket exist, and may these credentials "
+                f"list it?): {error}"
+            ) from error
+    if found:
+        raise LakeError(
+            f"cannot open the lake: its catalog ({settings.catalog}) holds no lake yet, but its data path "
+            f"{data_path} already holds data files ({', '.join(found)}, ...), another lake's: point "
+            "SYSMON_LAKE_CATALOG at that lake's catalog (or SYSMON_DATA_DIR at the folder holding it), or give "
+            "a new lake a data path of its own (SYSMON_LAKE_DATA_PATH)"
+        )
 
 
 def _attach_same_folder(
@@ -250,9 +305,21 @@ def _retry_races(action: Callable[[], object], seconds: float = RACE_SECONDS) ->
             pause_before_retry(attempt, RACE_PAUSE_MAX)
 
 
-def inlined_rows(settings: Settings) -> int:
-    """The most rows an insert into a bookkeeping schema inlines: none when shards write the lake."""
-    return INLINED_ROWS if settings.shards == 1 else 0
+def inlined_rows(settings: Settings, recorded_shards: int | None = None) -> int:
+    """The most rows an insert into a bookkeeping schema inlines: none when shards write the lake (by the shard
+    count the lake recorded, when it has one: a run refused for another count, or maintenance configured without
+    it, changes nothing)."""
+    return INLINED_ROWS if (recorded_shards or settings.shards) == 1 else 0
+
+
+def _recorded_shards(con: duckdb.DuckDBPyConnection) -> int | None:
+    """The shard count the lake's writers recorded (None before its first batch)."""
+    recorded = scalar(
+        con,
+        f"SELECT count(*) FROM duckdb_tables() WHERE database_name = '{LAKE}' AND schema_name = '{STATE_SCHEMA}' "
+        f"AND table_name = '{SHARDS_TABLE.split('.')[1]}'",
+    )
+    return recorded_shard_count(con) if recorded else None
 
 
 def _set_options(con: duckdb.DuckDBPyConnection, bookkeeping_inlined_rows: int) -> None:

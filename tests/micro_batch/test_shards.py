@@ -364,6 +364,12 @@ def test_the_shard_count_of_a_lake_cannot_change(lake: Lake) -> None:
         shard_pipelines(lake, shards=3)[1].run_batch(batch_time=T0)
     with pytest.raises(ProjectError, match="a project of 1 cannot continue it"):
         lake.batch()
+    # nor did the refused runs (or a maintenance run configured without the count) inline the bookkeeping again
+    with open_lake(lake.settings) as con:
+        limits = con.execute(
+            "SELECT DISTINCT value FROM ducklake_options('lake') WHERE option_name = 'data_inlining_row_limit'"
+        ).fetchall()
+    assert all(value == "0" for (value,) in limits), limits
 
 
 def test_with_shards_each_dagster_partition_runs_its_shards_batch(tmp_path: Path) -> None:

@@ -254,6 +254,34 @@ def test_maintenance_bounds_the_files_and_changes_no_row(lake: Lake, tmp_path: P
     assert all(upkeep.files_before["main.winlogbeat_stream"] >= 4 for upkeep in upkeeps), upkeeps
 
 
+class LosesRacesOnce:
+    """A connection whose first statement containing each of ``texts`` fails as a lost race (another writer's commit
+    came first), as maintenance beside shards' batches meets one."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, *texts: str) -> None:
+        self.con, self.waiting = con, list(texts)
+
+    def execute(self, sql: str, params: list | None = None) -> duckdb.DuckDBPyConnection:
+        for text in self.waiting:
+            if text in sql:
+                self.waiting.remove(text)
+                raise duckdb.TransactionException(f"Transaction conflict: a lost race at {text}")
+        return self.con.execute(sql, params or [])
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.con, name)
+
+
+def test_maintenance_runs_again_what_lost_a_race_with_another_writer(lake: Lake, tmp_path: Path) -> None:
+    in_order = list(in_batches(lake, sample_lines(tmp_path, 600), 4))
+    with open_lake(lake.settings) as con:
+        raced = LosesRacesOnce(con, "DELETE FROM winlogbeat_stream", "ducklake_merge_adjacent_files")
+        upkeep = maintain(raced, T0 + timedelta(days=1000), 7, 1, project=SysmonPipeline(lake.settings).project)
+    assert raced.waiting == [] and len(in_order) == 4
+    assert upkeep.files_after["main.sysmon_join"] < upkeep.files_before["main.sysmon_join"]
+    assert upkeep.rows_dropped["winlogbeat_stream"] > 0
+
+
 def test_snapshot_retention_expires_old_snapshots_and_deletes_their_files(lake: Lake, tmp_path: Path) -> None:
     lines = sample_lines(tmp_path, 900)
     batches = in_batches(lake, lines, 3)
@@ -536,6 +564,25 @@ def test_a_forgotten_data_path_named_like_the_default_is_refused_not_written_bes
     assert not list((custom.data / "lake_files").iterdir())
 
 
+def test_a_new_catalog_over_a_data_path_holding_another_lakes_files_is_refused(tmp_path: Path) -> None:
+    """A forgotten or changed SYSMON_LAKE_CATALOG over a lake's data path would start a second lake among the
+    first's files, to which they are untracked (DuckLake's orphan cleanup deletes every untracked file)."""
+    first = Lake(tmp_path, lake_catalog=f"sqlite:{tmp_path / 'catalogs' / 'first.sqlite'}")
+    (tmp_path / "catalogs").mkdir()
+    first.land([process_create("{A}"), network_connect("{A}")])
+    first.batch()
+    files = sorted(first.data.rglob("*.parquet"))
+    forgotten = Settings(landing_dir=first.landing, data_dir=first.data, lake_data_path=first.settings.data_path)
+    with pytest.raises(LakeError) as refused, open_lake(forgotten):
+        pass
+    assert f"its data path {first.settings.data_path} already holds data files (" in str(refused.value)
+    assert "point SYSMON_LAKE_CATALOG at that lake's catalog" in str(refused.value)
+    assert sorted(first.data.rglob("*.parquet")) == files
+    with pytest.raises(LakeError):  # refused again: the refusal left no lake to open
+        SysmonPipeline(forgotten).run_batch(batch_time=T0)
+    assert first.rows("SELECT count(*) FROM sysmon_join") == [(1,)]
+
+
 def test_the_lakes_parquet_files_are_zstd_compressed_parquet_v2(lake: Lake) -> None:
     lake.land([process_create("{A}"), network_connect("{A}")])
     lake.batch()
@@ -653,6 +700,16 @@ def test_the_s3_secret_takes_host_and_port_from_the_endpoint_url_and_refuses_wha
     for endpoint in ("localhost:9000", "minio.internal:9000", "https://host:9000/prefix", "ftp://host"):
         with pytest.raises(LakeError, match=r"AWS_ENDPOINT_URL=.* is not an endpoint"):
             s3_secret("s3://bucket/lake/", {"AWS_ENDPOINT_URL": endpoint})
+
+
+def test_the_s3_secret_takes_temporary_credentials_session_token_included() -> None:
+    environ = {"AWS_ACCESS_KEY_ID": "ASIAX", "AWS_SECRET_ACCESS_KEY": "s", "AWS_SESSION_TOKEN": "it's a token"}
+    secret = s3_secret("s3://bucket/lake/", environ) or ""
+    assert "KEY_ID 'ASIAX'" in secret and "SESSION_TOKEN 'it''s a token'" in secret
+    with closing(duckdb.connect(config=connection_config(Settings(landing_dir=Path("in"))))) as con:
+        con.execute("LOAD httpfs")
+        con.execute(secret)  # DuckDB takes it
+        assert con.execute("SELECT count(*) FROM duckdb_secrets() WHERE name = 'sysmon_lake_s3'").fetchone() == (1,)
 
 
 @pytest.mark.parametrize(

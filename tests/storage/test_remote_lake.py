@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.sample.generator import write_sample
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.lake import INLINED_SCHEMAS, LakeError, open_lake
-from tests.conftest import CLI_BATCH, Lake, snapshot
+from tests.conftest import CLI_BATCH, Lake, process_create, snapshot
 from tests.lake_servers import S3, Postgres
 
 QUERY = [sys.executable, "-m", "sysmon_assets.query", "--json"]
@@ -74,6 +75,29 @@ def test_postgres_catalog_and_s3_files_give_the_embedded_lakes_tables(
     sql = "SELECT count(*), count(DISTINCT process_guid), max(_batch_id) FROM sysmon_join"
     printed = subprocess.run([*QUERY, sql], env=lake_environ(remote, s3), check=True, capture_output=True, text=True)
     assert json.loads(printed.stdout) == [list(row) for row in embedded.rows(sql)]
+
+
+def test_a_new_catalog_is_refused_over_s3_files_of_another_lake_or_a_bucket_that_does_not_exist(
+    tmp_path: Path, postgres: Postgres, s3: S3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in s3.environ().items():
+        monkeypatch.setenv(name, value)
+    data_path = f"s3://{s3.new_bucket()}/lake/"
+    first = Lake(tmp_path / "first", lake_catalog=postgres.new_catalog(), lake_data_path=data_path)
+    first.land([process_create("{A}")])
+    first.batch()
+    for catalog in (postgres.new_catalog(), None):  # another database, or the forgotten setting (the default)
+        second = Settings(landing_dir=first.landing, data_dir=tmp_path / "second", lake_catalog=catalog,
+                          lake_data_path=data_path)  # fmt: skip
+        with pytest.raises(LakeError, match=rf"its data path {data_path} already holds data files \(s3://"):
+            SysmonPipeline(second).run_batch()
+    missing = Settings(landing_dir=first.landing, data_dir=tmp_path / "third", lake_catalog=postgres.new_catalog(),
+                       lake_data_path="s3://no-such-bucket/lake/")  # fmt: skip
+    with pytest.raises(
+        LakeError, match=r"cannot list SYSMON_LAKE_DATA_PATH=s3://no-such-bucket/lake/ \(does its bucket"
+    ):
+        SysmonPipeline(missing).run_batch()
+    assert first.count("winlogbeat_stream") == 1
 
 
 def open_at_once(settings: Settings, writers: int) -> list[LakeError]:
