@@ -775,13 +775,14 @@ def _take_over_renamed(progress: FileProgress, before: dict[str, Stored]) -> Non
 
 def _step_over_newline_of_delivered_line(progress: FileProgress) -> None:
     """A finished file's last line was delivered without its newline: if the writer has since ended it, the
-    newline belongs to that line, and the next line starts after it (not a blank line of its own)."""
+    newline (``\n`` or ``\r\n``) belongs to that line, and the next line starts after it (not a line of its own)."""
     if progress.position == 0 or progress.position >= progress.size:
         return
     with open_landed(progress.path, progress.key) as handle:
-        around = read_at(handle, progress.position - 1, 2)
-        if len(around) == 2 and around[0] != NEWLINE and around[1] == NEWLINE:
-            progress.position += 1
+        around = read_at(handle, progress.position - 1, 3)
+        ending = next((end for end in (b"\n", b"\r\n") if around[1:].startswith(end)), None)
+        if ending and around[0] != NEWLINE:
+            progress.position += len(ending)
             progress.tail_sha256 = hashlib.sha256(bytes_before(handle, progress.position)).hexdigest()
 
 

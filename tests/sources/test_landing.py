@@ -803,20 +803,21 @@ def test_a_last_line_of_nul_padding_waits_for_its_writer_and_fails_no_batch(lake
     assert lake.count("winlogbeat_rejects") == 0  # it waits for its writer (UNFINISHED_LINE_SECONDS)
 
 
-def test_a_finished_file_without_a_final_newline_delivers_its_last_line_once(lake: Lake) -> None:
+@pytest.mark.parametrize("newline", ["\n", "\r\n"])
+def test_a_finished_file_without_a_final_newline_delivers_its_last_line_once(lake: Lake, newline: str) -> None:
     lines = _lines(400)
     path = lake.landing / "export.ndjson"
-    path.write_text("\n".join(lines))  # a copied export: no newline after the last line
+    path.write_bytes(newline.join(lines).encode())  # a copied export: no newline after the last line
     lake.batch()
     assert lake.count("winlogbeat_stream") == 399  # the last line may still be being written
     lake.batch()
     lake.batch()
     assert lake.count("winlogbeat_stream") == 400  # unchanged in size for a batch: finished
     later = _lines(2, "10.9")
-    with path.open("a") as handle:  # the writer ends the line after all, and goes on
-        handle.write("\n" + "\n".join(later) + "\n")
+    with path.open("ab") as handle:  # the writer ends the line after all, and goes on
+        handle.write((newline + newline.join(later) + newline).encode())
     lake.batch()
-    starts = list(itertools.accumulate(len(line) + 1 for line in [*lines, *later]))
+    starts = list(itertools.accumulate(len(line) + len(newline) for line in [*lines, *later]))
     assert lake.rows("SELECT _source_line, _source_offset FROM winlogbeat_stream ORDER BY _seq")[-3:] == [
         (400, starts[398]),
         (401, starts[399]),
