@@ -404,12 +404,14 @@ WITH landed AS (
 ), extra_parts AS (
     -- What _extra_fields is built from: the event_data objects a line holds, as JSON text, one parse. A line
     -- that spells a key in another letter case finds them ignoring case, as the upper-cased parse does.
-    -- A line in exact case holding one event_data object (nearly every line):
+    -- A line in exact case holding one event_data object of under 100,000 bytes (nearly every line):
     -- that object less the STRUCT's names, as JSON (extra_json), and its keys. Any other line, or a key that
     -- repeats (a MAP takes no duplicate): the entries one by one (extra_entries).
     SELECT
         with_objects.*,
         CASE WHEN NOT other_case AND list_count(objects) = 1 AND starts_with(coalesce({% for _ in event_data_paths %}objects[{{ loop.index }}]{{ ', ' if not loop.last }}{% endfor %}), '{')
+                  -- json_merge_patch recurses into nested values: one nested 200,000 deep overflowed its stack
+                  AND strlen(coalesce({% for _ in event_data_paths %}objects[{{ loop.index }}]{{ ', ' if not loop.last }}{% endfor %})) < 100000
              THEN CASE {% for layout in top_level %}WHEN layout = '{{ layout.name }}' THEN json_merge_patch(objects[1], '{{ deleting(layout.json) }}')
                        {% endfor %}ELSE json_merge_patch(coalesce({% for _ in event_data_paths %}objects[{{ loop.index }}]{{ ', ' if not loop.last }}{% endfor %}), '{{ deleting(sysmon_event_data) }}') END
              END AS extra_json,

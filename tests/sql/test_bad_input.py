@@ -6,6 +6,8 @@ import gzip
 import json
 import random
 import re
+import subprocess
+import sys
 import tempfile
 import zlib
 from datetime import timedelta
@@ -16,12 +18,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sysmon_assets import connect
 from sysmon_assets.definitions import build_definitions
 from sysmon_assets.settings import Settings
 from sysmon_assets.sources import landing_folder
 from sysmon_assets.sources.landed_lines import LandingError
 from sysmon_assets.storage.lake import LakeError
 from tests.conftest import T0, Lake, network_connect, process_create
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_an_over_long_line_is_rejected_and_the_rest_lands(tmp_path: Path) -> None:
@@ -34,6 +39,44 @@ def test_an_over_long_line_is_rejected_and_the_rest_lands(tmp_path: Path) -> Non
         (2, f"line of {len(huge)} bytes is longer than max_line_bytes=4096", len(huge), 2048)
     ]
     assert lake.count("sysmon_join") == 1
+
+
+DEEP_SCRIPT = """
+import json, sys
+from pathlib import Path
+from sysmon_assets.settings import Settings
+from sysmon_assets.micro_batch.steps import SysmonPipeline
+from tests.conftest import process_create
+root, layout = Path(sys.argv[1]), sys.argv[2]
+deep = "[" * 200_000 + "]" * 200_000
+event = process_create("{D}")
+if layout == "flat":
+    event = {"SourceName": "Microsoft-Windows-Sysmon", "EventID": 1, "Hostname": "h", "ProcessGuid": "{D}"}
+text = json.dumps(event)
+inner = '"Payload": ' + deep
+if layout == "flat":
+    line = text[:-1] + ", " + inner + "}"
+else:
+    line = text.replace('"event_data": {', '"event_data": {' + inner + ", ", 1)
+(root / "landing").mkdir()
+(root / "landing" / "w.ndjson").write_text(line + "\\n")
+SysmonPipeline(Settings(landing_dir=root / "landing", data_dir=root / "data")).run_batch()
+"""
+
+
+@pytest.mark.parametrize("layout", ["winlogbeat6", "flat"])
+def test_an_event_holding_a_value_nested_200000_deep_is_kept_with_its_other_fields(tmp_path: Path, layout: str) -> None:
+    """DuckDB 1.4.4's json_merge_patch overflows its stack on such a value (a segmentation fault, in every batch)."""
+    done = subprocess.run(
+        [sys.executable, "-c", DEEP_SCRIPT, str(tmp_path), layout], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    settings = Settings(landing_dir=tmp_path / "landing", data_dir=tmp_path / "data")
+    with connect(settings) as con:
+        rows = con.execute(
+            "SELECT process_guid, length(_extra_fields['Payload']) FROM winlogbeat_stream_rekey"
+        ).fetchall()
+    assert rows == [("{D}", 400_000)]
 
 
 def test_binary_garbage_is_rejected_with_its_bytes_shown(lake: Lake) -> None:
