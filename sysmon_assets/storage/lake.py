@@ -70,7 +70,20 @@ DATA_PATH_MISMATCH = re.compile(r'does not match existing data path in the catal
 
 
 class LakeError(RuntimeError):
-    """The lake cannot be opened or is not what it should be; the message names the catalog or path."""
+    """The lake cannot be opened or is not what it should be; the message names the catalog or path (a password
+    in it, or in DuckDB's text of the connection string, shown as ***: messages go to logs and run histories)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(without_passwords(message))
+
+
+# a password in a libpq connection string: password=... (quoted or not), or the user:password@ of a URI
+PASSWORD = re.compile(r"""(password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s'"]+)|(://[^/@\s:]*:)[^/@\s]+(@)""", re.IGNORECASE)
+
+
+def without_passwords(text: str) -> str:
+    """``text`` with each password of a connection string in it shown as ***."""
+    return PASSWORD.sub(lambda m: f"{m[1]}***" if m[1] else f"{m[2]}***{m[3]}", text)
 
 
 def extension_directory() -> str:
@@ -190,9 +203,11 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool =
         if not read_only:
             _retry_races(lambda: _set_options(con, inlined_rows(settings, _recorded_shards(con))))
     except duckdb.Error as error:
-        raise LakeError(
-            f"cannot open the lake (catalog {settings.catalog}, data {settings.data_path}): {error}"
-        ) from error
+        if read_only and "explicitly disabled" in str(error):  # DuckLake: "creating a new DuckLake ... disabled"
+            raise LakeError(f"no lake at {settings.catalog} yet: run a micro-batch first") from None
+        message = f"cannot open the lake (catalog {settings.catalog}, data {settings.data_path}): {error}"
+        # the DuckDB error's own text may hold the catalog's password: not chained
+        raise LakeError(message) from (error if without_passwords(message) == message else None)
     return con
 
 

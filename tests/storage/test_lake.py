@@ -20,6 +20,7 @@ import pytest
 from dbt_like import ConcurrentWriterError
 from dbt_like.sql import literal
 from sysmon_assets import connect
+from sysmon_assets.definitions import build_definitions
 from sysmon_assets.micro_batch.steps import SysmonPipeline, utc_now
 from sysmon_assets.sample.generator import write_sample
 from sysmon_assets.settings import Settings
@@ -700,6 +701,24 @@ def test_the_s3_secret_takes_host_and_port_from_the_endpoint_url_and_refuses_wha
     for endpoint in ("localhost:9000", "minio.internal:9000", "https://host:9000/prefix", "ftp://host"):
         with pytest.raises(LakeError, match=r"AWS_ENDPOINT_URL=.* is not an endpoint"):
             s3_secret("s3://bucket/lake/", {"AWS_ENDPOINT_URL": endpoint})
+
+
+def test_no_error_of_a_catalog_holding_a_password_shows_it_nor_does_dagsters_run_record(tmp_path: Path) -> None:
+    from dagster import DagsterInstance
+
+    (tmp_path / "landing").mkdir()
+    catalog = "postgres:host=127.0.0.1 port=1 dbname=lake user=sysmon password=s3cr3t-pw connect_timeout=2"
+    settings = Settings(landing_dir=tmp_path / "landing", data_dir=tmp_path / "data", lake_catalog=catalog)
+    with pytest.raises(LakeError) as refused, open_lake(settings):
+        pass
+    assert "password=***" in str(refused.value) and "s3cr3t-pw" not in str(refused.value)
+    with DagsterInstance.ephemeral() as instance:
+        job = build_definitions(settings).resolve_job_def("sysmon_micro_batch")
+        result = job.execute_in_process(instance=instance, raise_on_error=False)
+        assert not result.success
+        stored = [str(record) for record in instance.all_logs(result.run_id)]
+    assert any("password=***" in text for text in stored)
+    assert not any("s3cr3t-pw" in text for text in stored)
 
 
 def test_the_s3_secret_takes_temporary_credentials_session_token_included() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from sysmon_assets import connect
 from sysmon_assets.micro_batch.steps import SysmonPipeline
 from sysmon_assets.sample.generator import write_sample
 from sysmon_assets.settings import Settings
@@ -98,6 +99,13 @@ def test_a_new_catalog_is_refused_over_s3_files_of_another_lake_or_a_bucket_that
     ):
         SysmonPipeline(missing).run_batch()
     assert first.count("winlogbeat_stream") == 1
+
+
+def test_connect_to_a_postgres_database_holding_no_lake_says_so(tmp_path: Path, postgres: Postgres) -> None:
+    catalog = postgres.new_catalog()
+    settings = Settings(landing_dir=tmp_path, data_dir=tmp_path / "data", lake_catalog=catalog)
+    with pytest.raises(LakeError, match=r"^no lake at postgres:.* yet: run a micro-batch first$"):
+        connect(settings)
 
 
 def open_at_once(settings: Settings, writers: int) -> list[LakeError]:
