@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dbt_like import Batch, Project, StepResult
+from dbt_like.compiler import STATE_SCHEMA
 from dbt_like.sql import first_row, scalar
 from sysmon_assets.micro_batch.shards import file_shard, partition_shard
 from sysmon_assets.settings import Settings
@@ -94,6 +95,19 @@ def _next_seq(con: duckdb.DuckDBPyConnection, project: Project, model: str, firs
     return own if dropped is None else max(own, project.shard.first_above(dropped))
 
 
+def _shards_first_batch(con: duckdb.DuckDBPyConnection, project: Project, batch: Batch) -> bool:
+    """Whether ``batch`` is the first its shard opened (with shards: where ``offset_reset='latest'`` starts the
+    shard's own files and partitions at their end, whichever shard made the stream's table)."""
+    if project.shard.count == 1:
+        return False
+    earlier = scalar(
+        con,
+        f"SELECT count(*) FROM {STATE_SCHEMA}.batches "
+        f"WHERE {project.shard.owns('batch_id')} AND batch_id < {batch.batch_id}",
+    )
+    return not earlier
+
+
 def ingest(
     con: duckdb.DuckDBPyConnection,
     project: Project,
@@ -106,7 +120,7 @@ def ingest(
     first_batch_ever = not project.exists(con, model)
     reader = source_reader(con, project, settings, chunk_bytes)
     try:
-        reader.plan(first_batch_ever)
+        reader.plan(first_batch_ever or _shards_first_batch(con, project, batch))
         chunks = _numbered(
             reader.chunks(0), lambda: _next_seq(con, project, model, first_batch_ever), project.shard.count
         )

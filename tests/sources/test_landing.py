@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from sysmon_assets.micro_batch.steps import utc_now
+from sysmon_assets.micro_batch.steps import SysmonPipeline, utc_now
 from sysmon_assets.sources import landed_files
 from sysmon_assets.sources import landing_folder as landing
 from sysmon_assets.sources.evtx_records import record_lines
@@ -40,6 +40,7 @@ from tests.conftest import (
     in_time_zone,
     lake_rows_in_another_process,
     land,
+    land_in_shard,
     network_connect,
     process_create,
     python_prints,
@@ -348,6 +349,25 @@ def test_offset_reset_latest_starts_after_what_had_landed(tmp_path: Path) -> Non
     assert lake.rows("SELECT event_data.DestinationIp FROM winlogbeat_stream ORDER BY 1") == [
         ("10.0.0.2",),
         ("10.0.0.3",),
+    ]
+
+
+def test_with_shards_offset_reset_latest_starts_each_shard_after_what_had_landed_in_its_files(tmp_path: Path) -> None:
+    """Each shard's first batch starts at the end of its own files, whichever shard runs first."""
+    lake = Lake(tmp_path, offset_reset="latest", shards=2)
+    for shard in (0, 1):
+        land_in_shard(lake, shard, network_connect("{A}", f"10.0.0.{shard}"))
+    shards = [SysmonPipeline(lake.settings, shard=index) for index in (0, 1)]
+    for pipeline in shards:
+        pipeline.run_batch(batch_time=T0)
+    assert lake.count("winlogbeat_stream") == 0
+    for shard in (0, 1):
+        land_in_shard(lake, shard, network_connect("{A}", f"10.0.1.{shard}"))
+    for pipeline in shards:
+        pipeline.run_batch(batch_time=T0)
+    assert lake.rows("SELECT event_data.DestinationIp FROM winlogbeat_stream ORDER BY 1") == [
+        ("10.0.1.0",),
+        ("10.0.1.1",),
     ]
 
 
