@@ -30,7 +30,7 @@ from dbt_like.lineage import model_lineage
 from sysmon_assets.dagster_layer.checks import BATCH_CHECKS, STEP_NOTES
 from sysmon_assets.dagster_layer.jobs import WRITER_POOL
 from sysmon_assets.dagster_layer.resources import SysmonPipelineResource
-from sysmon_assets.dagster_layer.run_report import asset_line
+from sysmon_assets.dagster_layer.run_report import PENDING_JOINS, ROWS_WRITTEN, asset_line
 from sysmon_assets.dagster_layer.step_preview import describe
 from sysmon_assets.micro_batch.shards import partition_keys, shard_index
 from sysmon_assets.storage import lake
@@ -79,7 +79,7 @@ def step_metadata(results: list[StepResult], batch_id: int | None) -> dict[str, 
     metadata: dict[str, object] = {
         "batch_id": batch_id,
         "rows_in": main.rows_in,
-        "rows_written": main.rows_written,
+        ROWS_WRITTEN: main.rows_written,
         "offsets_before": MetadataValue.json(main.offsets_before),
         "offsets_after": MetadataValue.json(main.offsets_after),
     }
@@ -88,7 +88,7 @@ def step_metadata(results: list[StepResult], batch_id: int | None) -> dict[str, 
     else:  # a view: it stores no rows, and counting its query's would run it every batch
         metadata["view"] = True
     if main.pending is not None:
-        metadata["pending_joins"] = main.pending
+        metadata[PENDING_JOINS] = main.pending
         metadata["expired_joins"] = main.expired
     if main.unmatched_read:  # e.g. the connections sysmon_join gave up on, which sigma_detections ran its rules on
         metadata["gave_up_rows_read"] = MetadataValue.json(main.unmatched_read)

@@ -21,7 +21,10 @@ JOB = "sysmon_micro_batch"
 # `dagster asset materialize` and the UI's "Materialize" run.
 JOBS = (JOB, IMPLICIT_ASSET_JOB_NAME)
 # Integer metadata that is not a count of this batch's rows: identities and the table's total.
-NOT_BATCH_COUNTS = frozenset({"batch_id", "rows_in", "rows_written", "dagster/row_count", "lake_snapshot"})
+# step metadata keys that the report and the sensors read back (sensors.py): rows written, joins waiting
+ROWS_WRITTEN = "rows_written"
+PENDING_JOINS = "pending_joins"
+NOT_BATCH_COUNTS = frozenset({"batch_id", "rows_in", ROWS_WRITTEN, "dagster/row_count", "lake_snapshot"})
 
 
 def _plain(value: object) -> object:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from sysmon_assets.dagster_layer.resources import SysmonPipelineResource
+from sysmon_assets.dagster_layer.run_report import PENDING_JOINS, ROWS_WRITTEN
 from sysmon_assets.micro_batch.ingest import LEFT_FOR_NEXT_BATCH, UNFINISHED_LINE_DUE
 from sysmon_assets.micro_batch.shards import file_shard, partition_key, partition_shard
 from sysmon_assets.settings import Settings
@@ -114,7 +115,7 @@ def runs_that_joins_wait_for(instance: DagsterInstance, shards: int) -> dict[int
     runs = {}
     for shard in range(shards):
         join = _latest_materialization(instance, JOIN_ASSET, partition_key(shard, shards))
-        pending = join.asset_materialization.metadata.get("pending_joins") if join else None
+        pending = join.asset_materialization.metadata.get(PENDING_JOINS) if join else None
         if not (pending and pending.value):
             continue
         # the join read the table after its run's creates step: that step's event is earlier than what it read
@@ -133,7 +134,7 @@ def runs_that_joins_wait_for(instance: DagsterInstance, shards: int) -> dict[int
 
 
 def _rows_written(record: EventLogRecord) -> int:
-    value = record.asset_materialization.metadata.get("rows_written")
+    value = record.asset_materialization.metadata.get(ROWS_WRITTEN)
     return value.value if value is not None else 0
 
 
