@@ -734,7 +734,9 @@ class Project:
         """SQL condition on the rows of model ``stream`` a step of this project has still to read, in every shard
         (see :func:`dbt_like.state.unread_rows`): what a retention must keep."""
         readers = [name for name in self.models if stream in self.stream_inputs(name)]
-        retrying = [name for name, config in self.configs.items() if config.get("retry_unmatched") == stream]
+        # a given-up row's _seq is kept in every stream that has one: a reader of unmatched() may read the
+        # row's other forms by it (sigma_detections reads the rekey's rows of the connections the join gave up on)
+        retrying = [name for name, config in self.configs.items() if config.get("retry_unmatched")]
         return unread_rows(con, stream, readers, {name: self.unmatched_readers(name) for name in retrying})
 
     def unmatched_readers(self, name: str) -> list[str]:

@@ -108,9 +108,9 @@ def unread_rows(
     """SQL condition on the rows of ``stream`` that a step has still to read: committed after the batch through
     which every one of ``readers`` has read the row's shard (a reader that has not read it in that shard: none; the
     shards the lake was written by, whatever a project says),
-    waiting for a match (pending), or given up by a model retrying ``stream`` (a key of ``given_up_readers``) and
-    not read yet in its shard by every model reading its ``unmatched()`` (the value) (rows without a ``_seq`` are
-    never either). The offsets of a model taken out of the project stay, and keep what it did not read (delete its
+    waiting for a match (pending), or given up by a retrying model (a key of ``given_up_readers``: an arrival
+    number names the same event in every stream that keeps it) and not read yet in its shard by every model reading
+    its ``unmatched()`` (the value) (rows without a ``_seq`` are never either). The offsets of a model taken out of the project stay, and keep what it did not read (delete its
     rows of ``dbt_like.offsets``)."""
     read: dict[int, dict[str, int]] = {}
     for shard, model, batch_id in con.execute(

@@ -18,6 +18,8 @@ import sysmon_assets
 from dbt_like import StepResult
 from sysmon_assets.hunting import sigma
 from sysmon_assets.settings import DEFAULT_SIGMA_RULES, Settings
+from sysmon_assets.storage.lake import open_lake
+from sysmon_assets.storage.maintenance import maintain
 from tests.conftest import T0, Lake, PlanRecorder, network_connect, plan_nodes, process_create, sysmon_event
 
 
@@ -692,6 +694,21 @@ def test_a_rule_reading_the_process_runs_without_it_once_the_join_gives_up(tmp_p
     lake.batch(T0 + timedelta(minutes=33))
     assert _hits(lake) == [("not an allowed tool", 1, None, 3), ("not an allowed tool", 3, None, 5)]
     assert lake.count("dbt_like.unmatched") == 0  # the connections the join gave up on, once read, are let go of
+
+
+def test_an_event_retention_keeps_a_given_up_connections_rows_until_the_hunt_has_read_them(tmp_path: Path) -> None:
+    """The join gives up on a connection in a batch whose hunting step did not run; a retention then drops what is
+    older than a day: the hunt still reads the connection's rekey row (by its arrival number) and makes its hit."""
+    lake = Lake(tmp_path, sigma_rules=write_rules(tmp_path / "rules", LATE_CREATE_RULES))
+    lake.land([network_connect("{A}", record=1, event_data={"Image": NC})])
+    lake.batch(T0)
+    for name in lake.pipeline.project.primary_models():
+        if name != "sigma_detections":  # it failed, or was left out of the run
+            lake.pipeline.run_model(name, "the join gives up", T0 + timedelta(minutes=16))
+    with open_lake(lake.settings) as con:
+        maintain(con, T0 + timedelta(days=2), 7, event_retention_days=1, project=lake.pipeline.project)
+    lake.batch(T0 + timedelta(days=2))
+    assert _hits(lake) == [("not an allowed tool", 1, None, 3)]
 
 
 @pytest.mark.parametrize(("rule_files", "rekey_scans"), [(["port.yml"], 1), (["port.yml", "cli.yml"], 2)])
