@@ -110,8 +110,8 @@ def unread_rows(
     shards the lake was written by, whatever a project says),
     waiting for a match (pending), or given up by a retrying model (a key of ``given_up_readers``: an arrival
     number names the same event in every stream that keeps it) and not read yet in its shard by every model reading
-    its ``unmatched()`` (the value) (rows without a ``_seq`` are never either). The offsets of a model taken out of the project stay, and keep what it did not read (delete its
-    rows of ``dbt_like.offsets``)."""
+    its ``unmatched()`` (the value) (rows without a ``_seq`` are never either). The offsets of a model taken out
+    of the project stay, and keep what it did not read (delete its rows of ``dbt_like.offsets``)."""
     read: dict[int, dict[str, int]] = {}
     for shard, model, batch_id in con.execute(
         f"SELECT shard, model, max(batch_id) FROM {STATE_SCHEMA}.offsets WHERE input = {literal(stream)} GROUP BY ALL"
