@@ -65,14 +65,21 @@ def test_recipe_from_kafka_equals_the_file_run_of_the_same_events(tmp_path: Path
     assert snapshot(settings) == snapshot(files)
 
 
+def sample_topic(tmp_path: Path, broker: Broker, events: int, partitions: int, seed: int) -> str:
+    """A new topic holding ``events`` generated events, dealt round-robin to its ``partitions`` (so a connection's
+    create is often in another partition)."""
+    sample, *_ = write_sample(tmp_path / "generated", events, files=1, hosts=6, seed=seed)
+    topic = broker.create_topic(partitions=partitions)
+    lines = sample.read_bytes().splitlines()
+    for partition in range(partitions):
+        broker.produce(topic, lines[partition::partitions], partition=partition)
+    return topic
+
+
 def test_with_shards_partition_p_is_shard_p_mod_k_s_and_the_shards_give_one_pipelines_tables(
     tmp_path: Path, kafka_broker: Broker
 ) -> None:
-    sample, *_ = write_sample(tmp_path / "generated", 1500, files=1, hosts=6, seed=12)
-    topic = kafka_broker.create_topic(partitions=3)
-    lines = sample.read_bytes().splitlines()
-    for partition in range(3):  # dealt round-robin: a connection's create is often in another shard's partition
-        kafka_broker.produce(topic, lines[partition::3], partition=partition)
+    topic = sample_topic(tmp_path, kafka_broker, 1500, partitions=3, seed=12)
     one = kafka_settings(tmp_path / "one", kafka_broker, topic)
     SysmonPipeline(one).run_batch(batch_time=T0)
     sharded = kafka_settings(tmp_path / "sharded", kafka_broker, topic, shards=2)
@@ -297,11 +304,7 @@ def test_a_value_wrapped_in_json_whitespace_newlines_included_is_parsed(tmp_path
 def test_sigkill_mid_batch_and_between_batches_neither_loses_nor_repeats_a_message(
     tmp_path: Path, kafka_broker: Broker
 ) -> None:
-    sample, *_ = write_sample(tmp_path / "generated", 2000, files=1, hosts=6, seed=5)
-    topic = kafka_broker.create_topic(partitions=2)
-    lines = sample.read_bytes().splitlines()
-    kafka_broker.produce(topic, lines[0::2], partition=0)
-    kafka_broker.produce(topic, lines[1::2], partition=1)
+    topic = sample_topic(tmp_path, kafka_broker, 2000, partitions=2, seed=5)
     clean = kafka_settings(tmp_path / "clean", kafka_broker, topic)
     SysmonPipeline(clean).run_batch(batch_time=T0)
 
@@ -331,7 +334,7 @@ def test_sigkill_mid_batch_and_between_batches_neither_loses_nor_repeats_a_messa
     SysmonPipeline(clean).run_batch(batch_time=T0)
 
     offsets = ingested(crashed)
-    assert len(offsets) == len(set(offsets)) == len(lines) + 4
+    assert len(offsets) == len(set(offsets)) == 2000 + 4
     assert sorted(offsets) == sorted(ingested(clean))
     assert snapshot(crashed) == snapshot(clean)
 
