@@ -10,6 +10,7 @@ the network.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -63,7 +64,7 @@ RACE_PAUSE_MAX = 2.0
 # exists"), or PostgreSQL refuses its update of a row another changed ("could not serialize access ...").
 CATALOG_RACES = ("already exists", "could not serialize access")
 CATALOG_EXTENSIONS = {"sqlite:": "sqlite", "postgres:": "postgres"}
-# the PostgreSQL catalog's database, attached by itself to tell whether it holds a lake yet
+# the catalog's database, attached by itself to tell whether it holds a lake yet
 CATALOG_PROBE = "sysmon_catalog_probe"
 # DuckLake compares DATA_PATH with the path its catalog stored, as text: "data/lake_files/" is not its absolute form.
 DATA_PATH_MISMATCH = re.compile(r'does not match existing data path in the catalog "(?P<stored>[^"]*)"')
@@ -77,13 +78,22 @@ class LakeError(RuntimeError):
         super().__init__(without_passwords(message))
 
 
-# a password in a libpq connection string: password=... (quoted or not), or the user:password@ of a URI
-PASSWORD = re.compile(r"""(password\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s'"]+)|(://[^/@\s:]*:)[^/@\s]+(@)""", re.IGNORECASE)
+# a password in a libpq connection string: a URI's ?password=... parameter, a key=value string's password=...
+# (single-quoted, as SQL echoes it with its quotes doubled, or bare with backslash escapes), a URI's user:password@
+PASSWORDS = (
+    re.compile(r"([?&]password=)[^&\s#]+", re.IGNORECASE),
+    re.compile(
+        r"((?<![?&])password\s*=\s*)(?:''(?:[^']|'(?!'))*''|'(?:[^'\\]|\\.)*'|(?:\\.|[^\s\\'])+)", re.IGNORECASE
+    ),
+    re.compile(r"(://[^/@\s:]*:)[^/@\s]+(?=@)"),
+)
 
 
 def without_passwords(text: str) -> str:
     """``text`` with each password of a connection string in it shown as ***."""
-    return PASSWORD.sub(lambda m: f"{m[1]}***" if m[1] else f"{m[2]}***{m[3]}", text)
+    for pattern in PASSWORDS:
+        text = pattern.sub(lambda match: f"{match[1]}***", text)
+    return text
 
 
 def extension_directory() -> str:
@@ -196,8 +206,8 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool =
             con.execute(f"LOAD {extension}")
         if secret:
             con.execute(secret)
-        if not read_only and _holds_no_lake(con, settings):
-            _refuse_files_of_another_lake(con, settings)
+        if not read_only:
+            _refuse_another_lakes_files(con, settings)
         _retry_races(lambda: _attach_same_folder(con, settings, read_only, snapshot))
         con.execute(f"USE {LAKE}")
         if not read_only:
@@ -206,19 +216,18 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool =
         if read_only and "explicitly disabled" in str(error):  # DuckLake: "creating a new DuckLake ... disabled"
             raise LakeError(f"no lake at {settings.catalog} yet: run a micro-batch first") from None
         message = f"cannot open the lake (catalog {settings.catalog}, data {settings.data_path}): {error}"
-        # the DuckDB error's own text may hold the catalog's password: not chained
-        raise LakeError(message) from (error if without_passwords(message) == message else None)
+        # a DuckDB error whose text holds the catalog's password is not chained
+        raise LakeError(message) from (error if without_passwords(str(error)) == str(error) else None)
     return con
 
 
 def _holds_no_lake(con: duckdb.DuckDBPyConnection, settings: Settings) -> bool:
-    """Whether the catalog holds no lake yet (DuckLake makes its tables at the first ATTACH that may write)."""
+    """Whether the catalog holds no lake yet (DuckLake makes its tables at the first ATTACH that may write). The
+    catalog's database is read through DuckDB's own extension: another copy of SQLite in the process (Python's)
+    would drop DuckDB's locks on the file as it closes it, failing other writers of the process (shards)."""
     sqlite = sqlite_file(settings)
-    if sqlite is not None:
-        with closing(sqlite3.connect(sqlite, timeout=30)) as catalog:
-            found = "SELECT count(*) FROM sqlite_master WHERE name = 'ducklake_metadata'"
-            return not catalog.execute(found).fetchone()[0]
-    con.execute(f"ATTACH {literal(settings.catalog.removeprefix('postgres:'))} AS {CATALOG_PROBE} (TYPE postgres)")
+    database, kind = (str(sqlite), "sqlite") if sqlite else (settings.catalog.removeprefix("postgres:"), "postgres")
+    con.execute(f"ATTACH {literal(database)} AS {CATALOG_PROBE} (TYPE {kind}, READ_ONLY)")
     try:
         found = (
             f"SELECT count(*) FROM duckdb_tables() WHERE database_name = '{CATALOG_PROBE}' "
@@ -229,31 +238,42 @@ def _holds_no_lake(con: duckdb.DuckDBPyConnection, settings: Settings) -> bool:
         con.execute(f"DETACH {CATALOG_PROBE}")
 
 
-def _refuse_files_of_another_lake(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
-    """Refuse a catalog holding no lake over a data path that holds files: another lake's (a forgotten or changed
-    ``SYSMON_LAKE_CATALOG``), to which a second lake's files would be untracked, and DuckLake's orphan cleanup
-    deletes every untracked file. Listing object storage also finds a bucket that does not exist before the
-    catalog stores it."""
-    data_path = settings.data_path
+def _data_files(con: duckdb.DuckDBPyConnection, data_path: str) -> list[str]:
+    """A few of the Parquet files (what DuckLake writes: data and deletes) under the lake's data path. Listing
+    object storage also finds a bucket that does not exist, before a new catalog stores it."""
     if is_local(data_path):
         folder = Path(data_path)
-        found = [str(path) for path in folder.rglob("*") if path.is_file()][:3] if folder.is_dir() else []
-    else:
-        pattern = literal(data_path.rstrip("/") + "/**")
-        try:
-            found = [row[0] for row in con.execute(f"SELECT file FROM glob({pattern}) LIMIT 3").fetchall()]
-        except duckdb.Error as error:
-            raise LakeError(
-                f"cannot list SYSMON_LAKE_DATA_PATH={data_path} (does its bucket exist, and may these credentials "
-                f"list it?): {error}"
-            ) from error
-    if found:
+        return [str(path) for path in itertools.islice(folder.rglob("*.parquet"), 3)] if folder.is_dir() else []
+    pattern = literal(data_path.rstrip("/") + "/**/*.parquet")
+    try:
+        return [row[0] for row in con.execute(f"SELECT file FROM glob({pattern}) LIMIT 3").fetchall()]
+    except duckdb.Error as error:
         raise LakeError(
-            f"cannot open the lake: its catalog ({settings.catalog}) holds no lake yet, but its data path "
-            f"{data_path} already holds data files ({', '.join(found)}, ...), another lake's: point "
-            "SYSMON_LAKE_CATALOG at that lake's catalog (or SYSMON_DATA_DIR at the folder holding it), or give "
-            "a new lake a data path of its own (SYSMON_LAKE_DATA_PATH)"
-        )
+            f"cannot list SYSMON_LAKE_DATA_PATH={data_path} (does its bucket exist, and may these credentials "
+            f"list it?): {error}"
+        ) from error
+
+
+def _refuse_another_lakes_files(con: duckdb.DuckDBPyConnection, settings: Settings) -> None:
+    """Refuse a catalog holding no lake over a data path holding files. The catalog is looked at again before
+    refusing: another writer (a shard starting at the same time) may have made the lake and written meanwhile."""
+    if not _holds_no_lake(con, settings):
+        return
+    found = _data_files(con, settings.data_path)
+    if found and _holds_no_lake(con, settings):
+        raise _files_of_another_lake(settings, found)
+
+
+def _files_of_another_lake(settings: Settings, found: list[str]) -> LakeError:
+    """The refusal of a catalog holding no lake over a data path holding another lake's files (a forgotten or
+    changed ``SYSMON_LAKE_CATALOG``): a second lake's files would make them untracked, and DuckLake's orphan
+    cleanup deletes every untracked file."""
+    return LakeError(
+        f"cannot open the lake: its catalog ({settings.catalog}) holds no lake yet, but its data path "
+        f"{settings.data_path} already holds data files ({', '.join(found)}, ...), another lake's: point "
+        "SYSMON_LAKE_CATALOG at that lake's catalog (or SYSMON_DATA_DIR at the folder holding it), or give "
+        "a new lake a data path of its own (SYSMON_LAKE_DATA_PATH)"
+    )
 
 
 def _attach_same_folder(

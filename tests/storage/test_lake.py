@@ -256,11 +256,19 @@ def test_maintenance_bounds_the_files_and_changes_no_row(lake: Lake, tmp_path: P
 
 
 class LosesRacesOnce:
-    """A connection whose first statement containing each of ``texts`` fails as a lost race (another writer's commit
-    came first), as maintenance beside shards' batches meets one."""
+    """A connection whose first statement containing each of ``texts`` (``COMMIT``: its first commit, whose
+    transaction is then rolled back) fails as a lost race (another writer's commit came first), as maintenance
+    beside shards' batches meets one."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection, *texts: str) -> None:
         self.con, self.waiting = con, list(texts)
+
+    def commit(self) -> None:
+        if "COMMIT" in self.waiting:
+            self.waiting.remove("COMMIT")
+            self.con.rollback()  # DuckLake finds a conflict as it commits: the transaction is gone
+            raise duckdb.TransactionException("Transaction conflict: a lost race at COMMIT")
+        self.con.commit()
 
     def execute(self, sql: str, params: list | None = None) -> duckdb.DuckDBPyConnection:
         for text in self.waiting:
@@ -276,7 +284,7 @@ class LosesRacesOnce:
 def test_maintenance_runs_again_what_lost_a_race_with_another_writer(lake: Lake, tmp_path: Path) -> None:
     in_order = list(in_batches(lake, sample_lines(tmp_path, 600), 4))
     with open_lake(lake.settings) as con:
-        raced = LosesRacesOnce(con, "DELETE FROM winlogbeat_stream", "ducklake_merge_adjacent_files")
+        raced = LosesRacesOnce(con, "COMMIT", "ducklake_merge_adjacent_files")
         upkeep = maintain(raced, T0 + timedelta(days=1000), 7, 1, project=SysmonPipeline(lake.settings).project)
     assert raced.waiting == [] and len(in_order) == 4
     assert upkeep.files_after["main.sysmon_join"] < upkeep.files_before["main.sysmon_join"]
@@ -584,6 +592,15 @@ def test_a_new_catalog_over_a_data_path_holding_another_lakes_files_is_refused(t
     assert first.rows("SELECT count(*) FROM sysmon_join") == [(1,)]
 
 
+def test_a_new_lake_opens_in_a_data_path_holding_its_own_catalog_or_files_that_are_no_lakes(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "README.txt").write_text("the lake's folder")
+    lake = Lake(tmp_path, lake_data_path=f"{tmp_path / 'data'}/")  # SQLite's catalog file is in it too
+    lake.land([process_create("{A}"), network_connect("{A}")])
+    lake.batch()
+    assert lake.rows("SELECT count(*) FROM sysmon_join") == [(1,)]
+
+
 def test_the_lakes_parquet_files_are_zstd_compressed_parquet_v2(lake: Lake) -> None:
     lake.land([process_create("{A}"), network_connect("{A}")])
     lake.batch()
@@ -703,7 +720,27 @@ def test_the_s3_secret_takes_host_and_port_from_the_endpoint_url_and_refuses_wha
             s3_secret("s3://bucket/lake/", {"AWS_ENDPOINT_URL": endpoint})
 
 
-def test_no_error_of_a_catalog_holding_a_password_shows_it_nor_does_dagsters_run_record(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("postgres:dbname=l password=s3cr3t host=h", "postgres:dbname=l password=*** host=h"),
+        ("password = 'a b\\'c' host=h", "password = *** host=h"),
+        ('password="s3cr3t" host=h', "password=*** host=h"),  # libpq reads the double quotes as characters
+        ("password=a\\ b host=h", "password=*** host=h"),
+        ("'ducklake:postgres:password=''a b'' host=h'", "'ducklake:postgres:password=*** host=h'"),  # as SQL echoes it
+        ("postgresql://u:p%40ss@h/db", "postgresql://u:***@h/db"),
+        (
+            "postgresql://h/db?password=x&connect_timeout=2, data /x/",
+            "postgresql://h/db?password=***&connect_timeout=2, data /x/",
+        ),
+        ("catalog sqlite:/x/lake.sqlite, data s3://b/l/: endpoint http://localhost:9000/", None),
+    ],
+)
+def test_a_lake_error_shows_each_form_of_a_catalogs_password_as_stars(text: str, shown: str | None) -> None:
+    assert str(LakeError(text)) == (shown or text)
+
+
+def test_no_error_of_a_catalog_holding_a_password_shows_it_nor_do_dagsters_run_logs(tmp_path: Path) -> None:
     from dagster import DagsterInstance
 
     (tmp_path / "landing").mkdir()
