@@ -27,7 +27,7 @@ import duckdb
 from dbt_like.compiler import STATE_SCHEMA
 from dbt_like.concurrency import lost_race, pause_before_retry
 from dbt_like.sql import literal, literals, scalar
-from dbt_like.state import SHARDS_TABLE, recorded_shard_count
+from dbt_like.state import recorded_shard_count
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.spill import spill_directory
 
@@ -211,7 +211,7 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool =
         _retry_races(lambda: _attach_same_folder(con, settings, read_only, snapshot))
         con.execute(f"USE {LAKE}")
         if not read_only:
-            _retry_races(lambda: _set_options(con, inlined_rows(settings, _recorded_shards(con))))
+            _retry_races(lambda: _set_options(con, inlined_rows(settings, recorded_shards(con))))
     except duckdb.Error as error:
         if read_only and "explicitly disabled" in str(error):  # DuckLake: "creating a new DuckLake ... disabled"
             raise LakeError(f"no lake at {settings.catalog} yet: run a micro-batch first") from None
@@ -229,13 +229,16 @@ def _holds_no_lake(con: duckdb.DuckDBPyConnection, settings: Settings) -> bool:
     database, kind = (str(sqlite), "sqlite") if sqlite else (settings.catalog.removeprefix("postgres:"), "postgres")
     con.execute(f"ATTACH {literal(database)} AS {CATALOG_PROBE} (TYPE {kind}, READ_ONLY)")
     try:
-        found = (
-            f"SELECT count(*) FROM duckdb_tables() WHERE database_name = '{CATALOG_PROBE}' "
-            "AND table_name = 'ducklake_metadata'"
-        )
-        return not scalar(con, found)
+        return "ducklake_metadata" not in tables_of(con, CATALOG_PROBE)
     finally:
         con.execute(f"DETACH {CATALOG_PROBE}")
+
+
+def tables_of(con: duckdb.DuckDBPyConnection, database: str, schema: str | None = None) -> set[str]:
+    """The names of the tables of attached ``database`` (of its ``schema``, when given)."""
+    in_schema = f" AND schema_name = {literal(schema)}" if schema else ""
+    query = f"SELECT table_name FROM duckdb_tables() WHERE database_name = {literal(database)}{in_schema}"
+    return {name for (name,) in con.execute(query).fetchall()}
 
 
 def _data_files(con: duckdb.DuckDBPyConnection, data_path: str) -> list[str]:
@@ -347,14 +350,9 @@ def inlined_rows(settings: Settings, recorded_shards: int | None = None) -> int:
     return INLINED_ROWS if (recorded_shards or settings.shards) == 1 else 0
 
 
-def _recorded_shards(con: duckdb.DuckDBPyConnection) -> int | None:
+def recorded_shards(con: duckdb.DuckDBPyConnection) -> int | None:
     """The shard count the lake's writers recorded (None before its first batch)."""
-    recorded = scalar(
-        con,
-        f"SELECT count(*) FROM duckdb_tables() WHERE database_name = '{LAKE}' AND schema_name = '{STATE_SCHEMA}' "
-        f"AND table_name = '{SHARDS_TABLE.split('.')[1]}'",
-    )
-    return recorded_shard_count(con) if recorded else None
+    return recorded_shard_count(con) if "shards" in tables_of(con, LAKE, STATE_SCHEMA) else None
 
 
 def _set_options(con: duckdb.DuckDBPyConnection, bookkeeping_inlined_rows: int) -> None:

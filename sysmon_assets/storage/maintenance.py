@@ -15,7 +15,7 @@ from dbt_like import Project, table_exists
 from dbt_like.compiler import STATE_SCHEMA
 from dbt_like.concurrency import run_again_after_lost_races
 from dbt_like.sql import literal, scalar
-from dbt_like.state import SHARDS_TABLE, recorded_shard_count
+from dbt_like.state import SHARDS_TABLE
 from sysmon_assets.storage.lake import (
     CATALOG_DATABASE,
     COMPLETES_BATCH,
@@ -23,6 +23,8 @@ from sysmon_assets.storage.lake import (
     LAKE,
     current_snapshot,
     last_complete_batch,
+    recorded_shards,
+    tables_of,
 )
 
 # The stream models' tables, whose old rows a retention drops by the time their batch started (a test checks that
@@ -107,16 +109,11 @@ def drop_old_events(
 
 def shard_count(con: duckdb.DuckDBPyConnection) -> int:
     """The lake's shard count (1 before its first batch)."""
-    return recorded_shard_count(con) if _has_state(con) else 1
+    return recorded_shards(con) or 1
 
 
 def _has_state(con: duckdb.DuckDBPyConnection) -> bool:
-    tables = scalar(
-        con,
-        f"SELECT count(*) FROM duckdb_tables() WHERE database_name = {literal(LAKE)} "
-        f"AND schema_name = {literal(STATE_SCHEMA)} AND table_name IN ('batches', 'shards')",
-    )
-    return tables == 2
+    return {"batches", "shards"} <= tables_of(con, LAKE, STATE_SCHEMA)
 
 
 def running_batch_floor(con: duckdb.DuckDBPyConnection, older_than: datetime) -> int | None:
