@@ -275,6 +275,8 @@ coalesce({{ values|join(', ') }})
 {%- set user_data_paths = [["user_data"], ["winlog", "user_data"], ["evtx", "UserData"]] -%}
 {%- set event_data_paths = [] -%}
 {%- for layout in winlogbeat_layouts if '.' in layout.get('event_data', '') %}{% set _ = event_data_paths.append(layout.event_data.split('.')[1:]) %}{% endfor -%}
+{#- SQL: the one event_data object a line holds, of those the layouts' paths found (see extra_parts) -#}
+{%- set event_data_object %}coalesce({% for _ in event_data_paths %}objects[{{ loop.index }}]{{ ', ' if not loop.last }}{% endfor %}){% endset -%}
 {#- The layouts whose event_data is the line's top level: every key the layout reads is left out of _extra_fields. -#}
 {%- set top_level = [] -%}
 {%- for layout in winlogbeat_layouts if layout.get('event_data') and '.' not in layout.event_data %}{% set _ = top_level.append(layout) %}{% endfor -%}
@@ -409,11 +411,11 @@ WITH landed AS (
     -- repeats (a MAP takes no duplicate): the entries one by one (extra_entries).
     SELECT
         with_objects.*,
-        CASE WHEN NOT other_case AND list_count(objects) = 1 AND starts_with(coalesce({% for _ in event_data_paths %}objects[{{ loop.index }}]{{ ', ' if not loop.last }}{% endfor %}), '{')
+        CASE WHEN NOT other_case AND list_count(objects) = 1 AND starts_with({{ event_data_object }}, '{')
                   -- json_merge_patch recurses into nested values: one nested 200,000 deep overflowed its stack
-                  AND strlen(coalesce({% for _ in event_data_paths %}objects[{{ loop.index }}]{{ ', ' if not loop.last }}{% endfor %})) < 100000
+                  AND strlen({{ event_data_object }}) < 100000
              THEN CASE {% for layout in top_level %}WHEN layout = '{{ layout.name }}' THEN json_merge_patch(objects[1], '{{ deleting(layout.json) }}')
-                       {% endfor %}ELSE json_merge_patch(coalesce({% for _ in event_data_paths %}objects[{{ loop.index }}]{{ ', ' if not loop.last }}{% endfor %}), '{{ deleting(sysmon_event_data) }}') END
+                       {% endfor %}ELSE json_merge_patch({{ event_data_object }}, '{{ deleting(sysmon_event_data) }}') END
              END AS extra_json,
         json_keys(extra_json) AS extra_keys,
         CASE WHEN extra_json IS NULL
