@@ -92,6 +92,14 @@ def _data_path(value: str | None) -> str | None:
     return None if bucket else "expected s3://BUCKET/PATH: no bucket named"
 
 
+def _client_pairs(pairs: tuple[tuple[str, str], ...]) -> str | None:
+    # the resource carries them as the variable's text (so that Dagster keeps the variable's name, not a password)
+    for key, value in pairs:
+        if "," in key + value or "=" in key or not key.strip():
+            return f"expected key=value pairs whose key holds no = and neither holds a comma, not {key!r}={value!r}"
+    return None
+
+
 def setting(
     default: Any,
     env: str,
@@ -253,6 +261,7 @@ class Settings:
         "extra librdkafka settings for both clients, `key=value` separated by commas "
         "(`security.protocol=SASL_SSL,sasl.mechanism=PLAIN,...`)",
         shown="",
+        check=_client_pairs,
     )
     shards: int = setting(
         1,
@@ -358,6 +367,17 @@ class Settings:
 def field_types() -> dict[str, Any]:
     """Each setting's type, resolved (the annotations are strings under ``from __future__ import annotations``)."""
     return get_type_hints(Settings)
+
+
+def read_variable(name: str, text: str) -> Any:
+    """The text of setting ``name``'s variable as the setting's value, as :meth:`Settings.from_env` reads it."""
+    declared = next(declared for declared in fields(Settings) if declared.name == name)
+    return _read(declared, field_types()[name], text)
+
+
+def client_config_text(pairs: tuple[tuple[str, str], ...]) -> str:
+    """Extra librdkafka settings written as ``SYSMON_KAFKA_CONFIG`` takes them."""
+    return ",".join(f"{key}={value}" for key, value in pairs)
 
 
 def _read(declared: Field, kind: Any, text: str) -> Any:

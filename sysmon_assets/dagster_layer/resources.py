@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from dagster import ConfigurableResource, InitResourceContext
+from dagster import ConfigurableResource, EnvVar, InitResourceContext
 from dagster_duckdb import DuckDBResource
 from pydantic import Field, PrivateAttr, create_model
 
 from sysmon_assets.micro_batch.recipe_project import shared_project
 from sysmon_assets.micro_batch.steps import SysmonPipeline, naive_utc
-from sysmon_assets.settings import Settings, field_types
+from sysmon_assets.settings import Settings, client_config_text, field_types, read_variable
 from sysmon_assets.storage import lake
 from sysmon_assets.storage.lake_connections import LakeConnections
 
@@ -26,21 +26,26 @@ def _same(value: Any) -> Any:
     return value
 
 
-# Settings types Dagster config has no type for: (config type, to config, from config).
-CONFIG_TYPES: dict[Any, tuple[Any, Callable[[Any], Any], Callable[[Any], Any]]] = {
-    Path: (str, str, Path),
+# Settings types Dagster config has no type for: (config type, to config, from config). A setting whose config is
+# text is read back as its variable's text is read, so that the resource can hold the variable itself (EnvVar).
+CONFIG_TYPES: dict[Any, tuple[Any, Callable[[Any], Any], Callable[[Any], Any] | None]] = {
+    Path: (str, str, None),
     tuple[int, ...] | None: (
         list[int] | None,
         lambda value: list(value) if value else None,
         lambda value: tuple(value) if value else None,
     ),
-    tuple[tuple[str, str], ...]: (dict[str, str], dict, lambda value: tuple(value.items())),
+    tuple[tuple[str, str], ...]: (str, client_config_text, None),
 }
+TEXT = (str, str | None)
 
 
 def _conversion(name: str) -> tuple[Any, Callable[[Any], Any], Callable[[Any], Any]]:
     kind = field_types()[name]
-    return CONFIG_TYPES.get(kind, (kind, _same, _same))
+    config_type, to_config, from_config = CONFIG_TYPES.get(kind, (kind, _same, _same))
+    if config_type in TEXT:
+        return config_type, to_config, lambda text: None if text is None else read_variable(name, text)
+    return config_type, to_config, from_config or _same
 
 
 def _config_fields() -> dict[str, Any]:
@@ -56,6 +61,15 @@ def _config_fields() -> dict[str, Any]:
 
 # Built from the declarations, so a new setting is a new Settings field and nothing here.
 SettingsConfig = create_model("SettingsConfig", __base__=ConfigurableResource, **_config_fields())
+
+
+def _config_value(settings: Settings, name: str, environ: Mapping[str, str]) -> Any:
+    config_type, to_config, from_config = _conversion(name)
+    variable = next(declared.metadata["env"] for declared in fields(Settings) if declared.name == name)
+    text = environ.get(variable)
+    if config_type in TEXT and text and from_config(text) == getattr(settings, name):
+        return EnvVar(variable)
+    return to_config(getattr(settings, name))
 
 
 class SysmonPipelineResource(SettingsConfig):
@@ -101,9 +115,11 @@ class SysmonPipelineResource(SettingsConfig):
         return naive_utc(datetime.fromisoformat(self.batch_time)) if self.batch_time else None
 
 
-def resources_from_settings(settings: Settings) -> dict[str, object]:
-    """The resources dict for :class:`dagster.Definitions` (or ``materialize``)."""
-    values = {name: _conversion(name)[1](getattr(settings, name)) for name in SettingsConfig.model_fields}
+def resources_from_settings(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, object]:
+    """The resources dict for :class:`dagster.Definitions` (or ``materialize``). A text setting read from a
+    variable of ``environ`` is given as that variable (Dagster's ``EnvVar``): Dagster's records of a run keep its
+    name, not its value (a password in the catalog string or the Kafka config)."""
+    values = {name: _config_value(settings, name, environ or {}) for name in SettingsConfig.model_fields}
     return {
         "sysmon": SysmonPipelineResource(
             # An in-memory DuckDB per connection: the lake is attached to it (sysmon_assets.storage.lake).

@@ -4,11 +4,15 @@ while the run's connection is still open."""
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 import pytest
-from dagster import build_resources
+from dagster import DagsterInstance, build_resources
+from dagster._serdes import serialize_value
 
 from sysmon_assets.dagster_layer.resources import resources_from_settings
+from sysmon_assets.definitions import build_definitions
+from sysmon_assets.settings import Settings, SettingsError
 from tests.conftest import Lake, lake_rows_in_another_process, network_connect, process_create
 
 
@@ -43,3 +47,51 @@ def test_the_batch_clock_is_naive_utc_however_it_is_configured(configured: str, 
     # offset in a TIMESTAMP literal
     resource = resources_from_settings(lake.settings)["sysmon"].model_copy(update={"batch_time": configured})
     assert resource.clock() == clock
+
+
+def test_dagster_keeps_the_names_of_the_variables_a_run_was_configured_by_not_their_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A catalog string or a Kafka config may hold a password: the resource holds the variables (EnvVar), so the
+    run's job snapshot, which keeps the resources' configuration, names them instead."""
+    (tmp_path / "landing").mkdir()
+    environ = {
+        "SYSMON_LANDING_DIR": str(tmp_path / "landing"),
+        "SYSMON_DATA_DIR": str(tmp_path / "data"),
+        "SYSMON_LAKE_CATALOG": f"sqlite:{tmp_path}/catalog-kept-secret.sqlite",
+        "SYSMON_KAFKA_CONFIG": "sasl.username=u,sasl.password=kafka-kept-secret",
+    }
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    definitions = build_definitions(Settings.from_env(environ), environ)
+    with DagsterInstance.ephemeral() as instance:
+        result = definitions.resolve_implicit_global_asset_job_def().execute_in_process(instance=instance)
+        run = instance.get_run_by_id(result.run_id)
+        kept = serialize_value(instance.get_job_snapshot(run.job_snapshot_id)) + serialize_value(run)
+    assert result.success
+    assert (tmp_path / "catalog-kept-secret.sqlite").exists()  # the run read the variable
+    assert "kept-secret" not in kept
+    assert "SYSMON_LAKE_CATALOG" in kept and "SYSMON_KAFKA_CONFIG" in kept
+
+
+def test_the_resource_reads_its_variables_as_the_settings_read_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    environ = {
+        "SYSMON_LANDING_DIR": "/landing/here",
+        "SYSMON_JOIN_MODE": "KSQL",
+        "SYSMON_LAKE_DATA_PATH": "s3://bucket/lake/",
+        "SYSMON_KAFKA_BOOTSTRAP": "k:9092",
+        "SYSMON_KAFKA_CONFIG": " security.protocol=SSL, ssl.ca.location=/ca=1.pem ",
+        "SYSMON_KAFKA_TOPIC": "",  # empty: the default, as if unset
+    }
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings.from_env(environ)
+    with build_resources(resources_from_settings(settings, environ)) as resources:
+        assert resources.sysmon.settings() == settings
+    assert settings.kafka_config == (("security.protocol", "SSL"), ("ssl.ca.location", "/ca=1.pem"))
+    assert (settings.join_mode, settings.kafka_topic) == ("ksql", "winlogbeat")
+
+
+def test_a_kafka_config_the_variable_could_not_carry_is_refused() -> None:
+    with pytest.raises(SettingsError, match=r"SYSMON_KAFKA_CONFIG=.*'debug'='broker,topic'"):
+        Settings(kafka_config=(("debug", "broker,topic"),))
