@@ -14,7 +14,8 @@ never mixed with the old offset. A new file under the name of a file gone from t
 every byte read of it was saved by rename (rsync, an editor): it is read on from there (``renamed over``). A
 file whose size, modification and change times are those recorded
 (``ingest.file_stats``) once it had been unchanged for a while (``landed_files.SETTLED_SECONDS``) is that same file and
-is not opened: a write, a truncation or a new file on the inode changes its change time. Positions are written
+is not opened: a write, a truncation or a new file on the inode changes its change time; nor is a gzip or EVTX
+file read as far as it reads at that stat (``ingest.files_read_whole``). Positions are written
 by :meth:`LandingReader.commit_offsets`, inside the same lake transaction as the rows, so a crash never loses or
 repeats a line.
 
@@ -75,6 +76,7 @@ T = TypeVar("T")
 STATE_TABLE = "ingest.files"
 EVENTS_TABLE = "ingest.file_events"
 STATS_TABLE = "ingest.file_stats"
+READ_WHOLE_TABLE = "ingest.files_read_whole"
 # The smallest piece a file is read in under a per-batch limit, however many files share it.
 MIN_PIECE_BYTES = 64 * 1024
 # An EVTX file's header and its chunks' headers change as records are appended; a record, once written, does not.
@@ -95,6 +97,7 @@ CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
 CREATE TABLE IF NOT EXISTS {EVENTS_TABLE} (
     detected_at TIMESTAMP, path VARCHAR, file_key VARCHAR, event VARCHAR, detail VARCHAR);
 CREATE TABLE IF NOT EXISTS {STATS_TABLE} (file_key VARCHAR, file_stat VARCHAR);
+CREATE TABLE IF NOT EXISTS {READ_WHOLE_TABLE} (file_key VARCHAR, file_stat VARCHAR);
 """
 # New landing state goes into a table of its own (as ingest.file_stats did), not a new column: on a lake whose
 # rows are inlined in the catalog, DuckLake 0.3 breaks every insert into a table after ADD COLUMN.
@@ -115,6 +118,7 @@ class Stored(NamedTuple):
     file_stat: str | None  # of ingest.file_stats: the file's stat when its identity was last checked, if settled
     path: str
     updated_at: datetime | None  # when a batch last found the file new or of another size (UTC)
+    read_whole_stat: str | None  # of ingest.files_read_whole: see FileProgress.read_whole_stat
 
 
 class Vanished(NamedTuple):
@@ -150,6 +154,10 @@ class FileProgress:
     updated_at: datetime | None = None
     file_stat: str | None = None  # as the listing saw it, if settled (see SETTLED_SECONDS)
     recorded_stat: str | None = None  # as ingest.file_stats holds it
+    # A gzip or EVTX file's settled stat when a batch last read it as far as it reads (its end, or damage already
+    # recorded): while its stat stays that, it holds nothing unread, and is not opened (nor inflated or parsed).
+    read_whole_stat: str | None = None
+    recorded_read_whole_stat: str | None = None  # as ingest.files_read_whole holds it
     # SHA-256 of the (up to) FINGERPRINT_BYTES bytes before the position (a gzip file: before its size on disk, as
     # positions count uncompressed bytes); kept from what was read, never read back by name at commit, when the
     # name may already be another file's. EVTX files are rewritten as records are added: their tail is not kept.
@@ -312,8 +320,10 @@ def _read_ahead(items: Iterator[T]) -> Iterator[T]:
 
 def _may_hold_unread(progress: FileProgress) -> bool:
     """Whether a file may hold lines not read yet: a text file short of its size; a gzip or EVTX file (whose
-    positions do not count the file's bytes) always."""
-    return progress.kind != "text" or progress.position < progress.size
+    positions do not count the file's bytes) unless a batch read it whole at the stat it still has."""
+    if progress.kind == "text":
+        return progress.position < progress.size
+    return progress.file_stat is None or progress.read_whole_stat != progress.file_stat
 
 
 def _text_frame(block: bytes | memoryview, newlines: np.ndarray, progress: FileProgress, first_seq: int) -> pa.Table:
@@ -424,7 +434,8 @@ class LandingReader:
             row[0]: Stored(*row[1:])
             for row in self.con.execute(
                 "SELECT file_key, position, line_number, head_bytes, head_sha256, file_size, tail_sha256, read_error, "
-                f"file_stat, path, updated_at FROM {STATE_TABLE} LEFT JOIN {STATS_TABLE} USING (file_key)"
+                f"{STATS_TABLE}.file_stat, path, updated_at, {READ_WHOLE_TABLE}.file_stat FROM {STATE_TABLE} "
+                f"LEFT JOIN {STATS_TABLE} USING (file_key) LEFT JOIN {READ_WHOLE_TABLE} USING (file_key)"
             ).fetchall()
         }
         files, skipped = scan_landing(self.landing_dir)
@@ -527,6 +538,7 @@ class LandingReader:
         progress.updated_at = stored.updated_at if progress.finished else None
         progress.recorded = (*stored[:5], stored.read_error)
         progress.recorded_stat = stored.file_stat
+        progress.read_whole_stat = progress.recorded_read_whole_stat = stored.read_whole_stat
         progress.tail_sha256 = stored.tail_sha256
         if progress.kind == "text":
             _step_over_newline_of_delivered_line(progress)
@@ -572,6 +584,8 @@ class LandingReader:
                     if self.max_bytes and taken >= share:
                         stopped = True
                         break  # the rest waits for the next batch
+                else:
+                    _note_read_whole(progress)
             except FileMoved:  # before its first item: the file keeps the state planning gave it
                 _log_moved(progress.path)
             left = max(left - taken, 0)
@@ -592,10 +606,10 @@ class LandingReader:
 
     @staticmethod
     def _items(progress: FileProgress, piece_bytes: int) -> Iterator[Block | Unreadable | list[bytes | str]]:
-        if progress.kind == "evtx":
-            return _evtx_items(progress)
         if not _may_hold_unread(progress):
             return iter(())  # read to its end already: an idle batch over many files opens none of them
+        if progress.kind == "evtx":
+            return _evtx_items(progress)
         if progress.size - progress.position > piece_bytes:
             return _read_ahead(_read_blocks(progress, piece_bytes))
         return _read_blocks(progress, piece_bytes)  # one block: nothing to read ahead
@@ -610,7 +624,12 @@ class LandingReader:
 
     def _unrecorded(self) -> bool:
         """Whether a state or an event is not in the lake yet."""
-        files = any(p.recorded != p.state or (p.notes and not p.notes_recorded) for p in self.files)
+        files = any(
+            p.recorded != p.state
+            or (p.notes and not p.notes_recorded)
+            or p.read_whole_stat != p.recorded_read_whole_stat
+            for p in self.files
+        )
         return files or bool(self.skipped) or bool(self.vanished)
 
     def commit_offsets(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -627,7 +646,7 @@ class LandingReader:
                 f"* REPLACE (coalesce(updated_at, {UTC_NOW}) AS updated_at)",
             )
         adopted = [progress.adopted for progress in self.files if progress.adopted and not progress.notes_recorded]
-        for table in (STATE_TABLE, STATS_TABLE) if adopted else ():
+        for table in (STATE_TABLE, STATS_TABLE, READ_WHOLE_TABLE) if adopted else ():
             con.execute(f"DELETE FROM {table} WHERE {one_of('file_key', *adopted)}")
         self._commit_stats(con)
         for progress in self.files:
@@ -650,6 +669,11 @@ class LandingReader:
             settled = [progress for progress in restated if progress.file_stat is not None]
             rows = pa.table({"file_key": [p.key for p in settled], "file_stat": [p.file_stat for p in settled]})
             _replace_rows(con, STATS_TABLE, restated, rows)
+        reread = [progress for progress in self.files if progress.recorded_read_whole_stat != progress.read_whole_stat]
+        if reread:
+            whole = [progress for progress in reread if progress.read_whole_stat is not None]
+            rows = pa.table({"file_key": [p.key for p in whole], "file_stat": [p.read_whole_stat for p in whole]})
+            _replace_rows(con, READ_WHOLE_TABLE, reread, rows)
 
     def offsets_committed(self) -> None:
         """The transaction :meth:`commit_offsets` wrote into has committed: later chunks need not repeat it."""
@@ -657,6 +681,7 @@ class LandingReader:
             progress.notes_recorded = True
             progress.recorded = progress.state
             progress.recorded_stat = progress.file_stat
+            progress.recorded_read_whole_stat = progress.read_whole_stat
         self.recorded_skips += self.skipped
         self.skipped = []
         self.recorded_vanished += self.vanished
@@ -675,6 +700,13 @@ class LandingReader:
         events += [{"path": path_text(s.path), "event": "skipped", "detail": s.detail} for s in skips]
         gone = self.recorded_vanished + self.vanished
         return events + [{"path": v.path, "event": "vanished", "detail": v.detail} for v in gone]
+
+
+def _note_read_whole(progress: FileProgress) -> None:
+    """A gzip or EVTX file a batch read as far as it reads, settled: the next batch need not read it again unless
+    its stat changes (a text file's position tells that already)."""
+    if progress.kind != "text" and progress.file_stat is not None:
+        progress.read_whole_stat = progress.file_stat
 
 
 def _replace_rows(

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from sysmon_assets.micro_batch.steps import SysmonPipeline, utc_now
-from sysmon_assets.sources import landed_files
+from sysmon_assets.sources import gzip_stream, landed_files
 from sysmon_assets.sources import landing_folder as landing
 from sysmon_assets.sources.evtx_records import record_lines
 from sysmon_assets.sources.gzip_stream import inflate
@@ -921,6 +921,82 @@ def test_a_file_changed_within_the_settling_time_is_checked_by_its_bytes_next_ba
     lake.batch()
     assert opened == [path]
     assert lake.rows("SELECT count(*) FROM ingest.file_stats") == [(0,)]
+
+
+def counted_opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the files a batch opens to read, as it opens them; every file settled once listed."""
+    opened: list[str] = []
+    real = landing.open_landed
+
+    def counting(path: Path, key: str) -> Any:
+        opened.append(path.name)
+        return real(path, key)
+
+    monkeypatch.setattr(landing, "open_landed", counting)
+    monkeypatch.setattr(landed_files, "SETTLED_SECONDS", 0.0)
+    return opened
+
+
+def test_settled_gzip_and_evtx_files_read_whole_are_not_read_again_until_they_change(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Their positions count what they hold uncompressed or parsed, not their bytes: a batch would inflate or parse
+    each whole to find nothing new."""
+    opened = counted_opens(monkeypatch)
+    gz = lake.landing / "a.ndjson.gz"
+    gz.write_bytes(gzip.compress("".join(line + "\n" for line in _lines(30)).encode(), mtime=0))
+    shutil.copyfile(
+        shared_path("data", "real", "evtx-attack-samples", "DE_sysmon-3-rdp-tun.evtx"), lake.landing / "b.evtx"
+    )
+    lake.batch()
+    assert sorted(set(opened)) == ["a.ndjson.gz", "b.evtx"]
+    read = lake.count("winlogbeat_stream")
+    opened.clear()
+    lake.batch()
+    lake.batch()
+    assert opened == []
+    with gz.open("ab") as handle:  # a second gzip member: the file's stat changes
+        handle.write(gzip.compress("".join(line + "\n" for line in _lines(5, "10.9")).encode(), mtime=0))
+    lake.batch()
+    assert set(opened) == {"a.ndjson.gz"}
+    assert lake.count("winlogbeat_stream") == read + 5
+    assert lake.rows("SELECT count(*) FROM winlogbeat_stream GROUP BY _source_file ORDER BY 1") == [
+        (35,),
+        (read - 30,),
+    ]
+
+
+def test_a_damaged_gzip_read_as_far_as_it_reads_is_rejected_once_and_not_inflated_again(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = counted_opens(monkeypatch)
+    data = gzip.compress("".join(line + "\n" for line in _lines(200)).encode(), mtime=0)
+    (lake.landing / "cut.ndjson.gz").write_bytes(data[: len(data) // 2])
+    lake.batch()
+    opened.clear()
+    lake.batch()
+    assert opened == []
+    assert [error.split(",")[0] for (error,) in lake.rows("SELECT error FROM winlogbeat_rejects ORDER BY 1")] == [
+        "gzip stream ends early",
+        "malformed JSON",
+    ]
+
+
+def test_a_gzip_file_a_batch_limit_stops_in_is_read_on_by_the_next_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counted_opens(monkeypatch)
+    monkeypatch.setattr(gzip_stream, "COMPRESSED_READ_BYTES", 1024)  # else one read inflates this whole file
+    lake = Lake(tmp_path, landing_max_bytes=100_000)
+    (lake.landing / "big.ndjson.gz").write_bytes(
+        gzip.compress("".join(line + "\n" for line in _lines(3_000)).encode(), mtime=0)
+    )
+    counts = [0]
+    while len(counts) < 30 and counts[-1] < 3_000:
+        lake.batch(T0 + timedelta(minutes=len(counts)))
+        counts.append(lake.count("winlogbeat_stream"))
+    assert counts[-1] == 3_000 and len(counts) > 5
+    assert counts == sorted(set(counts))  # every batch read on
 
 
 def test_gzip_members_and_zero_padding_between_them_are_read_as_pythons_gzip_reads_them() -> None:
