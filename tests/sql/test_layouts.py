@@ -574,6 +574,33 @@ def test_extra_fields_of_odd_event_data(tmp_path: Path) -> None:
     ]
 
 
+def test_repeated_names_keep_their_first_entry_in_the_order_written_however_many_fields(tmp_path: Path) -> None:
+    """The first of a name wins wherever the entries are taken one by one: a repeated key, a line spelling a field
+    in another letter case, UserData, several event_data objects; a line of 50,000 fields is read like any other
+    (finding each name's first by scanning the names for every field took minutes)."""
+    many = ", ".join(f'"F{i}": "{i}"' for i in range(50_000))
+    lake = Lake(tmp_path)
+    lake.land(
+        [
+            '{"source_name": "S", "event_data": {"b": "1", "a": "2", "b": "3", "c": "4", "a": "5", "d": "6"}}',
+            '{"Source_Name": "S", "Event_Data": {"b": "1", "IMAGE": "x", "a": "2", "b": "3", "Image": "y"}}',
+            '{"source_name": "S", "user_data": {"b": "1", "a": "2", "b": "3"}}',
+            '{"source_name": "S", "event_data": {"b": "1", "a": "2"}, "winlog": {"event_data": {"a": "3", "c": "4"}}}',
+            '{"source_name": "S", "event_data": {' + many + ', "F7": "again"}}',
+        ]
+    )
+    lake.batch()
+    rows = lake.rows("SELECT map_keys(_extra_fields), map_values(_extra_fields) FROM winlogbeat_stream ORDER BY _seq")
+    assert rows[:4] == [
+        (["b", "a", "c", "d"], ["1", "2", "4", "6"]),
+        (["b", "a"], ["1", "2"]),
+        (["b", "a"], ["1", "2"]),
+        (["b", "a", "c"], ["1", "2", "4"]),
+    ]
+    keys, values = rows[4]
+    assert keys == [f"F{i}" for i in range(50_000)] and values == [str(i) for i in range(50_000)]
+
+
 def test_the_fields_of_user_data_are_kept_as_those_of_event_data(tmp_path: Path) -> None:
     """Providers other than Sysmon may write UserData instead of EventData (WMI-Activity's 5857): Winlogbeat gives it
     as user_data (6.x) or winlog.user_data (7.x/8.x) with its wrapper element's name as xml_name; an EVTX record
