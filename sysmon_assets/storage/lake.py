@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import re
-import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
@@ -178,6 +177,12 @@ def attach_statement(
         options.append("OVERRIDE_DATA_PATH true")
     if read_only:
         options.append("READ_ONLY")
+    elif sqlite_file(settings):
+        # WAL mode (the file keeps it): in SQLite's default mode a writer waits for every open read transaction,
+        # and a commit that gave up left the catalog locked for everyone; in WAL mode readers and writers do not
+        # block each other, and of two writers the later commit fails cleanly and is retried (docs/storage.md).
+        # Set by DuckDB's own SQLite: another copy in the process (Python's) would drop its locks on closing.
+        options.append("META_JOURNAL_MODE 'wal'")
     if snapshot is not None:
         options.append(f"SNAPSHOT_VERSION {int(snapshot)}")
     return f"ATTACH {literal('ducklake:' + settings.catalog)} AS {LAKE} ({', '.join(options)})"
@@ -195,7 +200,6 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool =
     (``spill.py``); errors name the catalog."""
     if not read_only:
         _make_local_folders(settings)
-        _write_ahead_log(settings)
         _readable_as_landing(settings)
     secret = s3_secret(settings.data_path, os.environ)
     try:
@@ -226,6 +230,8 @@ def _holds_no_lake(con: duckdb.DuckDBPyConnection, settings: Settings) -> bool:
     catalog's database is read through DuckDB's own extension: another copy of SQLite in the process (Python's)
     would drop DuckDB's locks on the file as it closes it, failing other writers of the process (shards)."""
     sqlite = sqlite_file(settings)
+    if sqlite and not sqlite.exists():
+        return True  # a read-only ATTACH does not make the file: DuckLake's first ATTACH does
     database, kind = (str(sqlite), "sqlite") if sqlite else (settings.catalog.removeprefix("postgres:"), "postgres")
     con.execute(f"ATTACH {literal(database)} AS {CATALOG_PROBE} (TYPE {kind}, READ_ONLY)")
     try:
@@ -394,23 +400,6 @@ def use_lake(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
 def sqlite_file(settings: Settings) -> Path | None:
     """The catalog's file when it is SQLite (the embedded default), else None."""
     return Path(settings.catalog.removeprefix("sqlite:")) if settings.catalog.startswith("sqlite:") else None
-
-
-def _write_ahead_log(settings: Settings) -> None:
-    """Put a SQLite catalog in WAL mode (once; the file keeps it). In SQLite's default mode a writer waits for
-    every open read transaction, and a commit that gave up left the catalog locked for everyone; in WAL mode
-    readers and writers do not block each other, and of two writers the later commit fails cleanly and is
-    retried (measured: docs/storage.md)."""
-    path = sqlite_file(settings)
-    if path is None:
-        return
-    try:
-        with closing(sqlite3.connect(path, timeout=30)) as catalog:
-            catalog.execute("PRAGMA journal_mode=WAL")
-    except sqlite3.Error as error:
-        raise LakeError(
-            f"cannot open the lake (catalog {settings.catalog}, data {settings.data_path}): {error}"
-        ) from error
 
 
 def _readable_as_landing(settings: Settings) -> None:

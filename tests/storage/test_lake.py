@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -621,6 +622,38 @@ def test_the_lakes_parquet_files_are_zstd_compressed_parquet_v2(lake: Lake) -> N
     # each option as the catalog lists it: what opening compares to set an option only when it differs
     listed = dict(lake.rows("SELECT option_name, value FROM ducklake_options('lake') WHERE scope = 'GLOBAL'"))
     assert {option: listed.get(option) for option in LAKE_OPTIONS} == {o: v for o, (_, v) in LAKE_OPTIONS.items()}
+
+
+def _in_wal_mode(catalog: Path) -> bool:
+    # a SQLite file header's read and write versions (bytes 18 and 19) are 2 in WAL mode, 1 otherwise
+    return catalog.read_bytes()[18:20] == b"\x02\x02"
+
+
+def test_the_sqlite_catalog_is_put_in_wal_mode_by_duckdbs_own_sqlite(
+    lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another copy of SQLite in the process (Python's sqlite3) opening the catalog would drop DuckDB's locks on it
+    as it closed the file: other writers of the process (shards run as threads) would commit unguarded."""
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the catalog was opened with Python's sqlite3")
+
+    monkeypatch.setattr(sqlite3, "connect", refused)
+    lake.land([process_create("{A}"), network_connect("{A}")])
+    lake.batch()
+    assert _in_wal_mode(lake.data / "lake.sqlite")
+    # a lake made elsewhere without it is switched by its first writer
+    elsewhere = Lake(tmp_path / "elsewhere")
+    elsewhere.data.mkdir()
+    with closing(duckdb.connect(config=connection_config(elsewhere.settings))) as con:
+        con.execute("LOAD ducklake")
+        catalog, files = elsewhere.data / "lake.sqlite", elsewhere.data / "lake_files"
+        con.execute(f"ATTACH {literal(f'ducklake:sqlite:{catalog}')} AS made (DATA_PATH {literal(f'{files}/')})")
+    assert not _in_wal_mode(catalog)
+    elsewhere.land([process_create("{B}"), network_connect("{B}")])
+    elsewhere.batch()
+    assert _in_wal_mode(catalog)
+    assert elsewhere.count("sysmon_join") == 1
 
 
 def _data_folders(lake: Lake) -> set[str]:
