@@ -206,7 +206,8 @@ class Settings:
         None,
         "SYSMON_DUCKDB_MEMORY_LIMIT",
         "DuckDB `memory_limit`, e.g. `2GB`; DuckDB spills to disk beyond it; a value DuckDB does not take is "
-        "refused before the run starts; the ingest reads chunks of an eighth of it, 64 to 128 MiB",
+        "refused before the run starts; the ingest reads chunks of an eighth of it, 64 to 128 MiB, on one thread "
+        "per 256 MiB of it beyond 128 MiB",
         shown="DuckDB's default (80% of RAM)",
         check=_memory_limit,
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import duckdb
@@ -33,6 +34,13 @@ UNFINISHED_LINE_DUE = "unfinished_line_due"
 # in a 512 MB limit) to 128 MiB (which ran in 1 GB, not in 512 MB): bigger chunks are read faster (bench/README.md).
 MIN_CHUNK_BYTES = 64 * 1024 * 1024
 MAX_CHUNK_BYTES = 128 * 1024 * 1024
+# The stream's query holds about 240 MiB per DuckDB thread, whatever the chunk, and cannot spill it: each of its JSON
+# functions keeps one vector's lines (2,048) parsed in an arena of its own (duckdb_memory()'s ALLOCATOR peak over
+# 64 MiB chunks of generated lines: 293 MiB on one thread, 513 MiB on two). The ingest runs on at most one thread
+# per INGEST_BYTES_PER_THREAD of the memory limit beyond INGEST_BASE_BYTES, and on one at least: under 512 MB one
+# (two ran out of memory), under 768 MB two.
+INGEST_BASE_BYTES = 128 * 1024 * 1024
+INGEST_BYTES_PER_THREAD = 256 * 1024 * 1024
 # How DuckDB prints its memory limit back: "488.2 MiB", "18.8 GiB"
 _PRINTED_BYTES = re.compile(r"([0-9.]+) (bytes|KiB|MiB|GiB|TiB|PiB)")
 _UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "PiB": 2**50}
@@ -53,15 +61,40 @@ def _numbered(
         yield {SOURCE_NAME: frame.set_column(column, "_seq", seq)}
 
 
-def chunk_bytes_for(con: duckdb.DuckDBPyConnection) -> int:
-    """The ingest's chunk size on ``con``: an eighth of its memory limit, within MIN_CHUNK_BYTES and
-    MAX_CHUNK_BYTES."""
+def memory_limit_bytes(con: duckdb.DuckDBPyConnection) -> int:
+    """``con``'s memory limit in bytes."""
     printed = scalar(con, "SELECT current_setting('memory_limit')")
     match = _PRINTED_BYTES.fullmatch(printed)
     if match is None:
         raise ValueError(f"DuckDB printed its memory limit as {printed!r}, which this version does not read")
-    limit = float(match[1]) * _UNITS[match[2]]
-    return max(MIN_CHUNK_BYTES, min(MAX_CHUNK_BYTES, int(limit) // 8))
+    return int(float(match[1]) * _UNITS[match[2]])
+
+
+def chunk_bytes_for(con: duckdb.DuckDBPyConnection) -> int:
+    """The ingest's chunk size on ``con``: an eighth of its memory limit, within MIN_CHUNK_BYTES and
+    MAX_CHUNK_BYTES."""
+    return max(MIN_CHUNK_BYTES, min(MAX_CHUNK_BYTES, memory_limit_bytes(con) // 8))
+
+
+def ingest_threads_for(con: duckdb.DuckDBPyConnection) -> int:
+    """How many threads the ingest runs on: ``con``'s, fewer when its memory limit holds fewer (see
+    INGEST_BYTES_PER_THREAD)."""
+    fitting = (memory_limit_bytes(con) - INGEST_BASE_BYTES) // INGEST_BYTES_PER_THREAD
+    return max(1, min(int(scalar(con, "SELECT current_setting('threads')")), fitting))
+
+
+@contextmanager
+def _threads_for_ingest(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """``con`` on the ingest's threads (:func:`ingest_threads_for`) until the step ends."""
+    before, during = int(scalar(con, "SELECT current_setting('threads')")), ingest_threads_for(con)
+    if during == before:
+        yield
+        return
+    con.execute(f"SET threads = {during}")
+    try:
+        yield
+    finally:
+        con.execute(f"SET threads = {before}")
 
 
 def source_reader(
@@ -116,7 +149,8 @@ def ingest(
     settings: Settings,
     chunk_bytes: int,
 ) -> list[StepResult]:
-    """Run ``model``'s step over the source's new lines for ``batch``."""
+    """Run ``model``'s step over the source's new lines for ``batch``, on as many threads as the memory limit
+    holds (:func:`ingest_threads_for`)."""
     first_batch_ever = not project.exists(con, model)
     reader = source_reader(con, project, settings, chunk_bytes)
     try:
@@ -126,14 +160,15 @@ def ingest(
         )
         if first_batch_ever:
             chunks = itertools.chain([empty_chunk(settings.source)], chunks)
-        results = project.run_step(
-            con,
-            model,
-            batch,
-            source_chunks=chunks,
-            before_commit=reader.commit_offsets,
-            after_commit=reader.offsets_committed,
-        )
+        with _threads_for_ingest(con):
+            results = project.run_step(
+                con,
+                model,
+                batch,
+                source_chunks=chunks,
+                before_commit=reader.commit_offsets,
+                after_commit=reader.offsets_committed,
+            )
     finally:
         if isinstance(reader, KafkaReader):
             reader.close()

@@ -1,4 +1,4 @@
-"""The ingest's chunk size follows DuckDB's memory limit (sysmon_assets/micro_batch/ingest.py)."""
+"""The ingest's chunk size and threads follow DuckDB's memory limit (sysmon_assets/micro_batch/ingest.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import duckdb
 import pytest
 
 from sysmon_assets.micro_batch import ingest
-from sysmon_assets.micro_batch.ingest import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, chunk_bytes_for
+from sysmon_assets.micro_batch.ingest import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, chunk_bytes_for, ingest_threads_for
+from sysmon_assets.sample.generator import write_sample
 from sysmon_assets.sources.landing_folder import LandingReader
 from tests.conftest import Lake, network_connect
 
@@ -61,3 +62,42 @@ def test_the_pipelines_ingest_reads_in_chunks_its_memory_limit_allows(
         lake.batch()
         assert lake.count("sysmon_network_connect") == 1
     assert read_with == [pytest.approx(600e6 / 8, rel=1e-3), MAX_CHUNK_BYTES]
+
+
+@pytest.mark.parametrize(
+    ("memory_limit", "threads"),
+    [("100MB", 1), ("512MB", 1), ("768MB", 2), ("1GB", 3), ("4GB", 8), ("2TiB", 8)],
+)
+def test_the_ingest_runs_on_one_thread_per_256_mib_of_the_memory_limit_beyond_128(
+    memory_limit: str, threads: int
+) -> None:
+    with duckdb.connect(config={"memory_limit": memory_limit, "threads": "8"}) as con:
+        assert ingest_threads_for(con) == threads
+
+
+def test_a_batch_runs_under_512_mb_on_the_ingests_one_thread_and_the_connection_gets_its_threads_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20,000 generated events ran out of memory under 512 MB: the stream's query on two threads holds more than
+    that, whatever the chunk."""
+    seen: list[tuple[str, str]] = []
+    run_step = ingest.Project.run_step
+
+    def recording(project: Any, con: duckdb.DuckDBPyConnection, *args: Any, **kwargs: Any) -> Any:
+        seen.append(con.execute("SELECT current_setting('threads')").fetchone()[0])
+        return run_step(project, con, *args, **kwargs)
+
+    monkeypatch.setattr(ingest.Project, "run_step", recording)
+    lake = Lake(tmp_path, memory_limit="512MB")
+    write_sample(lake.landing, 20_000, files=1, hosts=12, seed=3)
+    with lake.pipeline.connect() as con:
+        con.execute("SET threads = 2")
+        before = lake.pipeline.project.open_batch(con, "run-1", ingest.datetime(2026, 11, 1))
+        ingest.ingest(con, lake.pipeline.project, "winlogbeat_stream", before, lake.settings, MIN_CHUNK_BYTES)
+        assert con.execute("SELECT current_setting('threads')").fetchone()[0] == 2
+    assert seen == [1]
+    assert lake.count("winlogbeat_stream") == 20_000
+    lake.batch()  # the other steps, on the machine's threads
+    sysmon = "SELECT count(*) FROM winlogbeat_stream WHERE source_name = 'Microsoft-Windows-Sysmon'"
+    assert lake.count("winlogbeat_stream_rekey") == lake.rows(sysmon)[0][0] > 0
+    assert lake.count("sysmon_join") > 0
