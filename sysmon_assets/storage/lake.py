@@ -133,7 +133,7 @@ def s3_secret(data_path: str, environ: Mapping[str, str]) -> str | None:
     for option, variable in credentials:
         if environ.get(variable):
             options[option] = environ[variable]
-    options["REGION"] = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    options["REGION"] = s3_region(environ)
     endpoint = environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         url = urlparse(endpoint)
@@ -150,6 +150,28 @@ def s3_secret(data_path: str, environ: Mapping[str, str]) -> str | None:
         f"{key} {value if value == 'false' and key == 'USE_SSL' else literal(value)}" for key, value in options.items()
     )
     return f"CREATE OR REPLACE SECRET sysmon_lake_s3 ({listed})"
+
+
+REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
+DEFAULT_REGION = "us-east-1"
+
+
+def s3_region(environ: Mapping[str, str]) -> str:
+    """The S3 region: ``AWS_REGION``, else ``AWS_DEFAULT_REGION``, else ``us-east-1``."""
+    return next((environ[name] for name in REGION_VARIABLES if environ.get(name)), DEFAULT_REGION)
+
+
+def object_store(data_path: str, environ: Mapping[str, str]) -> str:
+    """Where ``s3://`` data goes, as errors name it: the endpoint and the variable that set it (empty for local
+    data)."""
+    if not in_object_storage(data_path):
+        return ""
+    if environ.get("AWS_ENDPOINT_URL"):
+        return f" at AWS_ENDPOINT_URL={environ['AWS_ENDPOINT_URL']}"
+    for variable in REGION_VARIABLES:
+        if environ.get(variable):
+            return f" at AWS S3 in {environ[variable]} ({variable})"
+    return f" at AWS S3 in {DEFAULT_REGION} (neither {' nor '.join(REGION_VARIABLES)} is set)"
 
 
 def is_local(data_path: str) -> bool:
@@ -219,7 +241,8 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool =
     except duckdb.Error as error:
         if read_only and "explicitly disabled" in str(error):  # DuckLake: "creating a new DuckLake ... disabled"
             raise LakeError(f"no lake at {settings.catalog} yet: run a micro-batch first") from None
-        message = f"cannot open the lake (catalog {settings.catalog}, data {settings.data_path}): {error}"
+        data = f"{settings.data_path}{object_store(settings.data_path, os.environ)}"
+        message = f"cannot open the lake (catalog {settings.catalog}, data {data}): {error}"
         # a DuckDB error whose text holds the catalog's password is not chained
         raise LakeError(message) from (error if without_passwords(str(error)) == str(error) else None)
     return con
@@ -258,8 +281,8 @@ def _data_files(con: duckdb.DuckDBPyConnection, data_path: str) -> list[str]:
         return [row[0] for row in con.execute(f"SELECT file FROM glob({pattern}) LIMIT 3").fetchall()]
     except duckdb.Error as error:
         raise LakeError(
-            f"cannot list SYSMON_LAKE_DATA_PATH={data_path} (does its bucket exist, and may these credentials "
-            f"list it?): {error}"
+            f"cannot list SYSMON_LAKE_DATA_PATH={data_path}{object_store(data_path, os.environ)} (does its bucket "
+            f"exist, and may these credentials list it?): {error}"
         ) from error
 
 

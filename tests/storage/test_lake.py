@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,6 +34,7 @@ from sysmon_assets.storage.lake import (
     LakeError,
     connection_config,
     last_complete_batch,
+    object_store,
     open_lake,
     s3_secret,
 )
@@ -751,6 +754,33 @@ def test_the_s3_secret_takes_host_and_port_from_the_endpoint_url_and_refuses_wha
     for endpoint in ("localhost:9000", "minio.internal:9000", "https://host:9000/prefix", "ftp://host"):
         with pytest.raises(LakeError, match=r"AWS_ENDPOINT_URL=.* is not an endpoint"):
             s3_secret("s3://bucket/lake/", {"AWS_ENDPOINT_URL": endpoint})
+
+
+def test_an_unreachable_s3_endpoint_is_named_with_its_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{probe.getsockname()[1]}"  # nothing listens once the probe closes
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    settings = Settings(landing_dir=tmp_path, data_dir=tmp_path / "data", lake_data_path="s3://bucket/lake/")
+    with pytest.raises(LakeError, match=rf"s3://bucket/lake/ at AWS_ENDPOINT_URL={re.escape(endpoint)} \("):
+        SysmonPipeline(settings).run_batch()
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        (
+            {"AWS_ENDPOINT_URL": "http://minio:9000", "AWS_REGION": "eu-west-1"},
+            " at AWS_ENDPOINT_URL=http://minio:9000",
+        ),
+        ({"AWS_REGION": "eu-west-1", "AWS_DEFAULT_REGION": "us-west-2"}, " at AWS S3 in eu-west-1 (AWS_REGION)"),
+        ({"AWS_DEFAULT_REGION": "us-west-2"}, " at AWS S3 in us-west-2 (AWS_DEFAULT_REGION)"),
+        ({}, " at AWS S3 in us-east-1 (neither AWS_REGION nor AWS_DEFAULT_REGION is set)"),
+    ],
+)
+def test_errors_name_where_s3_data_goes_and_what_set_it(environ: dict, named: str) -> None:
+    assert object_store("s3://bucket/lake/", environ) == named
+    assert object_store("/local/lake_files/", environ) == ""
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -94,8 +95,10 @@ def test_a_new_catalog_is_refused_over_s3_files_of_another_lake_or_a_bucket_that
             SysmonPipeline(second).run_batch()
     missing = Settings(landing_dir=first.landing, data_dir=tmp_path / "third", lake_catalog=postgres.new_catalog(),
                        lake_data_path="s3://no-such-bucket/lake/")  # fmt: skip
+    endpoint = re.escape(s3.environ()["AWS_ENDPOINT_URL"])
     with pytest.raises(
-        LakeError, match=r"cannot list SYSMON_LAKE_DATA_PATH=s3://no-such-bucket/lake/ \(does its bucket"
+        LakeError,
+        match=rf"cannot list SYSMON_LAKE_DATA_PATH=s3://no-such-bucket/lake/ at AWS_ENDPOINT_URL={endpoint} \(does",
     ):
         SysmonPipeline(missing).run_batch()
     assert first.count("winlogbeat_stream") == 1
