@@ -222,7 +222,6 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool =
     (``spill.py``); errors name the catalog."""
     if not read_only:
         _make_local_folders(settings)
-        _readable_as_landing(settings)
     secret = s3_secret(settings.data_path, os.environ)
     try:
         con.execute("SET enable_progress_bar = false")  # see use_lake
@@ -237,6 +236,7 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool =
         _retry_races(lambda: _attach_same_folder(con, settings, read_only, snapshot))
         con.execute(f"USE {LAKE}")
         if not read_only:
+            _readable_as_landing(settings)  # after the ATTACH, which makes a new lake's catalog
             _retry_races(lambda: _set_options(con, inlined_rows(settings, recorded_shards(con))))
     except duckdb.Error as error:
         if read_only and "explicitly disabled" in str(error):  # DuckLake: "creating a new DuckLake ... disabled"
