@@ -93,10 +93,14 @@ def _data_path(value: str | None) -> str | None:
 
 
 def _client_pairs(pairs: tuple[tuple[str, str], ...]) -> str | None:
-    # the resource carries them as the variable's text (so that Dagster keeps the variable's name, not a password)
+    # the resource carries them as the variable's text (so that Dagster keeps the variable's name, not a password),
+    # which cannot hold these; the message names the key only (a value may be a password)
     for key, value in pairs:
-        if "," in key + value or "=" in key or not key.strip():
-            return f"expected key=value pairs whose key holds no = and neither holds a comma, not {key!r}={value!r}"
+        if "," in key + value or "=" in key or not key.strip() or key != key.strip() or value != value.strip():
+            return (
+                f"the pair of key {key!r}: expected key=value pairs whose key holds no = and neither holds a comma "
+                "or starts or ends with a space"
+            )
     return None
 
 
@@ -108,13 +112,15 @@ def setting(
     shown: str | None = None,
     check: Check | None = None,
     choices: tuple[str, ...] | None = None,
+    secret: bool = False,
 ) -> Any:
     """A :class:`Settings` field with its variable, its description (README and the Dagster UI), how the docs
     show its default (``shown``, when not the default itself) and its check. A setting with ``choices`` is read
-    case-insensitively and must be one of them."""
+    case-insensitively and must be one of them; a ``secret`` one (it may hold a password) is not shown in errors."""
     if choices:
         check = _one_of(choices)
-    return field(default=default, metadata={"env": env, "doc": doc, "shown": shown, "check": check, "choices": choices})
+    metadata = {"env": env, "doc": doc, "shown": shown, "check": check, "choices": choices, "secret": secret}
+    return field(default=default, metadata=metadata)
 
 
 def _kafka(doc: str) -> str:
@@ -142,6 +148,7 @@ class Settings:
         "DuckLake catalog: `sqlite:PATH` or `postgres:CONNECTION` ([docs/storage.md](docs/storage.md))",
         shown="`sqlite:$SYSMON_DATA_DIR/lake.sqlite`",
         check=_catalog,
+        secret=True,
     )
     lake_data_path: str | None = setting(
         None,
@@ -263,6 +270,7 @@ class Settings:
         "(`security.protocol=SASL_SSL,sasl.mechanism=PLAIN,...`)",
         shown="",
         check=_client_pairs,
+        secret=True,
     )
     shards: int = setting(
         1,
@@ -292,12 +300,18 @@ class Settings:
         return self.lake_data_path or f"{self.data_dir / 'lake_files'}/"
 
     def __post_init__(self) -> None:
+        types = field_types()
         for declared in fields(self):
+            if getattr(self, declared.name) == "" and types[declared.name] in (str, str | None):
+                object.__setattr__(self, declared.name, declared.default)  # empty: the default, as an empty variable
             check, value = declared.metadata["check"], getattr(self, declared.name)
             problem = check(value) if check else None
             if problem:
                 shown = repr(str(value)) if isinstance(value, Path) else repr(value)  # as set: no PosixPath(...)
-                raise SettingsError(f"{declared.metadata['env']}={shown}: {problem}")
+                named = (
+                    declared.metadata["env"] if declared.metadata["secret"] else f"{declared.metadata['env']}={shown}"
+                )
+                raise SettingsError(f"{named}: {problem}")
         if (self.source == "kafka" or self.kafka_sink) and not self.kafka_bootstrap:
             raise SettingsError("SYSMON_KAFKA_BOOTSTRAP is not set: the Kafka source and sink need host:port")
         self._check_shards()
