@@ -222,6 +222,7 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool =
     (``spill.py``); errors name the catalog."""
     if not read_only:
         _make_local_folders(settings)
+        _make_catalog_file(settings)
     secret = s3_secret(settings.data_path, os.environ)
     try:
         con.execute("SET enable_progress_bar = false")  # see use_lake
@@ -425,23 +426,56 @@ def sqlite_file(settings: Settings) -> Path | None:
     return Path(settings.catalog.removeprefix("sqlite:")) if settings.catalog.startswith("sqlite:") else None
 
 
+def _landing_access(settings: Settings) -> tuple[int, int] | None:
+    """The mode (for a folder) and group the lake's local files take from the landing folder; None without one."""
+    try:
+        landing = settings.landing_dir.stat()
+    except OSError:
+        return None  # no landing folder yet: the batch stops on it with an error naming it
+    return 0o700 | (landing.st_mode & 0o077), landing.st_gid
+
+
+def _make_catalog_file(settings: Settings) -> None:
+    """Make a new lake's SQLite catalog file, empty (a new database to SQLite), with the landing folder's access:
+    made by DuckLake's ATTACH, it would be readable by everyone until the chmod after it, and a reader that opened it
+    then would go on reading the landed text written later. Made only where no file is (O_EXCL): closing a file
+    another connection of the process holds would drop its SQLite locks."""
+    catalog, access = sqlite_file(settings), _landing_access(settings)
+    if catalog is None or access is None or catalog.exists():
+        return
+    mode, group = access
+    try:
+        handle = os.open(catalog, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode & 0o666)
+    except FileExistsError:
+        return  # another writer made it meanwhile
+    except OSError as error:
+        raise LakeError(f"cannot open the lake (catalog {settings.catalog}): cannot create it: {error}") from error
+    try:
+        os.fchmod(handle, mode & 0o666)  # the process's umask narrowed the mode os.open set
+        if os.fstat(handle).st_gid != group:
+            os.fchown(handle, -1, group)
+    except PermissionError:
+        LOG.warning("cannot give %s the landing folder's access (mode %o, group %d)", catalog, mode & 0o666, group)
+    finally:
+        os.close(handle)
+
+
 def _readable_as_landing(settings: Settings) -> None:
     """Give the lake's local files the landing folder's access: the lake holds landed text (rejects keep the
     raw line; the catalog keeps column statistics), so whoever may not read the landing folder may not read
     the lake either. The SQLite catalog (and its WAL files) and the data folder get the landing folder's
     permission bits and group; the data folder's own files are then reached only through it. A catalog in
     PostgreSQL or files on S3 follow their own access rules."""
-    try:
-        landing = settings.landing_dir.stat()
-    except OSError:
-        return  # no landing folder yet: the batch stops on it with an error naming it
-    mode = 0o700 | (landing.st_mode & 0o077)
+    access = _landing_access(settings)
+    if access is None:
+        return
+    mode, group = access
     catalog = sqlite_file(settings)
     paths = [Path(f"{catalog}{suffix}") for suffix in ("", "-wal", "-shm")] if catalog else []
     if is_local(settings.data_path):
         paths.append(Path(settings.data_path))
     for path in paths:
-        _set_access(path, mode if path.is_dir() else mode & 0o666, landing.st_gid)
+        _set_access(path, mode if path.is_dir() else mode & 0o666, group)
 
 
 def _set_access(path: Path, mode: int, group: int) -> None:

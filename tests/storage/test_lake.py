@@ -9,6 +9,7 @@ import re
 import shutil
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import closing
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -27,6 +29,7 @@ from sysmon_assets.definitions import build_definitions
 from sysmon_assets.micro_batch.steps import SysmonPipeline, utc_now
 from sysmon_assets.sample.generator import write_sample
 from sysmon_assets.settings import Settings
+from sysmon_assets.storage import lake as lake_module
 from sysmon_assets.storage.lake import (
     INLINED_SCHEMAS,
     LAKE_OPTIONS,
@@ -746,6 +749,29 @@ def test_the_lake_is_readable_only_by_whoever_reads_the_landing_folder() -> None
         shutil.rmtree(base)
 
 
+def test_a_new_catalog_has_the_landing_folders_access_before_duckdb_opens_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Access is checked when a file is opened: a reader that opened a catalog DuckLake had just made (with the
+    process's umask) would go on reading the landed text written into it after any chmod."""
+    lake = Lake(tmp_path)
+    lake.landing.chmod(0o750)
+    catalog = lake.data / "lake.sqlite"
+    seen: list[int | None] = []
+    attach_same_folder = lake_module._attach_same_folder
+
+    def recording(*args: Any) -> None:
+        seen.append(stat.S_IMODE(catalog.stat().st_mode) if catalog.exists() else None)
+        attach_same_folder(*args)
+
+    monkeypatch.setattr(lake_module, "_attach_same_folder", recording)
+    lake.land([process_create("{A}"), network_connect("{A}")])
+    lake.batch()
+    assert seen and set(seen) == {0o640}
+    assert stat.S_IMODE(catalog.stat().st_mode) == 0o640
+    assert lake.count("sysmon_join") == 1
+
+
 def test_the_s3_secret_takes_host_and_port_from_the_endpoint_url_and_refuses_what_it_cannot_use() -> None:
     secret = s3_secret("s3://bucket/lake/", {"AWS_ENDPOINT_URL": "http://localhost:9000", "AWS_REGION": "eu-west-1"})
     assert secret is not None
@@ -844,8 +870,6 @@ def test_the_s3_region_is_aws_region_then_aws_default_region_then_us_east_1(envi
 
 
 def test_opening_the_lake_waits_out_a_locked_catalog_in_bounded_pauses(monkeypatch: pytest.MonkeyPatch) -> None:
-    from sysmon_assets.storage import lake as lake_module
-
     pauses: list[float] = []
     monkeypatch.setattr(lake_module.time, "sleep", pauses.append)
     failures = iter(range(20))
