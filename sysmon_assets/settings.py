@@ -120,7 +120,7 @@ def setting(
     if choices:
         check = _one_of(choices)
     metadata = {"env": env, "doc": doc, "shown": shown, "check": check, "choices": choices, "secret": secret}
-    return field(default=default, metadata=metadata)
+    return field(default=default, metadata=metadata, repr=not secret)
 
 
 def _kafka(doc: str) -> str:
@@ -213,8 +213,8 @@ class Settings:
         None,
         "SYSMON_DUCKDB_MEMORY_LIMIT",
         "DuckDB `memory_limit`, e.g. `2GB`; DuckDB spills to disk beyond it; a value DuckDB does not take is "
-        "refused before the run starts; the ingest reads chunks of an eighth of it, 64 to 128 MiB, on one thread "
-        "per 256 MiB of it beyond 128 MiB",
+        "refused before the run starts; the ingest reads chunks of an eighth of it, 64 to 128 MiB, each on the threads "
+        "it holds for the chunk's lines ([docs/storage.md](docs/storage.md#memory-and-spilling))",
         shown="DuckDB's default (80% of RAM)",
         check=_memory_limit,
     )
@@ -439,12 +439,13 @@ def _partitions(text: str, name: str, default: None) -> tuple[int, ...] | None:
 def _client_config(text: str, name: str, default: tuple) -> tuple[tuple[str, str], ...]:
     """Extra librdkafka settings, ``key=value`` pairs separated by commas (``security.protocol=SSL,...``)."""
     pairs = []
-    for item in text.split(","):
+    for number, item in enumerate(text.split(","), start=1):
         if not item.strip():
             continue
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise SettingsError(f"{name} item {item!r}: expected key=value")
+            # the item is not shown: it may be part of a password (one holding a comma is split here)
+            raise SettingsError(f"{name} item {number} (of the items between commas): expected key=value")
         pairs.append((key.strip(), value.strip()))
     return tuple(pairs)
 

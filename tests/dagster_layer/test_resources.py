@@ -118,3 +118,17 @@ def test_settings_made_in_code_come_back_from_the_resource_as_they_were_an_empty
     assert (settings.kafka_topic, settings.lake_data_path) == ("winlogbeat", None)  # as empty variables read
     with build_resources(resources_from_settings(settings)) as resources:
         assert resources.sysmon.settings() == settings
+
+
+@pytest.mark.parametrize("text", ["sasl.username=u,sasl.password=hun,ter2", "sasl.username=u,sasl.password:hunter2"])
+def test_a_kafka_config_variable_that_does_not_read_is_refused_without_showing_its_items(text: str) -> None:
+    with pytest.raises(
+        SettingsError, match=r"^SYSMON_KAFKA_CONFIG item [23] \(of the items between commas\)"
+    ) as refused:
+        Settings.from_env({"SYSMON_KAFKA_CONFIG": text})
+    assert "ter2" not in str(refused.value)
+
+
+def test_the_settings_repr_leaves_out_the_catalog_and_the_kafka_config() -> None:
+    settings = Settings(lake_catalog="postgres:password=hunter2", kafka_config=(("sasl.password", "hunter2"),))
+    assert "hunter2" not in repr(settings) and "kafka_topic='winlogbeat'" in repr(settings)
