@@ -34,13 +34,15 @@ UNFINISHED_LINE_DUE = "unfinished_line_due"
 # in a 512 MB limit) to 128 MiB (which ran in 1 GB, not in 512 MB): bigger chunks are read faster (bench/README.md).
 MIN_CHUNK_BYTES = 64 * 1024 * 1024
 MAX_CHUNK_BYTES = 128 * 1024 * 1024
-# The stream's query holds about 240 MiB per DuckDB thread, whatever the chunk, and cannot spill it: each of its JSON
-# functions keeps one vector's lines (2,048) parsed in an arena of its own (duckdb_memory()'s ALLOCATOR peak over
-# 64 MiB chunks of generated lines: 293 MiB on one thread, 513 MiB on two). The ingest runs on at most one thread
-# per INGEST_BYTES_PER_THREAD of the memory limit beyond INGEST_BASE_BYTES, and on one at least: under 512 MB one
-# (two ran out of memory), under 768 MB two.
-INGEST_BASE_BYTES = 128 * 1024 * 1024
-INGEST_BYTES_PER_THREAD = 256 * 1024 * 1024
+# The stream's query holds memory per DuckDB thread that it cannot spill, whatever the chunk: each of its JSON
+# functions keeps one vector's lines (2,048) parsed in an arena of its own. duckdb_memory()'s ALLOCATOR at its peak on
+# one thread: 257-293 MiB for lines of 1.8 KiB, 361 MiB for 5.7 KiB, 489 MiB for 9.6 KiB (on two, 497-513 MiB for
+# 1.8 KiB): about THREAD_BYTES plus THREAD_BYTES_PER_LINE_BYTE for each byte of a chunk's mean line. Each chunk runs
+# on as many threads as the memory limit beyond LIMIT_KEPT_BYTES holds (one at least): under 512 MB one (two ran out
+# of memory), under 768 MB two for lines of 1.8 KiB, one for 5.7 KiB.
+LIMIT_KEPT_BYTES = 128 * 2**20
+THREAD_BYTES = 200 * 2**20
+THREAD_BYTES_PER_LINE_BYTE = 30 * 2**10
 # How DuckDB prints its memory limit back: "488.2 MiB", "18.8 GiB"
 _PRINTED_BYTES = re.compile(r"([0-9.]+) (bytes|KiB|MiB|GiB|TiB|PiB)")
 _UNITS = {"bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40, "PiB": 2**50}
@@ -76,25 +78,42 @@ def chunk_bytes_for(con: duckdb.DuckDBPyConnection) -> int:
     return max(MIN_CHUNK_BYTES, min(MAX_CHUNK_BYTES, memory_limit_bytes(con) // 8))
 
 
-def ingest_threads_for(con: duckdb.DuckDBPyConnection) -> int:
-    """How many threads the ingest runs on: ``con``'s, fewer when its memory limit holds fewer (see
-    INGEST_BYTES_PER_THREAD)."""
-    fitting = (memory_limit_bytes(con) - INGEST_BASE_BYTES) // INGEST_BYTES_PER_THREAD
-    return max(1, min(int(scalar(con, "SELECT current_setting('threads')")), fitting))
+def ingest_threads_for(memory_limit: int, threads: int, mean_line_bytes: float) -> int:
+    """How many of ``threads`` a chunk of lines of ``mean_line_bytes`` runs on under ``memory_limit`` (bytes): as many
+    as the limit holds beyond LIMIT_KEPT_BYTES, one at least (see THREAD_BYTES)."""
+    per_thread = THREAD_BYTES + THREAD_BYTES_PER_LINE_BYTE * mean_line_bytes
+    return max(1, min(threads, int((memory_limit - LIMIT_KEPT_BYTES) // per_thread)))
+
+
+def _threads(con: duckdb.DuckDBPyConnection) -> int:
+    return int(scalar(con, "SELECT current_setting('threads')"))
 
 
 @contextmanager
-def _threads_for_ingest(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    """``con`` on the ingest's threads (:func:`ingest_threads_for`) until the step ends."""
-    before, during = int(scalar(con, "SELECT current_setting('threads')")), ingest_threads_for(con)
-    if during == before:
-        yield
-        return
-    con.execute(f"SET threads = {during}")
+def _threads_per_chunk(
+    con: duckdb.DuckDBPyConnection, chunks: Iterator[dict[str, pa.Table]]
+) -> Iterator[Iterator[dict[str, pa.Table]]]:
+    """``chunks``, each run on the threads :func:`ingest_threads_for` gives it on ``con``; ``con`` gets its own
+    threads back when the step ends."""
+    before, limit = _threads(con), memory_limit_bytes(con)
+    current = before
+
+    def each(chunks: Iterator[dict[str, pa.Table]]) -> Iterator[dict[str, pa.Table]]:
+        nonlocal current
+        for chunk in chunks:
+            frame = chunk[SOURCE_NAME]
+            mean = pc.mean(frame.column("line_bytes")).as_py() if frame.num_rows else 0
+            wanted = ingest_threads_for(limit, before, mean or 0)
+            if wanted != current:
+                con.execute(f"SET threads = {wanted}")
+                current = wanted
+            yield chunk
+
     try:
-        yield
+        yield each(chunks)
     finally:
-        con.execute(f"SET threads = {before}")
+        if current != before:
+            con.execute(f"SET threads = {before}")
 
 
 def source_reader(
@@ -149,8 +168,8 @@ def ingest(
     settings: Settings,
     chunk_bytes: int,
 ) -> list[StepResult]:
-    """Run ``model``'s step over the source's new lines for ``batch``, on as many threads as the memory limit
-    holds (:func:`ingest_threads_for`)."""
+    """Run ``model``'s step over the source's new lines for ``batch``, each chunk on as many threads as the memory
+    limit holds for its lines (:func:`ingest_threads_for`)."""
     first_batch_ever = not project.exists(con, model)
     reader = source_reader(con, project, settings, chunk_bytes)
     try:
@@ -160,12 +179,12 @@ def ingest(
         )
         if first_batch_ever:
             chunks = itertools.chain([empty_chunk(settings.source)], chunks)
-        with _threads_for_ingest(con):
+        with _threads_per_chunk(con, chunks) as sized_chunks:
             results = project.run_step(
                 con,
                 model,
                 batch,
-                source_chunks=chunks,
+                source_chunks=sized_chunks,
                 before_commit=reader.commit_offsets,
                 after_commit=reader.offsets_committed,
             )

@@ -64,38 +64,49 @@ def test_the_pipelines_ingest_reads_in_chunks_its_memory_limit_allows(
     assert read_with == [pytest.approx(600e6 / 8, rel=1e-3), MAX_CHUNK_BYTES]
 
 
+MB, KiB = 10**6, 2**10
+
+
 @pytest.mark.parametrize(
-    ("memory_limit", "threads"),
-    [("100MB", 1), ("512MB", 1), ("768MB", 2), ("1GB", 3), ("4GB", 8), ("2TiB", 8)],
+    ("memory_limit", "mean_line", "threads"),
+    [
+        (100 * MB, 1.8 * KiB, 1),
+        (512 * MB, 1.8 * KiB, 1),  # two ran out of memory
+        (768 * MB, 1.8 * KiB, 2),
+        (768 * MB, 5.7 * KiB, 1),  # two ran out of memory (review)
+        (1000 * MB, 9.6 * KiB, 1),
+        (2000 * MB, 1.8 * KiB, 7),
+        (4000 * MB, 1.8 * KiB, 8),
+        (4000 * MB, 0, 8),
+    ],
 )
-def test_the_ingest_runs_on_one_thread_per_256_mib_of_the_memory_limit_beyond_128(
-    memory_limit: str, threads: int
+def test_a_chunk_runs_on_as_many_threads_as_the_memory_limit_holds_for_its_lines(
+    memory_limit: int, mean_line: float, threads: int
 ) -> None:
-    with duckdb.connect(config={"memory_limit": memory_limit, "threads": "8"}) as con:
-        assert ingest_threads_for(con) == threads
+    assert ingest_threads_for(memory_limit, 8, mean_line) == threads
 
 
-def test_a_batch_runs_under_512_mb_on_the_ingests_one_thread_and_the_connection_gets_its_threads_back(
+def test_a_batch_runs_under_512_mb_on_one_thread_for_the_ingest_and_the_connection_gets_its_threads_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """20,000 generated events ran out of memory under 512 MB: the stream's query on two threads holds more than
     that, whatever the chunk."""
-    seen: list[tuple[str, str]] = []
-    run_step = ingest.Project.run_step
+    given: list[int] = []
+    threads_for = ingest.ingest_threads_for
 
-    def recording(project: Any, con: duckdb.DuckDBPyConnection, *args: Any, **kwargs: Any) -> Any:
-        seen.append(con.execute("SELECT current_setting('threads')").fetchone()[0])
-        return run_step(project, con, *args, **kwargs)
+    def recording(*args: Any) -> int:
+        given.append(threads_for(*args))
+        return given[-1]
 
-    monkeypatch.setattr(ingest.Project, "run_step", recording)
+    monkeypatch.setattr(ingest, "ingest_threads_for", recording)
     lake = Lake(tmp_path, memory_limit="512MB")
     write_sample(lake.landing, 20_000, files=1, hosts=12, seed=3)
     with lake.pipeline.connect() as con:
         con.execute("SET threads = 2")
-        before = lake.pipeline.project.open_batch(con, "run-1", ingest.datetime(2026, 11, 1))
-        ingest.ingest(con, lake.pipeline.project, "winlogbeat_stream", before, lake.settings, MIN_CHUNK_BYTES)
+        batch = lake.pipeline.project.open_batch(con, "run-1", ingest.datetime(2026, 11, 1))
+        ingest.ingest(con, lake.pipeline.project, "winlogbeat_stream", batch, lake.settings, MIN_CHUNK_BYTES)
         assert con.execute("SELECT current_setting('threads')").fetchone()[0] == 2
-    assert seen == [1]
+    assert set(given) == {1} and len(given) >= 2  # the empty chunk that makes the tables, then the lines
     assert lake.count("winlogbeat_stream") == 20_000
     lake.batch()  # the other steps, on the machine's threads
     sysmon = "SELECT count(*) FROM winlogbeat_stream WHERE source_name = 'Microsoft-Windows-Sysmon'"
