@@ -384,10 +384,15 @@ def field_types() -> dict[str, Any]:
     return get_type_hints(Settings)
 
 
+@cache
+def declaration(name: str) -> Field:
+    """Setting ``name``'s field, with its variable, description and check in its metadata."""
+    return next(declared for declared in fields(Settings) if declared.name == name)
+
+
 def read_variable(name: str, text: str) -> Any:
     """The text of setting ``name``'s variable as the setting's value, as :meth:`Settings.from_env` reads it."""
-    declared = next(declared for declared in fields(Settings) if declared.name == name)
-    return _read(declared, field_types()[name], text)
+    return _read(declaration(name), field_types()[name], text)
 
 
 def client_config_text(pairs: tuple[tuple[str, str], ...]) -> str:

@@ -14,7 +14,7 @@ from pydantic import Field, PrivateAttr, create_model
 
 from sysmon_assets.micro_batch.recipe_project import shared_project
 from sysmon_assets.micro_batch.steps import SysmonPipeline, naive_utc
-from sysmon_assets.settings import Settings, client_config_text, field_types, read_variable
+from sysmon_assets.settings import Settings, client_config_text, declaration, field_types, read_variable
 from sysmon_assets.storage import lake
 from sysmon_assets.storage.lake_connections import LakeConnections
 
@@ -65,7 +65,7 @@ SettingsConfig = create_model("SettingsConfig", __base__=ConfigurableResource, *
 
 def _config_value(settings: Settings, name: str, environ: Mapping[str, str]) -> Any:
     config_type, to_config, from_config = _conversion(name)
-    variable = next(declared.metadata["env"] for declared in fields(Settings) if declared.name == name)
+    variable = declaration(name).metadata["env"]
     text = environ.get(variable)
     if config_type in TEXT and text and from_config(text) == getattr(settings, name):
         return EnvVar(variable)

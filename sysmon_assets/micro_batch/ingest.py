@@ -101,9 +101,8 @@ def _threads_per_chunk(
     def each(chunks: Iterator[dict[str, pa.Table]]) -> Iterator[dict[str, pa.Table]]:
         nonlocal current
         for chunk in chunks:
-            frame = chunk[SOURCE_NAME]
-            mean = pc.mean(frame.column("line_bytes")).as_py() if frame.num_rows else 0
-            wanted = ingest_threads_for(limit, before, mean or 0)
+            mean = pc.mean(chunk[SOURCE_NAME].column("line_bytes")).as_py() or 0  # None for no line
+            wanted = ingest_threads_for(limit, before, mean)
             if wanted != current:
                 con.execute(f"SET threads = {wanted}")
                 current = wanted

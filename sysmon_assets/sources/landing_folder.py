@@ -662,18 +662,13 @@ class LandingReader:
             con.execute(f"UPDATE {STATE_TABLE} SET file_size = position WHERE {keys}")
 
     def _commit_stats(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Record the settled stats of the files whose identity this batch checked (planning did, for every file):
-        with a commit that happens anyway, so a batch with nothing else to record still commits nothing."""
-        restated = [progress for progress in self.files if progress.recorded_stat != progress.file_stat]
-        if restated:
-            settled = [progress for progress in restated if progress.file_stat is not None]
-            rows = pa.table({"file_key": [p.key for p in settled], "file_stat": [p.file_stat for p in settled]})
-            _replace_rows(con, STATS_TABLE, restated, rows)
-        reread = [progress for progress in self.files if progress.recorded_read_whole_stat != progress.read_whole_stat]
-        if reread:
-            whole = [progress for progress in reread if progress.read_whole_stat is not None]
-            rows = pa.table({"file_key": [p.key for p in whole], "file_stat": [p.read_whole_stat for p in whole]})
-            _replace_rows(con, READ_WHOLE_TABLE, reread, rows)
+        """Record the settled stats of the files whose identity this batch checked (planning did, for every file),
+        and of those it read whole: with a commit that happens anyway, so a batch with nothing else to record still
+        commits nothing."""
+        _replace_changed_stats(con, STATS_TABLE, self.files, lambda p: (p.recorded_stat, p.file_stat))
+        _replace_changed_stats(
+            con, READ_WHOLE_TABLE, self.files, lambda p: (p.recorded_read_whole_stat, p.read_whole_stat)
+        )
 
     def offsets_committed(self) -> None:
         """The transaction :meth:`commit_offsets` wrote into has committed: later chunks need not repeat it."""
@@ -707,6 +702,21 @@ def _note_read_whole(progress: FileProgress) -> None:
     its stat changes (a text file's position tells that already)."""
     if progress.kind != "text" and progress.file_stat is not None:
         progress.read_whole_stat = progress.file_stat
+
+
+def _replace_changed_stats(
+    con: duckdb.DuckDBPyConnection,
+    table: str,
+    files: list[FileProgress],
+    stats: Callable[[FileProgress], tuple[str | None, str | None]],
+) -> None:
+    """Replace ``table``'s (file_key, file_stat) rows of the files whose stat (as ``stats`` gives it: recorded, now)
+    changed; a file whose stat is now None keeps no row."""
+    changed = [(progress, now) for progress in files for recorded, now in [stats(progress)] if recorded != now]
+    if changed:
+        kept = [(progress.key, now) for progress, now in changed if now is not None]
+        rows = pa.table({"file_key": [key for key, _ in kept], "file_stat": [stat for _, stat in kept]})
+        _replace_rows(con, table, [progress for progress, _ in changed], rows)
 
 
 def _replace_rows(

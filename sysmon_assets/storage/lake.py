@@ -156,9 +156,15 @@ REGION_VARIABLES = ("AWS_REGION", "AWS_DEFAULT_REGION")
 DEFAULT_REGION = "us-east-1"
 
 
+def _region_variable(environ: Mapping[str, str]) -> str | None:
+    """The variable the S3 region comes from: ``AWS_REGION``, else ``AWS_DEFAULT_REGION`` (None: neither is set)."""
+    return next((name for name in REGION_VARIABLES if environ.get(name)), None)
+
+
 def s3_region(environ: Mapping[str, str]) -> str:
     """The S3 region: ``AWS_REGION``, else ``AWS_DEFAULT_REGION``, else ``us-east-1``."""
-    return next((environ[name] for name in REGION_VARIABLES if environ.get(name)), DEFAULT_REGION)
+    named = _region_variable(environ)
+    return environ[named] if named else DEFAULT_REGION
 
 
 def object_store(data_path: str, environ: Mapping[str, str]) -> str:
@@ -168,9 +174,9 @@ def object_store(data_path: str, environ: Mapping[str, str]) -> str:
         return ""
     if environ.get("AWS_ENDPOINT_URL"):
         return f" at AWS_ENDPOINT_URL={environ['AWS_ENDPOINT_URL']}"
-    for variable in REGION_VARIABLES:
-        if environ.get(variable):
-            return f" at AWS S3 in {environ[variable]} ({variable})"
+    named = _region_variable(environ)
+    if named:
+        return f" at AWS S3 in {environ[named]} ({named})"
     return f" at AWS S3 in {DEFAULT_REGION} (neither {' nor '.join(REGION_VARIABLES)} is set)"
 
 
@@ -445,19 +451,12 @@ def _make_catalog_file(settings: Settings) -> None:
         return
     mode, group = access
     try:
-        handle = os.open(catalog, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode & 0o666)
+        os.close(os.open(catalog, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode & 0o666))  # the umask narrows it only
     except FileExistsError:
         return  # another writer made it meanwhile
     except OSError as error:
         raise LakeError(f"cannot open the lake (catalog {settings.catalog}): cannot create it: {error}") from error
-    try:
-        os.fchmod(handle, mode & 0o666)  # the process's umask narrowed the mode os.open set
-        if os.fstat(handle).st_gid != group:
-            os.fchown(handle, -1, group)
-    except PermissionError:
-        LOG.warning("cannot give %s the landing folder's access (mode %o, group %d)", catalog, mode & 0o666, group)
-    finally:
-        os.close(handle)
+    _set_access(catalog, mode & 0o666, group)  # the bits the umask took, and the group
 
 
 def _readable_as_landing(settings: Settings) -> None:
