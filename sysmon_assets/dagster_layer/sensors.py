@@ -35,7 +35,7 @@ from sysmon_assets.dagster_layer.run_report import PENDING_JOINS, ROWS_WRITTEN
 from sysmon_assets.micro_batch.ingest import LEFT_FOR_NEXT_BATCH, UNFINISHED_LINE_DUE
 from sysmon_assets.micro_batch.shards import file_shard, partition_key, partition_shard
 from sysmon_assets.settings import Settings
-from sysmon_assets.sources.kafka_source import KafkaSourceError, consumer_lag, topic_id
+from sysmon_assets.sources.kafka_source import KafkaSourceError, consumer_lag, read_topic_id
 from sysmon_assets.sources.landed_files import landing_snapshot
 from sysmon_assets.sources.landed_lines import LandingError
 
@@ -183,14 +183,14 @@ def evaluate_kafka(settings: Settings) -> list[RunRequest] | SkipReason:
     """
     try:
         lag = consumer_lag(settings)
+        if not sum(partition.lag for partition in lag.values()):
+            return SkipReason(f"no consumer lag on {settings.kafka_topic}")
+        # a topic recreated since shows the same ranges again: its id tells its runs' keys from the old topic's;
+        # without it this tick's keys would differ from the last tick's for the same lag, a second run for it
+        recreated_as = read_topic_id(settings, settings.kafka_topic)
     except KafkaSourceError as error:
         return SkipReason(str(error))
-    if not sum(partition.lag for partition in lag.values()):
-        return SkipReason(f"no consumer lag on {settings.kafka_topic}")
-    # a topic recreated since shows the same ranges again: its id tells its runs' keys from the old topic's
-    topic = settings.kafka_topic
-    if (recreated_as := topic_id(settings, topic)) is not None:
-        topic = f"{topic}@{recreated_as}"
+    topic = settings.kafka_topic if recreated_as is None else f"{settings.kafka_topic}@{recreated_as}"
     requests = []
     for shard in range(settings.shards):
         owned = {p: lag[p] for p in sorted(lag) if partition_shard(p, settings.shards) == shard}

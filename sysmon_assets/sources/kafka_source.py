@@ -121,18 +121,28 @@ def topic_partitions(consumer: Consumer, settings: Settings, topic: str) -> list
     return wanted
 
 
-def topic_id(settings: Settings, topic: str) -> str | None:
+def read_topic_id(settings: Settings, topic: str) -> str | None:
     """``topic``'s id: a topic deleted and created again under its name gets a new one (Kafka 2.8 and later).
-    None when the broker has none, or does not say: a recreated topic is then told by its offsets alone."""
+    None when the broker has none; :class:`KafkaSourceError` when the broker cannot be asked."""
     admin = new_client(AdminClient, client_config(settings))
     try:
         described = admin.describe_topics(TopicCollection([topic]))[topic].result(timeout=15)
     except KafkaException as error:
         serve_log(admin)
-        LOG.warning("cannot read the id of topic %s (%s): a recreated topic is told by its offsets alone", topic, error)
-        return None
+        where = f"topic {topic!r} at {settings.kafka_bootstrap}"
+        raise KafkaSourceError(f"cannot read the id of {where}: {error}") from error
     found = None if described.topic_id is None else str(described.topic_id)
     return None if found == NO_TOPIC_ID else found
+
+
+def topic_id(settings: Settings, topic: str) -> str | None:
+    """:func:`read_topic_id`, or None (logged) when the broker cannot be asked: a batch then tells a recreated topic
+    by its offsets alone."""
+    try:
+        return read_topic_id(settings, topic)
+    except KafkaSourceError as error:
+        LOG.warning("%s: a recreated topic is told by its offsets alone", error)
+        return None
 
 
 def _header_value(value: bytes | None) -> str | dict[str, str] | None:

@@ -253,6 +253,36 @@ def test_with_kafka_the_sensor_requests_a_batch_while_the_consumer_group_lags(tm
         assert decision.run_key != f"kafka:{named}:0:0-0,1:0-3"  # Dagster would not run that key again
 
 
+def test_with_kafka_a_topic_id_that_cannot_be_read_is_a_skip_not_another_key(
+    tmp_path: Path, kafka_broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    topic = kafka_broker.create_topic(partitions=1)
+    settings = Settings(
+        source="kafka",
+        kafka_bootstrap=kafka_broker.bootstrap,
+        kafka_topic=topic,
+        data_dir=tmp_path / "data",
+        landing_dir=tmp_path,
+    )
+    with with_resources(settings) as context:
+        kafka_broker.produce(topic, [process_create(None)] * 2)
+        (first,) = sensor(context).run_requests
+
+        def timed_out(*args: object, **kwargs: object) -> None:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+
+        with monkeypatch.context() as broken:
+            broken.setattr(AdminClient, "describe_topics", timed_out)
+            decision = sensor(context)
+        assert isinstance(decision, SkipReason)
+        assert f"cannot read the id of topic {topic!r} at {kafka_broker.bootstrap}" in decision.skip_message
+        # the lag unchanged: the same key as before, so Dagster does not run it twice
+        assert sensor(context).run_requests[0].run_key == first.run_key
+
+
 def test_with_kafka_an_unreachable_broker_is_a_skip_that_names_it(tmp_path: Path) -> None:
     settings = Settings(
         source="kafka",
