@@ -249,10 +249,20 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool =
         if read_only and "explicitly disabled" in str(error):  # DuckLake: "creating a new DuckLake ... disabled"
             raise LakeError(f"no lake at {settings.catalog} yet: run a micro-batch first") from None
         data = f"{settings.data_path}{object_store(settings.data_path, os.environ)}"
-        message = f"cannot open the lake (catalog {settings.catalog}, data {data}): {error}"
+        message = f"cannot open the lake (catalog {settings.catalog}, data {data}): {error}{_why_locked(error)}"
         # a DuckDB error whose text holds the catalog's password is not chained
         raise LakeError(message) from (error if without_passwords(str(error)) == str(error) else None)
     return con
+
+
+def _why_locked(error: duckdb.Error) -> str:
+    """What to do about a SQLite catalog in rollback-journal mode that a writer could not switch to WAL mode."""
+    if 'journal_mode=wal": database is locked' not in str(error).lower():
+        return ""
+    return (
+        "; the catalog is in SQLite's rollback-journal mode, which the first writer switches to WAL mode once: "
+        "that needs every other connection to the catalog closed (query sessions, notebooks), then run again"
+    )
 
 
 def _holds_no_lake(con: duckdb.DuckDBPyConnection, settings: Settings) -> bool:
@@ -361,11 +371,11 @@ def _moved_with_its_catalog(settings: Settings, stored_data_path: str) -> bool:
     return Path(stored_data_path).name == data_folder.name and data_folder.is_dir() and any(data_folder.iterdir())
 
 
-def _retry_races(action: Callable[[], object], seconds: float = RACE_SECONDS) -> None:
+def _retry_races(action: Callable[[], object], seconds: float | None = None) -> None:
     """Run ``action``; when shards that open one new lake at once race (a SQLite catalog another writer holds
     locked, two sessions creating the catalog's tables or setting the same option), wait and run it again, for
-    ``seconds`` at most."""
-    deadline = time.monotonic() + seconds
+    ``seconds`` at most (``RACE_SECONDS``)."""
+    deadline = time.monotonic() + (RACE_SECONDS if seconds is None else seconds)
     attempt = 0
     while True:
         attempt += 1

@@ -662,6 +662,27 @@ def test_the_sqlite_catalog_is_put_in_wal_mode_by_duckdbs_own_sqlite(
     assert elsewhere.count("sysmon_join") == 1
 
 
+def test_a_catalog_that_readers_keep_from_wal_mode_is_an_error_that_says_to_close_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lake_module, "RACE_SECONDS", 1.0)
+    elsewhere = Lake(tmp_path / "elsewhere")
+    elsewhere.data.mkdir()
+    catalog, files = elsewhere.data / "lake.sqlite", elsewhere.data / "lake_files"
+    made_elsewhere = f"ATTACH {literal(f'ducklake:sqlite:{catalog}')} AS made (DATA_PATH {literal(f'{files}/')}"
+    with closing(duckdb.connect(config=connection_config(elsewhere.settings))) as reader:
+        reader.execute(f"{made_elsewhere})")
+        reader.execute("CREATE TABLE made.t AS SELECT 1 AS x")
+        reader.execute("BEGIN")
+        reader.execute("SELECT * FROM made.t").fetchall()  # a read transaction held open, as a notebook's
+        elsewhere.land([process_create("{B}"), network_connect("{B}")])
+        with pytest.raises(LakeError, match=r"rollback-journal mode.*every other connection to the catalog closed"):
+            elsewhere.batch()
+        assert not _in_wal_mode(catalog)
+    elsewhere.batch()
+    assert _in_wal_mode(catalog) and elsewhere.count("sysmon_join") == 1
+
+
 def _data_folders(lake: Lake) -> set[str]:
     """The schemas that have Parquet files in the lake's data folder."""
     return {path.parent.relative_to(lake.data / "lake_files").parts[0] for path in lake.data.rglob("*.parquet")}
