@@ -160,3 +160,23 @@ def test_ksql_mode_across_batches_and_case(tmp_path: Path) -> None:
     lake.land([network_connect("{abc}", "10.0.0.1"), network_connect(None, "10.0.0.2")])
     lake.batch(T0 + timedelta(minutes=1))
     assert joined(lake) == [("{ABC}", "10.0.0.1", "p.exe")]
+
+
+def test_switching_the_join_mode_keeps_the_waiting_connections_for_the_default_mode(tmp_path: Path) -> None:
+    default = Lake(tmp_path)
+    default.land([network_connect("{W}", "10.0.0.1")])
+    assert default.batch(T0)["sysmon_join"][0].pending == 1
+    # a ksql batch joins as KSQL would: the connection arrived before its create, so it does not join
+    ksql = Lake(tmp_path, join_mode="ksql")
+    ksql.land(
+        [process_create("{W}", "late.exe"), network_connect("{W}", "10.0.0.2"), network_connect("{K}", "10.0.0.3")]
+    )
+    ksql.batch(T0 + timedelta(minutes=1))
+    assert joined(ksql) == [("{W}", "10.0.0.2", "late.exe")]
+    # back in the default mode, within the grace period, the connection still waiting joins; the one the ksql batch
+    # dropped (no create before it) does not wait, so its create, landing now, joins nothing
+    default.land([process_create("{K}", "later.exe")])
+    Lake(tmp_path).batch(T0 + timedelta(minutes=2))
+    assert joined(default) == [("{W}", "10.0.0.1", "late.exe"), ("{W}", "10.0.0.2", "late.exe")]
+    Lake(tmp_path).batch(T0 + timedelta(minutes=3))
+    assert default.count("sysmon_join") == 2
