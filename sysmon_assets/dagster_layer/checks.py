@@ -40,18 +40,21 @@ class BatchCheck:
 def join_coverage(pipeline: SysmonPipeline, batch_id: int, result: StepResult) -> Outcome:
     """Share of the network-connect events the join step read anew that joined; warns below ``join_coverage_warn``.
     Those still waiting for their process create (the default mode's retry) are counted apart: they may join in a
-    later batch. Read anew: the connect step's rows of the batches between the join step's offsets (more than this
-    batch's, when an earlier batch stopped before its join step)."""
+    later batch; so are those of earlier batches that joined in this one. Read anew: the connect step's rows of the
+    batches between the join step's offsets (more than this batch's, when an earlier batch stopped before its join
+    step)."""
     lower, upper = result.offsets_before["sysmon_network_connect"], result.offsets_after["sysmon_network_connect"]
     read = (
         f"SELECT _seq FROM sysmon_network_connect WHERE _batch_id BETWEEN {literal(lower + 1)} AND {literal(upper)} "
         f"AND {pipeline.shard.owns()}"
     )
+    of_batch = f"SELECT _seq FROM sysmon_join WHERE _batch_id = {literal(batch_id)}"
     with pipeline.connect() as con:
-        connects, joined, waiting = first_row(
+        connects, joined, joined_late, waiting = first_row(
             con,
             f"""SELECT (SELECT count(*) FROM ({read})),
-                (SELECT count(*) FROM sysmon_join WHERE _batch_id = {literal(batch_id)} AND _seq IN ({read})),
+                (SELECT count(*) FROM ({of_batch}) WHERE _seq IN ({read})),
+                (SELECT count(*) FROM ({of_batch}) WHERE _seq NOT IN ({read})),
                 (SELECT count(*) FROM dbt_like.pending WHERE {one_of("model", "sysmon_join")} AND seq IN ({read}))""",
         )
     coverage = joined / connects if connects else 1.0
@@ -59,6 +62,7 @@ def join_coverage(pipeline: SysmonPipeline, batch_id: int, result: StepResult) -
     return coverage >= threshold, {
         "coverage": round(coverage, 4),
         "joined": joined,
+        "joined_from_earlier_batches": joined_late,
         "network_events": connects,
         "waiting": waiting,
         "warn_below": threshold,

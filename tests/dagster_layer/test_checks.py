@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sysmon_assets.dagster_layer.checks import join_coverage, rekey_drops
 from tests.conftest import T0, Lake, network_connect, process_create, sysmon_event
 
@@ -47,5 +49,25 @@ def test_join_coverage_counts_the_connections_the_join_step_read_in_whichever_ba
     passed, metadata = join_coverage(lake.pipeline, *joined_by)
     assert (passed, metadata) == (
         True,
-        {"coverage": 0.25, "joined": 1, "network_events": 4, "waiting": 3, "warn_below": 0.25},
+        {
+            "coverage": 0.25,
+            "joined": 1,
+            "joined_from_earlier_batches": 0,
+            "network_events": 4,
+            "waiting": 3,
+            "warn_below": 0.25,
+        },
     )
+
+
+def test_join_coverage_counts_apart_the_connections_of_earlier_batches_that_joined(lake: Lake) -> None:
+    lake.land([network_connect("{L}"), network_connect("{L}", "10.0.0.2")])
+    lake.batch(T0)
+    lake.land([process_create("{L}"), process_create("{N}"), network_connect("{N}", "10.0.0.3")])
+    (result,) = lake.batch(T0 + timedelta(minutes=1))["sysmon_join"]
+    passed, metadata = join_coverage(lake.pipeline, lake.pipeline.last_batch_id, result)
+    assert passed and {k: metadata[k] for k in ("joined", "joined_from_earlier_batches", "network_events")} == {
+        "joined": 1,
+        "joined_from_earlier_batches": 2,
+        "network_events": 1,
+    }
