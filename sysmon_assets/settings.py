@@ -38,6 +38,7 @@ MAX_LINE_BYTES = 1024**3
 # Each generation of ancestors is one more round of the ancestry's recursive queries over the process table, and
 # real process trees are a few generations deep: 64 is far beyond any useful chain.
 MAX_ANCESTRY_DEPTH = 64
+MAX_PARTITION = 2**31 - 1  # a Kafka partition number is an INT32
 
 # A value's problem, worded to follow "SYSMON_X=value: " ("expected ..."), or None when the value is usable.
 Check = Callable[[Any], str | None]
@@ -436,9 +437,12 @@ def _partitions(text: str, name: str, default: None) -> tuple[int, ...] | None:
     if not text.strip():
         return None
     try:
-        return tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+        partitions = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
     except ValueError:
         raise SettingsError(f"{name}={text!r}: expected partition numbers such as 0,2") from None
+    if partitions and not 0 <= partitions[0] <= partitions[-1] <= MAX_PARTITION:
+        raise SettingsError(f"{name}={text!r}: a Kafka partition is a number from 0 to {MAX_PARTITION}")
+    return partitions
 
 
 def _client_config(text: str, name: str, default: tuple) -> tuple[tuple[str, str], ...]:

@@ -50,6 +50,8 @@ def test_every_setting_comes_from_its_variable() -> None:
         ("SYSMON_JOIN_GRACE_MINUTES", "-1"),
         ("SYSMON_SOURCE", "carrier-pigeon"),
         ("SYSMON_KAFKA_PARTITIONS", "0,one"),
+        ("SYSMON_KAFKA_PARTITIONS", "0,-1"),
+        ("SYSMON_KAFKA_PARTITIONS", "2147483648"),
         ("SYSMON_KAFKA_SINK", "maybe"),
         ("SYSMON_KAFKA_CONFIG", "security.protocol"),
         ("SYSMON_KAFKA_MAX_MESSAGES", "lots"),
