@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import duckdb
 import pytest
 from dagster import (
     AssetKey,
@@ -33,7 +34,7 @@ from sysmon_assets.sources.landed_files import landing_snapshot
 from sysmon_assets.sources.landing_folder import MIN_PIECE_BYTES
 from tests.conftest import Lake, land_in_shard, network_connect, process_create
 
-sensor = landing_sensor(batch_job(), "winlogbeat_stream")
+sensor = landing = landing_sensor(batch_job(), "winlogbeat_stream")
 
 
 def test_requests_a_batch_only_when_files_appear_or_grow(tmp_path: Path) -> None:
@@ -172,10 +173,19 @@ def test_with_shards_the_rest_is_requested_for_the_shard_that_left_it(tmp_path: 
         assert (request.partition_key, request.run_key) == (owner, f"landing:rest-of:{owner_run}")
 
 
-def test_with_shards_a_shard_whose_connections_wait_runs_once_another_commits_creates(tmp_path: Path) -> None:
+def test_with_shards_a_shard_whose_connections_wait_runs_once_another_commits_creates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A connection's create lands in another shard's file: that shard's batch commits it, and the waiting shard
-    needs one more batch to join it (within its grace), though none of its files changed."""
+    needs one more batch to join it (within its grace), though none of its files changed. The sensor reads the
+    Dagster instance only, never the lake."""
     lake = Lake(tmp_path, shards=2)
+
+    def sensor(context: SensorEvaluationContext) -> object:
+        with monkeypatch.context() as no_lake:
+            no_lake.setattr(duckdb, "connect", lambda *a, **k: pytest.fail("the sensor opened a DuckDB connection"))
+            return landing(context)
+
     job = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch")
     with with_resources(lake.settings) as context:
         land_in_shard(lake, 0, network_connect("{X}"))

@@ -150,6 +150,29 @@ def test_every_batch_maps_to_a_snapshot_to_travel_back_to(lake: Lake, tmp_path: 
         connect(lake.settings, batch_id=9)
 
 
+def test_the_docs_sql_for_another_duckdb_client_lists_each_batchs_snapshot(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/storage.md's SQL block, as written, in a DuckDB of its own from the folder above the data folder."""
+    docs = (Path(__file__).parents[2] / "docs" / "storage.md").read_text()
+    block = docs[docs.index("Any other DuckDB client") :].split("```sql\n", 1)[1].split("```", 1)[0]
+    *opening, listing, travel = [statement for statement in block.split(";") if statement.strip()]
+    first_batch_joins = []
+    for minute, guid in enumerate(["{A}", "{B}"]):
+        lake.land([process_create(guid), network_connect(guid)])
+        lake.batch(T0 + timedelta(minutes=minute))
+        first_batch_joins.append(lake.count("sysmon_join"))
+    monkeypatch.chdir(lake.data.parent)
+    with closing(duckdb.connect(config={"extension_directory": lake_module.extension_directory()})) as client:
+        for statement in opening:
+            client.execute(statement)
+        snapshots = client.execute(listing).fetchall()
+        assert [json.loads(note)["batch_id"] for _, note in snapshots] == [1, 2]
+        at_first = travel.replace("57", str(snapshots[0][0]))
+        assert client.execute(at_first).fetchall() == [(first_batch_joins[0],)]
+    assert first_batch_joins == [1, 2]
+
+
 def test_a_lake_whose_first_batch_has_not_completed_has_nothing_to_read(lake: Lake) -> None:
     lake.land([process_create("{A}"), network_connect("{A}")])
     for model in lake.pipeline.project.primary_models()[:3]:  # the batch stops after three of its steps
