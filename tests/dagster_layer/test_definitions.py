@@ -203,6 +203,21 @@ def test_the_cli_runs_exactly_one_micro_batch(tmp_path: Path) -> None:
     assert lake_rows(settings, "SELECT count(*), max(_batch_id) FROM main.sysmon_join") == [(1, 1)]
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"), [("SYSMON_JOIN_GRACE_MINUTES", "soon"), ("SYSMON_DUCKDB_MEMORY_LIMIT", "lots")]
+)
+def test_the_cli_refuses_a_bad_setting_naming_it_before_any_step_runs(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    lake = Lake(tmp_path)
+    lake.land([process_create("{G}"), network_connect("{G}")])
+    env = {**os.environ, "SYSMON_LANDING_DIR": str(lake.landing), "SYSMON_DATA_DIR": str(lake.data), variable: value}
+    refused = subprocess.run(CLI_BATCH, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert refused.returncode != 0
+    assert f"{variable}={value!r}" in refused.stderr
+    assert not lake.data.exists()
+
+
 def test_materializations_carry_column_schema_lineage_and_a_preview(lake: Lake) -> None:
     lake.land([process_create("{G}", "whoami.exe"), network_connect("{g}")])
     result = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch").execute_in_process()
