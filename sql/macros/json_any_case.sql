@@ -58,13 +58,20 @@ regexp_split_to_array({{ text }}, {{ token }})[1] || array_to_string(list_transf
     t -> {{ rewrite }} || t[2]), '')
 {%- endmacro %}
 
-{#- The JSON text with every object key upper-cased (keys holding an escape sequence are left alone: upper-casing
-    \n or \u00e9 would break them); values are copied as they are. It walks the string tokens in order, so a
-    quote inside a value never starts a key. -#}
+{#- The JSON text with every object key that spells a key of `layout` (ignoring case) upper-cased; the other keys
+    (those of a value that is itself an object) and the values are copied as they are. It walks the string tokens in
+    order, so a quote inside a value never starts a key. A key holding an escape is decoded, upper-cased and written
+    anew (upper-casing \u0047 as written would break it). -#}
 {% set json_string_token %}'"(?:[^"\\]|\\.)*"\s*:?'{% endset %}
-{% set upper_key %}CASE WHEN ends_with(t[1], ':') AND NOT contains(t[1], '\') THEN upper(t[1]) ELSE t[1] END{% endset %}
-{% macro upper_keys(text) -%}
-{{ tokens_rewritten(text, json_string_token, upper_key) }}
+{% set key_end %}': ' || chr(9) || chr(10) || chr(13){% endset %}
+{% set upper_name -%}
+CASE WHEN contains(t[1], '\') THEN CAST(to_json(upper(try(json_extract_string(rtrim(t[1], {{ key_end }}), '$')))) AS VARCHAR)
+     ELSE upper(rtrim(t[1], {{ key_end }})) END
+{%- endset %}
+{% macro upper_keys(text, layout) -%}
+{%- set names = [] -%}
+{%- for key in keys_of(layout).split(',') if key %}{% set _ = names.append("'\"" ~ key|upper ~ "\"'") %}{% endfor -%}
+{{ tokens_rewritten(text, json_string_token, "CASE WHEN ends_with(t[1], ':') AND list_contains([" ~ names|unique|join(', ') ~ "], " ~ upper_name ~ ") THEN " ~ upper_name ~ " || ':' ELSE t[1] END") }}
 {%- endmacro %}
 
 {#- Parse with a layout's exact field names; a line that spells a field in another letter case (other_case, a SQL
@@ -74,7 +81,7 @@ regexp_split_to_array({{ text }}, {{ token }})[1] || array_to_string(list_transf
     should not parse, the exact parse stands. -#}
 {% macro from_json_any_case(text, layout, other_case) -%}
 CASE WHEN {{ other_case }}
-     THEN coalesce(try(from_json({{ upper_keys(text) }}, '{{ json_type(layout)|upper }}')), try(from_json({{ text }}, '{{ json_type(layout) }}')))
+     THEN coalesce(try(from_json({{ upper_keys(text, layout) }}, '{{ json_type(layout)|upper }}')), try(from_json({{ text }}, '{{ json_type(layout) }}')))
      ELSE try(from_json({{ text }}, '{{ json_type(layout) }}')) END
 {%- endmacro %}
 

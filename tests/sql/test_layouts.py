@@ -387,6 +387,22 @@ def test_a_differently_cased_event_data_field_lands_in_its_column_and_joins(layo
     ]
 
 
+@pytest.mark.parametrize("layout", sorted(GUID_AND_COMMAND_LINE))
+def test_a_key_holding_an_escape_is_read_on_a_line_parsed_ignoring_case(layout: str, tmp_path: Path) -> None:
+    """A key that JSON spells with an escape (Process\\u0047uid is ProcessGuid) on a line another key sends to the
+    upper-cased parse: it was neither read nor kept in _extra_fields, so the create never joined."""
+    guid_path, command_path, _, _, command_name = GUID_AND_COMMAND_LINE[layout]
+    create = LAYOUTS[layout](process_create("{E5C-0001}", "escaped.exe", record=42))
+    line = json.dumps(renamed(create, command_path, command_path[-2], command_name))
+    guid_key = json.dumps(guid_path[-1])
+    escaped = f'"\\u{ord(guid_key[1]):04x}{guid_key[2:]}'
+    assert line.count(f"{guid_key}:") >= 1
+    lake = Lake(tmp_path)
+    lake.land([line.replace(f"{guid_key}:", f"{escaped}:"), LAYOUTS[layout](network_connect("{E5C-0001}", record=43))])
+    lake.batch()
+    assert lake.rows("SELECT process_guid, process_command_line FROM sysmon_join") == [("{E5C-0001}", "escaped.exe")]
+
+
 @pytest.mark.parametrize(("first", "second"), [("ProcessGuid", "processguid"), ("processguid", "ProcessGuid")])
 def test_of_two_keys_that_differ_only_in_case_the_first_in_the_line_wins(
     first: str, second: str, tmp_path: Path
@@ -411,6 +427,21 @@ def test_a_value_spelled_like_a_field_name_is_left_as_it_is(tmp_path: Path) -> N
     assert lake.rows("SELECT process_guid, process_command_line, process_path FROM sysmon_process_create_table") == [
         ("{REAL}", command_line, r"C:\Windows\System32\cmd.exe")
     ]
+
+
+def test_a_value_that_is_an_object_keeps_its_keys_as_written_on_a_line_parsed_ignoring_case(tmp_path: Path) -> None:
+    """Only the layouts' keys are upper-cased for the parse that ignores case: an object value's own keys stay."""
+    exact, odd = (process_create(guid, record=record) for guid, record in (("{OBJ1}", 61), ("{OBJ2}", 62)))
+    for create in (exact, odd):
+        create["event_data"]["CommandLine"] = {"Arg": "x", "nested": {"Key": [1, "v"]}}
+    odd["event_data"]["IMAGE"] = odd["event_data"].pop("Image")
+    lake = Lake(tmp_path)
+    lake.land([exact, odd])
+    lake.batch()
+    (written,), (odd_written,) = lake.rows(
+        "SELECT process_command_line FROM sysmon_process_create_table ORDER BY process_guid"
+    )
+    assert json.loads(written) == {"Arg": "x", "nested": {"Key": [1, "v"]}} and odd_written == written
 
 
 def test_a_key_spelled_as_another_places_field_is_not_matched_when_it_is_the_only_odd_key(tmp_path: Path) -> None:
