@@ -496,3 +496,13 @@ def test_the_ancestry_builds_its_joins_from_the_batchs_processes_not_the_whole_t
     # the chains of the two new processes name at most 2 + 8 processes; the table holds 3,002
     assert max(builds) <= 20, builds
     assert chains(lake)["{NEW-2}"][1:] == (8, "depth_limit")
+
+
+def test_a_create_without_image_and_a_connection_without_destination_show_a_question_mark(lake: Lake) -> None:
+    parent = create("{P1}", None, r"C:\Windows\explorer.exe")
+    nameless = create("{N1}", "{P1}", "unused")
+    del nameless["event_data"]["Image"]
+    lake.land([parent, nameless, network_connect("{N1}", event_data={"DestinationIp": None, "DestinationPort": ""})])
+    lake.batch()
+    assert chains(lake)["{N1}"] == ("explorer.exe > ?", 1, "root")
+    assert lake.rows("SELECT connection_lineage FROM sysmon_join_ancestry") == [("explorer.exe > ? -> ?:?",)]
