@@ -20,7 +20,7 @@ from typing import Any
 import duckdb
 
 from sysmon_assets.read_only_sql import refusal, statement_texts
-from sysmon_assets.settings import SettingsError
+from sysmon_assets.settings import Settings, SettingsError
 from sysmon_assets.storage import lake
 
 # The printable bytes DuckDB's text of a BLOB escapes too: backslash, single and double quote.
@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 relation.show(max_width=args.max_width, max_rows=args.max_rows)
         sys.stdout.flush()  # here, so a closed pipe is met inside the try
+    except (duckdb.IOException, duckdb.HTTPException) as error:  # the data files, which the ATTACH does not read
+        sys.exit(f"query failed: {error} (the lake's data: {lake.data_location(Settings.from_env())})")
     except (SettingsError, lake.LakeError, duckdb.Error) as error:
         sys.exit(f"query failed: {error}")
     except BrokenPipeError:  # the reader stopped early (`| head`): end quietly, as Python's docs on SIGPIPE advise

@@ -18,6 +18,7 @@ from sysmon_assets.dagster_layer.resources import SysmonPipelineResource
 from sysmon_assets.micro_batch.steps import utc_now
 from sysmon_assets.sinks.kafka_sink import JOIN_TABLE, unpublished_rows
 from sysmon_assets.storage import maintenance
+from sysmon_assets.storage.lake import open_lake
 
 # An unsharded pipeline's assets are in this pool; instance/dagster.yaml gives it one slot for a whole run, so that
 # every run that materializes them (this job's, the asset graph's "Materialize all", the schedule's, the sensor's)
@@ -47,6 +48,8 @@ def batch_job(shards: int = 1) -> "UnresolvedAssetJobDefinition":
 def maintain_lake(context: OpExecutionContext, sysmon: SysmonPipelineResource) -> None:
     """The op behind ``lake_maintenance``; figures go to the run's metadata."""
     settings = sysmon.settings()
+    with open_lake(settings, read_only=True):  # a folder without a lake (a typo) is an error, not a new empty lake
+        pass
     pipeline = sysmon.pipeline()
     with pipeline.connect() as con:
         sink_waits = settings.kafka_sink and settings.event_retention_days

@@ -180,6 +180,11 @@ def object_store(data_path: str, environ: Mapping[str, str]) -> str:
     return f" at AWS S3 in {DEFAULT_REGION} (neither {' nor '.join(REGION_VARIABLES)} is set)"
 
 
+def data_location(settings: Settings) -> str:
+    """The lake's data path, and for ``s3://`` data where it goes (:func:`object_store`), as errors name them."""
+    return f"{settings.data_path}{object_store(settings.data_path, os.environ)}"
+
+
 def is_local(data_path: str) -> bool:
     """Whether the lake's data files go to a folder of this machine (not to a URL such as ``s3://``)."""
     return "://" not in data_path
@@ -229,6 +234,8 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool =
     if not read_only:
         _make_local_folders(settings)
         _make_catalog_file(settings)
+    elif sqlite_file(settings) and not sqlite_file(settings).is_file():
+        raise LakeError(f"no lake at {settings.catalog} yet: run a micro-batch first (or set SYSMON_DATA_DIR)")
     secret = s3_secret(settings.data_path, os.environ)
     try:
         con.execute("SET enable_progress_bar = false")  # see use_lake
@@ -248,8 +255,10 @@ def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool =
     except duckdb.Error as error:
         if read_only and "explicitly disabled" in str(error):  # DuckLake: "creating a new DuckLake ... disabled"
             raise LakeError(f"no lake at {settings.catalog} yet: run a micro-batch first") from None
-        data = f"{settings.data_path}{object_store(settings.data_path, os.environ)}"
-        message = f"cannot open the lake (catalog {settings.catalog}, data {data}): {error}{_why_locked(error)}"
+        message = (
+            f"cannot open the lake (catalog {settings.catalog}, data {data_location(settings)}): "
+            f"{error}{_why_locked(error)}"
+        )
         # a DuckDB error whose text holds the catalog's password is not chained
         raise LakeError(message) from (error if without_passwords(str(error)) == str(error) else None)
     return con
@@ -353,9 +362,18 @@ def _data_path_refused(settings: Settings, stored_data_path: str) -> LakeError:
     given = "SYSMON_LAKE_DATA_PATH" if settings.lake_data_path is not None else "the default under SYSMON_DATA_DIR"
     relative = is_local(stored_data_path) and not os.path.isabs(stored_data_path)
     made_from = " (relative to the folder the lake was made from)" if relative else ""
+    opening = (
+        f"cannot open the lake (catalog {settings.catalog}, data {settings.data_path}): its catalog keeps its data"
+    )
+    if is_local(stored_data_path) and not relative and not os.path.isdir(stored_data_path):
+        return LakeError(
+            f"{opening} files at {stored_data_path}, which does not exist: a lake whose SYSMON_LAKE_CATALOG or "
+            "SYSMON_LAKE_DATA_PATH is set keeps the data path it was made with (only the embedded default moves with "
+            f"its folder, docs/storage.md): put its data files back at {stored_data_path}, or point "
+            "SYSMON_LAKE_CATALOG (or SYSMON_DATA_DIR) at the catalog of the lake you mean"
+        )
     return LakeError(
-        f"cannot open the lake (catalog {settings.catalog}, data {settings.data_path}): its catalog keeps its data "
-        f"files at {stored_data_path}{made_from}, not at {settings.data_path} ({given}): set "
+        f"{opening} files at {stored_data_path}{made_from}, not at {settings.data_path} ({given}): set "
         f"SYSMON_LAKE_DATA_PATH={stored_data_path} to open it, or point SYSMON_LAKE_CATALOG (or SYSMON_DATA_DIR) at "
         "the catalog of the lake you mean"
     )
@@ -583,10 +601,12 @@ def connect(settings: Settings | None = None, batch_id: int | None = None) -> du
     (or batch ``batch_id``), so ``select * from sysmon_join`` works as is. Batches that commit later are not
     seen: connect again for them."""
     settings = settings or Settings.from_env()
-    if sqlite_file(settings) and not sqlite_file(settings).is_file():
-        raise LakeError(f"no lake at {settings.catalog} yet: run a micro-batch first (or set SYSMON_DATA_DIR)")
     con = duckdb.connect(config=connection_config(settings))
-    attach(con, settings, read_only=True)
+    try:
+        attach(con, settings, read_only=True)
+    except LakeError:
+        con.close()
+        raise
     boundary = last_complete_batch(con) if batch_id is None else batch_snapshot(con, batch_id)
     if boundary is None:
         refused = None if batch_id is None else _unreadable_batch(con, settings, batch_id)

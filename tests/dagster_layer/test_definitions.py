@@ -109,6 +109,16 @@ def test_lake_maintenance_job_and_its_schedule_every_ten_minutes() -> None:
     assert schedule.default_status == DefaultScheduleStatus.STOPPED
 
 
+def test_lake_maintenance_of_a_folder_without_a_lake_fails_and_makes_none(tmp_path: Path) -> None:
+    typo = Settings(landing_dir=tmp_path, data_dir=tmp_path / "no lake here")
+    job = build_definitions(typo).resolve_job_def("lake_maintenance")
+    result = job.execute_in_process(raise_on_error=False)
+    assert not result.success
+    (failure,) = [event for event in result.all_events if event.is_step_failure]
+    assert "no lake at" in failure.step_failure_data.error.to_string()
+    assert not typo.data_dir.exists()
+
+
 def queue_batch_runs(instance: DagsterInstance, data: Path) -> dict[str, str]:
     """Queue runs of the one-writer and the sharded definitions as Dagster creates launched runs (their pools from
     the execution plan); their names by run id."""

@@ -173,6 +173,16 @@ def test_the_docs_sql_for_another_duckdb_client_lists_each_batchs_snapshot(
     assert first_batch_joins == [1, 2]
 
 
+def test_reading_a_folder_without_a_lake_says_so_and_makes_nothing(tmp_path: Path) -> None:
+    typo = Settings(landing_dir=tmp_path, data_dir=tmp_path / "no lake here")
+    for reading in (lambda: connect(typo), lambda: open_lake(typo, read_only=True).__enter__()):
+        with pytest.raises(
+            LakeError, match=r"^no lake at sqlite:.* yet: run a micro-batch first \(or set SYSMON_DATA_DIR\)$"
+        ):
+            reading()
+    assert not typo.data_dir.exists()
+
+
 def test_a_lake_whose_first_batch_has_not_completed_has_nothing_to_read(lake: Lake) -> None:
     lake.land([process_create("{A}"), network_connect("{A}")])
     for model in lake.pipeline.project.primary_models()[:3]:  # the batch stops after three of its steps
@@ -586,6 +596,28 @@ def test_the_default_lake_moved_or_copied_whole_opens_from_its_new_folder(tmp_pa
         options = f"DATA_PATH {literal(copy.data_path)}, READ_ONLY, OVERRIDE_DATA_PATH true"
         con.execute(f"ATTACH {literal('ducklake:' + copy.catalog)} AS lake ({options})")
         assert con.execute("SELECT count(*) FROM lake.sysmon_join").fetchall() == [(2,)]
+
+
+def test_a_lake_with_its_paths_set_moved_elsewhere_is_refused_without_naming_its_old_folder_as_the_fix(
+    tmp_path: Path,
+) -> None:
+    """Only the embedded default moves with its folder: a lake whose catalog and data path are set keeps the data
+    path it was made with, and setting it to that folder, gone, would make a new empty one (a probe's finding)."""
+    made = tmp_path / "made"
+    paths = {"lake_catalog": f"sqlite:{made / 'cat.sqlite'}", "lake_data_path": f"{made / 'files'}/"}
+    Lake(tmp_path, **paths).land([process_create("{A}"), network_connect("{A}")])
+    Lake(tmp_path, **paths).batch()
+    made.rename(tmp_path / "moved")
+    moved = Lake(
+        tmp_path,
+        lake_catalog=f"sqlite:{tmp_path / 'moved' / 'cat.sqlite'}",
+        lake_data_path=f"{tmp_path / 'moved' / 'files'}/",
+    )
+    with pytest.raises(LakeError) as refused, open_lake(moved.settings):
+        pass
+    assert f"its catalog keeps its data files at {made / 'files'}/, which does not exist" in str(refused.value)
+    assert "to open it" not in str(refused.value)
+    assert not made.exists()
 
 
 def test_a_forgotten_data_path_named_like_the_default_is_refused_not_written_beside(tmp_path: Path) -> None:

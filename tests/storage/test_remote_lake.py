@@ -77,6 +77,11 @@ def test_postgres_catalog_and_s3_files_give_the_embedded_lakes_tables(
     sql = "SELECT count(*), count(DISTINCT process_guid), max(_batch_id) FROM sysmon_join"
     printed = subprocess.run([*QUERY, sql], env=lake_environ(remote, s3), check=True, capture_output=True, text=True)
     assert json.loads(printed.stdout) == [list(row) for row in embedded.rows(sql)]
+    # an endpoint that does not answer fails the query where it reads the files, naming the variable that set it
+    unreachable = {**lake_environ(remote, s3), "AWS_ENDPOINT_URL": "http://127.0.0.1:1"}
+    failed = subprocess.run([*QUERY, sql], env=unreachable, capture_output=True, text=True)
+    assert failed.returncode == 1
+    assert f"(the lake's data: s3://{bucket}/lake/ at AWS_ENDPOINT_URL=http://127.0.0.1:1)" in failed.stderr
 
 
 def test_a_new_catalog_is_refused_over_s3_files_of_another_lake_or_a_bucket_that_does_not_exist(
