@@ -43,6 +43,18 @@
 nullif(concat_ws(',', 'SHA1=' || upper({{ hash }}.sha1), 'MD5=' || upper({{ hash }}.md5), 'SHA256=' || upper({{ hash }}.sha256), 'IMPHASH=' || upper({{ imphash }})), '')
 {%- endmacro %}
 
+{#- SQL: a command line from the arguments the Sysmon module of Winlogbeat 7.3 and 7.4 split it into (process.args, a
+    JSON list; it kept no command_line), quoted as Windows' CommandLineToArgvW reads the same arguments back: an
+    argument that is empty or holds a space, tab or quote in quotes, its quotes escaped and the backslashes before a
+    quote or the closing quote doubled; a text that is no list as it is. -#}
+{% macro ecs_command_line(args) -%}
+CASE WHEN starts_with({{ args }}, '[') THEN array_to_string(list_transform(try(json_extract_string({{ args }}, '$[*]')),
+    lambda a: CASE WHEN a = '' OR regexp_matches(a, '[ \t"]')
+                   THEN '"' || regexp_replace(regexp_replace(a, '(\\*)"', '\1\1\\"', 'g'), '(\\+)$', '\1\1') || '"'
+                   ELSE a END), ' ')
+     ELSE {{ args }} END
+{%- endmacro %}
+
 {#- An ECS document's event id as the stream reads it, 0 for none: the module moves some events' fields to where
     another event's fields go (event 20's Destination to process.executable, events 8 and 10's source process to
     process.*). -#}
@@ -101,16 +113,18 @@ nullif(concat_ws(',', 'SHA1=' || upper({{ hash }}.sha1), 'MD5=' || upper({{ hash
             "@timestamp": "VARCHAR",
             "event": {"module": "VARCHAR", "dataset": "VARCHAR", "code": "VARCHAR"},
             "process": {"entity_id": "VARCHAR", "pid": "VARCHAR", "executable": "VARCHAR",
-                "command_line": "VARCHAR", "working_directory": "VARCHAR",
+                "command_line": "VARCHAR", "args": "VARCHAR", "working_directory": "VARCHAR",
                 "pe": {"file_version": "VARCHAR", "description": "VARCHAR", "product": "VARCHAR",
                     "company": "VARCHAR", "imphash": "VARCHAR", "original_file_name": "VARCHAR"},
                 "hash": {"sha1": "VARCHAR", "md5": "VARCHAR", "sha256": "VARCHAR"},
                 "parent": {"entity_id": "VARCHAR", "pid": "VARCHAR", "executable": "VARCHAR",
-                    "command_line": "VARCHAR"}},
+                    "command_line": "VARCHAR", "args": "VARCHAR"}},
             "hash": {"sha1": "VARCHAR", "md5": "VARCHAR", "sha256": "VARCHAR", "imphash": "VARCHAR"},
             "user": {"domain": "VARCHAR", "name": "VARCHAR"},
             "rule": {"name": "VARCHAR"},
-            "file": {"path": "VARCHAR", "name": "VARCHAR", "pe": {"original_file_name": "VARCHAR"}},
+            "file": {"path": "VARCHAR", "name": "VARCHAR", "pe": {"original_file_name": "VARCHAR", "imphash": "VARCHAR"},
+                "hash": {"sha1": "VARCHAR", "md5": "VARCHAR", "sha256": "VARCHAR"}},
+            "error": {"code": "VARCHAR"},
             "registry": {"path": "VARCHAR"},
             "dns": {"question": {"name": "VARCHAR"}},
             "network": {"transport": "VARCHAR", "direction": "VARCHAR", "type": "VARCHAR", "protocol": "VARCHAR"},
@@ -128,14 +142,14 @@ nullif(concat_ws(',', 'SHA1=' || upper({{ hash }}.sha1), 'MD5=' || upper({{ hash
             "Description": 'j."process".pe.description',
             "Product": 'j."process".pe.product',
             "Company": 'j."process".pe.company',
-            "CommandLine": 'j."process".command_line',
+            "CommandLine": 'coalesce(j."process".command_line, ' ~ ecs_command_line('j."process".args') ~ ')',
             "CurrentDirectory": 'j."process".working_directory',
             "User": "nullif(concat_ws('\\', j.\"user\".domain, j.\"user\".name), '')",
-            "Hashes": "coalesce(" ~ ecs_hashes('j."process".hash', 'j."process".pe.imphash') ~ ", CASE WHEN " ~ ecs_event_id ~ " = 23 THEN " ~ ecs_hashes('j."hash"', 'j."hash".imphash') ~ " END)",
+            "Hashes": "CASE WHEN " ~ ecs_event_id ~ " <> 15 THEN coalesce(" ~ ecs_hashes('j."process".hash', 'j."process".pe.imphash') ~ ", " ~ ecs_hashes('j."file".hash', 'j."file".pe.imphash') ~ ", " ~ ecs_hashes('j."hash"', 'j."hash".imphash') ~ ") END",
             "ParentProcessGuid": 'j."process".parent.entity_id',
             "ParentProcessId": 'j."process".parent.pid',
             "ParentImage": 'j."process".parent.executable',
-            "ParentCommandLine": 'j."process".parent.command_line',
+            "ParentCommandLine": 'coalesce(j."process".parent.command_line, ' ~ ecs_command_line('j."process".parent.args') ~ ')',
             "Protocol": 'j."network".transport',
             "Initiated": "CASE j.\"network\".direction WHEN 'egress' THEN 'true' WHEN 'outbound' THEN 'true' WHEN 'ingress' THEN 'false' WHEN 'inbound' THEN 'false' END",
             "SourceIsIpv6": "CASE j.\"network\".\"type\" WHEN 'ipv6' THEN 'true' WHEN 'ipv4' THEN 'false' END",
@@ -164,7 +178,9 @@ nullif(concat_ws(',', 'SHA1=' || upper({{ hash }}.sha1), 'MD5=' || upper({{ hash
             ("SourceProcessGuid", 'j."process".entity_id', [8]),
             ("SourceProcessGUID", 'j."process".entity_id', [10]),
             ("SourceProcessId", 'j."process".pid', [8, 10]),
-            ("SourceImage", 'j."process".executable', [8, 10])],
+            ("SourceImage", 'j."process".executable', [8, 10]),
+            ("Hash", "coalesce(" ~ ecs_hashes('j."file".hash', 'j."file".pe.imphash') ~ ", " ~ ecs_hashes('j."hash"', 'j."hash".imphash') ~ ")", [15]),
+            ("ID", 'j."error".code', [255])],
     },
     {
         "name": "flat",

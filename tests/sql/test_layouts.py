@@ -283,6 +283,52 @@ def test_ecs_values_that_map_to_no_sysmon_value_are_null_and_recorded(tmp_path: 
     assert lake.rows("SELECT network_connection_initiated, src_is_ipv6 FROM sysmon_join") == [(None, None)]
 
 
+def test_ecs_documents_of_the_2019_module_give_back_command_lines_and_hashes(tmp_path: Path) -> None:
+    """Winlogbeat 7.3 and 7.4's Sysmon module kept a create's command lines only split (process.args,
+    process.parent.args) and its hashes at the top level (hash.*): the command lines come back quoted as Windows
+    reads the same arguments back, the hashes as Sysmon writes them."""
+    command_line = r'"C:\Program Files\App\app.exe" --name "a b" C:\x\ "C:\dir with space\\" "say \"hi\""'
+    args = ["C:\\Program Files\\App\\app.exe", "--name", "a b", "C:\\x\\", "C:\\dir with space\\", 'say "hi"']
+    create = to_ecs(process_create("{OLD-1}", command_line, record=90))
+    process = create["process"]
+    process["args"], process["parent"]["args"] = args, ["C:\\Windows\\explorer.exe"]
+    del process["command_line"], process["parent"]["command_line"]
+    create["hash"] = process.pop("hash")
+    lake = Lake(tmp_path)
+    lake.land([create, to_ecs(network_connect("{OLD-1}", record=91))])
+    lake.batch()
+    assert lake.rows(
+        "SELECT process_command_line, parent_process_command_line, hashes FROM sysmon_process_create_table"
+    ) == [(command_line, r"C:\Windows\explorer.exe", "SHA1=00")]
+    assert lake.rows("SELECT process_guid, process_command_line FROM sysmon_join") == [("{OLD-1}", command_line)]
+
+
+def test_ecs_file_hashes_and_error_codes_are_mapped_back(tmp_path: Path) -> None:
+    """The module puts the Hashes of events 6, 7, 26 and 29 and the Hash of 15 in file.hash (an import hash in
+    file.pe.imphash), and event 255's ID in error.code."""
+    documents = []
+    for event_id in (6, 7, 15, 26, 29, 255):
+        document = to_ecs(sysmon_event(event_id, "{F-1}", record=100 + event_id))
+        document["file"] = {"hash": {"sha1": "ab" * 20, "md5": "cd" * 16}, "pe": {"imphash": "ef" * 16}}
+        if event_id == 255:
+            del document["file"]
+            document["error"] = {"code": "ProcessGuid"}
+        documents.append(document)
+    lake = Lake(tmp_path)
+    lake.land(documents)
+    lake.batch()
+    rows = lake.rows("SELECT event_id, event_data.Hashes, _extra_fields FROM winlogbeat_stream ORDER BY event_id")
+    rebuilt = f"SHA1={'AB' * 20},MD5={'CD' * 16},IMPHASH={'EF' * 16}"
+    assert rows == [
+        (6, rebuilt, {}),
+        (7, rebuilt, {}),
+        (15, None, {"Hash": rebuilt}),
+        (26, rebuilt, {}),
+        (29, rebuilt, {}),
+        (255, None, {"ID": "ProcessGuid"}),
+    ]
+
+
 def test_evtx_event_id_with_qualifiers(tmp_path: Path) -> None:
     lake = Lake(tmp_path)
     record = to_evtx(sysmon_event(7036, None, provider="Service Control Manager"))
@@ -747,8 +793,9 @@ MODULE_MOVES = {
         {"Hashes": "SHA1=EF34,MD5=AB"},
         {"TargetFilename": r"C:\t\h.dat"},
     ),
-    # the fallbacks of that module's event 23 only: today's module and Elastic Agent name a file's base name file.name
-    "file stream created, no file.path": (15, {"file.name": "i.txt", "hash.sha256": "aa"}, {}, {}),
+    # the file.name fallback is that module's event 23's only (today's module and Elastic Agent name a file's base
+    # name file.name); its top-level hash.* any event's (the module of 2019 put every event's hashes there)
+    "file stream created, no file.path": (15, {"file.name": "i.txt", "hash.sha256": "aa"}, {}, {"Hash": "SHA256=AA"}),
     "file delete detected": (26, {"file.path": r"C:\t\b.dat"}, {}, {"TargetFilename": r"C:\t\b.dat"}),
     "file block executable": (27, {"file.path": r"C:\t\c.exe"}, {}, {"TargetFilename": r"C:\t\c.exe"}),
     "file block shredding": (28, {"file.path": r"C:\t\d.bin"}, {}, {"TargetFilename": r"C:\t\d.bin"}),
