@@ -3,7 +3,8 @@
 -- (network_connection): one row per (rule, matching event). A connection also reads the fields Sysmon's event 3
 -- lacks (CommandLine, ParentImage, ...) from its process's row in sysmon_process_create_table, and a hit carries
 -- that process context (NULL when the process create has not arrived). A rule that reads such a field runs on a
--- connection when its wait for its process ends: when sysmon_join joins it, or gives up on it (the join's grace).
+-- connection when its wait for its process ends: when sysmon_join joins it, or gives up on it (the join's grace;
+-- then it reads no process, as sysmon_join has no row for it).
 {{ config(materialized='stream', group='hunting') }}
 {% set sigma = var('sigma') %}
 {#- Rendered for its columns only (execute false: lineage, the table's creation), the rules are left out: planning
@@ -42,15 +43,21 @@ list_filter([
 {%- endfor %}
 {#- Whether the rules that read a connection's process wait for it: KSQL's join waits for nothing. -#}
 {% set waits = var('join_mode') != 'ksql' and (3, true) in groups %}
+{#- The key a connection reads its process by: none for one the join gives up on (its create came too late or
+    never), which sysmon_join has no row for either. -#}
+{% set process_key %}{% if waits %}CASE WHEN _seq IN (SELECT _seq FROM given_up) THEN NULL ELSE process_guid END{% else %}process_guid{% endif %}{% endset %}
 WITH events AS MATERIALIZED (
     SELECT * FROM {{ ref('winlogbeat_stream_rekey') }} WHERE event_id IN (1, 3)
 {%- if waits %}
+), given_up AS MATERIALIZED (
+    -- the connections the join gives up on in this step (its grace ended without their create)
+    SELECT _seq FROM {{ unmatched('sysmon_join') }}
 ), ended AS MATERIALIZED (
     -- the connections whose wait for their process create ends in this step, from this batch or earlier ones:
-    -- joined now, or given up (the join's grace ended without their create)
+    -- joined now, or given up
     SELECT _seq FROM {{ ref('sysmon_join') }}
     UNION ALL
-    SELECT _seq FROM {{ unmatched('sysmon_join') }}
+    SELECT _seq FROM given_up
 ), late AS MATERIALIZED (
     -- those of earlier batches, read from the history
     SELECT * FROM {{ ref('winlogbeat_stream_rekey', full=True) }}
@@ -92,9 +99,11 @@ WITH events AS MATERIALIZED (
                 SELECT
                     {{- field_columns(event_id, process) }}
                     list(e._seq) AS seqs
-                FROM {{ 'settled' if process else 'events' }} AS e
                 {%- if process %}
-                LEFT JOIN processes AS p ON p.process_guid = e.process_guid
+                FROM (SELECT *, {{ process_key }} AS _process_key FROM settled) AS e
+                LEFT JOIN processes AS p ON p.process_guid = e._process_key
+                {%- else %}
+                FROM events AS e
                 {%- endif %}
                 WHERE e.event_id = {{ event_id }}
                 GROUP BY ALL
@@ -139,6 +148,6 @@ SELECT
     e._seq
 FROM matches AS m
 JOIN rules AS r ON r.rule_index = m.rule_index
-JOIN candidates AS e ON e._seq = m._seq
+JOIN (SELECT *, {{ process_key }} AS _process_key FROM candidates) AS e ON e._seq = m._seq
 -- on every event's GUID (an equi-join DuckDB hashes); a process create's context is its own (the CASEs above)
-LEFT JOIN processes AS p ON p.process_guid = e.process_guid
+LEFT JOIN processes AS p ON p.process_guid = e._process_key

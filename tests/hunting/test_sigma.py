@@ -696,6 +696,18 @@ def test_a_rule_reading_the_process_runs_without_it_once_the_join_gives_up(tmp_p
     assert lake.count("dbt_like.unmatched") == 0  # the connections the join gave up on, once read, are let go of
 
 
+def test_a_create_landing_in_the_batch_the_join_gives_up_is_not_read_by_the_connection(tmp_path: Path) -> None:
+    """The join gives up on a connection in the batch its create lands in, past the grace: sysmon_join has no row
+    for it, and the rules reading its process see none either (a probe's finding: they read the late create)."""
+    lake = Lake(tmp_path, sigma_rules=write_rules(tmp_path / "rules", LATE_CREATE_RULES))
+    lake.land([network_connect("{A}", record=1, event_data={"Image": NC})])
+    lake.batch(T0)
+    lake.land([process_create("{A}", "curl.exe allowed", record=2, event_data={"Image": NC})])
+    assert lake.batch(T0 + timedelta(minutes=20))["sysmon_join"][0].expired == 1
+    assert lake.count("sysmon_join") == 0
+    assert _hits(lake) == [("not an allowed tool", 1, None, 2)]
+
+
 def test_an_event_retention_keeps_a_given_up_connections_rows_until_the_hunt_has_read_them(tmp_path: Path) -> None:
     """The join gives up on a connection in a batch whose hunting step did not run; a retention then drops what is
     older than a day: the hunt still reads the connection's rekey row (by its arrival number) and makes its hit."""
