@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, Message
 
 from sysmon_assets.settings import Settings, SettingsError
 
@@ -85,3 +85,14 @@ def new_client(factory: Callable[[dict[str, Any]], Client], config: dict[str, An
 def serve_log(client: Served) -> None:
     """Log what librdkafka has queued (the cause of a failed request: "Connection refused", a TLS error, ...)."""
     client.poll(0)
+
+
+def message_headers(message: Message) -> list[tuple[str, bytes | None]] | None:
+    """A message's headers, or None when they cannot be read: confluent_kafka decodes their names as UTF-8, and a
+    producer may send any bytes (the broker does not check), which it reports as a SystemError."""
+    try:
+        return message.headers() or []
+    except SystemError as error:
+        if isinstance(error.__cause__ or error.__context__, UnicodeDecodeError):
+            return None
+        raise

@@ -240,7 +240,9 @@ class Settings:
     )
     kafka_topic: str = setting("winlogbeat", "SYSMON_KAFKA_TOPIC", "the topic Winlogbeat writes")
     kafka_group: str = setting(
-        "sysmon-assets", "SYSMON_KAFKA_GROUP", "consumer group; its Kafka-side offsets are for monitoring only"
+        "sysmon-assets",
+        "SYSMON_KAFKA_GROUP",
+        "consumer group, one per lake; its Kafka-side offsets are for monitoring and the sensor only",
     )
     kafka_partitions: tuple[int, ...] | None = setting(
         None,

@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from dbt_like import table_exists
 from dbt_like.sql import UTC_NOW, first_row, literal, literals, one_of, scalar
-from sysmon_assets.kafka_client import client_config, new_client, serve_log
+from sysmon_assets.kafka_client import client_config, message_headers, new_client, serve_log
 from sysmon_assets.settings import Settings
 
 LOG = logging.getLogger(__name__)
@@ -297,7 +297,7 @@ class JoinSink:
                         if message.error().code() == KafkaError._PARTITION_EOF:
                             ended.add(message.partition())
                         continue
-                    headers = dict(message.headers() or [])
+                    headers = dict(message_headers(message) or [])  # unreadable: another producer's
                     if headers.get("sysmon_pipeline") == pipeline_id:
                         found.add((int(headers["sysmon_batch_id"]), int(headers["sysmon_seq"])))
         except KafkaException as error:

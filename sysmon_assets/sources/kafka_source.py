@@ -38,7 +38,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 
 from dbt_like.sql import UTC_NOW, literal, literals, one_of, quote_identifier
-from sysmon_assets.kafka_client import client_config, new_client, serve_log
+from sysmon_assets.kafka_client import client_config, message_headers, new_client, serve_log
 from sysmon_assets.settings import Settings
 from sysmon_assets.sources.arrow_columns import bytes_array, dictionary_strings, int_array, strings_array
 from sysmon_assets.sources.landed_lines import KAFKA_LINES_SCHEMA, SOURCE_NAME
@@ -156,8 +156,14 @@ def _header_value(value: bytes | None) -> str | dict[str, str] | None:
         return {"base64": base64.b64encode(value).decode("ascii")}
 
 
+# what _kafka.headers holds for a message whose headers confluent_kafka cannot read (the message itself is read)
+UNREADABLE_HEADERS = json.dumps({"unreadable": "a header name is not UTF-8"})
+
+
 def _headers_json(message: Message) -> str | None:
-    headers = message.headers()
+    headers = message_headers(message)
+    if headers is None:
+        return UNREADABLE_HEADERS
     if not headers:
         return None
     return json.dumps([[key, _header_value(value)] for key, value in headers])

@@ -20,7 +20,7 @@ from sysmon_assets.micro_batch.steps import SysmonPipeline, utc_now
 from sysmon_assets.sample.generator import write_sample
 from sysmon_assets.settings import Settings
 from sysmon_assets.sources import kafka_source
-from sysmon_assets.sources.kafka_source import KafkaReader, PartitionLag, consumer_lag
+from sysmon_assets.sources.kafka_source import UNREADABLE_HEADERS, KafkaReader, PartitionLag, consumer_lag
 from sysmon_assets.storage.lake import open_lake
 from tests.conftest import (
     T0,
@@ -288,6 +288,48 @@ def test_a_message_that_is_not_json_is_a_reject_naming_topic_partition_and_offse
     headers = [["origin", "winlogbeat-7"], ["raw", {"base64": "/w=="}], ["text", "\\xff"]]
     assert kept == [(b"HOST1.corp", json.dumps(headers), True)] * 2
     assert lake_rows(settings, "SELECT count(*) FROM sysmon_join") == [(1,)]
+
+
+class HeaderNamesNotUtf8:
+    """A message as confluent_kafka gives one whose header name is not UTF-8 (any producer may send one; the broker
+    does not check, and confluent_kafka's own producer cannot): its headers() fails with a SystemError."""
+
+    def __init__(self, message: object) -> None:
+        self.message = message
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.message, name)
+
+    def headers(self) -> None:
+        try:
+            b"bad\xffname".decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise SystemError(
+                "<method 'headers' of 'cimpl.Message' objects> returned a result with an error set"
+            ) from error
+
+
+class GivesHeaderNamesNotUtf8(Consumer):
+    def consume(self, *args: object, **kwargs: object) -> list:
+        return [HeaderNamesNotUtf8(message) for message in super().consume(*args, **kwargs)]
+
+
+def test_a_message_whose_header_names_cannot_be_read_is_read_with_its_headers_marked(
+    tmp_path: Path, kafka_broker: Broker
+) -> None:
+    """It failed every batch (a probe's finding): nothing behind it was ever read."""
+    topic = kafka_broker.create_topic(partitions=1)
+    kafka_broker.produce(topic, [process_create("{A}"), network_connect("{A}")], headers=[("origin", b"x")])
+    settings = kafka_settings(tmp_path, kafka_broker, topic)
+    with SysmonPipeline(settings).connect() as con:
+        reader = KafkaReader(con, settings, chunk_bytes_for(con), consumer_factory=GivesHeaderNamesNotUtf8)
+        reader.plan(first_batch_ever=False)
+        (chunk,) = reader.chunks(first_seq=1)
+        reader.close()
+    lines = chunk["landed_lines"]
+    assert lines.column("kafka_offset").to_pylist() == [0, 1]
+    assert lines.column("kafka_headers").to_pylist() == [UNREADABLE_HEADERS] * 2
+    assert json.loads(UNREADABLE_HEADERS) == {"unreadable": "a header name is not UTF-8"}
 
 
 def test_a_value_wrapped_in_json_whitespace_newlines_included_is_parsed(tmp_path: Path, kafka_broker: Broker) -> None:
