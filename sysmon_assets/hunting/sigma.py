@@ -33,6 +33,7 @@ from sigma.collection import SigmaCollection
 from sigma.conditions import ConditionFieldEqualsValueExpression
 from sigma.conversion.state import ConversionState
 from sigma.exceptions import SigmaError
+from sigma.filters import SigmaFilter
 from sigma.rule import SigmaDetection, SigmaRule
 from sigma.types import SigmaFieldReference
 
@@ -59,6 +60,7 @@ SERVICES = (None, "sysmon")
 # The kind of failure of a rule written for another log source: expected when the folder holds every rule of a
 # product, so it does not fail the sigma_rules_converted check (the rule is still listed).
 LOGSOURCE = "logsource"
+FILTER = "filter"
 
 
 def _rule_fields(detections: Iterable[SigmaDetection]) -> set[str]:
@@ -97,7 +99,8 @@ class RuleFailure:
     """A rule (or a whole file) that is not evaluated, and why. ``kind``: ``unreadable`` (not a Sigma rule pySigma
     reads, one without an id, or one repeating another's id), ``logsource`` (not over Sysmon's process creation or
     network connection), ``field`` (needs a field the event does not carry), ``unsupported`` (a feature the
-    conversion lacks, such as keywords or correlations), ``sql`` (DuckDB rejects the converted condition)."""
+    conversion lacks, such as keywords or correlations), ``sql`` (DuckDB rejects the converted condition), ``filter``
+    (a Sigma filter naming none of the folder's rules)."""
 
     file: str
     kind: str
@@ -151,7 +154,7 @@ class RuleSet:
 
 def rule_files(folder: Path) -> list[Path]:
     """The rule files under ``folder``, at any depth, in a stable order."""
-    return sorted(path for path in folder.rglob("*") if path.suffix in RULE_SUFFIXES and path.is_file())
+    return sorted(path for path in folder.rglob("*") if path.suffix.lower() in RULE_SUFFIXES and path.is_file())
 
 
 def _converter_identity() -> bytes:
@@ -190,11 +193,13 @@ def _validation_connection() -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _rules_of(folder: Path, path: Path) -> Iterator[SigmaRule | RuleFailure]:
-    """The rules of one file, or a failure for the file (or for a rule of it) that pySigma cannot read."""
+def _rules_of(folder: Path, path: Path) -> Iterator[SigmaRule | SigmaFilter | RuleFailure]:
+    """The rules and filters of one file, or a failure for the file (or for a rule of it) that pySigma cannot read.
+    Its filters are not applied here: they name rules of other files too (:func:`_filtered`)."""
     relative = path.relative_to(folder).as_posix()
     try:
-        collection = SigmaCollection.from_yaml(path.read_text(encoding="utf-8"), collect_errors=True)
+        text = path.read_text(encoding="utf-8")
+        collection = SigmaCollection.from_yaml(text, collect_errors=True, collect_filters=True)
     except (SigmaError, yaml.YAMLError, UnicodeDecodeError) as error:
         yield RuleFailure(relative, "unreadable", f"not a readable Sigma file: {_first_line(error)}")
         return
@@ -203,10 +208,12 @@ def _rules_of(folder: Path, path: Path) -> Iterator[SigmaRule | RuleFailure]:
         reason = f"pySigma cannot read it ({type(error).__name__}: {_first_line(error)}): check its fields' values"
         yield RuleFailure(relative, "unreadable", reason)
         return
-    for item in collection.rules:
+    for item in [*collection.rules, *collection.filters]:
         rule_id = str(item.id) if getattr(item, "id", None) else None
         title = getattr(item, "title", None)
-        if not isinstance(item, SigmaRule):
+        if isinstance(item, SigmaFilter) and not item.errors:
+            yield item
+        elif not isinstance(item, SigmaRule):
             yield RuleFailure(
                 relative,
                 "unsupported",
@@ -224,20 +231,42 @@ def _rules_of(folder: Path, path: Path) -> Iterator[SigmaRule | RuleFailure]:
 
 def convert_rules(folder: Path, files: list[Path], digest: str) -> RuleSet:
     """Convert every rule of ``files``; a rule that cannot run over our events is listed with the reason."""
-    rules: list[SigmaRuleSql] = []
+    read: list[tuple[str, SigmaRule]] = []
+    filters: list[tuple[str, SigmaFilter]] = []
     failures: list[RuleFailure] = []
+    for path in files:
+        relative = path.relative_to(folder).as_posix()
+        for item in _rules_of(folder, path):
+            if isinstance(item, RuleFailure):
+                failures.append(item)
+            else:
+                (filters if isinstance(item, SigmaFilter) else read).append((relative, item))  # type: ignore[arg-type]
+    failures += _filtered([rule for _, rule in read], filters)
+    rules: list[SigmaRuleSql] = []
     with _validation_connection() as con:
         backend = SysmonDuckDBBackend(
             sysmon_pipeline(), lambda text: con.execute(f"SELECT lower({quote_string(text)})").fetchone()[0]
         )
-        for path in files:
-            for rule in _rules_of(folder, path):
-                if isinstance(rule, RuleFailure):
-                    failures.append(rule)
-                    continue
-                converted = _convert(backend, con, rule, path.relative_to(folder).as_posix())
-                (rules if isinstance(converted, SigmaRuleSql) else failures).append(converted)
+        for relative, rule in read:
+            converted = _convert(backend, con, rule, relative)
+            (rules if isinstance(converted, SigmaRuleSql) else failures).append(converted)
     return RuleSet(str(folder), digest, *_first_of_each_id(rules, failures))
+
+
+def _filtered(rules: list[SigmaRule], filters: list[tuple[str, SigmaFilter]]) -> list[RuleFailure]:
+    """Apply each filter to the rules it names (by id or name, for its log source), as pySigma applies a folder's
+    filters; a filter that names none of them is a failure: it filters nothing."""
+    failures = []
+    for file, sigma_filter in filters:
+        applied = False
+        for rule in rules:
+            before = len(rule.detection.detections)
+            sigma_filter.apply_on_rule(rule)  # adds its detections to the rule's, and its condition to each
+            applied |= len(rule.detection.detections) > before
+        if not applied:
+            reason = "a filter whose rules are none of the folder's rules (for its log source): it filters nothing"
+            failures.append(RuleFailure(file, FILTER, reason, str(sigma_filter.id or "") or None, sigma_filter.title))
+    return failures
 
 
 def _first_of_each_id(
@@ -408,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path, help="a folder of Sigma rules (*.yml and *.yaml, read recursively)")
     parser.add_argument("--sql", action="store_true", help="print each converted rule's DuckDB condition")
     args = parser.parse_args(argv)
+    if not args.folder.is_dir():
+        parser.error(f"{args.folder} is not a folder")
     rule_set = load_rule_set(args.folder, None)
     for rule in rule_set.rules:
         print(f"runs      {rule.file}: {rule.title} ({rule.level}, event {rule.event_id})")

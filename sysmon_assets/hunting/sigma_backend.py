@@ -143,7 +143,8 @@ def sysmon_pipeline() -> ProcessingPipeline:
             ProcessingItem(
                 identifier=f"sysmon_event_{event_id}_fields",
                 transformation=AddFieldnamePrefixTransformation(prefix=ABSENT_PREFIX),
-                rule_conditions=[LogsourceCondition(category=category, product="windows")],
+                # by category alone: a rule names product windows or none (another product is not run)
+                rule_conditions=[LogsourceCondition(category=category)],
                 field_name_conditions=[ExcludeFieldCondition(fields=list(EVENT_FIELDS[event_id]))],
             )
             for category, event_id in CATEGORY_EVENTS.items()

@@ -799,6 +799,67 @@ def test_a_rules_folder_that_does_not_exist_is_refused(tmp_path: Path) -> None:
         Settings.from_env({"SYSMON_SIGMA_RULES": str(tmp_path / "missing")})
 
 
+def test_a_filter_in_a_file_of_its_own_applies_to_the_rules_it_names_and_one_naming_none_is_listed(
+    tmp_path: Path,
+) -> None:
+    """Sigma filters (a `filter:` document naming rules by id) usually live in files of their own: each file read
+    alone, pySigma applied them to nothing, and the filter was dropped without a word (a probe's finding)."""
+    whoami = rule_document(
+        "whoami", "process_creation", {"sel": {"Image|endswith": "\\whoami.exe"}, "condition": "sel"}
+    )
+    admins = {"sel": {"User|endswith": "\\admin"}, "condition": "not sel"}
+    filters = {
+        "title": "not by admins",
+        "id": str(uuid.uuid5(uuid.NAMESPACE_URL, "sysmon-assets-test/filter")),
+        "logsource": {"category": "process_creation", "product": "windows"},
+        "filter": {"rules": [whoami["id"]], **admins},
+    }
+    dangling = {
+        **filters,
+        "title": "names no rule",
+        "id": str(uuid.uuid4()),
+        "filter": {"rules": [str(uuid.uuid4())], **admins},
+    }
+    folder = write_rules(tmp_path / "rules", {"rule.yml": whoami, "filters/admins.yml": filters, "z.yml": dangling})
+    rule_set = sigma.load_rule_set(folder, None)
+    assert [rule.title for rule in rule_set.rules] == ["whoami"]
+    assert [(f.file, f.kind, f.title) for f in rule_set.failures] == [("z.yml", "filter", "names no rule")]
+    lake = Lake(tmp_path, sigma_rules=folder)
+    image = {"Image": "C:\\W\\whoami.exe"}
+    lake.land(
+        [
+            process_create("{U}", "whoami", event_data={**image, "User": "CORP\\alice"}),
+            process_create("{A}", "whoami", event_data={**image, "User": "CORP\\admin"}),
+        ]
+    )
+    lake.batch()
+    assert lake.rows("SELECT rule_title, process_guid FROM sigma_detections") == [("whoami", "{U}")]
+
+
+def test_a_rule_without_a_product_reads_a_field_its_events_lack_as_absent(tmp_path: Path) -> None:
+    """docs/hunting.md: product windows, or none. Without one, a field the event lacks was not marked absent, so the
+    rule's SQL named a column that does not exist and it did not run."""
+    rule = rule_document(
+        "no product",
+        "process_creation",
+        {"sel": {"Image|endswith": "\\x.exe"}, "other": {"Provider_Name": "foo"}, "condition": "sel and not other"},
+    )
+    del rule["logsource"]["product"]
+    rule_set = sigma.load_rule_set(write_rules(tmp_path / "rules", {"rule.yml": rule}), None)
+    assert ([r.title for r in rule_set.rules], rule_set.failures) == (["no product"], [])
+
+
+def test_the_command_line_refuses_a_folder_that_does_not_exist_and_reads_upper_case_suffixes(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit):
+        sigma.main([str(tmp_path / "missing")])
+    assert "not a folder" in capsys.readouterr().err
+    write_rules(tmp_path / "rules", {"FINE.YML": FAILING_RULES["nested/fine.yaml"]})
+    assert sigma.main([str(tmp_path / "rules")]) == 0
+    assert capsys.readouterr().out.endswith("1 of 1 rules run\n")
+
+
 def test_the_severe_hits_check_counts_every_hit_and_lists_the_first_by_arrival(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
