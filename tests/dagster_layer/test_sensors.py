@@ -228,19 +228,17 @@ def test_with_shards_waiting_joins_request_nothing_until_a_create_is_written(tmp
         assert isinstance(sensor(context), SkipReason)
 
 
+def kafka_settings(tmp_path: Path, bootstrap: str, topic: str, **more: object) -> Settings:
+    where = {"data_dir": tmp_path / "data", "landing_dir": tmp_path}
+    return Settings(source="kafka", kafka_bootstrap=bootstrap, kafka_topic=topic, **where, **more)
+
+
 def test_with_kafka_the_sensor_requests_a_batch_while_the_consumer_group_lags(tmp_path: Path, kafka_broker) -> None:
     from sysmon_assets.micro_batch.steps import SysmonPipeline
     from sysmon_assets.sources.kafka_source import topic_id
 
     topic = kafka_broker.create_topic(partitions=2)
-    settings = Settings(
-        source="kafka",
-        kafka_bootstrap=kafka_broker.bootstrap,
-        kafka_topic=topic,
-        data_dir=tmp_path / "data",
-        landing_dir=tmp_path,
-        kafka_max_messages=2,
-    )
+    settings = kafka_settings(tmp_path, kafka_broker.bootstrap, topic, kafka_max_messages=2)
     with with_resources(settings) as context:
         assert isinstance(sensor(context), SkipReason)
         kafka_broker.produce(topic, [process_create(None)] * 3, partition=1, one_per_request=True)
@@ -270,13 +268,7 @@ def test_with_kafka_a_topic_id_that_cannot_be_read_is_a_skip_not_another_key(
     from confluent_kafka.admin import AdminClient
 
     topic = kafka_broker.create_topic(partitions=1)
-    settings = Settings(
-        source="kafka",
-        kafka_bootstrap=kafka_broker.bootstrap,
-        kafka_topic=topic,
-        data_dir=tmp_path / "data",
-        landing_dir=tmp_path,
-    )
+    settings = kafka_settings(tmp_path, kafka_broker.bootstrap, topic)
     with with_resources(settings) as context:
         kafka_broker.produce(topic, [process_create(None)] * 2)
         (first,) = sensor(context).run_requests
