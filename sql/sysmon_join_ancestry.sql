@@ -38,9 +38,10 @@ SELECT
     a.depth,
     a.chain_end,
     a.lineage,
-    -- an IPv6 address is bracketed so that its port stays readable, as in a URL; '?' for a field the event lacked
+    -- an IPv6 address (its text holds colons) is bracketed so that its port stays readable, as in a URL; '?' for a
+    -- field the event lacked
     a.lineage || ' -> '
-        || CASE WHEN j.dst_is_ipv6 = 'true' THEN '[' || j.dst_ip_addr || ']' ELSE coalesce(j.dst_ip_addr, '?') END
+        || CASE WHEN contains(j.dst_ip_addr, ':') THEN '[' || j.dst_ip_addr || ']' ELSE coalesce(j.dst_ip_addr, '?') END
         || ':' || coalesce(CAST(j.dst_port AS VARCHAR), '?') AS connection_lineage,
     j._seq,
     j._batch_id

@@ -502,7 +502,20 @@ def test_a_create_without_image_and_a_connection_without_destination_show_a_ques
     parent = create("{P1}", None, r"C:\Windows\explorer.exe")
     nameless = create("{N1}", "{P1}", "unused")
     del nameless["event_data"]["Image"]
-    lake.land([parent, nameless, network_connect("{N1}", event_data={"DestinationIp": None, "DestinationPort": ""})])
+    ipv6 = {"DestinationIsIpv6": "true", "DestinationIp": None}
+    lake.land(
+        [
+            parent,
+            nameless,
+            network_connect("{N1}", event_data={"DestinationIp": None, "DestinationPort": ""}),
+            network_connect("{N1}", event_data=ipv6),  # an IPv6 connection without its address
+            network_connect("{N1}", event_data={"DestinationIsIpv6": "True", "DestinationIp": "2001:db8::1"}),
+        ]
+    )
     lake.batch()
     assert chains(lake)["{N1}"] == ("explorer.exe > ?", 1, "root")
-    assert lake.rows("SELECT connection_lineage FROM sysmon_join_ancestry") == [("explorer.exe > ? -> ?:?",)]
+    assert lake.rows("SELECT connection_lineage FROM sysmon_join_ancestry ORDER BY _seq") == [
+        ("explorer.exe > ? -> ?:?",),
+        ("explorer.exe > ? -> ?:443",),
+        ("explorer.exe > ? -> [2001:db8::1]:443",),
+    ]
