@@ -257,10 +257,13 @@ CASE WHEN coalesce(json_type({{ ud }}) <> 'OBJECT', true) THEN NULL
          ELSE {{ object_entries(ud) }} END END
 {%- endmacro %}
 
-{#- A recipe field as text, from the first layout that carries it. -#}
+{#- A recipe field as text, from the first layout that carries it; a layout parsed alone first, as it parses only the
+    lines no other layout describes: there its own field wins over an object another layout would read. -#}
 {% macro flat_field(field) -%}
 {%- set values = [] -%}
-{%- for layout in winlogbeat_layouts %}{% set value = layout_field(layout, field) %}{% if value %}{% set _ = values.append(value) %}{% endif %}{% endfor -%}
+{%- set alone_first = (winlogbeat_layouts|selectattr('parsed_alone_as', 'defined')|list)
+                      + (winlogbeat_layouts|rejectattr('parsed_alone_as', 'defined')|list) -%}
+{%- for layout in alone_first %}{% set value = layout_field(layout, field) %}{% if value %}{% set _ = values.append(value) %}{% endif %}{% endfor -%}
 coalesce({{ values|join(', ') }})
 {%- endmacro %}
 

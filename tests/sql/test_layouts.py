@@ -559,6 +559,18 @@ def test_a_flat_event_s_top_level_type_is_read_as_in_winlogbeat6(tmp_path: Path)
     ]
 
 
+def test_a_flat_event_s_own_fields_win_over_an_object_another_layout_would_read(tmp_path: Path) -> None:
+    """A flat event holding an "event_data" object (a probe's line): its top-level Image is its own, the object is
+    kept in the map (it was read as Winlogbeat 6's event_data, and the flat event's own Image was in no column)."""
+    flat = to_flat(process_create("{FL1}", record=96)) | {"Image": "top.exe", "event_data": {"Image": "nested.exe"}}
+    lake = Lake(tmp_path)
+    lake.land([flat])
+    lake.batch()
+    assert lake.rows("SELECT _layout, event_data.Image, _extra_fields['event_data'] FROM winlogbeat_stream") == [
+        ("flat", "top.exe", '{"Image":"nested.exe"}')
+    ]
+
+
 # Event data fields the recipe's STRUCT does not declare, as Sysmon 13+ writes them: a ProcessCreate's, and a
 # ProcessAccess's (event 10) with a number, as EVTX records and other shippers carry numbers. With the Sysmon
 # module, RuleName and OriginalFileName move to ECS (rule.name, process.pe.original_file_name) and come back.
