@@ -20,8 +20,7 @@ WITH unparsed AS (
     -- (ASCII text; a run of NUL bytes alone, as a crashed writer leaves, is not), or the one NUL byte after the last
     -- little-endian newline, which ends such a file
     SELECT decoded.*,
-        line = from_hex('00')
-        OR (octet_length(line) >= 2 AND (list_contains([from_hex('FFFE'), from_hex('FEFF')], line[1:2])
+        {% if not kafka %}line = from_hex('00') OR {% endif %}(octet_length(line) >= 2 AND (list_contains([from_hex('FFFE'), from_hex('FEFF')], line[1:2])
             OR (length(escaped) - length(replace(escaped, '\x00', ''))) / 4 / octet_length(line)
                BETWEEN 1 / 3 AND 2 / 3)) AS looks_utf16
     FROM decoded
@@ -34,7 +33,7 @@ SELECT
         WHEN read_error IS NOT NULL THEN read_error
         WHEN octet_length(line) > {{ var('max_line_bytes') }}
             THEN 'line of ' || octet_length(line) || ' bytes is longer than max_line_bytes={{ var('max_line_bytes') }}'
-        WHEN looks_utf16 THEN 'UTF-16 text: only UTF-8 is read (save the file as UTF-8)'
+        WHEN looks_utf16 THEN 'UTF-16 text: only UTF-8 is read{{ "" if kafka else " (save the file as UTF-8)" }}'
         WHEN text IS NULL THEN 'not valid UTF-8'
         WHEN trim(text, E' \t\r\n') = '' THEN 'empty message value'
         WHEN NOT json_valid(text) THEN 'malformed JSON'

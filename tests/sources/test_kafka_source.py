@@ -269,7 +269,15 @@ def test_a_message_that_is_not_json_is_a_reject_naming_topic_partition_and_offse
     topic = kafka_broker.create_topic(partitions=1)
     kafka_broker.produce(
         topic,
-        [process_create("{A}"), b"not json", None, b"[1, 2]", network_connect("{A}")],
+        [
+            process_create("{A}"),
+            b"not json",
+            None,
+            b"[1, 2]",
+            network_connect("{A}"),
+            b"\x00",
+            '{"a": 1}'.encode("utf-16"),
+        ],
         key=b"HOST1.corp",
         headers=[("origin", b"winlogbeat-7"), ("raw", b"\xff"), ("text", b"\\xff")],
     )
@@ -283,6 +291,9 @@ def test_a_message_that_is_not_json_is_a_reject_naming_topic_partition_and_offse
         ({"topic": topic, "partition": 0, "offset": 1}, f"kafka:{topic}/0", 1, "malformed JSON"),
         ({"topic": topic, "partition": 0, "offset": 2}, f"kafka:{topic}/0", 2, "empty message value"),
         ({"topic": topic, "partition": 0, "offset": 3}, f"kafka:{topic}/0", 3, "valid JSON but not an object: ARRAY"),
+        # a NUL alone ends a UTF-16 file, not a message; a message has no file to save as UTF-8
+        ({"topic": topic, "partition": 0, "offset": 5}, f"kafka:{topic}/0", 5, "malformed JSON"),
+        ({"topic": topic, "partition": 0, "offset": 6}, f"kafka:{topic}/0", 6, "UTF-16 text: only UTF-8 is read"),
     ]
     kept = lake_rows(settings, "SELECT _kafka.key, _kafka.headers, _kafka.timestamp IS NOT NULL FROM winlogbeat_stream")
     headers = [["origin", "winlogbeat-7"], ["raw", {"base64": "/w=="}], ["text", "\\xff"]]
