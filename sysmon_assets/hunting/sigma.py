@@ -239,8 +239,10 @@ def convert_rules(folder: Path, files: list[Path], digest: str) -> RuleSet:
         for item in _rules_of(folder, path):
             if isinstance(item, RuleFailure):
                 failures.append(item)
+            elif isinstance(item, SigmaFilter):
+                filters.append((relative, item))
             else:
-                (filters if isinstance(item, SigmaFilter) else read).append((relative, item))  # type: ignore[arg-type]
+                read.append((relative, item))
     failures += _filtered([rule for _, rule in read], filters)
     rules: list[SigmaRuleSql] = []
     with _validation_connection() as con:
