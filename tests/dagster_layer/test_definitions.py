@@ -332,7 +332,14 @@ def test_join_coverage_is_the_batch_s_own(tmp_path: Path) -> None:
     coverage = {key: value.value for key, value in checks["join_coverage"].metadata.items()}
     # 1 of this batch's 4 connections joined (3 wait for their process, in vain so far); 9 of 12 in all would pass
     assert not checks["join_coverage"].passed
-    assert coverage == {"coverage": 0.25, "joined": 1, "network_events": 4, "waiting": 3, "warn_below": 0.5}
+    assert coverage == {
+        "coverage": 0.25,
+        "joined": 1,
+        "joined_from_earlier_batches": 0,
+        "network_events": 4,
+        "waiting": 3,
+        "warn_below": 0.5,
+    }
 
 
 def test_join_coverage_and_landing_freshness_warn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
