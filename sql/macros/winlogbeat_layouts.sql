@@ -60,6 +60,10 @@ CASE WHEN starts_with({{ args }}, '[') THEN array_to_string(list_transform(try(j
     process.*). -#}
 {% set ecs_event_id = "coalesce(" ~ ksql_integer('coalesce(j.winlog.event_id, j."event".code)') ~ ", 0)" %}
 
+{#- A file's hashes as the module writes them (file.hash, file.pe.imphash), else the top level's (hash.*: the module of
+    2019 put every event's hashes there), rebuilt as Sysmon writes them. -#}
+{% set ecs_file_hashes = "coalesce(" ~ ecs_hashes('j."file".hash', 'j."file".pe.imphash') ~ ", " ~ ecs_hashes('j."hash"', 'j."hash".imphash') ~ ")" %}
+
 {% set winlogbeat_layouts = [
     {
         "name": "winlogbeat6",
@@ -145,7 +149,7 @@ CASE WHEN starts_with({{ args }}, '[') THEN array_to_string(list_transform(try(j
             "CommandLine": 'coalesce(j."process".command_line, ' ~ ecs_command_line('j."process".args') ~ ')',
             "CurrentDirectory": 'j."process".working_directory',
             "User": "nullif(concat_ws('\\', j.\"user\".domain, j.\"user\".name), '')",
-            "Hashes": "CASE WHEN " ~ ecs_event_id ~ " <> 15 THEN coalesce(" ~ ecs_hashes('j."process".hash', 'j."process".pe.imphash') ~ ", " ~ ecs_hashes('j."file".hash', 'j."file".pe.imphash') ~ ", " ~ ecs_hashes('j."hash"', 'j."hash".imphash') ~ ") END",
+            "Hashes": "CASE WHEN " ~ ecs_event_id ~ " <> 15 THEN coalesce(" ~ ecs_hashes('j."process".hash', 'j."process".pe.imphash') ~ ", " ~ ecs_file_hashes ~ ") END",
             "ParentProcessGuid": 'j."process".parent.entity_id',
             "ParentProcessId": 'j."process".parent.pid',
             "ParentImage": 'j."process".parent.executable',
@@ -179,7 +183,7 @@ CASE WHEN starts_with({{ args }}, '[') THEN array_to_string(list_transform(try(j
             ("SourceProcessGUID", 'j."process".entity_id', [10]),
             ("SourceProcessId", 'j."process".pid', [8, 10]),
             ("SourceImage", 'j."process".executable', [8, 10]),
-            ("Hash", "coalesce(" ~ ecs_hashes('j."file".hash', 'j."file".pe.imphash') ~ ", " ~ ecs_hashes('j."hash"', 'j."hash".imphash') ~ ")", [15]),
+            ("Hash", ecs_file_hashes, [15]),
             ("ID", 'j."error".code', [255])],
     },
     {
