@@ -150,11 +150,16 @@ class JoinSink:
             f"VALUES ({literals(self.topic, done, latest)}, 'publishing', {literal(json.dumps(self._end_offsets()))}, "
             f"{UTC_NOW})"
         )
-        return Published(self.topic, latest, self._send(con, done, latest, already_sent=set()), recovered)
+        return Published(self.topic, latest, self._send(con, done, latest, already_sent={}), recovered)
 
     def _send(
-        self, con: duckdb.DuckDBPyConnection, after: int, through: int, already_sent: set[tuple[int, int]]
+        self,
+        con: duckdb.DuckDBPyConnection,
+        after: int,
+        through: int,
+        already_sent: dict[tuple[int, int], tuple[int, int]],
     ) -> int:
+        """Sends the range's rows not in ``already_sent`` ((batch id, seq) -> (partition, offset) in the topic)."""
         rows = con.execute(_message_sql(con, after, through)).fetchall()
         pipeline_id = self._pipeline_id(con).encode()
         producer = new_client(
@@ -163,6 +168,8 @@ class JoinSink:
         )
         failures: list[str] = []
         last_offsets: dict[int, int] = {}
+        for partition, offset in already_sent.values():
+            last_offsets[partition] = max(offset, last_offsets.get(partition, -1))
 
         def delivered(error: KafkaError | None, message: Any) -> None:
             if error is not None:
@@ -269,9 +276,11 @@ class JoinSink:
         )
         return _partition_offsets(text)
 
-    def _read_back(self, con: duckdb.DuckDBPyConnection, after: int, through: int) -> set[tuple[int, int]]:
-        """(batch id, seq) of this range's messages already in the topic: this pipeline's messages from the
-        end offsets recorded when the range started."""
+    def _read_back(
+        self, con: duckdb.DuckDBPyConnection, after: int, through: int
+    ) -> dict[tuple[int, int], tuple[int, int]]:
+        """(batch id, seq) -> (partition, offset) of this range's messages already in the topic: this pipeline's
+        messages from the end offsets recorded when the range started."""
         start = first_row(
             con,
             f"SELECT start_offsets FROM {SINK_TABLE} WHERE {self._of_topic} AND {one_of('through_batch', through)}",
@@ -279,7 +288,7 @@ class JoinSink:
         start_offsets = _partition_offsets(start)
         pipeline_id = self._pipeline_id(con).encode()
         consumer = self._consumer()
-        found: set[tuple[int, int]] = set()
+        found: dict[tuple[int, int], tuple[int, int]] = {}
         try:
             partitions = consumer.list_topics(self.topic, timeout=15).topics[self.topic].partitions
             # -2: the beginning of a partition with no recorded start (created since)
@@ -299,7 +308,8 @@ class JoinSink:
                         continue
                     headers = dict(message_headers(message) or [])  # unreadable: another producer's
                     if headers.get("sysmon_pipeline") == pipeline_id:
-                        found.add((int(headers["sysmon_batch_id"]), int(headers["sysmon_seq"])))
+                        key = (int(headers["sysmon_batch_id"]), int(headers["sysmon_seq"]))
+                        found[key] = (message.partition(), message.offset())
         except KafkaException as error:
             serve_log(consumer)
             raise KafkaSinkError(f"reading back {self.topic} at {self.settings.kafka_bootstrap}: {error}") from error

@@ -141,6 +141,38 @@ def test_a_range_left_publishing_by_a_crash_sends_only_what_the_topic_lacks(
     assert lake.rows("SELECT state FROM ingest.kafka_sink") == [("done",), ("done",)]
 
 
+def test_a_range_the_read_back_finds_whole_records_the_offsets_it_found(tmp_path: Path, kafka_broker: Broker) -> None:
+    """A crash after every message was acknowledged but before the range was marked done: the restart sends
+    nothing, and the range's last offsets are those of its messages in the topic."""
+    lake = sink_lake(tmp_path, kafka_broker)
+    lake.land([process_create(f"{{P{i}}}") for i in range(6)] + [network_connect(f"{{P{i}}}") for i in range(6)])
+
+    class DiesAfterFlushing:
+        def __init__(self, config: dict) -> None:
+            self.producer = Producer(config)
+
+        def produce(self, *args, **kwargs) -> None:
+            self.producer.produce(*args, **kwargs)
+
+        def flush(self, timeout: float) -> int:
+            self.producer.flush(timeout)
+            raise KeyboardInterrupt("killed after the broker acknowledged every message")
+
+    crashing = SysmonPipeline(lake.settings)
+    for name in crashing.project.primary_models():
+        crashing.run_model(name, "first", T0)
+    with pytest.raises(KeyboardInterrupt), crashing.connect() as con:
+        JoinSink(lake.settings, producer_factory=DiesAfterFlushing).publish(con)
+    messages = kafka_broker.read_all(lake.settings.kafka_sink_topic)
+    assert len(messages) == 6
+
+    lake.batch()
+    assert len(published(kafka_broker, lake)) == 6
+    last = {str(p): max(m.offset() for m in messages if m.partition() == p) for p in {m.partition() for m in messages}}
+    ((state, last_offsets),) = lake.rows("SELECT state, last_offsets FROM ingest.kafka_sink")
+    assert (state, json.loads(last_offsets)) == ("done", last)
+
+
 def test_an_unreachable_sink_fails_the_publish_and_keeps_the_range(tmp_path: Path) -> None:
     lake = Lake(
         tmp_path, kafka_sink=True, kafka_bootstrap="127.0.0.1:1", kafka_config=(("message.timeout.ms", "2000"),)
