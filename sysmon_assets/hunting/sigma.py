@@ -211,19 +211,17 @@ def _rules_of(folder: Path, path: Path) -> Iterator[SigmaRule | SigmaFilter | Ru
     for item in [*collection.rules, *collection.filters]:
         rule_id = str(item.id) if getattr(item, "id", None) else None
         title = getattr(item, "title", None)
-        if isinstance(item, SigmaFilter) and not item.errors:
-            yield item
-        elif not isinstance(item, SigmaRule):
+        if item.errors:
+            what = "filter" if isinstance(item, SigmaFilter) else "rule"
+            reason = f"not a valid Sigma {what}: {_first_line(item.errors[0])}"
+            yield RuleFailure(relative, "unreadable", reason, rule_id, title)
+        elif not isinstance(item, (SigmaRule, SigmaFilter)):
             yield RuleFailure(
                 relative,
                 "unsupported",
                 f"{type(item).__name__} is not evaluated (only detection rules are)",
                 rule_id,
                 title,
-            )
-        elif item.errors:
-            yield RuleFailure(
-                relative, "unreadable", f"not a valid Sigma rule: {_first_line(item.errors[0])}", rule_id, title
             )
         else:
             yield item

@@ -836,6 +836,19 @@ def test_a_filter_in_a_file_of_its_own_applies_to_the_rules_it_names_and_one_nam
     assert lake.rows("SELECT rule_title, process_guid FROM sigma_detections") == [("whoami", "{U}")]
 
 
+def test_a_filter_pysigma_reads_with_errors_is_listed_unreadable_with_its_error(tmp_path: Path) -> None:
+    broken = {
+        "title": "broken filter",
+        "id": str(uuid.uuid4()),
+        "logsource": {"category": "process_creation", "product": "windows"},
+        "filter": {"rules": [str(uuid.uuid4())], "sel": {"User|nosuchmodifier": "x"}, "condition": "not sel"},
+    }
+    rule_set = sigma.load_rule_set(write_rules(tmp_path / "rules", {"broken.yml": broken}), None)
+    assert [(f.file, f.kind, f.title, f.reason) for f in rule_set.failures] == [
+        ("broken.yml", "unreadable", "broken filter", "not a valid Sigma filter: Unknown modifier 'nosuchmodifier'")
+    ]
+
+
 def test_a_rule_without_a_product_reads_a_field_its_events_lack_as_absent(tmp_path: Path) -> None:
     """docs/hunting.md: product windows, or none. Without one, a field the event lacks was not marked absent, so the
     rule's SQL named a column that does not exist and it did not run."""
