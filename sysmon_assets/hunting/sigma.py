@@ -199,7 +199,9 @@ def _rules_of(folder: Path, path: Path) -> Iterator[SigmaRule | SigmaFilter | Ru
     relative = path.relative_to(folder).as_posix()
     try:
         text = path.read_text(encoding="utf-8")
-        collection = SigmaCollection.from_yaml(text, collect_errors=True, collect_filters=True)
+        collection = SigmaCollection.from_yaml(
+            text, collect_errors=True, collect_filters=True, resolve_references=False
+        )
     except (SigmaError, yaml.YAMLError, UnicodeDecodeError) as error:
         yield RuleFailure(relative, "unreadable", f"not a readable Sigma file: {_first_line(error)}")
         return

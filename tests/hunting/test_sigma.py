@@ -849,6 +849,31 @@ def test_a_filter_pysigma_reads_with_errors_is_listed_unreadable_with_its_error(
     ]
 
 
+def test_a_correlation_rule_is_listed_unsupported(tmp_path: Path) -> None:
+    """docs/hunting.md: correlations are a feature the conversion lacks; the rule they count still runs."""
+    whoami = rule_document(
+        "whoami", "process_creation", {"sel": {"Image|endswith": "\\whoami.exe"}, "condition": "sel"}
+    )
+    correlation = {
+        "title": "many whoamis",
+        "id": str(uuid.uuid4()),
+        "correlation": {
+            "type": "event_count",
+            "rules": [whoami["id"]],
+            "group-by": ["User"],
+            "timespan": "1h",
+            "condition": {"gte": 5},
+        },
+    }
+    rule_set = sigma.load_rule_set(
+        write_rules(tmp_path / "rules", {"rule.yml": whoami, "count.yml": correlation}), None
+    )
+    assert [rule.title for rule in rule_set.rules] == ["whoami"]
+    assert [(f.file, f.kind, f.title, f.reason) for f in rule_set.failures] == [
+        ("count.yml", "unsupported", "many whoamis", "SigmaCorrelationRule is not evaluated (only detection rules are)")
+    ]
+
+
 def test_a_rule_without_a_product_reads_a_field_its_events_lack_as_absent(tmp_path: Path) -> None:
     """docs/hunting.md: product windows, or none. Without one, a field the event lacks was not marked absent, so the
     rule's SQL named a column that does not exist and it did not run."""
