@@ -47,6 +47,7 @@ from sysmon_assets.hunting.sigma_backend import (
     UTC_TIME,
     SysmonDuckDBBackend,
     can_match,
+    kept_field,
     sysmon_pipeline,
 )
 
@@ -408,10 +409,12 @@ def load_rule_set(folder: Path, cache_dir: Path | None) -> RuleSet:
     return rule_set
 
 
-def _shown(source: str) -> str:
+def _shown(name: str, source: str) -> str:
     """Where a field is read from, as the docs' mapping table says it."""
     if source == UTC_TIME:
         return "`event_date_creation` as text, as Sysmon writes `UtcTime`"
+    if source == kept_field(name):
+        return f"`_extra_fields['{name}']`, the name in any letter case"
     if source.startswith("e."):
         return f"`{source.removeprefix('e.')}`"
     if source.startswith("p."):
@@ -424,7 +427,9 @@ def mapping_table() -> str:
     names = list(dict.fromkeys(name for fields in EVENT_FIELDS.values() for name in fields))
     rows = ["| Sigma / Sysmon field | process_creation (event 1) | network_connection (event 3) |", "|---|---|---|"]
     for name in names:
-        cells = [_shown(EVENT_FIELDS[event_id][name]) if name in EVENT_FIELDS[event_id] else "-" for event_id in (1, 3)]
+        cells = [
+            _shown(name, EVENT_FIELDS[event_id][name]) if name in EVENT_FIELDS[event_id] else "-" for event_id in (1, 3)
+        ]
         rows.append(f"| `{name}` | {cells[0]} | {cells[1]} |")
     return "\n".join(rows) + "\n"
 

@@ -51,9 +51,12 @@ LOWER_SUFFIX = ":lower"
 LONG_FIELDS = ("CommandLine", "ParentCommandLine")
 
 
-def _kept(name: str) -> str:
-    """A Sysmon field the recipe's columns do not carry: winlogbeat_stream_rekey keeps it in ``_extra_fields``."""
-    return f"e._extra_fields[{quote_string(name)}]"
+def kept_field(name: str) -> str:
+    """A Sysmon field the recipe's columns do not carry: winlogbeat_stream_rekey keeps it in ``_extra_fields``, named
+    as the line spelled it, so it is looked up ignoring letter case (the line's first spelling wins, as for the
+    declared fields)."""
+    upper_name = quote_string(name.upper())
+    return f"list_filter(map_entries(e._extra_fields), lambda f: upper(f.key) = {upper_name})[1].value"
 
 
 # Where each Sysmon field of an event is read from: ``e`` is the event's winlogbeat_stream_rekey row, ``p`` (for a
@@ -79,16 +82,16 @@ _PROCESS_CONTEXT = {
 UTC_TIME = "strftime(e.event_date_creation, '%Y-%m-%d %H:%M:%S.%g')"
 EVENT_FIELDS: dict[int, dict[str, str]] = {
     1: {
-        "RuleName": _kept("RuleName"),
+        "RuleName": kept_field("RuleName"),
         "UtcTime": UTC_TIME,
         "ProcessGuid": "e.process_guid",
         "ProcessId": "e.process_id",
         "Image": "e.process_path",
         "FileVersion": "e.file_version",
         "Description": "e.file_description",
-        "Product": _kept("Product"),
+        "Product": "e._extra_fields['Product']",  # named by winlogbeat_stream_rekey
         "Company": "e.file_company",
-        "OriginalFileName": _kept("OriginalFileName"),
+        "OriginalFileName": kept_field("OriginalFileName"),
         "CommandLine": "e.process_command_line",
         "CurrentDirectory": "e.process_current_directory",
         "User": "e.user_account",
@@ -101,10 +104,10 @@ EVENT_FIELDS: dict[int, dict[str, str]] = {
         "ParentProcessId": "e.parent_process_id",
         "ParentImage": "e.parent_process_path",
         "ParentCommandLine": "e.parent_process_command_line",
-        "ParentUser": _kept("ParentUser"),
+        "ParentUser": kept_field("ParentUser"),
     },
     3: {
-        "RuleName": _kept("RuleName"),
+        "RuleName": kept_field("RuleName"),
         "UtcTime": UTC_TIME,
         "ProcessGuid": "e.process_guid",
         "ProcessId": "e.process_id",

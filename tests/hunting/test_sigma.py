@@ -874,6 +874,34 @@ def test_a_correlation_rule_is_listed_unsupported(tmp_path: Path) -> None:
     ]
 
 
+def test_a_field_kept_in_extra_fields_is_read_whatever_its_letter_case(tmp_path: Path) -> None:
+    """Field names match in any letter case (docs/inputs.md), the first in the line winning; OriginalFileName,
+    ParentUser and RuleName are kept in _extra_fields as written, and a rule read them by one spelling only (a
+    probe's finding: a renamed shell spelled originalfilename was not detected)."""
+    renamed = rule_document(
+        "renamed shell", "process_creation", {"sel": {"OriginalFileName": "Cmd.Exe"}, "condition": "sel"}
+    )
+    parent_user = rule_document(
+        "by admin", "process_creation", {"sel": {"ParentUser": "CORP\\admin"}, "condition": "sel"}
+    )
+    lake = Lake(tmp_path, sigma_rules=write_rules(tmp_path / "rules", {"a.yml": renamed, "b.yml": parent_user}))
+    lake.land(
+        [
+            process_create("{EXACT}", event_data={"OriginalFileName": "Cmd.Exe"}),
+            process_create("{LOWER}", event_data={"originalfilename": "Cmd.Exe", "PARENTUSER": "CORP\\admin"}),
+            process_create("{FIRST}", event_data={"ORIGINALFILENAME": "cmd.exe", "OriginalFileName": "foo.exe"}),
+            process_create("{LATER}", event_data={"originalFileName": "foo.exe", "OriginalFileName": "Cmd.Exe"}),
+        ]
+    )
+    lake.batch()
+    assert lake.rows("SELECT process_guid, rule_title FROM sigma_detections ORDER BY ALL") == [
+        ("{EXACT}", "renamed shell"),
+        ("{FIRST}", "renamed shell"),
+        ("{LOWER}", "by admin"),
+        ("{LOWER}", "renamed shell"),
+    ]
+
+
 def test_a_rule_without_a_product_reads_a_field_its_events_lack_as_absent(tmp_path: Path) -> None:
     """docs/hunting.md: product windows, or none. Without one, a field the event lacks was not marked absent, so the
     rule's SQL named a column that does not exist and it did not run."""
