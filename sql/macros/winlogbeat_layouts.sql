@@ -105,7 +105,7 @@ CASE WHEN starts_with({{ args }}, '[') THEN array_to_string(list_transform(try(j
         "fields": {
             "source_name": 'j.evtx.System.Provider."#attributes".Name', "type": "CASE WHEN layout = 'evtx' THEN 'evtx' END",
             "task": "j.evtx.System.Task", "log_name": "j.evtx.System.Channel", "computer_name": "j.evtx.System.Computer",
-            "event_id": "CASE WHEN starts_with(j.evtx.System.EventID, '{') THEN json_extract_string(j.evtx.System.EventID, '$.\"#text\"') ELSE j.evtx.System.EventID END",
+            "event_id": "CASE WHEN starts_with(j.evtx.System.EventID, '{') THEN coalesce(json_extract_string(j.evtx.System.EventID, '$.\"#text\"'), j.evtx.System.EventID) ELSE j.evtx.System.EventID END",
             "record_number": "j.evtx.System.EventRecordID"},
         "event_data": "j.evtx.EventData",
         "spellings": ["ProcessID"],

@@ -340,6 +340,18 @@ def test_evtx_event_id_with_qualifiers(tmp_path: Path) -> None:
     ]
 
 
+def test_an_evtx_event_id_object_without_its_text_is_null_and_listed(tmp_path: Path) -> None:
+    """As an event_id that is an object is in the other layouts (a probe's finding: NULL with no error)."""
+    lake = Lake(tmp_path)
+    record = to_evtx(sysmon_event(7036, None, provider="Service Control Manager"))
+    record["evtx"]["System"]["EventID"] = {"#attributes": {"Qualifiers": 16384}}
+    lake.land([json.dumps(record)])
+    lake.batch()
+    assert lake.rows("SELECT event_id, _layout, _coercion_errors FROM winlogbeat_stream") == [
+        (None, "evtx", [{"field": "event_id", "value": '{"#attributes":{"Qualifiers":16384}}'}])
+    ]
+
+
 def recased(node: Any, recase: Callable[[str], str]) -> Any:
     """``node`` with every object key, at every depth, rewritten by ``recase``; values as they are."""
     if isinstance(node, dict):
