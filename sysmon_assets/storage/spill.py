@@ -5,14 +5,16 @@ there shares (shards, the maintenance job, an analyst's query run from the same 
 spilling into one folder write the same file names: both crashed (segmentation fault) each time it was tried.
 So each instance gets a folder of its own, inside a folder private to its process (mode 700: spilled rows are
 event data). The pipeline's instances spill under ``SYSMON_DATA_DIR/spill`` (on the data's disk, with everything
-else the pipeline writes), read-only ones (analysts') under the system's temporary folder (``TMPDIR``). DuckDB
-makes an instance's folder on its first spill and removes it when the instance closes; the process's folder goes
-when the process exits, or, after a crash, when the next process on the machine makes its own there.
+else the pipeline writes), read-only ones (analysts') under ``sysmon-assets-spill-<user>`` in the system's temporary
+folder (``TMPDIR``). DuckDB makes an instance's folder on its first spill and removes it when the instance closes;
+the process's folder goes when the process exits, or, after a crash, when the next process on the machine makes its
+own there. Only those parents are searched for crashed processes' folders: nothing else in ``TMPDIR`` is touched.
 """
 
 from __future__ import annotations
 
 import atexit
+import getpass
 import os
 import shutil
 import socket
@@ -25,8 +27,15 @@ _PROCESS_FOLDERS: dict[tuple[int, Path], Path] = {}
 
 def spill_directory(parent: Path | None = None) -> str:
     """A folder for one DuckDB instance to spill into (its ``temp_directory``), not made yet, in this process's
-    private folder under ``parent`` (by default the system's temporary folder)."""
-    return str(_process_folder(Path(parent or tempfile.gettempdir())) / uuid.uuid4().hex)
+    private folder under ``parent`` (by default the user's readers' folder in the system's temporary folder)."""
+    return str(_process_folder(parent or _readers_folder()) / uuid.uuid4().hex)
+
+
+def _readers_folder() -> Path:
+    """The project's own folder in TMPDIR for this user's readers (private: their spills are event data)."""
+    folder = Path(tempfile.gettempdir(), f"sysmon-assets-spill-{getpass.getuser()}")
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder
 
 
 def _process_folder(parent: Path) -> Path:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -67,7 +69,8 @@ def test_the_pipeline_spills_in_the_data_folder_and_a_reader_in_the_temporary_fo
     for read_only in (False, True):
         with open_lake(settings, read_only=read_only) as con:
             folders.append(Path(con.execute("SELECT current_setting('temp_directory')").fetchone()[0]))
-    assert [folder.parent.parent for folder in folders] == [tmp_path / "data" / "spill", Path(tempfile.gettempdir())]
+    readers = Path(tempfile.gettempdir(), f"sysmon-assets-spill-{getpass.getuser()}")
+    assert [folder.parent.parent for folder in folders] == [tmp_path / "data" / "spill", readers]
     assert [stat.S_IMODE(folder.parent.stat().st_mode) for folder in folders] == [0o700, 0o700]
     assert spill_directory() != spill_directory()  # a folder per instance
 
@@ -83,3 +86,18 @@ def test_a_crashed_process_leaves_its_folder_until_the_next_process_makes_its_ow
     assert left.parent.is_dir()  # os._exit runs no exit handler, as a kill would not
     alive = Path(spill_directory(tmp_path))
     assert not left.parent.exists() and alive.parent.is_dir()
+
+
+def test_a_reader_removes_no_folder_of_the_temporary_folder_but_its_own(tmp_path: Path) -> None:
+    """A probe's finding: every reader removed any folder of TMPDIR named <host>-<digits>-... whose number was no
+    running process, as if a crashed reader had left it."""
+    temporary = tmp_path / "tmp"
+    notes = temporary / f"{socket.gethostname().replace('-', '_')}-99999999-notes"
+    notes.mkdir(parents=True)
+    (notes / "file.txt").write_text("important")
+    reader = (
+        "import tempfile, sys; tempfile.tempdir = sys.argv[1]; "
+        "from sysmon_assets.storage.spill import spill_directory; spill_directory()"
+    )
+    subprocess.run([sys.executable, "-c", reader, str(temporary)], check=True)
+    assert (notes / "file.txt").read_text() == "important"
