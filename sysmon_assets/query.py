@@ -12,10 +12,11 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import duckdb
 
@@ -107,11 +108,15 @@ def rows_as_json(rows: list[tuple], columns: JsonColumns | None = None) -> str:
     return json.dumps([[_json_value(value_at(row, index)) for index in range(width)] for row in rows], allow_nan=False)
 
 
-def _row_count(text: str) -> int:
-    """``--max-rows``: a count of rows, 0 or more."""
-    count = int(text)
-    if count < 0:
-        raise ValueError(text)
+def _count_of(thing: str, least: int) -> Callable[[str], int]:
+    """An argument type: a count of ``thing``s, ``least`` or more (argparse names it in its error)."""
+
+    def count(text: str) -> int:
+        if int(text) < least:
+            raise ValueError(text)
+        return int(text)
+
+    count.__name__ = f"{thing} count"
     return count
 
 
@@ -136,15 +141,32 @@ def results(con: duckdb.DuckDBPyConnection, statements: list[str]) -> Iterator[d
             yield relation
 
 
+def _lake_data_named(message: str) -> str:
+    """Where the lake's data goes, to follow an error reading files, if they were the lake's: the error names its
+    data folder, or the bucket of its object storage (not a file of the user's own, ``read_csv('x.csv')``)."""
+    settings = Settings.from_env()
+    data_path = settings.data_path
+    named = os.path.abspath(data_path) if lake.is_local(data_path) else urlsplit(data_path).netloc
+    return f" (the lake's data: {lake.data_location(settings)})" if named and named in message else ""
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="python -m sysmon_assets.query", description=__doc__.splitlines()[0])
     parser.add_argument("query", help="a .sql file, or SQL text")
     parser.add_argument("--json", action="store_true", help="print the rows as a JSON array of arrays")
     parser.add_argument("--batch", type=int, default=None, help="read the lake as this batch left it")
-    parser.add_argument("--max-width", type=int, default=160, help="the table's width in characters (default 160)")
     parser.add_argument(
-        "--max-rows", type=_row_count, default=20, help="rows the table shows, the first and last ones (default 20)"
+        "--max-width",
+        type=_count_of("character", 1),
+        default=160,
+        help="the table's width in characters (default 160)",
+    )
+    parser.add_argument(
+        "--max-rows",
+        type=_count_of("row", 0),
+        default=20,
+        help="rows the table shows, the first and last ones (default 20)",
     )
     args = parser.parse_args(argv)
     path = Path(args.query)
@@ -171,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
                 relation.show(max_width=args.max_width, max_rows=args.max_rows)
         sys.stdout.flush()  # here, so a closed pipe is met inside the try
     except (duckdb.IOException, duckdb.HTTPException) as error:  # the data files, which the ATTACH does not read
-        sys.exit(f"query failed: {error} (the lake's data: {lake.data_location(Settings.from_env())})")
+        sys.exit(f"query failed: {error}{_lake_data_named(str(error))}")
     except (SettingsError, lake.LakeError, duckdb.Error) as error:
         sys.exit(f"query failed: {error}")
     except BrokenPipeError:  # the reader stopped early (`| head`): end quietly, as Python's docs on SIGPIPE advise

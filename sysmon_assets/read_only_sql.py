@@ -83,9 +83,13 @@ def tokens(sql: str) -> list[tuple[int, duckdb.token_type]]:
 def statement_texts(sql: str) -> list[str]:
     """``sql``'s statements, cut at the semicolons DuckDB's tokenizer finds outside strings and comments; a piece
     with no token (only a comment, or nothing) is no statement. As text, not ``duckdb.extract_statements``: that
-    gives the statements DuckDB expands a PIVOT into without their text (which ``con.sql`` then cannot run)."""
+    gives the statements DuckDB expands a PIVOT into without their text (which ``con.sql`` then cannot run). Each
+    piece is preceded by as many newlines as there are lines before it, so an error names its line in ``sql``."""
     cuts = [position for position, kind in tokens(sql) if kind == duckdb.token_type.operator and sql[position] == ";"]
-    pieces = [sql[start:end] for start, end in zip([0] + [cut + 1 for cut in cuts], [*cuts, len(sql)], strict=True)]
+    starts = [0] + [cut + 1 for cut in cuts]
+    pieces = [
+        "\n" * sql.count("\n", 0, start) + sql[start:end] for start, end in zip(starts, [*cuts, len(sql)], strict=True)
+    ]
     return [piece for piece in pieces if duckdb.tokenize(piece)]
 
 

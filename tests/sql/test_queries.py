@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -239,7 +240,8 @@ def test_the_query_command_refuses_a_sql_file_it_cannot_read_and_a_negative_row_
     latin1.write_bytes("SELECT 'caf\u00e9'".encode("latin-1"))
     for args, expected in (
         ([str(latin1)], f"query failed: cannot read the SQL file {latin1} (UTF-8 text expected): "),
-        (["--max-rows", "-1", "SELECT 1"], "usage: "),
+        (["--max-rows", "-1", "SELECT 1"], "argument --max-rows: invalid row count value: '-1'"),
+        (["--max-width", "-5", "SELECT 1"], "argument --max-width: invalid character count value: '-5'"),
     ):
         failed = subprocess.run(
             [sys.executable, "-m", "sysmon_assets.query", *args], cwd=ROOT, env=env, capture_output=True, text=True
@@ -285,6 +287,37 @@ def test_a_query_that_fails_as_its_rows_are_read_is_reported_without_a_traceback
         )
         assert failed.returncode == 1
         assert failed.stderr.startswith("query failed: Conversion Error") and "Traceback" not in failed.stderr
+
+
+def test_a_syntax_error_names_its_line_in_the_whole_sql_file(sample_lake: Lake, tmp_path: Path) -> None:
+    """A probe's finding: each statement was parsed alone, so the line counted from the semicolon before it."""
+    report = tmp_path / "report.sql"
+    report.write_text("-- report\nselect 1;\nselect 2;\nselect src_host_name,, dst_ip_addr from sysmon_join;\n")
+    env = {**os.environ, "SYSMON_DATA_DIR": str(sample_lake.data), "SYSMON_LANDING_DIR": str(sample_lake.landing)}
+    failed = subprocess.run(
+        [sys.executable, "-m", "sysmon_assets.query", str(report)], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert failed.returncode == 1 and "LINE 4: select src_host_name,, dst_ip_addr" in failed.stderr, failed.stderr
+
+
+def test_an_error_reading_files_names_the_lakes_data_only_when_it_read_the_lakes_files(
+    sample_lake: Lake, tmp_path: Path
+) -> None:
+    """A probe's finding: the user's own missing file was reported as if in the lake's data."""
+    copy = tmp_path / "copy"
+    shutil.copytree(sample_lake.data, copy / "data")  # the default lake opens from where it is copied to
+    env = {**os.environ, "SYSMON_DATA_DIR": str(copy / "data"), "SYSMON_LANDING_DIR": str(sample_lake.landing)}
+    next((copy / "data").rglob("main/sysmon_join/*.parquet")).unlink()
+    failures = [
+        subprocess.run(
+            [sys.executable, "-m", "sysmon_assets.query", sql], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        for sql in ("SELECT count(*) FROM sysmon_join", f"SELECT * FROM read_csv('{tmp_path / 'missing.csv'}')")
+    ]
+    assert [failed.returncode for failed in failures] == [1, 1]
+    lake_data = f"(the lake's data: {copy / 'data' / 'lake_files'}/)"
+    assert lake_data in failures[0].stderr, failures[0].stderr
+    assert "the lake's data" not in failures[1].stderr and "missing.csv" in failures[1].stderr
 
 
 def test_a_bad_setting_is_reported_without_a_traceback(sample_lake: Lake) -> None:
