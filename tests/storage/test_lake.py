@@ -173,6 +173,35 @@ def test_the_docs_sql_for_another_duckdb_client_lists_each_batchs_snapshot(
     assert first_batch_joins == [1, 2]
 
 
+def test_a_plain_attach_reads_the_newest_batch_and_a_connect_session_the_one_it_attached(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/storage.md: a plain ATTACH reads the newest snapshot at each statement; connect() keeps its own."""
+    lake.land([process_create("{A}"), network_connect("{A}")])
+    lake.batch(T0)
+    monkeypatch.chdir(lake.data.parent)
+    with (
+        closing(duckdb.connect(config={"extension_directory": lake_module.extension_directory()})) as plain,
+        connect(lake.settings) as held,
+    ):
+        plain.execute("ATTACH 'ducklake:sqlite:data/lake.sqlite' AS lake (READ_ONLY); USE lake")
+        counts = [
+            (
+                plain.sql("SELECT count(*) FROM sysmon_join").fetchone(),
+                held.sql("SELECT count(*) FROM sysmon_join").fetchone(),
+            )
+        ]
+        lake.land([process_create("{B}"), network_connect("{B}")])
+        lake.batch(T0 + timedelta(minutes=1))
+        counts.append(
+            (
+                plain.sql("SELECT count(*) FROM sysmon_join").fetchone(),
+                held.sql("SELECT count(*) FROM sysmon_join").fetchone(),
+            )
+        )
+    assert counts == [((1,), (1,)), ((2,), (1,))]
+
+
 def test_reading_a_folder_without_a_lake_says_so_and_makes_nothing(tmp_path: Path) -> None:
     typo = Settings(landing_dir=tmp_path, data_dir=tmp_path / "no lake here")
     for reading in (lambda: connect(typo), lambda: open_lake(typo, read_only=True).__enter__()):
@@ -236,17 +265,24 @@ def test_with_one_pipeline_a_run_deletes_what_it_replaced_though_a_batch_failed(
     assert upkeep.files_deleted > 0 and not on_disk <= set(lake.data.rglob("*.parquet"))
 
 
-def test_after_maintenance_past_batches_read_as_they_were_but_their_bookkeeping_reads_empty(
+def test_after_maintenance_past_batches_read_as_they_were_but_their_bookkeeping_only_its_current_rows(
     lake: Lake, tmp_path: Path
 ) -> None:
+    """DuckLake 0.3's flush of inlined rows moves only the current ones: a past batch's bookkeeping reads the rows
+    still current (a probe's finding: not empty, as the docs said, but what a later batch left of it)."""
+    kept = lake.land([process_create("{K}")], name="kept.ndjson")  # its ingest.files row never changes again
     counts = {batch_id: table_counts(lake) for batch_id in in_batches(lake, sample_lines(tmp_path, 600), 2)}
+    with connect(lake.settings, batch_id=1) as con:
+        assert con.execute("SELECT count(*) FROM ingest.files").fetchone() == (2,)
     with open_lake(lake.settings) as con:
         maintain(con, utc_now(), snapshot_retention_days=7, event_retention_days=None)
     with connect(lake.settings, batch_id=1) as con:
         assert dict(con.execute(COUNTS).fetchall()) == counts[1]
-        assert con.execute("SELECT count(*) FROM dbt_like.offsets").fetchone() == (0,)  # DuckLake 0.3's flush
+        assert con.execute("SELECT count(*) FROM dbt_like.offsets").fetchone() == (0,)  # each replaced by batch 2
+        assert con.execute("SELECT path FROM ingest.files").fetchall() == [(str(kept),)]
     with connect(lake.settings) as con:
         assert con.execute("SELECT count(*) FROM dbt_like.offsets").fetchone()[0] > 0
+        assert con.execute("SELECT count(*) FROM ingest.files").fetchone() == (2,)
 
 
 def test_a_session_held_open_across_maintenance_keeps_working(lake: Lake, tmp_path: Path) -> None:
