@@ -255,6 +255,18 @@ def test_an_event_whose_utc_time_does_not_parse_is_never_taken_for_a_redelivery(
     assert lake.rows("SELECT count(*), count(event_date_creation) FROM winlogbeat_stream_rekey") == [(2, 0)]
 
 
+@pytest.mark.parametrize("missing", ["computer_name", "log_name", "record_number"])
+def test_an_event_without_a_field_of_the_delivery_key_is_never_taken_for_a_redelivery(
+    lake: Lake, missing: str
+) -> None:
+    # docs/exactly-once.md: without its computer, channel or record number, two copies may be two hosts' events
+    event = network_connect("{A}", record=5)
+    del event[missing]
+    lake.land([event] * 2)
+    lake.batch()
+    assert lake.count("winlogbeat_stream_rekey") == 2
+
+
 def test_same_record_number_on_another_host_is_not_a_duplicate(lake: Lake) -> None:
     lake.land([network_connect("{A}", record=1, computer="H1"), network_connect("{B}", record=1, computer="H2")])
     lake.batch()
