@@ -77,6 +77,8 @@ STATE_TABLE = "ingest.files"
 EVENTS_TABLE = "ingest.file_events"
 STATS_TABLE = "ingest.file_stats"
 READ_WHOLE_TABLE = "ingest.files_read_whole"
+# ingest.files_read_whole's stat of a gzip or EVTX file read as far as it reads at a stat not settled yet
+READ_WHOLE_UNSETTLED = ""
 # The smallest piece a file is read in under a per-batch limit, however many files share it.
 MIN_PIECE_BYTES = 64 * 1024
 # An EVTX file's header and its chunks' headers change as records are appended; a record, once written, does not.
@@ -420,6 +422,7 @@ class LandingReader:
         self.skipped: list[Skipped] = []  # not yet recorded in ingest.file_events
         self.recorded_skips: list[Skipped] = []  # recorded by this batch
         self.vanished: list[Vanished] = []  # not yet recorded
+        self.reused: set[str] = set()  # keys whose file was deleted and whose inode a new file took
         self.recorded_vanished: list[Vanished] = []  # recorded by this batch
         # files this batch left lines of for the next: stopped at their share of max_bytes, or holding back a last
         # line without newline (the next batch delivers it if the file has not grown, see _wait_for_writer)
@@ -449,25 +452,33 @@ class LandingReader:
         planned = (
             self._plan_file(landed, known, unlisted, first_batch_ever) for landed in files if self.owns(landed.key)
         )
+        self.reused = set()
         self.files = [progress for progress in planned if progress is not None]
         adopted = {progress.adopted for progress in self.files if progress.adopted}
-        self.vanished, self.recorded_vanished = self._vanished(known, listed | adopted), []
+        self.vanished, self.recorded_vanished = self._vanished(known, (listed - self.reused) | adopted), []
         return self.files
 
     def _vanished(self, known: dict[str, Stored], listed: set[str]) -> list[Vanished]:
-        """The known text files no longer listed whose last listing saw bytes not read yet (a partial last line,
-        lines appended as the batch ran): renamed outside the landed names, those bytes are not read unless the
-        file comes back; deleted, they are lost. Each is logged and recorded once: the record sets its known
-        size back to its position."""
+        """The known files no longer listed whose last listing saw lines not read yet (a text file: a partial last
+        line, lines appended as the batch ran; a gzip or EVTX file: one the last batch did not read to its end):
+        renamed outside the landed names, those lines are not read unless the file comes back; deleted, they are
+        lost. Each is logged and recorded once: the record marks what was left as accounted for."""
         vanished = []
         for key, stored in known.items():
-            unread = (stored.file_size or 0) - stored.position
-            if key in listed or unread <= 0 or not self.owns(key) or _kind(Path(stored.path)) != "text":
+            if key in listed or not self.owns(key):
+                continue
+            if _kind(Path(stored.path)) == "text":
+                unread = (stored.file_size or 0) - stored.position
+                left = f"with {unread} bytes not read (from byte {stored.position} of the {stored.file_size} it had"
+                left += " when last listed)"
+            else:
+                unread = stored.read_whole_stat is None
+                left = f"and not read to its end (it stopped at line {stored.line})"
+            if unread <= 0:
                 continue
             detail = (
-                f"no longer under a landed name with {unread} bytes not read (from byte {stored.position} of the "
-                f"{stored.file_size} it had when last listed): read on if it comes back under a landed name, "
-                "else lost (renamed outside the landed names, or deleted)"
+                f"no longer under a landed name {left}: read on if it comes back under a landed name, else lost "
+                "(renamed outside the landed names, or deleted)"
             )
             LOG.warning("%s is %s", stored.path, detail)
             vanished.append(Vanished(stored.path, key, detail))
@@ -510,7 +521,12 @@ class LandingReader:
         progress = FileProgress(key, path, 0, 0, size, file_stat=landed.stat)
         if key in known:
             self._resume(progress, known[key])
-        else:
+        if key in known and progress.notes and known[key].path != path_text(path):
+            # another file under another name: the known one was deleted and its inode reused (an editor's copy)
+            LOG.info("%s holds the inode of %s, deleted: a new file", path_text(path), known[key].path)
+            progress.notes.clear()
+            self.reused.add(key)
+        if key not in known or key in self.reused:
             _take_over_renamed(progress, unlisted.get(path_text(path), {}))
         if first_batch_ever and self.offset_reset == "latest":
             self._skip_to_end(progress)
@@ -582,7 +598,7 @@ class LandingReader:
                         yield {SOURCE_NAME: pa.concat_tables(frames)}
                         frames, size = [], 0
                     if self.max_bytes and taken >= share:
-                        stopped = True
+                        stopped, progress.read_whole_stat = True, None
                         break  # the rest waits for the next batch
                 else:
                     _note_read_whole(progress)
@@ -657,9 +673,15 @@ class LandingReader:
             self._record_event(con, entry.path, entry.key, "skipped", entry.detail)
         for gone in self.vanished:
             self._record_event(con, Path(gone.path), gone.key, "vanished", gone.detail)
-        if self.vanished:
-            keys = one_of("file_key", *(gone.key for gone in self.vanished))
-            con.execute(f"UPDATE {STATE_TABLE} SET file_size = position WHERE {keys}")
+        accounted = [gone for gone in self.vanished if gone.key not in self.reused]  # a reused key's row is new
+        texts = [gone.key for gone in accounted if _kind(Path(gone.path)) == "text"]
+        others = [gone.key for gone in accounted if _kind(Path(gone.path)) != "text"]
+        if texts:
+            con.execute(f"UPDATE {STATE_TABLE} SET file_size = position WHERE {one_of('file_key', *texts)}")
+        if others:
+            con.execute(f"DELETE FROM {READ_WHOLE_TABLE} WHERE {one_of('file_key', *others)}")
+            rows = ", ".join(f"({literals(key, READ_WHOLE_UNSETTLED)})" for key in others)
+            con.execute(f"INSERT INTO {READ_WHOLE_TABLE} VALUES {rows}")
 
     def _commit_stats(self, con: duckdb.DuckDBPyConnection) -> None:
         """Record the settled stats of the files whose identity this batch checked (planning did, for every file),
@@ -698,10 +720,11 @@ class LandingReader:
 
 
 def _note_read_whole(progress: FileProgress) -> None:
-    """A gzip or EVTX file a batch read as far as it reads, settled: the next batch need not read it again unless
-    its stat changes (a text file's position tells that already)."""
-    if progress.kind != "text" and progress.file_stat is not None:
-        progress.read_whole_stat = progress.file_stat
+    """A gzip or EVTX file a batch read as far as it reads: settled, the next batch need not read it again unless
+    its stat changes; not settled, the next batch reads on, but it holds nothing unread if it vanishes (a text
+    file's position tells both already)."""
+    if progress.kind != "text":
+        progress.read_whole_stat = progress.file_stat or READ_WHOLE_UNSETTLED
 
 
 def _replace_changed_stats(

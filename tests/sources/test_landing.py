@@ -272,6 +272,58 @@ def test_a_file_saved_by_rename_with_more_lines_is_read_on_where_it_stopped(lake
     assert start < path.stat().st_size
 
 
+def test_a_file_saved_by_rename_onto_a_deleted_files_inode_is_read_on_and_the_deleted_one_is_recorded(
+    lake: Lake,
+) -> None:
+    """A probe's finding: a deleted file's inode, reused by an editor's copy saved by rename, read that copy from its
+    start (as if the file under the inode were replaced in place) and left the deleted file's unread bytes
+    unrecorded. The reuse is made here by renaming the deleted file over the saved one and rewriting it."""
+    saved = lake.land([network_connect("{A}", f"10.0.0.{n}") for n in range(1, 5)], name="e.ndjson")
+    deleted = lake.landing / "b.ndjson"
+    _land_a_line_and_40_bytes_of_the_next(deleted)
+    lake.batch()
+    copy = saved.read_text() + json.dumps(network_connect("{A}", "10.0.0.5")) + "\n"
+    os.replace(deleted, saved)  # b.ndjson is gone, its inode now under e.ndjson
+    saved.write_text(copy)  # the copy, as if written to the reused inode and renamed
+    lake.batch()
+    assert lake.rows("SELECT event_data.DestinationIp, count(*) FROM winlogbeat_stream GROUP BY ALL ORDER BY ALL") == [
+        ("10.0.0.1", 2),
+        ("10.0.0.2", 1),
+        ("10.0.0.3", 1),
+        ("10.0.0.4", 1),
+        ("10.0.0.5", 1),
+    ]
+    assert lake.rows(
+        "SELECT event, path, detail LIKE '%with 40 bytes not read%' FROM ingest.file_events ORDER BY 1"
+    ) == [
+        ("renamed over", str(saved), False),
+        ("vanished", str(deleted), True),
+    ]
+    assert lake.rows("SELECT path, position, file_size FROM ingest.files") == [(str(saved), len(copy), len(copy))]
+    lake.batch()
+    assert lake.count("winlogbeat_stream") == 6 and lake.count("ingest.file_events") == 2
+
+
+def test_a_gzip_file_gone_before_it_was_read_to_its_end_is_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe's finding: only text files were recorded as vanished (logrotate deleting the oldest .gz while a
+    backlog is read under SYSMON_LANDING_MAX_BYTES lost its unread lines without a word)."""
+    monkeypatch.setattr(gzip_stream, "COMPRESSED_READ_BYTES", 1024)
+    lake = Lake(tmp_path, landing_max_bytes=100_000)
+    path = lake.landing / "old.ndjson.gz"
+    path.write_bytes(gzip.compress("".join(line + "\n" for line in _lines(3_000)).encode(), mtime=0))
+    lake.batch()
+    read = lake.count("winlogbeat_stream")
+    assert 0 < read < 3_000
+    path.unlink()
+    lake.batch()
+    lake.batch()
+    ((event, detail),) = lake.rows("SELECT event, detail FROM ingest.file_events")
+    assert event == "vanished"
+    assert detail.startswith(f"no longer under a landed name and not read to its end (it stopped at line {read})")
+
+
 def test_a_new_file_under_a_gone_files_name_is_read_from_its_start(lake: Lake) -> None:
     path = lake.land([network_connect("{A}", "10.0.0.1")], name="winlogbeat")
     lake.batch()
@@ -286,9 +338,13 @@ def test_a_new_file_under_a_gone_files_name_is_read_from_its_start(lake: Lake) -
     assert lake.count("ingest.file_events") == 0
 
 
-def test_a_file_read_to_its_end_and_deleted_leaves_no_file_event(lake: Lake) -> None:
-    path = lake.land([network_connect("{A}")], name="winlogbeat.1")
-    lake.batch()
+@pytest.mark.parametrize("name", ["winlogbeat.1", "winlogbeat.1.ndjson.gz"])
+def test_a_file_read_to_its_end_and_deleted_leaves_no_file_event(lake: Lake, name: str) -> None:
+    path = lake.landing / name
+    text = json.dumps(network_connect("{A}")) + "\n"
+    path.write_bytes(gzip.compress(text.encode()) if name.endswith(".gz") else text.encode())
+    lake.batch()  # within 2 s of its landing: read whole at a stat not settled yet
+    assert lake.count("winlogbeat_stream") == 1
     path.unlink()  # rotation's keepfiles at work
     lake.batch()
     assert lake.count("ingest.file_events") == 0
