@@ -20,8 +20,10 @@ from typing import BinaryIO, NamedTuple
 from sysmon_assets.sources.landed_lines import LandingError, no_follow, path_text
 
 # NDJSON files (optionally gzipped), EVTX files, and the names Winlogbeat's file output itself
-# writes and rotates to (``winlogbeat``, ``winlogbeat.1``, ...).
-PATTERNS = ("*.json", "*.ndjson", "*.json.gz", "*.ndjson.gz", "*.evtx", "winlogbeat", "winlogbeat.[0-9]*")
+# writes and rotates to (``winlogbeat``, ``winlogbeat.1``, ...: digits only, so neither a rotated file compressed
+# anew, ``winlogbeat.2.gz``, whose lines were read under its earlier name, nor a writer's ``winlogbeat.1.tmp``).
+PATTERNS = ("*.json", "*.ndjson", "*.json.gz", "*.ndjson.gz", "*.evtx", "winlogbeat")
+ROTATED_NAME = r"winlogbeat\.[0-9]+\Z"
 
 FINGERPRINT_BYTES = 1024
 
@@ -62,7 +64,7 @@ class Skipped:
     detail: str
 
 
-_LANDED_NAME = re.compile("|".join(fnmatch.translate(pattern) for pattern in PATTERNS))
+_LANDED_NAME = re.compile("|".join([*map(fnmatch.translate, PATTERNS), ROTATED_NAME]))
 
 
 def _landed_name(name: str) -> bool:

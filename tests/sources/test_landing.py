@@ -377,6 +377,9 @@ def test_gzip_files_are_read(lake: Lake) -> None:
 def test_only_landed_file_names_are_read_oldest_first(lake: Lake) -> None:
     landed = ["winlogbeat.2", "winlogbeat.1", "a.json", "b.ndjson", "c.json.gz", "d.evtx", "winlogbeat"]
     ignored = ["notes.txt", "d.ndjson.tmp", "winlogbeat.lock", ".hidden.json", "e.JSON", "f.jsonl", "sub/g.json"]
+    # a rotated file compressed (logrotate's compress: its lines were read under its earlier name) or a writer's
+    # temporary copy of one
+    ignored += ["winlogbeat.3.gz", "winlogbeat.1.tmp", "winlogbeat.2x"]
     (lake.landing / "sub").mkdir()
     for age, name in enumerate(landed + ignored):
         (lake.landing / name).write_text("")
