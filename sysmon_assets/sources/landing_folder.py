@@ -339,7 +339,10 @@ def _text_frame(block: bytes | memoryview, newlines: np.ndarray, progress: FileP
     lines = pa.Array.from_buffers(pa.large_binary(), len(newlines), [None, pa.py_buffer(starts), pa.py_buffer(block)])
     offsets = progress.position + starts[:-1]
     frame = lines_table(lines, newlines - starts[:-1], path_text(progress.path), first_seq, progress.line + 1, offsets)
-    progress.advance(len(block), len(newlines), block)
+    # a last line delivered without its newline is not over: what its writer adds to it is of the same line, and
+    # its newline, when stepped over, ends it (_step_over_newline_of_delivered_line)
+    unended = int(len(newlines) > 0 and newlines[-1] >= len(block))
+    progress.advance(len(block), len(newlines) - unended, block)
     return frame
 
 
@@ -848,6 +851,7 @@ def _step_over_newline_of_delivered_line(progress: FileProgress) -> None:
         ending = next((end for end in (b"\n", b"\r\n") if around[1:].startswith(end)), None)
         if ending and around[0] != NEWLINE:
             progress.position += len(ending)
+            progress.line += 1
             progress.tail_sha256 = hashlib.sha256(bytes_before(handle, progress.position)).hexdigest()
 
 

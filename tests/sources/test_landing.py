@@ -116,6 +116,31 @@ def test_a_cut_last_line_is_rejected_once_its_file_has_gone_unchanged_for_the_wa
     assert lake.count("winlogbeat_rejects") == 1
 
 
+@pytest.mark.parametrize("finish", ["the cut line", "a newline"])
+def test_lines_after_a_last_line_delivered_without_its_newline_keep_their_numbers(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch, finish: str
+) -> None:
+    """A probe's finding: a last line delivered without its newline counted as a line of its own, so when its writer
+    finished it, the rest of it and every line after were numbered one too high."""
+    path = lake.landing / "w.ndjson"
+    _, rest = _land_a_line_and_40_bytes_of_the_next(path)
+    if finish == "a newline":
+        path.write_text(path.read_text() + rest)  # a whole document: delivered without a wait
+    lake.batch()
+    monkeypatch.setattr(landing, "UNFINISHED_LINE_SECONDS", 0)
+    lake.batch()  # delivers line 2 as it stands
+    with path.open("a") as handle:
+        handle.write(("" if finish == "a newline" else rest) + "\n" + json.dumps(network_connect("{A}", "10.0.0.3")))
+        handle.write("\n")
+    lake.batch()
+    numbered = lake.rows("SELECT _source_line FROM winlogbeat_stream WHERE event_data.DestinationIp = '10.0.0.3'")
+    assert numbered == [(3,)]
+    lines = lake.rows("SELECT line_number FROM ingest.files")
+    assert lines == [(3,)]
+    if finish == "the cut line":  # its two pieces: rejects of line 2
+        assert lake.rows("SELECT source_line FROM winlogbeat_rejects") == [(2,), (2,)]
+
+
 @pytest.mark.parametrize(
     "last_line",
     ['{"a": 1,}', '{"n": ' + "9" * 5000 + "}", "[" * 1100 + "]" * 1100, '\ufeff{"a": 1}', '{"a": "\u00e9"}'],
@@ -1110,6 +1135,7 @@ def test_lines_are_read_whole_wherever_the_pieces_cut_them(
         {"source_line": i + 1, "source_offset": offsets[i], "line": line + (b"" if i == len(lines) - 1 else b"\n")}
         for i, line in enumerate(lines)
     ]
-    assert (progress.position, progress.line) == (len(data), len(lines))
+    # the last line is not over: what its writer (or a gzip member appended) adds to it is of the same line
+    assert (progress.position, progress.line) == (len(data), len(lines) - 1)
     if kind == "text":  # the tail fingerprint follows what was read, not a read of the name at commit
         assert progress.tail_sha256 == hashlib.sha256(data[-landed_files.FINGERPRINT_BYTES :]).hexdigest()
