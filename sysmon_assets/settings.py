@@ -168,8 +168,8 @@ class Settings:
     landing_max_bytes: int = setting(
         0,
         "SYSMON_LANDING_MAX_BYTES",
-        "about how many bytes of landed lines one batch reads at most, shared among the files; the rest waits for "
-        "the next batch ([docs/inputs.md](docs/inputs.md))",
+        "about how many bytes of landed lines one batch reads, shared among the files (a target, not a cap); the "
+        "rest waits for the next batch ([docs/inputs.md](docs/inputs.md))",
         shown="`0` (no limit)",
         check=lambda count: None if count >= 0 else "expected 0 (no limit) or more",
     )

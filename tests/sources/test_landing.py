@@ -687,6 +687,20 @@ def test_a_read_error_after_some_blocks_keeps_what_was_committed(lake: Lake, mon
 # --- every landed byte is ingested, rejected with a reason, or stops the batch naming the file
 
 
+def test_a_batch_limit_is_a_target_each_file_giving_at_least_a_piece_of_64_kib(tmp_path: Path) -> None:
+    """docs/inputs.md: N is a target, not a cap (a probe read 26 times N from 40 files)."""
+    lake = Lake(tmp_path, landing_max_bytes=100_000)
+    for name in "abcdefgh":
+        (lake.landing / f"{name}.ndjson").write_text("".join(line + "\n" for line in _lines(400, "10.1")))
+    lake.batch()
+    positions = [position for (position,) in lake.rows("SELECT position FROM ingest.files")]
+    # each read its whole lines of a piece of 64 KiB
+    assert (
+        len(positions) == 8 and min(positions) > landing.MIN_PIECE_BYTES - 2_000 and landing.MIN_PIECE_BYTES == 65_536
+    )
+    assert sum(positions) > 5 * 100_000 and max(positions) < (lake.landing / "a.ndjson").stat().st_size
+
+
 def _lines(count: int, net: str = "10.0") -> list[str]:
     return [json.dumps(network_connect("{A}", f"{net}.{i // 250}.{i % 250}")) for i in range(count)]
 
