@@ -29,7 +29,7 @@ from dbt_like import Project, StepResult
 from dbt_like.lineage import model_lineage
 from sysmon_assets.dagster_layer.checks import BATCH_CHECKS, STEP_NOTES
 from sysmon_assets.dagster_layer.jobs import WRITER_POOL
-from sysmon_assets.dagster_layer.resources import SysmonPipelineResource
+from sysmon_assets.dagster_layer.resources import BatchClock, SysmonPipelineResource
 from sysmon_assets.dagster_layer.run_report import PENDING_JOINS, ROWS_WRITTEN, asset_line
 from sysmon_assets.dagster_layer.step_preview import describe
 from sysmon_assets.micro_batch.shards import partition_keys, shard_index
@@ -145,7 +145,9 @@ def model_asset(project: Project, name: str, partitions: StaticPartitionsDefinit
             "config": MetadataValue.json({k: v for k, v in project.configs[name].items() if v is not None}),
         },
     )
-    def run_model_step(context: AssetExecutionContext, sysmon: SysmonPipelineResource) -> MaterializeResult:
+    def run_model_step(
+        context: AssetExecutionContext, sysmon: SysmonPipelineResource, batch_clock: BatchClock
+    ) -> MaterializeResult:
         if partitions and not context.has_partition_key:
             raise Failure(unsharded_run_message(len(partitions.get_partition_keys())))
         if partitions and context.partition_key not in (keys := partitions.get_partition_keys()):
@@ -153,7 +155,7 @@ def model_asset(project: Project, name: str, partitions: StaticPartitionsDefinit
             raise Failure(f"partition {context.partition_key} is none of {', '.join(keys)}: this run wrote nothing")
         pipeline = sysmon.pipeline(shard_index(context.partition_key if context.has_partition_key else None))
         started = time.perf_counter()
-        results = pipeline.run_model(name, run_key=context.run.run_id, batch_time=sysmon.clock())
+        results = pipeline.run_model(name, run_key=context.run.run_id, batch_time=batch_clock.clock())
         seconds = time.perf_counter() - started
         batch_id = pipeline.last_batch_id
         columns, preview, snapshot = describe(pipeline.connect, name, batch_id)

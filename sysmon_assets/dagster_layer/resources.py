@@ -76,9 +76,6 @@ class SysmonPipelineResource(SettingsConfig):
     """Where the events come from (landing folder or Kafka), the lake, and how batches join."""
 
     duckdb: DuckDBResource
-    batch_time: str | None = Field(
-        default=None, description="fixed batch clock for replays and tests (ISO 8601, UTC if no offset)"
-    )
 
     _run_pipelines: dict[int, SysmonPipeline] = PrivateAttr(default_factory=dict)
     _run_connections: LakeConnections | None = PrivateAttr(default=None)
@@ -110,6 +107,16 @@ class SysmonPipelineResource(SettingsConfig):
             self._run_pipelines[shard] = SysmonPipeline(settings, connect=self._run_connections, project=project)
         return self._run_pipelines[shard]
 
+
+class BatchClock(ConfigurableResource):
+    """A fixed batch clock for replays and tests. A resource of its own: a run's configuration of a resource replaces
+    all of that resource's configuration (Dagster's rule), so on ``sysmon`` it would set every setting the run does
+    not name back to its default, those of the environment included."""
+
+    batch_time: str | None = Field(
+        default=None, description="fixed batch clock for replays and tests (ISO 8601, UTC if no offset)"
+    )
+
     def clock(self) -> datetime | None:
         """The configured batch time, if any, as a naive UTC time (one with an offset converted)."""
         return naive_utc(datetime.fromisoformat(self.batch_time)) if self.batch_time else None
@@ -125,5 +132,6 @@ def resources_from_settings(settings: Settings, environ: Mapping[str, str] | Non
             # An in-memory DuckDB per connection: the lake is attached to it (sysmon_assets.storage.lake).
             duckdb=DuckDBResource(database=":memory:", connection_config=lake.connection_config(settings)),
             **values,
-        )
+        ),
+        "batch_clock": BatchClock(),
     }

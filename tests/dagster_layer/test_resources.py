@@ -11,7 +11,7 @@ import pytest
 from dagster import DagsterInstance, build_resources
 from dagster._serdes import serialize_value
 
-from sysmon_assets.dagster_layer.resources import resources_from_settings
+from sysmon_assets.dagster_layer.resources import BatchClock, resources_from_settings
 from sysmon_assets.definitions import build_definitions
 from sysmon_assets.settings import Settings, SettingsError
 from tests.conftest import Lake, lake_rows_in_another_process, network_connect, process_create
@@ -43,11 +43,30 @@ def test_each_step_is_readable_by_another_process_as_soon_as_it_commits(lake: La
         ("2026-11-01T12:00:00+14:00", datetime(2026, 10, 31, 22)),
     ],
 )
-def test_the_batch_clock_is_naive_utc_however_it_is_configured(configured: str, clock: datetime, lake: Lake) -> None:
+def test_the_batch_clock_is_naive_utc_however_it_is_configured(configured: str, clock: datetime) -> None:
     # an aware time would go into the lake's TIMESTAMP columns in the session's time zone (the host's), or lose its
     # offset in a TIMESTAMP literal
-    resource = resources_from_settings(lake.settings)["sysmon"].model_copy(update={"batch_time": configured})
-    assert resource.clock() == clock
+    assert BatchClock(batch_time=configured).clock() == clock
+
+
+def test_a_run_configuring_the_batch_clock_keeps_the_settings_of_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe's finding: configured in a run, batch_time replaced the whole resource's configuration (Dagster's
+    rule for a resource's run config), so every other setting fell back to its default: the run wrote another lake,
+    from ./data/landing."""
+    lake = Lake(tmp_path / "configured")
+    lake.land([process_create("{A}"), network_connect("{A}")])
+    environ = {"SYSMON_LANDING_DIR": str(lake.landing), "SYSMON_DATA_DIR": str(lake.data)}
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    definitions = build_definitions(Settings.from_env(environ), environ)
+    run_config = {"resources": {"batch_clock": {"config": {"batch_time": "2026-12-04T10:00:00"}}}}
+    result = definitions.resolve_implicit_global_asset_job_def().execute_in_process(run_config=run_config)
+    assert result.success
+    assert lake.rows("SELECT DISTINCT _ingested_at FROM winlogbeat_stream") == [(datetime(2026, 12, 4, 10),)]
+    assert lake.count("sysmon_join") == 1
 
 
 def test_dagster_keeps_the_names_of_the_variables_a_run_was_configured_by_not_their_values(
