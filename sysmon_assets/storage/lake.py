@@ -586,8 +586,8 @@ def _unreadable_batch(con: duckdb.DuckDBPyConnection, settings: Settings, batch_
         return LakeError(f"batch {batch_id} is not a complete batch of the lake {settings.catalog}")
     return LakeError(
         f"batch {batch_id} has no snapshot to read: it did not complete, or maintenance expired its snapshot (it keeps "
-        f"the batches of the last SYSMON_SNAPSHOT_RETENTION_DAYS={settings.snapshot_retention_days:g} days); the "
-        f"oldest batch still readable is {oldest[0]}"
+        f"the batches of the last SYSMON_SNAPSHOT_RETENTION_DAYS days, as set where it ran); the oldest batch still "
+        f"readable is {oldest[0]}"
     )
 
 

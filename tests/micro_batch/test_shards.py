@@ -1,4 +1,5 @@
-"""K shards writing one lake at once give the tables one pipeline gives over the same input."""
+"""K shards writing one lake at once give the tables one pipeline gives over the same input (but the process context
+of sigma_detections' hits, which depends on what the step saw: tests.conftest.AS_THE_STEP_SAW)."""
 
 from __future__ import annotations
 
