@@ -170,10 +170,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
     path = Path(args.query)
-    if path.suffix == ".sql" and not any(space in args.query for space in " \n\t") and not path.is_file():
+    is_file_name = path.suffix.lower() == ".sql"
+    if is_file_name and not any(space in args.query for space in " \n\t") and not path.is_file():
         sys.exit(f"query failed: no SQL file {path}")
     try:  # a file's bytes as they are: read_text would turn a lone carriage return inside a string into a newline
-        sql = path.read_bytes().decode("utf-8") if path.suffix == ".sql" and path.is_file() else args.query
+        sql = path.read_bytes().decode("utf-8") if is_file_name and path.is_file() else args.query
     except (OSError, UnicodeDecodeError) as error:
         sys.exit(f"query failed: cannot read the SQL file {path} (UTF-8 text expected): {error}")
     if problem := unreadable_text(sql):

@@ -185,7 +185,8 @@ def _statement_refusal(statement: duckdb.Statement) -> str | None:
     if statement.type == duckdb.StatementType.CREATE and not text:
         return None  # the ENUM type DuckDB creates for a PIVOT without IN, which has no text of its own
     if statement.type not in READING_STATEMENTS:
-        return f"{statement.type.name.replace('_', ' ')} is refused: this command only reads (--json prints the rows)"
+        instead = " (--json prints the rows)" if statement.type == duckdb.StatementType.COPY else ""
+        return f"{statement.type.name.replace('_', ' ')} is refused: this command only reads{instead}"
     if statement.type == duckdb.StatementType.EXPLAIN:
         return _explain_refusal(text)
     if statement.type == duckdb.StatementType.CALL and _is_checkpoint(words(text)[:2]):

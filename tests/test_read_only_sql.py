@@ -101,7 +101,14 @@ def test_reading_sql_is_not_refused(sql: str) -> None:
         ("-- only a comment; still a comment", []),
         ("SELECT 'é;' AS a; SELECT 'Müller' -- für", ["SELECT 'é;' AS a", " SELECT 'Müller' -- für"]),
         ("\ufeffSELECT 1;\n", ["\ufeffSELECT 1"]),
+        # each statement keeps its line: newlines before it stand for the lines above, so errors name the line
+        ("-- a\nSELECT 1; SELECT 2;\n\nSELECT 3", ["-- a\nSELECT 1", "\n SELECT 2", "\n\n\nSELECT 3"]),
     ],
 )
 def test_sql_is_cut_into_statements_at_semicolons_outside_strings_and_comments(sql: str, statements: list[str]) -> None:
     assert statement_texts(sql) == statements
+
+
+def test_a_refused_statement_is_named_and_only_copy_is_pointed_to_json() -> None:
+    assert refusal("DELETE FROM sysmon_join") == "DELETE is refused: this command only reads"
+    assert refusal("COPY sysmon_join TO 'x.csv'") == "COPY is refused: this command only reads (--json prints the rows)"

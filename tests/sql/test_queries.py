@@ -300,6 +300,11 @@ def test_a_syntax_error_names_its_line_in_the_whole_sql_file(sample_lake: Lake, 
     assert failed.returncode == 1 and "LINE 4: select src_host_name,, dst_ip_addr" in failed.stderr, failed.stderr
 
 
+def test_a_sql_file_named_in_upper_case_is_read_as_a_file(sample_lake: Lake, tmp_path: Path) -> None:
+    (tmp_path / "Q.SQL").write_text("SELECT 42")
+    assert json.loads(query_command(sample_lake, "--json", str(tmp_path / "Q.SQL"))) == [[42]]
+
+
 def test_an_error_reading_files_names_the_lakes_data_only_when_it_read_the_lakes_files(
     sample_lake: Lake, tmp_path: Path
 ) -> None:
