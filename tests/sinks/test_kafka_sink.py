@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Producer
@@ -32,6 +34,16 @@ def published(broker: Broker, lake: Lake) -> list[dict]:
         {"key": m.key(), "headers": dict(m.headers()), "value": json.loads(m.value())}
         for m in broker.read_all(lake.settings.kafka_sink_topic)
     ]
+
+
+def crash_while_publishing(settings: Settings, run_key: str, producer_factory: Callable[[dict], Any]) -> None:
+    """Run a batch's steps, then publish through ``producer_factory``'s producer, which 'kills' the process
+    (a KeyboardInterrupt before the sink records the range done)."""
+    crashing = SysmonPipeline(settings)
+    for name in crashing.project.primary_models():
+        crashing.run_model(name, run_key, T0)
+    with pytest.raises(KeyboardInterrupt), crashing.connect() as con:
+        JoinSink(settings, producer_factory=producer_factory).publish(con)
 
 
 def ksql_join_names() -> list[str]:
@@ -126,11 +138,7 @@ def test_a_range_left_publishing_by_a_crash_sends_only_what_the_topic_lacks(
             self.sent += 1
             self.producer.produce(*args, **kwargs)
 
-    crashing = SysmonPipeline(lake.settings)
-    for name in crashing.project.primary_models():
-        crashing.run_model(name, "second", T0)
-    with pytest.raises(KeyboardInterrupt), crashing.connect() as con:
-        JoinSink(lake.settings, producer_factory=DiesAfterTwo).publish(con)
+    crash_while_publishing(lake.settings, "second", DiesAfterTwo)
     assert lake.rows("SELECT state FROM ingest.kafka_sink ORDER BY through_batch") == [("done",), ("publishing",)]
     assert len(published(kafka_broker, lake)) == 8
 
@@ -158,11 +166,7 @@ def test_a_range_the_read_back_finds_whole_records_the_offsets_it_found(tmp_path
             self.producer.flush(timeout)
             raise KeyboardInterrupt("killed after the broker acknowledged every message")
 
-    crashing = SysmonPipeline(lake.settings)
-    for name in crashing.project.primary_models():
-        crashing.run_model(name, "first", T0)
-    with pytest.raises(KeyboardInterrupt), crashing.connect() as con:
-        JoinSink(lake.settings, producer_factory=DiesAfterFlushing).publish(con)
+    crash_while_publishing(lake.settings, "first", DiesAfterFlushing)
     messages = kafka_broker.read_all(lake.settings.kafka_sink_topic)
     assert len(messages) == 6
 
@@ -206,11 +210,7 @@ def test_pipelines_sharing_the_sink_topic_each_resume_their_own_range(tmp_path: 
         def produce(self, *args, **kwargs) -> None:
             raise KeyboardInterrupt("killed before the first message")
 
-    crashing = SysmonPipeline(first.settings)
-    for name in crashing.project.primary_models():
-        crashing.run_model(name, "second", T0)
-    with pytest.raises(KeyboardInterrupt), crashing.connect() as con:
-        JoinSink(first.settings, producer_factory=DiesBeforeSending).publish(con)
+    crash_while_publishing(first.settings, "second", DiesBeforeSending)
     second.batch()  # the other pipeline's batch 2: the same batch id and seq numbers
     first.batch()  # the restart resumes batch 2 of the first pipeline
     messages = published(kafka_broker, first)
