@@ -5,7 +5,7 @@ there shares (shards, the maintenance job, an analyst's query run from the same 
 spilling into one folder write the same file names: both crashed (segmentation fault) each time it was tried.
 So each instance gets a folder of its own, inside a folder private to its process (mode 700: spilled rows are
 event data). The pipeline's instances spill under ``SYSMON_DATA_DIR/spill`` (on the data's disk, with everything
-else the pipeline writes), read-only ones (analysts') under ``sysmon-assets-spill-<user>`` in the system's temporary
+else the pipeline writes), read-only ones (analysts') under ``sysmon-assets-spill-<user id>`` in the system's temporary
 folder (``TMPDIR``). DuckDB makes an instance's folder on its first spill and removes it when the instance closes;
 the process's folder goes when the process exits, or, after a crash, when the next process on the machine makes its
 own there. Only those parents are searched for crashed processes' folders: nothing else in ``TMPDIR`` is touched.
@@ -33,7 +33,9 @@ def spill_directory(parent: Path | None = None) -> str:
 
 def _readers_folder() -> Path:
     """The project's own folder in TMPDIR for this user's readers (private: their spills are event data)."""
-    folder = Path(tempfile.gettempdir(), f"sysmon-assets-spill-{getpass.getuser()}")
+    # the user id: getpass.getuser() fails for a container's user with no name (no passwd entry)
+    user = os.getuid() if hasattr(os, "getuid") else getpass.getuser()
+    folder = Path(tempfile.gettempdir(), f"sysmon-assets-spill-{user}")
     folder.mkdir(mode=0o700, exist_ok=True)
     return folder
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import os
 import socket
 import stat
@@ -69,7 +68,7 @@ def test_the_pipeline_spills_in_the_data_folder_and_a_reader_in_the_temporary_fo
     for read_only in (False, True):
         with open_lake(settings, read_only=read_only) as con:
             folders.append(Path(con.execute("SELECT current_setting('temp_directory')").fetchone()[0]))
-    readers = Path(tempfile.gettempdir(), f"sysmon-assets-spill-{getpass.getuser()}")
+    readers = Path(tempfile.gettempdir(), f"sysmon-assets-spill-{os.getuid()}")
     assert [folder.parent.parent for folder in folders] == [tmp_path / "data" / "spill", readers]
     assert [stat.S_IMODE(folder.parent.stat().st_mode) for folder in folders] == [0o700, 0o700]
     assert spill_directory() != spill_directory()  # a folder per instance
