@@ -87,7 +87,10 @@ def json_ready(relation: duckdb.DuckDBPyRelation) -> tuple[duckdb.DuckDBPyRelati
 
 
 def _key_text(key: Any) -> str:
-    """A MAP key as JSON object keys must be: text, a boolean as JSON writes it (``true``, not Python's ``True``)."""
+    """A MAP key as JSON object keys must be: text, a boolean as JSON writes it (``true``, not Python's ``True``), a
+    NaN or an infinity as DuckDB writes it (``nan``, ``inf``, ``-inf``: as null, all three would be one key)."""
+    if isinstance(key, float) and not math.isfinite(key):
+        return str(key)
     value = _json_value(key)
     return value if isinstance(value, str) else json.dumps(value, allow_nan=False)
 
