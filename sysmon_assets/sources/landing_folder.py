@@ -452,10 +452,10 @@ class LandingReader:
         for key, stored in known.items():
             if key not in listed and self.owns(key):
                 unlisted.setdefault(stored.path, {})[key] = stored
+        self.reused = set()
         planned = (
             self._plan_file(landed, known, unlisted, first_batch_ever) for landed in files if self.owns(landed.key)
         )
-        self.reused = set()
         self.files = [progress for progress in planned if progress is not None]
         adopted = {progress.adopted for progress in self.files if progress.adopted}
         self.vanished, self.recorded_vanished = self._vanished(known, (listed - self.reused) | adopted), []
@@ -476,7 +476,8 @@ class LandingReader:
                 left += " when last listed)"
             else:
                 unread = stored.read_whole_stat is None
-                left = f"and not read to its end (it stopped at line {stored.line})"
+                unit = "record" if _kind(Path(stored.path)) == "evtx" else "line"
+                left = f"and not read to its end (it stopped at {unit} {stored.line})"
             if unread <= 0:
                 continue
             detail = (
