@@ -169,13 +169,13 @@ class JoinSink:
         failures: list[str] = []
         last_offsets: dict[int, int] = {}
         for partition, offset in already_sent.values():
-            last_offsets[partition] = max(offset, last_offsets.get(partition, -1))
+            _note_offset(last_offsets, partition, offset)
 
         def delivered(error: KafkaError | None, message: Any) -> None:
             if error is not None:
                 failures.append(error.str())
             else:
-                last_offsets[message.partition()] = max(message.offset(), last_offsets.get(message.partition(), -1))
+                _note_offset(last_offsets, message.partition(), message.offset())
 
         sent = 0
         for batch_id, seq, guid, value in rows:
@@ -265,7 +265,7 @@ class JoinSink:
     def _merged_offsets(self, con: duckdb.DuckDBPyConnection, new: dict[int, int]) -> dict[str, int]:
         merged = self._done_offsets(con)
         for partition, offset in new.items():
-            merged[partition] = max(offset, merged.get(partition, -1))
+            _note_offset(merged, partition, offset)
         return {str(partition): offset for partition, offset in sorted(merged.items())}
 
     def _done_offsets(self, con: duckdb.DuckDBPyConnection) -> dict[int, int]:
@@ -317,6 +317,11 @@ class JoinSink:
             consumer.close()
         LOG.info("%s: %d messages of batches %d..%d were already published", self.topic, len(found), after + 1, through)
         return found
+
+
+def _note_offset(offsets: dict[int, int], partition: int, offset: int) -> None:
+    """Keep ``offset`` as ``partition``'s highest in ``offsets`` if it is higher than the one kept."""
+    offsets[partition] = max(offset, offsets.get(partition, -1))
 
 
 def _partition_offsets(row: tuple | None) -> dict[int, int]:
