@@ -321,6 +321,28 @@ def file_of_shard(lake: Lake, shard: int, shards: int) -> Path:
     raise AssertionError("no file of the shard in 100 tries")
 
 
+def test_of_two_creates_of_one_guid_in_two_shards_the_keyed_table_keeps_the_highest_seq(tmp_path: Path) -> None:
+    """Arrival numbers order arrivals within a shard only (docs/storage.md): shard 1's earlier create outnumbers
+    shard 0's later one, where one pipeline keeps the later arrival."""
+    earlier, later = process_create("{SAME}", "earlier.exe"), process_create("{SAME}", "later.exe")
+    one = Lake(tmp_path / "one")
+    one.land([earlier], name="a.ndjson")
+    one.batch(T0)
+    one.land([later], name="b.ndjson")
+    one.batch(T0 + timedelta(minutes=1))
+    assert one.rows("SELECT process_command_line FROM sysmon_process_create_table") == [("later.exe",)]
+
+    sharded = Lake(tmp_path / "sharded")
+    first, second = shard_pipelines(sharded, shards=2)
+    land(file_of_shard(sharded, 1, 2), [earlier])
+    second.run_batch(batch_time=T0)
+    land(file_of_shard(sharded, 0, 2), [later])
+    first.run_batch(batch_time=T0 + timedelta(minutes=1))
+    creates = sharded.rows("SELECT process_command_line, _seq FROM sysmon_process_create ORDER BY _seq")
+    assert [line for line, _ in creates] == ["later.exe", "earlier.exe"]
+    assert sharded.rows("SELECT process_command_line FROM sysmon_process_create_table") == [("earlier.exe",)]
+
+
 def test_shards_keep_the_bookkeeping_in_parquet_files_not_inlined(lake: Lake) -> None:
     """Inlined rows would make every two shards' commits conflict (each deletes its own old bookkeeping rows)."""
     land(file_of_shard(lake, 0, SHARDS), [process_create("{A}"), network_connect("{A}")])
