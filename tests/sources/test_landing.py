@@ -275,6 +275,27 @@ def test_a_file_gone_with_bytes_not_read_is_recorded_once_and_read_on_if_it_come
     _finish_the_line_and_find_both(lake, path, rest)
 
 
+def test_the_landing_folder_named_relative_then_absolute_is_read_on_without_duplicates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paths are kept as configured (``make run``'s ``data/landing``): a deployment that later names the same folder
+    by its absolute path reads each file on from where the relative name left it."""
+    monkeypatch.chdir(tmp_path)
+    relative = Lake(Path("here"))
+    path = relative.land([process_create("{A}"), network_connect("{A}")])
+    relative.batch()
+    land(path, [network_connect("{A}", "10.0.0.2")])
+    absolute = Lake(tmp_path / "here")
+    absolute.batch(T0 + timedelta(minutes=1))
+    assert absolute.rows("SELECT _source_file, _source_line FROM winlogbeat_stream ORDER BY _seq") == [
+        ("here/landing/winlogbeat.ndjson", 1),
+        ("here/landing/winlogbeat.ndjson", 2),
+        (str(tmp_path / "here/landing/winlogbeat.ndjson"), 3),
+    ]
+    assert absolute.rows("SELECT dst_ip_addr FROM sysmon_join ORDER BY 1") == [("10.0.0.1",), ("10.0.0.2",)]
+    assert absolute.rows("SELECT event FROM ingest.file_events") == []
+
+
 def test_a_file_saved_by_rename_with_more_lines_is_read_on_where_it_stopped(lake: Lake) -> None:
     """rsync and editors write a new copy and rename it over the old file: a new inode under the same name."""
     path = lake.landing / "events.json"
