@@ -40,9 +40,8 @@ run: $(BIN)/.installed
 	done
 	$(BIN)/python -m sysmon_assets.query sql/queries/sysmon_join_sample.sql
 
-## test: lint and the whole test suite
-test: $(BIN)/.installed
-	$(BIN)/ruff check .
+## test: lint (ruff check, ruff format --check) and the whole test suite
+test: lint
 	$(BIN)/pytest
 
 lint: $(BIN)/.installed

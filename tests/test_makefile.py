@@ -27,6 +27,16 @@ def dry_run(*arguments: str) -> str:
     return subprocess.run(["make", "-n", *arguments], cwd=ROOT, capture_output=True, text=True, check=True).stdout
 
 
+def test_make_test_checks_the_lint_and_the_format_before_the_tests() -> None:
+    lines = dry_run("test").splitlines()  # after the venv's install, where .venv/bin/.installed is out of date
+    commands = [line.split()[:3] for line in lines if line.startswith((".venv/bin/ruff", ".venv/bin/pytest"))]
+    assert commands == [
+        [".venv/bin/ruff", "check", "."],
+        [".venv/bin/ruff", "format", "--check"],
+        [".venv/bin/pytest"],
+    ]
+
+
 def test_make_ui_serves_on_ui_port_3000_by_default() -> None:
     assert "dagster dev -w workspace.yaml --port 3000" in dry_run("ui")
     assert "dagster dev -w workspace.yaml --port 3456" in dry_run("ui", "UI_PORT=3456")

@@ -256,9 +256,7 @@ def test_an_event_whose_utc_time_does_not_parse_is_never_taken_for_a_redelivery(
 
 
 @pytest.mark.parametrize("missing", ["computer_name", "log_name", "record_number"])
-def test_an_event_without_a_field_of_the_delivery_key_is_never_taken_for_a_redelivery(
-    lake: Lake, missing: str
-) -> None:
+def test_an_event_without_a_field_of_the_delivery_key_is_never_taken_for_a_redelivery(lake: Lake, missing: str) -> None:
     # docs/exactly-once.md: without its computer, channel or record number, two copies may be two hosts' events
     event = network_connect("{A}", record=5)
     del event[missing]
