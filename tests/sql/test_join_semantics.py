@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 
@@ -67,6 +68,43 @@ def test_default_mode_joins_the_table_as_of_the_end_of_the_batch(lake: Lake) -> 
     lake.land([process_create("{G}", "v1.exe"), network_connect("{G}", "10.0.0.1"), process_create("{G}", "v2.exe")])
     lake.batch()
     assert joined(lake) == [("{G}", "10.0.0.1", "v2.exe")]
+
+
+def test_a_guid_created_again_after_a_connection_joins_it_by_where_batches_are_cut(tmp_path: Path) -> None:
+    """docs/exactly-once.md: 1, 2 and 5 batches give identical tables when no process GUID is created twice."""
+    events = [process_create("{G}", "v1.exe"), network_connect("{G}", "10.0.0.1"), process_create("{G}", "v2.exe")]
+    whole, cut = Lake(tmp_path / "whole"), Lake(tmp_path / "cut")
+    whole.land(events)
+    whole.batch(T0)
+    cut.land(events[:2])
+    cut.batch(T0)
+    cut.land(events[2:])
+    cut.batch(T0 + timedelta(minutes=1))
+    assert joined(whole) == [("{G}", "10.0.0.1", "v2.exe")]
+    assert joined(cut) == [("{G}", "10.0.0.1", "v1.exe")]
+
+
+def test_ksql_mode_joins_by_the_arrival_order_a_batch_limit_gives_across_files(tmp_path: Path) -> None:
+    """docs/inputs.md: under SYSMON_LANDING_MAX_BYTES every file advances in every batch, so a rotated file's unread
+    create arrives after the current file's connection, which KSQL's join then drops; one batch reads the older
+    file whole first."""
+
+    def rotated(lake: Lake) -> Lake:
+        padding = [network_connect(f"{{PAD{index}}}", "10.9.0.1") for index in range(300)]
+        older = lake.land([*padding, process_create("{G}", "g.exe")], name="winlogbeat.1")
+        current = lake.land([network_connect("{G}", "192.0.2.1")], name="winlogbeat")
+        os.utime(older, ns=(10**18, 10**18))
+        os.utime(current, ns=(10**18 + 10**11, 10**18 + 10**11))
+        return lake
+
+    whole = rotated(Lake(tmp_path / "whole", join_mode="ksql"))
+    whole.batch(T0)
+    limited = rotated(Lake(tmp_path / "limited", join_mode="ksql", landing_max_bytes=100_000))
+    for minute in range(3):
+        limited.batch(T0 + timedelta(minutes=minute))
+    assert limited.count("winlogbeat_stream") == whole.count("winlogbeat_stream") == 302
+    assert [dst for _, dst, _ in joined(whole)] == ["192.0.2.1"]
+    assert [dst for _, dst, _ in joined(limited)] == []
 
 
 def test_null_guid_never_joins(lake: Lake) -> None:
