@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,11 @@ from dagster._core.storage.dagster_run import DagsterRun
 from dagster._core.test_utils import instance_for_test
 from dagster._daemon.run_coordinator.queued_run_coordinator_daemon import QueuedRunCoordinatorDaemon
 
-from dbt_like import discover_models
+from dbt_like import SchemaTest, discover_models
 from sysmon_assets.dagster_layer import checks as batch_checks
 from sysmon_assets.dagster_layer.jobs import WRITER_POOL
 from sysmon_assets.definitions import build_definitions, defs
-from sysmon_assets.micro_batch.recipe_project import SQL_DIR
+from sysmon_assets.micro_batch.recipe_project import SQL_DIR, shared_project
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.lake import open_lake
 from tests.conftest import CLI_BATCH, Lake, lake_rows, land, land_in_shard, network_connect, process_create
@@ -117,6 +118,25 @@ def test_lake_maintenance_of_a_folder_without_a_lake_fails_and_makes_none(tmp_pa
     (failure,) = [event for event in result.all_events if event.is_step_failure]
     assert "no lake at" in failure.step_failure_data.error.to_string()
     assert not typo.data_dir.exists()
+
+
+def test_a_failing_blocking_check_stops_the_downstream_steps_of_its_batch(
+    lake: Lake, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lake.land([process_create("{A}"), network_connect("{A}")])
+    project = shared_project(lake.settings)
+    model = project.models["sysmon_process_create"]
+    broken = SchemaTest("expression_is_true", "process_id", expression="process_id < 0")
+    monkeypatch.setitem(project.models, model.name, replace(model, tests=(*model.tests, broken)))
+    job = build_definitions(lake.settings).resolve_job_def("sysmon_micro_batch")
+    result = job.execute_in_process(raise_on_error=False)
+    assert not result.success
+    done = {event.step_key for event in result.all_events if event.is_step_success}
+    assert {"winlogbeat_stream", "winlogbeat_stream_rekey", "sysmon_network_connect"} <= done
+    assert "sysmon_process_create" not in done  # its step wrote its rows, then failed with its check
+    assert not {"sysmon_process_create_table", "sysmon_join", "sysmon_process_ancestry"} & done
+    assert lake.count("sysmon_process_create") == 1
+    assert lake.rows("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'sysmon_join'") == [(0,)]
 
 
 def queue_batch_runs(instance: DagsterInstance, data: Path) -> dict[str, str]:
