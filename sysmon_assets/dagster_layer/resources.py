@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from datetime import datetime
@@ -14,7 +15,14 @@ from pydantic import Field, PrivateAttr, create_model
 
 from sysmon_assets.micro_batch.recipe_project import shared_project
 from sysmon_assets.micro_batch.steps import SysmonPipeline, naive_utc
-from sysmon_assets.settings import Settings, client_config_text, declaration, field_types, read_variable
+from sysmon_assets.settings import (
+    Settings,
+    SettingsError,
+    client_config_text,
+    declaration,
+    field_types,
+    read_variable,
+)
 from sysmon_assets.storage import lake
 from sysmon_assets.storage.lake_connections import LakeConnections
 
@@ -72,6 +80,26 @@ def _config_value(settings: Settings, name: str, environ: Mapping[str, str]) -> 
     return to_config(getattr(settings, name))
 
 
+def _refuse_environment_settings_left_out(run_config: Mapping[str, Any], environ: Mapping[str, str]) -> None:
+    """A run's configuration of this resource replaces all of it (Dagster's rule): a setting of the environment the
+    run does not name would fall back to its default, and the run read another landing folder or wrote another
+    lake."""
+    named = run_config.get("resources", {}).get("sysmon", {}).get("config")
+    if named is None:
+        return
+    left_out = [
+        f"{variable} ({name})"
+        for name in SettingsConfig.model_fields
+        if name not in named and (variable := declaration(name).metadata["env"]) in environ
+    ]
+    if left_out:
+        raise SettingsError(
+            "the run's configuration of the sysmon resource replaces all of its settings (Dagster's rule), so these "
+            f"set in the environment would fall back to their defaults: {', '.join(left_out)}. Configure settings "
+            "by the environment alone, or name these in the run's configuration too."
+        )
+
+
 class SysmonPipelineResource(SettingsConfig):
     """Where the events come from (landing folder or Kafka), the lake, and how batches join."""
 
@@ -82,6 +110,8 @@ class SysmonPipelineResource(SettingsConfig):
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         """One DuckDB instance with the lake attached per run: the run's steps share it."""
+        if context.dagster_run is not None:
+            _refuse_environment_settings_left_out(context.dagster_run.run_config, os.environ)
         self._run_connections = LakeConnections(self.settings(), self.duckdb.get_connection)
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:

@@ -69,6 +69,35 @@ def test_a_run_configuring_the_batch_clock_keeps_the_settings_of_the_environment
     assert lake.count("sysmon_join") == 1
 
 
+def test_a_run_configuring_the_sysmon_resource_without_a_setting_of_the_environment_fails_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dagster replaces a resource's whole configuration with a run's: the settings the run does not name would fall
+    back to their defaults (a docs probe's run read ./data/landing and failed saying to set SYSMON_LANDING_DIR,
+    which was set)."""
+    lake = Lake(tmp_path / "configured")
+    environ = {"SYSMON_LANDING_DIR": str(lake.landing), "SYSMON_DATA_DIR": str(lake.data)}
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    job = build_definitions(Settings.from_env(environ), environ).resolve_implicit_global_asset_job_def()
+    run_config = {"resources": {"sysmon": {"config": {"join_grace_minutes": 5, "data_dir": str(lake.data)}}}}
+    result = job.execute_in_process(run_config=run_config, raise_on_error=False)
+    assert not result.success
+    error, *_ = [
+        event.event_specific_data.error.to_string()
+        for event in result.all_events
+        if getattr(event.event_specific_data, "error", None) is not None
+    ]
+    assert "the run's configuration of the sysmon resource" in error
+    assert "SYSMON_LANDING_DIR (landing_dir)" in error and "SYSMON_DATA_DIR" not in error  # the run names data_dir
+    assert not (tmp_path / "data").exists()
+    named = {"landing_dir": str(lake.landing), "data_dir": str(lake.data), "join_grace_minutes": 5}
+    lake.land([process_create("{A}"), network_connect("{A}")])
+    assert job.execute_in_process(run_config={"resources": {"sysmon": {"config": named}}}).success
+    assert lake.count("sysmon_join") == 1
+
+
 def test_dagster_keeps_the_names_of_the_variables_a_run_was_configured_by_not_their_values(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
