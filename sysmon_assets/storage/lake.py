@@ -231,6 +231,14 @@ def extensions(settings: Settings) -> list[str]:
 def attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool = False, snapshot: int | None = None):
     """Attach the lake to ``con`` and make it the default catalog, with a folder of its own to spill into
     (``spill.py``); errors name the catalog."""
+    try:
+        return _attach(con, settings, read_only, snapshot)
+    except OSError as error:  # a folder or file the user may not read or write; a spill folder not private
+        where = f"catalog {settings.catalog}, data {data_location(settings)}"
+        raise LakeError(f"cannot open the lake ({where}): {error}") from error
+
+
+def _attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool, snapshot: int | None):
     if not read_only:
         _make_local_folders(settings)
         _make_catalog_file(settings)

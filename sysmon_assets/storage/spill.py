@@ -18,6 +18,7 @@ import getpass
 import os
 import shutil
 import socket
+import stat
 import tempfile
 import uuid
 from pathlib import Path
@@ -37,7 +38,24 @@ def _readers_folder() -> Path:
     user = os.getuid() if hasattr(os, "getuid") else getpass.getuser()
     folder = Path(tempfile.gettempdir(), f"sysmon-assets-spill-{user}")
     folder.mkdir(mode=0o700, exist_ok=True)
+    if hasattr(os, "getuid"):
+        _refuse_unless_private(folder)
     return folder
+
+
+class SpillFolderError(PermissionError):
+    """The readers' spill folder is not this user's private folder."""
+
+
+def _refuse_unless_private(folder: Path) -> None:
+    """Another user who made the folder first (TMPDIR is shared) could read what is spilled there."""
+    found = folder.lstat()
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid() or found.st_mode & 0o077:
+        raise SpillFolderError(
+            f"the readers' spill folder {folder} is not a folder private to user {os.getuid()} (owner "
+            f"{found.st_uid}, mode {stat.filemode(found.st_mode)}): spilled rows are event data, so it is not used; "
+            "remove it, or set TMPDIR to a folder of your own"
+        )
 
 
 def _process_folder(parent: Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -15,6 +16,7 @@ import duckdb
 from sysmon_assets.settings import Settings
 from sysmon_assets.storage.lake import open_lake
 from sysmon_assets.storage.spill import spill_directory
+from tests.conftest import Lake, network_connect, process_create
 
 # Sorting 1.5M strings needs about 100 MB: in a 64 MB limit it must spill (checked below with spilling off).
 SORT = (
@@ -100,3 +102,24 @@ def test_a_reader_removes_no_folder_of_the_temporary_folder_but_its_own(tmp_path
     )
     subprocess.run([sys.executable, "-c", reader, str(temporary)], check=True)
     assert (notes / "file.txt").read_text() == "important"
+
+
+def test_a_reader_refuses_a_spill_folder_another_user_could_read(lake: Lake, tmp_path: Path) -> None:
+    """A probe's finding: another user who made the readers' folder first, open to all, read what an analyst's
+    query spilled there."""
+    lake.land([process_create("{A}"), network_connect("{A}")])
+    lake.batch()
+    temporary = tmp_path / "tmp"
+    shared = temporary / f"sysmon-assets-spill-{os.getuid()}"
+    shared.mkdir(parents=True)
+    shared.chmod(0o777)
+    environ = {**os.environ, "TMPDIR": str(temporary), "SYSMON_DATA_DIR": str(lake.data)}
+    query = [sys.executable, "-m", "sysmon_assets.query", "--json", "SELECT count(*) FROM sysmon_join"]
+    refused = subprocess.run(query, env=environ, capture_output=True, text=True)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("query failed: cannot open the lake (catalog sqlite:")
+    assert f"the readers' spill folder {shared} is not a folder private to user {os.getuid()}" in refused.stderr
+    assert list(shared.iterdir()) == []
+    shared.chmod(0o700)
+    read = subprocess.run(query, env=environ, capture_output=True, text=True, check=True)
+    assert json.loads(read.stdout) == [[1]]
