@@ -8,6 +8,7 @@ Both read the same ``SYSMON_*`` settings as the pipeline.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -153,6 +154,13 @@ def _lake_data_named(message: str) -> str:
     return f" (the lake's data: {lake.data_location(settings)})" if named and named in message else ""
 
 
+def _replace_what_the_output_cannot_encode() -> None:
+    """The table's frame is drawn in Unicode: an output in ASCII or a legacy code page shows ``?`` for what it
+    cannot encode (``--json`` escapes everything beyond ASCII)."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="replace")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="python -m sysmon_assets.query", description=__doc__.splitlines()[0])
@@ -194,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
                 relation, columns = json_ready(relation)
                 print(rows_as_json(relation.fetchall(), columns))
             else:
+                _replace_what_the_output_cannot_encode()
                 relation.show(max_width=args.max_width, max_rows=args.max_rows)
         sys.stdout.flush()  # here, so a closed pipe is met inside the try
     except (duckdb.IOException, duckdb.HTTPException) as error:  # the data files, which the ATTACH does not read

@@ -152,6 +152,14 @@ def test_the_query_command_prints_a_table(sample_lake: Lake) -> None:
     assert "process_command_line" in output and "rows" in output
 
 
+def test_the_query_command_prints_a_table_to_an_output_that_is_not_utf8(sample_lake: Lake) -> None:
+    """A probe's finding: with ``PYTHONIOENCODING=ascii`` (or a legacy locale) the table's frame was a traceback."""
+    env = {**os.environ, "SYSMON_DATA_DIR": str(sample_lake.data), "PYTHONIOENCODING": "ascii"}
+    command = [sys.executable, "-m", "sysmon_assets.query", "SELECT 'caf\u00e9' AS drink"]
+    printed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, check=True).stdout.decode("ascii")
+    assert "drink" in printed and "caf?" in printed
+
+
 def test_the_query_command_shows_as_many_rows_as_asked(sample_lake: Lake) -> None:
     assert "(20 shown)" in query_command(sample_lake, "SELECT * FROM range(50)")
     shown = query_command(sample_lake, "--max-rows", "50", "SELECT range AS n FROM range(50)")
