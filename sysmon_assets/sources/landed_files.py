@@ -153,7 +153,8 @@ def open_landed(path: Path, key: str) -> Iterator[BinaryIO]:
     whatever a batch reads or fingerprints under a key is that file's, however the folder rotates meanwhile."""
     try:
         with open(path, "rb", opener=no_follow) as handle:
-            if key_of(os.fstat(handle.fileno())) != key:
+            info = os.fstat(handle.fileno())
+            if key_of(info) != key or not stat.S_ISREG(info.st_mode):  # a FIFO may take a deleted file's inode
                 raise FileMoved(path)
             yield handle
     except FileNotFoundError as error:

@@ -38,8 +38,9 @@ def path_text(path: str | os.PathLike[str]) -> str:
 
 def no_follow(path: str, flags: int) -> int:
     """An ``opener`` for :func:`open` that refuses a symbolic link: a link swapped in after the landing
-    folder was listed is not followed out of it."""
-    return os.open(path, flags | os.O_NOFOLLOW)
+    folder was listed is not followed out of it. Nor is a FIFO swapped in waited on (a regular file's reads
+    ignore ``O_NONBLOCK``); the caller finds it is not the listed file."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK)
 
 
 # Small enough that DuckDB's threads share a chunk's scan, large enough to keep per-batch overhead low.

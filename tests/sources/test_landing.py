@@ -296,6 +296,30 @@ def test_the_landing_folder_named_relative_then_absolute_is_read_on_without_dupl
     assert absolute.rows("SELECT event FROM ingest.file_events") == []
 
 
+def test_a_fifo_swapped_in_after_the_listing_is_not_waited_on(tmp_path: Path) -> None:
+    """A probe's finding: a FIFO put in a listed file's place made the batch wait for a writer forever."""
+    path = tmp_path / "events.json"
+    path.write_text("{}\n")
+    key = landed_files.file_key(path)
+    path.unlink()
+    os.mkfifo(path)
+    outcome: list[str] = []
+
+    def read() -> None:
+        try:
+            with landed_files.open_landed(path, key):
+                outcome.append("read")
+        except landed_files.FileMoved:
+            outcome.append("moved")
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # let the waiting open go
+        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    assert outcome == ["moved"]
+
+
 def test_a_file_saved_by_rename_with_more_lines_is_read_on_where_it_stopped(lake: Lake) -> None:
     """rsync and editors write a new copy and rename it over the old file: a new inode under the same name."""
     path = lake.landing / "events.json"
