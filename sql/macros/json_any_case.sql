@@ -15,9 +15,18 @@
 {%- for key, value in node.items() -%}{{ key }},{{ keys_of(value) if value is mapping }}{%- endfor -%}
 {%- endmacro %}
 
+{#- The letters that upper-case to an ASCII letter besides its own two cases (Java's toUpperCase, as KSQL compares
+    names, and DuckDB's upper): the dotless i and the long s. -#}
+{% set upper_cases_to = {'i': 'ı', 's': 'ſ'} %}
+
+{#- `c` in any letter case, as regex alternatives for a class. -#}
+{% macro cases_of(c) -%}
+{{ c.upper() ~ c.lower() ~ upper_cases_to.get(c.lower(), '') }}
+{%- endmacro %}
+
 {#- A regex for `word` in any letter case, with ASCII classes: (?i) would fold Unicode too, a larger, slower DFA. -#}
 {% macro any_case(word) -%}
-{%- for c in word %}{{ '[' ~ c.upper() ~ c.lower() ~ ']' if c.upper() != c.lower() else c }}{% endfor -%}
+{%- for c in word %}{{ '[' ~ cases_of(c) ~ ']' if c.upper() != c.lower() else c }}{% endfor -%}
 {%- endmacro %}
 
 {#- A regex for the spellings of one word (spellings: the ways the layouts write it, all equal ignoring case)
@@ -25,7 +34,7 @@
 {% macro other_cases(spellings) -%}
 {%- set alternatives = [] -%}
 {%- if spellings[0] -%}
-{%- for letter in [spellings[0][0].upper(), spellings[0][0].lower()]|unique(case_sensitive=true) -%}
+{%- for letter in cases_of(spellings[0][0])|list|unique(case_sensitive=true) -%}
 {%- set rests = [] -%}
 {%- for spelling in spellings if spelling[0] == letter %}{% set _ = rests.append(spelling[1:]) %}{% endfor -%}
 {%- if not rests -%}
