@@ -861,6 +861,33 @@ def test_the_lake_is_readable_only_by_whoever_reads_the_landing_folder() -> None
         shutil.rmtree(base)
 
 
+def test_another_user_opens_a_sqlite_catalog_only_while_its_wal_files_are_there() -> None:
+    """SQLite makes a WAL-mode catalog's -wal and -shm files as a connection opens it, and the last writer to close
+    removes them: a user who may read but not write the data folder cannot make them (a probe's finding)."""
+    setpriv = shutil.which("setpriv")
+    if os.geteuid() != 0 or setpriv is None:
+        pytest.skip("running as another user needs root and setpriv")
+    base = Path(tempfile.mkdtemp(prefix="sysmon-modes-"))
+    try:
+        base.chmod(0o755)
+        lake = Lake(base)
+        lake.land([process_create("{A}"), network_connect("{A}")])
+        lake.batch()
+        environ = {**os.environ, "SYSMON_DATA_DIR": str(lake.data), "TMPDIR": str(base / "tmp")}
+        (base / "tmp").mkdir(mode=0o777)
+        (base / "tmp").chmod(0o777)
+        query = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m"]
+        query += ["sysmon_assets.query", "--json", "SELECT count(*) FROM sysmon_join"]
+        between_runs = subprocess.run(query, env=environ, cwd=base, capture_output=True, text=True)
+        assert between_runs.returncode == 1
+        assert "attempt to write a readonly database" in between_runs.stderr
+        with open_lake(lake.settings, read_only=True):  # the owner's connection: the WAL files are there
+            beside_a_connection = subprocess.run(query, env=environ, cwd=base, capture_output=True, text=True)
+        assert beside_a_connection.stdout == "[[1]]\n", beside_a_connection.stderr
+    finally:
+        shutil.rmtree(base)
+
+
 def test_a_new_catalog_has_the_landing_folders_access_before_duckdb_opens_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
