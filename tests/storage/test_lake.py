@@ -13,7 +13,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import closing
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -886,6 +886,23 @@ def test_another_user_opens_a_sqlite_catalog_only_while_its_wal_files_are_there(
         assert beside_a_connection.stdout == "[[1]]\n", beside_a_connection.stderr
     finally:
         shutil.rmtree(base)
+
+
+def test_the_data_files_keep_the_process_umask(lake: Lake) -> None:
+    lake.landing.chmod(0o755)
+    lake.land([process_create("{A}"), network_connect("{A}")])
+    before = os.umask(0o077)
+    try:
+        lake.batch()
+    finally:
+        os.umask(before)
+
+    def modes(paths: Iterable[Path]) -> set[int]:
+        return {stat.S_IMODE(path.stat().st_mode) for path in paths}
+
+    assert modes([lake.data / "lake.sqlite"]) == {0o644} and modes([lake.data / "lake_files"]) == {0o755}
+    assert modes([lake.data]) == {0o700}  # so only the owner reaches the rest
+    assert modes(lake.data.rglob("*.parquet")) == {0o600}
 
 
 def test_a_new_catalog_has_the_landing_folders_access_before_duckdb_opens_it(
