@@ -367,9 +367,14 @@ def _read_cache(path: Path) -> RuleSet | None:
 
 
 def _write_cache(path: Path, rule_set: RuleSet) -> None:
-    """Write the cache file whole or not at all: another process may be reading it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".rules-", suffix=".json")
+    """Write the cache file whole or not at all: another process may be reading it. A folder the user may not
+    write costs a conversion per process, not the rules."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".rules-", suffix=".json")
+    except OSError as error:
+        LOG.warning("cannot cache the converted Sigma rules in %s (%s): each process converts them", path.parent, error)
+        return
     with os.fdopen(handle, "w", encoding="utf-8") as out:
         json.dump(asdict(rule_set), out)
     os.replace(temporary, path)

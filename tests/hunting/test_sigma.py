@@ -3,6 +3,7 @@ the reason), a connection's process context, incremental batches, and the conver
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from collections.abc import Iterator
@@ -777,6 +778,21 @@ def test_a_rule_set_is_converted_once_then_read_from_the_cache(tmp_path: Path, m
     edited.write_text(edited.read_text().replace("title: fine", "title: edit"))  # same size, new content
     assert [rule.title for rule in sigma.load_rule_set(rules, cache).rules] == ["edit", "another"]
     assert len(conversions) == 3
+
+
+def test_rules_whose_cache_cannot_be_written_are_converted_and_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A probe's finding: a data folder the user may not write failed the definitions' import with a traceback
+    from the cache's write (the lake's own error, naming it, comes when the batch opens it)."""
+    rules = write_rules(tmp_path / "rules", {"a.yml": FAILING_RULES["nested/fine.yaml"]})
+    blocked = tmp_path / "a file"
+    blocked.write_text("")
+    monkeypatch.setattr(sigma, "_MEMO", {})
+    with caplog.at_level(logging.WARNING, logger=sigma.__name__):
+        rule_set = sigma.load_rule_set(rules, blocked / "sigma")
+    assert [rule.title for rule in rule_set.rules] == ["fine"]
+    assert f"cannot cache the converted Sigma rules in {blocked / 'sigma'}" in caplog.text
 
 
 def test_a_cached_rule_set_is_converted_again_when_the_backend_changes() -> None:
