@@ -80,12 +80,25 @@ def _rules_folder(value: Path) -> str | None:
     return None if value.is_dir() else "expected a folder of Sigma rules (*.yml and *.yaml, read recursively)"
 
 
+def _utf8(value: str | Path | None) -> str | None:
+    # Python reads a variable's bytes that are not UTF-8 as lone surrogates, which DuckDB's API cannot take
+    try:
+        str(value).encode("utf-8")
+    except UnicodeEncodeError:
+        return "a path DuckDB can open is UTF-8 text, and this one holds bytes that are not"
+    return None
+
+
 def _catalog(value: str | None) -> str | None:
     # unset means the SQLite default, always usable
-    return None if value is None or value.startswith(CATALOG_KINDS) else "expected sqlite:PATH or postgres:CONNECTION"
+    if value is not None and not value.startswith(CATALOG_KINDS):
+        return "expected sqlite:PATH or postgres:CONNECTION"
+    return _utf8(value)
 
 
 def _data_path(value: str | None) -> str | None:
+    if problem := _utf8(value):
+        return problem
     if value and value.lower().startswith("s3:") and not value.startswith("s3://"):
         return "expected s3://BUCKET/PATH (DuckDB writes any other spelling to a local folder of that name)"
     # without a bucket, DuckDB took the lake's first schema name for one, at the first file a batch wrote
@@ -142,6 +155,7 @@ class Settings:
         Path("data"),
         "SYSMON_DATA_DIR",
         "where the embedded default keeps the lake (catalog and files), and the pipeline's DuckDB spills (`spill/`)",
+        check=_utf8,
     )
     lake_catalog: str | None = setting(
         None,

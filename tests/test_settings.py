@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import fields
 from pathlib import Path
@@ -104,6 +105,15 @@ def test_a_bad_path_is_named_as_it_was_set(tmp_path: Path) -> None:
 def test_values_out_of_range_are_refused_up_front_naming_the_variable(variable: str, value: str) -> None:
     with pytest.raises(SettingsError, match=variable):
         Settings.from_env({variable: value})
+
+
+@pytest.mark.parametrize("variable", ["SYSMON_DATA_DIR", "SYSMON_LAKE_DATA_PATH", "SYSMON_LAKE_CATALOG"])
+def test_a_path_whose_bytes_are_not_utf8_is_refused_naming_the_variable(variable: str) -> None:
+    """Python reads such a variable's bytes as lone surrogates, which DuckDB cannot take (a probe: a traceback)."""
+    value = os.fsdecode(b"/tmp/d\xe4ta")
+    prefix = "sqlite:" if variable == "SYSMON_LAKE_CATALOG" else ""
+    with pytest.raises(SettingsError, match=f"^{variable}.*: a path DuckDB can open is UTF-8 text"):
+        Settings.from_env({variable: prefix + value})
 
 
 @pytest.mark.parametrize(
