@@ -12,8 +12,10 @@ WITH unparsed AS (
     SELECT u.* REPLACE (CAST(u.line AS BLOB)[1:u.line_bytes] AS line, CAST(u.source_file AS VARCHAR) AS source_file)
     FROM unparsed AS u
 ), decoded AS (
-    -- escaped: the BLOB's text, each byte that is not printable ASCII (a backslash too) written \xNN
-    SELECT landed.*, try(decode(line)) AS text, CAST(line AS VARCHAR) AS escaped
+    -- escaped: the BLOB's text, each byte that is not printable ASCII (a backslash too) written \xNN;
+    -- blank: nothing but spaces, tabs and carriage returns after the byte order marks the stream drops too
+    SELECT landed.*, try(decode(line)) AS text, CAST(line AS VARCHAR) AS escaped,
+        trim(ltrim(text, chr(65279)), E' \t\r\n') = '' AS blank
     FROM landed
 ), utf16 AS (
     -- UTF-16 text (Windows PowerShell's default file encoding): a byte order mark, or about every second byte NUL
@@ -35,7 +37,7 @@ SELECT
             THEN 'line of ' || octet_length(line) || ' bytes is longer than max_line_bytes={{ var('max_line_bytes') }}'
         WHEN looks_utf16 THEN 'UTF-16 text: only UTF-8 is read{{ "" if kafka else " (save the file as UTF-8)" }}'
         WHEN text IS NULL THEN 'not valid UTF-8'
-        WHEN trim(text, E' \t\r\n') = '' THEN 'empty message value'
+        WHEN blank THEN 'empty message value'
         WHEN NOT json_valid(text) THEN 'malformed JSON'
         ELSE 'valid JSON but not an object: ' || json_type(text)
     END AS error,
@@ -46,7 +48,7 @@ SELECT
     CAST(NULL AS STRUCT(topic VARCHAR, "partition" INTEGER, "offset" BIGINT)) AS kafka,
     {%- endif %}
     octet_length(line) AS raw_bytes,
-    left(coalesce(text, escaped), 2048) AS raw_text,
+    coalesce(left(text, 2048), {{ first_characters_marking_invalid_utf8('line', 2048) }}) AS raw_text,
     TIMESTAMP '{{ batch_time }}' AS ingested_at
 FROM utf16
-WHERE text IS NULL OR trim(text, E' \t\r\n') <> '' OR read_error IS NOT NULL{% if kafka %} OR kafka_topic IS NOT NULL{% endif %}
+WHERE text IS NULL OR NOT blank OR read_error IS NOT NULL{% if kafka %} OR kafka_topic IS NOT NULL{% endif %}

@@ -27,6 +27,7 @@ from sysmon_assets.storage.lake import LakeError
 from tests.conftest import T0, Lake, network_connect, process_create
 
 ROOT = Path(__file__).resolve().parents[2]
+BYTE_ORDER_MARK = "\ufeff".encode()
 
 
 def test_an_over_long_line_is_rejected_and_the_rest_lands(tmp_path: Path) -> None:
@@ -88,6 +89,26 @@ def test_binary_garbage_is_rejected_with_its_bytes_shown(lake: Lake) -> None:
     ((error, raw),) = lake.rows("SELECT error, raw_text FROM winlogbeat_rejects")
     assert error == "not valid UTF-8"
     assert "garbage" in raw and "\\xFF" in raw
+
+
+def test_a_rejects_raw_text_shows_only_the_bytes_that_are_not_utf8_escaped_and_never_cuts_an_escape(
+    lake: Lake,
+) -> None:
+    (lake.landing / "w.ndjson").write_bytes(b'{"a": "caf\xc3\xa9 \\ \xff" ,\n' + b"a" + b"\xff" * 1000 + b"\n")
+    lake.batch()
+    (first, second) = [raw for (raw,) in lake.rows("SELECT raw_text FROM winlogbeat_rejects ORDER BY source_line")]
+    assert first == '{"a": "caf\u00e9 \\ \\xFF" ,'
+    assert second.startswith("a\\xFF\\xFF") and second.endswith("\\xFF") and len(second) <= 2048
+    assert second == "a" + "\\xFF" * ((len(second) - 1) // 4)
+
+
+def test_a_line_of_a_byte_order_mark_and_blanks_is_skipped_as_blank(lake: Lake) -> None:
+    """What ``"" | Out-File -Encoding utf8`` writes: the mark is dropped, as before an event, and the rest is blank."""
+    create = json.dumps(process_create("{A}")).encode()
+    (lake.landing / "w.ndjson").write_bytes(b"\xef\xbb\xbf\r\n\xef\xbb\xbf  \n" + create + b"\n \xef\xbb\xbf\n")
+    lake.batch()
+    assert lake.rows("SELECT source_line, error FROM winlogbeat_rejects") == [(4, "malformed JSON")]
+    assert lake.count("winlogbeat_stream") == 1
 
 
 def test_a_utf16_file_is_rejected_line_by_line_saying_so(lake: Lake, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -387,11 +408,14 @@ def winlogbeat_lines(draw: st.DrawFn) -> bytes:
     elif kind == "binary":
         line = draw(st.binary(max_size=200))
     else:
-        line = draw(st.sampled_from([b"", b" ", b"\t", b"\r", b"  \r"]))
+        line = draw(st.sampled_from([b"", b" ", b"\t", b"\r", b"  \r", BYTE_ORDER_MARK, BYTE_ORDER_MARK * 2 + b" \r"]))
     return line.replace(b"\n", b"")
 
 
 def is_blank(line: bytes) -> bool:
+    """Spaces, tabs and carriage returns, after any UTF-8 byte order marks at its start (dropped as before an event)."""
+    while line.startswith(BYTE_ORDER_MARK):
+        line = line.removeprefix(BYTE_ORDER_MARK)
     return line.strip(b" \t\r") == b""
 
 
