@@ -110,8 +110,8 @@ class SysmonPipelineResource(SettingsConfig):
 
     def setup_for_execution(self, context: InitResourceContext) -> None:
         """One DuckDB instance with the lake attached per run: the run's steps share it."""
-        if context.dagster_run is not None:
-            _refuse_environment_settings_left_out(context.dagster_run.run_config, os.environ)
+        if context.run is not None:
+            _refuse_environment_settings_left_out(context.run.run_config, os.environ)
         self._run_connections = LakeConnections(self.settings(), self.duckdb.get_connection)
 
     def teardown_after_execution(self, context: InitResourceContext) -> None:
