@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import getpass
+import logging
 import os
 import shutil
 import socket
@@ -23,7 +24,10 @@ import tempfile
 import uuid
 from pathlib import Path
 
+LOG = logging.getLogger(__name__)
 _PROCESS_FOLDERS: dict[tuple[int, Path], Path] = {}
+# by process id: the readers' folder of a process whose user's shared one is not private
+_OWN_PARENTS: dict[int, Path] = {}
 
 
 def spill_directory(parent: Path | None = None) -> str:
@@ -38,24 +42,36 @@ def _readers_folder() -> Path:
     user = os.getuid() if hasattr(os, "getuid") else getpass.getuser()
     folder = Path(tempfile.gettempdir(), f"sysmon-assets-spill-{user}")
     folder.mkdir(mode=0o700, exist_ok=True)
-    if hasattr(os, "getuid"):
-        _refuse_unless_private(folder)
-    return folder
+    if not hasattr(os, "getuid") or _made_private(folder):
+        return folder
+    return _folder_of_this_process(folder)
 
 
-class SpillFolderError(PermissionError):
-    """The readers' spill folder is not this user's private folder."""
-
-
-def _refuse_unless_private(folder: Path) -> None:
-    """Another user who made the folder first (TMPDIR is shared) could read what is spilled there."""
+def _made_private(folder: Path) -> bool:
+    """Whether ``folder`` is this user's and closed to others, closing it if it is the user's."""
     found = folder.lstat()
-    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid() or found.st_mode & 0o077:
-        raise SpillFolderError(
-            f"the readers' spill folder {folder} is not a folder private to user {os.getuid()} (owner "
-            f"{found.st_uid}, mode {stat.filemode(found.st_mode)}): spilled rows are event data, so it is not used; "
-            "remove it, or set TMPDIR to a folder of your own"
+    if stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid() and found.st_mode & 0o077:
+        folder.chmod(0o700)
+        found = folder.lstat()  # a file system with no Unix modes keeps its own
+    return stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid() and not found.st_mode & 0o077
+
+
+def _folder_of_this_process(shared: Path) -> Path:
+    """A private folder of a random name for this process's readers, when another user may have made ``shared``
+    first (TMPDIR is shared) and could read what is spilled there. It goes when the process exits."""
+    pid = os.getpid()
+    if pid not in _OWN_PARENTS:
+        found = shared.lstat()
+        LOG.warning(
+            "%s is not a folder private to user %s (owner %s, mode %s): readers spill in a folder of this process",
+            shared,
+            os.getuid(),
+            found.st_uid,
+            stat.filemode(found.st_mode),
         )
+        _OWN_PARENTS[pid] = Path(tempfile.mkdtemp(prefix=f"{shared.name}-"))
+        atexit.register(_remove, pid, _OWN_PARENTS[pid])
+    return _OWN_PARENTS[pid]
 
 
 def _process_folder(parent: Path) -> Path:

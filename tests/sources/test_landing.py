@@ -315,8 +315,10 @@ def test_a_fifo_swapped_in_after_the_listing_is_not_waited_on(tmp_path: Path) ->
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     reader.join(10)
-    if reader.is_alive():  # let the waiting open go
+    waited = reader.is_alive()
+    if waited:  # let the waiting open go
         os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    assert not waited
     assert outcome == ["moved"]
 
 

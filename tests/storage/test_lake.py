@@ -26,6 +26,7 @@ from dbt_like import ConcurrentWriterError
 from dbt_like.sql import literal
 from sysmon_assets import connect
 from sysmon_assets.definitions import build_definitions
+from sysmon_assets.hunting import sigma
 from sysmon_assets.micro_batch.steps import SysmonPipeline, utc_now
 from sysmon_assets.sample.generator import write_sample
 from sysmon_assets.settings import Settings
@@ -888,11 +889,13 @@ def test_another_user_opens_a_sqlite_catalog_only_while_its_wal_files_are_there(
         shutil.rmtree(base)
 
 
-def test_the_data_files_keep_the_process_umask(lake: Lake) -> None:
-    lake.landing.chmod(0o755)
-    lake.land([process_create("{A}"), network_connect("{A}")])
+def test_the_data_files_keep_the_process_umask(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sigma, "_MEMO", {})  # the pipeline converts the rules and caches them in the data folder
     before = os.umask(0o077)
     try:
+        lake = Lake(tmp_path)
+        lake.landing.chmod(0o755)
+        lake.land([process_create("{A}"), network_connect("{A}")])
         lake.batch()
     finally:
         os.umask(before)

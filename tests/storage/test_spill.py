@@ -12,8 +12,10 @@ import tempfile
 from pathlib import Path
 
 import duckdb
+import pytest
 
 from sysmon_assets.settings import Settings
+from sysmon_assets.storage import spill
 from sysmon_assets.storage.lake import open_lake
 from sysmon_assets.storage.spill import spill_directory
 from tests.conftest import Lake, network_connect, process_create
@@ -104,9 +106,7 @@ def test_a_reader_removes_no_folder_of_the_temporary_folder_but_its_own(tmp_path
     assert (notes / "file.txt").read_text() == "important"
 
 
-def test_a_reader_refuses_a_spill_folder_another_user_could_read(lake: Lake, tmp_path: Path) -> None:
-    """A probe's finding: another user who made the readers' folder first, open to all, read what an analyst's
-    query spilled there."""
+def test_a_reader_closes_its_spill_folder_when_it_was_open_to_others(lake: Lake, tmp_path: Path) -> None:
     lake.land([process_create("{A}"), network_connect("{A}")])
     lake.batch()
     temporary = tmp_path / "tmp"
@@ -115,11 +115,26 @@ def test_a_reader_refuses_a_spill_folder_another_user_could_read(lake: Lake, tmp
     shared.chmod(0o777)
     environ = {**os.environ, "TMPDIR": str(temporary), "SYSMON_DATA_DIR": str(lake.data)}
     query = [sys.executable, "-m", "sysmon_assets.query", "--json", "SELECT count(*) FROM sysmon_join"]
-    refused = subprocess.run(query, env=environ, capture_output=True, text=True)
-    assert refused.returncode == 1
-    assert refused.stderr.startswith("query failed: cannot open the lake (catalog sqlite:")
-    assert f"the readers' spill folder {shared} is not a folder private to user {os.getuid()}" in refused.stderr
-    assert list(shared.iterdir()) == []
-    shared.chmod(0o700)
     read = subprocess.run(query, env=environ, capture_output=True, text=True, check=True)
     assert json.loads(read.stdout) == [[1]]
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o700
+
+
+def test_a_reader_spills_in_a_folder_of_its_own_when_another_user_made_the_shared_one_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A probe's finding: another user who made the readers' folder first, open to all, read what an analyst's
+    query spilled there."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(spill, "_OWN_PARENTS", {})
+    other = os.getuid() + 1  # the folder below is this process's; seen as user `other`, it is another user's
+    monkeypatch.setattr(os, "getuid", lambda: other)
+    squatted = tmp_path / f"sysmon-assets-spill-{other}"
+    squatted.mkdir()
+    squatted.chmod(0o777)
+    directory = Path(spill.spill_directory())
+    readers = directory.parent.parent
+    assert squatted not in directory.parents and list(squatted.iterdir()) == []
+    assert readers.parent == tmp_path and readers.name.startswith(f"sysmon-assets-spill-{other}-")
+    assert stat.S_IMODE(readers.stat().st_mode) == stat.S_IMODE(directory.parent.stat().st_mode) == 0o700
+    assert Path(spill.spill_directory()).parent.parent == readers  # one per process
