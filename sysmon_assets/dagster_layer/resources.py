@@ -90,14 +90,27 @@ def _refuse_environment_settings_left_out(run_config: Mapping[str, Any], environ
     left_out = [
         f"{variable} ({name})"
         for name in SettingsConfig.model_fields
-        if name not in named and (variable := declaration(name).metadata["env"]) in environ
+        if name not in named
+        and (variable := declaration(name).metadata["env"]) in environ
+        and not _is_the_default(name, environ[variable])
     ]
     if left_out:
         raise SettingsError(
             "the run's configuration of the sysmon resource replaces all of its settings (Dagster's rule), so these "
             f"set in the environment would fall back to their defaults: {', '.join(left_out)}. Configure settings "
-            "by the environment alone, or name these in the run's configuration too."
+            "by the environment alone, or name these in the run's configuration too "
+            "(`landing_dir: {env: SYSMON_LANDING_DIR}` reads the variable)."
         )
+
+
+def _is_the_default(name: str, text: str) -> bool:
+    """Whether a variable's text reads as its setting's default (falling back to it then changes nothing)."""
+    if not text:
+        return True  # an empty variable is the default, as Settings reads it
+    try:
+        return read_variable(name, text) == declaration(name).default
+    except SettingsError:
+        return False
 
 
 class SysmonPipelineResource(SettingsConfig):

@@ -92,7 +92,8 @@ def test_a_run_configuring_the_sysmon_resource_without_a_setting_of_the_environm
     assert "the run's configuration of the sysmon resource" in error
     assert "SYSMON_LANDING_DIR (landing_dir)" in error and "SYSMON_DATA_DIR" not in error  # the run names data_dir
     assert not (tmp_path / "data").exists()
-    named = {"landing_dir": str(lake.landing), "data_dir": str(lake.data), "join_grace_minutes": 5}
+    named = {"landing_dir": {"env": "SYSMON_LANDING_DIR"}, "data_dir": str(lake.data), "join_grace_minutes": 5}
+    monkeypatch.setenv("SYSMON_FRESHNESS_MINUTES", "60")  # the default: falling back to it changes nothing
     lake.land([process_create("{A}"), network_connect("{A}")])
     assert job.execute_in_process(run_config={"resources": {"sysmon": {"config": named}}}).success
     assert lake.count("sysmon_join") == 1
