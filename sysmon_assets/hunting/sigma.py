@@ -369,15 +369,17 @@ def _read_cache(path: Path) -> RuleSet | None:
 def _write_cache(path: Path, rule_set: RuleSet) -> None:
     """Write the cache file whole or not at all: another process may be reading it. A folder the user may not
     write costs a conversion per process, not the rules."""
+    temporary = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".rules-", suffix=".json")
-    except OSError as error:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(asdict(rule_set), out)
+        os.replace(temporary, path)
+    except OSError as error:  # a folder the user may not write, a full disk
         LOG.warning("cannot cache the converted Sigma rules in %s (%s): each process converts them", path.parent, error)
-        return
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
-        json.dump(asdict(rule_set), out)
-    os.replace(temporary, path)
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
 
 
 # Rule sets loaded by this process, by content digest; and per folder, the files' sizes and modification times

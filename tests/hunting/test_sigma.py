@@ -795,6 +795,21 @@ def test_rules_whose_cache_cannot_be_written_are_converted_and_run(
     assert f"cannot cache the converted Sigma rules in {blocked / 'sigma'}" in caplog.text
 
 
+def test_a_cache_write_that_fails_midway_leaves_no_file_and_the_rules_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rules = write_rules(tmp_path / "rules", {"a.yml": FAILING_RULES["nested/fine.yaml"]})
+    monkeypatch.setattr(sigma, "_MEMO", {})
+
+    def disk_full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sigma.json, "dump", disk_full)
+    rule_set = sigma.load_rule_set(rules, tmp_path / "cache")
+    assert [rule.title for rule in rule_set.rules] == ["fine"]
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 def test_a_cached_rule_set_is_converted_again_when_the_backend_changes() -> None:
     backend = Path(sigma.__file__).with_name("sigma_backend.py").read_bytes()
     assert backend in sigma._converter_identity()  # its code is part of the cache file's name
