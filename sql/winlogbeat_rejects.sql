@@ -13,9 +13,9 @@ WITH unparsed AS (
     FROM unparsed AS u
 ), decoded AS (
     -- escaped: the BLOB's text, each byte that is not printable ASCII (a backslash too) written \xNN;
-    -- blank: nothing but spaces, tabs and carriage returns after the byte order marks the stream drops too
-    SELECT landed.*, try(decode(line)) AS text, CAST(line AS VARCHAR) AS escaped,
-        trim(ltrim(text, chr(65279)), E' \t\r\n') = '' AS blank
+    -- unmarked: without the byte order marks the stream drops too; blank: nothing but spaces, tabs and carriage returns
+    SELECT landed.*, try(decode(line)) AS text, CAST(line AS VARCHAR) AS escaped, ltrim(text, chr(65279)) AS unmarked,
+        trim(unmarked, E' \t\r\n') = '' AS blank
     FROM landed
 ), utf16 AS (
     -- UTF-16 text (Windows PowerShell's default file encoding): a byte order mark, or about every second byte NUL
@@ -38,8 +38,8 @@ SELECT
         WHEN looks_utf16 THEN 'UTF-16 text: only UTF-8 is read{{ "" if kafka else " (save the file as UTF-8)" }}'
         WHEN text IS NULL THEN 'not valid UTF-8'
         WHEN blank THEN 'empty message value'
-        WHEN NOT json_valid(text) THEN 'malformed JSON'
-        ELSE 'valid JSON but not an object: ' || json_type(text)
+        WHEN NOT json_valid(unmarked) THEN 'malformed JSON'
+        ELSE 'valid JSON but not an object: ' || json_type(unmarked)
     END AS error,
     {% if kafka -%}
     CAST({'topic': kafka_topic, 'partition': kafka_partition, 'offset': kafka_offset}

@@ -15,8 +15,8 @@
 {%- for key, value in node.items() -%}{{ key }},{{ keys_of(value) if value is mapping }}{%- endfor -%}
 {%- endmacro %}
 
-{#- The letters that upper-case to an ASCII letter besides its own two cases (Java's toUpperCase, as KSQL compares
-    names, and DuckDB's upper): the dotless i and the long s. -#}
+{#- The letters that upper-case to one ASCII letter besides its own two cases (in Java's toUpperCase, as KSQL
+    compares names, and in DuckDB's upper): the dotless i and the long s. -#}
 {% set upper_cases_to = {'i': 'ı', 's': 'ſ'} %}
 
 {#- `c` in any letter case, as regex alternatives for a class. -#}
