@@ -226,7 +226,7 @@ def test_a_writer_rotating_during_back_to_back_batches_lands_every_event_once(la
     # no hooks: batches run while a writer appends and rotates, as Winlogbeat does (keeping every rotated file)
     lake.batch()  # the lake exists: batches from here on are short, so several meet a rotation
     path, total, kept = lake.landing / "winlogbeat", 3000, 20
-    writer_done = threading.Event()
+    writer_done, batch_ran = threading.Event(), threading.Event()
     pace = random.Random(7)
 
     def write() -> None:
@@ -237,6 +237,8 @@ def test_a_writer_rotating_during_back_to_back_batches_lands_every_event_once(la
                     with suppress(FileNotFoundError):
                         path.with_name(f"winlogbeat.{older - 1}").rename(path.with_name(f"winlogbeat.{older}"))
                 path.rename(path.with_name("winlogbeat.1"))
+                batch_ran.clear()
+                batch_ran.wait(60)  # however slow the machine, batches run between rotations
             time.sleep(pace.random() * 0.05)
         writer_done.set()
 
@@ -245,6 +247,7 @@ def test_a_writer_rotating_during_back_to_back_batches_lands_every_event_once(la
     batches = 0
     while not writer_done.is_set():
         lake.batch()
+        batch_ran.set()
         batches += 1
     writer.join()
     lake.batch()
