@@ -830,15 +830,17 @@ def test_small_files_are_read_in_one_commit_and_an_idle_batch_adds_two_snapshots
         assert con.execute("SELECT count(*) FROM sysmon_join").fetchall() == [(40,)]
 
 
-def _read_as_nobody(path: Path) -> bool:
-    """Whether user ``nobody`` (not in root's groups) can read ``path``."""
+def _as_nobody(*command: str) -> list[str]:
+    """``command`` run as user ``nobody`` (not in root's groups)."""
     setpriv = shutil.which("setpriv")
     if os.geteuid() != 0 or setpriv is None:
-        pytest.skip("reading as another user needs root and setpriv")
-    done = subprocess.run(
-        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "cat", str(path)], capture_output=True
-    )
-    return done.returncode == 0
+        pytest.skip("running as another user needs root and setpriv")
+    return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+
+
+def _read_as_nobody(path: Path) -> bool:
+    """Whether user ``nobody`` can read ``path``."""
+    return subprocess.run(_as_nobody("cat", str(path)), capture_output=True).returncode == 0
 
 
 def test_the_lake_is_readable_only_by_whoever_reads_the_landing_folder() -> None:
@@ -865,9 +867,7 @@ def test_the_lake_is_readable_only_by_whoever_reads_the_landing_folder() -> None
 def test_another_user_opens_a_sqlite_catalog_only_while_its_wal_files_are_there() -> None:
     """SQLite makes a WAL-mode catalog's -wal and -shm files as a connection opens it, and the last writer to close
     removes them: a user who may read but not write the data folder cannot make them (a probe's finding)."""
-    setpriv = shutil.which("setpriv")
-    if os.geteuid() != 0 or setpriv is None:
-        pytest.skip("running as another user needs root and setpriv")
+    query = _as_nobody(sys.executable, "-m", "sysmon_assets.query", "--json", "SELECT count(*) FROM sysmon_join")
     base = Path(tempfile.mkdtemp(prefix="sysmon-modes-"))
     try:
         base.chmod(0o755)
@@ -877,8 +877,6 @@ def test_another_user_opens_a_sqlite_catalog_only_while_its_wal_files_are_there(
         environ = {**os.environ, "SYSMON_DATA_DIR": str(lake.data), "TMPDIR": str(base / "tmp")}
         (base / "tmp").mkdir(mode=0o777)
         (base / "tmp").chmod(0o777)
-        query = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m"]
-        query += ["sysmon_assets.query", "--json", "SELECT count(*) FROM sysmon_join"]
         between_runs = subprocess.run(query, env=environ, cwd=base, capture_output=True, text=True)
         assert between_runs.returncode == 1
         assert "attempt to write a readonly database" in between_runs.stderr
