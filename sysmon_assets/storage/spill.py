@@ -50,10 +50,12 @@ def _readers_folder() -> Path:
 def _made_private(folder: Path) -> bool:
     """Whether ``folder`` is this user's and closed to others, closing it if it is the user's."""
     found = folder.lstat()
-    if stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid() and found.st_mode & 0o077:
+    if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid():
+        return False
+    if found.st_mode & 0o077:
         folder.chmod(0o700)
         found = folder.lstat()  # a file system with no Unix modes keeps its own
-    return stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid() and not found.st_mode & 0o077
+    return not found.st_mode & 0o077
 
 
 def _folder_of_this_process(shared: Path) -> Path:
