@@ -136,7 +136,8 @@ CASE WHEN length(t[1]) = 4 AND t[1] >= '\x80' THEN chr(64976) || '\' || t[1]
 
 {#- The first `count` characters at most of a line's bytes that are not valid UTF-8, as a reject shows them: each byte
     that starts no valid UTF-8 sequence written \xNN (never cut in two), the rest decoded. A character takes four
-    bytes at the most, so the first 4 * count bytes are enough. -#}
+    bytes at the most, so the first 4 * count bytes are enough. A mark is U+FDD0, a backslash and \xNN: a mark with
+    fewer than its five characters after U+FDD0 at the end was cut. -#}
 {% macro first_characters_marking_invalid_utf8(bytes, count) -%}
 {%- set marked = marked_invalid_utf8(bytes ~ '[1:' ~ count * 4 ~ ']') -%}
 replace(regexp_replace(left({{ marked }}, {{ count }}), chr(64976) || '[^' || chr(64976) || ']{0,4}$', ''), chr(64976) || '\', '')
