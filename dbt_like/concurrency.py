@@ -26,6 +26,9 @@ MAX_ATTEMPTS = 10
 # and the loser runs again from the start, when it sees the other's table.
 CATALOG_GUARD = "catalog"
 RACE_SIGNS = ("database is locked", "duplicate key value violates unique constraint")
+# A commit the catalog's disk refused fails the same way every time: it is no race, and DuckDB 1.4.4 crashes
+# (SIGSEGV) when a connection whose lake ATTACH failed so tries the ATTACH again.
+FULL_DISK_SIGNS = ("database or disk is full", "disk I/O error", "No space left on device")
 
 
 class ConcurrentWriterError(RuntimeError):
@@ -35,8 +38,15 @@ class ConcurrentWriterError(RuntimeError):
 def lost_race(error: duckdb.Error) -> bool:
     """Whether ``error`` lost a race with another writer, so that running the transaction again may succeed:
     a transaction conflict, a SQLite catalog another writer holds locked, or two sessions creating a
-    PostgreSQL catalog's tables at once."""
+    PostgreSQL catalog's tables at once; never a full disk."""
+    if out_of_room(error):
+        return False
     return isinstance(error, duckdb.TransactionException) or any(sign in str(error) for sign in RACE_SIGNS)
+
+
+def out_of_room(error: duckdb.Error) -> bool:
+    """Whether a disk refused ``error``'s write: running it again fails the same way until someone makes room."""
+    return any(sign in str(error) for sign in FULL_DISK_SIGNS)
 
 
 def pause_before_retry(attempt: int, longest: float | None = None) -> None:

@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 import duckdb
 
 from dbt_like.compiler import STATE_SCHEMA
-from dbt_like.concurrency import lost_race, pause_before_retry
+from dbt_like.concurrency import lost_race, out_of_room, pause_before_retry
 from dbt_like.sql import literal, literals, scalar
 from dbt_like.state import recorded_shard_count
 from sysmon_assets.settings import Settings
@@ -409,7 +409,7 @@ def _retry_races(action: Callable[[], object], seconds: float | None = None) -> 
             action()
             return
         except duckdb.Error as error:
-            raced = lost_race(error) or any(sign in str(error) for sign in CATALOG_RACES)
+            raced = lost_race(error) or (any(sign in str(error) for sign in CATALOG_RACES) and not out_of_room(error))
             if not raced or time.monotonic() >= deadline:
                 raise
             pause_before_retry(attempt, RACE_PAUSE_MAX)

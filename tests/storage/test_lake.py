@@ -1051,3 +1051,73 @@ def test_a_catalog_file_removed_since_it_was_listed_is_left_alone(tmp_path: Path
 
     lake_module._set_access(tmp_path / "lake.sqlite-wal", 0o600, os.getgid())
     assert not (tmp_path / "lake.sqlite-wal").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A file system of 2 MiB of its own (tmpfs), to fill up."""
+    mount, umount = shutil.which("mount"), shutil.which("umount")
+    if os.geteuid() != 0 or mount is None or umount is None:
+        pytest.skip("mounting a small file system needs root, mount and umount")
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    subprocess.run([mount, "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
+    yield disk
+    subprocess.run([umount, "--lazy", str(disk)], check=True)
+
+
+def _fill(disk: Path, leaving: int = 0) -> Path:
+    """Write a file that leaves ``leaving`` bytes of ``disk`` free."""
+    filler = disk / "filler"
+    with filler.open("ab") as out:
+        out.write(b"\0" * max(0, shutil.disk_usage(disk).free - leaving))
+    return filler
+
+
+def test_a_new_lake_on_a_full_disk_is_an_error_that_says_so_not_a_crash(small_disk: Path, tmp_path: Path) -> None:
+    """A probe's finding: the first ATTACH failed with "database or disk is full", which counted as a lost race,
+    and DuckDB 1.4.4 crashes (SIGSEGV) on the same connection's second ATTACH: the run died without a word."""
+    _fill(small_disk, leaving=100 * 1024)
+    opening = (
+        "import sys; from pathlib import Path; from sysmon_assets.settings import Settings; "
+        "from sysmon_assets.storage.lake import open_lake\n"
+        "with open_lake(Settings(landing_dir=Path(sys.argv[1]), data_dir=Path(sys.argv[2]))): pass"
+    )
+    opened = subprocess.run(
+        [sys.executable, "-c", opening, str(tmp_path), str(small_disk / "data")], capture_output=True, text=True
+    )
+    assert opened.returncode == 1, opened.stderr
+    assert "LakeError: cannot open the lake" in opened.stderr
+    assert "database or disk is full" in opened.stderr
+
+
+def test_a_catalog_disk_filling_up_fails_the_step_at_once_and_the_next_batch_catches_up(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    """A probe's finding: a commit refused for a full disk was retried ten times as a lost race, then reported as
+    another writer's."""
+    lake = Lake(tmp_path / "lake", lake_catalog=f"sqlite:{small_disk}/lake.sqlite", lake_data_path=f"{tmp_path}/files/")
+    lake.land([process_create("{A}"), network_connect("{A}")])
+    lake.batch()
+    lake.land([process_create("{B}"), network_connect("{B}"), network_connect("{A}", dst_ip="10.0.0.2")])
+    own_note, tries = lake.pipeline.project.commit_note, []
+
+    def disk_full_before_the_rekey_commits(con: object, model: str, batch: object) -> None:
+        own_note(con, model, batch)
+        if model == "winlogbeat_stream_rekey":
+            tries.append(_fill(small_disk))
+
+    lake.pipeline.project.commit_note = disk_full_before_the_rekey_commits
+    with pytest.raises(duckdb.Error, match="database or disk is full"):
+        lake.batch()
+    assert len(tries) == 1
+    tries[0].unlink()
+    lake.pipeline.project.commit_note = own_note
+    lake.batch()
+    clean = Lake(tmp_path / "clean")
+    clean.land([process_create("{A}"), network_connect("{A}")])
+    clean.batch()
+    clean.land([process_create("{B}"), network_connect("{B}"), network_connect("{A}", dst_ip="10.0.0.2")])
+    clean.batch()
+    assert snapshot(lake.settings) == snapshot(clean.settings)
+    assert lake.count("sysmon_join") == 3
