@@ -40,9 +40,9 @@ run: $(BIN)/.installed
 	done
 	$(BIN)/python -m sysmon_assets.query sql/queries/sysmon_join_sample.sql
 
-## test: lint (ruff check, ruff format --check) and the whole test suite
+## test: lint (ruff check, ruff format --check) and the whole test suite, a pytest-xdist worker per core (up to 4)
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --maxprocesses 4
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -33,7 +33,7 @@ def test_make_test_checks_the_lint_and_the_format_before_the_tests() -> None:
     assert commands == [
         [".venv/bin/ruff", "check", "."],
         [".venv/bin/ruff", "format", "--check"],
-        [".venv/bin/pytest"],
+        [".venv/bin/pytest", "-n", "auto"],
     ]
 
 
