@@ -540,9 +540,10 @@ def test_numbering_goes_on_above_what_a_retention_dropped(tmp_path: Path) -> Non
 
 def test_a_second_writers_concurrent_step_is_rolled_back_and_named(tmp_path: Path, postgres: Postgres) -> None:
     first = Lake(tmp_path / "first", lake_catalog=postgres.new_catalog())
-    first.land([process_create("{A}"), network_connect("{A}")])
+    events = _events_of_two_batches()
+    first.land(events[0])
     first.batch()
-    first.land([process_create("{B}"), network_connect("{B}"), network_connect("{A}", dst_ip="10.0.0.2")])
+    first.land(events[1])
     second = SysmonPipeline(first.settings)
     own_note = first.pipeline.project.commit_note
 
@@ -556,13 +557,23 @@ def test_a_second_writers_concurrent_step_is_rolled_back_and_named(tmp_path: Pat
         first.batch()
     first.pipeline.project.commit_note = own_note
     first.batch()
-    clean = Lake(tmp_path / "clean")
-    clean.land([process_create("{A}"), network_connect("{A}")])
-    clean.batch()
-    clean.land([process_create("{B}"), network_connect("{B}"), network_connect("{A}", dst_ip="10.0.0.2")])
-    clean.batch()
-    assert snapshot(first.settings) == snapshot(clean.settings)
+    assert snapshot(first.settings) == _tables_of_a_clean_run(tmp_path / "clean")
     assert first.count("sysmon_join") == 3
+
+
+def _events_of_two_batches() -> tuple[list[dict], list[dict]]:
+    """Two batches' events: the second adds a process and a connection of the first batch's process."""
+    first = [process_create("{A}"), network_connect("{A}")]
+    return first, [process_create("{B}"), network_connect("{B}"), network_connect("{A}", dst_ip="10.0.0.2")]
+
+
+def _tables_of_a_clean_run(root: Path) -> dict[str, list[tuple]]:
+    """The tables of a lake that read the two batches of ``_events_of_two_batches`` without trouble."""
+    clean = Lake(root)
+    for events in _events_of_two_batches():
+        clean.land(events)
+        clean.batch()
+    return snapshot(clean.settings)
 
 
 def test_paths_with_an_apostrophe_a_space_and_a_semicolon_are_quoted(tmp_path: Path) -> None:
@@ -1097,9 +1108,10 @@ def test_a_catalog_disk_filling_up_fails_the_step_at_once_and_the_next_batch_cat
     """A probe's finding: a commit refused for a full disk was retried ten times as a lost race, then reported as
     another writer's."""
     lake = Lake(tmp_path / "lake", lake_catalog=f"sqlite:{small_disk}/lake.sqlite", lake_data_path=f"{tmp_path}/files/")
-    lake.land([process_create("{A}"), network_connect("{A}")])
+    events = _events_of_two_batches()
+    lake.land(events[0])
     lake.batch()
-    lake.land([process_create("{B}"), network_connect("{B}"), network_connect("{A}", dst_ip="10.0.0.2")])
+    lake.land(events[1])
     own_note, tries = lake.pipeline.project.commit_note, []
 
     def disk_full_before_the_rekey_commits(con: object, model: str, batch: object) -> None:
@@ -1114,10 +1126,5 @@ def test_a_catalog_disk_filling_up_fails_the_step_at_once_and_the_next_batch_cat
     tries[0].unlink()
     lake.pipeline.project.commit_note = own_note
     lake.batch()
-    clean = Lake(tmp_path / "clean")
-    clean.land([process_create("{A}"), network_connect("{A}")])
-    clean.batch()
-    clean.land([process_create("{B}"), network_connect("{B}"), network_connect("{A}", dst_ip="10.0.0.2")])
-    clean.batch()
-    assert snapshot(lake.settings) == snapshot(clean.settings)
+    assert snapshot(lake.settings) == _tables_of_a_clean_run(tmp_path / "clean")
     assert lake.count("sysmon_join") == 3
