@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,14 @@ def _lake_data_named(message: str) -> str:
     return f" (the lake's data: {lake.data_location(settings)})" if named and named in message else ""
 
 
+def _spill_disk_named(message: str) -> str:
+    """Where a reader spills, to follow DuckDB's error for a spill that found no room: it says "Out of Memory" and
+    names its limit on spilled bytes (``max_temp_directory_size``), by default the free space of that disk."""
+    if "max_temp_directory_size" not in message:
+        return ""
+    return f" (this reader spills under the temporary folder {tempfile.gettempdir()}, TMPDIR: its disk may be full)"
+
+
 def _replace_what_the_output_cannot_encode() -> None:
     """The table's frame is drawn in Unicode: an output in ASCII or a legacy code page shows ``?`` for what it
     cannot encode (``--json`` escapes everything beyond ASCII)."""
@@ -208,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     except (duckdb.IOException, duckdb.HTTPException) as error:  # the data files, which the ATTACH does not read
         sys.exit(f"query failed: {error}{_lake_data_named(str(error))}")
     except (SettingsError, lake.LakeError, duckdb.Error) as error:
-        sys.exit(f"query failed: {error}")
+        sys.exit(f"query failed: {error}{_spill_disk_named(str(error))}")
     except BrokenPipeError:  # the reader stopped early (`| head`): end quietly, as Python's docs on SIGPIPE advise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush would fail again
         sys.exit(1)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -317,6 +319,19 @@ def snapshot(settings: Settings, tables: Iterable[str] = RECIPE_MODELS + HUNTING
 def lake(tmp_path: Path) -> Lake:
     """A fresh landing folder and lake."""
     return Lake(tmp_path)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A file system of 2 MiB of its own (tmpfs), to fill up."""
+    mount, umount = shutil.which("mount"), shutil.which("umount")
+    if os.geteuid() != 0 or mount is None or umount is None:
+        pytest.skip("mounting a small file system needs root, mount and umount")
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    subprocess.run([mount, "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
+    yield disk
+    subprocess.run([umount, "--lazy", str(disk)], check=True)
 
 
 @pytest.fixture(scope="session")

@@ -424,3 +424,22 @@ def test_output_into_a_pipe_closed_early_ends_without_a_traceback(
     stderr = reader.stderr.read().decode()
     assert reader.wait(timeout=60) == 1
     assert stderr == ""
+
+
+def test_a_spill_that_finds_its_disk_full_names_the_temporary_folder(sample_lake: Lake, small_disk: Path) -> None:
+    """A probe's finding: DuckDB reports it as "Out of Memory" and suggests more memory."""
+    env = {
+        **os.environ,
+        "SYSMON_DATA_DIR": str(sample_lake.data),
+        "SYSMON_LANDING_DIR": str(sample_lake.landing),
+        "SYSMON_DUCKDB_MEMORY_LIMIT": "100MB",
+        "TMPDIR": str(small_disk),
+    }
+    strings = "SELECT i::VARCHAR || repeat('x', 40) AS x FROM range(3000000) t(i)"
+    sort = f"SELECT count(*), sum(hash(x)) FROM ({strings} ORDER BY x)"  # 150 MB and more to spill
+    failed = subprocess.run(
+        [sys.executable, "-m", "sysmon_assets.query", sort], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert failed.returncode == 1
+    assert failed.stderr.startswith("query failed: Out of Memory Error")
+    assert f"this reader spills under the temporary folder {small_disk}, TMPDIR: its disk may be full" in failed.stderr

@@ -1064,19 +1064,6 @@ def test_a_catalog_file_removed_since_it_was_listed_is_left_alone(tmp_path: Path
     assert not (tmp_path / "lake.sqlite-wal").exists()
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A file system of 2 MiB of its own (tmpfs), to fill up."""
-    mount, umount = shutil.which("mount"), shutil.which("umount")
-    if os.geteuid() != 0 or mount is None or umount is None:
-        pytest.skip("mounting a small file system needs root, mount and umount")
-    disk = tmp_path / "small-disk"
-    disk.mkdir()
-    subprocess.run([mount, "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], check=True)
-    yield disk
-    subprocess.run([umount, "--lazy", str(disk)], check=True)
-
-
 def _fill(disk: Path, leaving: int = 0) -> Path:
     """Write a file that leaves ``leaving`` bytes of ``disk`` free."""
     filler = disk / "filler"
