@@ -1089,12 +1089,16 @@ def test_a_new_lake_on_a_full_disk_is_an_error_that_says_so_not_a_crash(small_di
     assert "database or disk is full" in opened.stderr
 
 
-def test_a_catalog_disk_filling_up_fails_the_step_at_once_and_the_next_batch_catches_up(
-    small_disk: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    ("full", "error"), [("catalog", "database or disk is full"), ("data files", "No space left on device")]
+)
+def test_a_disk_filling_up_fails_the_batch_at_once_and_the_next_batch_catches_up(
+    small_disk: Path, tmp_path: Path, full: str, error: str
 ) -> None:
-    """A probe's finding: a commit refused for a full disk was retried ten times as a lost race, then reported as
-    another writer's."""
-    lake = Lake(tmp_path / "lake", lake_catalog=f"sqlite:{small_disk}/lake.sqlite", lake_data_path=f"{tmp_path}/files/")
+    """A probe's finding: a commit the catalog's full disk refused was retried ten times as a lost race, then
+    reported as another writer's."""
+    catalog, files = (small_disk, tmp_path / "files") if full == "catalog" else (tmp_path, small_disk)
+    lake = Lake(tmp_path / "lake", lake_catalog=f"sqlite:{catalog}/lake.sqlite", lake_data_path=f"{files}/")
     events = _events_of_two_batches()
     lake.land(events[0])
     lake.batch()
@@ -1107,7 +1111,7 @@ def test_a_catalog_disk_filling_up_fails_the_step_at_once_and_the_next_batch_cat
             tries.append(_fill(small_disk))
 
     lake.pipeline.project.commit_note = disk_full_before_the_rekey_commits
-    with pytest.raises(duckdb.Error, match="database or disk is full"):
+    with pytest.raises(duckdb.Error, match=error):
         lake.batch()
     assert len(tries) == 1
     tries[0].unlink()
