@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import closing, contextmanager
@@ -265,11 +266,24 @@ def _attach(con: duckdb.DuckDBPyConnection, settings: Settings, read_only: bool,
             raise LakeError(f"no lake at {settings.catalog} yet: run a micro-batch first") from None
         message = (
             f"cannot open the lake (catalog {settings.catalog}, data {data_location(settings)}): "
-            f"{error}{_why_locked(error)}"
+            f"{error}{_why_locked(error)}{_room_left(error, settings)}"
         )
         # a DuckDB error whose text holds the catalog's password is not chained
         raise LakeError(message) from (error if without_passwords(str(error)) == str(error) else None)
     return con
+
+
+def _room_left(error: duckdb.Error, settings: Settings) -> str:
+    """The free space of a SQLite catalog's disk, after an error a full disk may have caused: SQLite says only
+    "disk I/O error" when it cannot make the catalog's WAL index."""
+    sqlite = sqlite_file(settings)
+    if sqlite is None or not out_of_room(error):
+        return ""
+    try:
+        free = shutil.disk_usage(sqlite.parent).free
+    except OSError:
+        return ""
+    return f"; the disk of the catalog's folder {sqlite.parent} has {free:,} bytes free"
 
 
 def _why_locked(error: duckdb.Error) -> str:

@@ -1119,3 +1119,18 @@ def test_a_disk_filling_up_fails_the_batch_at_once_and_the_next_batch_catches_up
     lake.batch()
     assert snapshot(lake.settings) == _tables_of_a_clean_run(tmp_path / "clean")
     assert lake.count("sysmon_join") == 3
+
+
+def test_a_catalog_whose_disk_is_full_is_named_with_its_free_space_when_the_lake_opens(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    """SQLite says only "disk I/O error" when it cannot make the catalog's WAL index on a full disk, for writers and
+    readers alike."""
+    lake = Lake(tmp_path, lake_catalog=f"sqlite:{small_disk}/lake.sqlite", lake_data_path=f"{tmp_path}/files/")
+    lake.land(_events_of_two_batches()[0])
+    lake.batch()
+    _fill(small_disk)
+    for read_only in (False, True):
+        with pytest.raises(LakeError, match="disk I/O error") as refused, open_lake(lake.settings, read_only=read_only):
+            pass
+        assert f"the disk of the catalog's folder {small_disk} has 0 bytes free" in str(refused.value)
