@@ -19,10 +19,10 @@ def describe(
     connect: Connect, name: str, batch_id: int, preview_rows: int = 5
 ) -> tuple[list[tuple[str, str]], str, int]:
     """The table's (column, type) pairs, a markdown preview of the rows ``batch_id`` wrote, and the lake's
-    snapshot id after the step."""
+    snapshot id after the step: its batch's newest, not another shard's that committed since."""
     with connect() as con:
         columns = table_columns(con, name)
-        snapshot = lake.current_snapshot(con)
+        snapshot = lake.newest_snapshot_of_batch(con, batch_id) or lake.current_snapshot(con)
         shown = [c for c, _ in columns if not c.startswith("_")][:8]
         rows = con.execute(
             f"SELECT {', '.join(shown)} FROM {name} WHERE _batch_id = {literal(batch_id)} LIMIT {int(preview_rows)}"

@@ -613,6 +613,15 @@ def _unreadable_batch(con: duckdb.DuckDBPyConnection, settings: Settings, batch_
     )
 
 
+def newest_snapshot_of_batch(con: duckdb.DuckDBPyConnection, batch_id: int) -> int | None:
+    """The newest snapshot a step of batch ``batch_id`` committed (other shards' batches commit between them), or
+    None."""
+    return con.execute(
+        f"SELECT max(snapshot_id) FROM {CATALOG_DATABASE}.ducklake_snapshot_changes "
+        f"WHERE CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT) = {literal(batch_id)}"
+    ).fetchone()[0]
+
+
 def current_snapshot(con: duckdb.DuckDBPyConnection) -> int:
     """The id of the lake's newest snapshot."""
     return con.execute(f"SELECT * FROM ducklake_current_snapshot('{LAKE}')").fetchone()[0]
