@@ -114,12 +114,14 @@ def check_results(name: str, results: list[StepResult]) -> list[AssetCheckResult
     ]
 
 
-def unsharded_run_message(shards: int) -> str:
+def unsharded_run_message(shards: int, named: str | None = None) -> str:
+    """Why a run naming no shard (or ``named``, a range of them) is refused."""
     # Without this, the first step (which has no partitioned input) would run as shard 0 outside the run queue's
     # one-run-per-shard limit, and the next step would fail inside Dagster with no word of the partition.
     return (
         f"with SYSMON_SHARDS={shards} a batch is one shard's: name it with --partition shard-i "
-        "(dagster asset materialize) or the tag dagster/partition=shard-i (dagster job execute); this run names none"
+        "(dagster asset materialize) or the tag dagster/partition=shard-i (dagster job execute); "
+        f"this run names {f'the range {named}' if named else 'none'}"
     )
 
 
@@ -149,7 +151,9 @@ def model_asset(project: Project, name: str, partitions: StaticPartitionsDefinit
         context: AssetExecutionContext, sysmon: SysmonPipelineResource, batch_clock: BatchClock
     ) -> MaterializeResult:
         if partitions and not context.has_partition_key:
-            raise Failure(unsharded_run_message(len(partitions.get_partition_keys())))
+            named = context.partition_key_range if context.has_partition_key_range else None
+            shards = len(partitions.get_partition_keys())
+            raise Failure(unsharded_run_message(shards, named and f"{named.start}...{named.end}"))
         if partitions and context.partition_key not in (keys := partitions.get_partition_keys()):
             # a tag names it as written (shard-01), and Dagster checks it only once the step's rows are committed
             raise Failure(f"partition {context.partition_key} is none of {', '.join(keys)}: this run wrote nothing")

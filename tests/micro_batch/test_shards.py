@@ -413,6 +413,12 @@ def test_with_shards_each_dagster_partition_runs_its_shards_batch(tmp_path: Path
     assert failure.step_key == "winlogbeat_stream"
     assert "with SYSMON_SHARDS=3 a batch is one shard's: name it" in str(failure.step_failure_data.error)
     assert lake.rows("SELECT batch_id FROM dbt_like.batches") == [(2,)]
+    # a range of shards (a backfill in one run): refused as such (the message said the run named none)
+    tags = {"dagster/asset_partition_range_start": "shard-0", "dagster/asset_partition_range_end": "shard-1"}
+    ranged = job.execute_in_process(tags=tags, raise_on_error=False)
+    (failure,) = [event for event in ranged.all_events if event.is_step_failure]
+    assert "this run names the range shard-0...shard-1" in str(failure.step_failure_data.error)
+    assert lake.rows("SELECT batch_id FROM dbt_like.batches") == [(2,)]
     # a key that is not one of the partitions' own (shard-1 would be another run-queue key): refused, not run
     odd = job.execute_in_process(tags={"dagster/partition": "shard-01"}, raise_on_error=False)
     (failure,) = [event for event in odd.all_events if event.is_step_failure]
