@@ -36,6 +36,8 @@ LAKE = "lake"
 CATALOG_DATABASE = f"__ducklake_metadata_{LAKE}"
 # SQL: the snapshot's commit note (commit_note) says its step completed a batch (NULL for a snapshot without a note)
 COMPLETES_BATCH = "commit_extra_info::JSON->>'batch_complete' = 'true'"
+# SQL: the batch whose step made the snapshot, by its commit note (NULL for a snapshot without a note)
+NOTED_BATCH_ID = "CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT)"
 EXTENSIONS_PACKAGE = "duckdb_ext"
 # Rows per Parquet row group: each thread writing a table holds one in memory (see _set_options).
 ROW_GROUP_ROWS = 65536
@@ -580,7 +582,7 @@ def last_complete_batch(con: duckdb.DuckDBPyConnection) -> tuple[int, int] | Non
 
 def batch_snapshot(con: duckdb.DuckDBPyConnection, batch_id: int) -> tuple[int, int] | None:
     """``(batch_id, snapshot_id)`` of the snapshot that completed batch ``batch_id``, or None."""
-    return _batch_completed(con, f"CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT) = {literal(batch_id)}")
+    return _batch_completed(con, f"{NOTED_BATCH_ID} = {literal(batch_id)}")
 
 
 def _batch_completed(con: duckdb.DuckDBPyConnection, condition: str, oldest: bool = False) -> tuple[int, int] | None:
@@ -589,7 +591,7 @@ def _batch_completed(con: duckdb.DuckDBPyConnection, condition: str, oldest: boo
     ``ducklake_snapshots()`` lists every snapshot with its changes, at about 21 µs each (measured: bench/README.md,
     "Catalog growth"), and a lake keeps thousands."""
     row = con.execute(
-        "SELECT CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT), snapshot_id "
+        f"SELECT {NOTED_BATCH_ID}, snapshot_id "
         f"FROM {CATALOG_DATABASE}.ducklake_snapshot_changes "
         f"WHERE {COMPLETES_BATCH} AND {condition} "
         f"AND snapshot_id <= (SELECT * FROM ducklake_current_snapshot('{LAKE}')) "
@@ -618,7 +620,7 @@ def newest_snapshot_of_batch(con: duckdb.DuckDBPyConnection, batch_id: int) -> i
     None."""
     return con.execute(
         f"SELECT max(snapshot_id) FROM {CATALOG_DATABASE}.ducklake_snapshot_changes "
-        f"WHERE CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT) = {literal(batch_id)}"
+        f"WHERE {NOTED_BATCH_ID} = {literal(batch_id)}"
     ).fetchone()[0]
 
 

@@ -21,6 +21,7 @@ from sysmon_assets.storage.lake import (
     COMPLETES_BATCH,
     INLINED_SCHEMAS,
     LAKE,
+    NOTED_BATCH_ID,
     current_snapshot,
     last_complete_batch,
     recorded_shards,
@@ -131,7 +132,7 @@ def running_batch_floor(con: duckdb.DuckDBPyConnection, older_than: datetime) ->
         con,
         f"""WITH shards AS (SELECT max(shard_count) AS k FROM {SHARDS_TABLE}),
         completed AS (
-            SELECT CAST(commit_extra_info::JSON->>'batch_id' AS BIGINT) AS batch_id, snapshot_id
+            SELECT {NOTED_BATCH_ID} AS batch_id, snapshot_id
             FROM {CATALOG_DATABASE}.ducklake_snapshot_changes WHERE {COMPLETES_BATCH}),
         newest AS (SELECT (batch_id - 1) % k AS shard, max(batch_id) AS batch_id FROM {STATE_SCHEMA}.batches, shards
             GROUP BY ALL),
