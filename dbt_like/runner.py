@@ -708,6 +708,7 @@ class Project:
                 result.behind[upstream] = last
         config = self.configs[name]
         self._hold_back_for_changelogs(con, name, result)
+        self._hold_back_for_tables(con, name, result)
         if config.get("retry_unmatched"):
             result.expired = self._expire(con, name, batch)
             result.pending_floor = scalar(con, f"SELECT min(seq) FROM {PENDING_TABLE} WHERE {self.shard.rows_of(name)}")
@@ -729,6 +730,52 @@ class Project:
                     result.offsets_after[upstream] = max(result.offsets_before[upstream], read_through)
                     # no later transaction of this step reads further: it must not try to catch up
                     result.behind.pop(upstream, None)
+
+    def _streams_from(self, name: str) -> set[str]:
+        """``name`` and every stream its rows come from."""
+        found, below = {name}, [name]
+        while below:
+            below = [upstream for model in below for upstream in self.stream_inputs(model) if upstream not in found]
+            found.update(below)
+        return found
+
+    def links_to_tables_read_whole(self, name: str) -> list[tuple[str, str]]:
+        """The (model, stream input) links that carry rows to the tables ``name`` reads whole (an as-of join reads
+        none: it reads its changelog): for each of its stream inputs, from each table down to a stream that input's
+        rows come from too."""
+        config = self.configs[name]
+        tables = [
+            ref
+            for ref in self.models[name].refs
+            if self.configs[ref]["materialized"] == "table"
+            and ref not in (config.get("as_of") or {})
+            and ref != config.get("part_of")
+        ]
+        links = []
+        for stream in self.stream_inputs(name):
+            origins, below = self._streams_from(stream), tables
+            while below:
+                step = [(model, upstream) for model in below for upstream in self.stream_inputs(model)]
+                links += step
+                below = [upstream for _, upstream in step if upstream not in origins]
+        return list(dict.fromkeys(links))
+
+    def _hold_back_for_tables(self, con: Connection, name: str, result: StepResult) -> None:
+        """A step reads no new rows of its stream inputs while a table it reads whole lags behind them (a run that
+        left out the table's step, or a step feeding it): the rows would meet the table without what arrived with
+        them, and a later step would not read them again. Which of them the table holds cannot be told from the
+        offsets, so the step reads none; the next run that completes the table reads them all."""
+        links = self.links_to_tables_read_whole(name)
+        if not links or all(result.offsets_after[u] == result.offsets_before[u] for u in result.offsets_after):
+            return
+        lags = []
+        for model, upstream in links:
+            stored = self._stored_offsets(con, model)
+            read = stored.get(upstream, max(stored.values(), default=0))
+            lags.append(f"EXISTS (SELECT 1 FROM {upstream} WHERE _batch_id > {read} AND {self.shard.owns()})")
+        if any(first_row(con, f"SELECT {', '.join(lags)}")):
+            result.offsets_after.update(result.offsets_before)
+            result.behind, result.unmatched_read = {}, {}
 
     def unread_rows(self, con: Connection, stream: str) -> str:
         """SQL condition on the rows of model ``stream`` a step of this project has still to read, in every shard

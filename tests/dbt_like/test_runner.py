@@ -546,6 +546,32 @@ def test_a_model_that_gained_a_column_gets_it_in_a_batch_that_brings_no_rows(pro
     assert con.execute("SELECT item, version FROM catalog").fetchall() == [("a", None)]
 
 
+def test_a_step_reads_nothing_new_while_a_table_it_reads_whole_lags_behind(tmp_path: Path) -> None:
+    """A run that leaves out the table's step (or a step feeding it): the reader would meet rows without what arrived
+    with them, and never read them again; it waits, and the run that completes the table reads them all."""
+    models = tmp_path / "models"
+    models.mkdir()
+    for name, sql in MODELS.items():
+        (models / name).write_text(sql)
+    (models / "listed.sql").write_text(
+        "{{ config(materialized='stream') }}\n"
+        "SELECT o._seq, o.item, c._seq AS priced_by FROM {{ ref('orders') }} AS o "
+        "LEFT JOIN {{ ref('catalog') }} AS c ON o.item = c.item\n"
+    )
+    project, con = Project(models), duckdb.connect()
+    run_all(project, con, [(1, "price", "z")], "r1")
+    project.run_step(con, "listed", open_batch(con, "r1", T0))
+    partial = open_batch(con, "r2", T0)
+    project.run_step(con, "events", partial, source_chunks=[feed((2, "price", "a"), (3, "order", "a"))])
+    project.run_step(con, "orders", partial)
+    waited = project.run_step(con, "listed", partial)[0]
+    assert (waited.rows_written, waited.offsets_after) == (0, {"orders": 0})
+    assert project.links_to_tables_read_whole("listed") == [("catalog", "events")]
+    run_all(project, con, [], "r3")
+    project.run_step(con, "listed", open_batch(con, "r3", T0))
+    assert con.execute("SELECT _seq, item, priced_by FROM listed").fetchall() == [(3, "a", 2)]
+
+
 def test_a_failure_inside_the_step_rolls_back_rows_and_offsets(project: Project) -> None:
     con = duckdb.connect()
     run_all(project, con, [(1, "order", "a")], "r1")

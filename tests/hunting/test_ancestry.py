@@ -351,6 +351,27 @@ def fill_across_shards(landing: Path) -> None:
     land(grandparent, [create("{EXPLORER}", None, EXPLORER)])
 
 
+def test_a_run_that_leaves_out_the_process_table_gives_a_whole_runs_ancestry(tmp_path: Path) -> None:
+    """A run of part of the assets reads no create the process table has not read yet: the chains are a whole
+    run's once a later run completes the batch."""
+    events = [create("{CMD}", "{EXPLORER}", CMD), create("{EXPLORER}", "", EXPLORER)]
+    partial = Lake(tmp_path / "partial")
+    partial.batch(T0)  # the tables exist
+    partial.land(events)
+    for name in partial.pipeline.project.primary_models():
+        if name != "sysmon_process_create_table":
+            partial.pipeline.run_model(name, "without the process table", T0 + timedelta(minutes=1))
+    partial.batch(T0 + timedelta(minutes=2))
+    whole = Lake(tmp_path / "whole")
+    whole.land(events)
+    whole.batch(T0)
+    assert chains(partial) == chains(whole)
+    assert chains(whole) == {
+        "{EXPLORER}": ("explorer.exe", 0, "root"),
+        "{CMD}": ("explorer.exe > cmd.exe", 1, "root"),
+    }
+
+
 def test_shards_that_commit_a_chains_generations_in_turn_fill_it_in(lake: Lake) -> None:
     """The child's shard writes first, then the parent's, then the grandparent's: each later shard's batch
     rewrites rows an earlier shard wrote."""

