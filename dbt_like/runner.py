@@ -604,7 +604,11 @@ class Project:
             and all(table in at_open.columns for table in [name, *self.models[name].refs])
         ]
         for name in probed:
-            if new_columns(con, self._schema_probe(name, batch, {}), at_open.columns[name]):
+            try:
+                gained = new_columns(con, self._schema_probe(name, batch, {}), at_open.columns[name])
+            except duckdb.BinderException:  # it selects a column a model upstream adds to its table in its step
+                return []
+            if gained:
                 return []
         return probed
 

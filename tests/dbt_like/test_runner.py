@@ -887,6 +887,22 @@ def test_a_column_added_to_a_model_is_added_to_its_existing_table(project: Proje
     assert con.execute("SELECT item, version, _seq FROM catalog").fetchall() == [("a", "v2", 4)]
 
 
+def test_a_column_added_upstream_and_selected_downstream_reaches_both_tables(project: Project, tmp_path: Path) -> None:
+    """A newer version of two models: one gains a column, the next selects it (a probe's finding: binding the second
+    as the batch opened, before the first's step added the column, failed every batch)."""
+    con = duckdb.connect(str(tmp_path / "db.duckdb"))
+    run_all(project, con, [(1, "order", "a"), (2, "price", "a")], "r1")
+    events = project.models_dir / "events.sql"
+    events.write_text(events.read_text().replace("kind, item", "kind, item, 'v2' AS version"))
+    orders = project.models_dir / "orders.sql"
+    orders.write_text(orders.read_text().replace("SELECT _seq, item", "SELECT _seq, item, version"))
+    upgraded = Project(project.models_dir)
+    batch = upgraded.open_batch(con, "r2", T0)
+    upgraded.run_step(con, "events", batch, source_chunks=[feed((3, "order", "a"))])
+    assert upgraded.run_step(con, "orders", batch)[0].rows_written == 1
+    assert con.execute("SELECT _seq, version FROM orders ORDER BY _seq").fetchall() == [(1, None), (3, "v2")]
+
+
 def test_a_column_whose_name_needs_quoting_or_only_changed_case_is_added_once(project: Project, tmp_path: Path) -> None:
     con = duckdb.connect(str(tmp_path / "db.duckdb"))
     run_all(project, con, [(1, "order", "a")], "r1")
