@@ -37,11 +37,13 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
+from dbt_like.concurrency import run_again_after_lost_races
 from dbt_like.sql import UTC_NOW, literal, literals, one_of, quote_identifier
 from sysmon_assets.kafka_client import client_config, message_headers, new_client, serve_log
 from sysmon_assets.settings import Settings
 from sysmon_assets.sources.arrow_columns import bytes_array, dictionary_strings, int_array, strings_array
 from sysmon_assets.sources.landed_lines import KAFKA_LINES_SCHEMA, SOURCE_NAME
+from sysmon_assets.storage.lake import CATALOG_DATABASE
 
 LOG = logging.getLogger(__name__)
 
@@ -49,11 +51,10 @@ OFFSETS_TABLE = "ingest.kafka_offsets"
 EVENTS_TABLE = "ingest.file_events"
 CHUNK_MESSAGES = 100_000
 IDLE_TIMEOUT_SECONDS = 30.0
+OFFSETS_COLUMNS = 'topic VARCHAR, "partition" INTEGER, next_offset BIGINT, updated_at TIMESTAMP, topic_id VARCHAR'
 STATE_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS ingest;
-CREATE TABLE IF NOT EXISTS {OFFSETS_TABLE} (
-    topic VARCHAR, "partition" INTEGER, next_offset BIGINT, updated_at TIMESTAMP, topic_id VARCHAR);
-ALTER TABLE {OFFSETS_TABLE} ADD COLUMN IF NOT EXISTS topic_id VARCHAR;  -- a lake from before topic ids were kept
+CREATE TABLE IF NOT EXISTS {OFFSETS_TABLE} ({OFFSETS_COLUMNS});
 CREATE TABLE IF NOT EXISTS {EVENTS_TABLE} (
     detected_at TIMESTAMP, path VARCHAR, file_key VARCHAR, event VARCHAR, detail VARCHAR);
 """
@@ -61,6 +62,35 @@ CREATE TABLE IF NOT EXISTS {EVENTS_TABLE} (
 ConsumerFactory = Callable[[dict[str, Any]], Consumer]
 # The id a broker without topic ids (Kafka before 2.8) gives every topic, as confluent_kafka prints it.
 NO_TOPIC_ID = "AAAAAAAAAAAAAAAAAAAAAA"
+
+
+def remake_offsets_with_topic_ids(con: duckdb.DuckDBPyConnection) -> None:
+    """Make the offsets table of a lake from before topic ids were kept (its ``topic_id`` missing, or added by
+    ``ALTER TABLE``) anew, its rows kept, in one transaction: DuckLake 0.3 fails every later commit into a table that
+    gained a column while its rows are inlined in the catalog ("table ducklake_inlined_data_3_3 has 7 columns but 8
+    values were supplied")."""
+    as_created = con.execute(
+        f"SELECT count(*) FROM {CATALOG_DATABASE}.ducklake_column AS c "
+        f"JOIN {CATALOG_DATABASE}.ducklake_table AS t USING (table_id) "
+        f"JOIN {CATALOG_DATABASE}.ducklake_schema AS s USING (schema_id) "
+        "WHERE s.schema_name = 'ingest' AND t.table_name = 'kafka_offsets' AND c.column_name = 'topic_id' "
+        "AND s.end_snapshot IS NULL AND t.end_snapshot IS NULL AND c.end_snapshot IS NULL "
+        "AND c.begin_snapshot = t.begin_snapshot"
+    ).fetchone()
+    if as_created is None or as_created[0]:
+        return
+    con.begin()
+    rows = con.execute(f'SELECT topic, "partition", next_offset, updated_at FROM {OFFSETS_TABLE}').fetchall()
+    con.execute(f"DROP TABLE {OFFSETS_TABLE}")
+    con.execute(f"CREATE TABLE {OFFSETS_TABLE} ({OFFSETS_COLUMNS})")
+    if rows:
+        con.executemany(f"INSERT INTO {OFFSETS_TABLE} VALUES (?, ?, ?, ?, NULL)", rows)
+    con.commit()
+    LOG.info(
+        "%s: made anew with a topic_id column, its %d rows kept (a lake from before topic ids)",
+        OFFSETS_TABLE,
+        len(rows),
+    )
 
 
 class KafkaSourceError(RuntimeError):
@@ -197,6 +227,7 @@ class KafkaReader:
         never read, the earliest offset (``latest`` on the very first batch: the end of the partition); for a
         topic recreated since the offsets were stored (its id changed), its earliest offset, recorded."""
         self.con.execute(STATE_DDL)
+        run_again_after_lost_races(self.con, lambda: remake_offsets_with_topic_ids(self.con), "keeping topic ids")
         stored = {
             partition: (offset, stored_id, updated_at)
             for partition, offset, stored_id, updated_at in self.con.execute(

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import zlib
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -595,3 +595,29 @@ def test_a_gap_is_recorded_only_when_the_earliest_offset_moved_past_the_position
     assert reader.file_events == [
         {"path": f"kafka:{topic}/0", "event": "offsets_skipped", "detail": "offsets 3..3 were no longer in the topic"}
     ]
+
+
+OLD_OFFSETS_TABLE = (
+    'CREATE TABLE ingest.kafka_offsets (topic VARCHAR, "partition" INTEGER, next_offset BIGINT, updated_at TIMESTAMP)'
+)
+
+
+@pytest.mark.parametrize("altered", [False, True], ids=["without topic ids", "topic_id added by ALTER TABLE"])
+def test_an_offsets_table_from_before_topic_ids_is_made_anew_with_its_rows(tmp_path: Path, altered: bool) -> None:
+    """A lake of 2026-12-01 to 12-03 has no topic_id column; one a later version upgraded has it by ALTER TABLE, after
+    which DuckLake 0.3 failed every commit of its offsets (a probe's finding: every Kafka batch failed)."""
+    settings = Settings.from_env({"SYSMON_DATA_DIR": str(tmp_path / "data")})
+    with open_lake(settings) as con:
+        con.execute(f"CREATE SCHEMA ingest; {OLD_OFFSETS_TABLE}")
+        con.execute("INSERT INTO ingest.kafka_offsets VALUES ('winlogbeat', 0, 300, TIMESTAMP '2026-12-02 10:00')")
+        if altered:
+            con.execute("ALTER TABLE ingest.kafka_offsets ADD COLUMN topic_id VARCHAR")
+        kafka_source.remake_offsets_with_topic_ids(con)
+        con.execute("INSERT INTO ingest.kafka_offsets VALUES ('winlogbeat', 1, 7, TIMESTAMP '2026-12-08 10:00', 'id')")
+        assert con.execute("SELECT * FROM ingest.kafka_offsets ORDER BY ALL").fetchall() == [
+            ("winlogbeat", 0, 300, datetime(2026, 12, 2, 10), None),
+            ("winlogbeat", 1, 7, datetime(2026, 12, 8, 10), "id"),
+        ]
+        snapshot = con.execute("SELECT id FROM lake.current_snapshot()").fetchone()
+        kafka_source.remake_offsets_with_topic_ids(con)  # as it is now: left alone
+        assert con.execute("SELECT id FROM lake.current_snapshot()").fetchone() == snapshot
