@@ -82,6 +82,8 @@ from dbt_like.state import (
 
 T = TypeVar("T")
 LOG = logging.getLogger(__name__)
+# A step's note: the models whose unread rows held it back (see Project._hold_back_for_tables)
+WAITING_FOR = "waiting_for"
 
 
 @dataclass
@@ -772,14 +774,17 @@ class Project:
         links = self.links_to_tables_read_whole(name)
         if not links or all(result.offsets_after[u] == result.offsets_before[u] for u in result.offsets_after):
             return
-        lags = []
+        unread = []
         for model, upstream in links:
             stored = self._stored_offsets(con, model)
             read = stored.get(upstream, max(stored.values(), default=0))
-            lags.append(f"EXISTS (SELECT 1 FROM {upstream} WHERE _batch_id > {read} AND {self.shard.owns()})")
-        if any(first_row(con, f"SELECT {', '.join(lags)}")):
+            unread.append(f"EXISTS (SELECT 1 FROM {upstream} WHERE _batch_id > {read} AND {self.shard.owns()})")
+        found = first_row(con, f"SELECT {', '.join(unread)}")
+        lagging = {model for (model, _), lags in zip(links, found, strict=True) if lags}
+        if lagging:
             result.offsets_after.update(result.offsets_before)
             result.behind, result.unmatched_read = {}, {}
+            result.notes[WAITING_FOR] = sorted(lagging)
 
     def unread_rows(self, con: Connection, stream: str) -> str:
         """SQL condition on the rows of model ``stream`` a step of this project has still to read, in every shard

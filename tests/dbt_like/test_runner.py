@@ -565,7 +565,7 @@ def test_a_step_reads_nothing_new_while_a_table_it_reads_whole_lags_behind(tmp_p
     project.run_step(con, "events", partial, source_chunks=[feed((2, "price", "a"), (3, "order", "a"))])
     project.run_step(con, "orders", partial)
     waited = project.run_step(con, "listed", partial)[0]
-    assert (waited.rows_written, waited.offsets_after) == (0, {"orders": 0})
+    assert (waited.rows_written, waited.offsets_after, waited.notes) == (0, {"orders": 0}, {"waiting_for": ["catalog"]})
     assert project.links_to_tables_read_whole("listed") == [("catalog", "events")]
     run_all(project, con, [], "r3")
     project.run_step(con, "listed", open_batch(con, "r3", T0))
