@@ -15,7 +15,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from dagster import AssetSelection, materialize
+from dagster import AssetSelection, ExecuteInProcessResult, materialize
 
 from dbt_like import Project
 from sysmon_assets.dagster_layer.assets import build_assets
@@ -36,7 +36,7 @@ def sample_bytes(tmp_path: Path, events: int) -> bytes:
     return path.read_bytes()
 
 
-def materialize_batch(settings: Settings, selection: list[str] | None = None) -> None:
+def materialize_batch(settings: Settings, selection: list[str] | None = None) -> ExecuteInProcessResult:
     assets = build_assets(Project(SQL_DIR, settings.variables()))
     result = materialize(
         assets,
@@ -44,6 +44,7 @@ def materialize_batch(settings: Settings, selection: list[str] | None = None) ->
         selection=AssetSelection.assets(*selection) if selection else None,
     )
     assert result.success
+    return result
 
 
 def run_in_batches(root: Path, data: bytes, batches: int) -> Settings:
@@ -96,6 +97,26 @@ def test_a_batch_that_stopped_after_some_assets_then_reruns_gives_identical_tabl
     settings.landing_dir.mkdir()
     (settings.landing_dir / "w.ndjson").write_bytes(events)
     materialize_batch(settings, ["winlogbeat_stream", "winlogbeat_stream_rekey", "sysmon_process_create"])
+    materialize_batch(settings)
+    assert snapshot(settings) == one_batch
+
+
+def test_a_run_that_leaves_out_the_process_table_then_a_whole_run_gives_identical_tables(
+    events: bytes, one_batch: dict, tmp_path: Path
+) -> None:
+    """The steps reading the process table whole wait for it, and say so in their metadata."""
+    settings = Settings(landing_dir=tmp_path / "landing", data_dir=tmp_path / "data")
+    settings.landing_dir.mkdir()
+    (settings.landing_dir / "w.ndjson").write_bytes(events[: len(events) // 2])
+    materialize_batch(settings)
+    (settings.landing_dir / "w.ndjson").write_bytes(events)
+    models = Project(SQL_DIR, settings.variables()).primary_models()
+    partial = materialize_batch(settings, [name for name in models if name != "sysmon_process_create_table"])
+    waiting = {
+        name: partial.asset_materializations_for_node(name)[0].metadata["waiting_for"].value
+        for name in ("sysmon_join", "sysmon_process_ancestry", "sigma_detections")
+    }
+    assert waiting == {name: ["sysmon_process_create_table"] for name in waiting}
     materialize_batch(settings)
     assert snapshot(settings) == one_batch
 
